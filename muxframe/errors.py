@@ -1,0 +1,159 @@
+"""
+One exception family for muxframe, split the way h11 and h2 split theirs.
+
+L{LocalProtocolError}: the application misused the API (nothing was sent).
+L{RemoteProtocolError}: the peer broke the wire protocol; it carries the wire
+error code that is (or would be) sent to the peer.
+L{StreamError}: the reason a single stream ended uncleanly (delivered to the
+child protocol's C{connectionLost}).
+"""
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """
+    Wire error codes.  MIO carries them in the size field of RST and FIN
+    frames; BMP has no codes on the wire, so they are only reported locally.
+    """
+
+    NONE = 0
+    INTERNAL = 1
+    FLOW_CONTROL = 2
+    CLOSED = 3
+    REFUSED = 4
+    EXHAUSTED = 5
+    TRANSPORT_CLOSED = 6
+
+    @classmethod
+    def describe(cls, code):
+        """
+        Return a readable name for C{code}, known or not.
+        """
+        try:
+            return cls(code).name
+        except ValueError:
+            return "UNKNOWN(%d)" % (code,)
+
+
+class MuxframeError(Exception):
+    """
+    The root of every exception muxframe raises.
+    """
+
+
+class LocalProtocolError(MuxframeError):
+    """
+    The application asked for something the protocol or the current state
+    does not allow.
+    """
+
+
+class StreamClosedError(LocalProtocolError):
+    """
+    An operation was attempted on a stream that has already ended.
+    """
+
+
+class StreamBufferOverflow(LocalProtocolError):
+    """
+    A C{write()} would take a stream's unsent data past its hard limit
+    (C{maxStreamBuffer}).  Register a producer to be paused instead.
+    """
+
+
+class SessionClosedError(LocalProtocolError):
+    """
+    The session is closing or closed, so no stream can be opened.
+    """
+
+
+class StreamLimitError(LocalProtocolError):
+    """
+    Opening another stream would exceed C{maxStreams}.
+    """
+
+
+class RemoteProtocolError(MuxframeError):
+    """
+    The peer violated the wire protocol.  C{code} is the wire error code.
+
+    @ivar code: an L{ErrorCode}.
+    """
+
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, message, code=None):
+        MuxframeError.__init__(self, message)
+        if code is not None:
+            self.code = code
+
+
+class MalformedFrame(RemoteProtocolError):
+    """
+    Bytes that are not a valid frame of the framing in use.
+    """
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """
+    A frame (or header field) longer than the receiver's limit.
+    """
+
+    code = ErrorCode.FLOW_CONTROL
+
+
+class FlowControlViolation(RemoteProtocolError):
+    """
+    The peer sent more than its credit allows, or overflowed a window.
+    """
+
+    code = ErrorCode.FLOW_CONTROL
+
+
+class StreamError(MuxframeError):
+    """
+    Why one stream ended uncleanly: reset by the peer, reset locally, refused,
+    timed out, or lost with its connection.
+
+    @ivar code: the L{ErrorCode} (or int) involved.
+    @ivar streamId: the stream's id.
+    """
+
+    def __init__(self, message, code=ErrorCode.INTERNAL, streamId=None):
+        MuxframeError.__init__(self, message)
+        self.code = code
+        self.streamId = streamId
+
+
+class StreamReset(StreamError):
+    """
+    The peer reset (MIO RST) or closed (BMP close) the stream before it ended
+    cleanly in both directions.
+    """
+
+
+class StreamAborted(StreamError):
+    """
+    This side aborted the stream (C{abortConnection}).
+    """
+
+
+class StreamRefused(StreamError):
+    """
+    The peer refused a stream this side opened (MIO RST with code
+    C{REFUSED}), or this side refused it locally.
+    """
+
+
+class StreamTimeout(StreamError):
+    """
+    A stream timed out: a BMP frame was not acknowledged within
+    C{ackTimeout}.
+    """
+
+
+class SessionTimeout(MuxframeError):
+    """
+    The session was idle past C{idleTimeout} or missed its keepalives.
+    """
