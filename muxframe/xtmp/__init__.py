@@ -1,0 +1,3 @@
+"""
+XTMP: the eXtended Transport Messaging Protocol, as muxframe defines it.
+"""

@@ -1,0 +1,348 @@
+"""
+XTMP's wire codec, sans-IO: the 32-byte header, the 64-byte security layer,
+the message type and flag tables, control payloads, and an incremental
+decoder.
+
+Rules enforced by L{Decoder} (each a typed L{XTMPRemoteError}):
+
+  - magic must be C{b"XTMP"} (L{BadMagic}); version must be 1
+    (L{BadVersion});
+  - no flag outside L{Flags} may be set, and LAST_FRAGMENT requires
+    FRAGMENTED (L{BadFlags});
+  - payload length must not exceed C{maxPayload} (L{MessageTooLarge}),
+    checked as soon as the header is complete, so buffering is bounded;
+  - with ENCRYPTED: cipher is 1 or 2, the reserved bytes and nonce bytes
+    12..23 are zero (L{MalformedMessage});
+  - without ENCRYPTED: the CRC-32 of the payload equals the checksum
+    (L{ChecksumMismatch}).  Encrypted payloads are checked after decryption.
+
+Nothing here imports Twisted or reads a clock.
+"""
+
+import struct
+import zlib
+from enum import IntEnum, IntFlag
+
+from muxframe.xtmp.errors import (
+    BadFlags, BadMagic, BadVersion, ChecksumMismatch, MalformedMessage,
+    MessageTooLarge,
+)
+
+MAGIC = b"XTMP"
+VERSION = 1
+HEADER_SIZE = 32
+SECURITY_SIZE = 64
+TAG_SIZE = 16
+NONCE_SIZE = 12
+# The default bound on one message's payload on the wire (one fragment).
+DEFAULT_MAX_PAYLOAD = 1 << 20
+
+HEADER = struct.Struct(">4sBBHQQII")
+# cipher, reserved(3), epoch, key id, nonce(24); the tag follows.
+SECURITY_PREFIX = struct.Struct(">B3sI16s24s")
+_ZERO12 = bytes(12)
+_ZERO3 = bytes(3)
+_crc32 = zlib.crc32
+
+
+class MessageType(IntEnum):
+    """
+    XTMP message types (spec section 3).  Values not listed are free for
+    applications.
+    """
+
+    Handshake = 0x01
+    HandshakeAck = 0x02
+    Heartbeat = 0x03
+    Disconnect = 0x04
+    Ack = 0x05
+    KeyUpdate = 0x06
+    Subscribe = 0x07
+    Unsubscribe = 0x08
+    WalletRegister = 0x10
+    WalletAuth = 0x11
+    WalletBalance = 0x12
+    WalletTransaction = 0x13
+    BundleSubmit = 0x20
+    BundleStatus = 0x21
+    BundleConfirm = 0x22
+    BundleSync = 0x23
+    RegistryQuery = 0x30
+    RegistryUpdate = 0x31
+    RegistryStamp = 0x32
+    LiveUpdates = 0x40
+    EventStream = 0x41
+    MetricsStream = 0x42
+    Error = 0xFE
+    Unknown = 0xFF
+
+
+#: Types the session consumes itself; never given to application handlers.
+CONTROL_TYPES = frozenset(range(0x01, 0x09))
+
+
+class Flags(IntFlag):
+    """
+    The 16 header flag bits (spec section 4).
+    """
+
+    NONE = 0
+    ENCRYPTED = 0x0001
+    COMPRESSED = 0x0002
+    PRIORITY_HIGH = 0x0004
+    REQUIRES_ACK = 0x0008
+    FRAGMENTED = 0x0010
+    LAST_FRAGMENT = 0x0020
+    STREAM_DATA = 0x0040
+    EMERGENCY = 0x0080
+    RESPONSE = 0x0100
+
+
+KNOWN_FLAGS = 0x01FF
+
+
+class Cipher(IntEnum):
+    """
+    The security layer's cipher byte.  C{NONE} never appears in a security
+    layer; it names a plaintext session in the handshake.
+    """
+
+    NONE = 0
+    AES_256_GCM = 1
+    CHACHA20_POLY1305 = 2
+
+
+class Frame:
+    """
+    One XTMP message as it travels: header fields, the optional security
+    layer and the payload bytes on the wire (ciphertext when encrypted).
+
+    @ivar aad: the 80 authenticated bytes (header plus security bytes
+        0..47) of an encrypted frame, else L{None}.
+    """
+
+    __slots__ = ("type", "flags", "sessionId", "sequence", "checksum",
+                 "payload", "cipher", "epoch", "keyId", "nonce", "tag", "aad")
+
+    def __init__(self, type, flags, sessionId, sequence, checksum, payload,
+                 cipher=None, epoch=0, keyId=None, nonce=None, tag=None,
+                 aad=None):
+        self.type = type
+        self.flags = flags
+        self.sessionId = sessionId
+        self.sequence = sequence
+        self.checksum = checksum
+        self.payload = payload
+        self.cipher = cipher
+        self.epoch = epoch
+        self.keyId = keyId
+        self.nonce = nonce
+        self.tag = tag
+        self.aad = aad
+
+    def __repr__(self):
+        return "<Frame type=%#x flags=%#x session=%d seq=%d len=%d>" % (
+            self.type, self.flags, self.sessionId, self.sequence,
+            len(self.payload))
+
+    def encode(self):
+        """
+        Serialize this frame.  Encrypted frames need C{cipher}, C{epoch},
+        C{keyId}, C{nonce} and C{tag} set; the payload is the ciphertext.
+        """
+        header = HEADER.pack(MAGIC, VERSION, self.type, self.flags,
+                             self.sessionId, self.sequence,
+                             len(self.payload), self.checksum)
+        if not self.flags & Flags.ENCRYPTED:
+            return header + self.payload
+        return b"".join([
+            header,
+            SECURITY_PREFIX.pack(self.cipher, _ZERO3, self.epoch, self.keyId,
+                                 self.nonce + _ZERO12),
+            self.tag, self.payload])
+
+
+def encodePlain(messageType, flags, sessionId, sequence, payload):
+    """
+    Serialize an unencrypted message, computing its checksum.
+
+    @rtype: L{bytes}
+    """
+    return HEADER.pack(MAGIC, VERSION, messageType, flags, sessionId,
+                       sequence, len(payload), _crc32(payload)) + payload
+
+
+def checkFlags(flags):
+    """
+    Raise L{BadFlags} unless C{flags} is a valid combination.
+    """
+    if flags & ~KNOWN_FLAGS:
+        raise BadFlags("unknown flag bits %#06x" % (flags & ~KNOWN_FLAGS,))
+    if flags & Flags.LAST_FRAGMENT and not flags & Flags.FRAGMENTED:
+        raise BadFlags("LAST_FRAGMENT without FRAGMENTED")
+
+
+class Decoder:
+    """
+    Incremental XTMP frame decoder: feed it any split of the byte stream.
+
+    @ivar maxPayload: the largest payload length accepted.
+    """
+
+    __slots__ = ("maxPayload", "_buffer")
+
+    def __init__(self, maxPayload=DEFAULT_MAX_PAYLOAD):
+        self.maxPayload = maxPayload
+        self._buffer = b""
+
+    @property
+    def buffered(self):
+        """
+        The number of bytes held waiting for the rest of a frame.
+        """
+        return len(self._buffer)
+
+    def feed(self, data):
+        """
+        Add C{data} and return every frame now complete, in order.
+
+        @raise XTMPRemoteError: (a subclass naming the fault) on the first
+            invalid frame; the decoder must then be discarded.
+        """
+        buf = self._buffer + data if self._buffer else data
+        frames = []
+        pos = 0
+        end = len(buf)
+        unpackHeader = HEADER.unpack_from
+        while end - pos >= HEADER_SIZE:
+            (magic, version, mtype, flags, sessionId, sequence, length,
+             checksum) = unpackHeader(buf, pos)
+            if magic != MAGIC:
+                raise BadMagic("bad magic %r" % (bytes(magic),))
+            if version != VERSION:
+                raise BadVersion("unsupported version %d" % (version,))
+            if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
+                checkFlags(flags)
+            if length > self.maxPayload:
+                raise MessageTooLarge(
+                    "payload length %d over the limit %d"
+                    % (length, self.maxPayload))
+            if flags & 1:
+                total = HEADER_SIZE + SECURITY_SIZE + length
+                if end - pos < total:
+                    break
+                cipher, reserved, epoch, keyId, nonce = \
+                    SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
+                if cipher not in (1, 2):
+                    raise MalformedMessage("unknown cipher %d" % (cipher,))
+                if reserved != _ZERO3:
+                    raise MalformedMessage("security layer reserved bytes "
+                                           "are not zero")
+                if nonce[12:] != _ZERO12:
+                    raise MalformedMessage("nonce bytes 12..23 are not zero")
+                start = pos + HEADER_SIZE + SECURITY_SIZE
+                frames.append(Frame(
+                    mtype, flags, sessionId, sequence, checksum,
+                    bytes(buf[start:pos + total]), cipher, epoch, keyId,
+                    nonce[:12], bytes(buf[start - TAG_SIZE:start]),
+                    bytes(buf[pos:start - TAG_SIZE])))
+            else:
+                total = HEADER_SIZE + length
+                if end - pos < total:
+                    break
+                payload = bytes(buf[pos + HEADER_SIZE:pos + total])
+                if _crc32(payload) != checksum:
+                    raise ChecksumMismatch(
+                        "checksum mismatch in message type %#x seq %d"
+                        % (mtype, sequence))
+                frames.append(Frame(mtype, flags, sessionId, sequence,
+                                    checksum, payload))
+            pos += total
+        self._buffer = buf[pos:] if pos < end else b""
+        return frames
+
+
+# -- control payloads ------------------------------------------------------
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def encodeReason(code, reason):
+    """
+    Error and Disconnect payload: u16 code, then the UTF-8 reason.
+    """
+    return _U16.pack(code) + reason.encode("utf-8")
+
+
+def decodeReason(payload):
+    """
+    Parse an Error or Disconnect payload into C{(code, reason)}.
+    """
+    if len(payload) < 2:
+        raise MalformedMessage("Error/Disconnect payload shorter than 2")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage("reason is not UTF-8")
+    return _U16.unpack_from(payload)[0], reason
+
+
+def encodeU64(value):
+    """
+    An 8-byte big-endian unsigned integer (Ack, Heartbeat payloads).
+    """
+    return _U64.pack(value)
+
+
+def decodeU64(payload, what):
+    """
+    Parse a payload that must be exactly one u64.
+    """
+    if len(payload) != 8:
+        raise MalformedMessage("%s payload must be 8 bytes" % (what,))
+    return _U64.unpack(payload)[0]
+
+
+def encodeU32(value):
+    """
+    A 4-byte big-endian unsigned integer (KeyUpdate payload).
+    """
+    return _U32.pack(value)
+
+
+def decodeU32(payload, what):
+    """
+    Parse a payload that must be exactly one u32.
+    """
+    if len(payload) != 4:
+        raise MalformedMessage("%s payload must be 4 bytes" % (what,))
+    return _U32.unpack(payload)[0]
+
+
+def encodeName(name):
+    """
+    A stream name: u16 length, then UTF-8 bytes (Subscribe, Unsubscribe,
+    and the prefix of every STREAM_DATA body).
+    """
+    raw = name.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("stream name too long")
+    return _U16.pack(len(raw)) + raw
+
+
+def decodeName(payload, offset=0):
+    """
+    Parse a stream name at C{offset}; return C{(name, nextOffset)}.
+    """
+    if len(payload) - offset < 2:
+        raise MalformedMessage("truncated stream name")
+    (n,) = _U16.unpack_from(payload, offset)
+    end = offset + 2 + n
+    if end > len(payload):
+        raise MalformedMessage("truncated stream name")
+    try:
+        return bytes(payload[offset + 2:end]).decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise MalformedMessage("stream name is not UTF-8")

@@ -1,0 +1,188 @@
+"""
+XTMP key schedule and per-direction traffic keys, sans-IO.
+
+  prk(salt, ikm)       = HKDF-Extract(SHA-256, salt, ikm)
+  expand(prk, label,n) = HKDF-Expand(SHA-256, prk, info=label, n)
+  ikm                  = ML-KEM shared secret || X25519 shared secret
+
+  handshake keys: prk_hs = prk(TH_hello, ikm);
+      "xtmp hs c2s key"/"xtmp hs c2s iv", "xtmp hs s2c key"/"xtmp hs s2c iv"
+  traffic keys:   prk_tr = prk(TH_full, ikm);
+      "xtmp c2s key"/"xtmp c2s iv", "xtmp s2c key"/"xtmp s2c iv"
+  key update:     key' = expand(key, "xtmp traffic update", 32)
+                  iv'  = expand(key, "xtmp traffic update iv", 12)
+  key id:         HMAC-SHA256(key, "xtmp key id")[:16]
+
+Keys are 32 bytes, IVs 12 bytes.  The AEAD nonce for sequence number C{s}
+is the IV with its last 8 bytes XORed with C{s} (big-endian).
+"""
+
+import hashlib
+import hmac
+import struct
+import zlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import (
+    AESGCM, ChaCha20Poly1305,
+)
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from muxframe.xtmp.codec import (
+    HEADER, MAGIC, SECURITY_PREFIX, TAG_SIZE, VERSION, Cipher,
+)
+from muxframe.xtmp.errors import (
+    ChecksumMismatch, DecryptionFailed, MalformedMessage, NonceMismatch,
+    SequenceError, WrongKey,
+)
+
+_AEADS = {Cipher.AES_256_GCM: AESGCM,
+          Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
+_NONCE_TAIL = struct.Struct(">4sQ")
+_ZERO3 = bytes(3)
+_ZERO12 = bytes(12)
+_crc32 = zlib.crc32
+
+
+def extract(salt, ikm):
+    """
+    HKDF-Extract with SHA-256.
+    """
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def expand(prk, label, length):
+    """
+    HKDF-Expand with SHA-256; C{label} is the ASCII info string.
+    """
+    return HKDFExpand(hashes.SHA256(), length, label.encode("ascii")).derive(prk)
+
+
+def keyId(key):
+    """
+    The 16-byte public name of C{key}.
+    """
+    return hmac.new(key, b"xtmp key id", hashlib.sha256).digest()[:16]
+
+
+def directionKeys(prk, prefix):
+    """
+    Derive C{(c2sKey, c2sIv, s2cKey, s2cIv)} from C{prk}; C{prefix} is
+    C{"xtmp "} for traffic keys or C{"xtmp hs "} for handshake keys.
+    """
+    return (expand(prk, prefix + "c2s key", 32),
+            expand(prk, prefix + "c2s iv", 12),
+            expand(prk, prefix + "s2c key", 32),
+            expand(prk, prefix + "s2c iv", 12))
+
+
+class TrafficKey:
+    """
+    One direction's AEAD state: key, IV, epoch, sequence counter, and a
+    ready AEAD object.
+
+    @ivar sequence: the next sequence number to send, or expected.
+    @ivar count: messages protected under this key (for rotation).
+    """
+
+    __slots__ = ("cipher", "key", "iv", "epoch", "keyId", "sequence",
+                 "count", "createdAt", "_aead", "_ivHead", "_ivTail",
+                 "_prefixTail")
+
+    def __init__(self, cipher, key, iv, epoch=0, createdAt=0.0):
+        self.cipher = Cipher(cipher)
+        self.key = key
+        self.iv = iv
+        self.epoch = epoch
+        self.keyId = keyId(key)
+        self.sequence = 0
+        self.count = 0
+        self.createdAt = createdAt
+        self._aead = _AEADS[self.cipher](key)
+        self._ivHead = iv[:4]
+        self._ivTail = int.from_bytes(iv[4:], "big")
+
+    def nonce(self, sequence):
+        """
+        The 12-byte AEAD nonce for C{sequence}.
+        """
+        return _NONCE_TAIL.pack(self._ivHead, self._ivTail ^ sequence)
+
+    def updated(self, now=0.0):
+        """
+        The next key (KeyUpdate): epoch + 1, sequence 0.
+        """
+        return TrafficKey(self.cipher,
+                          expand(self.key, "xtmp traffic update", 32),
+                          expand(self.key, "xtmp traffic update iv", 12),
+                          self.epoch + 1, now)
+
+    def seal(self, messageType, flags, sessionId, body):
+        """
+        Encrypt C{body} as the next message; return the wire bytes.
+        C{flags} must include ENCRYPTED.
+        """
+        seq = self.sequence
+        nonce = _NONCE_TAIL.pack(self._ivHead, self._ivTail ^ seq)
+        aad = HEADER.pack(MAGIC, VERSION, messageType, flags, sessionId, seq,
+                          len(body), _crc32(body)) + SECURITY_PREFIX.pack(
+            self.cipher, _ZERO3, self.epoch, self.keyId, nonce + _ZERO12)
+        out = self._aead.encrypt(nonce, body, aad)
+        self.sequence = seq + 1
+        self.count += 1
+        return b"".join((aad, out[-TAG_SIZE:], out[:-TAG_SIZE]))
+
+    def open(self, frame):
+        """
+        Authenticate and decrypt C{frame}; the caller has checked key id,
+        epoch, sequence and nonce.  The counter advances only on success.
+
+        @raise DecryptionFailed: the tag does not verify.
+        """
+        try:
+            body = self._aead.decrypt(frame.nonce, frame.payload + frame.tag,
+                                      frame.aad)
+        except InvalidTag:
+            raise DecryptionFailed(
+                "authentication failed for message type %#x seq %d"
+                % (frame.type, frame.sequence))
+        self.sequence += 1
+        self.count += 1
+        return body
+
+
+def openFrame(key, frame, sessionId):
+    """
+    Check an encrypted C{frame} against the receive C{key} and the expected
+    C{sessionId}, decrypt it and verify its checksum; return the body.  The
+    checks run in this order, each with its own error: session id
+    (L{MalformedMessage}), cipher, epoch and key id (L{WrongKey}), sequence
+    (L{SequenceError}), nonce (L{NonceMismatch}), tag (L{DecryptionFailed}),
+    checksum (L{ChecksumMismatch}).  The receive counter advances only when
+    every check passes.
+    """
+    if frame.sessionId != sessionId:
+        raise MalformedMessage("session id %d, expected %d"
+                               % (frame.sessionId, sessionId))
+    if (frame.keyId != key.keyId or frame.epoch != key.epoch
+            or frame.cipher != key.cipher):
+        raise WrongKey("message under key epoch %d, expected epoch %d"
+                       % (frame.epoch, key.epoch))
+    if frame.sequence != key.sequence:
+        raise SequenceError("sequence number %d, expected %d"
+                            % (frame.sequence, key.sequence))
+    if frame.nonce != key.nonce(frame.sequence):
+        raise NonceMismatch("nonce is not IV xor sequence %d"
+                            % (frame.sequence,))
+    body = key.open(frame)
+    if _crc32(body) != frame.checksum:
+        key.sequence -= 1
+        key.count -= 1
+        raise ChecksumMismatch("checksum mismatch in message seq %d"
+                               % (frame.sequence,))
+    return body
+
+
+__all__ = ["TrafficKey", "extract", "expand", "keyId", "directionKeys",
+           "openFrame"]
