@@ -126,34 +126,34 @@ class StreamError(MuxframeError):
         self.streamId = streamId
 
 
-class StreamReset(StreamError):
+class StreamResetError(StreamError):
     """
     The peer reset (MIO RST) or closed (BMP close) the stream before it ended
     cleanly in both directions.
     """
 
 
-class StreamAborted(StreamError):
+class StreamAbortedError(StreamError):
     """
     This side aborted the stream (C{abortConnection}).
     """
 
 
-class StreamRefused(StreamError):
+class StreamRefusedError(StreamError):
     """
     The peer refused a stream this side opened (MIO RST with code
     C{REFUSED}), or this side refused it locally.
     """
 
 
-class StreamTimeout(StreamError):
+class StreamTimeoutError(StreamError):
     """
     A stream timed out: a BMP frame was not acknowledged within
     C{ackTimeout}.
     """
 
 
-class SessionTimeout(MuxframeError):
+class SessionTimeoutError(MuxframeError):
     """
     The session was idle past C{idleTimeout} or missed its keepalives.
     """

@@ -1,0 +1,595 @@
+"""
+BMP (the Blazeio Multiplexer Protocol), sans-IO: the frame codec and the
+engine.  See docs/protocols.md and the wire spec (specs/bmp.md).
+
+Frame: four delimited header fields, then the payload::
+
+    00 <stream-id> 01  00 <opts> 01  00 <sid> 01  00 <LEN> 01  <payload>
+
+opts: empty (data), 06 create (data), 05 ack (payload: the sid), 02 end of
+stream (payload 04), 03 close (payload 04), anything else a custom option
+whose payload is data.  sid: decimal, on data frames only.  LEN: hex.
+
+Stream rules enforced here:
+
+  - A frame on an unknown stream creates it (whether or not it carries 06),
+    except acks and closes, which are ignored, and frames for streams this
+    side opened and has forgotten.
+  - Every data frame with a sid is acknowledged once the application has
+    consumed all of it, never later, and never held back for our own
+    outstanding acknowledgements.
+  - At most maxInFlight data frames per stream are sent unacknowledged; one
+    unacknowledged for ackTimeout ends its stream (StreamTimeoutError) and
+    the peer is sent a close.
+  - A stream ends cleanly when both sides have sent end-of-stream and every
+    acknowledgement is exchanged; this side then sends close (Blazeio's
+    server does the same) and forgets it.  A close received before the
+    peer's end-of-stream is a reset.
+  - Every header field is bounded; malformed bytes are a MalformedFrame
+    naming the fault, a LEN over maxFrameSize a FrameTooLarge.
+"""
+
+import re
+from collections import OrderedDict, deque
+
+from .engine import Engine, StreamState
+from .errors import (
+    ErrorCode,
+    FrameTooLarge,
+    MalformedFrame,
+    StreamResetError,
+    StreamTimeoutError,
+)
+from .events import DataReceived, StreamClosed, StreamEnded, StreamOpened
+
+DATA = 0            # an empty opts field
+CLOSE_STREAM = 0x03
+END_STREAM = 0x02
+FILLER = 0x04
+ACK = 0x05
+CREATE = 0x06
+_CONTROL = frozenset((ACK, END_STREAM, CLOSE_STREAM))
+
+MAX_STREAM_ID_LENGTH = 64
+MAX_SID_DIGITS = 20
+MAX_LEN_DIGITS = 16
+MAX_CONTROL_PAYLOAD = 32
+MAX_HEADER = 8 + MAX_STREAM_ID_LENGTH + 1 + MAX_SID_DIGITS + MAX_LEN_DIGITS
+REFUSED_MEMORY = 1024
+
+_headerPattern = re.compile(
+    rb"\x00([^\x00\x01]{1,%d})\x01\x00([^\x00\x01]?)\x01\x00([0-9]{0,%d})\x01"
+    rb"\x00([0-9A-Fa-f]{1,%d})\x01"
+    % (MAX_STREAM_ID_LENGTH, MAX_SID_DIGITS, MAX_LEN_DIGITS)
+)
+_match = _headerPattern.match
+
+_DIGITS = frozenset(b"0123456789")
+_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
+_FIELDS = (
+    # name, shortest, longest, allowed bytes (None: any but 00 and 01)
+    ("stream-id", 1, MAX_STREAM_ID_LENGTH, None),
+    ("opts", 0, 1, None),
+    ("sid", 0, MAX_SID_DIGITS, _DIGITS),
+    ("LEN", 1, MAX_LEN_DIGITS, _HEXDIGITS),
+)
+
+
+class Frame:
+    """
+    One BMP frame.
+
+    @ivar streamId: bytes.
+    @ivar opt: the opts byte as an int, 0 when the field is empty.
+    @ivar sid: the sequence number field, bytes (empty when absent).
+    @ivar size: the payload length.
+    @ivar payload: the payload, when known whole.
+    """
+
+    __slots__ = ("streamId", "opt", "sid", "size", "payload")
+
+    def __init__(self, streamId, opt=DATA, sid=b"", size=0, payload=None):
+        self.streamId = streamId
+        self.opt = opt
+        self.sid = sid
+        self.size = size
+        self.payload = payload
+
+    def isData(self):
+        """
+        Return true if the payload of this frame is stream data.
+        """
+        return self.opt not in _CONTROL
+
+    def __eq__(self, other):
+        return isinstance(other, Frame) and (
+            self.streamId, self.opt, self.sid, self.size, self.payload
+        ) == (other.streamId, other.opt, other.sid, other.size, other.payload)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return "bmp.Frame(streamId=%r, opt=0x%02X, sid=%r, size=%d, payload=%r)" % (
+            self.streamId, self.opt, self.sid, self.size, self.payload
+        )
+
+
+def encodeHeader(streamId, opt, sid, size):
+    """
+    Return the four header fields of a frame (LEN in upper-case hex).
+    """
+    if not streamId or b"\x00" in streamId or b"\x01" in streamId:
+        raise ValueError("BMP stream id %r must be non-empty, without 00/01" % (streamId,))
+    if len(streamId) > MAX_STREAM_ID_LENGTH:
+        raise ValueError("BMP stream id %r is too long" % (streamId,))
+    if opt in (0x00, 0x01) and opt != DATA or not 0 <= opt <= 0xFF:
+        raise ValueError("BMP opts byte 0x%02X cannot be encoded" % (opt,))
+    return b"\x00%b\x01\x00%b\x01\x00%b\x01\x00%X\x01" % (
+        streamId, bytes((opt,)) if opt else b"", sid, size
+    )
+
+
+def encodeFrame(frame):
+    """
+    Return the bytes of C{frame} (its C{payload} must be set).
+    """
+    payload = frame.payload or b""
+    return encodeHeader(frame.streamId, frame.opt, frame.sid, len(payload)) + payload
+
+
+def _checkPrefix(buf, position):
+    """
+    Raise the L{MalformedFrame} naming what is wrong with header bytes
+    C{buf}, or return if they are a valid beginning of a header.
+    """
+    i = 0
+    end = len(buf)
+    for name, shortest, longest, allowed in _FIELDS:
+        if i == end:
+            return
+        if buf[i] != 0x00:
+            raise MalformedFrame(
+                "BMP %s field must start with 0x00, found 0x%02X (stream offset %d)"
+                % (name, buf[i], position + i)
+            )
+        i += 1
+        start = i
+        while i < end and buf[i] != 0x01:
+            byte = buf[i]
+            if byte == 0x00:
+                raise MalformedFrame(
+                    "BMP %s field contains 0x00 (stream offset %d)" % (name, position + i)
+                )
+            if allowed is not None and byte not in allowed:
+                raise MalformedFrame(
+                    "BMP %s field contains %r, not a %s digit (stream offset %d)"
+                    % (name, bytes((byte,)), "hex" if name == "LEN" else "decimal",
+                       position + i)
+                )
+            i += 1
+            if i - start > longest:
+                raise MalformedFrame(
+                    "BMP %s field is longer than %d bytes (stream offset %d)"
+                    % (name, longest, position + start)
+                )
+        if i == end:
+            return
+        if i - start < shortest:
+            raise MalformedFrame(
+                "BMP %s field is empty (stream offset %d)" % (name, position + start)
+            )
+        i += 1
+    raise MalformedFrame("BMP header %r does not parse" % (bytes(buf),))
+
+
+class FrameDecoder:
+    """
+    Incremental BMP decoder: accepts the byte stream split anywhere, byte by
+    byte included.
+
+    L{receive} appends C{(frame, piece, first, last)} tuples to a list.  Data
+    payloads come as pieces as they arrive; ack, end and close frames come
+    once, whole, with C{frame.payload} set.
+    """
+
+    __slots__ = ("maxFrameSize", "_header", "_frame", "_remaining", "_parts", "_offset")
+
+    def __init__(self, maxFrameSize=1 << 24):
+        self.maxFrameSize = maxFrameSize
+        self._header = b""
+        self._frame = None
+        self._remaining = 0
+        self._parts = None
+        self._offset = 0
+
+    def receive(self, data, out):
+        """
+        Decode C{data}, appending items to C{out}.
+
+        @raise MalformedFrame: bytes that are not BMP, naming the fault.
+        @raise FrameTooLarge: a LEN over C{maxFrameSize}.
+        """
+        pos = 0
+        end = len(data)
+        append = out.append
+        while pos < end:
+            frame = self._frame
+            if frame is not None:
+                remaining = self._remaining
+                take = end - pos
+                if take >= remaining:
+                    take = remaining
+                piece = data if (pos == 0 and take == end) else data[pos:pos + take]
+                pos += take
+                remaining -= take
+                self._remaining = remaining
+                if self._parts is not None:
+                    self._parts.append(piece)
+                    if remaining == 0:
+                        frame.payload = b"".join(self._parts)
+                        self._parts = None
+                        self._frame = None
+                        append((frame, frame.payload, True, True))
+                    continue
+                first = remaining + take == frame.size
+                if remaining == 0:
+                    self._frame = None
+                    append((frame, piece, first, True))
+                else:
+                    append((frame, piece, first, False))
+                continue
+            if self._header:
+                held = len(self._header)
+                buf = self._header + data[pos:pos + MAX_HEADER]
+                match = _match(buf)
+                if match is None:
+                    _checkPrefix(buf, self._offset - held)
+                    self._header = buf
+                    taken = len(buf) - held
+                    pos += taken
+                    self._offset += taken
+                    continue
+                taken = match.end() - held
+                self._header = b""
+            else:
+                match = _match(data, pos)
+                if match is None:
+                    chunk = data[pos:pos + MAX_HEADER]
+                    _checkPrefix(chunk, self._offset)
+                    self._header = bytes(chunk)
+                    pos += len(chunk)
+                    self._offset += len(chunk)
+                    continue
+                taken = match.end() - pos
+            pos += taken
+            self._offset += taken
+            streamId, opts, sid, length = match.groups()
+            size = int(length, 16)
+            opt = opts[0] if opts else DATA
+            frame = Frame(streamId, opt, sid, size)
+            if opt in _CONTROL:
+                if size > MAX_CONTROL_PAYLOAD:
+                    raise MalformedFrame(
+                        "BMP control frame (opts 0x%02X) on stream %r with a "
+                        "%d-byte payload (at most %d)"
+                        % (opt, streamId, size, MAX_CONTROL_PAYLOAD)
+                    )
+                if size == 0:
+                    frame.payload = b""
+                    append((frame, b"", True, True))
+                else:
+                    self._frame = frame
+                    self._remaining = size
+                    self._parts = []
+            else:
+                if size > self.maxFrameSize:
+                    raise FrameTooLarge(
+                        "BMP frame of %d bytes on stream %r exceeds maxFrameSize=%d"
+                        % (size, streamId, self.maxFrameSize)
+                    )
+                if size == 0:
+                    append((frame, b"", True, True))
+                else:
+                    self._frame = frame
+                    self._remaining = size
+
+    def buffered(self):
+        """
+        Return how many bytes the decoder holds (a partial header or control
+        payload; never more than a few hundred).
+        """
+        held = len(self._header)
+        if self._parts:
+            held += sum(len(part) for part in self._parts)
+        return held
+
+
+def decodeFrames(data, maxFrameSize=1 << 24):
+    """
+    Decode complete frames from C{data} into L{Frame}s with whole payloads
+    (a convenience for tests and tools; the engine streams payloads).
+    """
+    items = []
+    FrameDecoder(maxFrameSize).receive(data, items)
+    frames = []
+    for frame, piece, first, last in items:
+        if first:
+            parts = []
+        parts.append(piece)
+        if last:
+            frames.append(Frame(frame.streamId, frame.opt, frame.sid, frame.size,
+                                b"".join(parts)))
+    return frames
+
+
+def _controlFrame(streamId, opt, payload):
+    return b"\x00%b\x01\x00%c\x01\x00\x01\x00%X\x01%b" % (
+        streamId, opt, len(payload), payload
+    )
+
+
+class BmpEngine(Engine):
+    """
+    The BMP protocol state machine for one connection.
+    """
+
+    framing = "bmp"
+
+    def __init__(self, role, settings=None, now=0.0):
+        Engine.__init__(self, role, settings, now)
+        self._decoder = FrameDecoder(self.settings.maxFrameSize)
+        # A Blazeio client names its streams io_N; a muxframe server opens
+        # srv_N, which cannot collide with them.
+        self._prefix = b"io_" if role == "client" else b"srv_"
+        self._nextLocal = 0
+        self._awaiting = {}
+        self._refused = OrderedDict()
+        self._lastCheck = now
+
+    # -- stream ids -----------------------------------------------------
+
+    def _allocateStreamId(self):
+        while True:
+            streamId = b"%b%d" % (self._prefix, self._nextLocal)
+            self._nextLocal += 1
+            if streamId not in self._streams:
+                return streamId
+
+    def _isForgottenLocal(self, streamId):
+        prefix = self._prefix
+        if not streamId.startswith(prefix):
+            return False
+        number = streamId[len(prefix):]
+        return number.isdigit() and int(number) < self._nextLocal
+
+    def _newStream(self, streamId, local):
+        return StreamState(streamId)
+
+    def _finish(self, state, error=None):
+        self._awaiting.pop(state.streamId, None)
+        Engine._finish(self, state, error)
+
+    # -- frames out -----------------------------------------------------
+
+    def _openFrame(self, state):
+        pass  # no frame: the first frame written on the stream creates it
+
+    def _resetFrame(self, state, code):
+        # Acknowledge what we will never consume first: a Blazeio writer that
+        # receives a close while it waits for an acknowledgement hangs.
+        self._ackAll(state)
+        self._awaiting.pop(state.streamId, None)
+        self._control.append(_controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
+        self.counters.framesSent += 1
+
+    def _sessionCloseFrame(self, code):
+        pass  # BMP has no session-level frame: closing the transport is it
+
+    def _canSend(self, state):
+        if state.sendBuffered:
+            inflight = state.inflight
+            return inflight is None or len(inflight) < self.settings.maxInFlight
+        return state.endPending
+
+    def _emit(self, state, out, now):
+        size = 0
+        if state.sendBuffered:
+            inflight = state.inflight
+            if inflight is None:
+                inflight = state.inflight = {}
+            if len(inflight) >= self.settings.maxInFlight:
+                state.creditStalls += 1
+                self.counters.creditStalls += 1
+                return 0
+            size = state.sendBuffered
+            if size > self.settings.maxFrameSize:
+                size = self.settings.maxFrameSize
+            payload = state.take(size)
+            sid = b"%d" % state.outSeq
+            state.outSeq += 1
+            if state.created:
+                out.append(b"\x00%b\x01\x00\x01\x00%b\x01\x00%X\x01" % (
+                    state.streamId, sid, size))
+            else:
+                state.created = True
+                out.append(b"\x00%b\x01\x00\x06\x01\x00%b\x01\x00%X\x01" % (
+                    state.streamId, sid, size))
+            out.append(payload)
+            if not inflight:
+                self._awaiting[state.streamId] = state
+            inflight[sid] = now
+            state.bytesSent += size
+            counters = self.counters
+            counters.bytesSent += size
+            counters.framesSent += 1
+        if not state.sendBuffered and state.endPending:
+            out.append(_controlFrame(state.streamId, END_STREAM, b"\x04"))
+            state.created = True
+            self.counters.framesSent += 1
+            state.endPending = False
+            state.localEnded = True
+            self._maybeFinish(state)
+        return size
+
+    def _ackAll(self, state):
+        frames = state.recvFrames
+        if frames:
+            for sid, remaining in frames:
+                self._control.append(_controlFrame(state.streamId, ACK, sid))
+            self.counters.framesSent += len(frames)
+            frames.clear()
+
+    def _returnCredit(self, state, size):
+        state.recvBuffered -= size
+        frames = state.recvFrames
+        if not frames:
+            return
+        control = self._control
+        streamId = state.streamId
+        while frames:
+            entry = frames[0]
+            if entry[1] > size:
+                entry[1] -= size
+                break
+            size -= entry[1]
+            frames.popleft()
+            control.append(_controlFrame(streamId, ACK, entry[0]))
+            self.counters.framesSent += 1
+        self._maybeFinish(state)
+
+    def _maybeFinish(self, state):
+        if (state.localEnded and state.remoteEnded and not state.inflight
+                and not state.recvFrames):
+            self._control.append(_controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
+            self.counters.framesSent += 1
+            self._finish(state)
+
+    # -- frames in ------------------------------------------------------
+
+    def _handleItems(self, items, now):
+        streams = self._streams
+        events = self._events
+        counters = self.counters
+        for frame, piece, first, last in items:
+            streamId = frame.streamId
+            opt = frame.opt
+            if first:
+                counters.framesReceived += 1
+            if opt == ACK:
+                self._ackReceived(streams.get(streamId), frame)
+                continue
+            if opt == CLOSE_STREAM:
+                state = streams.get(streamId)
+                if state is not None:
+                    if state.remoteEnded:
+                        self._finish(state)
+                    else:
+                        self._remoteReset(
+                            state, ErrorCode.CLOSED, StreamResetError,
+                            "BMP stream %r closed by the peer before its end "
+                            "of stream" % (streamId,),
+                        )
+                continue
+            state = streams.get(streamId)
+            if state is None:
+                if not first:
+                    continue
+                state = self._peerStream(streamId)
+                if state is None:
+                    continue
+            if opt == END_STREAM:
+                if not state.remoteEnded:
+                    state.remoteEnded = True
+                    events.append(StreamEnded(streamId))
+                    self._maybeFinish(state)
+                continue
+            if state.remoteEnded:
+                # Data after the peer's own end of stream: acknowledge and
+                # drop it rather than let it confuse the application.
+                if last and frame.sid:
+                    self._control.append(_controlFrame(streamId, ACK, frame.sid))
+                continue
+            if first and frame.sid:
+                frames = state.recvFrames
+                if frames is None:
+                    frames = state.recvFrames = deque()
+                frames.append([frame.sid, frame.size])
+                if frame.size == 0:
+                    self._returnCredit(state, 0)
+            if piece:
+                size = len(piece)
+                state.recvBuffered += size
+                if state.recvBuffered > self.settings.maxStreamBuffer:
+                    self._overrun(state)
+                    continue
+                state.bytesReceived += size
+                counters.bytesReceived += size
+                events.append(DataReceived(streamId, piece))
+
+    def _peerStream(self, streamId):
+        if streamId in self._refused or self._isForgottenLocal(streamId):
+            return None
+        if not self.accepting or len(self._streams) >= self.settings.maxStreams:
+            self._control.append(_controlFrame(streamId, CLOSE_STREAM, b"\x04"))
+            self.counters.framesSent += 1
+            self.counters.streamsRefused += 1
+            self._refused[streamId] = True
+            if len(self._refused) > REFUSED_MEMORY:
+                self._refused.popitem(last=False)
+            return None
+        state = StreamState(streamId)
+        self._streams[streamId] = state
+        self.counters.streamsAccepted += 1
+        self._events.append(StreamOpened(streamId))
+        return state
+
+    def _ackReceived(self, state, frame):
+        sid = frame.payload
+        if not sid.isdigit() or len(sid) > MAX_SID_DIGITS:
+            raise MalformedFrame(
+                "BMP acknowledgement on stream %r carries %r, not a sid"
+                % (frame.streamId, sid)
+            )
+        if state is None or not state.inflight:
+            return
+        if state.inflight.pop(sid, None) is None:
+            return
+        if not state.inflight:
+            self._awaiting.pop(state.streamId, None)
+            if state.localEnded:
+                self._maybeFinish(state)
+        self._requeue(state)
+
+    def _overrun(self, state):
+        error = StreamResetError(
+            "BMP stream %r: the peer sent %d unacknowledged bytes, over "
+            "maxStreamBuffer=%d" % (state.streamId, state.recvBuffered,
+                                     self.settings.maxStreamBuffer),
+            ErrorCode.FLOW_CONTROL, state.streamId,
+        )
+        self.resetStream(state.streamId, ErrorCode.FLOW_CONTROL)
+        self._events.append(StreamClosed(state.streamId, error))
+
+    # -- timers ---------------------------------------------------------
+
+    def _tickFraming(self, now):
+        self._lastCheck = now
+        timeout = self.settings.ackTimeout
+        if not timeout:
+            return
+        for state in list(self._awaiting.values()):
+            oldest = next(iter(state.inflight.values()))
+            if now - oldest >= timeout:
+                sid = next(iter(state.inflight))
+                self._awaiting.pop(state.streamId, None)
+                self.resetStream(state.streamId, ErrorCode.CLOSED)
+                self._events.append(StreamClosed(state.streamId, StreamTimeoutError(
+                    "BMP stream %r: frame %s unacknowledged for %g s (ackTimeout)"
+                    % (state.streamId, sid.decode(), timeout),
+                    ErrorCode.CLOSED, state.streamId,
+                )))
+
+    def _framingDeadline(self):
+        if self._awaiting and self.settings.ackTimeout:
+            return self._lastCheck + self.settings.ackTimeout / 4.0
+        return None

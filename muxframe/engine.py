@@ -1,0 +1,453 @@
+"""
+What every framing's sans-IO engine shares: the stream table, bounded send
+buffers, the output scheduler and the counters.
+
+Rules (both framings):
+
+  - Commands (openStream, sendData, endStream, resetStream, consumed,
+    closeSession) change state and queue output; nothing is written until the
+    caller asks for L{Engine.dataToSend}.
+  - Output order: every queued control frame (credit, acknowledgements,
+    resets, refusals, keepalives) first, then data, served round-robin one
+    frame per stream per turn so no stream waits behind another's bulk.
+  - A stream is removed from the table when it is over: both directions
+    ended (and, for BMP, every acknowledgement exchanged), or reset.  Then a
+    L{StreamClosed} event reports it once.
+  - Time is an argument ("now", in seconds); no clock is read here.
+
+No Twisted import: this module and the framings built on it run anywhere.
+"""
+
+from collections import deque
+
+from .errors import (
+    ErrorCode,
+    RemoteProtocolError,
+    SessionClosedError,
+    SessionTimeoutError,
+    StreamBufferOverflow,
+    StreamClosedError,
+    StreamLimitError,
+)
+from .events import ConnectionTerminated, StreamClosed
+from .settings import Settings
+
+
+class Counters:
+    """
+    Session counters, for operators.
+
+    @ivar resetsSent: C{{code: count}} of stream resets this side sent.
+    @ivar resetsReceived: C{{code: count}} of stream resets the peer sent.
+    """
+
+    __slots__ = (
+        "bytesSent", "bytesReceived", "framesSent", "framesReceived",
+        "streamsOpened", "streamsAccepted", "streamsRefused", "creditStalls",
+        "keepalivesSent", "resetsSent", "resetsReceived",
+    )
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+        self.resetsSent = {}
+        self.resetsReceived = {}
+
+    def asDict(self):
+        """
+        Return a snapshot as a plain dict.
+        """
+        result = {name: getattr(self, name) for name in self.__slots__}
+        result["resetsSent"] = dict(self.resetsSent)
+        result["resetsReceived"] = dict(self.resetsReceived)
+        return result
+
+
+class StreamState:
+    """
+    One stream's protocol state inside an engine.
+
+    Containers are created on first use: an idle stream costs one object.
+    """
+
+    __slots__ = (
+        "streamId", "sendQueue", "sendOffset", "sendBuffered", "endPending",
+        "localEnded", "remoteEnded", "queued", "credit", "window",
+        "recvWindow", "pendingCredit", "recvBuffered", "outSeq", "inflight",
+        "recvFrames", "created", "bytesSent", "bytesReceived", "creditStalls",
+    )
+
+    def __init__(self, streamId, credit=0, window=0):
+        self.streamId = streamId
+        self.sendQueue = None
+        self.sendOffset = 0
+        self.sendBuffered = 0
+        self.endPending = False
+        self.localEnded = False
+        self.remoteEnded = False
+        self.queued = False
+        self.credit = credit
+        self.window = window
+        self.recvWindow = window
+        self.pendingCredit = 0
+        self.recvBuffered = 0
+        self.outSeq = 0
+        self.inflight = None
+        self.recvFrames = None
+        self.created = False
+        self.bytesSent = 0
+        self.bytesReceived = 0
+        self.creditStalls = 0
+
+    def take(self, n):
+        """
+        Remove and return the next C{n} buffered bytes (C{n} must not exceed
+        C{sendBuffered}).  A queued chunk of exactly the right size is
+        returned as it is; otherwise the bytes are copied once.
+        """
+        queue = self.sendQueue
+        first = queue[0]
+        offset = self.sendOffset
+        self.sendBuffered -= n
+        if offset == 0 and len(first) == n:
+            queue.popleft()
+            return first
+        if len(first) - offset >= n:
+            piece = first[offset:offset + n]
+            offset += n
+            if offset == len(first):
+                queue.popleft()
+                offset = 0
+            self.sendOffset = offset
+            return piece
+        pieces = []
+        need = n
+        while need:
+            first = queue[0]
+            available = len(first) - offset
+            if available <= need:
+                pieces.append(first[offset:] if offset else first)
+                queue.popleft()
+                offset = 0
+                need -= available
+            else:
+                pieces.append(first[offset:offset + need])
+                offset += need
+                need = 0
+        self.sendOffset = offset
+        return b"".join(pieces)
+
+
+class Engine:
+    """
+    Base class of the framings' engines.  Subclasses implement the wire:
+    C{_emit}, C{_openFrame}, C{_endFrame}, C{_resetFrame}, C{_sessionCloseFrame},
+    C{_handle} and the stream-id allocation.
+
+    @ivar counters: a L{Counters}.
+    @ivar closed: true once the session is over; only already queued output
+        remains to be sent.
+    """
+
+    framing = None
+
+    def __init__(self, role, settings=None, now=0.0):
+        if role not in ("client", "server"):
+            raise ValueError("role must be 'client' or 'server', not %r" % (role,))
+        self.role = role
+        self.settings = settings if settings is not None else Settings()
+        self.counters = Counters()
+        self.closed = False
+        self.accepting = True
+        self._streams = {}
+        self._control = []
+        self._ready = deque()
+        self._events = []
+        self._lastReceived = now
+        self._lastSent = now
+
+    # -- queries --------------------------------------------------------
+
+    def __contains__(self, streamId):
+        return streamId in self._streams
+
+    def __len__(self):
+        return len(self._streams)
+
+    def streamIds(self):
+        """
+        Return the ids of the streams currently open.
+        """
+        return list(self._streams)
+
+    def stream(self, streamId):
+        """
+        Return the L{StreamState} of an open stream, or C{None}.
+        """
+        return self._streams.get(streamId)
+
+    def sendBuffered(self, streamId):
+        """
+        Return how many bytes of stream C{streamId} wait to be sent (0 for a
+        stream that is gone).
+        """
+        state = self._streams.get(streamId)
+        return state.sendBuffered if state is not None else 0
+
+    def hasOutput(self):
+        """
+        Return true if L{dataToSend} would return something now.
+        """
+        return bool(self._control or self._ready)
+
+    # -- commands -------------------------------------------------------
+
+    def openStream(self, now=0.0):
+        """
+        Open a stream toward the peer and return its id.
+
+        @raise SessionClosedError: the session is closing.
+        @raise StreamLimitError: C{maxStreams} streams are already open.
+        """
+        if self.closed or not self.accepting:
+            raise SessionClosedError("the session is closing; no new streams")
+        if len(self._streams) >= self.settings.maxStreams:
+            raise StreamLimitError(
+                "maxStreams=%d streams are already open" % self.settings.maxStreams
+            )
+        streamId = self._allocateStreamId()
+        state = self._newStream(streamId, local=True)
+        self._streams[streamId] = state
+        self.counters.streamsOpened += 1
+        self._openFrame(state)
+        return streamId
+
+    def sendData(self, streamId, data):
+        """
+        Queue C{data} (bytes) on a stream and return how many bytes the
+        stream now buffers.
+
+        @raise StreamClosedError: the stream is gone or its sending side has
+            ended.
+        @raise StreamBufferOverflow: past C{maxStreamBuffer}.
+        """
+        state = self._writable(streamId)
+        if not data:
+            return state.sendBuffered
+        size = len(data)
+        if state.sendBuffered + size > self.settings.maxStreamBuffer:
+            raise StreamBufferOverflow(
+                "stream %r: writing %d bytes would buffer %d bytes, over "
+                "maxStreamBuffer=%d; register a producer to be paused"
+                % (streamId, size, state.sendBuffered + size,
+                   self.settings.maxStreamBuffer)
+            )
+        if state.sendQueue is None:
+            state.sendQueue = deque()
+        state.sendQueue.append(data)
+        state.sendBuffered += size
+        if not state.queued and self._canSend(state):
+            state.queued = True
+            self._ready.append(state)
+        return state.sendBuffered
+
+    def endStream(self, streamId):
+        """
+        Half-close: after the buffered data, tell the peer this side sends
+        no more.  Ending an already ended stream does nothing.
+
+        @raise StreamClosedError: the stream is gone.
+        """
+        state = self._streams.get(streamId)
+        if state is None:
+            raise StreamClosedError("stream %r is closed" % (streamId,))
+        if state.endPending or state.localEnded:
+            return
+        state.endPending = True
+        if not state.queued and self._canSend(state):
+            state.queued = True
+            self._ready.append(state)
+
+    def resetStream(self, streamId, code=ErrorCode.NONE):
+        """
+        Abort a stream now: drop its buffered data and tell the peer.  A
+        stream that is already gone is ignored.
+        """
+        state = self._streams.pop(streamId, None)
+        if state is None:
+            return
+        self._dropQueued(state)
+        self._resetFrame(state, code)
+        self.counters.resetsSent[code] = self.counters.resetsSent.get(code, 0) + 1
+
+    def consumed(self, streamId, size):
+        """
+        The application has consumed C{size} bytes of stream C{streamId}:
+        return that much credit to the peer (MIO window update, BMP
+        acknowledgements of the frames now wholly consumed).
+        """
+        state = self._streams.get(streamId)
+        if state is not None:
+            self._returnCredit(state, size)
+
+    def closeSession(self, code=ErrorCode.NONE):
+        """
+        End the session: queue the framing's session-close frame (if it has
+        one).  After this, only the queued output remains to send.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.accepting = False
+        self._ready.clear()
+        self._sessionCloseFrame(code)
+
+    def stopAccepting(self):
+        """
+        Refuse streams the peer opens from now on (graceful drain); open
+        streams carry on.
+        """
+        self.accepting = False
+
+    # -- input ----------------------------------------------------------
+
+    def receiveData(self, data, now=0.0):
+        """
+        Feed bytes from the connection; return the events they caused (and
+        any still pending from earlier commands, see L{takeEvents}).
+
+        A protocol violation ends the session: the events decoded before it
+        are returned, followed by a L{ConnectionTerminated} carrying the
+        L{RemoteProtocolError}, and the framing's close frame is queued.
+        """
+        if self.closed:
+            return self.takeEvents()
+        self._lastReceived = now
+        items = []
+        try:
+            self._decoder.receive(data, items)
+        except RemoteProtocolError as error:
+            try:
+                self._handleItems(items, now)
+            except RemoteProtocolError:
+                pass
+            self._fail(error)
+            return self.takeEvents()
+        try:
+            self._handleItems(items, now)
+        except RemoteProtocolError as error:
+            self._fail(error)
+        return self.takeEvents()
+
+    def takeEvents(self):
+        """
+        Return and forget the events caused since the last call: commands
+        and L{dataToSend} can cause some too (a stream finishing when its
+        end is sent, for instance).
+        """
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    def _fail(self, error):
+        if not self.closed:
+            self.closeSession(error.code)
+            self._events.append(ConnectionTerminated(error.code, error))
+
+    def tick(self, now):
+        """
+        Run the timers due at C{now}; return the events they caused.
+        """
+        if self.closed:
+            return self.takeEvents()
+        idle = self.settings.idleTimeout
+        if idle and now - self._lastReceived >= idle:
+            error = SessionTimeoutError(
+                "nothing received for %g s (idleTimeout)" % (idle,)
+            )
+            self.closeSession(ErrorCode.NONE)
+            self._events.append(ConnectionTerminated(ErrorCode.NONE, error))
+        else:
+            self._tickFraming(now)
+        return self.takeEvents()
+
+    def nextDeadline(self):
+        """
+        Return the time of the next timer L{tick} must run, or C{None}.
+        """
+        if self.closed:
+            return None
+        deadlines = []
+        if self.settings.idleTimeout:
+            deadlines.append(self._lastReceived + self.settings.idleTimeout)
+        framing = self._framingDeadline()
+        if framing is not None:
+            deadlines.append(framing)
+        return min(deadlines) if deadlines else None
+
+    # -- output ---------------------------------------------------------
+
+    def dataToSend(self, limit=256 * 1024, now=0.0):
+        """
+        Return a list of byte strings to write, control frames first, then
+        data frames round-robin across streams, up to about C{limit} bytes of
+        data (one frame more at most).
+        """
+        out = self._control
+        self._control = []
+        ready = self._ready
+        size = 0
+        emit = self._emit
+        while ready and size < limit:
+            state = ready.popleft()
+            state.queued = False
+            size += emit(state, out, now)
+            if not state.queued and self._canSend(state):
+                state.queued = True
+                ready.append(state)
+        if out:
+            self._lastSent = now
+        return out
+
+    # -- shared helpers for subclasses ----------------------------------
+
+    def _writable(self, streamId):
+        state = self._streams.get(streamId)
+        if state is None:
+            raise StreamClosedError("stream %r is closed" % (streamId,))
+        if state.endPending or state.localEnded:
+            raise StreamClosedError(
+                "stream %r: its sending side has ended" % (streamId,)
+            )
+        return state
+
+    def _dropQueued(self, state):
+        state.sendQueue = None
+        state.sendBuffered = 0
+        state.endPending = False
+        if state.queued:
+            state.queued = False
+            try:
+                self._ready.remove(state)
+            except ValueError:
+                pass
+
+    def _requeue(self, state):
+        if not state.queued and self._canSend(state):
+            state.queued = True
+            self._ready.append(state)
+
+    def _finish(self, state, error=None):
+        """
+        Remove a stream and report it closed.
+        """
+        if self._streams.pop(state.streamId, None) is not None:
+            self._dropQueued(state)
+            self._events.append(StreamClosed(state.streamId, error))
+
+    def _remoteReset(self, state, code, errorClass, message):
+        self.counters.resetsReceived[code] = (
+            self.counters.resetsReceived.get(code, 0) + 1
+        )
+        self._finish(state, errorClass(message, code, state.streamId))

@@ -1,0 +1,460 @@
+"""
+MIO, sans-IO: the frame codec and the engine.  See docs/protocols.md and the
+wire spec (specs/mio.md).
+
+Frame: an 8-byte big-endian header -- stream id (bit 31 reserved), 24-bit
+size, flags -- then a payload only when SYN is set and WND is not.
+
+Receive dispatch, first match wins (the Go library's behaviour):
+
+  SYN and a known stream   WND: window update; HFR: data + end; else data
+  RST and WND              open (0x0C; 0x0D on an unknown stream too)
+  RST                      reset stream (code in size)
+  WND                      session window update: a no-op (our keepalive)
+  FIN                      close session (code in size)
+  nothing                  ignored
+
+Stream rules enforced here:
+
+  - The opener's window is the initial credit both ways.  A sender never
+    exceeds its credit; a peer that does gets its stream reset with code 2.
+  - Credit is returned as the application consumes data, in updates of at
+    least half the stream's window (or all of it once the peer has ended).
+  - A data frame larger than maxFrameSize is a connection error: FIN code 2.
+  - Frames for a stream id nobody can have opened yet are a connection
+    error; frames for streams already closed are skipped silently (never a
+    reset answering a reset).
+  - The connection initiator (client) opens odd ids, the other side even
+    ids; both skip ids the peer is using.
+"""
+
+import struct
+
+from .engine import Engine, StreamState
+from .errors import (
+    ErrorCode,
+    FlowControlViolation,
+    FrameTooLarge,
+    MalformedFrame,
+    StreamLimitError,
+    StreamRefusedError,
+    StreamResetError,
+)
+from .events import (
+    ConnectionTerminated,
+    DataReceived,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+)
+
+SYN = 0x01
+FIN = 0x02
+RST = 0x04
+WND = 0x08
+HFR = 0x10
+RESERVED_FLAGS = 0xE0
+
+OPEN = RST | WND
+DATA = SYN
+DATA_END = SYN | HFR
+WINDOW_UPDATE = SYN | WND
+RESET = RST
+CLOSE_SESSION = FIN
+SESSION_WINDOW = WND
+
+HEADER_SIZE = 8
+MAX_SIZE = (1 << 24) - 1
+MAX_STREAM_ID = (1 << 31) - 1
+# Credit beyond this is a window overflow (RFC 7540 uses the same bound).
+MAX_CREDIT = (1 << 31) - 1
+
+_header = struct.Struct(">II")
+_pack = _header.pack
+_unpackFrom = _header.unpack_from
+
+
+class Frame:
+    """
+    One MIO frame header (and, from L{decodeFrames}, its whole payload).
+    """
+
+    __slots__ = ("streamId", "size", "flags", "payload")
+
+    def __init__(self, streamId, size, flags, payload=None):
+        self.streamId = streamId
+        self.size = size
+        self.flags = flags
+        self.payload = payload
+
+    def hasPayload(self):
+        """
+        Return true if this frame carries C{size} bytes of payload.
+        """
+        return self.flags & SYN and not self.flags & WND
+
+    def __eq__(self, other):
+        return isinstance(other, Frame) and (
+            self.streamId, self.size, self.flags, self.payload
+        ) == (other.streamId, other.size, other.flags, other.payload)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return "mio.Frame(streamId=%d, size=%d, flags=0x%02X, payload=%r)" % (
+            self.streamId, self.size, self.flags, self.payload
+        )
+
+
+def encodeHeader(streamId, size, flags):
+    """
+    Return the 8-byte header of a frame.
+    """
+    if not 0 <= streamId <= MAX_STREAM_ID:
+        raise ValueError("MIO stream id %r out of range" % (streamId,))
+    if not 0 <= size <= MAX_SIZE:
+        raise ValueError("MIO size %r does not fit in 24 bits" % (size,))
+    return _pack(streamId, (size << 8) | flags)
+
+
+def encodeFrame(frame):
+    """
+    Return the bytes of C{frame}, payload included.
+    """
+    if frame.hasPayload():
+        payload = frame.payload or b""
+        return encodeHeader(frame.streamId, len(payload), frame.flags) + payload
+    return encodeHeader(frame.streamId, frame.size, frame.flags)
+
+
+class FrameDecoder:
+    """
+    Incremental MIO decoder: accepts the byte stream split anywhere.
+
+    L{receive} appends C{(frame, piece, first, last)} tuples to a list:
+    frames without payload come once with C{piece=None}; a payload comes
+    as one or more pieces, in order, as the bytes arrive (so a large frame
+    is never buffered whole).
+    """
+
+    __slots__ = ("maxFrameSize", "_header", "_frame", "_remaining")
+
+    def __init__(self, maxFrameSize=MAX_SIZE):
+        self.maxFrameSize = maxFrameSize
+        self._header = b""
+        self._frame = None
+        self._remaining = 0
+
+    def receive(self, data, out):
+        """
+        Decode C{data}, appending items to C{out}.
+
+        @raise FrameTooLarge: a data frame over C{maxFrameSize}; the items
+            decoded before it are already in C{out}.
+        """
+        pos = 0
+        end = len(data)
+        append = out.append
+        while pos < end:
+            frame = self._frame
+            if frame is not None:
+                remaining = self._remaining
+                take = end - pos
+                if take >= remaining:
+                    take = remaining
+                piece = data if (pos == 0 and take == end) else data[pos:pos + take]
+                pos += take
+                remaining -= take
+                self._remaining = remaining
+                first = remaining + take == frame.size
+                if remaining == 0:
+                    self._frame = None
+                    append((frame, piece, first, True))
+                else:
+                    append((frame, piece, first, False))
+                continue
+            if self._header:
+                need = HEADER_SIZE - len(self._header)
+                self._header += data[pos:pos + need]
+                pos += need
+                if len(self._header) < HEADER_SIZE:
+                    return
+                streamId, word = _unpackFrom(self._header)
+                self._header = b""
+            elif end - pos >= HEADER_SIZE:
+                streamId, word = _unpackFrom(data, pos)
+                pos += HEADER_SIZE
+            else:
+                self._header = bytes(data[pos:])
+                return
+            flags = word & 0xFF
+            size = word >> 8
+            frame = Frame(streamId & MAX_STREAM_ID, size, flags)
+            if flags & SYN and not flags & WND:
+                if size > self.maxFrameSize:
+                    raise FrameTooLarge(
+                        "MIO data frame of %d bytes on stream %d exceeds "
+                        "maxFrameSize=%d" % (size, frame.streamId, self.maxFrameSize)
+                    )
+                if size == 0:
+                    append((frame, b"", True, True))
+                else:
+                    self._frame = frame
+                    self._remaining = size
+            else:
+                append((frame, None, True, True))
+
+    def buffered(self):
+        """
+        Return how many bytes the decoder holds (at most a partial header).
+        """
+        return len(self._header)
+
+
+def decodeFrames(data, maxFrameSize=MAX_SIZE):
+    """
+    Decode complete frames from C{data} into L{Frame}s with whole payloads
+    (a convenience for tests and tools; the engine streams payloads).
+    """
+    items = []
+    decoder = FrameDecoder(maxFrameSize)
+    decoder.receive(data, items)
+    frames = []
+    for frame, piece, first, last in items:
+        if piece is None:
+            frames.append(frame)
+            continue
+        if first:
+            parts = []
+        parts.append(piece)
+        if last:
+            frames.append(Frame(frame.streamId, frame.size, frame.flags, b"".join(parts)))
+    return frames
+
+
+class MioEngine(Engine):
+    """
+    The MIO protocol state machine for one connection.
+    """
+
+    framing = "mio"
+
+    def __init__(self, role, settings=None, now=0.0):
+        Engine.__init__(self, role, settings, now)
+        self._decoder = FrameDecoder(self.settings.maxFrameSize)
+        self._nextLocalId = 1 if role == "client" else 2
+        self._highestId = 0
+
+    # -- stream ids -----------------------------------------------------
+
+    def _allocateStreamId(self):
+        streamId = self._nextLocalId
+        while streamId in self._streams:
+            streamId += 2
+        if streamId > MAX_STREAM_ID:
+            raise StreamLimitError("MIO stream ids exhausted on this connection")
+        self._nextLocalId = streamId + 2
+        if streamId > self._highestId:
+            self._highestId = streamId
+        return streamId
+
+    def _newStream(self, streamId, local, window=None):
+        if window is None:
+            window = self.settings.windowSize
+        return StreamState(streamId, credit=window, window=window)
+
+    # -- frames out -----------------------------------------------------
+
+    def _openFrame(self, state):
+        self._control.append(_pack(state.streamId, (state.window << 8) | OPEN))
+        self.counters.framesSent += 1
+
+    def _resetFrame(self, state, code):
+        self._control.append(_pack(state.streamId, (int(code) << 8) | RESET))
+        self.counters.framesSent += 1
+
+    def _sessionCloseFrame(self, code):
+        self._control.append(_pack(0, (int(code) << 8) | CLOSE_SESSION))
+        self.counters.framesSent += 1
+
+    def _canSend(self, state):
+        if state.sendBuffered:
+            return state.credit > 0
+        return state.endPending
+
+    def _emit(self, state, out, now):
+        size = 0
+        if state.sendBuffered:
+            size = state.credit
+            if size > self.settings.maxFrameSize:
+                size = self.settings.maxFrameSize
+            if size > state.sendBuffered:
+                size = state.sendBuffered
+            if size <= 0:
+                return 0
+            payload = state.take(size)
+            out.append(_pack(state.streamId, (size << 8) | DATA))
+            out.append(payload)
+            state.credit -= size
+            state.bytesSent += size
+            counters = self.counters
+            counters.bytesSent += size
+            counters.framesSent += 1
+            if state.sendBuffered and state.credit <= 0:
+                state.creditStalls += 1
+                counters.creditStalls += 1
+        if not state.sendBuffered and state.endPending:
+            out.append(_pack(state.streamId, DATA_END))
+            self.counters.framesSent += 1
+            state.endPending = False
+            state.localEnded = True
+            if state.remoteEnded:
+                self._finish(state)
+        return size
+
+    def _returnCredit(self, state, size):
+        if state.remoteEnded:
+            return
+        pending = state.pendingCredit + size
+        if pending * 2 >= state.window:
+            state.recvWindow += pending
+            state.pendingCredit = 0
+            self._control.append(_pack(state.streamId, (pending << 8) | WINDOW_UPDATE))
+            self.counters.framesSent += 1
+        else:
+            state.pendingCredit = pending
+
+    # -- frames in ------------------------------------------------------
+
+    def _handleItems(self, items, now):
+        streams = self._streams
+        events = self._events
+        counters = self.counters
+        for frame, piece, first, last in items:
+            streamId = frame.streamId
+            flags = frame.flags
+            if first:
+                counters.framesReceived += 1
+            if flags & SYN:
+                state = streams.get(streamId)
+                if state is not None:
+                    if flags & WND:
+                        self._windowUpdate(state, frame.size)
+                        continue
+                    if first:
+                        size = frame.size
+                        if size > state.recvWindow:
+                            self._flowControlError(state, size)
+                            continue
+                        state.recvWindow -= size
+                    if piece:
+                        state.bytesReceived += len(piece)
+                        counters.bytesReceived += len(piece)
+                        events.append(DataReceived(streamId, piece))
+                    if last and flags & HFR:
+                        self._remoteEnd(state)
+                    continue
+                if not flags & RST or not flags & WND:
+                    # Data or credit for a stream that is gone: skip it.
+                    self._checkKnownId(streamId, frame)
+                    continue
+            if flags & RST:
+                if flags & WND:
+                    self._peerOpened(frame)
+                    continue
+                state = streams.get(streamId)
+                if state is not None:
+                    code = frame.size
+                    if code == ErrorCode.REFUSED:
+                        cls, text = StreamRefusedError, "refused by the peer"
+                    else:
+                        cls, text = StreamResetError, "reset by the peer"
+                    self._remoteReset(
+                        state, code, cls,
+                        "MIO stream %d %s (code %s)"
+                        % (streamId, text, ErrorCode.describe(code)),
+                    )
+                else:
+                    self._checkKnownId(streamId, frame)
+            elif flags & WND:
+                continue  # session window update: the keepalive
+            elif flags & FIN:
+                code = frame.size
+                self.closed = True
+                self.accepting = False
+                self._ready.clear()
+                events.append(ConnectionTerminated(code, None))
+                return
+
+    def _checkKnownId(self, streamId, frame):
+        if streamId > self._highestId or streamId == 0:
+            raise MalformedFrame(
+                "MIO frame %r names stream %d, which was never opened"
+                % (frame, streamId)
+            )
+
+    def _peerOpened(self, frame):
+        streamId = frame.streamId
+        if streamId == 0:
+            raise MalformedFrame("MIO open frame for stream 0")
+        if streamId in self._streams:
+            raise MalformedFrame(
+                "MIO open frame for stream %d, which is already open" % (streamId,)
+            )
+        if streamId > self._highestId:
+            self._highestId = streamId
+        if streamId >= self._nextLocalId and streamId % 2 == self._nextLocalId % 2:
+            # A Go peer opens ids of our parity: never reuse one of them.
+            self._nextLocalId = streamId + 2
+        if not self.accepting or len(self._streams) >= self.settings.maxStreams:
+            self._control.append(_pack(streamId, (ErrorCode.REFUSED << 8) | RESET))
+            self.counters.framesSent += 1
+            self.counters.streamsRefused += 1
+            return
+        window = frame.size
+        self._streams[streamId] = StreamState(streamId, credit=window, window=window)
+        self.counters.streamsAccepted += 1
+        self._events.append(StreamOpened(streamId))
+
+    def _windowUpdate(self, state, size):
+        credit = state.credit + size
+        if credit > MAX_CREDIT:
+            raise FlowControlViolation(
+                "MIO window update of %d on stream %d overflows the window"
+                % (size, state.streamId)
+            )
+        state.credit = credit
+        self._requeue(state)
+
+    def _flowControlError(self, state, size):
+        error = FlowControlViolation(
+            "MIO stream %d: peer sent %d bytes with %d bytes of credit"
+            % (state.streamId, size, state.recvWindow)
+        )
+        self.resetStream(state.streamId, ErrorCode.FLOW_CONTROL)
+        self._events.append(StreamClosed(
+            state.streamId,
+            StreamResetError(str(error), ErrorCode.FLOW_CONTROL, state.streamId),
+        ))
+
+    def _remoteEnd(self, state):
+        state.remoteEnded = True
+        self._events.append(StreamEnded(state.streamId))
+        if state.localEnded:
+            self._finish(state)
+
+    # -- timers ---------------------------------------------------------
+
+    def _tickFraming(self, now):
+        interval = self.settings.keepaliveInterval
+        if interval and now - self._lastSent >= interval:
+            self._control.append(_pack(0, SESSION_WINDOW))
+            self.counters.framesSent += 1
+            self.counters.keepalivesSent += 1
+            self._lastSent = now
+
+    def _framingDeadline(self):
+        interval = self.settings.keepaliveInterval
+        if interval:
+            return self._lastSent + interval
+        return None

@@ -1,0 +1,604 @@
+"""
+The Twisted adapter: L{Multiplexer} feeds a connection's bytes to a framing's
+sans-IO engine and turns its events into calls on one child protocol per
+stream; L{MultiplexerFactory} builds it.
+
+Output is scheduled here and framed by the engine: control frames first,
+then data round-robin, written with C{writeSequence} while the connection's
+transport accepts more (the Multiplexer is the transport's streaming
+producer), so small messages never queue behind a bulk stream's backlog.
+"""
+
+from zope.interface import implementer
+
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .bmp import BmpEngine
+from .errors import (
+    ErrorCode,
+    LocalProtocolError,
+    MuxframeError,
+    SessionClosedError,
+)
+from .events import (
+    ConnectionTerminated,
+    DataReceived,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+)
+from .mio import MioEngine
+from .settings import Settings
+from .stream import (
+    PAUSED_BY_BUFFER,
+    PAUSED_BY_TRANSPORT,
+    StreamAddress,
+    StreamTransport,
+    abortedReason,
+    closedReason,
+)
+
+ENGINES = {"mio": MioEngine, "bmp": BmpEngine}
+
+# Data bytes handed to the connection's transport per scheduling round; the
+# transport pauses us past its own buffer size, so this only bounds one turn.
+WRITE_QUANTUM = 256 * 1024
+
+_END = "end"
+
+
+def _engineClass(framing):
+    try:
+        return ENGINES[framing]
+    except (KeyError, TypeError):
+        raise ValueError(
+            "unknown framing %r: choose one of %s" % (framing, ", ".join(sorted(ENGINES)))
+        )
+
+
+@implementer(IPushProducer)
+class Multiplexer(Protocol):
+    """
+    One multiplexed connection.
+
+    @ivar engine: the framing's sans-IO engine.
+    @ivar counters: the session's L{muxframe.engine.Counters}.
+    """
+
+    log = Logger()
+
+    def __init__(self, childFactory=None, framing="mio", role="server",
+                 settings=None, reactor=None):
+        self.childFactory = childFactory
+        self.framing = framing
+        self.role = role
+        self.settings = settings if settings is not None else Settings()
+        self._engineClass = _engineClass(framing)
+        if role not in ("client", "server"):
+            raise ValueError("role must be 'client' or 'server', not %r" % (role,))
+        self._reactor = reactor
+        self.engine = None
+        self._streams = {}
+        self._producers = set()
+        self._bufferPaused = set()
+        self._endingWrites = set()
+        self._transportPaused = False
+        self._readingPaused = False
+        self._held = 0
+        self._busy = False
+        self._flushAgain = False
+        self._timer = None
+        self._terminated = None
+        self._drainDeferreds = []
+        self._drainTimer = None
+        self._lostDeferreds = []
+        self.disconnected = False
+
+    # -- helpers --------------------------------------------------------
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    @property
+    def counters(self):
+        """
+        The session's counters (bytes, frames, streams, stalls, resets).
+        """
+        return self.engine.counters
+
+    def streamCount(self):
+        """
+        Return how many streams are open.
+        """
+        return len(self._streams)
+
+    def _now(self):
+        return self.reactor.seconds()
+
+    # -- IProtocol ------------------------------------------------------
+
+    def connectionMade(self):
+        self.engine = self._engineClass(self.role, self.settings, self._now())
+        self.transport.registerProducer(self, True)
+        self.log.debug(
+            "{framing} {role} session up with {peer}",
+            framing=self.framing, role=self.role, peer=self.transport.getPeer(),
+        )
+        self._scheduleTimer()
+
+    def dataReceived(self, data):
+        engine = self.engine
+        if engine is None or self.disconnected:
+            return
+        self._busy = True
+        try:
+            self._process(engine.receiveData(data, self._now()))
+        finally:
+            self._busy = False
+        self._flush()
+
+    def connectionLost(self, reason=None):
+        if self.disconnected:
+            return
+        self.disconnected = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._drainTimer is not None and self._drainTimer.active():
+            self._drainTimer.cancel()
+        if self.engine is not None:
+            self.engine.closed = True
+        if self._terminated is not None:
+            reason = self._terminated
+        elif reason is None:
+            reason = Failure(ConnectionLost("multiplexed connection lost"))
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for stream in streams:
+            self._callChild(stream, stream._lost, reason)
+        self.log.debug(
+            "{framing} session lost ({count} streams open): {reason}",
+            framing=self.framing, count=len(streams), reason=reason.value,
+        )
+        for d in self._drainDeferreds + self._lostDeferreds:
+            d.callback(None)
+        self._drainDeferreds = []
+        self._lostDeferreds = []
+
+    # -- IPushProducer (the connection's transport tells us to write) ---
+
+    def pauseProducing(self):
+        if self._transportPaused:
+            return
+        self._transportPaused = True
+        for stream in list(self._producers):
+            stream._pauseProducer(PAUSED_BY_TRANSPORT)
+
+    def resumeProducing(self):
+        if not self._transportPaused:
+            return
+        self._transportPaused = False
+        self._flush()
+        if not self._transportPaused:
+            for stream in list(self._producers):
+                stream._unpauseProducer(PAUSED_BY_TRANSPORT)
+
+    def stopProducing(self):
+        pass  # connectionLost follows
+
+    # -- public API -----------------------------------------------------
+
+    def openStream(self, factory):
+        """
+        Open a stream toward the peer, with a child protocol built by
+        C{factory.buildProtocol(StreamAddress)}.
+
+        @return: a Deferred firing with the child protocol once it is
+            connected to the stream, or failing with L{SessionClosedError},
+            L{muxframe.errors.StreamLimitError} or the factory's error.
+        """
+        if self.engine is None or self.disconnected or self.engine.closed:
+            return fail(SessionClosedError("the multiplexed connection is not open"))
+        try:
+            streamId = self.engine.openStream(self._now())
+        except MuxframeError as error:
+            return fail(error)
+        address = StreamAddress(self.transport.getPeer(), streamId, self.framing)
+        try:
+            protocol = factory.buildProtocol(address)
+        except BaseException:
+            failure = Failure()
+            self.engine.resetStream(streamId, ErrorCode.INTERNAL)
+            self._flush()
+            return fail(failure)
+        if protocol is None:
+            self.engine.resetStream(streamId, ErrorCode.REFUSED)
+            self._flush()
+            return fail(LocalProtocolError("%r built no protocol for the stream" % (factory,)))
+        stream = StreamTransport(self, streamId, protocol)
+        self._streams[streamId] = stream
+        self.log.debug("opened stream {streamId}", streamId=streamId)
+        self._callChild(stream, protocol.makeConnection, stream)
+        self._flush()
+        return succeed(protocol)
+
+    def drain(self, timeout=None, code=ErrorCode.NONE):
+        """
+        Stop accepting and opening streams, let the open ones finish, then
+        close the connection: when the last stream ends, or after
+        C{timeout} seconds (default: the C{drainTimeout} setting), when
+        streams still open are lost with L{SessionClosedError}.
+
+        @return: a Deferred that fires when the connection is closed.
+        """
+        from twisted.internet.defer import Deferred
+        d = Deferred()
+        if self.disconnected:
+            d.callback(None)
+            return d
+        self._drainDeferreds.append(d)
+        self.engine.stopAccepting()
+        if timeout is None:
+            timeout = self.settings.drainTimeout
+        if self._drainTimer is None:
+            self._drainTimer = self.reactor.callLater(timeout, self._drainExpired, code)
+        self._drainCode = code
+        self._checkDrained()
+        return d
+
+    def close(self, code=ErrorCode.NONE):
+        """
+        End the session now: every open stream is lost.  MIO sends the peer
+        FIN with C{code}.
+        """
+        if self.disconnected or self.engine is None:
+            return
+        if self._terminated is None:
+            self._terminated = Failure(SessionClosedError(
+                "session closed locally (code %s)" % ErrorCode.describe(code)))
+        self.engine.closeSession(code)
+        self._flush()
+        self.transport.loseConnection()
+
+    def whenLost(self):
+        """
+        Return a Deferred that fires when the connection is lost.
+        """
+        from twisted.internet.defer import Deferred
+        d = Deferred()
+        if self.disconnected:
+            d.callback(None)
+        else:
+            self._lostDeferreds.append(d)
+        return d
+
+    # -- draining -------------------------------------------------------
+
+    def _checkDrained(self):
+        if self._drainDeferreds and not self._streams and not self.disconnected:
+            self.close(getattr(self, "_drainCode", ErrorCode.NONE))
+
+    def _drainExpired(self, code):
+        self._drainTimer = None
+        if self.disconnected:
+            return
+        if self._streams:
+            self._terminated = Failure(SessionClosedError(
+                "drain deadline passed with %d streams open" % len(self._streams)))
+            self.log.info(
+                "drain deadline passed; closing {count} open streams",
+                count=len(self._streams),
+            )
+            code = ErrorCode.TRANSPORT_CLOSED if code == ErrorCode.NONE else code
+        self.close(code)
+
+    # -- events ---------------------------------------------------------
+
+    def _process(self, events):
+        streams = self._streams
+        engine = self.engine
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                stream = streams.get(event.streamId)
+                if stream is None:
+                    continue
+                data = event.data
+                if stream._readPaused or stream._pending:
+                    stream._hold(data)
+                    self._holding(len(data))
+                elif stream._discard:
+                    engine.consumed(event.streamId, len(data))
+                else:
+                    self._callChild(stream, stream.protocol.dataReceived, data)
+                    engine.consumed(event.streamId, len(data))
+            elif kind is StreamOpened:
+                self._accept(event.streamId)
+            elif kind is StreamEnded:
+                stream = streams.get(event.streamId)
+                if stream is not None:
+                    if stream._pending:
+                        stream._hold(_END)
+                    else:
+                        self._callChild(stream, stream._readEnded)
+            elif kind is StreamClosed:
+                stream = streams.get(event.streamId)
+                if stream is not None:
+                    if stream._pending and not stream._discard:
+                        stream._hold(event)
+                    else:
+                        self._closeStream(stream, event.error)
+            elif kind is ConnectionTerminated:
+                self._connectionTerminated(event)
+
+    def _accept(self, streamId):
+        address = StreamAddress(self.transport.getPeer(), streamId, self.framing)
+        protocol = None
+        if self.childFactory is not None:
+            try:
+                protocol = self.childFactory.buildProtocol(address)
+            except BaseException:
+                self.log.failure("childFactory failed for stream {streamId}",
+                                 streamId=streamId)
+        if protocol is None:
+            self.log.info(
+                "refused stream {streamId} from {peer}: no child protocol",
+                streamId=streamId, peer=address.address,
+            )
+            self.engine.counters.streamsRefused += 1
+            self.engine.resetStream(streamId, ErrorCode.REFUSED)
+            return
+        stream = StreamTransport(self, streamId, protocol)
+        self._streams[streamId] = stream
+        self._callChild(stream, protocol.makeConnection, stream)
+
+    def _closeStream(self, stream, error):
+        self._streams.pop(stream.streamId, None)
+        self._forget(stream)
+        if stream._writeLostPending:
+            self._callChild(stream, stream._writeEnded)
+        self._callChild(stream, stream._lost, closedReason(error))
+        if error is not None:
+            self.log.debug("stream {streamId} ended: {error}",
+                           streamId=stream.streamId, error=error)
+        self._checkDrained()
+
+    def _forget(self, stream):
+        self._producers.discard(stream)
+        self._bufferPaused.discard(stream)
+        self._endingWrites.discard(stream)
+        if stream._pending:
+            stream._dropPending()
+
+    def _connectionTerminated(self, event):
+        error = event.error
+        if error is not None:
+            self._terminated = Failure(error)
+            self.log.warn(
+                "{framing} protocol error from {peer}, closing: {error}",
+                framing=self.framing, peer=self.transport.getPeer(), error=error,
+            )
+        elif self._terminated is None:
+            self._terminated = Failure(ConnectionLost(
+                "the peer closed the session (code %s)" % ErrorCode.describe(event.code)))
+        self.reactor.callLater(0, self._closeTransport)
+
+    def _closeTransport(self):
+        if not self.disconnected:
+            self._flush()
+            self.transport.loseConnection()
+            # A peer that never reads must not hold the socket open.
+            self.reactor.callLater(5, self._abortTransport)
+
+    def _abortTransport(self):
+        if not self.disconnected:
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+
+    def _callChild(self, stream, method, *args):
+        try:
+            method(*args)
+        except BaseException:
+            self.log.failure(
+                "child protocol of stream {streamId} raised; aborting the stream",
+                streamId=stream.streamId,
+            )
+            if not stream.disconnected:
+                self.engine.resetStream(stream.streamId, ErrorCode.INTERNAL)
+                self._streams.pop(stream.streamId, None)
+                self._forget(stream)
+                try:
+                    stream._lost(Failure())
+                except BaseException:
+                    self.log.failure("connectionLost of stream {streamId} raised",
+                                     streamId=stream.streamId)
+
+    # -- receive-side holding (paused children) -------------------------
+
+    def _holding(self, size):
+        self._held += size
+        if not self._readingPaused and self._held > self.settings.sessionBufferSize:
+            self._readingPaused = True
+            self.transport.pauseProducing()
+
+    def _released(self, stream, size):
+        if size:
+            self._held -= size
+            self.engine.consumed(stream.streamId, size)
+            if self._readingPaused and self._held <= self.settings.sessionBufferSize // 2:
+                self._readingPaused = False
+                self.transport.resumeProducing()
+
+    def _deliverPending(self, stream):
+        pending = stream._pending
+        engine = self.engine
+        self._busy = True
+        try:
+            while pending and (not stream._readPaused or stream._discard):
+                item = pending.popleft()
+                if type(item) is bytes:
+                    self._held -= len(item)
+                    if not stream._discard:
+                        self._callChild(stream, stream.protocol.dataReceived, item)
+                    engine.consumed(stream.streamId, len(item))
+                elif item is _END:
+                    self._callChild(stream, stream._readEnded)
+                else:
+                    self._closeStream(stream, item.error)
+                    break
+                if stream.disconnected:
+                    break
+        finally:
+            self._busy = False
+        if self._readingPaused and self._held <= self.settings.sessionBufferSize // 2:
+            self._readingPaused = False
+            self.transport.resumeProducing()
+        self._flush()
+
+    # -- sending --------------------------------------------------------
+
+    def _streamWrite(self, stream, data):
+        if stream.streamId not in self.engine:
+            return  # the stream ended under the child: drop, as TCP does
+        buffered = self.engine.sendData(stream.streamId, data)
+        if buffered >= self.settings.streamBufferSize and stream._producer is not None:
+            if not stream._pausedBy & PAUSED_BY_BUFFER:
+                self._bufferPaused.add(stream)
+                stream._pauseProducer(PAUSED_BY_BUFFER)
+        self._flush()
+
+    def _streamEnd(self, stream):
+        if stream.streamId not in self.engine:
+            return
+        self.engine.endStream(stream.streamId)
+        if stream._writeLostPending:
+            self._endingWrites.add(stream)
+        self._flush()
+
+    def _streamAbort(self, stream):
+        self.engine.resetStream(stream.streamId, ErrorCode.CLOSED)
+        self._streams.pop(stream.streamId, None)
+        self._forget(stream)
+        self._flush()
+        self.reactor.callLater(0, stream._lost, abortedReason())
+        self._checkDrained()
+
+    def _flush(self):
+        if self._busy or self.engine is None or self.disconnected:
+            return
+        engine = self.engine
+        transport = self.transport
+        self._busy = True
+        try:
+            while engine.hasOutput() and not self._transportPaused:
+                chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
+                if chunks:
+                    transport.writeSequence(chunks)
+                events = engine.takeEvents()
+                if events:
+                    self._process(events)
+        finally:
+            self._busy = False
+        events = engine.takeEvents()
+        if events:
+            self._busy = True
+            try:
+                self._process(events)
+            finally:
+                self._busy = False
+            if engine.hasOutput() and not self._transportPaused:
+                return self._flush()
+        if self._bufferPaused:
+            low = self.settings.streamBufferSize // 2
+            for stream in list(self._bufferPaused):
+                if engine.sendBuffered(stream.streamId) <= low:
+                    self._bufferPaused.discard(stream)
+                    stream._unpauseProducer(PAUSED_BY_BUFFER)
+        if self._endingWrites:
+            for stream in list(self._endingWrites):
+                state = engine.stream(stream.streamId)
+                if state is None or state.localEnded:
+                    self._endingWrites.discard(stream)
+                    if stream._writeLostPending:
+                        self._callChild(stream, stream._writeEnded)
+        self._scheduleTimer()
+
+    # -- timers ---------------------------------------------------------
+
+    def _scheduleTimer(self):
+        deadline = self.engine.nextDeadline()
+        timer = self._timer
+        if deadline is None:
+            return
+        if timer is not None:
+            if timer.active() and timer.getTime() <= deadline:
+                return
+            if timer.active():
+                timer.cancel()
+        delay = deadline - self._now()
+        self._timer = self.reactor.callLater(delay if delay > 0 else 0, self._onTimer)
+
+    def _onTimer(self):
+        self._timer = None
+        if self.disconnected:
+            return
+        events = self.engine.tick(self._now())
+        if events:
+            self._busy = True
+            try:
+                self._process(events)
+            finally:
+                self._busy = False
+        self._flush()
+
+
+class MultiplexerFactory(Factory):
+    """
+    Build L{Multiplexer} protocols.
+
+    @param childFactory: builds the protocol of each stream the peer opens
+        (C{buildProtocol(StreamAddress)}); C{None} refuses them.
+    @param framing: C{"mio"} or C{"bmp"}.
+    @param role: C{"client"} for the side that made the connection,
+        C{"server"} for the side that accepted it (MIO stream-id parity, BMP
+        stream names).
+    @param reactor: an C{IReactorTime} for timers (default: the global
+        reactor, looked up when first needed).
+    @param settings: keyword settings, see L{muxframe.settings.SETTINGS}.
+    """
+
+    protocol = Multiplexer
+
+    def __init__(self, childFactory=None, framing="mio", role="server",
+                 reactor=None, **settings):
+        _engineClass(framing)
+        if role not in ("client", "server"):
+            raise ValueError("role must be 'client' or 'server', not %r" % (role,))
+        self.childFactory = childFactory
+        self.framing = framing
+        self.role = role
+        self.reactor = reactor
+        self.settings = Settings(**settings)
+
+    def buildProtocol(self, addr):
+        protocol = self.protocol(
+            self.childFactory, self.framing, self.role, self.settings, self.reactor
+        )
+        protocol.factory = self
+        return protocol
+
+    def __repr__(self):
+        return "<MultiplexerFactory %s %s>" % (self.framing, self.role)
+
+
+__all__ = ["Multiplexer", "MultiplexerFactory"]

@@ -1,0 +1,133 @@
+"""
+Multiplexer settings: one table of names, defaults, units and bounds, shared
+by L{MultiplexerFactory} keywords, endpoint strings and twistd options.
+
+Every setting has a documented default and a bound; a bad value raises
+C{ValueError} naming the setting and the fault.
+"""
+
+KiB = 1024
+MiB = 1024 * 1024
+
+# name: (type, default, minimum, maximum, unit, description)
+SETTINGS = {
+    "maxStreams": (
+        int, 4096, 1, 1 << 20, "streams",
+        "Concurrent streams per connection, both sides' together.  A peer "
+        "opening one more is refused (MIO RST code 4 'refused', BMP close); "
+        "a local openStream() beyond it fails with StreamLimitError.",
+    ),
+    "maxFrameSize": (
+        int, 64 * KiB, 128, (1 << 24) - 1, "bytes",
+        "Largest data-frame payload sent and accepted.  A larger received "
+        "frame is a connection error.  An unmodified Go mio peer needs 128.",
+    ),
+    "windowSize": (
+        int, 256 * KiB, 1024, (1 << 24) - 1, "bytes",
+        "MIO: the initial per-stream window this side announces when it "
+        "opens a stream (the credit in both directions).",
+    ),
+    "maxInFlight": (
+        int, 16, 1, 4096, "frames",
+        "BMP: data frames sent on one stream and not yet acknowledged.  "
+        "Blazeio itself keeps one in flight but accepts pipelined frames.",
+    ),
+    "streamBufferSize": (
+        int, 64 * KiB, 1, 1 << 30, "bytes",
+        "Unsent bytes buffered on one stream before the child's producer is "
+        "paused (resumed when the buffer drains below half).",
+    ),
+    "maxStreamBuffer": (
+        int, 16 * MiB, 1, 1 << 34, "bytes",
+        "Hard limit on one stream's buffered bytes, either direction.  A "
+        "write() past it raises StreamBufferOverflow; a peer that makes a "
+        "stream buffer more than this (BMP ignoring acknowledgements) has "
+        "the stream reset with a flow-control error.",
+    ),
+    "sessionBufferSize": (
+        int, 32 * MiB, 64 * KiB, 1 << 36, "bytes",
+        "Received bytes held for paused children, all streams together; past "
+        "it the connection stops reading from the socket until they drain.",
+    ),
+    "keepaliveInterval": (
+        float, 30.0, 0.0, 86400.0, "seconds",
+        "MIO: send a keepalive (a zero-size session window frame, ignored by "
+        "every MIO peer) after this long without sending.  0 disables.",
+    ),
+    "idleTimeout": (
+        float, 0.0, 0.0, 864000.0, "seconds",
+        "Close the connection after this long without receiving anything.  "
+        "0 disables (a Go mio or Blazeio peer sends no keepalives).",
+    ),
+    "ackTimeout": (
+        float, 30.0, 0.0, 86400.0, "seconds",
+        "BMP: a data frame unacknowledged this long ends its stream with "
+        "StreamTimeoutError and the peer is sent a close.  0 disables.",
+    ),
+    "drainTimeout": (
+        float, 30.0, 0.0, 86400.0, "seconds",
+        "Default deadline of Multiplexer.drain(): open streams get this long "
+        "to finish before the connection is closed.",
+    ),
+}
+
+
+class Settings:
+    """
+    Validated multiplexer settings; attributes named as in L{SETTINGS}.
+    """
+
+    __slots__ = tuple(SETTINGS)
+
+    def __init__(self, **kwargs):
+        for name, spec in SETTINGS.items():
+            value = kwargs.pop(name, spec[1])
+            setattr(self, name, coerce(name, value))
+        if kwargs:
+            raise ValueError(
+                "unknown multiplexer setting(s): %s (known: %s)"
+                % (", ".join(sorted(kwargs)), ", ".join(SETTINGS))
+            )
+
+    def asDict(self):
+        """
+        Return the settings as a plain dict.
+        """
+        return {name: getattr(self, name) for name in SETTINGS}
+
+    def __repr__(self):
+        return "Settings(%s)" % ", ".join(
+            "%s=%r" % item for item in self.asDict().items()
+        )
+
+
+def coerce(name, value):
+    """
+    Convert C{value} (a number or a string, as from an endpoint string) for
+    setting C{name}, checking its bounds.
+
+    @raise ValueError: naming the setting and the fault.
+    """
+    if name not in SETTINGS:
+        raise ValueError("unknown multiplexer setting %r" % (name,))
+    kind, default, low, high, unit = SETTINGS[name][:5]
+    if isinstance(value, bool):
+        raise ValueError("setting %s must be a number, not %r" % (name, value))
+    try:
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            converted = int(value)
+        else:
+            converted = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "setting %s must be %s (%s), not %r"
+            % (name, "an integer" if kind is int else "a number", unit, value)
+        )
+    if not low <= converted <= high:
+        raise ValueError(
+            "setting %s=%r is out of range: %s to %s %s"
+            % (name, value, low, high, unit)
+        )
+    return converted

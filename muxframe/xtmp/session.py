@@ -1,0 +1,280 @@
+"""
+XTMP message bodies, reassembly and delivery state, sans-IO.
+
+A logical message's I{body} is what fragments carry (concatenated) and what
+the checksum and AEAD protect.  Its layout, each part present only with its
+flag::
+
+  [u64 request sequence   if RESPONSE]
+  [u64 delivery id        if REQUIRES_ACK]
+  [u16 length, UTF-8 name if STREAM_DATA]
+  data                    (zlib-compressed if COMPRESSED)
+
+Delivery ids number a direction's REQUIRES_ACK messages from 1 for the life
+of a session (across reconnects and resumptions).  An Ack carries the
+highest delivery id the receiver has given its application; since messages
+arrive in order, it acknowledges every lower id too.
+"""
+
+import struct
+import zlib
+from collections import OrderedDict
+
+from muxframe.xtmp.codec import Flags, decodeName, encodeName
+from muxframe.xtmp.errors import MalformedMessage, MessageTooLarge
+
+_U64 = struct.Struct(">Q")
+
+#: Priority classes, in the order they leave the send queue.
+EMERGENCY, HIGH, NORMAL = 0, 1, 2
+
+#: Flags an application may set on a message it sends.
+APPLICATION_FLAGS = (Flags.PRIORITY_HIGH | Flags.REQUIRES_ACK
+                     | Flags.STREAM_DATA | Flags.EMERGENCY | Flags.RESPONSE
+                     | Flags.COMPRESSED)
+
+
+def priorityOf(flags):
+    """
+    The priority class of a message with C{flags}.
+    """
+    if flags & Flags.EMERGENCY:
+        return EMERGENCY
+    if flags & Flags.PRIORITY_HIGH:
+        return HIGH
+    return NORMAL
+
+
+class OutgoingMessage:
+    """
+    A logical message waiting to be sent (and, with REQUIRES_ACK, to be
+    acknowledged).
+
+    @ivar flags: the application's flags; COMPRESSED means "try to".
+    @ivar request: an opaque token for a request awaiting its response.
+    """
+
+    __slots__ = ("type", "flags", "data", "requestSequence", "deliveryId",
+                 "streamName", "request", "queued", "size")
+
+    def __init__(self, type, flags, data, requestSequence=None,
+                 deliveryId=None, streamName=None, request=None):
+        self.type = type
+        self.flags = flags
+        self.data = data
+        self.requestSequence = requestSequence
+        self.deliveryId = deliveryId
+        self.streamName = streamName
+        self.request = request
+        self.queued = False
+        self.size = len(data) + 32
+
+    def body(self, compressThreshold):
+        """
+        Build the body and its final flags.
+
+        @return: C{(flags, body)}.
+        """
+        flags = self.flags & ~Flags.COMPRESSED
+        parts = []
+        if self.requestSequence is not None:
+            flags |= Flags.RESPONSE
+            parts.append(_U64.pack(self.requestSequence))
+        if self.deliveryId is not None:
+            flags |= Flags.REQUIRES_ACK
+            parts.append(_U64.pack(self.deliveryId))
+        if self.streamName is not None:
+            flags |= Flags.STREAM_DATA
+            parts.append(encodeName(self.streamName))
+        data = self.data
+        if (self.flags & Flags.COMPRESSED or
+                (compressThreshold is not None
+                 and len(data) >= compressThreshold)):
+            packed = zlib.compress(data)
+            if len(packed) < len(data):
+                data = packed
+                flags |= Flags.COMPRESSED
+        if not parts:
+            return flags, data
+        parts.append(data)
+        return flags, b"".join(parts)
+
+
+class Message:
+    """
+    A message delivered to the application.
+
+    @ivar type: the message type (an int; a L{MessageType} when known).
+    @ivar flags: the header flags of its (first) frame, fragment bits
+        cleared.
+    @ivar payload: the application data, decompressed.
+    @ivar sequence: the sequence number of its (first) frame: what a
+        response refers to.
+    @ivar requestSequence: for a RESPONSE, the request's sequence number.
+    @ivar deliveryId: for REQUIRES_ACK, its delivery id.
+    @ivar streamName: for STREAM_DATA, the stream's name.
+    """
+
+    __slots__ = ("type", "flags", "payload", "sequence", "requestSequence",
+                 "deliveryId", "streamName")
+
+    def __init__(self, type, flags, payload, sequence, requestSequence=None,
+                 deliveryId=None, streamName=None):
+        self.type = type
+        self.flags = flags
+        self.payload = payload
+        self.sequence = sequence
+        self.requestSequence = requestSequence
+        self.deliveryId = deliveryId
+        self.streamName = streamName
+
+    def __repr__(self):
+        return "<Message type=%#x flags=%#x seq=%d %d bytes>" % (
+            self.type, self.flags, self.sequence, len(self.payload))
+
+
+def parseBody(type, flags, body, sequence, maxSize):
+    """
+    Split a reassembled body into a L{Message}, decompressing with the
+    output bounded by C{maxSize}.
+    """
+    pos = 0
+    requestSequence = deliveryId = name = None
+    try:
+        if flags & Flags.RESPONSE:
+            (requestSequence,) = _U64.unpack_from(body, pos)
+            pos += 8
+        if flags & Flags.REQUIRES_ACK:
+            (deliveryId,) = _U64.unpack_from(body, pos)
+            pos += 8
+    except struct.error:
+        raise MalformedMessage("body shorter than its prefixes")
+    if flags & Flags.STREAM_DATA:
+        name, pos = decodeName(body, pos)
+    data = body[pos:] if pos else body
+    if flags & Flags.COMPRESSED:
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(data, maxSize + 1)
+        except zlib.error as e:
+            raise MalformedMessage("bad compressed payload: %s" % (e,))
+        if len(data) > maxSize or d.unconsumed_tail:
+            raise MessageTooLarge("decompressed payload over %d bytes"
+                                  % (maxSize,))
+        if not d.eof:
+            raise MalformedMessage("truncated compressed payload")
+    return Message(type, flags & ~(Flags.FRAGMENTED | Flags.LAST_FRAGMENT),
+                   data, sequence, requestSequence, deliveryId, name)
+
+
+class Reassembler:
+    """
+    Collects the fragments of one message at a time, bounded by
+    C{maxSize} bytes.
+    """
+
+    __slots__ = ("maxSize", "_parts", "_size", "type", "flags", "sequence")
+
+    def __init__(self, maxSize):
+        self.maxSize = maxSize
+        self._parts = None
+        self._size = 0
+
+    @property
+    def active(self):
+        """
+        Whether a message is partly received.
+        """
+        return self._parts is not None
+
+    @property
+    def buffered(self):
+        """
+        Bytes held for the partial message.
+        """
+        return self._size
+
+    def add(self, type, flags, sequence, chunk):
+        """
+        Add a fragment.
+
+        @return: C{(type, flags, sequence, body)} of the completed message,
+            else L{None}.
+        """
+        if self._parts is None:
+            self._parts = []
+            self._size = 0
+            self.type, self.sequence = type, sequence
+            self.flags = flags & ~Flags.LAST_FRAGMENT
+        elif type != self.type or (flags & ~Flags.LAST_FRAGMENT) != self.flags:
+            raise MalformedMessage("fragment type or flags differ from the "
+                                   "first fragment's")
+        self._size += len(chunk)
+        if self._size > self.maxSize:
+            raise MessageTooLarge("reassembled message over %d bytes"
+                                  % (self.maxSize,))
+        self._parts.append(chunk)
+        if not flags & Flags.LAST_FRAGMENT:
+            return None
+        body = b"".join(self._parts)
+        self._parts = None
+        self._size = 0
+        return self.type, self.flags, self.sequence, body
+
+
+class ResumptionState:
+    """
+    What survives a dropped connection so a resumed session loses and
+    duplicates nothing: unacknowledged outgoing messages and the highest
+    delivery id handed to the application.
+
+    @ivar peerKey: what authenticated the peer (Ed25519 key or token
+        digest), so a session is only resumed by the same peer.
+    """
+
+    def __init__(self, sessionId=0, peerKey=None):
+        self.sessionId = sessionId
+        self.peerKey = peerKey
+        self.nextDeliveryId = 1
+        self.highestDelivered = 0
+        self.unacked = OrderedDict()
+        self.unackedBytes = 0
+        self.lastActive = 0.0
+
+    def assign(self, message):
+        """
+        Give a REQUIRES_ACK C{message} its delivery id and keep it until
+        acknowledged.
+        """
+        message.deliveryId = self.nextDeliveryId
+        self.nextDeliveryId += 1
+        self.unacked[message.deliveryId] = message
+        self.unackedBytes += message.size
+
+    def acknowledge(self, highest):
+        """
+        Forget every message with a delivery id up to C{highest}.
+
+        @return: how many were released.
+        """
+        if highest >= self.nextDeliveryId:
+            raise MalformedMessage("Ack for delivery id %d never sent"
+                                   % (highest,))
+        released = 0
+        unacked = self.unacked
+        while unacked:
+            first = next(iter(unacked))
+            if first > highest:
+                break
+            self.unackedBytes -= unacked.pop(first).size
+            released += 1
+        return released
+
+    def isDuplicate(self, deliveryId):
+        """
+        Record C{deliveryId} as delivered; return True if it already was.
+        """
+        if deliveryId <= self.highestDelivered:
+            return True
+        self.highestDelivered = deliveryId
+        return False
