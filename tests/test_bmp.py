@@ -1,0 +1,443 @@
+"""
+Tests for L{muxframe.bmp}: the BMP codec and engine, without I/O.
+"""
+
+from hypothesis import given, settings, strategies as st
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe import bmp
+from muxframe.bmp import BmpEngine, Frame, FrameDecoder, decodeFrames, encodeFrame
+from muxframe.errors import (
+    ErrorCode,
+    FrameTooLarge,
+    MalformedFrame,
+    RemoteProtocolError,
+    StreamResetError,
+    StreamTimeoutError,
+)
+from muxframe.events import (
+    ConnectionTerminated,
+    DataReceived,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+)
+from muxframe.settings import Settings
+
+from .support import coalesce, decodeAll, splitAt
+
+# The example of specs/bmp.md section 1: stream io_0, first data frame, sid 0.
+SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
+
+VECTORS = [
+    (Frame(b"io_0", bmp.CREATE, b"0", 5, b"hello"), SPEC_EXAMPLE),
+    (Frame(b"io_0", bmp.DATA, b"1", 3, b"abc"), b"\x00io_0\x01\x00\x01\x001\x01\x003\x01abc"),
+    (Frame(b"io_0", bmp.ACK, b"", 1, b"0"), b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010"),
+    (Frame(b"io_12", bmp.END_STREAM, b"", 1, b"\x04"),
+     b"\x00io_12\x01\x00\x02\x01\x00\x01\x001\x01\x04"),
+    (Frame(b"io_12", bmp.CLOSE_STREAM, b"", 1, b"\x04"),
+     b"\x00io_12\x01\x00\x03\x01\x00\x01\x001\x01\x04"),
+    # LEN is upper-case hex; a payload may hold 00 and 01.
+    (Frame(b"srv_0", bmp.DATA, b"10", 26, b"\x00\x01" * 13),
+     b"\x00srv_0\x01\x00\x01\x0010\x01\x001A\x01" + b"\x00\x01" * 13),
+]
+
+
+def engines(**kwargs):
+    settings = Settings(**kwargs)
+    return BmpEngine("client", settings), BmpEngine("server", settings)
+
+
+def pump(source, sink, now=0.0):
+    return sink.receiveData(b"".join(source.dataToSend(1 << 30, now)), now)
+
+
+def decodeError(wire, maxFrameSize=1 << 20):
+    items = []
+    try:
+        FrameDecoder(maxFrameSize).receive(wire, items)
+    except RemoteProtocolError as error:
+        return error
+    raise AssertionError("no error decoding %r" % (wire,))
+
+
+class CodecTests(SynchronousTestCase):
+    """
+    The frame codec, byte for byte.
+    """
+
+    def test_vectors(self):
+        """
+        Each frame encodes to its bytes and decodes back.
+        """
+        for frame, wire in VECTORS:
+            self.assertEqual(encodeFrame(frame), wire)
+            self.assertEqual(decodeFrames(wire), [frame])
+
+    def test_byteByByte(self):
+        """
+        All vectors fed one byte at a time decode to the same frames.
+        """
+        wire = b"".join(w for _, w in VECTORS)
+        items = []
+        decoder = FrameDecoder()
+        for i in range(len(wire)):
+            decoder.receive(wire[i:i + 1], items)
+        self.assertEqual(decodeAll(items, Frame), [f for f, _ in VECTORS])
+        self.assertEqual(decoder.buffered(), 0)
+
+    def test_lowerCaseLength(self):
+        """
+        LEN in lower-case hex is accepted.
+        """
+        [frame] = decodeFrames(b"\x00a\x01\x00\x01\x000\x01\x00a\x01" + b"x" * 10)
+        self.assertEqual(frame.payload, b"x" * 10)
+
+    def test_emptyEndOfStream(self):
+        """
+        An end of stream with an empty payload is accepted.
+        """
+        [frame] = decodeFrames(b"\x00io_0\x01\x00\x02\x01\x00\x01\x000\x01")
+        self.assertEqual((frame.opt, frame.payload), (bmp.END_STREAM, b""))
+
+    def test_customOptionIsData(self):
+        """
+        An unknown opts byte carries data.
+        """
+        [frame] = decodeFrames(b"\x00s\x01\x00\x09\x01\x004\x01\x002\x01hi")
+        self.assertTrue(frame.isData())
+        self.assertEqual((frame.opt, frame.sid, frame.payload), (9, b"4", b"hi"))
+
+    def test_malformed(self):
+        """
+        Each kind of malformed header is a MalformedFrame naming the fault.
+        """
+        cases = [
+            (b"GET / HTTP/1.1\r\n", "stream-id field must start with 0x00"),
+            (b"\x00\x01\x00\x01\x00\x01\x001\x01", "stream-id field is empty"),
+            (b"\x00io\x01\x00\x01\x000\x01\x00zz\x01", "LEN field contains b'z'"),
+            (b"\x00io\x01\x00\x01\x00x\x01", "sid field contains b'x'"),
+            (b"\x00io\x01\x00\x01\x000\x01\x00\x01", "LEN field is empty"),
+            (b"\x00io\x01\x00\x05\x06\x01", "opts field is longer than 1"),
+            (b"\x00" + b"a" * 65, "stream-id field is longer than 64"),
+            (b"\x00io\x01\x00\x01\x00" + b"1" * 21, "sid field is longer than 20"),
+            (b"\x00io\x01X", "opts field must start with 0x00"),
+            (b"\x00io\x01\x00\x05\x01\x00\x01\x0021\x01" + b"9" * 33, "control frame"),
+        ]
+        for wire, text in cases:
+            error = decodeError(wire)
+            self.assertIsInstance(error, MalformedFrame)
+            self.assertIn(text, str(error), wire)
+
+    def test_malformedSplit(self):
+        """
+        A fault is found whatever the split, with the same message.
+        """
+        wire = b"\x00io_0\x01\x00\x01\x000\x01\x00G\x01"
+        whole = str(decodeError(wire))
+        items = []
+        decoder = FrameDecoder()
+        with self.assertRaises(MalformedFrame) as caught:
+            for i in range(len(wire)):
+                decoder.receive(wire[i:i + 1], items)
+        self.assertEqual(str(caught.exception), whole)
+
+    def test_endlessHeaderFieldBounded(self):
+        """
+        A header field that never ends fails once past its bound, even fed
+        byte by byte; the decoder holds no more than a header's worth.
+        """
+        decoder = FrameDecoder()
+        items = []
+        with self.assertRaises(MalformedFrame):
+            for _ in range(200):
+                decoder.receive(b"a" if decoder.buffered() else b"\x00", items)
+        self.assertLessEqual(decoder.buffered(), bmp.MAX_HEADER)
+
+    def test_frameTooLarge(self):
+        """
+        A LEN over maxFrameSize is FrameTooLarge, whatever its payload.
+        """
+        error = decodeError(b"\x00io_0\x01\x00\x01\x000\x01\x00FFFFFFFFFFFF\x01", 1 << 20)
+        self.assertIsInstance(error, FrameTooLarge)
+        self.assertIn("exceeds maxFrameSize", str(error))
+
+    def test_encodeRejects(self):
+        """
+        Stream ids that cannot be framed are a ValueError.
+        """
+        self.assertRaises(ValueError, bmp.encodeHeader, b"", 0, b"", 0)
+        self.assertRaises(ValueError, bmp.encodeHeader, b"a\x01", 0, b"", 0)
+        self.assertRaises(ValueError, bmp.encodeHeader, b"x" * 65, 0, b"", 0)
+
+    @given(st.lists(st.tuples(
+        st.binary(min_size=1, max_size=10).filter(lambda b: b"\x00" not in b and b"\x01" not in b),
+        st.sampled_from([bmp.DATA, bmp.CREATE, bmp.ACK, bmp.END_STREAM, bmp.CLOSE_STREAM, 0x42]),
+        st.integers(0, 10 ** 6),
+        st.binary(max_size=200),
+    ), max_size=15), st.data())
+    @settings(max_examples=150, deadline=None)
+    def test_roundTripAnyChunking(self, specs, data):
+        """
+        Frames encoded then decoded, split anywhere, come back the same.
+        """
+        frames = []
+        for streamId, opt, sid, payload in specs:
+            if opt in (bmp.ACK, bmp.END_STREAM, bmp.CLOSE_STREAM):
+                payload = b"%d" % sid if opt == bmp.ACK else b"\x04"
+                frames.append(Frame(streamId, opt, b"", len(payload), payload))
+            else:
+                frames.append(Frame(streamId, opt, b"%d" % sid, len(payload), payload))
+        wire = b"".join(encodeFrame(f) for f in frames)
+        cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=30))
+        items = []
+        decoder = FrameDecoder()
+        for chunk in splitAt(wire, cuts):
+            decoder.receive(chunk, items)
+        self.assertEqual(decodeAll(items, Frame), frames)
+
+    @given(st.binary(max_size=4096), st.data())
+    @settings(max_examples=200, deadline=None)
+    def test_garbageGivesTypedErrorsOnly(self, garbage, data):
+        """
+        Random bytes, split anywhere, give frames or a RemoteProtocolError;
+        the decoder never holds more than a header and a control payload.
+        """
+        cuts = data.draw(st.lists(st.integers(0, len(garbage)), max_size=10))
+        decoder = FrameDecoder(maxFrameSize=1024)
+        items = []
+        try:
+            for chunk in splitAt(garbage, cuts):
+                decoder.receive(chunk, items)
+        except RemoteProtocolError:
+            pass
+        self.assertLessEqual(decoder.buffered(), bmp.MAX_HEADER + bmp.MAX_CONTROL_PAYLOAD)
+
+
+class EngineTests(SynchronousTestCase):
+    """
+    The BMP engine's stream rules.
+    """
+
+    def test_streamNames(self):
+        """
+        A client names streams io_0, io_1, ...; a server srv_0, ..., which
+        never collide with a Blazeio client's names.
+        """
+        client, server = engines()
+        self.assertEqual([client.openStream() for _ in range(2)], [b"io_0", b"io_1"])
+        self.assertEqual([server.openStream() for _ in range(2)], [b"srv_0", b"srv_1"])
+
+    def test_noPrefaceCreateOnFirstFrame(self):
+        """
+        Opening sends nothing; the first data frame carries 06, the next
+        ones do not, and sids count from 0.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        self.assertEqual(client.dataToSend(), [])
+        client.sendData(sid, b"hello")
+        self.assertEqual(b"".join(client.dataToSend()), SPEC_EXAMPLE)
+        client.sendData(sid, b"abc")
+        self.assertEqual(b"".join(client.dataToSend()), b"\x00io_0\x01\x00\x01\x001\x01\x003\x01abc")
+
+    def test_frameWithoutCreateCreates(self):
+        """
+        A data frame on an unknown stream creates it, 06 or not.
+        """
+        _, server = engines()
+        events = server.receiveData(b"\x00io_7\x01\x00\x01\x000\x01\x002\x01hi")
+        self.assertEqual(events, [StreamOpened(b"io_7"), DataReceived(b"io_7", b"hi")])
+
+    def test_ackAfterConsumption(self):
+        """
+        A frame is acknowledged once the application has consumed all of it.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        client.sendData(sid, b"hello")
+        pump(client, server)
+        self.assertEqual(server.dataToSend(), [])
+        server.consumed(sid, 3)
+        self.assertEqual(server.dataToSend(), [])
+        server.consumed(sid, 2)
+        self.assertEqual(b"".join(server.dataToSend()), b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010")
+
+    def test_inFlightWindow(self):
+        """
+        At most maxInFlight frames are unacknowledged; each ack lets one
+        more go.
+        """
+        client, server = engines(maxInFlight=3, maxFrameSize=128)
+        sid = client.openStream()
+        client.sendData(sid, b"z" * 1000)
+        frames = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual([f.sid for f in frames], [b"0", b"1", b"2"])
+        self.assertEqual(client.dataToSend(), [])
+        client.receiveData(encodeFrame(Frame(sid, bmp.ACK, b"", 1, b"1")))
+        [frame] = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual(frame.sid, b"3")
+
+    def test_ackNotHeldBackForOwnAcks(self):
+        """
+        With its own frames all unacknowledged, a side still acknowledges
+        the peer's frames (a peer that waits deadlocks against Blazeio).
+        """
+        client, server = engines(maxInFlight=1)
+        sid = client.openStream()
+        client.sendData(sid, b"a")
+        pump(client, server)
+        server.sendData(sid, b"bc")
+        client.receiveData(b"".join(server.dataToSend()))
+        client.consumed(sid, 2)
+        out = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual([(f.opt, f.payload) for f in out], [(bmp.ACK, b"0")])
+
+    def test_blazeioStyleExchange(self):
+        """
+        A Blazeio client's request (one frame in flight, EOF, no close) and
+        a muxframe server's answer end the stream cleanly: the server sends
+        EOF then close, as Blazeio's server does.
+        """
+        server = BmpEngine("server")
+        events = server.receiveData(b"\x00io_0\x01\x00\x06\x01\x000\x01\x004\x01ping")
+        self.assertEqual(events, [StreamOpened(b"io_0"), DataReceived(b"io_0", b"ping")])
+        server.consumed(b"io_0", 4)
+        self.assertEqual(b"".join(server.dataToSend()), b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010")
+        self.assertEqual(server.receiveData(b"\x00io_0\x01\x00\x02\x01\x00\x01\x001\x01\x04"),
+                         [StreamEnded(b"io_0")])
+        server.sendData(b"io_0", b"pong")
+        server.endStream(b"io_0")
+        wire = b"".join(server.dataToSend())
+        self.assertEqual(wire, b"\x00io_0\x01\x00\x06\x01\x000\x01\x004\x01pong"
+                               b"\x00io_0\x01\x00\x02\x01\x00\x01\x001\x01\x04")
+        events = server.receiveData(b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010")
+        self.assertEqual(events, [StreamClosed(b"io_0", None)])
+        self.assertEqual(b"".join(server.dataToSend()), b"\x00io_0\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+
+    def test_closeBeforeEndIsReset(self):
+        """
+        A close before the peer's end of stream is a StreamResetError; after
+        it, a clean end.
+        """
+        client, server = engines()
+        a, b = client.openStream(), client.openStream()
+        for sid in (a, b):
+            client.sendData(sid, b"x")
+        pump(client, server)
+        events = server.receiveData(b"\x00io_0\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+        self.assertIsInstance(events[0].error, StreamResetError)
+        server.receiveData(b"\x00io_1\x01\x00\x02\x01\x00\x01\x001\x01\x04")
+        events = server.receiveData(b"\x00io_1\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+        self.assertEqual(events, [StreamClosed(b"io_1", None)])
+
+    def test_ackTimeout(self):
+        """
+        A frame unacknowledged for ackTimeout ends its stream with
+        StreamTimeoutError, the peer is sent a close, other streams live.
+        """
+        client = BmpEngine("client", Settings(ackTimeout=30))
+        a, b = client.openStream(), client.openStream()
+        client.sendData(a, b"lost")
+        client.dataToSend(now=0)
+        client.sendData(b, b"fine")
+        client.dataToSend(now=20)
+        client.receiveData(b"\x00io_1\x01\x00\x05\x01\x00\x01\x001\x010", 25)
+        self.assertEqual(client.tick(29), [])
+        deadline = client.nextDeadline()
+        self.assertLessEqual(deadline, 29 + 30 / 4.0)
+        [event] = client.tick(37.5)
+        self.assertEqual(event.streamId, a)
+        self.assertIsInstance(event.error, StreamTimeoutError)
+        self.assertIn("ackTimeout", str(event.error))
+        self.assertEqual(b"".join(client.dataToSend()), b"\x00io_0\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+        self.assertIn(b, client)
+
+    def test_resetAcksFirst(self):
+        """
+        Aborting a stream acknowledges the peer's unconsumed frames before
+        the close, so a Blazeio writer waiting for an ack does not hang.
+        """
+        _, server = engines()
+        server.receiveData(b"\x00io_0\x01\x00\x06\x01\x000\x01\x001\x01a")
+        server.resetStream(b"io_0")
+        self.assertEqual(b"".join(server.dataToSend()),
+                         b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010"
+                         b"\x00io_0\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+
+    def test_refuseBeyondMaxStreams(self):
+        """
+        Beyond maxStreams a new stream is closed at once, once; its later
+        frames are dropped; the session goes on.
+        """
+        server = BmpEngine("server", Settings(maxStreams=1))
+        server.receiveData(b"\x00io_0\x01\x00\x06\x01\x000\x01\x001\x01a")
+        self.assertEqual(server.receiveData(b"\x00io_1\x01\x00\x06\x01\x000\x01\x001\x01b"), [])
+        self.assertEqual(server.receiveData(b"\x00io_1\x01\x00\x01\x001\x01\x001\x01c"), [])
+        self.assertEqual(b"".join(server.dataToSend()), b"\x00io_1\x01\x00\x03\x01\x00\x01\x001\x01\x04")
+        self.assertEqual(server.counters.streamsRefused, 1)
+        self.assertEqual(server.receiveData(b"\x00io_0\x01\x00\x01\x001\x01\x001\x01d"),
+                         [DataReceived(b"io_0", b"d")])
+
+    def test_forgottenLocalStreamNotRecreated(self):
+        """
+        A late frame on a stream this side opened and has forgotten does not
+        create a new stream.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        client.resetStream(sid)
+        self.assertEqual(client.receiveData(b"\x00io_0\x01\x00\x01\x000\x01\x001\x01x"), [])
+        self.assertNotIn(sid, client)
+
+    def test_overrunResetsStream(self):
+        """
+        A peer that sends past maxStreamBuffer unacknowledged has the stream
+        reset with a flow-control error.
+        """
+        server = BmpEngine("server", Settings(maxStreamBuffer=10))
+        events = server.receiveData(b"".join(
+            b"\x00io_0\x01\x00\x01\x00%d\x01\x004\x01abcd" % i for i in range(3)))
+        self.assertIsInstance(events[-1], StreamClosed)
+        self.assertEqual(events[-1].error.code, ErrorCode.FLOW_CONTROL)
+        self.assertNotIn(b"io_0", server)
+
+    def test_badAckIsProtocolError(self):
+        """
+        An acknowledgement whose payload is not a sid ends the session.
+        """
+        _, server = engines()
+        [event] = server.receiveData(b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x01x")
+        self.assertIsInstance(event, ConnectionTerminated)
+        self.assertIsInstance(event.error, MalformedFrame)
+
+    def test_zeroLengthFrameAcked(self):
+        """
+        A zero-length data frame is acknowledged straight away.
+        """
+        _, server = engines()
+        server.receiveData(b"\x00io_0\x01\x00\x06\x01\x000\x01\x000\x01")
+        self.assertEqual(b"".join(server.dataToSend()), b"\x00io_0\x01\x00\x05\x01\x00\x01\x001\x010")
+
+    @given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=3000)), max_size=12),
+           st.data())
+    @settings(max_examples=60, deadline=None)
+    def test_anyChunkingSameEvents(self, writes, data):
+        """
+        A client's byte stream, cut anywhere, gives the server the same
+        events (data coalesced per stream).
+        """
+        client = BmpEngine("client", Settings(maxFrameSize=512, maxInFlight=4096))
+        ids = [client.openStream() for _ in range(4)]
+        for index, payload in writes:
+            client.sendData(ids[index], payload)
+        client.endStream(ids[0])
+        wire = b"".join(client.dataToSend(1 << 30))
+        whole = BmpEngine("server").receiveData(wire)
+        cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=40))
+        split = BmpEngine("server")
+        events = []
+        for chunk in splitAt(wire, cuts):
+            events.extend(split.receiveData(chunk))
+        self.assertEqual(coalesce(events), coalesce(whole))

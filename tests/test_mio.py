@@ -1,0 +1,533 @@
+"""
+Tests for L{muxframe.mio}: the MIO codec and engine, without I/O.
+"""
+
+from hypothesis import given, settings, strategies as st
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe import mio
+from muxframe.errors import (
+    ErrorCode,
+    FlowControlViolation,
+    FrameTooLarge,
+    MalformedFrame,
+    RemoteProtocolError,
+    SessionClosedError,
+    SessionTimeoutError,
+    StreamBufferOverflow,
+    StreamClosedError,
+    StreamLimitError,
+    StreamRefusedError,
+    StreamResetError,
+)
+from muxframe.events import (
+    ConnectionTerminated,
+    DataReceived,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+)
+from muxframe.mio import Frame, FrameDecoder, MioEngine, decodeFrames, encodeFrame
+from muxframe.settings import Settings
+
+from .support import coalesce, decodeAll, splitAt
+
+# Fixed vectors, from the frame table of specs/mio.md.
+VECTORS = [
+    # open stream 1 with a 256 KiB window: flags RST|WND
+    (Frame(1, 0x040000, mio.OPEN), "00000001" "040000" "0c"),
+    # data "hello" on stream 1: flags SYN, size 5
+    (Frame(1, 5, mio.DATA, b"hello"), "00000001" "000005" "01" "68656c6c6f"),
+    # data + end of stream, empty: SYN|HFR
+    (Frame(3, 0, mio.DATA_END, b""), "00000003" "000000" "11"),
+    # window update of 65536 on stream 2: SYN|WND
+    (Frame(2, 65536, mio.WINDOW_UPDATE), "00000002" "010000" "09"),
+    # reset stream 5, code 4 (refused)
+    (Frame(5, 4, mio.RESET), "00000005" "000004" "04"),
+    # close session, code 2 (flow control)
+    (Frame(0, 2, mio.CLOSE_SESSION), "00000000" "000002" "02"),
+    # session window update of size 0: the keepalive
+    (Frame(0, 0, mio.SESSION_WINDOW), "00000000" "000000" "08"),
+]
+
+
+def engines(**kwargs):
+    """
+    A connected client/server pair of engines.
+    """
+    settings = Settings(**kwargs)
+    return MioEngine("client", settings), MioEngine("server", settings)
+
+
+def pump(source, sink, now=0.0):
+    """
+    Move everything C{source} has to send into C{sink}; return sink's events.
+    """
+    return sink.receiveData(b"".join(source.dataToSend(1 << 30, now)), now)
+
+
+class CodecTests(SynchronousTestCase):
+    """
+    The frame codec, byte for byte.
+    """
+
+    def test_vectors(self):
+        """
+        Each frame encodes to the spec's bytes and decodes back.
+        """
+        for frame, hexBytes in VECTORS:
+            wire = bytes.fromhex(hexBytes)
+            self.assertEqual(encodeFrame(frame), wire)
+            [decoded] = decodeFrames(wire)
+            self.assertEqual(decoded.streamId, frame.streamId)
+            self.assertEqual(decoded.flags, frame.flags)
+            self.assertEqual(decoded.size, frame.size)
+            if frame.hasPayload():
+                self.assertEqual(decoded.payload, frame.payload)
+
+    def test_byteByByte(self):
+        """
+        Feeding the vectors one byte at a time decodes the same frames.
+        """
+        wire = b"".join(bytes.fromhex(h) for _, h in VECTORS)
+        items = []
+        decoder = FrameDecoder()
+        for i in range(len(wire)):
+            decoder.receive(wire[i:i + 1], items)
+        self.assertEqual(decodeAll(items, Frame), decodeFrames(wire))
+        self.assertEqual(len(decodeFrames(wire)), len(VECTORS))
+
+    def test_reservedBitIgnored(self):
+        """
+        Bit 31 of the stream id is ignored on receipt.
+        """
+        [frame] = decodeFrames(bytes.fromhex("80000007" "000000" "09"))
+        self.assertEqual(frame.streamId, 7)
+
+    def test_reservedFlagsIgnored(self):
+        """
+        Flags 0xE0 do not change how a frame is read.
+        """
+        [frame] = decodeFrames(bytes.fromhex("00000001" "000002" "e1") + b"hi")
+        self.assertEqual(frame.payload, b"hi")
+
+    def test_payloadOnlyWithSynWithoutWnd(self):
+        """
+        A window update's size is credit, not a payload length.
+        """
+        frames = decodeFrames(bytes.fromhex("00000001" "000010" "09" "00000001" "000000" "11"))
+        self.assertEqual([f.flags for f in frames], [0x09, 0x11])
+
+    def test_frameTooLarge(self):
+        """
+        A data frame over maxFrameSize is FrameTooLarge (a flow-control
+        error, code 2), raised as soon as its header is read.
+        """
+        items = []
+        decoder = FrameDecoder(maxFrameSize=128)
+        decoder.receive(bytes.fromhex("00000001" "000005" "01") + b"hello", items)
+        with self.assertRaises(FrameTooLarge) as caught:
+            decoder.receive(bytes.fromhex("00000001" "000081" "01"), items)
+        self.assertEqual(caught.exception.code, ErrorCode.FLOW_CONTROL)
+        self.assertIn("129 bytes", str(caught.exception))
+        self.assertEqual(len(items), 1)
+
+    def test_encodeBounds(self):
+        """
+        Fields that cannot be encoded are a ValueError.
+        """
+        self.assertRaises(ValueError, mio.encodeHeader, 1 << 31, 0, 1)
+        self.assertRaises(ValueError, mio.encodeHeader, 1, 1 << 24, 1)
+
+    @given(st.lists(st.tuples(
+        st.integers(0, (1 << 31) - 1),
+        st.sampled_from([mio.DATA, mio.DATA_END, mio.WINDOW_UPDATE, mio.RESET,
+                         mio.OPEN, mio.CLOSE_SESSION, mio.SESSION_WINDOW]),
+        st.binary(max_size=300),
+        st.integers(0, (1 << 24) - 1),
+    ), max_size=20), st.data())
+    @settings(max_examples=150, deadline=None)
+    def test_roundTripAnyChunking(self, specs, data):
+        """
+        Encoding frames and decoding them, split anywhere, gives them back.
+        """
+        frames = []
+        for streamId, flags, payload, size in specs:
+            if flags & mio.SYN and not flags & mio.WND:
+                frames.append(Frame(streamId, len(payload), flags, payload))
+            else:
+                frames.append(Frame(streamId, size, flags))
+        wire = b"".join(encodeFrame(f) for f in frames)
+        cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=30))
+        items = []
+        decoder = FrameDecoder()
+        for chunk in splitAt(wire, cuts):
+            decoder.receive(chunk, items)
+        decoded = decodeAll(items, Frame)
+        self.assertEqual(len(decoded), len(frames))
+        for got, want in zip(decoded, frames):
+            self.assertEqual((got.streamId, got.flags, got.size), (want.streamId, want.flags, want.size))
+            if want.hasPayload():
+                self.assertEqual(got.payload, want.payload)
+        self.assertEqual(decoder.buffered(), 0)
+
+    @given(st.binary(max_size=4096))
+    @settings(max_examples=200, deadline=None)
+    def test_garbageGivesTypedErrorsOnly(self, garbage):
+        """
+        Random bytes give frames or a RemoteProtocolError, and the decoder
+        never holds more than a partial header.
+        """
+        items = []
+        decoder = FrameDecoder(maxFrameSize=1024)
+        try:
+            decoder.receive(garbage, items)
+        except RemoteProtocolError:
+            pass
+        self.assertLess(decoder.buffered(), mio.HEADER_SIZE)
+
+
+class EngineTests(SynchronousTestCase):
+    """
+    The MIO engine's stream rules.
+    """
+
+    def test_idParity(self):
+        """
+        The connection's client opens odd ids, the server even ids, so two
+        muxframe peers never collide.
+        """
+        client, server = engines()
+        self.assertEqual([client.openStream() for _ in range(3)], [1, 3, 5])
+        self.assertEqual([server.openStream() for _ in range(3)], [2, 4, 6])
+
+    def test_openAnnouncesWindow(self):
+        """
+        Opening a stream sends RST|WND with the window in the size field.
+        """
+        client, server = engines(windowSize=4096)
+        client.openStream()
+        wire = b"".join(client.dataToSend())
+        self.assertEqual(wire, bytes.fromhex("00000001" "001000" "0c"))
+        self.assertEqual(server.receiveData(wire), [StreamOpened(1)])
+        self.assertEqual(server.stream(1).credit, 4096)
+        self.assertEqual(server.stream(1).recvWindow, 4096)
+
+    def test_acceptOpen0x0D(self):
+        """
+        SYN|RST|WND on an unknown stream is an open too.
+        """
+        _, server = engines()
+        events = server.receiveData(bytes.fromhex("00000001" "000400" "0d"))
+        self.assertEqual(events, [StreamOpened(1)])
+        self.assertEqual(server.stream(1).credit, 1024)
+
+    def test_senderRespectsCredit(self):
+        """
+        A sender never sends more than its credit; the receiver returns
+        credit only as the application consumes, and the rest then flows.
+        """
+        client, server = engines(windowSize=4096, maxFrameSize=1024)
+        sid = client.openStream()
+        client.sendData(sid, b"x" * 10000)
+        events = pump(client, server)
+        received = sum(len(e.data) for e in events if isinstance(e, DataReceived))
+        self.assertEqual(received, 4096)
+        self.assertEqual(client.sendBuffered(sid), 10000 - 4096)
+        self.assertFalse(client.hasOutput())
+        self.assertGreater(client.counters.creditStalls, 0)
+        # Nothing consumed: no credit goes back.
+        self.assertEqual(server.dataToSend(), [])
+        server.consumed(sid, 4096)
+        self.assertEqual(pump(server, client), [])
+        events = pump(client, server)
+        received = sum(len(e.data) for e in events if isinstance(e, DataReceived))
+        self.assertEqual(received, 4096)
+
+    def test_creditReturnedInHalfWindows(self):
+        """
+        Window updates go out once half the window has been consumed.
+        """
+        client, server = engines(windowSize=4096)
+        sid = client.openStream()
+        client.sendData(sid, b"x" * 3000)
+        pump(client, server)
+        server.consumed(sid, 1000)
+        self.assertEqual(server.dataToSend(), [])
+        server.consumed(sid, 1100)
+        self.assertEqual(b"".join(server.dataToSend()), bytes.fromhex("00000001" "000834" "09"))
+
+    def test_overrunIsFlowControlError(self):
+        """
+        A peer that sends more than its credit has the stream reset with
+        code 2; other streams carry on.
+        """
+        client, server = engines(windowSize=1024)
+        a = client.openStream()
+        b = client.openStream()
+        pump(client, server)
+        wire = mio.encodeFrame(Frame(a, 2000, mio.DATA, b"y" * 2000))
+        wire += mio.encodeFrame(Frame(b, 3, mio.DATA, b"abc"))
+        events = server.receiveData(wire)
+        self.assertIsInstance(events[0], StreamClosed)
+        self.assertIsInstance(events[0].error, StreamResetError)
+        self.assertEqual(events[0].error.code, ErrorCode.FLOW_CONTROL)
+        self.assertEqual(events[1], DataReceived(b, b"abc"))
+        self.assertEqual(b"".join(server.dataToSend()), bytes.fromhex("00000001" "000002" "04"))
+        self.assertNotIn(a, server)
+        self.assertIn(b, server)
+
+    def test_refuseBeyondMaxStreams(self):
+        """
+        A peer opening more than maxStreams gets RST code 4 (refused), and
+        the session keeps working; a local open beyond it is a
+        StreamLimitError.
+        """
+        client, server = engines(maxStreams=2)
+        ids = [client.openStream(), client.openStream()]
+        self.assertRaises(StreamLimitError, client.openStream)
+        pump(client, server)
+        wire = mio.encodeFrame(Frame(5, 1024, mio.OPEN))
+        self.assertEqual(server.receiveData(wire), [])
+        self.assertEqual(b"".join(server.dataToSend()), bytes.fromhex("00000005" "000004" "04"))
+        self.assertEqual(server.counters.streamsRefused, 1)
+        client.sendData(ids[0], b"still fine")
+        self.assertEqual(pump(client, server), [DataReceived(ids[0], b"still fine")])
+
+    def test_refusedSeenByOpener(self):
+        """
+        The opener of a refused stream sees StreamRefusedError.
+        """
+        client, server = engines()
+        server.stopAccepting()
+        sid = client.openStream()
+        pump(client, server)
+        [event] = pump(server, client)
+        self.assertEqual(event.streamId, sid)
+        self.assertIsInstance(event.error, StreamRefusedError)
+        self.assertEqual(event.error.code, ErrorCode.REFUSED)
+
+    def test_halfCloseBothWays(self):
+        """
+        Each direction ends on its own with SYN|HFR; the stream is finished
+        when both have.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        client.sendData(sid, b"request")
+        client.endStream(sid)
+        self.assertRaises(StreamClosedError, client.sendData, sid, b"more")
+        self.assertEqual(pump(client, server),
+                         [StreamOpened(sid), DataReceived(sid, b"request"), StreamEnded(sid)])
+        server.sendData(sid, b"response")
+        self.assertEqual(pump(server, client), [DataReceived(sid, b"response")])
+        server.endStream(sid)
+        out = b"".join(server.dataToSend())
+        self.assertEqual(out, bytes.fromhex("%08x" % sid + "000000" + "11"))
+        self.assertEqual(server.takeEvents(), [StreamClosed(sid, None)])
+        self.assertEqual(client.receiveData(out), [StreamEnded(sid), StreamClosed(sid, None)])
+        self.assertEqual((len(client), len(server)), (0, 0))
+
+    def test_resetNeverAnswered(self):
+        """
+        A reset for a stream already gone is ignored: no reset answers it.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        pump(client, server)
+        server.resetStream(sid, ErrorCode.CLOSED)
+        [event] = pump(server, client)
+        self.assertIsInstance(event.error, StreamResetError)
+        self.assertEqual(event.error.code, ErrorCode.CLOSED)
+        self.assertEqual(client.counters.resetsReceived, {ErrorCode.CLOSED: 1})
+        self.assertEqual(server.receiveData(mio.encodeFrame(Frame(sid, 3, mio.RESET))), [])
+        self.assertEqual(server.dataToSend(), [])
+
+    def test_unknownStreamPayloadSkipped(self):
+        """
+        Data for a stream that is gone is skipped whole; framing holds.
+        """
+        client, server = engines()
+        a = client.openStream()
+        b = client.openStream()
+        pump(client, server)
+        server.resetStream(a)
+        wire = mio.encodeFrame(Frame(a, 4, mio.DATA, b"\x00\x00\x00\x03"))
+        wire += mio.encodeFrame(Frame(b, 2, mio.DATA, b"ok"))
+        self.assertEqual(server.receiveData(wire), [DataReceived(b, b"ok")])
+
+    def test_neverOpenedStreamIsConnectionError(self):
+        """
+        A frame naming a stream nobody has opened is a MalformedFrame: the
+        session ends with FIN.
+        """
+        client, server = engines()
+        events = server.receiveData(mio.encodeFrame(Frame(0x474554, 1, mio.RESET)))
+        [terminated] = events
+        self.assertIsInstance(terminated, ConnectionTerminated)
+        self.assertIsInstance(terminated.error, MalformedFrame)
+        self.assertIn("never opened", str(terminated.error))
+        self.assertEqual(b"".join(server.dataToSend()), bytes.fromhex("00000000" "000001" "02"))
+        self.assertTrue(server.closed)
+
+    def test_oversizedFrameClosesSession(self):
+        """
+        A data frame over maxFrameSize ends the session with FIN code 2,
+        after delivering what came before it.
+        """
+        client, server = engines(maxFrameSize=128)
+        sid = client.openStream()
+        wire = b"".join(client.dataToSend())
+        wire += mio.encodeFrame(Frame(sid, 2, mio.DATA, b"ok"))
+        wire += mio.encodeHeader(sid, 129, mio.DATA) + b"z" * 129
+        events = server.receiveData(wire)
+        self.assertEqual(events[:2], [StreamOpened(sid), DataReceived(sid, b"ok")])
+        self.assertIsInstance(events[2].error, FrameTooLarge)
+        self.assertEqual(b"".join(server.dataToSend()), bytes.fromhex("00000000" "000002" "02"))
+
+    def test_windowOverflow(self):
+        """
+        Credit beyond 2**31-1 is a flow-control error for the session.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        pump(client, server)
+        wire = mio.encodeFrame(Frame(sid, (1 << 24) - 1, mio.WINDOW_UPDATE)) * 200
+        [event] = server.receiveData(wire)
+        self.assertIsInstance(event.error, FlowControlViolation)
+
+    def test_sessionClose(self):
+        """
+        FIN on stream 0 ends the session with its code.
+        """
+        client, server = engines()
+        client.closeSession(ErrorCode.EXHAUSTED)
+        [event] = pump(client, server)
+        self.assertEqual(event, ConnectionTerminated(ErrorCode.EXHAUSTED, None))
+        self.assertRaises(SessionClosedError, server.openStream)
+
+    def test_goPeerIdsSkipped(self):
+        """
+        A Go peer opens even ids from either side; this side never reuses an
+        id the peer used.
+        """
+        server = MioEngine("server")
+        server.receiveData(mio.encodeFrame(Frame(2, 1024, mio.OPEN)))
+        server.receiveData(mio.encodeFrame(Frame(4, 1024, mio.OPEN)))
+        self.assertEqual(server.openStream(), 6)
+
+    def test_openOnOpenStreamIsError(self):
+        """
+        Opening an id that is in use is a protocol error.
+        """
+        _, server = engines()
+        server.receiveData(mio.encodeFrame(Frame(1, 1024, mio.OPEN)))
+        [event] = server.receiveData(mio.encodeFrame(Frame(1, 1024, mio.OPEN)))
+        self.assertIsInstance(event.error, MalformedFrame)
+
+    def test_controlAheadOfDataRoundRobin(self):
+        """
+        Control frames leave before queued data, and streams with data take
+        turns one frame at a time.
+        """
+        client, server = engines(maxFrameSize=1024, windowSize=1 << 20)
+        a = client.openStream()
+        b = client.openStream()
+        client.dataToSend()
+        client.sendData(a, b"a" * 4096)
+        client.sendData(b, b"b" * 4096)
+        client.resetStream(client.openStream(), ErrorCode.CLOSED)
+        frames = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual([f.flags for f in frames[:2]], [mio.OPEN, mio.RESET])
+        self.assertEqual([f.streamId for f in frames[2:]], [a, b] * 4)
+
+    def test_keepalive(self):
+        """
+        After keepaliveInterval without sending, a zero-size session window
+        frame goes out; nothing is sent while traffic flows.
+        """
+        client = MioEngine("client", Settings(keepaliveInterval=10))
+        self.assertEqual(client.nextDeadline(), 10)
+        client.tick(5)
+        self.assertEqual(client.dataToSend(now=5), [])
+        client.tick(10)
+        self.assertEqual(client.dataToSend(now=10), [bytes.fromhex("0000000000000008")])
+        self.assertEqual(client.counters.keepalivesSent, 1)
+        self.assertEqual(client.nextDeadline(), 20)
+
+    def test_keepaliveIgnoredOnReceipt(self):
+        """
+        A received keepalive does nothing but count as traffic.
+        """
+        server = MioEngine("server", Settings(idleTimeout=30, keepaliveInterval=0))
+        self.assertEqual(server.receiveData(bytes.fromhex("0000000000000008"), 20), [])
+        self.assertEqual(server.nextDeadline(), 50)
+
+    def test_idleTimeout(self):
+        """
+        Nothing received for idleTimeout ends the session.
+        """
+        server = MioEngine("server", Settings(idleTimeout=30, keepaliveInterval=0))
+        self.assertEqual(server.tick(29), [])
+        [event] = server.tick(30)
+        self.assertIsInstance(event.error, SessionTimeoutError)
+        self.assertTrue(server.closed)
+
+    def test_boundedWrite(self):
+        """
+        write() past maxStreamBuffer is a StreamBufferOverflow, and nothing
+        is queued.
+        """
+        client = MioEngine("client", Settings(maxStreamBuffer=1000))
+        sid = client.openStream()
+        client.sendData(sid, b"x" * 600)
+        self.assertRaises(StreamBufferOverflow, client.sendData, sid, b"y" * 500)
+        self.assertEqual(client.sendBuffered(sid), 600)
+
+    def test_garbageSession(self):
+        """
+        An HTTP request sent to a MIO server ends the session with a typed
+        error, not silence.
+        """
+        server = MioEngine("server")
+        [event] = server.receiveData(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        self.assertIsInstance(event.error, RemoteProtocolError)
+
+    @given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=3000)), max_size=12),
+           st.data())
+    @settings(max_examples=60, deadline=None)
+    def test_anyChunkingSameEvents(self, writes, data):
+        """
+        A client's byte stream, cut anywhere, gives the server the same
+        events (data coalesced per stream).
+        """
+        client, _ = engines(maxFrameSize=512, windowSize=1 << 20)
+        ids = [client.openStream() for _ in range(4)]
+        for index, payload in writes:
+            client.sendData(ids[index], payload)
+        client.endStream(ids[0])
+        wire = b"".join(client.dataToSend(1 << 30))
+        whole = MioEngine("server", Settings(maxFrameSize=512)).receiveData(wire)
+        cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=40))
+        split = MioEngine("server", Settings(maxFrameSize=512))
+        events = []
+        for chunk in splitAt(wire, cuts):
+            events.extend(split.receiveData(chunk))
+        self.assertEqual(coalesce(events), coalesce(whole))
+
+    @given(st.binary(max_size=2048))
+    @settings(max_examples=150, deadline=None)
+    def test_engineGarbage(self, garbage):
+        """
+        Random bytes fed to an engine give events or a ConnectionTerminated
+        with a RemoteProtocolError; nothing else escapes and the stream
+        table stays within maxStreams.
+        """
+        server = MioEngine("server", Settings(maxStreams=16, maxFrameSize=1024))
+        events = server.receiveData(garbage)
+        for event in events:
+            if isinstance(event, ConnectionTerminated) and event.error is not None:
+                self.assertIsInstance(event.error, RemoteProtocolError)
+        self.assertLessEqual(len(server), 16)
+        server.dataToSend()
