@@ -1,0 +1,615 @@
+"""
+One XTMP session over one byte stream, sans-IO: handshake, encryption,
+sequence numbers, key updates and re-handshakes, acknowledgements,
+fragmentation, priorities, heartbeats and timeouts.
+
+States::
+
+  HANDSHAKING --handshake result--> OPEN --Disconnect / error--> CLOSED
+
+Feed received bytes to L{XTMPConnection.receiveData} (it returns events),
+queue messages with L{XTMPConnection.sendMessage}, collect bytes to write
+with L{XTMPConnection.dataToSend}, and call L{XTMPConnection.tick} by
+L{XTMPConnection.nextDeadline}.  Time is always passed in as C{now}.  Any
+L{XTMPRemoteError} raised means the connection is finished: write
+L{XTMPConnection.closeWithError}'s bytes and close the transport.
+
+Rules: after the handshake every frame must carry ENCRYPTED (or none may,
+in a plaintext session) and the session id; sequence numbers are exactly
+the next one per key; a frame under the key the peer announced by
+KeyUpdate or re-handshake switches to it; fragments of a message are
+contiguous, only control messages may come between them.
+"""
+
+import hashlib
+import os
+from collections import deque
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from muxframe.xtmp import codec
+from muxframe.xtmp.codec import (
+    CONTROL_TYPES, Cipher, Decoder, Flags, MessageType, encodePlain,
+)
+from muxframe.xtmp.errors import (
+    DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
+    SequenceError, SessionNotReady, Unauthorized, XTMPErrorCode, XTMPTimeout,
+)
+from muxframe.xtmp.handshake import (
+    _KEM_PRIVATE, _KEM_PUBLIC, KEM, KEM_CIPHERTEXT_SIZE, ClientHandshake,
+    ClientHello, ServerHello, _keys, _sharedSecret,
+)
+from muxframe.xtmp.keys import openFrame
+from muxframe.xtmp.session import (
+    OutgoingMessage, Reassembler, ResumptionState, parseBody, priorityOf,
+)
+
+HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
+
+
+class Settings:
+    """
+    Tunables of one XTMP session, with their defaults.
+    """
+
+    heartbeatInterval = 30.0
+    sessionTimeout = 3600.0
+    handshakeTimeout = 10.0
+    keyUpdateMessages = 1 << 20
+    keyUpdateInterval = 3600.0
+    rotationInterval = 3600.0
+    maxPayload = codec.DEFAULT_MAX_PAYLOAD
+    fragmentSize = 1 << 16
+    maxMessageSize = 16 << 20
+    maxQueuedBytes = 8 << 20
+    compressThreshold = None
+    requestTimeout = 30.0
+
+    def __init__(self, **kwargs):
+        for name, value in kwargs.items():
+            if not hasattr(Settings, name) or name.startswith("_"):
+                raise TypeError("unknown XTMP setting %r" % (name,))
+            setattr(self, name, value)
+        if not 0 < self.fragmentSize <= self.maxPayload:
+            raise ValueError("fragmentSize must be in 1..maxPayload")
+
+
+class Event:
+    """
+    Base of the events L{XTMPConnection} reports.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        return "<%s %r>" % (type(self).__name__, self.__dict__)
+
+
+class HandshakeCompleted(Event):
+    """C{result}: the L{HandshakeResult}."""
+
+
+class MessageReceived(Event):
+    """C{message}: an application L{Message}."""
+
+
+class ResponseReceived(Event):
+    """C{request}: the request token; C{message}: the response."""
+
+
+class RequestFailed(Event):
+    """C{request}: the token; C{code}, C{reason}: the peer's Error."""
+
+
+class SubscribeReceived(Event):
+    """C{name}: the stream; C{message}: the Subscribe (to respond to)."""
+
+
+class UnsubscribeReceived(Event):
+    """C{name}: the stream; C{message}: the Unsubscribe."""
+
+
+class ErrorReceived(Event):
+    """C{code}, C{reason}, C{message}: an Error not answering a request."""
+
+
+class DisconnectReceived(Event):
+    """C{code}, C{reason}: the peer is closing the session."""
+
+
+def _peerKey(result):
+    if result.peerIdentity is not None:
+        return result.peerIdentity.ed25519
+    if result.token is not None:
+        return hashlib.sha256(b"token:" + result.token).digest()
+    return None
+
+
+class XTMPConnection:
+    """
+    The sans-IO XTMP session engine.
+
+    @param handshake: a L{ClientHandshake} or L{ServerHandshake}.
+    @param resumption: (client) the L{ResumptionState} of the session to
+        resume, or L{None}.
+    @param resumptionFor: (server) callable(result, peerKey) returning the
+        L{ResumptionState} to use; raises L{Unauthorized} to refuse.
+    """
+
+    def __init__(self, handshake, settings=None, resumption=None,
+                 resumptionFor=None, now=0.0):
+        self.settings = settings or Settings()
+        self.handshake = handshake
+        self.isClient = isinstance(handshake, ClientHandshake)
+        self.state = HANDSHAKING
+        self.decoder = Decoder(self.settings.maxPayload)
+        self.resumption = resumption
+        self._resumptionFor = resumptionFor
+        self.sessionId = 0
+        self.cipher = None
+        self.result = None
+        self.sendKey = self.receiveKey = None
+        self._pendingReceiveKey = None
+        self._rekey = None
+        self._plainSend = self._plainReceive = 0
+        self._out = []
+        self._queues = (deque(), deque(), deque())
+        self._queuedBytes = 0
+        self._reassembler = Reassembler(self.settings.maxMessageSize)
+        self._ackDue = False
+        self.pendingRequests = {}
+        self.startedAt = self.lastReceived = self.lastSent = now
+        self.lastActivity = self.keysAt = now
+
+    # -- sending -----------------------------------------------------------
+
+    def initiate(self, now=0.0):
+        """
+        Start the handshake (client); the hello is then in L{dataToSend}.
+        """
+        self._out.append(self.handshake.start())
+        self.startedAt = self.lastSent = now
+
+    @property
+    def bufferedBytes(self):
+        """
+        Bytes held for sending or awaiting acknowledgement: what
+        C{maxQueuedBytes} bounds.
+        """
+        unacked = self.resumption.unackedBytes if self.resumption else 0
+        return self._queuedBytes + unacked
+
+    def sendMessage(self, type, data, flags=0, requestSequence=None,
+                    streamName=None, request=None, now=0.0):
+        """
+        Queue an application message; it leaves in priority order.
+
+        @raise SendQueueFull: the buffers would exceed C{maxQueuedBytes}.
+        @raise SessionNotReady: the session is closed.
+        """
+        if self.state == CLOSED:
+            raise SessionNotReady("the session is closed")
+        m = OutgoingMessage(type, flags & ~(Flags.REQUIRES_ACK
+                                            | Flags.STREAM_DATA
+                                            | Flags.RESPONSE),
+                            data, requestSequence, None, streamName, request)
+        if self.bufferedBytes + m.size > self.settings.maxQueuedBytes:
+            raise SendQueueFull("send buffers hold %d bytes, limit %d"
+                                % (self.bufferedBytes,
+                                   self.settings.maxQueuedBytes))
+        if flags & Flags.REQUIRES_ACK:
+            if self.resumption is None:
+                self.resumption = ResumptionState()
+            self.resumption.assign(m)
+        self._enqueue(m)
+        if type not in CONTROL_TYPES:
+            self.lastActivity = now
+        return m
+
+    def _enqueue(self, m, front=False):
+        q = self._queues[priorityOf(m.flags)]
+        if front:
+            q.appendleft(m)
+        else:
+            q.append(m)
+        m.queued = True
+        self._queuedBytes += m.size
+
+    def _seal(self, type, flags, body):
+        key = self.sendKey
+        if key is None:
+            seq = self._plainSend
+            self._plainSend = seq + 1
+            return encodePlain(type, flags, self.sessionId, seq, body)
+        if (key.count >= self.settings.keyUpdateMessages
+                and type != MessageType.KeyUpdate):
+            self._keyUpdate()
+            key = self.sendKey
+        return key.seal(type, flags | Flags.ENCRYPTED, self.sessionId, body)
+
+    def _keyUpdate(self):
+        key = self.sendKey
+        self._out.append(key.seal(MessageType.KeyUpdate, Flags.ENCRYPTED,
+                                  self.sessionId,
+                                  codec.encodeU32(key.epoch + 1)))
+        self.sendKey = key.updated(key.createdAt)
+
+    def sendControl(self, type, payload=b"", requestSequence=None):
+        """
+        Encode a control message now, ahead of queued messages.
+        """
+        if requestSequence is not None:
+            payload = codec.encodeU64(requestSequence) + payload
+            flags = Flags.RESPONSE
+        else:
+            flags = 0
+        self._out.append(self._seal(type, flags, payload))
+
+    def _encode(self, m, out):
+        flags, body = m.body(self.settings.compressThreshold)
+        size = self.settings.fragmentSize
+        if len(body) <= size:
+            seq = self._nextSequence()
+            out.append(self._seal(m.type, flags, body))
+        else:
+            seq = None
+            last = len(body) - size
+            for pos in range(0, len(body), size):
+                f = flags | Flags.FRAGMENTED
+                if pos >= last:
+                    f |= Flags.LAST_FRAGMENT
+                if seq is None:
+                    seq = self._nextSequence()
+                out.append(self._seal(m.type, f, body[pos:pos + size]))
+        if m.request is not None:
+            m.request.sequence = seq
+            self.pendingRequests[seq] = m.request
+
+    def _nextSequence(self):
+        key = self.sendKey
+        if key is None:
+            return self._plainSend
+        if key.count >= self.settings.keyUpdateMessages:
+            self._keyUpdate()
+        return self.sendKey.sequence
+
+    def dataToSend(self, limit=None, now=None):
+        """
+        Bytes to write now: pending control messages, then queued messages
+        (emergency, then high, then normal; order kept within a class)
+        until about C{limit} bytes.  C{now}, if given, is recorded as the
+        time of the last send (for heartbeats).
+        """
+        out = self._out
+        if self.state == OPEN:
+            total = 0
+            for q in self._queues:
+                while q:
+                    if limit is not None and total >= limit:
+                        break
+                    m = q.popleft()
+                    m.queued = False
+                    self._queuedBytes -= m.size
+                    total += m.size
+                    self._encode(m, out)
+        if not out:
+            return b""
+        if now is not None:
+            self.lastSent = now
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def hasQueued(self):
+        """
+        Whether messages wait in the send queue.
+        """
+        return any(self._queues)
+
+    def closeWithError(self, code, reason, now=0.0):
+        """
+        Close the session: return the bytes of an Error (if C{code} is not
+        NONE or GOING_AWAY) and a Disconnect, readable by the peer if it
+        can read anything.
+        """
+        if self.state == CLOSED:
+            return b""
+        payload = codec.encodeReason(code, reason)
+        pending = self._out
+        self._out = []
+        try:
+            if self.state == HANDSHAKING:
+                hs = self.handshake
+                self.sendKey = hs.sendKey
+                self.sessionId = hs.sessionId
+                early = self.sendKey is None and (
+                    self.isClient or hs.state == "EXPECT_HELLO")
+            else:
+                early = False
+            if early:
+                self._out.append(encodePlain(
+                    MessageType.Error, 0, self.sessionId, 0, payload))
+            else:
+                if code not in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY):
+                    self.sendControl(MessageType.Error, payload)
+                self.sendControl(MessageType.Disconnect, payload)
+        finally:
+            self.state = CLOSED
+        return b"".join(pending + self._out)
+
+    # -- receiving ---------------------------------------------------------
+
+    def receiveData(self, data, now=0.0):
+        """
+        Process received bytes.
+
+        @return: a list of L{Event}s.
+        @raise XTMPRemoteError: the peer broke the protocol.
+        """
+        if self.state == CLOSED:
+            return []
+        events = []
+        for frame in self.decoder.feed(data):
+            self.lastReceived = now
+            if self.state == HANDSHAKING:
+                self._handshakeFrame(frame, now, events)
+            elif self.state == OPEN:
+                self._frame(frame, now, events)
+            else:
+                break
+        if self._ackDue and self.state == OPEN:
+            self._ackDue = False
+            self.sendControl(MessageType.Ack,
+                             codec.encodeU64(self.resumption.highestDelivered))
+        return events
+
+    def _handshakeFrame(self, frame, now, events):
+        out, result = self.handshake.receiveFrame(frame, now)
+        if out:
+            self._out.append(out)
+        if result is None:
+            return
+        self.result = result
+        self.sessionId = result.sessionId
+        self.cipher = result.cipher
+        self.sendKey, self.receiveKey = result.sendKey, result.receiveKey
+        self.keysAt = self.lastActivity = now
+        if self.isClient:
+            r = self.resumption
+            if r is None:
+                r = self.resumption = ResumptionState()
+            if not result.resumed:
+                r.highestDelivered = 0
+            r.sessionId = result.sessionId
+            r.peerKey = _peerKey(result)
+        elif self._resumptionFor is not None:
+            self.resumption = self._resumptionFor(result, _peerKey(result))
+        else:
+            self.resumption = ResumptionState(result.sessionId,
+                                              _peerKey(result))
+        self.state = OPEN
+        self._resend()
+        events.append(HandshakeCompleted(result=result))
+
+    def _resend(self):
+        # Unacknowledged messages from a previous connection go first, in
+        # delivery id order, ahead of anything queued since.
+        pending = [m for m in self.resumption.unacked.values() if not m.queued]
+        for m in reversed(pending):
+            self._enqueue(m, front=True)
+
+    def _frame(self, frame, now, events):
+        key = self.receiveKey
+        if key is None:
+            if frame.flags & Flags.ENCRYPTED:
+                raise DowngradeDetected("encrypted message in a plaintext "
+                                        "session")
+            if frame.sessionId != self.sessionId:
+                raise MalformedMessage("session id %d, expected %d"
+                                       % (frame.sessionId, self.sessionId))
+            if frame.sequence != self._plainReceive:
+                raise SequenceError("sequence number %d, expected %d"
+                                    % (frame.sequence, self._plainReceive))
+            self._plainReceive += 1
+            body = frame.payload
+        else:
+            if not frame.flags & Flags.ENCRYPTED:
+                raise DowngradeDetected("unencrypted message type %#x in an "
+                                        "encrypted session" % (frame.type,))
+            pending = self._pendingReceiveKey
+            if pending is not None and frame.keyId == pending.keyId:
+                self.receiveKey = key = pending
+                self._pendingReceiveKey = None
+            body = openFrame(key, frame, self.sessionId)
+        flags = frame.flags & ~Flags.ENCRYPTED
+        seq = frame.sequence
+        mtype = frame.type
+        if flags & Flags.FRAGMENTED:
+            done = self._reassembler.add(mtype, flags, seq, body)
+            if done is None:
+                return
+            mtype, flags, seq, body = done
+            flags &= ~Flags.FRAGMENTED
+        elif self._reassembler.active and mtype not in CONTROL_TYPES:
+            raise MalformedMessage("message between the fragments of "
+                                   "another")
+        message = parseBody(mtype, flags, body, seq,
+                            self.settings.maxMessageSize)
+        if message.deliveryId is not None:
+            self._ackDue = True
+            if self.resumption.isDuplicate(message.deliveryId):
+                return
+        self._dispatch(message, now, events)
+
+    def _dispatch(self, message, now, events):
+        t = message.type
+        if t not in CONTROL_TYPES and t != MessageType.Error:
+            self.lastActivity = now
+            if message.requestSequence is not None:
+                request = self.pendingRequests.pop(message.requestSequence,
+                                                   None)
+                if request is not None:
+                    events.append(ResponseReceived(request=request,
+                                                   message=message))
+                    return
+            events.append(MessageReceived(message=message))
+        elif t == MessageType.Heartbeat:
+            pass
+        elif t == MessageType.Ack:
+            self.resumption.acknowledge(codec.decodeU64(message.payload,
+                                                        "Ack"))
+        elif t == MessageType.KeyUpdate:
+            epoch = codec.decodeU32(message.payload, "KeyUpdate")
+            if self.receiveKey is None or epoch != self.receiveKey.epoch + 1:
+                raise MalformedMessage("KeyUpdate to epoch %d unexpected"
+                                       % (epoch,))
+            self.receiveKey = self.receiveKey.updated(now)
+        elif t == MessageType.Error:
+            code, reason = codec.decodeReason(message.payload)
+            request = self.pendingRequests.pop(message.requestSequence, None) \
+                if message.requestSequence is not None else None
+            if request is not None:
+                events.append(RequestFailed(request=request, code=code,
+                                            reason=reason))
+            else:
+                events.append(ErrorReceived(code=code, reason=reason,
+                                            message=message))
+        elif t == MessageType.Disconnect:
+            code, reason = codec.decodeReason(message.payload)
+            self.state = CLOSED
+            events.append(DisconnectReceived(code=code, reason=reason))
+        elif t in (MessageType.Subscribe, MessageType.Unsubscribe):
+            if message.requestSequence is not None:
+                request = self.pendingRequests.pop(message.requestSequence,
+                                                   None)
+                if request is not None:
+                    events.append(ResponseReceived(request=request,
+                                                   message=message))
+                return
+            name, end = codec.decodeName(message.payload)
+            if end != len(message.payload):
+                raise MalformedMessage("trailing bytes after stream name")
+            cls = (SubscribeReceived if t == MessageType.Subscribe
+                   else UnsubscribeReceived)
+            events.append(cls(name=name, message=message))
+        elif t == MessageType.Handshake:
+            self._rekeyHello(message, now)
+        elif t == MessageType.HandshakeAck:
+            self._rekeyAck(message, now)
+
+    # -- re-handshake (fresh ephemeral secrets inside the session) ---------
+
+    def startRehandshake(self, now=0.0):
+        """
+        (client) Send a new hello under the current keys; the session
+        switches to keys from fresh X25519 and ML-KEM secrets when the
+        HandshakeAck arrives.
+        """
+        if not self.isClient or self.state != OPEN or self.sendKey is None \
+                or self._rekey is not None:
+            return False
+        kem = self.handshake.kem
+        xPrivate = x25519.X25519PrivateKey.generate()
+        kemPrivate = _KEM_PRIVATE[kem].generate()
+        hello = ClientHello((1,), (self.cipher,), kem, os.urandom(32),
+                            xPrivate.public_key().public_bytes_raw(),
+                            self.sessionId,
+                            kemPrivate.public_key().public_bytes_raw()).encode()
+        self._rekey = (hello, xPrivate, kemPrivate)
+        self.sendControl(MessageType.Handshake, hello)
+        self.keysAt = now
+        return True
+
+    def _rekeyHello(self, message, now):
+        if self.isClient or self.receiveKey is None:
+            raise HandshakeFailed("unexpected Handshake in an open session")
+        hello = ClientHello.decode(message.payload)
+        if (hello.ciphers != (self.cipher,) or hello.previousSessionId !=
+                self.sessionId or hello.kem not in (1, 2)):
+            raise DowngradeDetected("re-handshake must keep the cipher and "
+                                    "session")
+        kem = KEM(hello.kem)
+        try:
+            secret, ct = _KEM_PUBLIC[kem].from_public_bytes(
+                hello.kemKey).encapsulate()
+        except ValueError as e:
+            raise HandshakeFailed("bad ML-KEM key: %s" % (e,))
+        xPrivate = x25519.X25519PrivateKey.generate()
+        ack = ServerHello(1, self.cipher, kem, 0, os.urandom(32),
+                          xPrivate.public_key().public_bytes_raw(),
+                          self.sessionId,
+                          hashlib.sha256(message.payload).digest(),
+                          ct).encode()
+        self.sendControl(MessageType.HandshakeAck, ack)
+        secret = _sharedSecret(secret, xPrivate, hello.x25519Public)
+        c2s, s2c = _keys(secret,
+                         hashlib.sha256(message.payload + ack).digest(),
+                         "xtmp ", self.cipher, now)
+        self.sendKey = s2c
+        self._pendingReceiveKey = c2s
+        self.keysAt = now
+
+    def _rekeyAck(self, message, now):
+        if self._rekey is None:
+            raise HandshakeFailed("unexpected HandshakeAck in an open session")
+        hello, xPrivate, kemPrivate = self._rekey
+        ack = ServerHello.decode(message.payload)
+        if (ack.offerHash != hashlib.sha256(hello).digest()
+                or ack.cipher != self.cipher or ack.sessionId != self.sessionId
+                or len(ack.ciphertext) != KEM_CIPHERTEXT_SIZE[
+                    self.handshake.kem]):
+            raise DowngradeDetected("re-handshake answer does not match")
+        secret = _sharedSecret(kemPrivate.decapsulate(ack.ciphertext),
+                               xPrivate, ack.x25519Public)
+        c2s, s2c = _keys(secret, hashlib.sha256(hello + message.payload)
+                         .digest(), "xtmp ", self.cipher, now)
+        self.sendKey, self.receiveKey = c2s, s2c
+        self._rekey = None
+
+    # -- timers ------------------------------------------------------------
+
+    def tick(self, now):
+        """
+        Run due timers: heartbeat, key update, re-handshake.
+
+        @raise XTMPTimeout: the handshake took too long, the peer has been
+            silent for two heartbeat intervals, or the session was idle
+            past C{sessionTimeout}.
+        """
+        s = self.settings
+        if self.state == HANDSHAKING:
+            if now - self.startedAt >= s.handshakeTimeout:
+                raise XTMPTimeout("handshake not complete after %gs"
+                                  % (s.handshakeTimeout,))
+            return
+        if self.state != OPEN:
+            return
+        if now - self.lastReceived >= 2 * s.heartbeatInterval:
+            raise XTMPTimeout("peer silent for %gs" % (now - self.lastReceived,))
+        if now - self.lastActivity >= s.sessionTimeout:
+            raise XTMPTimeout("session idle for %gs" % (now - self.lastActivity,))
+        if self.sendKey is not None:
+            if self.isClient and now - self.keysAt >= s.rotationInterval:
+                self.startRehandshake(now)
+            elif now - self.sendKey.createdAt >= s.keyUpdateInterval and \
+                    now - self.keysAt >= s.keyUpdateInterval:
+                self._keyUpdate()
+                self.sendKey.createdAt = now
+        if now - self.lastSent >= s.heartbeatInterval:
+            self.sendControl(MessageType.Heartbeat,
+                             codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1)))
+
+    def nextDeadline(self, now):
+        """
+        Seconds from C{now} until L{tick} next has something to do.
+        """
+        s = self.settings
+        if self.state == HANDSHAKING:
+            return max(0.0, self.startedAt + s.handshakeTimeout - now)
+        due = [self.lastSent + s.heartbeatInterval,
+               self.lastReceived + 2 * s.heartbeatInterval,
+               self.lastActivity + s.sessionTimeout]
+        if self.sendKey is not None:
+            due.append(self.keysAt + (s.rotationInterval if self.isClient
+                                      else s.keyUpdateInterval))
+        return max(0.0, min(due) - now)

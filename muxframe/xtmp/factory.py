@@ -1,0 +1,256 @@
+"""
+Factories for XTMP clients and servers, and L{connectXTMP}.
+
+Both factories carry what outlives one connection: message handlers, the
+stream registry, the settings and (for resumption) the state of sessions
+whose connection was lost.
+"""
+
+import time
+
+from twisted.internet.protocol import ClientFactory, Factory
+
+from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.connection import Settings, XTMPConnection
+from muxframe.xtmp.errors import Unauthorized
+from muxframe.xtmp.handshake import (
+    DEFAULT_CIPHERS, KEM, ClientHandshake, ServerHandshake,
+)
+from muxframe.xtmp.protocol import XTMPProtocol
+from muxframe.xtmp.session import ResumptionState
+from muxframe.xtmp.streams import StreamRegistry
+
+
+class _XTMPFactoryMixin:
+    """
+    What both factories share.
+
+    @ivar handlers: message type -> handler, copied into each protocol.
+    @ivar streams: the L{StreamRegistry} of this factory's sessions.
+    @ivar relayStreams: whether STREAM_DATA received from one session is
+        fanned out to the stream's other subscribers.
+    @ivar reactor: the C{IReactorTime} for timers (None: global reactor).
+    """
+
+    protocol = XTMPProtocol
+    relayStreams = False
+
+    def _setUp(self, reactor, handlers, settings):
+        self.reactor = reactor
+        self.handlers = dict(handlers or {})
+        self.settings = Settings(**settings)
+        self.streams = StreamRegistry()
+
+    def setHandler(self, messageType, handler):
+        """
+        Register C{handler(protocol, message)} for every session built from
+        now on.
+        """
+        self.handlers[int(messageType)] = handler
+
+    def authorizeSubscribe(self, protocol, name):
+        """
+        Whether C{protocol}'s peer may subscribe to C{name}.  Override to
+        restrict.
+        """
+        return True
+
+    def publish(self, name, payload, messageType=MessageType.EventStream,
+                flags=0, exclude=None):
+        """
+        Send C{payload} as STREAM_DATA on C{name} to every subscriber
+        (except C{exclude}).  A subscriber whose send queue is full misses
+        the message (it is logged).
+
+        @return: the number of subscribers it was queued for.
+        """
+        count = 0
+        for protocol in self.streams.subscribers(name):
+            if protocol is exclude:
+                continue
+            try:
+                protocol.publish(name, payload, messageType, flags)
+            except Exception as e:
+                protocol.log.warn("xtmp publish to {name} dropped: {error}",
+                                  name=name, error=e)
+            else:
+                count += 1
+        return count
+
+    def sessionStarted(self, protocol):
+        """
+        Called by C{protocol} when its handshake completes.
+        """
+
+    def sessionLost(self, protocol):
+        """
+        Called by C{protocol} from C{connectionLost}.
+        """
+        self.streams.unsubscribeAll(protocol)
+
+
+class XTMPServerFactory(_XTMPFactoryMixin, Factory):
+    """
+    Builds server-side L{XTMPProtocol}s.
+
+    @param identity: the server's L{Identity}.
+    @param authorizedKeys: L{PublicIdentity}s accepted by signature.
+    @param checkToken: callable(bytes) -> bool accepting bearer tokens.
+    @param allowAnonymous: accept clients presenting neither.
+    @param allowPlaintext: allow C{Cipher.NONE} (only inside TLS).
+    @param settings: L{Settings} names (C{heartbeatInterval}, ...).
+    @ivar sessions: session id -> L{ResumptionState}, for resumption.
+    @ivar live: session id -> the protocol currently serving it.
+    """
+
+    maxResumableSessions = 10000
+
+    def __init__(self, identity, authorizedKeys=(), checkToken=None,
+                 allowAnonymous=False, ciphers=DEFAULT_CIPHERS,
+                 allowPlaintext=False, reactor=None, handlers=None,
+                 relayStreams=False, **settings):
+        self._setUp(reactor, handlers, settings)
+        self.identity = identity
+        self.authorizedKeys = list(authorizedKeys)
+        self.checkToken = checkToken
+        self.allowAnonymous = allowAnonymous
+        self.ciphers = tuple(ciphers)
+        self.allowPlaintext = allowPlaintext
+        self.relayStreams = relayStreams
+        self.sessions = {}
+        self.live = {}
+
+    def _now(self):
+        return self.reactor.seconds() if self.reactor else time.time()
+
+    def makeEngine(self, protocol, now):
+        """
+        The sans-IO engine for a new server-side C{protocol}.
+        """
+        self._prune(now)
+        handshake = ServerHandshake(
+            self.identity, self.ciphers, self.allowPlaintext,
+            self.authorizedKeys, self.checkToken, self.allowAnonymous,
+            resume=lambda sessionId: sessionId in self.sessions)
+
+        def resumptionFor(result, peerKey):
+            sid = result.sessionId
+            state = self.sessions.get(sid) if result.resumed else None
+            if state is not None:
+                if state.peerKey != peerKey:
+                    raise Unauthorized("session %#x belongs to another peer"
+                                       % (sid,))
+                old = self.live.get(sid)
+                if old is not None and old is not protocol:
+                    # The old connection is half-open; its peer moved on.
+                    old.transport.abortConnection()
+                return state
+            state = ResumptionState(sid, peerKey)
+            self.sessions[sid] = state
+            return state
+
+        return XTMPConnection(handshake, self.settings,
+                              resumptionFor=resumptionFor, now=now)
+
+    def _prune(self, now):
+        horizon = now - self.settings.sessionTimeout
+        for sid, state in list(self.sessions.items()):
+            if sid not in self.live and state.lastActive < horizon:
+                del self.sessions[sid]
+        while len(self.sessions) > self.maxResumableSessions:
+            for sid in self.sessions:
+                if sid not in self.live:
+                    del self.sessions[sid]
+                    break
+            else:
+                break
+
+    def sessionStarted(self, protocol):
+        """
+        Track C{protocol} as the live connection of its session.
+        """
+        self.live[protocol.sessionId] = protocol
+
+    def sessionLost(self, protocol):
+        """
+        Forget C{protocol}; its session state stays resumable until
+        C{sessionTimeout} has passed.
+        """
+        _XTMPFactoryMixin.sessionLost(self, protocol)
+        sid = protocol.sessionId
+        if self.live.get(sid) is protocol:
+            del self.live[sid]
+        conn = protocol.connection
+        if conn is not None and conn.resumption is not None:
+            conn.resumption.lastActive = protocol.reactor.seconds()
+
+
+class XTMPClientFactory(_XTMPFactoryMixin, ClientFactory):
+    """
+    Builds client-side L{XTMPProtocol}s.
+
+    @param serverKey: the server's pinned L{PublicIdentity}, or
+    @param verifyServer: callable(L{PublicIdentity}) -> bool.
+    @param identity: the client's L{Identity}, or
+    @param token: a bearer token (bytes).
+    @param kem: L{KEM.MLKEM768} (default) or L{KEM.MLKEM1024}.
+    @param resume: resume a lost session (resending unacknowledged
+        messages) on the next connection built by this factory.
+    """
+
+    def __init__(self, serverKey=None, verifyServer=None, identity=None,
+                 token=None, ciphers=DEFAULT_CIPHERS, kem=KEM.MLKEM768,
+                 allowPlaintext=False, reactor=None, handlers=None,
+                 resume=True, **settings):
+        self._setUp(reactor, handlers, settings)
+        self.serverKey = serverKey
+        self.verifyServer = verifyServer
+        self.identity = identity
+        self.token = token
+        self.ciphers = tuple(ciphers)
+        self.kem = kem
+        self.allowPlaintext = allowPlaintext
+        self.resume = resume
+        self.resumable = []
+        # Fail early on a bad configuration rather than per connection.
+        self._handshake(0)
+
+    def _handshake(self, previousSessionId):
+        return ClientHandshake(self.serverKey, self.verifyServer,
+                               self.identity, self.token, self.ciphers,
+                               self.kem, self.allowPlaintext,
+                               previousSessionId)
+
+    def makeEngine(self, protocol, now):
+        """
+        The sans-IO engine for a new client-side C{protocol}, resuming a
+        lost session if one is held.
+        """
+        state = self.resumable.pop() if (self.resume and self.resumable) \
+            else None
+        return XTMPConnection(
+            self._handshake(state.sessionId if state else 0), self.settings,
+            resumption=state, now=now)
+
+    def sessionLost(self, protocol):
+        """
+        Keep the session's state for resumption if anything is unfinished.
+        """
+        _XTMPFactoryMixin.sessionLost(self, protocol)
+        conn = protocol.connection
+        from twisted.internet.error import ConnectionDone
+        if (conn is not None and conn.resumption is not None
+                and conn.resumption.sessionId and self.resume
+                and (conn.resumption.unacked or not isinstance(
+                    protocol._closeReason, ConnectionDone))):
+            self.resumable.append(conn.resumption)
+
+
+def connectXTMP(endpoint, factory):
+    """
+    Connect C{factory} with C{endpoint} and wait for the handshake.
+
+    @return: a L{Deferred} firing with the L{XTMPProtocol} once the session
+        is ready.
+    """
+    return endpoint.connect(factory).addCallback(lambda p: p.handshakeDone)

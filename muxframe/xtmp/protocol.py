@@ -1,0 +1,591 @@
+"""
+The Twisted face of XTMP: L{XTMPProtocol} and its factories.
+
+The protocol is a thin adapter over the sans-IO L{XTMPConnection}: it feeds
+received bytes in, turns events into handler calls and Deferreds, writes
+what the engine produces, and drives its timers with C{self.reactor}
+(an C{IReactorTime}; the factory's, else the global reactor, looked up
+only when first needed).
+
+Backpressure: the protocol registers itself with its transport as a
+streaming producer; while the transport is paused, messages wait in the
+engine's bounded priority queue, and a producer registered with the
+protocol (it is an C{IConsumer}) is paused while the buffered bytes exceed
+half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
+which stops reading from the transport, so the sender's transport fills
+and pauses it in turn.
+"""
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from muxframe.xtmp import codec
+from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.connection import (
+    CLOSED, OPEN, DisconnectReceived, ErrorReceived, HandshakeCompleted,
+    MessageReceived, RequestFailed, ResponseReceived, SubscribeReceived,
+    UnsubscribeReceived,
+)
+from muxframe.xtmp.errors import (
+    HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
+    SessionNotReady, XTMPErrorCode, XTMPRemoteError, XTMPTimeout,
+)
+
+#: The message type C{IConsumer.write} sends.
+CONSUMER_MESSAGE_TYPE = 0x80
+
+
+class _Request:
+    __slots__ = ("deferred", "sequence", "timeoutCall", "cancelled")
+
+    def __init__(self):
+        self.sequence = None
+        self.timeoutCall = None
+        self.cancelled = False
+
+
+@implementer(IPushProducer, IConsumer)
+class XTMPProtocol(Protocol):
+    """
+    One XTMP session.  Built by L{XTMPServerFactory} or L{XTMPClientFactory}.
+
+    @ivar handshakeDone: a L{Deferred} that fires with this protocol when
+        the handshake completes, or fails with why it did not.
+    @ivar handlers: message type -> callable(protocol, message).  A handler
+        returning bytes (or a Deferred of bytes) answers the message with a
+        RESPONSE; one that raises answers with an Error.
+    @ivar connection: the sans-IO L{XTMPConnection}.
+    @ivar result: the L{HandshakeResult} once the handshake is done.
+    """
+
+    log = Logger()
+    factory = None
+    connection = None
+    result = None
+    writeChunk = 1 << 18
+    closeTimeout = 10.0
+    _reactor = None
+
+    def __init__(self):
+        self.handshakeDone = Deferred()
+        self.handlers = {}
+        self.streamCallbacks = {}
+        self._closed = []
+        self._closeReason = None
+        self._transportPaused = False
+        self._deliveryPaused = False
+        self._heldData = []
+        self._producer = None
+        self._producerPaused = False
+        self._timer = None
+        self._abortCall = None
+        self._lost = False
+
+    # -- configuration -----------------------------------------------------
+
+    @property
+    def reactor(self):
+        """
+        The C{IReactorTime} for timers: the factory's, else the global one.
+        """
+        if self._reactor is None:
+            r = getattr(self.factory, "reactor", None)
+            if r is None:
+                from twisted.internet import reactor as r
+            self._reactor = r
+        return self._reactor
+
+    @reactor.setter
+    def reactor(self, value):
+        self._reactor = value
+
+    @property
+    def sessionId(self):
+        """
+        The session id (0 before the handshake completes).
+        """
+        return self.connection.sessionId if self.connection else 0
+
+    @property
+    def peerIdentity(self):
+        """
+        The peer's L{PublicIdentity} (or L{None}) once authenticated.
+        """
+        return self.result.peerIdentity if self.result else None
+
+    def setHandler(self, messageType, handler):
+        """
+        Register C{handler(protocol, message)} for C{messageType}.
+        """
+        self.handlers[int(messageType)] = handler
+
+    def whenClosed(self):
+        """
+        A L{Deferred} firing with the exception that ended the session
+        (L{ConnectionDone} for a clean close) once the connection is lost.
+        """
+        d = Deferred()
+        if self._lost:
+            d.callback(self._closeReason)
+        else:
+            self._closed.append(d)
+        return d
+
+    # -- IProtocol ---------------------------------------------------------
+
+    def connectionMade(self):
+        """
+        Create the engine, register as the transport's producer, and (on
+        the client) send the hello.
+        """
+        now = self.reactor.seconds()
+        if self.factory is not None:
+            self.handlers.update(self.factory.handlers)
+        self.connection = self.factory.makeEngine(self, now)
+        self.transport.registerProducer(self, True)
+        if self.connection.isClient:
+            self.connection.initiate(now)
+        self._flush()
+        self._schedule()
+
+    def dataReceived(self, data):
+        """
+        Feed bytes to the engine and act on its events.
+        """
+        if self._deliveryPaused:
+            self._heldData.append(data)
+            return
+        conn = self.connection
+        if conn is None or conn.state == CLOSED:
+            return
+        try:
+            events = conn.receiveData(data, self.reactor.seconds())
+            for event in events:
+                self._handleEvent(event)
+        except XTMPRemoteError as e:
+            self._fail(e)
+            return
+        self._flush()
+
+    def connectionLost(self, reason=None):
+        """
+        Fail what waits on this session and hand its resumption state back
+        to the factory.
+        """
+        self._lost = True
+        if self._closeReason is None:
+            self._closeReason = reason.value if reason is not None \
+                else ConnectionDone()
+        why = self._closeReason
+        for call in (self._timer, self._abortCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._abortCall = None
+        conn = self.connection
+        if conn is not None:
+            handshaking = conn.state not in (OPEN, CLOSED) or \
+                conn.result is None
+            conn.state = CLOSED
+            for request in list(conn.pendingRequests.values()):
+                self._failRequest(request, why)
+            conn.pendingRequests.clear()
+            if handshaking and not self.handshakeDone.called:
+                err = why
+                if not isinstance(why, (XTMPRemoteError, XTMPTimeout)):
+                    err = HandshakeFailed(
+                        "connection lost during the handshake: %s" % (why,))
+                self.handshakeDone.errback(err)
+        if self.factory is not None:
+            self.factory.sessionLost(self)
+        self.log.info("xtmp session {sessionId:#x} closed: {why}",
+                      sessionId=self.sessionId, why=why)
+        for d in self._closed:
+            d.callback(why)
+        self._closed = []
+        if self._producer is not None:
+            self._producer.stopProducing()
+            self._producer = None
+
+    # -- events ------------------------------------------------------------
+
+    def _handleEvent(self, event):
+        if type(event) is MessageReceived:
+            message = event.message
+            if message.streamName is not None:
+                self._streamData(message)
+            else:
+                self.messageReceived(message)
+        elif type(event) is ResponseReceived:
+            request = event.request
+            if request.timeoutCall is not None and request.timeoutCall.active():
+                request.timeoutCall.cancel()
+            request.deferred.callback(event.message)
+        elif type(event) is RequestFailed:
+            request = event.request
+            if request.timeoutCall is not None and request.timeoutCall.active():
+                request.timeoutCall.cancel()
+            request.deferred.errback(PeerError(event.code, event.reason))
+        elif type(event) is HandshakeCompleted:
+            self.result = event.result
+            self.log.info(
+                "xtmp handshake complete: session {sessionId:#x} cipher "
+                "{cipher} resumed={resumed} peer={peer}",
+                sessionId=event.result.sessionId, cipher=event.result.cipher,
+                resumed=event.result.resumed, peer=event.result.peerIdentity)
+            self.factory.sessionStarted(self)
+            self.handshakeCompleted()
+            self.handshakeDone.callback(self)
+        elif type(event) is SubscribeReceived:
+            self._subscribeReceived(event)
+        elif type(event) is UnsubscribeReceived:
+            self.factory.streams.unsubscribe(event.name, self)
+            self.connection.sendMessage(MessageType.Unsubscribe, b"",
+                                        requestSequence=event.message.sequence)
+        elif type(event) is ErrorReceived:
+            self.log.warn("xtmp peer error {code}: {reason}",
+                          code=XTMPErrorCode.describe(event.code),
+                          reason=event.reason)
+            self.errorReceived(event.code, event.reason)
+        elif type(event) is DisconnectReceived:
+            if event.code in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY):
+                self._closeReason = ConnectionDone(event.reason)
+            else:
+                self._closeReason = PeerDisconnected(event.code, event.reason)
+            self.transport.loseConnection()
+
+    def handshakeCompleted(self):
+        """
+        Called when the session is ready; override to start sending.
+        """
+
+    def errorReceived(self, code, reason):
+        """
+        Called for an Error message that answers no pending request.
+        """
+
+    def messageReceived(self, message):
+        """
+        Dispatch an application L{Message} to its handler; without one,
+        answer Error UNKNOWN_TYPE.  Override for other routing.
+        """
+        handler = self.handlers.get(message.type)
+        if handler is None:
+            if message.requestSequence is None:
+                self._sendError(message, XTMPErrorCode.UNKNOWN_TYPE,
+                                "no handler for message type %#x"
+                                % (message.type,))
+            return
+        if message.requestSequence is not None:
+            handler(self, message)
+            return
+        d = maybeDeferred(handler, self, message)
+        d.addCallbacks(self._handlerDone, self._handlerFailed,
+                       callbackArgs=(message,), errbackArgs=(message,))
+
+    def _handlerDone(self, result, message):
+        if result is not None and self.connection.state == OPEN:
+            self.respond(message, result)
+
+    def _handlerFailed(self, failure, message):
+        self.log.failure("xtmp handler for type {type:#x} failed",
+                         failure, type=message.type)
+        if self.connection.state == OPEN:
+            self._sendError(message, XTMPErrorCode.APPLICATION_ERROR,
+                            failure.getErrorMessage())
+
+    def _sendError(self, message, code, reason):
+        self.connection.sendMessage(MessageType.Error,
+                                    codec.encodeReason(code, reason),
+                                    requestSequence=message.sequence)
+        self._flush()
+
+    # -- streams -----------------------------------------------------------
+
+    def _subscribeReceived(self, event):
+        if self.factory.authorizeSubscribe(self, event.name) and \
+                self.factory.streams.subscribe(event.name, self):
+            self.connection.sendMessage(MessageType.Subscribe, b"",
+                                        requestSequence=event.message.sequence)
+        else:
+            self._sendError(event.message, XTMPErrorCode.UNAUTHORIZED,
+                            "subscription to %r refused" % (event.name,))
+
+    def _streamData(self, message):
+        for callback in list(self.streamCallbacks.get(message.streamName, ())):
+            callback(message)
+        if self.factory.relayStreams:
+            self.factory.publish(message.streamName, message.payload,
+                                 message.type, message.flags, exclude=self)
+        handler = self.handlers.get(message.type)
+        if handler is not None:
+            handler(self, message)
+
+    def subscribe(self, name, callback):
+        """
+        Subscribe to the peer's stream C{name}; C{callback(message)} gets
+        every STREAM_DATA message for it.
+
+        @return: a L{Deferred} firing when the peer confirms, or failing
+            with L{PeerError} if it refuses.
+        """
+        self.streamCallbacks.setdefault(name, []).append(callback)
+        return self.request(MessageType.Subscribe, codec.encodeName(name))
+
+    def unsubscribe(self, name):
+        """
+        Stop receiving stream C{name}; returns a L{Deferred} of the peer's
+        confirmation.
+        """
+        self.streamCallbacks.pop(name, None)
+        return self.request(MessageType.Unsubscribe, codec.encodeName(name))
+
+    def publish(self, name, payload, messageType=MessageType.EventStream,
+                flags=0):
+        """
+        Send C{payload} on stream C{name} (a STREAM_DATA message).
+        """
+        self._send(messageType, payload, flags, streamName=name)
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, messageType, payload, flags=0):
+        """
+        Send a message of C{messageType}.  C{flags} may include
+        REQUIRES_ACK, PRIORITY_HIGH, EMERGENCY and COMPRESSED.
+
+        @raise SendQueueFull: the send buffers are at C{maxQueuedBytes}.
+        @raise SessionNotReady: the session is closed.
+        """
+        self._send(messageType, payload, flags)
+
+    def _send(self, messageType, payload, flags=0, requestSequence=None,
+              streamName=None, request=None):
+        conn = self.connection
+        if conn is None or self._lost:
+            raise SessionNotReady("the session is not connected")
+        conn.sendMessage(messageType, payload, flags, requestSequence,
+                         streamName, request, self.reactor.seconds())
+        if not self._transportPaused:
+            self._flush()
+        else:
+            self._checkBackpressure()
+
+    def respond(self, message, payload, messageType=None, flags=0):
+        """
+        Answer C{message} (a request) with C{payload}.
+        """
+        self._send(message.type if messageType is None else messageType,
+                   payload, flags, requestSequence=message.sequence)
+
+    def request(self, messageType, payload, flags=0, timeout=None):
+        """
+        Send a request; the L{Deferred} fires with the response L{Message}
+        or fails with L{RequestTimeout} after C{timeout} seconds (default
+        C{requestTimeout}), or L{PeerError} if the peer answers Error.
+        Cancelling it stops waiting.
+        """
+        request = _Request()
+
+        def cancel(d):
+            request.cancelled = True
+            self._dropRequest(request)
+
+        request.deferred = Deferred(cancel)
+        if timeout is None:
+            timeout = self.connection.settings.requestTimeout
+        self._send(messageType, payload, flags, request=request)
+        if timeout and not request.deferred.called:
+            request.timeoutCall = self.reactor.callLater(
+                timeout, self._requestTimedOut, request, timeout)
+        return request.deferred
+
+    def _dropRequest(self, request):
+        if request.sequence is not None:
+            self.connection.pendingRequests.pop(request.sequence, None)
+        if request.timeoutCall is not None and request.timeoutCall.active():
+            request.timeoutCall.cancel()
+
+    def _requestTimedOut(self, request, timeout):
+        request.cancelled = True
+        request.timeoutCall = None
+        self._dropRequest(request)
+        request.deferred.errback(RequestTimeout(
+            "no response within %gs" % (timeout,)))
+
+    def _failRequest(self, request, why):
+        if request.timeoutCall is not None and request.timeoutCall.active():
+            request.timeoutCall.cancel()
+        if not request.deferred.called:
+            request.deferred.errback(why)
+
+    def disconnect(self, code=XTMPErrorCode.GOING_AWAY, reason=""):
+        """
+        Close the session: send Disconnect (after Error, for a failure
+        code) and close the transport once written.
+        """
+        if self._lost or self.connection is None:
+            return
+        self.transport.write(self.connection.closeWithError(code, reason))
+        self._closeReason = ConnectionDone(reason)
+        self._loseConnection()
+
+    def _fail(self, error):
+        self.log.warn("xtmp session {sessionId:#x} failed: {code}: {error}",
+                      sessionId=self.sessionId,
+                      code=XTMPErrorCode.describe(error.code), error=error)
+        if self._closeReason is None:
+            self._closeReason = error
+        if not self._lost:
+            self.transport.write(self.connection.closeWithError(
+                error.code, str(error)))
+            self._loseConnection()
+
+    def _loseConnection(self):
+        self.transport.loseConnection()
+        if self._abortCall is None and not self._lost:
+            # A peer that stops reading must not hold the session open.
+            self._abortCall = self.reactor.callLater(
+                self.closeTimeout, self._abort)
+
+    def _abort(self):
+        self._abortCall = None
+        if not self._lost:
+            self.transport.abortConnection()
+
+    def _flush(self):
+        conn = self.connection
+        if conn is None or self._lost:
+            return
+        now = self.reactor.seconds()
+        limit = 0 if self._transportPaused else self.writeChunk
+        while True:
+            data = conn.dataToSend(limit, now)
+            if not data:
+                break
+            self.transport.write(data)
+            if self._transportPaused:
+                limit = 0
+        self._checkBackpressure()
+
+    def _checkBackpressure(self):
+        producer = self._producer
+        if producer is None:
+            return
+        high = self.connection.settings.maxQueuedBytes // 2
+        buffered = self.connection.bufferedBytes
+        if buffered > high and not self._producerPaused:
+            self._producerPaused = True
+            producer.pauseProducing()
+        elif buffered <= high // 2 and self._producerPaused:
+            self._producerPaused = False
+            producer.resumeProducing()
+
+    # -- IPushProducer (called by the transport) ---------------------------
+
+    def pauseProducing(self):
+        """
+        The transport's buffer is full: keep messages queued.
+        """
+        self._transportPaused = True
+
+    def resumeProducing(self):
+        """
+        The transport drained: send queued messages in priority order.
+        """
+        self._transportPaused = False
+        self._flush()
+
+    def stopProducing(self):
+        """
+        The transport is going away.
+        """
+        self._transportPaused = True
+
+    # -- IConsumer (an application producer feeding this session) ---------
+
+    def registerProducer(self, producer, streaming):
+        """
+        Register a producer paused while the send buffers are over half of
+        C{maxQueuedBytes}.  Only streaming producers are supported.
+        """
+        if not streaming:
+            raise ValueError("XTMPProtocol supports streaming producers only")
+        self._producer = producer
+        self._producerPaused = False
+        self._checkBackpressure()
+
+    def unregisterProducer(self):
+        """
+        Forget the registered producer.
+        """
+        self._producer = None
+
+    def write(self, data):
+        """
+        C{IConsumer.write}: send C{data} as one message of type
+        C{CONSUMER_MESSAGE_TYPE} (0x80).
+        """
+        self.send(CONSUMER_MESSAGE_TYPE, data)
+
+    # -- receive-side flow control ----------------------------------------
+
+    def pauseDelivery(self):
+        """
+        Stop reading from the transport (a slow reader): the peer's writes
+        back up and its producer is paused.
+        """
+        if not self._deliveryPaused:
+            self._deliveryPaused = True
+            self.transport.pauseProducing()
+
+    def resumeDelivery(self):
+        """
+        Deliver what arrived meanwhile and read again.
+        """
+        if self._deliveryPaused:
+            self._deliveryPaused = False
+            held, self._heldData = self._heldData, []
+            if held:
+                self.dataReceived(b"".join(held))
+            if not self._lost:
+                self.transport.resumeProducing()
+
+    # -- timers ------------------------------------------------------------
+
+    def _schedule(self):
+        conn = self.connection
+        if self._lost or conn is None or conn.state == CLOSED:
+            return
+        delay = conn.nextDeadline(self.reactor.seconds())
+        self._timer = self.reactor.callLater(max(delay, 0.001), self._tick)
+
+    def _tick(self):
+        self._timer = None
+        conn = self.connection
+        if self._lost or conn.state == CLOSED:
+            return
+        now = self.reactor.seconds()
+        if conn.state == OPEN:
+            conn.resumption.lastActive = now
+        try:
+            conn.tick(now)
+        except XTMPTimeout as e:
+            self._timedOut(e, now)
+            return
+        self._flush()
+        self._schedule()
+
+    def _timedOut(self, error, now):
+        conn = self.connection
+        idle = now - conn.lastActivity >= conn.settings.sessionTimeout and \
+            conn.state == OPEN
+        code = XTMPErrorCode.IDLE_TIMEOUT if idle else XTMPErrorCode.TIMEOUT
+        self.log.warn("xtmp session {sessionId:#x} timed out: {error}",
+                      sessionId=self.sessionId, error=error)
+        self._closeReason = error
+        self.transport.write(conn.closeWithError(code, str(error)))
+        self._loseConnection()

@@ -1,0 +1,337 @@
+"""
+Tests for the XTMP handshake (L{muxframe.xtmp.handshake}), identities and
+key schedule.
+"""
+
+import hashlib
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe.xtmp.codec import Cipher, Decoder, Flags, MessageType, encodePlain
+from muxframe.xtmp.errors import (
+    DecryptionFailed, DowngradeDetected, HandshakeFailed, PeerError,
+    Unauthorized, Unsupported, XTMPErrorCode, XTMPLocalError,
+)
+from muxframe.xtmp.handshake import (
+    KEM, ClientHandshake, ClientHello, ServerHandshake, ServerHello,
+)
+from muxframe.xtmp.identity import Identity, PublicIdentity, loadAuthorizedKeys
+from muxframe.xtmp.keys import TrafficKey, expand, keyId
+
+SERVER = Identity.generate()
+CLIENT = Identity.generate()
+
+
+def frames(data):
+    return Decoder().feed(data)
+
+
+def runHandshake(client, server, tamperHello=None, tamperAck=None):
+    """
+    Drive both sides to completion; return (clientResult, serverResult).
+    """
+    hello = client.start()
+    if tamperHello:
+        hello = tamperHello(hello)
+    out, _ = server.receiveFrame(frames(hello)[0])
+    if tamperAck:
+        out = tamperAck(out)
+    ack, auth = frames(out)
+    client.receiveFrame(ack)
+    clientAuth, clientResult = client.receiveFrame(auth)
+    _, serverResult = server.receiveFrame(frames(clientAuth)[0])
+    return clientResult, serverResult
+
+
+def pair(**kw):
+    clientKw = dict(serverKey=SERVER.public, identity=CLIENT)
+    serverKw = dict(authorizedKeys=[CLIENT.public])
+    for k, v in kw.items():
+        if k.startswith("c_"):
+            clientKw[k[2:]] = v
+        else:
+            serverKw[k[2:]] = v
+    return ClientHandshake(**clientKw), ServerHandshake(SERVER, **serverKw)
+
+
+class HandshakeSuccessTests(SynchronousTestCase):
+    """
+    Handshakes that complete agree on everything.
+    """
+
+    def assertAgree(self, c, s):
+        self.assertEqual(c.sessionId, s.sessionId)
+        self.assertNotEqual(c.sessionId, 0)
+        self.assertEqual(c.transcriptHash, s.transcriptHash)
+        self.assertEqual(c.sendKey.key, s.receiveKey.key)
+        self.assertEqual(c.sendKey.iv, s.receiveKey.iv)
+        self.assertEqual(c.receiveKey.key, s.sendKey.key)
+        self.assertNotEqual(c.sendKey.key, c.receiveKey.key)
+        self.assertEqual((c.sendKey.sequence, c.sendKey.epoch), (0, 0))
+
+    def test_identities(self):
+        c, s = runHandshake(*pair())
+        self.assertAgree(c, s)
+        self.assertEqual(c.peerIdentity, SERVER.public)
+        self.assertEqual(s.peerIdentity, CLIENT.public)
+        self.assertEqual(c.cipher, Cipher.AES_256_GCM)
+        self.assertFalse(c.resumed)
+
+    def test_chachaPreferred(self):
+        c, s = runHandshake(*pair(c_ciphers=(Cipher.CHACHA20_POLY1305,
+                                             Cipher.AES_256_GCM)))
+        self.assertEqual((c.cipher, s.cipher), (2, 2))
+        self.assertAgree(c, s)
+
+    def test_mlkem1024(self):
+        client, server = pair(c_kem=KEM.MLKEM1024)
+        hello = client.start()
+        self.assertEqual(len(ClientHello.decode(frames(hello)[0].payload)
+                             .kemKey), 1568)
+        client.state = "START"
+        c, s = runHandshake(client, server)
+        self.assertAgree(c, s)
+
+    def test_mldsa(self):
+        server = Identity.generate(withMLDSA=True)
+        client = Identity.generate(withMLDSA=True)
+        c, s = runHandshake(
+            ClientHandshake(serverKey=server.public, identity=client),
+            ServerHandshake(server, authorizedKeys=[client.public]))
+        self.assertEqual(c.peerIdentity.mldsa, server.public.mldsa)
+        self.assertEqual(s.peerIdentity, client.public)
+
+    def test_token(self):
+        seen = []
+
+        def check(token):
+            seen.append(token)
+            return token == b"secret"
+
+        c, s = runHandshake(*pair(c_identity=None, c_token=b"secret",
+                                  s_checkToken=check))
+        self.assertEqual(seen, [b"secret"])
+        self.assertEqual(s.token, b"secret")
+        self.assertIsNone(s.peerIdentity)
+
+    def test_verifyServerCallback(self):
+        seen = []
+        c, s = runHandshake(*pair(
+            c_serverKey=None, c_verifyServer=lambda k: seen.append(k) or True))
+        self.assertEqual(seen, [SERVER.public])
+
+    def test_plaintextWhenBothAllow(self):
+        c, s = runHandshake(*pair(c_ciphers=(Cipher.NONE,),
+                                  c_allowPlaintext=True,
+                                  s_ciphers=(Cipher.NONE,
+                                             Cipher.AES_256_GCM),
+                                  s_allowPlaintext=True))
+        self.assertEqual(c.cipher, Cipher.NONE)
+        self.assertIsNone(c.sendKey)
+        self.assertEqual(s.peerIdentity, CLIENT.public)
+
+    def test_resume(self):
+        c, s = runHandshake(*pair(c_previousSessionId=77,
+                                  s_resume=lambda sid: sid == 77))
+        self.assertEqual((c.sessionId, s.sessionId), (77, 77))
+        self.assertTrue(c.resumed and s.resumed)
+
+    def test_resumeUnknown(self):
+        c, s = runHandshake(*pair(c_previousSessionId=77,
+                                  s_resume=lambda sid: False))
+        self.assertNotEqual(c.sessionId, 77)
+        self.assertFalse(c.resumed)
+
+
+class HandshakeRejectionTests(SynchronousTestCase):
+    """
+    Every failure raises the documented error.
+    """
+
+    def test_unauthorizedClient(self):
+        other = Identity.generate()
+        e = self.assertRaises(Unauthorized, runHandshake,
+                              *pair(c_identity=other))
+        self.assertEqual(e.code, XTMPErrorCode.UNAUTHORIZED)
+
+    def test_badToken(self):
+        self.assertRaises(Unauthorized, runHandshake,
+                          *pair(c_identity=None, c_token=b"nope",
+                                s_checkToken=lambda t: t == b"secret"))
+
+    def test_anonymousRefused(self):
+        self.assertRaises(Unauthorized, runHandshake, *pair(c_identity=None))
+
+    def test_anonymousAllowed(self):
+        c, s = runHandshake(*pair(c_identity=None, s_allowAnonymous=True))
+        self.assertIsNone(s.peerIdentity)
+
+    def test_pinnedKeyMismatch(self):
+        e = self.assertRaises(Unauthorized, runHandshake,
+                              *pair(c_serverKey=Identity.generate().public))
+        self.assertIn("pinned", str(e))
+
+    def test_verifyServerRejects(self):
+        self.assertRaises(Unauthorized, runHandshake,
+                          *pair(c_serverKey=None,
+                                c_verifyServer=lambda k: False))
+
+    def test_clientNeedsTrustAnchor(self):
+        self.assertRaises(XTMPLocalError, ClientHandshake)
+
+    def test_plaintextNeedsOptIn(self):
+        self.assertRaises(XTMPLocalError, ClientHandshake,
+                          serverKey=SERVER.public, ciphers=(Cipher.NONE,))
+        self.assertRaises(XTMPLocalError, ServerHandshake, SERVER,
+                          ciphers=(Cipher.NONE,))
+
+    def test_plaintextRefusedByServer(self):
+        e = self.assertRaises(Unsupported, runHandshake,
+                              *pair(c_ciphers=(Cipher.NONE,),
+                                    c_allowPlaintext=True))
+        self.assertEqual(e.code, XTMPErrorCode.UNSUPPORTED)
+
+    def test_downgradeOfferStripped(self):
+        """
+        A man in the middle strips AES from the offer so the server picks
+        ChaCha20; the client sees its offer was altered.
+        """
+        def strip(raw):
+            f = frames(raw)[0]
+            h = ClientHello.decode(f.payload)
+            h.ciphers = (Cipher.CHACHA20_POLY1305,)
+            return encodePlain(f.type, f.flags, 0, 0, h.encode())
+
+        client, server = pair()
+        e = self.assertRaises(DowngradeDetected, runHandshake, client, server,
+                              tamperHello=strip)
+        self.assertEqual(e.code, XTMPErrorCode.DOWNGRADE)
+        self.assertEqual(server.cipher, Cipher.CHACHA20_POLY1305)
+
+    def test_downgradeToPlaintext(self):
+        """
+        A forged server hello choosing plaintext is refused by a client
+        that did not offer it.
+        """
+        def forge(raw):
+            ack, auth = frames(raw)
+            sh = ServerHello.decode(ack.payload)
+            sh.cipher = Cipher.NONE
+            return encodePlain(ack.type, 0, ack.sessionId, 0,
+                               sh.encode()) + auth.encode()
+
+        self.assertRaises(DowngradeDetected, runHandshake, *pair(),
+                          tamperAck=forge)
+
+    def test_noCommonCipher(self):
+        self.assertRaises(Unsupported, runHandshake,
+                          *pair(c_ciphers=(Cipher.CHACHA20_POLY1305,),
+                                s_ciphers=(Cipher.AES_256_GCM,)))
+
+    def test_truncatedHello(self):
+        client, server = pair()
+        f = frames(client.start())[0]
+        for cut in (0, 1, 5, 40, len(f.payload) - 1):
+            raw = encodePlain(MessageType.Handshake, 0, 0, 0, f.payload[:cut])
+            fresh = ServerHandshake(SERVER)
+            self.assertRaises(HandshakeFailed, fresh.receiveFrame,
+                              frames(raw)[0])
+
+    def test_truncatedServerHello(self):
+        client, server = pair()
+        ack = frames(server.receiveFrame(frames(client.start())[0])[0])[0]
+        raw = encodePlain(ack.type, 0, ack.sessionId, 0, ack.payload[:-10])
+        self.assertRaises(HandshakeFailed, client.receiveFrame,
+                          frames(raw)[0])
+
+    def test_wrongMessageType(self):
+        client, server = pair()
+        client.start()
+        self.assertRaises(HandshakeFailed, client.receiveFrame,
+                          frames(encodePlain(0x10, 0, 1, 0, b"x"))[0])
+
+    def test_serverError(self):
+        client, _ = pair()
+        client.start()
+        e = self.assertRaises(
+            PeerError, client.receiveFrame,
+            frames(encodePlain(MessageType.Error, 0, 0, 0,
+                               b"\x00\x0fno common cipher"))[0])
+        self.assertEqual(e.code, XTMPErrorCode.UNSUPPORTED)
+
+    def test_tamperedServerAuthKeepsCounter(self):
+        """
+        A tampered encrypted handshake message fails authentication and
+        does not advance the receive counter.
+        """
+        client, server = pair()
+        out, _ = server.receiveFrame(frames(client.start())[0])
+        ack, auth = frames(out)
+        client.receiveFrame(ack)
+        auth.payload = bytes([auth.payload[0] ^ 1]) + auth.payload[1:]
+        self.assertRaises(DecryptionFailed, client.receiveFrame, auth)
+        self.assertEqual(client.receiveKey.sequence, 0)
+
+    def test_clientHelloMustBePlaintext(self):
+        client, server = pair()
+        f = frames(client.start())[0]
+        raw = encodePlain(f.type, Flags.PRIORITY_HIGH, 0, 0, f.payload)
+        self.assertRaises(HandshakeFailed, server.receiveFrame, frames(raw)[0])
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    Identities load from and save to PEM files.
+    """
+
+    def test_privateRoundTrip(self):
+        path = self.mktemp()
+        ident = Identity.generate(withMLDSA=True)
+        ident.savePEM(path, password=b"pw")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        loaded = Identity.loadPEM(path, password=b"pw")
+        self.assertEqual(loaded.public, ident.public)
+        loaded.public.verify(b"m", ident.sign(b"m"))
+
+    def test_publicRoundTrip(self):
+        path = self.mktemp()
+        CLIENT.public.savePEM(path)
+        self.assertEqual(PublicIdentity.loadPEM(path), CLIENT.public)
+
+    def test_authorizedKeysFile(self):
+        path = self.mktemp()
+        a, b = Identity.generate(), Identity.generate(withMLDSA=True)
+        with open(path, "wb") as f:
+            f.write(a.public.toPEM() + b.public.toPEM())
+        self.assertEqual(loadAuthorizedKeys(path), [a.public, b.public])
+
+    def test_verifyRejectsOtherMessage(self):
+        self.assertRaises(HandshakeFailed, CLIENT.public.verify, b"a",
+                          CLIENT.sign(b"b"))
+
+    def test_fingerprint(self):
+        self.assertEqual(CLIENT.public.fingerprint,
+                         hashlib.sha256(CLIENT.public.encode()).hexdigest())
+
+
+class KeyScheduleTests(SynchronousTestCase):
+    """
+    Key update and nonce construction.
+    """
+
+    def test_keyUpdate(self):
+        k = TrafficKey(Cipher.AES_256_GCM, b"k" * 32, b"i" * 12)
+        k.sequence = 9
+        n = k.updated()
+        self.assertEqual(n.key, expand(b"k" * 32, "xtmp traffic update", 32))
+        self.assertEqual(n.iv, expand(b"k" * 32, "xtmp traffic update iv",
+                                      12))
+        self.assertEqual((n.epoch, n.sequence), (1, 0))
+        self.assertEqual(n.keyId, keyId(n.key))
+
+    def test_nonce(self):
+        k = TrafficKey(1, b"k" * 32, bytes(range(12)))
+        self.assertEqual(k.nonce(0), bytes(range(12)))
+        self.assertEqual(k.nonce(0x0102),
+                         bytes(range(10)) + bytes([10 ^ 1, 11 ^ 2]))
