@@ -1,0 +1,554 @@
+"""
+Tests for L{muxframe.multiplexer}: the Twisted adapter over in-memory
+transports, with time from a L{Clock}.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from muxframe import MultiplexerFactory, StreamAddress
+from muxframe import bmp, mio
+from muxframe.errors import (
+    ErrorCode,
+    MalformedFrame,
+    SessionClosedError,
+    SessionTimeoutError,
+    StreamBufferOverflow,
+    StreamLimitError,
+    StreamRefusedError,
+    StreamResetError,
+    StreamTimeoutError,
+)
+
+
+class Recorder(Protocol):
+    """
+    A child protocol that records what happens to it.
+    """
+
+    def __init__(self):
+        self.data = []
+        self.lost = None
+        self.ended = False
+        self.made = False
+
+    def connectionMade(self):
+        self.made = True
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+    def received(self):
+        return b"".join(self.data)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    writeLost = False
+
+    def readConnectionLost(self):
+        self.ended = True
+
+    def writeConnectionLost(self):
+        self.writeLost = True
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class Link:
+    """
+    Two multiplexers joined by in-memory transports; L{pump} moves bytes
+    until both are quiet.
+    """
+
+    def __init__(self, framing, serverChild=Echo, clientChild=None, **settings):
+        self.clock = Clock()
+        self.serverChildren = []
+        self.clientChildren = []
+
+        def track(cls, into):
+            if cls is None:
+                return None
+
+            def build():
+                proto = cls()
+                into.append(proto)
+                return proto
+            return Factory.forProtocol(build)
+
+        self.serverFactory = MultiplexerFactory(
+            track(serverChild, self.serverChildren), framing=framing,
+            role="server", reactor=self.clock, **settings)
+        self.clientFactory = MultiplexerFactory(
+            track(clientChild, self.clientChildren), framing=framing,
+            role="client", reactor=self.clock, **settings)
+        self.server = self.serverFactory.buildProtocol(None)
+        self.client = self.clientFactory.buildProtocol(None)
+        self.serverTransport = StringTransport()
+        self.clientTransport = StringTransport()
+        self.server.makeConnection(self.serverTransport)
+        self.client.makeConnection(self.clientTransport)
+
+    def pump(self, rounds=1000):
+        for _ in range(rounds):
+            moved = False
+            for transport, peer in ((self.clientTransport, self.server),
+                                    (self.serverTransport, self.client)):
+                data = transport.value()
+                if data:
+                    transport.clear()
+                    peer.dataReceived(data)
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("the link never went quiet")
+
+    def open(self, factory=None, side=None):
+        side = side or self.client
+        child = []
+        factory = factory or Factory.forProtocol(Recorder)
+        side.openStream(factory).addCallback(child.append)
+        return child[0]
+
+
+class AdapterTestsMixin:
+    framing = None
+
+    def link(self, **kwargs):
+        return Link(self.framing, **kwargs)
+
+    def test_openStreamFiresWithChild(self):
+        """
+        openStream fires with a connected child whose transport addresses
+        are StreamAddresses.
+        """
+        link = self.link()
+        child = self.successResultOf(link.client.openStream(Factory.forProtocol(Recorder)))
+        self.assertTrue(child.made)
+        self.assertIsInstance(child.transport.getPeer(), StreamAddress)
+        self.assertEqual(child.transport.getPeer().framing, self.framing)
+        self.assertEqual(child.transport.getHost().streamId, child.transport.streamId)
+
+    def test_echoAndCleanClose(self):
+        """
+        Data goes through, and loseConnection ends the stream with
+        ConnectionDone on both sides once both directions have ended.
+        """
+        link = self.link()
+        child = link.open()
+        child.transport.write(b"hello ")
+        child.transport.writeSequence([b"wor", b"ld"])
+        link.pump()
+        self.assertEqual(child.received(), b"hello world")
+        child.transport.loseConnection()
+        link.pump()
+        self.assertIsNotNone(child.lost)
+        child.lost.trap(ConnectionDone)
+        self.assertEqual(link.client.streamCount(), 0)
+        self.assertEqual(link.server.streamCount(), 0)
+
+    def test_writeTypeError(self):
+        """
+        write and writeSequence take bytes only.
+        """
+        link = self.link()
+        child = link.open()
+        self.assertRaises(TypeError, child.transport.write, "text")
+        self.assertRaises(TypeError, child.transport.writeSequence, [b"ok", 3])
+
+    def test_halfClose(self):
+        """
+        loseWriteConnection ends one direction: the peer's half-closeable
+        child gets readConnectionLost and can still answer.
+        """
+        link = self.link(serverChild=HalfCloser)
+        child = link.open(Factory.forProtocol(HalfCloser))
+        child.transport.write(b"question")
+        child.transport.loseWriteConnection()
+        link.pump()
+        [server] = link.serverChildren
+        self.assertTrue(server.ended)
+        self.assertTrue(child.writeLost)
+        self.assertEqual(server.received(), b"question")
+        server.transport.write(b"answer")
+        server.transport.loseConnection()
+        link.pump()
+        self.assertEqual(child.received(), b"answer")
+        self.assertTrue(child.ended)
+        child.lost.trap(ConnectionDone)
+        server.lost.trap(ConnectionDone)
+
+    def test_abort(self):
+        """
+        abortConnection resets the stream: the peer's child sees a
+        StreamResetError, this child ConnectionAborted.
+        """
+        link = self.link(serverChild=Recorder)
+        child = link.open()
+        other = link.open()
+        child.transport.write(b"x")
+        link.pump()
+        child.transport.abortConnection()
+        link.clock.advance(0)
+        link.pump()
+        child.lost.trap(ConnectionAborted)
+        link.serverChildren[0].lost.trap(StreamResetError)
+        self.assertIsNone(other.lost)
+
+    def test_refusedWithoutChildFactory(self):
+        """
+        A side with no childFactory refuses peer-opened streams cleanly.
+        """
+        link = self.link()
+        child = link.open(side=link.server)
+        child.transport.write(b"anyone?")
+        link.pump()
+        link.clock.advance(0)
+        self.assertIsNotNone(child.lost)
+        self.assertEqual(link.client.counters.streamsRefused, 1)
+        self.assertFalse(link.serverTransport.disconnecting)
+
+    def test_streamLimit(self):
+        """
+        openStream beyond maxStreams fails with StreamLimitError.
+        """
+        link = self.link(maxStreams=2)
+        link.open()
+        link.open()
+        self.failureResultOf(link.client.openStream(Factory.forProtocol(Recorder)),
+                             StreamLimitError)
+
+    def test_pauseWithholdsCredit(self):
+        """
+        A child that pauses its transport receives nothing more, the peer
+        gets no more credit for that stream, and everything arrives, in
+        order, after it resumes.
+        """
+        link = self.link(serverChild=Recorder, windowSize=4096, maxFrameSize=1024,
+                         maxInFlight=2)
+        child = link.open()
+        child.transport.write(b"a")
+        link.pump()
+        [server] = link.serverChildren
+        server.transport.pauseProducing()
+        payload = bytes(range(256)) * 100
+        child.transport.write(payload)
+        link.pump()
+        self.assertEqual(server.received(), b"a")
+        held = link.server._held
+        self.assertGreater(held, 0)
+        bound = 4096 if self.framing == "mio" else 2 * 1024
+        self.assertLessEqual(held, bound)
+        self.assertGreater(link.client.engine.sendBuffered(child.transport.streamId), 0)
+        server.transport.resumeProducing()
+        link.pump()
+        self.assertEqual(server.received(), b"a" + payload)
+        self.assertEqual(link.server._held, 0)
+
+    def test_boundedWriteWithoutProducer(self):
+        """
+        Past maxStreamBuffer, write() without a producer raises
+        StreamBufferOverflow and queues nothing.
+        """
+        link = self.link(maxStreamBuffer=10000, windowSize=1024, maxInFlight=1,
+                         maxFrameSize=1024)
+        child = link.open()
+        child.transport.write(b"x" * 9500)
+        self.assertRaises(StreamBufferOverflow, child.transport.write, b"y" * 2000)
+
+    def test_producerPausedByBuffer(self):
+        """
+        A registered producer is paused once the stream's unsent buffer
+        passes streamBufferSize, and resumed when it drains.
+        """
+        link = self.link(streamBufferSize=2048, windowSize=1024, maxFrameSize=1024,
+                         maxInFlight=1, serverChild=Recorder)
+        child = link.open()
+        producer = PushProducer()
+        child.transport.registerProducer(producer, True)
+        child.transport.write(b"z" * 5000)
+        self.assertEqual(producer.paused, 1)
+        link.pump()
+        self.assertEqual(producer.resumed, 1)
+        self.assertEqual(link.serverChildren[0].received(), b"z" * 5000)
+
+    def test_transportPausePausesAllStreams(self):
+        """
+        When the connection's transport pauses the multiplexer, every
+        stream's producer is paused, and resumed with it.
+        """
+        link = self.link()
+        producers = []
+        for _ in range(3):
+            child = link.open()
+            producers.append(PushProducer())
+            child.transport.registerProducer(producers[-1], True)
+        link.client.pauseProducing()
+        self.assertEqual([p.paused for p in producers], [1, 1, 1])
+        link.client.resumeProducing()
+        self.assertEqual([p.resumed for p in producers], [1, 1, 1])
+
+    def test_pausedTransportHoldsOutput(self):
+        """
+        While the transport has paused the multiplexer nothing is written;
+        on resume control frames go out before the queued data.
+        """
+        link = self.link(serverChild=Recorder)
+        bulk = link.open()
+        link.pump()
+        link.client.pauseProducing()
+        bulk.transport.write(b"b" * 100000)
+        small = link.open()
+        small.transport.write(b"ping")
+        self.assertEqual(link.clientTransport.value(), b"")
+        link.client.resumeProducing()
+        wire = link.clientTransport.value()
+        # The small stream's first bytes are in the first write quantum, not
+        # behind the whole bulk backlog.
+        self.assertLess(wire.index(b"ping"), 80000)
+
+    def test_connectionLostReachesEveryStream(self):
+        """
+        Losing the connection delivers connectionLost with its reason to
+        every stream.
+        """
+        link = self.link()
+        children = [link.open() for _ in range(5)]
+        from twisted.python.failure import Failure
+        from twisted.internet.error import ConnectionLost
+        link.client.connectionLost(Failure(ConnectionLost("gone")))
+        for child in children:
+            child.lost.trap(ConnectionLost)
+        self.failureResultOf(link.client.openStream(Factory.forProtocol(Recorder)),
+                             SessionClosedError)
+
+    def test_childExceptionAbortsOnlyItsStream(self):
+        """
+        A child whose dataReceived raises has its stream aborted; the error
+        is logged; other streams carry on.
+        """
+        link = self.link(serverChild=Exploder)
+        bad = link.open()
+        good = link.open()
+        bad.transport.write(b"boom")
+        good.transport.write(b"fine")
+        link.pump()
+        link.clock.advance(0)
+        link.pump()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        bad.lost.trap(StreamResetError)
+        self.assertEqual(good.received(), b"fine")
+        self.assertIsNone(good.lost)
+
+    def test_garbageClosesConnection(self):
+        """
+        Bytes that are not the framing close the connection, with the
+        protocol error as every stream's reason.
+        """
+        link = self.link()
+        child = link.open()
+        link.pump()
+        [serverChild] = [None]
+        link.server.dataReceived(b"\xff" * 64 if self.framing == "bmp" else
+                                 b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        link.clock.advance(0)
+        self.assertTrue(link.serverTransport.disconnecting)
+        link.server.connectionLost(None)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_drain(self):
+        """
+        drain() refuses new streams, lets open ones finish, then closes;
+        the deadline closes stragglers with SessionClosedError.
+        """
+        link = self.link(serverChild=Recorder)
+        child = link.open()
+        child.transport.write(b"hi")
+        link.pump()
+        done = link.server.drain(timeout=10)
+        self.assertNoResult(done)
+        late = link.open()
+        late.transport.write(b"too late")
+        link.pump()
+        link.clock.advance(0)
+        self.assertIsNotNone(late.lost)
+        child.transport.loseConnection()
+        link.pump()
+        link.serverChildren[0].transport.loseConnection()
+        link.pump()
+        self.assertTrue(link.serverTransport.disconnecting)
+        link.server.connectionLost(None)
+        self.successResultOf(done)
+
+    def test_drainDeadline(self):
+        """
+        Streams still open at the drain deadline are lost with
+        SessionClosedError.
+        """
+        link = self.link(serverChild=Recorder)
+        link.open().transport.write(b"still here")
+        link.pump()
+        done = link.server.drain(timeout=10)
+        link.clock.advance(10)
+        self.assertTrue(link.serverTransport.disconnecting)
+        from twisted.internet.error import ConnectionDone as Done
+        from twisted.python.failure import Failure
+        link.server.connectionLost(Failure(Done()))
+        link.serverChildren[0].lost.trap(SessionClosedError)
+        self.successResultOf(done)
+
+    def test_idleTimeout(self):
+        """
+        idleTimeout closes a connection that received nothing for that long.
+        """
+        link = self.link(idleTimeout=60, keepaliveInterval=0)
+        link.clock.advance(59)
+        self.assertFalse(link.serverTransport.disconnecting)
+        link.clock.advance(1)
+        link.clock.advance(0)
+        self.assertTrue(link.serverTransport.disconnecting)
+        link.server.connectionLost(None)
+        self.assertIsInstance(link.server._terminated.value, SessionTimeoutError)
+
+    def test_counters(self):
+        """
+        Counters follow bytes, frames and streams.
+        """
+        link = self.link()
+        child = link.open()
+        child.transport.write(b"12345")
+        link.pump()
+        counters = link.client.counters.asDict()
+        self.assertEqual(counters["bytesSent"], 5)
+        self.assertEqual(counters["bytesReceived"], 5)
+        self.assertEqual(counters["streamsOpened"], 1)
+        self.assertGreaterEqual(counters["framesSent"], 1)
+        self.assertEqual(link.server.counters.streamsAccepted, 1)
+
+
+class Exploder(Protocol):
+    def dataReceived(self, data):
+        if data == b"boom":
+            1 / 0
+        self.transport.write(data)
+
+
+class PushProducer:
+    def __init__(self):
+        self.paused = 0
+        self.resumed = 0
+        self.stopped = False
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        self.resumed += 1
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+class MioAdapterTests(AdapterTestsMixin, SynchronousTestCase):
+    framing = "mio"
+
+    def test_keepalive(self):
+        """
+        An idle MIO connection sends a keepalive every keepaliveInterval.
+        """
+        link = self.link(keepaliveInterval=15)
+        link.clock.advance(15)
+        self.assertEqual(link.clientTransport.value(), bytes.fromhex("0000000000000008"))
+        link.clientTransport.clear()
+        link.clock.advance(15)
+        self.assertEqual(link.clientTransport.value(), bytes.fromhex("0000000000000008"))
+
+    def test_remoteFinLosesStreams(self):
+        """
+        A FIN from the peer ends the session: the transport closes and every
+        stream is lost.
+        """
+        link = self.link()
+        child = link.open()
+        link.pump()
+        link.client.dataReceived(mio.encodeFrame(mio.Frame(0, ErrorCode.EXHAUSTED, mio.FIN)))
+        link.clock.advance(0)
+        self.assertTrue(link.clientTransport.disconnecting)
+        link.client.connectionLost(None)
+        self.assertIn("EXHAUSTED", str(child.lost.value))
+
+    def test_protocolErrorSendsFin(self):
+        """
+        A protocol error sends FIN with the error's code before closing.
+        """
+        link = self.link()
+        link.server.dataReceived(mio.encodeHeader(77, 1, mio.RESET))
+        link.clock.advance(0)
+        self.assertEqual(link.serverTransport.value()[-8:], bytes.fromhex("00000000" "000001" "02"))
+        link.server.connectionLost(None)
+        self.assertIsInstance(link.server._terminated.value, MalformedFrame)
+
+    def test_refusedStreamError(self):
+        """
+        A stream the peer refuses fails its child with StreamRefusedError.
+        """
+        link = self.link(serverChild=None)
+        child = link.open()
+        link.pump()
+        child.lost.trap(StreamRefusedError)
+
+    def test_zeroCopySend(self):
+        """
+        A write that fits one frame reaches the transport as the same
+        object: no copy on the way.
+        """
+        link = self.link()
+        child = link.open()
+        written = []
+        link.clientTransport.writeSequence = lambda seq: written.extend(seq)
+        payload = b"p" * 5000
+        child.transport.write(payload)
+        self.assertTrue(any(piece is payload for piece in written))
+
+
+class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
+    framing = "bmp"
+
+    def test_ackTimeout(self):
+        """
+        A frame the peer never acknowledges ends the stream after ackTimeout
+        with StreamTimeoutError, and the peer is sent a close.
+        """
+        link = self.link(ackTimeout=30)
+        child = link.open()
+        child.transport.write(b"into the void")
+        link.clientTransport.clear()
+        link.clock.advance(29)
+        self.assertIsNone(child.lost)
+        link.clock.pump([1] * 10)
+        child.lost.trap(StreamTimeoutError)
+        self.assertIn(b"\x00io_0\x01\x00\x03\x01", link.clientTransport.value())
+
+    def test_serverOpenedStreamName(self):
+        """
+        A server opens srv_N streams, which a muxframe client accepts.
+        """
+        link = self.link(clientChild=Recorder)
+        child = link.open(side=link.server)
+        child.transport.write(b"push")
+        link.pump()
+        [clientChild] = link.clientChildren
+        self.assertEqual(clientChild.received(), b"push")
+        self.assertEqual(clientChild.transport.streamId, b"srv_0")
