@@ -209,10 +209,10 @@ class Reassembler:
         elif type != self.type or (flags & ~Flags.LAST_FRAGMENT) != self.flags:
             raise MalformedMessage("fragment type or flags differ from the "
                                    "first fragment's")
-        self._size += len(chunk)
-        if self._size > self.maxSize:
+        if self._size + len(chunk) > self.maxSize:
             raise MessageTooLarge("reassembled message over %d bytes"
                                   % (self.maxSize,))
+        self._size += len(chunk)
         self._parts.append(chunk)
         if not flags & Flags.LAST_FRAGMENT:
             return None

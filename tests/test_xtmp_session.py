@@ -1,0 +1,467 @@
+"""
+Tests for the sans-IO XTMP session engine (L{muxframe.xtmp.connection},
+L{muxframe.xtmp.session}): integrity, replay and ordering, key updates and
+re-handshakes, acknowledgements, fragmentation, compression, priorities,
+requests, streams, timers.
+"""
+
+import zlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe.xtmp import codec
+from muxframe.xtmp.codec import Decoder, Flags, MessageType, encodePlain
+from muxframe.xtmp.connection import (
+    DisconnectReceived, ErrorReceived, MessageReceived, RequestFailed,
+    ResponseReceived, SubscribeReceived,
+)
+from muxframe.xtmp.errors import (
+    BadFlags, BadMagic, BadVersion, ChecksumMismatch, DecryptionFailed,
+    DowngradeDetected, MalformedMessage, MessageTooLarge, NonceMismatch,
+    SendQueueFull, SequenceError, WrongKey, XTMPErrorCode, XTMPRemoteError,
+    XTMPTimeout,
+)
+from muxframe.xtmp.session import (
+    OutgoingMessage, Reassembler, ResumptionState, parseBody,
+)
+
+from tests.test_xtmp_support import enginePair, exchange, payloads
+
+
+class Token:
+    sequence = None
+    cancelled = False
+
+
+class IntegrityTests(SynchronousTestCase):
+    """
+    Tampering, replay, reordering and wrong keys are rejected with the
+    documented error, and the receive counter does not advance.
+    """
+
+    def test_roundTrip(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"hello")
+        s.sendMessage(0x11, b"world")
+        ce, se = exchange(c, s)
+        self.assertEqual(payloads(se), [b"hello"])
+        self.assertEqual(payloads(ce), [b"world"])
+
+    def test_everyTamperedByteRejected(self):
+        """
+        Flipping any single byte of an encrypted message (header, security
+        layer or ciphertext) is rejected with a typed error before anything
+        reaches the application, and a later valid message cannot repair it.
+        """
+        expected = {0: BadMagic, 4: BadVersion, 6: BadFlags}
+        c, s = enginePair()
+        c.sendMessage(0x10, b"x" * 64)
+        wire = c.dataToSend()
+        self.assertEqual(len(wire), 32 + 64 + 64)
+        for offset in range(len(wire)):
+            c, s = enginePair()
+            c.sendMessage(0x10, b"x" * 64)
+            c.sendMessage(0x10, b"y" * 64)
+            both = bytearray(c.dataToSend())
+            both[offset] ^= 0x01 if offset != 6 else 0x02
+            before = s.receiveKey.sequence
+            # A corrupted length may make the receiver wait for more bytes;
+            # whatever follows, the message is still rejected.
+            e = self.assertRaises(XTMPRemoteError, s.receiveData,
+                                  bytes(both) + bytes(70000))
+            self.assertNotEqual(e.code, XTMPErrorCode.NONE)
+            if offset in expected:
+                self.assertIsInstance(e, expected[offset])
+            self.assertEqual(s.receiveKey.sequence, before,
+                             "counter advanced for offset %d" % (offset,))
+
+    def test_tamperedCiphertext(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"x" * 64)
+        wire = bytearray(c.dataToSend())
+        wire[-1] ^= 0x80
+        e = self.assertRaises(DecryptionFailed, s.receiveData, bytes(wire))
+        self.assertEqual(e.code, XTMPErrorCode.DECRYPT_FAILED)
+
+    def test_tamperedNonce(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"x")
+        wire = bytearray(c.dataToSend())
+        wire[32 + 24] ^= 1
+        e = self.assertRaises(NonceMismatch, s.receiveData, bytes(wire))
+        self.assertEqual(e.code, XTMPErrorCode.BAD_NONCE)
+
+    def test_replay(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"once")
+        wire = c.dataToSend()
+        self.assertEqual(payloads(s.receiveData(wire)), [b"once"])
+        e = self.assertRaises(SequenceError, s.receiveData, wire)
+        self.assertEqual(e.code, XTMPErrorCode.BAD_SEQUENCE)
+
+    def test_reorder(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"first")
+        first = c.dataToSend()
+        c.sendMessage(0x10, b"second")
+        second = c.dataToSend()
+        self.assertRaises(SequenceError, s.receiveData, second)
+        self.assertEqual(s.receiveKey.sequence, 0)
+
+    def test_wrongKey(self):
+        c, s = enginePair()
+        other, _ = enginePair()
+        other.sessionId = c.sessionId
+        other.sendMessage(0x10, b"forged")
+        e = self.assertRaises(WrongKey, s.receiveData, other.dataToSend())
+        self.assertEqual(e.code, XTMPErrorCode.WRONG_KEY)
+
+    def test_plaintextInEncryptedSession(self):
+        c, s = enginePair()
+        raw = encodePlain(0x10, 0, c.sessionId, 0, b"sneaky")
+        e = self.assertRaises(DowngradeDetected, s.receiveData, raw)
+        self.assertEqual(e.code, XTMPErrorCode.DOWNGRADE)
+
+    def test_oversizedLength(self):
+        c, s = enginePair(serverSettings=dict(maxPayload=2000,
+                                              fragmentSize=1000))
+        raw = codec.HEADER.pack(b"XTMP", 1, 0x10, 1, s.sessionId, 0, 2001, 0)
+        self.assertRaises(MessageTooLarge, s.receiveData, raw)
+
+    def test_sessionIdMismatch(self):
+        c, s = enginePair()
+        c.sessionId ^= 1
+        c.sendMessage(0x10, b"x")
+        self.assertRaises(MalformedMessage, s.receiveData, c.dataToSend())
+
+    def test_checksumCheckedAfterDecryption(self):
+        """
+        A sender whose checksum is wrong (but whose AEAD is right) is caught.
+        """
+        c, s = enginePair()
+        k = c.sendKey
+        wire = bytearray(k.seal(0x10, Flags.ENCRYPTED, c.sessionId, b"abc"))
+        k2 = s.receiveKey
+        # Re-seal with a wrong CRC in the authenticated header.
+        from muxframe.xtmp.codec import HEADER, SECURITY_PREFIX
+        nonce = k.nonce(0)
+        aad = HEADER.pack(b"XTMP", 1, 0x10, 1, c.sessionId, 0, 3, 12345) + \
+            SECURITY_PREFIX.pack(k.cipher, bytes(3), 0, k.keyId,
+                                 nonce + bytes(12))
+        out = k._aead.encrypt(nonce, b"abc", aad)
+        wire = aad + out[-16:] + out[:-16]
+        self.assertRaises(ChecksumMismatch, s.receiveData, wire)
+        self.assertEqual(k2.sequence, 0)
+
+    def test_plaintextSession(self):
+        from muxframe.xtmp.codec import Cipher
+        c, s = enginePair(c_ciphers=(Cipher.NONE,), c_allowPlaintext=True,
+                          s_ciphers=(Cipher.NONE,), s_allowPlaintext=True)
+        c.sendMessage(0x10, b"clear")
+        wire = c.dataToSend()
+        self.assertIn(b"clear", wire)
+        self.assertEqual(payloads(s.receiveData(wire)), [b"clear"])
+        self.assertRaises(SequenceError, s.receiveData, wire)
+
+
+class KeyRotationTests(SynchronousTestCase):
+    """
+    KeyUpdate by count and by time; full re-handshake.
+    """
+
+    def test_keyUpdateByCount(self):
+        c, s = enginePair(clientSettings=dict(keyUpdateMessages=3))
+        for i in range(10):
+            c.sendMessage(0x10, b"%d" % i)
+        wire = c.dataToSend()
+        types = [f.type for f in Decoder().feed(wire)]
+        self.assertEqual(types.count(MessageType.KeyUpdate), 3)
+        got = payloads(s.receiveData(wire))
+        self.assertEqual(got, [b"%d" % i for i in range(10)])
+        self.assertEqual(s.receiveKey.epoch, 3)
+        self.assertEqual(s.receiveKey.key, c.sendKey.key)
+
+    def test_keyUpdateByTime(self):
+        c, s = enginePair(serverSettings=dict(keyUpdateInterval=100,
+                                              heartbeatInterval=1000,
+                                              sessionTimeout=10000))
+        old = s.sendKey.key
+        s.tick(100)
+        ce, _ = exchange(c, s, 100)
+        self.assertEqual(c.receiveKey.epoch, 1)
+        self.assertNotEqual(s.sendKey.key, old)
+        s.sendMessage(0x10, b"after")
+        ce, _ = exchange(c, s, 100)
+        self.assertEqual(payloads(ce), [b"after"])
+
+    def test_rehandshake(self):
+        """
+        At the rotation interval the client runs a fresh handshake inside
+        the session; traffic continues both ways under new keys, and
+        messages in flight under the old keys are still accepted.
+        """
+        settings = dict(rotationInterval=50, heartbeatInterval=1000,
+                        keyUpdateInterval=1000, sessionTimeout=10000)
+        c, s = enginePair(clientSettings=settings, serverSettings=settings)
+        oldSend, oldReceive = c.sendKey.key, c.receiveKey.key
+        c.tick(50)
+        c.sendMessage(0x10, b"in flight")
+        ce, se = exchange(c, s, 50)
+        self.assertEqual(payloads(se), [b"in flight"])
+        self.assertNotEqual(c.sendKey.key, oldSend)
+        self.assertNotEqual(c.receiveKey.key, oldReceive)
+        c.sendMessage(0x10, b"c2s")
+        s.sendMessage(0x10, b"s2c")
+        ce, se = exchange(c, s, 51)
+        self.assertEqual((payloads(ce), payloads(se)), ([b"s2c"], [b"c2s"]))
+        self.assertEqual(s.receiveKey.key, c.sendKey.key)
+
+
+class AckTests(SynchronousTestCase):
+    """
+    REQUIRES_ACK: acknowledgement, duplicate suppression, bounds.
+    """
+
+    def test_ackReleases(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"a", Flags.REQUIRES_ACK)
+        c.sendMessage(0x10, b"b", Flags.REQUIRES_ACK)
+        self.assertEqual(len(c.resumption.unacked), 2)
+        ce, se = exchange(c, s)
+        self.assertEqual(payloads(se), [b"a", b"b"])
+        self.assertEqual(len(c.resumption.unacked), 0)
+        self.assertEqual(c.resumption.unackedBytes, 0)
+        self.assertEqual(s.resumption.highestDelivered, 2)
+
+    def test_duplicateSuppressed(self):
+        c, s = enginePair()
+        m = c.sendMessage(0x10, b"a", Flags.REQUIRES_ACK)
+        exchange(c, s)
+        # Resend the same delivery id as a reconnect would.
+        c._enqueue(m)
+        ce, se = exchange(c, s)
+        self.assertEqual(payloads(se), [])
+
+    def test_ackForUnsentId(self):
+        c, s = enginePair()
+        s.sendControl(MessageType.Ack, codec.encodeU64(5))
+        self.assertRaises(MalformedMessage, c.receiveData, s.dataToSend())
+
+    def test_resumptionState(self):
+        r = ResumptionState()
+        ms = [OutgoingMessage(0x10, 0, b"x") for _ in range(3)]
+        for m in ms:
+            r.assign(m)
+        self.assertEqual([m.deliveryId for m in ms], [1, 2, 3])
+        self.assertEqual(r.acknowledge(2), 2)
+        self.assertEqual(list(r.unacked), [3])
+        self.assertFalse(r.isDuplicate(1))
+        self.assertTrue(r.isDuplicate(1))
+
+    def test_sendQueueBounded(self):
+        c, s = enginePair(clientSettings=dict(maxQueuedBytes=1000))
+        c.sendMessage(0x10, b"x" * 500, Flags.REQUIRES_ACK)
+        e = self.assertRaises(SendQueueFull, c.sendMessage, 0x10, b"x" * 500)
+        self.assertIn("1000", str(e))
+        exchange(c, s)
+        c.sendMessage(0x10, b"x" * 500)
+
+
+class FragmentationTests(SynchronousTestCase):
+    """
+    Large messages travel as fragments with bounded reassembly.
+    """
+
+    def test_fragmented(self):
+        c, s = enginePair(clientSettings=dict(fragmentSize=1000))
+        data = bytes(range(256)) * 20
+        c.sendMessage(0x10, data, Flags.REQUIRES_ACK)
+        wire = c.dataToSend()
+        fs = Decoder().feed(wire)
+        self.assertEqual(len(fs), 6)
+        self.assertTrue(all(f.flags & Flags.FRAGMENTED for f in fs))
+        self.assertEqual([bool(f.flags & Flags.LAST_FRAGMENT) for f in fs],
+                         [False] * 5 + [True])
+        events = s.receiveData(wire)
+        self.assertEqual(payloads(events), [data])
+        self.assertEqual(events[0].message.sequence, 0)
+
+    def test_maxMessageSize(self):
+        c, s = enginePair(clientSettings=dict(fragmentSize=1000),
+                          serverSettings=dict(maxMessageSize=3000))
+        c.sendMessage(0x10, b"z" * 5000)
+        e = self.assertRaises(MessageTooLarge, s.receiveData, c.dataToSend())
+        self.assertEqual(e.code, XTMPErrorCode.MESSAGE_TOO_LARGE)
+        self.assertLessEqual(s._reassembler.buffered, 3000)
+
+    def test_defaultLimit(self):
+        c, s = enginePair()
+        self.assertEqual(s.settings.maxMessageSize, 16 * 1024 * 1024)
+
+    def test_interleavedMessageRejected(self):
+        r = Reassembler(100)
+        self.assertIsNone(r.add(0x10, Flags.FRAGMENTED, 0, b"ab"))
+        self.assertRaises(MalformedMessage, r.add, 0x11,
+                          Flags.FRAGMENTED | Flags.LAST_FRAGMENT, 1, b"c")
+
+    def test_appMessageBetweenFragments(self):
+        c, s = enginePair()
+        c._seal(0x10, Flags.FRAGMENTED, b"part")
+        raw = c._seal(0x10, Flags.FRAGMENTED, b"part")
+        c2, s2 = enginePair()
+        wire = c2._seal(0x10, Flags.FRAGMENTED, b"part") + \
+            c2._seal(0x11, 0, b"whole")
+        self.assertRaises(MalformedMessage, s2.receiveData, wire)
+        del raw
+
+
+class CompressionTests(SynchronousTestCase):
+    """
+    COMPRESSED only when it shrinks; decompression bounded.
+    """
+
+    def test_compressedWhenSmaller(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"a" * 10000, Flags.COMPRESSED)
+        wire = c.dataToSend()
+        (f,) = Decoder().feed(wire)
+        self.assertTrue(f.flags & Flags.COMPRESSED)
+        self.assertLess(len(wire), 1000)
+        self.assertEqual(payloads(s.receiveData(wire)), [b"a" * 10000])
+
+    def test_notCompressedWhenLarger(self):
+        c, s = enginePair()
+        c.sendMessage(0x10, b"\x8f\x12", Flags.COMPRESSED)
+        (f,) = Decoder().feed(c.dataToSend())
+        self.assertFalse(f.flags & Flags.COMPRESSED)
+
+    def test_threshold(self):
+        c, s = enginePair(clientSettings=dict(compressThreshold=100))
+        c.sendMessage(0x10, b"b" * 200)
+        (f,) = Decoder().feed(c.dataToSend())
+        self.assertTrue(f.flags & Flags.COMPRESSED)
+
+    def test_bomb(self):
+        bomb = zlib.compress(b"\0" * 100000)
+        self.assertRaises(MessageTooLarge, parseBody, 0x10,
+                          Flags.COMPRESSED, bomb, 0, 1000)
+        self.assertRaises(MalformedMessage, parseBody, 0x10,
+                          Flags.COMPRESSED, b"not zlib", 0, 1000)
+
+
+class PriorityTests(SynchronousTestCase):
+    """
+    EMERGENCY, then PRIORITY_HIGH, then the rest; order kept per class.
+    """
+
+    def test_order(self):
+        c, s = enginePair()
+        for data, flags in [(b"n1", 0), (b"h1", Flags.PRIORITY_HIGH),
+                            (b"e1", Flags.EMERGENCY), (b"n2", 0),
+                            (b"h2", Flags.PRIORITY_HIGH),
+                            (b"e2", Flags.EMERGENCY | Flags.PRIORITY_HIGH)]:
+            c.sendMessage(0x10, data, flags)
+        got = payloads(s.receiveData(c.dataToSend()))
+        self.assertEqual(got, [b"e1", b"e2", b"h1", b"h2", b"n1", b"n2"])
+
+    def test_limitKeepsRest(self):
+        c, s = enginePair()
+        for i in range(10):
+            c.sendMessage(0x10, b"x" * 100)
+        first = c.dataToSend(limit=300)
+        self.assertEqual(len(payloads(s.receiveData(first))), 3)
+        self.assertTrue(c.hasQueued())
+
+
+class RequestAndControlTests(SynchronousTestCase):
+    """
+    Requests, Error, Disconnect, Subscribe, timers.
+    """
+
+    def test_requestResponse(self):
+        c, s = enginePair()
+        token = Token()
+        c.sendMessage(0x30, b"q", request=token)
+        _, se = exchange(c, s)
+        (req,) = [e.message for e in se]
+        s.sendMessage(0x30, b"answer", requestSequence=req.sequence)
+        ce, _ = exchange(c, s)
+        (ev,) = ce
+        self.assertIsInstance(ev, ResponseReceived)
+        self.assertIs(ev.request, token)
+        self.assertEqual(ev.message.payload, b"answer")
+        self.assertEqual(ev.message.requestSequence, token.sequence)
+
+    def test_errorResponse(self):
+        c, s = enginePair()
+        token = Token()
+        c.sendMessage(0x30, b"q", request=token)
+        _, (ev,) = exchange(c, s)
+        s.sendMessage(MessageType.Error, codec.encodeReason(17, "boom"),
+                      requestSequence=ev.message.sequence)
+        (fail,), _ = exchange(c, s)
+        self.assertIsInstance(fail, RequestFailed)
+        self.assertEqual((fail.code, fail.reason), (17, "boom"))
+
+    def test_unsolicitedError(self):
+        c, s = enginePair()
+        s.sendMessage(MessageType.Error, codec.encodeReason(16, "what"))
+        (ev,), _ = exchange(c, s)
+        self.assertIsInstance(ev, ErrorReceived)
+
+    def test_subscribe(self):
+        c, s = enginePair()
+        c.sendMessage(MessageType.Subscribe, codec.encodeName("prices"))
+        _, (ev,) = exchange(c, s)
+        self.assertIsInstance(ev, SubscribeReceived)
+        self.assertEqual(ev.name, "prices")
+
+    def test_streamData(self):
+        c, s = enginePair()
+        c.sendMessage(MessageType.EventStream, b"tick", streamName="prices")
+        _, (ev,) = exchange(c, s)
+        self.assertEqual(ev.message.streamName, "prices")
+        self.assertTrue(ev.message.flags & Flags.STREAM_DATA)
+
+    def test_closeWithError(self):
+        c, s = enginePair()
+        wire = s.closeWithError(XTMPErrorCode.UNAUTHORIZED, "go away")
+        events = c.receiveData(wire)
+        self.assertIsInstance(events[0], ErrorReceived)
+        self.assertIsInstance(events[1], DisconnectReceived)
+        self.assertEqual(events[1].code, XTMPErrorCode.UNAUTHORIZED)
+        self.assertEqual(c.state, "CLOSED")
+
+    def test_heartbeat(self):
+        c, s = enginePair()
+        c.tick(30)
+        (f,) = Decoder().feed(c.dataToSend(now=30))
+        self.assertEqual(f.type, MessageType.Heartbeat)
+
+    def test_silentPeer(self):
+        c, s = enginePair()
+        c.tick(59)
+        self.assertRaises(XTMPTimeout, c.tick, 60)
+
+    def test_idleTimeout(self):
+        c, s = enginePair(clientSettings=dict(sessionTimeout=100,
+                                              heartbeatInterval=30))
+        for t in range(30, 100, 30):
+            c.tick(t)
+            s.tick(t)
+            exchange(c, s, t)
+        e = self.assertRaises(XTMPTimeout, c.tick, 100)
+        self.assertIn("idle", str(e))
+
+    def test_handshakeTimeout(self):
+        from muxframe.xtmp.connection import XTMPConnection
+        from muxframe.xtmp.handshake import ServerHandshake
+        from tests.test_xtmp_support import SERVER_IDENTITY
+        s = XTMPConnection(ServerHandshake(SERVER_IDENTITY), now=0)
+        self.assertEqual(s.nextDeadline(0), 10)
+        s.tick(9)
+        self.assertRaises(XTMPTimeout, s.tick, 10)
+
+    def test_nextDeadline(self):
+        c, s = enginePair()
+        self.assertEqual(c.nextDeadline(0), 30)
