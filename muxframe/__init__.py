@@ -18,6 +18,7 @@ from .errors import (
     StreamError,
 )
 from .multiplexer import Multiplexer, MultiplexerFactory
+from .endpoints import MultiplexedClientEndpoint, MultiplexedServerEndpoint
 from .settings import SETTINGS, Settings
 from .stream import StreamAddress, StreamTransport
 
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ErrorCode",
     "LocalProtocolError",
+    "MultiplexedClientEndpoint",
+    "MultiplexedServerEndpoint",
     "Multiplexer",
     "MultiplexerFactory",
     "MuxframeError",

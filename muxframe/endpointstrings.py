@@ -1,0 +1,196 @@
+"""
+Endpoint string parsers for C{mio:}, C{bmp:} and C{mux:}, registered by the
+plugin C{twisted/plugins/muxframe_plugin.py}.
+
+Each wraps any other endpoint description by passing the rest through, as
+Twisted's C{haproxy:} does::
+
+    mio:tcp:9000                                server: streams on tcp:9000
+    bmp:ssl:8443:privateKey=server.pem          server: BMP over TLS
+    mio:ssl:8443:privateKey=server.pem:clientCA=ca.pem   ... mutual TLS
+    mio:tls:localhost:8443:trustRoots=ca        client, hostname verified
+    mio:tcp:localhost:9000:maxStreams=500       multiplexer settings
+    mux:tcp:9000:framing=bmp                    framing as a keyword
+
+Multiplexer settings (L{muxframe.settings.SETTINGS}) are camelCase keywords,
+taken out before the rest is handed to the inner endpoint's parser.  Also
+taken out: C{clientCA} (servers, inner C{ssl:} only: require client
+certificates signed by these CAs), and C{connectTimeout}, C{retryInitial},
+C{retryMax} (clients, seconds).  Any fault raises C{ValueError} naming it.
+
+This module imports nothing heavy and never the reactor: everything else is
+imported when a string is parsed.
+"""
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import (
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+
+FRAMINGS = ("mio", "bmp")
+CLIENT_OPTIONS = ("connectTimeout", "retryInitial", "retryMax")
+
+
+def _quote(value):
+    value = str(value)
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def unparseEndpoint(args, kwargs):
+    """
+    Join parsed endpoint-string arguments back into a description.
+    """
+    return ":".join(
+        [_quote(arg) for arg in args]
+        + sorted("%s=%s" % (_quote(k), _quote(v)) for k, v in kwargs.items()))
+
+
+def _splitOptions(prefix, framing, kwargs, extra):
+    """
+    Take the multiplexer settings and C{extra} keywords out of C{kwargs}.
+
+    @return: C{(framing, settings, extras)}
+    """
+    from .settings import SETTINGS, coerce
+
+    if framing is None:
+        framing = kwargs.pop("framing", "mio")
+    if framing not in FRAMINGS:
+        raise ValueError(
+            "%s: endpoint: unknown framing %r (choose one of %s)"
+            % (prefix, framing, ", ".join(FRAMINGS)))
+    settings = {}
+    for name in list(kwargs):
+        if name in SETTINGS:
+            try:
+                settings[name] = coerce(name, kwargs.pop(name))
+            except ValueError as e:
+                raise ValueError("%s: endpoint: %s" % (prefix, e))
+    extras = {}
+    for name in extra:
+        if name in kwargs:
+            extras[name] = kwargs.pop(name)
+    return framing, settings, extras
+
+
+def _positiveSeconds(prefix, name, value):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < 1e7:
+        raise ValueError("%s: endpoint: %s must be a positive number of seconds, not %r"
+                         % (prefix, name, value))
+    return seconds
+
+
+def _needInner(prefix, args, kwargs, example):
+    if not args or not args[0]:
+        raise ValueError(
+            "%s: endpoint needs an inner endpoint description after %s:, e.g. %s"
+            % (prefix, prefix, example))
+
+
+def _innerFailed(prefix, description, error):
+    return ValueError("%s: endpoint: bad inner endpoint %r: %s: %s"
+                      % (prefix, description, type(error).__name__, error))
+
+
+def parseServer(reactor, prefix, framing, args, kwargs):
+    """
+    Build a L{muxframe.endpoints.MultiplexedServerEndpoint} from parsed
+    endpoint-string arguments (C{args}, C{kwargs} as given to a parser,
+    without the prefix).
+
+    @raise ValueError: naming the fault.
+    """
+    kwargs = dict(kwargs)
+    framing, settings, extras = _splitOptions(prefix, framing, kwargs, ("clientCA",))
+    _needInner(prefix, args, kwargs, "%s:tcp:9000" % (prefix,))
+    description = unparseEndpoint(args, kwargs)
+    try:
+        if "clientCA" in extras:
+            if args[0] != "ssl":
+                raise ValueError("clientCA needs an inner ssl: endpoint")
+            from .tls import mutualTLSServerEndpoint
+            inner = mutualTLSServerEndpoint(
+                reactor, *args[1:], clientCA=extras["clientCA"], **kwargs)
+        else:
+            from twisted.internet.endpoints import serverFromString
+            inner = serverFromString(reactor, description)
+    except Exception as e:
+        raise _innerFailed(prefix, description, e)
+    from .endpoints import MultiplexedServerEndpoint
+    return MultiplexedServerEndpoint(inner, framing=framing, reactor=reactor, **settings)
+
+
+def parseClient(reactor, prefix, framing, args, kwargs):
+    """
+    Build a L{muxframe.endpoints.MultiplexedClientEndpoint} from parsed
+    endpoint-string arguments.
+
+    @raise ValueError: naming the fault.
+    """
+    kwargs = dict(kwargs)
+    framing, settings, extras = _splitOptions(prefix, framing, kwargs, CLIENT_OPTIONS)
+    for name in extras:
+        extras[name] = _positiveSeconds(prefix, name, extras[name])
+    _needInner(prefix, args, kwargs, "%s:tcp:localhost:9000" % (prefix,))
+    description = unparseEndpoint(args, kwargs)
+    try:
+        from twisted.internet.endpoints import clientFromString
+        inner = clientFromString(reactor, description)
+    except Exception as e:
+        raise _innerFailed(prefix, description, e)
+    from .endpoints import MultiplexedClientEndpoint
+    return MultiplexedClientEndpoint(
+        inner, framing=framing, reactor=reactor, **extras, **settings)
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class MultiplexedServerParser:
+    """
+    Server endpoint string parser for one prefix (C{mio}, C{bmp}, or C{mux}
+    with a C{framing=} keyword).
+    """
+
+    def __init__(self, prefix, framing=None):
+        self.prefix = prefix
+        self.framing = framing
+
+    def parseStreamServer(self, reactor, *args, **kwargs):
+        """
+        Return a L{muxframe.endpoints.MultiplexedServerEndpoint} wrapping the
+        endpoint that the rest of the description names.
+        """
+        return parseServer(reactor, self.prefix, self.framing, args, kwargs)
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class MultiplexedClientParser:
+    """
+    Client endpoint string parser for one prefix (C{mio}, C{bmp}, or C{mux}
+    with a C{framing=} keyword).
+    """
+
+    def __init__(self, prefix, framing=None):
+        self.prefix = prefix
+        self.framing = framing
+
+    def parseStreamClient(self, reactor, *args, **kwargs):
+        """
+        Return a L{muxframe.endpoints.MultiplexedClientEndpoint} wrapping the
+        endpoint that the rest of the description names.
+        """
+        return parseClient(reactor, self.prefix, self.framing, args, kwargs)
+
+
+mioServerParser = MultiplexedServerParser("mio", "mio")
+bmpServerParser = MultiplexedServerParser("bmp", "bmp")
+muxServerParser = MultiplexedServerParser("mux")
+mioClientParser = MultiplexedClientParser("mio", "mio")
+bmpClientParser = MultiplexedClientParser("bmp", "bmp")
+muxClientParser = MultiplexedClientParser("mux")

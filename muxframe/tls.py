@@ -1,0 +1,247 @@
+"""
+TLS helpers: mutual TLS for server endpoints, and a small certificate
+authority for development and tests.
+
+Twisted's C{ssl:} server endpoint string cannot require client
+certificates.  The C{mio:} and C{bmp:} endpoint strings add one keyword to an
+inner C{ssl:} description, C{clientCA=PATH} (a PEM file holding one or more
+CA certificates, or a directory of them): every client must then present a
+certificate signed by one of those CAs, or the handshake fails::
+
+    mio:ssl:8443:privateKey=server.pem:clientCA=ca.pem
+
+Clients present their certificate with Twisted's own C{tls:} keywords::
+
+    mio:tls:localhost:8443:trustRoots=ca:certificate=client.pem:privateKey=client.pem
+
+C{python -m muxframe.tls DIR [HOSTNAME...]} writes a throw-away CA, a server
+certificate for the host names (default C{localhost} and C{127.0.0.1}) and a
+client certificate into DIR, for trying this out (see docs/operations.md).
+"""
+
+import datetime
+import ipaddress
+import os
+import sys
+
+DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1")
+
+
+def _readPEMCertificates(path):
+    """
+    Return every certificate in the PEM file C{path}, or in the C{.pem} and
+    C{.crt} files of the directory C{path}, as L{twisted.internet.ssl.Certificate}.
+    """
+    from twisted.internet.ssl import Certificate
+    from cryptography import x509
+
+    if os.path.isdir(path):
+        names = sorted(
+            os.path.join(path, name) for name in os.listdir(path)
+            if name.endswith((".pem", ".crt")))
+    else:
+        names = [path]
+    certificates = []
+    for name in names:
+        with open(name, "rb") as f:
+            data = f.read()
+        for cert in x509.load_pem_x509_certificates(data) if b"CERTIFICATE" in data else []:
+            from cryptography.hazmat.primitives.serialization import Encoding
+            certificates.append(Certificate.loadPEM(cert.public_bytes(Encoding.PEM)))
+    if not certificates:
+        raise ValueError("no PEM certificates found in clientCA=%s" % (path,))
+    return certificates
+
+
+def mutualTLSServerOptions(privateKey, certKey=None, clientCA=None,
+                           extraCertChain=None, dhParameters=None):
+    """
+    Return server C{CertificateOptions} that require a client certificate
+    signed by one of the CAs in C{clientCA}.
+
+    @param privateKey: path of a PEM file with the server's private key
+        (and its certificate, if C{certKey} is C{None}), as for C{ssl:}.
+    @param certKey: path of a PEM file with the server's certificate.
+    @param clientCA: path of a PEM file (or a directory of them) with the CA
+        certificates that client certificates must chain to.
+    @param extraCertChain: path of a PEM file with intermediate certificates.
+    @param dhParameters: path of a DH parameters file.
+    """
+    from twisted.internet import ssl
+
+    if not clientCA:
+        raise ValueError("clientCA must name a PEM file or directory of CA certificates")
+    try:
+        with open(certKey or privateKey, "rb") as f:
+            certPEM = f.read()
+        with open(privateKey, "rb") as f:
+            keyPEM = f.read()
+    except OSError as e:
+        raise ValueError("cannot read the server key/certificate: %s" % (e,))
+    certificate = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
+    chain = None
+    if extraCertChain is not None:
+        chain = [c.original for c in _readPEMCertificates(extraCertChain)]
+    kwargs = {}
+    if dhParameters is not None:
+        from twisted.python.filepath import FilePath
+        kwargs["dhParameters"] = ssl.DiffieHellmanParameters.fromFile(FilePath(dhParameters))
+    return ssl.CertificateOptions(
+        privateKey=certificate.privateKey.original,
+        certificate=certificate.original,
+        extraCertChain=chain,
+        trustRoot=ssl.trustRootFromCertificates(_readPEMCertificates(clientCA)),
+        **kwargs,
+    )
+
+
+def mutualTLSServerEndpoint(reactor, port, privateKey="server.pem", certKey=None,
+                            sslmethod=None, interface="", backlog=50,
+                            extraCertChain=None, dhParameters=None, clientCA=None):
+    """
+    Return a TLS server endpoint (the C{ssl:} keywords, plus C{clientCA})
+    that requires client certificates signed by a CA in C{clientCA}.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
+
+    if sslmethod is not None:
+        raise ValueError("sslmethod is not supported with clientCA")
+    options = mutualTLSServerOptions(
+        privateKey, certKey, clientCA, extraCertChain, dhParameters)
+    return wrapServerTLS(
+        options, TCP4ServerEndpoint(reactor, int(port), int(backlog), interface))
+
+
+def _name(commonName):
+    from cryptography.x509.oid import NameOID
+    from cryptography import x509
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
+
+
+def _san(hostnames):
+    from cryptography import x509
+    names = []
+    for host in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def _pem(key, cert):
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+def writeCertificates(directory, hostnames=DEFAULT_HOSTNAMES, days=30):
+    """
+    Write a fresh CA and certificates signed by it into C{directory}:
+
+      - C{ca/ca.pem}: the CA certificate (C{trustRoots=DIR/ca} for C{tls:}
+        clients, C{clientCA=DIR/ca/ca.pem} for mutual-TLS servers);
+      - C{server.pem}: the server's certificate and key (C{privateKey=} of
+        C{ssl:}), valid for C{hostnames} (names and IP addresses);
+      - C{client.pem}: a client certificate and key (C{certificate=} and
+        C{privateKey=} of C{tls:});
+      - C{rogue-ca.pem}, C{rogue-client.pem}: a second CA and a client
+        certificate it signed, which a mutual-TLS server must refuse.
+
+    @return: a dict of those file names to paths.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    until = now + datetime.timedelta(days=days)
+
+    def makeCA(commonName):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(commonName)).issuer_name(_name(commonName))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    def makeLeaf(caKey, caCert, commonName, usage, hostnames=()):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(commonName)).issuer_name(caCert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                caKey.public_key()), critical=False)
+        )
+        if hostnames:
+            builder = builder.add_extension(_san(hostnames), critical=False)
+        return key, builder.sign(caKey, hashes.SHA256())
+
+    from cryptography.hazmat.primitives import serialization
+    caKey, caCert = makeCA("muxframe test CA")
+    serverKey, serverCert = makeLeaf(
+        caKey, caCert, hostnames[0], ExtendedKeyUsageOID.SERVER_AUTH, hostnames)
+    clientKey, clientCert = makeLeaf(
+        caKey, caCert, "muxframe client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    rogueKey, rogueCert = makeCA("rogue CA")
+    rogueClientKey, rogueClientCert = makeLeaf(
+        rogueKey, rogueCert, "rogue client", ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    os.makedirs(os.path.join(directory, "ca"), exist_ok=True)
+    paths = {
+        "ca": os.path.join(directory, "ca"),
+        "ca.pem": os.path.join(directory, "ca", "ca.pem"),
+        "server.pem": os.path.join(directory, "server.pem"),
+        "client.pem": os.path.join(directory, "client.pem"),
+        "rogue-ca.pem": os.path.join(directory, "rogue-ca.pem"),
+        "rogue-client.pem": os.path.join(directory, "rogue-client.pem"),
+    }
+    contents = {
+        "ca.pem": caCert.public_bytes(serialization.Encoding.PEM),
+        "server.pem": _pem(serverKey, serverCert),
+        "client.pem": _pem(clientKey, clientCert),
+        "rogue-ca.pem": rogueCert.public_bytes(serialization.Encoding.PEM),
+        "rogue-client.pem": _pem(rogueClientKey, rogueClientCert),
+    }
+    for name, data in contents.items():
+        with open(paths[name], "wb") as f:
+            f.write(data)
+        if name.endswith("client.pem") or name == "server.pem":
+            os.chmod(paths[name], 0o600)
+    return paths
+
+
+def main(argv=None):
+    """
+    C{python -m muxframe.tls DIR [HOSTNAME...]}: write development
+    certificates (see L{writeCertificates}).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m muxframe.tls DIR [HOSTNAME...]", file=sys.stderr)
+        return 2
+    paths = writeCertificates(argv[0], tuple(argv[1:]) or DEFAULT_HOSTNAMES)
+    for name in sorted(paths):
+        print("%-17s %s" % (name, paths[name]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

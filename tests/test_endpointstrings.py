@@ -1,0 +1,230 @@
+"""
+Tests for L{muxframe.endpointstrings} and the plugin that registers it: the
+C{mio:}, C{bmp:} and C{mux:} endpoint strings.
+"""
+
+import os
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe import MultiplexedClientEndpoint, MultiplexedServerEndpoint
+from muxframe.endpointstrings import (
+    mioClientParser,
+    mioServerParser,
+    unparseEndpoint,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The plugin is discoverable and cheap to import.
+    """
+
+    def test_parsersRegistered(self):
+        """
+        C{mio}, C{bmp} and C{mux} server and client parsers are found by
+        Twisted's plugin system.
+        """
+        servers = {p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+        clients = {p.prefix for p in getPlugins(IStreamClientEndpointStringParserWithReactor)}
+        for prefix in ("mio", "bmp", "mux"):
+            self.assertIn(prefix, servers)
+            self.assertIn(prefix, clients)
+
+    def test_importDoesNotImportReactor(self):
+        """
+        Importing the plugin module (and so the parsers) in a fresh
+        interpreter does not import C{twisted.internet.reactor}.
+        """
+        code = (
+            "import sys\n"
+            "import twisted.plugins.muxframe_plugin as p\n"
+            "assert p.mioServerParser.prefix == 'mio'\n"
+            "print('twisted.internet.reactor' in sys.modules,"
+            " 'OpenSSL' in sys.modules)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=REPO)
+        output = subprocess.check_output(
+            [sys.executable, "-c", code], env=env, cwd=REPO, timeout=60)
+        self.assertEqual(output.split(), [b"False", b"False"])
+
+
+class ServerStringTests(SynchronousTestCase):
+    """
+    Server endpoint strings.
+    """
+
+    def test_mioTCP(self):
+        """
+        C{mio:tcp:9000} wraps C{tcp:9000} with MIO framing.
+        """
+        endpoint = serverFromString(reactor, "mio:tcp:9000:interface=127.0.0.1")
+        self.assertIsInstance(endpoint, MultiplexedServerEndpoint)
+        self.assertEqual(endpoint.framing, "mio")
+        self.assertIsInstance(endpoint.inner, TCP4ServerEndpoint)
+        self.assertEqual(endpoint.inner._port, 9000)
+        self.assertEqual(endpoint.inner._interface, "127.0.0.1")
+
+    def test_bmpSSLWithSettings(self):
+        """
+        Settings are camelCase keywords, taken out before the inner parser.
+        """
+        from muxframe.tls import writeCertificates
+        paths = writeCertificates(self.mktemp())
+        endpoint = serverFromString(
+            reactor, "bmp:ssl:8443:privateKey=%s:maxStreams=500:maxInFlight=4"
+            % (paths["server.pem"],))
+        self.assertEqual(endpoint.framing, "bmp")
+        self.assertIsInstance(endpoint.inner, SSL4ServerEndpoint)
+        self.assertEqual(endpoint.settings["maxStreams"], 500)
+        self.assertEqual(endpoint.settings["maxInFlight"], 4)
+
+    def test_muxFraming(self):
+        """
+        C{mux:} takes the framing as a keyword.
+        """
+        endpoint = serverFromString(reactor, "mux:tcp:9000:framing=bmp")
+        self.assertEqual(endpoint.framing, "bmp")
+
+    def test_unknownFraming(self):
+        """
+        An unknown framing is a ValueError naming it.
+        """
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor, "mux:tcp:9000:framing=spdy")
+        self.assertIn("unknown framing 'spdy'", str(e))
+
+    def test_badNumber(self):
+        """
+        A bad setting value is a ValueError naming the setting.
+        """
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor, "mio:tcp:9000:maxStreams=lots")
+        self.assertIn("maxStreams", str(e))
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor, "mio:tcp:9000:windowSize=1")
+        self.assertIn("windowSize", str(e))
+        self.assertIn("out of range", str(e))
+
+    def test_badInner(self):
+        """
+        A bad inner endpoint is a ValueError naming it.
+        """
+        e = self.assertRaises(ValueError, serverFromString, reactor, "mio:nosuch:9000")
+        self.assertIn("bad inner endpoint 'nosuch:9000'", str(e))
+        e = self.assertRaises(ValueError, serverFromString, reactor, "mio:tcp:port")
+        self.assertIn("bad inner endpoint", str(e))
+        e = self.assertRaises(ValueError, serverFromString, reactor, "mio:tcp:9000:maxStream=5")
+        self.assertIn("maxStream", str(e))
+        e = self.assertRaises(ValueError, serverFromString, reactor, "mio:")
+        self.assertIn("needs an inner endpoint", str(e))
+
+    def test_clientCA(self):
+        """
+        C{clientCA} (mutual TLS) is accepted on C{ssl:} only and must name
+        readable CA certificates.
+        """
+        from muxframe.tls import writeCertificates
+        paths = writeCertificates(self.mktemp())
+        endpoint = serverFromString(
+            reactor, "mio:ssl:0:privateKey=%s:clientCA=%s"
+            % (paths["server.pem"], paths["ca.pem"]))
+        self.assertIsInstance(endpoint, MultiplexedServerEndpoint)
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor, "mio:tcp:0:clientCA=%s" % (paths["ca.pem"],))
+        self.assertIn("clientCA needs an inner ssl:", str(e))
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor,
+            "mio:ssl:0:privateKey=%s:clientCA=/nonexistent" % (paths["server.pem"],))
+        self.assertIn("/nonexistent", str(e))
+
+    def test_parserDirectly(self):
+        """
+        The parser objects work without the plugin system.
+        """
+        endpoint = mioServerParser.parseStreamServer(reactor, "tcp", "9001")
+        self.assertEqual(endpoint.inner._port, 9001)
+
+
+class ClientStringTests(SynchronousTestCase):
+    """
+    Client endpoint strings.
+    """
+
+    def test_mioTCP(self):
+        """
+        C{mio:tcp:localhost:9000} wraps a TCP client endpoint; client
+        keywords are taken out.
+        """
+        endpoint = clientFromString(
+            reactor, "mio:tcp:localhost:9000:maxStreams=500:connectTimeout=2.5:retryMax=4")
+        self.assertIsInstance(endpoint, MultiplexedClientEndpoint)
+        self.assertEqual(endpoint.framing, "mio")
+        self.assertEqual(endpoint.settings["maxStreams"], 500)
+        self.assertEqual(endpoint.connectTimeout, 2.5)
+
+    def test_tlsClient(self):
+        """
+        C{mio:tls:localhost:8443:trustRoots=DIR} wraps Twisted's TLS client
+        endpoint (hostname-verifying).
+        """
+        from muxframe.tls import writeCertificates
+        paths = writeCertificates(self.mktemp())
+        endpoint = clientFromString(
+            reactor, "bmp:tls:localhost:8443:trustRoots=%s:certificate=%s:privateKey=%s"
+            % (paths["ca"], paths["client.pem"], paths["client.pem"]))
+        self.assertEqual(endpoint.framing, "bmp")
+        # Twisted's tls: endpoint is a TLS wrapper around a HostnameEndpoint.
+        self.assertEqual(
+            type(endpoint.inner._wrappedEndpoint).__name__, "HostnameEndpoint")
+
+    def test_badStrings(self):
+        """
+        Faults in client strings are ValueErrors naming them.
+        """
+        cases = [
+            ("mux:tcp:localhost:9000:framing=x", "unknown framing"),
+            ("mio:tcp:localhost:9000:connectTimeout=-1", "connectTimeout"),
+            ("mio:tcp:localhost:9000:maxFrameSize=12", "maxFrameSize"),
+            ("bmp:tcp:localhost:notaport", "bad inner endpoint"),
+            ("bmp:", "needs an inner endpoint"),
+        ]
+        for description, fault in cases:
+            e = self.assertRaises(ValueError, clientFromString, reactor, description)
+            self.assertIn(fault, str(e), description)
+
+    def test_parserDirectly(self):
+        """
+        The client parser object works without the plugin system.
+        """
+        endpoint = mioClientParser.parseStreamClient(reactor, "tcp", "localhost", "9")
+        self.assertIsInstance(endpoint, MultiplexedClientEndpoint)
+
+
+class UnparseTests(SynchronousTestCase):
+    """
+    L{unparseEndpoint} quotes what the Twisted parser unquotes.
+    """
+
+    def test_quoting(self):
+        """
+        Colons, equals signs and backslashes survive a round trip.
+        """
+        description = unparseEndpoint(("unix", "/tmp/a:b"), {"mode": "6=6"})
+        self.assertEqual(description, "unix:/tmp/a\\:b:mode=6\\=6")
