@@ -470,12 +470,12 @@ class Multiplexer(Protocol):
     def _streamWrite(self, stream, data):
         if stream.streamId not in self.engine:
             return  # the stream ended under the child: drop, as TCP does
-        buffered = self.engine.sendData(stream.streamId, data)
-        if buffered >= self.settings.streamBufferSize and stream._producer is not None:
-            if not stream._pausedBy & PAUSED_BY_BUFFER:
-                self._bufferPaused.add(stream)
-                stream._pauseProducer(PAUSED_BY_BUFFER)
+        self.engine.sendData(stream.streamId, data)
         self._flush()
+        if (stream._producer is not None and not stream._pausedBy & PAUSED_BY_BUFFER
+                and self.engine.sendBuffered(stream.streamId) >= self.settings.streamBufferSize):
+            self._bufferPaused.add(stream)
+            stream._pauseProducer(PAUSED_BY_BUFFER)
 
     def _streamEnd(self, stream):
         if stream.streamId not in self.engine:
