@@ -1,0 +1,609 @@
+"""
+Run the muxframe benchmark suite (issue 4): every scenario, both framings,
+each against a baseline measured in the same invocation, server and client
+in separate processes over 127.0.0.1.
+
+  python3 -m bench.run                      # the full suite (~10 min on 2 cores)
+  python3 -m bench.run --quick              # a smoke run (< 60 s)
+  python3 -m bench.run --framing mio --scenario bulk,latency --json out.json
+
+Prints a progress line per run, then the table (median, min, max of the
+runs; the baseline's median; the ratio; the target; met?), and writes the
+same figures as JSON (default C{bench/results.json}).  See
+C{docs/performance.md}.
+"""
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):
+    sys.path.insert(0, ROOT)
+
+KiB = 1024
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+SCENARIOS = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale", "sweep"]
+FRAMINGS = ["mio", "bmp"]
+
+# Settings of every muxframe connection in the suite (both sides): the scale
+# and idle-memory runs need more than the default 4096 streams.
+BASE_SETTINGS = {"maxStreams": 20000}
+
+SIZES = {
+    "full": {
+        "bulk": {"size": 1 * GiB, "chunk": 256 * KiB},
+        "many": {"streams": 1000, "size": 64 * KiB},
+        "latency": {"count": 5000, "warmup": 200},
+        "loaded": {"count": 3000, "warmup": 50, "chunk": 256 * KiB, "rampup": 0.3},
+        "churn": {"streams": 20000, "size": 1 * KiB, "concurrency": 100},
+        "memory": {"streams": 10000},
+        "scale": {"streams": 10000, "size": 4 * KiB},
+        "sweep": {"size": 256 * MiB, "chunk": 256 * KiB},
+        "sweepInFlight": [1, 4, 16, 64],
+        "sweepFrames": [16 * KiB, 64 * KiB, 256 * KiB],
+        "sweepMioFrames": [16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB],
+        "runs": 3,
+        "timeout": 300,
+    },
+    "quick": {
+        "bulk": {"size": 32 * MiB, "chunk": 256 * KiB},
+        "many": {"streams": 100, "size": 64 * KiB},
+        "latency": {"count": 300, "warmup": 20},
+        "loaded": {"count": 200, "warmup": 10, "chunk": 256 * KiB, "rampup": 0.1},
+        "churn": {"streams": 500, "size": 1 * KiB, "concurrency": 50},
+        "memory": {"streams": 1000},
+        "scale": {"streams": 500, "size": 4 * KiB},
+        "sweep": {"size": 8 * MiB, "chunk": 256 * KiB},
+        "sweepInFlight": [1, 16],
+        "sweepFrames": [64 * KiB],
+        "sweepMioFrames": [64 * KiB],
+        "runs": 3,
+        "timeout": 60,
+    },
+}
+
+# What the progress line shows of one run: (key, format).
+HEADLINE = {
+    "bulk": [("MBps", "%.1f MB/s")],
+    "sweep": [("MBps", "%.1f MB/s")],
+    "many": [("MBps", "%.1f MB/s"), ("streamsPerSecond", "%.0f streams/s")],
+    "latency": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs")],
+    "loaded": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs"), ("bulkMBps", "bulk %.1f MB/s")],
+    "churn": [("streamsPerSecond", "%.0f streams/s")],
+    "memory": [("clientBytesPerStream", "client %.0f B/stream"),
+               ("serverBytesPerStream", "server %.0f B/stream")],
+    "scale": [("verified", "%d verified"), ("lost", "%d lost"), ("failed", "%d failed"),
+              ("streamsPerSecond", "%.0f streams/s")],
+}
+
+
+class Job:
+    """
+    One server configuration measured C{runs} times by one client process
+    (C{fresh}: a new server and client process for every run).
+    """
+
+    def __init__(self, key, scenario, kind, framing, params, runs, settings=None,
+                 tls=False, fresh=False, label=None, module=None):
+        self.key = key
+        self.scenario = scenario
+        self.module = module or scenario
+        self.kind = kind
+        self.framing = framing
+        self.params = params
+        self.runs = runs
+        self.settings = dict(settings or {})
+        self.tls = tls
+        self.fresh = fresh
+        self.label = label or key
+        self.results = []
+        self.errors = []
+
+    def asDict(self):
+        return {
+            "scenario": self.scenario, "kind": self.kind, "framing": self.framing,
+            "settings": self.settings, "params": self.params, "tls": self.tls,
+            "runs": self.results, "errors": self.errors,
+        }
+
+
+def planJobs(mode, scenarios, framings, runs):
+    sizes = SIZES[mode]
+    runs = runs or sizes["runs"]
+    jobs = {}
+
+    def add(key, *args, **kwargs):
+        if key not in jobs:
+            jobs[key] = Job(key, *args, **kwargs)
+
+    def mux(scenario, framing, extra=None, key=None, module=None, **kwargs):
+        settings = dict(BASE_SETTINGS)
+        settings.update(extra or {})
+        add(key or "%s/%s" % (scenario, framing), scenario, "mux", framing,
+            sizes[module or scenario], runs, settings, module=module, **kwargs)
+
+    def need(scenario):
+        return scenario in scenarios
+
+    for framing in framings:
+        if need("bulk") or need("loaded"):
+            mux("bulk", framing)
+        if need("latency") or need("loaded"):
+            mux("latency", framing)
+        if need("many"):
+            mux("many", framing)
+        for name in ("loaded", "churn", "scale"):
+            if need(name):
+                mux(name, framing)
+        if need("memory"):
+            mux("memory", framing, fresh=True)
+    if need("bulk") or need("sweep") or (need("loaded") and False):
+        add("bulk/raw", "bulk", "raw", "tcp", sizes["bulk"], runs)
+    if need("latency"):
+        add("latency/raw", "latency", "raw", "tcp", sizes["latency"], runs)
+    if need("many"):
+        add("many/h2", "many", "h2", "h2", sizes["many"], runs, tls=True)
+        if "mio" in framings:
+            mux("many", "mio", key="many/mio+tls", tls=True)
+    if need("sweep"):
+        if "bmp" in framings:
+            for inflight in sizes["sweepInFlight"]:
+                for frame in sizes["sweepFrames"]:
+                    mux("sweep", "bmp", {"maxInFlight": inflight, "maxFrameSize": frame},
+                        key="sweep/bmp/inflight=%d/frame=%dK" % (inflight, frame // KiB),
+                        module="sweep")
+        if "mio" in framings:
+            for frame in sizes["sweepMioFrames"]:
+                mux("sweep", "mio", {"maxFrameSize": frame},
+                    key="sweep/mio/frame=%dK" % (frame // KiB), module="sweep")
+    for job in jobs.values():
+        if job.scenario == "sweep":
+            job.module = "bulk"
+    return list(jobs.values())
+
+
+# -- child processes ------------------------------------------------------
+
+_children = []
+
+
+def _killChildren():
+    for proc in list(_children):
+        if proc.poll() is None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=5)
+        except Exception:
+            pass
+        if proc in _children:
+            _children.remove(proc)
+
+
+atexit.register(_killChildren)
+
+
+def _onSignal(signum, frame):
+    _killChildren()
+    raise SystemExit(128 + signum)
+
+
+def _spawn(args, stderrPath):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    proc = subprocess.Popen(
+        [sys.executable, "-u"] + args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=open(stderrPath, "wb"), text=True, bufsize=1,
+    )
+    _children.append(proc)
+    return proc
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def _lines(proc, deadline):
+    """
+    Yield JSON objects from C{proc}'s stdout until it ends or C{deadline}.
+    """
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer within the deadline")
+            if not selector.select(timeout=min(left, 1.0)):
+                if proc.poll() is not None:
+                    rest = proc.stdout.read()
+                    for line in rest.splitlines():
+                        if line.startswith("{"):
+                            yield json.loads(line)
+                    return
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                return
+            if line.startswith("{"):
+                yield json.loads(line)
+    finally:
+        selector.close()
+
+
+def _tail(path, limit=1500):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-limit:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Runner:
+    def __init__(self, jobs, timeout, tlsDir, logDir, profileDir=None):
+        self.jobs = jobs
+        self.timeout = timeout
+        self.tlsDir = tlsDir
+        self.logDir = logDir
+        self.profileDir = profileDir
+        self.total = sum(job.runs for job in jobs)
+        self.done = 0
+        self.started = time.monotonic()
+
+    def progress(self, job, index, text):
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        line = "[%3d/%d %3d:%02d] %-34s run %d/%d  %s" % (
+            self.done, self.total, elapsed // 60, elapsed % 60, job.label,
+            index + 1, job.runs, text)
+        print(line, flush=True)
+
+    def runAll(self):
+        for job in self.jobs:
+            if job.fresh:
+                for index in range(job.runs):
+                    self.runJob(job, 1, index)
+            else:
+                self.runJob(job, job.runs, 0)
+
+    def runJob(self, job, runs, firstIndex):
+        safe = job.key.replace("/", "_").replace("=", "")
+        serverLog = os.path.join(self.logDir, safe + ".server.log")
+        clientLog = os.path.join(self.logDir, safe + ".client.log")
+        serverArgs = ["-m", "bench.server", "--kind", job.kind, "--framing", job.framing,
+                      "--role", _serverRole(job), "--settings", json.dumps(job.settings)]
+        clientArgs = ["-m", "bench.client", "--scenario", job.module, "--kind", job.kind,
+                      "--framing", job.framing, "--settings", json.dumps(job.settings),
+                      "--params", json.dumps(dict(job.params, timeout=self.timeout * 0.8)),
+                      "--runs", str(runs)]
+        if job.tls:
+            serverArgs += ["--tls", self.tlsDir]
+            clientArgs += ["--tls", self.tlsDir]
+        if self.profileDir:
+            serverArgs += ["--profile", os.path.join(self.profileDir, safe + ".server.prof")]
+            clientArgs += ["--profile", os.path.join(self.profileDir, safe + ".client.prof")]
+        server = _spawn(serverArgs, serverLog)
+        client = None
+        reported = 0
+        try:
+            port = None
+            for message in _lines(server, time.monotonic() + 30):
+                if message.get("event") == "listening":
+                    port = message["port"]
+                    break
+            if port is None:
+                raise RuntimeError("the server did not start: " + _tail(serverLog))
+            client = _spawn(clientArgs + ["--port", str(port)], clientLog)
+            deadline = time.monotonic() + self.timeout
+            for message in _lines(client, deadline):
+                event = message.get("event")
+                index = firstIndex + message.get("index", 0)
+                if event == "run":
+                    result = message["result"]
+                    job.results.append(result)
+                    reported += 1
+                    self.progress(job, index, _headline(job.scenario, result))
+                elif event == "error":
+                    job.errors.append(message["error"])
+                    reported += 1
+                    self.progress(job, index, "ERROR " + message["error"])
+            client.wait(timeout=30)
+            if client.returncode != 0 or reported < runs:
+                raise RuntimeError("client exited %s after %d of %d runs: %s" % (
+                    client.returncode, reported, runs, _tail(clientLog)))
+        except Exception as error:
+            job.errors.append("%s: %s" % (type(error).__name__, error))
+            for index in range(reported, runs):
+                self.progress(job, firstIndex + index, "ERROR %s" % (error,))
+        finally:
+            if client is not None:
+                _stop(client)
+            _stop(server)
+
+
+def _serverRole(job):
+    from bench.scenarios import NAMES  # noqa: F401 (import check only)
+    return {"bulk": "sink", "sweep": "sink", "many": "echo", "latency": "echo",
+            "loaded": "loaded", "churn": "echo", "memory": "memory",
+            "scale": "echo"}[job.scenario]
+
+
+def _headline(scenario, result):
+    parts = []
+    for key, fmt in HEADLINE.get(scenario, []):
+        if key in result:
+            parts.append(fmt % result[key])
+    return ", ".join(parts)
+
+
+# -- figures --------------------------------------------------------------
+
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values),
+            "max": max(values), "n": len(values), "runs": values}
+
+
+def figure(jobs, key, name):
+    job = jobs.get(key)
+    if job is None:
+        return None
+    return stats([r.get(name) for r in job.results])
+
+
+def buildRows(jobs, framings):
+    """
+    The table: one row per (scenario, framing, figure).
+    """
+    rows = []
+
+    def row(scenario, framing, name, unit, fig, baseline=None, baselineName=None,
+            target=None, check=None, ratioTarget=None, note=None):
+        entry = {"scenario": scenario, "framing": framing, "figure": name, "unit": unit,
+                 "value": fig, "baselineName": baselineName,
+                 "baseline": baseline, "ratio": None, "target": target, "met": None,
+                 "note": note}
+        if fig is not None and baseline is not None and baseline["median"]:
+            entry["ratio"] = fig["median"] / baseline["median"]
+        if fig is not None and check is not None:
+            entry["met"] = bool(check(fig, entry["ratio"]))
+        entry["targetApplies"] = framing == "mio" or framing.startswith("mio")
+        rows.append(entry)
+
+    rawBulk = figure(jobs, "bulk/raw", "MBps")
+    rawLatency50 = figure(jobs, "latency/raw", "p50us")
+    rawLatency99 = figure(jobs, "latency/raw", "p99us")
+    h2MB = figure(jobs, "many/h2", "MBps")
+    h2Streams = figure(jobs, "many/h2", "streamsPerSecond")
+    for framing in framings:
+        if "bulk/%s" % framing in jobs and "bulk/raw" in jobs:
+            row("bulk", framing, "MB/s", "MB/s", figure(jobs, "bulk/" + framing, "MBps"),
+                rawBulk, "raw Twisted TCP", "≥ 0.8× raw TCP", lambda f, r: r and r >= 0.8)
+        if "many/%s" % framing in jobs:
+            row("many", framing, "total MB/s", "MB/s", figure(jobs, "many/" + framing, "MBps"),
+                h2MB, "Twisted HTTP/2 (TLS)", "≥ 2× HTTP/2", lambda f, r: r and r >= 2)
+            row("many", framing, "streams/s", "streams/s",
+                figure(jobs, "many/" + framing, "streamsPerSecond"),
+                h2Streams, "Twisted HTTP/2 (TLS)", "≥ 2× HTTP/2", lambda f, r: r and r >= 2)
+        if "latency/%s" % framing in jobs and "latency/raw" in jobs:
+            row("latency", framing, "p50 µs", "µs", figure(jobs, "latency/" + framing, "p50us"),
+                rawLatency50, "raw Twisted TCP", "≤ 1.3× raw TCP", lambda f, r: r and r <= 1.3)
+            row("latency", framing, "p99 µs", "µs", figure(jobs, "latency/" + framing, "p99us"),
+                rawLatency99, "raw Twisted TCP", None, None)
+        if "loaded/%s" % framing in jobs:
+            row("loaded", framing, "p99 µs under load", "µs",
+                figure(jobs, "loaded/" + framing, "p99us"),
+                figure(jobs, "latency/" + framing, "p99us"), "p99 alone (same framing)",
+                "≤ 1000 µs", lambda f, r: f["median"] <= 1000)
+            row("loaded", framing, "bulk MB/s under load", "MB/s",
+                figure(jobs, "loaded/" + framing, "bulkMBps"),
+                figure(jobs, "bulk/" + framing, "MBps"), "bulk alone (same framing)",
+                "≥ 0.8× alone", lambda f, r: r and r >= 0.8)
+        if "churn/%s" % framing in jobs:
+            row("churn", framing, "streams/s", "streams/s",
+                figure(jobs, "churn/" + framing, "streamsPerSecond"), None, None,
+                "≥ 10,000/s", lambda f, r: f["median"] >= 10000)
+        if "memory/%s" % framing in jobs:
+            for side in ("client", "server"):
+                row("memory", framing, "%s B/idle stream" % side, "bytes",
+                    figure(jobs, "memory/" + framing, side + "BytesPerStream"), None, None,
+                    "≤ 1024 B", lambda f, r: f["max"] <= 1024)
+        if "scale/%s" % framing in jobs:
+            job = jobs["scale/" + framing]
+            count = job.params["streams"]
+            row("scale", framing, "streams verified (of %d)" % count, "streams",
+                figure(jobs, "scale/" + framing, "verified"), None, None,
+                "all, 0 lost, 0 errors",
+                lambda f, r, job=job, count=count: (
+                    not job.errors and len(job.results) == job.runs and all(
+                        x["verified"] == count and x["lost"] == 0 and x["failed"] == 0
+                        for x in job.results)))
+            row("scale", framing, "streams/s", "streams/s",
+                figure(jobs, "scale/" + framing, "streamsPerSecond"), None, None, None, None)
+    if "many/mio+tls" in jobs:
+        row("many", "mio+tls", "total MB/s", "MB/s", figure(jobs, "many/mio+tls", "MBps"),
+            h2MB, "Twisted HTTP/2 (TLS)", "(same transport as HTTP/2)", None)
+        row("many", "mio+tls", "streams/s", "streams/s",
+            figure(jobs, "many/mio+tls", "streamsPerSecond"),
+            h2Streams, "Twisted HTTP/2 (TLS)", None, None)
+    for key, job in jobs.items():
+        if job.scenario != "sweep":
+            continue
+        row("sweep", key[len("sweep/"):], "bulk MB/s", "MB/s", figure(jobs, key, "MBps"),
+            rawBulk, "raw Twisted TCP", None, None)
+    return rows
+
+
+def _fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit in ("MB/s",) or abs(value) < 100:
+        return "%.1f" % value
+    return "%.0f" % value
+
+
+def printTable(rows, out=sys.stdout):
+    header = ["scenario", "framing", "figure", "median", "min", "max", "baseline",
+              "base median", "ratio", "target", "met?"]
+    table = [header]
+    for r in rows:
+        v = r["value"]
+        b = r["baseline"]
+        met = "-"
+        if r["met"] is not None:
+            met = "yes" if r["met"] else "NO"
+            if not r["targetApplies"]:
+                met = "(%s)" % met.lower()
+        table.append([
+            r["scenario"], r["framing"], r["figure"],
+            _fmt(v and v["median"], r["unit"]), _fmt(v and v["min"], r["unit"]),
+            _fmt(v and v["max"], r["unit"]), r["baselineName"] or "-",
+            _fmt(b and b["median"], r["unit"]),
+            "%.2f×" % r["ratio"] if r["ratio"] is not None else "-",
+            r["target"] or "-", met,
+        ])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for n, line in enumerate(table):
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() + "\n")
+        if n == 0:
+            out.write("  ".join("-" * w for w in widths) + "\n")
+    out.flush()
+
+
+def machine():
+    info = {"nproc": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import twisted
+        info["twisted"] = twisted.__version__
+    except ImportError:
+        pass
+    try:
+        import h2
+        info["h2"] = h2.__version__
+    except ImportError:
+        pass
+    try:
+        from twisted.internet import reactor
+        info["reactor"] = type(reactor).__name__
+    except Exception:
+        pass
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+            text=True, timeout=10).stdout.strip()
+    except Exception:
+        pass
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
+    parser.add_argument("--framing", choices=["mio", "bmp", "both"], default="both")
+    parser.add_argument("--scenario", action="append", default=None,
+                        help="run only these scenarios (repeat or comma-separate): "
+                             + ", ".join(SCENARIOS))
+    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3)")
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"),
+                        help="where to write the JSON (default bench/results.json)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="write cProfile files of every server and client process to DIR")
+    args = parser.parse_args(argv)
+
+    scenarios = []
+    for item in args.scenario or SCENARIOS:
+        for name in item.split(","):
+            name = name.strip()
+            if name not in SCENARIOS:
+                parser.error("unknown scenario %r (choose from %s)" % (name, ", ".join(SCENARIOS)))
+            scenarios.append(name)
+    framings = FRAMINGS if args.framing == "both" else [args.framing]
+    mode = "quick" if args.quick else "full"
+    signal.signal(signal.SIGTERM, _onSignal)
+
+    jobs = planJobs(mode, scenarios, framings, args.runs)
+    timeout = args.timeout or SIZES[mode]["timeout"]
+    workDir = tempfile.mkdtemp(prefix="muxframe-bench-")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    started = time.time()
+    print("muxframe benchmark (%s): %d jobs, %d runs; logs in %s" % (
+        mode, len(jobs), sum(j.runs for j in jobs), workDir), flush=True)
+    try:
+        tlsDir = None
+        if any(job.tls for job in jobs):
+            from bench.tlsutil import makeCertificate
+            tlsDir = os.path.join(workDir, "tls")
+            os.makedirs(tlsDir)
+            makeCertificate(tlsDir)
+        runner = Runner(jobs, timeout, tlsDir, workDir,
+                        os.path.abspath(args.profile) if args.profile else None)
+        runner.runAll()
+    finally:
+        _killChildren()
+    byKey = {job.key: job for job in jobs}
+    rows = buildRows(byKey, framings)
+    print()
+    printTable(rows)
+    errors = {job.key: job.errors for job in jobs if job.errors}
+    for key, errs in errors.items():
+        print("errors in %s: %s" % (key, "; ".join(e[:300] for e in errs)))
+    scenariosOut = {}
+    for r in rows:
+        scenariosOut.setdefault(r["scenario"], {}).setdefault(r["framing"], {})[r["figure"]] = r
+    result = {
+        "mode": mode, "command": ["python3", "-m", "bench.run"] + list(argv if argv is not None else sys.argv[1:]),
+        "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "elapsedSeconds": time.time() - started, "machine": machine(),
+        "settings": BASE_SETTINGS, "sizes": SIZES[mode],
+        "rows": rows, "scenarios": scenariosOut,
+        "jobs": {job.key: job.asDict() for job in jobs}, "errors": errors,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=False, default=str)
+        print("wrote %s (%.0f s)" % (args.json, time.time() - started))
+    if not errors:
+        shutil.rmtree(workDir, ignore_errors=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
