@@ -253,4 +253,4 @@ def connectXTMP(endpoint, factory):
     @return: a L{Deferred} firing with the L{XTMPProtocol} once the session
         is ready.
     """
-    return endpoint.connect(factory).addCallback(lambda p: p.handshakeDone)
+    return endpoint.connect(factory).addCallback(lambda p: p.whenHandshakeDone())

@@ -16,11 +16,12 @@ which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
 """
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.xtmp import codec
@@ -53,8 +54,6 @@ class XTMPProtocol(Protocol):
     """
     One XTMP session.  Built by L{XTMPServerFactory} or L{XTMPClientFactory}.
 
-    @ivar handshakeDone: a L{Deferred} that fires with this protocol when
-        the handshake completes, or fails with why it did not.
     @ivar handlers: message type -> callable(protocol, message).  A handler
         returning bytes (or a Deferred of bytes) answers the message with a
         RESPONSE; one that raises answers with an Error.
@@ -71,7 +70,8 @@ class XTMPProtocol(Protocol):
     _reactor = None
 
     def __init__(self):
-        self.handshakeDone = Deferred()
+        self._handshakeWaiters = []
+        self._handshakeOutcome = None
         self.handlers = {}
         self.streamCallbacks = {}
         self._closed = []
@@ -122,6 +122,33 @@ class XTMPProtocol(Protocol):
         Register C{handler(protocol, message)} for C{messageType}.
         """
         self.handlers[int(messageType)] = handler
+
+    def whenHandshakeDone(self):
+        """
+        A L{Deferred} firing with this protocol when the handshake is
+        complete, or failing with why it did not complete.  On the client
+        it fires once the client's authentication is sent (the server may
+        still refuse it: see L{whenClosed}).
+        """
+        outcome = self._handshakeOutcome
+        if outcome is None:
+            d = Deferred()
+            self._handshakeWaiters.append(d)
+            return d
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        return succeed(outcome)
+
+    def _handshakeFinished(self, outcome):
+        if self._handshakeOutcome is not None:
+            return
+        self._handshakeOutcome = outcome
+        waiters, self._handshakeWaiters = self._handshakeWaiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def whenClosed(self):
         """
@@ -187,18 +214,16 @@ class XTMPProtocol(Protocol):
         self._timer = self._abortCall = None
         conn = self.connection
         if conn is not None:
-            handshaking = conn.state not in (OPEN, CLOSED) or \
-                conn.result is None
             conn.state = CLOSED
             for request in list(conn.pendingRequests.values()):
                 self._failRequest(request, why)
             conn.pendingRequests.clear()
-            if handshaking and not self.handshakeDone.called:
-                err = why
-                if not isinstance(why, (XTMPRemoteError, XTMPTimeout)):
-                    err = HandshakeFailed(
-                        "connection lost during the handshake: %s" % (why,))
-                self.handshakeDone.errback(err)
+        if self._handshakeOutcome is None:
+            err = why
+            if not isinstance(why, (XTMPRemoteError, XTMPTimeout)):
+                err = HandshakeFailed(
+                    "connection lost during the handshake: %s" % (why,))
+            self._handshakeFinished(Failure(err))
         if self.factory is not None:
             self.factory.sessionLost(self)
         self.log.info("xtmp session {sessionId:#x} closed: {why}",
@@ -238,7 +263,7 @@ class XTMPProtocol(Protocol):
                 resumed=event.result.resumed, peer=event.result.peerIdentity)
             self.factory.sessionStarted(self)
             self.handshakeCompleted()
-            self.handshakeDone.callback(self)
+            self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
             self._subscribeReceived(event)
         elif type(event) is UnsubscribeReceived:

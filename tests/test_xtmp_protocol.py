@@ -1,0 +1,563 @@
+"""
+Tests for the Twisted XTMP layer (L{muxframe.xtmp.protocol},
+L{muxframe.xtmp.factory}) over in-memory transports and a fake clock.
+"""
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from muxframe.xtmp import (
+    DecryptionFailed, DowngradeDetected, Flags, HandshakeFailed, Identity,
+    MessageType, PeerDisconnected, PeerError, RequestTimeout, SendQueueFull,
+    SequenceError, Unauthorized, WrongKey, XTMPClientFactory, XTMPErrorCode,
+    XTMPServerFactory, XTMPTimeout,
+)
+from muxframe.xtmp.codec import Decoder, HEADER
+from muxframe.xtmp.handshake import ClientHello
+from muxframe.xtmp.codec import encodePlain
+
+from tests.test_xtmp_support import CLIENT_IDENTITY, SERVER_IDENTITY
+
+
+class Harness:
+    """
+    A server factory and client factories on one fake clock.
+    """
+
+    def __init__(self, **serverKw):
+        self.clock = Clock()
+        serverKw.setdefault("authorizedKeys", [CLIENT_IDENTITY.public])
+        self.server = XTMPServerFactory(SERVER_IDENTITY, reactor=self.clock,
+                                        **serverKw)
+        self.got = []
+        self.server.setHandler(0x10, lambda p, m: self.got.append(m.payload))
+        self.server.setHandler(0x30, lambda p, m: b"pong:" + m.payload)
+
+    def clientFactory(self, **kw):
+        kw.setdefault("serverKey", SERVER_IDENTITY.public)
+        kw.setdefault("identity", CLIENT_IDENTITY)
+        return XTMPClientFactory(reactor=self.clock, **kw)
+
+    def connect(self, clientFactory=None, greet=True):
+        cf = clientFactory or self.clientFactory()
+        c = cf.buildProtocol(None)
+        s = self.server.buildProtocol(None)
+        pump = connect(s, makeFakeServer(s), c, makeFakeClient(c),
+                       greet=greet, clock=self.clock)
+        return c, s, pump
+
+
+def result(d):
+    """
+    The current result of C{d} (a Failure is consumed), or None.
+    """
+    out = []
+
+    def keep(r):
+        out.append(r)
+        return None if isinstance(r, Failure) else r
+
+    d.addBoth(keep)
+    return out[0] if out else None
+
+
+class SessionTests(SynchronousTestCase):
+    """
+    Handshake, messages, requests and handlers over the protocol.
+    """
+
+    def test_handshake(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        self.assertIs(result(c.whenHandshakeDone()), c)
+        self.assertIs(result(s.whenHandshakeDone()), s)
+        self.assertEqual(c.sessionId, s.sessionId)
+        self.assertEqual(s.peerIdentity, CLIENT_IDENTITY.public)
+        self.assertEqual(c.peerIdentity, SERVER_IDENTITY.public)
+        self.assertIs(h.server.live[s.sessionId], s)
+
+    def test_sendAndHandler(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        c.send(0x10, b"hello")
+        c.send(0x10, b"acked", Flags.REQUIRES_ACK)
+        pump.flush()
+        self.assertEqual(h.got, [b"hello", b"acked"])
+        self.assertEqual(len(c.connection.resumption.unacked), 0)
+
+    def test_request(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        d = c.request(0x30, b"ping")
+        pump.flush()
+        m = result(d)
+        self.assertEqual(m.payload, b"pong:ping")
+        self.assertTrue(m.flags & Flags.RESPONSE)
+
+    def test_handlerDeferred(self):
+        from twisted.internet.defer import Deferred
+        h = Harness()
+        later = Deferred()
+        h.server.setHandler(0x31, lambda p, m: later)
+        c, s, pump = h.connect()
+        d = c.request(0x31, b"x")
+        pump.flush()
+        self.assertIsNone(result(d))
+        later.callback(b"done")
+        pump.flush()
+        self.assertEqual(result(d).payload, b"done")
+
+    def test_requestTimeout(self):
+        h = Harness()
+        h.server.setHandler(0x32, lambda p, m: None)
+        c, s, pump = h.connect()
+        d = c.request(0x32, b"x", timeout=5)
+        pump.flush()
+        h.clock.advance(5)
+        f = result(d)
+        self.assertIsInstance(f.value, RequestTimeout)
+        self.assertEqual(c.connection.pendingRequests, {})
+
+    def test_handlerRaises(self):
+        h = Harness()
+
+        def boom(p, m):
+            raise ValueError("bad input")
+
+        h.server.setHandler(0x33, boom)
+        c, s, pump = h.connect()
+        d = c.request(0x33, b"x")
+        pump.flush()
+        f = result(d)
+        self.assertIsInstance(f.value, PeerError)
+        self.assertEqual(f.value.code, XTMPErrorCode.APPLICATION_ERROR)
+        self.assertIn("bad input", f.value.reason)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_unknownType(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        d = c.request(0x77, b"x")
+        pump.flush()
+        self.assertEqual(result(d).value.code, XTMPErrorCode.UNKNOWN_TYPE)
+        errors = []
+        c.errorReceived = lambda code, reason: errors.append(code)
+        c.send(0x77, b"y")
+        pump.flush()
+        self.assertEqual(errors, [XTMPErrorCode.UNKNOWN_TYPE])
+
+    def test_consumerWrite(self):
+        h = Harness()
+        got = []
+        h.server.setHandler(0x80, lambda p, m: got.append(m.payload))
+        c, s, pump = h.connect()
+        c.write(b"via IConsumer")
+        pump.flush()
+        self.assertEqual(got, [b"via IConsumer"])
+
+    def test_disconnect(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        closed = c.whenClosed()
+        serverClosed = s.whenClosed()
+        c.disconnect()
+        pump.flush()
+        self.assertIsInstance(result(closed), ConnectionDone)
+        self.assertIsInstance(result(serverClosed), ConnectionDone)
+        self.assertNotIn(s.sessionId, h.server.live)
+
+    def test_pendingRequestFailsOnLoss(self):
+        h = Harness()
+        h.server.setHandler(0x32, lambda p, m: None)
+        c, s, pump = h.connect()
+        d = c.request(0x32, b"x")
+        pump.flush()
+        c.connectionLost(Failure(ConnectionLost()))
+        self.assertIsInstance(result(d).value, ConnectionLost)
+
+    def test_logEvents(self):
+        h = Harness()
+        events = []
+        c, s, pump = h.connect(greet=False)
+        s.log = Logger(observer=events.append)
+        pump.flush()
+        (ev,) = [e for e in events if "handshake complete" in e["log_format"]]
+        self.assertEqual(ev["sessionId"], s.sessionId)
+        self.assertEqual(ev["peer"], CLIENT_IDENTITY.public)
+
+    def test_tokenAuth(self):
+        h = Harness(checkToken=lambda t: t == b"letmein")
+        c, s, pump = h.connect(h.clientFactory(identity=None,
+                                               token=b"letmein"))
+        self.assertIs(result(s.whenHandshakeDone()), s)
+        self.assertEqual(s.result.token, b"letmein")
+
+    def test_rehandshakeOverProtocol(self):
+        h = Harness(rotationInterval=100)
+        c, s, pump = h.connect(h.clientFactory(rotationInterval=100))
+        old = c.connection.sendKey.key
+        for _ in range(4):
+            h.clock.advance(25)
+            pump.flush()
+        self.assertNotEqual(c.connection.sendKey.key, old)
+        d = c.request(0x30, b"after")
+        pump.flush()
+        self.assertEqual(result(d).payload, b"pong:after")
+
+
+class RejectionTests(SynchronousTestCase):
+    """
+    Each attack is rejected with the documented code, the connection is
+    closed, and another session on the same server is unaffected.
+    """
+
+    def attack(self, tamper, expected, code, h=None):
+        h = h or Harness()
+        other, otherServer, otherPump = h.connect()
+        c, s, pump = h.connect()
+        clientClosed, serverClosed = c.whenClosed(), s.whenClosed()
+        c.send(0x10, b"first!" * 10)
+        c.send(0x10, b"second" * 10)
+        wire = pump.clientIO.getOutBuffer()
+        pump.serverIO.bufferReceived(tamper(wire, c, h))
+        pump.flush()
+        why = result(serverClosed)
+        self.assertIsInstance(why, expected)
+        self.assertEqual(why.code, code)
+        theirs = result(clientClosed)
+        self.assertIsInstance(theirs, PeerDisconnected)
+        self.assertEqual(theirs.code, code)
+        self.assertTrue(pump.serverIO.disconnected)
+        self.assertNotIn(s.sessionId, h.server.live)
+        d = other.request(0x30, b"still here")
+        otherPump.flush()
+        self.assertEqual(result(d).payload, b"pong:still here")
+        return h
+
+    def test_tamperedByte(self):
+        def flip(wire, c, h):
+            b = bytearray(wire)
+            b[100] ^= 0x40
+            return bytes(b)
+
+        self.attack(flip, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED)
+
+    def test_replay(self):
+        self.attack(lambda w, c, h: w[:len(w) // 2] * 2, SequenceError,
+                    XTMPErrorCode.BAD_SEQUENCE)
+
+    def test_reorder(self):
+        self.attack(lambda w, c, h: w[len(w) // 2:] + w[:len(w) // 2],
+                    SequenceError, XTMPErrorCode.BAD_SEQUENCE)
+
+    def test_wrongKey(self):
+        def foreign(wire, c, h):
+            o, os_, op = h.connect()
+            o.connection.sessionId = c.sessionId
+            o.send(0x10, b"forged")
+            return op.clientIO.getOutBuffer()
+
+        self.attack(foreign, WrongKey, XTMPErrorCode.WRONG_KEY)
+
+    def test_oversizedLength(self):
+        def big(wire, c, h):
+            return HEADER.pack(b"XTMP", 1, 0x10, 1, c.sessionId, 0,
+                               (1 << 20) + 1, 0)
+
+        from muxframe.xtmp import MessageTooLarge
+        self.attack(big, MessageTooLarge, XTMPErrorCode.MESSAGE_TOO_LARGE)
+
+    def test_unauthorizedClient(self):
+        h = Harness()
+        other, _, otherPump = h.connect()
+        c, s, pump = h.connect(h.clientFactory(identity=Identity.generate()))
+        self.assertIsInstance(result(s.whenHandshakeDone()).value, Unauthorized)
+        why = result(c.whenClosed())
+        self.assertIsInstance(why, PeerDisconnected)
+        self.assertEqual(why.code, XTMPErrorCode.UNAUTHORIZED)
+        d = other.request(0x30, b"ok")
+        otherPump.flush()
+        self.assertEqual(result(d).payload, b"pong:ok")
+
+    def test_downgrade(self):
+        """
+        An offer stripped in transit: the client detects it, reports
+        DOWNGRADE to the server, and both close.
+        """
+        h = Harness()
+        c, s, pump = h.connect(greet=False)
+        raw = pump.clientIO.getOutBuffer()
+        f = Decoder().feed(raw)[0]
+        hello = ClientHello.decode(f.payload)
+        hello.ciphers = hello.ciphers[1:]
+        pump.serverIO.bufferReceived(encodePlain(1, 0, 0, 0, hello.encode()))
+        pump.flush()
+        self.assertIsInstance(result(c.whenHandshakeDone()).value,
+                              DowngradeDetected)
+        serverFail = result(s.whenHandshakeDone()).value
+        self.assertIsInstance(serverFail, PeerError)
+        self.assertEqual(serverFail.code, XTMPErrorCode.DOWNGRADE)
+        self.assertTrue(pump.clientIO.disconnected)
+
+    def test_truncatedHandshake(self):
+        h = Harness()
+        c, s, pump = h.connect(greet=False)
+        raw = pump.clientIO.getOutBuffer()
+        pump.serverIO.bufferReceived(raw[:100])
+        s.connectionLost(Failure(ConnectionLost()))
+        f = result(s.whenHandshakeDone()).value
+        self.assertIsInstance(f, HandshakeFailed)
+        self.assertIn("during the handshake", str(f))
+
+    def test_handshakeTimeout(self):
+        h = Harness()
+        c, s, pump = h.connect(greet=False)
+        pump.clientIO.getOutBuffer()
+        h.clock.advance(10)
+        pump.flush()
+        self.assertIsInstance(result(s.whenHandshakeDone()).value, XTMPTimeout)
+        self.assertTrue(pump.serverIO.disconnected)
+
+    def test_silentPeer(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        closed = s.whenClosed()
+        h.clock.advance(30)
+        pump.clientIO.getOutBuffer()
+        pump.serverIO.getOutBuffer()
+        h.clock.advance(30)
+        pump.flush()
+        self.assertIsInstance(result(closed), XTMPTimeout)
+
+    def test_heartbeatsKeepAlive(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        for _ in range(10):
+            h.clock.advance(15)
+            pump.flush()
+        self.assertFalse(pump.serverIO.disconnected)
+        self.assertEqual(c.connection.state, "OPEN")
+
+    def test_idleTimeout(self):
+        h = Harness(sessionTimeout=120)
+        c, s, pump = h.connect()
+        closed = c.whenClosed()
+        for _ in range(8):
+            h.clock.advance(15)
+            pump.flush()
+        self.assertEqual(result(closed).code, XTMPErrorCode.IDLE_TIMEOUT)
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self):
+        self.events = []
+
+    def pauseProducing(self):
+        self.events.append("pause")
+
+    def resumeProducing(self):
+        self.events.append("resume")
+
+    def stopProducing(self):
+        self.events.append("stop")
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    Bounded send queues, priorities under pressure, slow readers.
+    """
+
+    def test_pausedTransportQueuesInPriorityOrder(self):
+        h = Harness()
+        order = []
+        h.server.setHandler(0x10, lambda p, m: order.append(m.payload))
+        c, s, pump = h.connect()
+        c.pauseProducing()
+        c.send(0x10, b"n")
+        c.send(0x10, b"h", Flags.PRIORITY_HIGH)
+        c.send(0x10, b"e", Flags.EMERGENCY)
+        pump.flush()
+        self.assertEqual(order, [])
+        c.resumeProducing()
+        pump.flush()
+        self.assertEqual(order, [b"e", b"h", b"n"])
+
+    def test_producerPausedAndQueueBounded(self):
+        h = Harness()
+        c, s, pump = h.connect(h.clientFactory(maxQueuedBytes=10000))
+        producer = Producer()
+        c.registerProducer(producer, True)
+        c.pauseProducing()
+        for _ in range(5):
+            c.send(0x10, b"x" * 1000)
+        self.assertEqual(producer.events, ["pause"])
+        for _ in range(4):
+            c.send(0x10, b"x" * 1000)
+        self.assertRaises(SendQueueFull, c.send, 0x10, b"x" * 1000)
+        c.resumeProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        pump.flush()
+        self.assertEqual(len(h.got), 9)
+
+    def test_controlStillFlowsWhilePaused(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        s.pauseProducing()
+        c.send(0x10, b"a", Flags.REQUIRES_ACK)
+        pump.flush()
+        self.assertEqual(len(c.connection.resumption.unacked), 0)
+
+    def test_slowReader(self):
+        """
+        pauseDelivery stops reading from the transport; what arrives is
+        held and delivered in order on resumeDelivery.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        s.pauseDelivery()
+        self.assertEqual(pump.serverIO.producer, s)
+        c.send(0x10, b"1")
+        c.send(0x10, b"2")
+        pump.flush()
+        self.assertEqual(h.got, [])
+        s.resumeDelivery()
+        self.assertEqual(h.got, [b"1", b"2"])
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    Subscribe/Unsubscribe and STREAM_DATA fan-out.
+    """
+
+    def test_fanOut(self):
+        h = Harness()
+        (a, _, pa), (b, _, pb) = h.connect(), h.connect()
+        got = []
+        da = a.subscribe("prices", lambda m: got.append(("a", m.payload)))
+        db = b.subscribe("prices", lambda m: got.append(("b", m.payload)))
+        pa.flush()
+        pb.flush()
+        self.assertEqual(result(da).type, MessageType.Subscribe)
+        self.assertIsNotNone(result(db))
+        self.assertEqual(h.server.publish("prices", b"42"), 2)
+        pa.flush()
+        pb.flush()
+        self.assertEqual(sorted(got), [("a", b"42"), ("b", b"42")])
+        a.unsubscribe("prices")
+        pa.flush()
+        self.assertEqual(h.server.publish("prices", b"43"), 1)
+
+    def test_relay(self):
+        h = Harness(relayStreams=True)
+        (a, _, pa), (b, _, pb) = h.connect(), h.connect()
+        got = []
+        b.subscribe("chat", lambda m: got.append(m.payload))
+        pb.flush()
+        a.publish("chat", b"hi all")
+        pa.flush()
+        pb.flush()
+        self.assertEqual(got, [b"hi all"])
+
+    def test_refused(self):
+        h = Harness()
+        h.server.authorizeSubscribe = lambda p, name: name != "secret"
+        c, s, pump = h.connect()
+        d = c.subscribe("secret", lambda m: None)
+        pump.flush()
+        self.assertEqual(result(d).value.code, XTMPErrorCode.UNAUTHORIZED)
+
+    def test_lostSessionUnsubscribed(self):
+        h = Harness()
+        c, s, pump = h.connect()
+        c.subscribe("x", lambda m: None)
+        pump.flush()
+        self.assertEqual(h.server.streams.subscribers("x"), [s])
+        c.disconnect()
+        pump.flush()
+        self.assertEqual(h.server.streams.subscribers("x"), [])
+
+
+class ResumptionTests(SynchronousTestCase):
+    """
+    Acknowledged messages survive a connection killed mid-stream.
+    """
+
+    def kill(self, c, s):
+        for p in (c, s):
+            p.transport.disconnecting = p.transport.disconnected = True
+            p.connectionLost(Failure(ConnectionLost("killed")))
+
+    def test_exactlyOnceAfterKill(self):
+        h = Harness()
+        toClient = []
+        cf = h.clientFactory()
+        cf.setHandler(0x11, lambda p, m: toClient.append(m.payload))
+        c, s, pump = h.connect(cf)
+        sent = [b"m%02d" % i for i in range(40)]
+        back = [b"r%02d" % i for i in range(10)]
+        # Phase 1: ten messages each way, delivered and acknowledged.
+        for m in sent[:10]:
+            c.send(0x10, m, Flags.REQUIRES_ACK)
+        for m in back[:5]:
+            s.send(0x11, m, Flags.REQUIRES_ACK)
+        pump.flush()
+        self.assertEqual(len(c.connection.resumption.unacked), 0)
+        # Phase 2: the rest; part of each direction arrives (cut in the
+        # middle of a message) and every Ack for it is lost.
+        for m in sent[10:]:
+            c.send(0x10, m, Flags.REQUIRES_ACK)
+        for m in back[5:]:
+            s.send(0x11, m, Flags.REQUIRES_ACK)
+        up = pump.clientIO.getOutBuffer()
+        down = pump.serverIO.getOutBuffer()
+        pump.serverIO.bufferReceived(up[:len(up) // 2 + 7])
+        pump.clientIO.bufferReceived(down[:len(down) // 2 + 7])
+        pump.clientIO.getOutBuffer()
+        pump.serverIO.getOutBuffer()
+        delivered = len(h.got)
+        self.assertTrue(10 < delivered < 40)
+        self.assertTrue(5 < len(toClient) < 10)
+        self.assertEqual(len(c.connection.resumption.unacked), 30)
+        sessionId = c.sessionId
+        self.kill(c, s)
+
+        c2, s2, pump2 = h.connect(cf)
+        self.assertTrue(c2.result.resumed)
+        self.assertEqual(c2.sessionId, sessionId)
+        pump2.flush()
+        self.assertEqual(h.got, sent)
+        self.assertEqual(toClient, back)
+        self.assertEqual(len(c2.connection.resumption.unacked), 0)
+        self.assertEqual(len(s2.connection.resumption.unacked), 0)
+
+    def test_resumeRefusedForOtherPeer(self):
+        h = Harness(authorizedKeys=[CLIENT_IDENTITY.public,
+                                    SERVER_IDENTITY.public])
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        c.send(0x10, b"x", Flags.REQUIRES_ACK)
+        self.kill(c, s)
+        thief = h.clientFactory(identity=SERVER_IDENTITY)
+        thief.resumable = list(cf.resumable)
+        c2, s2, pump2 = h.connect(thief)
+        self.assertIsInstance(result(s2.whenHandshakeDone()).value, Unauthorized)
+
+    def test_unknownSessionStartsFresh(self):
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        c.send(0x10, b"x", Flags.REQUIRES_ACK)
+        pump.clientIO.getOutBuffer()
+        self.kill(c, s)
+        h.server.sessions.clear()
+        c2, s2, pump2 = h.connect(cf)
+        self.assertFalse(c2.result.resumed)
+        pump2.flush()
+        self.assertEqual(h.got, [b"x"])
