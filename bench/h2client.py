@@ -49,6 +49,13 @@ class H2EchoClient(Protocol):
         conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
                               SettingCodes.MAX_FRAME_SIZE: (1 << 24) - 1})
         conn.increment_flow_control_window(WINDOW - 65535)
+        if self.ignoreLimit:
+            # Open every request before the server's SETTINGS arrive, so the
+            # h2 library does not yet enforce its concurrency limit: this
+            # shows what Twisted's server does with streams past its limit.
+            self.started = True
+            self.startedAt = now()
+            self.startMore()
         self.flush()
 
     def flush(self):
@@ -60,13 +67,19 @@ class H2EchoClient(Protocol):
         conn = self.conn
         limit = self.serverLimit if not self.ignoreLimit else 1 << 30
         while self.payloads and conn.open_outbound_streams < limit:
-            index, payload = self.payloads.pop()
+            index, payload = self.payloads[-1]
             sid = conn.get_next_available_stream_id()
-            conn.send_headers(sid, [
-                (b":method", b"POST"), (b":path", b"/"), (b":scheme", b"https"),
-                (b":authority", b"localhost"),
-                (b"content-length", b"%d" % len(payload)),
-            ])
+            try:
+                conn.send_headers(sid, [
+                    (b":method", b"POST"), (b":path", b"/"), (b":scheme", b"https"),
+                    (b":authority", b"localhost"),
+                    (b"content-length", b"%d" % len(payload)),
+                ])
+            except Exception as error:  # h2's TooManyStreamsError and kin
+                key = "client h2: %r" % (error,)
+                self.tracker.errors[key[:200]] = self.tracker.errors.get(key[:200], 0) + 1
+                break
+            self.payloads.pop()
             self.sending[sid] = [payload, 0]
             self.bodies[sid] = []
             self.expected[sid] = payload
@@ -133,7 +146,9 @@ class H2EchoClient(Protocol):
                                                    "code %r" % (event.stream_id, event.error_code)))
                 self.startMore()
             elif kind is ConnectionTerminated:
-                self.tracker.errors["GOAWAY %r" % (event.error_code,)] = 1
+                self.tracker.errors["server sent GOAWAY %r (last stream %r)" % (
+                    event.error_code, event.last_stream_id)] = 1
+                self.transport.loseConnection()
             elif kind is ResponseReceived:
                 pass
         self.flush()

@@ -156,6 +156,10 @@ def planJobs(mode, scenarios, framings, runs):
         add("latency/raw", "latency", "raw", "tcp", sizes["latency"], runs)
     if need("many"):
         add("many/h2", "many", "h2", "h2", sizes["many"], runs, tls=True)
+        # What Twisted's HTTP/2 does when all the requests are opened at once,
+        # past its SETTINGS_MAX_CONCURRENT_STREAMS (reported, one run).
+        add("many/h2-unlimited", "many", "h2", "h2", dict(sizes["many"], ignoreLimit=True),
+            1, tls=True)
         if "mio" in framings:
             mux("many", "mio", key="many/mio+tls", tls=True)
     if need("sweep"):
@@ -447,6 +451,13 @@ def buildRows(jobs, framings):
                         for x in job.results)))
             row("scale", framing, "streams/s", "streams/s",
                 figure(jobs, "scale/" + framing, "streamsPerSecond"), None, None, None, None)
+    if "many/h2-unlimited" in jobs:
+        job = jobs["many/h2-unlimited"]
+        row("many", "h2, all at once", "requests verified (of %d)" % job.params["streams"],
+            "requests", figure(jobs, "many/h2-unlimited", "verified"), None, None, None, None,
+            note="Twisted HTTP/2 with every request opened at once, ignoring its "
+                 "SETTINGS_MAX_CONCURRENT_STREAMS; errors: %s" % (
+                     [r.get("errors") for r in job.results] or job.errors))
     if "many/mio+tls" in jobs:
         row("many", "mio+tls", "total MB/s", "MB/s", figure(jobs, "many/mio+tls", "MBps"),
             h2MB, "Twisted HTTP/2 (TLS)", "(same transport as HTTP/2)", None)

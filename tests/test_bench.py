@@ -1,0 +1,58 @@
+"""
+The benchmark suite runs end to end: C{python3 -m bench.run --quick} with one
+run per figure, in a subprocess, exits 0 and writes JSON naming every
+scenario for both framings.  No timing is asserted.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCENARIOS = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale"]
+
+
+class QuickBenchTests(unittest.TestCase):
+    def test_quickRun(self):
+        """
+        The quick suite exits 0 and its JSON has every scenario's figures
+        for MIO and BMP, each with median, min and max.
+        """
+        try:
+            import h2  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("the HTTP/2 baseline needs h2 (pip install '.[bench]')")
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "bench.json")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--quick", "--runs", "1", "--json", path],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        with open(path) as f:
+            result = json.load(f)
+        for key in ("machine", "rows", "scenarios", "jobs", "mode"):
+            self.assertIn(key, result)
+        self.assertEqual(result["mode"], "quick")
+        for scenario in SCENARIOS + ["sweep"]:
+            self.assertIn(scenario, result["scenarios"], scenario)
+        for scenario in SCENARIOS:
+            for framing in ("mio", "bmp"):
+                figures = result["scenarios"][scenario].get(framing)
+                self.assertTrue(figures, "%s/%s has no figures" % (scenario, framing))
+                for name, row in figures.items():
+                    self.assertIsNotNone(row["value"], "%s/%s %s" % (scenario, framing, name))
+                    for stat in ("median", "min", "max"):
+                        self.assertIn(stat, row["value"])
+        for row in result["rows"]:
+            if row["scenario"] in ("bulk", "many") and row["framing"] in ("mio", "bmp"):
+                self.assertIsNotNone(row["baseline"], row)
+                self.assertIsNotNone(row["ratio"], row)
+        self.assertIn("scenario", proc.stdout)
