@@ -1,0 +1,185 @@
+"""
+XTMP over the transports it must run on: muxframe streams (several
+sessions over one multiplexed connection), TLS, and real loopback TCP.
+"""
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from muxframe.xtmp import (
+    BadMagic, Cipher, Flags, XTMPClientFactory, XTMPServerFactory,
+    connectXTMP,
+)
+
+from tests.test_xtmp_protocol import result
+from tests.test_xtmp_support import CLIENT_IDENTITY, SERVER_IDENTITY
+
+try:
+    from muxframe.multiplexer import MultiplexerFactory
+except ImportError:  # pragma: no cover - the multiplexer lands separately
+    MultiplexerFactory = None
+
+
+def serverFactory(clock, **kw):
+    f = XTMPServerFactory(SERVER_IDENTITY,
+                          authorizedKeys=[CLIENT_IDENTITY.public],
+                          reactor=clock, **kw)
+    f.setHandler(0x30, lambda p, m: b"pong:" + m.payload)
+    return f
+
+
+def clientFactory(clock, **kw):
+    return XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                             identity=CLIENT_IDENTITY, reactor=clock, **kw)
+
+
+class MultiplexedStreamTests(SynchronousTestCase):
+    """
+    Two XTMP sessions over two streams of one multiplexed connection.
+    """
+
+    if MultiplexerFactory is None:
+        skip = "muxframe.multiplexer is not available"
+
+    def check(self, framing):
+        clock = Clock()
+        xs = serverFactory(clock)
+        serverMux = MultiplexerFactory(xs, framing=framing, role="server",
+                                       reactor=clock).buildProtocol(None)
+        clientMux = MultiplexerFactory(None, framing=framing, role="client",
+                                       reactor=clock).buildProtocol(None)
+        pump = connect(serverMux, makeFakeServer(serverMux), clientMux,
+                       makeFakeClient(clientMux), clock=clock)
+        cf1, cf2 = clientFactory(clock), clientFactory(clock)
+        a = result(clientMux.openStream(cf1))
+        b = result(clientMux.openStream(cf2))
+        pump.flush()
+        self.assertIs(result(a.whenHandshakeDone()), a)
+        self.assertIs(result(b.whenHandshakeDone()), b)
+        self.assertNotEqual(a.sessionId, b.sessionId)
+        self.assertEqual(len(xs.live), 2)
+        da = a.request(0x30, b"a", Flags.REQUIRES_ACK)
+        db = b.request(0x30, b"b" * 200000)
+        pump.flush()
+        self.assertEqual(result(da).payload, b"pong:a")
+        self.assertEqual(result(db).payload, b"pong:" + b"b" * 200000)
+
+        # Garbage on session a's stream ends session a only.
+        closed = a.whenClosed()
+        serverSide = xs.live[a.sessionId]
+        serverClosed = serverSide.whenClosed()
+        a.transport.write(b"NOT XTMP" * 8)
+        pump.flush()
+        self.assertIsInstance(result(serverClosed), BadMagic)
+        self.assertIsNotNone(result(closed))
+        self.assertEqual(list(xs.live), [b.sessionId])
+        d = b.request(0x30, b"still")
+        pump.flush()
+        self.assertEqual(result(d).payload, b"pong:still")
+        self.assertFalse(pump.clientIO.disconnected)
+        return xs
+
+    def test_mio(self):
+        self.check("mio")
+
+    def test_bmp(self):
+        self.check("bmp")
+
+
+def makeCertificate():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM,
+                            serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()) + \
+        cert.public_bytes(serialization.Encoding.PEM)
+    return ssl.PrivateCertificate.loadPEM(pem)
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    XTMP inside TLS (in memory): encrypted, and plaintext when both sides
+    opt in.
+    """
+
+    def runTLS(self, **kw):
+        cert = makeCertificate()
+        clock = Clock()
+        xs = serverFactory(clock, **kw)
+        xc = clientFactory(clock, **kw)
+        # TLS aggregates small writes until the next reactor turn: make that
+        # the fake clock's turn, which the pump advances.
+        sf = TLSMemoryBIOFactory(cert.options(), False, xs, clock=clock)
+        cf = TLSMemoryBIOFactory(ssl.optionsForClientTLS("localhost", cert),
+                                 True, xc, clock=clock)
+        s, c = sf.buildProtocol(None), cf.buildProtocol(None)
+        pump = connect(s, makeFakeServer(s), c, makeFakeClient(c),
+                       clock=clock)
+        pump.flush()
+        proto = c.wrappedProtocol
+        self.assertIs(result(proto.whenHandshakeDone()), proto)
+        d = proto.request(0x30, b"over tls")
+        pump.flush()
+        self.assertEqual(result(d).payload, b"pong:over tls")
+        return proto
+
+    def test_encrypted(self):
+        p = self.runTLS()
+        self.assertEqual(p.result.cipher, Cipher.AES_256_GCM)
+
+    def test_plaintextInsideTLS(self):
+        p = self.runTLS(ciphers=(Cipher.NONE,), allowPlaintext=True)
+        self.assertEqual(p.result.cipher, Cipher.NONE)
+        self.assertIsNone(p.connection.sendKey)
+
+
+class LoopbackTCPTests(TestCase):
+    """
+    A real TCP connection on 127.0.0.1.
+    """
+
+    timeout = 20
+
+    def test_requestOverTCP(self):
+        from twisted.internet import reactor
+        xs = serverFactory(None)
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                          port.getHost().port)
+            return connectXTMP(endpoint, clientFactory(None))
+
+        def connected(proto):
+            self.proto = proto
+            return proto.request(0x30, b"tcp" * 1000, Flags.REQUIRES_ACK)
+
+        def answered(message):
+            self.assertEqual(message.payload, b"pong:" + b"tcp" * 1000)
+            closed = self.proto.whenClosed()
+            self.proto.disconnect()
+            return closed
+
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(answered)
+        return d
