@@ -455,7 +455,12 @@ class MultiplexedClientEndpoint:
         service, self._service = self._service, None
         if service is None:
             return succeed(None)
-        return service.stopService()
+        # ClientService cannot be stopped from inside its own callbacks (a
+        # connect() result is delivered from one): stop on the next turn.
+        d = Deferred()
+        self._getReactor().callLater(
+            0, lambda: service.stopService().chainDeferred(d))
+        return d
 
     def _connected(self, mux):
         self._current = mux

@@ -221,6 +221,7 @@ class ClientTimingTests(SynchronousTestCase):
         endpoint = MultiplexedClientEndpoint(
             self.inner, framing="mio", reactor=self.clock,
             retryPolicy=lambda attempt: float(attempt), **kwargs)
+        self.addCleanup(self.clock.advance, 0)
         self.addCleanup(endpoint.stop)
         return endpoint
 
@@ -282,5 +283,7 @@ class ClientTimingTests(SynchronousTestCase):
         self.inner.refuse = True
         endpoint = self.endpoint(connectTimeout=100)
         d = endpoint.connect(Factory.forProtocol(Echo))
-        endpoint.stop()
+        stopped = endpoint.stop()
+        self.clock.advance(0)
+        self.successResultOf(stopped)
         self.failureResultOf(d, MultiplexedConnectError)
