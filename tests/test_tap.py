@@ -1,0 +1,366 @@
+"""
+Tests for L{muxframe.tap}: option parsing, the services it builds, and the
+real thing, C{twistd -n muxframe server|client} as subprocesses.
+"""
+
+import os
+import random
+import signal
+import socket
+import time
+
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+)
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from muxframe import tap
+from muxframe.endpoints import MultiplexedClientEndpoint, MultiplexedServerEndpoint
+from muxframe.tunnel import EchoFactory
+from tests.test_tunnel import TCPClient
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def freePort():
+    """
+    Return a TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def parse(*argv):
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{twistd muxframe} options: good ones parse, bad ones are usage errors
+    naming the fault.
+    """
+
+    def test_server(self):
+        """
+        A server with --echo and settings parses; settings are validated.
+        """
+        options = parse("server", "--endpoint=tcp:9000", "--echo", "--framing=bmp",
+                        "--maxStreams=500", "--drainTimeout=2.5")
+        self.assertEqual(options.subCommand, "server")
+        sub = options.subOptions
+        self.assertEqual(sub.settings, {"maxStreams": 500, "drainTimeout": 2.5})
+        self.assertEqual(sub.muxDescription(),
+                         "bmp:tcp:9000:drainTimeout=2.5:maxStreams=500")
+
+    def test_client(self):
+        """
+        A client with --local and --forward parses.
+        """
+        options = parse("client", "--endpoint=tcp:localhost:9000",
+                        "--local=tcp:8000", "--forward=tcp:localhost:22",
+                        "--retryMax=2", "--connectTimeout=5")
+        self.assertEqual(options.subOptions["local"], "tcp:8000")
+        self.assertEqual(options.subOptions.settings, {"retryMax": 2.0, "connectTimeout": 5.0})
+
+    def test_usageErrors(self):
+        """
+        Each bad command line is a UsageError naming its fault.
+        """
+        cases = [
+            ((), "choose a role"),
+            (("server", "--echo"), "--endpoint is required"),
+            (("server", "--endpoint=tcp:9000"), "needs --echo, --forward or --local"),
+            (("server", "--endpoint=tcp:9000", "--echo", "--forward=tcp:a:1"),
+             "cannot be used together"),
+            (("server", "--endpoint=tcp:9000", "--echo", "--framing=h2"), "unknown framing 'h2'"),
+            (("server", "--endpoint=tcp:9000", "--echo", "--maxStreams=many"), "maxStreams"),
+            (("server", "--endpoint=tcp:9000", "--echo", "--windowSize=5"), "out of range"),
+            (("server", "--endpoint=mio:tcp:9000", "--echo"), "--framing"),
+            (("server", "--endpoint=tcpx:9000", "--echo"), "bad inner endpoint"),
+            (("server", "--endpoint=tcp:9000", "--local=tcp:port"), "--local"),
+            (("client", "--endpoint=tcp:h:1"), "needs --local or --forward"),
+            (("client", "--endpoint=tcp:h:1", "--local=tcp:1", "--retryMax=0"), "--retryMax"),
+            (("client", "--endpoint=tcp:h:1", "--forward=nope:1"), "--forward"),
+            (("server", "--endpoint=tcp:9000", "--echo", "--nosuch"), "nosuch"),
+        ]
+        for argv, fault in cases:
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(fault, str(e), argv)
+
+    def test_makeServiceServer(self):
+        """
+        The server role is a MultiService with the multiplexed listener and
+        the reverse-tunnel listener.
+        """
+        options = parse("server", "--endpoint=tcp:9000", "--echo", "--local=tcp:9001")
+        top = tap.makeService(options, reactor)
+        self.assertTrue(IService.providedBy(top))
+        services = list(top)
+        self.assertEqual(len(services), 2)
+        self.assertIsInstance(services[0].endpoint, MultiplexedServerEndpoint)
+        self.assertIsInstance(top.streams, EchoFactory)
+
+    def test_makeServiceClient(self):
+        """
+        The client role connects through a MultiplexedClientEndpoint whose
+        child factory forwards streams the server opens.
+        """
+        options = parse("client", "--endpoint=tcp:localhost:9000",
+                        "--forward=tcp:localhost:22", "--local=tcp:9002")
+        top = tap.makeService(options, reactor)
+        services = list(top)
+        self.assertIsInstance(services[0].endpoint, MultiplexedClientEndpoint)
+        self.assertIs(services[0].endpoint.childFactory, top.streams)
+
+
+class Twistd(ProcessProtocol):
+    """
+    A C{twistd -n muxframe ...} child process; output is collected.
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.output = []
+        self.ended = Deferred()
+        self.exitCode = None
+        self.running = True
+
+    def outReceived(self, data):
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.running = False
+        self.exitCode = reason.value.exitCode
+        self.signal = reason.value.signal
+        self.ended.callback(self.exitCode)
+
+    def text(self):
+        return b"".join(self.output).decode("utf-8", "replace")
+
+
+def spawnTwistd(testCase, name, *args, cwd=None):
+    """
+    Start C{twistd -n muxframe ARGS} in a temporary directory; the test's
+    cleanup kills it if it still runs.
+    """
+    cwd = cwd or testCase.mktemp()
+    os.makedirs(cwd, exist_ok=True)
+    process = Twistd(name)
+    argv = tap.twistdCommand("-n", "--pidfile=", "--logfile=-", "muxframe", *args)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process.transport = reactor.spawnProcess(process, argv[0], argv, env=env, path=cwd)
+
+    def kill():
+        if process.running:
+            try:
+                process.transport.signalProcess("KILL")
+            except Exception:
+                pass
+            return process.ended
+
+    testCase.addCleanup(kill)
+    return process
+
+
+@inlineCallbacks
+def waitForPort(port, *processes, seconds=20.0):
+    """
+    Wait until something accepts connections on 127.0.0.1:C{port}; fail
+    (with the processes' output) if that takes too long or one exits.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        for process in processes:
+            if not process.running:
+                raise AssertionError("%s exited (%s):\n%s"
+                                     % (process.name, process.exitCode, process.text()))
+        try:
+            protocol = yield connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2), Protocol())
+        except Exception:
+            if time.monotonic() > deadline:
+                raise AssertionError("nothing listens on port %d:\n%s" % (
+                    port, "\n".join(p.text() for p in processes)))
+            yield deferLater(reactor, 0.1)
+        else:
+            protocol.transport.abortConnection()
+            return
+
+
+def assertStoppedCleanly(testCase, process):
+    """
+    The process shut down after SIGTERM: twistd logged its shutdown and
+    either exited 0 or re-raised SIGTERM (as twistd does after a signal).
+    """
+    text = process.text()
+    testCase.assertIn("Server Shut Down.", text)
+    testCase.assertNotIn("Traceback", text)
+    testCase.assertTrue(
+        process.exitCode == 0 or process.signal == signal.SIGTERM,
+        "%s ended with %r/%r" % (process.name, process.exitCode, process.signal))
+
+
+class Exchanger(Protocol):
+    """
+    A TCP client that sends C{size} bytes made from C{seed} and expects the
+    peer's answer made from C{seed + 1} (a L{Answerer}), both verified.
+    """
+
+    def __init__(self, seed, size):
+        self.outgoing = random.Random(seed).randbytes(size)
+        self.expected = random.Random(seed + 1).randbytes(size)
+        self.received = []
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.outgoing)
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.received) == self.expected)
+
+
+class Answerer(Protocol):
+    """
+    The target of an L{Exchanger}: reads the seed line, checks the data,
+    answers with the data for C{seed + 1}, then closes.
+    """
+
+    def connectionMade(self):
+        self.buffer = []
+        self.size = 0
+
+    def dataReceived(self, data):
+        self.buffer.append(data)
+        self.size += len(data)
+        if self.size >= self.factory.size:
+            data = b"".join(self.buffer)
+            seed = self.factory.seeds.get(data[:64])
+            if seed is None or random.Random(seed).randbytes(self.factory.size) != data:
+                self.factory.bad += 1
+                self.transport.abortConnection()
+                return
+            self.factory.good += 1
+            self.transport.write(random.Random(seed + 1).randbytes(self.factory.size))
+            self.transport.loseConnection()
+
+
+def answererFactory(seeds, size):
+    factory = Factory.forProtocol(Answerer)
+    factory.size = size
+    factory.seeds = {random.Random(seed).randbytes(size)[:64]: seed for seed in seeds}
+    factory.good = factory.bad = 0
+    return factory
+
+
+class TwistdTests(TestCase):
+    """
+    C{twistd -n muxframe} as real processes on 127.0.0.1.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_usageErrorExits(self):
+        """
+        Bad options stop twistd with a non-zero exit and the fault named.
+        """
+        process = spawnTwistd(self, "server", "server", "--endpoint=tcp:1", "--echo",
+                              "--maxStreams=zero")
+        code = yield process.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("maxStreams", process.text())
+
+    @inlineCallbacks
+    def test_addressInUse(self):
+        """
+        A port already in use stops twistd with a non-zero exit and a clear
+        one-line message.
+        """
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        process = spawnTwistd(self, "server", "server",
+                              "--endpoint=tcp:%d:interface=127.0.0.1" % (number,), "--echo")
+        code = yield process.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("muxframe: cannot listen on mio:tcp:%d" % (number,), process.text())
+        self.assertIn("Address already in use", process.text())
+
+    @inlineCallbacks
+    def test_echoThroughForwardTunnelAndSigterm(self):
+        """
+        A client's forward tunnel reaches an echo server; the logs name the
+        stream and peer.  On SIGTERM the server stops accepting, lets the
+        open stream finish, then exits 0 after the drain deadline.
+        """
+        muxPort, localPort = freePort(), freePort()
+        server = spawnTwistd(self, "server", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
+                             % (muxPort,), "--echo", "--drainTimeout=3")
+        yield waitForPort(muxPort, server)
+        client = spawnTwistd(self, "client", "client", "--endpoint=tcp:127.0.0.1:%d"
+                             % (muxPort,), "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
+                             "--retryMax=1")
+        yield waitForPort(localPort, client)
+        local = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
+        first = TCPClient(b"hello muxframe" * 1000)
+        yield connectProtocol(local, first)
+        data, reason = yield first.done
+        self.assertEqual(data, b"hello muxframe" * 1000)
+        self.assertTrue(reason.check(ConnectionDone))
+        self.assertIn("forward tunnel: 127.0.0.1:", client.text())
+        self.assertIn("spliced to 127.0.0.1:%d#" % (muxPort,), client.text())
+
+        # An open stream while the server is told to stop.
+        holder = Exchanger(1, 0)
+        holder.received = []
+        yield connectProtocol(local, holder)
+        holder.transport.write(b"before ")
+        for _ in range(200):
+            if holder.received:
+                break
+            yield deferLater(reactor, 0.02)
+        started = time.monotonic()
+        server.transport.signalProcess("TERM")
+        yield deferLater(reactor, 0.5)
+        self.assertTrue(server.running)
+        # New multiplexed connections are no longer accepted ...
+        refused = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", muxPort), Protocol()).addErrback(
+                lambda f: f.trap(ConnectionRefusedError) and None)
+        self.assertIsNone(refused, "the server still accepts connections")
+        # ... but the open stream still works until the deadline.
+        holder.transport.write(b"after")
+        for _ in range(200):
+            if b"".join(holder.received) == b"before after":
+                break
+            yield deferLater(reactor, 0.02)
+        self.assertEqual(b"".join(holder.received), b"before after")
+        yield server.ended
+        elapsed = time.monotonic() - started
+        assertStoppedCleanly(self, server)
+        self.assertGreater(elapsed, 2.5)
+        self.assertLess(elapsed, 15)
+        yield holder.done  # the tunneled connection is closed, not left open
+        self.assertIn("drain deadline passed", server.text())
+        client.transport.signalProcess("TERM")
+        yield client.ended
+        assertStoppedCleanly(self, client)
