@@ -101,6 +101,23 @@ class Flags(IntFlag):
 KNOWN_FLAGS = 0x01FF
 
 
+class F:
+    """
+    Plain-int copies of L{Flags} for hot paths, where IntFlag arithmetic
+    would cost more than the cryptography.
+    """
+
+    ENCRYPTED = 0x0001
+    COMPRESSED = 0x0002
+    PRIORITY_HIGH = 0x0004
+    REQUIRES_ACK = 0x0008
+    FRAGMENTED = 0x0010
+    LAST_FRAGMENT = 0x0020
+    STREAM_DATA = 0x0040
+    EMERGENCY = 0x0080
+    RESPONSE = 0x0100
+
+
 class Cipher(IntEnum):
     """
     The security layer's cipher byte.  C{NONE} never appears in a security

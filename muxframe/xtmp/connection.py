@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import (
-    CONTROL_TYPES, Cipher, Decoder, Flags, MessageType, encodePlain,
+    CONTROL_TYPES, Cipher, Decoder, F, MessageType, encodePlain,
 )
 from muxframe.xtmp.errors import (
     DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
@@ -92,6 +92,14 @@ class HandshakeCompleted(Event):
 
 class MessageReceived(Event):
     """C{message}: an application L{Message}."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+    def __repr__(self):
+        return "<MessageReceived %r>" % (self.message,)
 
 
 class ResponseReceived(Event):
@@ -181,30 +189,37 @@ class XTMPConnection:
         return self._queuedBytes + unacked
 
     def sendMessage(self, type, data, flags=0, requestSequence=None,
-                    streamName=None, request=None, now=0.0):
+                    streamName=None, request=None, now=0.0, immediate=False):
         """
-        Queue an application message; it leaves in priority order.
+        Queue an application message; it leaves in priority order.  With
+        C{immediate}, and nothing already queued, it is encoded at once
+        (the next L{dataToSend} returns it) instead of queued: the hot path
+        when the transport is accepting writes.
 
         @raise SendQueueFull: the buffers would exceed C{maxQueuedBytes}.
         @raise SessionNotReady: the session is closed.
         """
         if self.state == CLOSED:
             raise SessionNotReady("the session is closed")
-        m = OutgoingMessage(type, flags & ~(Flags.REQUIRES_ACK
-                                            | Flags.STREAM_DATA
-                                            | Flags.RESPONSE),
+        m = OutgoingMessage(type, flags & ~(F.REQUIRES_ACK
+                                            | F.STREAM_DATA
+                                            | F.RESPONSE),
                             data, requestSequence, None, streamName, request)
         if self.bufferedBytes + m.size > self.settings.maxQueuedBytes:
             raise SendQueueFull("send buffers hold %d bytes, limit %d"
                                 % (self.bufferedBytes,
                                    self.settings.maxQueuedBytes))
-        if flags & Flags.REQUIRES_ACK:
+        if flags & F.REQUIRES_ACK:
             if self.resumption is None:
                 self.resumption = ResumptionState()
             self.resumption.assign(m)
-        self._enqueue(m)
         if type not in CONTROL_TYPES:
             self.lastActivity = now
+        q = self._queues
+        if immediate and self.state == OPEN and not (q[0] or q[1] or q[2]):
+            self._encode(m, self._out)
+        else:
+            self._enqueue(m)
         return m
 
     def _enqueue(self, m, front=False):
@@ -226,11 +241,11 @@ class XTMPConnection:
                 and type != MessageType.KeyUpdate):
             self._keyUpdate()
             key = self.sendKey
-        return key.seal(type, flags | Flags.ENCRYPTED, self.sessionId, body)
+        return key.seal(type, flags | F.ENCRYPTED, self.sessionId, body)
 
     def _keyUpdate(self):
         key = self.sendKey
-        self._out.append(key.seal(MessageType.KeyUpdate, Flags.ENCRYPTED,
+        self._out.append(key.seal(MessageType.KeyUpdate, F.ENCRYPTED,
                                   self.sessionId,
                                   codec.encodeU32(key.epoch + 1)))
         self.sendKey = key.updated(key.createdAt)
@@ -241,7 +256,7 @@ class XTMPConnection:
         """
         if requestSequence is not None:
             payload = codec.encodeU64(requestSequence) + payload
-            flags = Flags.RESPONSE
+            flags = F.RESPONSE
         else:
             flags = 0
         self._out.append(self._seal(type, flags, payload))
@@ -256,9 +271,9 @@ class XTMPConnection:
             seq = None
             last = len(body) - size
             for pos in range(0, len(body), size):
-                f = flags | Flags.FRAGMENTED
+                f = flags | F.FRAGMENTED
                 if pos >= last:
-                    f |= Flags.LAST_FRAGMENT
+                    f |= F.LAST_FRAGMENT
                 if seq is None:
                     seq = self._nextSequence()
                 out.append(self._seal(m.type, f, body[pos:pos + size]))
@@ -401,7 +416,7 @@ class XTMPConnection:
     def _frame(self, frame, now, events):
         key = self.receiveKey
         if key is None:
-            if frame.flags & Flags.ENCRYPTED:
+            if frame.flags & F.ENCRYPTED:
                 raise DowngradeDetected("encrypted message in a plaintext "
                                         "session")
             if frame.sessionId != self.sessionId:
@@ -413,7 +428,7 @@ class XTMPConnection:
             self._plainReceive += 1
             body = frame.payload
         else:
-            if not frame.flags & Flags.ENCRYPTED:
+            if not frame.flags & F.ENCRYPTED:
                 raise DowngradeDetected("unencrypted message type %#x in an "
                                         "encrypted session" % (frame.type,))
             pending = self._pendingReceiveKey
@@ -421,15 +436,15 @@ class XTMPConnection:
                 self.receiveKey = key = pending
                 self._pendingReceiveKey = None
             body = openFrame(key, frame, self.sessionId)
-        flags = frame.flags & ~Flags.ENCRYPTED
+        flags = frame.flags & ~F.ENCRYPTED
         seq = frame.sequence
         mtype = frame.type
-        if flags & Flags.FRAGMENTED:
+        if flags & F.FRAGMENTED:
             done = self._reassembler.add(mtype, flags, seq, body)
             if done is None:
                 return
             mtype, flags, seq, body = done
-            flags &= ~Flags.FRAGMENTED
+            flags &= ~F.FRAGMENTED
         elif self._reassembler.active and mtype not in CONTROL_TYPES:
             raise MalformedMessage("message between the fragments of "
                                    "another")
@@ -452,7 +467,7 @@ class XTMPConnection:
                     events.append(ResponseReceived(request=request,
                                                    message=message))
                     return
-            events.append(MessageReceived(message=message))
+            events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
             pass
         elif t == MessageType.Ack:

@@ -16,7 +16,7 @@ which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
 """
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -307,9 +307,21 @@ class XTMPProtocol(Protocol):
         if message.requestSequence is not None:
             handler(self, message)
             return
-        d = maybeDeferred(handler, self, message)
-        d.addCallbacks(self._handlerDone, self._handlerFailed,
-                       callbackArgs=(message,), errbackArgs=(message,))
+        # Called directly, not through maybeDeferred: a Deferred per
+        # message would cost more than decrypting it.
+        try:
+            result = handler(self, message)
+        except Exception:
+            self._handlerFailed(Failure(), message)
+            return
+        if result is None:
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._handlerDone, self._handlerFailed,
+                                callbackArgs=(message,),
+                                errbackArgs=(message,))
+        else:
+            self._handlerDone(result, message)
 
     def _handlerDone(self, result, message):
         if result is not None and self.connection.state == OPEN:
@@ -392,12 +404,15 @@ class XTMPProtocol(Protocol):
         conn = self.connection
         if conn is None or self._lost:
             raise SessionNotReady("the session is not connected")
-        conn.sendMessage(messageType, payload, flags, requestSequence,
-                         streamName, request, self.reactor.seconds())
-        if not self._transportPaused:
-            self._flush()
-        else:
+        if self._transportPaused:
+            conn.sendMessage(messageType, payload, flags, requestSequence,
+                             streamName, request, self.reactor.seconds())
             self._checkBackpressure()
+        else:
+            conn.sendMessage(messageType, payload, flags, requestSequence,
+                             streamName, request, self.reactor.seconds(),
+                             True)
+            self._flush()
 
     def respond(self, message, payload, messageType=None, flags=0):
         """

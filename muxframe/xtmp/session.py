@@ -20,7 +20,7 @@ import struct
 import zlib
 from collections import OrderedDict
 
-from muxframe.xtmp.codec import Flags, decodeName, encodeName
+from muxframe.xtmp.codec import F, decodeName, encodeName
 from muxframe.xtmp.errors import MalformedMessage, MessageTooLarge
 
 _U64 = struct.Struct(">Q")
@@ -29,18 +29,18 @@ _U64 = struct.Struct(">Q")
 EMERGENCY, HIGH, NORMAL = 0, 1, 2
 
 #: Flags an application may set on a message it sends.
-APPLICATION_FLAGS = (Flags.PRIORITY_HIGH | Flags.REQUIRES_ACK
-                     | Flags.STREAM_DATA | Flags.EMERGENCY | Flags.RESPONSE
-                     | Flags.COMPRESSED)
+APPLICATION_FLAGS = (F.PRIORITY_HIGH | F.REQUIRES_ACK
+                     | F.STREAM_DATA | F.EMERGENCY | F.RESPONSE
+                     | F.COMPRESSED)
 
 
 def priorityOf(flags):
     """
     The priority class of a message with C{flags}.
     """
-    if flags & Flags.EMERGENCY:
+    if flags & F.EMERGENCY:
         return EMERGENCY
-    if flags & Flags.PRIORITY_HIGH:
+    if flags & F.PRIORITY_HIGH:
         return HIGH
     return NORMAL
 
@@ -75,25 +75,25 @@ class OutgoingMessage:
 
         @return: C{(flags, body)}.
         """
-        flags = self.flags & ~Flags.COMPRESSED
+        flags = self.flags & ~F.COMPRESSED
         parts = []
         if self.requestSequence is not None:
-            flags |= Flags.RESPONSE
+            flags |= F.RESPONSE
             parts.append(_U64.pack(self.requestSequence))
         if self.deliveryId is not None:
-            flags |= Flags.REQUIRES_ACK
+            flags |= F.REQUIRES_ACK
             parts.append(_U64.pack(self.deliveryId))
         if self.streamName is not None:
-            flags |= Flags.STREAM_DATA
+            flags |= F.STREAM_DATA
             parts.append(encodeName(self.streamName))
         data = self.data
-        if (self.flags & Flags.COMPRESSED or
+        if (self.flags & F.COMPRESSED or
                 (compressThreshold is not None
                  and len(data) >= compressThreshold)):
             packed = zlib.compress(data)
             if len(packed) < len(data):
                 data = packed
-                flags |= Flags.COMPRESSED
+                flags |= F.COMPRESSED
         if not parts:
             return flags, data
         parts.append(data)
@@ -141,18 +141,18 @@ def parseBody(type, flags, body, sequence, maxSize):
     pos = 0
     requestSequence = deliveryId = name = None
     try:
-        if flags & Flags.RESPONSE:
+        if flags & F.RESPONSE:
             (requestSequence,) = _U64.unpack_from(body, pos)
             pos += 8
-        if flags & Flags.REQUIRES_ACK:
+        if flags & F.REQUIRES_ACK:
             (deliveryId,) = _U64.unpack_from(body, pos)
             pos += 8
     except struct.error:
         raise MalformedMessage("body shorter than its prefixes")
-    if flags & Flags.STREAM_DATA:
+    if flags & F.STREAM_DATA:
         name, pos = decodeName(body, pos)
     data = body[pos:] if pos else body
-    if flags & Flags.COMPRESSED:
+    if flags & F.COMPRESSED:
         d = zlib.decompressobj()
         try:
             data = d.decompress(data, maxSize + 1)
@@ -163,7 +163,7 @@ def parseBody(type, flags, body, sequence, maxSize):
                                   % (maxSize,))
         if not d.eof:
             raise MalformedMessage("truncated compressed payload")
-    return Message(type, flags & ~(Flags.FRAGMENTED | Flags.LAST_FRAGMENT),
+    return Message(type, flags & ~(F.FRAGMENTED | F.LAST_FRAGMENT),
                    data, sequence, requestSequence, deliveryId, name)
 
 
@@ -205,8 +205,8 @@ class Reassembler:
             self._parts = []
             self._size = 0
             self.type, self.sequence = type, sequence
-            self.flags = flags & ~Flags.LAST_FRAGMENT
-        elif type != self.type or (flags & ~Flags.LAST_FRAGMENT) != self.flags:
+            self.flags = flags & ~F.LAST_FRAGMENT
+        elif type != self.type or (flags & ~F.LAST_FRAGMENT) != self.flags:
             raise MalformedMessage("fragment type or flags differ from the "
                                    "first fragment's")
         if self._size + len(chunk) > self.maxSize:
@@ -214,7 +214,7 @@ class Reassembler:
                                   % (self.maxSize,))
         self._size += len(chunk)
         self._parts.append(chunk)
-        if not flags & Flags.LAST_FRAGMENT:
+        if not flags & F.LAST_FRAGMENT:
             return None
         body = b"".join(self._parts)
         self._parts = None

@@ -1,0 +1,319 @@
+"""
+XTMP benchmarks, each beside a baseline measured in the same run:
+
+  1. encrypted 64-byte messages per second over one loopback TCP
+     connection (target >= 100,000/s), against Int32StringReceiver sending
+     the same 64-byte strings;
+  2. the sans-IO engine alone (seal + decode + open, no sockets);
+  3. handshake CPU time per side (target <= 1 ms), against nothing (there
+     is no baseline handshake; X25519 alone is printed for scale);
+  4. memory per idle session, against an idle Int32StringReceiver pair.
+
+Usage:  python bench/bench_xtmp.py [--messages N] [--sessions N] [--json]
+Benchmarks live here, not in tests: no test asserts a timing.
+"""
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                ".."))
+
+from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: E402
+from twisted.internet.protocol import Factory  # noqa: E402
+from twisted.protocols.basic import Int32StringReceiver  # noqa: E402
+from twisted.test.iosim import connect, makeFakeClient, makeFakeServer  # noqa
+
+from muxframe.xtmp import (  # noqa: E402
+    Identity, XTMPClientFactory, XTMPServerFactory,
+)
+from muxframe.xtmp.codec import Decoder  # noqa: E402
+from muxframe.xtmp.connection import Settings, XTMPConnection  # noqa: E402
+from muxframe.xtmp.handshake import ClientHandshake, ServerHandshake  # noqa
+from muxframe.xtmp.keys import TrafficKey, openFrame  # noqa: E402
+
+PAYLOAD = b"x" * 64
+BATCH = 2000
+SERVER = Identity.generate()
+CLIENT = Identity.generate()
+
+
+# -- 1. throughput over loopback TCP ---------------------------------------
+
+def _runTCP(reactor, serverFactory, connectAndSend, n):
+    """
+    Listen on 127.0.0.1, run the sender, and return seconds from the first
+    send to the n-th message received.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import (
+        TCP4ClientEndpoint, TCP4ServerEndpoint,
+    )
+    done = Deferred()
+    state = {"count": 0, "start": None}
+
+    def received():
+        state["count"] += 1
+        if state["count"] == n:
+            done.callback(time.perf_counter() - state["start"])
+
+    serverFactory.onMessage = received
+    port = []
+
+    def listening(p):
+        port.append(p)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", p.getHost().port)
+        return connectAndSend(endpoint, state)
+
+    d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        serverFactory)
+    d.addCallback(listening)
+    d.addErrback(done.errback)
+
+    def cleanup(result):
+        for p in port:
+            p.stopListening()
+        return result
+
+    return done.addBoth(cleanup)
+
+
+def _pump(reactor, send, n, state, onDone=None):
+    """
+    Send n messages in batches, yielding to the reactor between batches so
+    the receiver runs.
+    """
+    state["start"] = time.perf_counter()
+    sent = [0]
+
+    def batch():
+        k = min(BATCH, n - sent[0])
+        for _ in range(k):
+            send(PAYLOAD)
+        sent[0] += k
+        if sent[0] < n:
+            reactor.callLater(0, batch)
+
+    batch()
+
+
+class _BaselineServer(Int32StringReceiver):
+    def stringReceived(self, data):
+        self.factory.onMessage()
+
+
+def baselineThroughput(reactor, n):
+    """
+    Int32StringReceiver, 64-byte strings, one loopback connection.
+    """
+    sf = Factory.forProtocol(_BaselineServer)
+    sf.onMessage = None
+
+    def connectAndSend(endpoint, state):
+        from twisted.internet.endpoints import connectProtocol
+        d = connectProtocol(endpoint, Int32StringReceiver())
+
+        def go(proto):
+            _pump(reactor, proto.sendString, n, state)
+            reactor.callLater(30, proto.transport.loseConnection)
+            return proto
+
+        return d.addCallback(go)
+
+    return _runTCP(reactor, sf, connectAndSend, n)
+
+
+def xtmpThroughput(reactor, n, cipher=None):
+    """
+    Encrypted XTMP, 64-byte messages, one loopback connection.
+    """
+    from muxframe.xtmp import connectXTMP
+    from muxframe.xtmp.codec import Cipher
+    ciphers = (cipher,) if cipher else (Cipher.AES_256_GCM,)
+    sf = XTMPServerFactory(SERVER, authorizedKeys=[CLIENT.public],
+                           ciphers=ciphers)
+    sf.setHandler(0x10, lambda p, m: sf.onMessage())
+    cf = XTMPClientFactory(serverKey=SERVER.public, identity=CLIENT,
+                           ciphers=ciphers)
+
+    def connectAndSend(endpoint, state):
+        def go(proto):
+            _pump(reactor, lambda data: proto.send(0x10, data), n, state)
+            reactor.callLater(30, proto.disconnect)
+            return proto
+
+        return connectXTMP(endpoint, cf).addCallback(go)
+
+    return _runTCP(reactor, sf, connectAndSend, n)
+
+
+# -- 2. the engine alone ---------------------------------------------------
+
+def engineThroughput(n):
+    """
+    Messages per second through seal, decode and open, no I/O.
+    """
+    send = TrafficKey(1, b"k" * 32, b"i" * 12)
+    receive = TrafficKey(1, b"k" * 32, b"i" * 12)
+    decoder = Decoder()
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        k = min(BATCH, n - done)
+        wire = b"".join([send.seal(0x10, 1, 7, PAYLOAD) for _ in range(k)])
+        for frame in decoder.feed(wire):
+            openFrame(receive, frame, 7)
+        done += k
+    return n / (time.perf_counter() - start)
+
+
+# -- 3. handshake CPU ------------------------------------------------------
+
+def handshakeCPU(rounds):
+    """
+    Mean CPU seconds per handshake for each side (sans-IO, no sockets).
+    """
+    clientCPU = serverCPU = 0.0
+    clock = time.process_time
+    for _ in range(rounds):
+        t0 = clock()
+        c = XTMPConnection(ClientHandshake(serverKey=SERVER.public,
+                                           identity=CLIENT), Settings())
+        c.initiate()
+        hello = c.dataToSend()
+        t1 = clock()
+        s = XTMPConnection(ServerHandshake(SERVER,
+                                           authorizedKeys=[CLIENT.public]),
+                           Settings())
+        s.receiveData(hello)
+        flight = s.dataToSend()
+        t2 = clock()
+        c.receiveData(flight)
+        auth = c.dataToSend()
+        t3 = clock()
+        s.receiveData(auth)
+        t4 = clock()
+        assert s.state == c.state == "OPEN"
+        clientCPU += (t1 - t0) + (t3 - t2)
+        serverCPU += (t2 - t1) + (t4 - t3)
+    t0 = clock()
+    for _ in range(rounds):
+        x25519.X25519PrivateKey.generate().exchange(
+            x25519.X25519PrivateKey.generate().public_key())
+    x = (clock() - t0) / rounds
+    return clientCPU / rounds, serverCPU / rounds, x
+
+
+# -- 4. memory per idle session --------------------------------------------
+
+def _memory(makePair, n):
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    keep = [makePair() for _ in range(n)]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del keep
+    return (after - before) / n / 2  # per side
+
+
+def memoryPerSession(n):
+    """
+    Bytes per idle session (one side), XTMP against Int32StringReceiver,
+    both connected in memory.
+    """
+    from twisted.internet.task import Clock
+    clock = Clock()
+    sf = XTMPServerFactory(SERVER, authorizedKeys=[CLIENT.public],
+                           reactor=clock)
+    cf = XTMPClientFactory(serverKey=SERVER.public, identity=CLIENT,
+                           reactor=clock)
+
+    def xtmpPair():
+        c, s = cf.buildProtocol(None), sf.buildProtocol(None)
+        pump = connect(s, makeFakeServer(s), c, makeFakeClient(c),
+                       clock=clock)
+        assert c.connection.state == "OPEN"
+        return c, s, pump
+
+    def baselinePair():
+        c, s = Int32StringReceiver(), Int32StringReceiver()
+        return c, s, connect(s, makeFakeServer(s), c, makeFakeClient(c))
+
+    return _memory(xtmpPair, n), _memory(baselinePair, n)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--messages", type=int, default=200000)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--handshakes", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import inlineCallbacks
+    results = {}
+
+    @inlineCallbacks
+    def tcp():
+        try:
+            base = yield baselineThroughput(reactor, args.messages)
+            xtmp = yield xtmpThroughput(reactor, args.messages)
+            from muxframe.xtmp.codec import Cipher
+            chacha = yield xtmpThroughput(reactor, args.messages,
+                                          Cipher.CHACHA20_POLY1305)
+            results["baseline_msgs_per_s"] = args.messages / base
+            results["xtmp_aesgcm_msgs_per_s"] = args.messages / xtmp
+            results["xtmp_chacha_msgs_per_s"] = args.messages / chacha
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(tcp)
+    reactor.run()
+    results["engine_msgs_per_s"] = engineThroughput(args.messages)
+    client, server, x = handshakeCPU(args.handshakes)
+    results["handshake_cpu_ms_client"] = client * 1e3
+    results["handshake_cpu_ms_server"] = server * 1e3
+    results["x25519_exchange_ms"] = x * 1e3
+    xm, bm = memoryPerSession(args.sessions)
+    results["idle_session_bytes_xtmp"] = xm
+    results["idle_session_bytes_baseline"] = bm
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return results
+    r = results
+    print("XTMP benchmark (%d messages of 64 bytes, %d sessions, %d "
+          "handshakes)" % (args.messages, args.sessions, args.handshakes))
+    print("%-44s %14s %14s %8s" % ("measure", "xtmp", "baseline", "ratio"))
+    rows = [
+        ("msgs/s, loopback TCP, AES-256-GCM (>=100k)",
+         r["xtmp_aesgcm_msgs_per_s"], r["baseline_msgs_per_s"]),
+        ("msgs/s, loopback TCP, ChaCha20-Poly1305",
+         r["xtmp_chacha_msgs_per_s"], r["baseline_msgs_per_s"]),
+        ("msgs/s, sans-IO engine only (seal+open)",
+         r["engine_msgs_per_s"], r["baseline_msgs_per_s"]),
+        ("handshake CPU ms, client (<=1)",
+         r["handshake_cpu_ms_client"], r["x25519_exchange_ms"]),
+        ("handshake CPU ms, server (<=1)",
+         r["handshake_cpu_ms_server"], r["x25519_exchange_ms"]),
+        ("bytes per idle session (one side)",
+         r["idle_session_bytes_xtmp"], r["idle_session_bytes_baseline"]),
+    ]
+    for name, value, base in rows:
+        print("%-44s %14.1f %14.1f %8.2f" % (name, value, base,
+                                            value / base if base else 0))
+    print("(baseline: Int32StringReceiver for throughput and memory; one "
+          "X25519 exchange for handshake scale)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
