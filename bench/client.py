@@ -19,18 +19,64 @@ from bench.common import emit
 from bench.scenarios import Context
 
 
+async def _runOnce(reactor, module, ctx, index, kind="run"):
+    try:
+        result = await module.run(reactor, ctx)
+    except Exception as error:
+        emit("error", index=index, error="%s: %s" % (type(error).__name__, error),
+             traceback=traceback.format_exc()[-2000:])
+        return
+    emit(kind, index=index, result=result)
+
+
 async def _main(reactor, args):
     module = importlib.import_module("bench.scenarios." + args.scenario)
     ctx = Context(args.kind, args.framing, args.port, json.loads(args.settings),
                   json.loads(args.params), args.tls)
+    if args.serve:
+        await _serve(reactor, module, ctx)
+        return
     for index in range(args.runs):
-        try:
-            result = await module.run(reactor, ctx)
-        except Exception as error:
-            emit("error", index=index, error="%s: %s" % (type(error).__name__, error),
-                 traceback=traceback.format_exc()[-2000:])
-            continue
-        emit("run", index=index, result=result)
+        await _runOnce(reactor, module, ctx, index)
+
+
+async def _serve(reactor, module, ctx):
+    """
+    Take commands from stdin, one a line: C{run INDEX}, C{warmup JSON}
+    (one unreported run with these params), C{quit}.  L{bench.run} drives
+    the clients of one scenario round-robin this way, so baseline and
+    muxframe runs interleave and share any drift of the machine's load.
+    """
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineOnlyReceiver
+
+    commands = defer.DeferredQueue()
+
+    class Commands(LineOnlyReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line):
+            commands.put(line.decode().strip())
+
+        def connectionLost(self, reason):
+            commands.put("quit")
+
+    stdio.StandardIO(Commands())
+    emit("ready")
+    while True:
+        command = await commands.get()
+        word, _, rest = command.partition(" ")
+        if word == "run":
+            await _runOnce(reactor, module, ctx, int(rest or 0))
+        elif word == "warmup":
+            saved = ctx.params
+            ctx.params = dict(saved, **json.loads(rest))
+            try:
+                await _runOnce(reactor, module, ctx, -1, kind="warm")
+            finally:
+                ctx.params = saved
+        else:
+            return
 
 
 def main(argv=None):
@@ -43,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--params", default="{}")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--tls", default=None)
+    parser.add_argument("--serve", action="store_true",
+                        help="run on commands from stdin (see _serve)")
     parser.add_argument("--profile", default=None,
                         help="write a cProfile of the runs to this path")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ import atexit
 import json
 import os
 import platform
-import selectors
+import select
 import shutil
 import signal
 import statistics
@@ -207,19 +207,30 @@ def _onSignal(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _spawn(args, stderrPath):
+def _spawn(args, stderrPath, stdin=False):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONHASHSEED", "0")
     proc = subprocess.Popen(
-        [sys.executable, "-u"] + args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=open(stderrPath, "wb"), text=True, bufsize=1,
+        [sys.executable, "-u"] + args, cwd=ROOT, env=env,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=open(stderrPath, "wb"),
     )
     _children.append(proc)
+    proc.reader = LineReader(proc)
     return proc
 
 
 def _stop(proc):
+    if proc.stdin is not None:
+        try:
+            proc.stdin.write(b"quit\n")
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -231,32 +242,37 @@ def _stop(proc):
         _children.remove(proc)
 
 
-def _lines(proc, deadline):
+class LineReader:
     """
-    Yield JSON objects from C{proc}'s stdout until it ends or C{deadline}.
+    Read the JSON lines a child process reports, with a deadline.
     """
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    try:
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+
+    def next(self, deadline):
+        """
+        Return the next JSON message, or C{None} at end of output.
+
+        @raise TimeoutError: nothing came before C{deadline}.
+        """
         while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                if line.startswith(b"{"):
+                    return json.loads(line)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no answer within the deadline")
-            if not selector.select(timeout=min(left, 1.0)):
-                if proc.poll() is not None:
-                    rest = proc.stdout.read()
-                    for line in rest.splitlines():
-                        if line.startswith("{"):
-                            yield json.loads(line)
-                    return
+            ready, _, _ = select.select([self.fd], [], [], min(left, 1.0))
+            if not ready:
                 continue
-            line = proc.stdout.readline()
-            if not line:
-                return
-            if line.startswith("{"):
-                yield json.loads(line)
-    finally:
-        selector.close()
+            data = os.read(self.fd, 65536)
+            if not data:
+                return None
+            self.buffer += data
 
 
 def _tail(path, limit=1500):
@@ -267,13 +283,35 @@ def _tail(path, limit=1500):
         return ""
 
 
+class Live:
+    """
+    The server and client processes of one job.
+    """
+
+    def __init__(self, job, server, client, clientLog):
+        self.job = job
+        self.server = server
+        self.client = client
+        self.clientLog = clientLog
+
+
 class Runner:
-    def __init__(self, jobs, timeout, tlsDir, logDir, profileDir=None):
+    """
+    Run the jobs scenario by scenario.  The jobs of one scenario (muxframe
+    in each framing and its baseline) each keep a server and a client
+    process, and their runs interleave round-robin (after one unreported
+    warm-up run each, in the full suite), so a change in the machine's load
+    hits baseline and muxframe alike.  Idle-memory runs get fresh processes
+    every run.
+    """
+
+    def __init__(self, jobs, timeout, tlsDir, logDir, profileDir=None, warmup=None):
         self.jobs = jobs
         self.timeout = timeout
         self.tlsDir = tlsDir
         self.logDir = logDir
         self.profileDir = profileDir
+        self.warmup = warmup
         self.total = sum(job.runs for job in jobs)
         self.done = 0
         self.started = time.monotonic()
@@ -287,66 +325,125 @@ class Runner:
         print(line, flush=True)
 
     def runAll(self):
+        groups = {}
         for job in self.jobs:
-            if job.fresh:
-                for index in range(job.runs):
-                    self.runJob(job, 1, index)
-            else:
-                self.runJob(job, job.runs, 0)
+            groups.setdefault(job.scenario, []).append(job)
+        for scenario, jobs in groups.items():
+            for job in jobs:
+                if job.fresh:
+                    for index in range(job.runs):
+                        self.runInterleaved([job], index, serve=False)
+            others = [job for job in jobs if not job.fresh]
+            if others:
+                self.runInterleaved(others)
 
-    def runJob(self, job, runs, firstIndex):
-        safe = job.key.replace("/", "_").replace("=", "")
-        serverLog = os.path.join(self.logDir, safe + ".server.log")
-        clientLog = os.path.join(self.logDir, safe + ".client.log")
+    def _start(self, job, serve, first):
+        safe = job.key.replace("/", "_").replace("=", "").replace("+", "_")
+        suffix = "" if serve else ".%d" % first
+        serverLog = os.path.join(self.logDir, safe + suffix + ".server.log")
+        clientLog = os.path.join(self.logDir, safe + suffix + ".client.log")
         serverArgs = ["-m", "bench.server", "--kind", job.kind, "--framing", job.framing,
                       "--role", _serverRole(job), "--settings", json.dumps(job.settings)]
         clientArgs = ["-m", "bench.client", "--scenario", job.module, "--kind", job.kind,
                       "--framing", job.framing, "--settings", json.dumps(job.settings),
-                      "--params", json.dumps(dict(job.params, timeout=self.timeout * 0.8)),
-                      "--runs", str(runs)]
+                      "--params", json.dumps(dict(job.params, timeout=self.timeout * 0.8))]
+        clientArgs += ["--serve"] if serve else ["--runs", "1"]
         if job.tls:
             serverArgs += ["--tls", self.tlsDir]
             clientArgs += ["--tls", self.tlsDir]
         if self.profileDir:
-            serverArgs += ["--profile", os.path.join(self.profileDir, safe + ".server.prof")]
-            clientArgs += ["--profile", os.path.join(self.profileDir, safe + ".client.prof")]
+            serverArgs += ["--profile", os.path.join(self.profileDir, safe + suffix + ".server.prof")]
+            clientArgs += ["--profile", os.path.join(self.profileDir, safe + suffix + ".client.prof")]
         server = _spawn(serverArgs, serverLog)
-        client = None
-        reported = 0
-        try:
-            port = None
-            for message in _lines(server, time.monotonic() + 30):
-                if message.get("event") == "listening":
-                    port = message["port"]
-                    break
-            if port is None:
-                raise RuntimeError("the server did not start: " + _tail(serverLog))
-            client = _spawn(clientArgs + ["--port", str(port)], clientLog)
-            deadline = time.monotonic() + self.timeout
-            for message in _lines(client, deadline):
-                event = message.get("event")
-                index = firstIndex + message.get("index", 0)
-                if event == "run":
-                    result = message["result"]
-                    job.results.append(result)
-                    reported += 1
-                    self.progress(job, index, _headline(job.scenario, result))
-                elif event == "error":
-                    job.errors.append(message["error"])
-                    reported += 1
-                    self.progress(job, index, "ERROR " + message["error"])
-            client.wait(timeout=30)
-            if client.returncode != 0 or reported < runs:
-                raise RuntimeError("client exited %s after %d of %d runs: %s" % (
-                    client.returncode, reported, runs, _tail(clientLog)))
-        except Exception as error:
-            job.errors.append("%s: %s" % (type(error).__name__, error))
-            for index in range(reported, runs):
-                self.progress(job, firstIndex + index, "ERROR %s" % (error,))
-        finally:
-            if client is not None:
-                _stop(client)
+        message = server.reader.next(time.monotonic() + 30)
+        if not message or message.get("event") != "listening":
             _stop(server)
+            raise RuntimeError("the server did not start: " + _tail(serverLog))
+        client = _spawn(clientArgs + ["--port", str(message["port"])], clientLog, stdin=serve)
+        live = Live(job, server, client, clientLog)
+        if serve:
+            message = client.reader.next(time.monotonic() + 30)
+            if not message or message.get("event") != "ready":
+                self._stopLive(live)
+                raise RuntimeError("the client did not start: " + _tail(clientLog))
+        return live
+
+    def _stopLive(self, live):
+        _stop(live.client)
+        _stop(live.server)
+
+    def _fail(self, job, live, indices, error):
+        text = "%s: %s" % (type(error).__name__, error)
+        if live is not None:
+            text += " " + _tail(live.clientLog, 600)
+        job.errors.append(text)
+        for index in indices:
+            self.progress(job, index, "ERROR %s" % (text[:300],))
+
+    def _one(self, live, index):
+        """
+        Read one run's answer (the client was told to run, or runs once).
+        """
+        job = live.job
+        message = live.client.reader.next(time.monotonic() + self.timeout)
+        if message is None:
+            raise RuntimeError("the client exited (%s)" % (live.client.poll(),))
+        event = message.get("event")
+        if event == "run":
+            job.results.append(message["result"])
+            self.progress(job, index, _headline(job.scenario, message["result"]))
+        elif event == "error":
+            job.errors.append(message["error"])
+            self.progress(job, index, "ERROR " + message["error"][:300])
+        else:
+            raise RuntimeError("unexpected message %r" % (message,))
+
+    def runInterleaved(self, jobs, first=0, serve=True):
+        live = {}
+        try:
+            for job in jobs:
+                try:
+                    live[job.key] = self._start(job, serve, first)
+                except Exception as error:
+                    self._fail(job, None, range(first, job.runs if serve else first + 1), error)
+            if not serve:
+                for job in jobs:
+                    if job.key in live:
+                        try:
+                            self._one(live[job.key], first)
+                        except Exception as error:
+                            self._fail(job, live[job.key], [first], error)
+                return
+            if self.warmup:
+                for job in jobs:
+                    entry = live.get(job.key)
+                    params = self.warmup.get(job.scenario)
+                    if entry is None or params is None:
+                        continue
+                    try:
+                        entry.client.stdin.write(b"warmup %s\n" % json.dumps(params).encode())
+                        entry.client.stdin.flush()
+                        message = entry.client.reader.next(time.monotonic() + self.timeout)
+                        if message is None:
+                            raise RuntimeError("the client exited during its warm-up")
+                    except Exception as error:
+                        self._fail(job, entry, range(job.runs), error)
+                        self._stopLive(live.pop(job.key))
+            for index in range(max(job.runs for job in jobs)):
+                for job in jobs:
+                    entry = live.get(job.key)
+                    if entry is None or index >= job.runs:
+                        continue
+                    try:
+                        entry.client.stdin.write(b"run %d\n" % index)
+                        entry.client.stdin.flush()
+                        self._one(entry, index)
+                    except Exception as error:
+                        self._fail(job, entry, range(index, job.runs), error)
+                        self._stopLive(live.pop(job.key))
+        finally:
+            for entry in live.values():
+                self._stopLive(entry)
 
 
 def _serverRole(job):
@@ -584,8 +681,11 @@ def main(argv=None):
             tlsDir = os.path.join(workDir, "tls")
             os.makedirs(tlsDir)
             makeCertificate(tlsDir)
+        warmup = None
+        if mode == "full":
+            warmup = dict(SIZES["quick"])
         runner = Runner(jobs, timeout, tlsDir, workDir,
-                        os.path.abspath(args.profile) if args.profile else None)
+                        os.path.abspath(args.profile) if args.profile else None, warmup)
         runner.runAll()
     finally:
         _killChildren()
