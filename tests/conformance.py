@@ -275,6 +275,8 @@ class Service(Recorder):
         reading); keep what arrives (once resumed).
       - C{idle}: register an L{IdleProducer}.
       - C{abort}: abort the stream at once.
+      - C{blast N SEED}: write C{pattern(SEED, N)} in one C{write}, no
+        producer, then half-close.
     """
 
     def __init__(self, chunk=16 * KiB):
@@ -316,6 +318,11 @@ class Service(Recorder):
             self.transport.registerProducer(self.producer, True)
         elif self.command == b"abort":
             self.transport.abortConnection()
+        elif self.command == b"blast":
+            # One write of everything, no producer, then half-close.
+            size, seed = int(words[1]), int(words[2])
+            self.transport.write(pattern(seed, size))
+            self.transport.loseWriteConnection()
 
     def readConnectionLost(self):
         Recorder.readConnectionLost(self)

@@ -36,6 +36,7 @@ from .conformance import (
     ChildFactory,
     RawClient,
     Recorder,
+    Service,
     TCPPair,
     digest,
     memoryPair,
@@ -831,6 +832,87 @@ class ConformanceTests:
         self.assertEqual(sorted(c.address.streamId for c in clientChildren.built),
                          sorted(ids[3:]))
 
+    @inlineCallbacks
+    def test_smallMessagesDoNotQueueBehindBulk(self):
+        """
+        A small echo on one stream completes while a 16 MiB blast (written
+        in one write, no producer) is still arriving on another: output is
+        scheduled round-robin, not first in, first out.
+        """
+        size = 16 * MiB
+        settings = dict(windowSize=(1 << 24) - 1, maxInFlight=4096)
+        pair, server, client = yield self.connected(
+            serverSettings=settings, clientSettings=settings)
+        setSocketBuffers(server.transport, send=64 * KiB)
+        setSocketBuffers(client.transport, receive=64 * KiB)
+        bulk = yield self.openRecorder(client, b"blast %d 16\n" % (size,), keep=False)
+        yield bulk.whenReceived(1)
+        small = yield self.openRecorder(client, b"echo\nquick", halfClose=True)
+        yield small.lost
+        atEcho = bulk.count
+        self.assertEqual(small.data, b"quick")
+        self.assertLess(atEcho, size // 2)
+        yield bulk.readLost
+        bulk.transport.loseWriteConnection()
+        yield bulk.lost
+        self.assertEqual(bulk.count, size)
+        self.assertEqual(bulk.hasher.hexdigest(), digest(pattern(16, size)))
+
+    @inlineCallbacks
+    def test_asymmetricWindows(self):
+        """
+        Ends with very different windows / frames in flight (one side 1 KiB
+        and 1 frame, the other 1 MiB and 64) exchange data both ways on
+        streams opened by either side, with no flow-control error.
+        """
+        small = dict(windowSize=1024, maxInFlight=1, maxFrameSize=4 * KiB)
+        large = dict(windowSize=1 * MiB, maxInFlight=64, maxFrameSize=4 * KiB)
+        clientChildren = services()
+        pair, server, client = yield self.connected(
+            clientChildFactory=clientChildren,
+            serverSettings=large, clientSettings=small)
+        size = 256 * KiB
+        children = []
+        for mux, seed in ((client, 30), (server, 31)):
+            child = yield self.openRecorder(mux, b"send %d %d\n" % (size, seed), keep=False)
+            sender = BulkSender(child.transport, pattern(seed + 10, size), 3000,
+                                then=child.transport.loseWriteConnection)
+            sender.start()
+            children.append((child, seed))
+        yield gatherResults([c.lost for c, seed in children])
+        for child, seed in children:
+            self.assertTrue(child.reasons[0].check(ConnectionDone), child.reasons[0])
+            self.assertEqual(child.count, size)
+            self.assertEqual(child.hasher.hexdigest(), digest(pattern(seed, size)))
+        fars = [self.serverChild(children[0][0]), clientChildren.built[0]]
+        for far, (child, seed) in zip(fars, children):
+            yield far.lost
+            self.assertEqual(far.count, size)
+            self.assertEqual(far.hasher.hexdigest(), digest(pattern(seed + 10, size)))
+        self.assertEqual(server.counters.resetsSent, {})
+        self.assertEqual(client.counters.resetsSent, {})
+
+    @inlineCallbacks
+    def test_twoConnectionsAreIndependent(self):
+        """
+        Two multiplexed connections to one server, 100 streams each, at the
+        same time: every stream is served on its own connection.
+        """
+        pair = self.listen()
+        conns = yield gatherResults([pair.connect(), pair.connect()])
+        children = []
+        for n, (server, client) in enumerate(conns):
+            for i in range(100):
+                payload = b"%d/%d " % (n, i) * 50
+                child = yield self.openRecorder(client, b"echo\n" + payload, halfClose=True)
+                child.expected = payload
+                children.append(child)
+        yield gatherResults([c.lost for c in children])
+        for child in children:
+            self.assertEqual(child.data, child.expected)
+            self.assertTrue(child.reasons[0].check(ConnectionDone), child.reasons[0])
+        self.assertEqual(sorted(s.counters.streamsAccepted for s, c in conns), [100, 100])
+
     # -- who opens -----------------------------------------------------
 
     @inlineCallbacks
@@ -956,6 +1038,82 @@ class ConformanceTests:
             self.assertTrue(mux.disconnected)
         self.assertFalse(server.disconnected)
     test_garbageFromRawSocket.timeout = 40
+
+    @inlineCallbacks
+    def test_protocolErrorLosesStreamsWithTypedError(self):
+        """
+        A multiplexed connection whose peer starts sending garbage is
+        closed: its streams at the receiver are lost with the
+        RemoteProtocolError, those at the sender with a non-clean failure;
+        the server's other connections carry on.
+        """
+        from muxframe.errors import RemoteProtocolError
+        pair = self.listen()
+        (server, client), (server2, client2) = yield gatherResults(
+            [pair.connect(index=0), pair.connect(index=1)])
+        children = []
+        for i in range(3):
+            child = yield self.openRecorder(client, b"echo\nhi")
+            children.append(child)
+        yield gatherResults([c.whenReceived(2) for c in children])
+        fars = [self.serverChild(c) for c in children]
+        self.serverChildren.byStream.clear()
+        client.transport.write(self.garbage()[0])
+        yield gatherResults([c.lost for c in children + fars])
+        for far in fars:
+            self.assertEqual(len(far.reasons), 1)
+            self.assertIsInstance(far.reasons[0].value, RemoteProtocolError, far.reasons[0])
+        for child in children:
+            self.assertEqual(len(child.reasons), 1)
+            self.assertFalse(child.reasons[0].check(ConnectionDone), child.reasons[0])
+        yield gatherResults([server.whenLost(), client.whenLost()])
+        yield self.echoRoundTrip(client2)
+        self.assertFalse(server2.disconnected)
+
+    @inlineCallbacks
+    def test_childFactoryFailureRefusesStream(self):
+        """
+        A childFactory that raises (or returns None) for a stream refuses
+        it: the opener sees a StreamError, the refusal is counted, the
+        session carries on.
+        """
+        calls = []
+
+        class Picky(ChildFactory):
+            def buildProtocol(self, addr):
+                calls.append(addr)
+                if len(calls) == 1:
+                    raise RuntimeError("factory bug")
+                if len(calls) == 2:
+                    return None
+                return ChildFactory.buildProtocol(self, addr)
+
+        pair, server, client = yield self.connected(serverChildFactory=Picky(Service))
+        first = yield self.openRecorder(client, b"echo\none")
+        second = yield self.openRecorder(client, b"echo\ntwo")
+        yield gatherResults([first.lost, second.lost])
+        for child in (first, second):
+            self.assertStreamError(child.reasons[0])
+        self.assertEqual(server.counters.streamsRefused, 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        yield self.echoRoundTrip(client)
+
+    @inlineCallbacks
+    def test_openStreamFactoryReturningNone(self):
+        """
+        openStream() with a factory that builds no protocol fails with a
+        LocalProtocolError and leaves the session working.
+        """
+        from muxframe.errors import LocalProtocolError
+        pair, server, client = yield self.connected()
+
+        class Nothing(ChildFactory):
+            def buildProtocol(self, addr):
+                return None
+
+        yield self.assertFailure(client.openStream(Nothing(Recorder)), LocalProtocolError)
+        yield self.echoRoundTrip(client)
+        self.assertEqual(client.streamCount(), 0)
 
     # -- refusal -------------------------------------------------------
 
@@ -1418,5 +1576,7 @@ class BmpConformanceTests(ConformanceTests, TestCase):
         ConformanceTests.test_sessionCloseLosesEveryStream, BMP_CLEAN_LOSS)
     test_idleTimeoutLosesStreams = _todo(
         ConformanceTests.test_idleTimeoutLosesStreams, BMP_CLEAN_LOSS)
+    test_protocolErrorLosesStreamsWithTypedError = _todo(
+        ConformanceTests.test_protocolErrorLosesStreamsWithTypedError, BMP_CLEAN_LOSS)
     test_drainDeadlineClosesStragglers = _todo(
         ConformanceTests.test_drainDeadlineClosesStragglers, BMP_CLEAN_LOSS)
