@@ -1434,6 +1434,78 @@ class ConformanceTests:
         self.assertEqual(other.data, b"ok")
         self.assertFalse(client.disconnected)
 
+    def test_refusedStreamLateFramesStayRefused(self):
+        """
+        (In memory.) Frames of a refused stream that were already on the
+        way when the refusal was sent are dropped: the stream is refused
+        once, no child is built for it later, and the opener sees one
+        StreamError.
+        """
+        clock = Clock()
+        server, client, pump = memoryPair(self.framing, clock, services(),
+                                          clientChildFactory=None)
+        theirs = Recorder(initial=b"first frame")
+        server.openStream(ChildFactory(lambda: theirs))
+        # Deliver the server's bytes only, so the refusal stays unsent.
+        client.transport.bufferReceived(server.transport.getOutBuffer())
+        self.assertEqual(client.counters.streamsRefused, 1)
+        theirs.transport.write(b"second frame, sent before the refusal arrived")
+        client.transport.bufferReceived(server.transport.getOutBuffer())
+        theirs.transport.write(b"third frame")
+        client.transport.bufferReceived(server.transport.getOutBuffer())
+        pump.flush()
+        self.assertEqual(client.counters.streamsRefused, 1)
+        self.assertEqual(client.streamCount(), 0)
+        self.assertEqual(len(theirs.reasons), 1)
+        self.assertStreamError(theirs.reasons[0])
+        self.assertFalse(client.disconnected)
+
+    def test_abortedPeerStreamLateFramesDropped(self):
+        """
+        (In memory.) Frames of a peer-opened stream that this side aborted,
+        already on the way, are dropped: no second child is built.
+        """
+        clock = Clock()
+        server, client, pump = memoryPair(self.framing, clock, services())
+        mine = Recorder(initial=b"echo\nfirst")
+        client.openStream(ChildFactory(lambda: mine))
+        pump.flush()
+        self.assertEqual(mine.data, b"first")
+        far = server.factory.childFactory.built[0]
+        mine.transport.write(b"in flight")
+        far.transport.abortConnection()
+        # The client's frame reaches the server after its abort.
+        server.transport.bufferReceived(client.transport.getOutBuffer())
+        pump.flush()
+        self.assertEqual(len(server.factory.childFactory.built), 1)
+        self.assertEqual(server.counters.streamsAccepted, 1)
+        self.assertEqual(server.streamCount(), 0)
+        self.assertEqual(len(mine.reasons), 1)
+        self.assertStreamError(mine.reasons[0])
+
+    def test_pausedChildGetsNoEndUntilResumed(self):
+        """
+        (In memory.) As with a paused TCP transport, a paused child is told
+        nothing, not even the peer's end of stream, until it resumes; then
+        readConnectionLost comes.
+        """
+        clock = Clock()
+        server, client, pump = memoryPair(self.framing, clock, recorders())
+        child = Recorder(initial=b"hello")
+        client.openStream(ChildFactory(lambda: child))
+        pump.flush()
+        far = server.factory.childFactory.built[0]
+        far.transport.write(b"all of it")
+        pump.flush()
+        self.assertEqual(child.data, b"all of it")
+        child.transport.pauseProducing()
+        far.transport.loseWriteConnection()
+        pump.flush()
+        self.assertEqual(child.events, ["made", "data"])
+        child.transport.resumeProducing()
+        pump.flush()
+        self.assertEqual(child.events, ["made", "data", "readLost"])
+
     # -- timers --------------------------------------------------------
 
     @inlineCallbacks
@@ -1522,9 +1594,14 @@ DISCARD_WHILE_PAUSED = (
     "still holds new DataReceived (it tests _readPaused before _discard), "
     "so no credit is returned and the peer's sender stalls forever")
 BMP_RESURRECT = (
-    "core bug: BmpEngine forgets a peer-opened stream it reset; late "
+    "core bug: BmpEngine forgets a peer-opened stream that the multiplexer "
+    "reset (abortConnection, or refused for want of a child protocol); late "
     "frames of that stream make _peerStream accept it again as a new "
-    "stream (a second child gets the tail of the aborted stream)")
+    "stream (only engine-level refusals are remembered in _refused)")
+PAUSED_END = (
+    "core bug: Multiplexer._process delivers StreamEnded (and StreamClosed) "
+    "to a paused child when nothing is held, instead of holding it until "
+    "resumeProducing, unlike a paused TCP transport")
 BMP_STALLS = (
     "core bug: BmpEngine never counts creditStalls (_canSend keeps a "
     "stream with maxInFlight frames out of the ready queue, so the "
@@ -1555,6 +1632,8 @@ class MioConformanceTests(ConformanceTests, TestCase):
         ConformanceTests.test_noTimerLeftAfterConnectionLost, TIMER_LEAK)
     test_loseConnectionWhilePausedDiscards = _todo(
         ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
+    test_pausedChildGetsNoEndUntilResumed = _todo(
+        ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
 
 
 class BmpConformanceTests(ConformanceTests, TestCase):
@@ -1568,8 +1647,14 @@ class BmpConformanceTests(ConformanceTests, TestCase):
         ConformanceTests.test_noTimerLeftAfterConnectionLost, TIMER_LEAK)
     test_loseConnectionWhilePausedDiscards = _todo(
         ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
+    test_pausedChildGetsNoEndUntilResumed = _todo(
+        ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
     test_abortWhilePeerSends = _todo(
         ConformanceTests.test_abortWhilePeerSends, BMP_RESURRECT)
+    test_abortedPeerStreamLateFramesDropped = _todo(
+        ConformanceTests.test_abortedPeerStreamLateFramesDropped, BMP_RESURRECT)
+    test_refusedStreamLateFramesStayRefused = _todo(
+        ConformanceTests.test_refusedStreamLateFramesStayRefused, BMP_RESURRECT)
     test_creditStallsCounted = _todo(
         ConformanceTests.test_creditStallsCounted, BMP_STALLS)
     test_sessionCloseLosesEveryStream = _todo(
