@@ -537,6 +537,24 @@ class ResumptionTests(SynchronousTestCase):
         self.assertEqual(len(c2.connection.resumption.unacked), 0)
         self.assertEqual(len(s2.connection.resumption.unacked), 0)
 
+    def test_queuedMessagesSurviveKill(self):
+        """
+        Acknowledged messages still waiting in a paused transport's queue
+        when the connection dies are sent after resumption.
+        """
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        c.pauseProducing()
+        for i in range(5):
+            c.send(0x10, b"q%d" % i, Flags.REQUIRES_ACK)
+        c.send(0x10, b"lost: no REQUIRES_ACK")
+        self.kill(c, s)
+        c2, s2, pump2 = h.connect(cf)
+        pump2.flush()
+        self.assertTrue(c2.result.resumed)
+        self.assertEqual(h.got, [b"q%d" % i for i in range(5)])
+
     def test_resumeRefusedForOtherPeer(self):
         h = Harness(authorizedKeys=[CLIENT_IDENTITY.public,
                                     SERVER_IDENTITY.public])

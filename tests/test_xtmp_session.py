@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import Decoder, Flags, MessageType, encodePlain
 from muxframe.xtmp.connection import (
-    DisconnectReceived, ErrorReceived, MessageReceived, RequestFailed,
+    DisconnectReceived, ErrorReceived, RequestFailed,
     ResponseReceived, SubscribeReceived,
 )
 from muxframe.xtmp.errors import (
@@ -193,6 +193,18 @@ class KeyRotationTests(SynchronousTestCase):
         s.sendMessage(0x10, b"after")
         ce, _ = exchange(c, s, 100)
         self.assertEqual(payloads(ce), [b"after"])
+
+    def test_deadlineAfterTimedKeyUpdate(self):
+        """
+        After a timed KeyUpdate the next deadline is in the future (no
+        busy timer).
+        """
+        c, s = enginePair(serverSettings=dict(keyUpdateInterval=100,
+                                              heartbeatInterval=1000))
+        s.tick(100)
+        exchange(c, s, 100)
+        self.assertEqual(s.sendKey.epoch, 1)
+        self.assertGreater(s.nextDeadline(100), 1)
 
     def test_rehandshake(self):
         """

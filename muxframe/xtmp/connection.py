@@ -22,108 +22,29 @@ contiguous, only control messages may come between them.
 """
 
 import hashlib
-import os
 from collections import deque
-
-from cryptography.hazmat.primitives.asymmetric import x25519
 
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import (
-    CONTROL_TYPES, Cipher, Decoder, F, MessageType, encodePlain,
+    CONTROL_TYPES, Decoder, F, MessageType, encodePlain,
 )
 from muxframe.xtmp.errors import (
     DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
-    SequenceError, SessionNotReady, Unauthorized, XTMPErrorCode, XTMPTimeout,
+    SequenceError, SessionNotReady, XTMPErrorCode, XTMPTimeout,
 )
-from muxframe.xtmp.handshake import (
-    _KEM_PRIVATE, _KEM_PUBLIC, KEM, KEM_CIPHERTEXT_SIZE, ClientHandshake,
-    ClientHello, ServerHello, _keys, _sharedSecret,
+from muxframe.xtmp.events import (  # noqa: F401 - re-exported
+    DisconnectReceived, ErrorReceived, HandshakeCompleted,
+    MessageReceived, RequestFailed, ResponseReceived, Settings,
+    SubscribeReceived, UnsubscribeReceived,
 )
+from muxframe.xtmp.handshake import ClientHandshake
 from muxframe.xtmp.keys import openFrame
+from muxframe.xtmp.rekey import RekeyOffer, answerRekey
 from muxframe.xtmp.session import (
     OutgoingMessage, Reassembler, ResumptionState, parseBody, priorityOf,
 )
 
 HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
-
-
-class Settings:
-    """
-    Tunables of one XTMP session, with their defaults.
-    """
-
-    heartbeatInterval = 30.0
-    sessionTimeout = 3600.0
-    handshakeTimeout = 10.0
-    keyUpdateMessages = 1 << 20
-    keyUpdateInterval = 3600.0
-    rotationInterval = 3600.0
-    maxPayload = codec.DEFAULT_MAX_PAYLOAD
-    fragmentSize = 1 << 16
-    maxMessageSize = 16 << 20
-    maxQueuedBytes = 8 << 20
-    compressThreshold = None
-    requestTimeout = 30.0
-
-    def __init__(self, **kwargs):
-        for name, value in kwargs.items():
-            if not hasattr(Settings, name) or name.startswith("_"):
-                raise TypeError("unknown XTMP setting %r" % (name,))
-            setattr(self, name, value)
-        if not 0 < self.fragmentSize <= self.maxPayload:
-            raise ValueError("fragmentSize must be in 1..maxPayload")
-
-
-class Event:
-    """
-    Base of the events L{XTMPConnection} reports.
-    """
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def __repr__(self):
-        return "<%s %r>" % (type(self).__name__, self.__dict__)
-
-
-class HandshakeCompleted(Event):
-    """C{result}: the L{HandshakeResult}."""
-
-
-class MessageReceived(Event):
-    """C{message}: an application L{Message}."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message):
-        self.message = message
-
-    def __repr__(self):
-        return "<MessageReceived %r>" % (self.message,)
-
-
-class ResponseReceived(Event):
-    """C{request}: the request token; C{message}: the response."""
-
-
-class RequestFailed(Event):
-    """C{request}: the token; C{code}, C{reason}: the peer's Error."""
-
-
-class SubscribeReceived(Event):
-    """C{name}: the stream; C{message}: the Subscribe (to respond to)."""
-
-
-class UnsubscribeReceived(Event):
-    """C{name}: the stream; C{message}: the Unsubscribe."""
-
-
-class ErrorReceived(Event):
-    """C{code}, C{reason}, C{message}: an Error not answering a request."""
-
-
-class DisconnectReceived(Event):
-    """C{code}, C{reason}: the peer is closing the session."""
 
 
 def _peerKey(result):
@@ -228,7 +149,6 @@ class XTMPConnection:
             q.appendleft(m)
         else:
             q.append(m)
-        m.queued = True
         self._queuedBytes += m.size
 
     def _seal(self, type, flags, body):
@@ -304,7 +224,6 @@ class XTMPConnection:
                     if limit is not None and total >= limit:
                         break
                     m = q.popleft()
-                    m.queued = False
                     self._queuedBytes -= m.size
                     total += m.size
                     self._encode(m, out)
@@ -409,7 +328,10 @@ class XTMPConnection:
     def _resend(self):
         # Unacknowledged messages from a previous connection go first, in
         # delivery id order, ahead of anything queued since.
-        pending = [m for m in self.resumption.unacked.values() if not m.queued]
+        # (Messages a dead connection had queued belong to no queue now.)
+        mine = {id(m) for q in self._queues for m in q}
+        pending = [m for m in self.resumption.unacked.values()
+                   if id(m) not in mine]
         for m in reversed(pending):
             self._enqueue(m, front=True)
 
@@ -519,47 +441,24 @@ class XTMPConnection:
         (client) Send a new hello under the current keys; the session
         switches to keys from fresh X25519 and ML-KEM secrets when the
         HandshakeAck arrives.
+
+        @return: whether a re-handshake was started.
         """
         if not self.isClient or self.state != OPEN or self.sendKey is None \
                 or self._rekey is not None:
             return False
-        kem = self.handshake.kem
-        xPrivate = x25519.X25519PrivateKey.generate()
-        kemPrivate = _KEM_PRIVATE[kem].generate()
-        hello = ClientHello((1,), (self.cipher,), kem, os.urandom(32),
-                            xPrivate.public_key().public_bytes_raw(),
-                            self.sessionId,
-                            kemPrivate.public_key().public_bytes_raw()).encode()
-        self._rekey = (hello, xPrivate, kemPrivate)
-        self.sendControl(MessageType.Handshake, hello)
+        self._rekey = RekeyOffer(self.cipher, self.handshake.kem,
+                                 self.sessionId)
+        self.sendControl(MessageType.Handshake, self._rekey.hello)
         self.keysAt = now
         return True
 
     def _rekeyHello(self, message, now):
         if self.isClient or self.receiveKey is None:
             raise HandshakeFailed("unexpected Handshake in an open session")
-        hello = ClientHello.decode(message.payload)
-        if (hello.ciphers != (self.cipher,) or hello.previousSessionId !=
-                self.sessionId or hello.kem not in (1, 2)):
-            raise DowngradeDetected("re-handshake must keep the cipher and "
-                                    "session")
-        kem = KEM(hello.kem)
-        try:
-            secret, ct = _KEM_PUBLIC[kem].from_public_bytes(
-                hello.kemKey).encapsulate()
-        except ValueError as e:
-            raise HandshakeFailed("bad ML-KEM key: %s" % (e,))
-        xPrivate = x25519.X25519PrivateKey.generate()
-        ack = ServerHello(1, self.cipher, kem, 0, os.urandom(32),
-                          xPrivate.public_key().public_bytes_raw(),
-                          self.sessionId,
-                          hashlib.sha256(message.payload).digest(),
-                          ct).encode()
+        ack, c2s, s2c = answerRekey(message.payload, self.cipher,
+                                    self.sessionId, now)
         self.sendControl(MessageType.HandshakeAck, ack)
-        secret = _sharedSecret(secret, xPrivate, hello.x25519Public)
-        c2s, s2c = _keys(secret,
-                         hashlib.sha256(message.payload + ack).digest(),
-                         "xtmp ", self.cipher, now)
         self.sendKey = s2c
         self._pendingReceiveKey = c2s
         self.keysAt = now
@@ -567,18 +466,8 @@ class XTMPConnection:
     def _rekeyAck(self, message, now):
         if self._rekey is None:
             raise HandshakeFailed("unexpected HandshakeAck in an open session")
-        hello, xPrivate, kemPrivate = self._rekey
-        ack = ServerHello.decode(message.payload)
-        if (ack.offerHash != hashlib.sha256(hello).digest()
-                or ack.cipher != self.cipher or ack.sessionId != self.sessionId
-                or len(ack.ciphertext) != KEM_CIPHERTEXT_SIZE[
-                    self.handshake.kem]):
-            raise DowngradeDetected("re-handshake answer does not match")
-        secret = _sharedSecret(kemPrivate.decapsulate(ack.ciphertext),
-                               xPrivate, ack.x25519Public)
-        c2s, s2c = _keys(secret, hashlib.sha256(hello + message.payload)
-                         .digest(), "xtmp ", self.cipher, now)
-        self.sendKey, self.receiveKey = c2s, s2c
+        self.sendKey, self.receiveKey = self._rekey.finish(message.payload,
+                                                           now)
         self._rekey = None
 
     # -- timers ------------------------------------------------------------
@@ -606,8 +495,7 @@ class XTMPConnection:
         if self.sendKey is not None:
             if self.isClient and now - self.keysAt >= s.rotationInterval:
                 self.startRehandshake(now)
-            elif now - self.sendKey.createdAt >= s.keyUpdateInterval and \
-                    now - self.keysAt >= s.keyUpdateInterval:
+            elif now - self.sendKey.createdAt >= s.keyUpdateInterval:
                 self._keyUpdate()
                 self.sendKey.createdAt = now
         if now - self.lastSent >= s.heartbeatInterval:
@@ -625,6 +513,7 @@ class XTMPConnection:
                self.lastReceived + 2 * s.heartbeatInterval,
                self.lastActivity + s.sessionTimeout]
         if self.sendKey is not None:
-            due.append(self.keysAt + (s.rotationInterval if self.isClient
-                                      else s.keyUpdateInterval))
+            due.append(self.sendKey.createdAt + s.keyUpdateInterval)
+            if self.isClient:
+                due.append(self.keysAt + s.rotationInterval)
         return max(0.0, min(due) - now)

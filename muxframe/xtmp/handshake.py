@@ -47,9 +47,9 @@ class KEM(IntEnum):
     MLKEM1024 = 2
 
 
-_KEM_PRIVATE = {KEM.MLKEM768: mlkem.MLKEM768PrivateKey,
+KEM_PRIVATE = {KEM.MLKEM768: mlkem.MLKEM768PrivateKey,
                 KEM.MLKEM1024: mlkem.MLKEM1024PrivateKey}
-_KEM_PUBLIC = {KEM.MLKEM768: mlkem.MLKEM768PublicKey,
+KEM_PUBLIC = {KEM.MLKEM768: mlkem.MLKEM768PublicKey,
                KEM.MLKEM1024: mlkem.MLKEM1024PublicKey}
 KEM_KEY_SIZE = {KEM.MLKEM768: 1184, KEM.MLKEM1024: 1568}
 KEM_CIPHERTEXT_SIZE = {KEM.MLKEM768: 1088, KEM.MLKEM1024: 1568}
@@ -189,7 +189,10 @@ class HandshakeResult:
         self.transcriptHash = transcriptHash
 
 
-def _sharedSecret(kemSecret, xPrivate, peerXPublic):
+def sharedSecret(kemSecret, xPrivate, peerXPublic):
+    """
+    The handshake's input keying material: ML-KEM secret || X25519 secret.
+    """
     try:
         xs = xPrivate.exchange(
             x25519.X25519PublicKey.from_public_bytes(peerXPublic))
@@ -198,7 +201,11 @@ def _sharedSecret(kemSecret, xPrivate, peerXPublic):
     return kemSecret + xs
 
 
-def _keys(secret, salt, prefix, cipher, now):
+def deriveKeys(secret, salt, prefix, cipher, now):
+    """
+    C{(c2s, s2c)} L{TrafficKey}s from C{extract(salt, secret)} with the
+    labels under C{prefix} (C{"xtmp "} or C{"xtmp hs "}).
+    """
     c2sKey, c2sIv, s2cKey, s2cIv = directionKeys(extract(salt, secret), prefix)
     return (TrafficKey(cipher, c2sKey, c2sIv, 0, now),
             TrafficKey(cipher, s2cKey, s2cIv, 0, now))
@@ -242,7 +249,7 @@ class ClientHandshake:
         self._random = randomBytes
         if ephemeral is None:
             ephemeral = (x25519.X25519PrivateKey.generate(),
-                         _KEM_PRIVATE[self.kem].generate())
+                         KEM_PRIVATE[self.kem].generate())
         self._xPrivate, self._kemPrivate = ephemeral
         self.state = "START"
         self.sendKey = self.receiveKey = None
@@ -294,14 +301,14 @@ class ClientHandshake:
             kemSecret = self._kemPrivate.decapsulate(ack.ciphertext)
         except ValueError as e:
             raise HandshakeFailed("ML-KEM decapsulation failed: %s" % (e,))
-        self._secret = _sharedSecret(kemSecret, self._xPrivate,
+        self._secret = sharedSecret(kemSecret, self._xPrivate,
                                      ack.x25519Public)
         self._ack = ack
         self.sessionId = ack.sessionId
         self.cipher = Cipher(ack.cipher)
         self._thHello = hashlib.sha256(self._hello + frame.payload).digest()
         if self.cipher != Cipher.NONE:
-            self.sendKey, self.receiveKey = _keys(
+            self.sendKey, self.receiveKey = deriveKeys(
                 self._secret, self._thHello, "xtmp hs ", self.cipher, now)
         self.state = "EXPECT_AUTH"
 
@@ -347,7 +354,7 @@ class ClientHandshake:
         else:
             out = self.sendKey.seal(MessageType.Handshake, Flags.ENCRYPTED,
                                     self.sessionId, auth)
-            send, receive = _keys(self._secret, thFull, "xtmp ", self.cipher,
+            send, receive = deriveKeys(self._secret, thFull, "xtmp ", self.cipher,
                                   now)
         self.sendKey, self.receiveKey = send, receive
         self.state = "DONE"
@@ -426,7 +433,7 @@ class ServerHandshake:
         if len(hello.kemKey) != KEM_KEY_SIZE[kem]:
             raise HandshakeFailed("bad ML-KEM key length")
         try:
-            kemPublic = _KEM_PUBLIC[kem].from_public_bytes(hello.kemKey)
+            kemPublic = KEM_PUBLIC[kem].from_public_bytes(hello.kemKey)
             if self._encapsulate is not None:
                 kemSecret, ciphertext = self._encapsulate(kemPublic)
             else:
@@ -434,7 +441,7 @@ class ServerHandshake:
         except ValueError as e:
             raise HandshakeFailed("bad ML-KEM key: %s" % (e,))
         xPrivate = self._xPrivate or x25519.X25519PrivateKey.generate()
-        secret = _sharedSecret(kemSecret, xPrivate, hello.x25519Public)
+        secret = sharedSecret(kemSecret, xPrivate, hello.x25519Public)
         resumed = bool(hello.previousSessionId) and bool(
             self._resume(hello.previousSessionId))
         self.sessionId = (hello.previousSessionId if resumed
@@ -455,13 +462,13 @@ class ServerHandshake:
             out += encodePlain(MessageType.HandshakeAck, 0, self.sessionId, 1,
                                auth)
         else:
-            c2s, s2c = _keys(secret, thHello, "xtmp hs ", self.cipher, now)
+            c2s, s2c = deriveKeys(secret, thHello, "xtmp hs ", self.cipher, now)
             out += s2c.seal(MessageType.HandshakeAck, Flags.ENCRYPTED,
                             self.sessionId, auth)
             self.receiveKey = c2s
             # From here on the server sends under its traffic key, so an
             # Error rejecting the client is readable by a genuine client.
-            self._trafficC2S, self.sendKey = _keys(
+            self._trafficC2S, self.sendKey = deriveKeys(
                 secret, self._thFull, "xtmp ", self.cipher, now)
         self.state = "EXPECT_CLIENT_AUTH"
         return out

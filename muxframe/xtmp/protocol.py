@@ -26,15 +26,16 @@ from zope.interface import implementer
 
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import MessageType
-from muxframe.xtmp.connection import (
-    CLOSED, OPEN, DisconnectReceived, ErrorReceived, HandshakeCompleted,
-    MessageReceived, RequestFailed, ResponseReceived, SubscribeReceived,
-    UnsubscribeReceived,
-)
+from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
     SessionNotReady, XTMPErrorCode, XTMPRemoteError, XTMPTimeout,
 )
+from muxframe.xtmp.events import (
+    DisconnectReceived, ErrorReceived, HandshakeCompleted, MessageReceived,
+    RequestFailed, ResponseReceived, SubscribeReceived, UnsubscribeReceived,
+)
+from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
 CONSUMER_MESSAGE_TYPE = 0x80
@@ -50,7 +51,7 @@ class _Request:
 
 
 @implementer(IPushProducer, IConsumer)
-class XTMPProtocol(Protocol):
+class XTMPProtocol(StreamsMixin, Protocol):
     """
     One XTMP session.  Built by L{XTMPServerFactory} or L{XTMPClientFactory}.
 
@@ -84,6 +85,7 @@ class XTMPProtocol(Protocol):
         self._timer = None
         self._abortCall = None
         self._lost = False
+        self._closing = False
 
     # -- configuration -----------------------------------------------------
 
@@ -192,6 +194,9 @@ class XTMPProtocol(Protocol):
         try:
             events = conn.receiveData(data, self.reactor.seconds())
             for event in events:
+                if self._closing:
+                    # A handler closed the session: the rest is moot.
+                    break
                 self._handleEvent(event)
         except XTMPRemoteError as e:
             self._fail(e)
@@ -340,53 +345,6 @@ class XTMPProtocol(Protocol):
                                     requestSequence=message.sequence)
         self._flush()
 
-    # -- streams -----------------------------------------------------------
-
-    def _subscribeReceived(self, event):
-        if self.factory.authorizeSubscribe(self, event.name) and \
-                self.factory.streams.subscribe(event.name, self):
-            self.connection.sendMessage(MessageType.Subscribe, b"",
-                                        requestSequence=event.message.sequence)
-        else:
-            self._sendError(event.message, XTMPErrorCode.UNAUTHORIZED,
-                            "subscription to %r refused" % (event.name,))
-
-    def _streamData(self, message):
-        for callback in list(self.streamCallbacks.get(message.streamName, ())):
-            callback(message)
-        if self.factory.relayStreams:
-            self.factory.publish(message.streamName, message.payload,
-                                 message.type, message.flags, exclude=self)
-        handler = self.handlers.get(message.type)
-        if handler is not None:
-            handler(self, message)
-
-    def subscribe(self, name, callback):
-        """
-        Subscribe to the peer's stream C{name}; C{callback(message)} gets
-        every STREAM_DATA message for it.
-
-        @return: a L{Deferred} firing when the peer confirms, or failing
-            with L{PeerError} if it refuses.
-        """
-        self.streamCallbacks.setdefault(name, []).append(callback)
-        return self.request(MessageType.Subscribe, codec.encodeName(name))
-
-    def unsubscribe(self, name):
-        """
-        Stop receiving stream C{name}; returns a L{Deferred} of the peer's
-        confirmation.
-        """
-        self.streamCallbacks.pop(name, None)
-        return self.request(MessageType.Unsubscribe, codec.encodeName(name))
-
-    def publish(self, name, payload, messageType=MessageType.EventStream,
-                flags=0):
-        """
-        Send C{payload} on stream C{name} (a STREAM_DATA message).
-        """
-        self._send(messageType, payload, flags, streamName=name)
-
     # -- sending -----------------------------------------------------------
 
     def send(self, messageType, payload, flags=0):
@@ -485,6 +443,7 @@ class XTMPProtocol(Protocol):
             self._loseConnection()
 
     def _loseConnection(self):
+        self._closing = True
         self.transport.loseConnection()
         if self._abortCall is None and not self._lost:
             # A peer that stops reading must not hold the session open.

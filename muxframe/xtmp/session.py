@@ -55,7 +55,7 @@ class OutgoingMessage:
     """
 
     __slots__ = ("type", "flags", "data", "requestSequence", "deliveryId",
-                 "streamName", "request", "queued", "size")
+                 "streamName", "request", "size")
 
     def __init__(self, type, flags, data, requestSequence=None,
                  deliveryId=None, streamName=None, request=None):
@@ -66,7 +66,6 @@ class OutgoingMessage:
         self.deliveryId = deliveryId
         self.streamName = streamName
         self.request = request
-        self.queued = False
         self.size = len(data) + 32
 
     def body(self, compressThreshold):

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519  # noqa
 
 from muxframe.xtmp import codec  # noqa: E402
-from muxframe.xtmp.codec import Cipher, Decoder, Flags, MessageType  # noqa
+from muxframe.xtmp.codec import Cipher, Decoder, Flags  # noqa: E402
 from muxframe.xtmp.connection import Settings, XTMPConnection  # noqa: E402
 from muxframe.xtmp.handshake import ClientHandshake, ServerHandshake  # noqa
 from muxframe.xtmp.identity import Identity  # noqa: E402

@@ -1,0 +1,84 @@
+"""
+The tunables of an XTMP session and the events its sans-IO engine reports.
+"""
+
+from muxframe.xtmp import codec
+
+
+class Settings:
+    """
+    Tunables of one XTMP session, with their defaults.
+    """
+
+    heartbeatInterval = 30.0
+    sessionTimeout = 3600.0
+    handshakeTimeout = 10.0
+    keyUpdateMessages = 1 << 20
+    keyUpdateInterval = 3600.0
+    rotationInterval = 3600.0
+    maxPayload = codec.DEFAULT_MAX_PAYLOAD
+    fragmentSize = 1 << 16
+    maxMessageSize = 16 << 20
+    maxQueuedBytes = 8 << 20
+    compressThreshold = None
+    requestTimeout = 30.0
+
+    def __init__(self, **kwargs):
+        for name, value in kwargs.items():
+            if not hasattr(Settings, name) or name.startswith("_"):
+                raise TypeError("unknown XTMP setting %r" % (name,))
+            setattr(self, name, value)
+        if not 0 < self.fragmentSize <= self.maxPayload:
+            raise ValueError("fragmentSize must be in 1..maxPayload")
+
+
+class Event:
+    """
+    Base of the events L{XTMPConnection} reports.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        return "<%s %r>" % (type(self).__name__, self.__dict__)
+
+
+class HandshakeCompleted(Event):
+    """C{result}: the L{HandshakeResult}."""
+
+
+class MessageReceived(Event):
+    """C{message}: an application L{Message}."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+    def __repr__(self):
+        return "<MessageReceived %r>" % (self.message,)
+
+
+class ResponseReceived(Event):
+    """C{request}: the request token; C{message}: the response."""
+
+
+class RequestFailed(Event):
+    """C{request}: the token; C{code}, C{reason}: the peer's Error."""
+
+
+class SubscribeReceived(Event):
+    """C{name}: the stream; C{message}: the Subscribe (to respond to)."""
+
+
+class UnsubscribeReceived(Event):
+    """C{name}: the stream; C{message}: the Unsubscribe."""
+
+
+class ErrorReceived(Event):
+    """C{code}, C{reason}, C{message}: an Error not answering a request."""
+
+
+class DisconnectReceived(Event):
+    """C{code}, C{reason}: the peer is closing the session."""
