@@ -125,6 +125,18 @@ class DecoderTests(SynchronousTestCase):
         self.assertEqual([f.type for f in out], [0x10, 0x10])
         self.assertEqual(d.buffered, 0)
 
+    def test_framesBeforeFaultReturnedFirst(self):
+        """
+        Valid frames ahead of an invalid one are returned; the error is
+        raised by raiseIfFailed and by the next feed.
+        """
+        good = encodePlain(0x10, 0, 1, 0, b"ok")
+        d = Decoder()
+        (f,) = d.feed(good + b"XTMQ" + good[4:])
+        self.assertEqual(f.payload, b"ok")
+        self.assertRaises(BadMagic, d.raiseIfFailed)
+        self.assertRaises(BadMagic, d.feed, good)
+
     def test_badMagic(self):
         raw = b"XTMQ" + encodePlain(1, 0, 0, 0, b"")[4:]
         e = self.assertRaises(BadMagic, Decoder().feed, raw)

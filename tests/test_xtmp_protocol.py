@@ -241,12 +241,41 @@ class RejectionTests(SynchronousTestCase):
         return h
 
     def test_tamperedByte(self):
-        def flip(wire, c, h):
-            b = bytearray(wire)
-            b[100] ^= 0x40
-            return bytes(b)
+        """
+        A flipped bit in each region of an encrypted message is rejected
+        with the code docs/xtmp.md gives for that region.
+        """
+        from muxframe.xtmp import (
+            BadFlags, BadMagic, BadVersion, MalformedMessage,
+            MessageTooLarge, NonceMismatch,
+        )
+        table = [
+            (0, BadMagic, XTMPErrorCode.BAD_MAGIC),
+            (4, BadVersion, XTMPErrorCode.BAD_VERSION),
+            (5, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED),
+            (6, BadFlags, XTMPErrorCode.BAD_FLAGS),
+            (9, MalformedMessage, XTMPErrorCode.PROTOCOL_ERROR),
+            (17, SequenceError, XTMPErrorCode.BAD_SEQUENCE),
+            (25, MessageTooLarge, XTMPErrorCode.MESSAGE_TOO_LARGE),
+            (29, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED),
+            (32, MalformedMessage, XTMPErrorCode.PROTOCOL_ERROR),
+            (33, MalformedMessage, XTMPErrorCode.PROTOCOL_ERROR),
+            (36, WrongKey, XTMPErrorCode.WRONG_KEY),
+            (40, WrongKey, XTMPErrorCode.WRONG_KEY),
+            (56, NonceMismatch, XTMPErrorCode.BAD_NONCE),
+            (70, MalformedMessage, XTMPErrorCode.PROTOCOL_ERROR),
+            (85, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED),
+            (100, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED),
+            (155, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED),
+        ]
+        for offset, error, code in table:
+            def flip(wire, c, h, offset=offset):
+                b = bytearray(wire)
+                b[offset] ^= 0x40
+                return bytes(b)
 
-        self.attack(flip, DecryptionFailed, XTMPErrorCode.DECRYPT_FAILED)
+            self.attack(flip, error, code)
+            self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_replay(self):
         self.attack(lambda w, c, h: w[:len(w) // 2] * 2, SequenceError,

@@ -183,3 +183,55 @@ class LoopbackTCPTests(TestCase):
         d.addCallback(connected)
         d.addCallback(answered)
         return d
+
+
+class MultiplexedEndpointTests(TestCase):
+    """
+    XTMP on L{MultiplexedServerEndpoint}/L{MultiplexedClientEndpoint}
+    streams over loopback TCP: every connect() is one session on the
+    shared connection.
+    """
+
+    timeout = 20
+
+    if MultiplexerFactory is None:
+        skip = "muxframe.multiplexer is not available"
+
+    def test_twoSessionsOneConnection(self):
+        from twisted.internet import reactor
+        from twisted.internet.defer import gatherResults
+        from muxframe import MultiplexedClientEndpoint, MultiplexedServerEndpoint
+        xs = serverFactory(None)
+        server = MultiplexedServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), "bmp")
+        d = server.listen(xs)
+
+        def listening(port):
+            self.addCleanup(port.stopListening, 1)
+            client = MultiplexedClientEndpoint(
+                TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                   port.getHost().port), "bmp")
+            self.addCleanup(client.stop)
+            return gatherResults([
+                connectXTMP(client, clientFactory(None)),
+                connectXTMP(client, clientFactory(None))])
+
+        def connected(protocols):
+            self.protocols = protocols
+            self.assertEqual(len(server.multiplexers), 1)
+            self.assertNotEqual(protocols[0].sessionId, protocols[1].sessionId)
+            return gatherResults([p.request(0x30, b"%d" % i)
+                                  for i, p in enumerate(protocols)])
+
+        def answered(replies):
+            self.assertEqual([r.payload for r in replies],
+                             [b"pong:0", b"pong:1"])
+            closed = [p.whenClosed() for p in self.protocols]
+            for p in self.protocols:
+                p.disconnect()
+            return gatherResults(closed)
+
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(answered)
+        return d

@@ -25,7 +25,7 @@ from enum import IntEnum, IntFlag
 
 from muxframe.xtmp.errors import (
     BadFlags, BadMagic, BadVersion, ChecksumMismatch, MalformedMessage,
-    MessageTooLarge,
+    MessageTooLarge, XTMPRemoteError,
 )
 
 MAGIC = b"XTMP"
@@ -206,11 +206,20 @@ class Decoder:
     @ivar maxPayload: the largest payload length accepted.
     """
 
-    __slots__ = ("maxPayload", "_buffer")
+    __slots__ = ("maxPayload", "_buffer", "_error")
 
     def __init__(self, maxPayload=DEFAULT_MAX_PAYLOAD):
         self.maxPayload = maxPayload
         self._buffer = b""
+        self._error = None
+
+    def raiseIfFailed(self):
+        """
+        Raise the error found after the frames the last L{feed} returned,
+        if any.
+        """
+        if self._error is not None:
+            raise self._error
 
     @property
     def buffered(self):
@@ -224,10 +233,24 @@ class Decoder:
         Add C{data} and return every frame now complete, in order.
 
         @raise XTMPRemoteError: (a subclass naming the fault) on the first
-            invalid frame; the decoder must then be discarded.
+            invalid frame; the decoder must then be discarded.  If valid
+            frames came before it, they are returned first and the error is
+            raised by L{raiseIfFailed} (and by any later call), so a caller
+            can act on what arrived intact.
         """
-        buf = self._buffer + data if self._buffer else data
+        self.raiseIfFailed()
         frames = []
+        try:
+            return self._parse(data, frames)
+        except XTMPRemoteError as e:
+            if not frames:
+                raise
+            self._error = e
+            self._buffer = b""
+            return frames
+
+    def _parse(self, data, frames):
+        buf = self._buffer + data if self._buffer else data
         pos = 0
         end = len(buf)
         unpackHeader = HEADER.unpack_from

@@ -30,7 +30,8 @@ from muxframe.xtmp.codec import (
 )
 from muxframe.xtmp.errors import (
     DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
-    SequenceError, SessionNotReady, XTMPErrorCode, XTMPTimeout,
+    SequenceError, SessionNotReady, XTMPErrorCode, XTMPRemoteError,
+    XTMPTimeout,
 )
 from muxframe.xtmp.events import (  # noqa: F401 - re-exported
     DisconnectReceived, ErrorReceived, HandshakeCompleted,
@@ -278,19 +279,27 @@ class XTMPConnection:
         Process received bytes.
 
         @return: a list of L{Event}s.
-        @raise XTMPRemoteError: the peer broke the protocol.
+        @raise XTMPRemoteError: the peer broke the protocol.  Its C{events}
+            attribute lists the events of the messages that arrived intact
+            before the fault: give them to the application (they are
+            already marked delivered), then close.
         """
         if self.state == CLOSED:
             return []
         events = []
-        for frame in self.decoder.feed(data):
-            self.lastReceived = now
-            if self.state == HANDSHAKING:
-                self._handshakeFrame(frame, now, events)
-            elif self.state == OPEN:
-                self._frame(frame, now, events)
-            else:
-                break
+        try:
+            for frame in self.decoder.feed(data):
+                self.lastReceived = now
+                if self.state == HANDSHAKING:
+                    self._handshakeFrame(frame, now, events)
+                elif self.state == OPEN:
+                    self._frame(frame, now, events)
+                else:
+                    break
+            self.decoder.raiseIfFailed()
+        except XTMPRemoteError as e:
+            e.events = events
+            raise
         if self._ackDue and self.state == OPEN:
             self._ackDue = False
             self.sendControl(MessageType.Ack,

@@ -199,6 +199,12 @@ class XTMPProtocol(StreamsMixin, Protocol):
                     break
                 self._handleEvent(event)
         except XTMPRemoteError as e:
+            # Messages that arrived intact before the fault are delivered
+            # (they count as delivered for acknowledgement), then we close.
+            for event in getattr(e, "events", ()):
+                if self._closing:
+                    break
+                self._handleEvent(event)
             self._fail(e)
             return
         self._flush()
