@@ -1007,6 +1007,26 @@ class ConformanceTests:
         yield self.assertFailure(client.openStream(ChildFactory(Recorder)), SessionClosedError)
 
     @inlineCallbacks
+    def test_tcpClosedCleanlyUnderOpenStreams(self):
+        """
+        The TCP connection is closed cleanly (FIN, no session close) while
+        streams are open: they did not end, so neither side's children may
+        be told ConnectionDone.
+        """
+        pair, server, client = yield self.connected()
+        children = []
+        for i in range(3):
+            child = yield self.openRecorder(client, b"echo\nhi")
+            children.append(child)
+        yield gatherResults([c.whenReceived(2) for c in children])
+        fars = [self.serverChild(c) for c in children]
+        client.transport.loseConnection()
+        yield gatherResults([c.lost for c in children + fars])
+        for end in children + fars:
+            self.assertEqual(len(end.reasons), 1)
+            self.assertFalse(end.reasons[0].check(ConnectionDone), end.reasons[0])
+
+    @inlineCallbacks
     def test_sessionCloseLosesEveryStream(self):
         """
         close() on one multiplexer loses every open stream on both sides
@@ -1714,10 +1734,15 @@ class ConformanceTests:
 TIMER_LEAK = (
     "core bug: Multiplexer._closeTransport schedules _abortTransport 5 s "
     "later and connectionLost never cancels it")
+CLEAN_LOSS = (
+    "core bug: Multiplexer.connectionLost passes a clean TCP close "
+    "(ConnectionDone) to streams that never ended, so they look cleanly "
+    "closed")
 BMP_CLEAN_LOSS = (
     "core bug: BMP has no session-close frame, so a peer's close()/drain "
-    "deadline reaches open streams as the TCP's ConnectionDone, a clean "
-    "end (Multiplexer.connectionLost passes the TCP reason through)")
+    "deadline/protocol error reaches open streams as the TCP's "
+    "ConnectionDone, a clean end (Multiplexer.connectionLost passes the "
+    "TCP reason through)")
 DISCARD_WHILE_PAUSED = (
     "core bug: after loseConnection() on a paused stream, Multiplexer._process "
     "still holds new DataReceived (it tests _readPaused before _discard), "
@@ -1763,6 +1788,8 @@ class MioConformanceTests(ConformanceTests, TestCase):
         ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
     test_pausedChildGetsNoEndUntilResumed = _todo(
         ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
+    test_tcpClosedCleanlyUnderOpenStreams = _todo(
+        ConformanceTests.test_tcpClosedCleanlyUnderOpenStreams, CLEAN_LOSS)
 
 
 class BmpConformanceTests(ConformanceTests, TestCase):
@@ -1778,6 +1805,8 @@ class BmpConformanceTests(ConformanceTests, TestCase):
         ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
     test_pausedChildGetsNoEndUntilResumed = _todo(
         ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
+    test_tcpClosedCleanlyUnderOpenStreams = _todo(
+        ConformanceTests.test_tcpClosedCleanlyUnderOpenStreams, CLEAN_LOSS)
     test_abortWhilePeerSends = _todo(
         ConformanceTests.test_abortWhilePeerSends, BMP_RESURRECT)
     test_abortedPeerStreamLateFramesDropped = _todo(
