@@ -3,6 +3,7 @@ Tests for the Twisted XTMP layer (L{muxframe.xtmp.protocol},
 L{muxframe.xtmp.factory}) over in-memory transports and a fake clock.
 """
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -171,6 +172,52 @@ class SessionTests(SynchronousTestCase):
         self.assertIsInstance(result(closed), ConnectionDone)
         self.assertIsInstance(result(serverClosed), ConnectionDone)
         self.assertNotIn(s.sessionId, h.server.live)
+
+    def test_disconnectFlushesQueue(self):
+        """
+        A clean disconnect sends what the paused transport had queued.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        c.pauseProducing()
+        c.send(0x10, b"queued")
+        c.disconnect()
+        pump.flush()
+        self.assertEqual(h.got, [b"queued"])
+
+    def test_cancelQueuedRequest(self):
+        """
+        A request cancelled before it left the queue ignores its response.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        c.pauseProducing()
+        d = c.request(0x30, b"never mind")
+        d.cancel()
+        c.resumeProducing()
+        pump.flush()
+        self.assertEqual(c.connection.pendingRequests, {})
+        self.assertIsInstance(result(d).value, CancelledError)
+
+    def test_requestQueueFull(self):
+        h = Harness()
+        c, s, pump = h.connect(h.clientFactory(maxQueuedBytes=1000))
+        c.pauseProducing()
+        d = c.request(0x30, b"x" * 2000)
+        self.assertIsInstance(result(d).value, SendQueueFull)
+
+    def test_heartbeatAfterQuickHandshake(self):
+        """
+        With a short heartbeat interval, the first heartbeat is not held
+        back by the handshake timer.
+        """
+        h = Harness(heartbeatInterval=1)
+        c, s, pump = h.connect(h.clientFactory(heartbeatInterval=1))
+        for _ in range(24):
+            h.clock.advance(0.5)
+            pump.flush()
+        self.assertEqual(c.connection.state, "OPEN")
+        self.assertEqual(s.connection.state, "OPEN")
 
     def test_pendingRequestFailsOnLoss(self):
         h = Harness()

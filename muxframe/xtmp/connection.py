@@ -198,7 +198,7 @@ class XTMPConnection:
                 if seq is None:
                     seq = self._nextSequence()
                 out.append(self._seal(m.type, f, body[pos:pos + size]))
-        if m.request is not None:
+        if m.request is not None and not m.request.cancelled:
             m.request.sequence = seq
             self.pendingRequests[seq] = m.request
 
@@ -245,12 +245,17 @@ class XTMPConnection:
         """
         Close the session: return the bytes of an Error (if C{code} is not
         NONE or GOING_AWAY) and a Disconnect, readable by the peer if it
-        can read anything.
+        can read anything.  A clean close (NONE, GOING_AWAY) first sends
+        every queued message; an error close drops them.
         """
         if self.state == CLOSED:
             return b""
         payload = codec.encodeReason(code, reason)
-        pending = self._out
+        clean = code in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY)
+        if clean and self.state == OPEN:
+            pending = [self.dataToSend()]
+        else:
+            pending = self._out
         self._out = []
         try:
             if self.state == HANDSHAKING:
@@ -265,7 +270,7 @@ class XTMPConnection:
                 self._out.append(encodePlain(
                     MessageType.Error, 0, self.sessionId, 0, payload))
             else:
-                if code not in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY):
+                if not clean:
                     self.sendControl(MessageType.Error, payload)
                 self.sendControl(MessageType.Disconnect, payload)
         finally:

@@ -29,7 +29,8 @@ from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
-    SessionNotReady, XTMPErrorCode, XTMPRemoteError, XTMPTimeout,
+    SessionNotReady, XTMPErrorCode, XTMPLocalError, XTMPRemoteError,
+    XTMPTimeout,
 )
 from muxframe.xtmp.events import (
     DisconnectReceived, ErrorReceived, HandshakeCompleted, MessageReceived,
@@ -259,12 +260,14 @@ class XTMPProtocol(StreamsMixin, Protocol):
             request = event.request
             if request.timeoutCall is not None and request.timeoutCall.active():
                 request.timeoutCall.cancel()
-            request.deferred.callback(event.message)
+            if not request.deferred.called:
+                request.deferred.callback(event.message)
         elif type(event) is RequestFailed:
             request = event.request
             if request.timeoutCall is not None and request.timeoutCall.active():
                 request.timeoutCall.cancel()
-            request.deferred.errback(PeerError(event.code, event.reason))
+            if not request.deferred.called:
+                request.deferred.errback(PeerError(event.code, event.reason))
         elif type(event) is HandshakeCompleted:
             self.result = event.result
             self.log.info(
@@ -273,6 +276,10 @@ class XTMPProtocol(StreamsMixin, Protocol):
                 sessionId=event.result.sessionId, cipher=event.result.cipher,
                 resumed=event.result.resumed, peer=event.result.peerIdentity)
             self.factory.sessionStarted(self)
+            # The handshake deadline no longer applies: heartbeats do.
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._schedule()
             self.handshakeCompleted()
             self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
@@ -401,7 +408,10 @@ class XTMPProtocol(StreamsMixin, Protocol):
         request.deferred = Deferred(cancel)
         if timeout is None:
             timeout = self.connection.settings.requestTimeout
-        self._send(messageType, payload, flags, request=request)
+        try:
+            self._send(messageType, payload, flags, request=request)
+        except XTMPLocalError as e:
+            return fail(e)
         if timeout and not request.deferred.called:
             request.timeoutCall = self.reactor.callLater(
                 timeout, self._requestTimedOut, request, timeout)
