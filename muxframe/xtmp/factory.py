@@ -8,6 +8,7 @@ whose connection was lost.
 
 import time
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory
 
 from muxframe.xtmp.codec import MessageType
@@ -134,6 +135,9 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
             resume=lambda sessionId: sessionId in self.sessions)
 
         def resumptionFor(result, peerKey):
+            """
+            The state of a resumed session (same peer only), or a new one.
+            """
             sid = result.sessionId
             state = self.sessions.get(sid) if result.resumed else None
             if state is not None:
@@ -238,7 +242,6 @@ class XTMPClientFactory(_XTMPFactoryMixin, ClientFactory):
         """
         _XTMPFactoryMixin.sessionLost(self, protocol)
         conn = protocol.connection
-        from twisted.internet.error import ConnectionDone
         if (conn is not None and conn.resumption is not None
                 and conn.resumption.sessionId and self.resume
                 and (conn.resumption.unacked or not isinstance(

@@ -104,6 +104,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
 
     @reactor.setter
     def reactor(self, value):
+        """
+        Use C{value} (an C{IReactorTime}) for this session's timers.
+        """
         self._reactor = value
 
     @property
@@ -402,6 +405,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
         request = _Request()
 
         def cancel(d):
+            """
+            Stop waiting; a late response is ignored.
+            """
             request.cancelled = True
             self._dropRequest(request)
 
