@@ -34,6 +34,17 @@ DEFAULT_RETRY_INITIAL = 0.5
 DEFAULT_RETRY_MAX = 30.0
 
 
+def _peerText(address):
+    """
+    C{host:port} for IP addresses, else the address's repr.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return "%s:%s" % (host, port)
+    return repr(address)
+
+
 class MultiplexedConnectError(MuxframeError):
     """
     A L{MultiplexedClientEndpoint} could not get a multiplexed connection (or
@@ -67,10 +78,37 @@ class _StreamFactory:
         return self.factory.buildProtocol(addr)
 
 
+class _ClosingTransport:
+    """
+    Wrap a multiplexed connection's transport so that closing it first
+    unregisters the L{Multiplexer} as its producer.
+
+    A TLS transport (L{twisted.protocols.tls.TLSMemoryBIOProtocol}) does not
+    shut down while a producer is registered, and the core L{Multiplexer}
+    closes without unregistering (reported), so without this a drained or
+    stopped TLS connection would stay open forever.
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def loseConnection(self):
+        if getattr(self._transport, "producer", None) is not None or \
+                getattr(self._transport, "_producer", None) is not None:
+            self._transport.unregisterProducer()
+        self._transport.loseConnection()
+
+
 class _TrackingMultiplexer(Multiplexer):
     """
     A L{Multiplexer} that tells its factory when it comes and goes.
     """
+
+    def makeConnection(self, transport):
+        Multiplexer.makeConnection(self, _ClosingTransport(transport))
 
     def connectionMade(self):
         Multiplexer.connectionMade(self)
@@ -233,7 +271,7 @@ class MultiplexedServerEndpoint:
     def _connected(self, mux):
         self.multiplexers.append(mux)
         self.log.info("{framing} connection from {peer}", framing=self.framing,
-                      peer=mux.transport.getPeer())
+                      peer=_peerText(mux.transport.getPeer()))
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(mux)
@@ -242,7 +280,7 @@ class MultiplexedServerEndpoint:
         if mux in self.multiplexers:
             self.multiplexers.remove(mux)
             self.log.info("{framing} connection from {peer} lost",
-                          framing=self.framing, peer=mux.transport.getPeer())
+                          framing=self.framing, peer=_peerText(mux.transport.getPeer()))
 
     def currentMultiplexer(self):
         """
@@ -455,6 +493,9 @@ class MultiplexedClientEndpoint:
         service, self._service = self._service, None
         if service is None:
             return succeed(None)
+        current = self._current
+        if current is not None and not current.disconnected:
+            current.transport.loseConnection()
         # ClientService cannot be stopped from inside its own callbacks (a
         # connect() result is delivered from one): stop on the next turn.
         d = Deferred()
@@ -465,13 +506,13 @@ class MultiplexedClientEndpoint:
     def _connected(self, mux):
         self._current = mux
         self.log.info("{framing} connection to {peer} up", framing=self.framing,
-                      peer=mux.transport.getPeer())
+                      peer=_peerText(mux.transport.getPeer()))
 
     def _lost(self, mux):
         if self._current is mux:
             self._current = None
         self.log.info("{framing} connection to {peer} lost", framing=self.framing,
-                      peer=mux.transport.getPeer())
+                      peer=_peerText(mux.transport.getPeer()))
 
     def __repr__(self):
         return "<MultiplexedClientEndpoint %s over %r>" % (self.framing, self.inner)

@@ -204,6 +204,7 @@ def writeCertificates(directory, hostnames=DEFAULT_HOSTNAMES, days=30):
     rogueClientKey, rogueClientCert = makeLeaf(
         rogueKey, rogueCert, "rogue client", ExtendedKeyUsageOID.CLIENT_AUTH)
 
+    directory = os.path.abspath(directory)
     os.makedirs(os.path.join(directory, "ca"), exist_ok=True)
     paths = {
         "ca": os.path.join(directory, "ca"),

@@ -1,0 +1,322 @@
+"""
+TLS: multiplexed connections over Twisted's C{ssl:} and C{tls:} endpoints with
+hostname verification, mutual TLS through the C{clientCA} keyword, and forward
+and reverse tunnels of 100 concurrent 1 MiB connections each way between two
+twistd processes over mutual TLS.  Certificates are generated per test run
+(L{muxframe.tls.writeCertificates}).
+"""
+
+import hashlib
+import os
+import re
+import random
+import struct
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    clientFromString,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from muxframe.tls import main as tlsMain, writeCertificates
+from muxframe.tunnel import EchoFactory
+from tests.test_endpoints import cancelAbortTimers, collectorFactory
+from tests.test_tap import assertStoppedCleanly, freePort, spawnTwistd, waitForPort
+
+
+class CertificateTests(TestCase):
+    """
+    The development CA writer.
+    """
+
+    def test_writesFiles(self):
+        """
+        C{python -m muxframe.tls DIR} writes the CA, server and client files.
+        """
+        directory = self.mktemp()
+        self.assertEqual(tlsMain([directory]), 0)
+        for name in ("ca/ca.pem", "server.pem", "client.pem", "rogue-client.pem"):
+            with open(os.path.join(directory, name), "rb") as f:
+                self.assertIn(b"-----BEGIN CERTIFICATE-----", f.read())
+        with open(os.path.join(directory, "server.pem"), "rb") as f:
+            self.assertIn(b"PRIVATE KEY", f.read())
+
+
+class CountingEcho(EchoFactory):
+    """
+    An echo factory that counts the streams it serves.
+    """
+
+    built = 0
+
+    def buildProtocol(self, addr):
+        self.built += 1
+        return EchoFactory.buildProtocol(self, addr)
+
+
+class TLSEndpointTests(TestCase):
+    """
+    mio:/bmp: endpoint strings over ssl: and tls:, in one process.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.paths = writeCertificates(self.mktemp())
+        self.addCleanup(cancelAbortTimers)
+
+    @inlineCallbacks
+    def listen(self, description):
+        endpoint = serverFromString(reactor, description % self.paths)
+        self.echoFactory = CountingEcho()
+        port = yield endpoint.listen(self.echoFactory)
+        self.addCleanup(port.stopListening, 1)
+        self.port = port.getHost().port
+        return endpoint
+
+    def client(self, description):
+        values = dict(self.paths, port=self.port)
+        endpoint = clientFromString(reactor, description % values)
+        self.addCleanup(endpoint.stop)
+        return endpoint
+
+    @inlineCallbacks
+    def echo(self, client, payload=b"tls " * 5000):
+        protocol = yield client.connect(collectorFactory(payload))
+        data = yield protocol.done
+        return data, protocol.reason
+
+    @inlineCallbacks
+    def test_hostnameVerified(self):
+        """
+        A tls: client that trusts the CA reaches an ssl: server whose
+        certificate names the host it asked for (both framings).
+        """
+        for framing in ("mio", "bmp"):
+            server = yield self.listen(
+                framing + ":ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
+            client = self.client(
+                framing + ":tls:localhost:%(port)s:trustRoots=%(ca)s:connectTimeout=10")
+            data, reason = yield self.echo(client)
+            self.assertEqual(data, b"tls " * 5000)
+            self.assertTrue(reason.check(ConnectionDone))
+            self.assertEqual(len(server.multiplexers), 1)
+            self.assertEqual(self.echoFactory.built, 1)
+
+    @inlineCallbacks
+    def test_wrongHostnameRefused(self):
+        """
+        A server certificate that does not name the host the client asked
+        for fails the handshake: no stream gets through.
+        """
+        server = yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
+        client = self.client(
+            "mio:tls:wrong.example:%(port)s:trustRoots=%(ca)s:connectTimeout=5:"
+            "endpoint=tcp\\:127.0.0.1\\:%(port)s")
+        data, reason = yield self.echo(client)
+        self.assertEqual(data, b"")
+        self.assertFalse(reason.check(ConnectionDone))
+        self.assertEqual(self.echoFactory.built, 0)
+
+    @inlineCallbacks
+    def test_untrustedServerRefused(self):
+        """
+        A client that does not trust the server's CA gets no stream through.
+        """
+        yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
+        other = writeCertificates(self.mktemp())
+        client = self.client(
+            "mio:tls:localhost:%(port)s:trustRoots=" + other["ca"] + ":connectTimeout=5")
+        data, reason = yield self.echo(client)
+        self.assertEqual(data, b"")
+        self.assertFalse(reason.check(ConnectionDone))
+        self.assertEqual(self.echoFactory.built, 0)
+
+    @inlineCallbacks
+    def test_mutualTLS(self):
+        """
+        With clientCA, a client certificate from that CA is required: with
+        one the stream works; without one, or with one from another CA, the
+        handshake fails and no stream reaches the server.
+        """
+        server = yield self.listen(
+            "mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1:clientCA=%(ca.pem)s")
+        good = self.client(
+            "mio:tls:localhost:%(port)s:trustRoots=%(ca)s:certificate=%(client.pem)s:"
+            "privateKey=%(client.pem)s:connectTimeout=10")
+        data, reason = yield self.echo(good)
+        self.assertEqual(data, b"tls " * 5000)
+        served = server.multiplexers[0].counters
+        self.assertGreaterEqual(served.bytesReceived, 20000)
+        for extra in ("", ":certificate=%(rogue-client.pem)s:privateKey=%(rogue-client.pem)s"):
+            bad = self.client(
+                "mio:tls:localhost:%(port)s:trustRoots=%(ca)s:connectTimeout=5" + extra)
+            data, reason = yield self.echo(bad)
+            self.assertEqual(data, b"", extra)
+            self.assertFalse(reason.check(ConnectionDone), extra)
+        self.assertEqual(self.echoFactory.built, 1)
+
+
+SIZE = 1 << 20
+_BASE = random.Random(20261122).randbytes(SIZE + 65536)
+
+
+def payload(seed, direction):
+    """
+    The 1 MiB sent for connection C{seed} in C{direction} (0 toward the
+    target, 1 back): an 8-byte tag, then a slice of a random block.
+    """
+    tag = struct.pack(">Q", seed * 2 + direction)
+    offset = (seed * 7919 + direction * 4099) % 65536
+    return tag + _BASE[offset:offset + SIZE - 8]
+
+
+_digests = {}
+
+
+def digest(seed, direction):
+    key = (seed, direction)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(payload(seed, direction)).digest()
+    return _digests[key]
+
+
+class Exchanger(Protocol):
+    """
+    Send connection C{seed}'s 1 MiB and hash what comes back; C{done} fires
+    with C{True} when exactly the answer for C{seed} arrived and the
+    connection closed cleanly.
+    """
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(payload(self.seed, 0))
+
+    def dataReceived(self, data):
+        self.size += len(data)
+        self.hash.update(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(
+            reason.check(ConnectionDone) is not None and self.size == SIZE
+            and self.hash.digest() == digest(self.seed, 1))
+
+
+class Answerer(Protocol):
+    """
+    The target: on the tag, starts sending the answer for that seed (both
+    directions flow at once); checks the 1 MiB it receives; closes after.
+    """
+
+    def connectionMade(self):
+        self.head = b""
+        self.seed = None
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def dataReceived(self, data):
+        self.size += len(data)
+        self.hash.update(data)
+        if self.seed is None:
+            self.head += data
+            if len(self.head) < 8:
+                return
+            self.seed = struct.unpack(">Q", self.head[:8])[0] // 2
+            self.transport.write(payload(self.seed, 1))
+        if self.size >= SIZE:
+            if self.size == SIZE and self.hash.digest() == digest(self.seed, 0):
+                self.factory.good += 1
+                self.transport.loseConnection()
+            else:
+                self.factory.bad += 1
+                self.transport.abortConnection()
+
+
+def answererFactory():
+    factory = Factory.forProtocol(Answerer)
+    factory.good = factory.bad = 0
+    return factory
+
+
+class TwistdTLSTunnelTests(TestCase):
+    """
+    Two twistd processes joined by one mutual-TLS multiplexed connection.
+    """
+
+    timeout = 180
+
+    @inlineCallbacks
+    def test_forwardAndReverse100x1MiB(self):
+        """
+        A forward tunnel (client --local to server --forward) and a reverse
+        tunnel (server --local to client --forward) each carry 100
+        concurrent TCP connections of 1 MiB each way at the same time,
+        verified by hash, over mutual TLS; both processes then stop cleanly.
+        """
+        paths = writeCertificates(self.mktemp())
+        forwardTarget = yield TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(answererFactory())
+        self.addCleanup(forwardTarget.stopListening)
+        reverseTarget = yield TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(answererFactory())
+        self.addCleanup(reverseTarget.stopListening)
+        muxPort, forwardLocal, reverseLocal = freePort(), freePort(), freePort()
+        server = spawnTwistd(
+            self, "server", "server",
+            "--endpoint=ssl:%d:interface=127.0.0.1:privateKey=%s:clientCA=%s"
+            % (muxPort, paths["server.pem"], paths["ca.pem"]),
+            "--forward=tcp:127.0.0.1:%d" % (forwardTarget.getHost().port,),
+            "--local=tcp:%d:interface=127.0.0.1" % (reverseLocal,),
+            "--drainTimeout=5")
+        yield waitForPort(muxPort, server)
+        client = spawnTwistd(
+            self, "client", "client",
+            "--endpoint=tls:localhost:%d:trustRoots=%s:certificate=%s:privateKey=%s"
+            % (muxPort, paths["ca"], paths["client.pem"], paths["client.pem"]),
+            "--local=tcp:%d:interface=127.0.0.1" % (forwardLocal,),
+            "--forward=tcp:127.0.0.1:%d" % (reverseTarget.getHost().port,),
+            "--drainTimeout=5")
+        yield waitForPort(forwardLocal, client)
+        deadline = time.monotonic() + 20
+        while not re.search(r"mio connection to \S+ up", client.text()):
+            self.assertLess(time.monotonic(), deadline, client.text())
+            yield deferLater(reactor, 0.05)
+
+        started = time.monotonic()
+        exchangers = []
+        for seed in range(100):
+            for port, base in ((forwardLocal, 0), (reverseLocal, 1000)):
+                exchanger = Exchanger(base + seed)
+                exchangers.append(exchanger)
+                connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), exchanger)
+        results = yield gatherResults([e.done for e in exchangers])
+        elapsed = time.monotonic() - started
+        self.assertEqual(results.count(True), 200,
+                         "%d of 200 verified\n%s" % (results.count(True), client.text()[-3000:]))
+        self.assertEqual((forwardTarget.factory.good, forwardTarget.factory.bad), (100, 0))
+        self.assertEqual((reverseTarget.factory.good, reverseTarget.factory.bad), (100, 0))
+        # One multiplexed connection carried them all.
+        self.assertEqual(len(re.findall(r"mio connection to \S+ up", client.text())), 1)
+        self.assertIn("reverse tunnel: 127.0.0.1:", server.text())
+        self.assertIn("forward tunnel: 127.0.0.1:", client.text())
+        self.log = "400 MiB through two tunnels in %.1f s" % (elapsed,)
+
+        client.transport.signalProcess("TERM")
+        server.transport.signalProcess("TERM")
+        yield gatherResults([client.ended, server.ended])
+        assertStoppedCleanly(self, client)
+        assertStoppedCleanly(self, server)
