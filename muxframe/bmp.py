@@ -374,7 +374,16 @@ class BmpEngine(Engine):
     def _openFrame(self, state):
         pass  # no frame: the first frame written on the stream creates it
 
+    def _remember(self, streamId):
+        # Late frames of a stream the peer opened and this side forgot must
+        # not open it again.
+        self._refused[streamId] = True
+        if len(self._refused) > REFUSED_MEMORY:
+            self._refused.popitem(last=False)
+
     def _resetFrame(self, state, code):
+        if not state.streamId.startswith(self._prefix):
+            self._remember(state.streamId)
         # Acknowledge what we will never consume first: a Blazeio writer that
         # receives a close while it waits for an acknowledgement hangs.
         self._ackAll(state)
@@ -398,8 +407,6 @@ class BmpEngine(Engine):
             if inflight is None:
                 inflight = state.inflight = {}
             if len(inflight) >= self.settings.maxInFlight:
-                state.creditStalls += 1
-                self.counters.creditStalls += 1
                 return 0
             size = state.sendBuffered
             if size > self.settings.maxFrameSize:
@@ -422,6 +429,9 @@ class BmpEngine(Engine):
             counters = self.counters
             counters.bytesSent += size
             counters.framesSent += 1
+            if state.sendBuffered and len(inflight) >= self.settings.maxInFlight:
+                state.creditStalls += 1
+                counters.creditStalls += 1
         if not state.sendBuffered and state.endPending:
             out.append(_controlFrame(state.streamId, END_STREAM, b"\x04"))
             state.created = True
@@ -533,9 +543,7 @@ class BmpEngine(Engine):
             self._control.append(_controlFrame(streamId, CLOSE_STREAM, b"\x04"))
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
-            self._refused[streamId] = True
-            if len(self._refused) > REFUSED_MEMORY:
-                self._refused.popitem(last=False)
+            self._remember(streamId)
             return None
         state = StreamState(streamId)
         self._streams[streamId] = state

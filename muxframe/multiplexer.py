@@ -12,7 +12,7 @@ producer), so small messages never queue behind a bulk stream's backlog.
 from zope.interface import implementer
 
 from twisted.internet.defer import fail, succeed
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -48,6 +48,9 @@ ENGINES = {"mio": MioEngine, "bmp": BmpEngine}
 # Data bytes handed to the connection's transport per scheduling round; the
 # transport pauses us past its own buffer size, so this only bounds one turn.
 WRITE_QUANTUM = 256 * 1024
+
+# Seconds a closing connection may take to flush before it is aborted.
+CLOSE_GRACE = 5.0
 
 _END = "end"
 
@@ -93,6 +96,7 @@ class Multiplexer(Protocol):
         self._busy = False
         self._flushAgain = False
         self._timer = None
+        self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
         self._drainTimer = None
@@ -153,14 +157,19 @@ class Multiplexer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._drainTimer is not None and self._drainTimer.active():
-            self._drainTimer.cancel()
+        for timer in (self._drainTimer, self._closeTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._drainTimer = self._closeTimer = None
         if self.engine is not None:
             self.engine.closed = True
         if self._terminated is not None:
             reason = self._terminated
-        elif reason is None:
-            reason = Failure(ConnectionLost("multiplexed connection lost"))
+        elif reason is None or reason.check(ConnectionDone):
+            # A clean close of the connection is no clean end for streams
+            # that had not ended.
+            reason = Failure(ConnectionLost(
+                "the multiplexed connection closed before the stream ended"))
         streams = list(self._streams.values())
         self._streams.clear()
         for stream in streams:
@@ -313,11 +322,11 @@ class Multiplexer(Protocol):
                 if stream is None:
                     continue
                 data = event.data
-                if stream._readPaused or stream._pending:
+                if stream._discard:
+                    engine.consumed(event.streamId, len(data))
+                elif stream._readPaused or stream._pending:
                     stream._hold(data)
                     self._holding(len(data))
-                elif stream._discard:
-                    engine.consumed(event.streamId, len(data))
                 else:
                     self._callChild(stream, stream.protocol.dataReceived, data)
                     engine.consumed(event.streamId, len(data))
@@ -326,14 +335,14 @@ class Multiplexer(Protocol):
             elif kind is StreamEnded:
                 stream = streams.get(event.streamId)
                 if stream is not None:
-                    if stream._pending:
+                    if (stream._readPaused or stream._pending) and not stream._discard:
                         stream._hold(_END)
                     else:
                         self._callChild(stream, stream._readEnded)
             elif kind is StreamClosed:
                 stream = streams.get(event.streamId)
                 if stream is not None:
-                    if stream._pending and not stream._discard:
+                    if (stream._readPaused or stream._pending) and not stream._discard:
                         stream._hold(event)
                     else:
                         self._closeStream(stream, event.error)
@@ -390,16 +399,20 @@ class Multiplexer(Protocol):
         elif self._terminated is None:
             self._terminated = Failure(ConnectionLost(
                 "the peer closed the session (code %s)" % ErrorCode.describe(event.code)))
-        self.reactor.callLater(0, self._closeTransport)
+        if self._closeTimer is None:
+            self._closeTimer = self.reactor.callLater(0, self._closeTransport)
 
     def _closeTransport(self):
+        self._closeTimer = None
         if not self.disconnected:
             self._flush()
             self.transport.loseConnection()
             # A peer that never reads must not hold the socket open.
-            self.reactor.callLater(5, self._abortTransport)
+            self._closeTimer = self.reactor.callLater(
+                CLOSE_GRACE, self._abortTransport)
 
     def _abortTransport(self):
+        self._closeTimer = None
         if not self.disconnected:
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:

@@ -200,7 +200,7 @@ class ConformanceTests:
         pair, server, client = yield self.connected(serverChildFactory=recorders())
         child = yield self.openRecorder(client, b"request", halfClose=True)
         yield child.writeLost
-        far = yield waitUntil(lambda: self.serverChildren.built, "the far child")
+        yield waitUntil(lambda: self.serverChildren.built, "the far child")
         far = self.serverChildren.built[0]
         yield far.readLost
         self.assertEqual(far.data, b"request")
@@ -1782,14 +1782,6 @@ class MioConformanceTests(ConformanceTests, TestCase):
 
     framing = "mio"
 
-    test_noTimerLeftAfterConnectionLost = _todo(
-        ConformanceTests.test_noTimerLeftAfterConnectionLost, TIMER_LEAK)
-    test_loseConnectionWhilePausedDiscards = _todo(
-        ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
-    test_pausedChildGetsNoEndUntilResumed = _todo(
-        ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
-    test_tcpClosedCleanlyUnderOpenStreams = _todo(
-        ConformanceTests.test_tcpClosedCleanlyUnderOpenStreams, CLEAN_LOSS)
 
 
 class BmpConformanceTests(ConformanceTests, TestCase):
@@ -1799,27 +1791,3 @@ class BmpConformanceTests(ConformanceTests, TestCase):
 
     framing = "bmp"
 
-    test_noTimerLeftAfterConnectionLost = _todo(
-        ConformanceTests.test_noTimerLeftAfterConnectionLost, TIMER_LEAK)
-    test_loseConnectionWhilePausedDiscards = _todo(
-        ConformanceTests.test_loseConnectionWhilePausedDiscards, DISCARD_WHILE_PAUSED)
-    test_pausedChildGetsNoEndUntilResumed = _todo(
-        ConformanceTests.test_pausedChildGetsNoEndUntilResumed, PAUSED_END)
-    test_tcpClosedCleanlyUnderOpenStreams = _todo(
-        ConformanceTests.test_tcpClosedCleanlyUnderOpenStreams, CLEAN_LOSS)
-    test_abortWhilePeerSends = _todo(
-        ConformanceTests.test_abortWhilePeerSends, BMP_RESURRECT)
-    test_abortedPeerStreamLateFramesDropped = _todo(
-        ConformanceTests.test_abortedPeerStreamLateFramesDropped, BMP_RESURRECT)
-    test_refusedStreamLateFramesStayRefused = _todo(
-        ConformanceTests.test_refusedStreamLateFramesStayRefused, BMP_RESURRECT)
-    test_creditStallsCounted = _todo(
-        ConformanceTests.test_creditStallsCounted, BMP_STALLS)
-    test_sessionCloseLosesEveryStream = _todo(
-        ConformanceTests.test_sessionCloseLosesEveryStream, BMP_CLEAN_LOSS)
-    test_idleTimeoutLosesStreams = _todo(
-        ConformanceTests.test_idleTimeoutLosesStreams, BMP_CLEAN_LOSS)
-    test_protocolErrorLosesStreamsWithTypedError = _todo(
-        ConformanceTests.test_protocolErrorLosesStreamsWithTypedError, BMP_CLEAN_LOSS)
-    test_drainDeadlineClosesStragglers = _todo(
-        ConformanceTests.test_drainDeadlineClosesStragglers, BMP_CLEAN_LOSS)
