@@ -67,10 +67,20 @@ class XTMPConnection:
         L{ResumptionState} to use; raises L{Unauthorized} to refuse.
     """
 
+    # Slots: a server holds one engine per idle session.
+    __slots__ = ("settings", "handshake", "kem", "isClient", "state",
+                 "decoder", "resumption", "_resumptionFor", "sessionId",
+                 "cipher", "result", "sendKey", "receiveKey",
+                 "_pendingReceiveKey", "_rekey", "_plainSend",
+                 "_plainReceive", "_out", "_queues", "_queuedBytes",
+                 "_reassembler", "_ackDue", "pendingRequests", "startedAt",
+                 "lastReceived", "lastSent", "lastActivity", "keysAt")
+
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
         self.settings = settings or Settings()
         self.handshake = handshake
+        self.kem = None
         self.isClient = isinstance(handshake, ClientHandshake)
         self.state = HANDSHAKING
         self.decoder = Decoder(self.settings.maxPayload)
@@ -84,7 +94,8 @@ class XTMPConnection:
         self._rekey = None
         self._plainSend = self._plainReceive = 0
         self._out = []
-        self._queues = (deque(), deque(), deque())
+        # One deque per priority class, made when first needed.
+        self._queues = [None, None, None]
         self._queuedBytes = 0
         self._reassembler = Reassembler(self.settings.maxMessageSize)
         self._ackDue = False
@@ -145,7 +156,10 @@ class XTMPConnection:
         return m
 
     def _enqueue(self, m, front=False):
-        q = self._queues[priorityOf(m.flags)]
+        cls = priorityOf(m.flags)
+        q = self._queues[cls]
+        if q is None:
+            q = self._queues[cls] = deque()
         if front:
             q.appendleft(m)
         else:
@@ -336,6 +350,9 @@ class XTMPConnection:
             self.resumption = ResumptionState(result.sessionId,
                                               _peerKey(result))
         self.state = OPEN
+        # The handshake's ephemeral keys and messages are no longer needed.
+        self.kem = getattr(self.handshake, "kem", None)
+        self.handshake = None
         self._resend()
         events.append(HandshakeCompleted(result=result))
 
@@ -343,7 +360,7 @@ class XTMPConnection:
         # Unacknowledged messages from a previous connection go first, in
         # delivery id order, ahead of anything queued since.
         # (Messages a dead connection had queued belong to no queue now.)
-        mine = {id(m) for q in self._queues for m in q}
+        mine = {id(m) for q in self._queues if q for m in q}
         pending = [m for m in self.resumption.unacked.values()
                    if id(m) not in mine]
         for m in reversed(pending):
@@ -461,7 +478,7 @@ class XTMPConnection:
         if not self.isClient or self.state != OPEN or self.sendKey is None \
                 or self._rekey is not None:
             return False
-        self._rekey = RekeyOffer(self.cipher, self.handshake.kem,
+        self._rekey = RekeyOffer(self.cipher, self.kem,
                                  self.sessionId)
         self.sendControl(MessageType.Handshake, self._rekey.hello)
         self.keysAt = now

@@ -15,7 +15,7 @@ from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.connection import Settings, XTMPConnection
 from muxframe.xtmp.errors import Unauthorized
 from muxframe.xtmp.handshake import (
-    DEFAULT_CIPHERS, KEM, ClientHandshake, ServerHandshake,
+    DEFAULT_CIPHERS, KEM, ClientHandshake, ServerHandshake, authorizedKeyMap,
 )
 from muxframe.xtmp.protocol import XTMPProtocol
 from muxframe.xtmp.session import ResumptionState
@@ -113,6 +113,7 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         self._setUp(reactor, handlers, settings)
         self.identity = identity
         self.authorizedKeys = list(authorizedKeys)
+        self._authorizedMap = None
         self.checkToken = checkToken
         self.allowAnonymous = allowAnonymous
         self.ciphers = tuple(ciphers)
@@ -129,9 +130,15 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         The sans-IO engine for a new server-side C{protocol}.
         """
         self._prune(now)
+        if self._authorizedMap is None or \
+                self._authorizedSource != self.authorizedKeys:
+            # Indexed once, shared by every connection; rebuilt if the
+            # application changes the list.
+            self._authorizedSource = list(self.authorizedKeys)
+            self._authorizedMap = authorizedKeyMap(self.authorizedKeys)
         handshake = ServerHandshake(
             self.identity, self.ciphers, self.allowPlaintext,
-            self.authorizedKeys, self.checkToken, self.allowAnonymous,
+            self._authorizedMap, self.checkToken, self.allowAnonymous,
             resume=lambda sessionId: sessionId in self.sessions)
 
         def resumptionFor(result, peerKey):

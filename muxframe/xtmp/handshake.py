@@ -364,13 +364,23 @@ class ClientHandshake:
             bool(self._ack.flags & RESUMED), thFull)
 
 
+def authorizedKeyMap(keys):
+    """
+    Index authorized identities (L{PublicIdentity} or raw Ed25519 keys) by
+    their Ed25519 key, as L{ServerHandshake} wants them; a server builds it
+    once and shares it between connections.
+    """
+    return {(k.ed25519 if isinstance(k, PublicIdentity) else bytes(k)): k
+            for k in keys}
+
+
 class ServerHandshake:
     """
     The server's side: feed it frames with L{receiveFrame}.
 
     @param identity: the server's L{Identity}.
     @param authorizedKeys: L{PublicIdentity}s (or raw Ed25519 keys) of the
-        clients accepted by signature.
+        clients accepted by signature, or an L{authorizedKeyMap} of them.
     @param checkToken: callable(bytes) -> bool accepting bearer tokens.
     @param allowAnonymous: accept clients that present nothing.
     @param newSessionId: callable() -> a fresh non-zero 64-bit id.
@@ -387,9 +397,9 @@ class ServerHandshake:
         self.identity = identity
         self.ciphers = tuple(ciphers)
         self.allowPlaintext = allowPlaintext
-        self.authorizedKeys = {
-            (k.ed25519 if isinstance(k, PublicIdentity) else bytes(k)): k
-            for k in authorizedKeys}
+        self.authorizedKeys = (authorizedKeys
+                               if isinstance(authorizedKeys, dict)
+                               else authorizedKeyMap(authorizedKeys))
         self.checkToken = checkToken
         self.allowAnonymous = allowAnonymous
         self._newSessionId = newSessionId or (
