@@ -5,9 +5,12 @@ real thing, C{twistd -n muxframe server|client} as subprocesses.
 
 import os
 import random
+import re
 import signal
 import socket
 import time
+
+from zope.interface import implementer
 
 from twisted.application.service import IService
 from twisted.internet import reactor
@@ -18,6 +21,7 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -364,3 +368,104 @@ class TwistdTests(TestCase):
         client.transport.signalProcess("TERM")
         yield client.ended
         assertStoppedCleanly(self, client)
+
+
+@implementer(IPushProducer)
+class Streamer(Protocol):
+    """
+    Write to the connection for as long as it lets us (a push producer),
+    counting what comes back; C{done} fires with the reason it closed.
+    """
+
+    chunk = b"\xa5" * 16384
+    limit = 1 << 30
+
+    def __init__(self):
+        self.sent = 0
+        self.received = 0
+        self.paused = False
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.sent < self.limit:
+            self.transport.write(self.chunk)
+            self.sent += len(self.chunk)
+
+    def stopProducing(self):
+        self.paused = True
+
+    def dataReceived(self, data):
+        self.received += len(data)
+
+    def connectionLost(self, reason):
+        self.paused = True
+        self.done.callback(reason.value)
+
+
+class ServerKillTests(TestCase):
+    """
+    Killing the server mid-transfer, then bringing it back.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_killServerThenReturn(self):
+        """
+        SIGKILL to the server mid-transfer closes every tunneled local
+        connection (none is left hanging); the client reconnects when a
+        server is back on the port, and new tunneled connections work
+        without restarting the client.
+        """
+        muxPort, localPort = freePort(), freePort()
+        serverArgs = ("server", "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,), "--echo")
+        server = spawnTwistd(self, "server", *serverArgs)
+        yield waitForPort(muxPort, server)
+        client = spawnTwistd(
+            self, "client", "client", "--endpoint=tcp:127.0.0.1:%d" % (muxPort,),
+            "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
+            "--retryMax=0.5", "--connectTimeout=20")
+        yield waitForPort(localPort, client)
+        local = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
+        streamers = [Streamer() for _ in range(10)]
+        for streamer in streamers:
+            yield connectProtocol(local, streamer)
+        deadline = time.monotonic() + 20
+        while not all(s.received > 100000 for s in streamers):
+            self.assertLess(time.monotonic(), deadline, "transfers did not start")
+            yield deferLater(reactor, 0.05)
+
+        server.transport.signalProcess("KILL")
+        yield server.ended
+        killed = time.monotonic()
+        reasons = yield gatherResults([s.done for s in streamers])
+        self.assertLess(time.monotonic() - killed, 10)
+        self.assertEqual(len(reasons), 10)
+        # The tunneled connections fail (reset), they do not end as if the
+        # transfer had completed.
+        self.assertFalse(any(isinstance(r, ConnectionDone) for r in reasons), reasons)
+        self.assertTrue(client.running)
+        self.assertIn("lost", client.text())
+
+        server = spawnTwistd(self, "server again", *serverArgs)
+        yield waitForPort(muxPort, server)
+        deadline = time.monotonic() + 30
+        while True:
+            probe = TCPClient(b"back again" * 100)
+            yield connectProtocol(local, probe)
+            data, reason = yield probe.done
+            if data == b"back again" * 100:
+                break
+            self.assertLess(time.monotonic(), deadline, client.text()[-3000:])
+            yield deferLater(reactor, 0.2)
+        self.assertTrue(client.running)
+        self.assertGreaterEqual(
+            len(re.findall(r"mio connection to \S+ up", client.text())), 2)
