@@ -235,3 +235,107 @@ class MultiplexedEndpointTests(TestCase):
         d.addCallback(connected)
         d.addCallback(answered)
         return d
+
+
+class SlowReaderTCPTests(TestCase):
+    """
+    Backpressure end to end over loopback TCP: a server that stops reading
+    pauses the client's producer; when it reads again, everything arrives.
+    """
+
+    timeout = 30
+
+    def test_slowReaderPausesSender(self):
+        from twisted.internet import reactor
+        from twisted.internet.interfaces import IPushProducer
+        from twisted.internet.task import deferLater
+        from zope.interface import implementer
+
+        total = 60000
+        got = []
+        xs = serverFactory(None)
+        xs.setHandler(0x10, lambda p, m: got.append(len(m.payload)))
+
+        @implementer(IPushProducer)
+        class Sender:
+            paused = False
+            sent = pauses = resumes = 0
+
+            def __init__(self, protocol):
+                self.protocol = protocol
+
+            def pauseProducing(self):
+                self.paused = True
+                self.pauses += 1
+
+            def resumeProducing(self):
+                self.paused = False
+                self.resumes += 1
+                reactor.callLater(0, self.pump)
+
+            def stopProducing(self):
+                self.paused = True
+
+            def pump(self):
+                for _ in range(500):
+                    if self.paused or self.sent >= total:
+                        return
+                    self.protocol.send(0x10, b"x" * 64)
+                    self.sent += 1
+                reactor.callLater(0, self.pump)
+
+        def waitFor(condition, what, tries=2000):
+            if condition():
+                return True
+            if not tries:
+                raise AssertionError("timed out waiting for " + what)
+            return deferLater(reactor, 0.005, waitFor, condition, what,
+                              tries - 1)
+
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
+        state = {}
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            return connectXTMP(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                clientFactory(None, maxQueuedBytes=1 << 20))
+
+        def connected(client):
+            state["client"] = client
+            # The client is ready first; the server once it accepts it.
+            return waitFor(lambda: xs.live, "the server session")
+
+        def accepted(_):
+            client = state["client"]
+            (server,) = xs.live.values()
+            state["server"] = server
+            server.pauseDelivery()
+            sender = state["sender"] = Sender(client)
+            client.registerProducer(sender, True)
+            sender.pump()
+            return waitFor(lambda: sender.paused, "the sender to pause")
+
+        def paused(_):
+            sender = state["sender"]
+            self.assertGreaterEqual(sender.pauses, 1)
+            self.assertLess(len(got), sender.sent)
+            self.assertLess(sender.sent, total)
+            self.assertLessEqual(state["client"].connection.bufferedBytes,
+                                 1 << 20)
+            state["server"].resumeDelivery()
+            return waitFor(lambda: len(got) == total, "every message")
+
+        def drained(_):
+            self.assertGreaterEqual(state["sender"].resumes, 1)
+            self.assertEqual(set(got), {64})
+            closed = state["client"].whenClosed()
+            state["client"].disconnect()
+            return closed
+
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(accepted)
+        d.addCallback(paused)
+        d.addCallback(drained)
+        return d
