@@ -421,18 +421,6 @@ def leftoverTimers(mux):
             if getattr(call.func, "__self__", None) is mux]
 
 
-def cancelLeftoverTimers(muxes):
-    """
-    Cancel timers a lost multiplexer left behind, so one known core bug
-    (see test_noTimerLeftAfterConnectionLost) does not fail every test with
-    a dirty reactor.
-    """
-    for mux in muxes:
-        if mux.disconnected:
-            for call in leftoverTimers(mux):
-                call.cancel()
-
-
 class TCPPair:
     """
     A listening multiplexer factory on 127.0.0.1 and connections to it.
@@ -474,7 +462,6 @@ class TCPPair:
     def cleanup(self):
         muxes = self.clients + self.serverFactory.connected
         d = closeConnections(*muxes)
-        d.addCallback(lambda _: cancelLeftoverTimers(muxes))
         d.addCallback(lambda _: self.port.stopListening())
         return d
 

@@ -1731,57 +1731,12 @@ class ConformanceTests:
         self.assertEqual(client.counters.streamsOpened, 2)
 
 
-TIMER_LEAK = (
-    "core bug: Multiplexer._closeTransport schedules _abortTransport 5 s "
-    "later and connectionLost never cancels it")
-CLEAN_LOSS = (
-    "core bug: Multiplexer.connectionLost passes a clean TCP close "
-    "(ConnectionDone) to streams that never ended, so they look cleanly "
-    "closed")
-BMP_CLEAN_LOSS = (
-    "core bug: BMP has no session-close frame, so a peer's close()/drain "
-    "deadline/protocol error reaches open streams as the TCP's "
-    "ConnectionDone, a clean end (Multiplexer.connectionLost passes the "
-    "TCP reason through)")
-DISCARD_WHILE_PAUSED = (
-    "core bug: after loseConnection() on a paused stream, Multiplexer._process "
-    "still holds new DataReceived (it tests _readPaused before _discard), "
-    "so no credit is returned and the peer's sender stalls forever")
-BMP_RESURRECT = (
-    "core bug: BmpEngine forgets a peer-opened stream that the multiplexer "
-    "reset (abortConnection, or refused for want of a child protocol); late "
-    "frames of that stream make _peerStream accept it again as a new "
-    "stream (only engine-level refusals are remembered in _refused)")
-PAUSED_END = (
-    "core bug: Multiplexer._process delivers StreamEnded (and StreamClosed) "
-    "to a paused child when nothing is held, instead of holding it until "
-    "resumeProducing, unlike a paused TCP transport")
-BMP_STALLS = (
-    "core bug: BmpEngine never counts creditStalls (_canSend keeps a "
-    "stream with maxInFlight frames out of the ready queue, so the "
-    "counting branch in _emit never runs)")
-
-
-def _todo(method, reason):
-    """
-    Return a copy of the suite's C{method} marked todo for one framing.
-    """
-    def test(self):
-        return method(self)
-    test.__name__ = method.__name__
-    test.__doc__ = method.__doc__
-    test.todo = reason
-    test.timeout = getattr(method, "timeout", ConformanceTests.timeout)
-    return test
-
-
 class MioConformanceTests(ConformanceTests, TestCase):
     """
     The conformance suite over MIO.
     """
 
     framing = "mio"
-
 
 
 class BmpConformanceTests(ConformanceTests, TestCase):
