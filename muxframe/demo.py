@@ -1,85 +1,252 @@
 """
-The README's first command: start a muxframe server and client on loopback,
-open many streams over one connection in each framing, move and verify data,
-and print what happened.
+C{python3 -m muxframe.demo}: a forward tunnel between two real twistd
+processes, on loopback, in under a minute.
 
-Run: C{python3 -m muxframe.demo}
+It starts C{twistd -n muxframe server} (forwarding streams to a small TCP
+service run here that hashes what it receives) and C{twistd -n muxframe
+client} (accepting local TCP connections and carrying each as a stream over
+one multiplexed connection), pushes an ordinary TCP client's traffic through
+the tunnel (several connections at once, a few MiB each), checks that every
+byte arrived by SHA-256, prints what happened, stops both processes with
+SIGTERM and exits 0 (all verified) or 1.
+
+Options: C{--framing mio|bmp}, C{--connections N}, C{--mib N}.
 """
 
+import argparse
 import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
-from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 
-from muxframe import MultiplexerFactory
-
-
-class Echo(protocol.Protocol):
-    def dataReceived(self, data):
-        self.transport.write(data)
+def _freePort():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
-class Checker(protocol.Protocol):
-    def __init__(self, payload):
-        self.payload = payload
-        self.received = hashlib.sha256()
-        self.count = 0
-        self.done = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.payload)
-        self.transport.loseWriteConnection()
-
-    def dataReceived(self, data):
-        self.received.update(data)
-        self.count += len(data)
-
-    def readConnectionLost(self):
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.done.callback(self.received.digest() == hashlib.sha256(self.payload).digest()
-                           and self.count == len(self.payload))
+def _waitForLog(text, processes, seconds=20.0):
+    """
+    Wait until the last process's log contains C{text}.
+    """
+    deadline = time.monotonic() + seconds
+    while text not in _read(processes[-1][2]):
+        for name, process, log in processes:
+            if process.poll() is not None:
+                raise RuntimeError("%s exited early (%s); its log:\n%s"
+                                   % (name, process.returncode, _read(log)))
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting for %r in the %s log:\n%s"
+                               % (text, processes[-1][0], _read(processes[-1][2])))
+        time.sleep(0.05)
 
 
-@defer.inlineCallbacks
-def runFraming(reactor, framing, streams=200, size=64 * 1024):
-    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        MultiplexerFactory(protocol.Factory.forProtocol(Echo), framing=framing, role="server"))
+def _read(path):
     try:
-        mux = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            MultiplexerFactory(None, framing=framing, role="client"))
-        start = time.perf_counter()
-        checks = []
-        for i in range(streams):
-            payload = bytes([i % 251]) * (size - i)
-            child = yield mux.openStream(protocol.Factory.forProtocol(lambda p=payload: Checker(p)))
-            checks.append(child.done)
-        results = yield defer.gatherResults(checks)
-        elapsed = time.perf_counter() - start
-        counters = mux.counters
-        ok = all(results)
-        print("%-4s %4d streams over 1 connection: %d bytes sent, %d echoed back, "
-              "%d frames, %.3f s, %s" % (
-                  framing.upper(), streams, counters.bytesSent, counters.bytesReceived,
-                  counters.framesSent + counters.framesReceived, elapsed,
-                  "all verified (sha256)" if ok else "MISMATCH"))
-        mux.transport.loseConnection()
-        return ok
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+class _HashingService:
+    """
+    The service behind the tunnel: for each connection, read until the end
+    of input, then answer with the byte count and SHA-256 of what arrived.
+    """
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.peers = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        digest = hashlib.sha256()
+        size = 0
+        with conn:
+            while True:
+                data = conn.recv(262144)
+                if not data:
+                    break
+                digest.update(data)
+                size += len(data)
+            conn.sendall(b"%d %s\n" % (size, digest.hexdigest().encode()))
+
+    def close(self):
+        self.sock.close()
+
+
+def _client(port, payload, results, index):
+    """
+    An ordinary TCP client: send C{payload}, half-close, read the answer.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    break
+                answer += data
+        results[index] = answer.decode("ascii", "replace").strip()
+    except OSError as e:
+        results[index] = "error: %s" % (e,)
+
+
+def _twistd(*args):
+    from muxframe.tap import twistdCommand
+    return twistdCommand("-n", "--pidfile=", *args)
+
+
+def _show(argv):
+    shown = ["twistd"] + argv[3:]
+    return " ".join(shlex.quote(a) for a in shown)
+
+
+def run(framing="mio", connections=4, mib=4, out=sys.stdout):
+    """
+    Run the demo; return the process exit status (0: every byte verified
+    and both processes stopped cleanly).
+    """
+    def say(text=""):
+        print(text, file=out, flush=True)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    workdir = tempfile.mkdtemp(prefix="muxframe-demo-")
+    target = _HashingService()
+    muxPort, localPort = _freePort(), _freePort()
+    serverArgv = _twistd(
+        "--logfile=server.log", "muxframe", "server", "--framing=" + framing,
+        "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,),
+        "--forward=tcp:127.0.0.1:%d" % (target.port,), "--drainTimeout=5")
+    clientArgv = _twistd(
+        "--logfile=client.log", "muxframe", "client", "--framing=" + framing,
+        "--endpoint=tcp:127.0.0.1:%d" % (muxPort,),
+        "--local=tcp:%d:interface=127.0.0.1" % (localPort,), "--drainTimeout=5")
+    serverLog = os.path.join(workdir, "server.log")
+    clientLog = os.path.join(workdir, "client.log")
+    processes = []
+    ok = False
+    try:
+        say("muxframe demo: a forward tunnel over %s between two twistd processes"
+            % (framing.upper(),))
+        say("  server: %s" % (_show(serverArgv),))
+        server = subprocess.Popen(serverArgv, cwd=workdir, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        processes.append(("server", server, serverLog))
+        _waitForLog("starting on %d" % (muxPort,), processes)
+        say("  client: %s" % (_show(clientArgv),))
+        client = subprocess.Popen(clientArgv, cwd=workdir, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        processes.append(("client", client, clientLog))
+        _waitForLog("starting on %d" % (localPort,), processes)
+        _waitForLog("connection to 127.0.0.1:%d up" % (muxPort,), processes)
+
+        size = mib * 1024 * 1024
+        payloads = [os.urandom(size) for _ in range(connections)]
+        say("")
+        say("ordinary TCP clients -> 127.0.0.1:%d (client's --local) -> %s stream "
+            "-> server -> 127.0.0.1:%d (a hashing service)" % (localPort, framing, target.port))
+        results = [None] * connections
+        threads = [threading.Thread(target=_client, args=(localPort, p, results, i))
+                   for i, p in enumerate(payloads)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(45)
+        elapsed = time.monotonic() - started
+        verified = 0
+        for i, (payload, result) in enumerate(zip(payloads, results)):
+            expected = "%d %s" % (len(payload), hashlib.sha256(payload).hexdigest())
+            good = result == expected
+            verified += good
+            say("  connection %d: sent %d bytes sha256 %s..., service got %s -> %s" % (
+                i + 1, len(payload), expected.split()[1][:16],
+                ("%s bytes sha256 %s..." % (result.split()[0], result.split()[1][:16]))
+                if result and not result.startswith("error") and " " in result
+                else result,
+                "verified" if good else "MISMATCH"))
+        total = sum(map(len, payloads))
+        log = _read(clientLog)
+        streams = len(re.findall(r"forward tunnel: \S+ spliced to \S+#", log))
+        connected = len(re.findall(r"connection to \S+ up", log))
+        say("")
+        say("%d of %d connections verified: %.1f MiB in %.2f s (%.0f MiB/s), "
+            "%d streams over %d multiplexed connection(s)" % (
+                verified, connections, total / 1048576.0, elapsed,
+                total / 1048576.0 / max(elapsed, 1e-6), streams, connected))
+        for line in log.splitlines():
+            if "spliced to" in line:
+                say("  client log: " + line.split("] ", 1)[-1])
+                break
+        ok = verified == connections
+    except Exception as e:
+        say("demo failed: %s" % (e,))
     finally:
-        yield port.stopListening()
+        for name, process, log in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        stopped = []
+        for name, process, log in reversed(processes):
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            clean = "Server Shut Down." in _read(log)
+            stopped.append("%s %s" % (name, "shut down cleanly" if clean else
+                                      "exited %s" % (process.returncode,)))
+            ok = ok and clean
+        target.close()
+        if stopped:
+            say("stopped with SIGTERM: " + ", ".join(stopped))
+    say("demo %s" % ("succeeded" if ok else "FAILED (logs in %s)" % (workdir,)))
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
 
 
-@defer.inlineCallbacks
-def main(reactor):
-    ok = True
-    for framing in ("mio", "bmp"):
-        ok = (yield runFraming(reactor, framing)) and ok
-    if not ok:
-        raise SystemExit(1)
+def main(argv=None):
+    """
+    Parse the command line and L{run} the demo.
+    """
+    parser = argparse.ArgumentParser(prog="python3 -m muxframe.demo",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--framing", choices=("mio", "bmp"), default="mio")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=4)
+    options = parser.parse_args(argv)
+    return run(options.framing, options.connections, options.mib)
 
 
 if __name__ == "__main__":
-    task.react(main)
+    sys.exit(main())
