@@ -19,9 +19,28 @@ from bench.common import emit
 from bench.scenarios import Context
 
 
+def _cpu(pid=None):
+    """
+    Return the CPU seconds (user + system) of this process or of C{pid}.
+    """
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def _runOnce(reactor, module, ctx, index, kind="run"):
     try:
+        clientCpu, serverCpu = _cpu(), _cpu(ctx.serverPid) if ctx.serverPid else None
         result = await module.run(reactor, ctx)
+        result["clientCpuSeconds"] = _cpu() - clientCpu
+        if serverCpu is not None:
+            result["serverCpuSeconds"] = _cpu(ctx.serverPid) - serverCpu
     except Exception as error:
         emit("error", index=index, error="%s: %s" % (type(error).__name__, error),
              traceback=traceback.format_exc()[-2000:])
@@ -33,6 +52,7 @@ async def _main(reactor, args):
     module = importlib.import_module("bench.scenarios." + args.scenario)
     ctx = Context(args.kind, args.framing, args.port, json.loads(args.settings),
                   json.loads(args.params), args.tls)
+    ctx.serverPid = args.server_pid
     if args.serve:
         await _serve(reactor, module, ctx)
         return
@@ -89,6 +109,8 @@ def main(argv=None):
     parser.add_argument("--params", default="{}")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--tls", default=None)
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="the server process, whose CPU time each run reports")
     parser.add_argument("--serve", action="store_true",
                         help="run on commands from stdin (see _serve)")
     parser.add_argument("--profile", default=None,

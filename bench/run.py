@@ -359,7 +359,8 @@ class Runner:
         if not message or message.get("event") != "listening":
             _stop(server)
             raise RuntimeError("the server did not start: " + _tail(serverLog))
-        client = _spawn(clientArgs + ["--port", str(message["port"])], clientLog, stdin=serve)
+        clientArgs += ["--port", str(message["port"]), "--server-pid", str(server.pid)]
+        client = _spawn(clientArgs, clientLog, stdin=serve)
         live = Live(job, server, client, clientLog)
         if serve:
             message = client.reader.next(time.monotonic() + 30)
@@ -651,6 +652,9 @@ def main(argv=None):
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"),
                         help="where to write the JSON (default bench/results.json)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a muxframe setting on both sides of every muxframe "
+                             "connection (repeatable), e.g. --set windowSize=4194304")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write cProfile files of every server and client process to DIR")
     args = parser.parse_args(argv)
@@ -666,6 +670,13 @@ def main(argv=None):
     mode = "quick" if args.quick else "full"
     signal.signal(signal.SIGTERM, _onSignal)
 
+    for item in args.set:
+        name, _, value = item.partition("=")
+        from muxframe.settings import coerce
+        try:
+            BASE_SETTINGS[name] = coerce(name, value)
+        except ValueError as error:
+            parser.error(str(error))
     jobs = planJobs(mode, scenarios, framings, args.runs)
     timeout = args.timeout or SIZES[mode]["timeout"]
     workDir = tempfile.mkdtemp(prefix="muxframe-bench-")
