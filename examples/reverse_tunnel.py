@@ -19,7 +19,6 @@ The same, as processes::
 Run: C{python3 examples/reverse_tunnel.py}
 """
 
-import sys
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import (

@@ -16,7 +16,13 @@ hangs.
 
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -43,6 +49,20 @@ def _peerText(address):
     if host is not None and port is not None:
         return "%s:%s" % (host, port)
     return repr(address)
+
+
+def _reasonText(reason):
+    """
+    A short text for a connection-lost reason (a Failure or None).
+    """
+    if reason is None:
+        return "unknown reason"
+    value = reason.value
+    args = getattr(value, "args", None)
+    # OpenSSL errors carry a list of (library, function, reason) tuples.
+    if args and isinstance(args[0], list) and args[0] and isinstance(args[0][0], tuple):
+        return "TLS error: " + "; ".join(str(item[-1]) for item in args[0])
+    return reason.getErrorMessage()
 
 
 class MultiplexedConnectError(MuxframeError):
@@ -118,7 +138,7 @@ class _TrackingMultiplexer(Multiplexer):
         try:
             Multiplexer.connectionLost(self, reason)
         finally:
-            self.factory._lost(self)
+            self.factory._lost(self, reason)
 
 
 class _ServerMultiplexerFactory(MultiplexerFactory):
@@ -139,10 +159,10 @@ class _ServerMultiplexerFactory(MultiplexerFactory):
         self.multiplexers.append(mux)
         self._endpoint._connected(mux)
 
-    def _lost(self, mux):
+    def _lost(self, mux, reason=None):
         if mux in self.multiplexers:
             self.multiplexers.remove(mux)
-        self._endpoint._lost(mux)
+        self._endpoint._lost(mux, reason)
 
 
 @implementer(IListeningPort)
@@ -189,7 +209,7 @@ class MultiplexedListeningPort:
         """
         if self._stopping is not None:
             return self._stopping
-        stopped = succeed(self.port.stopListening())
+        stopped = maybeDeferred(self.port.stopListening)
         drains = [mux.drain(timeout) for mux in self.multiplexers]
         d = gatherResults([stopped] + drains, consumeErrors=True)
         d.addBoth(self._stopped)
@@ -276,11 +296,12 @@ class MultiplexedServerEndpoint:
         for d in waiters:
             d.callback(mux)
 
-    def _lost(self, mux):
+    def _lost(self, mux, reason=None):
         if mux in self.multiplexers:
             self.multiplexers.remove(mux)
-            self.log.info("{framing} connection from {peer} lost",
-                          framing=self.framing, peer=_peerText(mux.transport.getPeer()))
+            self.log.info("{framing} connection from {peer} lost: {reason}",
+                          framing=self.framing, peer=_peerText(mux.transport.getPeer()),
+                          reason=_reasonText(reason))
 
     def currentMultiplexer(self):
         """
@@ -508,11 +529,12 @@ class MultiplexedClientEndpoint:
         self.log.info("{framing} connection to {peer} up", framing=self.framing,
                       peer=_peerText(mux.transport.getPeer()))
 
-    def _lost(self, mux):
+    def _lost(self, mux, reason=None):
         if self._current is mux:
             self._current = None
-        self.log.info("{framing} connection to {peer} lost", framing=self.framing,
-                      peer=_peerText(mux.transport.getPeer()))
+        self.log.info("{framing} connection to {peer} lost: {reason}",
+                      framing=self.framing, peer=_peerText(mux.transport.getPeer()),
+                      reason=_reasonText(reason))
 
     def __repr__(self):
         return "<MultiplexedClientEndpoint %s over %r>" % (self.framing, self.inner)
@@ -537,8 +559,8 @@ class _ClientMultiplexerFactory(MultiplexerFactory):
     def _connected(self, mux):
         self._endpoint._connected(mux)
 
-    def _lost(self, mux):
-        self._endpoint._lost(mux)
+    def _lost(self, mux, reason=None):
+        self._endpoint._lost(mux, reason)
 
 
 __all__ = [
