@@ -631,6 +631,25 @@ class ResumptionTests(SynchronousTestCase):
         self.assertTrue(c2.result.resumed)
         self.assertEqual(h.got, [b"q%d" % i for i in range(5)])
 
+    def test_resumeReplacesHalfOpenConnection(self):
+        """
+        A client that lost its connection resumes while the server still
+        thinks the old one is up: the server drops the old one.
+        """
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        c.send(0x10, b"unacked", Flags.REQUIRES_ACK)
+        pump.clientIO.getOutBuffer()
+        c.transport.disconnecting = c.transport.disconnected = True
+        c.connectionLost(Failure(ConnectionLost("client side only")))
+        c2, s2, pump2 = h.connect(cf)
+        pump2.flush()
+        self.assertTrue(c2.result.resumed)
+        self.assertIs(h.server.live[c2.sessionId], s2)
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(h.got, [b"unacked"])
+
     def test_resumeRefusedForOtherPeer(self):
         h = Harness(authorizedKeys=[CLIENT_IDENTITY.public,
                                     SERVER_IDENTITY.public])
