@@ -270,3 +270,31 @@ class CodecPropertyTests(SynchronousTestCase):
         except XTMPRemoteError:
             pass
         self.assertLessEqual(d.buffered, HEADER_SIZE + SECURITY_SIZE + 256)
+
+
+class SansIOTests(SynchronousTestCase):
+    """
+    The protocol core imports nothing from Twisted (DESIGN.md section 1).
+    """
+
+    def test_noTwistedImports(self):
+        import ast
+        import os
+        import muxframe.xtmp
+        here = os.path.dirname(muxframe.xtmp.__file__)
+        core = ["codec", "connection", "errors", "events", "handshake",
+                "identity", "keys", "rekey", "session", "streams",
+                "subscriptions"]
+        for name in core:
+            with open(os.path.join(here, name + ".py")) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""]
+                else:
+                    continue
+                for module in modules:
+                    self.assertFalse(module.startswith("twisted"),
+                                     "%s imports %s" % (name, module))
