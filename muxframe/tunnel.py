@@ -153,8 +153,17 @@ class SpliceProtocol(Protocol):
             return
         self._endForwarded = True
         if not other.disconnected:
-            other.transport.unregisterProducer()
-            other.transport.loseWriteConnection()
+            transport = other.transport
+            transport.unregisterProducer()
+            loseWriteConnection = getattr(transport, "loseWriteConnection", None)
+            if loseWriteConnection is None:
+                # No half-close (a TLS transport): close once the output is
+                # sent, rather than leave both ends waiting for each other.
+                log.debug("{kind}: {transport} cannot half-close; closing it",
+                          kind=self.label, transport=transport)
+                transport.loseConnection()
+            else:
+                loseWriteConnection()
 
     def writeConnectionLost(self):
         self._writeEnded = True

@@ -350,3 +350,96 @@ class ReverseTunnelTests(TunnelTestsMixin, TestCase):
         [(data, reason)] = yield self.exchange(local, [b"anyone?"])
         self.assertEqual(data, b"")
         self.assertEqual(self.tunnel.stats.failed, 1)
+
+
+class FakeTransport:
+    """
+    A transport with no half-close (as TLS transports have none).
+    """
+
+    disconnecting = False
+
+    def __init__(self):
+        self.written = []
+        self.producer = None
+        self.closed = False
+        self.paused = 0
+
+    def write(self, data):
+        self.written.append(data)
+
+    def writeSequence(self, data):
+        self.written.extend(data)
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        self.paused -= 1
+
+    def loseConnection(self):
+        self.closed = True
+
+    def abortConnection(self):
+        self.closed = "aborted"
+
+
+class SpliceUnitTests(TestCase):
+    """
+    L{link} and L{SpliceProtocol} on fake transports.
+    """
+
+    def makePair(self):
+        from muxframe.tunnel import SpliceProtocol, link
+        first, second = SpliceProtocol(), SpliceProtocol()
+        first.makeConnection(FakeTransport())
+        second.makeConnection(FakeTransport())
+        first.dataReceived(b"early")
+        link(first, second)
+        return first, second
+
+    def test_bufferedDataAndProducers(self):
+        """
+        Data received before the link is passed on, both transports are
+        resumed and each is the producer of the other's output.
+        """
+        first, second = self.makePair()
+        self.assertEqual(second.transport.written, [b"early"])
+        self.assertEqual((first.transport.paused, second.transport.paused), (0, 0))
+        second.transport.producer.pauseProducing()
+        self.assertEqual(first.transport.paused, 1)
+
+    def test_endWithoutHalfClose(self):
+        """
+        The end of one side's input closes a transport that cannot
+        half-close (after its output), instead of raising.
+        """
+        first, second = self.makePair()
+        first.readConnectionLost()
+        self.assertIs(second.transport.closed, True)
+        self.assertIsNone(second.transport.producer)
+
+    def test_uncleanLossAborts(self):
+        """
+        One side lost uncleanly aborts the other.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        first, second = self.makePair()
+        first.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(second.transport.closed, "aborted")
+
+    def test_cleanLossCloses(self):
+        """
+        One side lost cleanly closes the other after its output.
+        """
+        from twisted.python.failure import Failure
+        first, second = self.makePair()
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(second.transport.closed, True)
