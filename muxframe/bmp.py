@@ -40,6 +40,7 @@ from .errors import (
     StreamResetError,
     StreamTimeoutError,
 )
+from .pieces import PayloadStreamer, joinPieces
 from .events import DataReceived, StreamClosed, StreamEnded, StreamOpened
 
 DATA = 0            # an empty opts field
@@ -182,23 +183,22 @@ def _checkPrefix(buf, position):
     raise MalformedFrame("BMP header %r does not parse" % (bytes(buf),))
 
 
-class FrameDecoder:
+class FrameDecoder(PayloadStreamer):
     """
     Incremental BMP decoder: accepts the byte stream split anywhere, byte by
     byte included.
 
-    L{receive} appends C{(frame, piece, first, last)} tuples to a list.  Data
-    payloads come as pieces as they arrive; ack, end and close frames come
-    once, whole, with C{frame.payload} set.
+    L{receive} appends C{(frame, piece, first, last)} tuples to a list (see
+    L{muxframe.pieces}).  Data payloads come as pieces as they arrive; ack,
+    end and close frames come once, whole, with C{frame.payload} set.
     """
 
-    __slots__ = ("maxFrameSize", "_header", "_frame", "_remaining", "_parts", "_offset")
+    __slots__ = ("maxFrameSize", "_header", "_parts", "_offset")
 
     def __init__(self, maxFrameSize=1 << 24):
+        PayloadStreamer.__init__(self)
         self.maxFrameSize = maxFrameSize
         self._header = b""
-        self._frame = None
-        self._remaining = 0
         self._parts = None
         self._offset = 0
 
@@ -212,57 +212,39 @@ class FrameDecoder:
         pos = 0
         end = len(data)
         append = out.append
+        try:
+            self._decode(data, pos, end, append)
+        finally:
+            self._offset += end
+
+    def _decode(self, data, pos, end, append):
         while pos < end:
-            frame = self._frame
-            if frame is not None:
-                remaining = self._remaining
-                take = end - pos
-                if take >= remaining:
-                    take = remaining
-                piece = data if (pos == 0 and take == end) else data[pos:pos + take]
-                pos += take
-                remaining -= take
-                self._remaining = remaining
-                if self._parts is not None:
-                    self._parts.append(piece)
-                    if remaining == 0:
-                        frame.payload = b"".join(self._parts)
-                        self._parts = None
-                        self._frame = None
-                        append((frame, frame.payload, True, True))
-                    continue
-                first = remaining + take == frame.size
-                if remaining == 0:
-                    self._frame = None
-                    append((frame, piece, first, True))
+            if self._frame is not None:
+                if self._parts is None:
+                    pos = self._streamPayload(data, pos, end, append)
                 else:
-                    append((frame, piece, first, False))
+                    pos = self._controlPayload(data, pos, end, append)
                 continue
             if self._header:
                 held = len(self._header)
                 buf = self._header + data[pos:pos + MAX_HEADER]
                 match = _match(buf)
                 if match is None:
-                    _checkPrefix(buf, self._offset - held)
+                    _checkPrefix(buf, self._offset + pos - held)
                     self._header = buf
-                    taken = len(buf) - held
-                    pos += taken
-                    self._offset += taken
+                    pos += len(buf) - held
                     continue
-                taken = match.end() - held
+                pos += match.end() - held
                 self._header = b""
             else:
                 match = _match(data, pos)
                 if match is None:
                     chunk = data[pos:pos + MAX_HEADER]
-                    _checkPrefix(chunk, self._offset)
+                    _checkPrefix(chunk, self._offset + pos)
                     self._header = bytes(chunk)
                     pos += len(chunk)
-                    self._offset += len(chunk)
                     continue
-                taken = match.end() - pos
-            pos += taken
-            self._offset += taken
+                pos = match.end()
             streamId, opts, sid, length = match.groups()
             size = int(length, 16)
             opt = opts[0] if opts else DATA
@@ -278,8 +260,7 @@ class FrameDecoder:
                     frame.payload = b""
                     append((frame, b"", True, True))
                 else:
-                    self._frame = frame
-                    self._remaining = size
+                    self._expect(frame, size)
                     self._parts = []
             else:
                 if size > self.maxFrameSize:
@@ -290,8 +271,21 @@ class FrameDecoder:
                 if size == 0:
                     append((frame, b"", True, True))
                 else:
-                    self._frame = frame
-                    self._remaining = size
+                    self._expect(frame, size)
+
+    def _controlPayload(self, data, pos, end, append):
+        # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather
+        # them whole.
+        take = min(end - pos, self._remaining)
+        self._parts.append(data[pos:pos + take])
+        self._remaining -= take
+        if self._remaining == 0:
+            frame = self._frame
+            frame.payload = b"".join(self._parts)
+            self._parts = None
+            self._frame = None
+            append((frame, frame.payload, True, True))
+        return pos + take
 
     def buffered(self):
         """
@@ -311,15 +305,8 @@ def decodeFrames(data, maxFrameSize=1 << 24):
     """
     items = []
     FrameDecoder(maxFrameSize).receive(data, items)
-    frames = []
-    for frame, piece, first, last in items:
-        if first:
-            parts = []
-        parts.append(piece)
-        if last:
-            frames.append(Frame(frame.streamId, frame.opt, frame.sid, frame.size,
-                                b"".join(parts)))
-    return frames
+    return joinPieces(items, lambda frame, payload: Frame(
+        frame.streamId, frame.opt, frame.sid, frame.size, payload))
 
 
 def _controlFrame(streamId, opt, payload):

@@ -40,6 +40,7 @@ from .errors import (
     StreamRefusedError,
     StreamResetError,
 )
+from .pieces import PayloadStreamer, joinPieces
 from .events import (
     ConnectionTerminated,
     DataReceived,
@@ -127,23 +128,21 @@ def encodeFrame(frame):
     return encodeHeader(frame.streamId, frame.size, frame.flags)
 
 
-class FrameDecoder:
+class FrameDecoder(PayloadStreamer):
     """
     Incremental MIO decoder: accepts the byte stream split anywhere.
 
-    L{receive} appends C{(frame, piece, first, last)} tuples to a list:
-    frames without payload come once with C{piece=None}; a payload comes
-    as one or more pieces, in order, as the bytes arrive (so a large frame
-    is never buffered whole).
+    L{receive} appends C{(frame, piece, first, last)} tuples to a list (see
+    L{muxframe.pieces}): a payload comes as pieces as its bytes arrive, so
+    a large frame is never buffered whole.
     """
 
-    __slots__ = ("maxFrameSize", "_header", "_frame", "_remaining")
+    __slots__ = ("maxFrameSize", "_header")
 
     def __init__(self, maxFrameSize=MAX_SIZE):
+        PayloadStreamer.__init__(self)
         self.maxFrameSize = maxFrameSize
         self._header = b""
-        self._frame = None
-        self._remaining = 0
 
     def receive(self, data, out):
         """
@@ -156,22 +155,8 @@ class FrameDecoder:
         end = len(data)
         append = out.append
         while pos < end:
-            frame = self._frame
-            if frame is not None:
-                remaining = self._remaining
-                take = end - pos
-                if take >= remaining:
-                    take = remaining
-                piece = data if (pos == 0 and take == end) else data[pos:pos + take]
-                pos += take
-                remaining -= take
-                self._remaining = remaining
-                first = remaining + take == frame.size
-                if remaining == 0:
-                    self._frame = None
-                    append((frame, piece, first, True))
-                else:
-                    append((frame, piece, first, False))
+            if self._frame is not None:
+                pos = self._streamPayload(data, pos, end, append)
                 continue
             if self._header:
                 need = HEADER_SIZE - len(self._header)
@@ -199,8 +184,7 @@ class FrameDecoder:
                 if size == 0:
                     append((frame, b"", True, True))
                 else:
-                    self._frame = frame
-                    self._remaining = size
+                    self._expect(frame, size)
             else:
                 append((frame, None, True, True))
 
@@ -217,19 +201,9 @@ def decodeFrames(data, maxFrameSize=MAX_SIZE):
     (a convenience for tests and tools; the engine streams payloads).
     """
     items = []
-    decoder = FrameDecoder(maxFrameSize)
-    decoder.receive(data, items)
-    frames = []
-    for frame, piece, first, last in items:
-        if piece is None:
-            frames.append(frame)
-            continue
-        if first:
-            parts = []
-        parts.append(piece)
-        if last:
-            frames.append(Frame(frame.streamId, frame.size, frame.flags, b"".join(parts)))
-    return frames
+    FrameDecoder(maxFrameSize).receive(data, items)
+    return joinPieces(items, lambda frame, payload: Frame(
+        frame.streamId, frame.size, frame.flags, payload))
 
 
 class MioEngine(Engine):

@@ -133,6 +133,14 @@ class Multiplexer(Protocol):
     def connectionMade(self):
         self.engine = self._engineClass(self.role, self.settings, self._now())
         self.transport.registerProducer(self, True)
+        # Many small frames (credit, acknowledgements, short messages) must
+        # not wait for Nagle's algorithm; Blazeio disables it too.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except Exception:
+                pass
         self.log.debug(
             "{framing} {role} session up with {peer}",
             framing=self.framing, role=self.role, peer=self.transport.getPeer(),

@@ -3,6 +3,7 @@ Helpers shared by the codec and engine tests.
 """
 
 from muxframe.events import DataReceived
+from muxframe.pieces import joinPieces
 
 
 def splitAt(data, cuts):
@@ -23,22 +24,14 @@ def decodeAll(items, frameClass):
     """
     Join decoder items C{(frame, piece, first, last)} into whole frames.
     """
-    frames = []
-    parts = []
-    for frame, piece, first, last in items:
-        if piece is None:
-            frames.append(frame)
-            continue
-        if first:
-            parts = []
-        parts.append(piece)
-        if last:
-            whole = frameClass.__new__(frameClass)
-            for name in frameClass.__slots__:
-                setattr(whole, name, getattr(frame, name))
-            whole.payload = b"".join(parts)
-            frames.append(whole)
-    return frames
+    def whole(frame, payload):
+        copy = frameClass.__new__(frameClass)
+        for name in frameClass.__slots__:
+            setattr(copy, name, getattr(frame, name))
+        if payload is not None:
+            copy.payload = payload
+        return copy
+    return joinPieces(items, whole)
 
 
 def coalesce(events):

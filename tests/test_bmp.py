@@ -441,3 +441,15 @@ class EngineTests(SynchronousTestCase):
         for chunk in splitAt(wire, cuts):
             events.extend(split.receiveData(chunk))
         self.assertEqual(coalesce(events), coalesce(whole))
+
+
+class OffsetTests(SynchronousTestCase):
+
+    def test_offsetCountsPayloads(self):
+        """
+        The stream offset in an error counts every byte before the fault,
+        payloads included.
+        """
+        good = encodeFrame(Frame(b"io_0", bmp.DATA, b"0", 5, b"hello"))
+        error = decodeError(good + b"\x00io_0\x01X")
+        self.assertIn("stream offset %d" % (len(good) + 6,), str(error))
