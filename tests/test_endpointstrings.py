@@ -228,3 +228,33 @@ class UnparseTests(SynchronousTestCase):
         """
         description = unparseEndpoint(("unix", "/tmp/a:b"), {"mode": "6=6"})
         self.assertEqual(description, "unix:/tmp/a\\:b:mode=6\\=6")
+
+
+class UnparsePropertyTests(SynchronousTestCase):
+    """
+    Whatever the arguments, L{unparseEndpoint} gives a description that
+    Twisted's own parser splits back into the same arguments, so the inner
+    endpoint sees exactly what the user wrote.
+    """
+
+    def test_roundTrip(self):
+        """
+        Arbitrary printable arguments and keywords (with C{:}, C{=} and
+        backslashes) survive quoting.
+        """
+        from hypothesis import given, settings, strategies as st
+        from twisted.internet.endpoints import _parse
+
+        text = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1,
+                       max_size=12)
+        keys = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                       min_size=1, max_size=8)
+
+        @settings(max_examples=200, deadline=None)
+        @given(st.lists(text, min_size=1, max_size=4), st.dictionaries(keys, text, max_size=3))
+        def check(args, kwargs):
+            args = [a for a in args if "=" not in a] or ["tcp"]
+            parsed = _parse(unparseEndpoint(args, kwargs))
+            self.assertEqual(parsed, (args, kwargs))
+
+        check()
