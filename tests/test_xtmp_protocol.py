@@ -631,6 +631,40 @@ class ResumptionTests(SynchronousTestCase):
         self.assertTrue(c2.result.resumed)
         self.assertEqual(h.got, [b"q%d" % i for i in range(5)])
 
+    def test_prioritiesAcrossResumption(self):
+        """
+        Acknowledged messages of every priority, some delivered and some
+        not when the connection dies, plus new urgent ones sent before the
+        new handshake completes: each arrives exactly once.
+        """
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        flags = [Flags.REQUIRES_ACK, Flags.REQUIRES_ACK | Flags.EMERGENCY,
+                 Flags.REQUIRES_ACK | Flags.PRIORITY_HIGH]
+        sent = [b"a%02d" % i for i in range(30)]
+        c.pauseProducing()
+        for i, m in enumerate(sent):
+            c.send(0x10, m, flags[i % 3])
+        c.resumeProducing()
+        up = pump.clientIO.getOutBuffer()
+        pump.serverIO.bufferReceived(up[:len(up) // 2 + 5])
+        pump.serverIO.getOutBuffer()
+        self.kill(c, s)
+        c2 = cf.buildProtocol(None)
+        s2 = h.server.buildProtocol(None)
+        from twisted.test.iosim import connect as ioconnect
+        pump2 = ioconnect(s2, makeFakeServer(s2), c2, makeFakeClient(c2),
+                          greet=False, clock=h.clock)
+        late = [b"late%d" % i for i in range(3)]
+        for m in late:
+            c2.send(0x10, m, Flags.REQUIRES_ACK | Flags.EMERGENCY)
+        pump2.flush()
+        self.assertTrue(c2.result.resumed)
+        self.assertEqual(sorted(h.got), sorted(sent + late))
+        self.assertEqual(len(h.got), len(set(h.got)))
+        self.assertEqual(c2.connection.resumption.pending(), [])
+
     def test_resumeReplacesHalfOpenConnection(self):
         """
         A client that lost its connection resumes while the server still

@@ -72,7 +72,8 @@ class XTMPConnection:
                  "decoder", "resumption", "_resumptionFor", "sessionId",
                  "cipher", "result", "sendKey", "receiveKey",
                  "_pendingReceiveKey", "_rekey", "_plainSend",
-                 "_plainReceive", "_out", "_queues", "_queuedBytes",
+                 "_plainReceive", "_out", "_queues", "_resendQueue",
+                 "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt")
 
@@ -94,8 +95,10 @@ class XTMPConnection:
         self._rekey = None
         self._plainSend = self._plainReceive = 0
         self._out = []
-        # One deque per priority class, made when first needed.
+        # One deque per priority class, made when first needed; resent
+        # messages (delivery ids already given) leave before all of them.
         self._queues = [None, None, None]
+        self._resendQueue = None
         self._queuedBytes = 0
         self._reassembler = Reassembler(self.settings.maxMessageSize)
         self._ackDue = False
@@ -145,11 +148,12 @@ class XTMPConnection:
         if flags & F.REQUIRES_ACK:
             if self.resumption is None:
                 self.resumption = ResumptionState()
-            self.resumption.assign(m)
+            self.resumption.track(m)
         if type not in CONTROL_TYPES:
             self.lastActivity = now
         q = self._queues
-        if immediate and self.state == OPEN and not (q[0] or q[1] or q[2]):
+        if immediate and self.state == OPEN and not (
+                q[0] or q[1] or q[2] or self._resendQueue):
             self._encode(m, self._out)
         else:
             self._enqueue(m)
@@ -197,6 +201,8 @@ class XTMPConnection:
         self._out.append(self._seal(type, flags, payload))
 
     def _encode(self, m, out):
+        if m.requiresAck:
+            self.resumption.assign(m)
         flags, body = m.body(self.settings.compressThreshold)
         size = self.settings.fragmentSize
         if len(body) <= size:
@@ -234,7 +240,10 @@ class XTMPConnection:
         out = self._out
         if self.state == OPEN:
             total = 0
-            for q in self._queues:
+            queues = self._queues
+            if self._resendQueue:
+                queues = [self._resendQueue] + queues
+            for q in queues:
                 while q:
                     if limit is not None and total >= limit:
                         break
@@ -253,7 +262,7 @@ class XTMPConnection:
         """
         Whether messages wait in the send queue.
         """
-        return any(self._queues)
+        return bool(any(self._queues) or self._resendQueue)
 
     def closeWithError(self, code, reason, now=0.0):
         """
@@ -357,13 +366,21 @@ class XTMPConnection:
         events.append(HandshakeCompleted(result=result))
 
     def _resend(self):
-        # Unacknowledged messages from a previous connection go first, in
-        # delivery id order, ahead of anything queued since.
-        # (Messages a dead connection had queued belong to no queue now.)
+        # Unacknowledged messages from a previous connection go first: those
+        # with delivery ids in id order (ahead of every priority class, so
+        # ids stay increasing on the wire), then those never encoded, ahead
+        # of anything queued since in their class.  Messages a dead
+        # connection had queued belong to no queue now.
         mine = {id(m) for q in self._queues if q for m in q}
-        pending = [m for m in self.resumption.unacked.values()
+        numbered = [m for m in self.resumption.unacked.values()
+                    if id(m) not in mine]
+        if numbered:
+            self._resendQueue = deque(numbered)
+            for m in numbered:
+                self._queuedBytes += m.size
+        waiting = [m for m in self.resumption.waiting.values()
                    if id(m) not in mine]
-        for m in reversed(pending):
+        for m in reversed(waiting):
             self._enqueue(m, front=True)
 
     def _frame(self, frame, now, events):

@@ -251,7 +251,7 @@ class XTMPClientFactory(_XTMPFactoryMixin, ClientFactory):
         conn = protocol.connection
         if (conn is not None and conn.resumption is not None
                 and conn.resumption.sessionId and self.resume
-                and (conn.resumption.unacked or not isinstance(
+                and (conn.resumption.pending() or not isinstance(
                     protocol._closeReason, ConnectionDone))):
             self.resumable.append(conn.resumption)
 

@@ -11,7 +11,8 @@ flag::
   data                    (zlib-compressed if COMPRESSED)
 
 Delivery ids number a direction's REQUIRES_ACK messages from 1 for the life
-of a session (across reconnects and resumptions).  An Ack carries the
+of a session (across reconnects and resumptions), in the order they are
+first encoded (so in wire order, whatever the priorities).  An Ack carries the
 highest delivery id the receiver has given its application; since messages
 arrive in order, it acknowledges every lower id too.
 """
@@ -55,10 +56,11 @@ class OutgoingMessage:
     """
 
     __slots__ = ("type", "flags", "data", "requestSequence", "deliveryId",
-                 "streamName", "request", "size")
+                 "streamName", "request", "size", "requiresAck")
 
     def __init__(self, type, flags, data, requestSequence=None,
-                 deliveryId=None, streamName=None, request=None):
+                 deliveryId=None, streamName=None, request=None,
+                 requiresAck=False):
         self.type = type
         self.flags = flags
         self.data = data
@@ -66,6 +68,7 @@ class OutgoingMessage:
         self.deliveryId = deliveryId
         self.streamName = streamName
         self.request = request
+        self.requiresAck = requiresAck or deliveryId is not None
         self.size = len(data) + 32
 
     def body(self, compressThreshold):
@@ -227,8 +230,17 @@ class ResumptionState:
     duplicates nothing: unacknowledged outgoing messages and the highest
     delivery id handed to the application.
 
+    A REQUIRES_ACK message is I{tracked} from the moment it is sent (so it
+    survives a connection lost while it waits in a queue) and gets its
+    delivery id only when it is encoded: ids then increase in wire order
+    whatever the priorities, which the receiver's cumulative duplicate
+    check relies on.
+
     @ivar peerKey: what authenticated the peer (Ed25519 key or token
         digest), so a session is only resumed by the same peer.
+    @ivar unacked: delivery id -> message, for messages sent but not
+        acknowledged, in id order.
+    @ivar waiting: messages tracked but not yet given an id, in send order.
     """
 
     def __init__(self, sessionId=0, peerKey=None):
@@ -237,18 +249,37 @@ class ResumptionState:
         self.nextDeliveryId = 1
         self.highestDelivered = 0
         self.unacked = OrderedDict()
+        self.waiting = {}
         self.unackedBytes = 0
         self.lastActive = 0.0
 
+    def track(self, message):
+        """
+        Keep a REQUIRES_ACK C{message} from now until it is acknowledged.
+        """
+        message.requiresAck = True
+        self.waiting[id(message)] = message
+        self.unackedBytes += message.size
+
     def assign(self, message):
         """
-        Give a REQUIRES_ACK C{message} its delivery id and keep it until
-        acknowledged.
+        Give a tracked C{message} its delivery id as it is encoded (no-op
+        for a message resent with the id it already has).
         """
+        if message.deliveryId is not None:
+            return
+        if self.waiting.pop(id(message), None) is None:
+            self.unackedBytes += message.size
         message.deliveryId = self.nextDeliveryId
         self.nextDeliveryId += 1
         self.unacked[message.deliveryId] = message
-        self.unackedBytes += message.size
+
+    def pending(self):
+        """
+        Every message not yet acknowledged: those with ids in id order,
+        then those waiting for one in send order.
+        """
+        return list(self.unacked.values()) + list(self.waiting.values())
 
     def acknowledge(self, highest):
         """
