@@ -238,6 +238,24 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(ev["sessionId"], s.sessionId)
         self.assertEqual(ev["peer"], CLIENT_IDENTITY.public)
 
+    def test_sessionReadyHook(self):
+        """
+        sessionReady runs on both sides once the handshake is complete.
+        """
+        h = Harness()
+        ready = []
+        from muxframe.xtmp import XTMPProtocol
+
+        class Ready(XTMPProtocol):
+            def sessionReady(self):
+                ready.append(self.sessionId)
+
+        h.server.protocol = Ready
+        cf = h.clientFactory()
+        cf.protocol = Ready
+        c, s, pump = h.connect(cf)
+        self.assertEqual(ready, [c.sessionId, c.sessionId])
+
     def test_tokenAuth(self):
         h = Harness(checkToken=lambda t: t == b"letmein")
         c, s, pump = h.connect(h.clientFactory(identity=None,

@@ -283,7 +283,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._schedule()
-            self.handshakeCompleted()
+            self.sessionReady()
             self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
             self._subscribeReceived(event)
@@ -303,9 +303,11 @@ class XTMPProtocol(StreamsMixin, Protocol):
                 self._closeReason = PeerDisconnected(event.code, event.reason)
             self.transport.loseConnection()
 
-    def handshakeCompleted(self):
+    def sessionReady(self):
         """
-        Called when the session is ready; override to start sending.
+        Called when the XTMP handshake is complete; override to start
+        sending.  (Not C{handshakeCompleted}: over TLS that name belongs to
+        C{IHandshakeListener}, the TLS handshake.)
         """
 
     def errorReceived(self, code, reason):
