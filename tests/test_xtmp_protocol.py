@@ -628,6 +628,10 @@ class ResumptionTests(SynchronousTestCase):
         pump2.flush()
         self.assertEqual(h.got, sent)
         self.assertEqual(toClient, back)
+        # What the server had already delivered came again and was dropped.
+        self.assertEqual(c2.counters.resent, 30)
+        self.assertEqual(s2.counters.duplicatesDropped, delivered - 10)
+        self.assertEqual(s2.counters.messagesReceived, 40 - delivered)
         self.assertEqual(len(c2.connection.resumption.unacked), 0)
         self.assertEqual(len(s2.connection.resumption.unacked), 0)
 

@@ -194,6 +194,10 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(got, [b"%d" % i for i in range(10)])
         self.assertEqual(s.receiveKey.epoch, 3)
         self.assertEqual(s.receiveKey.key, c.sendKey.key)
+        self.assertEqual(c.counters.keyUpdates, 3)
+        self.assertEqual(c.counters.messagesSent, 10)
+        self.assertEqual(s.counters.messagesReceived, 10)
+        self.assertEqual(s.counters.bytesReceived, c.counters.bytesSent)
 
     def test_keyUpdateByTime(self):
         c, s = enginePair(serverSettings=dict(keyUpdateInterval=100,

@@ -10,7 +10,7 @@ and L{connection} (the sans-IO session engine), L{protocol} and L{factory}
 from muxframe.xtmp.codec import (
     Cipher, Decoder, Flags, Frame, MessageType, encodePlain,
 )
-from muxframe.xtmp.connection import Settings, XTMPConnection
+from muxframe.xtmp.connection import XTMPConnection
 from muxframe.xtmp.errors import (
     BadFlags, BadMagic, BadVersion, ChecksumMismatch, DecryptionFailed,
     DowngradeDetected, HandshakeFailed, MalformedMessage, MessageTooLarge,
@@ -18,6 +18,7 @@ from muxframe.xtmp.errors import (
     SequenceError, SessionNotReady, Unauthorized, Unsupported, WrongKey,
     XTMPErrorCode, XTMPLocalError, XTMPRemoteError, XTMPTimeout,
 )
+from muxframe.xtmp.events import Counters, Settings
 from muxframe.xtmp.factory import (
     XTMPClientFactory, XTMPServerFactory, connectXTMP,
 )
@@ -31,7 +32,7 @@ from muxframe.xtmp.streams import StreamRegistry
 
 __all__ = [
     "BadFlags", "BadMagic", "BadVersion", "ChecksumMismatch", "Cipher",
-    "ClientHandshake", "Decoder", "DecryptionFailed", "DowngradeDetected",
+    "ClientHandshake", "Counters", "Decoder", "DecryptionFailed", "DowngradeDetected",
     "Flags", "Frame", "HandshakeFailed", "HandshakeResult", "Identity", "KEM",
     "MalformedMessage", "Message", "MessageTooLarge", "MessageType",
     "NonceMismatch", "PeerDisconnected", "PeerError", "PublicIdentity",

@@ -34,7 +34,7 @@ from muxframe.xtmp.errors import (
     XTMPTimeout,
 )
 from muxframe.xtmp.events import (  # noqa: F401 - re-exported
-    DisconnectReceived, ErrorReceived, HandshakeCompleted,
+    Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
     MessageReceived, RequestFailed, ResponseReceived, Settings,
     SubscribeReceived, UnsubscribeReceived,
 )
@@ -75,7 +75,8 @@ class XTMPConnection:
                  "_plainReceive", "_out", "_queues", "_resendQueue",
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
-                 "lastReceived", "lastSent", "lastActivity", "keysAt")
+                 "lastReceived", "lastSent", "lastActivity", "keysAt",
+                 "counters")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -93,6 +94,7 @@ class XTMPConnection:
         self.sendKey = self.receiveKey = None
         self._pendingReceiveKey = None
         self._rekey = None
+        self.counters = Counters()
         self._plainSend = self._plainReceive = 0
         self._out = []
         # One deque per priority class, made when first needed; resent
@@ -183,6 +185,7 @@ class XTMPConnection:
         return key.seal(type, flags | F.ENCRYPTED, self.sessionId, body)
 
     def _keyUpdate(self):
+        self.counters.keyUpdates += 1
         key = self.sendKey
         self._out.append(key.seal(MessageType.KeyUpdate, F.ENCRYPTED,
                                   self.sessionId,
@@ -201,6 +204,7 @@ class XTMPConnection:
         self._out.append(self._seal(type, flags, payload))
 
     def _encode(self, m, out):
+        self.counters.messagesSent += 1
         if m.requiresAck:
             self.resumption.assign(m)
         flags, body = m.body(self.settings.compressThreshold)
@@ -256,7 +260,9 @@ class XTMPConnection:
         if now is not None:
             self.lastSent = now
         self._out = []
-        return out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.counters.bytesSent += len(data)
+        return data
 
     def hasQueued(self):
         """
@@ -316,6 +322,7 @@ class XTMPConnection:
             return []
         events = []
         try:
+            self.counters.bytesReceived += len(data)
             for frame in self.decoder.feed(data):
                 self.lastReceived = now
                 if self.state == HANDSHAKING:
@@ -376,6 +383,7 @@ class XTMPConnection:
                     if id(m) not in mine]
         if numbered:
             self._resendQueue = deque(numbered)
+            self.counters.resent += len(numbered)
             for m in numbered:
                 self._queuedBytes += m.size
         waiting = [m for m in self.resumption.waiting.values()
@@ -423,6 +431,7 @@ class XTMPConnection:
         if message.deliveryId is not None:
             self._ackDue = True
             if self.resumption.isDuplicate(message.deliveryId):
+                self.counters.duplicatesDropped += 1
                 return
         self._dispatch(message, now, events)
 
@@ -430,6 +439,7 @@ class XTMPConnection:
         t = message.type
         if t not in CONTROL_TYPES and t != MessageType.Error:
             self.lastActivity = now
+            self.counters.messagesReceived += 1
             if message.requestSequence is not None:
                 request = self.pendingRequests.pop(message.requestSequence,
                                                    None)
@@ -510,6 +520,7 @@ class XTMPConnection:
         self.sendKey = s2c
         self._pendingReceiveKey = c2s
         self.keysAt = now
+        self.counters.rehandshakes += 1
 
     def _rekeyAck(self, message, now):
         if self._rekey is None:
@@ -517,6 +528,7 @@ class XTMPConnection:
         self.sendKey, self.receiveKey = self._rekey.finish(message.payload,
                                                            now)
         self._rekey = None
+        self.counters.rehandshakes += 1
 
     # -- timers ------------------------------------------------------------
 

@@ -32,6 +32,26 @@ class Settings:
             raise ValueError("fragmentSize must be in 1..maxPayload")
 
 
+class Counters:
+    """
+    Per-session counters, for operators and metrics endpoints.
+    """
+
+    __slots__ = ("bytesSent", "bytesReceived", "messagesSent",
+                 "messagesReceived", "duplicatesDropped", "resent",
+                 "keyUpdates", "rehandshakes")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def asDict(self):
+        """
+        The counters as a plain dictionary.
+        """
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
 class Event:
     """
     Base of the events L{XTMPConnection} reports.

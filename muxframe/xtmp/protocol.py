@@ -117,6 +117,14 @@ class XTMPProtocol(StreamsMixin, Protocol):
         return self.connection.sessionId if self.connection else 0
 
     @property
+    def counters(self):
+        """
+        This session's L{Counters} (bytes, messages, duplicates dropped,
+        resends, key updates, re-handshakes).
+        """
+        return self.connection.counters if self.connection else None
+
+    @property
     def peerIdentity(self):
         """
         The peer's L{PublicIdentity} (or L{None}) once authenticated.
