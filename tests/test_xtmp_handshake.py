@@ -245,6 +245,28 @@ class HandshakeRejectionTests(SynchronousTestCase):
         self.assertRaises(HandshakeFailed, client.receiveFrame,
                           frames(raw)[0])
 
+    def test_lowOrderX25519Key(self):
+        """
+        An X25519 key giving an all-zero shared secret is refused.
+        """
+        client, server = pair()
+        f = frames(client.start())[0]
+        hello = ClientHello.decode(f.payload)
+        hello.x25519Public = bytes(32)
+        raw = encodePlain(1, 0, 0, 0, hello.encode())
+        e = self.assertRaises(HandshakeFailed, server.receiveFrame,
+                              frames(raw)[0])
+        self.assertIn("X25519", str(e))
+
+    def test_badKemKey(self):
+        client, server = pair()
+        f = frames(client.start())[0]
+        hello = ClientHello.decode(f.payload)
+        hello.kemKey = hello.kemKey[:-1]
+        raw = encodePlain(1, 0, 0, 0, hello.encode())
+        self.assertRaises(HandshakeFailed, server.receiveFrame,
+                          frames(raw)[0])
+
     def test_wrongMessageType(self):
         client, server = pair()
         client.start()
