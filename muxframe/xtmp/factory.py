@@ -6,14 +6,13 @@ stream registry, the settings and (for resumption) the state of sessions
 whose connection was lost.
 """
 
-import time
-
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory
 
 from muxframe.xtmp.codec import MessageType
-from muxframe.xtmp.connection import Settings, XTMPConnection
+from muxframe.xtmp.connection import XTMPConnection
 from muxframe.xtmp.errors import Unauthorized
+from muxframe.xtmp.events import Settings
 from muxframe.xtmp.handshake import (
     DEFAULT_CIPHERS, KEM, ClientHandshake, ServerHandshake, authorizedKeyMap,
 )
@@ -121,9 +120,6 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         self.relayStreams = relayStreams
         self.sessions = {}
         self.live = {}
-
-    def _now(self):
-        return self.reactor.seconds() if self.reactor else time.time()
 
     def makeEngine(self, protocol, now):
         """
