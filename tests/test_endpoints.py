@@ -60,9 +60,9 @@ def collectorFactory(payload):
 
 def cancelAbortTimers():
     """
-    Cancel the 5-second C{Multiplexer._abortTransport} timers the core leaves
-    behind after a peer's FIN (a core bug, reported; the timer is harmless
-    but makes trial's reactor dirty).
+    Cancel any C{Multiplexer._abortTransport} grace timer still pending when
+    a test ends (older cores left them behind after the connection was lost;
+    a harmless safety net now).
     """
     for call in reactor.getDelayedCalls():
         if getattr(call.func, "__name__", "") == "_abortTransport":
