@@ -339,3 +339,78 @@ class SlowReaderTCPTests(TestCase):
         d.addCallback(paused)
         d.addCallback(drained)
         return d
+
+
+class KilledTCPConnectionTests(TestCase):
+    """
+    Over real loopback TCP: the connection is aborted mid-stream, the
+    client reconnects with the same factory, and every acknowledged message
+    reaches the server application exactly once.
+    """
+
+    timeout = 30
+
+    def test_reconnectExactlyOnce(self):
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        total = 5000
+        got = []
+        xs = serverFactory(None)
+
+        def handler(protocol, message):
+            got.append(message.payload)
+            if len(got) == total // 3:
+                # Kill the connection while the rest are in flight.
+                protocol.transport.abortConnection()
+
+        xs.setHandler(0x10, handler)
+        cf = clientFactory(None)
+        state = {}
+
+        def waitFor(condition, what, tries=4000):
+            if condition():
+                return True
+            if not tries:
+                raise AssertionError("timed out waiting for " + what)
+            return deferLater(reactor, 0.005, waitFor, condition, what,
+                              tries - 1)
+
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            state["endpoint"] = TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                   port.getHost().port)
+            return connectXTMP(state["endpoint"], cf)
+
+        def connected(client):
+            closed = client.whenClosed()
+            for i in range(total):
+                client.send(0x10, b"%05d" % i, Flags.REQUIRES_ACK)
+            return closed
+
+        def killed(why):
+            self.assertLess(len(got), total)
+            self.assertEqual(len(cf.resumable), 1)
+            return connectXTMP(state["endpoint"], cf)
+
+        def reconnected(client):
+            state["client"] = client
+            self.assertTrue(client.result.resumed)
+            return waitFor(lambda: len(got) >= total and not
+                           client.connection.resumption.pending(),
+                           "every message, acknowledged")
+
+        def done(_):
+            self.assertEqual(got, [b"%05d" % i for i in range(total)])
+            closed = state["client"].whenClosed()
+            state["client"].disconnect()
+            return closed
+
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(killed)
+        d.addCallback(reconnected)
+        d.addCallback(done)
+        return d
