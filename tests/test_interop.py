@@ -36,6 +36,7 @@ from twisted.protocols import policies
 from twisted.trial import unittest
 
 from muxframe import MultiplexerFactory
+from muxframe.errors import StreamResetError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLAZEIO_PEER = os.path.join(HERE, "interop", "blazeio_peer.py")
@@ -658,6 +659,37 @@ class RealGoMioTests(unittest.TestCase):
         opens "last id seen + 2", which can race with the client's next id).
         """
         return self._goServer(["-readlimit", "16777215"], [], goOpens=GO_SIZES)
+
+    def test_muxframeSmallWindowToGoServer(self):
+        """
+        muxframe opening streams with its smallest window (1024 bytes): the
+        Go server's writes, which lose credit when a 1024-byte frame does not
+        fit, still complete.
+        """
+        return self._goServer(["-readlimit", "16777215"], [1, 1000, 1025, 5000, 100000],
+                              windowSize=1024)
+
+    @defer.inlineCallbacks
+    def test_goExampleEchoServerResets(self):
+        """
+        A Go server written as the library's example (io.Copy(str, str);
+        str.Close()) ends each stream with RST code 0 and no half-close:
+        muxframe delivers every echoed byte, then reports the reset.  (Sizes
+        stay under io.Copy's 32 KiB buffer: the library's Write keeps the
+        caller's slice, so io.Copy corrupts larger echoes on the Go side.)
+        """
+        peer = self.peer("-mode", "server", "-addr", "127.0.0.1:0", "-exampleecho",
+                         "-readlimit", "16777215", "-timeout", "25s")
+        port = yield peer.whenListening()
+        recorder = RecordingFactory(MultiplexerFactory(None, framing="mio", role="client"))
+        yield self.net.connect(port, recorder)
+        mux = yield recorder.whenConnected()
+        sizes = [1, 1024, 30000]
+        children = yield withTimeout(openChecks(mux, sizes), EXCHANGE_TIMEOUT,
+                                     "echo from the Go example server")
+        for child in children:
+            self.assertEqual(bytes(child.received), child.data, child.describe())
+            self.assertIsNotNone(child.reason.check(StreamResetError), child.describe())
 
     def test_muxframe128ToGoFrameSize128Server(self):
         """

@@ -41,16 +41,17 @@ import (
 )
 
 var (
-	mode       = flag.String("mode", "server", "server or client")
-	addr       = flag.String("addr", "127.0.0.1:0", "listen (server) or dial (client) address")
-	sizes      = flag.String("sizes", "1,128,1024,1025,100000,1048576", "payload sizes, one stream each")
-	seed       = flag.Int("seed", 1, "payload seed")
-	readLimit  = flag.Int("readlimit", 0, "ReadBufferLimit (largest accepted data frame); 0 keeps the library default (128)")
-	frameSize  = flag.Int("framesize", 0, "FrameSizeLimit (largest sent data frame); 0 keeps the library default (1024)")
-	open       = flag.Bool("open", false, "server: also open -sizes streams toward each client and verify their echo")
-	accept     = flag.Int("accept", 0, "client: also echo this many streams opened by the server")
-	timeout    = flag.Duration("timeout", 30*time.Second, "give up after this long")
-	sequential = flag.Bool("sequential", false, "open and verify streams one after another instead of concurrently")
+	mode        = flag.String("mode", "server", "server or client")
+	addr        = flag.String("addr", "127.0.0.1:0", "listen (server) or dial (client) address")
+	sizes       = flag.String("sizes", "1,128,1024,1025,100000,1048576", "payload sizes, one stream each")
+	seed        = flag.Int("seed", 1, "payload seed")
+	readLimit   = flag.Int("readlimit", 0, "ReadBufferLimit (largest accepted data frame); 0 keeps the library default (128)")
+	frameSize   = flag.Int("framesize", 0, "FrameSizeLimit (largest sent data frame); 0 keeps the library default (1024)")
+	open        = flag.Bool("open", false, "server: also open -sizes streams toward each client and verify their echo")
+	accept      = flag.Int("accept", 0, "client: also echo this many streams opened by the server")
+	timeout     = flag.Duration("timeout", 30*time.Second, "give up after this long")
+	sequential  = flag.Bool("sequential", false, "open and verify streams one after another instead of concurrently")
+	exampleEcho = flag.Bool("exampleecho", false, "echo as the library's example server does: io.Copy(str, str); str.Close() (a reset, no half-close)")
 )
 
 var outMu sync.Mutex
@@ -106,6 +107,12 @@ func options() []mio.Option {
 // echo reads until the peer's half-close, writes everything back and
 // half-closes.  It never resets: toward muxframe streams end with HFR.
 func echo(str mio.Stream) {
+	if *exampleEcho {
+		n, err := io.Copy(str, str)
+		str.Close()
+		say("ECHOED %s %d (example: io.Copy, Close) %v", str.LocalAddr(), n, err)
+		return
+	}
 	buf := make([]byte, 64*1024)
 	total := 0
 	for {
