@@ -19,13 +19,18 @@ from zope.interface import implementer
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
+    fail,
     gatherResults,
     maybeDeferred,
     succeed,
 )
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IListeningPort,
+    IProtocol,
     IProtocolFactory,
+    ISSLTransport,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
@@ -122,19 +127,57 @@ class _ClosingTransport:
         self._transport.loseConnection()
 
 
+@implementer(IHandshakeListener)
 class _TrackingMultiplexer(Multiplexer):
     """
-    A L{Multiplexer} that tells its factory when it comes and goes.
+    A L{Multiplexer} that tells its factory when it comes and goes, and
+    knows when a TLS transport has finished its handshake.
     """
 
+    _handshakeDone = False
+    _readyWaiters = None
+
     def makeConnection(self, transport):
+        self._tls = ISSLTransport.providedBy(transport)
         Multiplexer.makeConnection(self, _ClosingTransport(transport))
 
     def connectionMade(self):
         Multiplexer.connectionMade(self)
         self.factory._connected(self)
 
+    def handshakeCompleted(self):
+        """
+        The TLS handshake succeeded (the peer's certificate was verified).
+        """
+        self._handshakeDone = True
+        waiters, self._readyWaiters = self._readyWaiters or [], None
+        for d in waiters:
+            d.callback(self)
+
+    def whenReady(self):
+        """
+        Return a Deferred firing with this multiplexer once it can carry
+        streams: at once over plain transports, after the handshake over
+        TLS; it fails with the reason if the connection is lost first (a
+        failed handshake).
+        """
+        if self.disconnected:
+            return fail(self._lostReason)
+        if not self._tls or self._handshakeDone:
+            return succeed(self)
+        d = Deferred()
+        if self._readyWaiters is None:
+            self._readyWaiters = []
+        self._readyWaiters.append(d)
+        return d
+
     def connectionLost(self, reason=None):
+        if reason is None:
+            reason = Failure(ConnectionLost("multiplexed connection lost"))
+        self._lostReason = reason
+        waiters, self._readyWaiters = self._readyWaiters or [], None
+        for d in waiters:
+            d.errback(reason)
         try:
             Multiplexer.connectionLost(self, reason)
         finally:
@@ -329,6 +372,60 @@ class MultiplexedServerEndpoint:
         return "<MultiplexedServerEndpoint %s over %r>" % (self.framing, self.inner)
 
 
+@implementer(IProtocol, IHandshakeListener)
+class _HandshakeRelay:
+    """
+    Stand between a TLS transport and the protocol L{ClientService} wraps
+    (which hides every interface but L{IProtocol}), so the multiplexer still
+    hears C{handshakeCompleted}.
+    """
+
+    def __init__(self, protocol):
+        self._relayed = protocol
+
+    def makeConnection(self, transport):
+        self._relayed.makeConnection(transport)
+
+    def dataReceived(self, data):
+        self._relayed.dataReceived(data)
+
+    def connectionLost(self, reason):
+        self._relayed.connectionLost(reason)
+
+    def connectionMade(self):
+        pass  # makeConnection of the relayed protocol calls its own
+
+    def handshakeCompleted(self):
+        handshakeCompleted = getattr(self._relayed, "handshakeCompleted", None)
+        if handshakeCompleted is not None:
+            handshakeCompleted()
+
+    def __getattr__(self, name):
+        return getattr(self._relayed, name)
+
+
+@implementer(IProtocolFactory)
+class _HandshakeRelayFactory:
+    """
+    Wrap each protocol of C{factory} in a L{_HandshakeRelay}.
+    """
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
+
+    def buildProtocol(self, addr):
+        protocol = self.factory.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return _HandshakeRelay(protocol)
+
+
 class _RecordingEndpoint:
     """
     Wrap a client endpoint to remember its last connection failure, so a
@@ -340,15 +437,14 @@ class _RecordingEndpoint:
         self.lastFailure = None
 
     def connect(self, factory):
-        d = self.inner.connect(factory)
+        d = self.inner.connect(_HandshakeRelayFactory(factory))
 
         def failed(reason):
             self.lastFailure = reason
             return reason
 
-        def succeeded(protocol):
-            self.lastFailure = None
-            return protocol
+        def succeeded(relay):
+            return relay._relayed
 
         d.addCallbacks(succeeded, failed)
         return d
@@ -431,41 +527,82 @@ class MultiplexedClientEndpoint:
 
     def whenConnected(self, timeout=None):
         """
-        Return a Deferred firing with the shared connection's L{Multiplexer},
-        connecting if needed; it fails with L{MultiplexedConnectError} after
-        C{timeout} seconds (default C{connectTimeout}).
+        Return a Deferred firing with the shared connection's L{Multiplexer}
+        once it can carry streams (over TLS: once the handshake, and so the
+        peer's certificate check, succeeded), connecting if needed.  It
+        fails with L{MultiplexedConnectError}, naming the last error, after
+        C{timeout} seconds (default C{connectTimeout}); cancelling it, or
+        L{stop}, fails it too.
         """
         if timeout is None:
             timeout = self.connectTimeout
         reactor = self._getReactor()
         service = self.service
-        d = service.whenConnected()
-        state = {"timedOut": False}
+        state = {"pending": None, "done": False}
 
-        def expire():
-            state["timedOut"] = True
-            d.cancel()
-
-        timer = reactor.callLater(timeout, expire)
-
-        def done(result):
+        def finish(outcome):
+            if state["done"]:
+                return
+            state["done"] = True
             if timer.active():
                 timer.cancel()
-            if isinstance(result, Failure) and result.check(CancelledError):
-                if state["timedOut"]:
-                    last = self._recorder.lastFailure
-                    raise MultiplexedConnectError(
-                        "no %s connection through %r within %g s%s" % (
-                            self.framing, self.inner, timeout,
-                            "" if last is None else
-                            " (last error: %s)" % (last.getErrorMessage(),)),
-                        last)
-                raise MultiplexedConnectError(
-                    "connecting through %r was stopped" % (self.inner,))
-            return result
+            pending, state["pending"] = state["pending"], None
+            if pending is not None:
+                pending.cancel()
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                self._recorder.lastFailure = None
+                result.callback(outcome)
 
-        d.addBoth(done)
-        return d
+        def expire():
+            last = self._recorder.lastFailure
+            finish(Failure(MultiplexedConnectError(
+                "no %s connection through %r within %g s%s" % (
+                    self.framing, self.inner, timeout,
+                    "" if last is None else " (last error: %s)" % (_reasonText(last),)),
+                last)))
+
+        def cancel(d):
+            finish(Failure(MultiplexedConnectError(
+                "connecting through %r was cancelled" % (self.inner,))))
+
+        def attempt():
+            if state["done"]:
+                return
+            d = state["pending"] = service.whenConnected()
+            d.addCallbacks(connected, notConnected)
+
+        def connected(mux):
+            if state["done"]:
+                return
+            d = state["pending"] = mux.whenReady()
+            d.addCallbacks(finish, notReady)
+
+        def notReady(reason):
+            # The connection died before it was ready (a failed TLS
+            # handshake); the ClientService is re-making it.  Ask again on
+            # the next turn, once it has noticed.
+            state["pending"] = None
+            if not reason.check(CancelledError):
+                self._recorder.lastFailure = reason
+            if not state["done"]:
+                reactor.callLater(0, attempt)
+
+        def notConnected(reason):
+            state["pending"] = None
+            if state["done"]:
+                return
+            if reason.check(CancelledError):
+                finish(Failure(MultiplexedConnectError(
+                    "connecting through %r was stopped" % (self.inner,))))
+            else:
+                finish(reason)
+
+        result = Deferred(cancel)
+        timer = reactor.callLater(timeout, expire)
+        attempt()
+        return result
 
     def connect(self, factory):
         """
@@ -532,6 +669,8 @@ class MultiplexedClientEndpoint:
     def _lost(self, mux, reason=None):
         if self._current is mux:
             self._current = None
+        if reason is not None:
+            self._recorder.lastFailure = reason
         self.log.info("{framing} connection to {peer} lost: {reason}",
                       framing=self.framing, peer=_peerText(mux.transport.getPeer()),
                       reason=_reasonText(reason))

@@ -4,6 +4,7 @@ real loopback TCP, and the client's connect timeout and reconnection with an
 injected clock.
 """
 
+from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from twisted.internet import reactor
@@ -12,6 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
     IListeningPort,
+    ISSLTransport,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
@@ -193,17 +195,21 @@ class FakeEndpoint:
     A client endpoint on StringTransports; fails while C{refuse} is set.
     """
 
-    def __init__(self):
+    def __init__(self, tls=False):
         self.attempts = 0
         self.refuse = False
         self.protocols = []
+        self.tls = tls
 
     def connect(self, factory):
         self.attempts += 1
         if self.refuse:
             return fail(ConnectionRefusedError("nobody home"))
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
+        transport = StringTransport()
+        if self.tls:
+            directlyProvides(transport, ISSLTransport)
+        protocol.makeConnection(transport)
         self.protocols.append(protocol)
         return succeed(protocol)
 
@@ -274,6 +280,30 @@ class ClientTimingTests(SynchronousTestCase):
         self.assertEqual(self.inner.attempts, 3)
         self.successResultOf(d)
         self.assertIsNot(endpoint._current, None)
+
+    def test_waitsForTLSHandshake(self):
+        """
+        Over a TLS transport, connect() waits for the handshake; a
+        connection lost before it (a refused certificate) is retried, and a
+        connect that never sees a handshake fails naming that error.
+        """
+        self.inner.tls = True
+        endpoint = self.endpoint(connectTimeout=5)
+        d = endpoint.connect(Factory.forProtocol(Echo))
+        self.assertNoResult(d)
+        self.inner.protocols[0].connectionLost(Failure(ConnectionLost("bad certificate")))
+        self.clock.advance(0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.inner.attempts, 2)
+        self.assertNoResult(d)
+        self.inner.protocols[1].handshakeCompleted()
+        self.successResultOf(d)
+        self.inner.protocols[1].connectionLost(Failure(ConnectionLost("bad certificate")))
+        self.clock.advance(0)
+        late = endpoint.connect(Factory.forProtocol(Echo))
+        self.clock.pump([0.5] * 11)
+        failure = self.failureResultOf(late, MultiplexedConnectError)
+        self.assertIn("bad certificate", str(failure.value))
 
     def test_stopFailsWaitingConnects(self):
         """
