@@ -282,14 +282,24 @@ class TwistdTLSTunnelTests(TestCase):
 
     timeout = 180
 
-    @inlineCallbacks
     def test_forwardAndReverse100x1MiB(self):
         """
         A forward tunnel (client --local to server --forward) and a reverse
         tunnel (server --local to client --forward) each carry 100
         concurrent TCP connections of 1 MiB each way at the same time,
-        verified by hash, over mutual TLS; both processes then stop cleanly.
+        verified by hash, over mutual TLS, with MIO framing; both processes
+        then stop cleanly.
         """
+        return self._tunnels("mio")
+
+    def test_forwardAndReverse100x1MiBBMP(self):
+        """
+        The same with BMP framing.
+        """
+        return self._tunnels("bmp")
+
+    @inlineCallbacks
+    def _tunnels(self, framing):
         paths = writeCertificates(self.mktemp())
         forwardTarget = yield TCP4ServerEndpoint(
             reactor, 0, interface="127.0.0.1").listen(answererFactory())
@@ -304,7 +314,7 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["server.pem"], paths["ca.pem"]),
             "--forward=tcp:127.0.0.1:%d" % (forwardTarget.getHost().port,),
             "--local=tcp:%d:interface=127.0.0.1" % (reverseLocal,),
-            "--drainTimeout=5")
+            "--drainTimeout=5", "--framing=" + framing)
         yield waitForPort(muxPort, server)
         client = spawnTwistd(
             self, "client", "client",
@@ -312,10 +322,10 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["ca"], paths["client.pem"], paths["client.pem"]),
             "--local=tcp:%d:interface=127.0.0.1" % (forwardLocal,),
             "--forward=tcp:127.0.0.1:%d" % (reverseTarget.getHost().port,),
-            "--drainTimeout=5")
+            "--drainTimeout=5", "--framing=" + framing)
         yield waitForPort(forwardLocal, client)
         deadline = time.monotonic() + 20
-        while not re.search(r"mio connection to \S+ up", client.text()):
+        while not re.search(framing + r" connection to \S+ up", client.text()):
             self.assertLess(time.monotonic(), deadline, client.text())
             yield deferLater(reactor, 0.05)
 
@@ -333,7 +343,7 @@ class TwistdTLSTunnelTests(TestCase):
         self.assertEqual((forwardTarget.factory.good, forwardTarget.factory.bad), (100, 0))
         self.assertEqual((reverseTarget.factory.good, reverseTarget.factory.bad), (100, 0))
         # One multiplexed connection carried them all.
-        self.assertEqual(len(re.findall(r"mio connection to \S+ up", client.text())), 1)
+        self.assertEqual(len(re.findall(framing + r" connection to \S+ up", client.text())), 1)
         self.assertIn("reverse tunnel: 127.0.0.1:", server.text())
         self.assertIn("forward tunnel: 127.0.0.1:", client.text())
         self.log = "400 MiB through two tunnels in %.1f s" % (elapsed,)
