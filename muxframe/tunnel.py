@@ -98,6 +98,7 @@ class SpliceProtocol(Protocol):
     buffers what arrives anyway.
 
     @ivar other: the other side, once linked.
+    @ivar peer: text naming the peer, for logs (set by tunnel factories).
     @ivar onMade: called with this protocol when it is connected.
     @ivar onLost: called with this protocol and the reason when it is lost.
     """
@@ -117,6 +118,9 @@ class SpliceProtocol(Protocol):
         self.disconnected = False
         self.reason = None
         self.bytesReceived = 0
+        self.peer = None
+        self.linked = False
+        self.pending = None
 
     def connectionMade(self):
         self.transport.pauseProducing()
@@ -316,14 +320,14 @@ class _SpliceFactory(Factory):
 
     def _acceptedLost(self, accepted, reason):
         self.stats.active -= 1
-        pending = getattr(accepted, "pending", None)
+        pending = accepted.pending
         if pending is not None:
             pending.cancel()
         clean = reason.check(ConnectionDone) is not None
-        if not clean and getattr(accepted, "linked", False):
+        if not clean and accepted.linked:
             self.stats.failed += 1
         log.info("{kind}: {peer} closed ({outcome}; {bytesIn} bytes in, {bytesOut} out)",
-                 kind=self.kind, peer=getattr(accepted, "peer", "?"),
+                 kind=self.kind, peer=accepted.peer or "?",
                  outcome="clean" if clean else reason.getErrorMessage(),
                  bytesIn=accepted.bytesReceived,
                  bytesOut=accepted.other.bytesReceived if accepted.other else 0,
