@@ -36,7 +36,7 @@ from twisted.protocols import policies
 from twisted.trial import unittest
 
 from muxframe import MultiplexerFactory
-from muxframe.errors import StreamResetError
+from muxframe.errors import StreamResetError, StreamTimeoutError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLAZEIO_PEER = os.path.join(HERE, "interop", "blazeio_peer.py")
@@ -474,6 +474,33 @@ class RealBlazeioTests(unittest.TestCase):
         The same with muxframe keeping one frame in flight, as Blazeio does.
         """
         return self._blazeioClient(maxInFlight=1, maxFrameSize=10240)
+
+    @defer.inlineCallbacks
+    def test_blazeioClientIgnoresServerOpenedStream(self):
+        """
+        A stream the muxframe server opens toward a Blazeio client is entered
+        by Blazeio and never acknowledged: muxframe ends it with a timeout
+        after ackTimeout, and the client's own streams are unaffected.
+        """
+        factory = trackServerConnections(self, RecordingFactory(MultiplexerFactory(
+            echoFactory(), framing="bmp", role="server", ackTimeout=0.5)))
+        port = yield self.net.listen(factory)
+        sizes = [1, 10240, 100000]
+        peer = self.peer("client", "--port", str(port), "--timeout", "25",
+                         "--linger", "1.5", "--sizes", ",".join(map(str, sizes)))
+        mux = yield withTimeout(factory.whenConnected(), EXCHANGE_TIMEOUT, "Blazeio client")
+        check = yield mux.openStream(protocol.Factory.forProtocol(
+            lambda: CheckChild(b"x" * 30000)))
+        yield withTimeout(check.done, 10, "the server-opened stream to time out")
+        code = yield waitExit(peer, 30)
+        wire = factory.dump()
+        self.assertEqual(code, 0, peer.output() + "\n" + wire)
+        self.assertEqual(len(resultLines(peer)), len(sizes), peer.output())
+        self.assertEqual([line for line in peer.lines if line.startswith("PEER-OPENED")],
+                         ["PEER-OPENED srv_0"], peer.output())
+        self.assertIsNotNone(check.reason.check(StreamTimeoutError),
+                             "%s\n%s" % (check.describe(), wire))
+        self.assertEqual(bytes(check.received), b"")
 
     @defer.inlineCallbacks
     def _blazeioServer(self, sizes, **settings):
@@ -1136,9 +1163,7 @@ class BlazeioEmulationTests(unittest.TestCase):
         check = yield mux.openStream(protocol.Factory.forProtocol(
             lambda: CheckChild(b"x" * 30000)))
         yield withTimeout(check.done, 10, "the server-opened stream to time out")
-        self.assertIsNotNone(check.reason)
-        self.assertIsNone(check.reason.check(error.ConnectionDone),
-                          "a never-acknowledged stream ended cleanly")
+        self.assertIsNotNone(check.reason.check(StreamTimeoutError), check.describe())
         self.assertEqual(len(emu.created), 1, emu.created)
         self.assertFalse(emu.created[0][0].startswith(b"io_"), emu.created)
         self.assertGreater(emu.ignored[emu.created[0][0]], 0)

@@ -20,6 +20,9 @@ as Blazeio's own proxy (C{Blazeio/Other/proxy.py}) does.
       write the payload, then EOF, while reading the echo until EOF; compare.
       Prints "RESULT <id> <sent> <received> OK|MISMATCH" per stream and
       "ALL OK" or "FAILED"; exit status 0 only when every stream matched.
+      Streams the server opens are logged as "PEER-OPENED <id>" (Blazeio's
+      client enters them and never reads them).  --linger S keeps the
+      connection S seconds after the streams are done.
 
 Payloads are C{payload(seed, index, size)} below, so the other side can
 check them without any side channel.
@@ -82,6 +85,18 @@ def runClient(args):
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
+    # Log the streams the server opens: Blazeio's client enters them
+    # (create_stream with the peer's id) and then never reads them.
+    clientProtocol = Protocols.client
+    originalCreate = clientProtocol.create_stream
+
+    async def create_stream(self, _id=None):
+        if _id is not None:
+            log("PEER-OPENED", _id.decode(errors="replace"))
+        return await originalCreate(self, _id)
+
+    clientProtocol.create_stream = create_stream
+
     async def oneStream(conn, index, size):
         data = payload(args.seed, index, size)
         stream = await conn.create_stream()
@@ -108,6 +123,8 @@ def runClient(args):
             asyncio.gather(*[oneStream(conn, i, size)
                              for i, size in enumerate(sizes)]),
             args.timeout)
+        if args.linger:
+            await asyncio.sleep(args.linger)
         return all(results)
 
     try:
@@ -129,6 +146,8 @@ def main(argv=None):
     parser.add_argument("--sizes", default="1,10,10240,10241,100000,1048576")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="client: stay connected this long after the streams")
     args = parser.parse_args(argv)
     if args.mode == "server":
         runServer(args)
