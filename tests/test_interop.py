@@ -24,7 +24,6 @@ import hashlib
 import os
 import re
 import struct
-import sys
 from collections import defaultdict, deque
 
 from zope.interface import implementer
@@ -36,7 +35,7 @@ from twisted.protocols import policies
 from twisted.trial import unittest
 
 from muxframe import MultiplexerFactory
-from muxframe.errors import StreamResetError, StreamTimeoutError
+from muxframe.errors import MalformedFrame, StreamResetError, StreamTimeoutError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLAZEIO_PEER = os.path.join(HERE, "interop", "blazeio_peer.py")
@@ -1292,7 +1291,7 @@ class GoMioEmulation(protocol.Protocol):
     """
 
     def __init__(self, readBufferLimit=128, frameSizeLimit=1024,
-                 windowSizeLimit=0xFFFFFF):
+                 windowSizeLimit=0xFFFFFF, openOnConnect=()):
         self.readBufferLimit = readBufferLimit
         self.frameSizeLimit = frameSizeLimit
         self.windowSizeLimit = windowSizeLimit
@@ -1308,6 +1307,12 @@ class GoMioEmulation(protocol.Protocol):
         self.emptyFramesSent = 0
         self.log = []
         self.maxDataFrame = 0
+        self.openOnConnect = list(openOnConnect)
+        self.openedOnConnect = []
+
+    def connectionMade(self):
+        for data in self.openOnConnect:
+            self.openedOnConnect.append(self.openStream(data))
 
     def _send(self, header, data=b""):
         self.log.append(("send", header + data))
@@ -1583,6 +1588,41 @@ class GoMioEmulationTests(unittest.TestCase):
     test_unmodifiedGoDefaultsToMuxframe128.todo = (
         "maxFrameSize is muxframe's send and receive limit at once: at 128 it "
         "rejects the Go library's 1024-byte frames with FIN code 2")
+
+    @defer.inlineCallbacks
+    def test_simultaneousOpenOfTheSameId(self):
+        """
+        A Go client and the muxframe server open a stream at the same
+        instant: both pick id 2 (the Go library uses last id + 2 from both
+        sides).  muxframe cannot tell the two streams apart and ends the
+        session cleanly with FIN code 1 (a protocol error), rather than
+        mixing the streams' data.  This is a hazard of the Go library's id
+        scheme, not something muxframe can avoid; see the README.
+        """
+        recorder = trackServerConnections(self, RecordingFactory(MultiplexerFactory(
+            echoFactory(), framing="mio", role="server")))
+        port = yield self.net.listen(recorder)
+        emu = yield self.net.connect(port, protocol.Factory.forProtocol(
+            lambda: GoMioEmulation(readBufferLimit=1 << 20, openOnConnect=[b"go"])))
+        # The test resumes inside the server's makeConnection (or before the
+        # reactor has flushed the Go side's open): muxframe opens before it
+        # has read anything.
+        mux = yield recorder.whenConnected()
+        check = yield mux.openStream(protocol.Factory.forProtocol(
+            lambda: CheckChild(b"muxframe")))
+        yield withTimeout(check.done, EXCHANGE_TIMEOUT, "the session to end")
+        for _ in range(100):
+            if emu.fin is not None:
+                break
+            yield deferLater(0.02)
+        # Wire, both sides: 00000002 ffffff0c (Go opens 2) crosses
+        # 00000002 0400000c (muxframe opens 2); muxframe answers the Go open
+        # with 00000000 00000102 (FIN, code 1).  The Go side replaced its own
+        # stream 2 with muxframe's (that stream of its hangs for ever).
+        self.assertEqual(emu.openedOnConnect[0].id, 2)
+        self.assertEqual(emu.fin, 1, emu.dump())
+        self.assertEqual(emu.violations, ["open for stream 2, already open"])
+        self.assertIsNotNone(check.reason.check(MalformedFrame), check.describe())
 
     @defer.inlineCallbacks
     def _emulatedServer(self, sizes, goOpens=(), goOptions=None, **settings):
