@@ -449,15 +449,15 @@ class RealBlazeioTests(unittest.TestCase):
                          [self.python, "-u", BLAZEIO_PEER] + list(args))
 
     @defer.inlineCallbacks
-    def _blazeioClient(self, **settings):
+    def _blazeioClient(self, sizes=BLAZEIO_SIZES, **settings):
         factory = trackServerConnections(self, RecordingFactory(MultiplexerFactory(
             echoFactory(), framing="bmp", role="server", **settings)))
         port = yield self.net.listen(factory)
         peer = self.peer("client", "--port", str(port), "--timeout", "25",
-                         "--sizes", ",".join(map(str, BLAZEIO_SIZES)))
+                         "--sizes", ",".join(map(str, sizes)))
         code = yield waitExit(peer, 30)
         results = resultLines(peer)
-        if code != 0 or "ALL OK" not in peer.lines or len(results) != len(BLAZEIO_SIZES):
+        if code != 0 or "ALL OK" not in peer.lines or len(results) != len(sizes):
             self.fail("Blazeio client against muxframe server failed (exit %r):\n%s\n"
                       "wire:\n%s" % (code, peer.output(), factory.dump()))
 
@@ -467,6 +467,13 @@ class RealBlazeioTests(unittest.TestCase):
         muxframe BMP server, writes, half-closes and gets every byte back.
         """
         return self._blazeioClient()
+
+    def test_blazeioClientManyStreams(self):
+        """
+        A Blazeio client runs 100 concurrent streams (0 to 60 KB each) over
+        one connection to a muxframe server.
+        """
+        return self._blazeioClient([(i * 7919) % 60000 for i in range(100)])
 
     def test_blazeioClientToMuxframeServerOneInFlight(self):
         """
@@ -686,6 +693,14 @@ class RealGoMioTests(unittest.TestCase):
         """
         return self._goServer(["-readlimit", "16777215"], [], goOpens=GO_SIZES)
 
+    def test_muxframeClientManyStreamsToGoServer(self):
+        """
+        A muxframe client runs 100 concurrent streams (0 to 60 KB each) over
+        one connection to a Go server.
+        """
+        return self._goServer(["-readlimit", "16777215"],
+                              [(i * 7919) % 60000 for i in range(100)])
+
     def test_muxframeSmallWindowToGoServer(self):
         """
         muxframe opening streams with its smallest window (1024 bytes): the
@@ -746,7 +761,10 @@ class RealGoMioTests(unittest.TestCase):
 #    the server, the handler's read loop holds __busy_stream__ while it works
 #    (here: while it echoes), so acknowledgements of frames that arrive then
 #    wait until it goes idle, and are dropped if the handler finishes first
-#    (EOF, then close, then the stream is gone).
+#    (EOF, then close, then the stream is gone).  A new stream's lock starts
+#    held (Stream.__init__ locks it), so the first frames wait too.  The mux
+#    task parses a whole read before the tasks it wakes run: wake-ups are
+#    queued until the end of dataReceived.
 #  - EOF: opts 0x02, no sid, payload 0x04; close: opts 0x03, payload 0x04.
 #    The server's __transporter__ sends EOF then close when the handler
 #    returns; the client sends EOF and never close.
