@@ -230,6 +230,23 @@ class CheckChild(protocol.Protocol):
             self.reason.value if self.reason else None)
 
 
+class LateCheckChild(CheckChild):
+    """
+    Like L{CheckChild}, but half-close only C{delay} seconds after the whole
+    echo is back (a request/response exchange that ends later).
+    """
+
+    delay = 0.2
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+
+    def dataReceived(self, data):
+        CheckChild.dataReceived(self, data)
+        if len(self.received) == len(self.data):
+            reactor.callLater(self.delay, self.transport.loseWriteConnection)
+
+
 @defer.inlineCallbacks
 def openChecks(mux, sizes, seed=1):
     """
@@ -543,22 +560,30 @@ class RealBlazeioTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_emptyStreamRunsBlazeioHandlerOnce(self):
         """
-        A stream that only half-closes reaches the Blazeio server's handler
-        once.
+        A stream that only half-closes, and one that half-closes after its
+        echo is back, each reach the Blazeio server's handler once.
         """
         peer, recorder, children = yield self._blazeioServer([0, 5])
+        late = yield mux_openLate(recorder.multiplexers[0], payload(1, 9, 5))
+        yield withTimeout(late.done, EXCHANGE_TIMEOUT, "the late stream")
+        children.append(late)
         assertAllOk(self, children, recorder)
         # Let any late frame reach the peer and its log line come back.
         yield deferLater(0.3)
         handled = [line for line in peer.lines if line.startswith("STREAM ")]
-        if len(handled) != 2:
-            self.fail("the Blazeio server ran its handler %d times for 2 streams: %r\n"
+        if len(handled) != 3:
+            self.fail("the Blazeio server ran its handler %d times for 3 streams: %r\n"
                       "wire:\n%s" % (len(handled), handled, recorder.dump()))
 
     test_emptyStreamRunsBlazeioHandlerOnce.todo = (
-        "muxframe's client sends close (0x03) after the server's EOF, before "
-        "Blazeio's own close; Blazeio re-creates the forgotten stream from that "
-        "close and runs its handler a second time")
+        "muxframe's client sends close (0x03) after the server's EOF when all "
+        "its frames are acknowledged, before Blazeio's own close; Blazeio "
+        "re-creates the forgotten stream from that close and runs its handler "
+        "a second time")
+
+
+def mux_openLate(mux, data):
+    return mux.openStream(protocol.Factory.forProtocol(lambda: LateCheckChild(data)))
 
 
 def deferLater(seconds):
@@ -1240,20 +1265,25 @@ class BlazeioEmulationTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_emptyStreamRunsHandlerOnce(self):
         """
-        A muxframe stream that sends nothing but its half-close runs the
-        Blazeio server's handler once.
+        A muxframe stream that sends nothing but its half-close, and one that
+        half-closes after its echo is back, each run the Blazeio server's
+        handler once.
         """
         emu, recorder, children = yield self._emulatedServer([0])
-        assertAllOk(self, children, recorder)
+        late = yield mux_openLate(recorder.multiplexers[0], payload(1, 9, 5))
+        yield withTimeout(late.done, EXCHANGE_TIMEOUT, "the late stream")
+        yield deferLater(0.1)
+        assertAllOk(self, children + [late], recorder)
         self.assertClean(emu)
-        self.assertEqual(dict(emu.handlerRuns), {b"io_0": 1},
+        self.assertEqual(dict(emu.handlerRuns), {b"io_0": 1, b"io_1": 1},
                          "frames that re-created a forgotten stream: %r\nwire:\n%s"
-                         % (emu.created[1:], emu.dump()))
+                         % (emu.created[2:], emu.dump()))
 
     test_emptyStreamRunsHandlerOnce.todo = (
-        "muxframe's client sends close (0x03) after the server's EOF, before "
-        "Blazeio's own close; Blazeio re-creates the forgotten stream from that "
-        "close and runs its handler a second time")
+        "muxframe's client sends close (0x03) after the server's EOF when all "
+        "its frames are acknowledged, before Blazeio's own close; Blazeio "
+        "re-creates the forgotten stream from that close and runs its handler "
+        "a second time")
 
 
 # ---------------------------------------------------------------------------
