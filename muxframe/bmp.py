@@ -26,7 +26,7 @@ Stream rules enforced here:
     server does the same) and forgets it.  A close received before the
     peer's end-of-stream is a reset.
   - Every header field is bounded; malformed bytes are a MalformedFrame
-    naming the fault, a LEN over maxFrameSize a FrameTooLarge.
+    naming the fault, a LEN over maxReceiveFrameSize a FrameTooLarge.
 """
 
 import re
@@ -265,7 +265,8 @@ class FrameDecoder(PayloadStreamer):
             else:
                 if size > self.maxFrameSize:
                     raise FrameTooLarge(
-                        "BMP frame of %d bytes on stream %r exceeds maxFrameSize=%d"
+                        "BMP frame of %d bytes on stream %r exceeds the receive "
+                        "limit of %d (maxReceiveFrameSize)"
                         % (size, streamId, self.maxFrameSize)
                     )
                 if size == 0:
@@ -324,7 +325,7 @@ class BmpEngine(Engine):
 
     def __init__(self, role, settings=None, now=0.0):
         Engine.__init__(self, role, settings, now)
-        self._decoder = FrameDecoder(self.settings.maxFrameSize)
+        self._decoder = FrameDecoder(self.settings.maxReceiveFrameSize)
         # A Blazeio client names its streams io_N; a muxframe server opens
         # srv_N, which cannot collide with them.
         self._prefix = b"io_" if role == "client" else b"srv_"
@@ -350,7 +351,9 @@ class BmpEngine(Engine):
         return number.isdigit() and int(number) < self._nextLocal
 
     def _newStream(self, streamId, local):
-        return StreamState(streamId)
+        state = StreamState(streamId)
+        state.local = local
+        return state
 
     def _finish(self, state, error=None):
         self._awaiting.pop(state.streamId, None)
@@ -369,7 +372,7 @@ class BmpEngine(Engine):
             self._refused.popitem(last=False)
 
     def _resetFrame(self, state, code):
-        if not state.streamId.startswith(self._prefix):
+        if not state.local:
             self._remember(state.streamId)
         # Acknowledge what we will never consume first: a Blazeio writer that
         # receives a close while it waits for an acknowledgement hangs.
@@ -457,8 +460,14 @@ class BmpEngine(Engine):
     def _maybeFinish(self, state):
         if (state.localEnded and state.remoteEnded and not state.inflight
                 and not state.recvFrames):
-            self._control.append(_controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
-            self.counters.framesSent += 1
+            # Only the side that accepted the stream sends close, as a
+            # Blazeio server does.  A Blazeio server forgets the stream when
+            # it sends its own close, and takes a close from the opener that
+            # crosses it for a new stream (running its handler again).
+            if not state.local:
+                self._control.append(
+                    _controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
+                self.counters.framesSent += 1
             self._finish(state)
 
     # -- frames in ------------------------------------------------------

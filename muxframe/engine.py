@@ -75,6 +75,7 @@ class StreamState:
         "localEnded", "remoteEnded", "queued", "credit", "window",
         "recvWindow", "pendingCredit", "recvBuffered", "outSeq", "inflight",
         "recvFrames", "created", "bytesSent", "bytesReceived", "creditStalls",
+        "local",
     )
 
     def __init__(self, streamId, credit=0, window=0):
@@ -98,6 +99,7 @@ class StreamState:
         self.bytesSent = 0
         self.bytesReceived = 0
         self.creditStalls = 0
+        self.local = False
 
     def take(self, n):
         """

@@ -20,7 +20,8 @@ Stream rules enforced here:
     exceeds its credit; a peer that does gets its stream reset with code 2.
   - Credit is returned as the application consumes data, in updates of at
     least half the stream's window (or all of it once the peer has ended).
-  - A data frame larger than maxFrameSize is a connection error: FIN code 2.
+  - A data frame larger than maxReceiveFrameSize is a connection error:
+    FIN code 2.  Frames sent are at most maxFrameSize.
   - Frames for a stream id nobody can have opened yet are a connection
     error; frames for streams already closed are skipped silently (never a
     reset answering a reset).
@@ -178,8 +179,9 @@ class FrameDecoder(PayloadStreamer):
             if flags & SYN and not flags & WND:
                 if size > self.maxFrameSize:
                     raise FrameTooLarge(
-                        "MIO data frame of %d bytes on stream %d exceeds "
-                        "maxFrameSize=%d" % (size, frame.streamId, self.maxFrameSize)
+                        "MIO data frame of %d bytes on stream %d exceeds the "
+                        "receive limit of %d (maxReceiveFrameSize)"
+                        % (size, frame.streamId, self.maxFrameSize)
                     )
                 if size == 0:
                     append((frame, b"", True, True))
@@ -215,7 +217,7 @@ class MioEngine(Engine):
 
     def __init__(self, role, settings=None, now=0.0):
         Engine.__init__(self, role, settings, now)
-        self._decoder = FrameDecoder(self.settings.maxFrameSize)
+        self._decoder = FrameDecoder(self.settings.maxReceiveFrameSize)
         self._nextLocalId = 1 if role == "client" else 2
         self._highestId = 0
 

@@ -19,8 +19,14 @@ SETTINGS = {
     ),
     "maxFrameSize": (
         int, 64 * KiB, 128, (1 << 24) - 1, "bytes",
-        "Largest data-frame payload sent and accepted.  A larger received "
-        "frame is a connection error.  An unmodified Go mio peer needs 128.",
+        "Largest data-frame payload sent.  An unmodified Go mio peer "
+        "accepts 128 bytes at most.",
+    ),
+    "maxReceiveFrameSize": (
+        int, 1 * MiB, 128, (1 << 24) - 1, "bytes",
+        "Largest data-frame payload accepted; a larger one is a connection "
+        "error (its length cannot be trusted).  Payloads are streamed, never "
+        "buffered whole, so this guards framing, not memory.",
     ),
     "windowSize": (
         int, 256 * KiB, 1024, (1 << 24) - 1, "bytes",

@@ -161,7 +161,7 @@ class CodecTests(SynchronousTestCase):
         """
         error = decodeError(b"\x00io_0\x01\x00\x01\x000\x01\x00FFFFFFFFFFFF\x01", 1 << 20)
         self.assertIsInstance(error, FrameTooLarge)
-        self.assertIn("exceeds maxFrameSize", str(error))
+        self.assertIn("exceeds the receive limit", str(error))
 
     def test_encodeRejects(self):
         """
@@ -453,3 +453,24 @@ class OffsetTests(SynchronousTestCase):
         good = encodeFrame(Frame(b"io_0", bmp.DATA, b"0", 5, b"hello"))
         error = decodeError(good + b"\x00io_0\x01X")
         self.assertIn("stream offset %d" % (len(good) + 6,), str(error))
+
+
+class CloseRuleTests(SynchronousTestCase):
+
+    def test_openerSendsNoClose(self):
+        """
+        On a clean end only the side that accepted the stream sends close;
+        the opener forgets the stream without one, so a close never crosses
+        a Blazeio server's own (which would start a new stream there).
+        """
+        client, server = engines()
+        sid = client.openStream()
+        client.endStream(sid)
+        pump(client, server)
+        server.endStream(sid)
+        wire = b"".join(server.dataToSend()) + b"".join(server.dataToSend())
+        self.assertEqual(decodeFrames(wire)[-1].opt, bmp.CLOSE_STREAM)
+        self.assertEqual(server.takeEvents(), [StreamClosed(sid, None)])
+        events = client.receiveData(wire)
+        self.assertEqual(events, [StreamEnded(sid), StreamClosed(sid, None)])
+        self.assertEqual(client.dataToSend(), [])

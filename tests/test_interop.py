@@ -575,11 +575,6 @@ class RealBlazeioTests(unittest.TestCase):
             self.fail("the Blazeio server ran its handler %d times for 3 streams: %r\n"
                       "wire:\n%s" % (len(handled), handled, recorder.dump()))
 
-    test_emptyStreamRunsBlazeioHandlerOnce.todo = (
-        "muxframe's client sends close (0x03) after the server's EOF when all "
-        "its frames are acknowledged, before Blazeio's own close; Blazeio "
-        "re-creates the forgotten stream from that close and runs its handler "
-        "a second time")
 
 
 def mux_openLate(mux, data):
@@ -666,9 +661,6 @@ class RealGoMioTests(unittest.TestCase):
         return self._goClient(["-timeout", "4s"], [1, 128, 129, 1024, 5000],
                               maxFrameSize=128)
 
-    test_unmodifiedGoToMuxframe128.todo = (
-        "maxFrameSize is muxframe's send and receive limit at once: at 128 it "
-        "rejects the Go library's 1024-byte frames with FIN code 2")
 
     @defer.inlineCallbacks
     def _goServer(self, goArgs, sizes, goOpens=(), **settings):
@@ -1279,11 +1271,6 @@ class BlazeioEmulationTests(unittest.TestCase):
                          "frames that re-created a forgotten stream: %r\nwire:\n%s"
                          % (emu.created[2:], emu.dump()))
 
-    test_emptyStreamRunsHandlerOnce.todo = (
-        "muxframe's client sends close (0x03) after the server's EOF when all "
-        "its frames are acknowledged, before Blazeio's own close; Blazeio "
-        "re-creates the forgotten stream from that close and runs its handler "
-        "a second time")
 
 
 # ---------------------------------------------------------------------------
@@ -1633,9 +1620,6 @@ class GoMioEmulationTests(unittest.TestCase):
         self.assertEchoed(emu, streams, datas)
         self.assertClean(emu)
 
-    test_unmodifiedGoDefaultsToMuxframe128.todo = (
-        "maxFrameSize is muxframe's send and receive limit at once: at 128 it "
-        "rejects the Go library's 1024-byte frames with FIN code 2")
 
     @defer.inlineCallbacks
     def test_simultaneousOpenOfTheSameId(self):

@@ -373,10 +373,10 @@ class EngineTests(SynchronousTestCase):
 
     def test_oversizedFrameClosesSession(self):
         """
-        A data frame over maxFrameSize ends the session with FIN code 2,
+        A data frame over maxReceiveFrameSize ends the session with FIN code 2,
         after delivering what came before it.
         """
-        client, server = engines(maxFrameSize=128)
+        client, server = engines(maxReceiveFrameSize=128)
         sid = client.openStream()
         wire = b"".join(client.dataToSend())
         wire += mio.encodeFrame(Frame(sid, 2, mio.DATA, b"ok"))
@@ -508,9 +508,9 @@ class EngineTests(SynchronousTestCase):
             client.sendData(ids[index], payload)
         client.endStream(ids[0])
         wire = b"".join(client.dataToSend(1 << 30))
-        whole = MioEngine("server", Settings(maxFrameSize=512)).receiveData(wire)
+        whole = MioEngine("server").receiveData(wire)
         cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=40))
-        split = MioEngine("server", Settings(maxFrameSize=512))
+        split = MioEngine("server")
         events = []
         for chunk in splitAt(wire, cuts):
             events.extend(split.receiveData(chunk))
@@ -524,10 +524,27 @@ class EngineTests(SynchronousTestCase):
         with a RemoteProtocolError; nothing else escapes and the stream
         table stays within maxStreams.
         """
-        server = MioEngine("server", Settings(maxStreams=16, maxFrameSize=1024))
+        server = MioEngine("server", Settings(maxStreams=16, maxReceiveFrameSize=1024))
         events = server.receiveData(garbage)
         for event in events:
             if isinstance(event, ConnectionTerminated) and event.error is not None:
                 self.assertIsInstance(event.error, RemoteProtocolError)
         self.assertLessEqual(len(server), 16)
         server.dataToSend()
+
+
+class FrameLimitTests(SynchronousTestCase):
+
+    def test_sendAndReceiveLimitsSeparate(self):
+        """
+        maxFrameSize bounds what is sent, maxReceiveFrameSize what is
+        accepted: at maxFrameSize=128 (for an unmodified Go peer) the Go
+        library's 1024-byte frames are still accepted.
+        """
+        ours = MioEngine("server", Settings(maxFrameSize=128))
+        ours.receiveData(mio.encodeFrame(Frame(2, 4096, mio.OPEN)))
+        events = ours.receiveData(mio.encodeFrame(Frame(2, 1024, mio.DATA, b"g" * 1024)))
+        self.assertEqual(events, [DataReceived(2, b"g" * 1024)])
+        ours.sendData(2, b"m" * 300)
+        sizes = [f.size for f in decodeFrames(b"".join(ours.dataToSend()))]
+        self.assertEqual(sizes, [128, 128, 44])
