@@ -16,8 +16,7 @@ Three kinds of test, all over real TCP on 127.0.0.1:
   - A Go mio emulation: a raw-socket MIO peer written here from the Go
     library's C{mio.go} and C{frame.go} (github mivinci/mio, commit 2226124).
 
-Known muxframe defects found by these tests are marked C{todo}, with the
-bytes on the wire in the failure message.
+A failing test's message carries the bytes on the wire.
 """
 
 import hashlib
