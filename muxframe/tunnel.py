@@ -285,6 +285,10 @@ class _SpliceFactory(Factory):
         self.stats.active += 1
 
         def otherMade(other):
+            # Connected: from now on closing either side is how to give up
+            # (cancelling the connect attempt, which is still completing,
+            # would be too late).
+            accepted.pending = None
             if accepted.disconnected:
                 other.transport.loseConnection()
                 return
@@ -302,7 +306,8 @@ class _SpliceFactory(Factory):
         except Exception as e:
             from twisted.internet.defer import fail
             d = fail(e)
-        accepted.pending = d
+        if not d.called:
+            accepted.pending = d
 
         def failed(reason):
             accepted.pending = None
@@ -320,9 +325,13 @@ class _SpliceFactory(Factory):
 
     def _acceptedLost(self, accepted, reason):
         self.stats.active -= 1
-        pending = accepted.pending
+        pending, accepted.pending = accepted.pending, None
         if pending is not None:
-            pending.cancel()
+            try:
+                pending.cancel()
+            except Exception:
+                log.failure("{kind}: cancelling the connection for {peer} failed",
+                            kind=self.kind, peer=accepted.peer)
         clean = reason.check(ConnectionDone) is not None
         if not clean and accepted.linked:
             self.stats.failed += 1

@@ -389,6 +389,9 @@ class FakeTransport:
     def abortConnection(self):
         self.closed = "aborted"
 
+    def getPeer(self):
+        return "fake peer"
+
 
 class SpliceUnitTests(TestCase):
     """
@@ -443,3 +446,51 @@ class SpliceUnitTests(TestCase):
         first, second = self.makePair()
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIs(second.transport.closed, True)
+
+    def test_lostWhileTargetConnectCompletes(self):
+        """
+        If the accepted side is lost while the target connection is being
+        completed (its pending end is delivered when the splice resumes it),
+        the tunnel does not cancel the already-made connection (Twisted's
+        connector would raise) but closes it.
+        """
+        from twisted.internet.error import ConnectingCancelledError, NotConnectingError
+        from twisted.internet.defer import Deferred
+        from twisted.python.failure import Failure
+        from muxframe.tunnel import ForwardFactory
+
+        class RacyEndpoint:
+            def connect(self, factory):
+                self.factory = factory
+                self.connecting = True
+
+                def cancel(d):
+                    d.errback(ConnectingCancelledError(None))
+                    if not self.connecting:
+                        raise NotConnectingError()
+
+                self.d = Deferred(cancel)
+                return self.d
+
+            def complete(self):
+                self.connecting = False
+                protocol = self.factory.buildProtocol(None)
+                protocol.makeConnection(FakeTransport())
+                self.d.callback(protocol)
+                return protocol
+
+        class EndingTransport(FakeTransport):
+            def resumeProducing(self):
+                FakeTransport.resumeProducing(self)
+                self.protocol.connectionLost(Failure(ConnectionDone()))
+
+        target = RacyEndpoint()
+        forward = ForwardFactory(target)
+        accepted = forward.buildProtocol(None)
+        transport = EndingTransport()
+        transport.protocol = accepted
+        accepted.makeConnection(transport)
+        other = target.complete()
+        self.assertTrue(accepted.disconnected)
+        self.assertIs(other.transport.closed, True)
+        self.assertEqual(forward.stats.active, 0)
