@@ -79,7 +79,8 @@ SIZES = {
 HEADLINE = {
     "bulk": [("MBps", "%.1f MB/s")],
     "sweep": [("MBps", "%.1f MB/s")],
-    "many": [("MBps", "%.1f MB/s"), ("streamsPerSecond", "%.0f streams/s")],
+    "many": [("verified", "%d verified"), ("MBps", "%.1f MB/s"),
+             ("streamsPerSecond", "%.0f streams/s")],
     "latency": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs")],
     "loaded": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs"), ("bulkMBps", "bulk %.1f MB/s")],
     "churn": [("streamsPerSecond", "%.0f streams/s")],
