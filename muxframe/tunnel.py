@@ -163,8 +163,9 @@ class SpliceProtocol(Protocol):
             if loseWriteConnection is None:
                 # No half-close (a TLS transport): close once the output is
                 # sent, rather than leave both ends waiting for each other.
-                log.debug("{kind}: {transport} cannot half-close; closing it",
-                          kind=self.label, transport=transport)
+                log.debug("{kind}: {peer} cannot half-close; closing it",
+                          kind=self.label, peer=_describe(transport.getPeer()),
+                          streamId=_streamIdOf(self, other))
                 transport.loseConnection()
             else:
                 loseWriteConnection()
@@ -331,7 +332,8 @@ class _SpliceFactory(Factory):
                 pending.cancel()
             except Exception:
                 log.failure("{kind}: cancelling the connection for {peer} failed",
-                            kind=self.kind, peer=accepted.peer)
+                            kind=self.kind, peer=accepted.peer,
+                            streamId=_streamIdOf(accepted))
         clean = reason.check(ConnectionDone) is not None
         if not clean and accepted.linked:
             self.stats.failed += 1
@@ -420,10 +422,11 @@ class EchoProtocol(Protocol):
     """
 
     def connectionMade(self):
+        self._streamId = getattr(self.transport, "streamId", None)
+        self._peer = _describe(self.transport.getPeer())
         self.transport.registerProducer(_TransportProducer(self.transport), True)
         log.debug("echo: stream {streamId} from {peer} opened",
-                  streamId=getattr(self.transport, "streamId", None),
-                  peer=_describe(self.transport.getPeer()))
+                  streamId=self._streamId, peer=self._peer)
 
     def dataReceived(self, data):
         self.transport.write(data)
@@ -436,8 +439,8 @@ class EchoProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
-        log.debug("echo: stream {streamId} closed: {reason}",
-                  streamId=getattr(self.transport, "streamId", None),
+        log.debug("echo: stream {streamId} from {peer} closed: {reason}",
+                  streamId=self._streamId, peer=self._peer,
                   reason=reason.getErrorMessage())
 
 

@@ -223,6 +223,30 @@ class ForwardTunnelTests(TunnelTestsMixin, TestCase):
         """
         return self._echo("mio")
 
+    @inlineCallbacks
+    def test_logEventsNameStreamAndPeer(self):
+        """
+        Every tunnel log event carries the stream id and the peer as
+        structured fields (and names the peer in its text).
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+        events = []
+
+        def observer(event):
+            # Tunnel events (the echo target here is plain TCP, not a stream).
+            if event.get("log_namespace") == "muxframe.tunnel" and "kind" in event:
+                events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        local = yield self.forwardTunnel("mio", EchoFactory())
+        yield self.exchange(local, [b"logged"] * 3)
+        self.assertGreaterEqual(len(events), 12)  # spliced + closed, both ends
+        for event in events:
+            self.assertIn("streamId", event)
+            self.assertIsNotNone(event["streamId"], formatEvent(event))
+            self.assertIn(event["peer"], formatEvent(event))
+
     def test_echoBMP(self):
         """
         20 concurrent connections through a BMP forward tunnel, verified.
