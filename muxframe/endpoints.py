@@ -231,6 +231,9 @@ class MultiplexedListeningPort:
 
     @property
     def multiplexers(self):
+        """
+        The L{Multiplexer}s of this port's open connections, oldest first.
+        """
         return list(self._muxFactory.multiplexers)
 
     def startListening(self):

@@ -109,7 +109,9 @@ class _RoleOptions(usage.Options):
         return "%s:%s%s" % (self["framing"], self["endpoint"], extra)
 
     def checkRole(self):
-        pass
+        """
+        Check the role's own options (overridden by each role).
+        """
 
 
 class ServerOptions(_RoleOptions):
@@ -128,12 +130,18 @@ class ServerOptions(_RoleOptions):
     role = "server"
 
     def checkRole(self):
+        """
+        Check the server's own option combinations.
+        """
         if self["echo"] and self["forward"]:
             raise usage.UsageError("--echo and --forward cannot be used together")
         if not (self["echo"] or self["forward"] or self["local"]):
             raise usage.UsageError("the server needs --echo, --forward or --local")
 
     def muxEndpoint(self, reactor):
+        """
+        Return the L{muxframe.endpoints.MultiplexedServerEndpoint} to listen on.
+        """
         from twisted.internet.endpoints import serverFromString
         return serverFromString(reactor, self.muxDescription())
 
@@ -159,6 +167,9 @@ class ClientOptions(_RoleOptions):
     role = "client"
 
     def checkRole(self):
+        """
+        Check the client's own options.
+        """
         if not (self["local"] or self["forward"]):
             raise usage.UsageError("the client needs --local or --forward")
         for name in ("connectTimeout", "retryMax"):
@@ -174,6 +185,10 @@ class ClientOptions(_RoleOptions):
                 self.settings[name] = value
 
     def muxEndpoint(self, reactor):
+        """
+        Return the L{muxframe.endpoints.MultiplexedClientEndpoint} to connect
+        through.
+        """
         from twisted.internet.endpoints import clientFromString
         return clientFromString(reactor, self.muxDescription())
 
