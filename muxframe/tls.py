@@ -229,18 +229,19 @@ def writeCertificates(directory, hostnames=DEFAULT_HOSTNAMES, days=30):
     return paths
 
 
-def main(argv=None):
+def main(argv=None, out=None):
     """
     C{python -m muxframe.tls DIR [HOSTNAME...]}: write development
-    certificates (see L{writeCertificates}).
+    certificates (see L{writeCertificates}) and list them on C{out}.
     """
     argv = sys.argv[1:] if argv is None else argv
+    out = sys.stdout if out is None else out
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m muxframe.tls DIR [HOSTNAME...]", file=sys.stderr)
         return 2
     paths = writeCertificates(argv[0], tuple(argv[1:]) or DEFAULT_HOSTNAMES)
     for name in sorted(paths):
-        print("%-17s %s" % (name, paths[name]))
+        print("%-17s %s" % (name, paths[name]), file=out)
     return 0
 
 

@@ -7,6 +7,7 @@ twistd processes over mutual TLS.  Certificates are generated per test run
 """
 
 import hashlib
+import io
 import os
 import re
 import random
@@ -44,7 +45,9 @@ class CertificateTests(TestCase):
         C{python -m muxframe.tls DIR} writes the CA, server and client files.
         """
         directory = self.mktemp()
-        self.assertEqual(tlsMain([directory]), 0)
+        out = io.StringIO()
+        self.assertEqual(tlsMain([directory], out), 0)
+        self.assertIn("server.pem", out.getvalue())
         for name in ("ca/ca.pem", "server.pem", "client.pem", "rogue-client.pem"):
             with open(os.path.join(directory, name), "rb") as f:
                 self.assertIn(b"-----BEGIN CERTIFICATE-----", f.read())
