@@ -3,7 +3,7 @@ Tests for the Twisted XTMP layer (L{muxframe.xtmp.protocol},
 L{muxframe.xtmp.factory}) over in-memory transports and a fake clock.
 """
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -706,6 +706,39 @@ class ResumptionTests(SynchronousTestCase):
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(h.got, [b"unacked"])
 
+    def test_responseNotResentAfterResumption(self):
+        """
+        An acknowledged response still unacknowledged when the connection
+        dies is not resent on the resumed one: its request failed with the
+        old connection, and its request id (sequence 0 under the first
+        key) would name the new connection's first request.
+        """
+        h = Harness()
+        held = []
+        h.server.setHandler(0x33, lambda p, m: held.append(m))
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        d1 = c.request(0x33, b"one")
+        pump.flush()
+        (m1,) = held
+        s.respond(m1, b"re:one", flags=Flags.REQUIRES_ACK)
+        pump.serverIO.getOutBuffer()
+        self.kill(c, s)
+        self.assertIsInstance(result(d1).value, ConnectionLost)
+
+        c2, s2, pump2 = h.connect(cf)
+        self.assertTrue(c2.result.resumed)
+        d2 = c2.request(0x33, b"two")
+        pump2.flush()
+        m2 = held[1]
+        self.assertEqual(m2.requestId, m1.requestId)
+        self.assertIsNone(result(d2))
+        self.assertEqual(s2.connection.resumption.pending(), [])
+        s2.respond(m2, b"re:two")
+        pump2.flush()
+        self.assertEqual(result(d2).payload, b"re:two")
+        self.assertEqual(c2.counters.unmatchedResponses, 0)
+
     def test_resumeRefusedForOtherPeer(self):
         h = Harness(authorizedKeys=[CLIENT_IDENTITY.public,
                                     SERVER_IDENTITY.public])
@@ -730,3 +763,139 @@ class ResumptionTests(SynchronousTestCase):
         self.assertFalse(c2.result.resumed)
         pump2.flush()
         self.assertEqual(h.got, [b"x"])
+
+
+class KeyChangeRequestTests(SynchronousTestCase):
+    """
+    A request pending across a key change (KeyUpdate or re-handshake) gets
+    its own response, even when a newer request with the same raw sequence
+    number is pending too (docs/xtmp.md section 9.4); responses naming no
+    pending request are dropped and counted.
+    """
+
+    def setUp(self):
+        self.h = Harness()
+        self.held = []
+
+        def hold(protocol, message):
+            # Answer later, when the test says: the responses must cross
+            # the key change.
+            d = Deferred()
+            self.held.append((message, d))
+            return d
+
+        self.hold = hold
+        self.h.server.setHandler(0x33, hold)
+        cf = self.h.clientFactory()
+        cf.setHandler(0x33, hold)
+        self.c, self.s, self.pump = self.h.connect(cf)
+
+    def crossKeyChange(self, requester, changeKeys):
+        """
+        C{requester} sends request C{one} as its first traffic message,
+        C{changeKeys()} moves its send direction to a new key, then it sends
+        request C{two} as the first message under that key: both have
+        sequence number 0.  The peer answers C{one} first, then C{two}.
+        """
+        self.pump.flush()
+        d1 = requester.request(0x33, b"one")
+        self.pump.flush()
+        changeKeys()
+        self.pump.flush()
+        d2 = requester.request(0x33, b"two")
+        self.pump.flush()
+        (m1, r1), (m2, r2) = self.held
+        self.assertEqual((m1.payload, m2.payload), (b"one", b"two"))
+        self.assertEqual((m1.sequence, m2.sequence), (0, 0))
+        r1.callback(b"re:one")
+        self.pump.flush()
+        self.assertEqual(result(d1).payload, b"re:one")
+        self.assertIsNone(result(d2))
+        r2.callback(b"re:two")
+        self.pump.flush()
+        self.assertEqual(result(d2).payload, b"re:two")
+        self.assertNotEqual(m1.requestId, m2.requestId)
+        for p in (self.c, self.s):
+            self.assertEqual(p.connection.pendingRequests, {})
+            self.assertEqual(p.counters.unmatchedResponses, 0)
+
+    def test_clientRequestAcrossKeyUpdate(self):
+        self.crossKeyChange(self.c, self.c.connection._keyUpdate)
+        self.assertEqual(self.s.connection.receiveKey.epoch, 1)
+
+    def test_serverRequestAcrossKeyUpdate(self):
+        self.crossKeyChange(self.s, self.s.connection._keyUpdate)
+        self.assertEqual(self.c.connection.receiveKey.epoch, 1)
+
+    def test_keyUpdateByCount(self):
+        """
+        The same, with the KeyUpdate forced by C{keyUpdateMessages}.
+        """
+        h = Harness()
+        h.server.setHandler(0x33, self.hold)
+        self.c, self.s, self.pump = h.connect(
+            h.clientFactory(keyUpdateMessages=1))
+        self.crossKeyChange(self.c, lambda: None)
+        self.assertEqual(self.c.counters.keyUpdates, 1)
+
+    def rehandshake(self):
+        """
+        Start a re-handshake now (as C{rotationInterval} would, without the
+        Heartbeats that advancing the clock sends).
+        """
+        self.assertTrue(self.c.connection.startRehandshake())
+        self.c._flush()
+
+    def test_clientRequestAcrossRehandshake(self):
+        """
+        A re-handshake restarts epochs and sequence numbers at 0: only the
+        key generation tells the two requests apart.
+        """
+        self.crossKeyChange(self.c, self.rehandshake)
+        self.assertEqual(self.c.counters.rehandshakes, 1)
+        self.assertEqual(self.s.connection.receiveKey.epoch, 0)
+
+    def test_serverRequestAcrossRehandshake(self):
+        self.crossKeyChange(self.s, self.rehandshake)
+        self.assertEqual(self.s.counters.rehandshakes, 1)
+        self.assertEqual(self.c.connection.receiveKey.epoch, 0)
+
+    def test_lateResponseDropped(self):
+        """
+        A response arriving after its request timed out matches nothing: it
+        is counted in C{unmatchedResponses} and reaches no handler, and the
+        session goes on.
+        """
+        self.pump.flush()
+        d = self.c.request(0x33, b"slow", timeout=5)
+        self.pump.flush()
+        self.h.clock.advance(5)
+        self.assertIsInstance(result(d).value, RequestTimeout)
+        ((m, r),) = self.held
+        r.callback(b"too late")
+        self.pump.flush()
+        self.assertEqual(self.c.counters.unmatchedResponses, 1)
+        self.assertEqual(len(self.held), 1)
+        d = self.c.request(0x30, b"next")
+        self.pump.flush()
+        self.assertEqual(result(d).payload, b"pong:next")
+
+    def test_unknownRequestIdDropped(self):
+        """
+        A response or Error naming a request id never sent is counted and
+        dropped (the Error is still reported to C{errorReceived}).
+        """
+        errors = []
+        self.c.errorReceived = lambda code, reason: errors.append(code)
+        self.pump.flush()
+        self.s.connection.sendMessage(0x33, b"who?", requestSequence=1 << 32)
+        self.s.connection.sendMessage(
+            MessageType.Error, b"\x00\x11oops", requestSequence=7)
+        self.s.connection.sendMessage(
+            MessageType.Subscribe, b"", requestSequence=9)
+        self.s._flush()
+        self.pump.flush()
+        self.assertEqual(self.c.counters.unmatchedResponses, 3)
+        self.assertEqual(errors, [17])
+        self.assertEqual(self.held, [])
+        self.assertEqual(self.c.connection.state, "OPEN")

@@ -247,6 +247,140 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(s.receiveKey.key, c.sendKey.key)
 
 
+class RequestIdTests(SynchronousTestCase):
+    """
+    Request ids (docs/xtmp.md section 9.4): key generation in the high 32
+    bits, sequence number in the low 32, counted alike on both sides
+    across KeyUpdates and re-handshakes.
+    """
+
+    def assertGenerationsAgree(self, c, s):
+        self.assertEqual(s.receiveKey.key, c.sendKey.key)
+        self.assertEqual(c.receiveKey.key, s.sendKey.key)
+        self.assertEqual(s.receiveKey.generation, c.sendKey.generation)
+        self.assertEqual(c.receiveKey.generation, s.sendKey.generation)
+
+    def test_generationsAcrossKeyChanges(self):
+        """
+        KeyUpdates (by either side) and re-handshakes each advance the
+        generation of the directions they change; epochs restart at 0
+        after a re-handshake, generations do not.
+        """
+        c, s = enginePair()
+        c._keyUpdate()
+        c._keyUpdate()
+        s._keyUpdate()
+        exchange(c, s)
+        self.assertGenerationsAgree(c, s)
+        self.assertEqual((c.sendKey.generation, s.sendKey.generation), (2, 1))
+        self.assertTrue(c.startRehandshake())
+        exchange(c, s)
+        c.sendMessage(0x10, b"switch")
+        exchange(c, s)
+        self.assertGenerationsAgree(c, s)
+        self.assertEqual((c.sendKey.epoch, s.sendKey.epoch), (0, 0))
+        self.assertEqual((c.sendKey.generation, s.sendKey.generation), (3, 2))
+
+    def test_keyUpdatesDuringRehandshake(self):
+        """
+        KeyUpdates either side sends while a re-handshake is in flight
+        (before its keys are switched to) count on both sides alike.
+        """
+        c, s = enginePair()
+        self.assertTrue(c.startRehandshake())
+        c._keyUpdate()
+        s.receiveData(c.dataToSend())
+        # The server has switched its send key: a KeyUpdate now is under
+        # the new one; the client's are still under the old one.
+        s._keyUpdate()
+        c._keyUpdate()
+        s.receiveData(c.dataToSend())
+        c.receiveData(s.dataToSend())
+        c.sendMessage(0x10, b"new key")
+        exchange(c, s)
+        self.assertGenerationsAgree(c, s)
+        self.assertEqual((c.sendKey.generation, s.sendKey.generation), (3, 2))
+
+    def test_requestIdAfterKeyChanges(self):
+        """
+        A message's C{requestId} is its generation and sequence number, and
+        a response naming it matches the request.
+        """
+        c, s = enginePair()
+        c._keyUpdate()
+        token = Token()
+        c.sendMessage(0x30, b"q", request=token)
+        _, (ev,) = exchange(c, s)
+        self.assertEqual(ev.message.sequence, 0)
+        self.assertEqual(ev.message.requestId, (1 << 32) | 0)
+        self.assertEqual(token.sequence, ev.message.requestId)
+        s.sendMessage(0x30, b"a", requestSequence=ev.message.sequence)
+        (wrong,), _ = exchange(c, s)
+        self.assertNotIsInstance(wrong, ResponseReceived)
+        self.assertEqual(c.counters.unmatchedResponses, 1)
+        s.sendMessage(0x30, b"a", requestSequence=ev.message.requestId)
+        (right,), _ = exchange(c, s)
+        self.assertIsInstance(right, ResponseReceived)
+        self.assertIs(right.request, token)
+
+    def test_fragmentedRequestAcrossKeyUpdate(self):
+        """
+        A fragmented request's id is its first fragment's, even when a
+        KeyUpdate comes between its fragments.
+        """
+        c, s = enginePair(clientSettings=dict(fragmentSize=100,
+                                              keyUpdateMessages=2))
+        token = Token()
+        c.sendMessage(0x30, b"x" * 250, request=token)
+        _, (ev,) = exchange(c, s)
+        self.assertEqual(c.counters.keyUpdates, 1)
+        self.assertEqual(ev.message.requestId, 0)
+        self.assertEqual(s.receiveKey.generation, 1)
+        s.sendMessage(0x30, b"a", requestSequence=ev.message.requestId)
+        (right,), _ = exchange(c, s)
+        self.assertIs(right.request, token)
+
+    def test_plaintextRequestId(self):
+        """
+        A plaintext session never changes keys: the request id is the
+        sequence number.
+        """
+        from muxframe.xtmp.codec import Cipher
+        c, s = enginePair(c_ciphers=(Cipher.NONE,), c_allowPlaintext=True,
+                          s_ciphers=(Cipher.NONE,), s_allowPlaintext=True)
+        c.sendMessage(0x10, b"a")
+        token = Token()
+        c.sendMessage(0x30, b"q", request=token)
+        _, (_, ev) = exchange(c, s)
+        self.assertEqual(ev.message.requestId, 1)
+        s.sendMessage(0x30, b"a", requestSequence=ev.message.requestId)
+        (right,), _ = exchange(c, s)
+        self.assertIs(right.request, token)
+
+    def test_sequenceBelow2To32(self):
+        """
+        A peer that does not update its key before sequence number 2**32
+        is C{BAD_SEQUENCE}: request ids would be ambiguous.
+        """
+        c, s = enginePair()
+        c.sendKey.sequence = s.receiveKey.sequence = (1 << 32) - 1
+        c.sendMessage(0x10, b"last")
+        self.assertEqual(payloads(s.receiveData(c.dataToSend())), [b"last"])
+        c.sendMessage(0x10, b"too far")
+        e = self.assertRaises(SequenceError, s.receiveData, c.dataToSend())
+        self.assertEqual(e.code, XTMPErrorCode.BAD_SEQUENCE)
+
+    def test_keyUpdateMessagesBounded(self):
+        """
+        C{keyUpdateMessages} keeps sequence numbers below 2**32.
+        """
+        from muxframe.xtmp.connection import Settings
+        self.assertEqual(Settings(keyUpdateMessages=(1 << 32) - 1)
+                         .keyUpdateMessages, (1 << 32) - 1)
+        for bad in (0, 1 << 32):
+            self.assertRaises(ValueError, Settings, keyUpdateMessages=bad)
+
+
 class AckTests(SynchronousTestCase):
     """
     REQUIRES_ACK: acknowledgement, duplicate suppression, bounds.
@@ -414,7 +548,7 @@ class RequestAndControlTests(SynchronousTestCase):
         c.sendMessage(0x30, b"q", request=token)
         _, se = exchange(c, s)
         (req,) = [e.message for e in se]
-        s.sendMessage(0x30, b"answer", requestSequence=req.sequence)
+        s.sendMessage(0x30, b"answer", requestSequence=req.requestId)
         ce, _ = exchange(c, s)
         (ev,) = ce
         self.assertIsInstance(ev, ResponseReceived)
@@ -428,7 +562,7 @@ class RequestAndControlTests(SynchronousTestCase):
         c.sendMessage(0x30, b"q", request=token)
         _, (ev,) = exchange(c, s)
         s.sendMessage(MessageType.Error, codec.encodeReason(17, "boom"),
-                      requestSequence=ev.message.sequence)
+                      requestSequence=ev.message.requestId)
         (fail,), _ = exchange(c, s)
         self.assertIsInstance(fail, RequestFailed)
         self.assertEqual((fail.code, fail.reason), (17, "boom"))

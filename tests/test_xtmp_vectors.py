@@ -135,6 +135,29 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(expand(c2s, "xtmp traffic update iv", 12).hex(),
                          ku["iv"])
 
+        # A request right after a KeyUpdate has sequence number 0 under
+        # generation 1; the response's body starts with request id 2**32.
+        r = v["responseAfterKeyUpdate"]
+        wire = h(r["request"])
+        keyUpdate, request = wire[:96 + 4], wire[96 + 4:]
+        self.assertEqual(keyUpdate[5], 0x06)
+        self.assertEqual(openMessage(AESGCM(c2s),
+                                     expand(prk, "xtmp c2s iv", 12),
+                                     keyUpdate), struct.pack(">I", 1))
+        self.assertEqual(struct.unpack(">Q", request[16:24])[0], 0)
+        self.assertEqual(struct.unpack(">I", request[36:40])[0], 1)
+        self.assertEqual(openMessage(AESGCM(h(ku["key"])), h(ku["iv"]),
+                                     request), h(r["requestData"]))
+        response = h(r["response"])
+        self.assertEqual(struct.unpack(">H", response[6:8])[0],
+                         0x0100 | 0x0001)
+        self.assertEqual(struct.unpack(">Q", response[16:24])[0], 1)
+        body = openMessage(AESGCM(expand(prk, "xtmp s2c key", 32)),
+                           expand(prk, "xtmp s2c iv", 12), response)
+        self.assertEqual(r["requestId"], "%016x" % (1 << 32,))
+        self.assertEqual(body, struct.pack(">Q", 1 << 32)
+                         + h(r["responseData"]))
+
     def test_chacha(self):
         m = self.v["chacha20Message"]
         wire = self.h(m["wire"])

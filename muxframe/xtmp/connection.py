@@ -42,7 +42,8 @@ from muxframe.xtmp.handshake import ClientHandshake
 from muxframe.xtmp.keys import openFrame
 from muxframe.xtmp.rekey import RekeyOffer, answerRekey
 from muxframe.xtmp.session import (
-    OutgoingMessage, Reassembler, ResumptionState, parseBody, priorityOf,
+    SEQUENCE_LIMIT, OutgoingMessage, Reassembler, ResumptionState, parseBody,
+    priorityOf, requestIdFor,
 )
 
 HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
@@ -134,6 +135,13 @@ class XTMPConnection:
         (the next L{dataToSend} returns it) instead of queued: the hot path
         when the transport is accepting writes.
 
+        @param requestSequence: to answer a request, its
+            L{Message.requestId} (not its C{sequence}, which repeats after
+            key changes).
+        @param request: a token (with C{sequence} and C{cancelled}
+            attributes) to report the response with; its C{sequence} is set
+            to the request id when the message is encoded.
+
         @raise SendQueueFull: the buffers would exceed C{maxQueuedBytes}.
         @raise SessionNotReady: the session is closed.
         """
@@ -210,29 +218,37 @@ class XTMPConnection:
         flags, body = m.body(self.settings.compressThreshold)
         size = self.settings.fragmentSize
         if len(body) <= size:
-            seq = self._nextSequence()
+            rid = self._nextRequestId()
             out.append(self._seal(m.type, flags, body))
         else:
-            seq = None
+            rid = None
             last = len(body) - size
             for pos in range(0, len(body), size):
                 f = flags | F.FRAGMENTED
                 if pos >= last:
                     f |= F.LAST_FRAGMENT
-                if seq is None:
-                    seq = self._nextSequence()
+                if rid is None:
+                    rid = self._nextRequestId()
                 out.append(self._seal(m.type, f, body[pos:pos + size]))
         if m.request is not None and not m.request.cancelled:
-            m.request.sequence = seq
-            self.pendingRequests[seq] = m.request
+            # Keyed by request id, not sequence number: sequence numbers
+            # repeat after every key change, request ids never do.
+            m.request.sequence = rid
+            self.pendingRequests[rid] = m.request
 
-    def _nextSequence(self):
+    def _nextRequestId(self):
+        """
+        The request id the next frame sealed will have, after the key
+        update it may need.  A plaintext session never changes keys after
+        the handshake, so its sequence number alone never repeats.
+        """
         key = self.sendKey
         if key is None:
             return self._plainSend
         if key.count >= self.settings.keyUpdateMessages:
             self._keyUpdate()
-        return self.sendKey.sequence
+            key = self.sendKey
+        return requestIdFor(key.generation, key.sequence)
 
     def dataToSend(self, limit=None, now=None):
         """
@@ -379,6 +395,12 @@ class XTMPConnection:
         # of anything queued since in their class.  Messages a dead
         # connection had queued belong to no queue now.
         mine = {id(m) for q in self._queues if q for m in q}
+        # Responses are not resent: the requests they answer failed with the
+        # old connection, and their request ids, which restart with this
+        # connection's keys, could name a new request.
+        for m in self.resumption.pending():
+            if m.requestSequence is not None and id(m) not in mine:
+                self.resumption.discard(m)
         numbered = [m for m in self.resumption.unacked.values()
                     if id(m) not in mine]
         if numbered:
@@ -411,23 +433,34 @@ class XTMPConnection:
                                         "encrypted session" % (frame.type,))
             pending = self._pendingReceiveKey
             if pending is not None and frame.keyId == pending.keyId:
+                # The client switched at our HandshakeAck, after every
+                # KeyUpdate it sent under the old key: count the same.
+                pending.generation = key.generation + 1
                 self.receiveKey = key = pending
                 self._pendingReceiveKey = None
             body = openFrame(key, frame, self.sessionId)
+            if frame.sequence >= SEQUENCE_LIMIT:
+                # A sender updates its key first; beyond this, request ids
+                # would overlap the next generation's.
+                raise SequenceError("sequence number %d not below 2**32"
+                                    % (frame.sequence,))
         flags = frame.flags & ~F.ENCRYPTED
         seq = frame.sequence
+        rid = seq if key is None else requestIdFor(key.generation, seq)
         mtype = frame.type
         if flags & F.FRAGMENTED:
-            done = self._reassembler.add(mtype, flags, seq, body)
+            # The message's id is its first fragment's: later ones may come
+            # under a newer key.
+            done = self._reassembler.add(mtype, flags, (seq, rid), body)
             if done is None:
                 return
-            mtype, flags, seq, body = done
+            mtype, flags, (seq, rid), body = done
             flags &= ~F.FRAGMENTED
         elif self._reassembler.active and mtype not in CONTROL_TYPES:
             raise MalformedMessage("message between the fragments of "
                                    "another")
         message = parseBody(mtype, flags, body, seq,
-                            self.settings.maxMessageSize)
+                            self.settings.maxMessageSize, rid)
         if message.deliveryId is not None:
             self._ackDue = True
             if self.resumption.isDuplicate(message.deliveryId):
@@ -447,6 +480,9 @@ class XTMPConnection:
                     events.append(ResponseReceived(request=request,
                                                    message=message))
                     return
+                # Late (timed out, cancelled) or bogus: still reported, so
+                # a sans-IO user matching its own requests sees it.
+                self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
             pass
@@ -467,6 +503,8 @@ class XTMPConnection:
                 events.append(RequestFailed(request=request, code=code,
                                             reason=reason))
             else:
+                if message.requestSequence is not None:
+                    self.counters.unmatchedResponses += 1
                 events.append(ErrorReceived(code=code, reason=reason,
                                             message=message))
         elif t == MessageType.Disconnect:
@@ -480,6 +518,8 @@ class XTMPConnection:
                 if request is not None:
                     events.append(ResponseReceived(request=request,
                                                    message=message))
+                else:
+                    self.counters.unmatchedResponses += 1
                 return
             name, end = codec.decodeName(message.payload)
             if end != len(message.payload):
@@ -517,6 +557,9 @@ class XTMPConnection:
         ack, c2s, s2c = answerRekey(message.payload, self.cipher,
                                     self.sessionId, now)
         self.sendControl(MessageType.HandshakeAck, ack)
+        # Epochs restart at 0 with the new keys; generations go on, so
+        # request ids never repeat (the receive side counts at its switch).
+        s2c.generation = self.sendKey.generation + 1
         self.sendKey = s2c
         self._pendingReceiveKey = c2s
         self.keysAt = now
@@ -525,8 +568,10 @@ class XTMPConnection:
     def _rekeyAck(self, message, now):
         if self._rekey is None:
             raise HandshakeFailed("unexpected HandshakeAck in an open session")
-        self.sendKey, self.receiveKey = self._rekey.finish(message.payload,
-                                                           now)
+        send, receive = self._rekey.finish(message.payload, now)
+        send.generation = self.sendKey.generation + 1
+        receive.generation = self.receiveKey.generation + 1
+        self.sendKey, self.receiveKey = send, receive
         self._rekey = None
         self.counters.rehandshakes += 1
 

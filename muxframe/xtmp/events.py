@@ -30,16 +30,25 @@ class Settings:
             setattr(self, name, value)
         if not 0 < self.fragmentSize <= self.maxPayload:
             raise ValueError("fragmentSize must be in 1..maxPayload")
+        # Sequence numbers under one key must stay below 2**32 (they are
+        # the low half of request ids): the KeyUpdate itself takes
+        # sequence number keyUpdateMessages.
+        if not 0 < self.keyUpdateMessages < 1 << 32:
+            raise ValueError("keyUpdateMessages must be in 1..2**32-1")
 
 
 class Counters:
     """
     Per-session counters, for operators and metrics endpoints.
+
+    C{unmatchedResponses} counts responses (RESPONSE flag) naming no
+    pending request: answers to requests that timed out or were cancelled,
+    or a faulty peer.
     """
 
     __slots__ = ("bytesSent", "bytesReceived", "messagesSent",
                  "messagesReceived", "duplicatesDropped", "resent",
-                 "keyUpdates", "rehandshakes")
+                 "keyUpdates", "rehandshakes", "unmatchedResponses")
 
     def __init__(self):
         for name in self.__slots__:

@@ -84,17 +84,24 @@ class TrafficKey:
 
     @ivar sequence: the next sequence number to send, or expected.
     @ivar count: messages protected under this key (for rotation).
+    @ivar generation: how many key changes (KeyUpdates and re-handshakes)
+        this direction has had in the session before this key.  Unlike
+        C{epoch}, which restarts at 0 after a re-handshake, it never
+        repeats, so C{(generation, sequence)} names one message of the
+        direction for the whole session (docs/xtmp.md section 9.4).
     """
 
     __slots__ = ("cipher", "key", "iv", "epoch", "keyId", "sequence",
-                 "count", "createdAt", "_aead", "_ivHead", "_ivTail",
-                 "_prefixTail")
+                 "count", "createdAt", "generation", "_aead", "_ivHead",
+                 "_ivTail", "_prefixTail")
 
-    def __init__(self, cipher, key, iv, epoch=0, createdAt=0.0):
+    def __init__(self, cipher, key, iv, epoch=0, createdAt=0.0,
+                 generation=0):
         self.cipher = Cipher(cipher)
         self.key = key
         self.iv = iv
         self.epoch = epoch
+        self.generation = generation
         self.keyId = keyId(key)
         self.sequence = 0
         self.count = 0
@@ -111,12 +118,12 @@ class TrafficKey:
 
     def updated(self, now=0.0):
         """
-        The next key (KeyUpdate): epoch + 1, sequence 0.
+        The next key (KeyUpdate): epoch + 1, generation + 1, sequence 0.
         """
         return TrafficKey(self.cipher,
                           expand(self.key, "xtmp traffic update", 32),
                           expand(self.key, "xtmp traffic update iv", 12),
-                          self.epoch + 1, now)
+                          self.epoch + 1, now, self.generation + 1)
 
     def seal(self, messageType, flags, sessionId, body):
         """

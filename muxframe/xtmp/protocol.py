@@ -297,8 +297,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self._subscribeReceived(event)
         elif type(event) is UnsubscribeReceived:
             self.factory.streams.unsubscribe(event.name, self)
-            self.connection.sendMessage(MessageType.Unsubscribe, b"",
-                                        requestSequence=event.message.sequence)
+            self.connection.sendMessage(
+                MessageType.Unsubscribe, b"",
+                requestSequence=event.message.requestId)
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -326,17 +327,20 @@ class XTMPProtocol(StreamsMixin, Protocol):
     def messageReceived(self, message):
         """
         Dispatch an application L{Message} to its handler; without one,
-        answer Error UNKNOWN_TYPE.  Override for other routing.
+        answer Error UNKNOWN_TYPE.  A response that answers no pending
+        request (it timed out or was cancelled) is dropped (and counted in
+        C{counters.unmatchedResponses}).  Override for other routing.
         """
+        if message.requestSequence is not None:
+            # A response no pending request awaits (it timed out or was
+            # cancelled): the engine counted it in unmatchedResponses; it
+            # is not a new message for a handler.
+            return
         handler = self.handlers.get(message.type)
         if handler is None:
-            if message.requestSequence is None:
-                self._sendError(message, XTMPErrorCode.UNKNOWN_TYPE,
-                                "no handler for message type %#x"
-                                % (message.type,))
-            return
-        if message.requestSequence is not None:
-            handler(self, message)
+            self._sendError(message, XTMPErrorCode.UNKNOWN_TYPE,
+                            "no handler for message type %#x"
+                            % (message.type,))
             return
         # Called directly, not through maybeDeferred: a Deferred per
         # message would cost more than decrypting it.
@@ -368,7 +372,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
     def _sendError(self, message, code, reason):
         self.connection.sendMessage(MessageType.Error,
                                     codec.encodeReason(code, reason),
-                                    requestSequence=message.sequence)
+                                    requestSequence=message.requestId)
         self._flush()
 
     # -- sending -----------------------------------------------------------
@@ -403,7 +407,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
         Answer C{message} (a request) with C{payload}.
         """
         self._send(message.type if messageType is None else messageType,
-                   payload, flags, requestSequence=message.sequence)
+                   payload, flags, requestSequence=message.requestId)
 
     def request(self, messageType, payload, flags=0, timeout=None):
         """

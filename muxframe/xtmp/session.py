@@ -5,7 +5,7 @@ A logical message's I{body} is what fragments carry (concatenated) and what
 the checksum and AEAD protect.  Its layout, each part present only with its
 flag::
 
-  [u64 request sequence   if RESPONSE]
+  [u64 request id         if RESPONSE]
   [u64 delivery id        if REQUIRES_ACK]
   [u16 length, UTF-8 name if STREAM_DATA]
   data                    (zlib-compressed if COMPRESSED)
@@ -15,6 +15,12 @@ of a session (across reconnects and resumptions), in the order they are
 first encoded (so in wire order, whatever the priorities).  An Ack carries the
 highest delivery id the receiver has given its application; since messages
 arrive in order, it acknowledges every lower id too.
+
+A request id names a message of one direction for the whole session:
+C{generation * 2**32 + sequence}, where C{generation} counts the
+direction's key changes (KeyUpdates and re-handshakes) before the message's
+first frame.  Sequence numbers restart at 0 with every key, so they alone
+would let a response to an old request match a newer one.
 """
 
 import struct
@@ -25,6 +31,18 @@ from muxframe.xtmp.codec import F, decodeName, encodeName
 from muxframe.xtmp.errors import MalformedMessage, MessageTooLarge
 
 _U64 = struct.Struct(">Q")
+
+#: Sequence numbers under one traffic key stay below this (the sender
+#: updates its key first), so they fit the low half of a request id.
+SEQUENCE_LIMIT = 1 << 32
+
+
+def requestIdFor(generation, sequence):
+    """
+    The request id of a message whose first frame had C{sequence} under a
+    key of C{generation} (docs/xtmp.md section 9.4).
+    """
+    return (generation << 32) | sequence
 
 #: Priority classes, in the order they leave the send queue.
 EMERGENCY, HIGH, NORMAL = 0, 1, 2
@@ -110,22 +128,25 @@ class Message:
     @ivar flags: the header flags of its (first) frame, fragment bits
         cleared.
     @ivar payload: the application data, decompressed.
-    @ivar sequence: the sequence number of its (first) frame: what a
-        response refers to.
-    @ivar requestSequence: for a RESPONSE, the request's sequence number.
+    @ivar sequence: the sequence number of its (first) frame (it restarts
+        at 0 with every key).
+    @ivar requestId: the id a response to this message names: its
+        sequence number plus its key generation in the high 32 bits.
+    @ivar requestSequence: for a RESPONSE, the request id it names.
     @ivar deliveryId: for REQUIRES_ACK, its delivery id.
     @ivar streamName: for STREAM_DATA, the stream's name.
     """
 
     __slots__ = ("type", "flags", "payload", "sequence", "requestSequence",
-                 "deliveryId", "streamName")
+                 "deliveryId", "streamName", "requestId")
 
     def __init__(self, type, flags, payload, sequence, requestSequence=None,
-                 deliveryId=None, streamName=None):
+                 deliveryId=None, streamName=None, requestId=None):
         self.type = type
         self.flags = flags
         self.payload = payload
         self.sequence = sequence
+        self.requestId = sequence if requestId is None else requestId
         self.requestSequence = requestSequence
         self.deliveryId = deliveryId
         self.streamName = streamName
@@ -135,10 +156,11 @@ class Message:
             self.type, self.flags, self.sequence, len(self.payload))
 
 
-def parseBody(type, flags, body, sequence, maxSize):
+def parseBody(type, flags, body, sequence, maxSize, requestId=None):
     """
     Split a reassembled body into a L{Message}, decompressing with the
-    output bounded by C{maxSize}.
+    output bounded by C{maxSize}.  C{requestId} defaults to C{sequence}
+    (generation 0).
     """
     pos = 0
     requestSequence = deliveryId = name = None
@@ -166,7 +188,8 @@ def parseBody(type, flags, body, sequence, maxSize):
         if not d.eof:
             raise MalformedMessage("truncated compressed payload")
     return Message(type, flags & ~(F.FRAGMENTED | F.LAST_FRAGMENT),
-                   data, sequence, requestSequence, deliveryId, name)
+                   data, sequence, requestSequence, deliveryId, name,
+                   requestId)
 
 
 class Reassembler:
@@ -273,6 +296,19 @@ class ResumptionState:
         message.deliveryId = self.nextDeliveryId
         self.nextDeliveryId += 1
         self.unacked[message.deliveryId] = message
+
+    def discard(self, message):
+        """
+        Stop tracking C{message} without an Ack (a response not to resend).
+        A receiver's duplicate check is cumulative, so a gap left in the
+        delivery ids is harmless.
+        """
+        if message.deliveryId is not None:
+            gone = self.unacked.pop(message.deliveryId, None)
+        else:
+            gone = self.waiting.pop(id(message), None)
+        if gone is not None:
+            self.unackedBytes -= message.size
 
     def pending(self):
         """

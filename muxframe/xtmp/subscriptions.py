@@ -22,8 +22,9 @@ class StreamsMixin:
     def _subscribeReceived(self, event):
         if self.factory.authorizeSubscribe(self, event.name) and \
                 self.factory.streams.subscribe(event.name, self):
-            self.connection.sendMessage(MessageType.Subscribe, b"",
-                                        requestSequence=event.message.sequence)
+            self.connection.sendMessage(
+                MessageType.Subscribe, b"",
+                requestSequence=event.message.requestId)
         else:
             self._sendError(event.message, XTMPErrorCode.UNAUTHORIZED,
                             "subscription to %r refused" % (event.name,))

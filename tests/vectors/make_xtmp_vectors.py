@@ -79,6 +79,15 @@ INPUTS = {
 }
 
 
+class _Request:
+    """
+    A request token, as L{XTMPConnection.sendMessage} takes.
+    """
+
+    sequence = None
+    cancelled = False
+
+
 def compute(inputs=INPUTS):
     """
     Run a complete handshake and first messages from C{inputs}; return the
@@ -150,6 +159,17 @@ def compute(inputs=INPUTS):
     updated = r.sendKey.updated()
     out["keyUpdate"] = {"key": updated.key.hex(), "iv": updated.iv.hex(),
                         "keyId": updated.keyId.hex()}
+    # A request sent right after a KeyUpdate (sequence 0 again, generation
+    # 1) and the server's response, which names request id 2**32.
+    c._keyUpdate()
+    c.sendMessage(0x30, b"ping", request=_Request())
+    request = c.dataToSend()
+    (event,) = s.receiveData(request)
+    s.sendMessage(0x30, b"pong", requestSequence=event.message.requestId)
+    out["responseAfterKeyUpdate"] = {
+        "request": request.hex(), "requestData": b"ping".hex(),
+        "requestId": "%016x" % (event.message.requestId,),
+        "response": s.dataToSend().hex(), "responseData": b"pong".hex()}
     chacha = TrafficKey(Cipher.CHACHA20_POLY1305, bytes(range(32)),
                         bytes(range(12)))
     chacha.sequence = 5
