@@ -5,7 +5,6 @@ reporting protocol between the processes and L{bench.run}.
 """
 
 import json
-import os
 import struct
 import sys
 import time

@@ -449,7 +449,6 @@ class Runner:
 
 
 def _serverRole(job):
-    from bench.scenarios import NAMES  # noqa: F401 (import check only)
     return {"bulk": "sink", "sweep": "sink", "many": "echo", "latency": "echo",
             "loaded": "loaded", "churn": "echo", "memory": "memory",
             "scale": "echo"}[job.scenario]

@@ -11,7 +11,6 @@ away, or C{--lifetime} seconds pass).
 import argparse
 import json
 import os
-import sys
 
 from twisted.internet import reactor, task
 from twisted.internet.protocol import Factory
