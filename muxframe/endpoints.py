@@ -105,25 +105,23 @@ class _StreamFactory:
 
 class _ClosingTransport:
     """
-    Wrap a multiplexed connection's transport so that closing it first
-    unregisters the L{Multiplexer} as its producer.
-
-    A TLS transport (L{twisted.protocols.tls.TLSMemoryBIOProtocol}) does not
-    shut down while a producer is registered, and the core L{Multiplexer}
-    closes without unregistering (reported), so without this a drained or
-    stopped TLS connection would stay open forever.
+    Wrap a TLS connection's transport so that closing it (as
+    L{ClientService} and applications do, with C{loseConnection}) first
+    unregisters the L{Multiplexer} as its producer: a TLS transport does not
+    shut down while a producer is registered.
     """
 
     def __init__(self, transport):
         self._transport = transport
+        # The hot path goes straight to the real transport.
+        self.write = transport.write
+        self.writeSequence = transport.writeSequence
 
     def __getattr__(self, name):
         return getattr(self._transport, name)
 
     def loseConnection(self):
-        if getattr(self._transport, "producer", None) is not None or \
-                getattr(self._transport, "_producer", None) is not None:
-            self._transport.unregisterProducer()
+        self._transport.unregisterProducer()
         self._transport.loseConnection()
 
 
@@ -139,7 +137,9 @@ class _TrackingMultiplexer(Multiplexer):
 
     def makeConnection(self, transport):
         self._tls = ISSLTransport.providedBy(transport)
-        Multiplexer.makeConnection(self, _ClosingTransport(transport))
+        if self._tls:
+            transport = _ClosingTransport(transport)
+        Multiplexer.makeConnection(self, transport)
 
     def connectionMade(self):
         Multiplexer.connectionMade(self)

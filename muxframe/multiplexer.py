@@ -284,6 +284,11 @@ class Multiplexer(Protocol):
                 "session closed locally (code %s)" % ErrorCode.describe(code)))
         self.engine.closeSession(code)
         self._flush()
+        self._loseTransport()
+
+    def _loseTransport(self):
+        # A TLS transport does not shut down while a producer is registered.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def whenLost(self):
@@ -414,7 +419,7 @@ class Multiplexer(Protocol):
         self._closeTimer = None
         if not self.disconnected:
             self._flush()
-            self.transport.loseConnection()
+            self._loseTransport()
             # A peer that never reads must not hold the socket open.
             self._closeTimer = self.reactor.callLater(
                 CLOSE_GRACE, self._abortTransport)
