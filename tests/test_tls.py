@@ -356,3 +356,44 @@ class TwistdTLSTunnelTests(TestCase):
         yield gatherResults([client.ended, server.ended])
         assertStoppedCleanly(self, client)
         assertStoppedCleanly(self, server)
+
+
+class MultiplexerOverTLSTests(TestCase):
+    """
+    The bare Multiplexer (no endpoint wrapper) over Twisted's TLS.
+    """
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_closeEndsTLSConnection(self):
+        """
+        Multiplexer.close() over TLS closes the connection: a TLS transport
+        waits for its producer to unregister, and the multiplexer does.
+        """
+        from twisted.internet import endpoints, reactor
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.ssl import (
+            Certificate, PrivateCertificate, optionsForClientTLS)
+        from muxframe import MultiplexerFactory
+
+        paths = writeCertificates(self.mktemp())
+        with open(paths["server.pem"], "rb") as f:
+            serverCert = PrivateCertificate.loadPEM(f.read())
+        with open(paths["ca.pem"], "rb") as f:
+            ca = Certificate.loadPEM(f.read())
+        server = endpoints.wrapServerTLS(
+            serverCert.options(),
+            endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        port = yield server.listen(MultiplexerFactory(
+            Factory.forProtocol(Protocol), framing="mio", role="server"))
+        self.addCleanup(port.stopListening)
+        client = endpoints.wrapClientTLS(
+            optionsForClientTLS("localhost", ca),
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        mux = yield client.connect(MultiplexerFactory(None, framing="mio", role="client"))
+        yield mux.openStream(Factory.forProtocol(Protocol))
+        lost = mux.whenLost()
+        mux.close()
+        yield lost
+        self.assertTrue(mux.disconnected)
