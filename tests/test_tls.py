@@ -393,6 +393,9 @@ class MultiplexerOverTLSTests(TestCase):
             endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
         mux = yield client.connect(MultiplexerFactory(None, framing="mio", role="client"))
         yield mux.openStream(Factory.forProtocol(Protocol))
+        # No abort of last resort may close it for us within the test.
+        import muxframe.multiplexer
+        self.patch(muxframe.multiplexer, "CLOSE_GRACE", 3600)
         lost = mux.whenLost()
         mux.close()
         yield lost
