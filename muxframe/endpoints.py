@@ -573,6 +573,14 @@ class MultiplexedClientEndpoint:
         def attempt():
             if state["done"]:
                 return
+            current = self._current
+            if (current is not None and not current.disconnected
+                    and current.engine is not None and not current.engine.closed):
+                # Connected already: no need to ask the ClientService, which
+                # cannot be asked from inside its own callbacks (a connect()
+                # made as the previous one's result arrives).
+                connected(current)
+                return
             d = state["pending"] = service.whenConnected()
             d.addCallbacks(connected, notConnected)
 

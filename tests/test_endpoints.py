@@ -190,6 +190,33 @@ class EndpointRoundTripTests(LoopbackMixin, TestCase):
         self.assertEqual(server.multiplexers, [])
 
 
+class ReentrantConnectTests(LoopbackMixin, TestCase):
+    """
+    connect() called from the callback of another connect().
+    """
+
+    @inlineCallbacks
+    def test_connectFromConnectCallback(self):
+        """
+        A connect() made while the previous one's result is being delivered
+        (inside the ClientService's own callbacks) opens its stream on the
+        shared connection instead of failing.
+        """
+        server, port = yield self.listen("mio", Factory.forProtocol(Echo))
+        client = self.client("mio", port)
+        second = []
+
+        def again(first):
+            second.append(client.connect(collectorFactory(b"second")))
+            return first
+
+        first = yield client.connect(collectorFactory(b"first")).addCallback(again)
+        self.assertEqual((yield first.done), b"first")
+        child = yield second[0]
+        self.assertEqual((yield child.done), b"second")
+        self.assertIs(first.transport._mux, child.transport._mux)
+
+
 class FakeEndpoint:
     """
     A client endpoint on StringTransports; fails while C{refuse} is set.
