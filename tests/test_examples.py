@@ -39,10 +39,22 @@ class DemoTests(SynchronousTestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("twistd -n --pidfile= --logfile=server.log muxframe server", output)
         self.assertIn("twistd -n --pidfile= --logfile=client.log muxframe client", output)
-        self.assertIn("4 of 4 connections verified: 16.0 MiB", output)
-        self.assertIn("4 streams over 1 multiplexed connection(s)", output)
-        self.assertIn("client shut down cleanly, server shut down cleanly", output)
-        self.assertTrue(output.rstrip().endswith("demo succeeded"), output)
+        self.assertIn("over MIO", output)
+        self.assertIn("over BMP", output)
+        self.assertEqual(output.count("32 of 32 connections verified: 32.0 MiB"), 2, output)
+        self.assertEqual(output.count("32 streams over 1 multiplexed connection(s)"), 2, output)
+        self.assertEqual(output.count("client shut down cleanly, server shut down cleanly"), 2)
+        self.assertEqual(output.count("demo succeeded"), 2, output)
+
+    def test_demoDetailed(self):
+        """
+        With few connections each gets its own verified line.
+        """
+        code, output = run("-m", "muxframe.demo", "--framing=mio", "--connections=4",
+                           "--mib=2")
+        self.assertEqual(code, 0, output)
+        self.assertEqual(output.count("-> verified"), 4, output)
+        self.assertIn("4 of 4 connections verified: 8.0 MiB", output)
 
     def test_demoBMP(self):
         """
