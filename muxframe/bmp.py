@@ -428,6 +428,7 @@ class BmpEngine(Engine):
             self.counters.framesSent += 1
             state.endPending = False
             state.localEnded = True
+            self._writesEnded.append(state.streamId)
             self._maybeFinish(state)
         return size
 
@@ -437,7 +438,7 @@ class BmpEngine(Engine):
             for sid, remaining in frames:
                 self._control.append(_controlFrame(state.streamId, ACK, sid))
             self.counters.framesSent += len(frames)
-            frames.clear()
+            state.recvFrames = None
 
     def _returnCredit(self, state, size):
         state.recvBuffered -= size
@@ -455,6 +456,8 @@ class BmpEngine(Engine):
             frames.popleft()
             control.append(_controlFrame(streamId, ACK, entry[0]))
             self.counters.framesSent += 1
+        if not frames:
+            state.recvFrames = None  # an idle stream keeps no empty deque
         self._maybeFinish(state)
 
     def _maybeFinish(self, state):
@@ -559,6 +562,7 @@ class BmpEngine(Engine):
         if state.inflight.pop(sid, None) is None:
             return
         if not state.inflight:
+            state.inflight = None  # an idle stream keeps no empty dict
             self._awaiting.pop(state.streamId, None)
             if state.localEnded:
                 self._maybeFinish(state)

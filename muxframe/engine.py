@@ -111,6 +111,16 @@ class StreamState:
         first = queue[0]
         offset = self.sendOffset
         self.sendBuffered -= n
+        if not self.sendBuffered:
+            # Drained: drop the deque (760 bytes) so an idle stream costs
+            # only its state object.
+            self.sendQueue = None
+            self.sendOffset = 0
+            if offset == 0 and len(queue) == 1:
+                return first
+            pieces = [first[offset:]] if offset else [first]
+            pieces.extend(list(queue)[1:])
+            return b"".join(pieces)
         if offset == 0 and len(first) == n:
             queue.popleft()
             return first
@@ -165,6 +175,7 @@ class Engine:
         self._control = []
         self._ready = deque()
         self._events = []
+        self._writesEnded = []
         self._lastReceived = now
         self._lastSent = now
 
@@ -340,6 +351,16 @@ class Engine:
         except RemoteProtocolError as error:
             self._fail(error)
         return self.takeEvents()
+
+    def takeWritesEnded(self):
+        """
+        Return and forget the ids of the streams whose end of stream was
+        put into the output since the last call.
+        """
+        ended = self._writesEnded
+        if ended:
+            self._writesEnded = []
+        return ended
 
     def takeEvents(self):
         """

@@ -284,6 +284,7 @@ class MioEngine(Engine):
             self.counters.framesSent += 1
             state.endPending = False
             state.localEnded = True
+            self._writesEnded.append(state.streamId)
             if state.remoteEnded:
                 self._finish(state)
         return size

@@ -550,10 +550,12 @@ class Multiplexer(Protocol):
                 if engine.sendBuffered(stream.streamId) <= low:
                     self._bufferPaused.discard(stream)
                     stream._unpauseProducer(PAUSED_BY_BUFFER)
-        if self._endingWrites:
-            for stream in list(self._endingWrites):
-                state = engine.stream(stream.streamId)
-                if state is None or state.localEnded:
+        ended = engine.takeWritesEnded()
+        if ended and self._endingWrites:
+            streams = self._streams
+            for streamId in ended:
+                stream = streams.get(streamId)
+                if stream is not None and stream in self._endingWrites:
                     self._endingWrites.discard(stream)
                     if stream._writeLostPending:
                         self._callChild(stream, stream._writeEnded)
