@@ -125,6 +125,28 @@ class Multiplexer(Protocol):
         """
         return len(self._streams)
 
+    def streamCounters(self, streamId):
+        """
+        Return one open stream's figures: payload bytes sent and received,
+        stalls on credit (MIO window or BMP in-flight limit), bytes waiting
+        to be sent and bytes held for a paused child; C{None} once the
+        stream is gone.
+        """
+        stream = self._streams.get(streamId)
+        state = self.engine.stream(streamId) if self.engine is not None else None
+        if stream is None or state is None:
+            return None
+        held = 0
+        if stream._pending:
+            held = sum(len(item) for item in stream._pending if type(item) is bytes)
+        return {
+            "bytesSent": state.bytesSent,
+            "bytesReceived": state.bytesReceived,
+            "creditStalls": state.creditStalls,
+            "sendBuffered": state.sendBuffered,
+            "held": held,
+        }
+
     def _now(self):
         return self.reactor.seconds()
 

@@ -438,6 +438,33 @@ class AdapterTestsMixin:
         self.assertEqual(link.server.counters.streamsAccepted, 1)
 
 
+class StreamCountersTests(SynchronousTestCase):
+
+    def test_streamCounters(self):
+        """
+        streamCounters reports one stream's bytes, stalls and buffers, and
+        None once it is gone.
+        """
+        link = Link("mio", serverChild=Recorder, windowSize=1024, maxFrameSize=512)
+        child = link.open()
+        child.transport.write(b"q" * 3000)
+        link.pump()
+        [server] = link.serverChildren
+        streamId = child.transport.streamId
+        counters = link.client.streamCounters(streamId)
+        self.assertEqual(counters["bytesSent"], 3000)
+        self.assertGreater(counters["creditStalls"], 0)
+        self.assertEqual(counters["sendBuffered"], 0)
+        server.transport.pauseProducing()
+        child.transport.write(b"r" * 700)
+        link.pump()
+        self.assertEqual(link.server.streamCounters(streamId)["held"], 700)
+        self.assertEqual(link.server.streamCounters(streamId)["bytesReceived"], 3700)
+        server.transport.resumeProducing()
+        child.transport.abortConnection()
+        self.assertIsNone(link.client.streamCounters(streamId))
+
+
 class Exploder(Protocol):
     def dataReceived(self, data):
         if data == b"boom":
