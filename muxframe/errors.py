@@ -11,7 +11,24 @@ child protocol's C{connectionLost}).
 from enum import IntEnum
 
 
-class ErrorCode(IntEnum):
+class DescribedCode:
+    """
+    Mixin for IntEnums of wire codes: L{describe} names known and unknown
+    codes alike.
+    """
+
+    @classmethod
+    def describe(cls, code):
+        """
+        Return a readable name for C{code}, known or not.
+        """
+        try:
+            return cls(code).name
+        except ValueError:
+            return "UNKNOWN(%d)" % (code,)
+
+
+class ErrorCode(DescribedCode, IntEnum):
     """
     Wire error codes.  MIO carries them in the size field of RST and FIN
     frames; BMP has no codes on the wire, so they are only reported locally.
@@ -24,16 +41,6 @@ class ErrorCode(IntEnum):
     REFUSED = 4
     EXHAUSTED = 5
     TRANSPORT_CLOSED = 6
-
-    @classmethod
-    def describe(cls, code):
-        """
-        Return a readable name for C{code}, known or not.
-        """
-        try:
-            return cls(code).name
-        except ValueError:
-            return "UNKNOWN(%d)" % (code,)
 
 
 class MuxframeError(Exception):

@@ -48,3 +48,16 @@ def coalesce(events):
         else:
             merged.append(event)
     return merged
+
+
+def chunkedEvents(makeEngine, wire, cuts):
+    """
+    Feed C{wire} to one fresh engine whole and to another cut at C{cuts};
+    return both event lists, coalesced, for comparison.
+    """
+    whole = makeEngine().receiveData(wire)
+    split = makeEngine()
+    events = []
+    for chunk in splitAt(wire, cuts):
+        events.extend(split.receiveData(chunk))
+    return coalesce(whole), coalesce(events)

@@ -25,7 +25,7 @@ from muxframe.events import (
 )
 from muxframe.settings import Settings
 
-from .support import coalesce, decodeAll, splitAt
+from .support import chunkedEvents, decodeAll, splitAt
 
 # The example of specs/bmp.md section 1: stream io_0, first data frame, sid 0.
 SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
@@ -434,13 +434,9 @@ class EngineTests(SynchronousTestCase):
             client.sendData(ids[index], payload)
         client.endStream(ids[0])
         wire = b"".join(client.dataToSend(1 << 30))
-        whole = BmpEngine("server").receiveData(wire)
         cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=40))
-        split = BmpEngine("server")
-        events = []
-        for chunk in splitAt(wire, cuts):
-            events.extend(split.receiveData(chunk))
-        self.assertEqual(coalesce(events), coalesce(whole))
+        whole, split = chunkedEvents(lambda: BmpEngine("server"), wire, cuts)
+        self.assertEqual(split, whole)
 
 
 class OffsetTests(SynchronousTestCase):

@@ -31,7 +31,7 @@ from muxframe.events import (
 from muxframe.mio import Frame, FrameDecoder, MioEngine, decodeFrames, encodeFrame
 from muxframe.settings import Settings
 
-from .support import coalesce, decodeAll, splitAt
+from .support import chunkedEvents, decodeAll, splitAt
 
 # Fixed vectors, from the frame table of specs/mio.md.
 VECTORS = [
@@ -508,13 +508,9 @@ class EngineTests(SynchronousTestCase):
             client.sendData(ids[index], payload)
         client.endStream(ids[0])
         wire = b"".join(client.dataToSend(1 << 30))
-        whole = MioEngine("server").receiveData(wire)
         cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=40))
-        split = MioEngine("server")
-        events = []
-        for chunk in splitAt(wire, cuts):
-            events.extend(split.receiveData(chunk))
-        self.assertEqual(coalesce(events), coalesce(whole))
+        whole, split = chunkedEvents(lambda: MioEngine("server"), wire, cuts)
+        self.assertEqual(split, whole)
 
     @given(st.binary(max_size=2048))
     @settings(max_examples=150, deadline=None)

@@ -3,7 +3,6 @@ Tests for L{muxframe.multiplexer}: the Twisted adapter over in-memory
 transports, with time from a L{Clock}.
 """
 
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -13,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from muxframe import MultiplexerFactory, StreamAddress
-from muxframe import bmp, mio
+from muxframe import mio
 from muxframe.errors import (
     ErrorCode,
     MalformedFrame,
@@ -358,9 +357,8 @@ class AdapterTestsMixin:
         protocol error as every stream's reason.
         """
         link = self.link()
-        child = link.open()
+        link.open().transport.write(b"x")
         link.pump()
-        [serverChild] = [None]
         link.server.dataReceived(b"\xff" * 64 if self.framing == "bmp" else
                                  b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         link.clock.advance(0)

@@ -9,10 +9,15 @@ close; errors of API misuse are L{XTMPLocalError}s.
 
 from enum import IntEnum
 
-from muxframe.errors import LocalProtocolError, MuxframeError, RemoteProtocolError
+from muxframe.errors import (
+    DescribedCode,
+    LocalProtocolError,
+    MuxframeError,
+    RemoteProtocolError,
+)
 
 
-class XTMPErrorCode(IntEnum):
+class XTMPErrorCode(DescribedCode, IntEnum):
     """
     The 16-bit codes carried by Error and Disconnect messages.
     """
@@ -38,16 +43,6 @@ class XTMPErrorCode(IntEnum):
     GOING_AWAY = 18
     IDLE_TIMEOUT = 19
     INTERNAL = 20
-
-    @classmethod
-    def describe(cls, code):
-        """
-        Return a readable name for C{code}, known or not.
-        """
-        try:
-            return cls(code).name
-        except ValueError:
-            return "UNKNOWN(%d)" % (code,)
 
 
 class XTMPLocalError(LocalProtocolError):
