@@ -548,24 +548,19 @@ class Multiplexer(Protocol):
         transport = self.transport
         self._busy = True
         try:
-            while engine.hasOutput() and not self._transportPaused:
-                chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
-                if chunks:
-                    transport.writeSequence(chunks)
+            while True:
+                # Events caused by commands or by what was just framed (a
+                # stream finishing as its end goes out) may queue output.
                 events = engine.takeEvents()
                 if events:
                     self._process(events)
+                if self._transportPaused or not engine.hasOutput():
+                    break
+                chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
+                if chunks:
+                    transport.writeSequence(chunks)
         finally:
             self._busy = False
-        events = engine.takeEvents()
-        if events:
-            self._busy = True
-            try:
-                self._process(events)
-            finally:
-                self._busy = False
-            if engine.hasOutput() and not self._transportPaused:
-                return self._flush()
         if self._bufferPaused:
             low = self.settings.streamBufferSize // 2
             for stream in list(self._bufferPaused):

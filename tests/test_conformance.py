@@ -53,6 +53,22 @@ def recorders(**kwargs):
     return ChildFactory(lambda: Recorder(**kwargs))
 
 
+def recordMaxHeld(mux):
+    """
+    Track the most bytes C{mux} ever held for paused children; return a
+    one-element list holding that maximum.
+    """
+    maxHeld = [0]
+    holding = mux._holding
+
+    def recordHolding(n):
+        holding(n)
+        maxHeld[0] = max(maxHeld[0], mux._held)
+
+    mux._holding = recordHolding
+    return maxHeld
+
+
 class ConformanceTests:
     """
     The checks; C{framing} names the framing under test.
@@ -447,14 +463,7 @@ class ConformanceTests:
         size = 2 * MiB
         pair, server, client = yield self.connected(
             serverSettings=settings, clientSettings=settings)
-        maxHeld = [0]
-        holding = client._holding
-
-        def recordHolding(n):
-            holding(n)
-            maxHeld[0] = max(maxHeld[0], client._held)
-
-        client._holding = recordHolding
+        maxHeld = recordMaxHeld(client)
         child = yield self.openRecorder(client, keep=False)
         child.transport.pauseProducing()
         child.transport.write(b"send %d 7\n" % (size,))
@@ -588,14 +597,7 @@ class ConformanceTests:
         clientSettings = dict(windowSize=4 * MiB, maxInFlight=64)
         pair, server, client = yield self.connected(
             serverSettings=serverSettings, clientSettings=clientSettings)
-        maxHeld = [0]
-        holding = server._holding
-
-        def recordHolding(n):
-            holding(n)
-            maxHeld[0] = max(maxHeld[0], server._held)
-
-        server._holding = recordHolding
+        maxHeld = recordMaxHeld(server)
         size = 1 * MiB
         children = []
         for i in range(4):
