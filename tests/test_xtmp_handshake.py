@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from muxframe.xtmp.codec import Cipher, Decoder, Flags, MessageType, encodePlain
 from muxframe.xtmp.errors import (
     DecryptionFailed, DowngradeDetected, HandshakeFailed, PeerError,
-    Unauthorized, Unsupported, XTMPErrorCode, XTMPLocalError,
+    Unauthorized, Unsupported, WrongKey, XTMPErrorCode, XTMPLocalError,
 )
 from muxframe.xtmp.handshake import (
     KEM, ClientHandshake, ClientHello, ServerHandshake, ServerHello,
@@ -281,6 +281,42 @@ class HandshakeRejectionTests(SynchronousTestCase):
             frames(encodePlain(MessageType.Error, 0, 0, 0,
                                b"\x00\x0fno common cipher"))[0])
         self.assertEqual(e.code, XTMPErrorCode.UNSUPPORTED)
+
+    def test_clientErrorAfterServerHello(self):
+        """
+        A client that refuses the server after ServerHello (here: not the
+        pinned key) sends its Error under its handshake key; the server
+        reads it as the client's code, not as a malformed ClientAuth.
+        """
+        from muxframe.xtmp.connection import XTMPConnection
+        client = XTMPConnection(ClientHandshake(
+            serverKey=Identity.generate().public, identity=CLIENT))
+        server = XTMPConnection(ServerHandshake(
+            SERVER, authorizedKeys=[CLIENT.public]))
+        client.initiate()
+        server.receiveData(client.dataToSend())
+        e = self.assertRaises(Unauthorized, client.receiveData,
+                              server.dataToSend())
+        wire = client.closeWithError(e.code, str(e))
+        (error, disconnect) = frames(wire)
+        self.assertEqual((error.type, error.sequence, disconnect.sequence),
+                         (MessageType.Error, 0, 1))
+        self.assertEqual(error.flags, Flags.ENCRYPTED)
+        theirs = self.assertRaises(PeerError, server.receiveData, wire)
+        self.assertEqual(theirs.code, XTMPErrorCode.UNAUTHORIZED)
+        self.assertIn("pinned", theirs.reason)
+
+    def test_forgedErrorInPlaceOfClientAuth(self):
+        """
+        An encrypted Error the handshake key does not open is
+        DECRYPT_FAILED, not a way to inject a code.
+        """
+        client, server = pair()
+        out, _ = server.receiveFrame(frames(client.start())[0])
+        forged = TrafficKey(Cipher.AES_256_GCM, b"k" * 32, b"i" * 12)
+        wire = forged.seal(MessageType.Error, Flags.ENCRYPTED,
+                           server.sessionId, b"\x00\x0dno")
+        self.assertRaises(WrongKey, server.receiveFrame, frames(wire)[0])
 
     def test_tamperedServerAuthKeepsCounter(self):
         """

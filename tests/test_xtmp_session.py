@@ -542,6 +542,54 @@ class RequestAndControlTests(SynchronousTestCase):
     Requests, Error, Disconnect, Subscribe, timers.
     """
 
+    def test_heartbeatLength(self):
+        """
+        A Heartbeat's data is exactly one u64: 3 or 9 bytes is
+        PROTOCOL_ERROR.
+        """
+        for data in (b"abc", b"123456789", b""):
+            c, s = enginePair()
+            c.sendControl(MessageType.Heartbeat, data)
+            e = self.assertRaises(MalformedMessage, s.receiveData,
+                                  c.dataToSend())
+            self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+            self.assertIn("Heartbeat", str(e))
+        c, s = enginePair()
+        c.sendControl(MessageType.Heartbeat, bytes(8))
+        self.assertEqual(s.receiveData(c.dataToSend()), [])
+
+    def test_controlFlags(self):
+        """
+        Control messages carry no flag but ENCRYPTED (Subscribe and
+        Unsubscribe: never REQUIRES_ACK or STREAM_DATA); anything else is
+        PROTOCOL_ERROR, and no delivery id is consumed by it.
+        """
+        cases = [(MessageType.Heartbeat, Flags.REQUIRES_ACK, bytes(16)),
+                 (MessageType.Ack, Flags.PRIORITY_HIGH, bytes(8)),
+                 (MessageType.KeyUpdate, Flags.RESPONSE, bytes(12)),
+                 (MessageType.Heartbeat, Flags.FRAGMENTED, bytes(8)),
+                 (MessageType.Subscribe, Flags.REQUIRES_ACK,
+                  bytes(8) + codec.encodeName("x")),
+                 (MessageType.Unsubscribe, Flags.STREAM_DATA,
+                  codec.encodeName("x") + codec.encodeName("y"))]
+        for mtype, flags, body in cases:
+            c, s = enginePair()
+            wire = c.sendKey.seal(mtype, flags | Flags.ENCRYPTED,
+                                  c.sessionId, body)
+            e = self.assertRaises(MalformedMessage, s.receiveData, wire)
+            self.assertIn("not allowed on control", str(e))
+            self.assertEqual(s.resumption.highestDelivered, 0)
+
+    def test_closeBytesOnce(self):
+        """
+        After L{closeWithError} returned the closing bytes, L{dataToSend}
+        does not return them again.
+        """
+        c, s = enginePair()
+        wire = s.closeWithError(XTMPErrorCode.UNAUTHORIZED, "no")
+        self.assertTrue(wire)
+        self.assertEqual(s.dataToSend(), b"")
+
     def test_requestResponse(self):
         c, s = enginePair()
         token = Token()

@@ -47,7 +47,7 @@ _crc32 = zlib.crc32
 
 class MessageType(IntEnum):
     """
-    XTMP message types (spec section 3).  Values not listed are free for
+    XTMP message types (docs/xtmp.md section 4).  Values not listed are free for
     applications.
     """
 
@@ -83,7 +83,7 @@ CONTROL_TYPES = frozenset(range(0x01, 0x09))
 
 class Flags(IntFlag):
     """
-    The 16 header flag bits (spec section 4).
+    The 16 header flag bits (docs/xtmp.md section 4).
     """
 
     NONE = 0
@@ -127,6 +127,18 @@ class Cipher(IntEnum):
     NONE = 0
     AES_256_GCM = 1
     CHACHA20_POLY1305 = 2
+
+    @classmethod
+    def describe(cls, cipher):
+        """
+        The cipher's usual name (C{"AES-256-GCM"}, C{"ChaCha20-Poly1305"},
+        C{"none"}), for logs; unknown values read C{UNKNOWN(n)}.
+        """
+        return _CIPHER_NAMES.get(cipher, "UNKNOWN(%d)" % (cipher,))
+
+
+_CIPHER_NAMES = {Cipher.NONE: "none", Cipher.AES_256_GCM: "AES-256-GCM",
+                 Cipher.CHACHA20_POLY1305: "ChaCha20-Poly1305"}
 
 
 class Frame:
@@ -203,14 +215,27 @@ class Decoder:
     """
     Incremental XTMP frame decoder: feed it any split of the byte stream.
 
-    @ivar maxPayload: the largest payload length accepted.
+    Buffering costs O(bytes received): a partial frame is held in one
+    C{bytearray} that grows in place (never C{buffer + data}, which would
+    copy the whole buffer for every small piece), and each byte is copied
+    once into the frame that takes it.  What is held is at most one
+    header, security layer and C{maxPayload} bytes of payload, plus the
+    rest of the last chunk appended.
+
+    Frames can be taken one at a time (L{append}, then L{nextFrame} until
+    it returns L{None}), so a caller may change C{maxPayload} between
+    frames: XTMP bounds payloads far more tightly before authentication.
+
+    @ivar maxPayload: the largest payload length accepted, checked as soon
+        as a header is complete.
     """
 
-    __slots__ = ("maxPayload", "_buffer", "_error")
+    __slots__ = ("maxPayload", "_buffer", "_pos", "_error")
 
     def __init__(self, maxPayload=DEFAULT_MAX_PAYLOAD):
         self.maxPayload = maxPayload
         self._buffer = b""
+        self._pos = 0
         self._error = None
 
     def raiseIfFailed(self):
@@ -226,7 +251,61 @@ class Decoder:
         """
         The number of bytes held waiting for the rest of a frame.
         """
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
+
+    def append(self, data):
+        """
+        Add received bytes without parsing them.
+        """
+        if not data or self._error is not None:
+            return
+        buf = self._buffer
+        if self._pos >= len(buf):
+            # Nothing held: keep the chunk itself, no copy.
+            self._buffer = bytes(data)
+            self._pos = 0
+            return
+        if type(buf) is not bytearray:
+            with memoryview(buf) as view:
+                buf = bytearray(view[self._pos:])
+        elif self._pos:
+            del buf[:self._pos]
+        buf += data
+        self._buffer = buf
+        self._pos = 0
+
+    def nextFrame(self):
+        """
+        Parse and return the next complete frame, or L{None} until more
+        bytes are appended.
+
+        @raise XTMPRemoteError: (a subclass naming the fault) on an invalid
+            frame; the decoder is then failed and raises it again on every
+            later call.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            frame = self._next()
+        except XTMPRemoteError as e:
+            self._error = e
+            self._buffer = b""
+            self._pos = 0
+            raise
+        if frame is None:
+            # Keep only the partial frame, not the chunk it came in.
+            pos, buf = self._pos, self._buffer
+            if pos:
+                if type(buf) is bytearray:
+                    del buf[:pos]
+                else:
+                    with memoryview(buf) as view:
+                        self._buffer = bytearray(view[pos:])
+                self._pos = 0
+        elif self._pos == len(self._buffer):
+            self._buffer = b""
+            self._pos = 0
+        return frame
 
     def feed(self, data):
         """
@@ -239,67 +318,80 @@ class Decoder:
             can act on what arrived intact.
         """
         self.raiseIfFailed()
+        self.append(data)
         frames = []
         try:
-            return self._parse(data, frames)
-        except XTMPRemoteError as e:
+            while True:
+                frame = self.nextFrame()
+                if frame is None:
+                    return frames
+                frames.append(frame)
+        except XTMPRemoteError:
             if not frames:
                 raise
-            self._error = e
-            self._buffer = b""
             return frames
 
-    def _parse(self, data, frames):
-        buf = self._buffer + data if self._buffer else data
-        pos = 0
-        end = len(buf)
-        unpackHeader = HEADER.unpack_from
-        while end - pos >= HEADER_SIZE:
-            (magic, version, mtype, flags, sessionId, sequence, length,
-             checksum) = unpackHeader(buf, pos)
-            if magic != MAGIC:
-                raise BadMagic("bad magic %r" % (bytes(magic),))
-            if version != VERSION:
-                raise BadVersion("unsupported version %d" % (version,))
-            if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
-                checkFlags(flags)
-            if length > self.maxPayload:
-                raise MessageTooLarge(
-                    "payload length %d over the limit %d"
-                    % (length, self.maxPayload))
-            if flags & 1:
-                total = HEADER_SIZE + SECURITY_SIZE + length
-                if end - pos < total:
-                    break
-                cipher, reserved, epoch, keyId, nonce = \
-                    SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
-                if cipher not in (1, 2):
-                    raise MalformedMessage("unknown cipher %d" % (cipher,))
-                if reserved != _ZERO3:
-                    raise MalformedMessage("security layer reserved bytes "
-                                           "are not zero")
-                if nonce[12:] != _ZERO12:
-                    raise MalformedMessage("nonce bytes 12..23 are not zero")
-                start = pos + HEADER_SIZE + SECURITY_SIZE
-                frames.append(Frame(
-                    mtype, flags, sessionId, sequence, checksum,
-                    bytes(buf[start:pos + total]), cipher, epoch, keyId,
-                    nonce[:12], bytes(buf[start - TAG_SIZE:start]),
-                    bytes(buf[pos:start - TAG_SIZE])))
+    def _next(self):
+        buf, pos = self._buffer, self._pos
+        avail = len(buf) - pos
+        if avail < HEADER_SIZE:
+            return None
+        (magic, version, mtype, flags, sessionId, sequence, length,
+         checksum) = HEADER.unpack_from(buf, pos)
+        if magic != MAGIC:
+            raise BadMagic("bad magic %r" % (bytes(magic),))
+        if version != VERSION:
+            raise BadVersion("unsupported version %d" % (version,))
+        if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
+            checkFlags(flags)
+        if length > self.maxPayload:
+            raise MessageTooLarge(
+                "payload length %d over the limit %d"
+                % (length, self.maxPayload))
+        if flags & 1:
+            total = HEADER_SIZE + SECURITY_SIZE + length
+            if avail < total:
+                return None
+            cipher, reserved, epoch, keyId, nonce = \
+                SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
+            if cipher not in (1, 2):
+                raise MalformedMessage("unknown cipher %d" % (cipher,))
+            if reserved != _ZERO3:
+                raise MalformedMessage("security layer reserved bytes "
+                                       "are not zero")
+            if nonce[12:] != _ZERO12:
+                raise MalformedMessage("nonce bytes 12..23 are not zero")
+            start = pos + HEADER_SIZE + SECURITY_SIZE
+            end = pos + total
+            if type(buf) is bytes:
+                payload, tag, aad = (buf[start:end],
+                                     buf[start - TAG_SIZE:start],
+                                     buf[pos:start - TAG_SIZE])
             else:
-                total = HEADER_SIZE + length
-                if end - pos < total:
-                    break
-                payload = bytes(buf[pos + HEADER_SIZE:pos + total])
-                if _crc32(payload) != checksum:
-                    raise ChecksumMismatch(
-                        "checksum mismatch in message type %#x seq %d"
-                        % (mtype, sequence))
-                frames.append(Frame(mtype, flags, sessionId, sequence,
-                                    checksum, payload))
-            pos += total
-        self._buffer = buf[pos:] if pos < end else b""
-        return frames
+                with memoryview(buf) as view:
+                    payload, tag, aad = (bytes(view[start:end]),
+                                         bytes(view[start - TAG_SIZE:start]),
+                                         bytes(view[pos:start - TAG_SIZE]))
+            frame = Frame(mtype, flags, sessionId, sequence, checksum,
+                          payload, cipher, epoch, keyId, nonce[:12], tag, aad)
+        else:
+            total = HEADER_SIZE + length
+            if avail < total:
+                return None
+            start, end = pos + HEADER_SIZE, pos + total
+            if type(buf) is bytes:
+                payload = buf[start:end]
+            else:
+                with memoryview(buf) as view:
+                    payload = bytes(view[start:end])
+            if _crc32(payload) != checksum:
+                raise ChecksumMismatch(
+                    "checksum mismatch in message type %#x seq %d"
+                    % (mtype, sequence))
+            frame = Frame(mtype, flags, sessionId, sequence, checksum,
+                          payload)
+        self._pos = pos + total
+        return frame
 
 
 # -- control payloads ------------------------------------------------------

@@ -18,7 +18,16 @@ Rules: after the handshake every frame must carry ENCRYPTED (or none may,
 in a plaintext session) and the session id; sequence numbers are exactly
 the next one per key; a frame under the key the peer announced by
 KeyUpdate or re-handshake switches to it; fragments of a message are
-contiguous, only control messages may come between them.
+contiguous, only control messages may come between them.  Handshake,
+HandshakeAck, Heartbeat, Disconnect, Ack and KeyUpdate carry no flag but
+ENCRYPTED; Subscribe and Unsubscribe are never REQUIRES_ACK or
+STREAM_DATA; a Heartbeat's data is exactly 8 bytes.
+
+Limits: before the handshake completes a payload may be at most
+C{maxHandshakePayload} bytes (a server waiting for the ClientHello takes
+no more than the longest possible ClientHello, L{MAX_CLIENT_HELLO}); after
+it, C{maxPayload}.  A server accepts at most C{maxRehandshakesPerHour}
+re-handshakes in any hour of a session (L{RateLimited} beyond).
 """
 
 import hashlib
@@ -29,16 +38,16 @@ from muxframe.xtmp.codec import (
     CONTROL_TYPES, Decoder, F, MessageType, encodePlain,
 )
 from muxframe.xtmp.errors import (
-    DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
-    SequenceError, SessionNotReady, XTMPErrorCode, XTMPRemoteError,
-    XTMPTimeout,
+    DowngradeDetected, HandshakeFailed, MalformedMessage, RateLimited,
+    SendQueueFull, SequenceError, SessionNotReady, XTMPErrorCode,
+    XTMPRemoteError, XTMPTimeout,
 )
 from muxframe.xtmp.events import (  # noqa: F401 - re-exported
     Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
     MessageReceived, RequestFailed, ResponseReceived, Settings,
     SubscribeReceived, UnsubscribeReceived,
 )
-from muxframe.xtmp.handshake import ClientHandshake
+from muxframe.xtmp.handshake import MAX_CLIENT_HELLO, ClientHandshake
 from muxframe.xtmp.keys import openFrame
 from muxframe.xtmp.rekey import RekeyOffer, answerRekey
 from muxframe.xtmp.session import (
@@ -47,6 +56,16 @@ from muxframe.xtmp.session import (
 )
 
 HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
+
+#: Flags (besides ENCRYPTED) each control type may carry.  Subscribe and
+#: Unsubscribe travel like application messages (RESPONSE when they
+#: confirm; fragmented or compressed if long), but are never acknowledged
+#: deliveries or stream data.
+_CONTROL_FLAGS = dict.fromkeys(range(0x01, 0x07), 0)
+_CONTROL_FLAGS[MessageType.Subscribe] = _CONTROL_FLAGS[
+    MessageType.Unsubscribe] = 0xFFFF & ~(F.ENCRYPTED | F.REQUIRES_ACK
+                                          | F.STREAM_DATA)
+_HOUR = 3600.0
 
 
 def _peerKey(result):
@@ -77,7 +96,7 @@ class XTMPConnection:
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters")
+                 "counters", "_rekeyTimes")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -86,7 +105,7 @@ class XTMPConnection:
         self.kem = None
         self.isClient = isinstance(handshake, ClientHandshake)
         self.state = HANDSHAKING
-        self.decoder = Decoder(self.settings.maxPayload)
+        self.decoder = Decoder()
         self.resumption = resumption
         self._resumptionFor = resumptionFor
         self.sessionId = 0
@@ -105,9 +124,23 @@ class XTMPConnection:
         self._queuedBytes = 0
         self._reassembler = Reassembler(self.settings.maxMessageSize)
         self._ackDue = False
+        self._rekeyTimes = None
         self.pendingRequests = {}
         self.startedAt = self.lastReceived = self.lastSent = now
         self.lastActivity = self.keysAt = now
+        self._setReceiveLimit()
+
+    def _setReceiveLimit(self):
+        # Unauthenticated bytes are bounded by what a handshake needs, not
+        # by what an authenticated session may send.
+        s = self.settings
+        if self.state == OPEN:
+            limit = s.maxPayload
+        elif not self.isClient and self.handshake.state == "EXPECT_HELLO":
+            limit = min(s.maxHandshakePayload, MAX_CLIENT_HELLO)
+        else:
+            limit = s.maxHandshakePayload
+        self.decoder.maxPayload = limit
 
     # -- sending -----------------------------------------------------------
 
@@ -286,6 +319,15 @@ class XTMPConnection:
         """
         return bool(any(self._queues) or self._resendQueue)
 
+    def abandon(self):
+        """
+        Close the session without sending anything: the peer has already
+        ended it (an Error during the handshake), so there is no one to
+        tell.
+        """
+        self._out = []
+        self.state = CLOSED
+
     def closeWithError(self, code, reason, now=0.0):
         """
         Close the session: return the bytes of an Error (if C{code} is not
@@ -320,7 +362,8 @@ class XTMPConnection:
                 self.sendControl(MessageType.Disconnect, payload)
         finally:
             self.state = CLOSED
-        return b"".join(pending + self._out)
+        out, self._out = self._out, []
+        return b"".join(pending + out)
 
     # -- receiving ---------------------------------------------------------
 
@@ -337,17 +380,21 @@ class XTMPConnection:
         if self.state == CLOSED:
             return []
         events = []
+        decoder = self.decoder
         try:
             self.counters.bytesReceived += len(data)
-            for frame in self.decoder.feed(data):
+            decoder.append(data)
+            # One frame at a time: the handshake changes the payload limit
+            # for the frames behind it.
+            while self.state != CLOSED:
+                frame = decoder.nextFrame()
+                if frame is None:
+                    break
                 self.lastReceived = now
                 if self.state == HANDSHAKING:
                     self._handshakeFrame(frame, now, events)
-                elif self.state == OPEN:
-                    self._frame(frame, now, events)
                 else:
-                    break
-            self.decoder.raiseIfFailed()
+                    self._frame(frame, now, events)
         except XTMPRemoteError as e:
             e.events = events
             raise
@@ -362,6 +409,7 @@ class XTMPConnection:
         if out:
             self._out.append(out)
         if result is None:
+            self._setReceiveLimit()
             return
         self.result = result
         self.sessionId = result.sessionId
@@ -382,6 +430,7 @@ class XTMPConnection:
             self.resumption = ResumptionState(result.sessionId,
                                               _peerKey(result))
         self.state = OPEN
+        self._setReceiveLimit()
         # The handshake's ephemeral keys and messages are no longer needed.
         self.kem = getattr(self.handshake, "kem", None)
         self.handshake = None
@@ -448,6 +497,9 @@ class XTMPConnection:
         seq = frame.sequence
         rid = seq if key is None else requestIdFor(key.generation, seq)
         mtype = frame.type
+        if mtype in CONTROL_TYPES and flags & ~_CONTROL_FLAGS[mtype]:
+            raise MalformedMessage("flags %#06x not allowed on control "
+                                   "message type %#x" % (flags, mtype))
         if flags & F.FRAGMENTED:
             # The message's id is its first fragment's: later ones may come
             # under a newer key.
@@ -485,7 +537,8 @@ class XTMPConnection:
                 self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
-            pass
+            # Informational, but still exactly one u64.
+            codec.decodeU64(message.payload, "Heartbeat")
         elif t == MessageType.Ack:
             self.resumption.acknowledge(codec.decodeU64(message.payload,
                                                         "Ack"))
@@ -554,6 +607,9 @@ class XTMPConnection:
     def _rekeyHello(self, message, now):
         if self.isClient or self.receiveKey is None:
             raise HandshakeFailed("unexpected Handshake in an open session")
+        if self._pendingReceiveKey is not None:
+            raise HandshakeFailed("a re-handshake is already in progress")
+        self._countRehandshake(now)
         ack, c2s, s2c = answerRekey(message.payload, self.cipher,
                                     self.sessionId, now)
         self.sendControl(MessageType.HandshakeAck, ack)
@@ -564,6 +620,20 @@ class XTMPConnection:
         self._pendingReceiveKey = c2s
         self.keysAt = now
         self.counters.rehandshakes += 1
+
+    def _countRehandshake(self, now):
+        # Each re-handshake costs the server an ML-KEM encapsulation and an
+        # X25519 exchange: an authenticated peer gets a budget, not a loop.
+        limit = self.settings.maxRehandshakesPerHour
+        if limit is None:
+            return
+        times = self._rekeyTimes
+        if times is None:
+            times = self._rekeyTimes = deque(maxlen=max(limit, 1))
+        if limit <= 0 or (len(times) >= limit and now - times[0] < _HOUR):
+            raise RateLimited("more than %d re-handshakes in an hour"
+                              % (limit,))
+        times.append(now)
 
     def _rekeyAck(self, message, now):
         if self._rekey is None:

@@ -14,23 +14,28 @@ protocol (it is an C{IConsumer}) is paused while the buffered bytes exceed
 half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
 which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
+
+Handlers: a handler's exception is the application's bug, not the peer's
+business.  The traceback is logged at error level and the peer gets
+C{APPLICATION_ERROR} with a generic reason, unless the handler raised
+L{ApplicationError}, whose reason and code are meant for the peer.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.xtmp import codec
-from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
-    HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
-    SessionNotReady, XTMPErrorCode, XTMPLocalError, XTMPRemoteError,
-    XTMPTimeout,
+    ApplicationError, HandshakeFailed, PeerDisconnected, PeerError,
+    RateLimited, RequestTimeout, SendQueueFull, SessionNotReady,
+    XTMPErrorCode, XTMPLocalError, XTMPRemoteError, XTMPTimeout,
 )
 from muxframe.xtmp.events import (
     DisconnectReceived, ErrorReceived, HandshakeCompleted, MessageReceived,
@@ -58,7 +63,10 @@ class XTMPProtocol(StreamsMixin, Protocol):
 
     @ivar handlers: message type -> callable(protocol, message).  A handler
         returning bytes (or a Deferred of bytes) answers the message with a
-        RESPONSE; one that raises answers with an Error.
+        RESPONSE; one that raises (or whose Deferred fails) answers with an
+        Error: L{ApplicationError}'s code and reason, else
+        C{APPLICATION_ERROR} with a generic reason (the traceback is
+        logged, never sent).
     @ivar connection: the sans-IO L{XTMPConnection}.
     @ivar result: the L{HandshakeResult} once the handshake is done.
     """
@@ -157,6 +165,8 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self._handshakeOutcome is not None:
             return
         self._handshakeOutcome = outcome
+        if self.factory is not None and self.connection is not None:
+            self.factory.handshakeEnded(self, outcome)
         waiters, self._handshakeWaiters = self._handshakeWaiters, []
         for d in waiters:
             if isinstance(outcome, Failure):
@@ -187,6 +197,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self.factory is not None:
             self.handlers.update(self.factory.handlers)
         self.connection = self.factory.makeEngine(self, now)
+        self.factory.handshakeStarted(self)
         self.transport.registerProducer(self, True)
         if self.connection.isClient:
             self.connection.initiate(now)
@@ -284,7 +295,8 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self.log.info(
                 "xtmp handshake complete: session {sessionId:#x} cipher "
                 "{cipher} resumed={resumed} peer={peer}",
-                sessionId=event.result.sessionId, cipher=event.result.cipher,
+                sessionId=event.result.sessionId,
+                cipher=Cipher.describe(event.result.cipher),
                 resumed=event.result.resumed, peer=event.result.peerIdentity)
             self.factory.sessionStarted(self)
             # The handshake deadline no longer applies: heartbeats do.
@@ -297,9 +309,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self._subscribeReceived(event)
         elif type(event) is UnsubscribeReceived:
             self.factory.streams.unsubscribe(event.name, self)
-            self.connection.sendMessage(
-                MessageType.Unsubscribe, b"",
-                requestSequence=event.message.requestId)
+            self._reply(event.message, MessageType.Unsubscribe, b"")
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -360,20 +370,52 @@ class XTMPProtocol(StreamsMixin, Protocol):
 
     def _handlerDone(self, result, message):
         if result is not None and self.connection.state == OPEN:
-            self.respond(message, result)
+            self._reply(message, message.type, result)
 
     def _handlerFailed(self, failure, message):
-        self.log.failure("xtmp handler for type {type:#x} failed",
-                         failure, type=message.type)
+        error = failure.value
+        if isinstance(error, ApplicationError):
+            # Meant for the peer: an answer, not a fault of ours.
+            code, reason = error.code, error.reason
+            self.log.debug("xtmp handler for type {type:#x} answered "
+                           "{code}: {reason}", type=message.type,
+                           code=XTMPErrorCode.describe(code), reason=reason)
+        else:
+            code = XTMPErrorCode.APPLICATION_ERROR
+            reason = "the handler for message type %#x failed" % (
+                message.type,)
+            self.log.failure("xtmp handler for type {type:#x} failed "
+                             "(session {sessionId:#x})", failure,
+                             LogLevel.error, type=message.type,
+                             sessionId=self.sessionId)
         if self.connection.state == OPEN:
-            self._sendError(message, XTMPErrorCode.APPLICATION_ERROR,
-                            failure.getErrorMessage())
+            self._sendError(message, code, reason)
+
+    def _streamCallbackFailed(self, message, what):
+        self.log.failure("xtmp stream {name!r} {what} failed (type {type:#x})",
+                         Failure(), LogLevel.error, name=message.streamName,
+                         what=what, type=message.type)
 
     def _sendError(self, message, code, reason):
-        self.connection.sendMessage(MessageType.Error,
-                                    codec.encodeReason(code, reason),
-                                    requestSequence=message.requestId)
-        self._flush()
+        self._reply(message, MessageType.Error,
+                    codec.encodeReason(code, reason))
+
+    def _reply(self, message, messageType, payload):
+        """
+        Answer the peer's C{message}.  A peer whose answers no longer fit
+        the send buffers sends requests faster than it reads what they
+        return: that ends the session (C{RATE_LIMITED}) rather than
+        growing our memory or losing answers in silence.
+        """
+        try:
+            self._send(messageType, payload,
+                       requestSequence=message.requestId)
+        except SessionNotReady:
+            pass
+        except SendQueueFull as e:
+            self._fail(RateLimited(
+                "the peer's requests outrun its reading of the answers: %s"
+                % (e,)))
 
     # -- sending -----------------------------------------------------------
 
@@ -382,10 +424,29 @@ class XTMPProtocol(StreamsMixin, Protocol):
         Send a message of C{messageType}.  C{flags} may include
         REQUIRES_ACK, PRIORITY_HIGH, EMERGENCY and COMPRESSED.
 
+        While the transport accepts writes the message is encoded and
+        written at once.  While it is paused the message waits in the
+        engine's priority queues; a producer registered with
+        L{registerProducer} is paused once the buffered bytes (queued plus
+        unacknowledged) pass half of C{maxQueuedBytes}, and resumed below
+        a quarter.  A send that would take them past C{maxQueuedBytes}
+        raises L{SendQueueFull} and sends nothing.
+
         @raise SendQueueFull: the send buffers are at C{maxQueuedBytes}.
         @raise SessionNotReady: the session is closed.
+        @raise XTMPLocalError: C{messageType} is a control type (0x01 to
+            0x08), which the session sends itself.
         """
+        self._checkType(messageType)
         self._send(messageType, payload, flags)
+
+    @staticmethod
+    def _checkType(messageType):
+        if messageType in CONTROL_TYPES:
+            raise XTMPLocalError(
+                "message type %#x is an XTMP control message; use the "
+                "session's methods (subscribe, disconnect, ...)"
+                % (messageType,))
 
     def _send(self, messageType, payload, flags=0, requestSequence=None,
               streamName=None, request=None):
@@ -416,6 +477,13 @@ class XTMPProtocol(StreamsMixin, Protocol):
         C{requestTimeout}), or L{PeerError} if the peer answers Error.
         Cancelling it stops waiting.
         """
+        try:
+            self._checkType(messageType)
+        except XTMPLocalError as e:
+            return fail(e)
+        return self._request(messageType, payload, flags, timeout)
+
+    def _request(self, messageType, payload, flags=0, timeout=None):
         request = _Request()
 
         def cancel(d):
@@ -474,8 +542,13 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self._closeReason is None:
             self._closeReason = error
         if not self._lost:
-            self.transport.write(self.connection.closeWithError(
-                error.code, str(error)))
+            if isinstance(error, PeerError):
+                # The peer ended the handshake with an Error: nothing to
+                # answer.
+                self.connection.abandon()
+            else:
+                self.transport.write(self.connection.closeWithError(
+                    error.code, str(error)))
             self._loseConnection()
 
     def _loseConnection(self):
@@ -619,8 +692,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
         idle = now - conn.lastActivity >= conn.settings.sessionTimeout and \
             conn.state == OPEN
         code = XTMPErrorCode.IDLE_TIMEOUT if idle else XTMPErrorCode.TIMEOUT
-        self.log.warn("xtmp session {sessionId:#x} timed out: {error}",
-                      sessionId=self.sessionId, error=error)
+        self.log.warn("xtmp session {sessionId:#x} timed out: {code}: "
+                      "{error}", sessionId=self.sessionId,
+                      code=XTMPErrorCode.describe(code), error=error)
         self._closeReason = error
         self.transport.write(conn.closeWithError(code, str(error)))
         self._loseConnection()
