@@ -215,16 +215,17 @@ class Decoder:
     """
     Incremental XTMP frame decoder: feed it any split of the byte stream.
 
-    Buffering costs O(bytes received): a partial frame is held in one
-    C{bytearray} that grows in place (never C{buffer + data}, which would
-    copy the whole buffer for every small piece), and each byte is copied
-    once into the frame that takes it.  What is held is at most one
+    Buffering costs O(bytes received): a partial frame smaller than the
+    next piece is joined with it (at most twice that piece's size), and a
+    larger one is held in a C{bytearray} that grows in place (never
+    C{buffer + data} per piece, which copies the whole buffer for every
+    small piece).  What is held is at most one
     header, security layer and C{maxPayload} bytes of payload, plus the
     rest of the last chunk appended.
 
-    Frames can be taken one at a time (L{append}, then L{nextFrame} until
-    it returns L{None}), so a caller may change C{maxPayload} between
-    frames: XTMP bounds payloads far more tightly before authentication.
+    Frames can be taken one at a time (L{append}, then iterate L{frames}),
+    so a caller may change C{maxPayload} between frames: XTMP bounds
+    payloads far more tightly before authentication.
 
     @ivar maxPayload: the largest payload length accepted, checked as soon
         as a header is complete.
@@ -259,53 +260,131 @@ class Decoder:
         """
         if not data or self._error is not None:
             return
-        buf = self._buffer
-        if self._pos >= len(buf):
+        buf, pos = self._buffer, self._pos
+        held = len(buf) - pos
+        if held <= 0:
             # Nothing held: keep the chunk itself, no copy.
             self._buffer = bytes(data)
-            self._pos = 0
-            return
-        if type(buf) is not bytearray:
+        elif held <= len(data):
+            # Joining costs at most twice this append, and parsing bytes
+            # is the fast path.
             with memoryview(buf) as view:
-                buf = bytearray(view[self._pos:])
-        elif self._pos:
-            del buf[:self._pos]
-        buf += data
-        self._buffer = buf
+                self._buffer = b"".join((view[pos:], data))
+        else:
+            # A large partial frame fed small pieces: grow it in place.
+            if type(buf) is not bytearray:
+                with memoryview(buf) as view:
+                    buf = bytearray(view[pos:])
+            elif pos:
+                del buf[:pos]
+            buf += data
+            self._buffer = buf
         self._pos = 0
 
-    def nextFrame(self):
+    def frames(self):
         """
-        Parse and return the next complete frame, or L{None} until more
-        bytes are appended.
+        Yield every complete frame held, in order, one at a time: the
+        consumer may change C{maxPayload} between frames, and stop early.
 
-        @raise XTMPRemoteError: (a subclass naming the fault) on an invalid
-            frame; the decoder is then failed and raises it again on every
-            later call.
+        @raise XTMPRemoteError: (a subclass naming the fault) at the first
+            invalid frame, after the valid ones before it were yielded; the
+            decoder is then failed and raises it again on every later call.
         """
         if self._error is not None:
             raise self._error
+        buf, pos = self._buffer, self._pos
+        end = len(buf)
+        plain = type(buf) is bytes
+        unpackHeader = HEADER.unpack_from
         try:
-            frame = self._next()
+            while end - pos >= HEADER_SIZE:
+                (magic, version, mtype, flags, sessionId, sequence, length,
+                 checksum) = unpackHeader(buf, pos)
+                if magic != MAGIC:
+                    raise BadMagic("bad magic %r" % (bytes(magic),))
+                if version != VERSION:
+                    raise BadVersion("unsupported version %d" % (version,))
+                if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
+                    checkFlags(flags)
+                if length > self.maxPayload:
+                    raise MessageTooLarge(
+                        "payload length %d over the limit %d"
+                        % (length, self.maxPayload))
+                if flags & 1:
+                    total = HEADER_SIZE + SECURITY_SIZE + length
+                    if end - pos < total:
+                        break
+                    cipher, reserved, epoch, keyId, nonce = \
+                        SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
+                    if cipher not in (1, 2):
+                        raise MalformedMessage("unknown cipher %d" % (cipher,))
+                    if reserved != _ZERO3:
+                        raise MalformedMessage("security layer reserved "
+                                               "bytes are not zero")
+                    if nonce[12:] != _ZERO12:
+                        raise MalformedMessage("nonce bytes 12..23 are not "
+                                               "zero")
+                    start = pos + HEADER_SIZE + SECURITY_SIZE
+                    if plain:
+                        payload = buf[start:pos + total]
+                        tag = buf[start - TAG_SIZE:start]
+                        aad = buf[pos:start - TAG_SIZE]
+                    else:
+                        with memoryview(buf) as view:
+                            payload = bytes(view[start:pos + total])
+                            tag = bytes(view[start - TAG_SIZE:start])
+                            aad = bytes(view[pos:start - TAG_SIZE])
+                    frame = Frame(mtype, flags, sessionId, sequence, checksum,
+                                  payload, cipher, epoch, keyId, nonce[:12],
+                                  tag, aad)
+                else:
+                    total = HEADER_SIZE + length
+                    if end - pos < total:
+                        break
+                    if plain:
+                        payload = buf[pos + HEADER_SIZE:pos + total]
+                    else:
+                        with memoryview(buf) as view:
+                            payload = bytes(view[pos + HEADER_SIZE:pos + total])
+                    if _crc32(payload) != checksum:
+                        raise ChecksumMismatch(
+                            "checksum mismatch in message type %#x seq %d"
+                            % (mtype, sequence))
+                    frame = Frame(mtype, flags, sessionId, sequence,
+                                  checksum, payload)
+                pos += total
+                self._pos = pos
+                yield frame
         except XTMPRemoteError as e:
             self._error = e
             self._buffer = b""
             self._pos = 0
             raise
-        if frame is None:
-            # Keep only the partial frame, not the chunk it came in.
-            pos, buf = self._pos, self._buffer
-            if pos:
-                if type(buf) is bytearray:
-                    del buf[:pos]
-                else:
-                    with memoryview(buf) as view:
-                        self._buffer = bytearray(view[pos:])
-                self._pos = 0
-        elif self._pos == len(self._buffer):
+        self._compact()
+
+    def _compact(self):
+        # Keep only the partial frame, not the chunk it came in; nothing at
+        # all once everything is consumed.
+        buf, pos = self._buffer, self._pos
+        if pos >= len(buf):
             self._buffer = b""
-            self._pos = 0
-        return frame
+        elif pos:
+            if type(buf) is bytearray:
+                del buf[:pos]
+            else:
+                with memoryview(buf) as view:
+                    self._buffer = bytearray(view[pos:])
+        self._pos = 0
+
+    def nextFrame(self):
+        """
+        The next complete frame, or L{None} until more bytes are appended.
+
+        @raise XTMPRemoteError: as L{frames}.
+        """
+        for frame in self.frames():
+            return frame
+        return None
 
     def feed(self, data):
         """
@@ -321,77 +400,11 @@ class Decoder:
         self.append(data)
         frames = []
         try:
-            while True:
-                frame = self.nextFrame()
-                if frame is None:
-                    return frames
-                frames.append(frame)
+            frames.extend(self.frames())
         except XTMPRemoteError:
             if not frames:
                 raise
-            return frames
-
-    def _next(self):
-        buf, pos = self._buffer, self._pos
-        avail = len(buf) - pos
-        if avail < HEADER_SIZE:
-            return None
-        (magic, version, mtype, flags, sessionId, sequence, length,
-         checksum) = HEADER.unpack_from(buf, pos)
-        if magic != MAGIC:
-            raise BadMagic("bad magic %r" % (bytes(magic),))
-        if version != VERSION:
-            raise BadVersion("unsupported version %d" % (version,))
-        if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
-            checkFlags(flags)
-        if length > self.maxPayload:
-            raise MessageTooLarge(
-                "payload length %d over the limit %d"
-                % (length, self.maxPayload))
-        if flags & 1:
-            total = HEADER_SIZE + SECURITY_SIZE + length
-            if avail < total:
-                return None
-            cipher, reserved, epoch, keyId, nonce = \
-                SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
-            if cipher not in (1, 2):
-                raise MalformedMessage("unknown cipher %d" % (cipher,))
-            if reserved != _ZERO3:
-                raise MalformedMessage("security layer reserved bytes "
-                                       "are not zero")
-            if nonce[12:] != _ZERO12:
-                raise MalformedMessage("nonce bytes 12..23 are not zero")
-            start = pos + HEADER_SIZE + SECURITY_SIZE
-            end = pos + total
-            if type(buf) is bytes:
-                payload, tag, aad = (buf[start:end],
-                                     buf[start - TAG_SIZE:start],
-                                     buf[pos:start - TAG_SIZE])
-            else:
-                with memoryview(buf) as view:
-                    payload, tag, aad = (bytes(view[start:end]),
-                                         bytes(view[start - TAG_SIZE:start]),
-                                         bytes(view[pos:start - TAG_SIZE]))
-            frame = Frame(mtype, flags, sessionId, sequence, checksum,
-                          payload, cipher, epoch, keyId, nonce[:12], tag, aad)
-        else:
-            total = HEADER_SIZE + length
-            if avail < total:
-                return None
-            start, end = pos + HEADER_SIZE, pos + total
-            if type(buf) is bytes:
-                payload = buf[start:end]
-            else:
-                with memoryview(buf) as view:
-                    payload = bytes(view[start:end])
-            if _crc32(payload) != checksum:
-                raise ChecksumMismatch(
-                    "checksum mismatch in message type %#x seq %d"
-                    % (mtype, sequence))
-            frame = Frame(mtype, flags, sessionId, sequence, checksum,
-                          payload)
-        self._pos = pos + total
-        return frame
+        return frames
 
 
 # -- control payloads ------------------------------------------------------

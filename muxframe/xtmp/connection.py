@@ -386,15 +386,14 @@ class XTMPConnection:
             decoder.append(data)
             # One frame at a time: the handshake changes the payload limit
             # for the frames behind it.
-            while self.state != CLOSED:
-                frame = decoder.nextFrame()
-                if frame is None:
-                    break
+            for frame in decoder.frames():
                 self.lastReceived = now
                 if self.state == HANDSHAKING:
                     self._handshakeFrame(frame, now, events)
                 else:
                     self._frame(frame, now, events)
+                if self.state == CLOSED:
+                    break
         except XTMPRemoteError as e:
             e.events = events
             raise
