@@ -364,6 +364,77 @@ class IdentityTests(SynchronousTestCase):
             f.write(a.public.toPEM() + b.public.toPEM())
         self.assertEqual(loadAuthorizedKeys(path), [a.public, b.public])
 
+    def test_authorizedKeysLayout(self):
+        """
+        Comments between blocks are ignored; each Ed25519 block starts an
+        identity and an ML-DSA-65 block completes the one before it.
+        """
+        path = self.mktemp()
+        a = Identity.generate(withMLDSA=True)
+        b, c = Identity.generate(), Identity.generate(withMLDSA=True)
+        with open(path, "wb") as f:
+            f.write(b"# alice\n" + a.public.toPEM() + b"\n# bob\n"
+                    + b.public.toPEM() + c.public.toPEM())
+        self.assertEqual(loadAuthorizedKeys(path),
+                         [a.public, b.public, c.public])
+
+    def test_authorizedKeysFaults(self):
+        """
+        A file that does not follow the layout is refused with the block
+        at fault named (it used to be read silently: a stray ML-DSA-65 key
+        dropped or replacing another, other keys skipped).
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        ed = Identity.generate()
+        both = Identity.generate(withMLDSA=True)
+        mldsaOnly = both.public.toPEM()[len(PublicIdentity(
+            both.public.ed25519).toPEM()):]
+        other = ec.generate_private_key(ec.SECP256R1()).public_key()
+        otherPEM = other.public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo)
+        cases = [
+            (mldsaOnly + ed.public.toPEM(), "block 1: an ML-DSA-65 key"),
+            (both.public.toPEM() + mldsaOnly, "block 3: an ML-DSA-65 key"),
+            (ed.public.toPEM() + otherPEM, "block 2: "),
+            (ed.public.toPEM() + ed.toPEM(), "block 2 is 'PRIVATE KEY'"),
+        ]
+        for data, message in cases:
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(data)
+            e = self.assertRaises(ValueError, loadAuthorizedKeys, path)
+            self.assertIn(path, str(e))
+            self.assertIn(message, str(e))
+
+    def test_identityFileFaults(self):
+        """
+        A public or private identity file holds exactly one identity.
+        """
+        a, b = Identity.generate(), Identity.generate()
+        self.assertRaises(ValueError, PublicIdentity.fromPEM,
+                          a.public.toPEM() + b.public.toPEM())
+        self.assertRaises(ValueError, PublicIdentity.fromPEM, b"")
+        self.assertRaises(ValueError, Identity.fromPEM, a.toPEM() + b.toPEM())
+        self.assertRaises(ValueError, Identity.fromPEM, a.public.toPEM())
+        e = self.assertRaises(ValueError, Identity.fromPEM,
+                              a.toPEM(b"pw"), b"wrong")
+        self.assertIn("block 1", str(e))
+
+    def test_mldsaVariant(self):
+        """
+        ML-DSA-65 signatures are pure ML-DSA with the empty context
+        (docs/xtmp.md section 7.4): they verify with context b"" and not
+        with another.
+        """
+        from cryptography.exceptions import InvalidSignature
+        i = Identity.generate(withMLDSA=True)
+        signature = i.sign(b"m")[64:]
+        i.mldsaKey.public_key().verify(signature, b"m", b"")
+        self.assertRaises(InvalidSignature, i.mldsaKey.public_key().verify,
+                          signature, b"m", b"xtmp")
+
     def test_verifyRejectsOtherMessage(self):
         self.assertRaises(HandshakeFailed, CLIENT.public.verify, b"a",
                           CLIENT.sign(b"b"))
