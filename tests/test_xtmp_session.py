@@ -247,6 +247,28 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(s.receiveKey.key, c.sendKey.key)
 
 
+class RehandshakeValidationTests(SynchronousTestCase):
+    """
+    An in-session hello or answer that does not keep version 1, the
+    cipher and the session id is DOWNGRADE.
+    """
+
+    def test_helloVersion(self):
+        from muxframe.xtmp.handshake import ClientHello
+        from muxframe.xtmp.rekey import RekeyOffer, answerRekey
+        offer = RekeyOffer(1, 1, 77)
+        hello = ClientHello.decode(offer.hello)
+        hello.versions = (2,)
+        self.assertRaises(DowngradeDetected, answerRekey, hello.encode(), 1,
+                          77, 0)
+        ack, _, _ = answerRekey(offer.hello, 1, 77, 0)
+        offer.finish(ack, 0)
+        for offset, value in ((0, 2), (3, 1)):
+            bad = bytearray(ack)
+            bad[offset] = value
+            self.assertRaises(DowngradeDetected, offer.finish, bytes(bad), 0)
+
+
 class RequestIdTests(SynchronousTestCase):
     """
     Request ids (docs/xtmp.md section 9.4): key generation in the high 32

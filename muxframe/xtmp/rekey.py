@@ -47,6 +47,7 @@ class RekeyOffer:
         """
         ack = ServerHello.decode(ackPayload)
         if (ack.offerHash != hashlib.sha256(self.hello).digest()
+                or ack.version != 1 or ack.flags != 0
                 or ack.cipher != self.cipher or ack.kem != self.kem
                 or ack.sessionId != self.sessionId
                 or len(ack.ciphertext) != KEM_CIPHERTEXT_SIZE[self.kem]):
@@ -66,9 +67,9 @@ def answerRekey(helloPayload, cipher, sessionId, now):
     """
     hello = ClientHello.decode(helloPayload)
     if (hello.ciphers != (cipher,) or hello.previousSessionId != sessionId
-            or hello.kem not in (1, 2)):
-        raise DowngradeDetected("re-handshake must keep the cipher and "
-                                "session")
+            or 1 not in hello.versions or hello.kem not in (1, 2)):
+        raise DowngradeDetected("re-handshake must offer version 1, the "
+                                "session's cipher and its session id")
     kem = KEM(hello.kem)
     if len(hello.kemKey) != KEM_KEY_SIZE[kem]:
         raise HandshakeFailed("bad ML-KEM key length")
