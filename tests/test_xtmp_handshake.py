@@ -245,6 +245,17 @@ class HandshakeRejectionTests(SynchronousTestCase):
         self.assertRaises(HandshakeFailed, client.receiveFrame,
                           frames(raw)[0])
 
+    def test_serverHelloUnknownFlags(self):
+        client, server = pair()
+        out, _ = server.receiveFrame(frames(client.start())[0])
+        ack = frames(out)[0]
+        payload = bytearray(ack.payload)
+        payload[3] |= 0x80
+        forged = frames(encodePlain(MessageType.HandshakeAck, 0,
+                                    ack.sessionId, 0, bytes(payload)))[0]
+        e = self.assertRaises(HandshakeFailed, client.receiveFrame, forged)
+        self.assertIn("flags", str(e))
+
     def test_lowOrderX25519Key(self):
         """
         An X25519 key giving an all-zero shared secret is refused.

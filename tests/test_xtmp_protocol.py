@@ -650,6 +650,39 @@ class BackpressureTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(len(h.got), 9)
 
+    def test_documentedThresholds(self):
+        """
+        docs/xtmp.md section 9.5, number by number: each message counts
+        its data + 32 bytes; unacknowledged REQUIRES_ACK messages count
+        after they are written; the producer is paused above half of
+        maxQueuedBytes and resumed at a quarter; a send past the limit
+        raises and sends nothing; a request fails its Deferred instead.
+        """
+        h = Harness()
+        c, s, pump = h.connect(h.clientFactory(maxQueuedBytes=4000))
+        producer = Producer()
+        c.registerProducer(producer, True)
+        c.send(0x10, b"a" * 968, Flags.REQUIRES_ACK)
+        self.assertEqual(c.bufferedBytes, 1000)  # written, not yet acked
+        pump.flush()
+        self.assertEqual(c.bufferedBytes, 0)
+        c.pauseProducing()
+        c.send(0x10, b"b" * 968)
+        c.send(0x10, b"c" * 968)
+        self.assertEqual((c.bufferedBytes, producer.events), (2000, []))
+        c.send(0x10, b"d")
+        self.assertEqual(producer.events, ["pause"])
+        c.send(0x10, b"e" * 1935)
+        self.assertEqual(c.bufferedBytes, 4000)
+        self.assertRaises(SendQueueFull, c.send, 0x10, b"")
+        self.assertIsInstance(result(c.request(0x30, b"")).value,
+                              SendQueueFull)
+        self.assertEqual(c.bufferedBytes, 4000)
+        c.resumeProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        pump.flush()
+        self.assertEqual(len(h.got), 5)
+
     def test_controlStillFlowsWhilePaused(self):
         h = Harness()
         c, s, pump = h.connect()

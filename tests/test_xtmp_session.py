@@ -527,6 +527,16 @@ class CompressionTests(SynchronousTestCase):
         (f,) = Decoder().feed(c.dataToSend())
         self.assertTrue(f.flags & Flags.COMPRESSED)
 
+    def test_trailingBytesAfterCompressedData(self):
+        """
+        Bytes after the end of the zlib stream are PROTOCOL_ERROR, not
+        silently dropped.
+        """
+        body = zlib.compress(b"a" * 100) + b"junk"
+        e = self.assertRaises(MalformedMessage, parseBody, 0x10,
+                              Flags.COMPRESSED, body, 0, 1 << 20)
+        self.assertIn("after the compressed", str(e))
+
     def test_bomb(self):
         bomb = zlib.compress(b"\0" * 100000)
         self.assertRaises(MessageTooLarge, parseBody, 0x10,

@@ -339,6 +339,9 @@ class ClientHandshake:
         if frame.flags or frame.sequence != 0:
             raise HandshakeFailed("server hello must be plaintext, seq 0")
         ack = ServerHello.decode(frame.payload)
+        if ack.flags & ~RESUMED:
+            raise HandshakeFailed("unknown server hello flags %#x"
+                                  % (ack.flags,))
         if ack.offerHash != hashlib.sha256(self._hello).digest():
             raise DowngradeDetected("the server saw a different offer")
         if (ack.version not in SUPPORTED_VERSIONS

@@ -133,6 +133,15 @@ class XTMPProtocol(StreamsMixin, Protocol):
         return self.connection.counters if self.connection else None
 
     @property
+    def bufferedBytes(self):
+        """
+        What C{maxQueuedBytes} bounds: bytes of messages waiting in the
+        send queues plus acknowledged-delivery messages not yet
+        acknowledged (each counted as its data length + 32).
+        """
+        return self.connection.bufferedBytes if self.connection else 0
+
+    @property
     def peerIdentity(self):
         """
         The peer's L{PublicIdentity} (or L{None}) once authenticated.
