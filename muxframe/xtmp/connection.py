@@ -38,24 +38,22 @@ from muxframe.xtmp.codec import (
     CONTROL_TYPES, Decoder, F, MessageType, encodePlain,
 )
 from muxframe.xtmp.errors import (
-    DowngradeDetected, HandshakeFailed, MalformedMessage, RateLimited,
-    SendQueueFull, SequenceError, SessionNotReady, XTMPErrorCode,
-    XTMPRemoteError, XTMPTimeout,
+    DowngradeDetected, MalformedMessage, SendQueueFull, SequenceError,
+    SessionNotReady, XTMPErrorCode, XTMPRemoteError, XTMPTimeout,
 )
 from muxframe.xtmp.events import (  # noqa: F401 - re-exported
-    Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
+    CLOSED, HANDSHAKING, OPEN, Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
     MessageReceived, RequestFailed, ResponseReceived, Settings,
     SubscribeReceived, UnsubscribeReceived,
 )
 from muxframe.xtmp.handshake import MAX_CLIENT_HELLO, ClientHandshake
 from muxframe.xtmp.keys import openFrame
-from muxframe.xtmp.rekey import RekeyOffer, answerRekey
+from muxframe.xtmp.rekey import RekeyMixin
 from muxframe.xtmp.session import (
     SEQUENCE_LIMIT, OutgoingMessage, Reassembler, ResumptionState, parseBody,
     priorityOf, requestIdFor,
 )
 
-HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
 
 #: Flags (besides ENCRYPTED) each control type may carry.  Subscribe and
 #: Unsubscribe travel like application messages (RESPONSE when they
@@ -65,7 +63,6 @@ _CONTROL_FLAGS = dict.fromkeys(range(0x01, 0x07), 0)
 _CONTROL_FLAGS[MessageType.Subscribe] = _CONTROL_FLAGS[
     MessageType.Unsubscribe] = 0xFFFF & ~(F.ENCRYPTED | F.REQUIRES_ACK
                                           | F.STREAM_DATA)
-_HOUR = 3600.0
 
 
 def _peerKey(result):
@@ -76,7 +73,7 @@ def _peerKey(result):
     return None
 
 
-class XTMPConnection:
+class XTMPConnection(RekeyMixin):
     """
     The sans-IO XTMP session engine.
 
@@ -583,66 +580,6 @@ class XTMPConnection:
             self._rekeyHello(message, now)
         elif t == MessageType.HandshakeAck:
             self._rekeyAck(message, now)
-
-    # -- re-handshake (fresh ephemeral secrets inside the session) ---------
-
-    def startRehandshake(self, now=0.0):
-        """
-        (client) Send a new hello under the current keys; the session
-        switches to keys from fresh X25519 and ML-KEM secrets when the
-        HandshakeAck arrives.
-
-        @return: whether a re-handshake was started.
-        """
-        if not self.isClient or self.state != OPEN or self.sendKey is None \
-                or self._rekey is not None:
-            return False
-        self._rekey = RekeyOffer(self.cipher, self.kem,
-                                 self.sessionId)
-        self.sendControl(MessageType.Handshake, self._rekey.hello)
-        self.keysAt = now
-        return True
-
-    def _rekeyHello(self, message, now):
-        if self.isClient or self.receiveKey is None:
-            raise HandshakeFailed("unexpected Handshake in an open session")
-        if self._pendingReceiveKey is not None:
-            raise HandshakeFailed("a re-handshake is already in progress")
-        self._countRehandshake(now)
-        ack, c2s, s2c = answerRekey(message.payload, self.cipher,
-                                    self.sessionId, now)
-        self.sendControl(MessageType.HandshakeAck, ack)
-        # Epochs restart at 0 with the new keys; generations go on, so
-        # request ids never repeat (the receive side counts at its switch).
-        s2c.generation = self.sendKey.generation + 1
-        self.sendKey = s2c
-        self._pendingReceiveKey = c2s
-        self.keysAt = now
-        self.counters.rehandshakes += 1
-
-    def _countRehandshake(self, now):
-        # Each re-handshake costs the server an ML-KEM encapsulation and an
-        # X25519 exchange: an authenticated peer gets a budget, not a loop.
-        limit = self.settings.maxRehandshakesPerHour
-        if limit is None:
-            return
-        times = self._rekeyTimes
-        if times is None:
-            times = self._rekeyTimes = deque(maxlen=max(limit, 1))
-        if limit <= 0 or (len(times) >= limit and now - times[0] < _HOUR):
-            raise RateLimited("more than %d re-handshakes in an hour"
-                              % (limit,))
-        times.append(now)
-
-    def _rekeyAck(self, message, now):
-        if self._rekey is None:
-            raise HandshakeFailed("unexpected HandshakeAck in an open session")
-        send, receive = self._rekey.finish(message.payload, now)
-        send.generation = self.sendKey.generation + 1
-        receive.generation = self.receiveKey.generation + 1
-        self.sendKey, self.receiveKey = send, receive
-        self._rekey = None
-        self.counters.rehandshakes += 1
 
     # -- timers ------------------------------------------------------------
 

@@ -4,6 +4,9 @@ The tunables of an XTMP session and the events its sans-IO engine reports.
 
 from muxframe.xtmp import codec
 
+#: The states of an L{muxframe.xtmp.connection.XTMPConnection}.
+HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
+
 #: The smallest C{maxHandshakePayload}: a ClientAuth with an Ed25519 and
 #: ML-DSA-65 identity (1 + 1985 + 3373 bytes) must fit.
 MIN_HANDSHAKE_PAYLOAD = 5359

@@ -15,32 +15,30 @@ half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
 which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
 
-Handlers: a handler's exception is the application's bug, not the peer's
-business.  The traceback is logged at error level and the peer gets
-C{APPLICATION_ERROR} with a generic reason, unless the handler raised
-L{ApplicationError}, whose reason and code are meant for the peer.
+Handlers and the answers they give are L{muxframe.xtmp.handlers}'s;
+publish/subscribe is L{muxframe.xtmp.subscriptions}'s.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from muxframe.xtmp import codec
 from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
-    ApplicationError, HandshakeFailed, PeerDisconnected, PeerError,
-    RateLimited, RequestTimeout, SendQueueFull, SessionNotReady,
-    XTMPErrorCode, XTMPLocalError, XTMPRemoteError, XTMPTimeout,
+    HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
+    SessionNotReady, XTMPErrorCode, XTMPLocalError, XTMPRemoteError,
+    XTMPTimeout,
 )
 from muxframe.xtmp.events import (
     DisconnectReceived, ErrorReceived, HandshakeCompleted, MessageReceived,
     RequestFailed, ResponseReceived, SubscribeReceived, UnsubscribeReceived,
 )
+from muxframe.xtmp.handlers import HandlersMixin
 from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
@@ -57,7 +55,7 @@ class _Request:
 
 
 @implementer(IPushProducer, IConsumer)
-class XTMPProtocol(StreamsMixin, Protocol):
+class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     """
     One XTMP session.  Built by L{XTMPServerFactory} or L{XTMPClientFactory}.
 
@@ -174,8 +172,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self._handshakeOutcome is not None:
             return
         self._handshakeOutcome = outcome
-        if self.factory is not None and self.connection is not None:
-            self.factory.handshakeEnded(self, outcome)
+        ended = getattr(self.factory, "handshakeEnded", None)
+        if ended is not None and self.connection is not None:
+            ended(self, outcome)
         waiters, self._handshakeWaiters = self._handshakeWaiters, []
         for d in waiters:
             if isinstance(outcome, Failure):
@@ -206,7 +205,10 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self.factory is not None:
             self.handlers.update(self.factory.handlers)
         self.connection = self.factory.makeEngine(self, now)
-        self.factory.handshakeStarted(self)
+        # Optional hooks: a factory written before them still works.
+        started = getattr(self.factory, "handshakeStarted", None)
+        if started is not None:
+            started(self)
         self.transport.registerProducer(self, True)
         if self.connection.isClient:
             self.connection.initiate(now)
@@ -342,89 +344,6 @@ class XTMPProtocol(StreamsMixin, Protocol):
         """
         Called for an Error message that answers no pending request.
         """
-
-    def messageReceived(self, message):
-        """
-        Dispatch an application L{Message} to its handler; without one,
-        answer Error UNKNOWN_TYPE.  A response that answers no pending
-        request (it timed out or was cancelled) is dropped (and counted in
-        C{counters.unmatchedResponses}).  Override for other routing.
-        """
-        if message.requestSequence is not None:
-            # A response no pending request awaits (it timed out or was
-            # cancelled): the engine counted it in unmatchedResponses; it
-            # is not a new message for a handler.
-            return
-        handler = self.handlers.get(message.type)
-        if handler is None:
-            self._sendError(message, XTMPErrorCode.UNKNOWN_TYPE,
-                            "no handler for message type %#x"
-                            % (message.type,))
-            return
-        # Called directly, not through maybeDeferred: a Deferred per
-        # message would cost more than decrypting it.
-        try:
-            result = handler(self, message)
-        except Exception:
-            self._handlerFailed(Failure(), message)
-            return
-        if result is None:
-            return
-        if isinstance(result, Deferred):
-            result.addCallbacks(self._handlerDone, self._handlerFailed,
-                                callbackArgs=(message,),
-                                errbackArgs=(message,))
-        else:
-            self._handlerDone(result, message)
-
-    def _handlerDone(self, result, message):
-        if result is not None and self.connection.state == OPEN:
-            self._reply(message, message.type, result)
-
-    def _handlerFailed(self, failure, message):
-        error = failure.value
-        if isinstance(error, ApplicationError):
-            # Meant for the peer: an answer, not a fault of ours.
-            code, reason = error.code, error.reason
-            self.log.debug("xtmp handler for type {type:#x} answered "
-                           "{code}: {reason}", type=message.type,
-                           code=XTMPErrorCode.describe(code), reason=reason)
-        else:
-            code = XTMPErrorCode.APPLICATION_ERROR
-            reason = "the handler for message type %#x failed" % (
-                message.type,)
-            self.log.failure("xtmp handler for type {type:#x} failed "
-                             "(session {sessionId:#x})", failure,
-                             LogLevel.error, type=message.type,
-                             sessionId=self.sessionId)
-        if self.connection.state == OPEN:
-            self._sendError(message, code, reason)
-
-    def _streamCallbackFailed(self, message, what):
-        self.log.failure("xtmp stream {name!r} {what} failed (type {type:#x})",
-                         Failure(), LogLevel.error, name=message.streamName,
-                         what=what, type=message.type)
-
-    def _sendError(self, message, code, reason):
-        self._reply(message, MessageType.Error,
-                    codec.encodeReason(code, reason))
-
-    def _reply(self, message, messageType, payload):
-        """
-        Answer the peer's C{message}.  A peer whose answers no longer fit
-        the send buffers sends requests faster than it reads what they
-        return: that ends the session (C{RATE_LIMITED}) rather than
-        growing our memory or losing answers in silence.
-        """
-        try:
-            self._send(messageType, payload,
-                       requestSequence=message.requestId)
-        except SessionNotReady:
-            pass
-        except SendQueueFull as e:
-            self._fail(RateLimited(
-                "the peer's requests outrun its reading of the answers: %s"
-                % (e,)))
 
     # -- sending -----------------------------------------------------------
 
