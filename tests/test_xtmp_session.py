@@ -800,3 +800,15 @@ class EngineRoundTripProperty(SynchronousTestCase):
         # receiver's cumulative duplicate check depends on it).
         acked = [m.deliveryId for m in got if m.deliveryId is not None]
         self.assertEqual(acked, list(range(1, len(acked) + 1)))
+
+
+class EngineFootprintTests(SynchronousTestCase):
+    """
+    A server holds one engine per idle session: it keeps its state in
+    slots, mixins included.
+    """
+
+    def test_noInstanceDict(self):
+        c, s = enginePair()
+        for engine in (c, s):
+            self.assertFalse(hasattr(engine, "__dict__"))

@@ -108,6 +108,10 @@ class RekeyMixin:
     C{_rekey}, C{_rekeyTimes}, C{keysAt}, C{counters} and C{sendControl}.
     """
 
+    # The engine keeps its state in slots (a server holds one per idle
+    # session); a mixin without slots would give each one a __dict__.
+    __slots__ = ()
+
     def startRehandshake(self, now=0.0):
         """
         (client) Send a new hello under the current keys; the session
