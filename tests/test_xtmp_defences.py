@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from muxframe.xtmp import (
     ClientHandshake, HandshakeFailed, HelloReplayCache, Identity, MessageTooLarge, PeerError,
     RateLimited, ServerHandshake, Settings, XTMPConnection, XTMPErrorCode,
-    XTMPProtocol, XTMPServerFactory,
+    XTMPProtocol, XTMPServerFactory, XTMPTimeout,
 )
 from muxframe.xtmp.codec import (
     HEADER, HEADER_SIZE, SECURITY_SIZE, Decoder, MessageType, encodePlain,
@@ -156,6 +156,79 @@ class PreAuthLimitTests(SynchronousTestCase):
         client.initiate()
         exchange(client, server)
         self.assertEqual(server.result.token, token)
+
+
+class HandshakeErrorTests(SynchronousTestCase):
+    """
+    docs/xtmp.md sections 7.6 and 7.7: the code each malformed ClientHello
+    header gets, and what is sent before and after keys exist.
+    """
+
+    def test_helloHeaderCodes(self):
+        """
+        Each header fault of a first message gets its documented code, sent
+        as one plaintext Error (session 0, sequence 0) and no Disconnect.
+        """
+        from muxframe.xtmp import XTMPRemoteError
+        good = helloBytes()
+        payload = good[32:]
+
+        def header(magic=b"XTMP", version=1, mtype=1, flags=0, session=0,
+                   sequence=0, body=payload):
+            import zlib
+            return HEADER.pack(magic, version, mtype, flags, session,
+                               sequence, len(body), zlib.crc32(body)) + body
+
+        crc = bytearray(good)
+        crc[28] ^= 1
+        cases = [
+            (header(magic=b"GET "), XTMPErrorCode.BAD_MAGIC),
+            (header(version=2), XTMPErrorCode.BAD_VERSION),
+            (header(flags=0x0200), XTMPErrorCode.BAD_FLAGS),
+            (header(flags=0x0020), XTMPErrorCode.BAD_FLAGS),
+            (bytes(crc), XTMPErrorCode.CHECKSUM_MISMATCH),
+            (header(mtype=0x10), XTMPErrorCode.HANDSHAKE_FAILED),
+            (header(flags=0x0002), XTMPErrorCode.HANDSHAKE_FAILED),
+            (header(session=5), XTMPErrorCode.HANDSHAKE_FAILED),
+            (header(sequence=1), XTMPErrorCode.HANDSHAKE_FAILED),
+            (header(body=payload[:-1]), XTMPErrorCode.HANDSHAKE_FAILED),
+            (header(body=payload[:1] + b"\x02" + payload[2:]),
+             XTMPErrorCode.UNSUPPORTED),
+        ]
+        for wire, code in cases:
+            s = serverEngine()
+            e = self.assertRaises(XTMPRemoteError, s.receiveData, wire)
+            self.assertEqual(e.code, code, (wire[:8], e))
+            (error,) = Decoder().feed(s.closeWithError(e.code, str(e)))
+            self.assertEqual((error.type, error.flags, error.sessionId,
+                              error.sequence), (MessageType.Error, 0, 0, 0))
+            self.assertEqual(int.from_bytes(error.payload[:2], "big"), code)
+
+    def test_serverTimeoutAfterServerHello(self):
+        """
+        A server that times out after its ServerHello sends Error and
+        Disconnect under its s2c traffic key (sequence 0 and 1), which a
+        client that read ServerAuth holds.
+        """
+        client = XTMPConnection(ClientHandshake(
+            serverKey=SERVER_IDENTITY.public, identity=CLIENT_IDENTITY))
+        server = serverEngine()
+        client.initiate()
+        server.receiveData(client.dataToSend())
+        client.receiveData(server.dataToSend())
+        client.dataToSend()  # the ClientAuth is lost
+        self.assertRaises(XTMPTimeout, server.tick, 10)
+        wire = server.closeWithError(XTMPErrorCode.TIMEOUT, "too slow")
+        frames = Decoder().feed(wire)
+        self.assertEqual([(f.type, f.sequence, f.epoch, f.keyId)
+                          for f in frames],
+                         [(MessageType.Error, 0, 0, client.receiveKey.keyId),
+                          (MessageType.Disconnect, 1, 0,
+                           client.receiveKey.keyId)])
+        events = client.receiveData(wire)
+        self.assertEqual([e.code for e in events],
+                         [XTMPErrorCode.TIMEOUT, XTMPErrorCode.TIMEOUT])
+        self.assertEqual(client.state, "CLOSED")
 
 
 class DecoderBufferingTests(SynchronousTestCase):

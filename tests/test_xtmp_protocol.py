@@ -818,6 +818,31 @@ class ResumptionTests(SynchronousTestCase):
         self.assertEqual(len(c2.connection.resumption.unacked), 0)
         self.assertEqual(len(s2.connection.resumption.unacked), 0)
 
+    def test_subscriptionsNotRestored(self):
+        """
+        Subscriptions belong to the connection: a resumed session has
+        none until the client subscribes again (docs/xtmp.md section 9.3).
+        """
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        got = []
+        c.subscribe("news", lambda m: got.append(m.payload))
+        pump.flush()
+        self.assertEqual(h.server.streams.subscribers("news"), [s])
+        c.send(0x10, b"pending", Flags.REQUIRES_ACK)
+        pump.clientIO.getOutBuffer()  # lost: something to resume
+        self.kill(c, s)
+        c2, s2, pump2 = h.connect(cf)
+        self.assertTrue(c2.result.resumed)
+        self.assertEqual(h.server.streams.subscribers("news"), [])
+        self.assertEqual(h.server.publish("news", b"lost"), 0)
+        c2.subscribe("news", lambda m: got.append(m.payload))
+        pump2.flush()
+        h.server.publish("news", b"again")
+        pump2.flush()
+        self.assertEqual(got, [b"again"])
+
     def test_queuedMessagesSurviveKill(self):
         """
         Acknowledged messages still waiting in a paused transport's queue
