@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from muxframe.web.limits import protocolOptions, resolveLimits
-from muxframe.web.transport import StreamWebSocketMixin
+from muxframe.web.transport import ReactorTimer, StreamWebSocketMixin
 
 
 class StreamWebSocketClientProtocol(StreamWebSocketMixin,
@@ -43,6 +43,7 @@ class StreamWebSocketClientFactory(WebSocketClientFactory):
         WebSocketClientFactory.__init__(
             self, url=url, origin=origin, headers=headers, reactor=reactor,
             useragent="muxframe")
+        self._batched_timer = ReactorTimer(reactor)
         self.wrappedFactory = wrappedFactory
         self.limits = resolveLimits(limits)
         self.writeSize = self.limits["writeSize"]

@@ -24,7 +24,7 @@ from twisted.web.server import Site
 
 from muxframe.web.limits import protocolOptions, resolveLimits
 from muxframe.web.origins import OriginPolicy
-from muxframe.web.transport import StreamWebSocketMixin
+from muxframe.web.transport import ReactorTimer, StreamWebSocketMixin
 
 
 class StreamWebSocketServerProtocol(StreamWebSocketMixin,
@@ -66,6 +66,7 @@ class StreamWebSocketServerFactory(WebSocketServerFactory):
                  reactor=None, **limits):
         WebSocketServerFactory.__init__(self, reactor=reactor,
                                         server="muxframe")
+        self._batched_timer = ReactorTimer(reactor)
         self.wrappedFactory = wrappedFactory
         self.originPolicy = originPolicy or OriginPolicy()
         self.secure = secure

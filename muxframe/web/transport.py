@@ -217,6 +217,42 @@ class WebSocketStreamTransport:
         self._protocol.connectionLost(Failure(reason))
 
 
+class _Call:
+    __slots__ = ("_delayed",)
+
+    def __init__(self, delayed):
+        self._delayed = delayed
+
+    def cancel(self):
+        """
+        Cancel if still pending (autobahn may cancel a call that fired).
+        """
+        if self._delayed.active():
+            self._delayed.cancel()
+
+
+class ReactorTimer:
+    """
+    The timer interface autobahn's factories use (C{call_later}), on the
+    factory's own reactor, one C{DelayedCall} per timer, really cancelled.
+    autobahn's default batches timers into buckets on txaio's global loop,
+    whose calls stay scheduled after cancellation; here a closed
+    connection leaves no timer behind and a test's C{Clock} drives them.
+    """
+
+    def __init__(self, reactor=None):
+        self._reactor = reactor
+
+    def call_later(self, delay, function, *args, **kwargs):
+        """
+        Call C{function} after C{delay} seconds.
+        """
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return _Call(reactor.callLater(delay, function, *args, **kwargs))
+
+
 def closeReason(wasClean, code, reason):
     """
     The exception an inner protocol's C{connectionLost} gets for a
@@ -279,6 +315,15 @@ class StreamWebSocketMixin:
         """
         The WebSocket (and its TCP connection) ended.
         """
+        # autobahn leaves its close-handshake timer running after the
+        # connection is gone; it would fire for nothing.
+        call, self.closeHandshakeTimeoutCall = \
+            self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
+        if wasClean and self.closedByMe:
+            # We sent the first Close: our code says why, not the echo.
+            code, reason = self.localCloseCode, self.localCloseReason
         if self.stream is not None:
             self.stream.connectionLost(closeReason(wasClean, code, reason))
             self.factory.streamClosed(self)
