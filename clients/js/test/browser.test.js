@@ -23,6 +23,15 @@ const skip = !CHROMIUM
   ? 'Chromium not found: install it with `apt-get install -y chromium` (or set CHROMIUM=/path/to/chromium)'
   : !existsSync(BUNDLE) ? 'dist/xtmp.js is not built: run `npm test` (or `node build.mjs`) first' : false;
 
+function groupAlive(pgid) {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (e) {
+    return false;
+  }
+}
+
 function launch(url, profile) {
   return spawn(CHROMIUM, [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -81,6 +90,11 @@ test('a page in headless Chromium talks XTMP to the Python server', { skip, time
       const killer = setTimeout(() => signal('SIGKILL'), 5000);
       await gone;
       clearTimeout(killer);
+      // Wait (bounded) for the rest of the group, then make sure.
+      for (let i = 0; i < 50 && groupAlive(browser.pid); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      signal('SIGKILL');
     }
     await server.stop();
     rmSync(site, { recursive: true, force: true });
