@@ -8,8 +8,8 @@ wire its bytes travel as the payloads of WebSocket *binary* messages.
 Rules:
 
  - Message boundaries mean nothing: each binary message's payload is handed
-   to C{dataReceived} as it comes, and writes are cut into messages of at
-   most C{writeSize} bytes.  A text message is not part of the byte stream:
+   to C{dataReceived} as it comes; writes made in one reactor turn are
+   joined, and cut into messages of at most C{writeSize} bytes.  A text message is not part of the byte stream:
    the connection fails with close code 1003 (unsupported data).
  - Incoming frames and messages are bounded (C{maxMessageSize}, enforced
    by autobahn before the payload is buffered): a larger one fails the
@@ -87,27 +87,56 @@ class WebSocketStreamTransport:
     log = Logger()
     disconnecting = False
 
-    def __init__(self, webSocket, protocol, writeSize, request=None):
+    def __init__(self, webSocket, protocol, writeSize, request=None,
+                 reactor=None):
         self._webSocket = webSocket
         self._protocol = protocol
         self._writeSize = writeSize
+        self._reactor = reactor
         self.request = request
         self._readPaused = False
         self._held = []
         self._lost = False
+        self._pending = []
+        self._pendingSize = 0
+        self._flushCall = None
 
     # -- ITransport --------------------------------------------------------
 
     def write(self, data):
         """
-        Send C{data} as one or more binary messages.  Like TCP, data written
-        after the connection closed is dropped.
+        Send C{data}.  Writes made in one reactor turn are joined into
+        binary messages of up to C{writeSize} bytes (a message per small
+        write would cost more than the data); nothing waits longer than the
+        end of the turn, and at most C{writeSize} bytes wait here.  Like
+        TCP, data written after the connection closed is dropped.
         """
         if self._lost or self.disconnecting or not data:
             return
+        self._pending.append(bytes(data))
+        self._pendingSize += len(data)
+        if self._pendingSize >= self._writeSize:
+            self._flush()
+        elif self._flushCall is None:
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            self._flushCall = reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending = []
+        self._pendingSize = 0
+        if self._lost:
+            return
         size = self._writeSize
         if len(data) <= size:
-            self._webSocket.sendStreamMessage(bytes(data))
+            self._webSocket.sendStreamMessage(data)
             return
         view = memoryview(data)
         for offset in range(0, len(data), size):
@@ -125,6 +154,7 @@ class WebSocketStreamTransport:
         """
         if self._lost or self.disconnecting:
             return
+        self._flush()
         self.disconnecting = True
         self._webSocket.sendClose(1000)
 
@@ -134,6 +164,7 @@ class WebSocketStreamTransport:
         """
         if not self._lost:
             self.disconnecting = True
+            self._dropPending()
             self._webSocket.transport.abortConnection()
 
     def getPeer(self):
@@ -214,7 +245,15 @@ class WebSocketStreamTransport:
             return
         self._lost = True
         self._held = []
+        self._dropPending()
         self._protocol.connectionLost(Failure(reason))
+
+    def _dropPending(self):
+        call, self._flushCall = self._flushCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._pending = []
+        self._pendingSize = 0
 
 
 class _Call:
@@ -294,7 +333,8 @@ class StreamWebSocketMixin:
             return
         self.streamProtocol = protocol
         self.stream = WebSocketStreamTransport(
-            self, protocol, self.factory.writeSize, self._handshake)
+            self, protocol, self.factory.writeSize, self._handshake,
+            self.factory.reactor)
         protocol.makeConnection(self.stream)
         self.factory.streamOpened(self, protocol)
 
