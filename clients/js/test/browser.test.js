@@ -5,57 +5,32 @@
 // refused; it POSTs what it saw, and this test asserts on that report.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
+import { CHROMIUM, NO_CHROMIUM, launch } from './chromium.js';
 import { HERE } from './helpers.js';
 import { startServer } from './pyserver.js';
 
-const CANDIDATES = [process.env.CHROMIUM, '/usr/bin/chromium', '/usr/bin/chromium-browser',
-  '/usr/bin/google-chrome'].filter(Boolean);
-const CHROMIUM = CANDIDATES.find((path) => existsSync(path));
 const BUNDLE = join(HERE, '..', 'dist', 'xtmp.js');
 
-const skip = !CHROMIUM
-  ? 'Chromium not found: install it with `apt-get install -y chromium` (or set CHROMIUM=/path/to/chromium)'
+const skip = !CHROMIUM ? NO_CHROMIUM
   : !existsSync(BUNDLE) ? 'dist/xtmp.js is not built: run `npm test` (or `node build.mjs`) first' : false;
-
-function groupAlive(pgid) {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (e) {
-    return false;
-  }
-}
-
-function launch(url, profile) {
-  return spawn(CHROMIUM, [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-extensions', '--no-default-browser-check', `--user-data-dir=${profile}`,
-    '--remote-debugging-port=0', url,
-  ], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-}
 
 test('a page in headless Chromium talks XTMP to the Python server', { skip, timeout: 120000 }, async () => {
   const site = mkdtempSync(join(tmpdir(), 'muxframe-site-'));
-  const profile = mkdtempSync(join(tmpdir(), 'muxframe-chromium-'));
   copyFileSync(join(HERE, 'browser', 'page.html'), join(site, 'index.html'));
   copyFileSync(BUNDLE, join(site, 'xtmp.js'));
   const server = await startServer(['--token', 'browser-token', '--static', site]);
   let browser = null;
-  let browserErr = '';
   try {
     const query = new URLSearchParams({
       fingerprint: server.fingerprint, token: 'browser-token', tamper: server.tamperUrl });
-    browser = launch(`http://127.0.0.1:${server.port}/index.html?${query}`, profile);
-    browser.stderr.on('data', (d) => { browserErr = (browserErr + d).slice(-4000); });
+    browser = await launch(`http://127.0.0.1:${server.port}/index.html?${query}`);
     const { report } = await server.waitFor((e) => e.event === 'report', 'the page\'s report', 90000)
-      .catch((e) => { throw new Error(`${e.message}\nchromium stderr:\n${browserErr}`); });
+      .catch((e) => { throw new Error(`${e.message}\nchromium stderr:\n${browser.stderr}`); });
 
     if (process.env.XTMP_SHOW_REPORT) console.log(JSON.stringify(report, null, 1));
     assert.equal(report.error, undefined, report.error);
@@ -81,23 +56,8 @@ test('a page in headless Chromium talks XTMP to the Python server', { skip, time
     assert.equal(report.tamperClosedCode, report.decryptFailedCode);
     assert.equal(report.tamperDelivered, 0);
   } finally {
-    if (browser && browser.exitCode === null && browser.signalCode === null) {
-      // Chromium runs in its own process group: end the group (its
-      // renderer and zygote too), by id.
-      const gone = new Promise((resolve) => browser.on('exit', resolve));
-      const signal = (name) => { try { process.kill(-browser.pid, name); } catch (e) { /* gone */ } };
-      signal('SIGTERM');
-      const killer = setTimeout(() => signal('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(killer);
-      // Wait (bounded) for the rest of the group, then make sure.
-      for (let i = 0; i < 50 && groupAlive(browser.pid); i++) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      signal('SIGKILL');
-    }
+    if (browser) await browser.stop();
     await server.stop();
     rmSync(site, { recursive: true, force: true });
-    rmSync(profile, { recursive: true, force: true });
   }
 });
