@@ -86,9 +86,8 @@ class XTMPOverWebSocketTests(TestCase):
         self.assertIsNotNone(server.transport.request)
 
         server.pauseDelivery()
-        sender = Sender(lambda data: client.send(0x10, data), TOTAL)
-        client.registerProducer(sender, True)
-        sender.start()
+        sender = Sender(lambda data: client.send(0x10, data), TOTAL).startOn(
+            client)
         yield steadilyPaused(sender)
         # Nothing was delivered while paused; the sender stopped after its
         # queue bound plus what sockets hold, far short of the transfer.
@@ -133,9 +132,7 @@ class MIOOverWebSocketTests(TestCase):
         self.assertEqual(len(port.multiplexers), 1)
         bulkSink, otherSink = sinks.built
 
-        sender = Sender(first.transport.write, TOTAL)
-        first.transport.registerProducer(sender, True)
-        sender.start()
+        sender = Sender(first.transport.write, TOTAL).startOn(first.transport)
         yield steadilyPaused(sender)
         # The paused stream holds the sender to its window; the other
         # stream still flows.

@@ -102,6 +102,14 @@ class Sender:
     def start(self):
         self._schedule()
 
+    def startOn(self, transport):
+        """
+        Register with C{transport} (a streaming producer) and start.
+        """
+        transport.registerProducer(self, True)
+        self.start()
+        return self
+
     def _schedule(self):
         if not self._scheduled:
             self._scheduled = True
@@ -362,9 +370,8 @@ class TransportTests(TestCase):
         port = yield self.listen(sinks)
         client = yield localClient(port).connect(Factory.forProtocol(Sink))
         server = yield sinks.first
-        sender = Sender(client.transport.write, 64 * MiB)
-        client.transport.registerProducer(sender, True)
-        sender.start()
+        sender = Sender(client.transport.write, 64 * MiB).startOn(
+            client.transport)
         yield steadilyPaused(sender)
         self.assertEqual(server.received, 0)
         self.assertLess(sender.sent, 32 * MiB)

@@ -7,7 +7,7 @@
 //   await client.subscribe('prices', (message) => console.log(message.text));
 //   await client.close();
 
-import { toBytes } from './bytes.js';
+import { concat, toBytes } from './bytes.js';
 import { encodeName } from './codec.js';
 import { ErrorCode, Flags, MessageType } from './constants.js';
 import { ConnectionLost, SessionClosed, XTMPError } from './errors.js';
@@ -245,7 +245,7 @@ export class XTMPClient {
       let size = 0;
       const push = () => {
         if (!batch.length) return;
-        const message = batch.length === 1 ? batch[0] : joinFrames(batch, size);
+        const message = batch.length === 1 ? batch[0] : concat(...batch);
         this.socket.send(message);
         batch = [];
         size = 0;
@@ -349,16 +349,6 @@ export class XTMPClient {
     if (result && typeof result.then === 'function') result.then(answer, failed);
     else answer(result);
   }
-}
-
-function joinFrames(frames, size) {
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const f of frames) {
-    out.set(f, offset);
-    offset += f.length;
-  }
-  return out;
 }
 
 // Open a WebSocket to `url`, complete the handshake, resolve with the

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { concat } from '../src/bytes.js';
 import {
   ClientHandshake, ClientSession, Identity, fromHex,
 } from '../src/index.js';
@@ -46,13 +47,5 @@ export function openSession(settings = {}) {
 }
 
 export function joined(frames) {
-  let size = 0;
-  for (const f of frames) size += f.length;
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const f of frames) {
-    out.set(f, o);
-    o += f.length;
-  }
-  return out;
+  return concat(...frames);
 }
