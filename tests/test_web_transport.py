@@ -393,3 +393,46 @@ def deferToBlocking(f, *args):
     """
     from twisted.internet.threads import deferToThread
     return deferToThread(f, *args)
+
+
+class SecureWebSocketTests(TestCase):
+    """
+    C{wss://}: the WebSocket over TLS (an C{ssl:} server, a hostname-checked
+    TLS client), with XTMP inside.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_xtmpOverWSS(self):
+        from twisted.internet.endpoints import SSL4ServerEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+        from muxframe.xtmp import connectXTMP
+        from tests.test_xtmp_transports import (
+            clientFactory, makeCertificate, serverFactory,
+        )
+        cert = makeCertificate()
+        server = WebSocketServerEndpoint(
+            SSL4ServerEndpoint(reactor, 0, cert.options(), interface="127.0.0.1"),
+            path="/xtmp", secure=True)
+        xs = serverFactory(None)
+        port = yield server.listen(xs)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        inner = wrapClientTLS(optionsForClientTLS("localhost", trustRoot=cert),
+                              TCP4ClientEndpoint(reactor, "127.0.0.1", number))
+        client = yield connectXTMP(
+            WebSocketClientEndpoint(inner, "localhost", number, path="/xtmp",
+                                    secure=True), clientFactory(None))
+        reply = yield client.request(0x30, b"x" * 300000, timeout=10)
+        self.assertEqual(reply.payload, b"pong:" + b"x" * 300000)
+        yield waitUntil(lambda: xs.live, "the server session")
+        (session,) = xs.live.values()
+        # The browser-facing origin of a wss endpoint is https.
+        self.assertTrue(server.originPolicy.check(
+            "https://localhost:%d" % (number,), "localhost:%d" % (number,),
+            secure=True)[0])
+        closed = [client.whenClosed(), session.whenClosed()]
+        client.disconnect()
+        yield closed[0]
+        yield closed[1]
