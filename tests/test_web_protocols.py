@@ -113,42 +113,56 @@ class MIOOverWebSocketTests(TestCase):
     """
 
     timeout = 180
+    framing = "mio"
+    total = TOTAL
 
     @inlineCallbacks
     def test_streamsAndBulkWithPausedReader(self):
         sinks = SinkFactory(startPaused=True)
         server = MultiplexedServerEndpoint(
-            wsServer("tcp:0:interface=127.0.0.1:path=/mio"), "mio")
+            wsServer("tcp:0:interface=127.0.0.1:path=/mux"), self.framing)
         port = yield server.listen(sinks)
         self.addCleanup(port.stopListening)
         endpoint = MultiplexedClientEndpoint(
-            wsClient("tcp:127.0.0.1:%d:path=/mio" % (port.getHost().port,)),
-            "mio")
+            wsClient("tcp:127.0.0.1:%d:path=/mux" % (port.getHost().port,)),
+            self.framing)
         self.addCleanup(endpoint.stop)
         first = yield endpoint.connect(Factory.forProtocol(Sink))
         second = yield endpoint.connect(Factory.forProtocol(Sink))
+        # (A BMP stream reaches the peer with its first data.)
+        sender = Sender(first.transport.write, self.total).startOn(
+            first.transport)
+        yield waitUntil(lambda: len(sinks.built) >= 1, "the bulk stream")
+        second.transport.write(b"small")
         yield waitUntil(lambda: len(sinks.built) == 2, "two streams")
         # Two streams, one WebSocket connection.
         self.assertEqual(len(port.multiplexers), 1)
         bulkSink, otherSink = sinks.built
 
-        sender = Sender(first.transport.write, TOTAL).startOn(first.transport)
         yield steadilyPaused(sender)
         # The paused stream holds the sender to its window; the other
         # stream still flows.
         self.assertEqual(bulkSink.received, 0)
         self.assertLess(sender.sent, 16 * MiB)
         otherSink.transport.resumeProducing()
-        second.transport.write(b"small")
         yield waitUntil(lambda: otherSink.received == 5, "the other stream")
 
         bulkSink.transport.resumeProducing()
         yield sender.done
-        yield waitUntil(lambda: bulkSink.received == TOTAL, "100 MiB",
-                        timeout=150)
+        yield waitUntil(lambda: bulkSink.received == self.total,
+                        "every byte", timeout=150)
         self.assertEqual(bulkSink.hash.digest(), sender.hash.digest())
         first.transport.unregisterProducer()
         first.transport.loseConnection()
         second.transport.loseConnection()
         yield bulkSink.lost
         yield otherSink.lost
+
+
+class BMPOverWebSocketTests(MIOOverWebSocketTests):
+    """
+    The same with BMP framing (16 MiB: BMP acknowledges every frame).
+    """
+
+    framing = "bmp"
+    total = 16 * MiB
