@@ -70,6 +70,7 @@ export class XTMPClient {
     this._ready.catch(() => {});
     this.closed = new Promise((resolve) => { this._closedResolve = resolve; });
     this._socketClosed = false;
+    this._closeAfterFlush = null;
   }
 
   // -- state -------------------------------------------------------------
@@ -189,7 +190,6 @@ export class XTMPClient {
     if (!this._socketClosed) {
       this._handle(this.session.close(code, reason, this._now()));
       this._flush();
-      this._closeSocket(1000, 'xtmp session closed');
     }
     return this.closed;
   }
@@ -257,6 +257,10 @@ export class XTMPClient {
       }
       push();
     }
+    if (this._closeAfterFlush) {
+      this._closeSocket(1000, this._closeAfterFlush);
+      return;
+    }
     this._schedule();
   }
 
@@ -304,8 +308,10 @@ export class XTMPClient {
         case 'disconnect':
           break;
         case 'closed':
+          // The socket closes once the session's last frames (Error,
+          // Disconnect) are sent, at the next _flush.
+          this._closeAfterFlush = event.error ? event.error.codeName : 'closed';
           this._notify('close', event.error);
-          this._closeSocket(1000, event.error ? event.error.codeName : 'closed');
           break;
         default:
           break;

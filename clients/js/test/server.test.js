@@ -52,6 +52,10 @@ test('identity: handshake, request, subscribe to a stream published by a Python 
   const why = await client.close();
   assert.equal(why, null);
   assert.equal(client.isOpen, false);
+  // The server read our Disconnect (GOING_AWAY): a clean close.
+  const ended = await server.waitFor((e) => e.event === 'sessionClosed' && e.sessionId === client.sessionId.toString(16),
+    'the server to see the close');
+  assert.equal(ended.reason, 'ConnectionDone');
 });
 
 test('bearer token and ChaCha20-Poly1305', async () => {
@@ -111,6 +115,11 @@ test('a tampered frame from the server is rejected: DECRYPT_FAILED, nothing deli
   const why = await client.closed;
   assert.equal(why.code, ErrorCode.DECRYPT_FAILED);
   assert.equal(client.counters.messagesReceived, 0);
+  // Our Error and Disconnect reached the server before the socket closed.
+  const seen = await server.waitFor((e) => e.event === 'sessionClosed' && e.sessionId === client.sessionId.toString(16),
+    'the server to see the failure');
+  assert.equal(seen.reason, 'PeerDisconnected');
+  assert.equal(seen.code, ErrorCode.DECRYPT_FAILED);
 });
 
 test('heartbeats keep a quiet session alive', async () => {

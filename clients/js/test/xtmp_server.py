@@ -110,6 +110,12 @@ class Server(XTMPServerFactory):
 
     publisher = None
 
+    def sessionStarted(self, protocol):
+        XTMPServerFactory.sessionStarted(self, protocol)
+        protocol.whenClosed().addCallback(lambda why: emit(
+            "sessionClosed", sessionId="%x" % (protocol.sessionId,),
+            reason=type(why).__name__, code=getattr(why, "code", None)))
+
     def authorizeSubscribe(self, protocol, name):
         emit("subscribed", name=name, sessionId=protocol.sessionId)
         if name == "prices" and self.publisher is not None:
