@@ -9,8 +9,9 @@ import { join } from 'node:path';
 
 import WebSocket from 'ws';
 
-const CANDIDATES = [process.env.CHROMIUM, '/usr/bin/chromium', '/usr/bin/chromium-browser',
-  '/usr/bin/google-chrome'].filter(Boolean);
+// CHROMIUM=/path chooses the browser (and nothing else is looked for).
+const CANDIDATES = process.env.CHROMIUM ? [process.env.CHROMIUM]
+  : ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
 export const CHROMIUM = CANDIDATES.find((path) => existsSync(path));
 export const NO_CHROMIUM = 'Chromium not found: install it with `apt-get install -y chromium` '
   + '(or set CHROMIUM=/path/to/chromium)';
