@@ -195,9 +195,14 @@ class PluginTests(SynchronousTestCase):
         self.assertIsInstance(
             clientFromString(reactor, "ws:tcp:127.0.0.1:1:path=/x"),
             WebSocketClientEndpoint)
-        from muxframe import MultiplexedServerEndpoint
+        from muxframe import MultiplexedClientEndpoint, MultiplexedServerEndpoint
         self.assertIsInstance(serverFromString(reactor, "mio:ws:tcp:0"),
                               MultiplexedServerEndpoint)
+        mux = clientFromString(reactor, "bmp:ws:tcp:127.0.0.1:1:path=/bmp")
+        self.assertIsInstance(mux, MultiplexedClientEndpoint)
+        self.assertIsInstance(
+            clientFromString(reactor, "wss:example.com:443:path=/x"),
+            WebSocketClientEndpoint)
 
 
 
