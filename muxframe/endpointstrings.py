@@ -54,7 +54,7 @@ def _splitOptions(prefix, framing, kwargs, extra):
 
     @return: C{(framing, settings, extras)}
     """
-    from .settings import SETTINGS, coerce
+    from .settings import RENAMED, SETTINGS, coerce
 
     if framing is None:
         framing = kwargs.pop("framing", "mio")
@@ -64,6 +64,9 @@ def _splitOptions(prefix, framing, kwargs, extra):
             % (prefix, framing, ", ".join(FRAMINGS)))
     settings = {}
     for name in list(kwargs):
+        if name in RENAMED:
+            raise ValueError("%s: endpoint: setting %s was replaced by %s"
+                             % (prefix, name, RENAMED[name]))
         if name in SETTINGS:
             try:
                 settings[name] = coerce(name, kwargs.pop(name))

@@ -240,20 +240,25 @@ class Engine:
         Queue C{data} (bytes) on a stream and return how many bytes the
         stream now buffers.
 
+        Nothing limits what one stream buffers unless the
+        C{maxStreamSendBuffer} setting does (it is 0, no limit, by default).
+
         @raise StreamClosedError: the stream is gone or its sending side has
             ended.
-        @raise StreamBufferOverflow: past C{maxStreamBuffer}.
+        @raise StreamBufferOverflow: past a nonzero C{maxStreamSendBuffer};
+            nothing was queued.
         """
         state = self._writable(streamId)
         if not data:
             return state.sendBuffered
         size = len(data)
-        if state.sendBuffered + size > self.settings.maxStreamBuffer:
+        limit = self.settings.maxStreamSendBuffer
+        if limit and state.sendBuffered + size > limit:
             raise StreamBufferOverflow(
-                "stream %r: writing %d bytes would buffer %d bytes, over "
-                "maxStreamBuffer=%d; register a producer to be paused"
-                % (streamId, size, state.sendBuffered + size,
-                   self.settings.maxStreamBuffer)
+                "stream %r: writing %d bytes would buffer %d unsent bytes, "
+                "over maxStreamSendBuffer=%d"
+                % (streamId, size, state.sendBuffered + size, limit),
+                streamId=streamId,
             )
         if state.sendQueue is None:
             state.sendQueue = deque()

@@ -62,13 +62,6 @@ class StreamClosedError(LocalProtocolError):
     """
 
 
-class StreamBufferOverflow(LocalProtocolError):
-    """
-    A C{write()} would take a stream's unsent data past its hard limit
-    (C{maxStreamBuffer}).  Register a producer to be paused instead.
-    """
-
-
 class SessionClosedError(LocalProtocolError):
     """
     The session is closing or closed, so no stream can be opened.
@@ -151,6 +144,19 @@ class StreamRefusedError(StreamError):
     The peer refused a stream this side opened (MIO RST with code
     C{REFUSED}), or this side refused it locally.
     """
+
+
+class StreamBufferOverflow(StreamError, LocalProtocolError):
+    """
+    A stream's child buffered more unsent bytes than the
+    C{maxStreamSendBuffer} setting allows (a limit that is off by default).
+    The stream was reset (code C{EXHAUSTED}); this is the reason its child's
+    C{connectionLost} receives.  C{write()} never raises it: like a TCP
+    transport's, a stream's C{write()} accepts whatever it is given.
+    """
+
+    def __init__(self, message, code=ErrorCode.EXHAUSTED, streamId=None):
+        StreamError.__init__(self, message, code, streamId)
 
 
 class StreamTimeoutError(StreamError):

@@ -24,6 +24,7 @@ from .errors import (
     LocalProtocolError,
     MuxframeError,
     SessionClosedError,
+    StreamBufferOverflow,
 )
 from .events import (
     ConnectionTerminated,
@@ -518,7 +519,17 @@ class Multiplexer(Protocol):
     def _streamWrite(self, stream, data):
         if stream.streamId not in self.engine:
             return  # the stream ended under the child: drop, as TCP does
-        self.engine.sendData(stream.streamId, data)
+        try:
+            self.engine.sendData(stream.streamId, data)
+        except StreamBufferOverflow as error:
+            # Only with a maxStreamSendBuffer set: the child learns of it
+            # in connectionLost, never by an exception out of write().
+            self.log.warn("{framing} stream {streamId} reset: {error}",
+                          framing=self.framing, streamId=stream.streamId,
+                          error=error)
+            stream._resetLocally()
+            self._resetStream(stream, ErrorCode.EXHAUSTED, Failure(error))
+            return
         self._flush()
         if (stream._producer is not None and not stream._pausedBy & PAUSED_BY_BUFFER
                 and self.engine.sendBuffered(stream.streamId) >= self.settings.streamBufferSize):
@@ -534,11 +545,19 @@ class Multiplexer(Protocol):
         self._flush()
 
     def _streamAbort(self, stream):
-        self.engine.resetStream(stream.streamId, ErrorCode.CLOSED)
+        self._resetStream(stream, ErrorCode.CLOSED, abortedReason())
+
+    def _resetStream(self, stream, code, reason):
+        """
+        End C{stream} from this side now; its child's C{connectionLost}
+        gets C{reason} on a later turn, as a TCP transport's would, not from
+        inside the call that ended it.
+        """
+        self.engine.resetStream(stream.streamId, code)
         self._streams.pop(stream.streamId, None)
         self._forget(stream)
         self._flush()
-        self.reactor.callLater(0, stream._lost, abortedReason())
+        self.reactor.callLater(0, stream._lost, reason)
         self._checkDrained()
 
     def _flush(self):

@@ -204,6 +204,7 @@ class ClientStringTests(SynchronousTestCase):
             ("mio:tcp:localhost:9000:maxFrameSize=12", "maxFrameSize"),
             ("bmp:tcp:localhost:notaport", "bad inner endpoint"),
             ("bmp:", "needs an inner endpoint"),
+            ("mio:tcp:localhost:9000:maxStreamBuffer=5", "replaced by maxStreamSendBuffer"),
         ]
         for description, fault in cases:
             e = self.assertRaises(ValueError, clientFromString, reactor, description)
