@@ -1,6 +1,6 @@
 """
 BMP (the Blazeio Multiplexer Protocol), sans-IO: the frame codec and the
-engine.  See docs/protocols.md and the wire spec (specs/bmp.md).
+engine.  See docs/protocols.md for the wire format as implemented.
 
 Frame: four delimited header fields, then the payload::
 

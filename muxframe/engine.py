@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import ConnectionTerminated, StreamClosed
 from .settings import Settings
+from .sniff import HEAD, hint
 
 
 class Counters:
@@ -178,6 +179,7 @@ class Engine:
         self._writesEnded = []
         self._lastReceived = now
         self._lastSent = now
+        self._head = b""
 
     # -- queries --------------------------------------------------------
 
@@ -341,6 +343,8 @@ class Engine:
         if self.closed:
             return self.takeEvents()
         self._lastReceived = now
+        if len(self._head) < HEAD:
+            self._head += bytes(data[:HEAD - len(self._head)])
         items = []
         try:
             self._decoder.receive(data, items)
@@ -378,8 +382,30 @@ class Engine:
             self._events = []
         return events
 
+    def foreignHint(self):
+        """
+        Return what the peer's first bytes look like if they are not this
+        framing (C{"this looks like an HTTP request; this port speaks
+        MIO"}), or C{None}.
+        """
+        return hint(self._head, self.framing, self.role)
+
+    def firstBytes(self):
+        """
+        Return the first bytes received on this connection (up to
+        L{muxframe.sniff.HEAD}).
+        """
+        return self._head
+
     def _fail(self, error):
         if not self.closed:
+            foreign = self.foreignHint()
+            if foreign is not None:
+                # The peer does not speak this framing: say what it speaks.
+                error.hint = foreign
+                error.args = ("%s (%s; first bytes %r)" % (
+                    error.args[0] if error.args else error, foreign,
+                    self._head[:16]),)
             self.closeSession(error.code)
             self._events.append(ConnectionTerminated(error.code, error))
 

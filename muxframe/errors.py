@@ -79,9 +79,13 @@ class RemoteProtocolError(MuxframeError):
     The peer violated the wire protocol.  C{code} is the wire error code.
 
     @ivar code: an L{ErrorCode}.
+    @ivar hint: what the peer's bytes look like when it does not speak the
+        framing at all (C{"this looks like an HTTP request; this port
+        speaks MIO"}, also part of the message), else C{None}.
     """
 
     code = ErrorCode.INTERNAL
+    hint = None
 
     def __init__(self, message, code=None):
         MuxframeError.__init__(self, message)
