@@ -322,6 +322,15 @@ class Engine:
         self._ready.clear()
         self._sessionCloseFrame(code)
 
+    def sendProbe(self):
+        """
+        Queue a frame every peer of this framing ignores but a line-based
+        or TLS server rejects at once, so a peer that speaks something else
+        shows it; return true if this framing has one (MIO does, BMP does
+        not: any BMP frame names a stream).
+        """
+        return False
+
     def stopAccepting(self):
         """
         Refuse streams the peer opens from now on (graceful drain); open

@@ -174,3 +174,26 @@ class SessionTimeoutError(MuxframeError):
     """
     The session was idle past C{idleTimeout} or missed its keepalives.
     """
+
+
+class MultiplexedConnectError(MuxframeError):
+    """
+    A L{muxframe.endpoints.MultiplexedClientEndpoint} has no multiplexed
+    connection to open a stream on: it was stopped, its connection was lost
+    and is not back yet, or none came up within C{connectTimeout}.
+
+    @ivar reason: the failure behind it, if any (a L{Failure}).
+    """
+
+    def __init__(self, message, reason=None):
+        MuxframeError.__init__(self, message)
+        self.reason = reason
+
+
+class PeerNotMultiplexingError(MultiplexedConnectError):
+    """
+    The peer accepted the connection but does not speak the framing: it
+    closed the connection before sending a frame, or answered in another
+    protocol (the message says which, e.g. "this looks like an HTTP
+    response").
+    """

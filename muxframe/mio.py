@@ -428,6 +428,19 @@ class MioEngine(Engine):
         if state.localEnded:
             self._finish(state)
 
+    def sendProbe(self):
+        """
+        Queue a session window frame (ignored by every MIO peer, like the
+        keepalive) whose size field holds CR LF, which an HTTP, SMTP or
+        other line-based server answers with an error and a TLS server
+        with an alert.
+        """
+        if self.closed:
+            return False
+        self._control.append(_pack(0, (0x0D0A << 8) | SESSION_WINDOW))
+        self.counters.framesSent += 1
+        return True
+
     # -- timers ---------------------------------------------------------
 
     def _tickFraming(self, now):

@@ -212,9 +212,10 @@ class Options(usage.Options):
 
 class ClientConnectionService(service.Service):
     """
-    Connect a L{muxframe.endpoints.MultiplexedClientEndpoint} when started
-    (so the server can open streams toward it at once); on stop, drain its
-    connection and stop reconnecting.
+    Keep a L{muxframe.endpoints.MultiplexedClientEndpoint}'s connection up
+    from start to stop (so the server can open streams toward it at any
+    time): re-made with backoff when lost, each failure logged.  On stop,
+    drain it and stop reconnecting.
     """
 
     def __init__(self, endpoint):
@@ -222,10 +223,7 @@ class ClientConnectionService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        d = self.endpoint.whenConnected()
-        d.addErrback(lambda f: log.warn(
-            "no connection yet to {endpoint}: {error}; still trying",
-            endpoint=self.endpoint.inner, error=f.getErrorMessage()))
+        self.endpoint.keepConnected()
 
     def stopService(self):
         service.Service.stopService(self)

@@ -291,8 +291,8 @@ class TwistdTests(TestCase):
         data, reason = yield first.done
         self.assertEqual(data, b"hello muxframe" * 1000)
         self.assertTrue(reason.check(ConnectionDone))
-        self.assertIn("forward tunnel: 127.0.0.1:", client.text())
-        self.assertIn("spliced to 127.0.0.1:%d#" % (muxPort,), client.text())
+        self.assertIn("forward tunnel: tcp:127.0.0.1:", client.text())
+        self.assertIn("spliced to tcp:127.0.0.1:%d#" % (muxPort,), client.text())
 
         # An open stream while the server is told to stop.
         holder = Holder()
