@@ -42,7 +42,7 @@ def addressText(address):
     return str(address)
 
 
-def _split(description):
+def splitDescription(description):
     """
     Split an endpoint description at its unescaped colons.
     """
@@ -70,7 +70,7 @@ def briefDescription(description):
     as logs name an endpoint: C{tls:localhost:8443}, not its key files.
     """
     kept = []
-    for part in _split(description):
+    for part in splitDescription(description):
         key, equals, value = part.partition("=")
         if not equals or key in ("host", "port", "path"):
             kept.append(part)
@@ -217,4 +217,4 @@ def reasonText(reason):
     return str(value) or type(value).__name__
 
 
-__all__ = ["addressText", "briefDescription", "endpointText", "isVerificationFailure", "reasonText", "tlsCause"]
+__all__ = ["addressText", "briefDescription", "endpointText", "splitDescription", "isVerificationFailure", "reasonText", "tlsCause"]

@@ -115,6 +115,13 @@ def parseServer(reactor, prefix, framing, args, kwargs):
     framing, settings, extras = _splitOptions(prefix, framing, kwargs, ("clientCA",))
     _needInner(prefix, args, kwargs, "%s:tcp:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
+    from .endpointcheck import checkClientCA, checkServerDescription
+    try:
+        checkServerDescription(description)
+        if "clientCA" in extras:
+            checkClientCA(extras["clientCA"])
+    except ValueError as e:
+        raise ValueError("%s: endpoint: %s" % (prefix, e))
     try:
         if "clientCA" in extras:
             if args[0] != "ssl":
@@ -147,6 +154,11 @@ def parseClient(reactor, prefix, framing, args, kwargs):
                                         zero=name == "confirmTimeout")
     _needInner(prefix, args, kwargs, "%s:tcp:localhost:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
+    from .endpointcheck import checkClientDescription
+    try:
+        checkClientDescription(description)
+    except ValueError as e:
+        raise ValueError("%s: endpoint: %s" % (prefix, e))
     try:
         from twisted.internet.endpoints import clientFromString
         inner = clientFromString(reactor, description)
