@@ -201,7 +201,7 @@ class Multiplexer(Protocol):
             except Exception:
                 pass
         self.log.debug(
-            "{framing} {role} session up with {peer}",
+            "{framing} {role} session starting on the connection with {peer}",
             framing=self.framing, role=self.role,
             peer=addressText(self.transport.getPeer()),
         )

@@ -405,12 +405,15 @@ class ClientEndpointContractTests(SynchronousTestCase):
             Failure(ConnectionLost("bad certificate")))
         failure = self.failureResultOf(d, MultiplexedConnectError)
         self.assertIn("during the TLS handshake", str(failure.value))
+        self.assertFalse([e for e in self.events if "} up" in e.get("log_format", "")])
         self.assertEqual(self.inner.attempts, 1)
         self.assertNothingScheduled()
         again = endpoint.connect(Factory.forProtocol(Echo))
         self.inner.protocols[1].handshakeCompleted()
+        self.assertFalse([e for e in self.events if "} up" in e.get("log_format", "")])
         self.ready(endpoint)
         self.successResultOf(again)
+        self.assertEqual(len([e for e in self.events if "} up" in e.get("log_format", "")]), 1)
 
     def test_idleConnectionClosed(self):
         """
@@ -667,3 +670,70 @@ class RealSocketContractTests(LoopbackMixin, TestCase):
         yield child.done
         self.assertIn("this looks like MIO frames; the peer does not speak BMP",
                       child.reason.getErrorMessage())
+
+
+class LogTests(LoopbackMixin, TestCase):
+    """
+    What the endpoints log: peers as endpoint strings, a protocol error as
+    the reason a connection was lost (never "closed cleanly"), "up" only
+    once a connection is ready.
+    """
+
+    def setUp(self):
+        LoopbackMixin.setUp(self)
+        from twisted.logger import globalLogPublisher
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self, level=None):
+        from twisted.logger import formatEvent
+        return [formatEvent(e) for e in self.events
+                if level is None or (e.get("log_level") is not None
+                                     and e["log_level"].name == level)]
+
+    @inlineCallbacks
+    def test_httpRequestOnServerPort(self):
+        """
+        An HTTP request on a MIO port: one warning naming what it looks
+        like; the connection's loss is logged with the protocol error, not
+        as a clean close.
+        """
+        from tests.conformance import RawClient
+        server, port = yield self.listen("mio", Factory.forProtocol(Echo))
+        raw = RawClient(b"GET / HTTP/1.1\r\nHost: muxframe\r\n\r\n")
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: raw))
+        yield raw.closed
+        for _ in range(100):
+            if any("lost" in line for line in self.lines("info")):
+                break
+            yield deferLater(reactor, 0.01)
+        [warning] = [l for l in self.lines("warn") if "protocol error" in l]
+        self.assertIn("this looks like an HTTP request; this port speaks MIO", warning)
+        self.assertIn("from tcp:127.0.0.1:", warning)
+        [lost] = [l for l in self.lines("info") if "lost" in l]
+        self.assertIn("this looks like an HTTP request", lost)
+        self.assertNotIn("closed cleanly", lost)
+        self.assertNotIn("IPv4Address", "\n".join(self.lines()))
+
+    @inlineCallbacks
+    def test_protocolErrorFromServer(self):
+        """
+        A client whose peer breaks the protocol logs the loss with the
+        protocol error.
+        """
+        server, port = yield self.listen("mio", Factory.forProtocol(Echo))
+        client = self.client("mio", port)
+        holder = yield client.connect(collectorFactory(b""))
+        serverMux = yield server.whenConnected()
+        # An open for stream 0: a protocol error.
+        serverMux.transport.write(bytes.fromhex("000000000400000c"))
+        yield holder.done
+        self.assertIn("open frame for stream 0", holder.reason.getErrorMessage())
+        yield deferLater(reactor, 0)  # the endpoint hears of it after the streams
+        [lost] = [l for l in self.lines("info") if "connection to" in l and "lost" in l]
+        self.assertIn("open frame for stream 0", lost)
+        self.assertNotIn("closed cleanly", lost)
+        [up] = [l for l in self.lines("info") if "connection to" in l and " up" in l]
+        self.assertEqual(up, "mio connection to tcp:127.0.0.1:%d up" % (port.getHost().port,))

@@ -180,6 +180,7 @@ class TLSEndpointTests(TestCase):
         server.
         """
         from OpenSSL.SSL import Error
+        events = self.logged()
         server = yield self.listen(
             "mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1:clientCA=%(ca.pem)s")
         good = self.client(
@@ -199,6 +200,20 @@ class TLSEndpointTests(TestCase):
             error = yield self.assertFailure(self.echo(bad), Error)
             self.assertIn(cause, str(error))
         self.assertEqual(self.echoFactory.built, 1)
+        for _ in range(100):
+            if len(self.warnings(events)) >= 4:
+                break
+            yield deferLater(reactor, 0.01)
+        warnings = self.warnings(events)
+        # Each side says why, the cause first.
+        self.assertIn("TLS verification failed: the client sent no certificate and "
+                      "this server requires one (clientCA) [OpenSSL: peer did not "
+                      "return a certificate]; mio connection from tcp:127.0.0.1:",
+                      "\n".join(warnings))
+        self.assertIn("TLS verification failed: the peer requires a client certificate "
+                      "and none was given", "\n".join(warnings))
+        self.assertIn("TLS verification failed: the peer's certificate is not trusted",
+                      "\n".join(warnings))
 
     @inlineCallbacks
     def test_sslClientString(self):
