@@ -27,7 +27,7 @@ from muxframe.settings import Settings
 
 from .support import chunkedEvents, decodeAll, splitAt
 
-# The example of specs/bmp.md section 1: stream io_0, first data frame, sid 0.
+# The example of docs/protocols.md (BMP): stream io_0, first data frame, sid 0.
 SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
 
 VECTORS = [

@@ -33,7 +33,7 @@ from muxframe.settings import Settings
 
 from .support import chunkedEvents, decodeAll, splitAt
 
-# Fixed vectors, from the frame table of specs/mio.md.
+# Fixed vectors, from the frame table of docs/protocols.md (MIO).
 VECTORS = [
     # open stream 1 with a 256 KiB window: flags RST|WND
     (Frame(1, 0x040000, mio.OPEN), "00000001" "040000" "0c"),
@@ -74,7 +74,7 @@ class CodecTests(SynchronousTestCase):
 
     def test_vectors(self):
         """
-        Each frame encodes to the spec's bytes and decodes back.
+        Each frame encodes to the documented bytes and decodes back.
         """
         for frame, hexBytes in VECTORS:
             wire = bytes.fromhex(hexBytes)
