@@ -170,15 +170,24 @@ def _isPort(text):
     return text.isdigit() and 0 <= int(text) <= 65535
 
 
+def _parsed(description, example):
+    args, kwargs = parseDescription(description)
+    if not args or not args[0]:
+        raise ValueError("%r names no endpoint type (e.g. %s)" % (description, example))
+    return args[0], args, kwargs
+
+
+def _checkUnix(description, args, kwargs, keyword):
+    if len(args) < 2 and keyword not in kwargs:
+        raise ValueError("%r names no socket path: unix:PATH" % (description,))
+
+
 def checkClientDescription(description):
     """
     Check a client endpoint description; raise C{ValueError} naming the
     fault.
     """
-    args, kwargs = parseDescription(description)
-    if not args or not args[0]:
-        raise ValueError("%r names no endpoint type (e.g. tcp:HOST:PORT)" % (description,))
-    kind = args[0]
+    kind, args, kwargs = _parsed(description, "tcp:HOST:PORT")
     if kind in ("tcp", "tls", "ssl"):
         host = args[1] if len(args) > 1 else kwargs.get("host")
         port = args[2] if len(args) > 2 else kwargs.get("port")
@@ -198,8 +207,7 @@ def checkClientDescription(description):
         if kind in ("tls", "ssl"):
             checkCertificateFiles(kwargs, server=False)
     elif kind == "unix":
-        if len(args) < 2 and "path" not in kwargs:
-            raise ValueError("%r names no socket path: unix:PATH" % (description,))
+        _checkUnix(description, args, kwargs, "path")
 
 
 def checkServerDescription(description):
@@ -207,10 +215,7 @@ def checkServerDescription(description):
     Check a server endpoint description; raise C{ValueError} naming the
     fault.
     """
-    args, kwargs = parseDescription(description)
-    if not args or not args[0]:
-        raise ValueError("%r names no endpoint type (e.g. tcp:PORT)" % (description,))
-    kind = args[0]
+    kind, args, kwargs = _parsed(description, "tcp:PORT")
     if kind in ("tcp", "ssl", "tcp6"):
         port = args[1] if len(args) > 1 else kwargs.get("port")
         if port is None:
@@ -229,8 +234,7 @@ def checkServerDescription(description):
             if "clientCA" in kwargs:
                 checkClientCA(kwargs["clientCA"])
     elif kind == "unix":
-        if len(args) < 2 and "address" not in kwargs:
-            raise ValueError("%r names no socket path: unix:PATH" % (description,))
+        _checkUnix(description, args, kwargs, "address")
 
 
 __all__ = ["checkClientCA", "checkClientDescription", "checkServerDescription",

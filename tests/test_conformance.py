@@ -1272,10 +1272,8 @@ class ConformanceTests:
         StreamBufferOverflow, the peer's child a StreamError, a warning is
         logged, and the connection carries on.
         """
-        from twisted.logger import globalLogPublisher
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from tests.support import captureLogs
+        events = captureLogs(self)
         settings = dict(windowSize=64 * KiB, maxFrameSize=16 * KiB,
                         maxInFlight=4, streamBufferSize=32 * KiB,
                         maxStreamSendBuffer=256 * KiB)

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from muxframe import MultiplexedClientEndpoint, MultiplexedServerEndpoint, StreamAddress
 from muxframe.endpoints import MultiplexedConnectError, PeerNotMultiplexingError
+from tests.support import captureLogs, logLines
 
 
 class Echo(Protocol):
@@ -252,27 +253,30 @@ MIO_KEEPALIVE = bytes.fromhex("0000000000000008")  # a frame every MIO peer igno
 MIO_PROBE = bytes.fromhex("00000000000d0a08")
 
 
-class ClientEndpointContractTests(SynchronousTestCase):
+class ClockedEndpointMixin:
+    """
+    A client endpoint over a L{FakeEndpoint}, on a L{Clock}, its logs
+    captured.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.inner = FakeEndpoint()
+        self.events = captureLogs(self)
+
+    def endpoint(self, **kwargs):
+        return MultiplexedClientEndpoint(
+            self.inner, framing=kwargs.pop("framing", "mio"), reactor=self.clock,
+            retryPolicy=lambda attempt: float(attempt), **kwargs)
+
+
+class ClientEndpointContractTests(ClockedEndpointMixin, SynchronousTestCase):
     """
     The client endpoint keeps the endpoint contract, on a L{Clock}: an
     attempt that fails fails connect() at once with its error, a peer that
     closes or speaks something else fails it saying so, and nothing runs
     once nothing needs the connection.
     """
-
-    def setUp(self):
-        self.clock = Clock()
-        self.inner = FakeEndpoint()
-        self.events = []
-        from twisted.logger import globalLogPublisher
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def endpoint(self, **kwargs):
-        endpoint = MultiplexedClientEndpoint(
-            self.inner, framing=kwargs.pop("framing", "mio"), reactor=self.clock,
-            retryPolicy=lambda attempt: float(attempt), **kwargs)
-        return endpoint
 
     def assertNothingScheduled(self):
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -475,24 +479,14 @@ class ClientEndpointContractTests(SynchronousTestCase):
         self.assertNothingScheduled()
 
 
-class StandingConnectionTests(SynchronousTestCase):
+class StandingConnectionTests(ClockedEndpointMixin, SynchronousTestCase):
     """
     keepConnected(): a standing connection, re-made by a ClientService with
     backoff, every failed attempt logged with its cause.
     """
 
-    def setUp(self):
-        self.clock = Clock()
-        self.inner = FakeEndpoint()
-        self.events = []
-        from twisted.logger import globalLogPublisher
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
     def endpoint(self, **kwargs):
-        endpoint = MultiplexedClientEndpoint(
-            self.inner, framing="mio", reactor=self.clock,
-            retryPolicy=lambda attempt: float(attempt), **kwargs)
+        endpoint = ClockedEndpointMixin.endpoint(self, **kwargs)
 
         def stop():
             d = endpoint.stop()
@@ -503,9 +497,7 @@ class StandingConnectionTests(SynchronousTestCase):
         return endpoint
 
     def warnings(self):
-        from twisted.logger import formatEvent
-        return [formatEvent(e) for e in self.events
-                if e.get("log_level") is not None and e["log_level"].name == "warn"]
+        return logLines(self.events, "warn")
 
     def test_reconnectsWithBackoff(self):
         """
@@ -681,16 +673,10 @@ class LogTests(LoopbackMixin, TestCase):
 
     def setUp(self):
         LoopbackMixin.setUp(self)
-        from twisted.logger import globalLogPublisher
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = captureLogs(self)
 
     def lines(self, level=None):
-        from twisted.logger import formatEvent
-        return [formatEvent(e) for e in self.events
-                if level is None or (e.get("log_level") is not None
-                                     and e["log_level"].name == level)]
+        return logLines(self.events, level)
 
     @inlineCallbacks
     def test_httpRequestOnServerPort(self):

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     connectProtocol,
 )
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
@@ -565,15 +565,29 @@ class ServerKillTests(TestCase):
         # transfer had completed.
         self.assertFalse(any(isinstance(r, ConnectionDone) for r in reasons), reasons)
         self.assertTrue(client.running)
-        self.assertIn("lost", client.text())
+        self.assertIn("mio connection to tcp:127.0.0.1:%d lost" % (muxPort,), client.text())
+        # While the server is away, every attempt says why it failed.
+        deadline = time.monotonic() + 20
+        failed = "mio connection to tcp:127.0.0.1:%d failed: Connection was refused" % (muxPort,)
+        while client.text().count(failed) < 2:
+            self.assertLess(time.monotonic(), deadline, client.text()[-3000:])
+            yield deferLater(reactor, 0.1)
+        self.assertIn("Scheduling retry 2 to connect tcp:127.0.0.1:%d in" % (muxPort,),
+                      client.text())
 
         server = spawnTwistd(self, "server again", *serverArgs)
         yield waitForPort(muxPort, server)
         deadline = time.monotonic() + 30
         while True:
+            # Until the client has reconnected, a tunneled connection is
+            # reset at once (possibly before its connect completes).
             probe = TCPClient(b"back again" * 100)
-            yield connectProtocol(local, probe)
-            data, reason = yield probe.done
+            try:
+                yield connectProtocol(local, probe)
+            except ConnectError:
+                data = None
+            else:
+                data, reason = yield probe.done
             if data == b"back again" * 100:
                 break
             self.assertLess(time.monotonic(), deadline, client.text()[-3000:])

@@ -31,6 +31,7 @@ from twisted.trial.unittest import TestCase
 from muxframe.endpoints import MultiplexedConnectError
 from muxframe.tls import main as tlsMain, writeCertificates
 from muxframe.tunnel import EchoFactory
+from tests.support import captureLogs, logLines
 from tests.test_endpoints import cancelAbortTimers, collectorFactory
 from tests.test_tap import assertStoppedCleanly, freePort, spawnTwistd, waitForPort
 
@@ -88,16 +89,10 @@ class TLSEndpointTests(TestCase):
         return endpoint
 
     def logged(self):
-        from twisted.logger import globalLogPublisher
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
+        return captureLogs(self)
 
     def warnings(self, events):
-        from twisted.logger import formatEvent
-        return [formatEvent(e) for e in events
-                if e.get("log_level") is not None and e["log_level"].name == "warn"]
+        return logLines(events, "warn")
 
     def client(self, description):
         values = dict(self.paths, port=self.port)
