@@ -32,6 +32,7 @@ from .errors import (
     RemoteProtocolError,
 )
 from .multiplexer import Multiplexer
+from .sniff import lookalike
 
 
 class _ClosingTransport:
@@ -140,6 +141,14 @@ class ManagedMultiplexer(Multiplexer):
         self._confirmTimer = None
         self._confirmed(self)
 
+    def _foreign(self):
+        """
+        What the peer's first bytes look like, if another protocol.
+        """
+        if self.engine is None:
+            return None
+        return lookalike(self.engine.firstBytes(), self.framing)
+
     def _confirmed(self, result):
         timer, self._confirmTimer = self._confirmTimer, None
         if timer is not None and timer.active():
@@ -149,8 +158,14 @@ class ManagedMultiplexer(Multiplexer):
 
     def dataReceived(self, data):
         Multiplexer.dataReceived(self, data)
-        if self._confirmWaiters and self.heardFromPeer():
+        if not self._confirmWaiters or self.disconnected:
+            return
+        if self.heardFromPeer():
             self._confirmed(self)
+        elif self._foreign() is not None:
+            # Bytes of another protocol that this framing's decoder skips
+            # (a TLS alert is a MIO frame with flags 0): no need to wait.
+            self._confirmed(self._notMultiplexing(None))
 
     def allStreamsEnded(self):
         self.factory._idle(self)
@@ -169,20 +184,21 @@ class ManagedMultiplexer(Multiplexer):
     def _notMultiplexing(self, reason):
         """
         The reason a connection that never carried a frame of the framing
-        ended, told as what the peer did: closed at once, or answered in
-        another protocol.
+        ended (C{reason}; C{None} while it is still up), told as what the
+        peer did: closed at once, or answered in another protocol.
         """
         if self.heardFromPeer():
             return reason
         value = reason.value if reason is not None else None
         peer = addressText(self.transport.getPeer())
         name = self.framing.upper()
-        hint = self.engine.foreignHint() if self.engine is not None else None
-        if isinstance(value, RemoteProtocolError) or hint is not None:
-            if hint is None:
-                hint = "the peer does not speak %s" % (name,)
+        foreign = self._foreign()
+        if foreign is not None or isinstance(value, RemoteProtocolError):
             message = "the peer at %s does not speak %s: %s (its first bytes: %r)" % (
-                peer, name, hint, self.engine.firstBytes()[:16])
+                peer, name, "this looks like %s" % (foreign,) if foreign else value,
+                self.engine.firstBytes()[:16])
+            if foreign is not None and foreign.startswith(("a TLS", "TLS")):
+                message += "; is it a TLS server (a tls: endpoint)?"
         elif value is None or isinstance(value, (ConnectionDone, ConnectionLost)):
             message = ("the peer at %s closed the connection before sending any %s "
                        "frame: it does not speak %s, or refused the connection"

@@ -381,6 +381,20 @@ class ClientEndpointContractTests(ClockedEndpointMixin, SynchronousTestCase):
         self.assertIn("does not speak MIO", str(failure.value))
         self.assertIn("this looks like an HTTP response", str(failure.value))
 
+    def test_tlsServerNamedAtOnce(self):
+        """
+        A TLS server's alert (bytes a MIO decoder skips) fails connect() at
+        once, without waiting for the window, suggesting tls:.
+        """
+        endpoint = self.endpoint(confirmTimeout=10)
+        d = endpoint.connect(Factory.forProtocol(Echo))
+        protocol = self.inner.protocols[0]
+        protocol.dataReceived(bytes.fromhex("15030300020246"))
+        failure = self.failureResultOf(d, PeerNotMultiplexingError)
+        self.assertIn("does not speak MIO: this looks like a TLS alert", str(failure.value))
+        self.assertIn("a tls: endpoint", str(failure.value))
+        self.assertTrue(protocol.transport.disconnecting)
+
     def test_bmpPeerClosesAtOnce(self):
         """
         BMP (no probe: any BMP frame names a stream) also fails connect()
@@ -647,8 +661,7 @@ class RealSocketContractTests(LoopbackMixin, TestCase):
         client = self.client("mio", port, confirmTimeout=20)
         error = yield self.assertFailure(
             client.connect(Factory.forProtocol(Echo)), PeerNotMultiplexingError)
-        self.assertIn("this looks like an HTTP response; the peer does not speak MIO",
-                      str(error))
+        self.assertIn("does not speak MIO: this looks like an HTTP response", str(error))
 
     @inlineCallbacks
     def test_otherFramingIsNamed(self):
