@@ -28,7 +28,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from muxframe.endpoints import MultiplexedConnectError
 from muxframe.tls import main as tlsMain, writeCertificates
 from muxframe.tunnel import EchoFactory
 from tests.support import captureLogs, logLines
@@ -133,7 +132,7 @@ class TLSEndpointTests(TestCase):
         """
         from service_identity import VerificationError
         events = self.logged()
-        server = yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
+        yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
         client = self.client(
             "mio:tls:wrong.example:%(port)s:trustRoots=%(ca)s:"
             "endpoint=tcp\\:127.0.0.1\\:%(port)s")
