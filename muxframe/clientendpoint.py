@@ -119,7 +119,8 @@ class _Attempt:
             mux.transport.abortConnection()
             return
         self.mux = mux
-        self.stage = "waiting for the TLS handshake"
+        if not mux.isVerified():
+            self.stage = "waiting for the TLS handshake"
         mux.whenVerified().addCallbacks(self._verified, self._failed)
 
     def _verified(self, mux):
@@ -160,27 +161,28 @@ class _Attempt:
         """
         Return a Deferred of this attempt's outcome (the ready multiplexer
         or the failure), failing with L{MultiplexedConnectError} after
-        C{timeout} seconds or when cancelled.
+        C{timeout} seconds, or with C{CancelledError} when cancelled.
         """
         if self.done:
             return fail(self.result) if isinstance(self.result, Failure) else succeed(self.result)
         entry = []
 
-        def giveUp(message):
+        def giveUp():
             if entry[0] in self._waiters:
                 self._waiters.remove(entry[0])
             if entry[0][1].active():
                 entry[0][1].cancel()
             if not self._waiters:
                 self.owner._noWaiters(self)
-            return MultiplexedConnectError(message)
 
         def cancel(d):
-            d.errback(giveUp("connecting through %s was cancelled"
-                             % (self.owner._innerText(),)))
+            giveUp()
+            d.errback(CancelledError("connecting through %s was cancelled"
+                                     % (self.owner._innerText(),)))
 
         def expire():
-            d.errback(giveUp("no %s connection to %s within %g s (still %s)" % (
+            giveUp()
+            d.errback(MultiplexedConnectError("no %s connection to %s within %g s (still %s)" % (
                 self.owner.framing, self.owner._innerText(), timeout, self.stage)))
 
         d = Deferred(cancel)

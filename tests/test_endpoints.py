@@ -8,7 +8,14 @@ from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
@@ -476,6 +483,19 @@ class ClientEndpointContractTests(ClockedEndpointMixin, SynchronousTestCase):
         self.assertIs(second.transport._mux, first.transport._mux)
         self.assertFalse(second.transport._mux.transport.disconnecting)
         self.assertEqual(self.inner.attempts, 1)
+
+    def test_cancelConnect(self):
+        """
+        Cancelling a connect() fails it with CancelledError and, as nothing
+        else waits, gives up the attempt.
+        """
+        self.inner.hang = True
+        endpoint = self.endpoint()
+        d = endpoint.connect(Factory.forProtocol(Echo))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.inner.cancelled, 1)
+        self.assertNothingScheduled()
 
     def test_stopFailsWaitingConnects(self):
         """
