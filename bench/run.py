@@ -1,5 +1,5 @@
 """
-Run the muxframe benchmark suite (issue 4): every scenario, both framings,
+Run the muxframe benchmark suite: every scenario, both framings,
 each against a baseline measured in the same invocation, server and client
 in separate processes over 127.0.0.1.
 

@@ -77,11 +77,13 @@ def main(reactor):
     muxPort = yield public.listen(Factory.forProtocol(LineReceiver))
     tunnel = TunnelFactory(reverseOpener(public), "reverse tunnel")
     entrance = yield TCP4ServerEndpoint(reactor, 0, interface=local).listen(tunnel)
-    # Behind NAT: the muxframe client, connecting out.
+    # Behind NAT: the muxframe client, connecting out and staying connected
+    # (re-made with backoff if lost) so the server can open streams to it.
     client = MultiplexedClientEndpoint(
         TCP4ClientEndpoint(reactor, local, muxPort.getHost().port), framing="mio",
         childFactory=ForwardFactory(
             TCP4ClientEndpoint(reactor, local, hidden.getHost().port)))
+    client.keepConnected()
     yield client.whenConnected()
     yield public.whenConnected()
 

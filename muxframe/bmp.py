@@ -1,6 +1,6 @@
 """
 BMP (the Blazeio Multiplexer Protocol), sans-IO: the frame codec and the
-engine.  See docs/protocols.md and the wire spec (specs/bmp.md).
+engine.  See docs/protocols.md for the wire format as implemented.
 
 Frame: four delimited header fields, then the payload::
 
@@ -528,7 +528,7 @@ class BmpEngine(Engine):
             if piece:
                 size = len(piece)
                 state.recvBuffered += size
-                if state.recvBuffered > self.settings.maxStreamBuffer:
+                if state.recvBuffered > self.settings.maxStreamReceiveBuffer:
                     self._overrun(state)
                     continue
                 state.bytesReceived += size
@@ -571,8 +571,9 @@ class BmpEngine(Engine):
     def _overrun(self, state):
         error = StreamResetError(
             "BMP stream %r: the peer sent %d unacknowledged bytes, over "
-            "maxStreamBuffer=%d" % (state.streamId, state.recvBuffered,
-                                     self.settings.maxStreamBuffer),
+            "maxStreamReceiveBuffer=%d" % (
+                state.streamId, state.recvBuffered,
+                self.settings.maxStreamReceiveBuffer),
             ErrorCode.FLOW_CONTROL, state.streamId,
         )
         self.resetStream(state.streamId, ErrorCode.FLOW_CONTROL)

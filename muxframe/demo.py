@@ -173,7 +173,7 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(("client", client, clientLog))
         _waitForLog("starting on %d" % (localPort,), processes)
-        _waitForLog("connection to 127.0.0.1:%d up" % (muxPort,), processes)
+        _waitForLog("connection to tcp:127.0.0.1:%d up" % (muxPort,), processes)
 
         size = mib * 1024 * 1024
         payloads = [os.urandom(size) for _ in range(connections)]

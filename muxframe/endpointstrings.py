@@ -16,7 +16,8 @@ Multiplexer settings (L{muxframe.settings.SETTINGS}) are camelCase keywords,
 taken out before the rest is handed to the inner endpoint's parser.  Also
 taken out: C{clientCA} (servers, inner C{ssl:} only: require client
 certificates signed by these CAs), and C{connectTimeout}, C{retryInitial},
-C{retryMax} (clients, seconds).  Any fault raises C{ValueError} naming it.
+C{retryMax}, C{confirmTimeout} (clients, seconds).  Any fault raises
+C{ValueError} naming it.
 
 This module imports nothing heavy and never the reactor: everything else is
 imported when a string is parsed.
@@ -31,7 +32,7 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 
 FRAMINGS = ("mio", "bmp")
-CLIENT_OPTIONS = ("connectTimeout", "retryInitial", "retryMax")
+CLIENT_OPTIONS = ("connectTimeout", "retryInitial", "retryMax", "confirmTimeout")
 
 
 def _quote(value):
@@ -54,7 +55,7 @@ def _splitOptions(prefix, framing, kwargs, extra):
 
     @return: C{(framing, settings, extras)}
     """
-    from .settings import SETTINGS, coerce
+    from .settings import RENAMED, SETTINGS, coerce
 
     if framing is None:
         framing = kwargs.pop("framing", "mio")
@@ -64,6 +65,9 @@ def _splitOptions(prefix, framing, kwargs, extra):
             % (prefix, framing, ", ".join(FRAMINGS)))
     settings = {}
     for name in list(kwargs):
+        if name in RENAMED:
+            raise ValueError("%s: endpoint: setting %s was replaced by %s"
+                             % (prefix, name, RENAMED[name]))
         if name in SETTINGS:
             try:
                 settings[name] = coerce(name, kwargs.pop(name))
@@ -76,14 +80,14 @@ def _splitOptions(prefix, framing, kwargs, extra):
     return framing, settings, extras
 
 
-def _positiveSeconds(prefix, name, value):
+def _positiveSeconds(prefix, name, value, zero=False):
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = -1.0
-    if not 0 < seconds < 1e7:
-        raise ValueError("%s: endpoint: %s must be a positive number of seconds, not %r"
-                         % (prefix, name, value))
+    if not (0 <= seconds if zero else 0 < seconds) or not seconds < 1e7:
+        raise ValueError("%s: endpoint: %s must be a %s number of seconds, not %r"
+                         % (prefix, name, "non-negative" if zero else "positive", value))
     return seconds
 
 
@@ -111,6 +115,13 @@ def parseServer(reactor, prefix, framing, args, kwargs):
     framing, settings, extras = _splitOptions(prefix, framing, kwargs, ("clientCA",))
     _needInner(prefix, args, kwargs, "%s:tcp:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
+    from .endpointcheck import checkClientCA, checkServerDescription
+    try:
+        checkServerDescription(description)
+        if "clientCA" in extras:
+            checkClientCA(extras["clientCA"])
+    except ValueError as e:
+        raise ValueError("%s: endpoint: %s" % (prefix, e))
     try:
         if "clientCA" in extras:
             if args[0] != "ssl":
@@ -124,7 +135,9 @@ def parseServer(reactor, prefix, framing, args, kwargs):
     except Exception as e:
         raise _innerFailed(prefix, description, e)
     from .endpoints import MultiplexedServerEndpoint
-    return MultiplexedServerEndpoint(inner, framing=framing, reactor=reactor, **settings)
+    return MultiplexedServerEndpoint(
+        inner, framing=framing, reactor=reactor,
+        description="%s:%s" % (framing, description), **settings)
 
 
 def parseClient(reactor, prefix, framing, args, kwargs):
@@ -137,9 +150,15 @@ def parseClient(reactor, prefix, framing, args, kwargs):
     kwargs = dict(kwargs)
     framing, settings, extras = _splitOptions(prefix, framing, kwargs, CLIENT_OPTIONS)
     for name in extras:
-        extras[name] = _positiveSeconds(prefix, name, extras[name])
+        extras[name] = _positiveSeconds(prefix, name, extras[name],
+                                        zero=name == "confirmTimeout")
     _needInner(prefix, args, kwargs, "%s:tcp:localhost:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
+    from .endpointcheck import checkClientDescription
+    try:
+        checkClientDescription(description)
+    except ValueError as e:
+        raise ValueError("%s: endpoint: %s" % (prefix, e))
     try:
         from twisted.internet.endpoints import clientFromString
         inner = clientFromString(reactor, description)
@@ -147,7 +166,8 @@ def parseClient(reactor, prefix, framing, args, kwargs):
         raise _innerFailed(prefix, description, e)
     from .endpoints import MultiplexedClientEndpoint
     return MultiplexedClientEndpoint(
-        inner, framing=framing, reactor=reactor, **extras, **settings)
+        inner, framing=framing, reactor=reactor,
+        description="%s:%s" % (framing, description), **extras, **settings)
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)

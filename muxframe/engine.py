@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import ConnectionTerminated, StreamClosed
 from .settings import Settings
+from .sniff import HEAD, hint
 
 
 class Counters:
@@ -178,6 +179,7 @@ class Engine:
         self._writesEnded = []
         self._lastReceived = now
         self._lastSent = now
+        self._head = b""
 
     # -- queries --------------------------------------------------------
 
@@ -240,20 +242,25 @@ class Engine:
         Queue C{data} (bytes) on a stream and return how many bytes the
         stream now buffers.
 
+        Nothing limits what one stream buffers unless the
+        C{maxStreamSendBuffer} setting does (it is 0, no limit, by default).
+
         @raise StreamClosedError: the stream is gone or its sending side has
             ended.
-        @raise StreamBufferOverflow: past C{maxStreamBuffer}.
+        @raise StreamBufferOverflow: past a nonzero C{maxStreamSendBuffer};
+            nothing was queued.
         """
         state = self._writable(streamId)
         if not data:
             return state.sendBuffered
         size = len(data)
-        if state.sendBuffered + size > self.settings.maxStreamBuffer:
+        limit = self.settings.maxStreamSendBuffer
+        if limit and state.sendBuffered + size > limit:
             raise StreamBufferOverflow(
-                "stream %r: writing %d bytes would buffer %d bytes, over "
-                "maxStreamBuffer=%d; register a producer to be paused"
-                % (streamId, size, state.sendBuffered + size,
-                   self.settings.maxStreamBuffer)
+                "stream %r: writing %d bytes would buffer %d unsent bytes, "
+                "over maxStreamSendBuffer=%d"
+                % (streamId, size, state.sendBuffered + size, limit),
+                streamId=streamId,
             )
         if state.sendQueue is None:
             state.sendQueue = deque()
@@ -315,6 +322,15 @@ class Engine:
         self._ready.clear()
         self._sessionCloseFrame(code)
 
+    def sendProbe(self):
+        """
+        Queue a frame every peer of this framing ignores but a line-based
+        or TLS server rejects at once, so a peer that speaks something else
+        shows it; return true if this framing has one (MIO does, BMP does
+        not: any BMP frame names a stream).
+        """
+        return False
+
     def stopAccepting(self):
         """
         Refuse streams the peer opens from now on (graceful drain); open
@@ -336,6 +352,8 @@ class Engine:
         if self.closed:
             return self.takeEvents()
         self._lastReceived = now
+        if len(self._head) < HEAD:
+            self._head += bytes(data[:HEAD - len(self._head)])
         items = []
         try:
             self._decoder.receive(data, items)
@@ -373,8 +391,30 @@ class Engine:
             self._events = []
         return events
 
+    def foreignHint(self):
+        """
+        Return what the peer's first bytes look like if they are not this
+        framing (C{"this looks like an HTTP request; this port speaks
+        MIO"}), or C{None}.
+        """
+        return hint(self._head, self.framing, self.role)
+
+    def firstBytes(self):
+        """
+        Return the first bytes received on this connection (up to
+        L{muxframe.sniff.HEAD}).
+        """
+        return self._head
+
     def _fail(self, error):
         if not self.closed:
+            foreign = self.foreignHint()
+            if foreign is not None:
+                # The peer does not speak this framing: say what it speaks.
+                error.hint = foreign
+                error.args = ("%s (%s; first bytes %r)" % (
+                    error.args[0] if error.args else error, foreign,
+                    self._head[:16]),)
             self.closeSession(error.code)
             self._events.append(ConnectionTerminated(error.code, error))
 

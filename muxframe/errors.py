@@ -62,13 +62,6 @@ class StreamClosedError(LocalProtocolError):
     """
 
 
-class StreamBufferOverflow(LocalProtocolError):
-    """
-    A C{write()} would take a stream's unsent data past its hard limit
-    (C{maxStreamBuffer}).  Register a producer to be paused instead.
-    """
-
-
 class SessionClosedError(LocalProtocolError):
     """
     The session is closing or closed, so no stream can be opened.
@@ -86,9 +79,13 @@ class RemoteProtocolError(MuxframeError):
     The peer violated the wire protocol.  C{code} is the wire error code.
 
     @ivar code: an L{ErrorCode}.
+    @ivar hint: what the peer's bytes look like when it does not speak the
+        framing at all (C{"this looks like an HTTP request; this port
+        speaks MIO"}, also part of the message), else C{None}.
     """
 
     code = ErrorCode.INTERNAL
+    hint = None
 
     def __init__(self, message, code=None):
         MuxframeError.__init__(self, message)
@@ -153,6 +150,19 @@ class StreamRefusedError(StreamError):
     """
 
 
+class StreamBufferOverflow(StreamError, LocalProtocolError):
+    """
+    A stream's child buffered more unsent bytes than the
+    C{maxStreamSendBuffer} setting allows (a limit that is off by default).
+    The stream was reset (code C{EXHAUSTED}); this is the reason its child's
+    C{connectionLost} receives.  C{write()} never raises it: like a TCP
+    transport's, a stream's C{write()} accepts whatever it is given.
+    """
+
+    def __init__(self, message, code=ErrorCode.EXHAUSTED, streamId=None):
+        StreamError.__init__(self, message, code, streamId)
+
+
 class StreamTimeoutError(StreamError):
     """
     A stream timed out: a BMP frame was not acknowledged within
@@ -163,4 +173,27 @@ class StreamTimeoutError(StreamError):
 class SessionTimeoutError(MuxframeError):
     """
     The session was idle past C{idleTimeout} or missed its keepalives.
+    """
+
+
+class MultiplexedConnectError(MuxframeError):
+    """
+    A L{muxframe.endpoints.MultiplexedClientEndpoint} has no multiplexed
+    connection to open a stream on: it was stopped, its connection was lost
+    and is not back yet, or none came up within C{connectTimeout}.
+
+    @ivar reason: the failure behind it, if any (a L{Failure}).
+    """
+
+    def __init__(self, message, reason=None):
+        MuxframeError.__init__(self, message)
+        self.reason = reason
+
+
+class PeerNotMultiplexingError(MultiplexedConnectError):
+    """
+    The peer accepted the connection but does not speak the framing: it
+    closed the connection before sending a frame, or answered in another
+    protocol (the message says which, e.g. "this looks like an HTTP
+    response").
     """

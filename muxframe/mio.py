@@ -1,6 +1,6 @@
 """
-MIO, sans-IO: the frame codec and the engine.  See docs/protocols.md and the
-wire spec (specs/mio.md).
+MIO, sans-IO: the frame codec and the engine.  See docs/protocols.md for the
+wire format as implemented.
 
 Frame: an 8-byte big-endian header -- stream id (bit 31 reserved), 24-bit
 size, flags -- then a payload only when SYN is set and WND is not.
@@ -11,7 +11,8 @@ Receive dispatch, first match wins (the Go library's behaviour):
   RST and WND              open (0x0C; 0x0D on an unknown stream too)
   RST                      reset stream (code in size)
   WND                      session window update: a no-op (our keepalive)
-  FIN                      close session (code in size)
+  FIN                      close session (code in size); on any stream
+                           but 0 a connection error
   nothing                  ignored
 
 Stream rules enforced here:
@@ -356,6 +357,13 @@ class MioEngine(Engine):
             elif flags & WND:
                 continue  # session window update: the keepalive
             elif flags & FIN:
+                if streamId:
+                    # Every MIO peer closes the session on stream 0; a FIN
+                    # elsewhere is garbage (a TLS ClientHello of 512 to 767
+                    # bytes decodes as one).
+                    raise MalformedFrame(
+                        "MIO session close (FIN) %r on stream %d, not 0"
+                        % (frame, streamId))
                 code = frame.size
                 self.closed = True
                 self.accepting = False
@@ -419,6 +427,19 @@ class MioEngine(Engine):
         self._events.append(StreamEnded(state.streamId))
         if state.localEnded:
             self._finish(state)
+
+    def sendProbe(self):
+        """
+        Queue a session window frame (ignored by every MIO peer, like the
+        keepalive) whose size field holds CR LF, which an HTTP, SMTP or
+        other line-based server answers with an error and a TLS server
+        with an alert.
+        """
+        if self.closed:
+            return False
+        self._control.append(_pack(0, (0x0D0A << 8) | SESSION_WINDOW))
+        self.counters.framesSent += 1
+        return True
 
     # -- timers ---------------------------------------------------------
 

@@ -19,11 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .bmp import BmpEngine
+from .describe import addressText
 from .errors import (
     ErrorCode,
     LocalProtocolError,
     MuxframeError,
     SessionClosedError,
+    StreamBufferOverflow,
 )
 from .events import (
     ConnectionTerminated,
@@ -71,6 +73,9 @@ class Multiplexer(Protocol):
 
     @ivar engine: the framing's sans-IO engine.
     @ivar counters: the session's L{muxframe.engine.Counters}.
+    @ivar lostReason: once the connection is lost, why (a L{Failure}): the
+        protocol error, the peer's session close or the local close when
+        there was one, else the transport's own reason.
     """
 
     log = Logger()
@@ -102,6 +107,7 @@ class Multiplexer(Protocol):
         self._drainTimer = None
         self._lostDeferreds = []
         self.disconnected = False
+        self.lostReason = None
 
     # -- helpers --------------------------------------------------------
 
@@ -147,6 +153,37 @@ class Multiplexer(Protocol):
             "held": held,
         }
 
+    def heardFromPeer(self):
+        """
+        Return true once the peer has sent at least one frame of this
+        framing and nothing that ended the session or looks like another
+        protocol: it speaks the framing.
+        """
+        engine = self.engine
+        return (engine is not None and self._terminated is None
+                and engine.counters.framesReceived > 0
+                and engine.foreignHint() is None)
+
+    def sendProbe(self):
+        """
+        Send a frame that every peer of this framing ignores and that most
+        other servers answer with an error (MIO only; see
+        L{muxframe.engine.Engine.sendProbe}); return true if one was sent.
+        """
+        if self.engine is None or self.disconnected:
+            return False
+        sent = self.engine.sendProbe()
+        if sent:
+            self._flush()
+        return sent
+
+    def allStreamsEnded(self):
+        """
+        Called when the last open stream has ended (and the connection is
+        still up).  Does nothing here; the client endpoint closes its shared
+        connection when nothing uses it any more.
+        """
+
     def _now(self):
         return self.reactor.seconds()
 
@@ -164,8 +201,9 @@ class Multiplexer(Protocol):
             except Exception:
                 pass
         self.log.debug(
-            "{framing} {role} session up with {peer}",
-            framing=self.framing, role=self.role, peer=self.transport.getPeer(),
+            "{framing} {role} session starting on the connection with {peer}",
+            framing=self.framing, role=self.role,
+            peer=addressText(self.transport.getPeer()),
         )
         self._scheduleTimer()
 
@@ -195,7 +233,9 @@ class Multiplexer(Protocol):
             self.engine.closed = True
         if self._terminated is not None:
             reason = self._terminated
-        elif reason is None or reason.check(ConnectionDone):
+        self.lostReason = reason if reason is not None else Failure(
+            ConnectionLost("the multiplexed connection was lost"))
+        if reason is None or reason.check(ConnectionDone):
             # A clean close of the connection is no clean end for streams
             # that had not ended.
             reason = Failure(ConnectionLost(
@@ -206,7 +246,8 @@ class Multiplexer(Protocol):
             self._callChild(stream, stream._lost, reason)
         self.log.debug(
             "{framing} session lost ({count} streams open): {reason}",
-            framing=self.framing, count=len(streams), reason=reason.value,
+            framing=self.framing, count=len(streams),
+            reason=self.lostReason.getErrorMessage(),
         )
         for d in self._drainDeferreds + self._lostDeferreds:
             d.callback(None)
@@ -327,6 +368,11 @@ class Multiplexer(Protocol):
 
     # -- draining -------------------------------------------------------
 
+    def _streamGone(self):
+        self._checkDrained()
+        if not self._streams and not self.disconnected:
+            self.allStreamsEnded()
+
     def _checkDrained(self):
         if self._drainDeferreds and not self._streams and not self.disconnected:
             self.close(getattr(self, "_drainCode", ErrorCode.NONE))
@@ -396,7 +442,7 @@ class Multiplexer(Protocol):
         if protocol is None:
             self.log.info(
                 "refused stream {streamId} from {peer}: no child protocol",
-                streamId=streamId, peer=address.address,
+                streamId=streamId, peer=addressText(address.address),
             )
             self.engine.counters.streamsRefused += 1
             self.engine.resetStream(streamId, ErrorCode.REFUSED)
@@ -414,7 +460,7 @@ class Multiplexer(Protocol):
         if error is not None:
             self.log.debug("stream {streamId} ended: {error}",
                            streamId=stream.streamId, error=error)
-        self._checkDrained()
+        self._streamGone()
 
     def _forget(self, stream):
         self._producers.discard(stream)
@@ -429,7 +475,8 @@ class Multiplexer(Protocol):
             self._terminated = Failure(error)
             self.log.warn(
                 "{framing} protocol error from {peer}, closing: {error}",
-                framing=self.framing, peer=self.transport.getPeer(), error=error,
+                framing=self.framing, peer=addressText(self.transport.getPeer()),
+                error=error,
             )
         elif self._terminated is None:
             self._terminated = Failure(ConnectionLost(
@@ -470,6 +517,7 @@ class Multiplexer(Protocol):
                 except BaseException:
                     self.log.failure("connectionLost of stream {streamId} raised",
                                      streamId=stream.streamId)
+                self._streamGone()
 
     # -- receive-side holding (paused children) -------------------------
 
@@ -518,7 +566,17 @@ class Multiplexer(Protocol):
     def _streamWrite(self, stream, data):
         if stream.streamId not in self.engine:
             return  # the stream ended under the child: drop, as TCP does
-        self.engine.sendData(stream.streamId, data)
+        try:
+            self.engine.sendData(stream.streamId, data)
+        except StreamBufferOverflow as error:
+            # Only with a maxStreamSendBuffer set: the child learns of it
+            # in connectionLost, never by an exception out of write().
+            self.log.warn("{framing} stream {streamId} reset: {error}",
+                          framing=self.framing, streamId=stream.streamId,
+                          error=error)
+            stream._resetLocally()
+            self._resetStream(stream, ErrorCode.EXHAUSTED, Failure(error))
+            return
         self._flush()
         if (stream._producer is not None and not stream._pausedBy & PAUSED_BY_BUFFER
                 and self.engine.sendBuffered(stream.streamId) >= self.settings.streamBufferSize):
@@ -534,12 +592,20 @@ class Multiplexer(Protocol):
         self._flush()
 
     def _streamAbort(self, stream):
-        self.engine.resetStream(stream.streamId, ErrorCode.CLOSED)
+        self._resetStream(stream, ErrorCode.CLOSED, abortedReason())
+
+    def _resetStream(self, stream, code, reason):
+        """
+        End C{stream} from this side now; its child's C{connectionLost}
+        gets C{reason} on a later turn, as a TCP transport's would, not from
+        inside the call that ended it.
+        """
+        self.engine.resetStream(stream.streamId, code)
         self._streams.pop(stream.streamId, None)
         self._forget(stream)
         self._flush()
-        self.reactor.callLater(0, stream._lost, abortedReason())
-        self._checkDrained()
+        self.reactor.callLater(0, stream._lost, reason)
+        self._streamGone()
 
     def _flush(self):
         if self._busy or self.engine is None or self.disconnected:

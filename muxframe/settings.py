@@ -9,6 +9,12 @@ C{ValueError} naming the setting and the fault.
 KiB = 1024
 MiB = 1024 * 1024
 
+# Names of settings that are gone, and what replaced them.
+RENAMED = {
+    "maxStreamBuffer": "maxStreamSendBuffer (sending, off by default) and "
+                       "maxStreamReceiveBuffer (BMP receiving)",
+}
+
 # name: (type, default, minimum, maximum, unit, description)
 SETTINGS = {
     "maxStreams": (
@@ -43,12 +49,20 @@ SETTINGS = {
         "Unsent bytes buffered on one stream before the child's producer is "
         "paused (resumed when the buffer drains below half).",
     ),
-    "maxStreamBuffer": (
+    "maxStreamSendBuffer": (
+        int, 0, 0, 1 << 40, "bytes",
+        "Hard limit on one stream's unsent bytes; 0 (the default) sets none, "
+        "so write() buffers whatever it is given, as on TCP (a registered "
+        "producer is paused past streamBufferSize).  Past a nonzero limit "
+        "the stream is reset (MIO code 5 'exhausted', BMP close), the child's "
+        "connectionLost gets StreamBufferOverflow and a warning is logged; "
+        "write() itself never raises.",
+    ),
+    "maxStreamReceiveBuffer": (
         int, 16 * MiB, 1, 1 << 34, "bytes",
-        "Hard limit on one stream's buffered bytes, either direction.  A "
-        "write() past it raises StreamBufferOverflow; a peer that makes a "
-        "stream buffer more than this (BMP ignoring acknowledgements) has "
-        "the stream reset with a flow-control error.",
+        "BMP: unacknowledged bytes the peer may send on one stream.  A peer "
+        "that ignores acknowledgements and sends more has the stream reset "
+        "with a flow-control error.",
     ),
     "sessionBufferSize": (
         int, 32 * MiB, 64 * KiB, 1 << 36, "bytes",
@@ -89,6 +103,10 @@ class Settings:
         for name, spec in SETTINGS.items():
             value = kwargs.pop(name, spec[1])
             setattr(self, name, coerce(name, value))
+        for name in kwargs:
+            if name in RENAMED:
+                raise ValueError(
+                    "multiplexer setting %s was replaced by %s" % (name, RENAMED[name]))
         if kwargs:
             raise ValueError(
                 "unknown multiplexer setting(s): %s (known: %s)"
@@ -115,6 +133,9 @@ def coerce(name, value):
     @raise ValueError: naming the setting and the fault.
     """
     if name not in SETTINGS:
+        if name in RENAMED:
+            raise ValueError(
+                "multiplexer setting %s was replaced by %s" % (name, RENAMED[name]))
         raise ValueError("unknown multiplexer setting %r" % (name,))
     kind, default, low, high, unit = SETTINGS[name][:5]
     if isinstance(value, bool):

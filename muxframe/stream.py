@@ -70,10 +70,15 @@ class StreamTransport:
     """
     The transport of one multiplexed stream.
 
-    Writes are bounded: past C{streamBufferSize} unsent bytes a registered
-    producer is paused; past C{maxStreamBuffer} C{write} raises
-    L{muxframe.errors.StreamBufferOverflow}.  Pausing this transport (as a
-    producer) stops the peer's credit for this stream only.
+    As on TCP, C{write()} and C{writeSequence()} accept whatever they are
+    given and never raise for the amount buffered: a protocol that writes
+    200 MiB at once from C{connectionMade} works unchanged.  Backpressure is
+    the producer's: past C{streamBufferSize} unsent bytes a registered
+    producer is paused, and resumed below half of it.  Only where the
+    C{maxStreamSendBuffer} setting sets a hard limit does buffering past it
+    end the stream, with L{muxframe.errors.StreamBufferOverflow} delivered
+    to C{connectionLost}.  Pausing this transport (as a producer) stops the
+    peer's credit for this stream only.
     """
 
     __slots__ = (
@@ -169,8 +174,7 @@ class StreamTransport:
         """
         if self.disconnected:
             return
-        self._writeClosed = True
-        self.disconnecting = True
+        self._resetLocally()
         self._mux._streamAbort(self)
 
     def getPeer(self):
@@ -256,6 +260,12 @@ class StreamTransport:
         self.loseConnection()
 
     # -- called by the Multiplexer --------------------------------------
+
+    def _resetLocally(self):
+        # This side ended the stream: writes are dropped from now on, and
+        # connectionLost follows.
+        self._writeClosed = True
+        self.disconnecting = True
 
     def _pauseProducer(self, reason):
         was = self._pausedBy

@@ -1,29 +1,36 @@
 """
-The C{muxframe} twistd plugin: C{twistd -n muxframe server ...} and
-C{twistd -n muxframe client ...}.
+The C{muxframe} plugin for C{twistd} and C{twist}: C{twistd -n muxframe
+server ...}, C{twistd -n muxframe client ...} (C{twist muxframe server ...}
+runs the same services in the foreground).
 
-Each role runs on one multiplexed connection endpoint (C{--endpoint}, the
-inner endpoint description such as C{tcp:9000} or
-C{ssl:8443:privateKey=server.pem}; C{--framing mio|bmp}; the multiplexer
-settings as C{--maxStreams=500} and so on).
+Each C{--endpoint} is one multiplexed endpoint (its own description, such as
+C{tcp:9000} or C{ssl:8443:privateKey=server.pem}, optionally prefixed with
+its framing, C{bmp:tcp:9001}); C{--framing mio|bmp} is the default framing;
+the multiplexer settings are options too (C{--maxStreams=500} ...).
 
-Server::
+Several tunnels in one process: C{--endpoint}, C{--local} and C{--forward}
+may be given more than once.  The C{--echo}, C{--forward} and C{--local}
+options after an C{--endpoint} (or before the first one) belong to it.  An
+option that cannot be repeated (a second C{--forward} for one endpoint, a
+second C{--maxStreams}) is a usage error naming it, never silently dropped.
+
+Server, per endpoint::
 
     --echo              streams the client opens are echoed
     --forward TARGET    streams the client opens are connected to TARGET
     --local LISTEN      local connections on LISTEN are carried as streams
-                        opened toward the client (reverse tunnel)
+                        opened toward the client (reverse tunnel); repeatable
 
-Client::
+Client, per endpoint::
 
     --local LISTEN      local connections on LISTEN are carried as streams
-                        to the server (forward tunnel)
+                        to the server (forward tunnel); repeatable
     --forward TARGET    streams the server opens are connected to TARGET
 
 Listening goes through L{twisted.application.strports}, so a port in use
-stops twistd with an error.  On SIGTERM the server stops accepting, lets open
-streams finish for up to C{--drainTimeout} seconds, then closes; the client
-does the same with its connection.
+stops the process with an error.  On SIGTERM the server stops accepting,
+lets open streams finish for up to C{--drainTimeout} seconds, then closes;
+the client does the same with its connections.
 """
 
 import sys
@@ -33,20 +40,56 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
 
 FRAMINGS = ("mio", "bmp")
-_PREFIXES = ("mio:", "bmp:", "mux:")
 
 
-def _settingParameters():
-    return [
-        [name, None, None, "%s (%s; default %s)" % (spec[5], spec[4], spec[1]),
-         None]
-        for name, spec in SETTINGS.items()
-    ]
+class Tunnel:
+    """
+    What one C{--endpoint} of a role is configured to do.
+
+    @ivar endpoint: the C{--endpoint} description as given.
+    @ivar framing: its framing, once options are checked.
+    @ivar echo: C{--echo} (servers).
+    @ivar forward: the C{--forward} target, or C{None}.
+    @ivar locals: the C{--local} listening descriptions.
+    """
+
+    def __init__(self):
+        self.endpoint = None
+        self.framing = None
+        self.echo = False
+        self.forward = None
+        self.locals = []
+
+    def innerEndpoint(self):
+        """
+        The C{--endpoint} description without a framing prefix.
+        """
+        for framing in FRAMINGS:
+            if self.endpoint.startswith(framing + ":"):
+                return self.endpoint[len(framing) + 1:]
+        return self.endpoint
+
+    def __repr__(self):
+        return "<Tunnel %s>" % (self.endpoint,)
+
+
+def _settingHandler(name, spec):
+    def handler(self, value):
+        self._once(name, value)
+        try:
+            self.settings[name] = coerce(name, value)
+        except ValueError as e:
+            raise usage.UsageError("--%s: %s" % (name, e))
+
+    handler.__doc__ = "%s (%s; default %s)" % (spec[5], spec[4], spec[1])
+    handler.__name__ = "opt_" + name
+    return handler
 
 
 class _RoleOptions(usage.Options):
@@ -54,64 +97,153 @@ class _RoleOptions(usage.Options):
     Options shared by both roles.
     """
 
-    optParameters = [
-        ["endpoint", "e", None,
-         "The multiplexed connection's endpoint description (required), "
-         "e.g. tcp:9000 (server) or tcp:localhost:9000 (client)."],
-        ["framing", "f", "mio", "The framing: mio or bmp."],
-        ["local", "l", None, "A server endpoint description to accept local "
-         "connections on (see the role's description)."],
-        ["forward", "F", None, "A client endpoint description to connect "
-         "streams to (see the role's description)."],
-    ] + _settingParameters()
-
     role = None
 
-    def postOptions(self):
-        if not self["endpoint"]:
-            raise usage.UsageError("--endpoint is required (e.g. --endpoint=tcp:9000)")
-        if self["framing"] not in FRAMINGS:
+    def __init__(self):
+        usage.Options.__init__(self)
+        self.tunnels = [Tunnel()]
+        self.settings = {}
+        self.framing = "mio"
+        self._given = {}
+
+    def _once(self, name, value):
+        if name in self._given:
+            raise usage.UsageError(
+                "--%s given twice (%r, then %r): it takes one value"
+                % (name, self._given[name], value))
+        self._given[name] = value
+
+    def opt_endpoint(self, description):
+        """
+        A multiplexed connection's endpoint (required; repeatable: each
+        --endpoint is its own tunnel), e.g. tcp:9000 (server),
+        tcp:localhost:9000 (client); a bmp: or mio: prefix sets its framing.
+        """
+        tunnel = self.tunnels[-1]
+        if tunnel.endpoint is not None:
+            tunnel = Tunnel()
+            self.tunnels.append(tunnel)
+        tunnel.endpoint = description
+
+    opt_e = opt_endpoint
+
+    def opt_framing(self, framing):
+        """
+        The framing of endpoints without a prefix: mio or bmp (default mio).
+        """
+        self._once("framing", framing)
+        if framing not in FRAMINGS:
             raise usage.UsageError(
                 "--framing: unknown framing %r (choose one of %s)"
-                % (self["framing"], ", ".join(FRAMINGS)))
-        if self["endpoint"].startswith(_PREFIXES):
+                % (framing, ", ".join(FRAMINGS)))
+        self.framing = framing
+
+    opt_f = opt_framing
+
+    def opt_local(self, description):
+        """
+        A server endpoint to accept local connections on (repeatable; see
+        the role's description).
+        """
+        self.tunnels[-1].locals.append(description)
+
+    opt_l = opt_local
+
+    def opt_forward(self, description):
+        """
+        A client endpoint to connect streams to (one per --endpoint; see the
+        role's description).
+        """
+        tunnel = self.tunnels[-1]
+        if tunnel.forward is not None:
             raise usage.UsageError(
-                "--endpoint takes the connection's own endpoint (e.g. tcp:9000), "
-                "not %r: choose the framing with --framing" % (self["endpoint"],))
-        settings = {}
-        for name in SETTINGS:
-            if self[name] is not None:
-                try:
-                    settings[name] = coerce(name, self[name])
-                except ValueError as e:
-                    raise usage.UsageError("--%s: %s" % (name, e))
-        self.settings = settings
-        self.checkRole()
+                "--forward given twice for %s (%r, then %r): streams carry no "
+                "target name, so one multiplexed endpoint has one target; give "
+                "each target its own --endpoint"
+                % ("--endpoint=%s" % (tunnel.endpoint,) if tunnel.endpoint
+                   else "the first --endpoint", tunnel.forward, description))
+        tunnel.forward = description
+
+    opt_F = opt_forward
+
+    def postOptions(self):
+        if self.tunnels[0].endpoint is None:
+            raise usage.UsageError(
+                "--endpoint is required (e.g. --endpoint=%s)"
+                % ("tcp:9000" if self.role == "server" else "tcp:localhost:9000",))
         from twisted.internet import reactor
         from twisted.internet.endpoints import clientFromString, serverFromString
+        for tunnel in self.tunnels:
+            self._checkTunnel(tunnel)
+            try:
+                self.muxEndpoint(reactor, tunnel)
+            except ValueError as e:
+                raise usage.UsageError("--endpoint=%s: %s" % (tunnel.endpoint, e))
+            for description in tunnel.locals:
+                self._checkEndpoint("local", description, serverFromString,
+                                    checkServerDescription, "a server endpoint to "
+                                    "listen on, e.g. tcp:7000:interface=127.0.0.1")
+            if tunnel.forward is not None:
+                self._checkEndpoint("forward", tunnel.forward, clientFromString,
+                                    checkClientDescription, "a client endpoint to "
+                                    "connect to, e.g. tcp:127.0.0.1:22")
+
+    def _checkTunnel(self, tunnel):
+        framing = self.framing
+        for prefix in FRAMINGS:
+            if tunnel.endpoint.startswith(prefix + ":"):
+                if "framing" in self._given and self.framing != prefix:
+                    raise usage.UsageError(
+                        "--endpoint=%s is %s, but --framing=%s"
+                        % (tunnel.endpoint, prefix, self.framing))
+                framing = prefix
+        if tunnel.endpoint.startswith("mux:"):
+            raise usage.UsageError(
+                "--endpoint=%s: give the framing as a mio: or bmp: prefix, or "
+                "with --framing" % (tunnel.endpoint,))
+        tunnel.framing = framing
+        inner = tunnel.innerEndpoint()
+        overlap = sorted(set(self.settings) & set(parseDescription(inner)[1]))
+        if overlap:
+            raise usage.UsageError(
+                "--endpoint=%s sets %s, and so does --%s: give it once"
+                % (tunnel.endpoint, ", ".join(overlap), overlap[0]))
+        check = checkServerDescription if self.role == "server" else checkClientDescription
         try:
-            self.muxEndpoint(reactor)
+            check(inner)
         except ValueError as e:
             raise usage.UsageError("--endpoint: %s" % (e,))
-        for name, parse in (("local", serverFromString), ("forward", clientFromString)):
-            if self[name]:
-                try:
-                    parse(reactor, self[name])
-                except Exception as e:
-                    raise usage.UsageError("--%s: bad endpoint %r: %s"
-                                           % (name, self[name], e))
+        self.checkTunnel(tunnel)
 
-    def muxDescription(self):
+    def _checkEndpoint(self, option, description, parse, check, wanted):
+        from twisted.internet import reactor
+        try:
+            check(description)
+        except ValueError as e:
+            raise usage.UsageError("--%s takes %s: %s" % (option, wanted, e))
+        try:
+            parse(reactor, description)
+        except Exception as e:
+            raise usage.UsageError("--%s: bad endpoint %r: %s" % (option, description, e))
+
+    def muxDescription(self, tunnel=None):
         """
-        Return the C{mio:}/C{bmp:} endpoint string for the connection.
+        Return the C{mio:}/C{bmp:} endpoint string of a tunnel's (by default
+        the first tunnel's) multiplexed endpoint.
         """
+        tunnel = tunnel or self.tunnels[0]
         extra = "".join(":%s=%s" % item for item in sorted(self.settings.items()))
-        return "%s:%s%s" % (self["framing"], self["endpoint"], extra)
+        return "%s:%s%s" % (tunnel.framing or self.framing, tunnel.innerEndpoint(), extra)
 
-    def checkRole(self):
+    def checkTunnel(self, tunnel):
         """
-        Check the role's own options (overridden by each role).
+        Check the role's own options of one tunnel (overridden by each role).
         """
+
+
+for _name, _spec in SETTINGS.items():
+    setattr(_RoleOptions, "opt_" + _name, _settingHandler(_name, _spec))
+del _name, _spec
 
 
 class ServerOptions(_RoleOptions):
@@ -119,31 +251,42 @@ class ServerOptions(_RoleOptions):
     Options of C{twistd muxframe server}.
     """
 
-    synopsis = "--endpoint=LISTEN [--echo | --forward=TARGET] [--local=LISTEN] [settings]"
+    synopsis = ("--endpoint=LISTEN [--echo | --forward=TARGET] [--local=LISTEN ...] "
+                "[--endpoint=LISTEN ...] [settings]")
     longdesc = (
-        "Accept multiplexed connections on --endpoint.  Streams the client "
-        "opens are echoed (--echo) or connected to --forward TARGET; with "
-        "--local, local connections are carried as streams opened toward "
-        "the client (reverse tunnel).  Mutual TLS: add clientCA=CA.pem to an "
-        "ssl: endpoint.")
-    optFlags = [["echo", None, "Echo the streams the client opens."]]
+        "Accept multiplexed connections on each --endpoint.  Streams the "
+        "client opens are echoed (--echo) or connected to --forward TARGET; "
+        "with --local, local connections are carried as streams opened "
+        "toward the client (reverse tunnel).  --echo, --forward and --local "
+        "belong to the --endpoint before them.  Mutual TLS: add "
+        "clientCA=CA.pem to an ssl: endpoint.")
     role = "server"
 
-    def checkRole(self):
+    def opt_echo(self):
+        """
+        Echo the streams the client opens (per --endpoint).
+        """
+        self.tunnels[-1].echo = True
+
+    def checkTunnel(self, tunnel):
         """
         Check the server's own option combinations.
         """
-        if self["echo"] and self["forward"]:
-            raise usage.UsageError("--echo and --forward cannot be used together")
-        if not (self["echo"] or self["forward"] or self["local"]):
-            raise usage.UsageError("the server needs --echo, --forward or --local")
+        if tunnel.echo and tunnel.forward:
+            raise usage.UsageError(
+                "--echo and --forward cannot be used together (--endpoint=%s)"
+                % (tunnel.endpoint,))
+        if not (tunnel.echo or tunnel.forward or tunnel.locals):
+            raise usage.UsageError(
+                "the server needs --echo, --forward or --local for --endpoint=%s"
+                % (tunnel.endpoint,))
 
-    def muxEndpoint(self, reactor):
+    def muxEndpoint(self, reactor, tunnel=None):
         """
         Return the L{muxframe.endpoints.MultiplexedServerEndpoint} to listen on.
         """
         from twisted.internet.endpoints import serverFromString
-        return serverFromString(reactor, self.muxDescription())
+        return serverFromString(reactor, self.muxDescription(tunnel))
 
 
 class ClientOptions(_RoleOptions):
@@ -151,58 +294,91 @@ class ClientOptions(_RoleOptions):
     Options of C{twistd muxframe client}.
     """
 
-    synopsis = "--endpoint=CONNECT [--local=LISTEN] [--forward=TARGET] [settings]"
+    synopsis = ("--endpoint=CONNECT [--local=LISTEN ...] [--forward=TARGET] "
+                "[--endpoint=CONNECT ...] [settings]")
     longdesc = (
-        "Keep one multiplexed connection to --endpoint (re-made with backoff "
-        "when lost).  Local connections on --local are carried as streams to "
-        "the server (forward tunnel); streams the server opens are connected "
-        "to --forward TARGET.")
-    optParameters = [
-        ["connectTimeout", None, None,
-         "Seconds a local connection waits for the multiplexed connection "
-         "before it is closed (default 30)."],
-        ["retryMax", None, None,
-         "Longest delay between reconnection attempts, seconds (default 30)."],
-    ]
+        "Keep one multiplexed connection to each --endpoint (re-made with "
+        "backoff when lost).  Local connections on --local are carried as "
+        "streams to the server (forward tunnel); streams the server opens "
+        "are connected to --forward TARGET.  --local and --forward belong "
+        "to the --endpoint before them.")
     role = "client"
 
-    def checkRole(self):
-        """
-        Check the client's own options.
-        """
-        if not (self["local"] or self["forward"]):
-            raise usage.UsageError("the client needs --local or --forward")
-        for name in ("connectTimeout", "retryMax"):
-            if self[name] is not None:
-                try:
-                    value = float(self[name])
-                except ValueError:
-                    value = -1
-                if not value > 0:
-                    raise usage.UsageError(
-                        "--%s must be a positive number of seconds, not %r"
-                        % (name, self[name]))
-                self.settings[name] = value
+    def __init__(self):
+        _RoleOptions.__init__(self)
+        self.clientOptions = {}
 
-    def muxEndpoint(self, reactor):
+    def _seconds(self, name, value):
+        self._once(name, value)
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1
+        if not seconds > 0:
+            raise usage.UsageError(
+                "--%s must be a positive number of seconds, not %r" % (name, value))
+        self.clientOptions[name] = seconds
+
+    def opt_connectTimeout(self, value):
+        """
+        Seconds a local connection waits for the multiplexed connection's
+        attempt in progress before it is closed (default 30).
+        """
+        self._seconds("connectTimeout", value)
+
+    def opt_retryMax(self, value):
+        """
+        Longest delay between reconnection attempts, seconds (default 30).
+        """
+        self._seconds("retryMax", value)
+
+    def checkTunnel(self, tunnel):
+        """
+        Check the client's own options of one tunnel.
+        """
+        if not (tunnel.locals or tunnel.forward):
+            raise usage.UsageError(
+                "the client needs --local or --forward for --endpoint=%s"
+                % (tunnel.endpoint,))
+
+    def muxDescription(self, tunnel=None):
+        """
+        The C{mio:}/C{bmp:} client string, with the client's own options.
+        """
+        extra = "".join(":%s=%s" % item for item in sorted(self.clientOptions.items()))
+        return _RoleOptions.muxDescription(self, tunnel) + extra
+
+    def muxEndpoint(self, reactor, tunnel=None):
         """
         Return the L{muxframe.endpoints.MultiplexedClientEndpoint} to connect
         through.
         """
         from twisted.internet.endpoints import clientFromString
-        return clientFromString(reactor, self.muxDescription())
+        return clientFromString(reactor, self.muxDescription(tunnel))
+
+
+def _oneLineHelp(cls):
+    # usage prints an option's docstring as its help: join its lines.
+    for name, value in vars(cls).items():
+        if name.startswith("opt_") and getattr(value, "__doc__", None):
+            value.__doc__ = " ".join(value.__doc__.split())
+
+
+for _cls in (_RoleOptions, ServerOptions, ClientOptions):
+    _oneLineHelp(_cls)
+del _cls
 
 
 class Options(usage.Options):
     """
-    Options of C{twistd muxframe}.
+    Options of C{twistd muxframe} and C{twist muxframe}.
     """
 
     synopsis = "server|client [options]"
     longdesc = "Multiplexed tunnels over MIO or BMP (see docs/operations.md)."
     subCommands = [
         ["server", None, ServerOptions, "Accept multiplexed connections."],
-        ["client", None, ClientOptions, "Keep a multiplexed connection to a server."],
+        ["client", None, ClientOptions, "Keep multiplexed connections to servers."],
     ]
 
     def postOptions(self):
@@ -212,9 +388,10 @@ class Options(usage.Options):
 
 class ClientConnectionService(service.Service):
     """
-    Connect a L{muxframe.endpoints.MultiplexedClientEndpoint} when started
-    (so the server can open streams toward it at once); on stop, drain its
-    connection and stop reconnecting.
+    Keep a L{muxframe.endpoints.MultiplexedClientEndpoint}'s connection up
+    from start to stop (so the server can open streams toward it at any
+    time): re-made with backoff when lost, each failure logged.  On stop,
+    drain it and stop reconnecting.
     """
 
     def __init__(self, endpoint):
@@ -222,14 +399,26 @@ class ClientConnectionService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        d = self.endpoint.whenConnected()
-        d.addErrback(lambda f: log.warn(
-            "no connection yet to {endpoint}: {error}; still trying",
-            endpoint=self.endpoint.inner, error=f.getErrorMessage()))
+        self.endpoint.keepConnected()
 
     def stopService(self):
         service.Service.stopService(self)
         return self.endpoint.drain()
+
+
+class RoleTunnel:
+    """
+    The running pieces of one tunnel of a role.
+
+    @ivar endpoint: its multiplexed endpoint.
+    @ivar streams: the factory of the streams the peer opens (or C{None}).
+    @ivar locals: the L{muxframe.tunnel.TunnelFactory} of each C{--local}.
+    """
+
+    def __init__(self, endpoint, streams):
+        self.endpoint = endpoint
+        self.streams = streams
+        self.locals = []
 
 
 def makeService(options, reactor=None):
@@ -239,45 +428,64 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor as globalReactor
         reactor = globalReactor
+    sub = options.subOptions
+    top = service.MultiService()
+    top.setName("muxframe-" + options.subCommand)
+    top.tunnels = []
+    for tunnel in sub.tunnels:
+        if options.subCommand == "server":
+            running = _serverTunnel(sub, tunnel, top, reactor)
+        else:
+            running = _clientTunnel(sub, tunnel, top, reactor)
+        top.tunnels.append(running)
+    return top
+
+
+def _serverTunnel(sub, tunnel, top, reactor):
     from twisted.internet.endpoints import clientFromString
 
     from .tunnel import EchoFactory, ForwardFactory, TunnelFactory, reverseOpener
 
-    sub = options.subOptions
-    top = service.MultiService()
-    top.setName("muxframe-" + options.subCommand)
-    if options.subCommand == "server":
-        if sub["echo"]:
-            streams = EchoFactory()
-        elif sub["forward"]:
-            streams = ForwardFactory(clientFromString(reactor, sub["forward"]))
-        else:
-            streams = _RefuseFactory()
-        main = ListenService(sub.muxDescription(), streams, reactor)
-        main.setServiceParent(top)
-        top.streams = streams
-        if sub["local"]:
-            tunnel = TunnelFactory(reverseOpener(main.endpoint), "reverse tunnel")
-            local = ListenService(sub["local"], tunnel, reactor)
-            local.setServiceParent(top)
-            top.tunnel = tunnel
-        log.info("muxframe server on {endpoint} ({framing}); streams: {mode}",
-                 endpoint=sub["endpoint"], framing=sub["framing"],
-                 mode="echo" if sub["echo"] else sub["forward"] or "refused")
+    if tunnel.echo:
+        streams = EchoFactory()
+    elif tunnel.forward:
+        streams = ForwardFactory(clientFromString(reactor, tunnel.forward))
     else:
-        endpoint = sub.muxEndpoint(reactor)
-        if sub["forward"]:
-            endpoint.childFactory = ForwardFactory(clientFromString(reactor, sub["forward"]))
-        top.streams = endpoint.childFactory
-        ClientConnectionService(endpoint).setServiceParent(top)
-        if sub["local"]:
-            tunnel = TunnelFactory(endpoint.connect, "forward tunnel")
-            local = ListenService(sub["local"], tunnel, reactor)
-            local.setServiceParent(top)
-            top.tunnel = tunnel
-        log.info("muxframe client to {endpoint} ({framing})",
-                 endpoint=sub["endpoint"], framing=sub["framing"])
-    return top
+        streams = _RefuseFactory()
+    main = ListenService(sub.muxDescription(tunnel), streams, reactor)
+    main.setServiceParent(top)
+    running = RoleTunnel(main.endpoint, streams)
+    for description in tunnel.locals:
+        local = TunnelFactory(reverseOpener(main.endpoint), "reverse tunnel")
+        ListenService(description, local, reactor).setServiceParent(top)
+        running.locals.append(local)
+    log.info("muxframe server on {endpoint} ({framing}); streams: {mode}{locals}",
+             endpoint=tunnel.innerEndpoint(), framing=tunnel.framing,
+             mode="echo" if tunnel.echo else tunnel.forward or "refused",
+             locals="".join("; reverse tunnel from %s" % (d,) for d in tunnel.locals))
+    return running
+
+
+def _clientTunnel(sub, tunnel, top, reactor):
+    from twisted.internet.endpoints import clientFromString
+
+    from .tunnel import ForwardFactory, TunnelFactory
+
+    endpoint = sub.muxEndpoint(reactor, tunnel)
+    if tunnel.forward:
+        endpoint.childFactory = ForwardFactory(clientFromString(reactor, tunnel.forward))
+    ClientConnectionService(endpoint).setServiceParent(top)
+    running = RoleTunnel(endpoint, endpoint.childFactory)
+    for description in tunnel.locals:
+        local = TunnelFactory(endpoint.connect, "forward tunnel")
+        ListenService(description, local, reactor).setServiceParent(top)
+        running.locals.append(local)
+    log.info("muxframe client to {endpoint} ({framing}){locals}{forward}",
+             endpoint=tunnel.innerEndpoint(), framing=tunnel.framing,
+             locals="".join("; forward tunnel from %s" % (d,) for d in tunnel.locals),
+             forward="; streams from the server: %s" % (tunnel.forward,)
+             if tunnel.forward else "")
+    return running
 
 
 def twistdCommand(*args):
@@ -289,6 +497,14 @@ def twistdCommand(*args):
     return [sys.executable, "-c",
             "import sys; sys.argv[0] = 'twistd'; "
             "from twisted.scripts.twistd import run; run()"] + list(args)
+
+
+def twistCommand(*args):
+    """
+    Return the argv that runs C{twist ARGS} with this Python interpreter
+    (C{python -m twisted} is C{twist}).
+    """
+    return [sys.executable, "-m", "twisted"] + list(args)
 
 
 class ListenService(service.Service):

@@ -27,25 +27,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from .describe import addressText
 from .errors import SessionClosedError
 
 log = Logger(namespace="muxframe.tunnel")
-
-
-def _describe(address):
-    """
-    Short text for an address: C{host:port}, C{host:port#stream} for streams.
-    """
-    streamId = getattr(address, "streamId", None)
-    if streamId is not None:
-        return "%s#%s" % (_describe(address.address),
-                          streamId.decode("ascii", "replace")
-                          if isinstance(streamId, bytes) else streamId)
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return "%s:%s" % (host, port)
-    return str(address)
 
 
 class TunnelStats:
@@ -164,7 +149,7 @@ class SpliceProtocol(Protocol):
                 # No half-close (a TLS transport): close once the output is
                 # sent, rather than leave both ends waiting for each other.
                 log.debug("{kind}: {peer} cannot half-close; closing it",
-                          kind=self.label, peer=_describe(transport.getPeer()),
+                          kind=self.label, peer=addressText(transport.getPeer()),
                           streamId=_streamIdOf(self, other))
                 transport.loseConnection()
             else:
@@ -246,6 +231,8 @@ class _OneShotFactory(Factory):
     Build one L{SpliceProtocol} that calls C{onMade} when connected.
     """
 
+    noisy = False  # one per stream: the tunnel logs its own line
+
     def __init__(self, onMade, label, stats=None, inbound=False):
         self.onMade = onMade
         self.label = label
@@ -281,7 +268,7 @@ class _SpliceFactory(Factory):
         return protocol
 
     def _accepted(self, accepted):
-        peer = _describe(accepted.transport.getPeer())
+        peer = addressText(accepted.transport.getPeer())
         accepted.peer = peer
         self.stats.active += 1
 
@@ -298,7 +285,7 @@ class _SpliceFactory(Factory):
             link(accepted, other)
             log.info(
                 "{kind}: {peer} spliced to {other}", kind=self.kind,
-                peer=peer, other=_describe(other.transport.getPeer()),
+                peer=peer, other=addressText(other.transport.getPeer()),
                 streamId=_streamIdOf(accepted, other))
 
         try:
@@ -423,7 +410,7 @@ class EchoProtocol(Protocol):
 
     def connectionMade(self):
         self._streamId = getattr(self.transport, "streamId", None)
-        self._peer = _describe(self.transport.getPeer())
+        self._peer = addressText(self.transport.getPeer())
         self.transport.registerProducer(_TransportProducer(self.transport), True)
         log.debug("echo: stream {streamId} from {peer} opened",
                   streamId=self._streamId, peer=self._peer)

@@ -61,3 +61,26 @@ def chunkedEvents(makeEngine, wire, cuts):
     for chunk in splitAt(wire, cuts):
         events.extend(split.receiveData(chunk))
     return coalesce(whole), coalesce(events)
+
+
+def captureLogs(testCase):
+    """
+    Collect every log event published while C{testCase} runs; return the
+    list they are appended to.
+    """
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testCase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def logLines(events, level=None):
+    """
+    Return the formatted text of C{events} (only those at C{level}, a
+    level name such as C{"warn"}, if given).
+    """
+    from twisted.logger import formatEvent
+    return [formatEvent(e) for e in events
+            if level is None or (e.get("log_level") is not None
+                                 and e["log_level"].name == level)]

@@ -27,7 +27,7 @@ from muxframe.settings import Settings
 
 from .support import chunkedEvents, decodeAll, splitAt
 
-# The example of specs/bmp.md section 1: stream io_0, first data frame, sid 0.
+# The example of docs/protocols.md (BMP): stream io_0, first data frame, sid 0.
 SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
 
 VECTORS = [
@@ -393,10 +393,10 @@ class EngineTests(SynchronousTestCase):
 
     def test_overrunResetsStream(self):
         """
-        A peer that sends past maxStreamBuffer unacknowledged has the stream
-        reset with a flow-control error.
+        A peer that sends past maxStreamReceiveBuffer unacknowledged has the
+        stream reset with a flow-control error.
         """
-        server = BmpEngine("server", Settings(maxStreamBuffer=10))
+        server = BmpEngine("server", Settings(maxStreamReceiveBuffer=10))
         events = server.receiveData(b"".join(
             b"\x00io_0\x01\x00\x01\x00%d\x01\x004\x01abcd" % i for i in range(3)))
         self.assertIsInstance(events[-1], StreamClosed)

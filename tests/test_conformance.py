@@ -1264,31 +1264,41 @@ class ConformanceTests:
         self.assertEqual(child.data, b"ok")
 
     @inlineCallbacks
-    def test_writePastMaxStreamBufferRaises(self):
+    def test_sendLimitEndsOnlyThatStream(self):
         """
-        Without a producer, write() past maxStreamBuffer raises
-        StreamBufferOverflow instead of queueing without limit.
+        With a hard maxStreamSendBuffer set (it is off by default), a child
+        that writes past it without a producer gets no exception from
+        write(): its stream is reset, its connectionLost gets
+        StreamBufferOverflow, the peer's child a StreamError, a warning is
+        logged, and the connection carries on.
         """
+        from tests.support import captureLogs
+        events = captureLogs(self)
         settings = dict(windowSize=64 * KiB, maxFrameSize=16 * KiB,
                         maxInFlight=4, streamBufferSize=32 * KiB,
-                        maxStreamBuffer=256 * KiB)
+                        maxStreamSendBuffer=256 * KiB)
         pair, server, client = yield self.connected(
             serverSettings=settings, clientSettings=settings)
         child = yield self.openRecorder(client, b"hold\n")
         yield waitUntil(lambda: self.serverChild(child) is not None, "the far child")
+        far = self.serverChild(child)
         chunk = b"q" * (32 * KiB)
-        limit = (settings["windowSize"] + settings["maxStreamBuffer"]) // len(chunk) + 4
-        raised = None
+        limit = (settings["windowSize"] + settings["maxStreamSendBuffer"]) // len(chunk) + 4
         for i in range(limit):
-            try:
-                child.transport.write(chunk)
-            except StreamBufferOverflow as error:
-                raised = error
+            child.transport.write(chunk)  # never raises
+            if child.reasons:
                 break
             yield turns(2)
-        self.assertIsNotNone(raised, "no StreamBufferOverflow after %d writes" % (limit,))
-        self.assertLessEqual(client.engine.sendBuffered(child.transport.streamId),
-                             settings["maxStreamBuffer"])
+        yield child.lost
+        reason = child.reasons[0]
+        self.assertTrue(reason.check(StreamBufferOverflow), reason)
+        self.assertEqual(reason.value.code, ErrorCode.EXHAUSTED)
+        far.transport.resumeProducing()
+        yield far.lost
+        self.assertTrue(far.reasons[0].check(StreamError), far.reasons[0])
+        warned = [e for e in events if e.get("log_level") is not None
+                  and e["log_level"].name == "warn" and e.get("error") is reason.value]
+        self.assertEqual(len(warned), 1)
         self.assertFalse(client.disconnected)
         yield self.echoRoundTrip(client)
 

@@ -60,3 +60,40 @@ class ProtocolsDocTests(TestCase):
             match = re.search(r"^\| `%s` \| ([^|]+) \|" % name, text, re.M)
             self.assertIsNotNone(match, name)
             self.assertEqual(float(match.group(1)), float(spec[1]), name)
+
+
+class SelfContainedTests(TestCase):
+    """
+    The documentation and the code's comments and docstrings speak of the
+    repository only: nothing about the workplace it was written in.
+    """
+
+    # Things outside the repository: the workplace's specs folder, its
+    # issue tracker.
+    OUTSIDE = re.compile(
+        r"shared/specs|\.\./shared|\bspecs/(?:bmp|mio|xtmp|bimip)\.md"
+        r"|\bissues? (?:#?\d+)|\bissue #|\(issue\b|\bthe issue\b", re.I)
+
+    def files(self):
+        for top in ("docs", "muxframe", "tests", "bench", "examples", "twisted"):
+            for folder, dirs, names in os.walk(os.path.join(ROOT, top)):
+                dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+                for name in names:
+                    if name.endswith((".md", ".py", ".txt", ".rst")):
+                        yield os.path.join(folder, name)
+        yield os.path.join(ROOT, "README.md")
+
+    def test_nothingOutsideTheRepository(self):
+        """
+        No file mentions the workplace's spec folder or issue numbers.
+        """
+        found = []
+        for path in self.files():
+            if path == os.path.abspath(__file__):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    if self.OUTSIDE.search(line):
+                        found.append("%s:%d: %s" % (
+                            os.path.relpath(path, ROOT), number, line.strip()))
+        self.assertEqual(found, [])

@@ -129,7 +129,7 @@ class ServerStringTests(SynchronousTestCase):
         e = self.assertRaises(ValueError, serverFromString, reactor, "mio:nosuch:9000")
         self.assertIn("bad inner endpoint 'nosuch:9000'", str(e))
         e = self.assertRaises(ValueError, serverFromString, reactor, "mio:tcp:port")
-        self.assertIn("bad inner endpoint", str(e))
+        self.assertIn("'port' is not a port number", str(e))
         e = self.assertRaises(ValueError, serverFromString, reactor, "mio:tcp:9000:maxStream=5")
         self.assertIn("maxStream", str(e))
         e = self.assertRaises(ValueError, serverFromString, reactor, "mio:")
@@ -202,8 +202,9 @@ class ClientStringTests(SynchronousTestCase):
             ("mux:tcp:localhost:9000:framing=x", "unknown framing"),
             ("mio:tcp:localhost:9000:connectTimeout=-1", "connectTimeout"),
             ("mio:tcp:localhost:9000:maxFrameSize=12", "maxFrameSize"),
-            ("bmp:tcp:localhost:notaport", "bad inner endpoint"),
+            ("bmp:tcp:localhost:notaport", "'notaport' is not a port number"),
             ("bmp:", "needs an inner endpoint"),
+            ("mio:tcp:localhost:9000:maxStreamBuffer=5", "replaced by maxStreamSendBuffer"),
         ]
         for description, fault in cases:
             e = self.assertRaises(ValueError, clientFromString, reactor, description)
@@ -215,6 +216,101 @@ class ClientStringTests(SynchronousTestCase):
         """
         endpoint = mioClientParser.parseStreamClient(reactor, "tcp", "localhost", "9")
         self.assertIsInstance(endpoint, MultiplexedClientEndpoint)
+
+
+class FaultNamingTests(SynchronousTestCase):
+    """
+    Every bad TLS option and every misplaced endpoint gets an error naming
+    the fault, not Twisted's TypeError, UnlistableError or OpenSSL's
+    "unsupported".
+    """
+
+    def setUp(self):
+        from muxframe.tls import writeCertificates
+        self.paths = paths = writeCertificates(self.mktemp())
+        with open(paths["server.pem"], "rb") as f:
+            pem = f.read()
+        start = pem.index(b"-----BEGIN PRIVATE KEY")
+        self.certOnly = os.path.join(os.path.dirname(paths["server.pem"]), "cert-only.pem")
+        self.keyOnly = os.path.join(os.path.dirname(paths["server.pem"]), "key-only.pem")
+        with open(self.certOnly, "wb") as f:
+            f.write(pem[:start])
+        with open(self.keyOnly, "wb") as f:
+            f.write(pem[start:])
+        self.empty = self.mktemp()
+        os.makedirs(self.empty)
+
+    def assertFault(self, parse, description, *texts):
+        e = self.assertRaises(ValueError, parse, reactor, description)
+        for text in texts:
+            self.assertIn(text, str(e), description)
+        self.assertNotIn("TypeError", str(e))
+        return e
+
+    def test_trustRoots(self):
+        """
+        A missing trustRoots, a file instead of a directory, a directory
+        without certificates and one that cannot be listed are each named.
+        """
+        base = "mio:tls:localhost:8443:trustRoots="
+        self.assertFault(clientFromString, base + "/nonexistent/ca",
+                         "trustRoots=/nonexistent/ca: no such directory")
+        self.assertFault(clientFromString, base + self.paths["ca.pem"],
+                         "is a file", "directory of PEM CA certificates")
+        self.assertFault(clientFromString, base + self.empty,
+                         "holds no readable *.pem file with a CA certificate")
+        import muxframe.endpointcheck as check
+
+        def unlistable(path):
+            raise PermissionError(13, "Permission denied")
+
+        self.patch(check.os, "listdir", unlistable)
+        self.assertFault(clientFromString, base + self.paths["ca"],
+                         "cannot be listed: Permission denied")
+
+    def test_keyFiles(self):
+        """
+        A key file holding only a certificate, a certificate file without a
+        key, and a missing file are named, for servers and clients.
+        """
+        self.assertFault(serverFromString, "mio:ssl:8443:privateKey=" + self.certOnly,
+                         "privateKey=%s holds only a certificate" % (self.certOnly,))
+        self.assertFault(serverFromString, "bmp:ssl:8443:privateKey=" + self.keyOnly,
+                         "holds a private key but no certificate", "certKey=")
+        self.assertFault(serverFromString, "mio:ssl:8443:privateKey=/nonexistent.pem",
+                         "privateKey=/nonexistent.pem: no such file")
+        endpoint = serverFromString(
+            reactor, "mio:ssl:8443:privateKey=%s:certKey=%s" % (self.keyOnly, self.certOnly))
+        self.assertEqual(endpoint.framing, "mio")
+        self.assertFault(
+            clientFromString, "mio:tls:localhost:1:trustRoots=%s:certificate=%s"
+            % (self.paths["ca"], self.certOnly), "holds no private key")
+        self.assertFault(
+            clientFromString, "mio:tls:localhost:1:certificate=%s:privateKey=%s"
+            % (self.certOnly, self.certOnly), "holds only a certificate")
+        self.assertFault(
+            serverFromString, "mio:ssl:0:privateKey=%s:clientCA=%s"
+            % (self.paths["server.pem"], self.keyOnly),
+            "clientCA=%s holds a private key but no certificate" % (self.keyOnly,))
+
+    def test_clientWithoutPort(self):
+        """
+        A client endpoint missing its port (once a TypeError about
+        TCP4ClientEndpoint.__init__) or its host is named.
+        """
+        self.assertFault(clientFromString, "mio:tcp:localhost",
+                         "'tcp:localhost' names no port", "tcp:HOST:PORT")
+        self.assertFault(clientFromString, "bmp:tls:localhost", "names no port")
+        self.assertFault(clientFromString, "mio:tcp:9000",
+                         "names a port but no host", "is a server endpoint")
+
+    def test_serverGivenClientString(self):
+        """
+        A client description where a server one belongs is named as such.
+        """
+        self.assertFault(serverFromString, "mio:tcp:localhost:7000",
+                         "looks like a client endpoint",
+                         "tcp:7000:interface=localhost")
 
 
 class UnparseTests(SynchronousTestCase):

@@ -33,7 +33,7 @@ from muxframe.settings import Settings
 
 from .support import chunkedEvents, decodeAll, splitAt
 
-# Fixed vectors, from the frame table of specs/mio.md.
+# Fixed vectors, from the frame table of docs/protocols.md (MIO).
 VECTORS = [
     # open stream 1 with a 256 KiB window: flags RST|WND
     (Frame(1, 0x040000, mio.OPEN), "00000001" "040000" "0c"),
@@ -74,7 +74,7 @@ class CodecTests(SynchronousTestCase):
 
     def test_vectors(self):
         """
-        Each frame encodes to the spec's bytes and decodes back.
+        Each frame encodes to the documented bytes and decodes back.
         """
         for frame, hexBytes in VECTORS:
             wire = bytes.fromhex(hexBytes)
@@ -474,15 +474,26 @@ class EngineTests(SynchronousTestCase):
         self.assertIsInstance(event.error, SessionTimeoutError)
         self.assertTrue(server.closed)
 
+    def test_unlimitedWriteByDefault(self):
+        """
+        By default sendData() queues whatever it is given.
+        """
+        client = MioEngine("client")
+        sid = client.openStream()
+        client.sendData(sid, b"x" * (20 * 1024 * 1024))
+        self.assertEqual(client.sendBuffered(sid), 20 * 1024 * 1024)
+
     def test_boundedWrite(self):
         """
-        write() past maxStreamBuffer is a StreamBufferOverflow, and nothing
-        is queued.
+        With maxStreamSendBuffer set, sendData() past it raises
+        StreamBufferOverflow (code EXHAUSTED), and nothing is queued.
         """
-        client = MioEngine("client", Settings(maxStreamBuffer=1000))
+        client = MioEngine("client", Settings(maxStreamSendBuffer=1000))
         sid = client.openStream()
         client.sendData(sid, b"x" * 600)
-        self.assertRaises(StreamBufferOverflow, client.sendData, sid, b"y" * 500)
+        error = self.assertRaises(StreamBufferOverflow, client.sendData, sid, b"y" * 500)
+        self.assertEqual(error.code, ErrorCode.EXHAUSTED)
+        self.assertEqual(error.streamId, sid)
         self.assertEqual(client.sendBuffered(sid), 600)
 
     def test_garbageSession(self):

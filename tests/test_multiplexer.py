@@ -256,16 +256,51 @@ class AdapterTestsMixin:
         self.assertEqual(server.received(), b"a" + payload)
         self.assertEqual(link.server._held, 0)
 
-    def test_boundedWriteWithoutProducer(self):
+    def test_writeWithoutProducerNeverRaises(self):
         """
-        Past maxStreamBuffer, write() without a producer raises
-        StreamBufferOverflow and queues nothing.
+        With default settings, write() without a producer buffers whatever
+        it is given, as a TCP transport does (32 MiB here, twice the old
+        hard limit), and all of it arrives.
         """
-        link = self.link(maxStreamBuffer=10000, windowSize=1024, maxInFlight=1,
-                         maxFrameSize=1024)
+        link = self.link(serverChild=Recorder)
         child = link.open()
+        payload = bytes(range(256)) * (32 * 4096)
+        child.transport.write(payload)
+        child.transport.writeSequence([b"and ", b"more"])
+        # All of it is held but the first window's worth, already framed.
+        self.assertGreater(
+            link.client.engine.sendBuffered(child.transport.streamId),
+            len(payload) - 1024 * 1024)
+        link.pump(100000)
+        self.assertEqual(link.serverChildren[0].received(), payload + b"and more")
+        self.assertIsNone(child.lost)
+
+    def test_sendLimitEndsStreamNotWrite(self):
+        """
+        With a maxStreamSendBuffer, a write past it does not raise: the
+        stream is reset (code EXHAUSTED), its child's connectionLost gets
+        StreamBufferOverflow on a later turn, later writes are dropped,
+        the peer's child sees a reset, and other streams carry on.
+        """
+        link = self.link(maxStreamSendBuffer=10000, windowSize=1024, maxInFlight=1,
+                         maxFrameSize=1024, serverChild=Recorder)
+        child = link.open()
+        other = link.open()
         child.transport.write(b"x" * 9500)
-        self.assertRaises(StreamBufferOverflow, child.transport.write, b"y" * 2000)
+        child.transport.write(b"y" * 2000)
+        self.assertIsNone(child.lost)
+        child.transport.write(b"dropped")
+        link.clock.advance(0)
+        child.lost.trap(StreamBufferOverflow)
+        self.assertEqual(child.lost.value.code, ErrorCode.EXHAUSTED)
+        self.assertIn("maxStreamSendBuffer=10000", str(child.lost.value))
+        self.assertEqual(link.client.counters.resetsSent, {ErrorCode.EXHAUSTED: 1})
+        other.transport.write(b"still fine")
+        link.pump()
+        first, second = link.serverChildren
+        first.lost.trap(StreamResetError)
+        self.assertEqual(second.received(), b"still fine")
+        self.assertIsNone(other.lost)
 
     def test_producerPausedByBuffer(self):
         """

@@ -38,11 +38,19 @@ class SettingsTests(SynchronousTestCase):
             ({"maxFrameSize": 1.5}, "maxFrameSize"),
             ({"idleTimeout": -1}, "idleTimeout=-1 is out of range"),
             ({"keepaliveInterval": True}, "keepaliveInterval must be a number"),
+            ({"maxStreamBuffer": 5}, "replaced by maxStreamSendBuffer"),
         ]
         for kwargs, text in cases:
             with self.assertRaises(ValueError) as caught:
                 Settings(**kwargs)
             self.assertIn(text, str(caught.exception))
+
+    def test_noSendLimitByDefault(self):
+        """
+        A stream's send buffer has no hard limit unless one is set.
+        """
+        self.assertEqual(Settings().maxStreamSendBuffer, 0)
+        self.assertEqual(Settings(maxStreamSendBuffer="1048576").maxStreamSendBuffer, 1 << 20)
 
     def test_coerceUnknown(self):
         self.assertRaises(ValueError, coerce, "nope", 1)

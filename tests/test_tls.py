@@ -28,9 +28,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from muxframe.endpoints import MultiplexedConnectError
 from muxframe.tls import main as tlsMain, writeCertificates
 from muxframe.tunnel import EchoFactory
+from tests.support import captureLogs, logLines
 from tests.test_endpoints import cancelAbortTimers, collectorFactory
 from tests.test_tap import assertStoppedCleanly, freePort, spawnTwistd, waitForPort
 
@@ -87,6 +87,12 @@ class TLSEndpointTests(TestCase):
         self.port = port.getHost().port
         return endpoint
 
+    def logged(self):
+        return captureLogs(self)
+
+    def warnings(self, events):
+        return logLines(events, "warn")
+
     def client(self, description):
         values = dict(self.paths, port=self.port)
         endpoint = clientFromString(reactor, description % values)
@@ -120,39 +126,55 @@ class TLSEndpointTests(TestCase):
     def test_wrongHostnameRefused(self):
         """
         A server certificate that does not name the host the client asked
-        for fails the handshake: no stream gets through.
+        for fails the handshake: connect() fails at once with the
+        verification error, a warning names the cause, and no stream gets
+        through.
         """
-        server = yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
+        from service_identity import VerificationError
+        events = self.logged()
+        yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
         client = self.client(
-            "mio:tls:wrong.example:%(port)s:trustRoots=%(ca)s:connectTimeout=1.5:"
+            "mio:tls:wrong.example:%(port)s:trustRoots=%(ca)s:"
             "endpoint=tcp\\:127.0.0.1\\:%(port)s")
-        error = yield self.assertFailure(
-            client.connect(collectorFactory(b"x")), MultiplexedConnectError)
-        self.assertIn("within 1.5 s", str(error))
-        self.assertIn("DNSMismatch", str(error))
+        started = reactor.seconds()
+        yield self.assertFailure(client.connect(collectorFactory(b"x")), VerificationError)
+        self.assertLess(reactor.seconds() - started, 10)  # not connectTimeout (30 s)
         self.assertEqual(self.echoFactory.built, 0)
+        [warning] = self.warnings(events)
+        self.assertTrue(warning.startswith(
+            "TLS verification failed: the peer's certificate does not name wrong.example"),
+            warning)
 
     @inlineCallbacks
     def test_untrustedServerRefused(self):
         """
-        A client that does not trust the server's CA gets no stream through.
+        A client that does not trust the server's CA fails connect() at once
+        with the TLS error; no stream gets through.
         """
+        from OpenSSL.SSL import Error
+        events = self.logged()
         yield self.listen("mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1")
         other = writeCertificates(self.mktemp())
-        client = self.client(
-            "mio:tls:localhost:%(port)s:trustRoots=" + other["ca"] + ":connectTimeout=1.5")
-        error = yield self.assertFailure(
-            client.connect(collectorFactory(b"x")), MultiplexedConnectError)
-        self.assertIn("TLS error: certificate verify failed", str(error))
+        client = self.client("mio:tls:localhost:%(port)s:trustRoots=" + other["ca"])
+        error = yield self.assertFailure(client.connect(collectorFactory(b"x")), Error)
+        self.assertIn("certificate verify failed", str(error))
         self.assertEqual(self.echoFactory.built, 0)
+        [warning] = self.warnings(events)
+        self.assertTrue(warning.startswith(
+            "TLS verification failed: the peer's certificate is not trusted"), warning)
 
     @inlineCallbacks
     def test_mutualTLS(self):
         """
         With clientCA, a client certificate from that CA is required: with
-        one the stream works; without one, or with one from another CA, the
-        handshake fails and no stream reaches the server.
+        one the stream works; without one, or with one from another CA,
+        connect() fails with the TLS error the server sent (with TLS 1.3 the
+        client finishes its side of the handshake first: the confirmation
+        window catches the server's verdict) and no stream reaches the
+        server.
         """
+        from OpenSSL.SSL import Error
+        events = self.logged()
         server = yield self.listen(
             "mio:ssl:0:privateKey=%(server.pem)s:interface=127.0.0.1:clientCA=%(ca.pem)s")
         good = self.client(
@@ -162,20 +184,30 @@ class TLSEndpointTests(TestCase):
         self.assertEqual(data, b"tls " * 5000)
         served = server.multiplexers[0].counters
         self.assertGreaterEqual(served.bytesReceived, 20000)
-        for extra in ("", ":certificate=%(rogue-client.pem)s:privateKey=%(rogue-client.pem)s"):
+        for extra, cause in (("", "certificate required"),
+                             (":certificate=%(rogue-client.pem)s:privateKey=%(rogue-client.pem)s",
+                              "unknown ca")):
+            # A long window, so the test does not depend on how fast the
+            # server's alert comes.
             bad = self.client(
-                "mio:tls:localhost:%(port)s:trustRoots=%(ca)s:connectTimeout=1.5" + extra)
-            # With TLS 1.3 the client may finish its side of the handshake
-            # before the server rejects its certificate: then the stream
-            # fails instead of the connect.  Either way nothing gets through.
-            try:
-                data, reason = yield self.echo(bad)
-            except MultiplexedConnectError as e:
-                self.assertIn("TLS error", str(e))
-            else:
-                self.assertEqual(data, b"", extra)
-                self.assertFalse(reason.check(ConnectionDone), extra)
+                "mio:tls:localhost:%(port)s:trustRoots=%(ca)s:confirmTimeout=20" + extra)
+            error = yield self.assertFailure(self.echo(bad), Error)
+            self.assertIn(cause, str(error))
         self.assertEqual(self.echoFactory.built, 1)
+        for _ in range(100):
+            if len(self.warnings(events)) >= 4:
+                break
+            yield deferLater(reactor, 0.01)
+        warnings = self.warnings(events)
+        # Each side says why, the cause first.
+        self.assertIn("TLS verification failed: the client sent no certificate and "
+                      "this server requires one (clientCA) [OpenSSL: peer did not "
+                      "return a certificate]; mio connection from tcp:127.0.0.1:",
+                      "\n".join(warnings))
+        self.assertIn("TLS verification failed: the peer requires a client certificate "
+                      "and none was given", "\n".join(warnings))
+        self.assertIn("TLS verification failed: the peer's certificate is not trusted",
+                      "\n".join(warnings))
 
     @inlineCallbacks
     def test_sslClientString(self):
@@ -187,7 +219,7 @@ class TLSEndpointTests(TestCase):
         client = self.client(
             "bmp:ssl:host=127.0.0.1:port=%(port)s:caCertsDir=%(ca)s:connectTimeout=10")
         mux = yield client.whenConnected()
-        self.assertTrue(mux._handshakeDone)
+        self.assertTrue(mux.isVerified())
         data, reason = yield self.echo(client)
         self.assertEqual(data, b"tls " * 5000)
 
@@ -347,8 +379,8 @@ class TwistdTLSTunnelTests(TestCase):
         self.assertEqual((reverseTarget.factory.good, reverseTarget.factory.bad), (100, 0))
         # One multiplexed connection carried them all.
         self.assertEqual(len(re.findall(framing + r" connection to \S+ up", client.text())), 1)
-        self.assertIn("reverse tunnel: 127.0.0.1:", server.text())
-        self.assertIn("forward tunnel: 127.0.0.1:", client.text())
+        self.assertIn("reverse tunnel: tcp:127.0.0.1:", server.text())
+        self.assertIn("forward tunnel: tcp:127.0.0.1:", client.text())
         self.log = "400 MiB through two tunnels in %.1f s" % (elapsed,)
 
         client.transport.signalProcess("TERM")
