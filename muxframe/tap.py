@@ -41,6 +41,17 @@ FRAMINGS = ("mio", "bmp")
 _PREFIXES = ("mio:", "bmp:", "mux:")
 
 
+def _printVersion(options):
+    """
+    Display muxframe's and Twisted's versions and exit.
+    """
+    from twisted import copyright
+
+    from . import __version__
+    print("muxframe %s (Twisted %s)" % (__version__, copyright.version))
+    sys.exit(0)
+
+
 def _settingParameters():
     return [
         [name, None, None, "%s (%s; default %s)" % (spec[5], spec[4], spec[1]),
@@ -66,6 +77,7 @@ class _RoleOptions(usage.Options):
     ] + _settingParameters()
 
     role = None
+    opt_version = _printVersion
 
     def postOptions(self):
         if not self["endpoint"]:
@@ -204,6 +216,7 @@ class Options(usage.Options):
         ["server", None, ServerOptions, "Accept multiplexed connections."],
         ["client", None, ClientOptions, "Keep a multiplexed connection to a server."],
     ]
+    opt_version = _printVersion
 
     def postOptions(self):
         if self.subCommand is None:

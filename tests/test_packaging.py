@@ -5,9 +5,15 @@ The repository's contract: how muxframe installs, and what CI runs.
 import configparser
 import os
 import re
+import subprocess
+import sys
 from importlib import metadata
 
+from twisted import copyright
 from twisted.trial.unittest import SynchronousTestCase
+
+import muxframe
+from muxframe import tap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,3 +77,51 @@ class PackagingTests(SynchronousTestCase):
         self.assertIn("muxframe.demo", demo)
         self.assertIn("twisted.trial tests", tests)
         self.assertIn(tests, read(".ci", "run"))
+
+
+def runTool(testCase, argv):
+    """
+    Run a command line with this repository's muxframe first on the path;
+    return its exit status and output.
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cwd = testCase.mktemp()
+    os.makedirs(cwd)
+    done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=60)
+    return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    C{--version} names muxframe's version, under both Twisted runners.
+    """
+
+    def assertVersion(self, argv):
+        code, output = runTool(self, argv)
+        self.assertEqual((code, output.splitlines()[-1:]),
+                         (0, ["muxframe %s (Twisted %s)" % (
+                             muxframe.__version__, copyright.version)]), output)
+
+    def test_twistd(self):
+        """
+        C{twistd -n muxframe --version} and C{twistd -n muxframe server
+        --version} print muxframe's version.
+        """
+        self.assertVersion(tap.twistdCommand("-n", "muxframe", "--version"))
+        self.assertVersion(tap.twistdCommand("-n", "muxframe", "server", "--version"))
+
+    def test_twist(self):
+        """
+        C{twist muxframe --version} prints muxframe's version.
+        """
+        self.assertVersion([sys.executable, "-m", "twisted", "muxframe", "--version"])
+
+    def test_setupCfgVersion(self):
+        """
+        The distribution's version is muxframe.__version__, stated once.
+        """
+        config = configparser.ConfigParser()
+        config.read(os.path.join(ROOT, "setup.cfg"))
+        self.assertEqual(config["metadata"]["version"], "attr: muxframe.__version__")
