@@ -407,7 +407,10 @@ def spawnPeer(testCase, name, argv):
     Start a peer program; it is killed (and reaped) at cleanup.
     """
     peer = PeerProcess(name)
-    reactor.spawnProcess(peer, argv[0], argv, env=dict(os.environ), path=HERE)
+    # A peer is another program, often another Python: none of this
+    # Python's module path (trial -j sets PYTHONPATH for its workers).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    reactor.spawnProcess(peer, argv[0], argv, env=env, path=HERE)
     testCase.addCleanup(peer.kill)
     return peer
 
