@@ -39,7 +39,8 @@ def sourceFiles(root=ROOT):
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS
                          and not d.startswith("_trial_temp") and not d.endswith(".egg-info"))
         for name in names:
-            if name.endswith((".pyc", ".pyo")) or name == "dropin.cache":
+            if (name.endswith((".pyc", ".pyo")) or name == "dropin.cache"
+                    or name.startswith("_trial_temp")):
                 continue
             files.append(os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/"))
     return sorted(files)
