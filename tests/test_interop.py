@@ -530,8 +530,8 @@ BLAZEIO_SIZES = [0, 1, 10, 10240, 10241, 100000, 1048576, 3 * 1048576 + 7]
 
 # 100 streams, small enough that all of them together fit in one TCP segment
 # on loopback (MSS about 64 KiB): Blazeio stalls when TCP hands it a frame
-# header in two reads (tests/interop/README.md), which a burst of 100
-# multi-frame streams makes TCP do now and then, whatever the sender writes.
+# header in two reads, and 100 multi-frame streams at once now and then
+# stalled it so (tests/interop/README.md), whatever the sender wrote.
 MANY_STREAM_SIZES = [(i * 7919) % 500 for i in range(100)]
 
 
