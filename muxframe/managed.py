@@ -92,6 +92,11 @@ class ManagedMultiplexer(Multiplexer):
         """
         The TLS handshake succeeded (the peer's certificate was verified).
         """
+        if self.transport.disconnecting:
+            # Twisted before 26.4 checks the host name after the handshake
+            # and, on a mismatch, aborts the connection and reports the
+            # handshake done all the same: connectionLost brings the reason.
+            return
         self._handshakeDone = True
         waiters, self._verifiedWaiters = self._verifiedWaiters, []
         _fire(waiters, self)

@@ -48,6 +48,17 @@ log = Logger(namespace="muxframe.tap")
 FRAMINGS = ("mio", "bmp")
 
 
+def _printVersion(options):
+    """
+    Display muxframe's and Twisted's versions and exit.
+    """
+    from twisted import copyright
+
+    from . import __version__
+    print("muxframe %s (Twisted %s)" % (__version__, copyright.version))
+    sys.exit(0)
+
+
 class Tunnel:
     """
     What one C{--endpoint} of a role is configured to do.
@@ -98,6 +109,7 @@ class _RoleOptions(usage.Options):
     """
 
     role = None
+    opt_version = _printVersion
 
     def __init__(self):
         usage.Options.__init__(self)
@@ -380,6 +392,7 @@ class Options(usage.Options):
         ["server", None, ServerOptions, "Accept multiplexed connections."],
         ["client", None, ClientOptions, "Keep multiplexed connections to servers."],
     ]
+    opt_version = _printVersion
 
     def postOptions(self):
         if self.subCommand is None:

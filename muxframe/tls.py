@@ -102,14 +102,14 @@ def mutualTLSServerEndpoint(reactor, port, privateKey="server.pem", certKey=None
     Return a TLS server endpoint (the C{ssl:} keywords, plus C{clientCA})
     that requires client certificates signed by a CA in C{clientCA}.
     """
-    from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
+    from twisted.internet.endpoints import SSL4ServerEndpoint
 
     if sslmethod is not None:
         raise ValueError("sslmethod is not supported with clientCA")
     options = mutualTLSServerOptions(
         privateKey, certKey, clientCA, extraCertChain, dhParameters)
-    return wrapServerTLS(
-        options, TCP4ServerEndpoint(reactor, int(port), int(backlog), interface))
+    # What ssl: itself builds (wrapServerTLS is Twisted 26.4 and later only).
+    return SSL4ServerEndpoint(reactor, int(port), options, int(backlog), interface)
 
 
 def _name(commonName):

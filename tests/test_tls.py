@@ -414,9 +414,8 @@ class MultiplexerOverTLSTests(TestCase):
             serverCert = PrivateCertificate.loadPEM(f.read())
         with open(paths["ca.pem"], "rb") as f:
             ca = Certificate.loadPEM(f.read())
-        server = endpoints.wrapServerTLS(
-            serverCert.options(),
-            endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        server = endpoints.SSL4ServerEndpoint(
+            reactor, 0, serverCert.options(), interface="127.0.0.1")
         port = yield server.listen(MultiplexerFactory(
             Factory.forProtocol(Protocol), framing="mio", role="server"))
         self.addCleanup(port.stopListening)
