@@ -43,6 +43,17 @@ class XTMPErrorCode(DescribedCode, IntEnum):
     GOING_AWAY = 18
     IDLE_TIMEOUT = 19
     INTERNAL = 20
+    # 32-63: outcomes of the XTMP server (muxframe.server,
+    # docs/xtmp-server.md), so every client can name them.
+    NO_RESPONDERS = 32
+    PERMISSION_DENIED = 33
+    RATE_LIMITED = 34
+    TOO_MANY_CONNECTIONS = 35
+    LOCKED_OUT = 36
+    BUSY = 37
+    SLOW_CONSUMER = 38
+    KEY_REVOKED = 39
+    BAD_SUBJECT = 40
 
 
 class XTMPLocalError(LocalProtocolError):
