@@ -522,11 +522,19 @@ class XTMPConnection:
                     self.counters.unmatchedResponses += 1
                 return
             name, end = codec.decodeName(message.payload)
+            if t == MessageType.Unsubscribe:
+                if end != len(message.payload):
+                    raise MalformedMessage("trailing bytes after stream name")
+                events.append(UnsubscribeReceived(name=name, message=message))
+                return
+            group = None
             if end != len(message.payload):
-                raise MalformedMessage("trailing bytes after stream name")
-            cls = (SubscribeReceived if t == MessageType.Subscribe
-                   else UnsubscribeReceived)
-            events.append(cls(name=name, message=message))
+                # A queue group's name may follow the stream's.
+                group, end = codec.decodeName(message.payload, end)
+                if end != len(message.payload):
+                    raise MalformedMessage("trailing bytes after queue group")
+            events.append(SubscribeReceived(name=name, group=group,
+                                            message=message))
         elif t == MessageType.Handshake:
             self._rekeyHello(message, now)
         elif t == MessageType.HandshakeAck:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.xtmp import codec
-from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.codec import F, MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
@@ -264,7 +264,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if type(event) is MessageReceived:
             message = event.message
             if message.streamName is not None:
-                self._streamData(message)
+                self.streamReceived(message)
             else:
                 self.messageReceived(message)
         elif type(event) is ResponseReceived:
@@ -294,12 +294,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self.sessionReady()
             self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
-            self._subscribeReceived(event)
+            self.subscribeReceived(event.name, event.message, event.group)
         elif type(event) is UnsubscribeReceived:
-            self.factory.streams.unsubscribe(event.name, self)
-            self.connection.sendMessage(
-                MessageType.Unsubscribe, b"",
-                requestSequence=event.message.requestId)
+            self.unsubscribeReceived(event.name, event.message)
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -369,6 +366,13 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self._sendError(message, XTMPErrorCode.APPLICATION_ERROR,
                             failure.getErrorMessage())
 
+    def respondError(self, message, code, reason):
+        """
+        Answer C{message} with Error C{code} and C{reason}: the peer's
+        request fails with L{PeerError} carrying them.
+        """
+        self._sendError(message, code, reason)
+
     def _sendError(self, message, code, reason):
         self.connection.sendMessage(MessageType.Error,
                                     codec.encodeReason(code, reason),
@@ -409,12 +413,17 @@ class XTMPProtocol(StreamsMixin, Protocol):
         self._send(message.type if messageType is None else messageType,
                    payload, flags, requestSequence=message.requestId)
 
-    def request(self, messageType, payload, flags=0, timeout=None):
+    def request(self, messageType, payload, flags=0, timeout=None,
+                subject=None):
         """
         Send a request; the L{Deferred} fires with the response L{Message}
         or fails with L{RequestTimeout} after C{timeout} seconds (default
-        C{requestTimeout}), or L{PeerError} if the peer answers Error.
-        Cancelling it stops waiting.
+        C{requestTimeout}; 0 waits without a timer), or L{PeerError} if the
+        peer answers Error.  Cancelling it stops waiting.
+
+        With C{subject}, the request goes to that subject: a STREAM_DATA
+        message with flag REQUEST, which the XTMP server routes to a
+        session serving the subject, relaying its response back.
         """
         request = _Request()
 
@@ -428,8 +437,11 @@ class XTMPProtocol(StreamsMixin, Protocol):
         request.deferred = Deferred(cancel)
         if timeout is None:
             timeout = self.connection.settings.requestTimeout
+        if subject is not None:
+            flags |= F.REQUEST
         try:
-            self._send(messageType, payload, flags, request=request)
+            self._send(messageType, payload, flags, streamName=subject,
+                       request=request)
         except XTMPLocalError as e:
             return fail(e)
         if timeout and not request.deferred.called:

@@ -1,0 +1,181 @@
+"""
+Tests for the small hooks the XTMP server needs in L{muxframe.xtmp}:
+queue groups and wildcard names on Subscribe, requests to a subject, the
+overridable receive points, C{respondError}, and the handshake's
+C{authorize} callback.
+"""
+
+from twisted.internet.task import Clock
+from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe.xtmp import (
+    Flags, MessageType, PeerError, Unauthorized, XTMPClientFactory,
+    XTMPErrorCode, XTMPProtocol, XTMPServerFactory,
+)
+from muxframe.xtmp import codec
+from muxframe.xtmp.subscriptions import isWildcard, subjectMatches
+
+from tests.test_xtmp_support import (
+    CLIENT_IDENTITY, SERVER_IDENTITY, enginePair, exchange,
+)
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    return out[0] if out else None
+
+
+class RecordingProtocol(XTMPProtocol):
+    """
+    A server protocol that records what reaches the receive points.
+    """
+
+    def subscribeReceived(self, name, message, group=None):
+        self.factory.seen.append(("subscribe", name, group))
+        if name == "refuse.me":
+            self.respondError(message, XTMPErrorCode.PERMISSION_DENIED, "no")
+        else:
+            XTMPProtocol.subscribeReceived(self, name, message, group)
+
+    def unsubscribeReceived(self, name, message):
+        self.factory.seen.append(("unsubscribe", name))
+        XTMPProtocol.unsubscribeReceived(self, name, message)
+
+    def streamReceived(self, message):
+        self.factory.seen.append(("stream", message.streamName,
+                                  bool(message.flags & Flags.REQUEST)))
+        if message.flags & Flags.REQUEST:
+            self.respond(message, b"answer:" + message.payload)
+
+
+class Pair:
+    def __init__(self, **serverKw):
+        self.clock = Clock()
+        serverKw.setdefault("authorizedKeys", [CLIENT_IDENTITY.public])
+        self.server = XTMPServerFactory(SERVER_IDENTITY, reactor=self.clock,
+                                        **serverKw)
+        self.server.protocol = RecordingProtocol
+        self.server.seen = []
+        cf = XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                               identity=CLIENT_IDENTITY, reactor=self.clock)
+        self.client = cf.buildProtocol(None)
+        self.serverProtocol = self.server.buildProtocol(None)
+        self.pump = connect(self.serverProtocol,
+                            makeFakeServer(self.serverProtocol), self.client,
+                            makeFakeClient(self.client), clock=self.clock)
+
+
+class SubjectMatchTests(SynchronousTestCase):
+    def test_matches(self):
+        cases = [("a.b", "a.b", True), ("a.*", "a.b", True),
+                 ("a.*", "a.b.c", False), ("a.>", "a.b.c", True),
+                 ("a.>", "a", False), (">", "a", True), ("*.b", "a.b", True),
+                 ("a.b", "a.c", False), ("a", "a.b", False),
+                 ("a.*.c", "a.x.c", True)]
+        for pattern, subject, expected in cases:
+            self.assertEqual(subjectMatches(pattern, subject), expected,
+                             (pattern, subject))
+
+    def test_isWildcard(self):
+        self.assertTrue(isWildcard("a.*"))
+        self.assertTrue(isWildcard(">"))
+        self.assertFalse(isWildcard("a*.b"))
+        self.assertFalse(isWildcard("plain"))
+
+
+class StreamHookTests(SynchronousTestCase):
+    def test_subscribeWithGroup(self):
+        """
+        A queue group travels after the stream name in Subscribe; the
+        server's subscribeReceived gets it.
+        """
+        p = Pair()
+        d = p.client.subscribe("orders.*", lambda m: None, group="workers")
+        p.pump.flush()
+        self.assertIsNotNone(result(d))
+        self.assertEqual(p.server.seen, [("subscribe", "orders.*", "workers")])
+
+    def test_subscribeWithoutGroup(self):
+        p = Pair()
+        p.client.subscribe("plain", lambda m: None)
+        p.pump.flush()
+        self.assertEqual(p.server.seen, [("subscribe", "plain", None)])
+
+    def test_groupWireBytes(self):
+        """
+        Subscribe data is name(len16) then, optionally, group(len16);
+        anything after the group is PROTOCOL_ERROR.
+        """
+        c, s = enginePair()
+        c.sendMessage(MessageType.Subscribe,
+                      codec.encodeName("a.b") + codec.encodeName("g"))
+        _, events = exchange(c, s)
+        self.assertEqual([(e.name, e.group) for e in events], [("a.b", "g")])
+        c.sendMessage(MessageType.Subscribe,
+                      codec.encodeName("a.b") + codec.encodeName("g") + b"x")
+        e = self.assertRaises(Exception, exchange, c, s)
+        self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+
+    def test_refusalCode(self):
+        """
+        respondError answers a Subscribe with any code.
+        """
+        p = Pair()
+        d = p.client.subscribe("refuse.me", lambda m: None)
+        p.pump.flush()
+        failure = result(d)
+        failure.trap(PeerError)
+        self.assertEqual(failure.value.code, XTMPErrorCode.PERMISSION_DENIED)
+
+    def test_unsubscribeHook(self):
+        p = Pair()
+        p.client.subscribe("x", lambda m: None)
+        p.pump.flush()
+        d = p.client.unsubscribe("x")
+        p.pump.flush()
+        self.assertIsNotNone(result(d))
+        self.assertIn(("unsubscribe", "x"), p.server.seen)
+
+    def test_requestToSubject(self):
+        """
+        request(..., subject=) sends STREAM_DATA with REQUEST; the
+        response answers it.
+        """
+        p = Pair()
+        d = p.client.request(0x41, b"q", subject="svc.echo", timeout=5)
+        p.pump.flush()
+        self.assertEqual(result(d).payload, b"answer:q")
+        self.assertEqual(p.server.seen, [("stream", "svc.echo", True)])
+
+    def test_publishHasNoRequestFlag(self):
+        p = Pair()
+        p.client.publish("svc.echo", b"q")
+        p.pump.flush()
+        self.assertEqual(p.server.seen, [("stream", "svc.echo", False)])
+
+    def test_wildcardCallbacks(self):
+        """
+        A local wildcard subscription gets STREAM_DATA of every matching
+        name, once per callback; exact and wildcard callbacks both run.
+        """
+        p = Pair()
+        got = []
+        p.client.subscribe("prices.*", lambda m: got.append(("*", m.streamName)))
+        p.client.subscribe("prices.>", lambda m: got.append((">", m.streamName)))
+        p.client.subscribe("prices.eur", lambda m: got.append(("=", m.streamName)))
+        p.pump.flush()
+        p.serverProtocol.publish("prices.eur", b"1")
+        p.serverProtocol.publish("prices.eur.spot", b"2")
+        p.serverProtocol.publish("other", b"3")
+        p.pump.flush()
+        self.assertEqual(sorted(got), sorted([
+            ("=", "prices.eur"), ("*", "prices.eur"), (">", "prices.eur"),
+            (">", "prices.eur.spot")]))
+        p.client.unsubscribe("prices.>")
+        p.pump.flush()
+        del got[:]
+        p.serverProtocol.publish("prices.eur.spot", b"4")
+        p.pump.flush()
+        self.assertEqual(got, [])
