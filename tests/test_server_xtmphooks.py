@@ -179,3 +179,50 @@ class StreamHookTests(SynchronousTestCase):
         p.serverProtocol.publish("prices.eur.spot", b"4")
         p.pump.flush()
         self.assertEqual(got, [])
+
+
+class AuthorizeHookTests(SynchronousTestCase):
+    """
+    XTMPServerFactory.authorizeClient sees the presented identity before
+    the authorized-keys check and may refuse with any code; failures carry
+    the identity presented.
+    """
+
+    def _pair(self, refuse=None, authorizedKeys=None):
+        seen = []
+
+        class Server(XTMPServerFactory):
+            def authorizeClient(self, protocol, identity, token):
+                seen.append((identity, token))
+                if refuse is not None:
+                    raise Unauthorized("locked", refuse)
+
+        clock = Clock()
+        server = Server(SERVER_IDENTITY, reactor=clock,
+                        authorizedKeys=authorizedKeys
+                        if authorizedKeys is not None
+                        else [CLIENT_IDENTITY.public])
+        cf = XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                               identity=CLIENT_IDENTITY, reactor=clock)
+        c, s = cf.buildProtocol(None), server.buildProtocol(None)
+        connect(s, makeFakeServer(s), c, makeFakeClient(c), clock=clock)
+        return seen, c, s
+
+    def test_seesIdentity(self):
+        seen, c, s = self._pair()
+        self.assertEqual(seen, [(CLIENT_IDENTITY.public, None)])
+        self.assertIs(result(s.whenHandshakeDone()), s)
+
+    def test_refusesWithCode(self):
+        seen, c, s = self._pair(refuse=XTMPErrorCode.LOCKED_OUT)
+        failure = result(s.whenHandshakeDone())
+        self.assertEqual(failure.value.code, XTMPErrorCode.LOCKED_OUT)
+        self.assertEqual(failure.value.identity, CLIENT_IDENTITY.public)
+        why = result(c.whenClosed())
+        self.assertEqual(why.code, XTMPErrorCode.LOCKED_OUT)
+
+    def test_unauthorizedCarriesIdentity(self):
+        seen, c, s = self._pair(authorizedKeys=[])
+        failure = result(s.whenHandshakeDone())
+        self.assertEqual(failure.value.code, XTMPErrorCode.UNAUTHORIZED)
+        self.assertEqual(failure.value.identity, CLIENT_IDENTITY.public)

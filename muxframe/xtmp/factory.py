@@ -135,7 +135,9 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         handshake = ServerHandshake(
             self.identity, self.ciphers, self.allowPlaintext,
             self._authorizedMap, self.checkToken, self.allowAnonymous,
-            resume=lambda sessionId: sessionId in self.sessions)
+            resume=lambda sessionId: sessionId in self.sessions,
+            authorize=lambda identity, token: self.authorizeClient(
+                protocol, identity, token))
 
         def resumptionFor(result, peerKey):
             """
@@ -158,6 +160,15 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
 
         return XTMPConnection(handshake, self.settings,
                               resumptionFor=resumptionFor, now=now)
+
+    def authorizeClient(self, protocol, identity, token):
+        """
+        Called during C{protocol}'s handshake with the client's presented
+        L{PublicIdentity} (signature verified) or bearer C{token} (both
+        L{None} for an anonymous client), before the authorized-keys or
+        token check.  Override to refuse clients by raising an
+        L{XTMPRemoteError} such as C{Unauthorized(reason, code)}.
+        """
 
     def _prune(self, now):
         horizon = now - self.settings.sessionTimeout
