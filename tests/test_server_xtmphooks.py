@@ -226,3 +226,30 @@ class AuthorizeHookTests(SynchronousTestCase):
         failure = result(s.whenHandshakeDone())
         self.assertEqual(failure.value.code, XTMPErrorCode.UNAUTHORIZED)
         self.assertEqual(failure.value.identity, CLIENT_IDENTITY.public)
+
+
+class HeartbeatRTTTests(SynchronousTestCase):
+    """
+    A heartbeat echoes the peer's last heartbeat clock and how long it was
+    held, so each side learns its round-trip time without extra messages.
+    """
+
+    def test_rtt(self):
+        settings = {"heartbeatInterval": 10}
+        c, s = enginePair(settings, settings)
+        self.assertIsNone(s.rtt)
+        # The server's heartbeat reaches the client 0.25 s later.
+        s.tick(10.0)
+        c.receiveData(s.dataToSend(), now=10.25)
+        # The client answers in its own heartbeat 4 s after that; it
+        # arrives 0.25 s later: the round trip is 0.5 s.
+        c.tick(14.25)
+        s.receiveData(c.dataToSend(), now=14.5)
+        self.assertAlmostEqual(s.rtt, 0.5, places=5)
+        self.assertIsNone(c.rtt)
+
+    def test_badLength(self):
+        c, s = enginePair()
+        c.sendControl(MessageType.Heartbeat, b"\x00" * 9)
+        e = self.assertRaises(Exception, s.receiveData, c.dataToSend())
+        self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)

@@ -77,7 +77,7 @@ class XTMPConnection:
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters")
+                 "counters", "rtt", "_peerClock")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -108,6 +108,10 @@ class XTMPConnection:
         self.pendingRequests = {}
         self.startedAt = self.lastReceived = self.lastSent = now
         self.lastActivity = self.keysAt = now
+        # Heartbeat round trip (seconds), and the peer's last heartbeat
+        # clock with when it arrived, to echo in our next heartbeat.
+        self.rtt = None
+        self._peerClock = None
 
     # -- sending -----------------------------------------------------------
 
@@ -485,7 +489,7 @@ class XTMPConnection:
                 self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
-            pass
+            self._heartbeatReceived(message.payload, now)
         elif t == MessageType.Ack:
             self.resumption.acknowledge(codec.decodeU64(message.payload,
                                                         "Ack"))
@@ -612,8 +616,29 @@ class XTMPConnection:
                 self._keyUpdate()
                 self.sendKey.createdAt = now
         if now - self.lastSent >= s.heartbeatInterval:
-            self.sendControl(MessageType.Heartbeat,
-                             codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1)))
+            self.sendControl(MessageType.Heartbeat, self._heartbeat(now))
+
+    def _heartbeat(self, now):
+        # u64 our clock (us) [|| u64 the peer's last clock || u64 us held]
+        payload = codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1))
+        if self._peerClock is not None:
+            clock, at = self._peerClock
+            self._peerClock = None
+            payload += codec.encodeU64(clock) + codec.encodeU64(
+                max(0, int((now - at) * 1e6)))
+        return payload
+
+    def _heartbeatReceived(self, payload, now):
+        if len(payload) not in (8, 24):
+            raise MalformedMessage("Heartbeat payload must be 8 or 24 bytes")
+        self._peerClock = (codec.decodeU64(payload[:8], "Heartbeat"), now)
+        if len(payload) == 24:
+            # The peer echoes one of our clocks and how long it held it.
+            echoed = codec.decodeU64(payload[8:16], "Heartbeat")
+            held = codec.decodeU64(payload[16:], "Heartbeat")
+            rtt = now - (echoed + held) / 1e6
+            if 0 <= rtt < 2 * self.settings.heartbeatInterval:
+                self.rtt = rtt
 
     def nextDeadline(self, now):
         """
