@@ -253,3 +253,20 @@ class HeartbeatRTTTests(SynchronousTestCase):
         c.sendControl(MessageType.Heartbeat, b"\x00" * 9)
         e = self.assertRaises(Exception, s.receiveData, c.dataToSend())
         self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+
+
+class NamedKeysTests(SynchronousTestCase):
+    def test_names(self):
+        """
+        A C{name:} line names the next identity; an ML-DSA key joins the
+        Ed25519 key before it; unnamed keys get None.
+        """
+        from muxframe.xtmp import Identity, parseAuthorizedKeys
+        a = Identity.generate(withMLDSA=True).public
+        b = Identity.generate().public
+        data = (b"# comment\nname: alice\n" + a.toPEM() +
+                b"\n" + b.toPEM() + b"name:  bob smith \r\n" +
+                CLIENT_IDENTITY.public.toPEM())
+        self.assertEqual(parseAuthorizedKeys(data),
+                         [("alice", a), (None, b),
+                          ("bob smith", CLIENT_IDENTITY.public)])

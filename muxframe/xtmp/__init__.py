@@ -25,7 +25,9 @@ from muxframe.xtmp.factory import (
 from muxframe.xtmp.handshake import (
     KEM, ClientHandshake, HandshakeResult, ServerHandshake,
 )
-from muxframe.xtmp.identity import Identity, PublicIdentity, loadAuthorizedKeys
+from muxframe.xtmp.identity import (
+    Identity, PublicIdentity, loadAuthorizedKeys, parseAuthorizedKeys,
+)
 from muxframe.xtmp.protocol import XTMPProtocol
 from muxframe.xtmp.session import Message, ResumptionState
 from muxframe.xtmp.streams import StreamRegistry
@@ -41,5 +43,5 @@ __all__ = [
     "Unauthorized", "Unsupported", "WrongKey", "XTMPClientFactory",
     "XTMPConnection", "XTMPErrorCode", "XTMPLocalError", "XTMPProtocol",
     "XTMPRemoteError", "XTMPServerFactory", "XTMPTimeout", "connectXTMP",
-    "encodePlain", "loadAuthorizedKeys",
+    "encodePlain", "loadAuthorizedKeys", "parseAuthorizedKeys",
 ]

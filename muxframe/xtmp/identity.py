@@ -251,19 +251,43 @@ class Identity:
             f.write(self.toPEM(password))
 
 
+_NAMED_BLOCKS = re.compile(
+    rb"^name:[ \t]*(\S[^\r\n]*?)[ \t]*\r?$"
+    rb"|-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.S | re.M)
+
+
+def parseAuthorizedKeys(data):
+    """
+    Parse an authorized-keys file: concatenated public-key PEM blocks, each
+    Ed25519 key (with an ML-DSA-65 key directly after it, if any) one
+    identity.  A line C{name: NAME} outside the blocks names the next
+    identity; other text outside the blocks is ignored (RFC 7468
+    explanatory text).
+
+    @return: a list of C{(name or None, PublicIdentity)}.
+    """
+    result = []
+    name = None
+    for match in _NAMED_BLOCKS.finditer(data):
+        if match.group(1) is not None:
+            name = match.group(1).decode("utf-8")
+            continue
+        key = serialization.load_pem_public_key(match.group(0))
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            result.append((name, PublicIdentity(key.public_bytes_raw())))
+            name = None
+        elif isinstance(key, mldsa.MLDSA65PublicKey) and result:
+            last, identity = result[-1]
+            result[-1] = (last, PublicIdentity(identity.ed25519,
+                                               key.public_bytes_raw()))
+    return result
+
+
 def loadAuthorizedKeys(path):
     """
     Read a file of concatenated public-key PEM blocks; each Ed25519 key
-    (with an ML-DSA-65 key directly after it, if any) is one identity.
+    (with an ML-DSA-65 key directly after it, if any) is one identity
+    (see L{parseAuthorizedKeys} for names).
     """
     with open(path, "rb") as f:
-        data = f.read()
-    result = []
-    for block in _pemBlocks(data):
-        key = serialization.load_pem_public_key(block)
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            result.append(PublicIdentity(key.public_bytes_raw()))
-        elif isinstance(key, mldsa.MLDSA65PublicKey) and result:
-            result[-1] = PublicIdentity(result[-1].ed25519,
-                                        key.public_bytes_raw())
-    return result
+        return [identity for _, identity in parseAuthorizedKeys(f.read())]
