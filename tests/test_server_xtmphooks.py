@@ -270,3 +270,25 @@ class NamedKeysTests(SynchronousTestCase):
         self.assertEqual(parseAuthorizedKeys(data),
                          [("alice", a), (None, b),
                           ("bob smith", CLIENT_IDENTITY.public)])
+
+
+class PruneTests(SynchronousTestCase):
+    """
+    The factory prunes resumable sessions at most once per pruneInterval
+    (not per connection), down to maxResumableSessions.
+    """
+
+    def test_pruneRateLimited(self):
+        from muxframe.xtmp.session import ResumptionState
+        clock = Clock()
+        server = XTMPServerFactory(SERVER_IDENTITY, reactor=clock,
+                                   authorizedKeys=[CLIENT_IDENTITY.public])
+        server.maxResumableSessions = 2
+        server._prune(0.0)
+        for sid in range(1, 6):
+            server.sessions[sid] = ResumptionState(sid)
+        server.live[5] = object()
+        server._prune(0.5)
+        self.assertEqual(len(server.sessions), 5)
+        server._prune(1.0)
+        self.assertEqual(sorted(server.sessions), [4, 5])

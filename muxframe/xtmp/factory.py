@@ -104,6 +104,8 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
     """
 
     maxResumableSessions = 10000
+    pruneInterval = 1.0
+    _prunedAt = None
 
     def __init__(self, identity, authorizedKeys=(), checkToken=None,
                  allowAnonymous=False, ciphers=DEFAULT_CIPHERS,
@@ -171,17 +173,22 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         """
 
     def _prune(self, now):
+        # It scans every held session: at most once per pruneInterval, not
+        # per connection (10,000 sessions made that cost more than a
+        # handshake), so the cap may be passed for that long.
+        if self._prunedAt is not None and \
+                now - self._prunedAt < self.pruneInterval:
+            return
+        self._prunedAt = now
         horizon = now - self.settings.sessionTimeout
+        live = self.live
         for sid, state in list(self.sessions.items()):
-            if sid not in self.live and state.lastActive < horizon:
+            if sid not in live and state.lastActive < horizon:
                 del self.sessions[sid]
-        while len(self.sessions) > self.maxResumableSessions:
-            for sid in self.sessions:
-                if sid not in self.live:
-                    del self.sessions[sid]
-                    break
-            else:
-                break
+        excess = len(self.sessions) - self.maxResumableSessions
+        if excess > 0:
+            for sid in [s for s in self.sessions if s not in live][:excess]:
+                del self.sessions[sid]
 
     def sessionStarted(self, protocol):
         """
