@@ -169,6 +169,14 @@ class Replies:
         self._pending[token] = (requester, context, now + self.timeout)
         return token
 
+    def get(self, token):
+        """
+        The pending request C{token}: C{(requester, context)}, or L{None};
+        it stays pending.
+        """
+        entry = self._pending.get(token)
+        return entry[:2] if entry is not None else None
+
     def resolve(self, token):
         """
         Take the pending request C{token}: C{(requester, context)}, or

@@ -1,0 +1,290 @@
+"""
+L{ServerSession}: one client's XTMP session on the server, the
+L{XTMPProtocol} that the L{muxframe.server.factory.XTMPServer} builds.
+
+It adds to the protocol what the server needs per session: its identity
+and permissions, its rate limits, delivery for the broker with the
+slow-consumer policy, and the L{ISession} face the registry shows.
+
+Rate limits (per session, token buckets): each application message,
+Subscribe and Unsubscribe takes one message token and its payload's
+length in byte tokens.  One that does not fit is answered Error
+RATE_LIMITED (it is not handled) and the session stops reading until the
+buckets hold enough again, so a client that ignores the errors is slowed
+to the configured rate rather than consuming the server's CPU.
+
+Slow consumers: while the connection accepts writes, deliveries go out at
+once.  While it does not (the peer reads too slowly), they wait in the
+session's send queue; a delivery that would take the queue past
+C{maxPending} bytes, or one arriving after the connection has accepted
+nothing for C{writeDeadline} seconds, makes the session a slow consumer:
+it is disconnected with SLOW_CONSUMER, and the delivery is dropped for it
+alone.
+"""
+
+from zope.interface import implementer
+
+from muxframe.server.errors import Refusal
+from muxframe.server.interfaces import ISession
+from muxframe.server.limits import TokenBucket
+from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.connection import OPEN
+from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
+from muxframe.xtmp.protocol import XTMPProtocol
+
+
+@implementer(ISession)
+class ServerSession(XTMPProtocol):
+    """
+    A client's session on the XTMP server.
+
+    @ivar source: the address limits count by (the peer's host).
+    @ivar peer: the peer's address as text.
+    @ivar identity: the L{SessionIdentity} (set when the handshake ends).
+    @ivar permissions: its L{Permissions}, or L{None} for "everything".
+    @ivar connectedAt: when its handshake completed.
+    @ivar endReason: the exception it ended with, once ended.
+    """
+
+    source = peer = None
+    identity = None
+    permissions = None
+    connectedAt = None
+    endReason = None
+    handshaking = False
+    registered = False
+    _pausedSince = None
+    _messageBucket = _byteBucket = None
+    _throttle = None
+
+    # -- ISession ----------------------------------------------------------
+
+    @property
+    def lastActivity(self):
+        """
+        When an application message last went either way.
+        """
+        return self.connection.lastActivity if self.connection else None
+
+    @property
+    def rtt(self):
+        """
+        The heartbeat round-trip time in seconds, or L{None}.
+        """
+        return self.connection.rtt if self.connection else None
+
+    @property
+    def counters(self):
+        """
+        The session's counters as a dict.
+        """
+        return self.connection.counters.asDict() if self.connection else {}
+
+    def subscriptions(self):
+        """
+        C{[(pattern, group)]} of this session.
+        """
+        return self.factory.broker.subscriptionsOf(self)
+
+    def isConnected(self):
+        """
+        Whether the session is open (handshake done, not closing).
+        """
+        conn = self.connection
+        return conn is not None and conn.state == OPEN
+
+    def isReady(self):
+        """
+        Whether a delivery would go out at once (for queue groups).
+        """
+        return self._pausedSince is None and self.isConnected()
+
+    # -- set up and tear down ---------------------------------------------
+
+    def startLimits(self, config, now):
+        """
+        Create the rate-limit buckets from the server's C{config}.
+        """
+        rate = config["limits.messages_per_second"]
+        if rate > 0:
+            self._messageBucket = TokenBucket(rate, config["limits.message_burst"],
+                                              now)
+        rate = config["limits.bytes_per_second"]
+        if rate > 0:
+            self._byteBucket = TokenBucket(rate, config["limits.byte_burst"], now)
+
+    def connectionMade(self):
+        """
+        Set SO_KEEPALIVE if configured, then start the XTMP session.
+        """
+        if self.factory.config["server.tcp_keepalive"]:
+            setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
+            if setKeepAlive is not None:
+                setKeepAlive(1)
+        XTMPProtocol.connectionMade(self)
+
+    def connectionLost(self, reason=None):
+        """
+        Remember why it ended, then let the protocol and factory clean up.
+        """
+        self.endReason = reason.value if reason is not None else None
+        if self._throttle is not None and self._throttle.active():
+            self._throttle.cancel()
+        self._throttle = None
+        XTMPProtocol.connectionLost(self, reason)
+
+    # -- flow control (write deadline) -------------------------------------
+
+    def pauseProducing(self):
+        """
+        The connection stopped accepting writes: note since when.
+        """
+        if self._pausedSince is None:
+            self._pausedSince = self.reactor.seconds()
+        XTMPProtocol.pauseProducing(self)
+
+    def resumeProducing(self):
+        """
+        The connection accepts writes again.
+        """
+        self._pausedSince = None
+        XTMPProtocol.resumeProducing(self)
+
+    # -- what the client sends ---------------------------------------------
+
+    def _admit(self, message):
+        """
+        Take the rate-limit tokens for C{message}; if they are not there,
+        answer RATE_LIMITED, stop reading until they are, and return False.
+        """
+        messages, byteBucket = self._messageBucket, self._byteBucket
+        if messages is None and byteBucket is None:
+            return True
+        now = self.reactor.seconds()
+        size = len(message.payload)
+        if (messages is None or messages.take(now)) and (
+                byteBucket is None or byteBucket.take(now, size)):
+            return True
+        wait = max(messages.wait(now) if messages else 0.0,
+                   byteBucket.wait(now, size) if byteBucket else 0.0)
+        self.factory.events.emit(
+            "rate_limited", "session {sessionId:#x} ({identity}) over its "
+            "rate limit: {codeName}, reading paused {wait:.3f}s",
+            code=XTMPErrorCode.RATE_LIMITED, sessionId=self.sessionId,
+            identity=self.identity.label, wait=wait)
+        self.respondError(message, XTMPErrorCode.RATE_LIMITED,
+                          "over the session's rate limit "
+                          "(limits.messages_per_second, limits.bytes_per_second)")
+        if self._throttle is None:
+            self.pauseDelivery()
+            self._throttle = self.reactor.callLater(max(wait, 0.001),
+                                                    self._unthrottle)
+        return False
+
+    def _unthrottle(self):
+        self._throttle = None
+        if self.isConnected():
+            self.resumeDelivery()
+
+    def messageReceived(self, message):
+        """
+        Route an application message through the server's router (or
+        answer GOING_AWAY while the server drains).
+        """
+        if message.requestSequence is not None:
+            XTMPProtocol.messageReceived(self, message)
+            return
+        if not self._admit(message):
+            return
+        if self.factory.draining:
+            self.respondError(message, XTMPErrorCode.GOING_AWAY,
+                              "the server is shutting down")
+            return
+        self.factory.router.dispatch(self, message)
+
+    def streamReceived(self, message):
+        """
+        A publish or request on a subject: to the broker.
+        """
+        if self._admit(message):
+            self.factory.broker.publishFrom(self, message)
+
+    def subscribeReceived(self, name, message, group=None):
+        """
+        Subscribe through the broker; confirm, or answer its refusal.
+        """
+        if not self._admit(message):
+            return
+        try:
+            self.factory.broker.subscribe(self, name, group)
+        except Refusal as refusal:
+            self.respondError(message, refusal.code, refusal.reason)
+        else:
+            self.respond(message, b"", messageType=MessageType.Subscribe)
+
+    def unsubscribeReceived(self, name, message):
+        """
+        Unsubscribe through the broker and confirm.
+        """
+        if self._admit(message):
+            self.factory.broker.unsubscribe(self, name)
+            self.respond(message, b"", messageType=MessageType.Unsubscribe)
+
+    # -- what the broker sends ---------------------------------------------
+
+    def _roomFor(self, size):
+        """
+        Whether a delivery of C{size} payload bytes may be queued; if not,
+        the session is a slow consumer and is disconnected.
+        """
+        conn = self.connection
+        if conn is None or conn.state != OPEN:
+            return False
+        since = self._pausedSince
+        if since is None:
+            return True
+        factory = self.factory
+        if self.reactor.seconds() - since > factory.writeDeadline:
+            why = "nothing written for over %gs (broker.write_deadline)" % (
+                factory.writeDeadline,)
+        elif conn.bufferedBytes + size + 32 > factory.maxPending:
+            why = "more than %d bytes waiting (broker.max_pending)" % (
+                factory.maxPending,)
+        else:
+            return True
+        self._slowConsumer(why)
+        return False
+
+    def _slowConsumer(self, why):
+        self.factory.broker.slowConsumer(self, why)
+        self.disconnect(XTMPErrorCode.SLOW_CONSUMER, "slow consumer: " + why)
+
+    def deliver(self, delivery):
+        """
+        Queue a L{Delivery} for this session (STREAM_DATA on its subject).
+
+        @return: whether it was queued (False: closed, or a slow consumer
+            now disconnected).
+        """
+        if not self._roomFor(len(delivery.payload)):
+            return False
+        try:
+            self.publish(delivery.subject, delivery.payload,
+                         delivery.messageType, delivery.flags)
+        except SendQueueFull as e:
+            self._slowConsumer(str(e))
+            return False
+        return True
+
+    def forwardRequest(self, delivery):
+        """
+        Send a request routed by the broker to this session (a responder).
+
+        @return: a Deferred of its response L{Message}, or L{None} if it
+            cannot take it.
+        """
+        if not self._roomFor(len(delivery.payload)):
+            return None
+        return self.request(delivery.messageType, delivery.payload,
+                            delivery.flags, timeout=0,
+                            subject=delivery.subject)
