@@ -33,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .server.tap import XTMPOptions
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
@@ -203,6 +204,7 @@ class Options(usage.Options):
     subCommands = [
         ["server", None, ServerOptions, "Accept multiplexed connections."],
         ["client", None, ClientOptions, "Keep a multiplexed connection to a server."],
+        ["xtmp", None, XTMPOptions, "Run the XTMP server (docs/xtmp-server.md)."],
     ]
 
     def postOptions(self):
@@ -244,6 +246,9 @@ def makeService(options, reactor=None):
     from .tunnel import EchoFactory, ForwardFactory, TunnelFactory, reverseOpener
 
     sub = options.subOptions
+    if options.subCommand == "xtmp":
+        from .server.tap import makeService as makeXTMPService
+        return makeXTMPService(sub, reactor)
     top = service.MultiService()
     top.setName("muxframe-" + options.subCommand)
     if options.subCommand == "server":

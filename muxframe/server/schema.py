@@ -202,7 +202,7 @@ SCHEMA = [Key(*entry) for entry in [
      "Lost sessions whose state is kept for resumption."),
     # xtmp_protocol
     ("xtmp_protocol.version", _exactly(1), 1, "-",
-     "The XTMP version (only 1)."),
+     "The XTMP version (only 1).", "xtmp-version"),
     ("xtmp_protocol.magic_bytes", _exactly("XTMP"), "XTMP", "-",
      "The header magic (only XTMP)."),
     ("xtmp_protocol.default_encryption", _optional(_ciphers), None, "cipher",
