@@ -230,23 +230,30 @@ class AuthorizeHookTests(SynchronousTestCase):
 
 class HeartbeatRTTTests(SynchronousTestCase):
     """
-    A heartbeat echoes the peer's last heartbeat clock and how long it was
-    held, so each side learns its round-trip time without extra messages.
+    A heartbeat probe is answered at once with an echo of its clock, so the
+    prober learns its round-trip time and an idle session costs one round
+    trip per interval.
     """
 
     def test_rtt(self):
         settings = {"heartbeatInterval": 10}
         c, s = enginePair(settings, settings)
         self.assertIsNone(s.rtt)
-        # The server's heartbeat reaches the client 0.25 s later.
+        # The server's probe reaches the client 0.25 s later; the answer
+        # takes 0.25 s back: the round trip is 0.5 s.
         s.tick(10.0)
-        c.receiveData(s.dataToSend(), now=10.25)
-        # The client answers in its own heartbeat 4 s after that; it
-        # arrives 0.25 s later: the round trip is 0.5 s.
-        c.tick(14.25)
-        s.receiveData(c.dataToSend(), now=14.5)
+        probe = s.dataToSend(now=10.0)
+        c.receiveData(probe, now=10.25)
+        answer = c.dataToSend(now=10.25)
+        self.assertEqual(len(answer), len(probe) + 8)
+        self.assertEqual(c.receiveData(b"", now=10.25), [])
+        s.receiveData(answer, now=10.5)
         self.assertAlmostEqual(s.rtt, 0.5, places=5)
         self.assertIsNone(c.rtt)
+        # The answer was the client's heartbeat: its own timer restarts.
+        self.assertAlmostEqual(c.nextDeadline(10.25), 10.0)
+        # An answer is not answered.
+        self.assertEqual(s.dataToSend(now=10.5), b"")
 
     def test_badLength(self):
         c, s = enginePair()

@@ -77,7 +77,7 @@ class XTMPConnection:
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters", "rtt", "_peerClock")
+                 "counters", "rtt")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -108,10 +108,9 @@ class XTMPConnection:
         self.pendingRequests = {}
         self.startedAt = self.lastReceived = self.lastSent = now
         self.lastActivity = self.keysAt = now
-        # Heartbeat round trip (seconds), and the peer's last heartbeat
-        # clock with when it arrived, to echo in our next heartbeat.
+        # Heartbeat round trip (seconds), measured when a probe of ours is
+        # answered.
         self.rtt = None
-        self._peerClock = None
 
     # -- sending -----------------------------------------------------------
 
@@ -619,26 +618,25 @@ class XTMPConnection:
             self.sendControl(MessageType.Heartbeat, self._heartbeat(now))
 
     def _heartbeat(self, now):
-        # u64 our clock (us) [|| u64 the peer's last clock || u64 us held]
-        payload = codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1))
-        if self._peerClock is not None:
-            clock, at = self._peerClock
-            self._peerClock = None
-            payload += codec.encodeU64(clock) + codec.encodeU64(
-                max(0, int((now - at) * 1e6)))
-        return payload
+        # A probe: u64 our clock in microseconds.
+        return codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1))
 
     def _heartbeatReceived(self, payload, now):
-        if len(payload) not in (8, 24):
-            raise MalformedMessage("Heartbeat payload must be 8 or 24 bytes")
-        self._peerClock = (codec.decodeU64(payload[:8], "Heartbeat"), now)
-        if len(payload) == 24:
-            # The peer echoes one of our clocks and how long it held it.
-            echoed = codec.decodeU64(payload[8:16], "Heartbeat")
-            held = codec.decodeU64(payload[16:], "Heartbeat")
-            rtt = now - (echoed + held) / 1e6
+        if len(payload) == 8:
+            # A probe: answer it at once, echoing its clock.  The answer
+            # counts as our heartbeat, so an idle session costs one round
+            # trip per interval, started by whichever side's timer fires
+            # first.
+            self.sendControl(MessageType.Heartbeat,
+                             self._heartbeat(now) + payload)
+        elif len(payload) == 16:
+            # An answer to one of our probes.
+            echoed = codec.decodeU64(payload[8:], "Heartbeat") / 1e6
+            rtt = now - echoed
             if 0 <= rtt < 2 * self.settings.heartbeatInterval:
                 self.rtt = rtt
+        else:
+            raise MalformedMessage("Heartbeat payload must be 8 or 16 bytes")
 
     def nextDeadline(self, now):
         """
