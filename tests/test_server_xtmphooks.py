@@ -255,6 +255,27 @@ class HeartbeatRTTTests(SynchronousTestCase):
         # An answer is not answered.
         self.assertEqual(s.dataToSend(now=10.5), b"")
 
+    def test_idleRoundDropsCipherContexts(self):
+        """
+        Keys make their AEAD object at first use; after a heartbeat round
+        in a session idle for an interval, both sides drop theirs, and the
+        next message works as before.
+        """
+        settings = {"heartbeatInterval": 10}
+        c, s = enginePair(settings, settings)
+        self.assertIsNone(s.sendKey._aead)
+        c.sendMessage(0x10, b"hi")
+        exchange(c, s, now=1.0)
+        self.assertIsNotNone(s.receiveKey._aead)
+        s.tick(11.0)
+        c.receiveData(s.dataToSend(now=11.0), now=11.0)
+        s.receiveData(c.dataToSend(now=11.0), now=11.0)
+        for key in (s.sendKey, s.receiveKey, c.sendKey, c.receiveKey):
+            self.assertIsNone(key._aead)
+        c.sendMessage(0x10, b"again")
+        _, events = exchange(c, s, now=12.0)
+        self.assertEqual([e.message.payload for e in events], [b"again"])
+
     def test_badLength(self):
         c, s = enginePair()
         c.sendControl(MessageType.Heartbeat, b"\x00" * 9)

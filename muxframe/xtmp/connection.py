@@ -637,6 +637,13 @@ class XTMPConnection:
                 self.rtt = rtt
         else:
             raise MalformedMessage("Heartbeat payload must be 8 or 16 bytes")
+        if self.sendKey is not None and \
+                now - self.lastActivity >= self.settings.heartbeatInterval:
+            # Idle for an interval: this round trip is all that will use
+            # the keys for a while, so drop their cipher contexts (most of
+            # an idle session's memory) until then.
+            self.sendKey.release()
+            self.receiveKey.release()
 
     def nextDeadline(self, now):
         """
