@@ -32,7 +32,8 @@ from muxframe.server.hub import Broker
 from muxframe.server.limits import BucketTable, ConnectionCounter, Lockout
 from muxframe.server.registry import SessionIdentity, SessionRegistry
 from muxframe.server.router import Router
-from muxframe.server.session import ServerSession
+from muxframe.server.session import ServerSession, SessionState
+from muxframe.server.timers import CoarseClock
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import MessageType, encodePlain
 from muxframe.xtmp.errors import (
@@ -152,6 +153,8 @@ class XTMPServer(XTMPServerFactory):
         self.addressLockout = Lockout(*lockout)
         self.keyLockout = Lockout(*lockout) if c["security.lockout_keys"] \
             else None
+        resolution = c["server.timer_resolution"]
+        self.timers = CoarseClock(reactor, resolution) if resolution else None
         self.handshaking = 0
         self.draining = False
         self.refusals = {}
@@ -257,9 +260,9 @@ class XTMPServer(XTMPServerFactory):
                                 "too many new connections from this address "
                                 "(handshake_rate)", "refused_rate")
         protocol = XTMPServerFactory.buildProtocol(self, address)
-        protocol.source = source
-        protocol.peer = describePeer(address)
-        protocol.handshaking = True
+        if self.timers is not None:
+            protocol.reactor = self.timers
+        protocol.state = SessionState(source, describePeer(address))
         self.handshaking += 1
         self.connections.add(source)
         self._open.add(protocol)
@@ -269,8 +272,8 @@ class XTMPServer(XTMPServerFactory):
         return protocol
 
     def _endHandshake(self, protocol):
-        if protocol.handshaking:
-            protocol.handshaking = False
+        if protocol.state.handshaking:
+            protocol.state.handshaking = False
             self.handshaking -= 1
 
     def _handshakeDone(self, protocol):
@@ -350,11 +353,10 @@ class XTMPServer(XTMPServerFactory):
         """
         XTMPServerFactory.sessionStarted(self, protocol)
         now = self.reactor.seconds()
-        identity = protocol.identity = self.identityOf(protocol)
-        protocol.permissions = self.permissions.forIdentity(identity.label)
-        protocol.connectedAt = now
-        protocol.startLimits(self.config, now)
-        protocol.registered = True
+        identity = self.identityOf(protocol)
+        protocol.started(identity, self.permissions.forIdentity(identity.label),
+                         self.config, now)
+        protocol.state.registered = True
         self.registry.add(protocol)
 
     def sessionLost(self, protocol):
@@ -366,8 +368,8 @@ class XTMPServer(XTMPServerFactory):
         if protocol in self._open:
             self._open.discard(protocol)
             self.connections.remove(protocol.source)
-        if protocol.registered:
-            protocol.registered = False
+        if protocol.state.registered:
+            protocol.state.registered = False
             self.registry.remove(protocol, protocol.endReason)
             self.broker.removeSession(protocol)
             self.router.dropSession(protocol)

@@ -200,6 +200,9 @@ SCHEMA = [Key(*entry) for entry in [
      "Set SO_KEEPALIVE on accepted TCP connections."),
     ("server.max_resumable_sessions", _integer(0), 10000, _count,
      "Lost sessions whose state is kept for resumption."),
+    ("server.timer_resolution", _number(), 1.0, _seconds,
+     "Session timers (heartbeats, timeouts) run at boundaries this far "
+     "apart, all due ones together (0: each on its own)."),
     # xtmp_protocol
     ("xtmp_protocol.version", _exactly(1), 1, "-",
      "The XTMP version (only 1).", "xtmp-version"),

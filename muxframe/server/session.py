@@ -33,31 +33,81 @@ from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
 from muxframe.xtmp.protocol import XTMPProtocol
 
 
+class SessionState:
+    """
+    What the server keeps per session beside the protocol's own state, in
+    one slotted object: fewer attributes on the protocol keep its
+    instance dictionary small (10,000 idle sessions are what matters).
+    """
+
+    __slots__ = ("source", "peer", "identity", "permissions", "connectedAt",
+                 "endReason", "handshaking", "registered", "pausedSince",
+                 "messages", "bytes", "throttle")
+
+    def __init__(self, source, peer):
+        self.source = source
+        self.peer = peer
+        self.identity = self.permissions = self.connectedAt = None
+        self.endReason = None
+        self.handshaking = True
+        self.registered = False
+        self.pausedSince = None
+        self.messages = self.bytes = self.throttle = None
+
+
 @implementer(ISession)
 class ServerSession(XTMPProtocol):
     """
     A client's session on the XTMP server.
 
-    @ivar source: the address limits count by (the peer's host).
-    @ivar peer: the peer's address as text.
-    @ivar identity: the L{SessionIdentity} (set when the handshake ends).
-    @ivar permissions: its L{Permissions}, or L{None} for "everything".
-    @ivar connectedAt: when its handshake completed.
-    @ivar endReason: the exception it ended with, once ended.
+    @ivar state: its L{SessionState} (set by the factory when admitted).
     """
 
-    source = peer = None
-    identity = None
-    permissions = None
-    connectedAt = None
-    endReason = None
-    handshaking = False
-    registered = False
-    _pausedSince = None
-    _messageBucket = _byteBucket = None
-    _throttle = None
+    state = None
 
     # -- ISession ----------------------------------------------------------
+
+    @property
+    def source(self):
+        """
+        The address limits count this session by (the peer's host).
+        """
+        return self.state.source
+
+    @property
+    def peer(self):
+        """
+        The peer's address as text.
+        """
+        return self.state.peer
+
+    @property
+    def identity(self):
+        """
+        The L{SessionIdentity}, once the handshake is done.
+        """
+        return self.state.identity
+
+    @property
+    def permissions(self):
+        """
+        Its L{Permissions}, or L{None} for "everything".
+        """
+        return self.state.permissions
+
+    @property
+    def connectedAt(self):
+        """
+        When its handshake completed.
+        """
+        return self.state.connectedAt
+
+    @property
+    def endReason(self):
+        """
+        The exception it ended with, once ended.
+        """
+        return self.state.endReason
 
     @property
     def lastActivity(self):
@@ -97,21 +147,26 @@ class ServerSession(XTMPProtocol):
         """
         Whether a delivery would go out at once (for queue groups).
         """
-        return self._pausedSince is None and self.isConnected()
+        return self.state.pausedSince is None and self.isConnected()
 
-    # -- set up and tear down ---------------------------------------------
-
-    def startLimits(self, config, now):
+    def started(self, identity, permissions, config, now):
         """
-        Create the rate-limit buckets from the server's C{config}.
+        The handshake completed as C{identity}: set its permissions and
+        create its rate-limit buckets from C{config}.
         """
+        state = self.state
+        state.identity = identity
+        state.permissions = permissions
+        state.connectedAt = now
         rate = config["limits.messages_per_second"]
         if rate > 0:
-            self._messageBucket = TokenBucket(rate, config["limits.message_burst"],
-                                              now)
+            state.messages = TokenBucket(rate, config["limits.message_burst"],
+                                         now)
         rate = config["limits.bytes_per_second"]
         if rate > 0:
-            self._byteBucket = TokenBucket(rate, config["limits.byte_burst"], now)
+            state.bytes = TokenBucket(rate, config["limits.byte_burst"], now)
+
+    # -- set up and tear down ---------------------------------------------
 
     def connectionMade(self):
         """
@@ -127,10 +182,11 @@ class ServerSession(XTMPProtocol):
         """
         Remember why it ended, then let the protocol and factory clean up.
         """
-        self.endReason = reason.value if reason is not None else None
-        if self._throttle is not None and self._throttle.active():
-            self._throttle.cancel()
-        self._throttle = None
+        state = self.state
+        state.endReason = reason.value if reason is not None else None
+        if state.throttle is not None and state.throttle.active():
+            state.throttle.cancel()
+        state.throttle = None
         XTMPProtocol.connectionLost(self, reason)
 
     # -- flow control (write deadline) -------------------------------------
@@ -139,15 +195,15 @@ class ServerSession(XTMPProtocol):
         """
         The connection stopped accepting writes: note since when.
         """
-        if self._pausedSince is None:
-            self._pausedSince = self.reactor.seconds()
+        if self.state.pausedSince is None:
+            self.state.pausedSince = self.reactor.seconds()
         XTMPProtocol.pauseProducing(self)
 
     def resumeProducing(self):
         """
         The connection accepts writes again.
         """
-        self._pausedSince = None
+        self.state.pausedSince = None
         XTMPProtocol.resumeProducing(self)
 
     # -- what the client sends ---------------------------------------------
@@ -157,7 +213,8 @@ class ServerSession(XTMPProtocol):
         Take the rate-limit tokens for C{message}; if they are not there,
         answer RATE_LIMITED, stop reading until they are, and return False.
         """
-        messages, byteBucket = self._messageBucket, self._byteBucket
+        state = self.state
+        messages, byteBucket = state.messages, state.bytes
         if messages is None and byteBucket is None:
             return True
         now = self.reactor.seconds()
@@ -175,14 +232,16 @@ class ServerSession(XTMPProtocol):
         self.respondError(message, XTMPErrorCode.RATE_LIMITED,
                           "over the session's rate limit "
                           "(limits.messages_per_second, limits.bytes_per_second)")
-        if self._throttle is None:
+        if state.throttle is None:
             self.pauseDelivery()
-            self._throttle = self.reactor.callLater(max(wait, 0.001),
-                                                    self._unthrottle)
+            # The factory's reactor, not the coarse session clock: the wait
+            # is usually milliseconds.
+            state.throttle = self.factory.reactor.callLater(
+                max(wait, 0.001), self._unthrottle)
         return False
 
     def _unthrottle(self):
-        self._throttle = None
+        self.state.throttle = None
         if self.isConnected():
             self.resumeDelivery()
 
@@ -240,7 +299,7 @@ class ServerSession(XTMPProtocol):
         conn = self.connection
         if conn is None or conn.state != OPEN:
             return False
-        since = self._pausedSince
+        since = self.state.pausedSince
         if since is None:
             return True
         factory = self.factory

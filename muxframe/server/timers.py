@@ -1,0 +1,148 @@
+"""
+L{CoarseClock}: session timers grouped into slots, so thousands of idle
+sessions cost the reactor one timer per slot rather than one each.
+
+An XTMP session keeps one timer (its next heartbeat, silence or idle
+deadline) and re-arms it at every tick.  With 10,000 sessions that is
+10,000 entries in the reactor's heap, re-sorted on every heartbeat, and as
+many separate wake-ups.  Here a timer due at time t runs in the first
+slot boundary at or after t (slots are C{resolution} seconds apart), all
+the timers of a slot run in one reactor call, and the reactor holds one
+C{DelayedCall} per slot that has timers.  No timer runs early; each runs
+at most C{resolution} late, which heartbeats (seconds apart, with a
+silence limit of two intervals) and handshake, idle and request timeouts
+tolerate.
+"""
+
+import math
+
+from zope.interface import implementer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+@implementer(IDelayedCall)
+class CoarseCall:
+    """
+    One timer of a L{CoarseClock} (an C{IDelayedCall}).
+    """
+
+    __slots__ = ("_clock", "_slot", "_due", "_call")
+
+    def __init__(self, clock, slot, due, call):
+        self._clock = clock
+        self._slot = slot
+        self._due = due
+        self._call = call
+
+    def getTime(self):
+        """
+        When it is due (it runs at its slot's boundary, at most
+        C{resolution} later).
+        """
+        return self._due
+
+    def active(self):
+        """
+        Whether it has neither run nor been cancelled.
+        """
+        return self._call is not None
+
+    def cancel(self):
+        """
+        Do not run it.
+        """
+        if self._call is None:
+            from twisted.internet.error import AlreadyCalled
+            raise AlreadyCalled()
+        self._call = None
+        self._clock._forget(self)
+
+    def delay(self, seconds):
+        """
+        Not supported: cancel and schedule anew.
+        """
+        raise NotImplementedError("CoarseCall.delay")
+
+    def reset(self, seconds):
+        """
+        Not supported: cancel and schedule anew.
+        """
+        raise NotImplementedError("CoarseCall.reset")
+
+
+@implementer(IReactorTime)
+class CoarseClock:
+    """
+    An C{IReactorTime} over C{reactor} running timers at slot boundaries
+    C{resolution} seconds apart.
+    """
+
+    def __init__(self, reactor, resolution=1.0):
+        self._reactor = reactor
+        self.resolution = resolution
+        self._slots = {}
+        self._delayed = {}
+
+    def seconds(self):
+        """
+        The reactor's time.
+        """
+        return self._reactor.seconds()
+
+    def callLater(self, delay, f, *args, **kw):
+        """
+        Run C{f(*args, **kw)} at the first slot boundary at least C{delay}
+        seconds from now.
+        """
+        now = self._reactor.seconds()
+        due = now + delay
+        slot = int(math.ceil(due / self.resolution))
+        if slot * self.resolution < due:
+            slot += 1
+        timer = CoarseCall(self, slot, due, (f, args, kw))
+        timers = self._slots.get(slot)
+        if timers is None:
+            timers = self._slots[slot] = {}
+            self._delayed[slot] = self._reactor.callLater(
+                max(0.0, slot * self.resolution - now), self._run, slot)
+        timers[timer] = None
+        return timer
+
+    def _forget(self, timer):
+        timers = self._slots.get(timer._slot)
+        if timers is None:
+            return
+        timers.pop(timer, None)
+        if not timers:
+            del self._slots[timer._slot]
+            call = self._delayed.pop(timer._slot)
+            if call.active():
+                call.cancel()
+
+    def _run(self, slot):
+        timers = self._slots.pop(slot, {})
+        self._delayed.pop(slot, None)
+        for timer in timers:
+            call = timer._call
+            if call is None:
+                continue
+            timer._call = None
+            f, args, kw = call
+            try:
+                f(*args, **kw)
+            except Exception:
+                from twisted.logger import Logger
+                Logger(namespace="muxframe.server").failure(
+                    "timer {f!r} failed", f=f)
+
+    def getDelayedCalls(self):
+        """
+        The active timers.
+        """
+        return [t for timers in self._slots.values() for t in timers]
+
+    def pending(self):
+        """
+        How many timers wait, and in how many slots.
+        """
+        return sum(len(t) for t in self._slots.values()), len(self._slots)
