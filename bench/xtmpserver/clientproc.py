@@ -33,11 +33,23 @@ from bench.common import percentile
 from bench.xtmpserver.common import (
     CLIENT, ECHO, SERVER, emit, listenToStdin,
 )
-from muxframe.xtmp import ClientHandshake, XTMPClientFactory, connectXTMP
+from muxframe.xtmp import (
+    ClientHandshake, XTMPClientFactory, XTMPProtocol, connectXTMP,
+)
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import Decoder, MessageType
 
 _LENGTH = struct.Struct(">I")
+
+
+class NoDelayProtocol(XTMPProtocol):
+    """
+    A client session with TCP_NODELAY, as the server sets it.
+    """
+
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        XTMPProtocol.connectionMade(self)
 
 
 class Client:
@@ -50,10 +62,12 @@ class Client:
         self.failed = 0
 
     def factory(self):
-        return XTMPClientFactory(serverKey=SERVER.public, identity=CLIENT,
-                                 resume=False,
-                                 heartbeatInterval=self.args.heartbeat,
-                                 maxQueuedBytes=64 << 20)
+        factory = XTMPClientFactory(serverKey=SERVER.public, identity=CLIENT,
+                                    resume=False,
+                                    heartbeatInterval=self.args.heartbeat,
+                                    maxQueuedBytes=64 << 20)
+        factory.protocol = NoDelayProtocol
+        return factory
 
     def onMessage(self, message):
         self.received += 1

@@ -124,12 +124,41 @@ class Server:
         """
         import cProfile
         if path is None:
-            self.profiler = cProfile.Profile()
+            self.profiler = cProfile.Profile(time.process_time)
             self.profiler.enable()
         else:
             self.profiler.disable()
             self.profiler.dump_stats(path)
         emit("profiled")
+
+    def cmd_trace(self, top=0, per=1):
+        """
+        (diagnosis) Start tracing allocations; with C{top}, print the
+        C{top} biggest allocation sites since the start, divided by C{per}.
+        """
+        import gc, tracemalloc
+        if not top:
+            tracemalloc.start(4)
+            self.snapshot = tracemalloc.take_snapshot()
+        else:
+            gc.collect()
+            snap = tracemalloc.take_snapshot()
+            rows = snap.compare_to(self.snapshot, "lineno")[:top]
+            emit("traced", rows=[[r.size_diff / per, r.count_diff / per,
+                                  str(r.traceback[0])] for r in rows],
+                 total=sum(r.size_diff for r in snap.compare_to(
+                     self.snapshot, "filename")) / per)
+            return
+        emit("traced", rows=[], total=0)
+
+    def cmd_trim(self):
+        """
+        (experiment) gc.collect and glibc malloc_trim, then stats.
+        """
+        import ctypes, gc
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.cmd_stats()
 
     def cmd_stop(self):
         reactor.stop()

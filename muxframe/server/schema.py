@@ -198,6 +198,9 @@ SCHEMA = [Key(*entry) for entry in [
      "On SIGTERM, how long sessions get to finish before they are cut."),
     ("server.tcp_keepalive", _boolean, False, "boolean",
      "Set SO_KEEPALIVE on accepted TCP connections."),
+    ("server.tcp_nodelay", _boolean, True, "boolean",
+     "Set TCP_NODELAY on accepted TCP connections (no Nagle delay for "
+     "small messages)."),
     ("server.max_resumable_sessions", _integer(0), 10000, _count,
      "Lost sessions whose state is kept for resumption."),
     ("server.timer_resolution", _number(), 1.0, _seconds,

@@ -170,12 +170,15 @@ class ServerSession(XTMPProtocol):
 
     def connectionMade(self):
         """
-        Set SO_KEEPALIVE if configured, then start the XTMP session.
+        Set SO_KEEPALIVE and TCP_NODELAY as configured (on TCP
+        transports), then start the XTMP session.
         """
-        if self.factory.config["server.tcp_keepalive"]:
-            setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
-            if setKeepAlive is not None:
-                setKeepAlive(1)
+        config = self.factory.config
+        for key, name in (("server.tcp_keepalive", "setTcpKeepAlive"),
+                          ("server.tcp_nodelay", "setTcpNoDelay")):
+            setter = getattr(self.transport, name, None)
+            if config[key] and setter is not None:
+                setter(1)
         XTMPProtocol.connectionMade(self)
 
     def connectionLost(self, reason=None):
