@@ -320,3 +320,32 @@ class PruneTests(SynchronousTestCase):
         self.assertEqual(len(server.sessions), 5)
         server._prune(1.0)
         self.assertEqual(sorted(server.sessions), [4, 5])
+
+
+class SendPreparedTests(SynchronousTestCase):
+    """
+    XTMPConnection.sendPrepared seals a prebuilt body at once when nothing
+    is queued, and refuses (changing nothing) otherwise.
+    """
+
+    def test_sameBodyManySessions(self):
+        from muxframe.xtmp.codec import F
+        body = codec.encodeName("fan.out") + b"payload"
+        for _ in range(2):
+            c, s = enginePair()
+            self.assertTrue(s.sendPrepared(0x41, F.STREAM_DATA, body, 1.0))
+            events = c.receiveData(s.dataToSend())
+            self.assertEqual([(e.message.streamName, e.message.payload)
+                              for e in events], [("fan.out", b"payload")])
+            self.assertEqual(s.counters.messagesSent, 1)
+
+    def test_refusedWhenQueuedOrTooBig(self):
+        from muxframe.xtmp.codec import F
+        c, s = enginePair({}, {"fragmentSize": 100})
+        self.assertFalse(s.sendPrepared(0x41, F.STREAM_DATA, b"x" * 101))
+        self.assertFalse(s.sendPrepared(0x41, F.REQUIRES_ACK, b"x"))
+        s.sendMessage(0x10, b"queued")
+        self.assertFalse(s.sendPrepared(0x41, F.STREAM_DATA,
+                                        codec.encodeName("a") + b"x"))
+        events = c.receiveData(s.dataToSend())
+        self.assertEqual([e.message.payload for e in events], [b"queued"])

@@ -172,6 +172,29 @@ class XTMPConnection:
             self._enqueue(m)
         return m
 
+    def sendPrepared(self, type, flags, body, now=0.0):
+        """
+        Encode at once a message whose body (section 5 of docs/xtmp.md) is
+        already built, so one body can go to many sessions (a broker's
+        fan-out) with only the sealing done per session.  Only for a body
+        that fits one frame, without REQUIRES_ACK or RESPONSE, in an open
+        session with nothing queued (so order and priorities hold).
+
+        @param flags: the body's flags (e.g. STREAM_DATA).
+        @return: whether it was encoded (it is then in L{dataToSend});
+            if not, nothing changed: use L{sendMessage}.
+        """
+        q = self._queues
+        if (self.state != OPEN or q[0] or q[1] or q[2] or self._resendQueue
+                or len(body) > self.settings.fragmentSize
+                or flags & (F.REQUIRES_ACK | F.RESPONSE | F.FRAGMENTED)):
+            return False
+        self.counters.messagesSent += 1
+        if type not in CONTROL_TYPES:
+            self.lastActivity = now
+        self._out.append(self._seal(type, flags, body))
+        return True
+
     def _enqueue(self, m, front=False):
         cls = priorityOf(m.flags)
         q = self._queues[cls]

@@ -406,6 +406,27 @@ class XTMPProtocol(StreamsMixin, Protocol):
                              True)
             self._flush()
 
+    def sendPrepared(self, messageType, flags, body, now=None):
+        """
+        Send a message with a prebuilt body at once if the session can take
+        it without queueing (see L{XTMPConnection.sendPrepared}); a
+        broker uses it to seal one body for many sessions.
+
+        @return: whether it was sent; if not, nothing changed.
+        """
+        conn = self.connection
+        if conn is None or self._lost or self._transportPaused:
+            return False
+        if now is None:
+            now = self.reactor.seconds()
+        if not conn.sendPrepared(messageType, flags, body, now):
+            return False
+        # Nothing was queued, so this is the whole of what is due.
+        self.transport.write(conn.dataToSend(None, now))
+        if self._producer is not None:
+            self._checkBackpressure()
+        return True
+
     def respond(self, message, payload, messageType=None, flags=0):
         """
         Answer C{message} (a request) with C{payload}.
