@@ -27,6 +27,7 @@ from zope.interface import implementer
 from muxframe.server.errors import BadSubject, PermissionDenied, Refusal
 from muxframe.server.interfaces import IBroker, IBrokerEngine
 from muxframe.server.subjects import tokens
+from muxframe.xtmp import codec
 from muxframe.xtmp.codec import F
 from muxframe.xtmp.errors import PeerDisconnected, PeerError, XTMPErrorCode
 
@@ -240,8 +241,12 @@ class Broker:
         if not recipients:
             return 0
         count = 0
+        # The STREAM_DATA body is the same for every recipient: build it
+        # once; each session only seals it.
+        body = codec.encodeName(delivery.subject) + delivery.payload
+        now = self.reactor.seconds()
         for session in recipients:
-            if session.deliver(delivery):
+            if session.deliver(delivery, body, now):
                 count += 1
         self.counters["deliveries"] += count
         self.counters["undelivered"] += len(recipients) - count
