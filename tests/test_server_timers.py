@@ -78,3 +78,74 @@ class CoarseClockTests(SynchronousTestCase):
         call = self.coarse.callLater(2.5, lambda: None)
         self.assertAlmostEqual(call.getTime(), 102.7)
         self.assertEqual(self.coarse.getDelayedCalls(), [call])
+
+
+class Step:
+    def __init__(self, log, name, cost, clock):
+        self.log, self.name, self.cost, self.clock = log, name, cost, clock
+
+    def handshakeStep(self, data):
+        self.log.append((self.name, data))
+        self.clock[0] += self.cost
+
+
+class TurnReactor:
+    """
+    Runs callLater(0) calls only when told: one reactor turn at a time.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def callLater(self, delay, f, *args):
+        self.calls.append((f, args))
+
+        class Call:
+            def active(self):
+                return False
+        return Call()
+
+    def turn(self):
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
+
+
+class HandshakeSchedulerTests(SynchronousTestCase):
+    def setUp(self):
+        from muxframe.server.timers import HandshakeScheduler
+        self.reactor = TurnReactor()
+        self.now = [0.0]
+        self.scheduler = HandshakeScheduler(self.reactor, budget=0.001,
+                                            clock=lambda: self.now[0])
+        self.log = []
+
+    def step(self, name, cost=0.0006):
+        return Step(self.log, name, cost, self.now)
+
+    def test_budgetPerTurnAndOrder(self):
+        """
+        Steps run in arrival order, at least one and then until the budget
+        is spent per reactor turn; a session's bytes stay together and in
+        order.
+        """
+        a, b, c = self.step("a"), self.step("b"), self.step("c")
+        self.scheduler.submit(a, b"1")
+        self.scheduler.submit(b, b"x")
+        self.scheduler.submit(a, b"2")
+        self.scheduler.submit(c, b"y")
+        self.assertEqual(self.log, [])
+        self.reactor.turn()
+        self.assertEqual(self.log, [("a", b"12"), ("b", b"x")])
+        self.reactor.turn()
+        self.assertEqual(self.log[-1], ("c", b"y"))
+        self.assertEqual(self.reactor.calls, [])
+        self.assertEqual(self.scheduler.steps, 3)
+
+    def test_discard(self):
+        a, b = self.step("a"), self.step("b")
+        self.scheduler.submit(a, b"1")
+        self.scheduler.submit(b, b"2")
+        self.scheduler.discard(a)
+        self.reactor.turn()
+        self.assertEqual(self.log, [("b", b"2")])

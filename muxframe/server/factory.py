@@ -33,7 +33,7 @@ from muxframe.server.limits import BucketTable, ConnectionCounter, Lockout
 from muxframe.server.registry import SessionIdentity, SessionRegistry
 from muxframe.server.router import Router
 from muxframe.server.session import ServerSession, SessionState
-from muxframe.server.timers import CoarseClock
+from muxframe.server.timers import CoarseClock, HandshakeScheduler
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import MessageType, encodePlain
 from muxframe.xtmp.errors import (
@@ -155,6 +155,9 @@ class XTMPServer(XTMPServerFactory):
             else None
         resolution = c["server.timer_resolution"]
         self.timers = CoarseClock(reactor, resolution) if resolution else None
+        budget = c["server.handshake_budget"]
+        self.scheduler = HandshakeScheduler(reactor, budget) if budget \
+            else None
         self.handshaking = 0
         self.draining = False
         self.refusals = {}
@@ -365,6 +368,8 @@ class XTMPServer(XTMPServerFactory):
         """
         XTMPServerFactory.sessionLost(self, protocol)
         self._endHandshake(protocol)
+        if self.scheduler is not None:
+            self.scheduler.discard(protocol)
         if protocol in self._open:
             self._open.discard(protocol)
             self.connections.remove(protocol.source)
@@ -473,6 +478,8 @@ class XTMPServer(XTMPServerFactory):
             protocol.transport.abortConnection()
 
     def _stopped(self, aborted):
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.router.stop()
         d = self.broker.stop()
         return (d if isinstance(d, Deferred) else succeed(None)).addCallback(

@@ -192,6 +192,10 @@ SCHEMA = [Key(*entry) for entry in [
      "limit); more are refused with RATE_LIMITED."),
     ("server.handshake_burst", _integer(1), 40, _count,
      "Bucket size of handshake_rate."),
+    ("server.handshake_budget", _number(), 0.001, _seconds,
+     "Handshake work (key exchange, signatures) done per reactor turn at "
+     "most (at least one step), so a burst of handshakes does not hold up "
+     "established sessions (0: each as its bytes arrive)."),
     ("server.handshake_timeout", _number(positive=True), 10.0, _seconds,
      "A handshake not done by then is closed with TIMEOUT."),
     ("server.drain_timeout", _number(), 10.0, _seconds,

@@ -192,6 +192,23 @@ class ServerSession(XTMPProtocol):
         state.throttle = None
         XTMPProtocol.connectionLost(self, reason)
 
+    def dataReceived(self, data):
+        """
+        While handshaking, hand the bytes to the server's handshake
+        scheduler (L{handshakeStep} runs them in turn); then as usual.
+        """
+        scheduler = self.factory.scheduler
+        if scheduler is not None and self.state.handshaking:
+            scheduler.submit(self, data)
+        else:
+            XTMPProtocol.dataReceived(self, data)
+
+    def handshakeStep(self, data):
+        """
+        Process bytes received while handshaking (from the scheduler).
+        """
+        XTMPProtocol.dataReceived(self, data)
+
     # -- flow control (write deadline) -------------------------------------
 
     def pauseProducing(self):

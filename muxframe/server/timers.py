@@ -1,6 +1,9 @@
 """
+Reactor-time helpers for many sessions.
+
 L{CoarseClock}: session timers grouped into slots, so thousands of idle
 sessions cost the reactor one timer per slot rather than one each.
+L{HandshakeScheduler}: handshake work spread over reactor turns.
 
 An XTMP session keeps one timer (its next heartbeat, silence or idle
 deadline) and re-arms it at every tick.  With 10,000 sessions that is
@@ -146,3 +149,68 @@ class CoarseClock:
         How many timers wait, and in how many slots.
         """
         return sum(len(t) for t in self._slots.values()), len(self._slots)
+
+
+class HandshakeScheduler:
+    """
+    Runs the expensive steps of handshakes (a session's received bytes
+    while it is still handshaking: hybrid key exchange, signatures, about
+    half a millisecond each) from a queue, for at most C{budget} seconds
+    per reactor turn (always at least one), so that a burst of new
+    connections shares the reactor with established sessions instead of
+    holding it for as long as the burst takes.  Each session's bytes keep
+    their order; the queue holds at most one entry per handshaking
+    session (which C{max_handshakes} bounds).
+    """
+
+    def __init__(self, reactor, budget=0.001, clock=None):
+        import time
+        from collections import OrderedDict
+        self._reactor = reactor
+        self.budget = budget
+        self._clock = clock or time.perf_counter
+        self._waiting = OrderedDict()
+        self._call = None
+        self.steps = 0
+
+    def __len__(self):
+        return len(self._waiting)
+
+    def submit(self, session, data):
+        """
+        Queue C{data} for C{session}: C{session.handshakeStep(data)} runs
+        in a coming reactor turn.
+        """
+        chunks = self._waiting.get(session)
+        if chunks is not None:
+            chunks.append(data)
+            return
+        self._waiting[session] = [data]
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._run)
+
+    def discard(self, session):
+        """
+        Forget C{session}'s queued bytes (it is gone).
+        """
+        self._waiting.pop(session, None)
+
+    def _run(self):
+        self._call = None
+        deadline = self._clock() + self.budget
+        while self._waiting:
+            session, chunks = self._waiting.popitem(last=False)
+            self.steps += 1
+            session.handshakeStep(b"".join(chunks))
+            if self._clock() >= deadline:
+                break
+        if self._waiting:
+            self._call = self._reactor.callLater(0, self._run)
+
+    def stop(self):
+        """
+        Cancel the pending run.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
