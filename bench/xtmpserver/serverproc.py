@@ -15,6 +15,10 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
   publish subject count size    -> deliver count messages of size bytes
                                    to every subscriber (plain: to every
                                    connection); reports when queued
+  profile [path]                -> start a CPU-time cProfile; with path,
+                                   stop and write it (diagnosis)
+  trace [top per]               -> start tracemalloc; with top, report the
+                                   top allocation sites / per (diagnosis)
   stop
 """
 
@@ -150,15 +154,6 @@ class Server:
                      self.snapshot, "filename")) / per)
             return
         emit("traced", rows=[], total=0)
-
-    def cmd_trim(self):
-        """
-        (experiment) gc.collect and glibc malloc_trim, then stats.
-        """
-        import ctypes, gc
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.cmd_stats()
 
     def cmd_stop(self):
         reactor.stop()
