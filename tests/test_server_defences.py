@@ -10,7 +10,7 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from muxframe.xtmp import PeerError, XTMPErrorCode
+from muxframe.xtmp import XTMPErrorCode
 
 from tests.test_server_support import (
     ALICE, BOB, KEYS, MALLORY, Harness, config, result,

@@ -6,13 +6,13 @@ over iosim transports on one fake clock.
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 
 from muxframe.server.config import ServerConfig
 from muxframe.server.factory import XTMPServer
 from muxframe.xtmp import Identity, XTMPClientFactory
 
+from tests.test_xtmp_protocol import result  # noqa: F401 - re-exported
 from tests.test_xtmp_support import CLIENT_IDENTITY, SERVER_IDENTITY
 
 ALICE = CLIENT_IDENTITY
@@ -20,20 +20,6 @@ BOB = Identity.fromSeeds(bytes(range(64, 96)))
 CAROL = Identity.fromSeeds(bytes(range(96, 128)))
 MALLORY = Identity.fromSeeds(bytes(range(128, 160)))
 KEYS = [("alice", ALICE.public), ("bob", BOB.public), ("carol", CAROL.public)]
-
-
-def result(d):
-    """
-    The current result of C{d} (a Failure is consumed), or None.
-    """
-    out = []
-
-    def keep(r):
-        out.append(r)
-        return None if isinstance(r, Failure) else r
-
-    d.addBoth(keep)
-    return out[0] if out else None
 
 
 def config(**values):

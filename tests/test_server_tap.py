@@ -20,38 +20,22 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from muxframe import tap
 from muxframe.server.tap import XTMPOptions
 from muxframe.xtmp import (
-    Identity, PeerError, XTMPClientFactory, XTMPErrorCode, connectXTMP,
+    PeerError, XTMPClientFactory, XTMPErrorCode, connectXTMP,
 )
 
 from tests.test_server_config import DESIGN_EXAMPLE
 from tests.test_server_support import ALICE, BOB, CAROL, SERVER_IDENTITY
-from tests.test_tap import REPO, Twistd, freePort, waitForPort
+from tests.test_tap import freePort, spawnTwistd, waitForPort
 
 
 def spawnXTMP(testCase, directory, *args):
     """
-    Start C{twistd -n muxframe xtmp ARGS} in C{directory}, with it on
-    PYTHONPATH (handlers are imported from there); the test's cleanup
-    kills it if it still runs.
+    Start C{twistd -n muxframe xtmp ARGS} in C{directory}; handlers are
+    imported from there (the current directory is on the path of
+    C{python -c}, as PYTHONPATH would put an application's).
     """
-    process = Twistd("xtmp")
-    argv = tap.twistdCommand("-n", "--pidfile=", "--logfile=-", "muxframe",
-                             "xtmp", *args)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [REPO, os.path.abspath(directory)]))
-    process.transport = reactor.spawnProcess(process, argv[0], argv, env=env,
-                                             path=directory)
+    return spawnTwistd(testCase, "xtmp", "xtmp", *args, cwd=directory)
 
-    def kill():
-        if process.running:
-            try:
-                process.transport.signalProcess("KILL")
-            except Exception:
-                pass
-            return process.ended
-
-    testCase.addCleanup(kill)
-    return process
 
 APP = '''
 """Handlers of the test application, imported by twistd from PYTHONPATH."""

@@ -8,52 +8,20 @@ the latency figures).
 """
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from bench.xtmpserver.clientproc import HelloFlood
 from muxframe.server.factory import XTMPServer
 from muxframe.xtmp import (
     ClientHandshake, XTMPClientFactory, XTMPErrorCode, connectXTMP,
 )
-from muxframe.xtmp import codec
-from muxframe.xtmp.codec import Decoder, MessageType
 
 from tests.test_server_support import ALICE, BOB, KEYS, SERVER_IDENTITY, config
-
-
-class HelloFlood(Protocol):
-    """
-    Sends one real ClientHello and records the server's first answer:
-    C{"ack"} or the Error's code.
-    """
-
-    def __init__(self, hello):
-        self.hello = hello
-        self.decoder = Decoder()
-        self.done = Deferred()
-        self.outcome = None
-
-    def connectionMade(self):
-        self.transport.write(self.hello)
-
-    def dataReceived(self, data):
-        if self.outcome is not None:
-            return
-        for frame in self.decoder.feed(data):
-            if frame.type == MessageType.HandshakeAck:
-                self.outcome = "ack"
-            elif frame.type == MessageType.Error:
-                self.outcome = codec.decodeReason(frame.payload)[0]
-            self.transport.abortConnection()
-            return
-
-    def connectionLost(self, reason):
-        self.done.callback(self.outcome)
 
 
 def echo(session, message):

@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol
 
 from bench.common import percentile
 from bench.xtmpserver.common import (
-    CLIENT, ECHO, SERVER, emit, listenToStdin,
+    CLIENT, ECHO, SERVER, emit, listenToStdin, takeFrames,
 )
 from muxframe.xtmp import (
     ClientHandshake, XTMPClientFactory, XTMPProtocol, connectXTMP,
@@ -158,24 +158,21 @@ class PlainClient(Protocol):
             call.cancel()
 
     def dataReceived(self, data):
-        self.buffer += data
-        while len(self.buffer) >= 4:
-            (n,) = _LENGTH.unpack_from(self.buffer)
-            if len(self.buffer) < 4 + n:
-                return
-            self.buffer = self.buffer[4 + n:]
-            self.owner.received += 1
+        frames, self.buffer = takeFrames(self.buffer + data)
+        self.owner.received += len(frames)
 
 
 class HelloFlood(Protocol):
     """
-    One flood connection: a real ClientHello, then the first answer.
+    One flood connection: sends a real ClientHello and records the
+    server's first answer (C{"ack"}, or an Error's code); C{done} fires
+    with it when the connection ends.
     """
 
-    def __init__(self, hello, done):
+    def __init__(self, hello):
         self.hello = hello
-        self.done = done
         self.decoder = Decoder()
+        self.done = Deferred()
         self.outcome = "closed"
 
     def connectionMade(self):
@@ -191,7 +188,7 @@ class HelloFlood(Protocol):
             return
 
     def connectionLost(self, reason):
-        self.done(self.outcome)
+        self.done.callback(self.outcome)
 
 
 class Flood:
@@ -209,15 +206,13 @@ class Flood:
     @inlineCallbacks
     def loop(self):
         while self.running:
-            done = Deferred()
-            p = HelloFlood(self.hello, lambda o, d=done: (self.record(o),
-                                                          d.callback(None)))
+            p = HelloFlood(self.hello)
             try:
                 yield connectProtocol(self.client.endpoint, p)
             except Exception:
                 self.record("connect-failed")
                 continue
-            yield done
+            self.record((yield p.done))
 
     def cmd_stop(self):
         self.running = False

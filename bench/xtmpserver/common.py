@@ -51,6 +51,24 @@ def listenToStdin(handler, reactor):
     StandardIO(Control(handler, reactor), reactor=reactor)
 
 
+def takeFrames(buffer):
+    """
+    Split the complete length-prefixed frames (u32 length, then the
+    payload; the plain baseline's framing) off C{buffer}.
+
+    @return: C{(frames, rest)}, each frame with its length prefix.
+    """
+    frames = []
+    pos = 0
+    while len(buffer) - pos >= 4:
+        end = pos + 4 + int.from_bytes(buffer[pos:pos + 4], "big")
+        if end > len(buffer):
+            break
+        frames.append(buffer[pos:end])
+        pos = end
+    return frames, buffer[pos:]
+
+
 def fail(message):
     emit("error", error=message)
     sys.exit(1)

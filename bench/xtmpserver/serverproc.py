@@ -32,7 +32,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
 from bench.xtmpserver.common import (
-    CLIENT, ECHO, SERVER, emit, listenToStdin, rss,
+    CLIENT, ECHO, SERVER, emit, listenToStdin, rss, takeFrames,
 )
 from muxframe.server.config import ServerConfig
 from muxframe.server.factory import XTMPServer
@@ -50,12 +50,8 @@ class PlainConnection(Protocol):
         self.buffer = b""
 
     def dataReceived(self, data):
-        self.buffer += data
-        while len(self.buffer) >= 4:
-            (n,) = _LENGTH.unpack_from(self.buffer)
-            if len(self.buffer) < 4 + n:
-                return
-            frame, self.buffer = self.buffer[:4 + n], self.buffer[4 + n:]
+        frames, self.buffer = takeFrames(self.buffer + data)
+        for frame in frames:
             self.transport.write(frame)
 
     def connectionLost(self, reason):

@@ -73,14 +73,17 @@ class HandlerSpec:
             self.messageType, self.target, " blocking" if self.blocking else "")
 
 
+def _checkKeys(value, where, allowed):
+    unknown = set(value) - allowed
+    if unknown:
+        raise ConfigError("%s.%s" % (where, sorted(unknown)[0]),
+                          "unknown key (use %s)" % ", ".join(sorted(allowed)))
+
+
 def _handlerSpec(messageType, value, where):
     options = {}
     if isinstance(value, dict):
-        unknown = set(value) - _HANDLER_KEYS
-        if unknown:
-            raise ConfigError("%s.%s" % (where, sorted(unknown)[0]),
-                              "unknown key (use %s)"
-                              % ", ".join(sorted(_HANDLER_KEYS)))
+        _checkKeys(value, where, _HANDLER_KEYS)
         options = dict(value)
         value = options.pop("handler", None)
     if not isinstance(value, str) or not _TARGET.match(value):
@@ -114,10 +117,7 @@ def _rule(value, where):
         value = {"allow": value}
     if not isinstance(value, dict):
         raise ConfigError(where, "expected {allow: [...], deny: [...]}")
-    unknown = set(value) - {"allow", "deny"}
-    if unknown:
-        raise ConfigError("%s.%s" % (where, sorted(unknown)[0]),
-                          "unknown key (use allow, deny)")
+    _checkKeys(value, where, {"allow", "deny"})
     allow = value.get("allow")
     try:
         return Rule(None if allow is None
@@ -149,10 +149,7 @@ def parsePermissions(mapping, where="permissions"):
             value = {}
         if not isinstance(value, dict):
             raise ConfigError(here, "expected {publish: ..., subscribe: ...}")
-        unknown = set(value) - {"publish", "subscribe"}
-        if unknown:
-            raise ConfigError("%s.%s" % (here, sorted(unknown)[0]),
-                              "unknown key (use publish, subscribe)")
+        _checkKeys(value, here, {"publish", "subscribe"})
         entries[name] = Permissions(
             _rule(value.get("publish"), here + ".publish"),
             _rule(value.get("subscribe"), here + ".subscribe"))
