@@ -276,3 +276,42 @@ class RegistryTests(SynchronousTestCase):
                              "ConnectionDone")
         late, _, _ = h.connect(ALICE)
         self.assertEqual(handshakeCode(late), XTMPErrorCode.GOING_AWAY)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_handlersFinishFirst(self):
+        """
+        While draining, a handler in progress still answers before the
+        Disconnect, new messages get GOING_AWAY, and a session that never
+        closes is cut at the deadline.
+        """
+        from twisted.internet.defer import Deferred
+        h = Harness()
+        pending = []
+        h.server.router.route(0x20, lambda s, m: pending.append(Deferred())
+                              or pending[-1])
+        client, _, _ = h.connect(ALICE)
+        first = client.request(0x20, b"before", timeout=60)
+        h.flush()
+        done = h.server.drain(10)
+        late = client.request(0x20, b"after", timeout=60)
+        h.flush()
+        self.assertEqual(result(late).value.code, XTMPErrorCode.GOING_AWAY)
+        self.assertIsNone(result(done))
+        pending[0].callback(b"answered")
+        h.flush()
+        self.assertEqual(result(first).payload, b"answered")
+        self.assertEqual(result(done), 0)
+        self.assertEqual(result(client.whenClosed()).__class__.__name__,
+                         "ConnectionDone")
+
+    def test_deadlineCutsTheRest(self):
+        h = Harness()
+        client, side, pump = h.connect(ALICE)
+        # Nothing moves (the client reads nothing) until the deadline, when
+        # the server aborts the connection.
+        done = h.server.drain(4)
+        h.clock.advance(4.5)
+        self.assertIsNone(result(done))
+        h.flush()
+        self.assertEqual(result(done), 1)

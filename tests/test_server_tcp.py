@@ -135,3 +135,45 @@ class TCPTests(TestCase):
         slow.transport.resumeProducing()
         why = yield closed
         self.assertEqual(why.code, XTMPErrorCode.SLOW_CONSUMER)
+
+
+class MultiplexedTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_sessionsOverMioStreams(self):
+        """
+        With a C{mio:tcp:} endpoint each stream is a session; limits count
+        the streams by the connection's host, and the registry names the
+        stream in the peer.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from muxframe import MultiplexerFactory
+        server = XTMPServer(SERVER_IDENTITY, config(), reactor, keys=KEYS)
+        server.router.route(0x20, echo)
+        port = yield serverFromString(
+            reactor, "mio:tcp:0:interface=127.0.0.1").listen(server)
+        self.addCleanup(port.stopListening)
+        mux = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            MultiplexerFactory(None, framing="mio", role="client")
+            .buildProtocol(None))
+        self.addCleanup(mux.transport.loseConnection)
+        sessions = []
+        for identity in (ALICE, BOB):
+            protocol = yield mux.openStream(XTMPClientFactory(
+                serverKey=SERVER_IDENTITY.public, identity=identity))
+            sessions.append((yield protocol.whenHandshakeDone()))
+        replies = []
+        for protocol in sessions:
+            reply = yield protocol.request(0x20, b"over mio", timeout=10)
+            replies.append(reply.payload)
+        self.assertEqual(replies, [b"echo:over mio"] * 2)
+        self.assertEqual(server.connections.of("127.0.0.1"), 2)
+        peers = [s.peer for s in server.registry.list()]
+        self.assertTrue(all(p.startswith("127.0.0.1:") and "#" in p
+                            for p in peers), peers)
+        for protocol in sessions:
+            closed = protocol.whenClosed()
+            protocol.disconnect()
+            yield closed
