@@ -199,7 +199,7 @@ class Options(usage.Options):
     Options of C{twistd muxframe}.
     """
 
-    synopsis = "server|client [options]"
+    synopsis = "server|client|xtmp [options]"
     longdesc = "Multiplexed tunnels over MIO or BMP (see docs/operations.md)."
     subCommands = [
         ["server", None, ServerOptions, "Accept multiplexed connections."],
@@ -209,7 +209,7 @@ class Options(usage.Options):
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("choose a role: server or client")
+            raise usage.UsageError("choose a role: server, client or xtmp")
 
 
 class ClientConnectionService(service.Service):
