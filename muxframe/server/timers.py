@@ -85,12 +85,8 @@ class CoarseClock:
         self.resolution = resolution
         self._slots = {}
         self._delayed = {}
-
-    def seconds(self):
-        """
-        The reactor's time.
-        """
-        return self._reactor.seconds()
+        # The reactor's own method: sessions ask the time often.
+        self.seconds = reactor.seconds
 
     def callLater(self, delay, f, *args, **kw):
         """
