@@ -196,9 +196,12 @@ class ServerRoutingTests(SynchronousTestCase):
         """
         h = Harness(config(handlers__={"BundleSubmit":
                                        "tests.test_server_router:echo"}))
+        h.server.setHandler(0x22, lambda s, m: b"set:" + m.payload)
         client, _, _ = h.connect(ALICE)
+        s = client.request(0x22, b"x", timeout=5)
         d = client.request(0x20, b"b1", timeout=5)
         u = client.request(0x31, b"?", timeout=5)
         h.flush()
         self.assertEqual(result(d).payload, b"echo:b1")
         self.assertEqual(result(u).value.code, XTMPErrorCode.UNKNOWN_TYPE)
+        self.assertEqual(result(s).payload, b"set:x")

@@ -382,6 +382,14 @@ class XTMPServer(XTMPServerFactory):
 
     # -- server API --------------------------------------------------------
 
+    def setHandler(self, messageType, handler, blocking=False,
+                   concurrency=None, queue=None):
+        """
+        Route C{messageType} to C{handler} (L{Router.route}): the
+        library's C{setHandler}, with the router's options.
+        """
+        self.router.route(messageType, handler, blocking, concurrency, queue)
+
     def publish(self, subject, payload, messageType=MessageType.EventStream,
                 flags=0):
         """
