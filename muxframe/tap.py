@@ -33,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .server.tap import XTMPOptions
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
@@ -198,16 +199,17 @@ class Options(usage.Options):
     Options of C{twistd muxframe}.
     """
 
-    synopsis = "server|client [options]"
+    synopsis = "server|client|xtmp [options]"
     longdesc = "Multiplexed tunnels over MIO or BMP (see docs/operations.md)."
     subCommands = [
         ["server", None, ServerOptions, "Accept multiplexed connections."],
         ["client", None, ClientOptions, "Keep a multiplexed connection to a server."],
+        ["xtmp", None, XTMPOptions, "Run the XTMP server (docs/xtmp-server.md)."],
     ]
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("choose a role: server or client")
+            raise usage.UsageError("choose a role: server, client or xtmp")
 
 
 class ClientConnectionService(service.Service):
@@ -244,6 +246,9 @@ def makeService(options, reactor=None):
     from .tunnel import EchoFactory, ForwardFactory, TunnelFactory, reverseOpener
 
     sub = options.subOptions
+    if options.subCommand == "xtmp":
+        from .server.tap import makeService as makeXTMPService
+        return makeXTMPService(sub, reactor)
     top = service.MultiService()
     top.setName("muxframe-" + options.subCommand)
     if options.subCommand == "server":

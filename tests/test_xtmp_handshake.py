@@ -419,6 +419,36 @@ class IdentityTests(SynchronousTestCase):
             self.assertIn(path, str(e))
             self.assertIn(message, str(e))
 
+    def test_authorizedKeysNames(self):
+        """
+        A C{name:} line names the identity after it; names that name no
+        identity, come between an Ed25519 key and its ML-DSA-65 key, are
+        empty, not UTF-8 or given twice are refused with the line named.
+        """
+        from muxframe.xtmp import parseAuthorizedKeys
+        a = Identity.generate(withMLDSA=True).public
+        b = Identity.generate().public
+        edOnly = PublicIdentity(a.ed25519).toPEM()
+        mldsaOnly = a.toPEM()[len(edOnly):]
+        self.assertEqual(
+            parseAuthorizedKeys(b"name: alice\n" + a.toPEM() + b"# c\n"
+                                + b.toPEM(), "keys"),
+            [("alice", a), (None, b)])
+        cases = [
+            (b"name: x\nname: y\n" + b.toPEM(), "line 1: name 'x' names no"),
+            (b.toPEM() + b"\nname: z\n", "line 5: name 'z' names no key"),
+            (edOnly + b"name: x\n" + mldsaOnly, "block 2: an ML-DSA-65 key"),
+            (b"name:  \n" + b.toPEM(), "line 1: 'name:' without a name"),
+            (b"name: \xff\n" + b.toPEM(), "line 1: the name is not UTF-8"),
+            (b"name: x\n" + a.toPEM() + b"name: x\n" + b.toPEM(),
+             "name 'x' is given to more than one identity"),
+        ]
+        for data, message in cases:
+            e = self.assertRaises(ValueError, parseAuthorizedKeys, data,
+                                  "keys")
+            self.assertIn("keys: ", str(e))
+            self.assertIn(message, str(e))
+
     def test_identityFileFaults(self):
         """
         A public or private identity file holds exactly one identity.

@@ -63,7 +63,7 @@ class IntegrityTests(SynchronousTestCase):
             c.sendMessage(0x10, b"x" * 64)
             c.sendMessage(0x10, b"y" * 64)
             both = bytearray(c.dataToSend())
-            both[offset] ^= 0x01 if offset != 6 else 0x02
+            both[offset] ^= 0x01 if offset != 6 else 0x04
             before = s.receiveKey.sequence
             # A corrupted length may make the receiver wait for more bytes;
             # whatever follows, the message is still rejected.

@@ -341,6 +341,77 @@ class SlowReaderTCPTests(TestCase):
         return d
 
 
+class CloseWhilePausedTCPTests(TestCase):
+    """
+    A session closed while its transport is paused (the peer reads
+    slowly) closes once the peer has read what was written, not at the
+    close timeout: Twisted resumes a paused producer still registered
+    with a closing transport instead of closing it, so the session
+    unregisters first.
+    """
+
+    timeout = 30
+
+    def test_closeWhilePaused(self):
+        from twisted.internet import reactor
+        from twisted.internet.defer import gatherResults
+        from twisted.internet.task import deferLater
+        from muxframe.xtmp import XTMPErrorCode
+
+        xs = serverFactory(None)
+        state = {}
+
+        def waitFor(condition, what, tries=2000):
+            if condition():
+                return True
+            if not tries:
+                raise AssertionError("timed out waiting for " + what)
+            return deferLater(reactor, 0.005, waitFor, condition, what,
+                              tries - 1)
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            return connectXTMP(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                clientFactory(None))
+
+        def connected(client):
+            state["client"] = client
+            client.pauseDelivery()
+            return waitFor(lambda: xs.live, "the server session")
+
+        def accepted(_):
+            (server,) = xs.live.values()
+            state["server"] = server
+            # Only the test's own timeout may end a hung close.
+            server.closeTimeout = 3600
+
+            def fill():
+                while not server._transportPaused:
+                    server.send(0x10, b"y" * 65536)
+                return True
+            fill()
+            return waitFor(lambda: server._transportPaused, "a full pipe")
+
+        def full(_):
+            client, server = state["client"], state["server"]
+            closed = gatherResults([client.whenClosed(), server.whenClosed()])
+            server.disconnect(XTMPErrorCode.GOING_AWAY, "bye")
+            client.resumeDelivery()
+            return closed
+
+        def closed(reasons):
+            self.assertTrue(state["server"]._lost)
+
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(accepted)
+        d.addCallback(full)
+        d.addCallback(closed)
+        return d
+
+
 class KilledTCPConnectionTests(TestCase):
     """
     Over real loopback TCP: the connection is aborted mid-stream, the

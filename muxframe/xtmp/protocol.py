@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, MessageType
+from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F, MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
@@ -286,7 +286,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if type(event) is MessageReceived:
             message = event.message
             if message.streamName is not None:
-                self._streamData(message)
+                self.streamReceived(message)
             else:
                 self.messageReceived(message)
         elif type(event) is ResponseReceived:
@@ -317,10 +317,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self.sessionReady()
             self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
-            self._subscribeReceived(event)
+            self.subscribeReceived(event.name, event.message, event.group)
         elif type(event) is UnsubscribeReceived:
-            self.factory.streams.unsubscribe(event.name, self)
-            self._reply(event.message, MessageType.Unsubscribe, b"")
+            self.unsubscribeReceived(event.name, event.message)
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -391,6 +390,27 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                              True)
             self._flush()
 
+    def sendPrepared(self, messageType, flags, body, now=None):
+        """
+        Send a message with a prebuilt body at once if the session can take
+        it without queueing (see L{XTMPConnection.sendPrepared}); a
+        broker uses it to seal one body for many sessions.
+
+        @return: whether it was sent; if not, nothing changed.
+        """
+        conn = self.connection
+        if conn is None or self._lost or self._transportPaused:
+            return False
+        if now is None:
+            now = self.reactor.seconds()
+        if not conn.sendPrepared(messageType, flags, body, now):
+            return False
+        # Nothing was queued, so this is the whole of what is due.
+        self.transport.write(conn.dataToSend(None, now))
+        if self._producer is not None:
+            self._checkBackpressure()
+        return True
+
     def respond(self, message, payload, messageType=None, flags=0):
         """
         Answer C{message} (a request) with C{payload}.
@@ -398,20 +418,26 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._send(message.type if messageType is None else messageType,
                    payload, flags, requestSequence=message.requestId)
 
-    def request(self, messageType, payload, flags=0, timeout=None):
+    def request(self, messageType, payload, flags=0, timeout=None,
+                subject=None):
         """
         Send a request; the L{Deferred} fires with the response L{Message}
         or fails with L{RequestTimeout} after C{timeout} seconds (default
-        C{requestTimeout}), or L{PeerError} if the peer answers Error.
-        Cancelling it stops waiting.
+        C{requestTimeout}; 0 waits without a timer), or L{PeerError} if the
+        peer answers Error.  Cancelling it stops waiting.
+
+        With C{subject}, the request goes to that subject: a STREAM_DATA
+        message with flag REQUEST, which the XTMP server routes to a
+        session serving the subject, relaying its response back.
         """
         try:
             self._checkType(messageType)
         except XTMPLocalError as e:
             return fail(e)
-        return self._request(messageType, payload, flags, timeout)
+        return self._request(messageType, payload, flags, timeout, subject)
 
-    def _request(self, messageType, payload, flags=0, timeout=None):
+    def _request(self, messageType, payload, flags=0, timeout=None,
+                 subject=None):
         request = _Request()
 
         def cancel(d):
@@ -424,8 +450,11 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         request.deferred = Deferred(cancel)
         if timeout is None:
             timeout = self.connection.settings.requestTimeout
+        if subject is not None:
+            flags |= F.REQUEST
         try:
-            self._send(messageType, payload, flags, request=request)
+            self._send(messageType, payload, flags, streamName=subject,
+                       request=request)
         except XTMPLocalError as e:
             return fail(e)
         if timeout and not request.deferred.called:
@@ -481,6 +510,12 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
 
     def _loseConnection(self):
         self._closing = True
+        if not self._lost:
+            # Nothing more will be produced: a transport closing with a
+            # paused producer registered would wait for that producer to
+            # write again (Twisted resumes it rather than closing once its
+            # buffer drains), so the close would hang until the abort.
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._abortCall is None and not self._lost:
             # A peer that stops reading must not hold the session open.
