@@ -4,7 +4,7 @@ lockout with backoff and expiry, connection counts, concurrency gates and
 log throttling.  Time is passed in; nothing sleeps.
 """
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from muxframe.server.limits import (
@@ -34,6 +34,7 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertEqual(b.wait(0), 0)
 
     @given(st.lists(st.tuples(st.floats(0, 5), st.floats(0, 20)), max_size=50))
+    @settings(deadline=None)
     def test_neverMoreThanRateAllows(self, steps):
         """
         Over any schedule, what was taken is at most burst + rate * time.

@@ -64,6 +64,7 @@ class SyntaxTests(SynchronousTestCase):
             self.assertRaises(BadSubject, checkGroup, bad)
 
     @given(patterns(), literalTokens)
+    @settings(deadline=None)
     def test_matchesAgreesWithClient(self, pattern, subject):
         """
         The server's matcher and the client library's agree.
@@ -72,7 +73,7 @@ class SyntaxTests(SynchronousTestCase):
                          subjectMatches(".".join(pattern), ".".join(subject)))
 
     @given(patterns(), patterns())
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     def test_coversAndOverlapsBruteForce(self, a, b):
         """
         covers and overlaps agree with enumerating every subject of up to
@@ -93,7 +94,7 @@ class SublistTests(SynchronousTestCase):
     @given(st.lists(st.tuples(patterns(), st.sampled_from([None, "g", "h"]),
                               st.booleans()), max_size=30),
            st.lists(literalTokens, min_size=1, max_size=10))
-    @settings(max_examples=200)
+    @settings(max_examples=200, deadline=None)
     def test_againstBruteForce(self, operations, subjects):
         """
         After any sequence of inserts and removes, match() returns exactly
