@@ -157,13 +157,13 @@ class HandshakeLimitTests(SynchronousTestCase):
         h = Harness(config(server__max_handshakes=2,
                            server__max_connections_per_client=0))
         pending = [h.connect(ALICE, greet=False) for _ in range(2)]
-        self.assertEqual(h.server.handshaking, 2)
+        self.assertEqual(h.server.handshakesInProgress, 2)
         c, _, _ = h.connect(ALICE)
         self.assertEqual(handshakeCode(c), XTMPErrorCode.BUSY)
         h.flush()
         for client, _, _ in pending:
             self.assertIs(result(client.whenHandshakeDone()), client)
-        self.assertEqual(h.server.handshaking, 0)
+        self.assertEqual(h.server.handshakesInProgress, 0)
 
     def test_perAddressRate(self):
         """
@@ -184,6 +184,45 @@ class HandshakeLimitTests(SynchronousTestCase):
         c, _, _ = h.connect(ALICE, host="10.6.6.6")
         self.assertIsNone(handshakeCode(c))
         self.assertEqual(h.server.refusals["refused_rate"], 2)
+
+
+class AdmissionHookTests(SynchronousTestCase):
+    """
+    The handshake cap and rate use the library's admission hook
+    (XTMPServerFactory.admitHandshake) and its handshake counters: a
+    refused ClientHello never reaches the replay check or the key
+    exchange, is a counted server event, and the refused session logs
+    nothing above debug.
+    """
+
+    def test_refusedBeforeKeyWork(self):
+        from twisted.logger import LogLevel, globalLogPublisher
+        from muxframe.server.session import ServerSession
+        logged = []
+
+        def observe(event):
+            if isinstance(event.get("log_source"), ServerSession):
+                logged.append(event["log_level"])
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
+                           server__max_connections_per_client=0))
+        ok, _, _ = h.connect(ALICE, host="10.6.6.6")
+        self.assertIsNone(handshakeCode(ok))
+        self.assertEqual(len(h.server.replayCache), 1)
+        self.assertIn(LogLevel.info, logged)
+        del logged[:]
+        for _ in range(3):
+            c, _, _ = h.connect(ALICE, host="10.6.6.6")
+            self.assertEqual(handshakeCode(c), XTMPErrorCode.RATE_LIMITED)
+        self.assertEqual(len(h.server.replayCache), 1)
+        self.assertEqual(h.server.refusals["refused_rate"], 3)
+        stats = h.server.stats()
+        self.assertEqual(stats["handshakes"]["completed"], 1)
+        self.assertEqual(stats["handshakes"]["failed"], 3)
+        self.assertEqual(stats["handshaking"], 0)
+        self.assertTrue(logged)
+        self.assertEqual(set(logged), {LogLevel.debug})
 
 
 class RevocationTests(SynchronousTestCase):

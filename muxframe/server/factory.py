@@ -2,14 +2,22 @@
 L{XTMPServer}: the XTMP server's factory, wiring the registry, router,
 broker and defences to the sessions it builds.
 
-Admission, in the order checked when a connection arrives (each refusal
-is a plaintext Error with the code below, sent before any handshake work,
-then the connection is closed; each is a counted, logged event):
+Admission, in the order checked (each refusal is a plaintext Error with
+the code below, session id 0, sent before any public-key work, then the
+connection is closed; each is a counted, logged event).  When a connection
+arrives:
 
   1. the server is draining: GOING_AWAY;
   2. the source address is locked out: LOCKED_OUT;
   3. C{max_connections} or C{max_connections_per_client}: TOO_MANY_CONNECTIONS;
-  4. C{max_handshakes} already in progress: BUSY;
+
+when its ClientHello has passed the library's cheap checks
+(L{XTMPServerFactory.admitHandshake}, before the replay check and the key
+exchange):
+
+  4. more than C{max_handshakes} handshakes in progress, this one
+     included (the library's L{handshakesInProgress}, counted from the
+     connection's start): BUSY;
   5. the address's handshake rate bucket is empty: RATE_LIMITED.
 
 During the handshake, a locked-out client key is refused with LOCKED_OUT;
@@ -37,7 +45,7 @@ from muxframe.server.timers import CoarseClock, HandshakeScheduler
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import MessageType, encodePlain
 from muxframe.xtmp.errors import (
-    Unauthorized, XTMPErrorCode, XTMPRemoteError,
+    RateLimited, Unauthorized, XTMPErrorCode, XTMPRemoteError,
 )
 from muxframe.xtmp.factory import XTMPServerFactory
 
@@ -158,7 +166,6 @@ class XTMPServer(XTMPServerFactory):
         budget = c["server.handshake_budget"]
         self.scheduler = HandshakeScheduler(reactor, budget) if budget \
             else None
-        self.handshaking = 0
         self.draining = False
         self.refusals = {}
         self._open = set()
@@ -225,18 +232,20 @@ class XTMPServer(XTMPServerFactory):
 
     # -- admission ---------------------------------------------------------
 
-    def _refuse(self, address, source, code, reason, event):
+    def _refusal(self, peer, source, code, reason, event):
         self.refusals[event] = self.refusals.get(event, 0) + 1
         self.events.emit(event, "connection from {peer} refused with "
-                         "{codeName}: {reason}", code=code,
-                         peer=describePeer(address), source=source,
-                         reason=reason)
+                         "{codeName}: {reason}", code=code, peer=peer,
+                         source=source, reason=reason)
+
+    def _refuse(self, address, source, code, reason, event):
+        self._refusal(describePeer(address), source, code, reason, event)
         return RefusedConnection(code, reason)
 
     def buildProtocol(self, address):
         """
-        Admit a connection (see the module docstring) and build its
-        L{ServerSession}, or a L{RefusedConnection}.
+        Admit a connection (checks 1-3 of the module docstring) and build
+        its L{ServerSession}, or a L{RefusedConnection}.
         """
         source = sourceOf(address)
         now = self.reactor.seconds()
@@ -254,19 +263,10 @@ class XTMPServer(XTMPServerFactory):
             return self._refuse(address, source,
                                 XTMPErrorCode.TOO_MANY_CONNECTIONS, why,
                                 "refused_connections")
-        if self.handshaking >= self.maxHandshakes:
-            return self._refuse(address, source, XTMPErrorCode.BUSY,
-                                "%d handshakes in progress (max_handshakes)"
-                                % (self.handshaking,), "refused_busy")
-        if not self.handshakeRate.take(source, now):
-            return self._refuse(address, source, XTMPErrorCode.RATE_LIMITED,
-                                "too many new connections from this address "
-                                "(handshake_rate)", "refused_rate")
         protocol = XTMPServerFactory.buildProtocol(self, address)
         if self.timers is not None:
             protocol.reactor = self.timers
         protocol.state = SessionState(source, describePeer(address))
-        self.handshaking += 1
         self.connections.add(source)
         self._open.add(protocol)
         protocol.whenHandshakeDone().addCallbacks(
@@ -274,20 +274,42 @@ class XTMPServer(XTMPServerFactory):
             errbackArgs=(protocol,))
         return protocol
 
-    def _endHandshake(self, protocol):
-        if protocol.state.handshaking:
-            protocol.state.handshaking = False
-            self.handshaking -= 1
+    def admitHandshake(self, protocol, hello):
+        """
+        Checks 4 and 5 of the module docstring, once C{protocol}'s
+        ClientHello is parsed and before any public-key work.
+
+        @raise XTMPRemoteError: BUSY or L{RateLimited}.
+        """
+        peer, source = protocol.peer, protocol.source
+        if self.handshakesInProgress > self.maxHandshakes:
+            reason = ("%d handshakes in progress (max_handshakes)"
+                      % (self.handshakesInProgress - 1,))
+            self._refusal(peer, source, XTMPErrorCode.BUSY, reason,
+                          "refused_busy")
+            raise XTMPRemoteError(reason, XTMPErrorCode.BUSY)
+        if not self.handshakeRate.take(source, self.reactor.seconds()):
+            reason = "too many new connections from this address " \
+                "(handshake_rate)"
+            self._refusal(peer, source, XTMPErrorCode.RATE_LIMITED,
+                          reason, "refused_rate")
+            raise RateLimited(reason)
+
+    def handshakeEnded(self, protocol, outcome):
+        """
+        Count the end of C{protocol}'s handshake (the library's counters)
+        and stop scheduling its handshake work.
+        """
+        XTMPServerFactory.handshakeEnded(self, protocol, outcome)
+        protocol.state.handshaking = False
 
     def _handshakeDone(self, protocol):
-        self._endHandshake(protocol)
         now = self.reactor.seconds()
         self.addressLockout.success(protocol.source, now)
         if self.keyLockout is not None and protocol.peerIdentity is not None:
             self.keyLockout.success(protocol.peerIdentity.fingerprint, now)
 
     def _handshakeFailed(self, failure, protocol):
-        self._endHandshake(protocol)
         error = failure.value
         if not isinstance(error, XTMPRemoteError) or \
                 error.code not in _AUTH_FAILURES or \
@@ -367,7 +389,6 @@ class XTMPServer(XTMPServerFactory):
         Unregister the session and release what it held.
         """
         XTMPServerFactory.sessionLost(self, protocol)
-        self._endHandshake(protocol)
         if self.scheduler is not None:
             self.scheduler.discard(protocol)
         if protocol in self._open:
@@ -413,7 +434,10 @@ class XTMPServer(XTMPServerFactory):
         return {
             "sessions": self.registry.stats(),
             "connections": self.connections.total,
-            "handshaking": self.handshaking,
+            "handshaking": self.handshakesInProgress,
+            "handshakes": {"completed": self.handshakesCompleted,
+                           "failed": self.handshakesFailed,
+                           "replays": self.replayCache.rejected},
             "refusals": dict(self.refusals),
             "lockouts": {"address": self.addressLockout.locks,
                          "key": self.keyLockout.locks

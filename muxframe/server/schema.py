@@ -185,11 +185,11 @@ SCHEMA = [Key(*entry) for entry in [
     ("server.max_connections_per_client", _integer(0), 10, _count,
      "Live connections per source address at most (0: no limit)."),
     ("server.max_handshakes", _integer(1), 256, _count,
-     "Handshakes in progress at most; more connections are refused with "
-     "BUSY."),
+     "Handshakes in progress at most; a ClientHello arriving with more in "
+     "progress is refused with BUSY."),
     ("server.handshake_rate", _number(), 20.0, "per second",
-     "New connections per second per source address (token bucket; 0: no "
-     "limit); more are refused with RATE_LIMITED."),
+     "Handshakes (ClientHellos) per second per source address (token "
+     "bucket; 0: no limit); more are refused with RATE_LIMITED."),
     ("server.handshake_burst", _integer(1), 40, _count,
      "Bucket size of handshake_rate."),
     ("server.handshake_budget", _number(), 0.001, _seconds,

@@ -164,8 +164,10 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         L{XTMPRemoteError} (normally L{RateLimited}) to refuse the client:
         it gets a plaintext Error with that code.  The default admits
         everyone; a server role overrides this for per-address rates and
-        caps on concurrent handshakes (see L{handshakesInProgress} and
-        C{protocol.transport.getPeer()}).
+        caps on concurrent handshakes (see L{handshakesInProgress}, which
+        counts C{protocol} too, and C{protocol.transport.getPeer()}).  The
+        session logs such a refusal at debug level only: the policy is
+        expected to log (and throttle) what it refuses.
 
         @param hello: the L{ClientHello}.
         """

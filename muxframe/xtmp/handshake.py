@@ -515,7 +515,13 @@ class ServerHandshake:
             raise HandshakeFailed("bad ML-KEM key length")
         # Everything above is parsing; from here on each step costs more.
         if self._admit is not None:
-            self._admit(hello)
+            try:
+                self._admit(hello)
+            except XTMPRemoteError as e:
+                # The policy's answer, not the peer's fault: the session
+                # logs it at debug only (the policy logs its refusals).
+                e.refusedByPolicy = True
+                raise
         if self._replayCache is not None:
             self._replayCache.check(hello.random)
         xPrivate = self._xPrivate or x25519.X25519PrivateKey.generate()

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -52,6 +52,16 @@ class _Request:
         self.sequence = None
         self.timeoutCall = None
         self.cancelled = False
+
+
+def _levelFor(error, level):
+    """
+    C{level}, or debug for a refusal by the factory's admission policy
+    (L{XTMPServerFactory.admitHandshake}): the policy logs what it refuses
+    itself, throttled, so a flood does not write lines per connection.
+    """
+    return LogLevel.debug if getattr(error, "refusedByPolicy", False) \
+        else level
 
 
 @implementer(IPushProducer, IConsumer)
@@ -271,7 +281,8 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self._handshakeFinished(Failure(err))
         if self.factory is not None:
             self.factory.sessionLost(self)
-        self.log.info("xtmp session {sessionId:#x} closed: {why}",
+        self.log.emit(_levelFor(why, LogLevel.info),
+                      "xtmp session {sessionId:#x} closed: {why}",
                       sessionId=self.sessionId, why=why)
         for d in self._closed:
             d.callback(why)
@@ -493,7 +504,8 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._loseConnection()
 
     def _fail(self, error):
-        self.log.warn("xtmp session {sessionId:#x} failed: {code}: {error}",
+        self.log.emit(_levelFor(error, LogLevel.warn),
+                      "xtmp session {sessionId:#x} failed: {code}: {error}",
                       sessionId=self.sessionId,
                       code=XTMPErrorCode.describe(error.code), error=error)
         if self._closeReason is None:
