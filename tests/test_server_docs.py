@@ -57,6 +57,15 @@ class DocsTests(SynchronousTestCase):
             if code >= 32:
                 self.assertIn("`%s`" % (code.name,), doc)
 
+    def test_codeNumbers(self):
+        """
+        Every code shown with its number (C{`NAME` (N)}) has that number.
+        """
+        shownCodes = re.findall(r"`([A-Z_]+)`\s+\((\d+)\)", text())
+        self.assertGreater(len(shownCodes), 10)
+        for name, number in shownCodes:
+            self.assertEqual(XTMPErrorCode[name], int(number), name)
+
     def test_exampleLoads(self):
         block = re.search(r"A configuration:\n\n```yaml\n(.*?)```", text(),
                           re.S).group(1)
