@@ -36,6 +36,41 @@ MLDSA65_SIGNATURE = 3309
 _KIND_ED25519 = 1
 _KIND_MLDSA = 2
 
+_P = 2 ** 255 - 19
+#: The canonical encodings of the eight points of small order (orders 1, 2,
+#: 4 and 8): a signature "verifies" under them for many messages at once.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+))
+
+
+def checkEd25519Public(key):
+    """
+    Refuse an Ed25519 public key that is not a canonical encoding (y below
+    2^255 - 19; the sign bit clear when x is 0, that is for y = 1 or
+    y = -1) or that is a point of small order (docs/xtmp.md section 7.4).
+    OpenSSL accepts both when verifying; strict RFC 8032 verifiers do not,
+    so they are refused here for every peer to judge a key alike.
+
+    @raise ValueError: naming the fault.
+    """
+    if len(key) != ED25519_PUBLIC:
+        raise ValueError("an Ed25519 public key is 32 bytes, not %d"
+                         % (len(key),))
+    value = int.from_bytes(key, "little")
+    y, sign = value & ((1 << 255) - 1), value >> 255
+    if y >= _P or (sign and y in (1, _P - 1)):
+        raise ValueError("the Ed25519 public key is not a canonical encoding")
+    if key in _SMALL_ORDER:
+        raise ValueError("the Ed25519 public key is a point of small order")
+
 
 _PEM_BLOCK = rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----.+?-----END (?P=label)-----"
 _BLOCKS = re.compile(_PEM_BLOCK, re.S)
@@ -100,6 +135,12 @@ def _identities(data, labels, load, kinds, what, pattern=_BLOCKS):
                                  % (what, named[0], named[1], number))
             named = (number, name)
         elif isinstance(key, edType):
+            if edType is ed25519.Ed25519PublicKey:
+                try:
+                    checkEd25519Public(key.public_bytes_raw())
+                except ValueError as e:
+                    raise ValueError("%s: PEM block %d: %s"
+                                     % (what, number, e))
             result.append([named and named[1], key, None])
             named = None
         elif isinstance(key, mlType):
@@ -138,6 +179,7 @@ class PublicIdentity:
 
     def __init__(self, ed25519Public, mldsaPublic=None):
         self.ed25519 = bytes(ed25519Public)
+        checkEd25519Public(self.ed25519)
         self.mldsa = bytes(mldsaPublic) if mldsaPublic is not None else None
         self._edKey = ed25519.Ed25519PublicKey.from_public_bytes(self.ed25519)
         self._mlKey = (mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa)
