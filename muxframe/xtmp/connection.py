@@ -200,7 +200,7 @@ class XTMPConnection(RekeyMixin):
             if self.resumption is None:
                 self.resumption = ResumptionState()
             self.resumption.track(m)
-        if type not in CONTROL_TYPES:
+        if type not in CONTROL_TYPES and type != MessageType.Error:
             self.lastActivity = now
         q = self._queues
         if immediate and self.state == OPEN and not (
@@ -228,7 +228,7 @@ class XTMPConnection(RekeyMixin):
                 or flags & (F.REQUIRES_ACK | F.RESPONSE | F.FRAGMENTED)):
             return False
         self.counters.messagesSent += 1
-        if type not in CONTROL_TYPES:
+        if type not in CONTROL_TYPES and type != MessageType.Error:
             self.lastActivity = now
         self._out.append(self._seal(type, flags, body))
         return True
