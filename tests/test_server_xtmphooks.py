@@ -299,6 +299,32 @@ class HeartbeatRTTTests(SynchronousTestCase):
         s.receiveData(c.dataToSend(now=0.3), now=0.3)
         self.assertAlmostEqual(s.rtt, 0.5, places=5)
 
+    def test_unequalIntervals(self):
+        """
+        With unequal heartbeat intervals the shorter one governs: the side
+        with the longer interval answers the other's probes, so neither
+        side's silence limit (two of its own intervals) is reached, and
+        the idle session costs one round trip per short interval.
+        """
+        c, s = enginePair({"heartbeatInterval": 5, "sessionTimeout": 1e6},
+                          {"heartbeatInterval": 60, "sessionTimeout": 1e6})
+        sent = []
+        for second in range(1, 301):
+            now = float(second)
+            c.tick(now)
+            s.tick(now)
+            before = (c.counters.bytesSent, s.counters.bytesSent)
+            exchange(c, s, now)
+            sent.append((c.counters.bytesSent - before[0],
+                         s.counters.bytesSent - before[1]))
+        self.assertEqual((c.state, s.state), ("OPEN", "OPEN"))
+        rounds = [n for n, (a, b) in enumerate(sent) if a and b]
+        self.assertEqual(len(rounds), len([n for n, (a, b) in enumerate(sent)
+                                           if a or b]))
+        self.assertTrue(55 <= len(rounds) <= 61, len(rounds))
+        self.assertIsNotNone(c.rtt)
+        self.assertIsNone(s.rtt)
+
     def test_idleRoundDropsCipherContexts(self):
         """
         Keys make their AEAD object at first use; after a heartbeat round
