@@ -149,3 +149,23 @@ class HandshakeSchedulerTests(SynchronousTestCase):
         self.scheduler.discard(a)
         self.reactor.turn()
         self.assertEqual(self.log, [("b", b"2")])
+
+
+class ResolutionTests(SynchronousTestCase):
+    def test_shortHeartbeatInterval(self):
+        """
+        With a heartbeat interval shorter than the timer resolution, the
+        resolution used is a quarter of the interval: idle sessions keep
+        their round trips (they used to time out, the probe running after
+        the silence check a slot late).
+        """
+        from tests.test_server_support import ALICE, Harness, config
+        h = Harness(config(xtmp_protocol__heartbeat_interval=0.2))
+        self.assertEqual(h.server.timers.resolution, 0.05)
+        client, session, _ = h.connect(ALICE)
+        for _ in range(50):
+            h.clock.advance(0.1)
+            h.flush()
+        self.assertTrue(session.isConnected())
+        self.assertIsNotNone(session.rtt)
+        self.assertEqual(client.connection.state, "OPEN")

@@ -161,7 +161,11 @@ class XTMPServer(XTMPServerFactory):
         self.addressLockout = Lockout(*lockout)
         self.keyLockout = Lockout(*lockout) if c["security.lockout_keys"] \
             else None
-        resolution = c["server.timer_resolution"]
+        # A timer may run up to a slot late: at most a quarter of the
+        # heartbeat interval, or a probe sent late would leave the peer
+        # no time to answer before the silence limit (two intervals).
+        resolution = min(c["server.timer_resolution"],
+                         c["xtmp_protocol.heartbeat_interval"] / 4.0)
         self.timers = CoarseClock(reactor, resolution) if resolution else None
         budget = c["server.handshake_budget"]
         self.scheduler = HandshakeScheduler(reactor, budget) if budget \

@@ -209,7 +209,8 @@ SCHEMA = [Key(*entry) for entry in [
      "Lost sessions whose state is kept for resumption."),
     ("server.timer_resolution", _number(), 1.0, _seconds,
      "Session timers (heartbeats, timeouts) run at boundaries this far "
-     "apart, all due ones together (0: each on its own)."),
+     "apart, all due ones together (0: each on its own); at most a quarter "
+     "of heartbeat_interval is used."),
     # xtmp_protocol
     ("xtmp_protocol.version", _exactly(1), 1, "-",
      "The XTMP version (only 1).", "xtmp-version"),
