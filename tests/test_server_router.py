@@ -77,6 +77,37 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(r.inFlight(), 0)
         self.flushLoggedErrors(ZeroDivisionError)
 
+    def test_handlerErrorsKeptFromThePeer(self):
+        """
+        An exception's text is not sent to the peer (a generic reason;
+        the traceback is logged); an ApplicationError's code and reason
+        are, synchronous or from a Deferred.
+        """
+        from twisted.internet.defer import fail
+        from muxframe.xtmp import ApplicationError
+        r, s = self.router, self.session
+        r.route(0x20, lambda s, m: {}["secret internal detail"])
+        r.route(0x21, lambda s, m: fail(RuntimeError("db password xyz")))
+
+        def refuse(session, message):
+            raise ApplicationError("no such bundle", 0x1001)
+        r.route(0x22, refuse)
+        r.route(0x23, lambda s, m: fail(ApplicationError("later no")))
+        for t in (0x20, 0x21, 0x22, 0x23):
+            r.dispatch(s, message(t, b"%x" % t))
+        self.assertEqual(s.errors, [
+            (b"20", XTMPErrorCode.APPLICATION_ERROR,
+             "the handler for message type 0x20 failed"),
+            (b"21", XTMPErrorCode.APPLICATION_ERROR,
+             "the handler for message type 0x21 failed"),
+            (b"22", 0x1001, "no such bundle"),
+            (b"23", XTMPErrorCode.APPLICATION_ERROR, "later no")])
+        stats = r.stats()
+        self.assertEqual((stats[0x20]["failed"], stats[0x22]["failed"],
+                          stats[0x22]["applicationErrors"]), (1, 0, 1))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError, RuntimeError)),
+                         2)
+
     def test_capQueuesThenRejects(self):
         """
         Two in flight, one queued, the fourth refused with BUSY; when one

@@ -231,7 +231,8 @@ class Broker:
         else:
             name = "subscribe_refused"
         self.events.emit(
-            name, "{action} {subject!r} by {identity} refused: {reason}",
+            name, "{action} {subject!r} by {identity} refused with "
+            "{codeName}: {reason}",
             code=refusal.code, action=action, subject=subject,
             identity=session.identity.label, reason=refusal.reason,
             sessionId=session.sessionId)

@@ -3,9 +3,12 @@ The router: application messages to handlers, by message type.
 
 A handler is C{handler(session, message)} (a L{ServerSession} and a
 L{muxframe.xtmp.Message}).  It returns bytes (the response), a Deferred
-firing with bytes or None, or None (no response).  Raising, or a failed
-Deferred, answers Error APPLICATION_ERROR.  A message of a type without a
-handler is answered Error UNKNOWN_TYPE.
+firing with bytes or None, or None (no response).  Raising
+L{ApplicationError} (or a Deferred failing with one) answers Error with its
+code and reason, meant for the peer; raising anything else answers Error
+APPLICATION_ERROR with a generic reason, the traceback logged at error
+level (docs/xtmp.md section 9.7).  A message of a type without a handler
+is answered Error UNKNOWN_TYPE.
 
 Blocking handlers (C{blocking=True}) run in a bounded thread pool
 (C{threads}); they must not touch the session or the reactor except
@@ -29,7 +32,7 @@ from twisted.python.threadpool import ThreadPool
 from muxframe.server.errors import ConfigError
 from muxframe.server.limits import ConcurrencyGate
 from muxframe.xtmp.codec import MessageType
-from muxframe.xtmp.errors import XTMPErrorCode
+from muxframe.xtmp.errors import ApplicationError, XTMPErrorCode
 
 
 def importTarget(target, where):
@@ -94,7 +97,8 @@ class Route:
         self.blocking = blocking
         self.gate = ConcurrencyGate(concurrency, queue)
         self.counters = {"received": 0, "responded": 0, "failed": 0,
-                         "rejected": 0, "queuedTotal": 0}
+                         "applicationErrors": 0, "rejected": 0,
+                         "queuedTotal": 0}
 
 
 class Router:
@@ -224,6 +228,15 @@ class Router:
 
     def _respond(self, route, session, message, result):
         if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, ApplicationError):
+                # Meant for the peer: an answer, not a fault of ours.
+                route.counters["applicationErrors"] += 1
+                if session.isConnected():
+                    session.respondError(message, error.code, error.reason)
+                return
+            # Our bug: the traceback is logged, and nothing of the
+            # exception reaches the peer (as XTMPProtocol's handlers).
             route.counters["failed"] += 1
             self.events.emit(
                 "handler_failed", "handler for {type} failed: {error}",
@@ -231,8 +244,10 @@ class Router:
                 error=result.getErrorMessage(), log_failure=result,
                 code=XTMPErrorCode.APPLICATION_ERROR)
             if session.isConnected():
-                session.respondError(message, XTMPErrorCode.APPLICATION_ERROR,
-                                     result.getErrorMessage())
+                session.respondError(
+                    message, XTMPErrorCode.APPLICATION_ERROR,
+                    "the handler for message type %#x failed"
+                    % (message.type,))
             return
         if result is None:
             return
