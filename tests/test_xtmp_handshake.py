@@ -44,6 +44,24 @@ def runHandshake(client, server, tamperHello=None, tamperAck=None):
     return clientResult, serverResult
 
 
+def forgedClientAuth(body):
+    """
+    Run a handshake up to the ClientAuth, then give the server C{body} as
+    the ClientAuth (under the client's handshake key, in place of the
+    genuine one); return the server and that frame.
+    """
+    client, server = pair()
+    out, _ = server.receiveFrame(frames(client.start())[0])
+    ack, auth = frames(out)
+    client.receiveFrame(ack)
+    handshakeKey = client.sendKey
+    client.receiveFrame(auth)
+    handshakeKey.sequence = 0
+    wire = handshakeKey.seal(MessageType.Handshake, Flags.ENCRYPTED,
+                             client.sessionId, body)
+    return server, frames(wire)[0]
+
+
 def pair(**kw):
     clientKw = dict(serverKey=SERVER.public, identity=CLIENT)
     serverKw = dict(authorizedKeys=[CLIENT.public])
@@ -561,18 +579,9 @@ class IdentityTests(SynchronousTestCase):
             e = self.assertRaises(MalformedMessage, PublicIdentity.decode,
                                   bytes([kinds]) + encoded[1:])
             self.assertIn("kinds", str(e))
-        client, server = pair()
-        out, _ = server.receiveFrame(frames(client.start())[0])
-        ack, auth = frames(out)
-        client.receiveFrame(ack)
-        key = client.sendKey
-        client.receiveFrame(auth)
-        key.sequence = 0
-        wire = key.seal(MessageType.Handshake, Flags.ENCRYPTED,
-                        client.sessionId, b"\x01\x02" + encoded[1:]
-                        + bytes(64))
-        e = self.assertRaises(HandshakeFailed, server.receiveFrame,
-                              frames(wire)[0])
+        server, frame = forgedClientAuth(b"\x01\x02" + encoded[1:]
+                                         + bytes(64))
+        e = self.assertRaises(HandshakeFailed, server.receiveFrame, frame)
         self.assertEqual(e.code, XTMPErrorCode.HANDSHAKE_FAILED)
 
     def test_fingerprint(self):
@@ -616,20 +625,10 @@ class Ed25519StrictnessTests(SynchronousTestCase):
         R = identity, S = 0 (which OpenSSL verifies for every message) is
         HANDSHAKE_FAILED at decoding.
         """
-        client, server = pair()
-        out, _ = server.receiveFrame(frames(client.start())[0])
-        ack, auth = frames(out)
-        client.receiveFrame(ack)
-        handshakeKey = client.sendKey
-        client.receiveFrame(auth)
-        # Seal in place of the genuine ClientAuth (sequence 0).
-        handshakeKey.sequence = 0
         point = bytes.fromhex(self.SMALL_ORDER[0])
-        body = b"\x01\x01" + point + point + bytes(32)
-        wire = handshakeKey.seal(MessageType.Handshake, Flags.ENCRYPTED,
-                                 client.sessionId, body)
-        e = self.assertRaises(HandshakeFailed, server.receiveFrame,
-                              frames(wire)[0])
+        server, frame = forgedClientAuth(b"\x01\x01" + point + point
+                                         + bytes(32))
+        e = self.assertRaises(HandshakeFailed, server.receiveFrame, frame)
         self.assertEqual(e.code, XTMPErrorCode.HANDSHAKE_FAILED)
         self.assertIn("small order", str(e))
 

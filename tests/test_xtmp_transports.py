@@ -43,6 +43,20 @@ def clientFactory(clock, **kw):
                              identity=CLIENT_IDENTITY, reactor=clock, **kw)
 
 
+def waitFor(condition, what, tries=4000):
+    """
+    A Deferred firing once C{condition()} holds (polled every 5 ms on the
+    real reactor), failing after C{tries} polls.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    if condition():
+        return True
+    if not tries:
+        raise AssertionError("timed out waiting for " + what)
+    return deferLater(reactor, 0.005, waitFor, condition, what, tries - 1)
+
+
 class MultiplexedStreamTests(SynchronousTestCase):
     """
     Two XTMP sessions over two streams of one multiplexed connection.
@@ -248,7 +262,6 @@ class SlowReaderTCPTests(TestCase):
     def test_slowReaderPausesSender(self):
         from twisted.internet import reactor
         from twisted.internet.interfaces import IPushProducer
-        from twisted.internet.task import deferLater
         from zope.interface import implementer
 
         total = 60000
@@ -283,14 +296,6 @@ class SlowReaderTCPTests(TestCase):
                     self.protocol.send(0x10, b"x" * 64)
                     self.sent += 1
                 reactor.callLater(0, self.pump)
-
-        def waitFor(condition, what, tries=2000):
-            if condition():
-                return True
-            if not tries:
-                raise AssertionError("timed out waiting for " + what)
-            return deferLater(reactor, 0.005, waitFor, condition, what,
-                              tries - 1)
 
         d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
         state = {}
@@ -355,19 +360,10 @@ class CloseWhilePausedTCPTests(TestCase):
     def test_closeWhilePaused(self):
         from twisted.internet import reactor
         from twisted.internet.defer import gatherResults
-        from twisted.internet.task import deferLater
         from muxframe.xtmp import XTMPErrorCode
 
         xs = serverFactory(None)
         state = {}
-
-        def waitFor(condition, what, tries=2000):
-            if condition():
-                return True
-            if not tries:
-                raise AssertionError("timed out waiting for " + what)
-            return deferLater(reactor, 0.005, waitFor, condition, what,
-                              tries - 1)
 
         def listening(port):
             self.addCleanup(port.stopListening)
@@ -423,7 +419,6 @@ class KilledTCPConnectionTests(TestCase):
 
     def test_reconnectExactlyOnce(self):
         from twisted.internet import reactor
-        from twisted.internet.task import deferLater
 
         total = 5000
         got = []
@@ -438,14 +433,6 @@ class KilledTCPConnectionTests(TestCase):
         xs.setHandler(0x10, handler)
         cf = clientFactory(None)
         state = {}
-
-        def waitFor(condition, what, tries=4000):
-            if condition():
-                return True
-            if not tries:
-                raise AssertionError("timed out waiting for " + what)
-            return deferLater(reactor, 0.005, waitFor, condition, what,
-                              tries - 1)
 
         d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
 

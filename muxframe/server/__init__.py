@@ -15,6 +15,8 @@ The main names are importable from here (loaded when first used, so
 importing the twistd plugin stays cheap).
 """
 
+from muxframe.lazy import lazyExports
+
 _NAMES = {
     "XTMPServer": "muxframe.server.factory",
     "ServerSession": "muxframe.server.session",
@@ -30,11 +32,4 @@ _NAMES = {
 }
 
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name):
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    import importlib
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazyExports(__name__, _NAMES)

@@ -27,7 +27,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F, MessageType
+from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,

@@ -16,37 +16,18 @@ Run with PYTHONPATH at the repository root.
 
 import argparse
 import json
-import os
-import signal
 
-from twisted.internet import reactor, stdio
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Protocol
 
 from muxframe.server import XTMPServer
 from muxframe.server.config import ServerConfig
 from muxframe.web import WebSocketServerEndpoint
 from muxframe.xtmp import Identity, PublicIdentity
 
-
-class Control(Protocol):
-    """
-    Standard input and output: events go out here; the end of standard
-    input stops the server.
-    """
-
-    def connectionLost(self, reason):
-        if reactor.running:
-            reactor.stop()
-
-
-CONTROL = Control()
-
-
-def emit(event, **fields):
-    fields["event"] = event
-    CONTROL.transport.write(json.dumps(fields).encode() + b"\n")
+# Standard input and output, and running, as the library server's.
+from xtmp_server import emit, serve
 
 
 def echo(session, message):
@@ -84,11 +65,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--authorize", action="append", default=[])
     parser.add_argument("--heartbeat-interval", type=float, default=30.0)
-    options = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
-    stdio.StandardIO(CONTROL)
-    reactor.callWhenRunning(
-        lambda: main(options).addErrback(
-            lambda f: (emit("failed", error=f.getTraceback()), reactor.stop())))
-    reactor.run()
-    os._exit(0)
+    serve(main, parser.parse_args())
