@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
+from .server.tap import XTMPOptions
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
@@ -386,17 +387,18 @@ class Options(usage.Options):
     Options of C{twistd muxframe} and C{twist muxframe}.
     """
 
-    synopsis = "server|client [options]"
+    synopsis = "server|client|xtmp [options]"
     longdesc = "Multiplexed tunnels over MIO or BMP (see docs/operations.md)."
     subCommands = [
         ["server", None, ServerOptions, "Accept multiplexed connections."],
         ["client", None, ClientOptions, "Keep multiplexed connections to servers."],
+        ["xtmp", None, XTMPOptions, "Run the XTMP server (docs/xtmp-server.md)."],
     ]
     opt_version = _printVersion
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("choose a role: server or client")
+            raise usage.UsageError("choose a role: server, client or xtmp")
 
 
 class ClientConnectionService(service.Service):
@@ -442,6 +444,9 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor as globalReactor
         reactor = globalReactor
     sub = options.subOptions
+    if options.subCommand == "xtmp":
+        from .server.tap import makeService as makeXTMPService
+        return makeXTMPService(sub, reactor)
     top = service.MultiService()
     top.setName("muxframe-" + options.subCommand)
     top.tunnels = []

@@ -150,9 +150,9 @@ class DecoderTests(SynchronousTestCase):
 
     def test_unknownFlags(self):
         e = self.assertRaises(BadFlags, Decoder().feed,
-                              encodePlain(1, 0x0200, 0, 0, b""))
+                              encodePlain(1, 0x0400, 0, 0, b""))
         self.assertEqual(e.code, XTMPErrorCode.BAD_FLAGS)
-        self.assertIn("0x0200", str(e))
+        self.assertIn("0x0400", str(e))
 
     def test_lastFragmentAlone(self):
         self.assertRaises(BadFlags, Decoder().feed,

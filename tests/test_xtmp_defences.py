@@ -184,7 +184,7 @@ class HandshakeErrorTests(SynchronousTestCase):
         cases = [
             (header(magic=b"GET "), XTMPErrorCode.BAD_MAGIC),
             (header(version=2), XTMPErrorCode.BAD_VERSION),
-            (header(flags=0x0200), XTMPErrorCode.BAD_FLAGS),
+            (header(flags=0x0400), XTMPErrorCode.BAD_FLAGS),
             (header(flags=0x0020), XTMPErrorCode.BAD_FLAGS),
             (bytes(crc), XTMPErrorCode.CHECKSUM_MISMATCH),
             (header(mtype=0x10), XTMPErrorCode.HANDSHAKE_FAILED),

@@ -44,6 +44,24 @@ def runHandshake(client, server, tamperHello=None, tamperAck=None):
     return clientResult, serverResult
 
 
+def forgedClientAuth(body):
+    """
+    Run a handshake up to the ClientAuth, then give the server C{body} as
+    the ClientAuth (under the client's handshake key, in place of the
+    genuine one); return the server and that frame.
+    """
+    client, server = pair()
+    out, _ = server.receiveFrame(frames(client.start())[0])
+    ack, auth = frames(out)
+    client.receiveFrame(ack)
+    handshakeKey = client.sendKey
+    client.receiveFrame(auth)
+    handshakeKey.sequence = 0
+    wire = handshakeKey.seal(MessageType.Handshake, Flags.ENCRYPTED,
+                             client.sessionId, body)
+    return server, frames(wire)[0]
+
+
 def pair(**kw):
     clientKw = dict(serverKey=SERVER.public, identity=CLIENT)
     serverKw = dict(authorizedKeys=[CLIENT.public])
@@ -256,6 +274,75 @@ class HandshakeRejectionTests(SynchronousTestCase):
         e = self.assertRaises(HandshakeFailed, client.receiveFrame, forged)
         self.assertIn("flags", str(e))
 
+    def test_serverHelloFaultCodes(self):
+        """
+        docs/xtmp.md section 7.6, the client's ServerHello checks in order:
+        header (type, flags including ENCRYPTED, sequence) and layout and
+        flags HANDSHAKE_FAILED; then the echo and choices DOWNGRADE; then
+        the session id (0, or not the header's) and the ciphertext length
+        HANDSHAKE_FAILED.  The client's Error names no session (id 0).
+        """
+        from muxframe.xtmp.connection import XTMPConnection
+
+        def case(edit=None, header=None):
+            client, server = pair()
+            out, _ = server.receiveFrame(frames(client.start())[0])
+            ack = frames(out)[0]
+            hello = ServerHello.decode(ack.payload)
+            if edit:
+                edit(hello)
+            fields = dict(type=MessageType.HandshakeAck, flags=0,
+                          sessionId=ack.sessionId, sequence=0)
+            fields.update(header or {})
+            return client, encodePlain(fields["type"], fields["flags"],
+                                       fields["sessionId"], fields["sequence"],
+                                       hello.encode())
+
+        def offer(h):
+            h.offerHash = bytes(32)
+        ml1024 = b"c" * 1568
+        cases = [
+            (dict(header=dict(sequence=1)), XTMPErrorCode.HANDSHAKE_FAILED),
+            (dict(header=dict(flags=Flags.PRIORITY_HIGH)),
+             XTMPErrorCode.HANDSHAKE_FAILED),
+            (dict(edit=lambda h: setattr(h, "flags", 2)),
+             XTMPErrorCode.HANDSHAKE_FAILED),
+            # Unknown flags are found before a tampered echo.
+            (dict(edit=lambda h: (setattr(h, "flags", 2), offer(h))),
+             XTMPErrorCode.HANDSHAKE_FAILED),
+            (dict(edit=offer), XTMPErrorCode.DOWNGRADE),
+            (dict(edit=lambda h: setattr(h, "cipher", 0)),
+             XTMPErrorCode.DOWNGRADE),
+            # A tampered echo is found before a bad session id.
+            (dict(edit=lambda h: (offer(h), setattr(h, "sessionId", 0)),
+                  header=dict(sessionId=0)), XTMPErrorCode.DOWNGRADE),
+            (dict(edit=lambda h: setattr(h, "sessionId", 0),
+                  header=dict(sessionId=0)), XTMPErrorCode.HANDSHAKE_FAILED),
+            (dict(header=dict(sessionId=12345)),
+             XTMPErrorCode.HANDSHAKE_FAILED),
+            (dict(edit=lambda h: setattr(h, "ciphertext", ml1024)),
+             XTMPErrorCode.HANDSHAKE_FAILED),
+        ]
+        for kw, code in cases:
+            client, raw = case(**kw)
+            e = self.assertRaises(HandshakeFailed, client.receiveFrame,
+                                  frames(raw)[0])
+            self.assertEqual(e.code, code, (kw, e))
+        # ENCRYPTED on the ServerHello, through the engine: HANDSHAKE_FAILED,
+        # and the client's Error is one plaintext message, session id 0.
+        hs, server = pair()
+        conn = XTMPConnection(hs)
+        conn.initiate()
+        out, _ = server.receiveFrame(frames(conn.dataToSend())[0])
+        ack = frames(out)[0]
+        forged = TrafficKey(Cipher.AES_256_GCM, b"k" * 32, b"i" * 12).seal(
+            ack.type, Flags.ENCRYPTED, ack.sessionId, ack.payload)
+        e = self.assertRaises(HandshakeFailed, conn.receiveData, forged)
+        self.assertEqual(e.code, XTMPErrorCode.HANDSHAKE_FAILED)
+        (error,) = frames(conn.closeWithError(e.code, str(e)))
+        self.assertEqual((error.type, error.flags, error.sessionId,
+                          error.sequence), (MessageType.Error, 0, 0, 0))
+
     def test_lowOrderX25519Key(self):
         """
         An X25519 key giving an all-zero shared secret is refused.
@@ -419,6 +506,36 @@ class IdentityTests(SynchronousTestCase):
             self.assertIn(path, str(e))
             self.assertIn(message, str(e))
 
+    def test_authorizedKeysNames(self):
+        """
+        A C{name:} line names the identity after it; names that name no
+        identity, come between an Ed25519 key and its ML-DSA-65 key, are
+        empty, not UTF-8 or given twice are refused with the line named.
+        """
+        from muxframe.xtmp import parseAuthorizedKeys
+        a = Identity.generate(withMLDSA=True).public
+        b = Identity.generate().public
+        edOnly = PublicIdentity(a.ed25519).toPEM()
+        mldsaOnly = a.toPEM()[len(edOnly):]
+        self.assertEqual(
+            parseAuthorizedKeys(b"name: alice\n" + a.toPEM() + b"# c\n"
+                                + b.toPEM(), "keys"),
+            [("alice", a), (None, b)])
+        cases = [
+            (b"name: x\nname: y\n" + b.toPEM(), "line 1: name 'x' names no"),
+            (b.toPEM() + b"\nname: z\n", "line 5: name 'z' names no key"),
+            (edOnly + b"name: x\n" + mldsaOnly, "block 2: an ML-DSA-65 key"),
+            (b"name:  \n" + b.toPEM(), "line 1: 'name:' without a name"),
+            (b"name: \xff\n" + b.toPEM(), "line 1: the name is not UTF-8"),
+            (b"name: x\n" + a.toPEM() + b"name: x\n" + b.toPEM(),
+             "name 'x' is given to more than one identity"),
+        ]
+        for data, message in cases:
+            e = self.assertRaises(ValueError, parseAuthorizedKeys, data,
+                                  "keys")
+            self.assertIn("keys: ", str(e))
+            self.assertIn(message, str(e))
+
     def test_identityFileFaults(self):
         """
         A public or private identity file holds exactly one identity.
@@ -450,9 +567,81 @@ class IdentityTests(SynchronousTestCase):
         self.assertRaises(HandshakeFailed, CLIENT.public.verify, b"a",
                           CLIENT.sign(b"b"))
 
+    def test_unknownKinds(self):
+        """
+        Identity kinds other than 0x01 and 0x03 (0x02: ML-DSA-65 alone,
+        higher bits: reserved) are malformed; in a ClientAuth that is
+        HANDSHAKE_FAILED.
+        """
+        from muxframe.xtmp.errors import MalformedMessage
+        encoded = CLIENT.public.encode()
+        for kinds in (0x00, 0x02, 0x05, 0x81):
+            e = self.assertRaises(MalformedMessage, PublicIdentity.decode,
+                                  bytes([kinds]) + encoded[1:])
+            self.assertIn("kinds", str(e))
+        server, frame = forgedClientAuth(b"\x01\x02" + encoded[1:]
+                                         + bytes(64))
+        e = self.assertRaises(HandshakeFailed, server.receiveFrame, frame)
+        self.assertEqual(e.code, XTMPErrorCode.HANDSHAKE_FAILED)
+
     def test_fingerprint(self):
         self.assertEqual(CLIENT.public.fingerprint,
                          hashlib.sha256(CLIENT.public.encode()).hexdigest())
+
+
+class Ed25519StrictnessTests(SynchronousTestCase):
+    """
+    docs/xtmp.md section 7.4: Ed25519 keys must be canonical encodings of
+    points not of small order (OpenSSL alone accepts both, and a small-order
+    key "verifies" a signature over any message); S below the group order
+    and a canonical R in signatures.
+    """
+
+    SMALL_ORDER = [
+        "01" + "00" * 31, "ec" + "ff" * 30 + "7f", "00" * 32, "00" * 31 + "80",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ]
+    NOT_CANONICAL = [
+        "ee" + "ff" * 30 + "7f",            # y = p + 1
+        "ed" + "ff" * 30 + "7f",            # y = p
+        "01" + "00" * 30 + "80",            # y = 1, x = 0 with the sign bit
+    ]
+
+    def test_keysRefused(self):
+        from muxframe.xtmp.errors import MalformedMessage
+        for h in self.SMALL_ORDER + self.NOT_CANONICAL:
+            key = bytes.fromhex(h)
+            e = self.assertRaises(ValueError, PublicIdentity, key)
+            self.assertIn("Ed25519 public key", str(e))
+            self.assertRaises(MalformedMessage, PublicIdentity.decode,
+                              b"\x01" + key)
+
+    def test_smallOrderClientAuth(self):
+        """
+        A ClientAuth presenting the identity point with the signature
+        R = identity, S = 0 (which OpenSSL verifies for every message) is
+        HANDSHAKE_FAILED at decoding.
+        """
+        point = bytes.fromhex(self.SMALL_ORDER[0])
+        server, frame = forgedClientAuth(b"\x01\x01" + point + point
+                                         + bytes(32))
+        e = self.assertRaises(HandshakeFailed, server.receiveFrame, frame)
+        self.assertEqual(e.code, XTMPErrorCode.HANDSHAKE_FAILED)
+        self.assertIn("small order", str(e))
+
+    def test_nonCanonicalS(self):
+        """
+        A signature whose S is not below the group order L (S + L) does
+        not verify.
+        """
+        order = 2 ** 252 + 27742317777372353535851937790883648493
+        signature = CLIENT.sign(b"m")
+        S = int.from_bytes(signature[32:], "little")
+        self.assertRaises(HandshakeFailed, CLIENT.public.verify, b"m",
+                          signature[:32] + (S + order).to_bytes(32, "little"))
 
 
 class KeyScheduleTests(SynchronousTestCase):

@@ -750,6 +750,22 @@ class StreamTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(result(d).value.code, XTMPErrorCode.UNAUTHORIZED)
 
+    def test_serverSubscribesToClient(self):
+        """
+        Either side may subscribe to the other's streams (docs/xtmp.md
+        section 9.6): a server session subscribes to a client's stream and
+        the client's factory publishes to it.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        got = []
+        d = s.subscribe("client.status", lambda m: got.append(m.payload))
+        pump.flush()
+        self.assertEqual(result(d).type, MessageType.Subscribe)
+        self.assertEqual(c.factory.publish("client.status", b"up"), 1)
+        pump.flush()
+        self.assertEqual(got, [b"up"])
+
     def test_lostSessionUnsubscribed(self):
         h = Harness()
         c, s, pump = h.connect()

@@ -63,7 +63,7 @@ class IntegrityTests(SynchronousTestCase):
             c.sendMessage(0x10, b"x" * 64)
             c.sendMessage(0x10, b"y" * 64)
             both = bytearray(c.dataToSend())
-            both[offset] ^= 0x01 if offset != 6 else 0x02
+            both[offset] ^= 0x01 if offset != 6 else 0x04
             before = s.receiveKey.sequence
             # A corrupted length may make the receiver wait for more bytes;
             # whatever follows, the message is still rejected.
@@ -182,6 +182,25 @@ class KeyRotationTests(SynchronousTestCase):
     """
     KeyUpdate by count and by time; full re-handshake.
     """
+
+    def test_keyUpdateCountsEveryFrame(self):
+        """
+        keyUpdateMessages counts every frame sealed under the key: control
+        messages (a Heartbeat here) and each fragment too; the KeyUpdate
+        is the next frame, with sequence number keyUpdateMessages.
+        """
+        c, s = enginePair(clientSettings=dict(keyUpdateMessages=4,
+                                              fragmentSize=100))
+        c.sendControl(MessageType.Heartbeat, codec.encodeU64(5))
+        c.sendMessage(0x10, b"x" * 250)      # three fragments
+        c.sendMessage(0x10, b"after")
+        wire = c.dataToSend()
+        got = [(f.type, f.sequence, f.epoch) for f in Decoder().feed(wire)]
+        self.assertEqual(got, [
+            (MessageType.Heartbeat, 0, 0), (0x10, 1, 0), (0x10, 2, 0),
+            (0x10, 3, 0), (MessageType.KeyUpdate, 4, 0), (0x10, 0, 1)])
+        self.assertEqual(payloads(s.receiveData(wire)),
+                         [b"x" * 250, b"after"])
 
     def test_keyUpdateByCount(self):
         c, s = enginePair(clientSettings=dict(keyUpdateMessages=3))
@@ -590,6 +609,22 @@ class RequestAndControlTests(SynchronousTestCase):
         c.sendControl(MessageType.Heartbeat, bytes(8))
         self.assertEqual(s.receiveData(c.dataToSend()), [])
 
+    def test_ackAndKeyUpdateLengths(self):
+        """
+        An Ack's data is exactly 8 bytes and a KeyUpdate's exactly 4
+        (docs/xtmp.md section 6); any other length is PROTOCOL_ERROR.
+        """
+        cases = [(MessageType.Ack, n, "Ack") for n in (0, 7, 9, 16)] + [
+            (MessageType.KeyUpdate, n, "KeyUpdate") for n in (0, 3, 5, 8)]
+        for mtype, length, name in cases:
+            c, s = enginePair()
+            c.sendControl(mtype, b"\x00" * (length - 1) + b"\x01"
+                          if length else b"")
+            e = self.assertRaises(MalformedMessage, s.receiveData,
+                                  c.dataToSend())
+            self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+            self.assertIn("%s payload must be" % (name,), str(e))
+
     def test_controlFlags(self):
         """
         Control messages carry no flag but ENCRYPTED (Subscribe and
@@ -696,6 +731,26 @@ class RequestAndControlTests(SynchronousTestCase):
             exchange(c, s, t)
         e = self.assertRaises(XTMPTimeout, c.tick, 100)
         self.assertIn("idle", str(e))
+
+    def test_errorsAreNotActivity(self):
+        """
+        Errors, sent or received, do not keep a session from its idle
+        timeout (docs/xtmp.md section 9.2): a peer answering every message
+        with an Error is idle.
+        """
+        c, s = enginePair(clientSettings=dict(sessionTimeout=100,
+                                              heartbeatInterval=30),
+                          serverSettings=dict(sessionTimeout=100,
+                                              heartbeatInterval=30))
+        for t in range(10, 100, 10):
+            s.sendMessage(MessageType.Error, codec.encodeReason(16, "no"),
+                          now=t)
+            exchange(c, s, t)
+            c.tick(t)
+            s.tick(t)
+            exchange(c, s, t)
+        self.assertRaises(XTMPTimeout, s.tick, 100)
+        self.assertRaises(XTMPTimeout, c.tick, 100)
 
     def test_handshakeTimeout(self):
         from muxframe.xtmp.connection import XTMPConnection

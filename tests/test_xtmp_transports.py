@@ -43,6 +43,20 @@ def clientFactory(clock, **kw):
                              identity=CLIENT_IDENTITY, reactor=clock, **kw)
 
 
+def waitFor(condition, what, tries=4000):
+    """
+    A Deferred firing once C{condition()} holds (polled every 5 ms on the
+    real reactor), failing after C{tries} polls.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    if condition():
+        return True
+    if not tries:
+        raise AssertionError("timed out waiting for " + what)
+    return deferLater(reactor, 0.005, waitFor, condition, what, tries - 1)
+
+
 class MultiplexedStreamTests(SynchronousTestCase):
     """
     Two XTMP sessions over two streams of one multiplexed connection.
@@ -248,7 +262,6 @@ class SlowReaderTCPTests(TestCase):
     def test_slowReaderPausesSender(self):
         from twisted.internet import reactor
         from twisted.internet.interfaces import IPushProducer
-        from twisted.internet.task import deferLater
         from zope.interface import implementer
 
         total = 60000
@@ -283,14 +296,6 @@ class SlowReaderTCPTests(TestCase):
                     self.protocol.send(0x10, b"x" * 64)
                     self.sent += 1
                 reactor.callLater(0, self.pump)
-
-        def waitFor(condition, what, tries=2000):
-            if condition():
-                return True
-            if not tries:
-                raise AssertionError("timed out waiting for " + what)
-            return deferLater(reactor, 0.005, waitFor, condition, what,
-                              tries - 1)
 
         d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
         state = {}
@@ -341,6 +346,68 @@ class SlowReaderTCPTests(TestCase):
         return d
 
 
+class CloseWhilePausedTCPTests(TestCase):
+    """
+    A session closed while its transport is paused (the peer reads
+    slowly) closes once the peer has read what was written, not at the
+    close timeout: Twisted resumes a paused producer still registered
+    with a closing transport instead of closing it, so the session
+    unregisters first.
+    """
+
+    timeout = 30
+
+    def test_closeWhilePaused(self):
+        from twisted.internet import reactor
+        from twisted.internet.defer import gatherResults
+        from muxframe.xtmp import XTMPErrorCode
+
+        xs = serverFactory(None)
+        state = {}
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            return connectXTMP(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                clientFactory(None))
+
+        def connected(client):
+            state["client"] = client
+            client.pauseDelivery()
+            return waitFor(lambda: xs.live, "the server session")
+
+        def accepted(_):
+            (server,) = xs.live.values()
+            state["server"] = server
+            # Only the test's own timeout may end a hung close.
+            server.closeTimeout = 3600
+
+            def fill():
+                while not server._transportPaused:
+                    server.send(0x10, b"y" * 65536)
+                return True
+            fill()
+            return waitFor(lambda: server._transportPaused, "a full pipe")
+
+        def full(_):
+            client, server = state["client"], state["server"]
+            closed = gatherResults([client.whenClosed(), server.whenClosed()])
+            server.disconnect(XTMPErrorCode.GOING_AWAY, "bye")
+            client.resumeDelivery()
+            return closed
+
+        def closed(reasons):
+            self.assertTrue(state["server"]._lost)
+
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
+        d.addCallback(listening)
+        d.addCallback(connected)
+        d.addCallback(accepted)
+        d.addCallback(full)
+        d.addCallback(closed)
+        return d
+
+
 class KilledTCPConnectionTests(TestCase):
     """
     Over real loopback TCP: the connection is aborted mid-stream, the
@@ -352,7 +419,6 @@ class KilledTCPConnectionTests(TestCase):
 
     def test_reconnectExactlyOnce(self):
         from twisted.internet import reactor
-        from twisted.internet.task import deferLater
 
         total = 5000
         got = []
@@ -367,14 +433,6 @@ class KilledTCPConnectionTests(TestCase):
         xs.setHandler(0x10, handler)
         cf = clientFactory(None)
         state = {}
-
-        def waitFor(condition, what, tries=4000):
-            if condition():
-                return True
-            if not tries:
-                raise AssertionError("timed out waiting for " + what)
-            return deferLater(reactor, 0.005, waitFor, condition, what,
-                              tries - 1)
 
         d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(xs)
 

@@ -14,7 +14,7 @@ The names below are imported on first use, so that the plugin can import
 L{muxframe.web.endpointstrings} without loading autobahn.
 """
 
-import importlib
+from muxframe.lazy import lazyExports
 
 _NAMES = {
     "LIMITS": "muxframe.web.limits",
@@ -29,14 +29,4 @@ _NAMES = {
 }
 
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name):
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazyExports(__name__, _NAMES)

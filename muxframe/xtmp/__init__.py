@@ -26,7 +26,9 @@ from muxframe.xtmp.handshake import (
     KEM, ClientHandshake, ClientHello, HandshakeResult, HelloReplayCache,
     ServerHandshake,
 )
-from muxframe.xtmp.identity import Identity, PublicIdentity, loadAuthorizedKeys
+from muxframe.xtmp.identity import (
+    Identity, PublicIdentity, loadAuthorizedKeys, parseAuthorizedKeys,
+)
 from muxframe.xtmp.protocol import XTMPProtocol
 from muxframe.xtmp.session import Message, ResumptionState
 from muxframe.xtmp.streams import StreamRegistry
@@ -43,5 +45,5 @@ __all__ = [
     "Unauthorized", "Unsupported", "WrongKey", "XTMPClientFactory",
     "XTMPConnection", "XTMPErrorCode", "XTMPLocalError", "XTMPProtocol",
     "XTMPRemoteError", "XTMPServerFactory", "XTMPTimeout", "connectXTMP",
-    "encodePlain", "loadAuthorizedKeys",
+    "encodePlain", "loadAuthorizedKeys", "parseAuthorizedKeys",
 ]

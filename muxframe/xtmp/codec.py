@@ -96,9 +96,10 @@ class Flags(IntFlag):
     STREAM_DATA = 0x0040
     EMERGENCY = 0x0080
     RESPONSE = 0x0100
+    REQUEST = 0x0200
 
 
-KNOWN_FLAGS = 0x01FF
+KNOWN_FLAGS = 0x03FF
 
 
 class F:
@@ -116,6 +117,7 @@ class F:
     STREAM_DATA = 0x0040
     EMERGENCY = 0x0080
     RESPONSE = 0x0100
+    REQUEST = 0x0200
 
 
 class Cipher(IntEnum):

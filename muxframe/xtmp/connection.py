@@ -21,7 +21,9 @@ KeyUpdate or re-handshake switches to it; fragments of a message are
 contiguous, only control messages may come between them.  Handshake,
 HandshakeAck, Heartbeat, Disconnect, Ack and KeyUpdate carry no flag but
 ENCRYPTED; Subscribe and Unsubscribe are never REQUIRES_ACK or
-STREAM_DATA; a Heartbeat's data is exactly 8 bytes.
+STREAM_DATA; a Heartbeat's data is exactly 8 bytes: a probe (top bit 0,
+the sender's clock) is answered at once by an answer (top bit 1, the
+probe's clock echoed), which is never answered.
 
 Limits: before the handshake completes a payload may be at most
 C{maxHandshakePayload} bytes (a server waiting for the ClientHello takes
@@ -65,6 +67,12 @@ _CONTROL_FLAGS[MessageType.Subscribe] = _CONTROL_FLAGS[
                                           | F.STREAM_DATA)
 
 
+#: A Heartbeat's u64 with this bit set answers a probe; the other 63 bits
+#: are the probe's clock (microseconds), echoed.
+HEARTBEAT_ANSWER = 1 << 63
+HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
+
+
 def _peerKey(result):
     if result.peerIdentity is not None:
         return result.peerIdentity.ed25519
@@ -93,7 +101,7 @@ class XTMPConnection(RekeyMixin):
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters", "_rekeyTimes")
+                 "counters", "_rekeyTimes", "rtt")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -125,6 +133,9 @@ class XTMPConnection(RekeyMixin):
         self.pendingRequests = {}
         self.startedAt = self.lastReceived = self.lastSent = now
         self.lastActivity = self.keysAt = now
+        # Heartbeat round trip (seconds), measured when a probe of ours is
+        # answered.
+        self.rtt = None
         self._setReceiveLimit()
 
     def _setReceiveLimit(self):
@@ -189,7 +200,7 @@ class XTMPConnection(RekeyMixin):
             if self.resumption is None:
                 self.resumption = ResumptionState()
             self.resumption.track(m)
-        if type not in CONTROL_TYPES:
+        if type not in CONTROL_TYPES and type != MessageType.Error:
             self.lastActivity = now
         q = self._queues
         if immediate and self.state == OPEN and not (
@@ -198,6 +209,29 @@ class XTMPConnection(RekeyMixin):
         else:
             self._enqueue(m)
         return m
+
+    def sendPrepared(self, type, flags, body, now=0.0):
+        """
+        Encode at once a message whose body (section 5 of docs/xtmp.md) is
+        already built, so one body can go to many sessions (a broker's
+        fan-out) with only the sealing done per session.  Only for a body
+        that fits one frame, without REQUIRES_ACK or RESPONSE, in an open
+        session with nothing queued (so order and priorities hold).
+
+        @param flags: the body's flags (e.g. STREAM_DATA).
+        @return: whether it was encoded (it is then in L{dataToSend});
+            if not, nothing changed: use L{sendMessage}.
+        """
+        q = self._queues
+        if (self.state != OPEN or q[0] or q[1] or q[2] or self._resendQueue
+                or len(body) > self.settings.fragmentSize
+                or flags & (F.REQUIRES_ACK | F.RESPONSE | F.FRAGMENTED)):
+            return False
+        self.counters.messagesSent += 1
+        if type not in CONTROL_TYPES and type != MessageType.Error:
+            self.lastActivity = now
+        self._out.append(self._seal(type, flags, body))
+        return True
 
     def _enqueue(self, m, front=False):
         cls = priorityOf(m.flags)
@@ -533,8 +567,7 @@ class XTMPConnection(RekeyMixin):
                 self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
-            # Informational, but still exactly one u64.
-            codec.decodeU64(message.payload, "Heartbeat")
+            self._heartbeatReceived(message.payload, now)
         elif t == MessageType.Ack:
             self.resumption.acknowledge(codec.decodeU64(message.payload,
                                                         "Ack"))
@@ -571,11 +604,19 @@ class XTMPConnection(RekeyMixin):
                     self.counters.unmatchedResponses += 1
                 return
             name, end = codec.decodeName(message.payload)
+            if t == MessageType.Unsubscribe:
+                if end != len(message.payload):
+                    raise MalformedMessage("trailing bytes after stream name")
+                events.append(UnsubscribeReceived(name=name, message=message))
+                return
+            group = None
             if end != len(message.payload):
-                raise MalformedMessage("trailing bytes after stream name")
-            cls = (SubscribeReceived if t == MessageType.Subscribe
-                   else UnsubscribeReceived)
-            events.append(cls(name=name, message=message))
+                # A queue group's name may follow the stream's.
+                group, end = codec.decodeName(message.payload, end)
+                if end != len(message.payload):
+                    raise MalformedMessage("trailing bytes after queue group")
+            events.append(SubscribeReceived(name=name, group=group,
+                                            message=message))
         elif t == MessageType.Handshake:
             self._rekeyHello(message, now)
         elif t == MessageType.HandshakeAck:
@@ -610,8 +651,35 @@ class XTMPConnection(RekeyMixin):
                 self._keyUpdate()
                 self.sendKey.createdAt = now
         if now - self.lastSent >= s.heartbeatInterval:
+            self.sendControl(MessageType.Heartbeat, self._heartbeat(now))
+
+    def _heartbeat(self, now):
+        # A probe: our clock in microseconds, in 63 bits (top bit clear).
+        return codec.encodeU64(int(now * 1e6) & HEARTBEAT_CLOCK)
+
+    def _heartbeatReceived(self, payload, now):
+        value = codec.decodeU64(payload, "Heartbeat")
+        if value & HEARTBEAT_ANSWER:
+            # An answer to a probe: it echoes the probe's clock, so a
+            # probe of ours came back after rtt.  An implausible echo (not
+            # ours, or from before a clock jump) measures nothing.
+            rtt = ((int(now * 1e6) - value) & HEARTBEAT_CLOCK) / 1e6
+            if rtt < 2 * self.settings.heartbeatInterval:
+                self.rtt = rtt
+        else:
+            # A probe: answer it at once (never an answer).  The answer
+            # counts as our heartbeat, so an idle session costs one round
+            # trip per interval, started by whichever side's timer fires
+            # first.
             self.sendControl(MessageType.Heartbeat,
-                             codec.encodeU64(int(now * 1e6) & (2 ** 64 - 1)))
+                             codec.encodeU64(value | HEARTBEAT_ANSWER))
+        if self.sendKey is not None and \
+                now - self.lastActivity >= self.settings.heartbeatInterval:
+            # Idle for an interval: this round trip is all that will use
+            # the keys for a while, so drop their cipher contexts (most of
+            # an idle session's memory) until then.
+            self.sendKey.release()
+            self.receiveKey.release()
 
     def nextDeadline(self, now):
         """

@@ -44,6 +44,16 @@ class XTMPErrorCode(DescribedCode, IntEnum):
     IDLE_TIMEOUT = 19
     INTERNAL = 20
     RATE_LIMITED = 21
+    # 32-63: outcomes of the XTMP server (muxframe.server,
+    # docs/xtmp-server.md), so every client can name them.
+    NO_RESPONDERS = 32
+    PERMISSION_DENIED = 33
+    TOO_MANY_CONNECTIONS = 34
+    LOCKED_OUT = 35
+    BUSY = 36
+    SLOW_CONSUMER = 37
+    KEY_REVOKED = 38
+    BAD_SUBJECT = 39
 
     @classmethod
     def describe(cls, code):

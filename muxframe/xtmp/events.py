@@ -114,7 +114,10 @@ class RequestFailed(Event):
 
 
 class SubscribeReceived(Event):
-    """C{name}: the stream; C{message}: the Subscribe (to respond to)."""
+    """
+    C{name}: the stream; C{group}: the queue group or L{None};
+    C{message}: the Subscribe (to respond to).
+    """
 
 
 class UnsubscribeReceived(Event):

@@ -136,6 +136,9 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
     maxResumableSessions = 10000
     #: How many recent client randoms L{replayCache} remembers.
     maxRememberedHellos = 10000
+    #: Resumable sessions are pruned at most this often (seconds).
+    pruneInterval = 1.0
+    _prunedAt = None
 
     def __init__(self, identity, authorizedKeys=(), checkToken=None,
                  allowAnonymous=False, ciphers=DEFAULT_CIPHERS,
@@ -161,8 +164,10 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         L{XTMPRemoteError} (normally L{RateLimited}) to refuse the client:
         it gets a plaintext Error with that code.  The default admits
         everyone; a server role overrides this for per-address rates and
-        caps on concurrent handshakes (see L{handshakesInProgress} and
-        C{protocol.transport.getPeer()}).
+        caps on concurrent handshakes (see L{handshakesInProgress}, which
+        counts C{protocol} too, and C{protocol.transport.getPeer()}).  The
+        session logs such a refusal at debug level only: the policy is
+        expected to log (and throttle) what it refuses.
 
         @param hello: the L{ClientHello}.
         """
@@ -183,7 +188,9 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
             self._authorizedMap, self.checkToken, self.allowAnonymous,
             resume=lambda sessionId: sessionId in self.sessions,
             replayCache=self.replayCache,
-            admit=lambda hello: self.admitHandshake(protocol, hello))
+            admit=lambda hello: self.admitHandshake(protocol, hello),
+            authorize=lambda identity, token: self.authorizeClient(
+                protocol, identity, token))
 
         def resumptionFor(result, peerKey):
             """
@@ -207,18 +214,32 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         return XTMPConnection(handshake, self.settings,
                               resumptionFor=resumptionFor, now=now)
 
+    def authorizeClient(self, protocol, identity, token):
+        """
+        Called during C{protocol}'s handshake with the client's presented
+        L{PublicIdentity} (signature verified) or bearer C{token} (both
+        L{None} for an anonymous client), before the authorized-keys or
+        token check.  Override to refuse clients by raising an
+        L{XTMPRemoteError} such as C{Unauthorized(reason, code)}.
+        """
+
     def _prune(self, now):
+        # It scans every held session: at most once per pruneInterval, not
+        # per connection (10,000 sessions made that cost more than a
+        # handshake), so the cap may be passed for that long.
+        if self._prunedAt is not None and \
+                now - self._prunedAt < self.pruneInterval:
+            return
+        self._prunedAt = now
         horizon = now - self.settings.sessionTimeout
+        live = self.live
         for sid, state in list(self.sessions.items()):
-            if sid not in self.live and state.lastActive < horizon:
+            if sid not in live and state.lastActive < horizon:
                 del self.sessions[sid]
-        while len(self.sessions) > self.maxResumableSessions:
-            for sid in self.sessions:
-                if sid not in self.live:
-                    del self.sessions[sid]
-                    break
-            else:
-                break
+        excess = len(self.sessions) - self.maxResumableSessions
+        if excess > 0:
+            for sid in [s for s in self.sessions if s not in live][:excess]:
+                del self.sessions[sid]
 
     def sessionStarted(self, protocol):
         """

@@ -92,6 +92,13 @@ class HandlersMixin:
                          Failure(), LogLevel.error, name=message.streamName,
                          what=what, type=message.type)
 
+    def respondError(self, message, code, reason):
+        """
+        Answer C{message} with Error C{code} and C{reason}: the peer's
+        request fails with L{PeerError} carrying them.
+        """
+        self._sendError(message, code, reason)
+
     def _sendError(self, message, code, reason):
         self._reply(message, MessageType.Error,
                     codec.encodeReason(code, reason))

@@ -38,7 +38,7 @@ from muxframe.xtmp.codec import (
 )
 from muxframe.xtmp.errors import (
     DowngradeDetected, HandshakeFailed, MalformedMessage, PeerError,
-    SequenceError, Unauthorized, Unsupported, XTMPLocalError,
+    SequenceError, Unauthorized, Unsupported, XTMPLocalError, XTMPRemoteError,
 )
 from muxframe.xtmp.identity import PublicIdentity
 from muxframe.xtmp.keys import TrafficKey, directionKeys, extract, openFrame
@@ -445,13 +445,20 @@ class ServerHandshake:
     @param admit: callable(L{ClientHello}) called after the hello's cheap
         checks and before any public-key work; it may raise an
         L{XTMPRemoteError} (such as L{RateLimited}) to refuse the client.
+    @param authorize: callable(peerIdentity, token), called once the
+        client's authentication is parsed (and its signature verified),
+        before the authorized-keys, token and anonymous checks; it raises
+        an L{XTMPRemoteError} (e.g. L{Unauthorized} with another code) to
+        refuse the client.  Any error raised from the client's
+        authentication on carries the identity it presented (or L{None})
+        as C{identity}, so a server can count failures per key.
     """
 
     def __init__(self, identity, ciphers=DEFAULT_CIPHERS, allowPlaintext=False,
                  authorizedKeys=(), checkToken=None, allowAnonymous=False,
                  newSessionId=None, resume=None, randomBytes=os.urandom,
                  ephemeral=None, encapsulate=None, replayCache=None,
-                 admit=None):
+                 admit=None, authorize=None):
         if Cipher.NONE in ciphers and not allowPlaintext:
             raise XTMPLocalError("Cipher.NONE needs allowPlaintext=True")
         self.identity = identity
@@ -470,6 +477,8 @@ class ServerHandshake:
         self._encapsulate = encapsulate
         self._replayCache = replayCache
         self._admit = admit
+        self._authorize = authorize
+        self._presented = None
         self.state = "EXPECT_HELLO"
         self.sendKey = self.receiveKey = None
         self.sessionId = 0
@@ -506,7 +515,13 @@ class ServerHandshake:
             raise HandshakeFailed("bad ML-KEM key length")
         # Everything above is parsing; from here on each step costs more.
         if self._admit is not None:
-            self._admit(hello)
+            try:
+                self._admit(hello)
+            except XTMPRemoteError as e:
+                # The policy's answer, not the peer's fault: the session
+                # logs it at debug only (the policy logs its refusals).
+                e.refusedByPolicy = True
+                raise
         if self._replayCache is not None:
             self._replayCache.check(hello.random)
         xPrivate = self._xPrivate or x25519.X25519PrivateKey.generate()
@@ -574,13 +589,32 @@ class ServerHandshake:
             body = frame.payload
         if not body:
             raise HandshakeFailed("empty client auth")
+        try:
+            peer, token = self._checkClientAuth(body)
+        except XTMPRemoteError as e:
+            e.identity = self._presented
+            raise
+        self.state = "DONE"
+        if self.cipher == Cipher.NONE:
+            send = receive = None
+        else:
+            send, receive = self.sendKey, self._trafficC2S
+        self.receiveKey = receive
+        return HandshakeResult(self.sessionId, self.cipher, send, receive,
+                               peer, token, self.resumed, self._thFull)
+
+    def _checkClientAuth(self, body):
         method, peer, token = body[0], None, None
+        authorize = self._authorize
         if method == AUTH_IDENTITY:
             try:
                 peer, end = PublicIdentity.decode(body, 1)
             except MalformedMessage as e:
                 raise HandshakeFailed("client auth: %s" % (e,))
+            self._presented = peer
             peer.verify(CLIENT_SIGNATURE_CONTEXT + self._thFull, body[end:])
+            if authorize is not None:
+                authorize(peer, None)
             allowed = self.authorizedKeys.get(peer.ed25519)
             if allowed is None or (isinstance(allowed, PublicIdentity)
                                    and allowed.mldsa is not None
@@ -590,18 +624,15 @@ class ServerHandshake:
             if len(body) < 3 or _U16.unpack_from(body, 1)[0] != len(body) - 3:
                 raise HandshakeFailed("malformed token auth")
             token = body[3:]
+            if authorize is not None:
+                authorize(None, token)
             if self.checkToken is None or not self.checkToken(token):
                 raise Unauthorized("bearer token rejected")
         elif method == AUTH_ANONYMOUS:
+            if authorize is not None:
+                authorize(None, None)
             if len(body) != 1 or not self.allowAnonymous:
                 raise Unauthorized("anonymous clients are not accepted")
         else:
             raise HandshakeFailed("unknown client auth method %d" % (method,))
-        self.state = "DONE"
-        if self.cipher == Cipher.NONE:
-            send = receive = None
-        else:
-            send, receive = self.sendKey, self._trafficC2S
-        self.receiveKey = receive
-        return HandshakeResult(self.sessionId, self.cipher, send, receive,
-                               peer, token, self.resumed, self._thFull)
+        return peer, token

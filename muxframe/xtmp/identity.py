@@ -12,11 +12,12 @@ Wire encodings (used in the handshake):
 Ed25519 is RFC 8032 "pure" Ed25519 (not Ed25519ph or Ed25519ctx).  ML-DSA-65
 is FIPS 204 ML-DSA (not HashML-DSA) with the empty context string.
 
-PEM files (docs/xtmp.md section 7.6): a public identity is a "PUBLIC KEY"
+PEM files (docs/xtmp.md section 7.9): a public identity is a "PUBLIC KEY"
 (SubjectPublicKeyInfo) block of the Ed25519 key, then optionally one of the
 ML-DSA-65 key; a private identity the same with PKCS#8 "PRIVATE KEY" (or
 "ENCRYPTED PRIVATE KEY") blocks; an authorized-keys file is any number of
-public identities one after another.  Text outside the blocks is ignored.
+public identities one after another, each optionally preceded by a line
+"name: NAME" naming it.  Other text outside the blocks is ignored.
 """
 
 import hashlib
@@ -35,20 +36,74 @@ MLDSA65_SIGNATURE = 3309
 _KIND_ED25519 = 1
 _KIND_MLDSA = 2
 
+_P = 2 ** 255 - 19
+#: The canonical encodings of the eight points of small order (orders 1, 2,
+#: 4 and 8): a signature "verifies" under them for many messages at once.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+))
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
+
+def checkEd25519Public(key):
+    """
+    Refuse an Ed25519 public key that is not a canonical encoding (y below
+    2^255 - 19; the sign bit clear when x is 0, that is for y = 1 or
+    y = -1) or that is a point of small order (docs/xtmp.md section 7.4).
+    OpenSSL accepts both when verifying; strict RFC 8032 verifiers do not,
+    so they are refused here for every peer to judge a key alike.
+
+    @raise ValueError: naming the fault.
+    """
+    if len(key) != ED25519_PUBLIC:
+        raise ValueError("an Ed25519 public key is 32 bytes, not %d"
+                         % (len(key),))
+    value = int.from_bytes(key, "little")
+    y, sign = value & ((1 << 255) - 1), value >> 255
+    if y >= _P or (sign and y in (1, _P - 1)):
+        raise ValueError("the Ed25519 public key is not a canonical encoding")
+    if key in _SMALL_ORDER:
+        raise ValueError("the Ed25519 public key is a point of small order")
+
+
+_PEM_BLOCK = rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----.+?-----END (?P=label)-----"
+_BLOCKS = re.compile(_PEM_BLOCK, re.S)
+# Authorized-keys files may also name identities: "name: NAME" lines.
+_NAMED_BLOCKS = re.compile(rb"^name:(?P<name>[^\n]*)$|" + _PEM_BLOCK,
+                           re.S | re.M)
 _PUBLIC_LABELS = (b"PUBLIC KEY",)
 _PRIVATE_LABELS = (b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY")
 
 
-def _keys(data, labels, load, what):
+def _items(data, labels, load, what, pattern=_BLOCKS):
     """
-    Parse each PEM block of C{data} with C{load}; yield C{(number, key)}.
-    Blocks are numbered from 1 for error messages.
+    Parse each PEM block of C{data} with C{load}; yield C{(number, key,
+    None)}, blocks numbered from 1 for error messages.  With
+    L{_NAMED_BLOCKS} as C{pattern}, also yield C{(line, None, name)} for
+    each C{name:} line outside the blocks.
     """
-    for number, match in enumerate(_PEM_BLOCK.finditer(data), 1):
-        label = match.group(1)
+    number = 0
+    for match in pattern.finditer(data):
+        if match.group("label") is None:
+            line = data.count(b"\n", 0, match.start()) + 1
+            try:
+                name = match.group("name").decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ValueError("%s: line %d: the name is not UTF-8"
+                                 % (what, line))
+            if not name:
+                raise ValueError("%s: line %d: 'name:' without a name"
+                                 % (what, line))
+            yield line, None, name
+            continue
+        number += 1
+        label = match.group("label")
         if label not in labels:
             raise ValueError("%s: PEM block %d is %r, expected %s" % (
                 what, number, label.decode("ascii"),
@@ -57,32 +112,50 @@ def _keys(data, labels, load, what):
             key = load(match.group(0))
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise ValueError("%s: PEM block %d: %s" % (what, number, e))
-        yield number, key
+        yield number, key, None
 
 
-def _identities(data, labels, load, kinds, what):
+def _identities(data, labels, load, kinds, what, pattern=_BLOCKS):
     """
     Group the keys of C{data} into identities: each Ed25519 key starts
-    one, and an ML-DSA-65 key directly after it completes it.
+    one, and an ML-DSA-65 key directly after it completes it; a C{name:}
+    line (only with L{_NAMED_BLOCKS}) names the identity that follows it.
 
     @param kinds: C{(Ed25519 class, ML-DSA-65 class)}.
-    @return: a list of C{[ed25519Key, mldsaKeyOrNone]}.
+    @return: a list of C{[name or None, ed25519Key, mldsaKeyOrNone]}.
     """
     edType, mlType = kinds
     result = []
-    for number, key in _keys(data, labels, load, what):
-        if isinstance(key, edType):
-            result.append([key, None])
+    named = None
+    for number, key, name in _items(data, labels, load, what, pattern):
+        if name is not None:
+            if named is not None:
+                raise ValueError("%s: line %d: name %r names no key (another "
+                                 "name follows it on line %d)"
+                                 % (what, named[0], named[1], number))
+            named = (number, name)
+        elif isinstance(key, edType):
+            if edType is ed25519.Ed25519PublicKey:
+                try:
+                    checkEd25519Public(key.public_bytes_raw())
+                except ValueError as e:
+                    raise ValueError("%s: PEM block %d: %s"
+                                     % (what, number, e))
+            result.append([named and named[1], key, None])
+            named = None
         elif isinstance(key, mlType):
-            if not result or result[-1][1] is not None:
+            if not result or result[-1][2] is not None or named is not None:
                 raise ValueError(
                     "%s: PEM block %d: an ML-DSA-65 key must directly "
                     "follow the Ed25519 key of its identity" % (what, number))
-            result[-1][1] = key
+            result[-1][2] = key
         else:
             raise ValueError("%s: PEM block %d: %s is not an Ed25519 or "
                              "ML-DSA-65 key" % (what, number,
                                                 type(key).__name__))
+    if named is not None:
+        raise ValueError("%s: line %d: name %r names no key (none follows)"
+                         % (what, named[0], named[1]))
     return result
 
 
@@ -106,6 +179,7 @@ class PublicIdentity:
 
     def __init__(self, ed25519Public, mldsaPublic=None):
         self.ed25519 = bytes(ed25519Public)
+        checkEd25519Public(self.ed25519)
         self.mldsa = bytes(mldsaPublic) if mldsaPublic is not None else None
         self._edKey = ed25519.Ed25519PublicKey.from_public_bytes(self.ed25519)
         self._mlKey = (mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa)
@@ -202,7 +276,7 @@ class PublicIdentity:
         @raise ValueError: naming the fault, unless C{data} holds exactly
             one Ed25519 key, optionally followed by one ML-DSA-65 key.
         """
-        ed, ml = _one(_publicIdentities(data, what), what)
+        _, ed, ml = _one(_publicIdentities(data, what), what)
         return cls(ed.public_bytes_raw(),
                    ml.public_bytes_raw() if ml is not None else None)
 
@@ -288,7 +362,8 @@ class Identity:
             data, _PRIVATE_LABELS,
             lambda block: serialization.load_pem_private_key(block, password),
             (ed25519.Ed25519PrivateKey, mldsa.MLDSA65PrivateKey), what)
-        return cls(*_one(identities, what))
+        _, ed, ml = _one(identities, what)
+        return cls(ed, ml)
 
     @classmethod
     def loadPEM(cls, path, password=None):
@@ -308,26 +383,51 @@ class Identity:
             f.write(self.toPEM(password))
 
 
-def _publicIdentities(data, what):
+def _publicIdentities(data, what, pattern=_BLOCKS):
     return _identities(data, _PUBLIC_LABELS, serialization.load_pem_public_key,
                        (ed25519.Ed25519PublicKey, mldsa.MLDSA65PublicKey),
-                       what)
+                       what, pattern)
+
+
+def parseAuthorizedKeys(data, what="authorized keys"):
+    """
+    Parse an authorized-keys file (docs/xtmp.md section 7.9): public
+    identities one after another, as L{PublicIdentity.savePEM} writes them.
+    Each Ed25519 "PUBLIC KEY" block starts an identity and an ML-DSA-65
+    block directly after it belongs to it; a line C{name: NAME} outside
+    the blocks names the identity that follows.  Other text outside the
+    blocks (comments) is ignored.
+
+    @param what: how errors name the file (its path).
+    @return: a list of C{(name or None, PublicIdentity)}, in file order.
+    @raise ValueError: naming the file and the block or line at fault: a
+        block that is not a public key, a key of another type, an ML-DSA-65
+        key with no Ed25519 key of its own directly before it, an empty or
+        non-UTF-8 name, a name with no identity after it, or a name given
+        to two identities.
+    """
+    seen = set()
+    result = []
+    for name, ed, ml in _publicIdentities(data, what, _NAMED_BLOCKS):
+        if name is not None:
+            if name in seen:
+                raise ValueError("%s: name %r is given to more than one "
+                                 "identity" % (what, name))
+            seen.add(name)
+        result.append((name, PublicIdentity(
+            ed.public_bytes_raw(),
+            ml.public_bytes_raw() if ml is not None else None)))
+    return result
 
 
 def loadAuthorizedKeys(path):
     """
-    Read a file of public identities one after another, as
-    L{PublicIdentity.savePEM} writes them: each Ed25519 "PUBLIC KEY" block
-    starts an identity, and an ML-DSA-65 block directly after it belongs
-    to it.  Text outside the blocks (comments) is ignored.
+    Read an authorized-keys file (see L{parseAuthorizedKeys}).
 
     @return: a list of L{PublicIdentity}, in file order.
-    @raise ValueError: naming the file and block, for a block that is not
-        a public key, a key of another type, or an ML-DSA-65 key with no
-        Ed25519 key of its own before it.
+    @raise ValueError: naming the file and block or line, for a file that
+        does not follow the layout.
     """
     with open(path, "rb") as f:
         data = f.read()
-    return [PublicIdentity(ed.public_bytes_raw(),
-                           ml.public_bytes_raw() if ml is not None else None)
-            for ed, ml in _publicIdentities(data, path)]
+    return [identity for _, identity in parseAuthorizedKeys(data, path)]

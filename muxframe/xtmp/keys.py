@@ -80,7 +80,7 @@ def directionKeys(prk, prefix):
 class TrafficKey:
     """
     One direction's AEAD state: key, IV, epoch, sequence counter, and a
-    ready AEAD object.
+    ready AEAD object (made at first use; L{release} drops it).
 
     @ivar sequence: the next sequence number to send, or expected.
     @ivar count: messages protected under this key (for rotation).
@@ -106,9 +106,19 @@ class TrafficKey:
         self.sequence = 0
         self.count = 0
         self.createdAt = createdAt
-        self._aead = _AEADS[self.cipher](key)
+        # Made when first used, dropped by release(): each holds a cipher
+        # context of about 2.4 KiB.
+        self._aead = None
         self._ivHead = iv[:4]
         self._ivTail = int.from_bytes(iv[4:], "big")
+
+    def release(self):
+        """
+        Drop the ready AEAD object: it holds a cipher context of about
+        2.4 KiB, which an idle session need not keep; the next seal or
+        open makes a new one (about 2.5 us).
+        """
+        self._aead = None
 
     def nonce(self, sequence):
         """
@@ -135,7 +145,10 @@ class TrafficKey:
         aad = HEADER.pack(MAGIC, VERSION, messageType, flags, sessionId, seq,
                           len(body), _crc32(body)) + SECURITY_PREFIX.pack(
             self.cipher, _ZERO3, self.epoch, self.keyId, nonce + _ZERO12)
-        out = self._aead.encrypt(nonce, body, aad)
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _AEADS[self.cipher](self.key)
+        out = aead.encrypt(nonce, body, aad)
         self.sequence = seq + 1
         self.count += 1
         return b"".join((aad, out[-TAG_SIZE:], out[:-TAG_SIZE]))
@@ -147,8 +160,11 @@ class TrafficKey:
 
         @raise DecryptionFailed: the tag does not verify.
         """
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _AEADS[self.cipher](self.key)
         try:
-            body = self._aead.decrypt(frame.nonce, frame.payload + frame.tag,
+            body = aead.decrypt(frame.nonce, frame.payload + frame.tag,
                                       frame.aad)
         except InvalidTag:
             raise DecryptionFailed(

@@ -23,11 +23,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, MessageType
+from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
@@ -52,6 +52,16 @@ class _Request:
         self.sequence = None
         self.timeoutCall = None
         self.cancelled = False
+
+
+def _levelFor(error, level):
+    """
+    C{level}, or debug for a refusal by the factory's admission policy
+    (L{XTMPServerFactory.admitHandshake}): the policy logs what it refuses
+    itself, throttled, so a flood does not write lines per connection.
+    """
+    return LogLevel.debug if getattr(error, "refusedByPolicy", False) \
+        else level
 
 
 @implementer(IPushProducer, IConsumer)
@@ -271,7 +281,8 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self._handshakeFinished(Failure(err))
         if self.factory is not None:
             self.factory.sessionLost(self)
-        self.log.info("xtmp session {sessionId:#x} closed: {why}",
+        self.log.emit(_levelFor(why, LogLevel.info),
+                      "xtmp session {sessionId:#x} closed: {why}",
                       sessionId=self.sessionId, why=why)
         for d in self._closed:
             d.callback(why)
@@ -286,7 +297,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if type(event) is MessageReceived:
             message = event.message
             if message.streamName is not None:
-                self._streamData(message)
+                self.streamReceived(message)
             else:
                 self.messageReceived(message)
         elif type(event) is ResponseReceived:
@@ -317,10 +328,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self.sessionReady()
             self._handshakeFinished(self)
         elif type(event) is SubscribeReceived:
-            self._subscribeReceived(event)
+            self.subscribeReceived(event.name, event.message, event.group)
         elif type(event) is UnsubscribeReceived:
-            self.factory.streams.unsubscribe(event.name, self)
-            self._reply(event.message, MessageType.Unsubscribe, b"")
+            self.unsubscribeReceived(event.name, event.message)
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -391,6 +401,27 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                              True)
             self._flush()
 
+    def sendPrepared(self, messageType, flags, body, now=None):
+        """
+        Send a message with a prebuilt body at once if the session can take
+        it without queueing (see L{XTMPConnection.sendPrepared}); a
+        broker uses it to seal one body for many sessions.
+
+        @return: whether it was sent; if not, nothing changed.
+        """
+        conn = self.connection
+        if conn is None or self._lost or self._transportPaused:
+            return False
+        if now is None:
+            now = self.reactor.seconds()
+        if not conn.sendPrepared(messageType, flags, body, now):
+            return False
+        # Nothing was queued, so this is the whole of what is due.
+        self.transport.write(conn.dataToSend(None, now))
+        if self._producer is not None:
+            self._checkBackpressure()
+        return True
+
     def respond(self, message, payload, messageType=None, flags=0):
         """
         Answer C{message} (a request) with C{payload}.
@@ -398,20 +429,26 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._send(message.type if messageType is None else messageType,
                    payload, flags, requestSequence=message.requestId)
 
-    def request(self, messageType, payload, flags=0, timeout=None):
+    def request(self, messageType, payload, flags=0, timeout=None,
+                subject=None):
         """
         Send a request; the L{Deferred} fires with the response L{Message}
         or fails with L{RequestTimeout} after C{timeout} seconds (default
-        C{requestTimeout}), or L{PeerError} if the peer answers Error.
-        Cancelling it stops waiting.
+        C{requestTimeout}; 0 waits without a timer), or L{PeerError} if the
+        peer answers Error.  Cancelling it stops waiting.
+
+        With C{subject}, the request goes to that subject: a STREAM_DATA
+        message with flag REQUEST, which the XTMP server routes to a
+        session serving the subject, relaying its response back.
         """
         try:
             self._checkType(messageType)
         except XTMPLocalError as e:
             return fail(e)
-        return self._request(messageType, payload, flags, timeout)
+        return self._request(messageType, payload, flags, timeout, subject)
 
-    def _request(self, messageType, payload, flags=0, timeout=None):
+    def _request(self, messageType, payload, flags=0, timeout=None,
+                 subject=None):
         request = _Request()
 
         def cancel(d):
@@ -424,8 +461,11 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         request.deferred = Deferred(cancel)
         if timeout is None:
             timeout = self.connection.settings.requestTimeout
+        if subject is not None:
+            flags |= F.REQUEST
         try:
-            self._send(messageType, payload, flags, request=request)
+            self._send(messageType, payload, flags, streamName=subject,
+                       request=request)
         except XTMPLocalError as e:
             return fail(e)
         if timeout and not request.deferred.called:
@@ -464,7 +504,8 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._loseConnection()
 
     def _fail(self, error):
-        self.log.warn("xtmp session {sessionId:#x} failed: {code}: {error}",
+        self.log.emit(_levelFor(error, LogLevel.warn),
+                      "xtmp session {sessionId:#x} failed: {code}: {error}",
                       sessionId=self.sessionId,
                       code=XTMPErrorCode.describe(error.code), error=error)
         if self._closeReason is None:
@@ -481,6 +522,12 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
 
     def _loseConnection(self):
         self._closing = True
+        if not self._lost:
+            # Nothing more will be produced: a transport closing with a
+            # paused producer registered would wait for that producer to
+            # write again (Twisted resumes it rather than closing once its
+            # buffer drains), so the close would hang until the abort.
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._abortCall is None and not self._lost:
             # A peer that stops reading must not hold the session open.

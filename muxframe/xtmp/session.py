@@ -50,7 +50,7 @@ EMERGENCY, HIGH, NORMAL = 0, 1, 2
 #: Flags an application may set on a message it sends.
 APPLICATION_FLAGS = (F.PRIORITY_HIGH | F.REQUIRES_ACK
                      | F.STREAM_DATA | F.EMERGENCY | F.RESPONSE
-                     | F.COMPRESSED)
+                     | F.COMPRESSED | F.REQUEST)
 
 
 def priorityOf(flags):

@@ -50,6 +50,28 @@ export class Message {
   get isResponse() {
     return (this.flags & Flags.RESPONSE) !== 0;
   }
+
+  // A request routed to a subject by the XTMP server: answer it with
+  // client.respond(message, payload).
+  get isRequest() {
+    return (this.flags & Flags.REQUEST) !== 0;
+  }
+}
+
+// Subjects are tokens separated by '.'; in a pattern '*' matches one
+// token and a final '>' one or more (docs/xtmp.md section 9.6).
+export function isWildcard(name) {
+  return name.split('.').some((token) => token === '*' || token === '>');
+}
+
+export function subjectMatches(pattern, subject) {
+  const wanted = pattern.split('.');
+  const tokens = subject.split('.');
+  for (let i = 0; i < wanted.length; i++) {
+    if (wanted[i] === '>' && i === wanted.length - 1) return tokens.length > i;
+    if (i >= tokens.length || (wanted[i] !== '*' && wanted[i] !== tokens[i])) return false;
+  }
+  return tokens.length === wanted.length;
 }
 
 export class XTMPClient {
@@ -82,6 +104,8 @@ export class XTMPClient {
   get counters() { return this.session.counters; }
   get isOpen() { return this.session.isOpen && !this._socketClosed; }
   get bufferedAmount() { return this.socket.bufferedAmount || 0; }
+  // The round trip of the last answered heartbeat probe (seconds), or null.
+  get heartbeatRtt() { return this.session.heartbeatRtt; }
 
   // Events: 'message' (message without a handler), 'error' (an Error
   // message from the server), 'close' (the session ended: error or null).
@@ -133,14 +157,16 @@ export class XTMPClient {
 
   // Send a request; resolves with the response Message, rejects with
   // PeerError (the server answered Error), RequestTimeout, or the reason
-  // the session ended.
+  // the session ended. With { subject }, the request goes to a subject:
+  // the XTMP server routes it to a session subscribed to it and relays
+  // the answer (NO_RESPONDERS if none).
   request(type, payload, options = {}) {
     try {
       this._guard();
       let flags = options.flags || 0;
       if (options.requireAck) flags |= Flags.REQUIRES_ACK;
       const request = this.session.request(type, toBytes(payload),
-        { flags, timeout: options.timeout }, this._now());
+        { flags, timeout: options.timeout, subject: options.subject }, this._now());
       this._flush();
       return request.promise;
     } catch (e) {
@@ -154,13 +180,17 @@ export class XTMPClient {
     this._flush();
   }
 
-  // Subscribe to the server's stream `name`; callback(message) gets every
-  // STREAM_DATA message on it. Resolves when the server confirms.
-  async subscribe(name, callback) {
+  // Subscribe to the server's stream `name`; callback(message, client)
+  // gets every STREAM_DATA message on it (for a wildcard name such as
+  // 'orders.*' or 'orders.>', on every matching subject). With { group },
+  // join that queue group: the XTMP server gives each message to one
+  // member. Resolves when the server confirms.
+  async subscribe(name, callback, options = {}) {
     if (!this._streams.has(name)) this._streams.set(name, []);
     this._streams.get(name).push(callback);
+    const payload = options.group ? concat(encodeName(name), encodeName(options.group)) : encodeName(name);
     try {
-      await this.request(MessageType.Subscribe, encodeName(name));
+      await this.request(MessageType.Subscribe, payload);
     } catch (e) {
       const callbacks = this._streams.get(name) || [];
       const i = callbacks.indexOf(callback);
@@ -296,7 +326,12 @@ export class XTMPClient {
           break;
         case 'stream': {
           const message = new Message(event.message);
-          for (const callback of this._streams.get(message.streamName) || []) callback(message, this);
+          const name = message.streamName;
+          const callbacks = [...(this._streams.get(name) || [])];
+          for (const [pattern, more] of this._streams) {
+            if (pattern !== name && isWildcard(pattern) && subjectMatches(pattern, name)) callbacks.push(...more);
+          }
+          for (const callback of callbacks) callback(message, this);
           break;
         }
         case 'message':

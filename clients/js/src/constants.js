@@ -47,8 +47,9 @@ export const Flags = Object.freeze({
   STREAM_DATA: 0x0040,
   EMERGENCY: 0x0080,
   RESPONSE: 0x0100,
+  REQUEST: 0x0200,
 });
-export const KNOWN_FLAGS = 0x01ff;
+export const KNOWN_FLAGS = 0x03ff;
 
 export const Cipher = Object.freeze({
   NONE: 0,
@@ -86,13 +87,27 @@ export const ErrorCode = Object.freeze({
   GOING_AWAY: 18,
   IDLE_TIMEOUT: 19,
   INTERNAL: 20,
+  RATE_LIMITED: 21,
+  // 32-39: the XTMP server's outcomes (docs/xtmp-server.md).
+  NO_RESPONDERS: 32,
+  PERMISSION_DENIED: 33,
+  TOO_MANY_CONNECTIONS: 34,
+  LOCKED_OUT: 35,
+  BUSY: 36,
+  SLOW_CONSUMER: 37,
+  KEY_REVOKED: 38,
+  BAD_SUBJECT: 39,
 });
+
+// Codes from here to 0xFFFF are the application's (docs/xtmp.md section 10).
+export const FIRST_APPLICATION_CODE = 0x1000;
 
 const CODE_NAMES = Object.fromEntries(
   Object.entries(ErrorCode).map(([name, code]) => [code, name]));
 
 export function describeCode(code) {
-  return CODE_NAMES[code] ?? `UNKNOWN(${code})`;
+  if (CODE_NAMES[code] !== undefined) return CODE_NAMES[code];
+  return code >= FIRST_APPLICATION_CODE ? `APPLICATION(${code})` : `UNKNOWN(${code})`;
 }
 
 // Defaults of docs/xtmp.md section 12 (seconds, bytes).

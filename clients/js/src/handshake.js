@@ -71,7 +71,13 @@ export class ClientHandshake {
   // handshake keys. Returns { sessionId, cipher, resumed, keys }.
   serverHello(payload, headerSessionId) {
     const kem = KEMS[this.kem];
-    if (payload.length < 110) throw fail(ErrorCode.HANDSHAKE_FAILED, 'truncated ServerHello');
+    // docs/xtmp.md section 7.6, "Client, ServerHello", steps 4 to 8.
+    if (payload.length < 110 || payload.length !== 110 + readU16(payload, 108)) {
+      throw fail(ErrorCode.HANDSHAKE_FAILED, 'truncated or overlong ServerHello');
+    }
+    if (payload[3] & ~1) {
+      throw fail(ErrorCode.HANDSHAKE_FAILED, `unknown ServerHello flags 0x${payload[3].toString(16)}`);
+    }
     const version = payload[0];
     const cipher = payload[1];
     const echoedKem = payload[2];
@@ -79,13 +85,12 @@ export class ClientHandshake {
         !equal(payload.subarray(76, 108), sha256(this._hello))) {
       throw fail(ErrorCode.DOWNGRADE, 'the ServerHello does not answer the offer sent');
     }
-    const ctLength = readU16(payload, 108);
-    if (ctLength !== kem.cipherText || payload.length !== 110 + ctLength) {
-      throw fail(ErrorCode.HANDSHAKE_FAILED, 'bad ML-KEM ciphertext length');
-    }
     const sessionId = readU64(payload, 68);
     if (sessionId === 0n || sessionId !== headerSessionId) {
       throw fail(ErrorCode.HANDSHAKE_FAILED, 'bad session id in the ServerHello');
+    }
+    if (readU16(payload, 108) !== kem.cipherText) {
+      throw fail(ErrorCode.HANDSHAKE_FAILED, 'bad ML-KEM ciphertext length');
     }
     let kemSecret;
     let dh;

@@ -2,8 +2,9 @@
 //   identity  = u8 kinds (0x01 Ed25519, 0x03 Ed25519 + ML-DSA-65)
 //               || Ed25519 public key (32) [|| ML-DSA-65 public key (1952)]
 //   signature = Ed25519 signature (64) [|| ML-DSA-65 signature (3309)]
-// A fingerprint is the hex SHA-256 of the encoded identity (not stated in
-// docs/xtmp.md; it is what muxframe's PublicIdentity.fingerprint computes).
+// A fingerprint is the lowercase hex SHA-256 of the encoded identity.
+// Ed25519 keys must be canonical encodings of points not of small order;
+// signatures are verified strictly (RFC 8032, not ZIP-215).
 
 import { ed25519 } from '@noble/curves/ed25519.js';
 import { sha256 } from '@noble/hashes/sha2.js';
@@ -21,6 +22,18 @@ export const MLDSA65_SIGNATURE = 3309;
 
 function randomBytes(n) {
   return globalThis.crypto.getRandomValues(new Uint8Array(n));
+}
+
+// Refuse a non-canonical Ed25519 key or a point of small order (under
+// which one signature verifies for many messages): HANDSHAKE_FAILED.
+function checkEd25519Public(key) {
+  let point;
+  try {
+    point = ed25519.Point.fromBytes(key, false);
+  } catch (e) {
+    throw fail(ErrorCode.HANDSHAKE_FAILED, 'the Ed25519 public key is not a canonical encoding');
+  }
+  if (point.isSmallOrder()) throw fail(ErrorCode.HANDSHAKE_FAILED, 'the Ed25519 public key is a point of small order');
 }
 
 export class PublicIdentity {
@@ -68,6 +81,7 @@ export class PublicIdentity {
     if (bytes.length < offset + 33) throw fail(ErrorCode.HANDSHAKE_FAILED, 'truncated identity');
     const kinds = bytes[offset];
     const ed = bytes.slice(offset + 1, offset + 33);
+    checkEd25519Public(ed);
     if (kinds === KIND_ED25519) return [new PublicIdentity(ed), offset + 33];
     if (kinds === (KIND_ED25519 | KIND_MLDSA)) {
       const end = offset + 33 + MLDSA65_PUBLIC;

@@ -1,6 +1,6 @@
 // @muxframe/xtmp: the XTMP client (docs/xtmp.md, docs/web.md).
 
-export { connect, Message, XTMPClient } from './client.js';
+export { connect, isWildcard, Message, subjectMatches, XTMPClient } from './client.js';
 export { ClientSession, Counters } from './session.js';
 export { ClientHandshake, AuthMethod } from './handshake.js';
 export { Identity, PublicIdentity } from './identity.js';
@@ -9,7 +9,7 @@ export {
   Decoder, decodeName, decodeReason, encodeBody, encodeName, encodePlain, encodeReason, parseBody,
 } from './codec.js';
 export {
-  Cipher, CipherName, DEFAULT_SETTINGS, ErrorCode, Flags, KEM, MessageType, describeCode,
+  Cipher, CipherName, DEFAULT_SETTINGS, ErrorCode, FIRST_APPLICATION_CODE, Flags, KEM, MessageType, describeCode,
 } from './constants.js';
 export {
   ConnectionLost, PeerDisconnected, PeerError, RequestTimeout, SendQueueFull, SessionClosed, XTMPError,

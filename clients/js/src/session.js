@@ -7,10 +7,19 @@
 //  - States: new -> helloSent -> awaitAuth -> open -> closed.
 //  - Every received frame under a key must carry exactly that key's next
 //    sequence number; checks in the order of section 8.2.
-//  - A fatal error queues Error(code) then Disconnect(code) (encrypted once
-//    traffic keys exist, else plaintext with the session id known so far),
-//    fails pending requests and ends with a 'closed' event; events for
-//    messages that arrived intact before the fault are returned first.
+//  - A fatal error queues Error(code) then Disconnect(code) under the
+//    traffic key once the session is open, under the hs c2s key between
+//    ServerHello and ServerAuth (in place of ClientAuth); before a
+//    ServerHello is accepted, one plaintext Error (session id 0, sequence
+//    0) and no Disconnect (docs/xtmp.md section 7.7). It fails pending
+//    requests and ends with a 'closed' event; events for messages that
+//    arrived intact before the fault are returned first.
+//  - Control messages carry no flag but ENCRYPTED (Subscribe and
+//    Unsubscribe: never REQUIRES_ACK or STREAM_DATA): PROTOCOL_ERROR.
+//  - Heartbeats are one u64: a probe (top bit 0, our clock in
+//    microseconds) is answered at once by an answer (top bit 1, the
+//    probe's clock echoed), which is never answered; an answer to our
+//    probe gives heartbeatRtt (docs/xtmp.md section 9.2).
 //  - Request ids are (generation << 32) | sequence of the request's first
 //    frame; the send generation grows by one per KeyUpdate (section 9.4).
 //  - REQUIRES_ACK messages from the server are delivered once (delivery id
@@ -29,6 +38,18 @@ import { PeerDisconnected, PeerError, RequestTimeout, SendQueueFull, SessionClos
 
 const MAX_TRAFFIC_SEQUENCE = 2 ** 32;
 const SENDABLE_FLAGS = Flags.COMPRESSED | Flags.PRIORITY_HIGH | Flags.REQUIRES_ACK | Flags.EMERGENCY;
+const HEARTBEAT_ANSWER = 1n << 63n;
+const HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1n;
+// Flags (besides ENCRYPTED) a control type may carry (docs/xtmp.md section 4).
+const SUBSCRIBE_FLAGS = 0xffff & ~(Flags.ENCRYPTED | Flags.REQUIRES_ACK | Flags.STREAM_DATA);
+
+function controlFlagsAllowed(type) {
+  return type === MessageType.Subscribe || type === MessageType.Unsubscribe ? SUBSCRIBE_FLAGS : 0;
+}
+
+function clock(now) {
+  return BigInt(Math.floor(now * 1e6)) & HEARTBEAT_CLOCK;
+}
 
 export class Counters {
   constructor() {
@@ -40,6 +61,7 @@ export class Counters {
     this.keyUpdates = 0;
     this.unmatchedResponses = 0;
     this.heartbeatsSent = 0;
+    this.heartbeatsAnswered = 0;
   }
 }
 
@@ -57,6 +79,8 @@ export class ClientSession {
     this.peerIdentity = null;
     this.resumed = false;
     this.closeError = null;
+    // Seconds, from the last answer to one of our heartbeat probes.
+    this.heartbeatRtt = null;
     this.counters = new Counters();
     this.pending = new Map(); // request id (BigInt) -> request
     this._decoder = new Decoder(s.maxPayload);
@@ -140,7 +164,14 @@ export class ClientSession {
     let flags = (options.flags || 0);
     if (flags & ~SENDABLE_FLAGS) throw new TypeError('flags may only be COMPRESSED, PRIORITY_HIGH, REQUIRES_ACK, EMERGENCY');
     if (options.respondTo !== undefined && options.respondTo !== null) flags |= Flags.RESPONSE;
-    if (options.streamName !== undefined && options.streamName !== null) flags |= Flags.STREAM_DATA;
+    let streamName = options.streamName;
+    if (options.subject !== undefined && options.subject !== null) {
+      // A request to a subject, routed by the XTMP server (docs/xtmp-server.md).
+      if (!options.request) throw new TypeError('only a request goes to a subject');
+      streamName = options.subject;
+      flags |= Flags.REQUEST;
+    }
+    if (streamName !== undefined && streamName !== null) flags |= Flags.STREAM_DATA;
     if (flags & Flags.COMPRESSED) {
       const packed = deflate(data);
       if (packed.length < data.length) data = packed;
@@ -153,7 +184,7 @@ export class ClientSession {
       acked = new Promise((resolve, reject) => this._unacked.set(deliveryId, { resolve, reject }));
       acked.catch(() => {});
     }
-    const body = encodeBody(flags, { requestId: options.respondTo, deliveryId, streamName: options.streamName, data });
+    const body = encodeBody(flags, { requestId: options.respondTo, deliveryId, streamName, data });
     if (body.length > this.settings.maxMessageSize) {
       throw new RangeError(`message body of ${body.length} bytes is over maxMessageSize`);
     }
@@ -254,14 +285,18 @@ export class ClientSession {
 
   _frame(frame, events, now) {
     if (this.state === 'helloSent') return this._serverHello(frame, events, now);
-    if (frame.sessionId !== this.sessionId) {
-      throw fail(ErrorCode.PROTOCOL_ERROR, `session id ${frame.sessionId} is not ${this.sessionId}`);
-    }
+    if (this.state === 'awaitAuth') return this._serverAuth(frame, events, now);
     if (!(frame.flags & Flags.ENCRYPTED)) {
       throw fail(ErrorCode.DOWNGRADE, 'unencrypted message in an encrypted session');
     }
-    if (this.state === 'awaitAuth') return this._serverAuth(frame, events, now);
+    if (frame.sessionId !== this.sessionId) {
+      throw fail(ErrorCode.PROTOCOL_ERROR, `session id ${frame.sessionId} is not ${this.sessionId}`);
+    }
     const body = this._recvKey.open(frame, MAX_TRAFFIC_SEQUENCE);
+    if (isControlType(frame.type) && (frame.flags & ~Flags.ENCRYPTED & ~controlFlagsAllowed(frame.type))) {
+      throw fail(ErrorCode.PROTOCOL_ERROR,
+        `flags 0x${frame.flags.toString(16)} not allowed on control message type ${frame.type}`);
+    }
     const requestId = (this._recvGeneration << 32n) | frame.sequence;
     let flags = frame.flags;
     let whole = body;
@@ -301,9 +336,19 @@ export class ClientSession {
       respondsTo: parts.requestId, deliveryId: parts.deliveryId, streamName: parts.streamName,
     };
     switch (type) {
-      case MessageType.Heartbeat:
-        message.clock = decodeU64(data, 'Heartbeat');
+      case MessageType.Heartbeat: {
+        const value = decodeU64(data, 'Heartbeat');
+        if (value & HEARTBEAT_ANSWER) {
+          // Our probe came back; an implausible echo measures nothing.
+          const rtt = Number((clock(now) - value) & HEARTBEAT_CLOCK) / 1e6;
+          if (rtt < 2 * this.settings.heartbeatInterval) this.heartbeatRtt = rtt;
+        } else {
+          // Answered at once; the answer is our heartbeat.
+          this._seal(MessageType.Heartbeat, 0, u64(value | HEARTBEAT_ANSWER), now);
+          this.counters.heartbeatsAnswered++;
+        }
         return;
+      }
       case MessageType.Disconnect: {
         const { code, reason } = decodeReason(data);
         events.push({ type: 'disconnect', code, reason });
@@ -397,18 +442,23 @@ export class ClientSession {
 
   // -- handshake ---------------------------------------------------------
 
+  // A plaintext Error during the handshake is the server's refusal.
+  _refused(frame, events, now) {
+    const { code, reason } = decodeReason(plainBody(frame));
+    events.push(...this._closed(new PeerError(code, reason), now, { code, reason }));
+  }
+
+  // The checks of docs/xtmp.md section 7.6, in its order.
   _serverHello(frame, events, now) {
-    if (frame.flags & Flags.ENCRYPTED) {
-      throw fail(ErrorCode.HANDSHAKE_FAILED, 'encrypted message before the ServerHello');
+    const payload = frame.flags & Flags.ENCRYPTED ? null : plainBody(frame);
+    if (frame.type === MessageType.Error && payload !== null) {
+      return this._refused(frame, events, now);
     }
-    const payload = plainBody(frame);
-    if (frame.type === MessageType.Error || frame.type === MessageType.Disconnect) {
-      const { code, reason } = decodeReason(payload);
-      events.push(...this._closed(new PeerError(code, reason), now, { code, reason }));
-      return;
-    }
-    if (frame.type !== MessageType.HandshakeAck || frame.sequence !== 0n) {
+    if (frame.type !== MessageType.HandshakeAck) {
       throw fail(ErrorCode.HANDSHAKE_FAILED, `expected the ServerHello, got type ${frame.type}`);
+    }
+    if (frame.flags !== 0 || frame.sequence !== 0n) {
+      throw fail(ErrorCode.HANDSHAKE_FAILED, 'the ServerHello must be plaintext, flags 0, sequence 0');
     }
     const hello = this.handshake.serverHello(payload, frame.sessionId);
     this.sessionId = hello.sessionId;
@@ -421,15 +471,19 @@ export class ClientSession {
   }
 
   _serverAuth(frame, events, now) {
-    const plaintext = this._recvKey.open(frame);
-    if (frame.type === MessageType.Error || frame.type === MessageType.Disconnect) {
-      const { code, reason } = decodeReason(parseBody(frame.flags, plaintext).data);
-      events.push(...this._closed(new PeerError(code, reason), now, { code, reason }));
-      return;
+    if (frame.type === MessageType.Error && !(frame.flags & Flags.ENCRYPTED)) {
+      return this._refused(frame, events, now);
     }
     if (frame.type !== MessageType.HandshakeAck) {
       throw fail(ErrorCode.HANDSHAKE_FAILED, `expected the ServerAuth, got type ${frame.type}`);
     }
+    if (frame.flags !== Flags.ENCRYPTED) {
+      throw fail(ErrorCode.HANDSHAKE_FAILED, 'the ServerAuth must carry exactly ENCRYPTED');
+    }
+    if (frame.sessionId !== this.sessionId) {
+      throw fail(ErrorCode.PROTOCOL_ERROR, `session id ${frame.sessionId} is not ${this.sessionId}`);
+    }
+    const plaintext = this._recvKey.open(frame);
     const auth = this.handshake.serverAuth(plaintext);
     this._sendKey = this._handshakeKeys.c2s;
     this._seal(MessageType.Handshake, 0, auth.clientAuth, now);
@@ -485,7 +539,7 @@ export class ClientSession {
     }
     if (now >= this._keyUpdatedAt + s.keyUpdateInterval) this._keyUpdate(now);
     if (now >= this._lastSent + s.heartbeatInterval) {
-      this._seal(MessageType.Heartbeat, 0, u64(BigInt(Math.floor(now * 1e6))), now);
+      this._seal(MessageType.Heartbeat, 0, u64(clock(now)), now);
       this.counters.heartbeatsSent++;
     }
     return events;
@@ -495,12 +549,17 @@ export class ClientSession {
 
   _fatal(error, now) {
     const body = encodeReason(error.code, error.message);
+    if (this.state === 'awaitAuth') {
+      // In place of ClientAuth, under the key that would have protected it.
+      this._sendKey = this._handshakeKeys.c2s;
+      this.state = 'open';
+    }
     if (this.state === 'open') {
       this._seal(MessageType.Error, 0, body, now);
       this._seal(MessageType.Disconnect, 0, body, now);
     } else if (this.state !== 'closed') {
-      this._plain(MessageType.Error, body, now);
-      this._plain(MessageType.Disconnect, body, now);
+      // No key yet: one plaintext Error, naming no session.
+      this._emit(encodePlain(MessageType.Error, 0, 0n, 0, body), now);
     }
     return this._closed(error, now);
   }

@@ -1,4 +1,5 @@
-// Start clients/js/test/xtmp_server.py (a real muxframe server) as a
+// Start clients/js/test/xtmp_server.py (a real muxframe server; or
+// `script`, e.g. xtmp_server_role.py, the XTMP server role) as a
 // subprocess on 127.0.0.1 with random ports; always stopped by stop().
 
 import { spawn } from 'node:child_process';
@@ -9,8 +10,8 @@ import { HERE, REPO } from './helpers.js';
 
 export const PYTHON = process.env.PYTHON || 'python3';
 
-export async function startServer(args = [], { timeout = 60000 } = {}) {
-  const child = spawn(PYTHON, [join(HERE, 'xtmp_server.py'), ...args], {
+export async function startServer(args = [], { timeout = 60000, script = 'xtmp_server.py' } = {}) {
+  const child = spawn(PYTHON, [join(HERE, script), ...args], {
     cwd: REPO,
     env: { ...process.env, PYTHONPATH: REPO + (process.env.PYTHONPATH ? ':' + process.env.PYTHONPATH : '') },
     stdio: ['pipe', 'pipe', 'pipe'],

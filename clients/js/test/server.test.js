@@ -122,19 +122,38 @@ test('a tampered frame from the server is rejected: DECRYPT_FAILED, nothing deli
   assert.equal(seen.code, ErrorCode.DECRYPT_FAILED);
 });
 
-test('heartbeats keep a quiet session alive', async () => {
+test('heartbeats keep a quiet session alive: each side answers the other\'s probes', async () => {
+  // The server's interval is the shorter: it probes, the client answers
+  // (each answer is the client's heartbeat, so it never needs to probe).
   const quiet = await startServer(['--authorize', hex(identity.public.encode()), '--heartbeat-interval', '0.2']);
   try {
     const client = await connect(quiet.url, {
       WebSocket, serverKey: quiet.serverKey, identity, settings: { heartbeatInterval: 0.3 } });
     await new Promise((resolve) => setTimeout(resolve, 1200));
     assert.equal(client.isOpen, true);
-    assert.ok(client.counters.heartbeatsSent >= 2, `heartbeats ${client.counters.heartbeatsSent}`);
+    assert.ok(client.counters.heartbeatsAnswered >= 3, `answered ${client.counters.heartbeatsAnswered}`);
     const reply = await client.request(0x30, 'still here');
     assert.equal(reply.text, 'pong:still here');
     await client.close();
   } finally {
     await quiet.stop();
+  }
+  // The client's interval is the shorter: it probes, the server answers,
+  // and the client measures the round trip.
+  const slow = await startServer(['--authorize', hex(identity.public.encode()), '--heartbeat-interval', '30']);
+  try {
+    const client = await connect(slow.url, {
+      WebSocket, serverKey: slow.serverKey, identity, settings: { heartbeatInterval: 0.5 } });
+    assert.equal(client.heartbeatRtt, null);
+    for (let i = 0; i < 100 && client.heartbeatRtt === null; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(client.isOpen, true);
+    assert.ok(client.counters.heartbeatsSent >= 1, `probes ${client.counters.heartbeatsSent}`);
+    assert.ok(client.heartbeatRtt !== null && client.heartbeatRtt >= 0, `heartbeatRtt ${client.heartbeatRtt}`);
+    await client.close();
+  } finally {
+    await slow.stop();
   }
 });
 

@@ -270,6 +270,83 @@ test('heartbeats when idle; a silent server times out; requests time out', () =>
   assert.equal(closedCode(events), ErrorCode.TIMEOUT);
 });
 
+test('heartbeat probes are answered at once; answers to ours give heartbeatRtt', () => {
+  const ANSWER = 1n << 63n;
+  const session = open({ heartbeatInterval: 10 });
+  const key = serverKey();
+  const ours = clientKey();
+  // The server's probe (its clock 123456789 us) is answered with the same
+  // 63 bits and the top bit set; the answer is our heartbeat.
+  assert.deepEqual(session.receiveData(frame(key, MessageType.Heartbeat, 0, {}, u64(123456789n)), 4), []);
+  const [answer] = sentMessages(session, ours);
+  assert.equal(answer.type, MessageType.Heartbeat);
+  assert.equal(new DataView(answer.body.buffer, answer.body.byteOffset).getBigUint64(0), ANSWER | 123456789n);
+  assert.equal(session.counters.heartbeatsAnswered, 1);
+  assert.equal(session.counters.heartbeatsSent, 0);
+  assert.equal(session.nextDeadline(4), 14);
+  // Our probe at 14 s; the server's answer at 14.25 s: 0.25 s round trip.
+  session.tick(14);
+  const [probe] = sentMessages(session, ours);
+  const clock = new DataView(probe.body.buffer, probe.body.byteOffset).getBigUint64(0);
+  assert.equal(clock, 14000000n);
+  assert.equal(session.heartbeatRtt, null);
+  assert.deepEqual(session.receiveData(frame(key, MessageType.Heartbeat, 0, {}, u64(ANSWER | clock)), 14.25), []);
+  assert.ok(Math.abs(session.heartbeatRtt - 0.25) < 1e-9, `${session.heartbeatRtt}`);
+  // An answer is never answered; an implausible one (from the future, or
+  // older than two intervals) measures nothing.
+  assert.deepEqual(session.dataToSend(), []);
+  for (const echoed of [50000000n, 1000n]) {
+    session.receiveData(frame(key, MessageType.Heartbeat, 0, {}, u64(ANSWER | echoed)), 40);
+    assert.ok(Math.abs(session.heartbeatRtt - 0.25) < 1e-9);
+  }
+  assert.deepEqual(session.dataToSend(), []);
+  // Other lengths are PROTOCOL_ERROR.
+  for (const length of [0, 7, 9, 16]) {
+    const s2 = open();
+    assert.equal(closedCode(s2.receiveData(frame(serverKey(), MessageType.Heartbeat, 0, {}, new Uint8Array(length)), 1)),
+      ErrorCode.PROTOCOL_ERROR, `length ${length}`);
+  }
+});
+
+test('flags a control message may not carry are PROTOCOL_ERROR', () => {
+  for (const [type, flags, data] of [[MessageType.Heartbeat, Flags.PRIORITY_HIGH, u64(1n)],
+    [MessageType.Ack, Flags.RESPONSE, u64(0n)], [MessageType.KeyUpdate, Flags.COMPRESSED, u32(1)],
+    [MessageType.Subscribe, Flags.STREAM_DATA, encodeName('x')],
+    [MessageType.Unsubscribe, Flags.REQUIRES_ACK, encodeName('x')]]) {
+    const session = open();
+    const key = serverKey();
+    const wire = key.seal(type, flags | Flags.ENCRYPTED, SID, data);
+    const events = session.receiveData(wire, 1);
+    assert.equal(closedCode(events), ErrorCode.PROTOCOL_ERROR, `type ${type} flags ${flags}`);
+    assert.match(events.at(-1).error.message, /not allowed on control/);
+  }
+});
+
+test('a request to a subject is STREAM_DATA with REQUEST; a routed request arrives as a stream message', () => {
+  const session = open();
+  const request = session.request(0x30, Uint8Array.of(7), { subject: 'svc.quote' }, 1);
+  const [sent] = sentMessages(session, clientKey());
+  assert.equal(sent.flags, Flags.ENCRYPTED | Flags.STREAM_DATA | Flags.REQUEST);
+  assert.deepEqual([...sent.body], [...encodeName('svc.quote'), 7]);
+  assert.throws(() => session.send(0x30, Uint8Array.of(1), { subject: 'svc.quote' }, 1), TypeError);
+  // The server's answer, relayed: RESPONSE naming our request id.
+  const events = session.receiveData(frame(serverKey(), 0x30, Flags.RESPONSE, { requestId: request.id },
+    Uint8Array.of(8)), 2);
+  assert.equal(events[0].type, 'response');
+  // A request the server routes to us: flags REQUEST and STREAM_DATA.
+  const key = serverKey();
+  key.sequence = 1;
+  const routed = session.receiveData(frame(key, 0x30, Flags.STREAM_DATA | Flags.REQUEST, { streamName: 'svc.x' },
+    Uint8Array.of(9)), 3);
+  assert.equal(routed[0].type, 'stream');
+  assert.equal(routed[0].message.flags & Flags.REQUEST, Flags.REQUEST);
+  session.respond(routed[0].message, Uint8Array.of(10), {}, 3);
+  const ours = clientKey();
+  ours.sequence = 1;
+  const [reply] = sentMessages(session, ours);
+  assert.equal(reply.flags, Flags.ENCRYPTED | Flags.RESPONSE);
+});
+
 test('handshake timeout and idle timeout', () => {
   const fresh = new ClientSession(vectorHandshake(), { handshakeTimeout: 5 });
   fresh.initiate(0);
@@ -277,10 +354,10 @@ test('handshake timeout and idle timeout', () => {
   assert.equal(fresh.nextDeadline(0), 5);
   assert.deepEqual(fresh.tick(4), []);
   assert.equal(closedCode(fresh.tick(5)), ErrorCode.TIMEOUT);
-  // Before keys, the Error goes back in plaintext.
+  // Before keys, one plaintext Error (session id 0, sequence 0) and no
+  // Disconnect.
   const back = new Decoder().feed(joinAll(fresh.dataToSend()));
-  assert.equal(back[0].type, MessageType.Error);
-  assert.equal(back[0].flags & Flags.ENCRYPTED, 0);
+  assert.deepEqual(back.map((f) => [f.type, f.flags, f.sessionId, f.sequence]), [[MessageType.Error, 0, 0n, 0n]]);
   const idle = open({ sessionTimeout: 50, heartbeatInterval: 1000 });
   assert.equal(closedCode(idle.tick(50)), ErrorCode.IDLE_TIMEOUT);
 });
@@ -297,7 +374,7 @@ test('KeyUpdate by count and by time', () => {
 });
 
 test('unknown flag bits and LAST_FRAGMENT alone are BAD_FLAGS', () => {
-  for (const flags of [0x0200, Flags.LAST_FRAGMENT]) {
+  for (const flags of [0x0400, 0x8000, Flags.LAST_FRAGMENT]) {
     const session = open();
     const f = frame(serverKey(), 0x20);
     f[6] = (flags | Flags.ENCRYPTED) >> 8;

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 
 from twisted.internet import reactor, stdio
 from twisted.internet.defer import inlineCallbacks
@@ -62,6 +61,20 @@ CONTROL = Control()
 def emit(event, **fields):
     fields["event"] = event
     CONTROL.transport.write(json.dumps(fields).encode() + b"\n")
+
+
+def serve(main, options):
+    """
+    Run C{main(options)} (a Deferred) under the reactor until standard
+    input closes or SIGTERM; a failure is reported as a "failed" event.
+    """
+    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
+    stdio.StandardIO(CONTROL)
+    reactor.callWhenRunning(
+        lambda: main(options).addErrback(
+            lambda f: (emit("failed", error=f.getTraceback()), reactor.stop())))
+    reactor.run()
+    os._exit(0)
 
 
 class Report(Resource):
@@ -212,11 +225,4 @@ if __name__ == "__main__":
     parser.add_argument("--heartbeat-interval", type=float, default=0)
     parser.add_argument("--mldsa", action="store_true",
                         help="the server identity also has an ML-DSA-65 key")
-    options = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
-    stdio.StandardIO(CONTROL)
-    reactor.callWhenRunning(
-        lambda: main(options).addErrback(
-            lambda f: (emit("failed", error=f.getTraceback()), reactor.stop())))
-    reactor.run()
-    os._exit(0)
+    serve(main, parser.parse_args())

@@ -1,0 +1,3 @@
+from bench.xtmpserver.run import main
+
+main()

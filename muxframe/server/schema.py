@@ -1,0 +1,386 @@
+"""
+The XTMP server's settings: every key, its default, unit and meaning
+(L{SCHEMA}), and the design documents' own names, mapped (L{ALIASES})
+or refused with a reason (L{IGNORED}).  L{muxframe.server.config}
+reads files and options against it.
+
+Rules (applied by L{muxframe.server.config}):
+
+  - The file is a mapping of sections to mappings of keys, plus the
+    mappings C{handlers} and C{permissions}.  An unknown section or key,
+    or a bad value, is a L{ConfigError} naming the dotted key.
+  - A key of the design documents (C{../shared/seeds/002_...},
+    "Configuration") that means one of our settings is an I{alias}: its
+    value (converted where needed) sets that setting.  Two keys setting
+    the same setting to different values is an error naming both.
+  - A key of the design documents that has no meaning here is
+    I{ignored}: accepted, not used, and reported (the server logs each
+    with its reason at start).
+  - Relative paths in a file are relative to the file's directory.
+  - Command-line values win over the file.
+
+Nothing here imports Twisted.
+"""
+
+from muxframe.xtmp.codec import Cipher
+
+CIPHER_NAMES = {"aes256gcm": Cipher.AES_256_GCM,
+                "chacha20poly1305": Cipher.CHACHA20_POLY1305,
+                "none": Cipher.NONE}
+
+
+# -- value parsers: each returns the value or raises ValueError ------------
+
+def _integer(low=None, high=None):
+    def parse(value):
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, got %r" % (value,))
+        if isinstance(value, str):
+            value = int(value.strip(), 0)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError("expected an integer, got %r" % (value,))
+        if low is not None and value < low:
+            raise ValueError("must be at least %d, not %d" % (low, value))
+        if high is not None and value > high:
+            raise ValueError("must be at most %d, not %d" % (high, value))
+        return value
+    parse.kind = "integer"
+    return parse
+
+
+def _number(low=0.0, positive=False):
+    def parse(value):
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got %r" % (value,))
+        if isinstance(value, str):
+            value = float(value.strip())
+        if not isinstance(value, (int, float)) or value != value:
+            raise ValueError("expected a number, got %r" % (value,))
+        value = float(value)
+        if positive and value <= 0:
+            raise ValueError("must be positive, not %g" % (value,))
+        if value < low:
+            raise ValueError("must be at least %g, not %g" % (low, value))
+        return value
+    parse.kind = "number"
+    return parse
+
+
+def _boolean(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+            "yes", "true", "on", "1", "no", "false", "off", "0"):
+        return value.lower() in ("yes", "true", "on", "1")
+    raise ValueError("expected true or false, got %r" % (value,))
+
+
+_boolean.kind = "boolean"
+
+
+def _text(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string, got %r" % (value,))
+    return value
+
+
+_text.kind = "string"
+
+
+def _path(value):
+    return _text(value)
+
+
+_path.kind = "path"
+
+
+def _optional(parse):
+    def wrapped(value):
+        if value is None or (isinstance(value, str)
+                             and value.lower() in ("none", "null", "")):
+            return None
+        return parse(value)
+    wrapped.kind = parse.kind + " or null"
+    return wrapped
+
+
+def _ciphers(value):
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a list of cipher names")
+    out = []
+    for name in value:
+        if name not in CIPHER_NAMES:
+            raise ValueError("unknown cipher %r (choose from %s)"
+                             % (name, ", ".join(sorted(CIPHER_NAMES))))
+        out.append(name)
+    return out
+
+
+_ciphers.kind = "list of aes256gcm, chacha20poly1305, none"
+
+
+def _exactly(expected):
+    def parse(value):
+        if value != expected:
+            raise ValueError("only %r is supported, not %r"
+                             % (expected, value))
+        return value
+    parse.kind = "exactly %r" % (expected,)
+    return parse
+
+
+class Key:
+    """
+    One setting: dotted C{path}, value C{parse}r, C{default}, C{unit} and
+    C{doc}; C{option} is its command-line name (L{None}: file only).
+    """
+
+    __slots__ = ("path", "parse", "default", "unit", "doc", "option")
+
+    def __init__(self, path, parse, default, unit, doc, option=True):
+        self.path = path
+        self.parse = parse
+        self.default = default
+        self.unit = unit
+        self.doc = doc
+        if option is True:
+            option = path.split(".", 1)[1].replace("_", "-")
+        self.option = option
+
+
+_seconds, _count, _bytes = "seconds", "count", "bytes"
+MiB = 1 << 20
+
+SCHEMA = [Key(*entry) for entry in [
+    # server
+    ("server.endpoint", _text, "tcp:8090:interface=127.0.0.1", "endpoint",
+     "Where to listen: any Twisted server endpoint string (tcp:, ssl:, "
+     "unix:, mio:tcp:... where each stream is a session)."),
+    ("server.identity", _optional(_path), None, "path",
+     "The server's Identity PEM file (required)."),
+    ("server.identity_password_file", _optional(_path), None, "path",
+     "A file holding the identity PEM's password."),
+    ("server.identity_password_env", _optional(_text), None, "name",
+     "An environment variable holding the identity PEM's password."),
+    ("server.authorized_keys", _optional(_path), None, "path",
+     "Public keys accepted (PEM blocks, 'name: NAME' lines naming them); "
+     "reloaded on SIGHUP."),
+    ("server.tokens_file", _optional(_path), None, "path",
+     "Bearer tokens accepted: lines 'NAME SHA256HEX' (the SHA-256 of the "
+     "token); reloaded on SIGHUP."),
+    ("server.allow_anonymous", _boolean, False, "boolean",
+     "Accept clients presenting neither key nor token."),
+    ("server.allow_plaintext", _boolean, False, "boolean",
+     "Allow sessions without XTMP encryption (cipher none: only inside "
+     "TLS)."),
+    ("server.ciphers", _ciphers, ["aes256gcm", "chacha20poly1305"], "list",
+     "Ciphers accepted; the client's preference among them wins."),
+    ("server.max_connections", _integer(0), 10000, _count,
+     "Live connections at most (0: no limit); more are refused with "
+     "TOO_MANY_CONNECTIONS."),
+    ("server.max_connections_per_client", _integer(0), 10, _count,
+     "Live connections per source address at most (0: no limit)."),
+    ("server.max_handshakes", _integer(1), 256, _count,
+     "Handshakes in progress at most; a ClientHello arriving with more in "
+     "progress is refused with BUSY."),
+    ("server.handshake_rate", _number(), 20.0, "per second",
+     "Handshakes (ClientHellos) per second per source address (token "
+     "bucket; 0: no limit); more are refused with RATE_LIMITED."),
+    ("server.handshake_burst", _integer(1), 40, _count,
+     "Bucket size of handshake_rate."),
+    ("server.handshake_budget", _number(), 0.001, _seconds,
+     "Handshake work (key exchange, signatures) done per reactor turn at "
+     "most (at least one step), so a burst of handshakes does not hold up "
+     "established sessions (0: each as its bytes arrive)."),
+    ("server.handshake_timeout", _number(positive=True), 10.0, _seconds,
+     "A handshake not done by then is closed with TIMEOUT."),
+    ("server.drain_timeout", _number(), 10.0, _seconds,
+     "On SIGTERM, how long sessions get to finish before they are cut."),
+    ("server.tcp_keepalive", _boolean, False, "boolean",
+     "Set SO_KEEPALIVE on accepted TCP connections."),
+    ("server.tcp_nodelay", _boolean, True, "boolean",
+     "Set TCP_NODELAY on accepted TCP connections (no Nagle delay for "
+     "small messages)."),
+    ("server.max_resumable_sessions", _integer(0), 10000, _count,
+     "Lost sessions whose state is kept for resumption."),
+    ("server.timer_resolution", _number(), 1.0, _seconds,
+     "Session timers (heartbeats, timeouts) run at boundaries this far "
+     "apart, all due ones together (0: each on its own); at most a quarter "
+     "of heartbeat_interval is used."),
+    # xtmp_protocol
+    ("xtmp_protocol.version", _exactly(1), 1, "-",
+     "The XTMP version (only 1).", "xtmp-version"),
+    ("xtmp_protocol.magic_bytes", _exactly("XTMP"), "XTMP", "-",
+     "The header magic (only XTMP)."),
+    ("xtmp_protocol.default_encryption", _optional(_ciphers), None, "cipher",
+     "Puts this cipher first in server.ciphers (and enables it)."),
+    ("xtmp_protocol.session_timeout", _number(positive=True), 3600.0,
+     _seconds, "A session without application messages this long is "
+     "closed with IDLE_TIMEOUT; lost sessions stay resumable this long."),
+    ("xtmp_protocol.heartbeat_interval", _number(positive=True), 30.0,
+     _seconds, "Heartbeat when idle this long; a peer silent for two "
+     "intervals is gone."),
+    ("xtmp_protocol.max_payload_size", _integer(1), 16 * MiB, _bytes,
+     "Largest message (reassembled, decompressed)."),
+    ("xtmp_protocol.max_frame_size", _integer(1024), MiB, _bytes,
+     "Largest single frame's payload on the wire."),
+    ("xtmp_protocol.fragment_size", _integer(1), 65536, _bytes,
+     "Messages longer than this are sent in fragments."),
+    ("xtmp_protocol.key_update_messages", _integer(1, (1 << 32) - 1),
+     1 << 20, _count, "KeyUpdate after this many messages under one key."),
+    ("xtmp_protocol.key_update_interval", _number(positive=True), 3600.0,
+     _seconds, "KeyUpdate of the server's sending key after this long."),
+    ("xtmp_protocol.max_queued_bytes", _integer(1024), 8 * MiB, _bytes,
+     "Per-session send buffer (queued + unacknowledged) at most."),
+    ("xtmp_protocol.request_timeout", _number(positive=True), 30.0,
+     _seconds, "Requests the server sends (and routes between sessions) "
+     "wait this long for a response."),
+    ("xtmp_protocol.compress_threshold", _optional(_integer(1)), None,
+     _bytes, "Compress messages at least this long (null: only when the "
+     "sender asks)."),
+    # security
+    ("security.max_failed_attempts", _integer(0), 3, _count,
+     "Failed authentications (per client key and per source address) "
+     "that lock it out (0: no lockout)."),
+    ("security.failure_window", _number(positive=True), 300.0, _seconds,
+     "Failures further apart than this do not add up."),
+    ("security.lockout_time", _number(positive=True), 60.0, _seconds,
+     "First lockout; each further lockout doubles it."),
+    ("security.max_lockout_time", _number(positive=True), 3600.0, _seconds,
+     "Longest lockout; a key quiet this long after its lockout is "
+     "forgotten."),
+    ("security.lockout_keys", _boolean, True, "boolean",
+     "Lock out client keys too, not only addresses (someone who can "
+     "reach the server could lock a key out by failing with it)."),
+    # router
+    ("router.threads", _integer(1, 512), 8, _count,
+     "Threads for blocking handlers."),
+    ("router.concurrency", _integer(1), 100, _count,
+     "Default per-type cap on messages being handled at once."),
+    ("router.queue", _integer(0), 1000, _count,
+     "Default per-type queue of messages waiting at the cap; beyond it, "
+     "Error BUSY."),
+    ("message_routing.wallet_handler_threads", _optional(_integer(1)), None,
+     _count, "Concurrency cap (threads, when blocking) of handlers for "
+     "0x10-0x13."),
+    ("message_routing.bundle_handler_threads", _optional(_integer(1)), None,
+     _count, "The same for 0x20-0x23."),
+    ("message_routing.registry_handler_threads", _optional(_integer(1)),
+     None, _count, "The same for 0x30-0x32."),
+    ("message_routing.stream_handler_threads", _optional(_integer(1)), None,
+     _count, "The same for 0x40-0x42."),
+    # broker
+    ("broker.enabled", _boolean, True, "boolean",
+     "Subjects, streams and request/reply between sessions; false refuses "
+     "them with PERMISSION_DENIED.", "broker"),
+    ("broker.max_subscriptions", _integer(1), 1024, _count,
+     "Subscriptions per session at most; more are refused with BUSY."),
+    ("broker.max_pending", _integer(1024), 4 * MiB, _bytes,
+     "A subscriber whose outbound queue would pass this is a slow "
+     "consumer: disconnected with SLOW_CONSUMER."),
+    ("broker.write_deadline", _number(positive=True), 10.0, _seconds,
+     "A subscriber whose connection accepted nothing for this long while "
+     "messages wait is a slow consumer."),
+    ("broker.cache_size", _integer(0), 1024, _count,
+     "Subjects whose subscriber lists are cached."),
+    # limits (per session)
+    ("limits.messages_per_second", _number(), 1000.0, "per second",
+     "Messages a session may send per second (token bucket; 0: no "
+     "limit)."),
+    ("limits.message_burst", _integer(1), 2000, _count,
+     "Bucket size of messages_per_second."),
+    ("limits.bytes_per_second", _number(), 8.0 * MiB, "bytes per second",
+     "Payload bytes a session may send per second (0: no limit)."),
+    ("limits.byte_burst", _integer(1), 16 * MiB, _bytes,
+     "Bucket size of bytes_per_second."),
+]]
+
+KEYS = {key.path: key for key in SCHEMA}
+
+#: The design documents' keys that set one of ours: path -> (target path,
+#: conversion name, see L{CONVERSIONS}).
+ALIASES = {
+    "bpci_xtmp_server.bind_address": ("server.endpoint", "bindAddress"),
+    "bpci_xtmp_server.max_connections": ("server.max_connections", None),
+    "bpci_xtmp_server.heartbeat_interval":
+        ("xtmp_protocol.heartbeat_interval", None),
+    "bpci_xtmp_server.enable_compression":
+        ("xtmp_protocol.compress_threshold", "compression"),
+    "bpci_xtmp_server.enable_real_time_streams": ("broker.enabled", None),
+    "connection_management.max_connections_per_client":
+        ("server.max_connections_per_client", None),
+    "connection_management.tcp_keepalive": ("server.tcp_keepalive", None),
+    "security.key_rotation_interval":
+        ("xtmp_protocol.key_update_interval", None),
+    "performance.message_buffer_size": ("router.queue", None),
+    "security.require_encryption": ("server.allow_plaintext", "not"),
+    "security.authentication_required": ("server.allow_anonymous", "not"),
+}
+
+#: The design documents' keys with no meaning here, and why.
+IGNORED = {
+    "bpci_xtmp_server.connection_timeout":
+        "ambiguous in the design documents (300 s beside a 3600 s "
+        "session_timeout); set server.handshake_timeout and "
+        "xtmp_protocol.session_timeout instead",
+    "connection_management.connection_pool_size":
+        "connection pooling is a client's concern; the server keeps one "
+        "session per connection",
+    "connection_management.udp_buffer_size":
+        "XTMP runs over reliable streams only; there is no UDP transport",
+    "performance.batch_processing":
+        "always on: each reactor turn's messages to a session leave in one "
+        "write",
+    "performance.async_processing":
+        "always on: the server is event-driven; blocking handlers run in "
+        "the thread pool (router.threads)",
+    "performance.connection_pooling":
+        "connection pooling is a client's concern",
+    "http_cage_protocol":
+        "the HTTP Cage gateway is not part of muxframe",
+    "protocol_transformation":
+        "the HTTP Cage gateway is not part of muxframe",
+}
+
+SECTIONS = sorted({key.path.split(".")[0] for key in SCHEMA} |
+                  {path.split(".")[0] for path in ALIASES} |
+                  {path.split(".")[0] for path in IGNORED} |
+                  {"handlers", "permissions"})
+
+#: Handler ranges of the design documents' message_routing threads.
+THREAD_RANGES = {
+    "message_routing.wallet_handler_threads": range(0x10, 0x14),
+    "message_routing.bundle_handler_threads": range(0x20, 0x24),
+    "message_routing.registry_handler_threads": range(0x30, 0x33),
+    "message_routing.stream_handler_threads": range(0x40, 0x43),
+}
+
+
+def _compression(value):
+    return 1024 if _boolean(value) else None
+
+
+def _negated(value):
+    return not _boolean(value)
+
+
+def bindAddressEndpoint(value):
+    """
+    The endpoint string for a design-document C{bind_address} such as
+    C{"0.0.0.0:8090"} or C{"[::]:8090"}.
+    """
+    value = _text(value)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, got %r" % (value,))
+    host = host.strip("[]")
+    return "tcp:%s:interface=%s" % (port, host.replace(":", "\\:"))
+
+
+#: Conversions named in L{ALIASES}: the alias's value -> the target's.
+CONVERSIONS = {None: lambda value: value, "bindAddress": bindAddressEndpoint,
+               "compression": _compression, "not": _negated}

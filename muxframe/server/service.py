@@ -1,0 +1,212 @@
+"""
+The XTMP server as a Twisted service: what the twistd role runs.
+
+L{XTMPServerService} loads the identity, authorized keys and tokens named
+by a L{ServerConfig}, builds the L{XTMPServer}, and listens on the
+configured endpoint.  Stopping it (SIGTERM under twistd) stops listening,
+then drains the server: handlers in progress finish, every session gets
+Disconnect GOING_AWAY, and connections still open after C{drain_timeout}
+are cut.  Under twistd it also handles signals itself (L{installSignals}):
+SIGTERM stops the reactor without re-raising the signal, so twistd exits
+0 once drained; SIGHUP reloads authorized_keys and the tokens file,
+disconnecting the sessions of removed credentials.  A reload that fails
+keeps the credentials in use and logs why.
+"""
+
+import os
+import re
+import signal
+
+from twisted.application import service
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.logger import Logger, LogLevel
+
+from muxframe.server.errors import ConfigError
+from muxframe.server.factory import XTMPServer
+from muxframe.xtmp import Identity, parseAuthorizedKeys
+
+log = Logger(namespace="muxframe.server")
+_TOKEN_LINE = re.compile(r"^(\S+)\s+([0-9a-fA-F]{64})$")
+
+
+def loadIdentity(config):
+    """
+    The server's L{Identity}, its password from the configured file or
+    environment variable.
+
+    @raise ConfigError: naming the key at fault.
+    """
+    password = None
+    passwordFile = config.path("server.identity_password_file")
+    if passwordFile:
+        try:
+            with open(passwordFile, "rb") as f:
+                password = f.read().rstrip(b"\r\n")
+        except OSError as e:
+            raise ConfigError("server.identity_password_file",
+                              "cannot read %s: %s" % (passwordFile, e.strerror))
+    name = config["server.identity_password_env"]
+    if name:
+        if name not in os.environ:
+            raise ConfigError("server.identity_password_env",
+                              "environment variable %s is not set" % (name,))
+        password = os.environ[name].encode("utf-8")
+    path = config.path("server.identity")
+    try:
+        return Identity.loadPEM(path, password)
+    except OSError as e:
+        raise ConfigError("server.identity", "cannot read %s: %s"
+                          % (path, e.strerror))
+    except (ValueError, TypeError) as e:
+        raise ConfigError("server.identity", "%s: %s" % (path, e))
+
+
+def loadKeys(config):
+    """
+    C{[(name, PublicIdentity)]} from the authorized_keys file (none if not
+    configured), parsed by L{parseAuthorizedKeys}.
+
+    @raise ConfigError: the file cannot be read or does not follow the
+        layout (the fault named by file and block or line; a name given to
+        two keys is one).
+    """
+    path = config.path("server.authorized_keys")
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError("server.authorized_keys", "cannot read %s: %s"
+                          % (path, e.strerror))
+    try:
+        return parseAuthorizedKeys(data, path)
+    except ValueError as e:
+        raise ConfigError("server.authorized_keys", str(e))
+
+
+def loadTokens(config):
+    """
+    C{{sha256 hex: name}} from the tokens file: lines C{NAME SHA256HEX},
+    blank lines and C{#} comments ignored.
+    """
+    path = config.path("server.tokens_file")
+    if not path:
+        return {}
+    tokens = {}
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("server.tokens_file", "cannot read %s: %s"
+                          % (path, getattr(e, "strerror", None) or e))
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _TOKEN_LINE.match(line)
+        if match is None:
+            raise ConfigError("server.tokens_file", "%s line %d: expected "
+                              "NAME SHA256HEX" % (path, number))
+        tokens[match.group(2).lower()] = match.group(1)
+    return tokens
+
+
+class XTMPServerService(service.Service):
+    """
+    Listen with an L{XTMPServer} built from C{config}.
+
+    @ivar server: the L{XTMPServer}.
+    """
+
+    def __init__(self, config, reactor=None, installSignals=False):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        self.installSignals = installSignals
+        config.requireIdentity()
+        self.server = XTMPServer(loadIdentity(config), config, reactor,
+                                 keys=loadKeys(config),
+                                 tokens=loadTokens(config))
+        from muxframe.tap import ListenService
+        self._listener = ListenService(config["server.endpoint"], self.server,
+                                       reactor)
+
+    def privilegedStartService(self):
+        """
+        Bind a privileged port before twistd drops privileges.
+        """
+        service.Service.privilegedStartService(self)
+        self._listener.privilegedStartService()
+
+    def startService(self):
+        """
+        Listen, and (under twistd) take over SIGTERM and SIGHUP.
+        """
+        service.Service.startService(self)
+        self._listener.startService()
+        c = self.config
+        for key, reason in c.ignored:
+            log.warn("configuration key {key} ignored: {reason}", key=key,
+                     reason=reason)
+        log.info("xtmp server on {endpoint}: {keys} authorized keys, {tokens} "
+                 "tokens, handlers for {handlers}, max {maxConnections} "
+                 "connections", endpoint=c["server.endpoint"],
+                 keys=len(self.server.authorizedKeys),
+                 tokens=len(loadTokens(c)) if c["server.tokens_file"] else 0,
+                 handlers=", ".join("%#04x" % t for t in
+                                    sorted(self.server.router.routes()))
+                 or "none", maxConnections=c["server.max_connections"])
+        if self.installSignals:
+            self.reactor.callWhenRunning(self._takeSignals)
+
+    def _takeSignals(self):
+        signal.signal(signal.SIGTERM, self._sigterm)
+        signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sigterm(self, number, frame):
+        # Not reactor.sigTerm: that makes twistd re-raise SIGTERM after the
+        # shutdown, so the exit status would not be 0.
+        log.info("SIGTERM: draining the xtmp server")
+        self.reactor.callFromThread(self.reactor.stop)
+
+    def _sighup(self, number, frame):
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self):
+        """
+        Re-read authorized_keys and the tokens file; disconnect the
+        sessions of removed credentials.
+
+        @return: C{{"keys": (added, removed, disconnected), "tokens":
+            ...}}, or L{None} if reading failed (nothing changed).
+        """
+        try:
+            keys, tokens = loadKeys(self.config), loadTokens(self.config)
+        except ConfigError as e:
+            log.error("reload failed, credentials unchanged: {error}", error=e)
+            self.server.events.emit("reload_failed", "reload failed: {error}",
+                                    error=str(e))
+            return None
+        outcome = {"keys": self.server.setKeys(keys),
+                   "tokens": self.server.setTokens(tokens)}
+        self.server.events.emit(
+            "reloaded", "reloaded credentials: keys +{keys[0]} -{keys[1]} "
+            "({keys[2]} sessions disconnected), tokens +{tokens[0]} "
+            "-{tokens[1]} ({tokens[2]} sessions disconnected)",
+            level=LogLevel.info, **outcome)
+        return outcome
+
+    @inlineCallbacks
+    def stopService(self):
+        """
+        Stop listening, then drain the server within C{drain_timeout}.
+        """
+        service.Service.stopService(self)
+        yield maybeDeferred(self._listener.stopService)
+        sessions = len(self.server.registry)
+        aborted = yield self.server.drain(self.config["server.drain_timeout"])
+        log.info("xtmp server stopped: {sessions} sessions drained, "
+                 "{aborted} connections cut at the deadline",
+                 sessions=sessions, aborted=aborted)

@@ -1,0 +1,376 @@
+"""
+L{ServerSession}: one client's XTMP session on the server, the
+L{XTMPProtocol} that the L{muxframe.server.factory.XTMPServer} builds.
+
+It adds to the protocol what the server needs per session: its identity
+and permissions, its rate limits, delivery for the broker with the
+slow-consumer policy, and the L{ISession} face the registry shows.
+
+Rate limits (per session, token buckets): each application message,
+Subscribe and Unsubscribe takes one message token and its payload's
+length in byte tokens.  One that does not fit is answered Error
+RATE_LIMITED (it is not handled) and the session stops reading until the
+buckets hold enough again, so a client that ignores the errors is slowed
+to the configured rate rather than consuming the server's CPU.
+
+Slow consumers: while the connection accepts writes, deliveries go out at
+once.  While it does not (the peer reads too slowly), they wait in the
+session's send queue; a delivery that would take the queue past
+C{maxPending} bytes, or one arriving after the connection has accepted
+nothing for C{writeDeadline} seconds, makes the session a slow consumer:
+it is disconnected with SLOW_CONSUMER, and the delivery is dropped for it
+alone.
+"""
+
+from zope.interface import implementer
+
+from muxframe.server.errors import Refusal
+from muxframe.server.interfaces import ISession
+from muxframe.server.limits import TokenBucket
+from muxframe.xtmp.codec import F, MessageType
+from muxframe.xtmp.connection import OPEN
+from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
+from muxframe.xtmp.protocol import XTMPProtocol
+
+
+class SessionState:
+    """
+    What the server keeps per session beside the protocol's own state, in
+    one slotted object: fewer attributes on the protocol keep its
+    instance dictionary small (10,000 idle sessions are what matters).
+    """
+
+    __slots__ = ("source", "peer", "identity", "permissions", "connectedAt",
+                 "endReason", "handshaking", "registered", "pausedSince",
+                 "messages", "bytes", "throttle")
+
+    def __init__(self, source, peer):
+        self.source = source
+        self.peer = peer
+        self.identity = self.permissions = self.connectedAt = None
+        self.endReason = None
+        self.handshaking = True
+        self.registered = False
+        self.pausedSince = None
+        self.messages = self.bytes = self.throttle = None
+
+
+@implementer(ISession)
+class ServerSession(XTMPProtocol):
+    """
+    A client's session on the XTMP server.
+
+    @ivar state: its L{SessionState} (set by the factory when admitted).
+    """
+
+    state = None
+
+    # -- ISession ----------------------------------------------------------
+
+    @property
+    def source(self):
+        """
+        The address limits count this session by (the peer's host).
+        """
+        return self.state.source
+
+    @property
+    def peer(self):
+        """
+        The peer's address as text.
+        """
+        return self.state.peer
+
+    @property
+    def identity(self):
+        """
+        The L{SessionIdentity}, once the handshake is done.
+        """
+        return self.state.identity
+
+    @property
+    def permissions(self):
+        """
+        Its L{Permissions}, or L{None} for "everything".
+        """
+        return self.state.permissions
+
+    @property
+    def connectedAt(self):
+        """
+        When its handshake completed.
+        """
+        return self.state.connectedAt
+
+    @property
+    def endReason(self):
+        """
+        The exception it ended with, once ended.
+        """
+        return self.state.endReason
+
+    @property
+    def lastActivity(self):
+        """
+        When an application message last went either way.
+        """
+        return self.connection.lastActivity if self.connection else None
+
+    @property
+    def rtt(self):
+        """
+        The heartbeat round-trip time in seconds, or L{None}.
+        """
+        return self.connection.rtt if self.connection else None
+
+    @property
+    def counters(self):
+        """
+        The session's counters as a dict.
+        """
+        return self.connection.counters.asDict() if self.connection else {}
+
+    def subscriptions(self):
+        """
+        C{[(pattern, group)]} of this session.
+        """
+        return self.factory.broker.subscriptionsOf(self)
+
+    def isConnected(self):
+        """
+        Whether the session is open (handshake done, not closing).
+        """
+        conn = self.connection
+        return conn is not None and conn.state == OPEN
+
+    def isReady(self):
+        """
+        Whether a delivery would go out at once (for queue groups).
+        """
+        return self.state.pausedSince is None and self.isConnected()
+
+    def started(self, identity, permissions, config, now):
+        """
+        The handshake completed as C{identity}: set its permissions and
+        create its rate-limit buckets from C{config}.
+        """
+        state = self.state
+        state.identity = identity
+        state.permissions = permissions
+        state.connectedAt = now
+        rate = config["limits.messages_per_second"]
+        if rate > 0:
+            state.messages = TokenBucket(rate, config["limits.message_burst"],
+                                         now)
+        rate = config["limits.bytes_per_second"]
+        if rate > 0:
+            state.bytes = TokenBucket(rate, config["limits.byte_burst"], now)
+
+    # -- set up and tear down ---------------------------------------------
+
+    def connectionMade(self):
+        """
+        Set SO_KEEPALIVE and TCP_NODELAY as configured (on TCP
+        transports), then start the XTMP session.
+        """
+        config = self.factory.config
+        for key, name in (("server.tcp_keepalive", "setTcpKeepAlive"),
+                          ("server.tcp_nodelay", "setTcpNoDelay")):
+            setter = getattr(self.transport, name, None)
+            if config[key] and setter is not None:
+                setter(1)
+        XTMPProtocol.connectionMade(self)
+
+    def connectionLost(self, reason=None):
+        """
+        Remember why it ended, then let the protocol and factory clean up.
+        """
+        state = self.state
+        state.endReason = reason.value if reason is not None else None
+        if state.throttle is not None and state.throttle.active():
+            state.throttle.cancel()
+        state.throttle = None
+        XTMPProtocol.connectionLost(self, reason)
+
+    def dataReceived(self, data):
+        """
+        While handshaking, hand the bytes to the server's handshake
+        scheduler (L{handshakeStep} runs them in turn); then as usual.
+        """
+        scheduler = self.factory.scheduler
+        if scheduler is not None and self.state.handshaking:
+            scheduler.submit(self, data)
+        else:
+            XTMPProtocol.dataReceived(self, data)
+
+    def handshakeStep(self, data):
+        """
+        Process bytes received while handshaking (from the scheduler).
+        """
+        XTMPProtocol.dataReceived(self, data)
+
+    # -- flow control (write deadline) -------------------------------------
+
+    def pauseProducing(self):
+        """
+        The connection stopped accepting writes: note since when.
+        """
+        if self.state.pausedSince is None:
+            self.state.pausedSince = self.reactor.seconds()
+        XTMPProtocol.pauseProducing(self)
+
+    def resumeProducing(self):
+        """
+        The connection accepts writes again.
+        """
+        self.state.pausedSince = None
+        XTMPProtocol.resumeProducing(self)
+
+    # -- what the client sends ---------------------------------------------
+
+    def _admit(self, message):
+        """
+        Take the rate-limit tokens for C{message}; if they are not there,
+        answer RATE_LIMITED, stop reading until they are, and return False.
+        """
+        state = self.state
+        messages, byteBucket = state.messages, state.bytes
+        if messages is None and byteBucket is None:
+            return True
+        now = self.reactor.seconds()
+        size = len(message.payload)
+        if (messages is None or messages.take(now)) and (
+                byteBucket is None or byteBucket.take(now, size)):
+            return True
+        wait = max(messages.wait(now) if messages else 0.0,
+                   byteBucket.wait(now, size) if byteBucket else 0.0)
+        self.factory.events.emit(
+            "rate_limited", "session {sessionId:#x} ({identity}) over its "
+            "rate limit: {codeName}, reading paused {wait:.3f}s",
+            code=XTMPErrorCode.RATE_LIMITED, sessionId=self.sessionId,
+            identity=self.identity.label, wait=wait)
+        self.respondError(message, XTMPErrorCode.RATE_LIMITED,
+                          "over the session's rate limit "
+                          "(limits.messages_per_second, limits.bytes_per_second)")
+        if state.throttle is None:
+            self.pauseDelivery()
+            # The factory's reactor, not the coarse session clock: the wait
+            # is usually milliseconds.
+            state.throttle = self.factory.reactor.callLater(
+                max(wait, 0.001), self._unthrottle)
+        return False
+
+    def _unthrottle(self):
+        self.state.throttle = None
+        if self.isConnected():
+            self.resumeDelivery()
+
+    def messageReceived(self, message):
+        """
+        Route an application message through the server's router (or
+        answer GOING_AWAY while the server drains).
+        """
+        if message.requestSequence is not None:
+            XTMPProtocol.messageReceived(self, message)
+            return
+        if not self._admit(message):
+            return
+        if self.factory.draining:
+            self.respondError(message, XTMPErrorCode.GOING_AWAY,
+                              "the server is shutting down")
+            return
+        self.factory.router.dispatch(self, message)
+
+    def streamReceived(self, message):
+        """
+        A publish or request on a subject: to the broker.
+        """
+        if self._admit(message):
+            self.factory.broker.publishFrom(self, message)
+
+    def subscribeReceived(self, name, message, group=None):
+        """
+        Subscribe through the broker; confirm, or answer its refusal.
+        """
+        if not self._admit(message):
+            return
+        try:
+            self.factory.broker.subscribe(self, name, group)
+        except Refusal as refusal:
+            self.respondError(message, refusal.code, refusal.reason)
+        else:
+            self.respond(message, b"", messageType=MessageType.Subscribe)
+
+    def unsubscribeReceived(self, name, message):
+        """
+        Unsubscribe through the broker and confirm.
+        """
+        if self._admit(message):
+            self.factory.broker.unsubscribe(self, name)
+            self.respond(message, b"", messageType=MessageType.Unsubscribe)
+
+    # -- what the broker sends ---------------------------------------------
+
+    def _roomFor(self, size):
+        """
+        Whether a delivery of C{size} payload bytes may be queued; if not,
+        the session is a slow consumer and is disconnected.
+        """
+        conn = self.connection
+        if conn is None or conn.state != OPEN:
+            return False
+        since = self.state.pausedSince
+        if since is None:
+            return True
+        factory = self.factory
+        if self.reactor.seconds() - since > factory.writeDeadline:
+            why = "nothing written for over %gs (broker.write_deadline)" % (
+                factory.writeDeadline,)
+        elif conn.bufferedBytes + size + 32 > factory.maxPending:
+            why = "more than %d bytes waiting (broker.max_pending)" % (
+                factory.maxPending,)
+        else:
+            return True
+        self._slowConsumer(why)
+        return False
+
+    def _slowConsumer(self, why):
+        self.factory.broker.slowConsumer(self, why)
+        self.disconnect(XTMPErrorCode.SLOW_CONSUMER, "slow consumer: " + why)
+
+    def deliver(self, delivery, body=None, now=None):
+        """
+        Queue a L{Delivery} for this session (STREAM_DATA on its subject).
+        With C{body} (the delivery's STREAM_DATA body, built once for every
+        recipient), a session whose connection takes writes has it sealed
+        and written at once.
+
+        @return: whether it was queued (False: closed, or a slow consumer
+            now disconnected).
+        """
+        if body is not None and self.state.pausedSince is None and \
+                self.sendPrepared(delivery.messageType,
+                                  delivery.flags | F.STREAM_DATA, body, now):
+            return True
+        if not self._roomFor(len(delivery.payload)):
+            return False
+        try:
+            self.publish(delivery.subject, delivery.payload,
+                         delivery.messageType, delivery.flags)
+        except SendQueueFull as e:
+            self._slowConsumer(str(e))
+            return False
+        return True
+
+    def forwardRequest(self, delivery):
+        """
+        Send a request routed by the broker to this session (a responder).
+
+        @return: a Deferred of its response L{Message}, or L{None} if it
+            cannot take it.
+        """
+        if not self._roomFor(len(delivery.payload)):
+            return None
+        return self.request(delivery.messageType, delivery.payload,
+                            delivery.flags, timeout=0,
+                            subject=delivery.subject)

@@ -1,0 +1,284 @@
+"""
+The broker through real XTMP sessions (in memory, fake clock): wildcard
+subscribers, queue groups, publishing from clients and the server,
+broadcast, request/reply between sessions with its typed failures,
+permissions, and the slow-consumer policy.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe.server.interfaces import IBroker, ISession, ISessionRegistry
+from muxframe.xtmp import PeerError, XTMPErrorCode
+from muxframe.xtmp.codec import MessageType
+
+from tests.test_server_support import (
+    ALICE, BOB, CAROL, Harness, config, result,
+)
+
+
+def failureCode(d):
+    f = result(d)
+    f.trap(PeerError)
+    return f.value.code
+
+
+class SubjectTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = Harness()
+
+    def test_wildcardsAndPublishFromClient(self):
+        """
+        A client's publish reaches wildcard and exact subscribers, once
+        each, with the real subject.
+        """
+        got = {"star": [], "rest": [], "exact": []}
+        a, _, _ = self.h.connect(ALICE)
+        b, _, _ = self.h.connect(BOB)
+        c, _, _ = self.h.connect(CAROL)
+        a.subscribe("orders.*", lambda m: got["star"].append(m.streamName))
+        b.subscribe("orders.>", lambda m: got["rest"].append(m.streamName))
+        b.subscribe("orders.new", lambda m: got["exact"].append(m.payload))
+        self.h.flush()
+        c.publish("orders.new", b"1", MessageType.EventStream)
+        c.publish("orders.new.eu", b"2")
+        c.publish("other", b"3")
+        self.h.flush()
+        self.assertEqual(got["star"], ["orders.new"])
+        self.assertEqual(got["rest"], ["orders.new", "orders.new.eu"])
+        self.assertEqual(got["exact"], [b"1"])
+        self.assertEqual(self.h.server.broker.counters["deliveries"], 3)
+
+    def test_queueGroup(self):
+        """
+        Each message goes to one member of a queue group, round robin,
+        while plain subscribers get all.
+        """
+        members = [self.h.connect(identity)[0] for identity in (ALICE, BOB)]
+        watcher, _, _ = self.h.connect(CAROL)
+        got = {0: [], 1: [], "w": []}
+        for index, member in enumerate(members):
+            member.subscribe("jobs.*", lambda m, i=index: got[i].append(m.payload),
+                             group="workers")
+        watcher.subscribe("jobs.>", lambda m: got["w"].append(m.payload))
+        self.h.flush()
+        for n in range(10):
+            self.h.server.publish("jobs.run", b"%d" % n)
+        self.h.flush()
+        self.assertEqual(len(got[0]) + len(got[1]), 10)
+        self.assertEqual(sorted(got[0] + got[1]), sorted(got["w"]))
+        self.assertEqual(len(got[0]), 5)
+
+    def test_broadcast(self):
+        clients = [self.h.connect(i)[0] for i in (ALICE, BOB)]
+        got = []
+        for c in clients:
+            c.subscribe("broadcast", lambda m: got.append(m.payload))
+        self.h.flush()
+        self.assertEqual(self.h.server.broadcast(b"hello"), 2)
+        self.h.flush()
+        self.assertEqual(got, [b"hello", b"hello"])
+
+    def test_badSubjects(self):
+        a, _, _ = self.h.connect()
+        d = a.subscribe("a..b", lambda m: None)
+        g = a.subscribe("a.b", lambda m: None, group="bad.group")
+        self.h.flush()
+        self.assertEqual(failureCode(d), XTMPErrorCode.BAD_SUBJECT)
+        self.assertEqual(failureCode(g), XTMPErrorCode.BAD_SUBJECT)
+        errors = []
+        a.errorReceived = lambda code, reason: errors.append(code)
+        a.publish("orders.*", b"x")
+        self.h.flush()
+        self.assertEqual(errors, [XTMPErrorCode.BAD_SUBJECT])
+
+    def test_unsubscribeAndDisconnectForget(self):
+        a, sa, _ = self.h.connect()
+        got = []
+        a.subscribe("x.*", got.append)
+        self.h.flush()
+        self.assertEqual(sa.subscriptions(), [("x.*", None)])
+        a.unsubscribe("x.*")
+        self.h.flush()
+        self.assertEqual(self.h.server.publish("x.y", b""), 0)
+        a.subscribe("x.*", got.append)
+        self.h.flush()
+        a.transport.loseConnection()
+        self.h.flush()
+        self.assertEqual(len(self.h.server.broker.table), 0)
+
+    def test_interfaces(self):
+        self.assertTrue(IBroker.providedBy(self.h.server.broker))
+        self.assertTrue(ISessionRegistry.providedBy(self.h.server.registry))
+        _, s, _ = self.h.connect()
+        self.assertTrue(ISession.providedBy(s))
+
+
+class RequestReplyTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = Harness()
+        self.responder, _, _ = self.h.connect(BOB)
+        self.requester, _, _ = self.h.connect(ALICE)
+
+    def serve(self, answer):
+        def callback(message):
+            value = answer(message)
+            if value is not None:
+                self.responder.respond(message, value)
+        self.responder.subscribe("svc.echo", callback, group="echoers")
+        self.h.flush()
+
+    def test_requestReply(self):
+        """
+        A request to a subject reaches the responder; its answer comes back
+        to the requester as the response.
+        """
+        self.serve(lambda m: b"echo:" + m.payload)
+        d = self.requester.request(0x41, b"hi", subject="svc.echo", timeout=5)
+        self.h.flush()
+        self.assertEqual(result(d).payload, b"echo:hi")
+        self.assertEqual(self.h.server.broker.counters["replies"], 1)
+
+    def test_noResponders(self):
+        d = self.requester.request(0x41, b"hi", subject="svc.none", timeout=5)
+        self.h.flush()
+        self.assertEqual(failureCode(d), XTMPErrorCode.NO_RESPONDERS)
+
+    def test_responderError(self):
+        def fail(message):
+            self.responder.respondError(message, XTMPErrorCode.APPLICATION_ERROR,
+                                        "nope")
+        self.serve(fail)
+        d = self.requester.request(0x41, b"hi", subject="svc.echo", timeout=5)
+        self.h.flush()
+        f = result(d)
+        self.assertEqual((f.value.code, f.value.reason),
+                         (XTMPErrorCode.APPLICATION_ERROR, "nope"))
+
+    def test_responderGone(self):
+        self.serve(lambda m: None)
+        d = self.requester.request(0x41, b"hi", subject="svc.echo", timeout=60)
+        self.h.flush()
+        self.responder.transport.loseConnection()
+        self.h.flush()
+        self.assertEqual(failureCode(d), XTMPErrorCode.NO_RESPONDERS)
+
+    def test_timeout(self):
+        self.serve(lambda m: None)
+        d = self.requester.request(0x41, b"hi", subject="svc.echo", timeout=100)
+        self.h.flush()
+        self.h.clock.advance(31)
+        self.h.flush()
+        self.assertEqual(failureCode(d), XTMPErrorCode.TIMEOUT)
+        self.assertEqual(len(self.h.server.broker.replies), 0)
+
+    def test_firstAnswerWins(self):
+        """
+        Two plain subscribers both get the request; the first answer is
+        relayed, the second dropped.
+        """
+        other, _, _ = self.h.connect(CAROL)
+        self.responder.subscribe("svc.x", lambda m: self.responder.respond(m, b"b"))
+        other.subscribe("svc.x", lambda m: other.respond(m, b"c"))
+        self.h.flush()
+        d = self.requester.request(0x41, b"", subject="svc.x", timeout=5)
+        self.h.flush()
+        self.assertIn(result(d).payload, (b"b", b"c"))
+        broker = self.h.server.broker
+        self.assertEqual(broker.counters["replies"], 1)
+
+
+class PermissionTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = Harness(config(permissions__={
+            "alice": {"publish": ["orders.>"],
+                      "subscribe": {"allow": ["news.>"],
+                                    "deny": ["news.secret.>"]}},
+            "default": {"publish": {"deny": [">"]}}}))
+
+    def test_publishAllowedAndDenied(self):
+        a, _, _ = self.h.connect(ALICE)
+        b, _, _ = self.h.connect(BOB)
+        got, errors = [], []
+        b.subscribe("orders.>", got.append)
+        a.errorReceived = lambda code, reason: errors.append(code)
+        self.h.flush()
+        a.publish("orders.new", b"ok")
+        a.publish("news.x", b"no")
+        self.h.flush()
+        self.assertEqual([m.payload for m in got], [b"ok"])
+        self.assertEqual(errors, [XTMPErrorCode.PERMISSION_DENIED])
+        # bob falls under default: no publishing at all.
+        d = b.request(0x41, b"", subject="orders.new", timeout=5)
+        self.h.flush()
+        self.assertEqual(failureCode(d), XTMPErrorCode.PERMISSION_DENIED)
+
+    def test_subscribeAndFilter(self):
+        a, _, _ = self.h.connect(ALICE)
+        got = []
+        d1 = a.subscribe("news.>", got.append)
+        d2 = a.subscribe("orders.*", got.append)
+        self.h.flush()
+        self.assertIsNotNone(result(d1))
+        self.assertEqual(failureCode(d2), XTMPErrorCode.PERMISSION_DENIED)
+        self.h.server.publish("news.sports", b"1")
+        self.h.server.publish("news.secret.plans", b"2")
+        self.h.flush()
+        self.assertEqual([m.payload for m in got], [b"1"])
+        # The refused subscription is counted; a filtered delivery is not
+        # an error.
+        self.assertEqual(self.h.server.broker.counters["permissionDenied"], 1)
+
+
+class SlowConsumerTests(SynchronousTestCase):
+    def test_pendingLimit(self):
+        """
+        A subscriber whose connection stops accepting writes is
+        disconnected with SLOW_CONSUMER once its queue would pass
+        max_pending; the other subscriber gets every message.
+        """
+        h = Harness(config(broker__max_pending=4096))
+        slow, slowSide, _ = h.connect(ALICE)
+        fast, _, _ = h.connect(BOB)
+        got = []
+        slow.subscribe("feed", lambda m: None)
+        fast.subscribe("feed", got.append)
+        h.flush()
+        slowSide.pauseProducing()
+        for n in range(100):
+            h.server.publish("feed", b"%03d" % n + b"x" * 100)
+        h.flush()
+        self.assertEqual(len(got), 100)
+        self.assertEqual(h.server.broker.counters["slowConsumers"], 1)
+        self.assertEqual(result(slow.whenClosed()).code,
+                         XTMPErrorCode.SLOW_CONSUMER)
+        self.assertEqual(h.server.events.counts["slow_consumer"], 1)
+
+    def test_writeDeadline(self):
+        h = Harness(config(broker__write_deadline=5))
+        slow, slowSide, _ = h.connect(ALICE)
+        slow.subscribe("feed", lambda m: None)
+        h.flush()
+        slowSide.pauseProducing()
+        h.server.publish("feed", b"1")
+        h.clock.advance(4)
+        h.server.publish("feed", b"2")
+        self.assertTrue(slowSide.isConnected())
+        h.clock.advance(2)
+        h.server.publish("feed", b"3")
+        self.assertFalse(slowSide.isConnected())
+        self.assertEqual(h.server.broker.counters["slowConsumers"], 1)
+
+    def test_queueGroupPrefersReadyMember(self):
+        h = Harness()
+        a, sa, _ = h.connect(ALICE)
+        b, _, _ = h.connect(BOB)
+        got = {"a": 0, "b": 0}
+        a.subscribe("jobs", lambda m: got.__setitem__("a", got["a"] + 1), group="g")
+        b.subscribe("jobs", lambda m: got.__setitem__("b", got["b"] + 1), group="g")
+        h.flush()
+        sa.pauseProducing()
+        for _ in range(6):
+            h.server.publish("jobs", b"x")
+        sa.resumeProducing()
+        h.flush()
+        self.assertEqual(got, {"a": 0, "b": 6})

@@ -1,0 +1,356 @@
+"""
+The server's defences through real sessions (in memory, fake clock):
+lockout after failed authentications per address and per key, with its
+expiry and backoff; per-session rate limits; connection limits; the
+handshake cap and per-address handshake rate; key and token revocation.
+Each outcome is a typed code on the wire and a counted event.
+"""
+
+import hashlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from muxframe.xtmp import XTMPErrorCode
+
+from tests.test_server_support import (
+    ALICE, BOB, KEYS, MALLORY, Harness, config, result,
+)
+
+
+def handshakeCode(client):
+    """
+    The code a client's handshake failed with (None if it succeeded).
+    """
+    outcome = result(client.whenHandshakeDone())
+    if outcome is client:
+        why = result(client.whenClosed())
+        return getattr(why, "code", None)
+    return outcome.value.code
+
+
+class LockoutTests(SynchronousTestCase):
+    def test_addressLockoutAndExpiry(self):
+        """
+        max_failed_attempts failures from one address lock it out: its
+        next connection is refused with LOCKED_OUT before any handshake,
+        even with a good key; after lockout_time it may try again.
+        """
+        h = Harness(config(security__max_failed_attempts=3,
+                           security__lockout_time=30, security__lockout_keys=False))
+        for _ in range(3):
+            c, _, _ = h.connect(MALLORY, host="10.9.9.9")
+            self.assertEqual(handshakeCode(c), XTMPErrorCode.UNAUTHORIZED)
+        c, _, _ = h.connect(ALICE, host="10.9.9.9")
+        self.assertEqual(result(c.whenHandshakeDone()).value.code,
+                         XTMPErrorCode.LOCKED_OUT)
+        self.assertEqual(h.server.events.counts["lockout"], 1)
+        self.assertEqual(h.server.events.counts["refused_locked_out"], 1)
+        # Another address is not affected.
+        ok, _, _ = h.connect(ALICE, host="10.1.1.1")
+        self.assertIs(result(ok.whenHandshakeDone()), ok)
+        h.clock.advance(31)
+        c, _, _ = h.connect(ALICE, host="10.9.9.9")
+        self.assertIs(result(c.whenHandshakeDone()), c)
+
+    def test_keyLockoutAcrossAddressesAndBackoff(self):
+        """
+        Failures with one key (a bad signature presenting alice's key, or
+        a key not authorized) lock that key out from every address; the
+        second lockout lasts twice as long.
+        """
+        h = Harness(config(security__max_failed_attempts=2,
+                           security__lockout_time=10))
+        server = h.server
+        # MALLORY is not authorized: failures count against its key.
+        for host in ("10.0.0.1", "10.0.0.2"):
+            c, _, _ = h.connect(MALLORY, host=host)
+            self.assertEqual(handshakeCode(c), XTMPErrorCode.UNAUTHORIZED)
+        self.assertEqual(server.keyLockout.lockedFor(MALLORY.public.fingerprint,
+                                                     h.clock.seconds()), 10)
+        # Even authorized now, the key is refused while locked.
+        server.setKeys(KEYS + [("mallory", MALLORY.public)])
+        c, _, _ = h.connect(MALLORY, host="10.0.0.3")
+        self.assertEqual(handshakeCode(c), XTMPErrorCode.LOCKED_OUT)
+        h.clock.advance(11)
+        c, _, _ = h.connect(MALLORY, host="10.0.0.4")
+        self.assertIs(result(c.whenHandshakeDone()), c)
+        server.setKeys(KEYS)
+        for host in ("10.0.0.5", "10.0.0.6"):
+            h.connect(MALLORY, host=host)
+        self.assertEqual(server.keyLockout.lockedFor(MALLORY.public.fingerprint,
+                                                     h.clock.seconds()), 20)
+
+    def test_failuresAreEvents(self):
+        h = Harness()
+        seen = []
+        h.server.events.addObserver(lambda name, fields: seen.append(
+            (name, fields.get("code"))))
+        h.connect(MALLORY)
+        self.assertIn(("auth_failed", XTMPErrorCode.UNAUTHORIZED), seen)
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_messageRate(self):
+        """
+        Messages over the session's bucket are refused with RATE_LIMITED
+        and the session stops reading until tokens return; then it is
+        served again.
+        """
+        h = Harness(config(limits__messages_per_second=10,
+                           limits__message_burst=5,
+                           handlers__={0x20: "tests.test_server_router:echo"}))
+        client, side, _ = h.connect(ALICE)
+        requests = [client.request(0x20, b"%d" % n, timeout=30)
+                    for n in range(8)]
+        h.flush()
+        outcomes = [result(d) for d in requests]
+        served = [o for o in outcomes if not hasattr(o, "value")]
+        refused = [o for o in outcomes if hasattr(o, "value")]
+        self.assertEqual(len(served), 5)
+        self.assertEqual({f.value.code for f in refused},
+                         {XTMPErrorCode.RATE_LIMITED})
+        self.assertGreaterEqual(h.server.events.counts["rate_limited"], 1)
+        h.clock.advance(1)
+        h.flush()
+        later = client.request(0x20, b"again", timeout=30)
+        h.flush()
+        self.assertEqual(result(later).payload, b"echo:again")
+
+    def test_byteRate(self):
+        h = Harness(config(limits__bytes_per_second=1000,
+                           limits__byte_burst=1000,
+                           handlers__={0x20: "tests.test_server_router:echo"}))
+        client, _, _ = h.connect(ALICE)
+        first = client.request(0x20, b"x" * 900, timeout=30)
+        second = client.request(0x20, b"y" * 900, timeout=30)
+        h.flush()
+        self.assertEqual(result(first).payload[:6], b"echo:x")
+        self.assertEqual(result(second).value.code, XTMPErrorCode.RATE_LIMITED)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_perAddressAndTotal(self):
+        h = Harness(config(server__max_connections=3,
+                           server__max_connections_per_client=2))
+        ok = [h.connect(ALICE, host="10.0.0.1")[0] for _ in range(2)]
+        for c in ok:
+            self.assertIs(result(c.whenHandshakeDone()), c)
+        c, _, _ = h.connect(ALICE, host="10.0.0.1")
+        self.assertEqual(handshakeCode(c), XTMPErrorCode.TOO_MANY_CONNECTIONS)
+        h.connect(BOB, host="10.0.0.2")
+        c, _, _ = h.connect(BOB, host="10.0.0.3")
+        self.assertEqual(handshakeCode(c), XTMPErrorCode.TOO_MANY_CONNECTIONS)
+        # Closing one frees its place.
+        ok[0].transport.loseConnection()
+        h.flush()
+        c, _, _ = h.connect(ALICE, host="10.0.0.1")
+        self.assertIs(result(c.whenHandshakeDone()), c)
+        self.assertEqual(h.server.connections.total, 3)
+
+
+class HandshakeLimitTests(SynchronousTestCase):
+    def test_concurrentHandshakeCap(self):
+        """
+        Past max_handshakes in progress, new connections get BUSY; those
+        in progress finish normally.
+        """
+        h = Harness(config(server__max_handshakes=2,
+                           server__max_connections_per_client=0))
+        pending = [h.connect(ALICE, greet=False) for _ in range(2)]
+        self.assertEqual(h.server.handshakesInProgress, 2)
+        c, _, _ = h.connect(ALICE)
+        self.assertEqual(handshakeCode(c), XTMPErrorCode.BUSY)
+        h.flush()
+        for client, _, _ in pending:
+            self.assertIs(result(client.whenHandshakeDone()), client)
+        self.assertEqual(h.server.handshakesInProgress, 0)
+
+    def test_perAddressRate(self):
+        """
+        One address may start handshake_burst handshakes at once and then
+        handshake_rate per second; the rest get RATE_LIMITED, others'
+        addresses are unaffected.
+        """
+        h = Harness(config(server__handshake_rate=2, server__handshake_burst=3,
+                           server__max_connections_per_client=0))
+        codes = []
+        for _ in range(5):
+            c, _, _ = h.connect(ALICE, host="10.6.6.6")
+            codes.append(handshakeCode(c))
+        self.assertEqual(codes, [None] * 3 + [XTMPErrorCode.RATE_LIMITED] * 2)
+        c, _, _ = h.connect(ALICE, host="10.7.7.7")
+        self.assertIsNone(handshakeCode(c))
+        h.clock.advance(0.5)
+        c, _, _ = h.connect(ALICE, host="10.6.6.6")
+        self.assertIsNone(handshakeCode(c))
+        self.assertEqual(h.server.refusals["refused_rate"], 2)
+
+
+class AdmissionHookTests(SynchronousTestCase):
+    """
+    The handshake cap and rate use the library's admission hook
+    (XTMPServerFactory.admitHandshake) and its handshake counters: a
+    refused ClientHello never reaches the replay check or the key
+    exchange, is a counted server event, and the refused session logs
+    nothing above debug.
+    """
+
+    def test_refusedBeforeKeyWork(self):
+        from twisted.logger import LogLevel, globalLogPublisher
+        from muxframe.server.session import ServerSession
+        logged = []
+
+        def observe(event):
+            if isinstance(event.get("log_source"), ServerSession):
+                logged.append(event["log_level"])
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
+                           server__max_connections_per_client=0))
+        ok, _, _ = h.connect(ALICE, host="10.6.6.6")
+        self.assertIsNone(handshakeCode(ok))
+        self.assertEqual(len(h.server.replayCache), 1)
+        self.assertIn(LogLevel.info, logged)
+        del logged[:]
+        for _ in range(3):
+            c, _, _ = h.connect(ALICE, host="10.6.6.6")
+            self.assertEqual(handshakeCode(c), XTMPErrorCode.RATE_LIMITED)
+        self.assertEqual(len(h.server.replayCache), 1)
+        self.assertEqual(h.server.refusals["refused_rate"], 3)
+        stats = h.server.stats()
+        self.assertEqual(stats["handshakes"]["completed"], 1)
+        self.assertEqual(stats["handshakes"]["failed"], 3)
+        self.assertEqual(stats["handshaking"], 0)
+        self.assertTrue(logged)
+        self.assertEqual(set(logged), {LogLevel.debug})
+
+
+class RevocationTests(SynchronousTestCase):
+    def test_keyRevoked(self):
+        h = Harness()
+        alice, _, _ = h.connect(ALICE)
+        bob, _, _ = h.connect(BOB)
+        self.assertEqual(len(h.server.registry), 2)
+        added, removed, gone = h.server.setKeys(
+            [k for k in KEYS if k[0] != "alice"])
+        h.flush()
+        self.assertEqual((added, removed, gone), (0, 1, 1))
+        self.assertEqual(result(alice.whenClosed()).code,
+                         XTMPErrorCode.KEY_REVOKED)
+        self.assertEqual([s.identity.name for s in h.server.registry.list()],
+                         ["bob"])
+        again, _, _ = h.connect(ALICE)
+        self.assertEqual(handshakeCode(again), XTMPErrorCode.UNAUTHORIZED)
+
+    def test_tokenRevokedAndNamed(self):
+        token = b"secret-token"
+        digest = hashlib.sha256(token).hexdigest()
+        h = Harness(tokens={digest: "svc-a"})
+        client, side, _ = h.connect(token=token)
+        self.assertIs(result(client.whenHandshakeDone()), client)
+        self.assertEqual(side.identity.asDict(),
+                         {"kind": "token", "name": "svc-a",
+                          "fingerprint": digest})
+        h.server.setTokens({})
+        h.flush()
+        self.assertEqual(result(client.whenClosed()).code,
+                         XTMPErrorCode.KEY_REVOKED)
+
+
+class RegistryTests(SynchronousTestCase):
+    def test_listLookupDescribeDisconnect(self):
+        h = Harness()
+        events = []
+
+        class Observer:
+            def sessionAdded(self, session):
+                events.append(("added", session.identity.name))
+
+            def sessionRemoved(self, session, reason):
+                events.append(("removed", session.identity.name))
+
+        h.server.registry.addObserver(Observer())
+        alice, side, _ = h.connect(ALICE, host="10.2.3.4")
+        alice.subscribe("a.*", lambda m: None, group="g")
+        h.flush()
+        registry = h.server.registry
+        self.assertIs(registry.get(side.sessionId), side)
+        self.assertEqual(registry.list(identity="alice"), [side])
+        self.assertEqual(registry.list(identity=ALICE.public.fingerprint), [side])
+        info = registry.describe(side)
+        self.assertEqual(info["identity"]["name"], "alice")
+        self.assertTrue(info["peer"].startswith("10.2.3.4:"))
+        self.assertEqual(info["subscriptions"], [{"subject": "a.*", "group": "g"}])
+        self.assertIn("messagesReceived", info["counters"])
+        self.assertTrue(registry.disconnect(side.sessionId,
+                                            XTMPErrorCode.GOING_AWAY, "bye"))
+        h.flush()
+        self.assertEqual(len(registry), 0)
+        self.assertFalse(registry.disconnect(side.sessionId,
+                                             XTMPErrorCode.GOING_AWAY, "bye"))
+        self.assertEqual(events, [("added", "alice"), ("removed", "alice")])
+
+    def test_rttFromHeartbeats(self):
+        h = Harness(config(xtmp_protocol__heartbeat_interval=5))
+        client, side, _ = h.connect(ALICE, heartbeatInterval=5)
+        self.assertIsNone(side.rtt)
+        for _ in range(4):
+            h.clock.advance(5)
+            h.flush()
+        self.assertIsNotNone(side.rtt)
+        self.assertGreaterEqual(side.rtt, 0)
+
+    def test_drain(self):
+        """
+        drain() refuses new connections with GOING_AWAY, sends Disconnect
+        GOING_AWAY to every session and fires once all are closed.
+        """
+        h = Harness()
+        clients = [h.connect(i)[0] for i in (ALICE, BOB)]
+        d = h.server.drain(10)
+        h.flush()
+        self.assertEqual(result(d), 0)
+        for c in clients:
+            self.assertEqual(result(c.whenClosed()).__class__.__name__,
+                             "ConnectionDone")
+        late, _, _ = h.connect(ALICE)
+        self.assertEqual(handshakeCode(late), XTMPErrorCode.GOING_AWAY)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_handlersFinishFirst(self):
+        """
+        While draining, a handler in progress still answers before the
+        Disconnect, new messages get GOING_AWAY, and a session that never
+        closes is cut at the deadline.
+        """
+        from twisted.internet.defer import Deferred
+        h = Harness()
+        pending = []
+        h.server.router.route(0x20, lambda s, m: pending.append(Deferred())
+                              or pending[-1])
+        client, _, _ = h.connect(ALICE)
+        first = client.request(0x20, b"before", timeout=60)
+        h.flush()
+        done = h.server.drain(10)
+        late = client.request(0x20, b"after", timeout=60)
+        h.flush()
+        self.assertEqual(result(late).value.code, XTMPErrorCode.GOING_AWAY)
+        self.assertIsNone(result(done))
+        pending[0].callback(b"answered")
+        h.flush()
+        self.assertEqual(result(first).payload, b"answered")
+        self.assertEqual(result(done), 0)
+        self.assertEqual(result(client.whenClosed()).__class__.__name__,
+                         "ConnectionDone")
+
+    def test_deadlineCutsTheRest(self):
+        h = Harness()
+        client, side, pump = h.connect(ALICE)
+        # Nothing moves (the client reads nothing) until the deadline, when
+        # the server aborts the connection.
+        done = h.server.drain(4)
+        h.clock.advance(4.5)
+        self.assertIsNone(result(done))
+        h.flush()
+        self.assertEqual(result(done), 1)

@@ -1,0 +1,301 @@
+"""
+The C{xtmp} twistd role: its options, and the real thing, C{twistd -n
+muxframe xtmp --config FILE} as a subprocess on 127.0.0.1 with clients
+whose keys come from authorized_keys, configured handlers, wildcard
+subscribers and a queue group, request/reply between two clients, a
+SIGHUP reload that revokes a key, and a clean SIGTERM stop (exit 0).
+"""
+
+import os
+
+import yaml
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from muxframe import tap
+from muxframe.server.tap import XTMPOptions
+from muxframe.xtmp import (
+    PeerError, XTMPClientFactory, XTMPErrorCode, connectXTMP,
+)
+
+from tests.test_server_config import DESIGN_EXAMPLE
+from tests.test_server_support import ALICE, BOB, CAROL, SERVER_IDENTITY
+from tests.test_tap import freePort, spawnTwistd, waitForPort
+
+
+def spawnXTMP(testCase, directory, *args):
+    """
+    Start C{twistd -n muxframe xtmp ARGS} in C{directory}; handlers are
+    imported from there (the current directory is on the path of
+    C{python -c}, as PYTHONPATH would put an application's).
+    """
+    return spawnTwistd(testCase, "xtmp", "xtmp", *args, cwd=directory)
+
+
+APP = '''
+"""Handlers of the test application, imported by twistd from PYTHONPATH."""
+import threading
+
+def submit(session, message):
+    return b"accepted:" + message.payload + b":by:" + session.identity.name.encode()
+
+def audit(session, message):
+    # A blocking handler: runs in the router's thread pool.
+    return threading.current_thread().name.encode()
+'''
+
+
+def authorizedKeys(named):
+    return b"".join(b"name: %s\n" % name.encode() + key.public.toPEM()
+                    for name, key in named)
+
+
+def writeSetup(directory, port, extra=None, password=b"s3cret"):
+    """
+    Identity, authorized_keys (alice, bob), the app module and a config
+    in C{directory}; return the config's path.
+    """
+    os.makedirs(directory, exist_ok=True)
+    SERVER_IDENTITY.savePEM(os.path.join(directory, "server.pem"), password)
+    with open(os.path.join(directory, "server.pass"), "wb") as f:
+        f.write(password + b"\n")
+    with open(os.path.join(directory, "authorized_keys"), "wb") as f:
+        f.write(authorizedKeys([("alice", ALICE), ("bob", BOB)]))
+    with open(os.path.join(directory, "xtmpapp.py"), "w") as f:
+        f.write(APP)
+    config = {
+        "server": {"endpoint": "tcp:%d:interface=127.0.0.1" % (port,),
+                   "identity": "server.pem",
+                   "identity_password_file": "server.pass",
+                   "authorized_keys": "authorized_keys",
+                   "max_connections": 100, "max_connections_per_client": 20,
+                   "drain_timeout": 5},
+        "xtmp_protocol": {"heartbeat_interval": 30, "session_timeout": 3600,
+                          "max_payload_size": 16777216},
+        "security": {"key_rotation_interval": 86400, "max_failed_attempts": 3},
+        "handlers": {0x20: "xtmpapp:submit",
+                     0x21: {"handler": "xtmpapp:audit", "blocking": True}},
+        "permissions": {"bob": {"publish": {"deny": ["orders.>"]}}},
+    }
+    for section, values in (extra or {}).items():
+        config.setdefault(section, {}).update(values)
+    path = os.path.abspath(os.path.join(directory, "xtmp-server.yaml"))
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def parse(*argv):
+    options = XTMPOptions()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{twistd muxframe xtmp} options: the file, options over it, and usage
+    errors naming the key.
+    """
+
+    def setUp(self):
+        import sys
+        self.directory = self.mktemp()
+        self.path = writeSetup(self.directory, 8090)
+        # As twistd would find it on PYTHONPATH.
+        sys.path.insert(0, os.path.abspath(self.directory))
+        self.addCleanup(sys.path.remove, os.path.abspath(self.directory))
+        self.addCleanup(sys.modules.pop, "xtmpapp", None)
+
+    def test_configAndOverrides(self):
+        top = tap.Options()
+        top.parseOptions(["xtmp", "--config", self.path, "--max-connections=7",
+                          "--heartbeat-interval=5",
+                          "--handler", "0x22=xtmpapp:submit",
+                          "--permission", "alice:subscribe:deny:secret.>"])
+        c = top.subOptions.config
+        self.assertEqual(top.subCommand, "xtmp")
+        self.assertEqual(c["server.max_connections"], 7)
+        self.assertEqual(c["xtmp_protocol.heartbeat_interval"], 5)
+        self.assertEqual(c["server.max_connections_per_client"], 20)
+        self.assertEqual(sorted(h.messageType for h in c.handlers),
+                         [0x20, 0x21, 0x22])
+        self.assertIsNotNone(c.permissions.forIdentity("alice"))
+
+    def test_designExampleWithOptions(self):
+        """
+        The design documents' configuration runs once the options give
+        what it lacks (an identity) and keep the endpoint on loopback.
+        """
+        path = os.path.join(self.directory, "design.yaml")
+        with open(path, "w") as f:
+            f.write(DESIGN_EXAMPLE)
+        options = parse("--config", path, "--identity",
+                        os.path.join(self.directory, "server.pem"),
+                        "--identity-password-file",
+                        os.path.join(self.directory, "server.pass"),
+                        "--endpoint", "tcp:0:interface=127.0.0.1")
+        c = options.config
+        self.assertEqual(c["server.endpoint"], "tcp:0:interface=127.0.0.1")
+        self.assertEqual(c["message_routing.bundle_handler_threads"], 8)
+        self.assertIn("http_cage_protocol", dict(c.ignored))
+
+    def test_usageErrorsNameTheKey(self):
+        broken = os.path.join(self.directory, "broken_keys")
+        with open(broken, "w") as f:
+            f.write("-----BEGIN PUBLIC KEY-----\nnot a key\n"
+                    "-----END PUBLIC KEY-----\n")
+        cases = [
+            (["--config", self.path, "--max-connections=lots"],
+             "--max-connections"),
+            (["--config", self.path, "--handler", "0x30=nosuch.module:f"],
+             "--handler"),
+            (["--config", self.path, "--endpoint", "bogus:thing"],
+             "server.endpoint"),
+            (["--config", self.path, "--identity-password-file",
+              os.path.join(self.directory, "nothing")],
+             "server.identity_password_file"),
+            (["--config", self.path, "--authorized-keys", broken],
+             "server.authorized_keys"),
+            ([], "server.identity"),
+        ]
+        for argv, key in cases:
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            if key:
+                self.assertIn(key, str(e))
+        with open(os.path.join(self.directory, "server.pass"), "wb") as f:
+            f.write(b"wrong")
+        e = self.assertRaises(usage.UsageError, parse, "--config", self.path)
+        self.assertIn("server.identity", str(e))
+
+    def test_unknownKeyInFile(self):
+        with open(self.path, "a") as f:
+            f.write("broker:\n  max_pendng: 5\n")
+        e = self.assertRaises(usage.UsageError, parse, "--config", self.path)
+        self.assertIn("broker.max_pendng", str(e))
+
+
+def clientFactory(identity):
+    return XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                             identity=identity, resume=False)
+
+
+class TwistdTests(TestCase):
+    """
+    The role as a real twistd process.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_serverEndToEnd(self):
+        """
+        Clients with keys from authorized_keys get configured handlers
+        (one blocking), wildcard and queue-group fan-out, request/reply
+        between two clients with "no responders"; SIGHUP revokes a key
+        removed from the file; SIGTERM disconnects everyone with
+        GOING_AWAY and twistd exits 0.
+        """
+        directory = self.mktemp()
+        port = freePort()
+        path = writeSetup(directory, port)
+        server = spawnXTMP(self, directory, "--config", path)
+        yield waitForPort(port, server)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+        alice = yield connectXTMP(endpoint, clientFactory(ALICE))
+        bob = yield connectXTMP(endpoint, clientFactory(BOB))
+        worker1 = yield connectXTMP(endpoint, clientFactory(BOB))
+        worker2 = yield connectXTMP(endpoint, clientFactory(BOB))
+
+        # Handlers from the config (0x21 runs in a thread).
+        reply = yield alice.request(0x20, b"b1", timeout=10)
+        self.assertEqual(reply.payload, b"accepted:b1:by:alice")
+        reply = yield alice.request(0x21, b"", timeout=10)
+        self.assertIn(b"muxframe-xtmp-handlers", reply.payload)
+        error = yield alice.request(0x30, b"", timeout=10).addErrback(
+            lambda f: f.value)
+        self.assertEqual(error.code, XTMPErrorCode.UNKNOWN_TYPE)
+
+        # An unknown key is refused.
+        carol = clientFactory(CAROL)
+        failed = yield connectXTMP(endpoint, carol).addCallback(
+            lambda p: p.whenClosed()).addErrback(lambda f: f.value)
+        self.assertEqual(failed.code, XTMPErrorCode.UNAUTHORIZED)
+
+        # Fan-out: wildcard subscribers and a queue group.
+        got = {"star": [], "rest": [], "w1": [], "w2": []}
+        yield DeferredList([
+            bob.subscribe("orders.*", lambda m: got["star"].append(m.streamName)),
+            bob.subscribe("orders.>", lambda m: got["rest"].append(m.payload)),
+            worker1.subscribe("orders.>", lambda m: got["w1"].append(m.payload),
+                              group="workers"),
+            worker2.subscribe("orders.>", lambda m: got["w2"].append(m.payload),
+                              group="workers"),
+        ], fireOnOneErrback=True)
+        for n in range(10):
+            alice.publish("orders.eu.%d" % n if n % 2 else "orders.new",
+                          b"%d" % n)
+        for _ in range(200):
+            if len(got["rest"]) == 10 and len(got["w1"]) + len(got["w2"]) == 10:
+                break
+            yield deferLater(reactor, 0.02)
+        self.assertEqual(got["star"], ["orders.new"] * 5)
+        self.assertEqual(sorted(got["rest"]), sorted(b"%d" % n for n in range(10)))
+        self.assertEqual(sorted(got["w1"] + got["w2"]), sorted(got["rest"]))
+        self.assertEqual(len(got["w1"]), 5)
+        # bob may not publish on orders.> (permissions in the config).
+        denied = []
+        bob.errorReceived = lambda code, reason: denied.append(code)
+        bob.publish("orders.new", b"nope")
+
+        # Request/reply between two clients through the server.
+        worker1.subscribe("svc.clock", lambda m: worker1.respond(
+            m, b"tick:" + m.payload), group="clocks")
+        yield deferLater(reactor, 0.2)
+        answer = yield alice.request(0x41, b"now", subject="svc.clock",
+                                     timeout=10)
+        self.assertEqual(answer.payload, b"tick:now")
+        nobody = yield alice.request(0x41, b"", subject="svc.none",
+                                     timeout=10).addErrback(lambda f: f.value)
+        self.assertIsInstance(nobody, PeerError)
+        self.assertEqual(nobody.code, XTMPErrorCode.NO_RESPONDERS)
+        self.assertEqual(denied, [XTMPErrorCode.PERMISSION_DENIED])
+
+        # SIGHUP: bob removed from authorized_keys loses his sessions.
+        with open(os.path.join(directory, "authorized_keys"), "wb") as f:
+            f.write(authorizedKeys([("alice", ALICE)]))
+        closed = [p.whenClosed() for p in (bob, worker1, worker2)]
+        server.transport.signalProcess("HUP")
+        reasons = yield DeferredList(closed)
+        self.assertEqual({r.code for _, r in reasons},
+                         {XTMPErrorCode.KEY_REVOKED})
+        self.assertTrue(server.running)
+        self.assertIn("reloaded credentials", server.text())
+
+        # SIGTERM: alice is told GOING_AWAY (a clean close), twistd exits 0.
+        aliceClosed = alice.whenClosed()
+        server.transport.signalProcess("TERM")
+        why = yield aliceClosed
+        self.assertIsInstance(why, ConnectionDone)
+        code = yield server.ended
+        text = server.text()
+        self.assertEqual(code, 0, text[-3000:])
+        self.assertIsNone(server.signal)
+        self.assertIn("Server Shut Down.", text)
+        self.assertIn("sessions drained", text)
+        self.assertNotIn("Traceback", text)
+        self.assertIn("authentication from 127.0.0.1:", text)
+
+    @inlineCallbacks
+    def test_usageErrorExits(self):
+        directory = self.mktemp()
+        path = writeSetup(directory, freePort(), {"server": {"max_conections": 1}})
+        process = spawnXTMP(self, directory, "--config", path)
+        code = yield process.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn("server.max_conections", process.text())

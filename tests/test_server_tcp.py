@@ -1,0 +1,180 @@
+"""
+The server's defences over real loopback TCP (in-process server and
+clients on the real reactor): a handshake flood from one address is
+throttled with typed refusals while an established session's requests
+are all served; a slow consumer is disconnected while another subscriber
+receives everything.  Behaviour is asserted, never timings (bench/ has
+the latency figures).
+"""
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol,
+)
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from bench.xtmpserver.clientproc import HelloFlood
+from muxframe.server.factory import XTMPServer
+from muxframe.xtmp import (
+    ClientHandshake, XTMPClientFactory, XTMPErrorCode, connectXTMP,
+)
+
+from tests.test_server_support import ALICE, BOB, KEYS, SERVER_IDENTITY, config
+
+
+def echo(session, message):
+    return b"echo:" + message.payload
+
+
+class TCPTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def listen(self, conf):
+        self.server = XTMPServer(SERVER_IDENTITY, conf, reactor, keys=KEYS)
+        self.server.router.route(0x20, echo)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            self.server)
+        self.addCleanup(port.stopListening)
+        self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                           port.getHost().port)
+
+    @inlineCallbacks
+    def session(self, identity):
+        protocol = yield connectXTMP(self.endpoint, XTMPClientFactory(
+            serverKey=SERVER_IDENTITY.public, identity=identity, resume=False))
+        self.addCleanup(self.close, protocol)
+        return protocol
+
+    def close(self, protocol):
+        closed = protocol.whenClosed()
+        protocol.disconnect()
+        return closed
+
+    @inlineCallbacks
+    def test_handshakeFloodFromOneAddress(self):
+        """
+        While one address opens connection after connection, each sending
+        a real ClientHello, an established session from the same address
+        has every request served; the flood gets HandshakeAcks only up to
+        its rate and otherwise RATE_LIMITED (or BUSY), before any crypto.
+        """
+        yield self.listen(config(server__handshake_rate=5,
+                                 server__handshake_burst=10,
+                                 server__max_handshakes=16,
+                                 server__max_connections_per_client=0))
+        alice = yield self.session(ALICE)
+        outcomes = []
+        stop = []
+
+        @inlineCallbacks
+        def flood():
+            while not stop:
+                batch = []
+                for _ in range(20):
+                    # Fresh hellos: a replayed one is refused as a replay.
+                    p = HelloFlood(ClientHandshake(
+                        serverKey=SERVER_IDENTITY.public,
+                        identity=ALICE).start())
+                    yield connectProtocol(self.endpoint, p)
+                    batch.append(p.done)
+                results = yield gatherResults(batch)
+                outcomes.extend(results)
+
+        flooding = flood()
+        answers = []
+        for n in range(60):
+            reply = yield alice.request(0x20, b"%d" % n, timeout=30)
+            answers.append(reply.payload)
+            if n % 10 == 0:
+                yield deferLater(reactor, 0.01)
+        stop.append(True)
+        yield flooding
+        self.assertEqual(answers, [b"echo:%d" % n for n in range(60)])
+        acks = outcomes.count("ack")
+        refused = [o for o in outcomes if o != "ack"]
+        self.assertGreater(len(refused), len(outcomes) / 2)
+        self.assertEqual(set(refused) - {XTMPErrorCode.RATE_LIMITED,
+                                         XTMPErrorCode.BUSY}, set())
+        self.assertLessEqual(acks, 11 + 5 * 60)
+        refusals = self.server.refusals
+        self.assertEqual(refusals.get("refused_rate", 0)
+                         + refusals.get("refused_busy", 0), len(refused))
+        self.assertTrue(alice.connection.state == "OPEN")
+
+    @inlineCallbacks
+    def test_slowConsumer(self):
+        """
+        A subscriber that stops reading is disconnected with SLOW_CONSUMER
+        once its queue passes max_pending; the other subscriber receives
+        every message, in order.  (Publishing goes on in bursts of 80 KiB
+        per reactor turn: a burst larger than max_pending would make any
+        subscriber look slow, which is why max_pending is megabytes.)
+        """
+        yield self.listen(config(broker__max_pending=1024 * 1024))
+        slow = yield self.session(ALICE)
+        fast = yield self.session(BOB)
+        got = []
+        yield slow.subscribe("feed", lambda m: None)
+        yield fast.subscribe("feed", lambda m: got.append(m.payload[:6]))
+        slow.transport.pauseProducing()
+        payload = b"x" * 8192
+        total = 2000
+        for n in range(0, total, 10):
+            for k in range(n, n + 10):
+                self.server.publish("feed", b"%06d" % k + payload)
+            yield deferLater(reactor, 0)
+        for _ in range(500):
+            if len(got) == total:
+                break
+            yield deferLater(reactor, 0.02)
+        self.assertEqual(got, [b"%06d" % k for k in range(total)])
+        self.assertEqual(self.server.broker.counters["slowConsumers"], 1)
+        closed = slow.whenClosed()
+        slow.transport.resumeProducing()
+        why = yield closed
+        self.assertEqual(why.code, XTMPErrorCode.SLOW_CONSUMER)
+
+
+class MultiplexedTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_sessionsOverMioStreams(self):
+        """
+        With a C{mio:tcp:} endpoint each stream is a session; limits count
+        the streams by the connection's host, and the registry names the
+        stream in the peer.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from muxframe import MultiplexerFactory
+        server = XTMPServer(SERVER_IDENTITY, config(), reactor, keys=KEYS)
+        server.router.route(0x20, echo)
+        port = yield serverFromString(
+            reactor, "mio:tcp:0:interface=127.0.0.1").listen(server)
+        self.addCleanup(port.stopListening)
+        mux = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            MultiplexerFactory(None, framing="mio", role="client")
+            .buildProtocol(None))
+        self.addCleanup(mux.transport.loseConnection)
+        sessions = []
+        for identity in (ALICE, BOB):
+            protocol = yield mux.openStream(XTMPClientFactory(
+                serverKey=SERVER_IDENTITY.public, identity=identity))
+            sessions.append((yield protocol.whenHandshakeDone()))
+        replies = []
+        for protocol in sessions:
+            reply = yield protocol.request(0x20, b"over mio", timeout=10)
+            replies.append(reply.payload)
+        self.assertEqual(replies, [b"echo:over mio"] * 2)
+        self.assertEqual(server.connections.of("127.0.0.1"), 2)
+        peers = [s.peer for s in server.registry.list()]
+        self.assertTrue(all(p.startswith("127.0.0.1:") and "#" in p
+                            for p in peers), peers)
+        for protocol in sessions:
+            closed = protocol.whenClosed()
+            protocol.disconnect()
+            yield closed
