@@ -1,5 +1,5 @@
 """
-Tests for the XTMP server's configuration: the issue's example and the
+Tests for the XTMP server's configuration: the documented example and the
 design documents' own example load; every design-document key is mapped
 or ignored with a reason; unknown keys and bad values are errors naming
 the key; options override the file.

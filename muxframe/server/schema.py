@@ -9,8 +9,8 @@ Rules (applied by L{muxframe.server.config}):
   - The file is a mapping of sections to mappings of keys, plus the
     mappings C{handlers} and C{permissions}.  An unknown section or key,
     or a bad value, is a L{ConfigError} naming the dotted key.
-  - A key of the design documents (C{../shared/seeds/002_...},
-    "Configuration") that means one of our settings is an I{alias}: its
+  - A key of the design documents (their "Configuration"
+    section, verbatim in C{tests/test_server_config.py}) that means one of our settings is an I{alias}: its
     value (converted where needed) sets that setting.  Two keys setting
     the same setting to different values is an error naming both.
   - A key of the design documents that has no meaning here is
