@@ -28,14 +28,16 @@ class FramingTests(SynchronousTestCase):
     def test_layoutByteForByte(self):
         """
         A journal record is length u32, CRC-32 u32 of the body, then the
-        body: type, flags, lsn, offset, timestamp, four u16-prefixed
-        strings, a u32-prefixed payload, all big-endian.
+        body: type, flags, lsn, offset, timestamp, the lengths of queue,
+        message id, sender entity, sender device (u16) and payload (u32),
+        then those fields, all big-endian.
         """
         wire = logformat.encodeJournalRecord(RecordKind.MESSAGE, 1, 7, 3, 1700000000000,
-                                             "q", "id", "s", "d", b"xyz")
+                                             "q", "id", "s", "dev", b"xyz")
         body = (b"\x01\x01" + struct.pack(">QQQ", 7, 3, 1700000000000)
-                + b"\x00\x01q" + b"\x00\x02id" + b"\x00\x01s" + b"\x00\x01d"
-                + b"\x00\x00\x00\x03xyz")
+                + b"\x00\x01\x00\x02\x00\x01\x00\x03" + b"\x00\x00\x00\x03"
+                + b"q" + b"id" + b"s" + b"dev" + b"xyz")
+        self.assertEqual(len(body), 38 + 10)
         self.assertEqual(wire, struct.pack(">II", len(body), zlib.crc32(body)) + body)
 
     @given(st.lists(st.tuples(names, names, payloads), max_size=8), st.data())
@@ -116,12 +118,27 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual((receipt.kind, receipt.entity, receipt.device, receipt.offset,
                           receipt.messageId), (ReceiptKind.READ, "carol", "tablet", 42, "orig"))
 
+    def test_dedupKeys(self):
+        """
+        Dedup keys are 16-byte digests: a message's of its sender and id, a
+        receipt's of who had which offset, whichever device.
+        """
+        k = logformat.messageKey("bob", "phone", "m1")
+        self.assertEqual(len(k), 16)
+        self.assertNotEqual(k, logformat.messageKey("bob", "laptop", "m1"))
+        self.assertNotEqual(k, logformat.messageKey("bo", "bphone", "m1"))
+        wire = journalRecord(kind=RecordKind.RECEIPT, sender=("carol", "tablet"),
+                             payload=logformat.encodeReceiptPayload(ReceiptKind.READ, 4))
+        [(_, body)], _, _ = logformat.scanFrames(wire)
+        self.assertEqual(logformat.recordKey(logformat.decodeJournalRecord(body)),
+                         logformat.receiptKey("carol", ReceiptKind.READ, 4))
+
     def test_unknownKindIsCorrupt(self):
         """
         A CRC-valid body with an unknown record type is a CorruptRecord
         naming it.
         """
-        body = b"\x09\x00" + b"\x00" * 24 + b"\x00\x00" * 4 + b"\x00\x00\x00\x00"
+        body = b"\x09\x00" + b"\x00" * 36
         e = self.assertRaises(CorruptRecord, logformat.decodeJournalRecord, body)
         self.assertIn("unknown record type 9", str(e))
 
@@ -150,7 +167,8 @@ class SegmentIndexTests(SynchronousTestCase):
         for i in range(records):
             queue = "q%d" % (i % 3,)
             offsets[queue] = offsets.get(queue, 0) + 1
-            segment.add(101 + i, position, 90, queue, offsets[queue], 5000 + i)
+            segment.add(101 + i, position, 90, queue, offsets[queue], 5000 + i,
+                        logformat.messageKey("s", "d", "m%d" % i))
             position += 90
         return segment
 
@@ -184,6 +202,7 @@ class SegmentIndexTests(SynchronousTestCase):
             self.assertEqual(again.runs[queue].firstOffset, run.firstOffset)
             self.assertEqual(list(again.runs[queue].lsns), list(run.lsns))
             self.assertEqual(list(again.runs[queue].stamps), list(run.stamps))
+            self.assertEqual(again.runs[queue].keys, run.keys)
         for i in range(0, len(data), 7):
             broken = bytearray(data)
             broken[i] ^= 0x01
@@ -195,8 +214,9 @@ class SegmentIndexTests(SynchronousTestCase):
         A record whose LSN or queue offset is not the next one is refused.
         """
         segment = self.filled(records=3)
-        self.assertRaises(StorageError, segment.add, 200, 1000, 10, "q0", 2, 0)
-        self.assertRaises(StorageError, segment.add, 104, 1000, 10, "q0", 5, 0)
+        key = b"k" * 16
+        self.assertRaises(StorageError, segment.add, 200, 1000, 10, "q0", 2, 0, key)
+        self.assertRaises(StorageError, segment.add, 104, 1000, 10, "q0", 5, 0, key)
 
     def test_deletable(self):
         """

@@ -16,23 +16,29 @@ Rules:
    a bad frame is trusted, since records are written in order and
    acknowledged only after fsync: a bad frame can only be in the part that
    was never acknowledged.
- - A journal record body: type u8 (L{RecordKind}), flags u8 (bit 0:
-   receipts wanted), lsn u64 (the journal's own sequence number, contiguous
-   from the segment's base), offset u64 (in its queue), timestamp u64
-   (Unix ms), then four strings each as u16 length + UTF-8 (queue,
-   message id, sender entity, sender device), then the payload as u32
-   length + bytes.  A RECEIPT record's payload is kind u8 + offset u64 in
+ - A journal record body: a 38-byte header of type u8 (L{RecordKind}),
+   flags u8 (bit 0: receipts wanted), lsn u64 (the journal's own sequence
+   number, contiguous from the segment's base), offset u64 (in its queue),
+   timestamp u64 (Unix ms), the byte lengths of queue, message id, sender
+   entity and sender device (u16 each) and of the payload (u32); then those
+   five fields back to back (UTF-8 strings, raw payload).  The lengths must
+   add up to the body's length.  A RECEIPT record's payload is kind u8 + offset u64 in
    the queue of the receipt's sender entity (who had the message).
+ - Deduplication keys are not stored in records: they are BLAKE2b-128
+   digests of fields every record has (L{messageKey}, L{receiptKey}), and
+   sealed segments' index files carry them.
  - A key/value record body: op u8 (1 put, 2 delete), key as u16 length +
    bytes, value as u32 length + bytes (empty for delete).
 """
 
+import functools
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
 
 from muxframe.engines.errors import CorruptRecord
-from muxframe.engines.model import Address, Receipt, ReceiptKind, RecordKind
+from muxframe.engines.model import Address, QueuedRecord, Receipt, ReceiptKind, RecordKind
 
 JOURNAL_MAGIC = b"MXFJRN\x00\x01"
 KV_MAGIC = b"MXFKVS\x00\x01"
@@ -74,7 +80,8 @@ def scanFrames(data, start=0, end=None):
     """
     if end is None:
         end = len(data)
-    view = memoryview(data)
+    # Bodies are sliced from bytes directly (one copy, no memoryview).
+    view = data if isinstance(data, bytes) else memoryview(data)
     position = start
     bodies = []
     unpack = FRAME_HEADER.unpack_from
@@ -95,27 +102,35 @@ def scanFrames(data, start=0, end=None):
         position = bodyEnd
 
 
-def _string(value, what):
+@functools.lru_cache(maxsize=4096)
+def _name(value):
+    # Queue and sender names repeat from record to record.
     raw = value.encode("utf-8")
     if len(raw) > 0xFFFF:
-        raise CorruptRecord("%s too long" % (what,))
-    return _U16.pack(len(raw)) + raw
+        raise CorruptRecord("name too long")
+    return raw
 
 
-def _readString(body, position, what):
-    if position + 2 > len(body):
-        raise CorruptRecord("record ends inside %s" % (what,))
-    (length,) = _U16.unpack_from(body, position)
-    position += 2
-    if position + length > len(body):
-        raise CorruptRecord("record ends inside %s" % (what,))
-    try:
-        return bytes(body[position:position + length]).decode("utf-8"), position + length
-    except UnicodeDecodeError:
-        raise CorruptRecord("%s is not UTF-8" % (what,))
+_NAMES = {}
 
 
-@dataclass(frozen=True)
+def _decodedName(raw):
+    # Names repeat from record to record: decode each once (bounded cache).
+    name = _NAMES.get(raw)
+    if name is None:
+        name = raw.decode("utf-8")
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        _NAMES[raw] = name
+    return name
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(entity, device):
+    return Address(entity, device)
+
+
+@dataclass(slots=True)
 class JournalRecord:
     """
     One decoded journal record.
@@ -139,7 +154,7 @@ class JournalRecord:
         """
         if not self.senderEntity:
             return None
-        return Address(self.senderEntity, self.senderDevice)
+        return _address(self.senderEntity, self.senderDevice)
 
     def receipt(self):
         """
@@ -159,13 +174,45 @@ def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
     """
     if len(payload) > MAX_PAYLOAD:
         raise CorruptRecord("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+    q, m, e, d = _name(queue), messageId.encode("utf-8"), _name(senderEntity), _name(senderDevice)
+    if len(m) > 0xFFFF:
+        raise CorruptRecord("message id too long")
     body = b"".join([
-        _JOURNAL_FIXED.pack(kind, flags, lsn, offset, timestamp),
-        _string(queue, "queue"), _string(messageId, "message id"),
-        _string(senderEntity, "sender entity"), _string(senderDevice, "sender device"),
-        _U32.pack(len(payload)), payload,
-    ])
+        _JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), len(m), len(e), len(d),
+                           len(payload)),
+        q, m, e, d, payload])
     return FRAME_HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+_JOURNAL_HEAD = struct.Struct(">BBQQQHHHHI")
+_KINDS = {1: RecordKind.MESSAGE, 2: RecordKind.RECEIPT}
+
+
+def _decodeFields(body, position):
+    if body.__class__ is not bytes:
+        body = bytes(body)
+    if len(body) < 38:
+        raise CorruptRecord("journal record shorter than its header", position)
+    (kind, flags, lsn, offset, timestamp, lq, lm, le, ld,
+     lp) = _JOURNAL_HEAD.unpack_from(body, 0)
+    a = 38 + lq
+    b = a + lm
+    c = b + le
+    e = c + ld
+    if e + lp != len(body):
+        raise CorruptRecord("field lengths do not add up to the record's", position)
+    try:
+        kind = _KINDS[kind]
+    except KeyError:
+        raise CorruptRecord("unknown record type %d" % (kind,), position)
+    get = _NAMES.get
+    queue, entity, device = body[38:a], body[b:c], body[c:e]
+    try:
+        return (kind, flags, lsn, offset, timestamp, get(queue) or _decodedName(queue),
+                body[a:b].decode("utf-8"), get(entity) or _decodedName(entity),
+                get(device) or _decodedName(device), body[e:])
+    except UnicodeDecodeError:
+        raise CorruptRecord("a name is not UTF-8", position)
 
 
 def decodeJournalRecord(body, position=None):
@@ -174,41 +221,79 @@ def decodeJournalRecord(body, position=None):
 
     @raise CorruptRecord: naming what is wrong.
     """
-    if len(body) < _JOURNAL_FIXED.size:
-        raise CorruptRecord("journal record shorter than its header", position)
-    kind, flags, lsn, offset, timestamp = _JOURNAL_FIXED.unpack_from(body, 0)
-    try:
-        kind = RecordKind(kind)
-    except ValueError:
-        raise CorruptRecord("unknown record type %d" % (kind,), position)
-    at = _JOURNAL_FIXED.size
-    try:
-        queue, at = _readString(body, at, "queue")
-        messageId, at = _readString(body, at, "message id")
-        senderEntity, at = _readString(body, at, "sender entity")
-        senderDevice, at = _readString(body, at, "sender device")
-    except CorruptRecord as e:
-        raise CorruptRecord(str(e), position)
-    if at + 4 > len(body):
-        raise CorruptRecord("record ends inside the payload length", position)
-    (length,) = _U32.unpack_from(body, at)
-    at += 4
-    if at + length != len(body):
-        raise CorruptRecord("payload length %d does not match the record" % (length,), position)
-    return JournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
-                         senderEntity, senderDevice, bytes(body[at:]))
+    return JournalRecord(*_decodeFields(body, position))
+
+
+def queuedRecordDecoder(queue):
+    """
+    A decoder for L{Journal.read} giving L{QueuedRecord}s of C{queue}'s
+    records (and raising L{CorruptRecord} for another queue's).
+    """
+    def decode(body, position):
+        (kind, flags, lsn, offset, timestamp, recordQueue, messageId, senderEntity,
+         senderDevice, payload) = _decodeFields(body, position)
+        if recordQueue != queue:
+            raise CorruptRecord("record of queue %r where %r was due" % (recordQueue, queue),
+                                position)
+        receipt = None
+        if kind == RecordKind.RECEIPT:
+            receipt = decodeReceiptPayload(payload, senderEntity, senderDevice, messageId)
+        return QueuedRecord(offset, kind, messageId,
+                            _address(senderEntity, senderDevice) if senderEntity else None,
+                            timestamp, payload, bool(flags & FLAG_RECEIPTS), receipt)
+    return decode
+
+
+_LSN = struct.Struct(">Q")
+
+
+def peekLsn(body):
+    """
+    The LSN of a journal record body, nothing else decoded.
+    """
+    return _LSN.unpack_from(body, 2)[0]
 
 
 def peekJournalHeader(body):
     """
     Return C{(lsn, offset, timestamp, queue)} of a journal record body
-    without decoding the rest (the recovery scan's fast path).
+    without decoding the rest.
     """
-    if len(body) < _JOURNAL_FIXED.size + 2:
+    if len(body) < 38:
         raise CorruptRecord("journal record shorter than its header")
-    _, _, lsn, offset, timestamp = _JOURNAL_FIXED.unpack_from(body, 0)
-    queue, _ = _readString(body, _JOURNAL_FIXED.size, "queue")
-    return lsn, offset, timestamp, queue
+    _, _, lsn, offset, timestamp, lq = _JOURNAL_HEAD.unpack_from(body, 0)[:6]
+    try:
+        return lsn, offset, timestamp, bytes(body[38:38 + lq]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptRecord("queue name is not UTF-8")
+
+
+def messageKey(senderEntity, senderDevice, messageId):
+    """
+    The 16-byte dedup key of a message: BLAKE2b-128 of sender entity, sender
+    device and message id, NUL-separated (NUL cannot occur in names).
+    """
+    raw = "\x00".join((senderEntity, senderDevice, messageId)).encode("utf-8")
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def receiptKey(entity, kind, offset):
+    """
+    The 16-byte dedup key of a receipt: one per (entity that had the
+    message, receipt kind, offset in its queue), whichever device sent it.
+    """
+    raw = ("\x00receipt\x00%s\x00%d\x00%d" % (entity, int(kind), offset)).encode("utf-8")
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def recordKey(record):
+    """
+    The dedup key of a decoded L{JournalRecord}.
+    """
+    if record.kind == RecordKind.RECEIPT:
+        receipt = record.receipt()
+        return receiptKey(receipt.entity, receipt.kind, receipt.offset)
+    return messageKey(record.senderEntity, record.senderDevice, record.messageId)
 
 
 def encodeReceiptPayload(kind, offset):

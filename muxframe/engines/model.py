@@ -1,6 +1,10 @@
 """
 The values the engines take and return, shared by every engine.
 
+The values are dataclasses; the ones made per message (L{QueuedRecord},
+L{Appended}, L{Receipt}) are slotted and not frozen, for speed: treat them
+as immutable all the same.
+
 Numbering follows the Bimip schema (C{/work/shared/specs/bimip.md}) wherever
 the concept matches, so the wire messages can carry these values as they are:
 L{Status} is Awareness C{status}, L{Visibility} is AwarenessVisibility
@@ -34,19 +38,23 @@ def checkName(value, what="name"):
 
     @raise InvalidName: naming C{what} and the fault.
     """
+    if value.__class__ is str and 0 < len(value) <= 63 and value.isascii() \
+            and "\x00" not in value and "\x1f" not in value:
+        # The common case, decided without encoding.
+        return value
     if not isinstance(value, str):
         raise InvalidName("%s must be a str, not %s" % (what, type(value).__name__))
     if not value:
         raise InvalidName("%s is empty" % (what,))
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidName("%s is not encodable as UTF-8" % (what,))
+    if size > MAX_NAME_BYTES:
         raise InvalidName("%s is longer than %d bytes" % (what, MAX_NAME_BYTES))
     for reserved in _RESERVED:
         if reserved in value:
             raise InvalidName("%s contains the reserved character %r" % (what, reserved))
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidName("%s is not encodable as UTF-8" % (what,))
     return value
 
 
@@ -172,7 +180,7 @@ class QueueMessage:
     wantReceipts: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Receipt:
     """
     What a RECEIPT record says: C{entity}'s device C{device} had the
@@ -186,7 +194,7 @@ class Receipt:
     messageId: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class QueuedRecord:
     """
     One record of an entity's queue, as fetched.
@@ -202,7 +210,7 @@ class QueuedRecord:
     receipt: Optional[Receipt] = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Appended:
     """
     The result of an append, given once the record is durable: its

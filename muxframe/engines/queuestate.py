@@ -28,16 +28,18 @@ from array import array
 from collections import deque
 
 from muxframe.engines.errors import EngineUsageError, LimitExceeded
+from muxframe.engines.logformat import messageKey
 from muxframe.engines.model import MAX_OFFSET, ReceiptKind
 
 
 def dedupKey(sender, messageId):
     """
-    The key deduplicating a message: sender entity, device and message id.
+    The key deduplicating a message: a digest of sender entity, device and
+    message id (L{logformat.messageKey}).
     """
     if sender is None:
-        return ("", "", messageId)
-    return (sender.entity, sender.device, messageId)
+        return messageKey("", "", messageId)
+    return messageKey(sender.entity, sender.device, messageId)
 
 
 class QueueIndex:

@@ -31,8 +31,9 @@ Index file layout, big-endian: magic C{b"MXFIDX\\x00\\x01"}; base LSN u64;
 record count u64; log bytes u64 (the segment's length including its magic);
 sparse entry count u32 then entries (relative LSN u32, position u32); queue
 count u32 then per queue: name (u16 length + UTF-8), first offset u64,
-count u32, then per record relative LSN u32 and timestamp u64; a final CRC-32
-u32 of everything before it.
+count u32, then per record relative LSN u32, timestamp u64 and dedup key
+(16 bytes, L{muxframe.engines.logformat.recordKey}); a final CRC-32 u32 of
+everything before it.
 """
 
 import bisect
@@ -78,15 +79,16 @@ def parseSegmentName(name):
 class QueueRun:
     """
     The records of one queue in one segment: contiguous offsets from
-    C{firstOffset}, with each record's LSN and timestamp.
+    C{firstOffset}, with each record's LSN, timestamp and dedup key.
     """
 
-    __slots__ = ("firstOffset", "lsns", "stamps")
+    __slots__ = ("firstOffset", "lsns", "stamps", "keys")
 
     def __init__(self, firstOffset):
         self.firstOffset = firstOffset
         self.lsns = array("Q")
         self.stamps = array("Q")
+        self.keys = []
 
     @property
     def lastOffset(self):
@@ -120,9 +122,10 @@ class Segment:
         """
         return self.nextLsn - self.base
 
-    def add(self, lsn, position, length, queue, offset, timestamp):
+    def add(self, lsn, position, length, queue, offset, timestamp, key):
         """
-        Note a record of C{length} bytes at C{position}.
+        Note a record of C{length} bytes at C{position} with dedup C{key}
+        (16 bytes).
 
         @raise StorageError: if C{lsn} or C{offset} is not the next one.
         """
@@ -140,6 +143,7 @@ class Segment:
                 self.base, queue, offset, run.lastOffset))
         run.lsns.append(lsn)
         run.stamps.append(timestamp)
+        run.keys.append(key)
         self.nextLsn = lsn + 1
         self.size = position + length
 
@@ -162,6 +166,18 @@ class Segment:
         if i < len(self.sparsePositions):
             return self.sparsePositions[i]
         return self.size
+
+    def window(self, lsn):
+        """
+        C{(start, end, endLsn)}: a scan from C{start} to C{end} holds record
+        C{lsn} and every record before C{endLsn} from there on.
+        """
+        i = bisect.bisect_right(self.sparseLsns, lsn)
+        if i == 0:
+            raise StorageError("LSN %d is before segment %d" % (lsn, self.base))
+        if i < len(self.sparseLsns):
+            return self.sparsePositions[i - 1], self.sparsePositions[i], self.sparseLsns[i]
+        return self.sparsePositions[i - 1], self.size, self.nextLsn
 
     def deletable(self, firstKept):
         """
@@ -188,8 +204,8 @@ def encodeIndex(segment):
         raw = queue.encode("utf-8")
         parts.append(_U16.pack(len(raw)) + raw)
         parts.append(_QUEUE_HEAD.pack(run.firstOffset, len(run.lsns)))
-        parts.append(b"".join(struct.pack(">IQ", lsn - base, stamp)
-                              for lsn, stamp in zip(run.lsns, run.stamps)))
+        parts.append(b"".join(struct.pack(">IQ", lsn - base, stamp) + key
+                              for lsn, stamp, key in zip(run.lsns, run.stamps, run.keys)))
     data = b"".join(parts)
     return data + _U32.pack(zlib.crc32(data))
 
@@ -229,9 +245,13 @@ def decodeIndex(data, indexInterval):
             run = segment.runs[queue] = QueueRun(firstOffset)
             for i in range(n):
                 rel, stamp = struct.unpack_from(">IQ", data, at)
-                at += 12
+                key = bytes(data[at + 12:at + 28])
+                if len(key) != 16:
+                    raise CorruptRecord("index file truncated inside a key")
+                at += 28
                 run.lsns.append(base + rel)
                 run.stamps.append(stamp)
+                run.keys.append(key)
     except (struct.error, UnicodeDecodeError) as e:
         raise CorruptRecord("index file truncated or malformed: %s" % (e,))
     if at != len(data) - 4:
