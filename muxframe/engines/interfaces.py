@@ -265,6 +265,12 @@ class IQueueStore(Interface):
         appended to C{entity}'s queue, on any node.  Returns an L{IWatch}.
         """
 
+    def applyRetention():
+        """
+        Run a retention pass now (engines also run one every
+        C{retentionInterval} seconds); a L{Deferred}.
+        """
+
 
 class IHistoryStore(Interface):
     """
