@@ -235,7 +235,7 @@ class EmbeddedEngine:
             self._pool.start()
             # Never leave the pool's threads keeping a stopping process up.
             self._shutdownTrigger = self._reactor.addSystemEventTrigger(
-                "during", "shutdown", self._stopPool)
+                "during", "shutdown", self._reactorShutdown)
         d = self._runner(self._openFiles)
 
         def opened(report):
@@ -285,6 +285,10 @@ class EmbeddedEngine:
                 if not ok:
                     return result
         return d.addCallback(closed)
+
+    def _reactorShutdown(self):
+        self._shutdownTrigger = None
+        self._stopPool()
 
     def _stopPool(self):
         if self._shutdownTrigger is not None:

@@ -94,7 +94,10 @@ class EmbeddedQueueStore:
         """
         for segment in self._journal.segments:
             for queue, run in segment.runs.items():
-                index = self._queue(queue)
+                index = self._queues.get(queue)
+                if index is None:
+                    # Floors are applied after every record is in.
+                    index = self._queues[queue] = QueueIndex(self.dedupWindow)
                 for i, (lsn, stamp) in enumerate(zip(run.lsns, run.stamps)):
                     index.add(lsn, stamp, run.keys[i], run.firstOffset + i)
                 if len(run.stamps):
