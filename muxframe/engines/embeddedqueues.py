@@ -98,8 +98,7 @@ class EmbeddedQueueStore:
                 if index is None:
                     # Floors are applied after every record is in.
                     index = self._queues[queue] = QueueIndex(self.dedupWindow)
-                for i, (lsn, stamp) in enumerate(zip(run.lsns, run.stamps)):
-                    index.add(lsn, stamp, run.keys[i], run.firstOffset + i)
+                index.addRun(run.firstOffset, run.lsns, run.stamps, run.keys)
                 if len(run.stamps):
                     self._lastStamp = max(self._lastStamp, run.stamps[-1])
         for key, value in self._positions.items(b"f\x00"):

@@ -25,7 +25,6 @@ Rules:
 
 import bisect
 from array import array
-from collections import deque
 
 from muxframe.engines.errors import EngineUsageError, LimitExceeded
 from muxframe.engines.logformat import messageKey
@@ -54,9 +53,11 @@ class QueueIndex:
         self.dedupWindow = dedupWindow
         self._lsns = array("Q")
         self._stamps = array("Q")
+        self._keys = []
         self._head = 0
         self._dedup = {}
-        self._dedupOrder = deque()
+        # Every offset below this one has had its dedup key forgotten.
+        self._forgotten = 1
 
     def __len__(self):
         return self.nextOffset - self.firstOffset
@@ -85,25 +86,52 @@ class QueueIndex:
         when given, as in recovery); return its offset.
         """
         if offset is not None and offset != self.nextOffset:
-            if offset < self.nextOffset or self._lsns[self._head:]:
-                raise EngineUsageError("queue offset %d where %d was due" % (offset, self.nextOffset))
-            # Only a queue whose kept records are all dropped may jump.
-            self.firstOffset = self.nextOffset = offset
+            self._jump(offset)
         if self.nextOffset >= MAX_OFFSET:
             raise LimitExceeded("queue offsets exhausted", "offset")
         offset = self.nextOffset
         self._lsns.append(lsn)
         self._stamps.append(timestamp)
-        self.nextOffset += 1
+        self._keys.append(key)
+        self.nextOffset = offset + 1
         if key is not None:
             self._dedup[key] = offset
-            self._dedupOrder.append((offset, key))
-            while len(self._dedupOrder) > self.dedupWindow:
-                self._forget(*self._dedupOrder.popleft())
+        self._forgetBeyondWindow()
         return offset
 
-    def _forget(self, offset, key):
-        if self._dedup.get(key) == offset:
+    def addRun(self, firstOffset, lsns, stamps, keys):
+        """
+        Note a run of records at contiguous offsets from C{firstOffset}
+        (recovery, from a segment's index).
+        """
+        if firstOffset != self.nextOffset:
+            self._jump(firstOffset)
+        start = self.nextOffset
+        self._lsns.extend(lsns)
+        self._stamps.extend(stamps)
+        self._keys.extend(keys)
+        self.nextOffset = start + len(lsns)
+        self._dedup.update(zip(keys, range(start, self.nextOffset)))
+        self._forgetBeyondWindow()
+
+    def _jump(self, offset):
+        if offset < self.nextOffset or len(self):
+            raise EngineUsageError("queue offset %d where %d was due" % (offset, self.nextOffset))
+        # Only a queue whose kept records are all dropped may jump.
+        self.trimTo(self.nextOffset)
+        self.firstOffset = self.nextOffset = offset
+
+    def _forgetBeyondWindow(self):
+        # Keys older than the window are forgotten, oldest first.
+        oldest = self.nextOffset - self.dedupWindow
+        if oldest > self._forgotten:
+            for offset in range(max(self._forgotten, self.firstOffset), oldest):
+                self._forget(offset)
+            self._forgotten = oldest
+
+    def _forget(self, offset):
+        key = self._keys[self._head + offset - self.firstOffset]
+        if key is not None and self._dedup.get(key) == offset:
             del self._dedup[key]
 
     def lsn(self, offset):
@@ -134,13 +162,15 @@ class QueueIndex:
         firstOffset = min(firstOffset, self.nextOffset)
         if firstOffset <= self.firstOffset:
             return
+        for offset in range(max(self.firstOffset, self._forgotten), firstOffset):
+            self._forget(offset)
+        self._forgotten = max(self._forgotten, firstOffset)
         self._head += firstOffset - self.firstOffset
         self.firstOffset = firstOffset
-        while self._dedupOrder and self._dedupOrder[0][0] < firstOffset:
-            self._forget(*self._dedupOrder.popleft())
         if self._head > 4096 and self._head * 2 > len(self._lsns):
             del self._lsns[:self._head]
             del self._stamps[:self._head]
+            del self._keys[:self._head]
             self._head = 0
 
     def firstNotOlderThan(self, cutoff):

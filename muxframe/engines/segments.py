@@ -243,12 +243,11 @@ def decodeIndex(data, indexInterval):
             firstOffset, n = _QUEUE_HEAD.unpack_from(data, at)
             at += _QUEUE_HEAD.size
             run = segment.runs[queue] = QueueRun(firstOffset)
-            for i in range(n):
-                rel, stamp = struct.unpack_from(">IQ", data, at)
-                key = bytes(data[at + 12:at + 28])
-                if len(key) != 16:
-                    raise CorruptRecord("index file truncated inside a key")
-                at += 28
+            block = data[at:at + 28 * n]
+            if len(block) != 28 * n:
+                raise CorruptRecord("index file truncated inside a queue's records")
+            at += 28 * n
+            for rel, stamp, key in struct.iter_unpack(">IQ16s", block):
                 run.lsns.append(base + rel)
                 run.stamps.append(stamp)
                 run.keys.append(key)
