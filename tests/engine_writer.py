@@ -6,6 +6,7 @@ every acknowledgement, flushed at once, so whoever kills it knows exactly
 what was acknowledged.  Runs until killed (or --count messages).
 
     python -m tests.engine_writer DIR [--queues N] [--inflight N] [--count N]
+    python -m tests.engine_writer --redis ADDRESS [...]
 """
 
 import argparse
@@ -19,15 +20,20 @@ from muxframe.engines.model import Address, QueueMessage
 
 def main(reactor, argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("directory")
+    parser.add_argument("directory", nargs="?")
+    parser.add_argument("--redis", help="use the Redis engine on this address")
     parser.add_argument("--queues", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--count", type=int, default=10 ** 9)
     parser.add_argument("--segment-bytes", type=int, default=256 * 1024)
     parser.add_argument("--start", type=int, default=0)
     options = parser.parse_args(argv)
-    engine = EmbeddedEngine(options.directory, segmentBytes=options.segment_bytes,
-                            retentionInterval=0)
+    if options.redis:
+        from muxframe.engines.redisengine import RedisEngine
+        engine = RedisEngine(options.redis, retentionInterval=0)
+    else:
+        engine = EmbeddedEngine(options.directory, segmentBytes=options.segment_bytes,
+                                retentionInterval=0)
     done = defer.Deferred()
     out = sys.stdout
 
