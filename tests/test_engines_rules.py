@@ -433,3 +433,96 @@ def globMatch(glob, text):
         out.append(".*" if c == "*" else re.escape(c))
         i += 1
     return re.fullmatch("".join(out), text, re.S) is not None
+
+
+from hypothesis.stateful import (  # noqa: E402
+    RuleBasedStateMachine, invariant, rule, run_state_machine_as_test)
+
+
+class PresenceMachine(RuleBasedStateMachine):
+    """
+    The presence table against a model: devices online with their last
+    heard time; what the table says and whom it tells always agree with it.
+    """
+
+    ENTITIES = ["alice", "bob"]
+    DEVICES = ["phone", "laptop", "tablet"]
+    TIMEOUT = 10000
+
+    def __init__(self):
+        super().__init__()
+        self.book = SubscriptionBook()
+        self.book.set("watcher", "alice", APPROVED)
+        self.book.set("pending", "bob", SubscriptionState.REQUESTED)
+        self.table = PresenceTable(self.book, deviceTimeout=self.TIMEOUT / 1000)
+        self.now = 0
+        self.model = {e: {} for e in self.ENTITIES}
+        self.versions = {e: 0 for e in self.ENTITIES}
+        self.hidden = set()
+
+    def check(self, notices):
+        # Several devices expiring at once give one notice each; the last
+        # one tells the state after all of them.
+        for n in notices:
+            assert n.recipient == "watcher" and n.entity == "alice", n
+            assert n.awareness.version > self.versions[n.entity]
+            self.versions[n.entity] = n.awareness.version
+        if notices:
+            expected = aggregateStatus(s for s, _ in self.model["alice"].values())
+            if "alice" in self.hidden:
+                expected = Status.OFFLINE
+            assert notices[-1].awareness.status == expected, (notices, self.model)
+
+    @rule(entity=st.sampled_from(ENTITIES), device=st.sampled_from(DEVICES),
+          status=st.sampled_from([Status.ONLINE, Status.AWAY, Status.BUSY, Status.DND]))
+    def connect(self, entity, device, status):
+        self.model[entity][device] = (status, self.now)
+        self.check(self.table.connect(entity, device, "n", self.now, status))
+
+    @rule(entity=st.sampled_from(ENTITIES), device=st.sampled_from(DEVICES))
+    def disconnect(self, entity, device):
+        self.model[entity].pop(device, None)
+        self.check(self.table.disconnect(entity, device, self.now))
+
+    @rule(entity=st.sampled_from(ENTITIES), device=st.sampled_from(DEVICES))
+    def heartbeat(self, entity, device):
+        alive = self.table.heartbeat(entity, device, self.now)
+        assert alive == (device in self.model[entity])
+        if alive:
+            self.model[entity][device] = (self.model[entity][device][0], self.now)
+
+    @rule(hide=st.booleans())
+    def visibility(self, hide):
+        if hide:
+            self.hidden.add("alice")
+        else:
+            self.hidden.discard("alice")
+        self.check(self.table.setVisibility(
+            "alice", Visibility.HIDDEN if hide else Visibility.VISIBLE, self.now))
+
+    @rule(ms=st.integers(0, 15000))
+    def advance(self, ms):
+        self.now += ms
+        for entity, devices in self.model.items():
+            for device, (status, seen) in list(devices.items()):
+                if seen + self.TIMEOUT <= self.now:
+                    del devices[device]
+        self.check(self.table.expire(self.now))
+
+    @invariant()
+    def agrees(self):
+        for entity in self.ENTITIES:
+            p = self.table.presence(entity, self.now)
+            assert sorted(d.device for d in p.devices) == sorted(self.model[entity])
+            assert p.status == aggregateStatus(s for s, _ in self.model[entity].values())
+
+
+class PresenceMachineTests(SynchronousTestCase):
+
+    def test_againstModel(self):
+        """
+        Random sequences of connects, disconnects, heartbeats, hiding and
+        time passing keep the table and its notices in line with the model.
+        """
+        run_state_machine_as_test(PresenceMachine, settings=settings(
+            max_examples=150, stateful_step_count=40, deadline=None))

@@ -13,8 +13,9 @@ Rules:
    order ONLINE, AWAY, BUSY, DND: it is reachable somewhere.
  - Every change of a device's presence (it came, went, changed status,
    details or location) raises the entity's C{version} (to the greater of
-   version + 1 and the time in ms, so it grows even across an entity
-   forgotten while offline) and sends an
+   version + 1, the time in microseconds and the table's last version + 1,
+   so it grows across an entity forgotten while offline and across
+   restarts) and sends an
    AWARENESS notice to each APPROVED watcher, carrying the entity's status
    after the change and the device that changed.  Heartbeats change
    nothing and tell nobody.
@@ -72,10 +73,11 @@ def aggregateStatus(statuses):
 
 def nextVersion(version, now):
     """
-    The version after C{version} at C{now}: greater than both, so versions
-    grow even across an entity forgotten while offline.
+    The version after C{version} at C{now} (ms): greater than it and than
+    the time in microseconds, so versions grow across an entity forgotten
+    while offline and across restarts.
     """
-    return max(version + 1, now)
+    return max(version + 1, now * 1000)
 
 
 def checkPresenceStatus(status):
@@ -187,6 +189,7 @@ class PresenceTable:
         self._entities = {}
         self._visibility = {}
         self._deadlines = []
+        self._lastVersion = 0
 
     def visibility(self, entity):
         """
@@ -206,8 +209,12 @@ class PresenceTable:
     def _timeoutAt(self, now):
         return now + int(self.deviceTimeout * 1000)
 
+    def _nextVersion(self, version, now):
+        self._lastVersion = max(nextVersion(version, now), self._lastVersion + 1)
+        return self._lastVersion
+
     def _change(self, entity, state, device, now):
-        state.version = nextVersion(state.version, now)
+        state.version = self._nextVersion(state.version, now)
         if not state.devices and not state.activities:
             self._entities.pop(entity, None)
         if self.visibility(entity) == Visibility.HIDDEN:
@@ -330,7 +337,7 @@ class PresenceTable:
         self.loadVisibility(entity, visibility)
         state = self._entities.get(entity)
         devices = state.devices if state is not None else {}
-        version = nextVersion(state.version if state is not None else 0, now)
+        version = self._nextVersion(state.version if state is not None else 0, now)
         if state is not None:
             state.version = version
         awareness = makeAwareness(entity, "", devices, visibility, version, now)

@@ -42,7 +42,7 @@ log = Logger()
 
 _BUMP = """
 local function bump(key, now)
-  local v = math.max(tonumber(redis.call('GET', key) or '0') + 1, now)
+  local v = math.max(tonumber(redis.call('GET', key) or '0') + 1, now * 1000)
   redis.call('SET', key, string.format('%d', v))
   return v
 end
