@@ -125,7 +125,8 @@ class GroupCommitter:
                 self._what, self.failure)))
         d = defer.Deferred()
         self._waiting.append((d, value))
-        self._kick()
+        if not self._flushing:
+            self._kick()
         return d
 
     def _kick(self):

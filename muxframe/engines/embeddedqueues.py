@@ -44,6 +44,15 @@ def checkMessage(message):
     """
     Check a L{QueueMessage}'s fields; return it.
     """
+    if message.__class__ is QueueMessage and message.payload.__class__ is bytes \
+            and len(message.payload) <= logformat.MAX_PAYLOAD:
+        checkName(message.messageId, "message id")
+        sender = message.sender
+        if sender is not None:
+            checkName(sender.entity, "sender entity")
+            if sender.device:
+                checkName(sender.device, "sender device")
+        return message
     if not isinstance(message, QueueMessage):
         raise EngineUsageError("append takes a QueueMessage, not %r" % (type(message).__name__,))
     checkName(message.messageId, "message id")

@@ -96,7 +96,8 @@ class QueueIndex:
         self.nextOffset = offset + 1
         if key is not None:
             self._dedup[key] = offset
-        self._forgetBeyondWindow()
+        if offset - self.dedupWindow >= self._forgotten:
+            self._forgetBeyondWindow()
         return offset
 
     def addRun(self, firstOffset, lsns, stamps, keys):
