@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from muxframe.engines.errors import (
-    EngineUsageError, InvalidName, RecoveryFailure, RecoveryImpossible, SubscriptionError)
+    EngineStopped, EngineUsageError, InvalidName, LimitExceeded, RecoveryFailure, RecoveryImpossible, SubscriptionError)
 from muxframe.engines.interfaces import (
     IBroker, IEngine, IHistoryStore, IPresenceManager, IQueueStore)
 from muxframe.engines.model import (
@@ -82,6 +82,18 @@ class EngineContract:
         self.assertTrue(IPresenceManager.providedBy(e.presence))
         self.assertTrue(IQueueStore.providedBy(e.queues))
         self.assertTrue(IHistoryStore.providedBy(e.history))
+
+    @defer.inlineCallbacks
+    def test_stopped(self):
+        """
+        After stop(), queue and presence operations fail with EngineStopped;
+        stopping twice is harmless.
+        """
+        e = yield self.engine()
+        yield e.stop()
+        yield e.stop()
+        yield self.assertFailure(e.queues.append("alice", self.message(1)), EngineStopped)
+        yield self.assertFailure(e.presence.connect("alice", "phone"), EngineStopped)
 
     # Queues ------------------------------------------------------------
 
@@ -464,6 +476,24 @@ class EngineContract:
         yield e.presence.setVisibility("alice", Visibility.VISIBLE)
         yield eventually(lambda: len(heard) == 4)
         self.assertEqual(heard[3].awareness.status, Status.ONLINE)
+
+    @defer.inlineCallbacks
+    def test_deviceLimit(self):
+        """
+        maxDevices online devices per entity; a device already online may
+        reconnect; a status change needs the device online.
+        """
+        e = yield self.engine(maxDevices=2)
+        yield e.presence.connect("alice", "a")
+        yield e.presence.connect("alice", "b")
+        yield e.presence.connect("alice", "a", Status.BUSY)
+        failure = yield self.assertFailure(e.presence.connect("alice", "c"), LimitExceeded)
+        self.assertEqual(failure.limit, "maxDevices")
+        yield self.assertFailure(e.presence.setStatus("alice", "z", Status.AWAY),
+                                 EngineUsageError)
+        p = yield e.presence.presence("alice")
+        self.assertEqual([(d.device, d.status) for d in p.devices],
+                         [("a", Status.BUSY), ("b", Status.ONLINE)])
 
     # History -----------------------------------------------------------
 

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from muxframe.engines.durable import KeyValueFile, ThreadRunner, inlineRunner
 from muxframe.engines.embeddedpresence import EmbeddedPresence
 from muxframe.engines.embeddedqueues import EmbeddedQueueStore
-from muxframe.engines.errors import EngineStopped, StorageError
+from muxframe.engines.errors import StorageError
 from muxframe.engines.history import HistoryTable
 from muxframe.engines.interfaces import IBroker, IEngine, IHistoryStore
 from muxframe.engines.journal import Journal
@@ -296,10 +296,3 @@ class EmbeddedEngine:
             self._shutdownTrigger = None
         if self._pool is not None and self._pool.started:
             self._pool.stop()
-
-    def checkRunning(self):
-        """
-        Raise L{EngineStopped} unless started.
-        """
-        if not self.running:
-            raise EngineStopped("the engine is not running")

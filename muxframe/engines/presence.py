@@ -230,8 +230,9 @@ class PresenceTable:
         return state
 
     def _touch(self, entity, device, dp, now):
-        expiresAt = self._timeoutAt(now)
-        heapq.heappush(self._deadlines, (expiresAt, entity, device))
+        # The deadline heap holds one entry per online device, pushed when it
+        # comes online; expire() moves an entry on when the device was heard
+        # from since, so heartbeats cost no heap work.
         return DevicePresence(dp.device, dp.status, dp.node, dp.since, now, dp.details, dp.location)
 
     def connect(self, entity, device, node, now, status=Status.ONLINE, details=""):
@@ -252,7 +253,9 @@ class PresenceTable:
             raise LimitExceeded("%r has %d devices online" % (entity, self.maxDevices), "maxDevices")
         dp = DevicePresence(device, status, node, now if old is None else old.since, now, details,
                             None if old is None else old.location)
-        state.devices[device] = self._touch(entity, device, dp, now)
+        state.devices[device] = dp
+        if old is None:
+            heapq.heappush(self._deadlines, (self._timeoutAt(now), entity, device))
         if old is not None and old.status == status and old.details == details:
             return []
         return self._change(entity, state, device, now)
@@ -345,7 +348,8 @@ class PresenceTable:
 
     def nextDeadline(self):
         """
-        The earliest time (ms) at which L{expire} may have work, or L{None}.
+        The earliest time (ms) at which L{expire} may have work (perhaps
+        only moving a deadline on), or L{None}.
         """
         return self._deadlines[0][0] if self._deadlines else None
 
@@ -359,8 +363,12 @@ class PresenceTable:
             expiresAt, entity, device = heapq.heappop(self._deadlines)
             state = self._entities.get(entity)
             dp = state.devices.get(device) if state is not None else None
-            # Stale heap entries (the device was heard from since) are skipped.
-            if dp is None or self._timeoutAt(dp.lastSeen) != expiresAt:
+            if dp is None:
+                # Gone already; a device that comes back pushes a new entry.
+                continue
+            due = self._timeoutAt(dp.lastSeen)
+            if due > now:
+                heapq.heappush(self._deadlines, (due, entity, device))
                 continue
             notices.extend(self.disconnect(entity, device, now))
         return notices

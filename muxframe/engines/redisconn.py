@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from muxframe.engines.errors import ConfigError, StorageError
+from muxframe.engines.errors import ConfigError, EngineStopped, StorageError
 
 log = Logger()
 
@@ -177,7 +177,7 @@ class RedisClient:
         Run one command; a Deferred of its reply.
         """
         if self._commands is None:
-            return defer.fail(StorageError("not connected to Redis"))
+            return defer.fail(EngineStopped("not connected to Redis"))
         return self._commands.execute_command(*args)
 
     def run(self, script, keys, args):

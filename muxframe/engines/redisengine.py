@@ -17,7 +17,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from muxframe.engines.errors import EngineStopped
 from muxframe.engines.interfaces import IBroker, IEngine
 from muxframe.engines.model import Delivery, DeliveryKind, QueueRetention, checkName
 from muxframe.engines.redisconn import RedisClient
@@ -226,10 +225,3 @@ class RedisEngine:
             self._retention.stop()
             yield self._retaining
         yield self.client.disconnect()
-
-    def checkRunning(self):
-        """
-        Raise L{EngineStopped} unless started.
-        """
-        if not self.running:
-            raise EngineStopped("the engine is not running")

@@ -54,7 +54,7 @@ end
 """
 
 # KEYS: dev, ver, alive, vis, watchers, act.  ARGV: op, device, patch,
-# expiresAt, member, now, entity.
+# expiresAt, member, now, entity, maxDevices.
 CHANGE = Script("presenceChange", _BUMP + """
 local now = tonumber(ARGV[6])
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
@@ -69,6 +69,7 @@ if ARGV[1] == 'del' then
   end
 else
   if ARGV[1] == 'update' and not old then return {-1} end
+  if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[8]) then return {-2} end
   local new = old and cjson.decode(raw) or {c = now}
   for k, v in pairs(cjson.decode(ARGV[3])) do new[k] = v end
   if not old or visible(old) ~= visible(new) then changed = 1 end
@@ -274,9 +275,12 @@ class RedisPresence:
                 "%ss:{%s}:w" % (self._prefix, entity), base + ":act"]
         reply = yield self._client.run(CHANGE, keys, [
             op, device, patch, now + int(self.deviceTimeout * 1000),
-            self._member(entity, device), now, entity])
+            self._member(entity, device), now, entity, self.maxDevices])
         if reply[0] == -1:
             raise EngineUsageError("device %r of %r is not online" % (device, entity))
+        if reply[0] == -2:
+            raise LimitExceeded("%r has %d devices online" % (entity, self.maxDevices),
+                                "maxDevices")
         changed, version, devices, visibility, watchers = reply
         if changed:
             yield self._publish(self._changeNotices(entity, device, version, devices,
@@ -292,12 +296,6 @@ class RedisPresence:
         checkName(entity, "entity")
         checkName(device, "device")
         status = checkPresenceStatus(Status.ONLINE if status is None else status)
-        count = yield self._client.call("HLEN", self._base(entity) + ":dev")
-        if int(count) >= self.maxDevices:
-            known = yield self._client.call("HEXISTS", self._base(entity) + ":dev", device)
-            if not int(known):
-                raise LimitExceeded("%r has %d devices online" % (entity, self.maxDevices),
-                                    "maxDevices")
         presence = yield self._change("connect", entity, device,
                                       encodeDevicePatch(status, details, self.nodeId))
         return presence

@@ -314,6 +314,11 @@ class RedisQueueStore:
         """
         See L{IQueueStore.forget}.
         """
+        try:
+            checkName(entity, "entity")
+            checkName(device, "device")
+        except Exception:
+            return defer.fail()
         self._trackers.pop((entity, device), None)
         return self._client.call("HDEL", "%sq:{%s}:pos" % (self._prefix, entity), device)
 
