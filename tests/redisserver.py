@@ -103,15 +103,29 @@ class RedisServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
             probe.close()
-            args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--dir", self.directory, "--save", "", "--daemonize", "no",
-                    "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
-            self.process = subprocess.Popen(args, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, preexec_fn=_dieWithParent)
+            self._spawn()
             if self._waitReady(timeout):
                 return self
-            self.stop()
+            self._terminate()
+        self.stop()
         raise AssertionError("redis-server did not start")
+
+    def restart(self, timeout=15.0):
+        """
+        Stop the server and start it again on the same port and directory
+        (with appendonly, the data survives).
+        """
+        self._terminate()
+        self._spawn()
+        if not self._waitReady(timeout):
+            raise AssertionError("redis-server did not restart")
+
+    def _spawn(self):
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.directory, "--save", "", "--daemonize", "no",
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, preexec_fn=_dieWithParent)
 
     def _waitReady(self, timeout):
         deadline = time.monotonic() + timeout
@@ -127,10 +141,7 @@ class RedisServer:
                 time.sleep(0.02)
         return False
 
-    def stop(self):
-        """
-        Stop the server (SIGTERM, then SIGKILL) and remove its directory.
-        """
+    def _terminate(self):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -138,9 +149,13 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
         self.process = None
+
+    def stop(self):
+        """
+        Stop the server (SIGTERM, then SIGKILL) and remove its directory.
+        """
+        self._terminate()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None

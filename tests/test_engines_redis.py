@@ -52,3 +52,49 @@ class AddressTests(unittest.SynchronousTestCase):
         for bad in ["", "http://h", "redis://h:x", "redis://h/db", "tcp:h"]:
             e = self.assertRaises(ConfigError, parseAddress, bad)
             self.assertEqual(e.key, "address")
+
+
+class RedisRestartTests(unittest.TestCase):
+    """
+    The engine survives its Redis restarting: both connections come back
+    and the subscriptions are made again.
+    """
+
+    @defer.inlineCallbacks
+    def test_reconnectAndResubscribe(self):
+        """
+        Redis (with appendonly) restarts on the same port; the watch of a
+        queue and a broker interest work again afterwards, and what was
+        acknowledged before the restart is still there.
+        """
+        from twisted.internet import reactor, task
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        heard, got = [], []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        engine.broker.setReceiver(got.append)
+        yield engine.broker.addInterest("news.*")
+        yield engine.queues.append("alice", QueueMessage("a", b"before"))
+        yield eventually(lambda: heard == [1])
+        server.restart()
+        for _ in range(300):
+            try:
+                appended = yield engine.queues.append("alice", QueueMessage("b", b"after"))
+                break
+            except Exception:
+                yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(appended.offset, 2)
+        # Heard from the publication, or from the resync after the
+        # subscriber came back (the publication may have been lost).
+        yield eventually(lambda: heard[-1:] == [2], timeout=30, what="the watch after the restart")
+        yield engine.queues.append("alice", QueueMessage("c", b"later"))
+        yield eventually(lambda: heard[-1:] == [3], what="the watch, resubscribed")
+        yield eventually(lambda: (engine.broker.publish("news.today", b"n"), got)[1], timeout=30,
+                         what="a publication after the restart")
+        records = yield engine.queues.fetch("alice", 1)
+        self.assertEqual([r.payload for r in records], [b"before", b"after", b"later"])

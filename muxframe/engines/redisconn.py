@@ -108,12 +108,15 @@ class RedisClient:
 
     @param onMessage: called with C{(pattern, channel, message)} (bytes;
         pattern L{None} for plain subscriptions) for every message.
+    @param onResubscribed: called after the subscriber connection came back
+        and subscribed again: what was published meanwhile was lost.
     """
 
-    def __init__(self, reactor, address, onMessage):
+    def __init__(self, reactor, address, onMessage, onResubscribed=None):
         self._reactor = reactor
         self.host, self.port, self.db, self._password = parseAddress(address)
         self._onMessage = onMessage
+        self._onResubscribed = onResubscribed
         self._commands = None
         self._service = None
         self._subscriber = None
@@ -154,13 +157,20 @@ class RedisClient:
     def _subscriberReady(self, subscriber):
         self._subscriber = subscriber
         # Every channel and pattern again, after a reconnection too.
+        done = []
         if self._channels:
-            subscriber.subscribe(list(self._channels))
+            done.append(subscriber.subscribe(list(self._channels)))
         if self._patterns:
-            subscriber.psubscribe(list(self._patterns))
+            done.append(subscriber.psubscribe(list(self._patterns)))
         if self._ready is not None and not self._ready.called:
             ready, self._ready = self._ready, None
             self._reactor.callLater(0, ready.callback, None)
+        elif self._onResubscribed is not None:
+            log.info("Redis subscriber reconnected to {host}:{port}", host=self.host,
+                     port=self.port)
+            d = defer.gatherResults(done, consumeErrors=True)
+            d.addCallback(lambda _: self._onResubscribed())
+            d.addErrback(lambda f: log.failure("resubscribing failed", f))
 
     def _subscriberLost(self, subscriber):
         if self._subscriber is subscriber:

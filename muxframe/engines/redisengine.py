@@ -156,7 +156,7 @@ class RedisEngine:
         self.nodeId = checkName(nodeId or "node-" + uuid.uuid4().hex[:12], "node id")
         self.prefix = prefix
         self.retentionInterval = retentionInterval
-        self.client = RedisClient(reactor, address, self._dispatch)
+        self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed)
         self.broker = RedisBroker(self.client, prefix, self.nodeId)
         self.queues = RedisQueueStore(self.client, prefix, self._clock, retention)
         self.presence = RedisPresence(self.client, prefix, self._clock, self.nodeId,
@@ -183,6 +183,11 @@ class RedisEngine:
                 route(channel, message)
                 return
         log.warn("message on unexpected Redis channel {channel!r}", channel=channel)
+
+    def _resubscribed(self):
+        # Publications made while the subscriber was away are lost: queue
+        # watchers are told the last offset, so they fetch what they missed.
+        return self.queues.resync()
 
     @defer.inlineCallbacks
     def start(self):

@@ -347,6 +347,17 @@ class RedisQueueStore:
         self._watches.notify(entity, entity, offset)
 
     @defer.inlineCallbacks
+    def resync(self):
+        """
+        Tell every watcher of this node its queue's last offset (after the
+        subscriber connection was lost, notifications may have been).
+        """
+        for entity in self._watches.keys():
+            last = yield self._client.call("HGET", self._keys(entity)[1], "last")
+            if last is not None:
+                self._watches.notify(entity, entity, int(last))
+
+    @defer.inlineCallbacks
     def applyRetention(self):
         """
         See L{IQueueStore.applyRetention}: one pass over every queue.
