@@ -121,6 +121,27 @@ class EngineContract:
         self.assertEqual(none, [])
 
     @defer.inlineCallbacks
+    def test_appendMany(self):
+        """
+        appendMany stores several messages in order with one
+        acknowledgement, duplicates included; a bad item fails it.
+        """
+        e = yield self.engine()
+        yield e.queues.append("alice", self.message(1))
+        results = yield e.queues.appendMany([("alice", self.message(2)),
+                                             ("bob", self.message(3, sender=("alice", "p"))),
+                                             ("alice", self.message(1)),
+                                             ("alice", self.message(4))])
+        self.assertEqual([(r.offset, r.duplicate) for r in results],
+                         [(2, False), (1, False), (1, True), (3, False)])
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual([r.messageId for r in records], ["m1", "m2", "m4"])
+        yield self.assertFailure(e.queues.appendMany([("alice", self.message(5)),
+                                                      ("", self.message(6))]), InvalidName)
+        empty = yield e.queues.appendMany([])
+        self.assertEqual(empty, [])
+
+    @defer.inlineCallbacks
     def test_fetchMaxBytes(self):
         """
         maxBytes cuts a fetch after the record that reaches it, but always

@@ -32,6 +32,7 @@ class QuickEngineBenchTests(unittest.TestCase):
         with open(path) as f:
             results = json.load(f)
         keys = ["embedded_append_msgs_per_s", "embedded_fsyncs_per_s",
+                "embedded_append_batched_msgs_per_s",
                 "baseline_batch_msgs_per_s", "baseline_batch_fsyncs_per_s",
                 "embedded_replay_msgs_per_s", "embedded_replay_interleaved_msgs_per_s",
                 "baseline_scan_msgs_per_s", "embedded_recovery_msgs_per_s",

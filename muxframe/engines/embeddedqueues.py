@@ -166,25 +166,63 @@ class EmbeddedQueueStore:
         return self._append(entity, RecordKind.MESSAGE, flags, message.messageId, sender,
                             message.payload, key)
 
-    def _append(self, entity, kind, flags, messageId, sender, payload, key):
+    def _append(self, entity, kind, flags, messageId, sender, payload, key, commit=True):
+        """
+        Append one record; with C{commit}, a Deferred of its L{Appended}
+        once durable, else C{(Appended, lsn)} at once (not durable yet).
+        """
         index = self._queues.get(entity) or self._queue(entity)
         existing = index.find(key)
         if existing is not None:
-            stamp = index.timestamp(existing)
-            return self._whenDurable(index.lsn(existing)).addCallback(
-                lambda _: Appended(existing, stamp, True))
+            appended = Appended(existing, index.timestamp(existing), True)
+            if not commit:
+                return appended, index.lsn(existing)
+            return self._whenDurable(index.lsn(existing)).addCallback(lambda _: appended)
         offset, stamp = index.nextOffset, self._stamp()
+        appended = Appended(offset, stamp)
         try:
             lsn, d = self._journal.append(
                 kind, flags, entity, offset, stamp, messageId,
                 sender.entity if sender else "", sender.device if sender else "", payload, key,
-                Appended(offset, stamp))
+                appended, commit)
         except Exception:
+            if not commit:
+                raise
             return defer.fail()
         index.add(lsn, stamp, key)
         if self._watches.has(entity):
             self._unnotified.append((lsn, entity, offset))
-        return d
+        return d if commit else (appended, lsn)
+
+    def appendMany(self, items):
+        """
+        See L{IQueueStore.appendMany}: one durable acknowledgement for
+        several appends (one Deferred, one flush).
+        """
+        try:
+            self._check()
+            checked = []
+            for entity, message in items:
+                checkName(entity, "entity")
+                checkMessage(message)
+                checked.append((entity, message))
+        except Exception:
+            return defer.fail()
+        results = []
+        try:
+            for entity, message in checked:
+                sender = message.sender
+                key = logformat.messageKey(sender.entity if sender else "",
+                                           sender.device if sender else "", message.messageId)
+                flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
+                appended, _ = self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
+                                           sender, message.payload, key, commit=False)
+                results.append(appended)
+        except Exception:
+            # What was appended before the fault is still made durable.
+            failure = defer.fail()
+            return self._journal.flush().addCallback(lambda _: failure)
+        return self._journal.flush(results)
 
     def _durable(self, durableLsn):
         # Watchers hear once per flush per queue, of its last durable offset.

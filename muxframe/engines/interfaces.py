@@ -226,6 +226,16 @@ class IQueueStore(Interface):
             durable (the "sent" receipt), never before.
         """
 
+    def appendMany(items):
+        """
+        Append several C{(entity, QueueMessage)} pairs, in order, with one
+        acknowledgement: a L{Deferred} firing with the list of L{Appended}
+        once all are durable (a message sent to many entities, the sender's
+        own copy beside the recipient's).  Every item is checked first (a
+        bad one stores nothing); if storing fails midway (a limit), those
+        before it are stored and the Deferred fails.
+        """
+
     def fetch(entity, fromOffset, limit=100, maxBytes=1048576):
         """
         A L{Deferred} firing with a list of L{QueuedRecord}s from

@@ -271,11 +271,12 @@ class Journal:
     # Appends ---------------------------------------------------------
 
     def append(self, kind, flags, queue, offset, timestamp, messageId, senderEntity,
-               senderDevice, payload, key, value=None):
+               senderDevice, payload, key, value=None, commit=True):
         """
         Append one record (C{key}: its dedup digest, see
         L{logformat.recordKey}); return C{(lsn, Deferred)}, the Deferred
-        firing with C{value} once it is durable.
+        firing with C{value} once it is durable (with C{commit} false, no
+        Deferred: the caller asks L{flush} for one covering several).
 
         @raise LimitExceeded: when more than C{maxPendingBytes} wait for
             disk.
@@ -299,6 +300,8 @@ class Journal:
         self._pending.append((self._activeFile, record))
         self.pendingBytes += len(record)
         self.nextLsn = lsn + 1
+        if not commit:
+            return lsn, None
         return lsn, self._committer.commit(value)
 
     def _prepare(self):
@@ -366,11 +369,12 @@ class Journal:
         """
         self._durableListeners.append(listener)
 
-    def flush(self):
+    def flush(self, value=None):
         """
-        A Deferred firing once everything appended so far is durable.
+        A Deferred firing with C{value} once everything appended so far is
+        durable.
         """
-        return self._committer.commit()
+        return self._committer.commit(value)
 
     # Reads -----------------------------------------------------------
 

@@ -215,6 +215,21 @@ class RedisQueueStore:
             return Appended(int(offset), int(stamp), bool(duplicate))
         return d.addCallback(done)
 
+    @defer.inlineCallbacks
+    def appendMany(self, items):
+        """
+        See L{IQueueStore.appendMany}: the scripts are pipelined, in order.
+        """
+        for entity, message in items:
+            checkName(entity, "entity")
+            checkMessage(message)
+        results = []
+        for entity, message in items:
+            results.append(self.append(entity, message))
+        appended = yield defer.gatherResults(results, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+        return appended
+
     def fetch(self, entity, fromOffset, limit=100, maxBytes=1048576):
         """
         See L{IQueueStore.fetch}.
