@@ -234,6 +234,24 @@ class EngineContract:
         self.assertEqual(receipts[0].sender.entity, "alice")
 
     @defer.inlineCallbacks
+    def test_concurrentAcknowledgements(self):
+        """
+        Acknowledgements sent without waiting, in any order, end at the
+        right position with one receipt per record.
+        """
+        e = yield self.engine()
+        for i in range(20):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.position("alice", "phone")
+        order = [7, 3, 1, 2, 20, 4, 5, 6] + list(range(8, 20))
+        yield defer.gatherResults([e.queues.acknowledge("alice", "phone", o,
+                                                        ReceiptKind.DELIVERED) for o in order])
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual(p.delivered, 20)
+        receipts = yield e.queues.fetch("bob", 1)
+        self.assertEqual(sorted(r.receipt.offset for r in receipts), list(range(1, 21)))
+
+    @defer.inlineCallbacks
     def test_retentionAcknowledged(self):
         """
         Records every known device acknowledged are dropped; a device that

@@ -173,6 +173,32 @@ class ConsumerTrackerTests(SynchronousTestCase):
         self.assertEqual(reported, list(range(1, t.delivered + 1)))
 
 
+class SerialChainsTests(SynchronousTestCase):
+
+    def test_order(self):
+        """
+        Steps of one key run one after another, failures reach only their
+        caller, other keys do not wait, and idle keys are forgotten.
+        """
+        from twisted.internet import defer
+        from muxframe.engines.ordering import SerialChains
+        chains = SerialChains()
+        gate = defer.Deferred()
+        ran = []
+        first = chains.after("k", lambda: gate.addCallback(lambda _: ran.append(1)))
+        second = chains.after("k", lambda: ran.append(2) or 1 / 0)
+        third = chains.after("k", lambda: ran.append(3) or "three")
+        other = chains.after("j", lambda: ran.append("j"))
+        self.assertEqual(ran, ["j"])
+        gate.callback(None)
+        self.assertEqual(ran, ["j", 1, 2, 3])
+        self.successResultOf(first)
+        self.failureResultOf(second, ZeroDivisionError)
+        self.assertEqual(self.successResultOf(third), "three")
+        self.successResultOf(other)
+        self.assertEqual(len(chains), 0)
+
+
 class SubscriptionTests(SynchronousTestCase):
 
     def test_table(self):

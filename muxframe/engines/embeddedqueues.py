@@ -23,6 +23,7 @@ from muxframe.engines.interfaces import IQueueStore
 from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueueMessage, QueueRetention,
     ReceiptKind, RecordKind, checkName)
+from muxframe.engines.ordering import SerialChains
 from muxframe.engines.queuestate import ConsumerTracker, QueueIndex, retentionStart
 from muxframe.engines.watches import WatchList
 
@@ -88,6 +89,7 @@ class EmbeddedQueueStore:
         self._queues = {}
         self._consumers = {}
         self._watches = WatchList()
+        self._acks = SerialChains()
         self._unnotified = []
         journal.addDurableListener(self._durable)
         self._lastStamp = 0
@@ -331,8 +333,16 @@ class EmbeddedQueueStore:
         if (tracker.delivered, tracker.read) == before:
             return defer.succeed(self._positionOf(entity, device, tracker))
         covered = sorted(set(delivered) | set(read))
-        d = self._sendReceipts(entity, device, index, covered, set(delivered), set(read))
-        d.addCallback(lambda _: self._savePosition(entity, device, tracker))
+        receipts = self._sendReceipts(entity, device, index, covered, set(delivered), set(read))
+        saved = (tracker.delivered, tracker.read)
+
+        def save():
+            # After every earlier acknowledgement of this device, and after
+            # this one's receipts are durable.
+            def write(_):
+                return self._positions.put(_positionKey(entity, device), _POSITION.pack(*saved))
+            return receipts.addCallback(write)
+        d = self._acks.after((entity, device), save)
         return d.addCallback(lambda _: self._positionOf(entity, device, tracker))
 
     def _sendReceipts(self, entity, device, index, covered, delivered, read):

@@ -29,6 +29,7 @@ from muxframe.engines.interfaces import IQueueStore
 from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueuedRecord, QueueRetention, ReceiptKind,
     RecordKind, checkName)
+from muxframe.engines.ordering import SerialChains
 from muxframe.engines.queuestate import ConsumerTracker
 from muxframe.engines.redisconn import Script
 from muxframe.engines.watches import WatchList
@@ -176,6 +177,7 @@ class RedisQueueStore:
         self.retention = retention
         self.maxFetch = maxFetch
         self._trackers = {}
+        self._acks = SerialChains()
         self._watches = WatchList(self._firstWatch, self._lastWatch)
 
     def _keys(self, entity):
@@ -298,11 +300,18 @@ class RedisQueueStore:
         delivered, read = tracker.acknowledge(offset, kind, first, nextOffset)
         if (tracker.delivered, tracker.read) != before:
             covered = sorted(o for o in set(delivered) | set(read) if o >= first)
+            receipts = defer.succeed(None)
             if covered:
-                yield self._sendReceipts(entity, device, covered, set(delivered), set(read))
+                receipts = self._sendReceipts(entity, device, covered, set(delivered), set(read))
+            saved = (tracker.delivered, tracker.read)
             keys = ["%sq:{%s}:pos" % (self._prefix, entity)]
-            value = yield self._client.run(SAVE_POSITION, keys,
-                                           [device, tracker.delivered, tracker.read])
+
+            def save():
+                # After earlier acknowledgements of the device and this
+                # one's receipts.
+                return receipts.addCallback(lambda _: self._client.run(
+                    SAVE_POSITION, keys, [device, saved[0], saved[1]]))
+            value = yield self._acks.after((entity, device), save)
             stored = _position(value)
         return ConsumerPosition(entity, device, stored[0], stored[1], first, nextOffset)
 
