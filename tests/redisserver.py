@@ -79,9 +79,10 @@ class RedisServer:
     One redis-server process.
     """
 
-    def __init__(self, binary=None, appendonly=False):
+    def __init__(self, binary=None, appendonly=False, password=None):
         self.binary = binary or requireRedisServer()
         self.appendonly = appendonly
+        self.password = password
         self.process = None
         self.port = None
         self.directory = None
@@ -91,7 +92,8 @@ class RedisServer:
         """
         The server's address for the Redis engine.
         """
-        return "redis://127.0.0.1:%d/0" % (self.port,)
+        auth = ":%s@" % (self.password,) if self.password else ""
+        return "redis://%s127.0.0.1:%d/0" % (auth, self.port)
 
     def start(self, timeout=15.0):
         """
@@ -124,6 +126,8 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.directory, "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=_dieWithParent)
 
@@ -135,7 +139,9 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    reply = s.recv(64)
+                    # With a password, NOAUTH also says it is up.
+                    if reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH"):
                         return True
             except OSError:
                 time.sleep(0.02)

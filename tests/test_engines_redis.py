@@ -4,7 +4,7 @@ node), the cross-node contract (two engine instances on one Redis), and
 what only the Redis engine does.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from muxframe.engines.errors import ConfigError
@@ -37,6 +37,34 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         again = RedisEngine(self.server.address, clock=clock, **self.settings)
         yield again.start()
         return again
+
+
+class RedisPasswordTests(unittest.TestCase):
+    """
+    A Redis with a password: the right one works for both connections, a
+    wrong one fails start() with an error (and does not hang).
+    """
+
+    @defer.inlineCallbacks
+    def test_password(self):
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        server = RedisServer(password="s3cret").start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        heard = []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        yield engine.queues.append("alice", QueueMessage("a", b"x"))
+        yield eventually(lambda: heard == [1])
+        wrong = RedisEngine(server.address.replace("s3cret", "nope"), retentionInterval=0)
+        d = wrong.start()
+        d.addTimeout(15, reactor)
+        failure = yield self.assertFailure(d, Exception)
+        self.assertNotIsInstance(failure, defer.TimeoutError)
+        self.assertIn("auth", str(failure).lower())
+        yield wrong.stop()
 
 
 class AddressTests(unittest.SynchronousTestCase):

@@ -70,15 +70,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def connectionMade(self):
         d = txredisapi.SubscriberProtocol.connectionMade(self)
-        self.factory.client._subscriberReady(self)
+        self.factory.client.subscriberReady(self)
         return d
 
     def connectionLost(self, reason):
-        self.factory.client._subscriberLost(self)
+        self.factory.client.subscriberLost(self)
         txredisapi.SubscriberProtocol.connectionLost(self, reason)
 
     def messageReceived(self, pattern, channel, message):
-        self.factory.client._message(pattern, channel, message)
+        self.factory.client.messageArrived(pattern, channel, message)
 
 
 class _SubscriberFactory(protocol.Factory):
@@ -94,7 +94,7 @@ class _SubscriberFactory(protocol.Factory):
 
     # BaseRedisProtocol calls these when AUTH fails.
     def stopTrying(self):
-        self.client._authFailed()
+        self.client.authFailed()
 
     def connectionError(self, why):
         log.error("Redis subscriber: {why}", why=why)
@@ -150,11 +150,18 @@ class RedisClient:
             commands, self._commands = self._commands, None
             yield commands.disconnect()
 
-    def _authFailed(self):
+    def authFailed(self):
+        """
+        The subscriber's AUTH was refused (from its protocol).
+        """
         if self._ready is not None and not self._ready.called:
             self._ready.errback(StorageError("Redis refused the subscriber's AUTH"))
 
-    def _subscriberReady(self, subscriber):
+    def subscriberReady(self, subscriber):
+        """
+        The subscriber connection is up (first time or again): subscribe
+        to everything again.
+        """
         self._subscriber = subscriber
         # Every channel and pattern again, after a reconnection too.
         done = []
@@ -172,11 +179,17 @@ class RedisClient:
             d.addCallback(lambda _: self._onResubscribed())
             d.addErrback(lambda f: log.failure("resubscribing failed", f))
 
-    def _subscriberLost(self, subscriber):
+    def subscriberLost(self, subscriber):
+        """
+        The subscriber connection went down.
+        """
         if self._subscriber is subscriber:
             self._subscriber = None
 
-    def _message(self, pattern, channel, message):
+    def messageArrived(self, pattern, channel, message):
+        """
+        A published message reached the subscriber connection.
+        """
         try:
             self._onMessage(pattern, channel, message)
         except Exception:
