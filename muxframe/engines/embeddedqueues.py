@@ -112,6 +112,7 @@ class EmbeddedQueueStore:
                 index.addRun(run.firstOffset, run.lsns, run.stamps, run.keys)
                 if len(run.stamps):
                     self._lastStamp = max(self._lastStamp, run.stamps[-1])
+        self._journal.releaseSealed()
         for key, value in self._positions.items(b"f\x00"):
             (floor,) = _FLOOR.unpack(value)
             self._queue(key[2:].decode("utf-8")).floor(floor)

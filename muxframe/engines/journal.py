@@ -102,6 +102,7 @@ class Journal:
         self._closed = True
         self._committer = GroupCommitter(runner, self._prepare, directory, self._flushed)
         self._durableListeners = []
+        self._released = False
         self._runner = runner
 
     @property
@@ -352,15 +353,28 @@ class Journal:
                         pass
             if dropped:
                 fsyncDirectory(directory)
-            return target, written
+            return target, written, [segment for segment, _ in sealed]
         return job
 
     def _flushed(self, result):
-        target, written = result
+        target, written, sealed = result
+        if self._released:
+            for segment in sealed:
+                segment.release()
         self.durableLsn = max(self.durableLsn, target)
         self.pendingBytes -= written
         for listener in self._durableListeners:
             listener(self.durableLsn)
+
+    def releaseSealed(self):
+        """
+        The queues have indexed every record: sealed segments (now and from
+        now on, once their index file is written) keep only their queues'
+        offset ranges, not per-record lists.
+        """
+        self._released = True
+        for segment in self.segments[:-1]:
+            segment.release()
 
     def addDurableListener(self, listener):
         """

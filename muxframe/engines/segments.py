@@ -82,10 +82,11 @@ class QueueRun:
     C{firstOffset}, with each record's LSN, timestamp and dedup key.
     """
 
-    __slots__ = ("firstOffset", "lsns", "stamps", "keys")
+    __slots__ = ("firstOffset", "count", "lsns", "stamps", "keys")
 
     def __init__(self, firstOffset):
         self.firstOffset = firstOffset
+        self.count = 0
         self.lsns = array("Q")
         self.stamps = array("Q")
         self.keys = []
@@ -95,7 +96,24 @@ class QueueRun:
         """
         The last offset of the run.
         """
-        return self.firstOffset + len(self.lsns) - 1
+        return self.firstOffset + self.count - 1
+
+    def append(self, lsn, stamp, key):
+        """
+        Add the run's next record.
+        """
+        self.lsns.append(lsn)
+        self.stamps.append(stamp)
+        self.keys.append(key)
+        self.count += 1
+
+    def release(self):
+        """
+        Forget the per-record lists (kept by the queues' own indexes once
+        the segment is sealed and its index file written); the offsets
+        stay.
+        """
+        self.lsns = self.stamps = self.keys = None
 
 
 class Segment:
@@ -141,9 +159,7 @@ class Segment:
         elif offset != run.lastOffset + 1:
             raise StorageError("segment %d: queue %r offset %d after %d" % (
                 self.base, queue, offset, run.lastOffset))
-        run.lsns.append(lsn)
-        run.stamps.append(timestamp)
-        run.keys.append(key)
+        run.append(lsn, timestamp, key)
         self.nextLsn = lsn + 1
         self.size = position + length
 
@@ -179,6 +195,13 @@ class Segment:
             return self.sparsePositions[i - 1], self.sparsePositions[i], self.sparseLsns[i]
         return self.sparsePositions[i - 1], self.size, self.nextLsn
 
+    def release(self):
+        """
+        Forget the per-record lists of every run (see L{QueueRun.release}).
+        """
+        for run in self.runs.values():
+            run.release()
+
     def deletable(self, firstKept):
         """
         Whether no queue still keeps a record here: C{firstKept(queue)} is
@@ -203,7 +226,7 @@ def encodeIndex(segment):
     for queue, run in segment.runs.items():
         raw = queue.encode("utf-8")
         parts.append(_U16.pack(len(raw)) + raw)
-        parts.append(_QUEUE_HEAD.pack(run.firstOffset, len(run.lsns)))
+        parts.append(_QUEUE_HEAD.pack(run.firstOffset, run.count))
         parts.append(b"".join(struct.pack(">IQ", lsn - base, stamp) + key
                               for lsn, stamp, key in zip(run.lsns, run.stamps, run.keys)))
     data = b"".join(parts)
@@ -248,16 +271,14 @@ def decodeIndex(data, indexInterval):
                 raise CorruptRecord("index file truncated inside a queue's records")
             at += 28 * n
             for rel, stamp, key in struct.iter_unpack(">IQ16s", block):
-                run.lsns.append(base + rel)
-                run.stamps.append(stamp)
-                run.keys.append(key)
+                run.append(base + rel, stamp, key)
     except (struct.error, UnicodeDecodeError) as e:
         raise CorruptRecord("index file truncated or malformed: %s" % (e,))
     if at != len(data) - 4:
         raise CorruptRecord("index file has %d trailing bytes" % (len(data) - 4 - at,))
-    if sum(len(r.lsns) for r in segment.runs.values()) != count:
+    if sum(r.count for r in segment.runs.values()) != count:
         raise CorruptRecord("index file counts %d records, its queues %d" % (
-            count, sum(len(r.lsns) for r in segment.runs.values())))
+            count, sum(r.count for r in segment.runs.values())))
     segment.nextLsn = base + count
     segment.sealed = True
     return segment
