@@ -1,9 +1,9 @@
 """
 The values the engines take and return, shared by every engine.
 
-The values are dataclasses; the ones made per message (L{QueueMessage},
-L{QueuedRecord}, L{Appended}, L{Receipt}) are slotted and not frozen, for
-speed (a frozen dataclass costs a microsecond more to make): treat them as
+The values are dataclasses; the ones made per message or notice
+(L{QueueMessage}, L{QueuedRecord}, L{Appended}, L{Receipt},
+L{PresenceNotice}) are slotted and not frozen, for speed (a frozen dataclass costs a microsecond more to make): treat them as
 immutable all the same.
 
 Numbering follows the Bimip schema (C{/work/shared/specs/bimip.md}) wherever
@@ -355,7 +355,7 @@ class EntityPresence:
     version: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PresenceNotice:
     """
     Something to tell C{recipient}'s sessions: an awareness change of an

@@ -194,6 +194,11 @@ class RedisEngine:
         """
         Connect and start the sweeps; see L{IEngine.start}.
         """
+        try:
+            import hiredis  # noqa: F401
+        except ImportError:
+            log.warn("hiredis is not installed: txredisapi parses replies in Python, one "
+                     "reactor turn per element (pip install 'muxframe[redis]')")
         yield self.client.connect()
         yield self.broker.start()
         self.presence.start()
