@@ -28,6 +28,8 @@ from array import array
 
 from muxframe.engines.errors import EngineUsageError, LimitExceeded
 from muxframe.engines.logformat import messageKey
+
+_NO_KEY = bytes(16)
 from muxframe.engines.model import MAX_OFFSET, ReceiptKind
 
 
@@ -53,7 +55,9 @@ class QueueIndex:
         self.dedupWindow = dedupWindow
         self._lsns = array("Q")
         self._stamps = array("Q")
-        self._keys = []
+        # 16 bytes per record (zeros: none), in a bytearray rather than a
+        # list: no object per key, nothing for the cyclic GC to traverse.
+        self._keys = bytearray()
         self._head = 0
         self._dedup = {}
         # Every offset below this one has had its dedup key forgotten.
@@ -92,7 +96,7 @@ class QueueIndex:
         offset = self.nextOffset
         self._lsns.append(lsn)
         self._stamps.append(timestamp)
-        self._keys.append(key)
+        self._keys += key if key is not None else _NO_KEY
         self.nextOffset = offset + 1
         if key is not None:
             self._dedup[key] = offset
@@ -112,7 +116,8 @@ class QueueIndex:
         self._stamps.extend(stamps)
         self._keys.extend(keys)
         self.nextOffset = start + len(lsns)
-        self._dedup.update(zip(keys, range(start, self.nextOffset)))
+        view = bytes(keys)
+        self._dedup.update((view[16 * i:16 * i + 16], start + i) for i in range(len(lsns)))
         self._forgetBeyondWindow()
 
     def _jump(self, offset):
@@ -131,8 +136,9 @@ class QueueIndex:
             self._forgotten = oldest
 
     def _forget(self, offset):
-        key = self._keys[self._head + offset - self.firstOffset]
-        if key is not None and self._dedup.get(key) == offset:
+        at = 16 * (self._head + offset - self.firstOffset)
+        key = bytes(self._keys[at:at + 16])
+        if self._dedup.get(key) == offset:
             del self._dedup[key]
 
     def lsn(self, offset):
@@ -171,7 +177,7 @@ class QueueIndex:
         if self._head > 4096 and self._head * 2 > len(self._lsns):
             del self._lsns[:self._head]
             del self._stamps[:self._head]
-            del self._keys[:self._head]
+            del self._keys[:16 * self._head]
             self._head = 0
 
     def firstNotOlderThan(self, cutoff):

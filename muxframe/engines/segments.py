@@ -79,7 +79,8 @@ def parseSegmentName(name):
 class QueueRun:
     """
     The records of one queue in one segment: contiguous offsets from
-    C{firstOffset}, with each record's LSN, timestamp and dedup key.
+    C{firstOffset}, with each record's LSN, timestamp and dedup key (16
+    bytes each in one bytearray).
     """
 
     __slots__ = ("firstOffset", "count", "lsns", "stamps", "keys")
@@ -89,7 +90,7 @@ class QueueRun:
         self.count = 0
         self.lsns = array("Q")
         self.stamps = array("Q")
-        self.keys = []
+        self.keys = bytearray()
 
     @property
     def lastOffset(self):
@@ -104,7 +105,7 @@ class QueueRun:
         """
         self.lsns.append(lsn)
         self.stamps.append(stamp)
-        self.keys.append(key)
+        self.keys += key
         self.count += 1
 
     def release(self):
@@ -227,8 +228,9 @@ def encodeIndex(segment):
         raw = queue.encode("utf-8")
         parts.append(_U16.pack(len(raw)) + raw)
         parts.append(_QUEUE_HEAD.pack(run.firstOffset, run.count))
-        parts.append(b"".join(struct.pack(">IQ", lsn - base, stamp) + key
-                              for lsn, stamp, key in zip(run.lsns, run.stamps, run.keys)))
+        keys = bytes(run.keys)
+        parts.append(b"".join(struct.pack(">IQ", lsn - base, stamp) + keys[16 * i:16 * i + 16]
+                              for i, (lsn, stamp) in enumerate(zip(run.lsns, run.stamps))))
     data = b"".join(parts)
     return data + _U32.pack(zlib.crc32(data))
 
