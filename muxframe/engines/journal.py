@@ -94,7 +94,9 @@ class Journal:
         self.pendingBytes = 0
         self._active = None
         self._activeFile = None
+        # [(segment file, [record bytes, ...]), ...]: one group per file.
         self._pending = []
+        self._chunks = None
         self._dirDirty = False
         self._sealed = []
         self._dropped = []
@@ -252,17 +254,19 @@ class Journal:
         self._bases.append(base)
         self._active = segment
         self._activeFile = _SegmentFile(self._path(segments.segmentName(base)))
-        self._pending.append((self._activeFile, logformat.JOURNAL_MAGIC))
+        self._chunks = [logformat.JOURNAL_MAGIC]
+        self._pending.append((self._activeFile, self._chunks))
         self.pendingBytes += logformat.MAGIC_SIZE
         self._dirDirty = True
         self._manifestDirty = True
 
     def _flushCreate(self):
         # At open, a brand-new segment is written at once (blocking).
-        for f, data in self._pending:
-            writeAll(f.ensureOpen(), data)
+        for f, chunks in self._pending:
+            writeAll(f.ensureOpen(), b"".join(chunks))
             os.fsync(f.fd)
         self._pending = []
+        self._chunks = None
         self.pendingBytes = 0
         fsyncDirectory(self.directory)
         self._dirDirty = False
@@ -298,7 +302,11 @@ class Journal:
             self._active.sealed = True
             self._create(lsn)
         self._active.add(lsn, self._active.size, len(record), queue, offset, timestamp, key)
-        self._pending.append((self._activeFile, record))
+        if self._chunks is None:
+            self._chunks = [record]
+            self._pending.append((self._activeFile, self._chunks))
+        else:
+            self._chunks.append(record)
         self.pendingBytes += len(record)
         self.nextLsn = lsn + 1
         if not commit:
@@ -308,13 +316,7 @@ class Journal:
     def _prepare(self):
         if not (self._pending or self._sealed or self._dropped or self._manifestDirty):
             return None
-        writes = []
-        for f, data in self._pending:
-            if writes and writes[-1][0] is f:
-                writes[-1][1].append(data)
-            else:
-                writes.append((f, [data]))
-        self._pending = []
+        writes, self._pending, self._chunks = self._pending, [], None
         synced = []
         for f, _ in writes:
             if f not in synced:
