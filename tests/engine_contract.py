@@ -17,7 +17,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from muxframe.engines.errors import (
-    EngineStopped, EngineUsageError, InvalidName, LimitExceeded, RecoveryFailure, RecoveryImpossible, SubscriptionError)
+    EngineStopped, EngineUsageError, InvalidName, LimitExceeded, RecoveryFailure,
+    RecoveryImpossible, SubscriptionError)
 from muxframe.engines.interfaces import (
     IBroker, IEngine, IHistoryStore, IPresenceManager, IQueueStore)
 from muxframe.engines.model import (

@@ -24,7 +24,8 @@ class QuickEngineBenchTests(unittest.TestCase):
         """
         path = os.path.abspath(self.mktemp())
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        extra = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = ROOT + (os.pathsep + extra if extra else "")
         proc = subprocess.run(
             [sys.executable, "-m", "bench.bench_engines", "--quick", "--json", path],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)

@@ -3,8 +3,6 @@ The embedded engine: the contract suite, and what only it does (files,
 recovery, segments, locks).
 """
 
-import os
-
 from twisted.internet import defer
 from twisted.trial import unittest
 

@@ -174,7 +174,8 @@ class TornTailTests(unittest.TestCase):
 
     def activeSegment(self):
         journal = os.path.join(self.directory, "journal")
-        return os.path.join(journal, sorted(n for n in os.listdir(journal) if n.endswith(".log"))[-1])
+        logs = sorted(n for n in os.listdir(journal) if n.endswith(".log"))
+        return os.path.join(journal, logs[-1])
 
     @defer.inlineCallbacks
     def reopen(self, **settings):

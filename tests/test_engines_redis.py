@@ -126,3 +126,26 @@ class RedisRestartTests(unittest.TestCase):
                          what="a publication after the restart")
         records = yield engine.queues.fetch("alice", 1)
         self.assertEqual([r.payload for r in records], [b"before", b"after", b"later"])
+
+
+class RedisKeyTtlTests(unittest.TestCase):
+    """
+    Device hashes carry a Redis TTL as a safety net, refreshed by
+    heartbeats.
+    """
+
+    @defer.inlineCallbacks
+    def test_deviceHashTtl(self):
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=10.0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        yield engine.presence.connect("alice", "phone")
+        ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
+        self.assertTrue(0 < int(ttl) <= 20000, ttl)
+        yield engine.client.call("PEXPIRE", "muxframe:p:{alice}:dev", 5000)
+        alive = yield engine.presence.heartbeat("alice", "phone")
+        self.assertTrue(alive)
+        ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
+        self.assertGreater(int(ttl), 15000)

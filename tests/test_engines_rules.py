@@ -106,7 +106,8 @@ class ConsumerTrackerTests(SynchronousTestCase):
         ranges returned are exactly the offsets that became covered.
         """
         t = ConsumerTracker()
-        self.assertEqual(t.acknowledge(3, ReceiptKind.DELIVERED, 1, 10), (range(1, 1), range(1, 1)))
+        self.assertEqual(t.acknowledge(3, ReceiptKind.DELIVERED, 1, 10),
+                         (range(1, 1), range(1, 1)))
         self.assertEqual(t.held, 1)
         d, r = t.acknowledge(1, ReceiptKind.DELIVERED, 1, 10)
         self.assertEqual((list(d), t.delivered), ([1], 1))
@@ -223,7 +224,8 @@ class SubscriptionTests(SynchronousTestCase):
         limits.
         """
         book = SubscriptionBook(maxSubscriptions=1)
-        self.assertEqual(book.apply("request", "w", "t"), (SubscriptionState.REQUESTED, True, True))
+        self.assertEqual(book.apply("request", "w", "t"),
+                         (SubscriptionState.REQUESTED, True, True))
         book.apply("approve", "w", "t")
         self.assertEqual(book.watchers("t", APPROVED), {"w": APPROVED})
         self.assertEqual(book.subscriptions("w"), {"t": APPROVED})
@@ -390,7 +392,8 @@ class HistoryTests(SynchronousTestCase):
         self.assertEqual([p.offset for p in t.recent("chat", 2, 4000).publications], [4, 5])
         # Everything expires 10 s after the last publication: a new epoch.
         self.assertEqual(t.position("chat", 15000), StreamPosition(0, "e1"))
-        e = self.assertRaises(RecoveryImpossible, t.recover, "chat", StreamPosition(5, "e0"), 15000)
+        e = self.assertRaises(RecoveryImpossible, t.recover, "chat", StreamPosition(5, "e0"),
+                              15000)
         self.assertEqual(e.reason, RecoveryFailure.EPOCH_CHANGED)
 
     def test_limits(self):

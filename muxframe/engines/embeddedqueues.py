@@ -359,7 +359,8 @@ class EmbeddedQueueStore:
             for record in records:
                 if record.kind != RecordKind.MESSAGE or not record.flags & logformat.FLAG_RECEIPTS:
                     continue
-                for kind, offsets in ((ReceiptKind.DELIVERED, delivered), (ReceiptKind.READ, read)):
+                for kind, offsets in ((ReceiptKind.DELIVERED, delivered),
+                                      (ReceiptKind.READ, read)):
                     if record.offset in offsets:
                         sends.append(self._append(
                             record.senderEntity, RecordKind.RECEIPT, 0, record.messageId,

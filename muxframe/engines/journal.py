@@ -148,7 +148,8 @@ class Journal:
             last = i == len(use) - 1
             expected = loaded[-1].nextLsn if loaded else None
             if expected is not None and base != expected:
-                raise StorageError("segment %d follows one ending at LSN %d" % (base, expected - 1))
+                raise StorageError("segment %d follows one ending at LSN %d" % (
+                    base, expected - 1))
             segment = None if last else self._loadIndex(base)
             if segment is None:
                 segment, fault = self._scan(base, report)
@@ -214,7 +215,8 @@ class Journal:
             data = f.read()
         report.scanned.append(base)
         segment = segments.Segment(base, logformat.MAGIC_SIZE, self.indexInterval)
-        if len(data) < logformat.MAGIC_SIZE or data[:logformat.MAGIC_SIZE] != logformat.JOURNAL_MAGIC:
+        magic = data[:logformat.MAGIC_SIZE]
+        if len(data) < logformat.MAGIC_SIZE or magic != logformat.JOURNAL_MAGIC:
             if logformat.JOURNAL_MAGIC.startswith(data):
                 # Created, never written (or cut inside its magic).
                 self._truncate(path, 0, len(data), report, base)

@@ -3,8 +3,9 @@ The values the engines take and return, shared by every engine.
 
 The values are dataclasses; the ones made per message or notice
 (L{QueueMessage}, L{QueuedRecord}, L{Appended}, L{Receipt},
-L{PresenceNotice}) are slotted and not frozen, for speed (a frozen dataclass costs a microsecond more to make): treat them as
-immutable all the same.
+L{PresenceNotice}) are slotted and not frozen, for speed (a frozen
+dataclass costs a microsecond more to make): treat them as immutable all
+the same.
 
 Numbering follows the Bimip schema (C{/work/shared/specs/bimip.md}) wherever
 the concept matches, so the wire messages can carry these values as they are:

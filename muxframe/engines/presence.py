@@ -105,7 +105,8 @@ def checkActivity(status, ttl, maxActivityTtl):
     if status not in ACTIVITY_STATUSES:
         raise EngineUsageError("%s is not an activity (TYPING, RECORDING)" % (status.name,))
     if not isinstance(ttl, int) or not 1 <= ttl <= maxActivityTtl:
-        raise EngineUsageError("activity ttl must be 1 to %d seconds, not %r" % (maxActivityTtl, ttl))
+        raise EngineUsageError("activity ttl must be 1 to %d seconds, not %r" % (
+            maxActivityTtl, ttl))
     return status, ttl
 
 
@@ -233,7 +234,8 @@ class PresenceTable:
         # The deadline heap holds one entry per online device, pushed when it
         # comes online; expire() moves an entry on when the device was heard
         # from since, so heartbeats cost no heap work.
-        return DevicePresence(dp.device, dp.status, dp.node, dp.since, now, dp.details, dp.location)
+        return DevicePresence(dp.device, dp.status, dp.node, dp.since, now, dp.details,
+                              dp.location)
 
     def connect(self, entity, device, node, now, status=Status.ONLINE, details=""):
         """
@@ -250,7 +252,8 @@ class PresenceTable:
             state = self._entities[entity] = _Entity()
         old = state.devices.get(device)
         if old is None and len(state.devices) >= self.maxDevices:
-            raise LimitExceeded("%r has %d devices online" % (entity, self.maxDevices), "maxDevices")
+            raise LimitExceeded("%r has %d devices online" % (entity, self.maxDevices),
+                                "maxDevices")
         dp = DevicePresence(device, status, node, now if old is None else old.since, now, details,
                             None if old is None else old.location)
         state.devices[device] = dp
@@ -300,7 +303,8 @@ class PresenceTable:
         """
         sharing = LocationSharing(sharing)
         if not (-90.0 <= latitude <= 90.0 and -180.0 <= longitude <= 180.0):
-            raise EngineUsageError("latitude/longitude out of range: %r, %r" % (latitude, longitude))
+            raise EngineUsageError("latitude/longitude out of range: %r, %r" % (
+                latitude, longitude))
         state = self._online(entity, device)
         old = state.devices[device]
         location = Location(float(latitude), float(longitude), sharing)

@@ -229,9 +229,11 @@ class ConsumerTracker:
         @raise LimitExceeded: past C{maxPending} held acknowledgements.
         """
         if kind not in (ReceiptKind.DELIVERED, ReceiptKind.READ):
-            raise EngineUsageError("acknowledgement kind must be DELIVERED or READ, not %r" % (kind,))
+            raise EngineUsageError(
+                "acknowledgement kind must be DELIVERED or READ, not %r" % (kind,))
         if not 1 <= offset < nextOffset:
-            raise EngineUsageError("offset %d was never handed out (next is %d)" % (offset, nextOffset))
+            raise EngineUsageError("offset %d was never handed out (next is %d)" % (
+                offset, nextOffset))
         oldDelivered, oldRead = self.delivered, self.read
         # Records below the first kept offset were dropped: nothing to wait for.
         floor = firstOffset - 1

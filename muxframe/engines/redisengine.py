@@ -10,6 +10,7 @@ C{P node:<id>} messages to one node, C{P qn:<entity>} queue appends,
 C{P n:<entity>} presence notices.
 """
 
+import importlib.util
 import uuid
 
 from twisted.internet import defer
@@ -194,9 +195,7 @@ class RedisEngine:
         """
         Connect and start the sweeps; see L{IEngine.start}.
         """
-        try:
-            import hiredis  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("hiredis") is None:
             log.warn("hiredis is not installed: txredisapi parses replies in Python, one "
                      "reactor turn per element (pip install 'muxframe[redis]')")
         yield self.client.connect()

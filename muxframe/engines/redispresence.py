@@ -9,7 +9,9 @@ Keys (P: prefix, E: entity):
    since, location); C{P p:{E}:act}: hash device -> JSON activity;
    C{P p:{E}:ver}: the entity's version.
  - C{P p:alive}: sorted set "E<US>device" -> time (ms) the device expires
-   if not heard from.  Every node sweeps it every C{sweepInterval}; the
+   if not heard from.  The device and activity hashes also carry a Redis
+   TTL of twice C{deviceTimeout}, refreshed by every sign of life, as a
+   safety net.  Every node sweeps it every C{sweepInterval}; the
    script removes each expired member once, so exactly one node takes the
    device offline and tells its watchers.
  - C{P p:vis}: hash entity -> visibility (HIDDEN only).
@@ -54,7 +56,7 @@ end
 """
 
 # KEYS: dev, ver, alive, vis, watchers, act.  ARGV: op, device, patch,
-# expiresAt, member, now, entity, maxDevices.
+# expiresAt, member, now, entity, maxDevices, key TTL (ms).
 CHANGE = Script("presenceChange", _BUMP + """
 local now = tonumber(ARGV[6])
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
@@ -75,6 +77,7 @@ else
   if not old or visible(old) ~= visible(new) then changed = 1 end
   redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(new))
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
 end
 local version = tonumber(redis.call('GET', KEYS[2]) or '0')
 if changed == 1 then version = bump(KEYS[2], now) end
@@ -82,18 +85,22 @@ return {changed, version, redis.call('HGETALL', KEYS[1]),
         redis.call('HGET', KEYS[4], ARGV[7]) or false, redis.call('HGETALL', KEYS[5])}
 """)
 
-# KEYS: dev, act, alive, vis, watchers.  ARGV: device, activity, expiresAt, member, entity.
+# KEYS: dev, act, alive, vis, watchers.  ARGV: device, activity, expiresAt, member,
+# entity, key TTL (ms).
 ACTIVITY = Script("presenceActivity", """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {-1} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return {1, redis.call('HGET', KEYS[4], ARGV[5]) or false, redis.call('HGETALL', KEYS[5])}
 """)
 
-# KEYS: alive.  ARGV: member, expiresAt.
+# KEYS: alive, dev.  ARGV: member, expiresAt, key TTL (ms).
 HEARTBEAT = Script("presenceHeartbeat", """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return 1
 end
 return 0
@@ -206,6 +213,12 @@ class RedisPresence:
     def _base(self, entity):
         return "%sp:{%s}" % (self._prefix, entity)
 
+    def _keyTtl(self):
+        # A safety net in Redis's own time: device hashes outlive the last
+        # sign of life by twice the timeout, so presence left by nodes that
+        # all died disappears even with no node left to sweep.
+        return max(1000, int(self.deviceTimeout * 2000))
+
     def _member(self, entity, device):
         return "%s\x1f%s" % (entity, device)
 
@@ -275,7 +288,7 @@ class RedisPresence:
                 "%ss:{%s}:w" % (self._prefix, entity), base + ":act"]
         reply = yield self._client.run(CHANGE, keys, [
             op, device, patch, now + int(self.deviceTimeout * 1000),
-            self._member(entity, device), now, entity, self.maxDevices])
+            self._member(entity, device), now, entity, self.maxDevices, self._keyTtl()])
         if reply[0] == -1:
             raise EngineUsageError("device %r of %r is not online" % (device, entity))
         if reply[0] == -2:
@@ -304,8 +317,9 @@ class RedisPresence:
         """
         See L{IPresenceManager.heartbeat}.
         """
-        d = self._client.run(HEARTBEAT, [self._prefix + "p:alive"], [
-            self._member(entity, device), self._now() + int(self.deviceTimeout * 1000)])
+        d = self._client.run(HEARTBEAT, [self._prefix + "p:alive", self._base(entity) + ":dev"], [
+            self._member(entity, device), self._now() + int(self.deviceTimeout * 1000),
+            self._keyTtl()])
         return d.addCallback(lambda alive: bool(int(alive)))
 
     def disconnect(self, entity, device):
@@ -357,7 +371,8 @@ class RedisPresence:
             base + ":dev", base + ":act", self._prefix + "p:alive", self._prefix + "p:vis",
             "%ss:{%s}:w" % (self._prefix, entity)], [
             device, encodeActivity(status, now + ttl * 1000, to),
-            now + int(self.deviceTimeout * 1000), self._member(entity, device), entity])
+            now + int(self.deviceTimeout * 1000), self._member(entity, device), entity,
+            self._keyTtl()])
         if reply[0] == -1:
             raise EngineUsageError("device %r of %r is not online" % (device, entity))
         _, visibility, watchers = reply

@@ -149,7 +149,8 @@ class Segment:
         @raise StorageError: if C{lsn} or C{offset} is not the next one.
         """
         if lsn != self.nextLsn:
-            raise StorageError("segment %d: LSN %d where %d was due" % (self.base, lsn, self.nextLsn))
+            raise StorageError("segment %d: LSN %d where %d was due" % (
+                self.base, lsn, self.nextLsn))
         if self._lastIndexed is None or position - self._lastIndexed >= self.indexInterval:
             self.sparseLsns.append(lsn)
             self.sparsePositions.append(position)

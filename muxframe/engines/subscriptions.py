@@ -107,7 +107,8 @@ class SubscriptionBook:
         """
         state = SubscriptionState(state)
         if state == NONE:
-            for table, a, b in ((self._byTarget, target, watcher), (self._byWatcher, watcher, target)):
+            for table, a, b in ((self._byTarget, target, watcher),
+                                (self._byWatcher, watcher, target)):
                 entries = table.get(a)
                 if entries is not None:
                     entries.pop(b, None)
