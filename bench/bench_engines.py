@@ -1,0 +1,406 @@
+"""
+Engine benchmarks (issue 12), each beside a baseline measured in the same
+run:
+
+  1. embedded-engine appends per second with durable acknowledgements
+     (messages of 256 bytes, a window of appends in flight over several
+     queues; target >= 50,000/s; also 16 per appendMany acknowledgement)
+     and the fsyncs per second it needs, against
+     a plain loop writing the same framed records and fdatasync'ing once per
+     batch (and, for scale, one fdatasync per message);
+  2. replay: one device fetching every record of its queue back in order
+     (target >= 200,000/s; also with ten queues interleaved in the
+     journal), and recovery (restart on the same directory), against
+     reading and CRC-scanning the segment files raw;
+  3. presence updates fanned out per second (one entity, many approved
+     watchers), against calling the same number of callbacks in a loop;
+  4. the same over the Redis engine (a redis-server started here on
+     127.0.0.1 with appendonly and appendfsync always), against raw
+     pipelined XADDs of the same payloads through txredisapi.
+
+Usage:  python3 -m bench.bench_engines [--quick] [--json PATH] [--no-redis]
+Benchmarks live here, not in tests: no test asserts a timing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+from twisted.internet import defer, task
+
+from muxframe.engines import logformat
+from muxframe.engines.embedded import EmbeddedEngine
+from muxframe.engines.model import Address, QueueMessage, QueueRetention, Status
+
+PAYLOAD = b"x" * 256
+NO_RETENTION = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=False)
+
+
+def baselineWrites(directory, count, batch):
+    """
+    Write C{count} framed journal records of 256 bytes to one file,
+    fdatasync'ing every C{batch}; return (msgs/s, fsyncs/s).
+    """
+    path = os.path.join(directory, "baseline.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    syncs = 0
+    start = time.perf_counter()
+    try:
+        pending = []
+        for i in range(count):
+            pending.append(logformat.encodeJournalRecord(
+                1, 1, i + 1, i + 1, 0, "q%d" % (i % 100), "m%d" % i, "bob", "phone", PAYLOAD))
+            if len(pending) == batch or i == count - 1:
+                os.write(fd, b"".join(pending))
+                os.fdatasync(fd)
+                syncs += 1
+                pending = []
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - start
+    os.unlink(path)
+    return count / elapsed, syncs / elapsed
+
+
+def rawScan(directory):
+    """
+    Read and CRC-scan every segment file of a journal; return records/s.
+    """
+    journal = os.path.join(directory, "journal")
+    start = time.perf_counter()
+    records = 0
+    for name in sorted(os.listdir(journal)):
+        if name.endswith(".log"):
+            with open(os.path.join(journal, name), "rb") as f:
+                bodies, _, _ = logformat.scanFrames(f.read(), logformat.MAGIC_SIZE)
+            records += len(bodies)
+    return records / (time.perf_counter() - start)
+
+
+@defer.inlineCallbacks
+def appendWindow(engine, count, window, queues):
+    """
+    Keep C{window} appends in flight until C{count} are acknowledged;
+    return seconds.
+    """
+    done = defer.Deferred()
+    state = {"next": 0, "acked": 0, "pumping": False}
+    # A server makes a session's sender address once.
+    sender = Address("bob", "phone")
+
+    def acked(_):
+        state["acked"] += 1
+        if state["acked"] == count:
+            done.callback(None)
+        else:
+            pump()
+
+    def pump():
+        if state["pumping"]:
+            return
+        state["pumping"] = True
+        while state["next"] < count and state["next"] - state["acked"] < window:
+            i = state["next"]
+            state["next"] += 1
+            d = engine.queues.append("q%d" % (i % queues),
+                                     QueueMessage("m%d" % i, PAYLOAD, sender, False))
+            d.addCallbacks(acked, done.errback)
+        state["pumping"] = False
+    start = time.perf_counter()
+    pump()
+    yield done
+    return time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def appendBatches(engine, count, window, queues, batch):
+    """
+    As L{appendWindow}, C{batch} messages per L{appendMany} call (one
+    acknowledgement each); return seconds.
+    """
+    done = defer.Deferred()
+    state = {"next": 0, "acked": 0, "pumping": False}
+    sender = Address("bob", "phone")
+
+    def acked(results):
+        state["acked"] += len(results)
+        if state["acked"] == count:
+            done.callback(None)
+        else:
+            pump()
+
+    def pump():
+        if state["pumping"]:
+            return
+        state["pumping"] = True
+        while state["next"] < count and state["next"] - state["acked"] < window:
+            first = state["next"]
+            last = min(count, first + batch)
+            state["next"] = last
+            items = [("q%d" % (i % queues), QueueMessage("b%d" % i, PAYLOAD, sender, False))
+                     for i in range(first, last)]
+            engine.queues.appendMany(items).addCallbacks(acked, done.errback)
+        state["pumping"] = False
+    start = time.perf_counter()
+    pump()
+    yield done
+    return time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def replay(engine, queues):
+    """
+    Fetch every record of every queue from offset 1; return (records, s).
+    """
+    start = time.perf_counter()
+    total = 0
+    for q in range(queues):
+        offset = 1
+        while True:
+            batch = yield engine.queues.fetch("q%d" % q, offset, limit=5000, maxBytes=10 ** 9)
+            if not batch:
+                break
+            total += len(batch)
+            offset = batch[-1].offset + 1
+    return total, time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def fanout(engine, watchers, changes, settle=None):
+    """
+    One entity with C{watchers} approved watchers; C{changes} status
+    changes; return (notices delivered, s) once every notice arrived.
+    """
+    received = [0]
+    expected = watchers * changes
+    done = defer.Deferred()
+
+    def heard(notice):
+        received[0] += 1
+        if received[0] == expected and not done.called:
+            done.callback(None)
+    for w in range(watchers):
+        engine.presence.watch("w%d" % w, heard)
+        yield engine.presence.requestSubscription("w%d" % w, "star")
+        yield engine.presence.answerSubscription("star", "w%d" % w, True)
+    yield engine.presence.connect("star", "phone")
+    if settle is not None:
+        yield settle()
+    received[0] = 0
+    statuses = [Status.AWAY, Status.ONLINE]
+    start = time.perf_counter()
+    for i in range(changes):
+        yield engine.presence.setStatus("star", "phone", statuses[i % 2])
+    yield done
+    return expected, time.perf_counter() - start
+
+
+def baselineCallbacks(watchers, changes):
+    """
+    Call C{watchers * changes} callbacks in a loop; return calls/s.
+    """
+    received = [0]
+
+    def heard(notice):
+        received[0] += 1
+    callbacks = [heard] * watchers
+    start = time.perf_counter()
+    for i in range(changes):
+        for callback in callbacks:
+            callback(i)
+    return watchers * changes / (time.perf_counter() - start)
+
+
+@defer.inlineCallbacks
+def benchEmbedded(reactor, args, results):
+    directory = tempfile.mkdtemp(prefix="muxframe-bench-", dir=args.dir)
+    try:
+        results["baseline_batch_msgs_per_s"], results["baseline_batch_fsyncs_per_s"] = \
+            baselineWrites(directory, args.messages, args.batch)
+        results["baseline_fsync_each_msgs_per_s"], _ = baselineWrites(
+            directory, args.fsyncEach, 1)
+        # Warm-up on a scratch engine (first-use costs: allocator growth,
+        # caches), not measured.
+        scratch = EmbeddedEngine(os.path.join(directory, "warmup"), retention=NO_RETENTION,
+                                 retentionInterval=0)
+        yield scratch.start()
+        yield appendWindow(scratch, args.warmup, args.window, args.queues)
+        yield scratch.stop()
+        shutil.rmtree(os.path.join(directory, "warmup"), ignore_errors=True)
+        engine = EmbeddedEngine(os.path.join(directory, "many"), retention=NO_RETENTION,
+                                retentionInterval=0)
+        yield engine.start()
+        flushes = engine.journal.flushes
+        seconds = yield appendWindow(engine, args.messages, args.window, args.queues)
+        flushes = engine.journal.flushes - flushes
+        results["embedded_append_msgs_per_s"] = args.messages / seconds
+        results["embedded_fsyncs_per_s"] = flushes / seconds
+        results["embedded_records_per_fsync"] = args.messages / max(1, flushes)
+        seconds = yield appendBatches(engine, args.messages, args.window, args.queues, 16)
+        results["embedded_append_batched_msgs_per_s"] = args.messages / seconds
+        total, seconds = yield replay(engine, args.queues)
+        results["embedded_replay_interleaved_msgs_per_s"] = total / seconds
+        yield engine.stop()
+        # One device catching up on one queue: the replay figure.
+        one = EmbeddedEngine(os.path.join(directory, "one"), retention=NO_RETENTION,
+                             retentionInterval=0)
+        yield one.start()
+        seconds = yield appendWindow(one, args.messages, args.window, 1)
+        results["embedded_append_one_queue_msgs_per_s"] = args.messages / seconds
+        total, seconds = yield replay(one, 1)
+        results["embedded_replay_msgs_per_s"] = total / seconds
+        yield one.stop()
+        results["baseline_scan_msgs_per_s"] = rawScan(os.path.join(directory, "one"))
+        again = EmbeddedEngine(os.path.join(directory, "one"), retention=NO_RETENTION,
+                               retentionInterval=0)
+        start = time.perf_counter()
+        yield again.start()
+        results["embedded_recovery_msgs_per_s"] = again.recovery.records / (
+            time.perf_counter() - start)
+        notices, seconds = yield fanout(again, args.watchers, args.changes)
+        results["embedded_fanout_notices_per_s"] = notices / seconds
+        results["baseline_callbacks_per_s"] = baselineCallbacks(args.watchers, args.changes)
+        yield again.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@defer.inlineCallbacks
+def rawXadd(client, count, window):
+    """
+    Pipelined XADDs of the same payloads (no Lua, no dedup); return s.
+    """
+    done = defer.Deferred()
+    state = {"next": 0, "acked": 0}
+
+    def acked(_):
+        state["acked"] += 1
+        if state["acked"] == count:
+            done.callback(None)
+        else:
+            pump()
+
+    def pump():
+        while state["next"] < count and state["next"] - state["acked"] < window:
+            i = state["next"]
+            state["next"] += 1
+            client.call("XADD", "raw:q%d" % (i % 100), "*", "p", PAYLOAD).addCallbacks(
+                acked, done.errback)
+    start = time.perf_counter()
+    pump()
+    yield done
+    return time.perf_counter() - start
+
+
+@defer.inlineCallbacks
+def benchRedis(reactor, args, results):
+    from muxframe.engines.redisengine import RedisEngine
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.redisserver import RedisServer, findRedisServer
+    if findRedisServer() is None:
+        results["redis"] = "skipped: no redis-server binary"
+        return
+    server = RedisServer(appendonly=True).start()
+    try:
+        engine = RedisEngine(server.address, retention=NO_RETENTION, retentionInterval=0)
+        yield engine.start()
+        count = args.redisMessages
+        seconds = yield rawXadd(engine.client, count, args.window)
+        results["redis_baseline_xadd_msgs_per_s"] = count / seconds
+        seconds = yield appendWindow(engine, count, args.window, args.queues)
+        results["redis_append_msgs_per_s"] = count / seconds
+        total, seconds = yield replay(engine, args.queues)
+        results["redis_replay_msgs_per_s"] = total / seconds
+        notices, seconds = yield fanout(
+            engine, args.watchers, args.changes,
+            settle=lambda: task.deferLater(reactor, 0.2, lambda: None))
+        results["redis_fanout_notices_per_s"] = notices / seconds
+        results["redis_server"] = server.binary
+        yield engine.stop()
+    finally:
+        server.stop()
+
+
+def printTable(results):
+    r = results
+    rows = [
+        ("embedded appends/s, durable acks (>=50k)", "embedded_append_msgs_per_s",
+         "baseline_batch_msgs_per_s"),
+        ("embedded fsyncs/s needed", "embedded_fsyncs_per_s", "baseline_batch_fsyncs_per_s"),
+        ("embedded appends/s, appendMany of 16", "embedded_append_batched_msgs_per_s",
+         "baseline_batch_msgs_per_s"),
+        ("embedded records per fsync", "embedded_records_per_fsync", None),
+        ("one fsync per message, msgs/s (scale)", "baseline_fsync_each_msgs_per_s", None),
+        ("embedded appends/s, one queue", "embedded_append_one_queue_msgs_per_s",
+         "baseline_batch_msgs_per_s"),
+        ("embedded replay msgs/s, one queue (>=200k)", "embedded_replay_msgs_per_s",
+         "baseline_scan_msgs_per_s"),
+        ("embedded replay msgs/s, 10 queues interleaved",
+         "embedded_replay_interleaved_msgs_per_s", "baseline_scan_msgs_per_s"),
+        ("embedded recovery records/s", "embedded_recovery_msgs_per_s",
+         "baseline_scan_msgs_per_s"),
+        ("embedded presence notices/s", "embedded_fanout_notices_per_s",
+         "baseline_callbacks_per_s"),
+        ("redis appends/s", "redis_append_msgs_per_s", "redis_baseline_xadd_msgs_per_s"),
+        ("redis replay msgs/s", "redis_replay_msgs_per_s", None),
+        ("redis presence notices/s", "redis_fanout_notices_per_s", "baseline_callbacks_per_s"),
+    ]
+    print("%-44s %14s %14s %8s" % ("measure", "engine", "baseline", "ratio"))
+    for name, key, base in rows:
+        if key not in r:
+            continue
+        value = r[key]
+        baseline = r.get(base) if base else None
+        print("%-44s %14.1f %14s %8s" % (
+            name, value, "%.1f" % baseline if baseline else "-",
+            "%.2f" % (value / baseline) if baseline else "-"))
+    if isinstance(r.get("redis"), str):
+        print("redis: %s" % (r["redis"],))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
+    parser.add_argument("--json", help="write the results as JSON to this path")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis engine")
+    parser.add_argument("--dir", default=None, help="where the files go (default: /tmp)")
+    args = parser.parse_args(argv)
+    args.messages = 3000 if args.quick else 200000
+    args.warmup = 1000 if args.quick else 20000
+    args.redisMessages = 1000 if args.quick else 50000
+    args.fsyncEach = 50 if args.quick else 1000
+    args.batch = 256
+    args.window = 2000
+    args.queues = 10
+    args.watchers = 50 if args.quick else 1000
+    args.changes = 5 if args.quick else 50
+    results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                           "platform": platform.platform()},
+               "quick": args.quick, "messages": args.messages, "warmup": args.warmup,
+               "payload": len(PAYLOAD),
+               "window": args.window, "queues": args.queues, "watchers": args.watchers,
+               "changes": args.changes}
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        yield benchEmbedded(reactor, args, results)
+        if not args.no_redis:
+            yield benchRedis(reactor, args, results)
+        _report(results, args.json)
+    task.react(lambda reactor: run(reactor))
+
+
+def _report(results, path):
+    printTable(results)
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()

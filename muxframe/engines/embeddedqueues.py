@@ -1,0 +1,484 @@
+"""
+The embedded engine's durable per-entity queues: L{IQueueStore} over one
+L{Journal} (the records) and one L{KeyValueFile} (consumer positions and
+offset floors, kept apart from the records).
+
+Key/value layout (keys are bytes, names are UTF-8, NUL-separated):
+
+ - C{b"o\\x00" + entity + b"\\x00" + device}: delivered u64, read u64.
+ - C{b"f\\x00" + entity}: next offset u64, written before a segment holding
+   the entity's records is deleted, so offsets never restart.
+"""
+
+import struct
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from muxframe.engines import logformat
+from muxframe.engines.errors import (
+    EngineStopped, EngineUsageError, LimitExceeded, StorageError)
+from muxframe.engines.interfaces import IQueueStore
+from muxframe.engines.model import (
+    Address, Appended, ConsumerPosition, QueueMessage, QueueRetention,
+    ReceiptKind, RecordKind, checkName)
+from muxframe.engines.ordering import SerialChains
+from muxframe.engines.queuestate import ConsumerTracker, QueueIndex, retentionStart
+from muxframe.engines.watches import WatchList
+
+log = Logger()
+
+_POSITION = struct.Struct(">QQ")
+_FLOOR = struct.Struct(">Q")
+
+
+def _positionKey(entity, device):
+    return b"o\x00" + entity.encode("utf-8") + b"\x00" + device.encode("utf-8")
+
+
+def _floorKey(entity):
+    return b"f\x00" + entity.encode("utf-8")
+
+
+def checkMessage(message):
+    """
+    Check a L{QueueMessage}'s fields; return it.
+    """
+    if message.__class__ is QueueMessage and message.payload.__class__ is bytes \
+            and len(message.payload) <= logformat.MAX_PAYLOAD:
+        checkName(message.messageId, "message id")
+        sender = message.sender
+        if sender is not None:
+            checkName(sender.entity, "sender entity")
+            if sender.device:
+                checkName(sender.device, "sender device")
+        return message
+    if not isinstance(message, QueueMessage):
+        raise EngineUsageError("append takes a QueueMessage, not %r" % (type(message).__name__,))
+    checkName(message.messageId, "message id")
+    if message.sender is not None:
+        checkName(message.sender.entity, "sender entity")
+        if message.sender.device:
+            checkName(message.sender.device, "sender device")
+    if not isinstance(message.payload, bytes):
+        raise EngineUsageError("payload must be bytes")
+    if len(message.payload) > logformat.MAX_PAYLOAD:
+        raise LimitExceeded("payload of %d bytes exceeds %d" % (
+            len(message.payload), logformat.MAX_PAYLOAD), "maxPayload")
+    return message
+
+
+@implementer(IQueueStore)
+class EmbeddedQueueStore:
+    """
+    Queues in a journal on local disk.
+
+    @param clock: an C{IReactorTime} for "now".
+    """
+
+    def __init__(self, journal, positions, clock, retention=QueueRetention(),
+                 dedupWindow=100000, maxFetch=10000, maxJournalBytes=None):
+        self._journal = journal
+        self._positions = positions
+        self._clock = clock
+        self.retention = retention
+        self.dedupWindow = dedupWindow
+        self.maxFetch = maxFetch
+        self.maxJournalBytes = maxJournalBytes
+        self._queues = {}
+        self._consumers = {}
+        self._watches = WatchList()
+        self._acks = SerialChains()
+        self._unnotified = []
+        journal.addDurableListener(self._durable)
+        self._lastStamp = 0
+        self._open = False
+        self.droppedByCap = 0
+
+    # Start -----------------------------------------------------------
+
+    def open(self):
+        """
+        Build the queues from the recovered journal and positions (the
+        journal and key/value file must be open).
+        """
+        for segment in self._journal.segments:
+            for queue, run in segment.runs.items():
+                index = self._queues.get(queue)
+                if index is None:
+                    # Floors are applied after every record is in.
+                    index = self._queues[queue] = QueueIndex(self.dedupWindow)
+                index.addRun(run.firstOffset, run.lsns, run.stamps, run.keys)
+                if len(run.stamps):
+                    self._lastStamp = max(self._lastStamp, run.stamps[-1])
+        self._journal.releaseSealed()
+        for key, value in self._positions.items(b"f\x00"):
+            (floor,) = _FLOOR.unpack(value)
+            self._queue(key[2:].decode("utf-8")).floor(floor)
+        for key, value in self._positions.items(b"o\x00"):
+            entity, device = key[2:].decode("utf-8").split("\x00", 1)
+            delivered, read = _POSITION.unpack(value)
+            self._consumers.setdefault(entity, {})[device] = ConsumerTracker(delivered, read)
+        self._open = True
+
+    def close(self):
+        """
+        Refuse further operations.
+        """
+        self._open = False
+
+    def _check(self):
+        if not self._open:
+            raise EngineStopped("the queue store is closed")
+
+    def _queue(self, entity):
+        index = self._queues.get(entity)
+        if index is None:
+            index = self._queues[entity] = QueueIndex(self.dedupWindow)
+            floor = self._positions.get(_floorKey(entity))
+            if floor is not None:
+                index.floor(_FLOOR.unpack(floor)[0])
+        return index
+
+    def _stamp(self):
+        self._lastStamp = max(self._lastStamp, int(self._clock.seconds() * 1000))
+        return self._lastStamp
+
+    def _whenDurable(self, lsn):
+        if lsn <= self._journal.durableLsn:
+            return defer.succeed(None)
+        return self._journal.flush()
+
+    # Appends -----------------------------------------------------------
+
+    def append(self, entity, message):
+        """
+        See L{IQueueStore.append}.
+        """
+        try:
+            self._check()
+            checkName(entity, "entity")
+            checkMessage(message)
+        except Exception:
+            return defer.fail()
+        sender = message.sender
+        key = logformat.messageKey(sender.entity if sender else "",
+                                   sender.device if sender else "", message.messageId)
+        flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
+        return self._append(entity, RecordKind.MESSAGE, flags, message.messageId, sender,
+                            message.payload, key)
+
+    def _append(self, entity, kind, flags, messageId, sender, payload, key, commit=True):
+        """
+        Append one record; with C{commit}, a Deferred of its L{Appended}
+        once durable, else C{(Appended, lsn)} at once (not durable yet).
+        """
+        index = self._queues.get(entity) or self._queue(entity)
+        existing = index.find(key)
+        if existing is not None:
+            appended = Appended(existing, index.timestamp(existing), True)
+            if not commit:
+                return appended, index.lsn(existing)
+            return self._whenDurable(index.lsn(existing)).addCallback(lambda _: appended)
+        offset, stamp = index.nextOffset, self._stamp()
+        appended = Appended(offset, stamp)
+        try:
+            lsn, d = self._journal.append(
+                kind, flags, entity, offset, stamp, messageId,
+                sender.entity if sender else "", sender.device if sender else "", payload, key,
+                appended, commit)
+        except Exception:
+            if not commit:
+                raise
+            return defer.fail()
+        index.add(lsn, stamp, key)
+        if self._watches.has(entity):
+            self._unnotified.append((lsn, entity, offset))
+        return d if commit else (appended, lsn)
+
+    def appendMany(self, items):
+        """
+        See L{IQueueStore.appendMany}: one durable acknowledgement for
+        several appends (one Deferred, one flush).
+        """
+        try:
+            self._check()
+            checked = []
+            for entity, message in items:
+                checkName(entity, "entity")
+                checkMessage(message)
+                checked.append((entity, message))
+        except Exception:
+            return defer.fail()
+        results = []
+        try:
+            for entity, message in checked:
+                sender = message.sender
+                key = logformat.messageKey(sender.entity if sender else "",
+                                           sender.device if sender else "", message.messageId)
+                flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
+                appended, _ = self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
+                                           sender, message.payload, key, commit=False)
+                results.append(appended)
+        except Exception:
+            # What was appended before the fault is still made durable.
+            failure = defer.fail()
+            return self._journal.flush().addCallback(lambda _: failure)
+        return self._journal.flush(results)
+
+    def _durable(self, durableLsn):
+        # Watchers hear once per flush per queue, of its last durable offset.
+        if not self._unnotified:
+            return
+        last = {}
+        keep = []
+        for item in self._unnotified:
+            if item[0] <= durableLsn:
+                last[item[1]] = item[2]
+            else:
+                keep.append(item)
+        self._unnotified = keep
+        for entity, offset in last.items():
+            self._watches.notify(entity, entity, offset)
+
+    # Reads -------------------------------------------------------------
+
+    def fetch(self, entity, fromOffset, limit=100, maxBytes=1048576):
+        """
+        See L{IQueueStore.fetch}.
+        """
+        try:
+            self._check()
+            checkName(entity, "entity")
+            if not 1 <= limit <= self.maxFetch:
+                raise LimitExceeded("fetch limit must be 1 to %d" % (self.maxFetch,), "maxFetch")
+        except Exception:
+            return defer.fail()
+        index = self._queues.get(entity)
+        if index is None:
+            return defer.succeed([])
+        start, lsns = index.lsns(max(1, fromOffset), limit)
+        durable = self._journal.durableLsn
+        wanted = [lsn for lsn in lsns if lsn <= durable]
+
+        def checked(records):
+            size = 0
+            for i, record in enumerate(records):
+                if record.offset != start + i:
+                    raise StorageError("journal record for offset %d where %d was due" % (
+                        record.offset, start + i))
+                size += len(record.payload)
+                if i and size > maxBytes:
+                    return records[:i]
+            return records
+        if not wanted:
+            return defer.succeed([])
+        d = self._journal.read(wanted, logformat.queuedRecordDecoder(entity))
+        return d.addCallback(checked).addErrback(_storageError)
+
+    # Positions ---------------------------------------------------------
+
+    def _positionOf(self, entity, device, tracker):
+        index = self._queue(entity)
+        return ConsumerPosition(entity, device, tracker.delivered, tracker.read,
+                                index.firstOffset, index.nextOffset)
+
+    def _tracker(self, entity, device):
+        trackers = self._consumers.setdefault(entity, {})
+        tracker = trackers.get(device)
+        created = tracker is None
+        if created:
+            first = self._queue(entity).firstOffset
+            tracker = trackers[device] = ConsumerTracker(first - 1, first - 1)
+        return tracker, created
+
+    def _savePosition(self, entity, device, tracker):
+        return self._positions.put(_positionKey(entity, device),
+                                   _POSITION.pack(tracker.delivered, tracker.read))
+
+    def position(self, entity, device):
+        """
+        See L{IQueueStore.position}; a device seen for the first time is
+        registered (durably) at the oldest kept record, and from then on
+        holds retention back until it acknowledges.
+        """
+        try:
+            self._check()
+            checkName(entity, "entity")
+            checkName(device, "device")
+        except Exception:
+            return defer.fail()
+        tracker, created = self._tracker(entity, device)
+        position = self._positionOf(entity, device, tracker)
+        if not created:
+            return defer.succeed(position)
+        return self._savePosition(entity, device, tracker).addCallback(lambda _: position)
+
+    def acknowledge(self, entity, device, offset, kind):
+        """
+        See L{IQueueStore.acknowledge}.
+        """
+        try:
+            self._check()
+            checkName(entity, "entity")
+            checkName(device, "device")
+            kind = ReceiptKind(kind)
+            index = self._queue(entity)
+            tracker, _ = self._tracker(entity, device)
+            before = (tracker.delivered, tracker.read)
+            delivered, read = tracker.acknowledge(offset, kind, index.firstOffset,
+                                                  index.nextOffset)
+        except Exception:
+            return defer.fail()
+        if (tracker.delivered, tracker.read) == before:
+            return defer.succeed(self._positionOf(entity, device, tracker))
+        covered = sorted(set(delivered) | set(read))
+        receipts = self._sendReceipts(entity, device, index, covered, set(delivered), set(read))
+        saved = (tracker.delivered, tracker.read)
+
+        def save():
+            # After every earlier acknowledgement of this device, and after
+            # this one's receipts are durable.
+            def write(_):
+                return self._positions.put(_positionKey(entity, device), _POSITION.pack(*saved))
+            return receipts.addCallback(write)
+        d = self._acks.after((entity, device), save)
+        return d.addCallback(lambda _: self._positionOf(entity, device, tracker))
+
+    def _sendReceipts(self, entity, device, index, covered, delivered, read):
+        kept = [o for o in covered if o >= index.firstOffset]
+        if not kept:
+            return defer.succeed(None)
+        lsns = [index.lsn(o) for o in kept]
+        d = self._whenDurable(lsns[-1])
+        d.addCallback(lambda _: self._journal.read(lsns))
+
+        def send(records):
+            sends = []
+            for record in records:
+                if record.kind != RecordKind.MESSAGE or not record.flags & logformat.FLAG_RECEIPTS:
+                    continue
+                for kind, offsets in ((ReceiptKind.DELIVERED, delivered),
+                                      (ReceiptKind.READ, read)):
+                    if record.offset in offsets:
+                        sends.append(self._append(
+                            record.senderEntity, RecordKind.RECEIPT, 0, record.messageId,
+                            Address(entity, device),
+                            logformat.encodeReceiptPayload(kind, record.offset),
+                            logformat.receiptKey(entity, kind, record.offset)))
+            return defer.gatherResults(sends, consumeErrors=True)
+        return d.addCallback(send).addErrback(_firstError)
+
+    def forget(self, entity, device):
+        """
+        See L{IQueueStore.forget}.
+        """
+        try:
+            self._check()
+        except Exception:
+            return defer.fail()
+        trackers = self._consumers.get(entity, {})
+        if trackers.pop(device, None) is None:
+            return defer.succeed(None)
+        if not trackers:
+            del self._consumers[entity]
+        return self._positions.delete(_positionKey(entity, device))
+
+    def watch(self, entity, callback):
+        """
+        See L{IQueueStore.watch}.
+        """
+        checkName(entity, "entity")
+        return self._watches.add(entity, callback)
+
+    # Retention ---------------------------------------------------------
+
+    def applyRetention(self):
+        """
+        Move every queue's first kept offset forward under the retention
+        rules, then delete the journal segments nobody needs (and, oldest
+        first, those past C{maxJournalBytes}).  Returns a Deferred firing
+        with the number of segments deleted.
+        """
+        if not self._open:
+            return defer.succeed(0)
+        now = int(self._clock.seconds() * 1000)
+        for entity, index in self._queues.items():
+            trackers = self._consumers.get(entity)
+            lowest = min(t.delivered for t in trackers.values()) if trackers else None
+            index.trimTo(retentionStart(index, self.retention, now, lowest))
+        segmentsInUse = self._journal.segments
+        drop = []
+        for segment in segmentsInUse[:-1]:
+            if not segment.deletable(self._firstKept):
+                break
+            drop.append(segment)
+        if self.maxJournalBytes is not None:
+            excess = self._journal.totalBytes - sum(s.size for s in drop) - self.maxJournalBytes
+            for segment in segmentsInUse[len(drop):-1]:
+                if excess <= 0:
+                    break
+                lost = 0
+                for queue, run in segment.runs.items():
+                    index = self._queues.get(queue)
+                    if index is not None and index.firstOffset <= run.lastOffset:
+                        lost += run.lastOffset + 1 - index.firstOffset
+                        index.trimTo(run.lastOffset + 1)
+                if lost:
+                    self.droppedByCap += lost
+                    log.warn("journal over {limit} bytes: dropped {lost} unacknowledged records "
+                             "with segment {base}", limit=self.maxJournalBytes, lost=lost,
+                             base=segment.base)
+                drop.append(segment)
+                excess -= segment.size
+        if not drop:
+            self._forgetIdle()
+            return defer.succeed(0)
+        floors = set()
+        for segment in drop:
+            floors.update(segment.runs)
+        for queue in sorted(floors):
+            self._positions.put(_floorKey(queue), _FLOOR.pack(self._queue(queue).nextOffset))
+        d = self._positions.flush()
+        d.addCallback(lambda _: self._journal.dropSegments([s.base for s in drop]))
+        d.addCallback(lambda _: (self._forgetIdle(), len(drop))[1])
+        return d
+
+    def _firstKept(self, queue):
+        index = self._queues.get(queue)
+        return index.firstOffset if index is not None else 2 ** 64
+
+    def _forgetIdle(self):
+        # Empty queues nobody consumes are dropped from memory once their
+        # floor is on disk (appends recreate them from it).
+        for entity in [e for e, i in self._queues.items()
+                       if not len(i) and e not in self._consumers and not self._watches.has(e)]:
+            index = self._queues[entity]
+            stored = self._positions.get(_floorKey(entity))
+            if stored is not None and _FLOOR.unpack(stored)[0] >= index.nextOffset:
+                del self._queues[entity]
+
+    def stats(self):
+        """
+        Counts for operators: queues, kept records, consumers, journal bytes.
+        """
+        return {"queues": len(self._queues),
+                "records": sum(len(i) for i in self._queues.values()),
+                "consumers": sum(len(c) for c in self._consumers.values()),
+                "journalBytes": self._journal.totalBytes,
+                "segments": len(self._journal.segments),
+                "flushes": self._journal.flushes,
+                "droppedByCap": self.droppedByCap}
+
+
+def _storageError(failure):
+    if failure.check(OSError):
+        raise StorageError("journal read failed: %s" % (failure.value,))
+    return failure
+
+
+def _firstError(failure):
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure

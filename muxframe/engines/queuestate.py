@@ -1,0 +1,274 @@
+"""
+Per-entity queue rules: offsets, deduplication, retention and consumer
+positions.  No I/O; time is passed in (Unix ms).
+
+Rules:
+
+ - A queue's offsets are contiguous from 1.  The next offset is one past
+   the highest ever handed out, even when every record was dropped (the
+   embedded engine keeps a floor for it, see L{QueueIndex.floor}).
+ - Deduplication: a record is identified by C{(sender entity, sender
+   device, message id)}.  While the original is kept (and among the last
+   C{dedupWindow} of the queue), an append with the same identity stores
+   nothing and answers the original's offset.
+ - Retention moves a queue's first kept offset forward, never back, to the
+   greatest of: one past the lowest delivered offset among the entity's
+   devices (when C{deleteAcknowledged} and at least one device is known);
+   the C{maxMessages} newest; the first record not older than C{maxAge}.
+ - A device's position: C{delivered} and C{read}, each the highest offset
+   up to which everything was acknowledged.  An acknowledgement past a gap
+   is held (at most C{maxPending} of them) until the gap fills; READ
+   implies DELIVERED; positions never move back; an acknowledgement of an
+   offset that was never handed out is an error; one below the queue's first
+   kept offset counts as that offset (dropped records need no ack).
+"""
+
+import bisect
+from array import array
+
+from muxframe.engines.errors import EngineUsageError, LimitExceeded
+from muxframe.engines.logformat import messageKey
+
+_NO_KEY = bytes(16)
+from muxframe.engines.model import MAX_OFFSET, ReceiptKind
+
+
+def dedupKey(sender, messageId):
+    """
+    The key deduplicating a message: a digest of sender entity, device and
+    message id (L{logformat.messageKey}).
+    """
+    if sender is None:
+        return messageKey("", "", messageId)
+    return messageKey(sender.entity, sender.device, messageId)
+
+
+class QueueIndex:
+    """
+    One queue's kept records: offset -> (LSN, timestamp, dedup key), the
+    first kept offset and the next offset.
+    """
+
+    def __init__(self, dedupWindow=100000):
+        self.firstOffset = 1
+        self.nextOffset = 1
+        self.dedupWindow = dedupWindow
+        self._lsns = array("Q")
+        self._stamps = array("Q")
+        # 16 bytes per record (zeros: none), in a bytearray rather than a
+        # list: no object per key, nothing for the cyclic GC to traverse.
+        self._keys = bytearray()
+        self._head = 0
+        self._dedup = {}
+        # Every offset below this one has had its dedup key forgotten.
+        self._forgotten = 1
+
+    def __len__(self):
+        return self.nextOffset - self.firstOffset
+
+    def floor(self, nextOffset):
+        """
+        Raise the next offset to at least C{nextOffset} (a floor kept where
+        every record of the queue was dropped); nothing is kept below it.
+        """
+        if nextOffset > self.nextOffset:
+            self.trimTo(self.nextOffset)
+            self.firstOffset = self.nextOffset = nextOffset
+
+    def find(self, key):
+        """
+        The offset of the kept record with dedup C{key}, or L{None}.
+        """
+        offset = self._dedup.get(key)
+        if offset is not None and offset >= self.firstOffset:
+            return offset
+        return None
+
+    def add(self, lsn, timestamp, key=None, offset=None):
+        """
+        Note the next record (at C{offset}, which must be the next offset
+        when given, as in recovery); return its offset.
+        """
+        if offset is not None and offset != self.nextOffset:
+            self._jump(offset)
+        if self.nextOffset >= MAX_OFFSET:
+            raise LimitExceeded("queue offsets exhausted", "offset")
+        offset = self.nextOffset
+        self._lsns.append(lsn)
+        self._stamps.append(timestamp)
+        self._keys += key if key is not None else _NO_KEY
+        self.nextOffset = offset + 1
+        if key is not None:
+            self._dedup[key] = offset
+        if offset - self.dedupWindow >= self._forgotten:
+            self._forgetBeyondWindow()
+        return offset
+
+    def addRun(self, firstOffset, lsns, stamps, keys):
+        """
+        Note a run of records at contiguous offsets from C{firstOffset}
+        (recovery, from a segment's index).
+        """
+        if firstOffset != self.nextOffset:
+            self._jump(firstOffset)
+        start = self.nextOffset
+        self._lsns.extend(lsns)
+        self._stamps.extend(stamps)
+        self._keys.extend(keys)
+        self.nextOffset = start + len(lsns)
+        view = bytes(keys)
+        self._dedup.update((view[16 * i:16 * i + 16], start + i) for i in range(len(lsns)))
+        self._forgetBeyondWindow()
+
+    def _jump(self, offset):
+        if offset < self.nextOffset or len(self):
+            raise EngineUsageError("queue offset %d where %d was due" % (offset, self.nextOffset))
+        # Only a queue whose kept records are all dropped may jump.
+        self.trimTo(self.nextOffset)
+        self.firstOffset = self.nextOffset = offset
+
+    def _forgetBeyondWindow(self):
+        # Keys older than the window are forgotten, oldest first.
+        oldest = self.nextOffset - self.dedupWindow
+        if oldest > self._forgotten:
+            for offset in range(max(self._forgotten, self.firstOffset), oldest):
+                self._forget(offset)
+            self._forgotten = oldest
+
+    def _forget(self, offset):
+        at = 16 * (self._head + offset - self.firstOffset)
+        key = bytes(self._keys[at:at + 16])
+        if self._dedup.get(key) == offset:
+            del self._dedup[key]
+
+    def lsn(self, offset):
+        """
+        The LSN of the record at C{offset} (kept).
+        """
+        return self._lsns[self._head + offset - self.firstOffset]
+
+    def timestamp(self, offset):
+        """
+        The timestamp of the record at C{offset} (kept).
+        """
+        return self._stamps[self._head + offset - self.firstOffset]
+
+    def lsns(self, fromOffset, count):
+        """
+        The LSNs of up to C{count} kept records from C{fromOffset} (raised to
+        the first kept offset).
+        """
+        start = max(fromOffset, self.firstOffset)
+        i = self._head + start - self.firstOffset
+        return start, self._lsns[i:i + max(0, count)]
+
+    def trimTo(self, firstOffset):
+        """
+        Drop every record below C{firstOffset}.
+        """
+        firstOffset = min(firstOffset, self.nextOffset)
+        if firstOffset <= self.firstOffset:
+            return
+        for offset in range(max(self.firstOffset, self._forgotten), firstOffset):
+            self._forget(offset)
+        self._forgotten = max(self._forgotten, firstOffset)
+        self._head += firstOffset - self.firstOffset
+        self.firstOffset = firstOffset
+        if self._head > 4096 and self._head * 2 > len(self._lsns):
+            del self._lsns[:self._head]
+            del self._stamps[:self._head]
+            del self._keys[:16 * self._head]
+            self._head = 0
+
+    def firstNotOlderThan(self, cutoff):
+        """
+        The first kept offset whose timestamp is at least C{cutoff}, or the
+        next offset if none (timestamps never decrease in a queue).
+        """
+        i = bisect.bisect_left(self._stamps, cutoff, self._head)
+        return self.firstOffset + (i - self._head)
+
+
+def retentionStart(index, retention, now, lowestDelivered):
+    """
+    The first offset C{index} should keep under L{QueueRetention}
+    C{retention} at time C{now} (ms); C{lowestDelivered} is the lowest
+    delivered offset among the entity's known devices, or L{None} if none
+    is known.
+    """
+    start = index.firstOffset
+    if retention.deleteAcknowledged and lowestDelivered is not None:
+        start = max(start, lowestDelivered + 1)
+    if retention.maxMessages is not None:
+        start = max(start, index.nextOffset - retention.maxMessages)
+    if retention.maxAge is not None:
+        start = max(start, index.firstNotOlderThan(now - int(retention.maxAge * 1000)))
+    return min(start, index.nextOffset)
+
+
+class ConsumerTracker:
+    """
+    One device's position in one queue: contiguous delivered and read
+    offsets, and the acknowledgements waiting past a gap.
+    """
+
+    def __init__(self, delivered=0, read=0, maxPending=1024):
+        self.delivered = delivered
+        self.read = min(read, delivered)
+        self.maxPending = maxPending
+        self._pending = {ReceiptKind.DELIVERED: set(), ReceiptKind.READ: set()}
+
+    def acknowledge(self, offset, kind, firstOffset, nextOffset):
+        """
+        Apply an acknowledgement.
+
+        @return: C{(newlyDelivered, newlyRead)}: the C{range}s of offsets
+            that became delivered and read.
+        @raise EngineUsageError: for an offset never handed out or a kind
+            that is not DELIVERED or READ.
+        @raise LimitExceeded: past C{maxPending} held acknowledgements.
+        """
+        if kind not in (ReceiptKind.DELIVERED, ReceiptKind.READ):
+            raise EngineUsageError(
+                "acknowledgement kind must be DELIVERED or READ, not %r" % (kind,))
+        if not 1 <= offset < nextOffset:
+            raise EngineUsageError("offset %d was never handed out (next is %d)" % (
+                offset, nextOffset))
+        oldDelivered, oldRead = self.delivered, self.read
+        # Records below the first kept offset were dropped: nothing to wait for.
+        floor = firstOffset - 1
+        if self.delivered < floor:
+            self.delivered = floor
+        if self.read < floor:
+            self.read = floor
+        kinds = (ReceiptKind.DELIVERED, ReceiptKind.READ) if kind == ReceiptKind.READ \
+            else (ReceiptKind.DELIVERED,)
+        for k in kinds:
+            current = self.delivered if k == ReceiptKind.DELIVERED else self.read
+            if offset > current:
+                pending = self._pending[k]
+                if offset not in pending and len(pending) >= self.maxPending:
+                    raise LimitExceeded("more than %d acknowledgements wait past a gap" % (
+                        self.maxPending,), "maxPending")
+                pending.add(offset)
+        self.delivered = self._advance(ReceiptKind.DELIVERED, self.delivered)
+        # Every held READ is also a held DELIVERED, so read <= delivered.
+        self.read = min(self._advance(ReceiptKind.READ, self.read), self.delivered)
+        return (range(max(oldDelivered, floor) + 1, self.delivered + 1),
+                range(max(oldRead, floor) + 1, self.read + 1))
+
+    def _advance(self, kind, current):
+        pending = self._pending[kind]
+        while current + 1 in pending:
+            current += 1
+            pending.discard(current)
+        for stale in [o for o in pending if o <= current]:
+            pending.discard(stale)
+        return current
+
+    @property
+    def held(self):
+        """
+        How many acknowledgements wait past a gap.
+        """
+        return sum(len(p) for p in self._pending.values())

@@ -1,0 +1,408 @@
+"""
+The Redis engine's durable queues: L{IQueueStore} over Redis streams.
+
+Keys (P: the engine's prefix, E: the entity):
+
+ - C{P q:{E}}: a stream, one entry per record with id C{<offset>-0} and
+   fields k (kind), f (flags), m (message id), se / sd (sender entity /
+   device), t (timestamp ms), p (payload), h (dedup key).
+ - C{P q:{E}:meta}: hash with last (last offset), first (first kept),
+   stamp (last timestamp).
+ - C{P q:{E}:dedup}: hash dedup key -> offset, for kept records.
+ - C{P q:{E}:pos}: hash device -> "delivered read", the consumer positions.
+ - C{P queues}: set of entities with a queue (for retention passes).
+ - Channel C{P qn:E}: the offset of every append, for watches on any node.
+
+Appends, positions and retention are Lua scripts, atomic in Redis.  Offsets
+are exact up to 2**53 (Lua numbers).  Durability is Redis's: run it with
+C{appendonly yes} and C{appendfsync always} for an fsync before every
+reply (C{everysec} may lose the last second on a power cut).
+"""
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from muxframe.engines import logformat
+from muxframe.engines.embeddedqueues import checkMessage
+from muxframe.engines.errors import EngineUsageError, LimitExceeded, StorageError
+from muxframe.engines.interfaces import IQueueStore
+from muxframe.engines.model import (
+    Address, Appended, ConsumerPosition, QueuedRecord, QueueRetention, ReceiptKind,
+    RecordKind, checkName)
+from muxframe.engines.ordering import SerialChains
+from muxframe.engines.queuestate import ConsumerTracker
+from muxframe.engines.redisconn import Script
+from muxframe.engines.watches import WatchList
+
+APPEND = Script("append", """
+local existing = redis.call('HGET', KEYS[3], ARGV[1])
+if existing then
+  local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
+  if tonumber(existing) >= first then
+    local id = existing .. '-0'
+    local e = redis.call('XRANGE', KEYS[1], id, id)
+    if e[1] then
+      local f = e[1][2]
+      for i = 1, #f, 2 do
+        if f[i] == 't' then return {tonumber(existing), tonumber(f[i + 1]), 1} end
+      end
+    end
+  end
+end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local stamp = math.max(tonumber(ARGV[7]), tonumber(redis.call('HGET', KEYS[2], 'stamp') or '0'))
+local offset = string.format('%d', last + 1)
+stamp = string.format('%d', stamp)
+redis.call('XADD', KEYS[1], offset .. '-0', 'k', ARGV[2], 'f', ARGV[3], 'm', ARGV[4],
+           'se', ARGV[5], 'sd', ARGV[6], 't', stamp, 'p', ARGV[8], 'h', ARGV[1])
+redis.call('HSET', KEYS[2], 'last', offset, 'stamp', stamp)
+redis.call('HSETNX', KEYS[2], 'first', '1')
+redis.call('HSET', KEYS[3], ARGV[1], offset)
+redis.call('SADD', KEYS[4], ARGV[10])
+redis.call('PUBLISH', ARGV[9], offset)
+return {tonumber(offset), tonumber(stamp), 0}
+""")
+
+POSITION = Script("position", """
+local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v and ARGV[2] == '1' then
+  v = string.format('%d %d', first - 1, first - 1)
+  redis.call('HSET', KEYS[1], ARGV[1], v)
+end
+return {v or false, first, last}
+""")
+
+SAVE_POSITION = Script("savePosition", """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+local d, r = 0, 0
+if v then
+  local a, b = string.match(v, '(%d+) (%d+)')
+  d, r = tonumber(a), tonumber(b)
+end
+d = math.max(d, tonumber(ARGV[2]))
+r = math.min(math.max(r, tonumber(ARGV[3])), d)
+v = string.format('%d %d', d, r)
+redis.call('HSET', KEYS[1], ARGV[1], v)
+return v
+""")
+
+RETENTION = Script("retention", """
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
+local start = first
+if ARGV[1] == '1' then
+  local low = nil
+  for _, v in ipairs(redis.call('HVALS', KEYS[4])) do
+    local d = tonumber(string.match(v, '(%d+) '))
+    if low == nil or d < low then low = d end
+  end
+  if low ~= nil then start = math.max(start, low + 1) end
+end
+if tonumber(ARGV[2]) >= 0 then start = math.max(start, last + 1 - tonumber(ARGV[2])) end
+if tonumber(ARGV[3]) >= 0 then
+  local cutoff = tonumber(ARGV[3])
+  local scanning = true
+  while scanning and start <= last do
+    local entries = redis.call('XRANGE', KEYS[1], string.format('%d-0', start), '+', 'COUNT', 100)
+    if #entries == 0 then break end
+    for _, e in ipairs(entries) do
+      local f, t = e[2], nil
+      for i = 1, #f, 2 do if f[i] == 't' then t = tonumber(f[i + 1]) end end
+      if t >= cutoff then scanning = false break end
+      start = tonumber(string.match(e[1], '(%d+)-')) + 1
+    end
+  end
+end
+start = math.min(start, last + 1)
+if start > first then
+  local upto = string.format('%d-0', start - 1)
+  while true do
+    local entries = redis.call('XRANGE', KEYS[1], '-', upto, 'COUNT', 500)
+    if #entries == 0 then break end
+    for _, e in ipairs(entries) do
+      local f = e[2]
+      for i = 1, #f, 2 do if f[i] == 'h' then redis.call('HDEL', KEYS[3], f[i + 1]) end end
+      redis.call('XDEL', KEYS[1], e[1])
+    end
+  end
+  redis.call('HSET', KEYS[2], 'first', string.format('%d', start))
+end
+return start
+""")
+
+
+def _fields(flat):
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _record(entry, entity):
+    entryId, flat = entry
+    f = _fields(flat)
+    try:
+        offset = int(entryId.split(b"-")[0])
+        kind = RecordKind(int(f[b"k"]))
+        flags = int(f[b"f"])
+        messageId = f[b"m"].decode("utf-8")
+        senderEntity = f[b"se"].decode("utf-8")
+        senderDevice = f[b"sd"].decode("utf-8")
+        timestamp = int(f[b"t"])
+        payload = f[b"p"]
+    except (KeyError, ValueError) as e:
+        raise StorageError("malformed stream entry %r of %r: %s" % (entryId, entity, e))
+    receipt = None
+    if kind == RecordKind.RECEIPT:
+        receipt = logformat.decodeReceiptPayload(payload, senderEntity, senderDevice, messageId)
+    return QueuedRecord(offset, kind, messageId,
+                        Address(senderEntity, senderDevice) if senderEntity else None,
+                        timestamp, payload, bool(flags & logformat.FLAG_RECEIPTS), receipt)
+
+
+def _position(value):
+    delivered, read = value.split(b" ")
+    return int(delivered), int(read)
+
+
+@implementer(IQueueStore)
+class RedisQueueStore:
+    """
+    Queues in Redis streams, shared by every node on the same Redis.
+    """
+
+    def __init__(self, client, prefix, clock, retention=QueueRetention(), maxFetch=10000):
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock
+        self.retention = retention
+        self.maxFetch = maxFetch
+        self._trackers = {}
+        self._acks = SerialChains()
+        self._watches = WatchList(self._firstWatch, self._lastWatch)
+
+    def _keys(self, entity):
+        base = "%sq:{%s}" % (self._prefix, entity)
+        return [base, base + ":meta", base + ":dedup", self._prefix + "queues"]
+
+    def _channel(self, entity):
+        return "%sqn:%s" % (self._prefix, entity)
+
+    def _now(self):
+        return int(self._clock.seconds() * 1000)
+
+    def append(self, entity, message):
+        """
+        See L{IQueueStore.append}.
+        """
+        try:
+            checkName(entity, "entity")
+            checkMessage(message)
+        except Exception:
+            return defer.fail()
+        sender = message.sender
+        key = logformat.messageKey(sender.entity if sender else "",
+                                   sender.device if sender else "", message.messageId)
+        flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
+        return self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
+                            sender.entity if sender else "", sender.device if sender else "",
+                            message.payload, key)
+
+    def _append(self, entity, kind, flags, messageId, senderEntity, senderDevice, payload, key):
+        d = self._client.run(APPEND, self._keys(entity), [
+            key, int(kind), flags, messageId, senderEntity, senderDevice, self._now(), payload,
+            self._channel(entity), entity])
+
+        def done(reply):
+            offset, stamp, duplicate = reply
+            return Appended(int(offset), int(stamp), bool(duplicate))
+        return d.addCallback(done)
+
+    @defer.inlineCallbacks
+    def appendMany(self, items):
+        """
+        See L{IQueueStore.appendMany}: the scripts are pipelined, in order.
+        """
+        for entity, message in items:
+            checkName(entity, "entity")
+            checkMessage(message)
+        results = []
+        for entity, message in items:
+            results.append(self.append(entity, message))
+        appended = yield defer.gatherResults(results, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+        return appended
+
+    def fetch(self, entity, fromOffset, limit=100, maxBytes=1048576):
+        """
+        See L{IQueueStore.fetch}.
+        """
+        try:
+            checkName(entity, "entity")
+            if not 1 <= limit <= self.maxFetch:
+                raise LimitExceeded("fetch limit must be 1 to %d" % (self.maxFetch,), "maxFetch")
+        except Exception:
+            return defer.fail()
+        d = self._client.call("XRANGE", self._keys(entity)[0], "%d-0" % (max(1, fromOffset),),
+                              "+", "COUNT", limit)
+
+        def decoded(entries):
+            out, size = [], 0
+            for entry in entries:
+                record = _record(entry, entity)
+                size += len(record.payload)
+                if out and size > maxBytes:
+                    break
+                out.append(record)
+            return out
+        return d.addCallback(decoded)
+
+    def _load(self, entity, device, register):
+        keys = ["%sq:{%s}:pos" % (self._prefix, entity), self._keys(entity)[1]]
+        return self._client.run(POSITION, keys, [device, "1" if register else "0"])
+
+    def position(self, entity, device):
+        """
+        See L{IQueueStore.position}; registers a device seen for the first
+        time at the oldest kept record.
+        """
+        try:
+            checkName(entity, "entity")
+            checkName(device, "device")
+        except Exception:
+            return defer.fail()
+
+        def loaded(reply):
+            value, first, last = reply
+            delivered, read = _position(value)
+            return ConsumerPosition(entity, device, delivered, read, int(first), int(last) + 1)
+        return self._load(entity, device, True).addCallback(loaded)
+
+    @defer.inlineCallbacks
+    def acknowledge(self, entity, device, offset, kind):
+        """
+        See L{IQueueStore.acknowledge}.
+        """
+        checkName(entity, "entity")
+        checkName(device, "device")
+        kind = ReceiptKind(kind)
+        value, first, last = yield self._load(entity, device, True)
+        first, nextOffset = int(first), int(last) + 1
+        stored = _position(value)
+        tracker = self._trackers.get((entity, device))
+        if tracker is None:
+            if len(self._trackers) > 100000:
+                self._trackers.clear()
+            tracker = self._trackers[(entity, device)] = ConsumerTracker(*stored)
+        # Another node may have moved the position on meanwhile.
+        tracker.delivered = max(tracker.delivered, stored[0])
+        tracker.read = max(tracker.read, min(stored[1], tracker.delivered))
+        before = (tracker.delivered, tracker.read)
+        delivered, read = tracker.acknowledge(offset, kind, first, nextOffset)
+        if (tracker.delivered, tracker.read) != before:
+            covered = sorted(o for o in set(delivered) | set(read) if o >= first)
+            receipts = defer.succeed(None)
+            if covered:
+                receipts = self._sendReceipts(entity, device, covered, set(delivered), set(read))
+            saved = (tracker.delivered, tracker.read)
+            keys = ["%sq:{%s}:pos" % (self._prefix, entity)]
+
+            def save():
+                # After earlier acknowledgements of the device and this
+                # one's receipts.
+                return receipts.addCallback(lambda _: self._client.run(
+                    SAVE_POSITION, keys, [device, saved[0], saved[1]]))
+            value = yield self._acks.after((entity, device), save)
+            stored = _position(value)
+        return ConsumerPosition(entity, device, stored[0], stored[1], first, nextOffset)
+
+    @defer.inlineCallbacks
+    def _sendReceipts(self, entity, device, covered, delivered, read):
+        entries = yield self._client.call("XRANGE", self._keys(entity)[0], "%d-0" % covered[0],
+                                          "%d-0" % covered[-1])
+        wanted = set(covered)
+        sends = []
+        for entry in entries:
+            record = _record(entry, entity)
+            if record.offset not in wanted or record.kind != RecordKind.MESSAGE \
+                    or not record.wantReceipts:
+                continue
+            for kind, offsets in ((ReceiptKind.DELIVERED, delivered), (ReceiptKind.READ, read)):
+                if record.offset in offsets:
+                    sends.append(self._append(
+                        record.sender.entity, RecordKind.RECEIPT, 0, record.messageId, entity,
+                        device, logformat.encodeReceiptPayload(kind, record.offset),
+                        logformat.receiptKey(entity, kind, record.offset)))
+        yield defer.gatherResults(sends, consumeErrors=True)
+
+    def forget(self, entity, device):
+        """
+        See L{IQueueStore.forget}.
+        """
+        try:
+            checkName(entity, "entity")
+            checkName(device, "device")
+        except Exception:
+            return defer.fail()
+        self._trackers.pop((entity, device), None)
+        return self._client.call("HDEL", "%sq:{%s}:pos" % (self._prefix, entity), device)
+
+    def watch(self, entity, callback):
+        """
+        See L{IQueueStore.watch}.
+        """
+        checkName(entity, "entity")
+        return self._watches.add(entity, callback)
+
+    def _firstWatch(self, entity):
+        self._client.subscribe(self._channel(entity))
+
+    def _lastWatch(self, entity):
+        self._client.unsubscribe(self._channel(entity))
+
+    def messageReceived(self, channel, message):
+        """
+        A message on a C{qn:} channel (from the engine's dispatcher).
+        """
+        entity = channel[len(self._prefix) + 3:]
+        try:
+            offset = int(message)
+        except ValueError:
+            raise EngineUsageError("bad queue notification %r" % (message,))
+        self._watches.notify(entity, entity, offset)
+
+    @defer.inlineCallbacks
+    def resync(self):
+        """
+        Tell every watcher of this node its queue's last offset (after the
+        subscriber connection was lost, notifications may have been).
+        """
+        for entity in self._watches.keys():
+            last = yield self._client.call("HGET", self._keys(entity)[1], "last")
+            if last is not None:
+                self._watches.notify(entity, entity, int(last))
+
+    @defer.inlineCallbacks
+    def applyRetention(self):
+        """
+        See L{IQueueStore.applyRetention}: one pass over every queue.
+        Returns the number of queues whose first kept offset moved.
+        """
+        r = self.retention
+        cutoff = self._now() - int(r.maxAge * 1000) if r.maxAge is not None else -1
+        moved = 0
+        cursor = b"0"
+        while True:
+            cursor, entities = yield self._client.call("SSCAN", self._prefix + "queues", cursor,
+                                                       "COUNT", 500)
+            for raw in entities:
+                entity = raw.decode("utf-8")
+                keys = self._keys(entity)[:3] + ["%sq:{%s}:pos" % (self._prefix, entity)]
+                before = yield self._client.call("HGET", keys[1], "first")
+                start = yield self._client.run(RETENTION, keys, [
+                    "1" if r.deleteAcknowledged else "0",
+                    r.maxMessages if r.maxMessages is not None else -1, cutoff])
+                if int(start) != int(before or 1):
+                    moved += 1
+            if cursor in (b"0", 0, "0"):
+                break
+        return moved

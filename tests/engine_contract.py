@@ -1,0 +1,715 @@
+"""
+The engine contract suite: what every engine (embedded, Redis) must do, as
+seen through the L{muxframe.engines.interfaces} only.
+
+A test case mixes in L{EngineContract} and provides C{makeEngine(clock,
+**settings)}, returning a Deferred of a started engine (stopped by the
+mixin at cleanup), and C{restartEngine(engine, clock)} (a new engine on the
+same storage).  L{TwoNodeContract} adds the cross-node checks for engines
+whose nodes share storage (Redis); it needs C{makeEngine} to give a new
+node on the same storage each call.
+
+Time comes from a L{Clock} handed to the engine; I/O is real, so
+cross-node deliveries are awaited with L{eventually} (bounded).
+"""
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+
+from muxframe.engines.errors import (
+    EngineStopped, EngineUsageError, InvalidName, LimitExceeded, RecoveryFailure,
+    RecoveryImpossible, SubscriptionError)
+from muxframe.engines.interfaces import (
+    IBroker, IEngine, IHistoryStore, IPresenceManager, IQueueStore)
+from muxframe.engines.model import (
+    Address, DeliveryKind, HistoryOptions, NoticeKind, QueueMessage, QueueRetention,
+    ReceiptKind, RecordKind, Status, StreamPosition, SubscriptionState, Visibility)
+
+START = 1800000000.0
+
+
+@defer.inlineCallbacks
+def eventually(predicate, timeout=10.0, what="condition"):
+    """
+    Wait (real time, polling every 10 ms) until C{predicate()} is true;
+    fail after C{timeout} seconds.
+    """
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("timed out waiting for %s" % (what,))
+
+
+def settle():
+    """
+    Let in-flight cross-node messages arrive (a short real-time pause,
+    used only before asserting that something did NOT arrive).
+    """
+    return task.deferLater(reactor, 0.2, lambda: None)
+
+
+class EngineContract:
+    """
+    The checks every engine passes.
+    """
+
+    retention = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=True)
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(START)
+
+    @defer.inlineCallbacks
+    def engine(self, **settings):
+        settings.setdefault("retention", self.retention)
+        engine = yield self.makeEngine(self.clock, **settings)
+        self.addCleanup(engine.stop)
+        return engine
+
+    def message(self, i, sender=("bob", "phone"), receipts=True):
+        return QueueMessage("m%d" % i, b"payload %d" % i, Address(*sender), receipts)
+
+    # Interfaces --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_providesInterfaces(self):
+        """
+        The engine and its parts provide the contract's interfaces.
+        """
+        e = yield self.engine()
+        self.assertTrue(IEngine.providedBy(e))
+        self.assertTrue(IBroker.providedBy(e.broker))
+        self.assertTrue(IPresenceManager.providedBy(e.presence))
+        self.assertTrue(IQueueStore.providedBy(e.queues))
+        self.assertTrue(IHistoryStore.providedBy(e.history))
+
+    @defer.inlineCallbacks
+    def test_stopped(self):
+        """
+        After stop(), queue and presence operations fail with EngineStopped;
+        stopping twice is harmless.
+        """
+        e = yield self.engine()
+        yield e.stop()
+        yield e.stop()
+        yield self.assertFailure(e.queues.append("alice", self.message(1)), EngineStopped)
+        yield self.assertFailure(e.presence.connect("alice", "phone"), EngineStopped)
+
+    # Queues ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_appendFetchInOrder(self):
+        """
+        Appends get contiguous offsets from 1; fetch returns them in order
+        with what was appended; limit and fromOffset are honoured.
+        """
+        e = yield self.engine()
+        results = yield defer.gatherResults([e.queues.append("alice", self.message(i))
+                                             for i in range(20)])
+        self.assertEqual([r.offset for r in results], list(range(1, 21)))
+        self.assertFalse(any(r.duplicate for r in results))
+        records = yield e.queues.fetch("alice", 1, limit=100)
+        self.assertEqual([r.offset for r in records], list(range(1, 21)))
+        self.assertEqual(records[3].payload, b"payload 3")
+        self.assertEqual(records[3].messageId, "m3")
+        self.assertEqual(records[3].sender, Address("bob", "phone"))
+        self.assertEqual(records[3].kind, RecordKind.MESSAGE)
+        self.assertEqual(records[3].timestamp, int(START * 1000))
+        part = yield e.queues.fetch("alice", 15, limit=3)
+        self.assertEqual([r.offset for r in part], [15, 16, 17])
+        none = yield e.queues.fetch("nobody", 1)
+        self.assertEqual(none, [])
+
+    @defer.inlineCallbacks
+    def test_appendMany(self):
+        """
+        appendMany stores several messages in order with one
+        acknowledgement, duplicates included; a bad item fails it.
+        """
+        e = yield self.engine()
+        yield e.queues.append("alice", self.message(1))
+        results = yield e.queues.appendMany([("alice", self.message(2)),
+                                             ("bob", self.message(3, sender=("alice", "p"))),
+                                             ("alice", self.message(1)),
+                                             ("alice", self.message(4))])
+        self.assertEqual([(r.offset, r.duplicate) for r in results],
+                         [(2, False), (1, False), (1, True), (3, False)])
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual([r.messageId for r in records], ["m1", "m2", "m4"])
+        yield self.assertFailure(e.queues.appendMany([("alice", self.message(5)),
+                                                      ("", self.message(6))]), InvalidName)
+        empty = yield e.queues.appendMany([])
+        self.assertEqual(empty, [])
+
+    @defer.inlineCallbacks
+    def test_fetchMaxBytes(self):
+        """
+        maxBytes cuts a fetch after the record that reaches it, but always
+        returns at least one record.
+        """
+        e = yield self.engine()
+        for i in range(5):
+            yield e.queues.append("alice", QueueMessage("b%d" % i, b"x" * 100))
+        records = yield e.queues.fetch("alice", 1, maxBytes=250)
+        self.assertEqual(len(records), 2)
+        records = yield e.queues.fetch("alice", 1, maxBytes=1)
+        self.assertEqual(len(records), 1)
+
+    @defer.inlineCallbacks
+    def test_dedup(self):
+        """
+        A resend with the same sender and message id stores nothing and
+        answers the original offset; another device's same id is new.
+        """
+        e = yield self.engine()
+        first = yield e.queues.append("alice", self.message(1))
+        again = yield e.queues.append("alice", self.message(1))
+        other = yield e.queues.append("alice", self.message(1, sender=("bob", "laptop")))
+        self.assertEqual((first.offset, first.duplicate), (1, False))
+        self.assertEqual((again.offset, again.duplicate), (1, True))
+        self.assertEqual((other.offset, other.duplicate), (2, False))
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual(len(records), 2)
+
+    @defer.inlineCallbacks
+    def test_concurrentDuplicates(self):
+        """
+        Duplicates sent before the original is acknowledged get its offset
+        too.
+        """
+        e = yield self.engine()
+        results = yield defer.gatherResults([e.queues.append("alice", self.message(7))
+                                             for _ in range(5)])
+        self.assertEqual({r.offset for r in results}, {1})
+        self.assertEqual(sorted(r.duplicate for r in results), [False] + [True] * 4)
+
+    @defer.inlineCallbacks
+    def test_positionsAndAcknowledgements(self):
+        """
+        A new device starts at the oldest record; acknowledgements advance
+        contiguously, a gap holds later ones; READ implies DELIVERED.
+        """
+        e = yield self.engine()
+        for i in range(5):
+            yield e.queues.append("alice", self.message(i))
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual((p.delivered, p.read, p.firstOffset, p.nextOffset, p.pending),
+                         (0, 0, 1, 6, 5))
+        p = yield e.queues.acknowledge("alice", "phone", 2, ReceiptKind.DELIVERED)
+        self.assertEqual(p.delivered, 0)
+        p = yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        self.assertEqual(p.delivered, 2)
+        p = yield e.queues.acknowledge("alice", "phone", 3, ReceiptKind.READ)
+        self.assertEqual((p.delivered, p.read), (3, 0))
+        yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.READ)
+        p = yield e.queues.acknowledge("alice", "phone", 2, ReceiptKind.READ)
+        self.assertEqual((p.delivered, p.read), (3, 3))
+        again = yield e.queues.position("alice", "phone")
+        self.assertEqual((again.delivered, again.read), (3, 3))
+        yield self.assertFailure(
+            e.queues.acknowledge("alice", "phone", 99, ReceiptKind.DELIVERED), EngineUsageError)
+
+    @defer.inlineCallbacks
+    def test_receiptsOncePerEntity(self):
+        """
+        Delivered and read receipts go to the sender's queue as RECEIPT
+        records, once per recipient entity and kind whatever the number
+        of its devices; a message sent without wantReceipts makes none.
+        """
+        e = yield self.engine()
+        yield e.queues.append("alice", self.message(1))
+        yield e.queues.append("alice", self.message(2, receipts=False))
+        for device in ("phone", "laptop"):
+            yield e.queues.position("alice", device)
+            yield e.queues.acknowledge("alice", device, 2, ReceiptKind.DELIVERED)
+            yield e.queues.acknowledge("alice", device, 1, ReceiptKind.DELIVERED)
+        yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.READ)
+        receipts = yield e.queues.fetch("bob", 1)
+        self.assertEqual([r.kind for r in receipts], [RecordKind.RECEIPT] * 2)
+        kinds = [(r.receipt.kind, r.receipt.entity, r.receipt.offset, r.receipt.messageId)
+                 for r in receipts]
+        self.assertEqual(kinds, [(ReceiptKind.DELIVERED, "alice", 1, "m1"),
+                                 (ReceiptKind.READ, "alice", 1, "m1")])
+        self.assertIn(receipts[0].receipt.device, ("phone", "laptop"))
+        self.assertEqual(receipts[0].sender.entity, "alice")
+
+    @defer.inlineCallbacks
+    def test_concurrentAcknowledgements(self):
+        """
+        Acknowledgements sent without waiting, in any order, end at the
+        right position with one receipt per record.
+        """
+        e = yield self.engine()
+        for i in range(20):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.position("alice", "phone")
+        order = [7, 3, 1, 2, 20, 4, 5, 6] + list(range(8, 20))
+        yield defer.gatherResults([e.queues.acknowledge("alice", "phone", o,
+                                                        ReceiptKind.DELIVERED) for o in order])
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual(p.delivered, 20)
+        receipts = yield e.queues.fetch("bob", 1)
+        self.assertEqual(sorted(r.receipt.offset for r in receipts), list(range(1, 21)))
+
+    @defer.inlineCallbacks
+    def test_retentionAcknowledged(self):
+        """
+        Records every known device acknowledged are dropped; a device that
+        lags holds them; forgetting it releases them; a fetch from a dropped
+        offset starts at the first kept.
+        """
+        e = yield self.engine()
+        for i in range(6):
+            yield e.queues.append("alice", self.message(i, receipts=False))
+        yield e.queues.position("alice", "phone")
+        yield e.queues.position("alice", "laptop")
+        yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        for o in range(1, 5):
+            yield e.queues.acknowledge("alice", "phone", o, ReceiptKind.DELIVERED)
+        yield e.queues.acknowledge("alice", "laptop", 1, ReceiptKind.DELIVERED)
+        yield e.queues.acknowledge("alice", "laptop", 2, ReceiptKind.DELIVERED)
+        yield e.queues.applyRetention()
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual(p.firstOffset, 3)
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual(records[0].offset, 3)
+        yield e.queues.forget("alice", "laptop")
+        yield e.queues.applyRetention()
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual((p.firstOffset, p.nextOffset), (5, 7))
+        late = yield e.queues.position("alice", "tablet")
+        self.assertEqual(late.delivered, 4)
+
+    @defer.inlineCallbacks
+    def test_retentionAgeAndCount(self):
+        """
+        maxMessages keeps the newest; maxAge drops records older than it,
+        acknowledged or not; offsets go on from where they were.
+        """
+        e = yield self.engine(retention=QueueRetention(maxAge=60.0, maxMessages=3,
+                                                        deleteAcknowledged=False))
+        for i in range(5):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.applyRetention()
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual([r.offset for r in records], [3, 4, 5])
+        self.clock.advance(30)
+        yield e.queues.append("alice", self.message(10))
+        self.clock.advance(31)
+        yield e.queues.applyRetention()
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual([r.offset for r in records], [6])
+        self.clock.advance(61)
+        yield e.queues.applyRetention()
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual(records, [])
+        appended = yield e.queues.append("alice", self.message(11))
+        self.assertEqual(appended.offset, 7)
+
+    @defer.inlineCallbacks
+    def test_watch(self):
+        """
+        A queue watch hears of durable appends with the last offset, until
+        cancelled.
+        """
+        e = yield self.engine()
+        heard = []
+        watch = e.queues.watch("alice", lambda entity, offset: heard.append((entity, offset)))
+        yield e.queues.append("alice", self.message(1))
+        yield e.queues.append("carol", self.message(2))
+        yield eventually(lambda: heard, what="the watch")
+        self.assertEqual(heard, [("alice", 1)])
+        watch.cancel()
+        watch.cancel()
+        yield e.queues.append("alice", self.message(3))
+        yield settle()
+        self.assertEqual(heard, [("alice", 1)])
+
+    @defer.inlineCallbacks
+    def test_badNames(self):
+        """
+        Bad entity names and message ids are InvalidName, nothing stored.
+        """
+        e = yield self.engine()
+        yield self.assertFailure(e.queues.append("", self.message(1)), InvalidName)
+        yield self.assertFailure(e.queues.append("a\x00b", self.message(1)), InvalidName)
+        yield self.assertFailure(e.queues.append("alice", QueueMessage("", b"")), InvalidName)
+        yield self.assertFailure(e.queues.append("alice", "not a message"), EngineUsageError)
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual(records, [])
+
+    @defer.inlineCallbacks
+    def test_queuesSurviveRestart(self):
+        """
+        Records, positions and dedup survive a restart of the engine.
+        """
+        e = yield self.engine()
+        for i in range(3):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.position("alice", "phone")
+        yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        e2 = yield self.restartEngine(e, self.clock)
+        self.addCleanup(e2.stop)
+        p = yield e2.queues.position("alice", "phone")
+        self.assertEqual((p.delivered, p.nextOffset), (1, 4))
+        again = yield e2.queues.append("alice", self.message(2))
+        self.assertEqual((again.offset, again.duplicate), (3, True))
+        records = yield e2.queues.fetch("alice", 2)
+        self.assertEqual([r.messageId for r in records], ["m1", "m2"])
+
+    # Presence ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def approvedWatcher(self, e, watcher="watcher", target="alice"):
+        heard = []
+        e.presence.watch(watcher, heard.append)
+        yield e.presence.requestSubscription(watcher, target)
+        yield e.presence.answerSubscription(target, watcher, True)
+        yield eventually(lambda: any(n.kind == NoticeKind.AWARENESS for n in heard))
+        del heard[:]
+        return heard
+
+    @defer.inlineCallbacks
+    def test_devicesComeAndGo(self):
+        """
+        An approved watcher sees two devices of an entity come and go and
+        the entity go offline with the last one.
+        """
+        e = yield self.engine()
+        heard = yield self.approvedWatcher(e)
+        yield e.presence.connect("alice", "phone")
+        yield e.presence.connect("alice", "laptop", Status.AWAY)
+        yield eventually(lambda: len(heard) == 2)
+        p = yield e.presence.presence("alice")
+        self.assertEqual((p.status, sorted(d.device for d in p.devices)),
+                         (Status.ONLINE, ["laptop", "phone"]))
+        yield e.presence.disconnect("alice", "phone")
+        yield eventually(lambda: len(heard) == 3)
+        self.assertEqual(heard[-1].awareness.status, Status.AWAY)
+        yield e.presence.disconnect("alice", "laptop")
+        yield eventually(lambda: len(heard) == 4)
+        self.assertEqual([(n.awareness.device, n.awareness.status) for n in heard],
+                         [("phone", Status.ONLINE), ("laptop", Status.ONLINE),
+                          ("phone", Status.AWAY), ("laptop", Status.OFFLINE)])
+        versions = [n.awareness.version for n in heard]
+        self.assertEqual(versions, sorted(set(versions)))
+        p = yield e.presence.presence("alice")
+        self.assertEqual((p.status, p.devices), (Status.OFFLINE, ()))
+
+    @defer.inlineCallbacks
+    def test_approvalGated(self):
+        """
+        A watcher hears nothing before approval; the target gets the
+        request; the watcher gets the answer and the current awareness;
+        a denial is sticky and stops notices.
+        """
+        e = yield self.engine()
+        yield e.presence.connect("alice", "phone")
+        watcherHeard, targetHeard = [], []
+        e.presence.watch("watcher", watcherHeard.append)
+        e.presence.watch("alice", targetHeard.append)
+        state = yield e.presence.requestSubscription("watcher", "alice")
+        self.assertEqual(state, SubscriptionState.REQUESTED)
+        yield eventually(lambda: targetHeard)
+        self.assertEqual((targetHeard[0].kind, targetHeard[0].entity),
+                         (NoticeKind.SUBSCRIPTION_REQUEST, "watcher"))
+        yield e.presence.setStatus("alice", "phone", Status.BUSY)
+        yield settle()
+        self.assertEqual(watcherHeard, [])
+        state = yield e.presence.answerSubscription("alice", "watcher", True)
+        self.assertEqual(state, SubscriptionState.APPROVED)
+        yield eventually(lambda: len(watcherHeard) == 2)
+        self.assertEqual(watcherHeard[0].kind, NoticeKind.SUBSCRIPTION_ANSWER)
+        self.assertEqual(watcherHeard[0].subscription, SubscriptionState.APPROVED)
+        self.assertEqual((watcherHeard[1].kind, watcherHeard[1].awareness.status),
+                         (NoticeKind.AWARENESS, Status.BUSY))
+        watchers = yield e.presence.watchers("alice")
+        self.assertEqual(watchers, {"watcher": SubscriptionState.APPROVED})
+        subs = yield e.presence.subscriptions("watcher")
+        self.assertEqual(subs, {"alice": SubscriptionState.APPROVED})
+        yield e.presence.answerSubscription("alice", "watcher", False)
+        yield eventually(lambda: len(watcherHeard) == 3)
+        yield e.presence.setStatus("alice", "phone", Status.ONLINE)
+        again = yield e.presence.requestSubscription("watcher", "alice")
+        self.assertEqual(again, SubscriptionState.DENIED)
+        yield settle()
+        self.assertEqual(len(watcherHeard), 3)
+        self.assertEqual(len(targetHeard), 1)
+        yield self.assertFailure(e.presence.answerSubscription("alice", "nobody", True),
+                                 SubscriptionError)
+        yield self.assertFailure(e.presence.requestSubscription("alice", "alice"),
+                                 SubscriptionError)
+        yield e.presence.unsubscribe("watcher", "alice")
+        state = yield e.presence.subscription("watcher", "alice")
+        self.assertEqual(state, SubscriptionState.NONE)
+
+    @defer.inlineCallbacks
+    def test_subscriptionsSurviveRestart(self):
+        """
+        Subscription states and visibility are durable.
+        """
+        e = yield self.engine()
+        yield e.presence.requestSubscription("watcher", "alice")
+        yield e.presence.answerSubscription("alice", "watcher", True)
+        yield e.presence.requestSubscription("other", "alice")
+        yield e.presence.setVisibility("alice", Visibility.HIDDEN)
+        e2 = yield self.restartEngine(e, self.clock)
+        self.addCleanup(e2.stop)
+        watchers = yield e2.presence.watchers("alice")
+        self.assertEqual(watchers, {"watcher": SubscriptionState.APPROVED,
+                                    "other": SubscriptionState.REQUESTED})
+        yield e2.presence.connect("alice", "phone")
+        p = yield e2.presence.presence("alice", viewer="watcher")
+        self.assertEqual(p.status, Status.OFFLINE)
+
+    @defer.inlineCallbacks
+    def test_missedPings(self):
+        """
+        A device not heard from for deviceTimeout goes offline and the
+        watchers hear it; heartbeats keep a device online.
+        """
+        e = yield self.engine(deviceTimeout=10.0)
+        heard = yield self.approvedWatcher(e)
+        yield e.presence.connect("alice", "phone")
+        yield e.presence.connect("alice", "laptop")
+        yield eventually(lambda: len(heard) == 2)
+        for _ in range(3):
+            self.clock.advance(6)
+            alive = yield e.presence.heartbeat("alice", "laptop")
+            self.assertTrue(alive)
+        yield eventually(lambda: len(heard) == 3, what="the phone timing out")
+        self.assertEqual((heard[2].awareness.device, heard[2].awareness.status),
+                         ("phone", Status.ONLINE))
+        self.clock.advance(11)
+        yield eventually(lambda: len(heard) == 4, what="the laptop timing out")
+        self.assertEqual(heard[3].awareness.status, Status.OFFLINE)
+        alive = yield e.presence.heartbeat("alice", "laptop")
+        self.assertFalse(alive)
+
+    @defer.inlineCallbacks
+    def test_visibilityLocationActivity(self):
+        """
+        Hidden looks offline to others; unshared location stays private;
+        a directed activity goes to its target with its TTL.
+        """
+        e = yield self.engine()
+        heard = yield self.approvedWatcher(e)
+        bob = []
+        e.presence.watch("bob", bob.append)
+        yield e.presence.connect("alice", "phone")
+        yield e.presence.setLocation("alice", "phone", 6.5, 3.25, 2)
+        yield e.presence.setActivity("alice", "phone", Status.TYPING, 5, to="bob")
+        yield eventually(lambda: bob and len(heard) == 2)
+        self.assertEqual((bob[0].kind, bob[0].awareness.status, bob[0].awareness.ttl),
+                         (NoticeKind.ACTIVITY, Status.TYPING, 5))
+        self.assertEqual(heard[1].awareness.latitude, 0.0)
+        p = yield e.presence.presence("alice", viewer="watcher")
+        self.assertIsNone(p.devices[0].location)
+        p = yield e.presence.presence("alice", viewer="alice")
+        self.assertEqual(p.devices[0].location.latitude, 6.5)
+        yield e.presence.setVisibility("alice", Visibility.HIDDEN)
+        yield eventually(lambda: len(heard) == 3)
+        self.assertEqual(heard[2].awareness.status, Status.OFFLINE)
+        p = yield e.presence.presence("alice", viewer="watcher")
+        self.assertEqual((p.status, p.devices), (Status.OFFLINE, ()))
+        yield e.presence.setVisibility("alice", Visibility.VISIBLE)
+        yield eventually(lambda: len(heard) == 4)
+        self.assertEqual(heard[3].awareness.status, Status.ONLINE)
+
+    @defer.inlineCallbacks
+    def test_deviceLimit(self):
+        """
+        maxDevices online devices per entity; a device already online may
+        reconnect; a status change needs the device online.
+        """
+        e = yield self.engine(maxDevices=2)
+        yield e.presence.connect("alice", "a")
+        yield e.presence.connect("alice", "b")
+        yield e.presence.connect("alice", "a", Status.BUSY)
+        failure = yield self.assertFailure(e.presence.connect("alice", "c"), LimitExceeded)
+        self.assertEqual(failure.limit, "maxDevices")
+        yield self.assertFailure(e.presence.setStatus("alice", "z", Status.AWAY),
+                                 EngineUsageError)
+        p = yield e.presence.presence("alice")
+        self.assertEqual([(d.device, d.status) for d in p.devices],
+                         [("a", Status.BUSY), ("b", Status.ONLINE)])
+
+    # History -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_historyRecovery(self):
+        """
+        Publications get offsets in an epoch; recovery returns what was
+        missed, or says TRIMMED / EPOCH_CHANGED / FUTURE_OFFSET.
+        """
+        e = yield self.engine()
+        options = HistoryOptions(size=3, ttl=60.0)
+        start = yield e.history.position("chat")
+        self.assertEqual(start.offset, 0)
+        pubs = []
+        for i in range(5):
+            pub = yield e.history.add("chat", b"%d" % i, options)
+            pubs.append(pub)
+        self.assertEqual([p.offset for p in pubs], [1, 2, 3, 4, 5])
+        self.assertEqual({p.epoch for p in pubs}, {start.epoch})
+        got = yield e.history.recover("chat", StreamPosition(3, start.epoch))
+        self.assertEqual([p.payload for p in got.publications], [b"3", b"4"])
+        self.assertEqual(got.position, StreamPosition(5, start.epoch))
+        nothing = yield e.history.recover("chat", StreamPosition(5, start.epoch))
+        self.assertEqual(nothing.publications, ())
+        for since, reason in [(StreamPosition(1, start.epoch), RecoveryFailure.TRIMMED),
+                              (StreamPosition(3, "other"), RecoveryFailure.EPOCH_CHANGED),
+                              (StreamPosition(9, start.epoch), RecoveryFailure.FUTURE_OFFSET)]:
+            failure = yield self.assertFailure(e.history.recover("chat", since),
+                                               RecoveryImpossible)
+            self.assertEqual(failure.reason, reason)
+        recent = yield e.history.recent("chat", 2)
+        self.assertEqual([p.offset for p in recent.publications], [4, 5])
+        self.clock.advance(61)
+        failure = yield self.assertFailure(
+            e.history.recover("chat", StreamPosition(5, start.epoch)), RecoveryImpossible)
+        self.assertIn(failure.reason, (RecoveryFailure.EPOCH_CHANGED, RecoveryFailure.TRIMMED))
+
+    # Broker ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_brokerInterests(self):
+        """
+        A publication reaches the node once when any interest matches,
+        not at all otherwise; broadcasts and node messages always.
+        """
+        e = yield self.engine()
+        got = []
+        e.broker.setReceiver(got.append)
+        yield e.broker.addInterest("chat.*")
+        yield e.broker.addInterest("chat.>")
+        yield e.broker.publish("chat.room1", b"one")
+        yield e.broker.publish("other.room1", b"no")
+        yield e.broker.publish("chat.room1.thread", b"two")
+        yield e.broker.broadcast(b"all")
+        yield e.broker.sendToNode(e.broker.nodeId, b"direct")
+        yield eventually(lambda: len(got) == 4)
+        yield settle()
+        self.assertEqual([(d.kind, d.subject, d.payload) for d in got],
+                         [(DeliveryKind.SUBJECT, "chat.room1", b"one"),
+                          (DeliveryKind.SUBJECT, "chat.room1.thread", b"two"),
+                          (DeliveryKind.BROADCAST, "", b"all"),
+                          (DeliveryKind.NODE, e.broker.nodeId, b"direct")])
+        self.assertEqual({d.origin for d in got}, {e.broker.nodeId})
+        yield e.broker.removeInterest("chat.>")
+        yield e.broker.removeInterest("chat.*")
+        yield e.broker.publish("chat.room1", b"gone")
+        yield settle()
+        self.assertEqual(len(got), 4)
+        yield self.assertFailure(e.broker.publish("chat.*", b""), InvalidName)
+
+
+class TwoNodeContract:
+    """
+    The checks for engines whose nodes share one storage.
+    """
+
+    @defer.inlineCallbacks
+    def test_presenceAcrossNodes(self):
+        """
+        A watcher on node B sees a device on node A come and go.
+        """
+        a = yield self.engine()
+        b = yield self.engine()
+        self.assertNotEqual(a.nodeId, b.nodeId)
+        heard = []
+        b.presence.watch("watcher", heard.append)
+        yield b.presence.requestSubscription("watcher", "alice")
+        yield a.presence.answerSubscription("alice", "watcher", True)
+        yield eventually(lambda: len(heard) == 2)
+        yield a.presence.connect("alice", "phone")
+        yield eventually(lambda: len(heard) == 3)
+        self.assertEqual(heard[2].awareness.status, Status.ONLINE)
+        p = yield b.presence.presence("alice")
+        self.assertEqual([(d.device, d.node) for d in p.devices], [("phone", a.nodeId)])
+        yield a.presence.disconnect("alice", "phone")
+        yield eventually(lambda: len(heard) == 4)
+        self.assertEqual(heard[3].awareness.status, Status.OFFLINE)
+
+    @defer.inlineCallbacks
+    def test_deadNodeDevicesExpire(self):
+        """
+        When node A stops (without disconnecting its devices), node B takes
+        them offline after deviceTimeout and tells the watchers once.
+        """
+        a = yield self.engine(deviceTimeout=10.0)
+        b = yield self.engine(deviceTimeout=10.0)
+        heard = []
+        b.presence.watch("watcher", heard.append)
+        yield b.presence.requestSubscription("watcher", "alice")
+        yield a.presence.answerSubscription("alice", "watcher", True)
+        yield a.presence.connect("alice", "phone")
+        yield eventually(lambda: len(heard) == 3)
+        yield a.stop()
+        self.clock.advance(11)
+        yield eventually(lambda: len(heard) == 4, what="node B expiring node A's device")
+        yield settle()
+        self.assertEqual(len(heard), 4)
+        self.assertEqual(heard[3].awareness.status, Status.OFFLINE)
+
+    @defer.inlineCallbacks
+    def test_queueAcrossNodes(self):
+        """
+        A message appended on node A is watched and fetched on node B,
+        acknowledged there, and its receipt reaches A's watcher.
+        """
+        a = yield self.engine()
+        b = yield self.engine()
+        onB, onA = [], []
+        b.queues.watch("alice", lambda entity, offset: onB.append(offset))
+        a.queues.watch("bob", lambda entity, offset: onA.append(offset))
+        appended = yield a.queues.append("alice", QueueMessage("x1", b"hi", Address("bob", "p")))
+        yield eventually(lambda: onB == [appended.offset])
+        yield b.queues.position("alice", "phone")
+        records = yield b.queues.fetch("alice", 1)
+        self.assertEqual([r.payload for r in records], [b"hi"])
+        yield b.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        yield eventually(lambda: onA)
+        receipts = yield a.queues.fetch("bob", 1)
+        self.assertEqual(receipts[0].receipt.kind, ReceiptKind.DELIVERED)
+        dup = yield b.queues.append("alice", QueueMessage("x1", b"hi", Address("bob", "p")))
+        self.assertTrue(dup.duplicate)
+
+    @defer.inlineCallbacks
+    def test_brokerAcrossNodes(self):
+        """
+        A publication on A reaches B's receiver when B is interested, a
+        broadcast reaches both, a node message only its node.
+        """
+        a = yield self.engine()
+        b = yield self.engine()
+        gotA, gotB = [], []
+        a.broker.setReceiver(gotA.append)
+        b.broker.setReceiver(gotB.append)
+        yield b.broker.addInterest("orders.*")
+        count = yield a.broker.publish("orders.new", b"o1")
+        self.assertEqual(count, 1)
+        yield a.broker.broadcast(b"everyone")
+        yield a.broker.sendToNode(b.nodeId, b"for b")
+        yield eventually(lambda: len(gotB) == 3 and len(gotA) == 1)
+        yield settle()
+        self.assertEqual([(d.kind, d.payload, d.origin) for d in gotB],
+                         [(DeliveryKind.SUBJECT, b"o1", a.nodeId),
+                          (DeliveryKind.BROADCAST, b"everyone", a.nodeId),
+                          (DeliveryKind.NODE, b"for b", a.nodeId)])
+        self.assertEqual([d.payload for d in gotA], [b"everyone"])
+
+    @defer.inlineCallbacks
+    def test_historyAcrossNodes(self):
+        """
+        Both nodes share a channel's offsets and epoch.
+        """
+        a = yield self.engine()
+        b = yield self.engine()
+        options = HistoryOptions(size=10, ttl=60.0)
+        p1 = yield a.history.add("news", b"1", options)
+        p2 = yield b.history.add("news", b"2", options)
+        self.assertEqual((p1.offset, p2.offset, p1.epoch), (1, 2, p2.epoch))
+        got = yield a.history.recover("news", StreamPosition(0, p1.epoch))
+        self.assertEqual([p.payload for p in got.publications], [b"1", b"2"])

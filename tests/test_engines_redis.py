@@ -1,0 +1,151 @@
+"""
+The Redis engine against a real redis-server: the contract suite (one
+node), the cross-node contract (two engine instances on one Redis), and
+what only the Redis engine does.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from muxframe.engines.errors import ConfigError
+from muxframe.engines.redisconn import parseAddress
+from muxframe.engines.redisengine import RedisEngine
+from tests.engine_contract import EngineContract, TwoNodeContract
+from tests.redisserver import RedisServer
+
+
+class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
+    """
+    The Redis engine passes the engine contract, on one node and across
+    two nodes sharing one Redis.
+    """
+
+    def setUp(self):
+        EngineContract.setUp(self)
+        self.server = RedisServer().start()
+        self.addCleanup(self.server.stop)
+        self.settings = {}
+
+    def makeEngine(self, clock, **settings):
+        settings.setdefault("retentionInterval", 0)
+        self.settings = settings
+        return RedisEngine(self.server.address, clock=clock, **settings).start()
+
+    @defer.inlineCallbacks
+    def restartEngine(self, engine, clock):
+        yield engine.stop()
+        again = RedisEngine(self.server.address, clock=clock, **self.settings)
+        yield again.start()
+        return again
+
+
+class RedisPasswordTests(unittest.TestCase):
+    """
+    A Redis with a password: the right one works for both connections, a
+    wrong one fails start() with an error (and does not hang).
+    """
+
+    @defer.inlineCallbacks
+    def test_password(self):
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        server = RedisServer(password="s3cret").start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        heard = []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        yield engine.queues.append("alice", QueueMessage("a", b"x"))
+        yield eventually(lambda: heard == [1])
+        wrong = RedisEngine(server.address.replace("s3cret", "nope"), retentionInterval=0)
+        d = wrong.start()
+        d.addTimeout(15, reactor)
+        failure = yield self.assertFailure(d, Exception)
+        self.assertNotIsInstance(failure, defer.TimeoutError)
+        self.assertIn("auth", str(failure).lower())
+        yield wrong.stop()
+
+
+class AddressTests(unittest.SynchronousTestCase):
+
+    def test_forms(self):
+        """
+        redis:// URLs, tcp:host:port and host:port are accepted; anything
+        else is a ConfigError naming the address.
+        """
+        self.assertEqual(parseAddress("redis://:s3cret@h:7000/2"), ("h", 7000, 2, "s3cret"))
+        self.assertEqual(parseAddress("tcp:127.0.0.1:6380"), ("127.0.0.1", 6380, 0, None))
+        self.assertEqual(parseAddress("localhost"), ("localhost", 6379, 0, None))
+        for bad in ["", "http://h", "redis://h:x", "redis://h/db", "tcp:h"]:
+            e = self.assertRaises(ConfigError, parseAddress, bad)
+            self.assertEqual(e.key, "address")
+
+
+class RedisRestartTests(unittest.TestCase):
+    """
+    The engine survives its Redis restarting: both connections come back
+    and the subscriptions are made again.
+    """
+
+    @defer.inlineCallbacks
+    def test_reconnectAndResubscribe(self):
+        """
+        Redis (with appendonly) restarts on the same port; the watch of a
+        queue and a broker interest work again afterwards, and what was
+        acknowledged before the restart is still there.
+        """
+        from twisted.internet import reactor, task
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        heard, got = [], []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        engine.broker.setReceiver(got.append)
+        yield engine.broker.addInterest("news.*")
+        yield engine.queues.append("alice", QueueMessage("a", b"before"))
+        yield eventually(lambda: heard == [1])
+        server.restart()
+        for _ in range(300):
+            try:
+                appended = yield engine.queues.append("alice", QueueMessage("b", b"after"))
+                break
+            except Exception:
+                yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(appended.offset, 2)
+        # Heard from the publication, or from the resync after the
+        # subscriber came back (the publication may have been lost).
+        yield eventually(lambda: heard[-1:] == [2], timeout=30, what="the watch after the restart")
+        yield engine.queues.append("alice", QueueMessage("c", b"later"))
+        yield eventually(lambda: heard[-1:] == [3], what="the watch, resubscribed")
+        yield eventually(lambda: (engine.broker.publish("news.today", b"n"), got)[1], timeout=30,
+                         what="a publication after the restart")
+        records = yield engine.queues.fetch("alice", 1)
+        self.assertEqual([r.payload for r in records], [b"before", b"after", b"later"])
+
+
+class RedisKeyTtlTests(unittest.TestCase):
+    """
+    Device hashes carry a Redis TTL as a safety net, refreshed by
+    heartbeats.
+    """
+
+    @defer.inlineCallbacks
+    def test_deviceHashTtl(self):
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=10.0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        yield engine.presence.connect("alice", "phone")
+        ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
+        self.assertTrue(0 < int(ttl) <= 20000, ttl)
+        yield engine.client.call("PEXPIRE", "muxframe:p:{alice}:dev", 5000)
+        alive = yield engine.presence.heartbeat("alice", "phone")
+        self.assertTrue(alive)
+        ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
+        self.assertGreater(int(ttl), 15000)
