@@ -1,5 +1,5 @@
 """
-Engine benchmarks (issue 12), each beside a baseline measured in the same
+Engine benchmarks, each beside a baseline measured in the same
 run:
 
   1. embedded-engine appends per second with durable acknowledgements

@@ -7,7 +7,7 @@ L{PresenceNotice}) are slotted and not frozen, for speed (a frozen
 dataclass costs a microsecond more to make): treat them as immutable all
 the same.
 
-Numbering follows the Bimip schema (C{/work/shared/specs/bimip.md}) wherever
+Numbering follows the Bimip schema (its C{dartmessage.proto}) wherever
 the concept matches, so the wire messages can carry these values as they are:
 L{Status} is Awareness C{status}, L{Visibility} is AwarenessVisibility
 C{type}, L{LocationSharing} is Awareness C{location_sharing}, L{ReceiptKind}
