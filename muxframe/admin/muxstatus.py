@@ -149,8 +149,10 @@ def viewsOf(options, top):
                             running.streams))
         for description, local in zip(tunnel.locals, running.locals):
             carried.append((local.kind, description, local))
-        views.append(TunnelView(options.muxDescription(tunnel),
-                                running.endpoint, carried, tunnel.locals))
+        # The --endpoint with its framing, without the settings.
+        label = "%s:%s" % (tunnel.framing, tunnel.innerEndpoint())
+        views.append(TunnelView(label, running.endpoint, carried,
+                                tunnel.locals))
     return views
 
 

@@ -82,7 +82,13 @@ class OperatorSettings:
 
         @raise ValueError: the token file cannot be read.
         """
-        tokenFile = config.path("admin.token_file")
+        endpoint, tokenFile = config["admin.endpoint"], \
+            config.path("admin.token_file")
+        if endpoint and not tokenFile and not isUnixEndpoint(endpoint):
+            raise ValueError("admin.token_file: required: the admin endpoint "
+                             "%s is reachable over the network, so its API "
+                             "needs a bearer token (only a unix: socket may "
+                             "go without)" % (endpoint,))
         token = loadToken(tokenFile) if tokenFile else None
         return cls(config["admin.endpoint"], token,
                    config["admin.public_metrics"], config["admin.max_body"],

@@ -357,13 +357,6 @@ class ServerConfig:
         if v["xtmp_protocol.fragment_size"] > v["xtmp_protocol.max_frame_size"]:
             raise ConfigError("xtmp_protocol.fragment_size",
                               "must not exceed xtmp_protocol.max_frame_size")
-        admin = v["admin.endpoint"]
-        if admin and not admin.startswith("unix:") and \
-                not v["admin.token_file"]:
-            raise ConfigError("admin.token_file", "required: the admin "
-                              "endpoint %s is reachable over the network, so "
-                              "its API needs a bearer token (only a unix: "
-                              "socket may go without)" % (admin,))
         if v["server.identity_password_file"] and \
                 v["server.identity_password_env"]:
             raise ConfigError("server.identity_password_file",
