@@ -267,9 +267,13 @@ class RoleTests(TestCase):
                 self.assertTrue(headers.getRawHeaders(b"allow"))
         # A session to disconnect with a bad code: refused, still live.
         bob = yield self.client(BOB)
+        # The client's handshake is done once its authentication is sent;
+        # the server registers the session when it has checked it.
+        yield waitFor(lambda: self.admin.get("/api/v1/sessions").addCallback(
+            lambda r: r[1]["count"] == 1), what="bob's session")
         code, body, _ = yield self.admin.request(
             b"DELETE", "/api/v1/sessions/%x" % (bob.sessionId,), {"code": "NOPE"})
-        self.assertEqual((code, "unknown error code" in body["error"]), (400, True))
+        self.assertEqual((code, "unknown error code" in body["error"]), (400, True), body)
         code, body, _ = yield self.admin.get("/api/v1/sessions")
         self.assertEqual(body["count"], 1)
         # A body declared over the limit is refused before it is read.
