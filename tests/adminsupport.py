@@ -69,7 +69,9 @@ class Admin:
             raw.setRawHeaders(b"authorization", [b"Bearer " + (
                 self.token if token is True else token)])
         producer = None
-        if body is not None:
+        if body is not None and hasattr(body, "startProducing"):
+            producer = body
+        elif body is not None:
             if not isinstance(body, bytes):
                 body = json.dumps(body).encode("utf-8")
             producer = FileBodyProducer(BytesIO(body))

@@ -38,7 +38,7 @@ class MultiplexerRoleTests(TestCase):
             self, "server", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
             % (port,), "--echo", "--drainTimeout=20",
             "--admin=tcp:%d:interface=127.0.0.1" % (serverAdmin,),
-            "--admin-token-file=" + token)
+            "--admin-token-file=" + token, "--summary-interval=0.3")
         client = spawnTwistd(
             self, "client", "client", "--endpoint=tcp:127.0.0.1:%d" % (port,),
             "--local=tcp:%d:interface=127.0.0.1" % (local,),
@@ -109,6 +109,8 @@ class MultiplexerRoleTests(TestCase):
                 self.assertIsNotNone(familyOf(name, after), name)
                 self.assertIsNotNone(familyOf(name, clientSide), name)
 
+        yield waitFor(lambda: "server summary: 1 connections, 1 sessions"
+                      in server.text(), what="the summary line")
         code, listing, _ = yield serverAPI.get("/api/v1/connections")
         self.assertEqual((code, listing["count"]), (200, 1))
         self.assertEqual(listing["connections"][0]["endpoint"], endpoint)

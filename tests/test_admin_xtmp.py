@@ -13,11 +13,13 @@ import base64
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from muxframe.admin.metrics import CATALOGUE
 from muxframe.xtmp import XTMPErrorCode, connectXTMP
@@ -281,6 +283,10 @@ class RoleTests(TestCase):
                                   b"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                                   + self.admin.token)
         self.assertIn(b"413", answer.split(b"\r\n", 1)[0])
+        # A chunked body growing past the limit is discarded and refused.
+        code, body, _ = yield self.admin.request(
+            b"POST", "/api/v1/broadcast", ChunkedBody([b"{" + b" " * 3000] * 4))
+        self.assertEqual((code, body["status"]), (413, 413))
         code, body, _ = yield self.admin.get("/health")
         self.assertEqual(code, 200)
 
@@ -318,6 +324,32 @@ class RoleTests(TestCase):
         self.assertIn("muxframe_xtmp_sessions_active", families)
         code, _, _ = yield self.admin.get("/api/v1/stats", token=False)
         self.assertEqual(code, 401)
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """
+    A body of unknown length (sent chunked), in C{pieces}.
+    """
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def startProducing(self, consumer):
+        for piece in self.pieces:
+            consumer.write(piece)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 @inlineCallbacks
