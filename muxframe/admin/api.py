@@ -213,38 +213,43 @@ class SessionResource(JSONResource):
 
 
 class _SendResource(JSONResource):
+    """
+    A message to deliver (broadcast, publish): C{required} fields, and
+    L{deliver} sends it.
+    """
+
+    required = ("type",)
+
     def __init__(self, status):
         JSONResource.__init__(self)
         self.status = status
 
-    def _message(self, request, required):
-        body = readJSON(request, required)
-        limit = self.status.config["xtmp_protocol.max_payload_size"]
-        return body, parseType(body["type"]), parsePayload(
-            body.get("payload", ""), limit)
-
-    def _subject(self, value, where="subject"):
-        if not isinstance(value, str) or not value:
-            raise JSONError(400, "%s: expected a subject such as orders.new"
-                            % (where,))
-        return value
-
-
-class BroadcastResource(_SendResource):
-    """
-    C{POST /api/v1/broadcast}: to every session.
-    """
-
     def json_POST(self, request):
         from muxframe.server.errors import Refusal
-        body, messageType, payload = self._message(request, ("type",))
-        subject = self._subject(body.get("subject", "broadcast"))
+        body = readJSON(request, self.required)
+        limit = self.status.config["xtmp_protocol.max_payload_size"]
+        messageType = parseType(body["type"])
+        payload = parsePayload(body.get("payload", ""), limit)
+        subject = body.get("subject", "broadcast")
+        if not isinstance(subject, str) or not subject:
+            raise JSONError(400, "subject: expected a subject such as "
+                            "orders.new")
         try:
-            count = self.status.server.broadcast(payload, messageType, subject)
+            count = self.deliver(subject, payload, messageType)
         except Refusal as e:
             raise JSONError(400, "subject: %s" % (e.reason,))
         return {"delivered": count, "subject": subject,
                 "type": messageType, "bytes": len(payload)}
+
+
+class BroadcastResource(_SendResource):
+    """
+    C{POST /api/v1/broadcast}: to every session (on C{subject}, default
+    C{broadcast}).
+    """
+
+    def deliver(self, subject, payload, messageType):
+        return self.status.server.broadcast(payload, messageType, subject)
 
 
 class PublishResource(_SendResource):
@@ -252,17 +257,10 @@ class PublishResource(_SendResource):
     C{POST /api/v1/publish}: to a subject's subscribers.
     """
 
-    def json_POST(self, request):
-        from muxframe.server.errors import Refusal
-        body, messageType, payload = self._message(request,
-                                                   ("subject", "type"))
-        subject = self._subject(body["subject"])
-        try:
-            count = self.status.server.publish(subject, payload, messageType)
-        except Refusal as e:
-            raise JSONError(400, "subject: %s" % (e.reason,))
-        return {"delivered": count, "subject": subject,
-                "type": messageType, "bytes": len(payload)}
+    required = ("subject", "type")
+
+    def deliver(self, subject, payload, messageType):
+        return self.status.server.publish(subject, payload, messageType)
 
 
 class ConnectionsResource(JSONResource):

@@ -82,12 +82,6 @@ def _addMessageArguments(parser):
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _checkEncrypted(protocol, wanted):
-    from muxframe.xtmp.codec import Cipher
-    if wanted and protocol.result.cipher == Cipher.NONE:
-        raise CLIError("--flags ENCRYPTED: the session is not encrypted")
-
-
 def addSend(subparsers):
     parser = subparsers.add_parser(
         "send", help="send one message",
@@ -99,13 +93,26 @@ def addSend(subparsers):
 
 
 @inlineCallbacks
-def _send(reactor, args):
-    from muxframe.xtmp.codec import Flags
+def _openForMessage(reactor, args):
+    """
+    The message of the options, and a session to send it on:
+    C{(type, flags, payload, protocol)}.
+    """
+    from muxframe.xtmp.codec import Cipher
     messageType = parseType(args.type)
     flags, encrypted = parseFlags(args.flags)
     payload = readPayload(args)
     protocol = yield connect(reactor, args)
-    _checkEncrypted(protocol, encrypted)
+    if encrypted and protocol.result.cipher == Cipher.NONE:
+        yield close(protocol)
+        raise CLIError("--flags ENCRYPTED: the session is not encrypted")
+    return messageType, flags, payload, protocol
+
+
+@inlineCallbacks
+def _send(reactor, args):
+    from muxframe.xtmp.codec import Flags
+    messageType, flags, payload, protocol = yield _openForMessage(reactor, args)
     started = time.perf_counter()
     protocol.send(messageType, payload, flags)
     acked = None
@@ -171,11 +178,7 @@ def addRequest(subparsers):
 
 @inlineCallbacks
 def _request(reactor, args):
-    messageType = parseType(args.type)
-    flags, encrypted = parseFlags(args.flags)
-    payload = readPayload(args)
-    protocol = yield connect(reactor, args)
-    _checkEncrypted(protocol, encrypted)
+    messageType, flags, payload, protocol = yield _openForMessage(reactor, args)
     started = time.perf_counter()
     try:
         reply = yield protocol.request(messageType, payload, flags,
