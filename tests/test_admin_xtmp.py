@@ -477,7 +477,7 @@ class UnixAndLogsTests(TestCase):
 
 class SeveralEndpointsTests(TestCase):
     """
-    Issue 14: the role on a TCP endpoint and a ws: endpoint at once, with
+    The role on a TCP endpoint and a ws: endpoint at once, with
     clients on both, and the allowed origins applied to the WebSocket.
     """
 
