@@ -7,10 +7,11 @@ in separate processes over 127.0.0.1.
   python3 -m bench.run --quick              # a smoke run (< 60 s)
   python3 -m bench.run --framing mio --scenario bulk,latency --json out.json
 
-Prints a progress line per run, then the table (median, min, max of the
-runs; the baseline's median; the ratio; the target; met?), and writes the
-same figures as JSON (default C{bench/results.json}).  See
-C{docs/performance.md}.
+Shows its progress while it runs (on a terminal a live bar with the run in
+progress and its time, C{bench/progress.py}; elsewhere a line per run), then
+the table (median, min, max of the runs; the baseline's median; the ratio;
+the target; met?), and writes the same figures as JSON (default
+C{bench/results.json}).  See C{docs/performance.md}.
 """
 
 import argparse
@@ -306,7 +307,9 @@ class Runner:
     every run.
     """
 
-    def __init__(self, jobs, timeout, tlsDir, logDir, profileDir=None, warmup=None):
+    def __init__(self, jobs, timeout, tlsDir, logDir, profileDir=None, warmup=None,
+                 display=None):
+        from bench.progress import Progress
         self.jobs = jobs
         self.timeout = timeout
         self.tlsDir = tlsDir
@@ -316,6 +319,7 @@ class Runner:
         self.total = sum(job.runs for job in jobs)
         self.done = 0
         self.started = time.monotonic()
+        self.display = display or Progress(self.total, "lines")
 
     def progress(self, job, index, text):
         self.done += 1
@@ -323,7 +327,7 @@ class Runner:
         line = "[%3d/%d %3d:%02d] %-34s run %d/%d  %s" % (
             self.done, self.total, elapsed // 60, elapsed % 60, job.label,
             index + 1, job.runs, text)
-        print(line, flush=True)
+        self.display.done(line)
 
     def runAll(self):
         groups = {}
@@ -387,6 +391,7 @@ class Runner:
         Read one run's answer (the client was told to run, or runs once).
         """
         job = live.job
+        self.display.start("%s run %d/%d" % (job.label, index + 1, job.runs))
         message = live.client.reader.next(time.monotonic() + self.timeout)
         if message is None:
             raise RuntimeError("the client exited (%s)" % (live.client.poll(),))
@@ -423,6 +428,7 @@ class Runner:
                     if entry is None or params is None:
                         continue
                     try:
+                        self.display.start("%s warm-up" % (job.label,))
                         entry.client.stdin.write(b"warmup %s\n" % json.dumps(params).encode())
                         entry.client.stdin.flush()
                         message = entry.client.reader.next(time.monotonic() + self.timeout)
@@ -657,6 +663,8 @@ def main(argv=None):
                              "connection (repeatable), e.g. --set windowSize=4194304")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write cProfile files of every server and client process to DIR")
+    parser.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
+                        help="a live bar (default on a terminal) or a line per run")
     args = parser.parse_args(argv)
 
     scenarios = []
@@ -695,9 +703,15 @@ def main(argv=None):
         warmup = None
         if mode == "full":
             warmup = dict(SIZES["quick"])
+        from bench.progress import Progress
+        display = Progress(sum(j.runs for j in jobs), args.progress)
         runner = Runner(jobs, timeout, tlsDir, workDir,
-                        os.path.abspath(args.profile) if args.profile else None, warmup)
-        runner.runAll()
+                        os.path.abspath(args.profile) if args.profile else None, warmup,
+                        display)
+        try:
+            runner.runAll()
+        finally:
+            display.close()
     finally:
         _killChildren()
     byKey = {job.key: job for job in jobs}

@@ -43,6 +43,7 @@ from .describe import (
 from .errors import MultiplexedConnectError, PeerNotMultiplexingError, SessionClosedError
 from .managed import ManagedMultiplexer
 from .multiplexer import MultiplexerFactory
+from .observed import MultiplexerObservers
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_CONFIRM_TIMEOUT = 0.05
@@ -73,7 +74,8 @@ class _ClientMultiplexerFactory(MultiplexerFactory):
         return MultiplexerFactory.buildProtocol(self, addr)
 
     def _connected(self, mux):
-        pass  # the attempt follows it from here
+        # The attempt follows it from here; observers count it.
+        self._owner._tellConnected(mux)
 
     def _lost(self, mux, reason):
         self._owner._lost(mux, reason)
@@ -292,7 +294,7 @@ class _StandingEndpoint:
 
 
 @implementer(IStreamClientEndpoint)
-class MultiplexedClientEndpoint:
+class MultiplexedClientEndpoint(MultiplexerObservers):
     """
     A client endpoint whose connections are streams over one shared
     multiplexed connection made through another endpoint (see the module
@@ -318,6 +320,9 @@ class MultiplexedClientEndpoint:
     @param description: the endpoint string this endpoint was made from,
         for logs (the endpoint-string parsers set it).
     @param settings: multiplexer settings (L{muxframe.settings.SETTINGS}).
+
+    Observers (L{addObserver}, an L{IMultiplexerObserver}) are told about
+    every connection made (before it is ready) and lost.
     """
 
     log = Logger()
@@ -573,6 +578,7 @@ class MultiplexedClientEndpoint:
             mux.close()
 
     def _lost(self, mux, reason):
+        self._tellLost(mux, reason)
         handle = self._handles.pop(mux, None)
         if mux is self._current:
             self._current = None

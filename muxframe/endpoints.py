@@ -25,6 +25,7 @@ from .describe import addressText, endpointText, isVerificationFailure, reasonTe
 from .errors import MultiplexedConnectError, PeerNotMultiplexingError  # re-exported
 from .managed import ManagedMultiplexer
 from .multiplexer import MultiplexerFactory
+from .observed import MultiplexerObservers
 
 
 @implementer(IProtocolFactory)
@@ -149,7 +150,7 @@ class MultiplexedListeningPort:
 
 
 @implementer(IStreamServerEndpoint)
-class MultiplexedServerEndpoint:
+class MultiplexedServerEndpoint(MultiplexerObservers):
     """
     A server endpoint whose connections are the streams of multiplexed
     connections accepted on another endpoint.
@@ -164,6 +165,9 @@ class MultiplexedServerEndpoint:
     @ivar multiplexers: every L{Multiplexer} accepted through this endpoint
         and still connected, oldest first (used to open streams toward
         clients, as a reverse tunnel does).
+
+    Observers (L{addObserver}, an L{IMultiplexerObserver}) are told about
+    every connection accepted and lost.
     """
 
     log = Logger()
@@ -203,6 +207,7 @@ class MultiplexedServerEndpoint:
 
     def _connected(self, mux):
         self.multiplexers.append(mux)
+        self._tellConnected(mux)
         mux.whenVerified().addCallbacks(self._verified, lambda f: None)
 
     def _verified(self, mux):
@@ -218,6 +223,7 @@ class MultiplexedServerEndpoint:
         if mux not in self.multiplexers:
             return
         self.multiplexers.remove(mux)
+        self._tellLost(mux, reason)
         peer = addressText(mux.transport.getPeer())
         if mux.isVerified():
             self.log.info("{framing} connection from {peer} lost: {reason}",

@@ -40,6 +40,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .admin.settings import OperatorOptionsMixin
 from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
 from .server.tap import XTMPOptions
 from .settings import SETTINGS, coerce
@@ -104,9 +105,10 @@ def _settingHandler(name, spec):
     return handler
 
 
-class _RoleOptions(usage.Options):
+class _RoleOptions(OperatorOptionsMixin, usage.Options):
     """
-    Options shared by both roles.
+    Options shared by both roles (the operator surfaces' too: --admin,
+    --log-format, ...; L{OperatorOptionsMixin}).
     """
 
     role = None
@@ -200,6 +202,7 @@ class _RoleOptions(usage.Options):
                 self._checkEndpoint("forward", tunnel.forward, clientFromString,
                                     checkClientDescription, "a client endpoint to "
                                     "connect to, e.g. tcp:127.0.0.1:22")
+        self.operator = self.operatorSettings()
 
     def _checkTunnel(self, tunnel):
         framing = self.framing
@@ -377,7 +380,7 @@ def _oneLineHelp(cls):
             value.__doc__ = " ".join(value.__doc__.split())
 
 
-for _cls in (_RoleOptions, ServerOptions, ClientOptions):
+for _cls in (OperatorOptionsMixin, _RoleOptions, ServerOptions, ClientOptions):
     _oneLineHelp(_cls)
 del _cls
 
@@ -447,7 +450,9 @@ def makeService(options, reactor=None):
     if options.subCommand == "xtmp":
         from .server.tap import makeService as makeXTMPService
         return makeXTMPService(sub, reactor)
-    top = service.MultiService()
+    from .admin.muxstatus import MultiplexerStatus, viewsOf
+    from .admin.service import OperatedRole
+    top = OperatedRole()
     top.setName("muxframe-" + options.subCommand)
     top.tunnels = []
     for tunnel in sub.tunnels:
@@ -456,7 +461,8 @@ def makeService(options, reactor=None):
         else:
             running = _clientTunnel(sub, tunnel, top, reactor)
         top.tunnels.append(running)
-    return top
+    status = MultiplexerStatus(options.subCommand, viewsOf(sub, top), reactor)
+    return top.operate(status, sub.operator, reactor, sub)
 
 
 def _serverTunnel(sub, tunnel, top, reactor):

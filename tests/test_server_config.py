@@ -99,7 +99,7 @@ def load(text, directory="/etc/xtmp"):
 class ExampleTests(SynchronousTestCase):
     def test_issueExample(self):
         c = load(ISSUE_EXAMPLE)
-        self.assertEqual(c["server.endpoint"], "tcp:8090:interface=127.0.0.1")
+        self.assertEqual(c["server.endpoint"], ["tcp:8090:interface=127.0.0.1"])
         self.assertEqual(c.path("server.identity"), "/etc/xtmp/server.pem")
         self.assertEqual(c["server.max_connections_per_client"], 10)
         self.assertEqual(c["xtmp_protocol.key_update_interval"], 86400)
@@ -113,7 +113,7 @@ class ExampleTests(SynchronousTestCase):
         setting or ignored with a reason.
         """
         c = load(DESIGN_EXAMPLE)
-        self.assertEqual(c["server.endpoint"], "tcp:8090:interface=0.0.0.0")
+        self.assertEqual(c["server.endpoint"], ["tcp:8090:interface=0.0.0.0"])
         self.assertEqual(c["xtmp_protocol.compress_threshold"], 1024)
         self.assertTrue(c["server.tcp_keepalive"])
         self.assertFalse(c["server.allow_plaintext"])

@@ -140,7 +140,7 @@ class OptionsTests(SynchronousTestCase):
                         os.path.join(self.directory, "server.pass"),
                         "--endpoint", "tcp:0:interface=127.0.0.1")
         c = options.config
-        self.assertEqual(c["server.endpoint"], "tcp:0:interface=127.0.0.1")
+        self.assertEqual(c["server.endpoint"], ["tcp:0:interface=127.0.0.1"])
         self.assertEqual(c["message_routing.bundle_handler_threads"], 8)
         self.assertIn("http_cage_protocol", dict(c.ignored))
 

@@ -38,6 +38,7 @@ from muxframe.server.config import ServerConfig
 from muxframe.server.events import ServerEvents
 from muxframe.server.hub import Broker
 from muxframe.server.limits import BucketTable, ConnectionCounter, Lockout
+from muxframe.server.measures import MessageTypeCounts
 from muxframe.server.registry import SessionIdentity, SessionRegistry
 from muxframe.server.router import Router
 from muxframe.server.session import ServerSession, SessionState
@@ -121,6 +122,7 @@ class XTMPServer(XTMPServerFactory):
     @ivar router: the L{Router}.
     @ivar broker: the L{Broker}.
     @ivar events: the L{ServerEvents}.
+    @ivar messageTypes: the L{MessageTypeCounts} of every session.
     """
 
     protocol = ServerSession
@@ -138,6 +140,7 @@ class XTMPServer(XTMPServerFactory):
             **c.xtmpSettings())
         self.maxResumableSessions = c["server.max_resumable_sessions"]
         self.events = ServerEvents(reactor)
+        self.messageTypes = MessageTypeCounts()
         self.registry = SessionRegistry()
         self.router = Router(reactor, self.events, c["router.threads"],
                              c["router.concurrency"], c["router.queue"])
@@ -299,6 +302,15 @@ class XTMPServer(XTMPServerFactory):
                           reason, "refused_rate")
             raise RateLimited(reason)
 
+    def makeEngine(self, protocol, now):
+        """
+        The library's engine, counting messages by type into
+        L{messageTypes}.
+        """
+        engine = XTMPServerFactory.makeEngine(self, protocol, now)
+        engine.typeCounts = self.messageTypes
+        return engine
+
     def handshakeEnded(self, protocol, outcome):
         """
         Count the end of C{protocol}'s handshake (the library's counters)
@@ -449,6 +461,9 @@ class XTMPServer(XTMPServerFactory):
             "broker": self.broker.stats(),
             "router": self.router.stats(),
             "events": dict(self.events.counts),
+            "messages": self.messageTypes.nonZero(),
+            "latency": {"handler": self.router.latency.asDict(),
+                        "request": self.broker.latency.asDict()},
             "draining": self.draining,
         }
 

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from muxframe.server.errors import BadSubject, PermissionDenied, Refusal
 from muxframe.server.interfaces import IBroker, IBrokerEngine
+from muxframe.server.measures import Histogram
 from muxframe.server.subjects import tokens
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import F
@@ -83,14 +84,15 @@ class MemoryEngine:
 
 class _Pending:
     """
-    A routed request: the requester's message and the forwarded requests
-    still outstanding.
+    A routed request: the requester's message, when it was routed, and
+    the forwarded requests still outstanding.
     """
 
-    __slots__ = ("message", "outstanding")
+    __slots__ = ("message", "startedAt", "outstanding")
 
-    def __init__(self, message):
+    def __init__(self, message, startedAt):
         self.message = message
+        self.startedAt = startedAt
         self.outstanding = []
 
 
@@ -102,6 +104,9 @@ class Broker:
     @param table: the L{SubscriptionTable}.
     @param sessions: callable returning every live session (broadcast).
     @param events: the server's L{ServerEvents}.
+
+    @ivar latency: a L{Histogram} of routed requests' round trips in
+        seconds, from routing a request to relaying its answer.
     """
 
     def __init__(self, reactor, table, sessions, events, engine=None,
@@ -114,6 +119,7 @@ class Broker:
         self.engine = engine if engine is not None else MemoryEngine()
         self.enabled = enabled
         self.replies = Replies(requestTimeout)
+        self.latency = Histogram()
         self._sweep = None
         self._patterns = {}
         self.counters = dict.fromkeys(
@@ -294,14 +300,15 @@ class Broker:
                             message.flags & (F.PRIORITY_HIGH | F.EMERGENCY),
                             message.payload)
         recipients = self.table.recipients(parts, _isReady)
+        now = self.reactor.seconds()
         if not recipients:
             d = self.engine.request(delivery)
             d.addCallbacks(self._relay, self._relayFailure,
-                           callbackArgs=(session, message),
+                           callbackArgs=(session, message, now),
                            errbackArgs=(session, message))
             return
-        pending = _Pending(message)
-        token = self.replies.add(session, pending, self.reactor.seconds())
+        pending = _Pending(message, now)
+        token = self.replies.add(session, pending, now)
         for recipient in recipients:
             d = recipient.forwardRequest(delivery)
             if d is None:
@@ -324,7 +331,7 @@ class Broker:
         for other in pending.outstanding:
             if other is not d:
                 other.cancel()
-        self._relay(response, requester, pending.message)
+        self._relay(response, requester, pending.message, pending.startedAt)
 
     def _answerFailed(self, failure, token, d):
         entry = self.replies.get(token)
@@ -345,7 +352,8 @@ class Broker:
                                "the responder went away")
         return None
 
-    def _relay(self, response, requester, message):
+    def _relay(self, response, requester, message, startedAt):
+        self.latency.observe(self.reactor.seconds() - startedAt)
         if not requester.isConnected():
             return
         self.counters["replies"] += 1

@@ -31,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 
 from muxframe.server.errors import ConfigError
 from muxframe.server.limits import ConcurrencyGate
+from muxframe.server.measures import Histogram
 from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.errors import ApplicationError, XTMPErrorCode
 
@@ -78,8 +79,8 @@ class _Outcome:
 
     def set(self, value):
         if self.then is not None:
-            finish, route, session, message = self.then
-            finish(value, route, session, message)
+            finish, route, session, message, start = self.then
+            finish(value, route, session, message, start)
         else:
             self.ready, self.value = True, value
 
@@ -107,6 +108,9 @@ class Router:
     thread pool for blocking handlers.
 
     @param events: the server's L{ServerEvents}.
+
+    @ivar latency: a L{Histogram} of handling times in seconds, from a
+        message's dispatch (queueing included) to its handler's outcome.
     """
 
     def __init__(self, reactor, events, threads=8, concurrency=100,
@@ -117,6 +121,7 @@ class Router:
         self.concurrency = concurrency
         self.queue = queue
         self.unknownTypes = 0
+        self.latency = Histogram()
         self._routes = {}
         self._pool = None
         self._idle = []
@@ -173,9 +178,10 @@ class Router:
                                  % (message.type,))
             return
         route.counters["received"] += 1
-        verdict = route.gate.admit((session, message))
+        start = self.reactor.seconds()
+        verdict = route.gate.admit((session, message, start))
         if verdict == ConcurrencyGate.RUN:
-            self._run(route, session, message)
+            self._run(route, session, message, start)
         elif verdict == ConcurrencyGate.QUEUED:
             route.counters["queuedTotal"] += 1
         else:
@@ -189,7 +195,7 @@ class Router:
                                  "%s: too many messages in progress"
                                  % (typeName(message.type),))
 
-    def _run(self, route, session, message):
+    def _run(self, route, session, message, start):
         while True:
             if session.isConnected():
                 result = self._call(route, session, message)
@@ -199,15 +205,15 @@ class Router:
                     if not outcome.ready:
                         # Finish later; the slot stays held until then.
                         outcome.then = (self._finished, route, session,
-                                        message)
+                                        message, start)
                         return
                     result = outcome.value
-                self._respond(route, session, message, result)
+                self._respond(route, session, message, result, start)
             job = route.gate.release()
             if job is None:
                 self._checkIdle()
                 return
-            session, message = job
+            session, message, start = job
 
     def _call(self, route, session, message):
         if route.blocking:
@@ -218,15 +224,16 @@ class Router:
         except Exception:
             return Failure()
 
-    def _finished(self, result, route, session, message):
-        self._respond(route, session, message, result)
+    def _finished(self, result, route, session, message, start):
+        self._respond(route, session, message, result, start)
         job = route.gate.release()
         if job is not None:
-            self._run(route, job[0], job[1])
+            self._run(route, *job)
         else:
             self._checkIdle()
 
-    def _respond(self, route, session, message, result):
+    def _respond(self, route, session, message, result, start):
+        self.latency.observe(self.reactor.seconds() - start)
         if isinstance(result, Failure):
             error = result.value
             if isinstance(error, ApplicationError):

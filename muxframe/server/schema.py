@@ -123,6 +123,45 @@ def _ciphers(value):
 _ciphers.kind = "list of aes256gcm, chacha20poly1305, none"
 
 
+def _endpoints(value):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("expected an endpoint string or a list of them, "
+                         "got %r" % (value,))
+    if len(set(value)) != len(value):
+        raise ValueError("an endpoint is listed twice: %r" % (value,))
+    return list(value)
+
+
+_endpoints.kind = "endpoint string or list"
+
+
+def _origins(value):
+    # muxframe.web.origins holds the rules (and imports no Twisted).
+    from muxframe.web.origins import OriginPolicy
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str)
+                                              for v in value):
+        raise ValueError("expected a list of origins, got %r" % (value,))
+    return list(OriginPolicy(value).allowed)
+
+
+_origins.kind = "list of origins"
+
+
+def _choice(*choices):
+    def parse(value):
+        if value not in choices:
+            raise ValueError("expected one of %s, not %r"
+                             % (", ".join(choices), value))
+        return value
+    parse.kind = " or ".join(choices)
+    return parse
+
+
 def _exactly(expected):
     def parse(value):
         if value != expected:
@@ -157,9 +196,15 @@ MiB = 1 << 20
 
 SCHEMA = [Key(*entry) for entry in [
     # server
-    ("server.endpoint", _text, "tcp:8090:interface=127.0.0.1", "endpoint",
-     "Where to listen: any Twisted server endpoint string (tcp:, ssl:, "
-     "unix:, mio:tcp:... where each stream is a session)."),
+    ("server.endpoint", _endpoints, ["tcp:8090:interface=127.0.0.1"],
+     "endpoints", "Where to listen: a Twisted server endpoint string (tcp:, "
+     "ssl:, unix:, ws:tcp:..., mio:tcp:... where each stream is a "
+     "session), or a list of them to listen on all at once (--endpoint "
+     "repeated)."),
+    ("server.allowed_origins", _origins, [], "list",
+     "Browser origins allowed on ws:/wss: endpoints that do not list their "
+     "own (origins=): scheme://host[:port], scheme://*.domain, or *; pages "
+     "served by the endpoint itself are always allowed."),
     ("server.identity", _optional(_path), None, "path",
      "The server's Identity PEM file (required)."),
     ("server.identity_password_file", _optional(_path), None, "path",
@@ -297,6 +342,27 @@ SCHEMA = [Key(*entry) for entry in [
      "Payload bytes a session may send per second (0: no limit)."),
     ("limits.byte_burst", _integer(1), 16 * MiB, _bytes,
      "Bucket size of bytes_per_second."),
+    # admin (operator surfaces: docs/operations.md)
+    ("admin.endpoint", _optional(_text), None, "endpoint",
+     "Where the admin HTTP service (health, metrics, the admin API) "
+     "listens, e.g. tcp:8080:interface=127.0.0.1 or unix:/run/xtmp.sock "
+     "(null: off).", "admin"),
+    ("admin.token_file", _optional(_path), None, "path",
+     "A file holding the admin API's bearer token (required unless the "
+     "admin endpoint is a unix: socket).", "admin-token-file"),
+    ("admin.public_metrics", _boolean, False, "boolean",
+     "Serve /metrics without the token.", "admin-public-metrics"),
+    ("admin.max_body", _integer(1024, 64 * MiB), MiB, _bytes,
+     "Largest request body the admin API reads; more is refused with "
+     "HTTP 413.", "admin-max-body"),
+    # logging
+    ("logging.format", _choice("text", "json"), "text", "-",
+     "Log lines as text, or as JSON records (twisted.logger's "
+     "jsonFileLogObserver: one JSON object per record, each after an "
+     "ASCII RS).", "log-format"),
+    ("logging.summary_interval", _number(), 60.0, _seconds,
+     "Log a one-line summary (connections, sessions, streams, msgs/s, "
+     "bytes/s) this often (0: never).", "summary-interval"),
 ]]
 
 KEYS = {key.path: key for key in SCHEMA}

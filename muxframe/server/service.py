@@ -2,8 +2,10 @@
 The XTMP server as a Twisted service: what the twistd role runs.
 
 L{XTMPServerService} loads the identity, authorized keys and tokens named
-by a L{ServerConfig}, builds the L{XTMPServer}, and listens on the
-configured endpoint.  Stopping it (SIGTERM under twistd) stops listening,
+by a L{ServerConfig}, builds the L{XTMPServer}, and listens on each
+configured endpoint (TCP, TLS, WebSocket ... at once, one server behind
+them all; L{listenDescription} gives C{ws:}/C{wss:} endpoints the
+configured allowed origins).  Stopping it (SIGTERM under twistd) stops listening,
 then drains the server: handlers in progress finish, every session gets
 Disconnect GOING_AWAY, and connections still open after C{drain_timeout}
 are cut.  Under twistd it also handles signals itself (L{installSignals}):
@@ -18,7 +20,7 @@ import re
 import signal
 
 from twisted.application import service
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger, LogLevel
 
 from muxframe.server.errors import ConfigError
@@ -27,6 +29,29 @@ from muxframe.xtmp import Identity, parseAuthorizedKeys
 
 log = Logger(namespace="muxframe.server")
 _TOKEN_LINE = re.compile(r"^(\S+)\s+([0-9a-fA-F]{64})$")
+
+
+_WEBSOCKET = ("ws", "wss")
+_WRAPPERS = ("mio", "bmp", "mux")
+
+
+def listenDescription(description, origins):
+    """
+    C{description}, with C{origins=} added (the allowed browser origins,
+    colons escaped) when it is a C{ws:} or C{wss:} endpoint (possibly
+    under C{mio:}/C{bmp:}) that lists none of its own.
+    """
+    if not origins:
+        return description
+    from muxframe.endpointcheck import parseDescription
+    args, kwargs = parseDescription(description)
+    names = [a.lower() for a in args]
+    while names and names[0] in _WRAPPERS:
+        names.pop(0)
+    if not names or names[0] not in _WEBSOCKET or "origins" in kwargs:
+        return description
+    return "%s:origins=%s" % (description, ",".join(
+        o.replace("\\", "\\\\").replace(":", "\\:") for o in origins))
 
 
 def loadIdentity(config):
@@ -114,7 +139,8 @@ def loadTokens(config):
 
 class XTMPServerService(service.Service):
     """
-    Listen with an L{XTMPServer} built from C{config}.
+    Listen with an L{XTMPServer} built from C{config}, on each of its
+    endpoints.
 
     @ivar server: the L{XTMPServer}.
     """
@@ -130,29 +156,34 @@ class XTMPServerService(service.Service):
                                  keys=loadKeys(config),
                                  tokens=loadTokens(config))
         from muxframe.tap import ListenService
-        self._listener = ListenService(config["server.endpoint"], self.server,
-                                       reactor)
+        origins = config["server.allowed_origins"]
+        self._listeners = [
+            ListenService(listenDescription(description, origins),
+                          self.server, reactor)
+            for description in config["server.endpoint"]]
 
     def privilegedStartService(self):
         """
         Bind a privileged port before twistd drops privileges.
         """
         service.Service.privilegedStartService(self)
-        self._listener.privilegedStartService()
+        for listener in self._listeners:
+            listener.privilegedStartService()
 
     def startService(self):
         """
         Listen, and (under twistd) take over SIGTERM and SIGHUP.
         """
         service.Service.startService(self)
-        self._listener.startService()
+        for listener in self._listeners:
+            listener.startService()
         c = self.config
         for key, reason in c.ignored:
             log.warn("configuration key {key} ignored: {reason}", key=key,
                      reason=reason)
         log.info("xtmp server on {endpoint}: {keys} authorized keys, {tokens} "
                  "tokens, handlers for {handlers}, max {maxConnections} "
-                 "connections", endpoint=c["server.endpoint"],
+                 "connections", endpoint=", ".join(c["server.endpoint"]),
                  keys=len(self.server.authorizedKeys),
                  tokens=len(loadTokens(c)) if c["server.tokens_file"] else 0,
                  handlers=", ".join("%#04x" % t for t in
@@ -204,7 +235,8 @@ class XTMPServerService(service.Service):
         Stop listening, then drain the server within C{drain_timeout}.
         """
         service.Service.stopService(self)
-        yield maybeDeferred(self._listener.stopService)
+        yield gatherResults([maybeDeferred(listener.stopService)
+                             for listener in self._listeners])
         sessions = len(self.server.registry)
         aborted = yield self.server.drain(self.config["server.drain_timeout"])
         log.info("xtmp server stopped: {sessions} sessions drained, "

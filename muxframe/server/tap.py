@@ -6,9 +6,11 @@ The C{xtmp} role of the C{muxframe} twistd plugin:
 
 Every setting of the configuration file is also an option (the key's name
 with dashes: C{server.max_connections} is C{--max-connections}); options
-win over the file.  C{--handler TYPE=module:function[,blocking]} and
-C{--permission IDENTITY:publish|subscribe:allow|deny:PATTERN} add handlers
-and permissions and may be repeated.  Any fault in the file or the
+win over the file.  C{--endpoint} may be repeated (the server listens on
+each), and so may C{--handler TYPE=module:function[,blocking]} and
+C{--permission IDENTITY:publish|subscribe:allow|deny:PATTERN}, which add
+handlers and permissions.  C{--admin ENDPOINT} (with C{--admin-token-file})
+serves health, metrics and the admin API (C{docs/operations.md}).  Any fault in the file or the
 options, or in the files they name (identity, authorized_keys, tokens), is
 a usage error naming the key, before anything listens.  See
 C{docs/xtmp-server.md}.
@@ -21,9 +23,15 @@ from muxframe.server.errors import ConfigError
 from muxframe.server.schema import SCHEMA
 
 
+#: Settings given by a repeatable option (an C{opt_} method).
+_REPEATABLE = ("server.endpoint",)
+
+
 def _parameters():
     rows = []
     for key in SCHEMA:
+        if key.path in _REPEATABLE:
+            continue
         default = key.default
         if isinstance(default, list):
             default = ",".join(default)
@@ -52,6 +60,14 @@ class XTMPOptions(usage.Options):
         usage.Options.__init__(self)
         self.handlers = []
         self.permissions = []
+        self.endpoints = []
+
+    def opt_endpoint(self, value):
+        """
+        Where to listen (repeatable: the server listens on each, e.g. a
+        tcp: endpoint and a ws: one); replaces the file's server.endpoint.
+        """
+        self.endpoints.append(value)
 
     def opt_handler(self, value):
         """
@@ -75,8 +91,11 @@ class XTMPOptions(usage.Options):
             else:
                 config = ServerConfig()
             for key in SCHEMA:
-                if self[key.option] is not None:
+                if key.path not in _REPEATABLE and \
+                        self[key.option] is not None:
                     config.override(key.path, self[key.option])
+            if self.endpoints:
+                config.override("server.endpoint", self.endpoints)
             for value in self.handlers:
                 config.overrideHandler(value)
             for value in self.permissions:
@@ -96,21 +115,45 @@ class XTMPOptions(usage.Options):
             raise usage.UsageError(str(e))
         from twisted.internet import reactor
         from twisted.internet.endpoints import serverFromString
+
+        from muxframe.server.service import listenDescription
+        for description in config["server.endpoint"]:
+            try:
+                serverFromString(reactor, listenDescription(
+                    description, config["server.allowed_origins"]))
+            except Exception as e:
+                raise usage.UsageError("server.endpoint: bad endpoint %r: %s"
+                                       % (description, e))
+        from muxframe.admin.settings import (
+            OperatorSettings, checkAdminEndpoint,
+        )
+        if config["admin.endpoint"]:
+            checkAdminEndpoint(config["admin.endpoint"], "admin.endpoint")
         try:
-            serverFromString(reactor, config["server.endpoint"])
-        except Exception as e:
-            raise usage.UsageError("server.endpoint: bad endpoint %r: %s"
-                                   % (config["server.endpoint"], e))
+            self.operatorSettings = OperatorSettings.fromServerConfig(config)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         self.config = config
 
 
 def makeService(options, reactor=None):
     """
-    The L{XTMPServerService} of parsed L{XTMPOptions}, taking over SIGTERM
-    and SIGHUP once the reactor runs.
+    The role of parsed L{XTMPOptions}: an L{OperatedRole} running the
+    L{XTMPServerService} (which takes over SIGTERM and SIGHUP once the
+    reactor runs) and the configured operator surfaces.
     """
+    if reactor is None:
+        from twisted.internet import reactor
+    from muxframe.admin.service import OperatedRole
+    from muxframe.admin.xtmpstatus import XTMPStatus
     from muxframe.server.service import XTMPServerService
     try:
-        return XTMPServerService(options.config, reactor, installSignals=True)
+        main = XTMPServerService(options.config, reactor, installSignals=True)
     except ConfigError as e:
         raise SystemExit("muxframe xtmp: %s" % (e,))
+    role = OperatedRole()
+    role.setName("muxframe-xtmp")
+    main.setServiceParent(role)
+    role.server = main.server
+    return role.operate(XTMPStatus(main.server, options.config, reactor),
+                        options.operatorSettings, reactor, options)

@@ -101,7 +101,7 @@ class XTMPConnection(RekeyMixin):
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters", "_rekeyTimes", "rtt")
+                 "counters", "_rekeyTimes", "rtt", "typeCounts")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -120,6 +120,10 @@ class XTMPConnection(RekeyMixin):
         self._pendingReceiveKey = None
         self._rekey = None
         self.counters = Counters()
+        # Optional: an object with lists C{received} and C{sent} of 256
+        # counts, shared by many connections (a server's per-type metrics);
+        # counted where messagesReceived and messagesSent are.
+        self.typeCounts = None
         self._plainSend = self._plainReceive = 0
         self._out = []
         # One deque per priority class, made when first needed; resent
@@ -228,6 +232,8 @@ class XTMPConnection(RekeyMixin):
                 or flags & (F.REQUIRES_ACK | F.RESPONSE | F.FRAGMENTED)):
             return False
         self.counters.messagesSent += 1
+        if self.typeCounts is not None:
+            self.typeCounts.sent[type] += 1
         if type not in CONTROL_TYPES and type != MessageType.Error:
             self.lastActivity = now
         self._out.append(self._seal(type, flags, body))
@@ -277,6 +283,8 @@ class XTMPConnection(RekeyMixin):
 
     def _encode(self, m, out):
         self.counters.messagesSent += 1
+        if self.typeCounts is not None:
+            self.typeCounts.sent[m.type] += 1
         if m.requiresAck:
             self.resumption.assign(m)
         flags, body = m.body(self.settings.compressThreshold)
@@ -555,6 +563,8 @@ class XTMPConnection(RekeyMixin):
         if t not in CONTROL_TYPES and t != MessageType.Error:
             self.lastActivity = now
             self.counters.messagesReceived += 1
+            if self.typeCounts is not None:
+                self.typeCounts.received[t] += 1
             if message.requestSequence is not None:
                 request = self.pendingRequests.pop(message.requestSequence,
                                                    None)

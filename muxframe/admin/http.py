@@ -1,0 +1,301 @@
+"""
+The admin service's HTTP layer (twisted.web): JSON resources, bearer-token
+authentication, bounded request bodies.
+
+Rules:
+
+  - Every request needs C{Authorization: Bearer <token>}, compared in
+    constant time (C{hmac.compare_digest}), unless the service has no
+    token (a C{unix:} socket) or the path is C{/metrics} and metrics are
+    public.  Without it: 401 with C{WWW-Authenticate: Bearer}.  Refusals
+    are not logged (a flood of bad requests must not become a flood of
+    log lines); they are counted (L{AdminRoot.unauthorized}).
+  - Every answer is JSON (C{application/json}), errors too:
+    C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, a
+    missing or wrong field, bad base64), 404 unknown path or id, 405 a
+    method the path does not take (with C{Allow}), 413 a body over the
+    limit, 500 a fault of ours (logged with its traceback, never sent).
+  - A request body is read up to C{maxBody} bytes: a declared
+    C{Content-Length} over it is answered 413 at once and the connection
+    closed; a chunked body that grows past it is discarded as it comes
+    and answered 413.  Memory per request is bounded by C{maxBody}.
+"""
+
+import hmac
+import json
+from io import BytesIO
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+log = Logger(namespace="muxframe.admin")
+
+
+class JSONError(Exception):
+    """
+    An HTTP error answered as JSON.
+    """
+
+    def __init__(self, code, message, **extra):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def encodeJSON(value):
+    """
+    C{value} as JSON bytes (sorted keys, a newline at the end).
+    """
+    return json.dumps(value, sort_keys=True, default=str).encode("utf-8") + b"\n"
+
+
+def respond(request, code, value, headers=()):
+    """
+    Answer C{request} with C{code} and C{value} as JSON; return the body.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    for name, text in headers:
+        request.setHeader(name, text)
+    return encodeJSON(value)
+
+
+def errorBody(code, message, **extra):
+    """
+    The JSON error document.
+    """
+    body = {"error": message, "status": code}
+    body.update(extra)
+    return body
+
+
+def readJSON(request, required=()):
+    """
+    The request's body as a JSON object, with C{required} keys present.
+
+    @raise JSONError: 400 naming what is wrong.
+    """
+    data = request.content.read() if request.content is not None else b""
+    if not data.strip():
+        raise JSONError(400, "expected a JSON object in the request body")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise JSONError(400, "the body is not valid JSON: %s" % (e,))
+    if not isinstance(value, dict):
+        raise JSONError(400, "expected a JSON object, got %s"
+                        % (type(value).__name__,))
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise JSONError(400, "missing field %s" % (", ".join(missing),),
+                        missing=missing)
+    return value
+
+
+def queryArgument(request, name, default=None):
+    """
+    The last value of query argument C{name} as text, or C{default}.
+    """
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise JSONError(400, "query argument %s is not UTF-8" % (name,))
+
+
+class JSONResource(Resource):
+    """
+    A resource answering JSON: C{json_GET(request)} etc. return the value
+    (or C{(code, value)}); raising L{JSONError} answers an error.
+    """
+
+    def render(self, request):
+        """
+        Dispatch on the method; every outcome is JSON.
+        """
+        method = request.method.decode("ascii", "replace").upper()
+        if method == "HEAD":
+            method = "GET"
+        handler = getattr(self, "json_" + method, None)
+        if getattr(request, "bodyTooLarge", False):
+            return respond(request, 413, errorBody(
+                413, "the request body is over %d bytes" % (request.maxBody,)),
+                [(b"connection", b"close")])
+        if handler is None:
+            allowed = sorted(name[5:] for name in dir(self)
+                             if name.startswith("json_"))
+            return respond(request, 405, errorBody(
+                405, "%s is not allowed here (allowed: %s)"
+                % (method, ", ".join(allowed))),
+                [(b"allow", ", ".join(allowed).encode("ascii"))])
+        try:
+            value = handler(request)
+        except JSONError as e:
+            return respond(request, e.code, errorBody(e.code, e.message,
+                                                      **e.extra))
+        except Exception:
+            log.failure("admin request {method} {path} failed",
+                        method=method, path=request.path)
+            return respond(request, 500, errorBody(500, "internal error"))
+        code = 200
+        if isinstance(value, tuple):
+            code, value = value
+        return respond(request, code, value)
+
+
+class ErrorResource(Resource):
+    """
+    Answers every request with one JSON error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code, message, headers=()):
+        Resource.__init__(self)
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    def render(self, request):
+        return respond(request, self.code, errorBody(self.code, self.message),
+                       self.headers)
+
+
+def notFound(request):
+    """
+    The 404 resource for C{request}'s path.
+    """
+    return ErrorResource(404, "no such resource: %s"
+                         % (request.path.decode("utf-8", "replace"),))
+
+
+class JSONTree(Resource):
+    """
+    A resource whose unknown children answer JSON 404, and whose own path
+    answers with C{index} (a JSON listing).
+    """
+
+    def __init__(self, index=None):
+        Resource.__init__(self)
+        self.index = index
+
+    def getChild(self, name, request):
+        if name == b"" and self.index is not None:
+            return self.index
+        return notFound(request)
+
+    def render(self, request):
+        if self.index is not None:
+            return self.index.render(request)
+        return notFound(request).render(request)
+
+
+class AdminRoot(JSONTree):
+    """
+    The root of the admin site: authentication for every path.
+
+    @param token: the bearer token (bytes), or L{None} for none.
+    @param publicPaths: first path segments served without the token.
+    @ivar unauthorized: requests refused for a missing or wrong token.
+    """
+
+    challenge = [(b"www-authenticate", b'Bearer realm="muxframe admin"')]
+
+    def __init__(self, token, publicPaths=(), index=None):
+        JSONTree.__init__(self, index)
+        self.token = token
+        self.publicPaths = set(publicPaths)
+        self.unauthorized = 0
+
+    def authorized(self, request):
+        """
+        Whether C{request} carries the token.
+        """
+        if self.token is None:
+            return True
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(given.strip(), self.token)
+
+    def getChildWithDefault(self, name, request):
+        if name not in self.publicPaths and not self.authorized(request):
+            self.unauthorized += 1
+            return ErrorResource(401, "a bearer token is required "
+                                 "(Authorization: Bearer TOKEN)",
+                                 self.challenge)
+        return JSONTree.getChildWithDefault(self, name, request)
+
+    def render(self, request):
+        if not self.authorized(request):
+            self.unauthorized += 1
+            return ErrorResource(401, "a bearer token is required",
+                                 self.challenge).render(request)
+        return JSONTree.render(self, request)
+
+
+_TOO_LARGE = (b"HTTP/1.1 413 Payload Too Large\r\n"
+              b"content-type: application/json\r\n"
+              b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body is read up to C{maxBody} bytes (module rules).
+    """
+
+    maxBody = 1 << 20
+    bodyTooLarge = False
+
+    def gotLength(self, length):
+        """
+        Refuse a declared body over the limit at once; keep the rest in
+        memory (it is bounded).
+        """
+        self._bodyBytes = 0
+        self.content = BytesIO()
+        if length is not None and length > self.maxBody:
+            self.bodyTooLarge = True
+            body = encodeJSON(errorBody(413, "the request body (%d bytes) is "
+                                        "over %d bytes" % (length, self.maxBody)))
+            transport = self.channel.transport
+            transport.write(_TOO_LARGE % (len(body), body))
+            transport.loseConnection()
+
+    def handleContentChunk(self, data):
+        """
+        Keep the body while it is within the limit.
+        """
+        self._bodyBytes += len(data)
+        if self._bodyBytes > self.maxBody:
+            self.bodyTooLarge = True
+        if not self.bodyTooLarge:
+            self.content.write(data)
+
+    def process(self):
+        """
+        A body refused at once was answered already: nothing more.
+        """
+        if self.bodyTooLarge and self.channel is not None and \
+                self.channel.transport.disconnecting:
+            return
+        self.content.seek(0)
+        Request.process(self)
+
+
+def requestFactory(maxBody):
+    """
+    A L{BoundedRequest} class with C{maxBody}.
+    """
+    return type("BoundedRequest", (BoundedRequest,), {"maxBody": maxBody})
+
+
+__all__ = ["AdminRoot", "BoundedRequest", "ErrorResource", "JSONError",
+           "JSONResource", "JSONTree", "encodeJSON", "notFound",
+           "queryArgument", "readJSON", "requestFactory", "respond"]

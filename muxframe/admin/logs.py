@@ -1,0 +1,125 @@
+"""
+Logs of every role: the periodic one-line summary, and JSON output.
+
+The summary (every C{summaryInterval} seconds; 0: never) is one info line
+with structured fields, C{event="summary"}::
+
+    xtmp summary: 12 connections, 10 sessions, 4 streams, 153.2 msgs/s,
+    12.3 KiB/s in, 40.1 KiB/s out
+
+Its rates are averages since the previous line.
+
+JSON logs (C{--log-format json}, or C{logging.format: json} in the XTMP
+role's file) use twisted.logger's C{jsonFileLogObserver}: each event is
+one JSON object (its structured fields as keys, C{log_format} the text
+template) preceded by an ASCII record separator (RFC 7464).  Under
+C{twistd} the role gives the application an C{ILogObserver} component
+writing where C{--logfile} says (C{-}: standard output; with C{-n} and no
+C{--logfile}: standard output; else C{twistd.log}); under C{twist} it
+selects twist's own JSON observer (C{twist --log-format=json} does the
+same).
+"""
+
+import sys
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger, jsonFileLogObserver
+
+log = Logger(namespace="muxframe.summary")
+
+
+def byteRate(value):
+    """
+    C{"812 B/s"}, C{"12.3 KiB/s"}, C{"4.1 MiB/s"}.
+    """
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return "%.1f %s/s" % (value / size, unit)
+    return "%.0f B/s" % (value,)
+
+
+class SummaryService(TimerService):
+    """
+    Log a role's summary line every C{interval} seconds.
+    """
+
+    def __init__(self, status, interval, clock):
+        TimerService.__init__(self, interval, self.logSummary)
+        self.clock = clock
+        self.status = status
+        self._last = None
+
+    def startService(self):
+        # The first line after one interval, not at once.
+        self._last = (self.clock.seconds(), self.status.totals())
+        TimerService.startService(self)
+
+    def logSummary(self):
+        """
+        Log one summary line (rates since the previous one).
+        """
+        now, totals = self.clock.seconds(), self.status.totals()
+        if self._last is None:
+            self._last = (now, totals)
+            return None
+        then, before = self._last
+        elapsed = now - then
+        if elapsed < self.step / 2.0:
+            # TimerService calls at once when started: no line yet.
+            return None
+        self._last = (now, totals)
+        rate = {key: (totals.get(key, 0) - before.get(key, 0)) / elapsed
+                for key in ("messages", "bytesReceived", "bytesSent")}
+        figures = self.status.summary()
+        log.info("{role} summary: {connections} connections, {sessions} "
+                 "sessions, {streams} streams, {messagesPerSecond:.1f} msgs/s, "
+                 "{bytesIn} in, {bytesOut} out", event="summary",
+                 role=self.status.role, connections=figures["connections"],
+                 sessions=figures["sessions"], streams=figures["streams"],
+                 messagesPerSecond=rate["messages"],
+                 bytesInPerSecond=rate["bytesReceived"],
+                 bytesOutPerSecond=rate["bytesSent"],
+                 bytesIn=byteRate(rate["bytesReceived"]),
+                 bytesOut=byteRate(rate["bytesSent"]),
+                 draining=self.status.isDraining(), interval=elapsed)
+        return None
+
+
+def _runnerOptions(options):
+    """
+    The runner's options (twistd's or twist's) above a role's options.
+    """
+    runner = options
+    while getattr(runner, "parent", None) is not None:
+        runner = runner.parent
+    return runner if runner is not options else None
+
+
+def _twistdLogFile(runner):
+    logfile = runner.get("logfile")
+    if logfile == "-" or (not logfile and runner.get("nodaemon")):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+    return LogFile.fromFullPath(logfile or "twistd.log")
+
+
+def jsonLogObserver(options):
+    """
+    Arrange JSON logs for a role whose parsed options are C{options}:
+    under twist, select its JSON observer and return L{None}; under
+    twistd, return the observer to give the application as its
+    C{ILogObserver} (L{None} with C{--logger} or C{--syslog}, which win).
+    """
+    runner = _runnerOptions(options)
+    if runner is None:
+        return None
+    if "fileLogObserverFactory" in runner:
+        runner["fileLogObserverFactory"] = jsonFileLogObserver
+        runner["logFormat"] = "json"
+        return None
+    if runner.get("logger") or runner.get("syslog"):
+        return None
+    return jsonFileLogObserver(_twistdLogFile(runner))
+
+
+__all__ = ["SummaryService", "byteRate", "jsonLogObserver"]

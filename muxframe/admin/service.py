@@ -1,0 +1,152 @@
+"""
+The services of a role's operator surfaces, and the role service that
+orders them.
+
+L{OperatedRole} is a C{MultiService} whose children are the role's own
+services (listeners, tunnels, the XTMP server) and which also runs its
+operator services: the L{AdminService} (HTTP) and the summary line.  They
+start after the role's services and stop after them: while the role
+drains after SIGTERM, C{/health} keeps answering (C{draining}, 503) and
+metrics keep being served, until the drain is over.
+"""
+
+from twisted.application import service
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.logger import ILogObserver, Logger
+from twisted.web.server import Site
+
+log = Logger(namespace="muxframe.admin")
+
+
+class AdminSite(Site):
+    """
+    The admin service's site: no access log (a flood of requests must not
+    be a flood of log lines), no tracebacks in answers, a 60 s idle
+    timeout.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request):
+        """
+        No access log.
+        """
+
+
+class AdminService(service.Service):
+    """
+    The admin HTTP service of a role.
+
+    @ivar root: the site's root resource (L{muxframe.admin.http.AdminRoot}).
+    """
+
+    def __init__(self, status, settings, reactor):
+        from prometheus_client.twisted import MetricsResource
+
+        from muxframe.admin.api import buildRoot
+        from muxframe.admin.http import requestFactory
+        from muxframe.admin.metrics import makeRegistry
+        from muxframe.tap import ListenService
+        self.settings = settings
+        self.registry = makeRegistry(status, reactor)
+        self.root = buildRoot(status, settings, MetricsResource(self.registry))
+        self.site = AdminSite(self.root, timeout=60)
+        self.site.requestFactory = requestFactory(settings.maxBody)
+        self._listener = ListenService(settings.endpoint, self.site, reactor)
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._listener.privilegedStartService()
+
+    def startService(self):
+        service.Service.startService(self)
+        self._listener.startService()
+        log.info("admin service on {endpoint} (health, metrics{public}, "
+                 "API{auth})", endpoint=self.settings.endpoint,
+                 public=" without a token" if self.settings.publicMetrics
+                 else "",
+                 auth=", bearer token required" if self.settings.token
+                 else "; no token: a unix socket")
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self._listener.stopService()
+
+
+class OperatedRole(service.MultiService):
+    """
+    A role's services (its children) and its operator services (see the
+    module docstring).  L{operate} adds the operator surfaces.
+
+    @ivar status: the role's L{muxframe.admin.status.IRoleStatus}, once
+        operated.
+    """
+
+    status = None
+    logObserver = None
+
+    def __init__(self):
+        service.MultiService.__init__(self)
+        self.operators = []
+
+    def operate(self, status, settings, reactor, options=None):
+        """
+        Run C{settings}' operator surfaces for the role whose status is
+        C{status} (C{options}: its parsed options, for JSON logs).
+        """
+        from muxframe.admin.logs import SummaryService, jsonLogObserver
+        self.status = status
+        self.settings = settings
+        if settings.endpoint:
+            self.operators.append(AdminService(status, settings, reactor))
+        if settings.summaryInterval:
+            self.operators.append(SummaryService(
+                status, settings.summaryInterval, reactor))
+        if settings.logFormat == "json" and options is not None:
+            self.logObserver = jsonLogObserver(options)
+        return self
+
+    @property
+    def admin(self):
+        """
+        The L{AdminService}, or L{None}.
+        """
+        for operator in self.operators:
+            if isinstance(operator, AdminService):
+                return operator
+        return None
+
+    def setServiceParent(self, parent):
+        """
+        Under twistd, give the application the JSON log observer.
+        """
+        service.MultiService.setServiceParent(self, parent)
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.logObserver)
+
+    def privilegedStartService(self):
+        service.MultiService.privilegedStartService(self)
+        for operator in self.operators:
+            operator.privilegedStartService()
+
+    def startService(self):
+        service.MultiService.startService(self)
+        for operator in self.operators:
+            operator.startService()
+
+    @inlineCallbacks
+    def stopService(self):
+        """
+        Mark the role draining, stop its services (they drain), then the
+        operator services.
+        """
+        if self.status is not None:
+            self.status.draining = True
+        yield service.MultiService.stopService(self)
+        for operator in reversed(self.operators):
+            if operator.running:
+                yield maybeDeferred(operator.stopService)
+
+
+__all__ = ["AdminService", "AdminSite", "OperatedRole"]

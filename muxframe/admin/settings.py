@@ -1,0 +1,221 @@
+"""
+What a role's operator surfaces are configured to do: the admin HTTP
+service (endpoint, bearer token, whether /metrics is public, the body
+limit), the log format and the periodic summary.  The same settings for
+every role: the C{xtmp} role reads them from its configuration file's
+C{admin} and C{logging} sections (or the options of the same names), the
+multiplexer roles from L{OperatorOptionsMixin}'s options.
+
+Rules:
+
+  - The admin service is off unless an endpoint is given.
+  - An admin endpoint reachable over the network (anything but C{unix:})
+    needs a token file; a C{unix:} socket may go without (its file
+    permissions guard it), and with a token file it is checked there too.
+  - The token file holds the token (surrounding whitespace ignored); an
+    empty or unreadable file is a usage error naming it.
+
+Nothing here imports the reactor but to check an endpoint string.
+"""
+
+from twisted.python import usage
+
+MiB = 1 << 20
+LOG_FORMATS = ("text", "json")
+
+
+def isUnixEndpoint(description):
+    """
+    Whether an endpoint description is a UNIX socket (C{unix:PATH}).
+    """
+    return description.split(":", 1)[0].lower() == "unix"
+
+
+def loadToken(path, where="admin.token_file"):
+    """
+    The bearer token in C{path}, as bytes.
+
+    @raise ValueError: naming C{where} and the file, if it cannot be read
+        or holds no token.
+    """
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ValueError("%s: cannot read %s: %s"
+                         % (where, path, e.strerror or e))
+    if not token:
+        raise ValueError("%s: %s holds no token" % (where, path))
+    if any(c < 0x21 or c > 0x7e for c in token):
+        raise ValueError("%s: %s: the token must be one line of printable "
+                         "ASCII without spaces" % (where, path))
+    return token
+
+
+class OperatorSettings:
+    """
+    The operator surfaces of one role.
+
+    @ivar endpoint: the admin service's server endpoint description, or
+        L{None} (off).
+    @ivar token: the bearer token (bytes), or L{None} (a unix: socket
+        without one).
+    @ivar publicMetrics: serve /metrics without the token.
+    @ivar maxBody: the largest request body read, in bytes.
+    @ivar logFormat: C{"text"} or C{"json"}.
+    @ivar summaryInterval: seconds between summary lines (0: none).
+    """
+
+    def __init__(self, endpoint=None, token=None, publicMetrics=False,
+                 maxBody=MiB, logFormat="text", summaryInterval=60.0):
+        self.endpoint = endpoint
+        self.token = token
+        self.publicMetrics = publicMetrics
+        self.maxBody = maxBody
+        self.logFormat = logFormat
+        self.summaryInterval = summaryInterval
+
+    @classmethod
+    def fromServerConfig(cls, config):
+        """
+        The settings of the C{xtmp} role's L{ServerConfig}.
+
+        @raise ValueError: the token file cannot be read.
+        """
+        endpoint, tokenFile = config["admin.endpoint"], \
+            config.path("admin.token_file")
+        if endpoint and not tokenFile and not isUnixEndpoint(endpoint):
+            raise ValueError("admin.token_file: required: the admin endpoint "
+                             "%s is reachable over the network, so its API "
+                             "needs a bearer token (only a unix: socket may "
+                             "go without)" % (endpoint,))
+        token = loadToken(tokenFile) if tokenFile else None
+        return cls(config["admin.endpoint"], token,
+                   config["admin.public_metrics"], config["admin.max_body"],
+                   config["logging.format"],
+                   config["logging.summary_interval"])
+
+
+def _positiveNumber(name, value, zero=False):
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0 or (number == 0 and not zero) or number != number:
+        raise usage.UsageError("--%s must be a %s number of seconds, not %r"
+                               % (name, "non-negative" if zero else
+                                  "positive", value))
+    return number
+
+
+class OperatorOptionsMixin:
+    """
+    The operator options of the multiplexer roles (C{server}, C{client}):
+    C{--admin}, C{--admin-token-file}, C{--admin-public-metrics},
+    C{--admin-max-body}, C{--log-format}, C{--summary-interval}.  Call
+    L{operatorSettings} from C{postOptions}.
+    """
+
+    def _operatorValues(self):
+        values = getattr(self, "_operator", None)
+        if values is None:
+            values = self._operator = {
+                "admin": None, "tokenFile": None, "publicMetrics": False,
+                "maxBody": MiB, "logFormat": "text", "summaryInterval": 60.0}
+        return values
+
+    def opt_admin(self, endpoint):
+        """
+        Serve the admin HTTP service (health, metrics, the admin API) on
+        this server endpoint, e.g. tcp:8080:interface=127.0.0.1 or
+        unix:/run/muxframe.sock (default: off).
+        """
+        self._operatorValues()["admin"] = endpoint
+
+    def opt_admin_token_file(self, path):
+        """
+        A file holding the admin API's bearer token (required unless
+        --admin is a unix: socket).
+        """
+        self._operatorValues()["tokenFile"] = path
+
+    def opt_admin_public_metrics(self):
+        """
+        Serve /metrics without the token.
+        """
+        self._operatorValues()["publicMetrics"] = True
+
+    def opt_admin_max_body(self, value):
+        """
+        Largest admin request body in bytes (default 1048576).
+        """
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1024 <= number <= 64 * MiB:
+            raise usage.UsageError("--admin-max-body must be 1024 to %d bytes, "
+                                   "not %r" % (64 * MiB, value))
+        self._operatorValues()["maxBody"] = number
+
+    def opt_log_format(self, value):
+        """
+        Log as text or json (twisted.logger's JSON records) (default text).
+        """
+        if value not in LOG_FORMATS:
+            raise usage.UsageError("--log-format must be text or json, not %r"
+                                   % (value,))
+        self._operatorValues()["logFormat"] = value
+
+    def opt_summary_interval(self, value):
+        """
+        Seconds between one-line summaries in the log (0: none; default 60).
+        """
+        self._operatorValues()["summaryInterval"] = _positiveNumber(
+            "summary-interval", value, zero=True)
+
+    def operatorSettings(self):
+        """
+        The L{OperatorSettings} given, checked.
+
+        @raise usage.UsageError: naming the option at fault.
+        """
+        values = self._operatorValues()
+        endpoint, tokenFile = values["admin"], values["tokenFile"]
+        if endpoint is not None:
+            checkAdminEndpoint(endpoint, "--admin")
+            if tokenFile is None and not isUnixEndpoint(endpoint):
+                raise usage.UsageError(
+                    "--admin %s is reachable over the network: give "
+                    "--admin-token-file (only a unix: socket may go without "
+                    "a token)" % (endpoint,))
+        elif tokenFile is not None or values["publicMetrics"]:
+            raise usage.UsageError("--admin-token-file and "
+                                   "--admin-public-metrics need --admin")
+        token = None
+        if tokenFile is not None:
+            try:
+                token = loadToken(tokenFile, "--admin-token-file")
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        return OperatorSettings(endpoint, token, values["publicMetrics"],
+                                values["maxBody"], values["logFormat"],
+                                values["summaryInterval"])
+
+
+def checkAdminEndpoint(description, where):
+    """
+    Raise L{usage.UsageError} naming C{where} unless C{description} is a
+    server endpoint string Twisted can parse.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    try:
+        serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError("%s: bad endpoint %r: %s"
+                               % (where, description, e))
+
+
+__all__ = ["OperatorOptionsMixin", "OperatorSettings", "checkAdminEndpoint",
+           "isUnixEndpoint", "loadToken"]

@@ -1,0 +1,400 @@
+"""
+What the subcommands of C{muxframe-xtmp} share: errors and exit codes,
+running Twisted code, the XTMP connection options, message types, flags
+and payloads, and output.
+
+Exit codes: 0 success, 1 failure (the error printed on one line), 2
+usage (argparse's own, and L{UsageError}).
+"""
+
+import json
+import os
+import sys
+
+SUCCESS, FAILURE, USAGE = 0, 1, 2
+PROGRAM = "muxframe-xtmp"
+
+
+class CLIError(Exception):
+    """
+    A failure to report on one line (exit 1).
+    """
+
+
+class UsageError(CLIError):
+    """
+    A bad command line found after parsing (exit 2).
+    """
+
+
+def say(text, stream=None):
+    """
+    Print C{text} and flush (output may be read line by line).
+    """
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def emitJSON(value):
+    """
+    Print C{value} as one line of JSON.
+    """
+    say(json.dumps(value, sort_keys=True, default=str))
+
+
+def describeError(error):
+    """
+    One line naming an error: its type, the XTMP code if any, the text.
+    """
+    code = getattr(error, "code", None)
+    if code is not None and hasattr(error, "reason"):
+        from muxframe.xtmp.errors import XTMPErrorCode
+        return "%s %s: %s" % (type(error).__name__,
+                              XTMPErrorCode.describe(code), error.reason)
+    text = str(error) or repr(error)
+    if code is not None:
+        from muxframe.xtmp.errors import XTMPErrorCode
+        return "%s %s: %s" % (type(error).__name__,
+                              XTMPErrorCode.describe(code), text)
+    return "%s: %s" % (type(error).__name__, text)
+
+
+def runTwisted(main, *args):
+    """
+    Run C{main(reactor, *args)} (returning an exit code or a Deferred of
+    one) under the reactor; return the exit code.  SIGINT and SIGTERM stop
+    it with exit 0 (C{main} may have said what it got so far).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import maybeDeferred
+    outcome = {}
+
+    def failed(failure):
+        error = failure.value
+        if isinstance(error, UsageError):
+            say("%s: error: %s" % (PROGRAM, error), sys.stderr)
+            outcome["code"] = USAGE
+        elif isinstance(error, CLIError):
+            say("%s: error: %s" % (PROGRAM, error), sys.stderr)
+            outcome["code"] = FAILURE
+        elif isinstance(error, Exception) and _known(error):
+            say("%s: error: %s" % (PROGRAM, describeError(error)), sys.stderr)
+            outcome["code"] = FAILURE
+        else:
+            say("%s: unexpected error:" % (PROGRAM,), sys.stderr)
+            failure.printTraceback(sys.stderr)
+            outcome["code"] = FAILURE
+
+    def start():
+        d = maybeDeferred(main, reactor, *args)
+        d.addCallbacks(lambda code: outcome.setdefault(
+            "code", SUCCESS if code is None else code), failed)
+        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return outcome.get("code", SUCCESS)
+
+
+def _known(error):
+    from twisted.internet.error import (
+        ConnectError, ConnectionClosed, DNSLookupError,
+    )
+
+    from muxframe.errors import MuxframeError
+    return isinstance(error, (MuxframeError, ConnectError, ConnectionClosed,
+                              DNSLookupError, OSError, ValueError))
+
+
+# -- message types, flags, payloads --------------------------------------
+
+#: Flags a command may ask for; ENCRYPTED is the session's (checked only).
+SEND_FLAGS = ("ENCRYPTED", "REQUIRES_ACK", "PRIORITY_HIGH", "EMERGENCY",
+              "COMPRESSED")
+
+
+def parseType(text):
+    """
+    A message type from a name (C{BundleSubmit}) or number (C{0x20},
+    C{32}); control types are refused.
+    """
+    from muxframe.server.config import parseMessageType
+    from muxframe.server.errors import ConfigError
+    try:
+        return parseMessageType(text, "--type")
+    except ConfigError as e:
+        raise UsageError(str(e))
+
+
+def parseFlags(text):
+    """
+    C{"ENCRYPTED,REQUIRES_ACK"} -> C{(header flags, wants ENCRYPTED)}.
+    """
+    from muxframe.xtmp.codec import Flags
+    flags, encrypted = 0, False
+    for name in filter(None, (n.strip().upper() for n in (text or "").split(","))):
+        if name not in SEND_FLAGS:
+            raise UsageError("--flags: %s cannot be asked for (choose from %s)"
+                             % (name, ", ".join(SEND_FLAGS)))
+        if name == "ENCRYPTED":
+            encrypted = True
+        else:
+            flags |= Flags[name]
+    return flags, encrypted
+
+
+def readPayload(args):
+    """
+    The payload of C{--payload TEXT} or C{--payload-file FILE} (C{-}:
+    stdin); with neither, empty.  (Stdin is read only when asked for: a
+    command run from a script must not wait on an open pipe.)
+    """
+    if getattr(args, "payload", None) is not None:
+        if getattr(args, "payload_file", None) is not None:
+            raise UsageError("give --payload or --payload-file, not both")
+        return args.payload.encode("utf-8")
+    path = getattr(args, "payload_file", None)
+    if path == "-":
+        return sys.stdin.buffer.read()
+    if path is None:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CLIError("--payload-file: cannot read %s: %s"
+                       % (path, e.strerror or e))
+
+
+def addPayloadArguments(parser):
+    """
+    C{--payload} and C{--payload-file}.
+    """
+    parser.add_argument("--payload", metavar="TEXT",
+                        help="the payload (UTF-8 text)")
+    parser.add_argument("--payload-file", metavar="FILE",
+                        help="read the payload from FILE ('-': stdin)")
+
+
+def showPayload(data):
+    """
+    A payload for a terminal: text if it is printable UTF-8, else base64.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable():
+        return text
+    import base64
+    return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+def payloadJSON(data):
+    """
+    A payload in JSON output: C{payload} base64 and C{text} if UTF-8.
+    """
+    import base64
+    out = {"payload": base64.b64encode(data).decode("ascii"),
+           "bytes": len(data)}
+    try:
+        out["text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    return out
+
+
+# -- connecting ------------------------------------------------------------
+
+def clientEndpointString(text):
+    """
+    A client endpoint string; C{HOST:PORT} means C{tcp:HOST:PORT}.
+    """
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and host and ":" not in host:
+        return "tcp:%s:%s" % (host, port)
+    return text
+
+
+def addConnectArguments(parser):
+    """
+    The options saying where the server is and who we are.
+    """
+    group = parser.add_argument_group("connection")
+    group.add_argument("--endpoint", "-e",
+                       default=os.environ.get("MUXFRAME_XTMP_ENDPOINT"),
+                       help="the server: HOST:PORT or a client endpoint "
+                            "string (tcp:HOST:PORT, tls:HOST:PORT, "
+                            "ws:tcp:HOST:PORT:path=/xtmp ...); default "
+                            "$MUXFRAME_XTMP_ENDPOINT")
+    pin = group.add_mutually_exclusive_group()
+    pin.add_argument("--server-key", metavar="FILE",
+                     default=os.environ.get("MUXFRAME_XTMP_SERVER_KEY"),
+                     help="the server's public key (PEM) to pin; default "
+                          "$MUXFRAME_XTMP_SERVER_KEY")
+    pin.add_argument("--server-fingerprint", metavar="HEX",
+                     help="or the server key's fingerprint (hex SHA-256)")
+    who = group.add_mutually_exclusive_group()
+    who.add_argument("--identity", "-i", metavar="FILE",
+                     default=os.environ.get("MUXFRAME_XTMP_IDENTITY"),
+                     help="our identity (private PEM, from keygen); default "
+                          "$MUXFRAME_XTMP_IDENTITY")
+    who.add_argument("--token-file", metavar="FILE",
+                     help="authenticate with the bearer token in FILE")
+    who.add_argument("--anonymous", action="store_true",
+                     help="present neither key nor token")
+    group.add_argument("--password-file", metavar="FILE",
+                       help="the identity PEM's password")
+    group.add_argument("--encryption", "--cipher", dest="cipher",
+                       choices=["aes256gcm", "chacha20poly1305"],
+                       help="the cipher to ask for first")
+    group.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds to wait for the server (default 10)")
+
+
+def _readFile(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CLIError("%s: cannot read %s: %s" % (what, path, e.strerror or e))
+
+
+def clientFactory(args, reactor=None, **settings):
+    """
+    The L{XTMPClientFactory} of the connection options.
+    """
+    from muxframe.server.schema import CIPHER_NAMES
+    from muxframe.xtmp import Identity, PublicIdentity, XTMPClientFactory
+    from muxframe.xtmp.factory import DEFAULT_CIPHERS
+    if not args.endpoint:
+        raise UsageError("--endpoint is required (or $MUXFRAME_XTMP_ENDPOINT)")
+    serverKey = verify = None
+    if args.server_key:
+        try:
+            serverKey = PublicIdentity.fromPEM(
+                _readFile(args.server_key, "--server-key"), args.server_key)
+        except ValueError as e:
+            raise CLIError("--server-key: %s" % (e,))
+    elif args.server_fingerprint:
+        wanted = args.server_fingerprint.strip().lower()
+        verify = lambda identity: identity.fingerprint == wanted  # noqa: E731
+    else:
+        raise UsageError("give --server-key FILE or --server-fingerprint HEX: "
+                         "the server's key is always verified")
+    identity = token = None
+    if args.identity and not args.anonymous and not args.token_file:
+        password = None
+        if args.password_file:
+            password = _readFile(args.password_file, "--password-file").rstrip(b"\r\n")
+        try:
+            identity = Identity.fromPEM(_readFile(args.identity, "--identity"),
+                                        password, args.identity)
+        except (ValueError, TypeError) as e:
+            raise CLIError("--identity: %s" % (e,))
+    elif args.token_file:
+        token = _readFile(args.token_file, "--token-file").strip()
+    ciphers = tuple(DEFAULT_CIPHERS)
+    if args.cipher:
+        first = CIPHER_NAMES[args.cipher]
+        ciphers = (first,) + tuple(c for c in ciphers if c != first)
+    return XTMPClientFactory(serverKey=serverKey, verifyServer=verify,
+                             identity=identity, token=token, ciphers=ciphers,
+                             reactor=reactor, resume=False, **settings)
+
+
+def connect(reactor, args, **settings):
+    """
+    Connect and complete the handshake; a Deferred of the protocol.
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    from muxframe.xtmp import connectXTMP
+    factory = clientFactory(args, reactor, **settings)
+    description = clientEndpointString(args.endpoint)
+    try:
+        endpoint = clientFromString(reactor, description)
+    except Exception as e:
+        raise UsageError("--endpoint: bad endpoint %r: %s" % (description, e))
+    d = connectXTMP(endpoint, factory)
+    return withTimeout(reactor, d, args.timeout, "connecting to %s" % (description,))
+
+
+def withTimeout(reactor, d, seconds, what):
+    """
+    C{d}, failed with L{CLIError} if it has no result within C{seconds}.
+    """
+    if not seconds:
+        return d
+    from twisted.internet.defer import CancelledError
+    call = reactor.callLater(seconds, d.cancel)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        return result
+
+    def timedOut(failure):
+        failure.trap(CancelledError)
+        raise CLIError("%s: no answer within %gs" % (what, seconds))
+
+    return d.addBoth(done).addErrback(timedOut)
+
+
+def ping(protocol):
+    """
+    One round trip over the session (an Unsubscribe of a subject never
+    subscribed, which the server confirms); a Deferred of its seconds.
+    """
+    import time
+    started = time.perf_counter()
+    return protocol.unsubscribe("_muxframe.ping").addCallback(
+        lambda _: time.perf_counter() - started)
+
+
+def close(protocol):
+    """
+    Disconnect cleanly; a Deferred fired once closed.
+    """
+    closed = protocol.whenClosed()
+    protocol.disconnect()
+    return closed.addBoth(lambda _: None)
+
+
+# -- the admin API ------------------------------------------------------------
+
+def addAdminArguments(parser):
+    """
+    Where the admin API is, and its token.
+    """
+    group = parser.add_argument_group("admin API")
+    group.add_argument("--admin", "-a", default=os.environ.get("MUXFRAME_ADMIN"),
+                       help="the admin service: http://HOST:PORT or "
+                            "unix:/path/to.sock; default $MUXFRAME_ADMIN")
+    group.add_argument("--admin-token-file", metavar="FILE",
+                       default=os.environ.get("MUXFRAME_ADMIN_TOKEN_FILE"),
+                       help="the bearer token's file; default "
+                            "$MUXFRAME_ADMIN_TOKEN_FILE")
+    group.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds to wait for the admin service")
+
+
+def adminClient(args):
+    """
+    The L{muxframe.cli.adminclient.AdminClient} of the admin options.
+    """
+    from muxframe.cli.adminclient import AdminClient
+    if not args.admin:
+        raise UsageError("--admin is required (or $MUXFRAME_ADMIN)")
+    token = None
+    if args.admin_token_file:
+        token = _readFile(args.admin_token_file, "--admin-token-file").strip()
+    return AdminClient(args.admin, token, args.timeout)
+
+
+__all__ = ["CLIError", "FAILURE", "SUCCESS", "USAGE", "UsageError",
+           "addAdminArguments", "addConnectArguments", "addPayloadArguments",
+           "adminClient", "clientFactory", "close", "connect", "emitJSON",
+           "parseFlags", "parseType", "ping", "readPayload", "runTwisted",
+           "say", "showPayload", "withTimeout"]

@@ -1,0 +1,375 @@
+"""
+Tests of C{muxframe-xtmp}: every subcommand run from the source tree
+(C{python3 -m muxframe.cli}, with this checkout on PYTHONPATH) against a
+running server (C{twistd -n muxframe xtmp} with its admin service):
+keygen -> authorize -> connect -> request from a fresh directory, send,
+subscribe with broadcast and publish from the command line, status,
+sessions, disconnect, stats (once and continuous), bench with its
+progress display, capture and validate on good and tampered message
+files; and the exit codes (0 success, 1 failure, 2 usage).
+"""
+
+import configparser
+import json
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from muxframe.xtmp import XTMPErrorCode, connectXTMP
+
+from tests.adminsupport import waitFor
+from tests.test_admin_xtmp import adminSetup
+from tests.test_server_support import ALICE, SERVER_IDENTITY
+from tests.test_server_tap import clientFactory, spawnXTMP
+from tests.test_tap import freePort, waitForPort
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def environment():
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for name in list(env):
+        if name.startswith("MUXFRAME_"):
+            del env[name]
+    return env
+
+
+@inlineCallbacks
+def cli(cwd, *args):
+    """
+    Run C{python3 -m muxframe.cli ARGS} in C{cwd}: C{(exit code, stdout,
+    stderr)} as text.
+    """
+    out, err, code = yield getProcessOutputAndValue(
+        sys.executable, ["-m", "muxframe.cli"] + list(args), env=environment(),
+        path=cwd)
+    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+class Background(ProcessProtocol):
+    """
+    A C{muxframe-xtmp} command left running: its output, line by line.
+    """
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = Deferred()
+        self.running = True
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def lines(self):
+        return [line for line in self.out.decode("utf-8").splitlines() if line]
+
+    def records(self):
+        return [json.loads(line) for line in self.lines()]
+
+    def processEnded(self, reason):
+        self.running = False
+        self.ended.callback(reason.value.exitCode)
+
+
+def background(testCase, cwd, *args):
+    process = Background()
+    argv = [sys.executable, "-m", "muxframe.cli"] + list(args)
+    process.transport = reactor.spawnProcess(process, sys.executable, argv,
+                                             env=environment(), path=cwd)
+
+    def kill():
+        if process.running:
+            process.transport.signalProcess("KILL")
+            return process.ended
+    testCase.addCleanup(kill)
+    return process
+
+
+class CommandLineTests(TestCase):
+    """
+    Every subcommand against one running server.
+    """
+
+    timeout = 240
+
+    @inlineCallbacks
+    def test_everySubcommand(self):
+        server = os.path.abspath(self.mktemp())
+        port, adminPort = freePort(), freePort()
+        config = adminSetup(server, port, adminPort)
+        SERVER_IDENTITY.public.savePEM(os.path.join(server, "server.pub"))
+        process = spawnXTMP(self, server, "--config", config)
+        yield waitForPort(port, process)
+        yield waitForPort(adminPort, process)
+        fresh = os.path.abspath(self.mktemp())
+        os.makedirs(fresh)
+        key = os.path.join(server, "server.pub")
+        session = ["--endpoint", "127.0.0.1:%d" % (port,), "--server-key", key,
+                   "--identity", "carol.pem"]
+        admin = ["--admin", "http://127.0.0.1:%d" % (adminPort,),
+                 "--admin-token-file", os.path.join(server, "admin.token")]
+
+        # keygen -> authorize -> (SIGHUP) -> connect -> request.
+        code, out, err = yield cli(fresh, "keygen", "carol", "--mldsa")
+        self.assertEqual(code, 0, err)
+        self.assertIn("fingerprint:", out)
+        self.assertTrue(os.path.exists(os.path.join(fresh, "carol.pem")))
+        code, out, err = yield cli(fresh, "keygen", "carol")
+        self.assertEqual(code, 1)
+        self.assertIn("exists", err)
+        code, out, err = yield cli(fresh, "authorize", "carol.pub", "--name",
+                                   "carol", "--authorized-keys",
+                                   os.path.join(server, "authorized_keys"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("authorized carol", out)
+        code, out, err = yield cli(fresh, "authorize", "carol.pub", "--name",
+                                   "carol2", "-f",
+                                   os.path.join(server, "authorized_keys"))
+        self.assertEqual(code, 1)
+        self.assertIn("already authorizes this key as carol", err)
+        process.transport.signalProcess("HUP")
+        yield waitFor(lambda: "reloaded credentials: keys +1" in process.text(),
+                      what="the reload")
+        code, out, err = yield cli(fresh, "connect", "--json", *session)
+        self.assertEqual(code, 0, err)
+        info = json.loads(out)
+        self.assertEqual(info["cipher"], "AES-256-GCM")
+        self.assertRegex(info["session_id"], "^0x[0-9a-f]+$")
+        self.assertGreater(info["rtt_ms"], 0)
+        self.assertEqual(info["server_fingerprint"],
+                         SERVER_IDENTITY.public.fingerprint)
+        code, out, err = yield cli(fresh, "request", "--type", "BundleSubmit",
+                                   "--payload", "hi", "--json", *session)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["text"], "accepted:hi:by:carol")
+        with open(os.path.join(fresh, "payload.bin"), "wb") as f:
+            f.write(b"\x00\x01binary")
+        code, out, err = yield cli(fresh, "send", "--type", "0x21",
+                                   "--payload-file", "payload.bin", "--flags",
+                                   "ENCRYPTED,REQUIRES_ACK", "--json", *session)
+        self.assertEqual(code, 0, err)
+        sent = json.loads(out)
+        self.assertEqual(sent["bytes"], 8)
+        self.assertIsNotNone(sent["acked_ms"])
+
+        # subscribe, then broadcast and publish from the admin API.
+        subscriber = background(self, fresh, "subscribe", "broadcast", "news.>",
+                                "--count", "2", "--json", *session)
+        yield waitFor(lambda: subscriber.lines() or not subscriber.running,
+                      what="the subscription")
+        self.assertEqual(subscriber.records()[0]["subscribed"],
+                         ["broadcast", "news.>"])
+        code, out, err = yield cli(fresh, "broadcast", "--type", "LiveUpdates",
+                                   "--payload", "to all", "--json", *admin)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["delivered"], 1)
+        code, out, err = yield cli(fresh, "publish", "--subject", "news.eu",
+                                   "--type", "EventStream", "--payload", "eu",
+                                   *admin)
+        self.assertEqual(code, 0, err)
+        exitCode = yield subscriber.ended
+        self.assertEqual(exitCode, 0, subscriber.err)
+        got = [(r["subject"], r["text"]) for r in subscriber.records()[1:]]
+        self.assertEqual(got, [("broadcast", "to all"), ("news.eu", "eu")])
+
+        # status, sessions, disconnect, against a live session of ours.
+        alice = yield connectXTMP(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                  clientFactory(ALICE))
+        yield alice.subscribe("orders.*", lambda m: None)
+        code, out, err = yield cli(fresh, "status", *admin)
+        self.assertEqual(code, 0, err)
+        self.assertIn("xtmp: healthy", out)
+        code, out, err = yield cli(fresh, "status", "%#x" % (alice.sessionId,),
+                                   "--json", *admin)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["identity"]["name"], "alice")
+        code, out, err = yield cli(fresh, "sessions", "--detailed", *admin)
+        self.assertEqual(code, 0, err)
+        self.assertIn("key alice", out)
+        self.assertIn("orders.*", out)
+        code, out, err = yield cli(fresh, "sessions", "--json", "--identity",
+                                   "nobody", *admin)
+        self.assertEqual(json.loads(out)["count"], 0)
+        closed = alice.whenClosed()
+        code, out, err = yield cli(fresh, "disconnect", "%#x" % (alice.sessionId,),
+                                   "--code", "KEY_REVOKED", "--reason", "cli",
+                                   *admin)
+        self.assertEqual(code, 0, err)
+        why = yield closed
+        self.assertEqual(why.code, XTMPErrorCode.KEY_REVOKED)
+        code, out, err = yield cli(fresh, "disconnect", "0x1", *admin)
+        self.assertEqual(code, 1)
+        self.assertIn("HTTP 404", err)
+
+        # stats, once and continuous.
+        code, out, err = yield cli(fresh, "stats", "--json", "--export",
+                                   "stats.json", *admin)
+        self.assertEqual(code, 0, err)
+        stats = json.loads(out)
+        self.assertGreaterEqual(stats["sessions"]["opened"], 5)
+        with open(os.path.join(fresh, "stats.json")) as f:
+            self.assertEqual(json.load(f)["role"], "xtmp")
+        code, out, err = yield cli(fresh, "stats", *admin)
+        self.assertIn("handler BundleSubmit", out)
+        watcher = background(self, fresh, "stats", "--continuous", "--interval",
+                             "0.2", "--json", *admin)
+        yield waitFor(lambda: len(watcher.lines()) >= 2 or not watcher.running,
+                      what="two snapshots")
+        watcher.transport.signalProcess("INT")
+        exitCode = yield watcher.ended
+        self.assertEqual(exitCode, 0)
+        self.assertEqual(watcher.records()[0]["role"], "xtmp")
+
+        # bench, with its progress display.
+        code, out, err = yield cli(fresh, "bench", "--type", "0x20",
+                                   "--duration", "1", "--rate", "100",
+                                   "--connections", "2", "--json", *session)
+        self.assertEqual(code, 0, err)
+        result = json.loads(out)
+        self.assertGreater(result["completed"], 10)
+        self.assertEqual(result["errors"], {})
+        self.assertIsNotNone(result["latencyMs"]["p99"])
+        self.assertIn("bench: 100%", err)
+        self.assertIn("msgs/s", err)
+        code, out, err = yield cli(fresh, "bench", "--mode", "publish",
+                                   "--duration", "0.5", "--no-progress",
+                                   *session)
+        self.assertEqual(code, 0, err)
+        self.assertIn("latency ms: p50", out)
+        self.assertEqual(err, "")
+
+        # capture, then validate what it saved.
+        capture = background(self, fresh, "capture", "--connect",
+                             "127.0.0.1:%d" % (port,), "--save", "caps",
+                             "--count", "6", "--json")
+        yield waitFor(lambda: capture.lines() or not capture.running,
+                      what="the relay")
+        relay = capture.records()[0]["port"]
+        code, out, err = yield cli(
+            fresh, "request", "--type", "BundleSubmit", "--payload", "relayed",
+            "--endpoint", "tcp:127.0.0.1:%d" % (relay,), "--server-key", key,
+            "--identity", "carol.pem")
+        self.assertEqual(code, 0, err)
+        self.assertIn("accepted:relayed:by:carol", out)
+        exitCode = yield capture.ended
+        self.assertEqual(exitCode, 0, capture.err)
+        frames = [r for r in capture.records() if "typeName" in r]
+        self.assertEqual([(r["direction"], r["typeName"]) for r in frames[:2]],
+                         [("c2s", "Handshake"), ("s2c", "HandshakeAck")])
+        self.assertIn(("c2s", "BundleSubmit", ["ENCRYPTED"]),
+                      [(r["direction"], r["typeName"], r["flagNames"])
+                       for r in frames])
+        hello = frames[0]["file"]
+        code, out, err = yield cli(fresh, "validate", hello)
+        self.assertEqual(code, 0, err)
+        self.assertIn("checksum: ok", out)
+        self.assertIn("type Handshake (0x01)", out)
+        encrypted = [r["file"] for r in frames if r["typeName"] == "BundleSubmit"][0]
+        code, out, err = yield cli(fresh, "validate", encrypted, "--json")
+        self.assertEqual(code, 0, err)
+        report = json.loads(out)
+        self.assertTrue(report["valid"])
+        self.assertEqual(report["messages"][0]["security"]["cipherName"],
+                         "AES-256-GCM")
+        with open(os.path.join(fresh, hello), "rb") as f:
+            data = bytearray(f.read())
+        data[40] ^= 0x01
+        with open(os.path.join(fresh, "tampered.xtmp"), "wb") as f:
+            f.write(bytes(data))
+        code, out, err = yield cli(fresh, "validate", "tampered.xtmp")
+        self.assertEqual(code, 1)
+        self.assertIn("ChecksumMismatch", out + err)
+        with open(os.path.join(fresh, "short.xtmp"), "wb") as f:
+            f.write(bytes(data[:20]))
+        code, out, err = yield cli(fresh, "validate", "short.xtmp")
+        self.assertEqual(code, 1)
+        self.assertIn("Truncated", err)
+        data[0:4] = b"XTMQ"
+        with open(os.path.join(fresh, "magic.xtmp"), "wb") as f:
+            f.write(bytes(data))
+        code, out, err = yield cli(fresh, "validate", "magic.xtmp", "--json")
+        self.assertEqual(code, 1)
+        self.assertEqual(json.loads(out)["messages"][0]["error"]["name"],
+                         "BadMagic")
+
+        # Failures exit 1, naming the error.
+        code, out, err = yield cli(fresh, "request", "--type", "0x30", *session)
+        self.assertEqual(code, 1)
+        self.assertIn("UNKNOWN_TYPE", err)
+        code, out, err = yield cli(fresh, "status", "--admin",
+                                   "http://127.0.0.1:%d" % (adminPort,))
+        self.assertEqual(code, 1)
+        self.assertIn("HTTP 401", err)
+
+
+class ExitCodeTests(TestCase):
+    """
+    Usage errors exit 2, failures 1, without a server.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_exitCodes(self):
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        for args, code, text in [
+                ((), 2, "required: COMMAND"),
+                (("frobnicate",), 2, "invalid choice"),
+                (("request", "--endpoint", "127.0.0.1:1"), 2, "--type"),
+                (("send", "--endpoint", "127.0.0.1:1", "--type", "0x20"), 2,
+                 "--server-key"),
+                (("send", "--endpoint", "127.0.0.1:1", "--server-fingerprint",
+                  "00", "--type", "Handshake"), 2, "control type"),
+                (("send", "--endpoint", "127.0.0.1:1", "--server-fingerprint",
+                  "00", "--type", "0x20", "--flags", "STREAM_DATA"), 2,
+                 "STREAM_DATA cannot be asked for"),
+                (("connect", "--endpoint", "127.0.0.1:%d" % (freePort(),),
+                  "--server-fingerprint", "00", "--anonymous"), 1,
+                 "ConnectionRefusedError"),
+                (("stats",), 2, "--admin is required"),
+                (("stats", "--admin", "http://127.0.0.1:%d" % (freePort(),)), 1,
+                 "admin API"),
+                (("validate", "nothing.xtmp"), 1, "cannot read nothing.xtmp"),
+                (("bench", "--endpoint", "127.0.0.1:1", "--server-fingerprint",
+                  "00", "--payload-size", "3"), 2, "--payload-size"),
+                (("capture", "--connect", "127.0.0.1:1", "--listen", "tcp:0"), 2,
+                 "loopback only"),
+        ]:
+            got, out, err = yield cli(cwd, *args)
+            self.assertEqual(got, code, (args, out, err))
+            self.assertIn(text, err, args)
+        got, out, err = yield cli(cwd, "--version")
+        self.assertEqual(got, 0)
+        self.assertIn("muxframe ", out)
+
+
+class EntryPointTests(SynchronousTestCase):
+    def test_consoleScriptDeclared(self):
+        """
+        setup.cfg declares the console script muxframe-xtmp, whose target
+        is L{muxframe.cli.main.main}; the packages it needs are shipped.
+        """
+        config = configparser.ConfigParser()
+        config.read(os.path.join(REPO, "setup.cfg"))
+        scripts = dict(
+            line.split(" = ", 1) for line in
+            config["options.entry_points"]["console_scripts"].strip().splitlines())
+        self.assertEqual(scripts, {"muxframe-xtmp": "muxframe.cli.main:main"})
+        packages = config["options"]["packages"].split()
+        self.assertIn("muxframe.cli", packages)
+        self.assertIn("muxframe.admin", packages)
+        from muxframe.cli.main import main
+        self.assertTrue(callable(main))
+        requires = config["options"]["install_requires"]
+        self.assertIn("prometheus_client>=", requires)
+        self.assertIn("tqdm>=", requires)
