@@ -25,7 +25,7 @@ from muxframe.xtmp import (
 
 from tests.test_server_config import DESIGN_EXAMPLE
 from tests.test_server_support import ALICE, BOB, CAROL, SERVER_IDENTITY
-from tests.test_tap import freePort, spawnTwistd, waitForPort
+from tests.test_tap import freePort, spawnTwistd, twistedVersion, waitForPort
 
 
 def spawnXTMP(testCase, directory, *args):
@@ -297,5 +297,7 @@ class TwistdTests(TestCase):
         path = writeSetup(directory, freePort(), {"server": {"max_conections": 1}})
         process = spawnXTMP(self, directory, "--config", path)
         code = yield process.ended
-        self.assertNotEqual(code, 0)
         self.assertIn("server.max_conections", process.text())
+        # twistd before Twisted 26.10 exits 0 after any usage error.
+        if (twistedVersion.major, twistedVersion.minor) >= (26, 10):
+            self.assertNotEqual(code, 0)
