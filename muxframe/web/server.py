@@ -17,7 +17,9 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory, WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny
+from zope.interface import implementer_only
 from twisted.internet.defer import succeed
+from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -131,11 +133,17 @@ class StreamWebSocketResource(WebSocketResource):
         return WebSocketResource.render(self, request)
 
 
+@implementer_only(IProtocolFactory, ILoggingContext)
 class WebSocketSite(Site):
     """
     The site of a web endpoint: the WebSocket resource at C{path}, C{root}
     for every other request.  Requests are not access-logged (C{logPath}
     None) unless C{accessLog} is true.
+
+    It offers no ALPN protocols (a WebSocket is HTTP/1.1 only): older
+    Twisted releases (24.11, our floor, among them) set a TLS context's
+    ALPN callback for every connection of a factory that offers them,
+    which current pyOpenSSL refuses after the context's first connection.
     """
 
     def __init__(self, webSocketFactory, path=b"/", root=None,
