@@ -74,8 +74,9 @@ SENDER, DEVICE, RECEIVER = 1, 2, 3
 #: C{signal_request}: the server pulls (resend), or pushes.
 PULL, PUSH = 1, 2
 
-#: AwarenessSubscription C{action}.
-SUBSCRIBE, APPROVE, DENY, UNSUBSCRIBE = 1, 2, 3, 4
+#: AwarenessSubscription C{action}: ask to watch C{to}, approve or deny
+#: C{to}'s request, stop watching C{to}, stop C{to} watching.
+SUBSCRIBE, APPROVE, DENY, UNSUBSCRIBE, REMOVE_WATCHER = 1, 2, 3, 4, 5
 #: PresenceQuery C{what}.
 QUERY_PRESENCE, QUERY_WATCHERS, QUERY_SUBSCRIPTIONS = 1, 2, 3
 #: ChannelHistory C{type}: subscribe (c2s), the answer, a live
