@@ -321,8 +321,12 @@ class HistorySubjects:
         failure.trap(RecoveryImpossible)
         self.counters["recoveryFailures"] += 1
         error = failure.value
-        return self._answer(error.position, subscriber, request, message, False,
-                            int(error.reason), [])
+        if error.position is not None:
+            return self._answer(error.position, subscriber, request, message, False,
+                                int(error.reason), [])
+        d = self.storage.engine.history.position(request.subject)
+        return d.addCallback(self._answer, subscriber, request, message, False,
+                             int(error.reason), [])
 
     def _answer(self, position, subscriber, request, message, recovered, why, publications):
         session = subscriber.session

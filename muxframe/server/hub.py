@@ -33,7 +33,7 @@ on a subject it covers is stored first and then delivered with its
 position (C{delivery.position}: offset and epoch).
 """
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
@@ -51,8 +51,8 @@ class Delivery:
 
     @ivar groups: the keys C{(pattern, group)} of the queue groups this
         process serves it to, or L{None} for every group here.
-    @ivar position: C{(offset, epoch)} in the subject's history, or
-        L{None}.
+    @ivar position: C{(offset, epoch, timestamp)} in the subject's
+        history, or L{None}.
     """
 
     __slots__ = ("subject", "tokens", "messageType", "flags", "payload",

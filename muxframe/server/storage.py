@@ -493,7 +493,7 @@ class Storage:
                 del self._entities[binding.entity]
                 watch.presence.cancel()
                 watch.queue.cancel()
-        if binding.online and not binding.replaced:
+        if binding.online and not binding.replaced and self.started:
             binding.online = False
             self._track(self.engine.presence.disconnect(
                 binding.entity, binding.device, self.nodeId)).addErrback(
