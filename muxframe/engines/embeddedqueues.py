@@ -10,6 +10,7 @@ Key/value layout (keys are bytes, names are UTF-8, NUL-separated):
    the entity's records is deleted, so offsets never restart.
 """
 
+import bisect
 import struct
 
 from twisted.internet import defer
@@ -260,22 +261,13 @@ class EmbeddedQueueStore:
             return defer.succeed([])
         start, lsns = index.lsns(max(1, fromOffset), limit)
         durable = self._journal.durableLsn
-        wanted = [lsn for lsn in lsns if lsn <= durable]
-
-        def checked(records):
-            size = 0
-            for i, record in enumerate(records):
-                if record.offset != start + i:
-                    raise StorageError("journal record for offset %d where %d was due" % (
-                        record.offset, start + i))
-                size += len(record.payload)
-                if i and size > maxBytes:
-                    return records[:i]
-            return records
-        if not wanted:
+        if lsns and lsns[-1] > durable:
+            # Only durable records are visible (LSNs ascend with offsets).
+            lsns = lsns[:bisect.bisect_right(lsns, durable)]
+        if not lsns:
             return defer.succeed([])
-        d = self._journal.read(wanted, logformat.queuedRecordDecoder(entity))
-        return d.addCallback(checked).addErrback(_storageError)
+        d = self._journal.readQueue(lsns, entity, start, maxBytes)
+        return d.addErrback(_storageError)
 
     # Positions ---------------------------------------------------------
 
