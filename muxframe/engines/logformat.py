@@ -173,16 +173,21 @@ def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
     """
     Return the framed bytes of one journal record.
     """
-    if len(payload) > MAX_PAYLOAD:
-        raise CorruptRecord("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+    lp = len(payload)
+    if lp > MAX_PAYLOAD:
+        raise CorruptRecord("payload of %d bytes exceeds %d" % (lp, MAX_PAYLOAD))
     q, m, e, d = _name(queue), messageId.encode("utf-8"), _name(senderEntity), _name(senderDevice)
-    if len(m) > 0xFFFF:
+    lm = len(m)
+    if lm > 0xFFFF:
         raise CorruptRecord("message id too long")
-    body = b"".join([
-        _JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), len(m), len(e), len(d),
-                           len(payload)),
-        q, m, e, d, payload])
-    return FRAME_HEADER.pack(len(body), zlib.crc32(body)) + body
+    # The payload is copied once: the CRC runs over the head, then on.
+    head = b"".join((_JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), lm,
+                                        len(e), len(d), lp), q, m, e, d))
+    return b"".join((FRAME_HEADER.pack(len(head) + lp, _crc32(payload, _crc32(head))),
+                     head, payload))
+
+
+_crc32 = zlib.crc32
 
 
 _JOURNAL_HEAD = struct.Struct(">BBQQQHHHHI")
@@ -368,8 +373,19 @@ def messageKey(senderEntity, senderDevice, messageId):
     The 16-byte dedup key of a message: BLAKE2b-128 of sender entity, sender
     device and message id, NUL-separated (NUL cannot occur in names).
     """
-    raw = "\x00".join((senderEntity, senderDevice, messageId)).encode("utf-8")
-    return hashlib.blake2b(raw, digest_size=16).digest()
+    # The hash state of a sender's prefix is made once and copied.
+    prefix = _PREFIXES.get((senderEntity, senderDevice))
+    if prefix is None:
+        if len(_PREFIXES) >= 4096:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[(senderEntity, senderDevice)] = hashlib.blake2b(
+            ("%s\x00%s\x00" % (senderEntity, senderDevice)).encode("utf-8"), digest_size=16)
+    h = prefix.copy()
+    h.update(messageId.encode("utf-8"))
+    return h.digest()
+
+
+_PREFIXES = {}
 
 
 def receiptKey(entity, kind, offset):
