@@ -88,12 +88,15 @@ HISTORY_UNSUBSCRIBE, HISTORY_RESET = 4, 5
 
 # -- varints ---------------------------------------------------------------
 
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
 def encodeVarint(value):
     """
     The base-128 varint of C{value} (0 to 2**64 - 1).
     """
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -136,25 +139,13 @@ class ProtoMessage:
     optional)} where kind is a scalar kind or a L{ProtoMessage} class.
     Build with keyword arguments; missing fields take their defaults
     (L{None} for optional ones and messages, [] for repeated ones).
+    C{__init__} and C{encode} are generated per class (L{_define}).
     """
 
     __slots__ = ()
     FIELDS = ()
     _byNumber = {}
-    _order = ()
-
-    def __init__(self, **values):
-        for number, name, kind, repeated, optional in self.FIELDS:
-            if repeated:
-                default = []
-            elif optional or not isinstance(kind, int):
-                default = None
-            else:
-                default = _DEFAULT[kind]
-            setattr(self, name, values.pop(name, default))
-        if values:
-            raise TypeError("%s has no field %s" % (type(self).__name__,
-                                                    ", ".join(sorted(values))))
+    _byKey = {}
 
     def __eq__(self, other):
         return type(other) is type(self) and all(
@@ -169,22 +160,6 @@ class ProtoMessage:
                 shown.append("%s=%r" % (name, value))
         return "%s(%s)" % (type(self).__name__, ", ".join(shown))
 
-    def encode(self):
-        """
-        The proto3 encoding.
-        """
-        out = bytearray()
-        for number, name, kind, repeated, optional in self.FIELDS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if repeated:
-                for item in value:
-                    _encodeField(out, number, kind, item)
-            elif optional or not isinstance(kind, int) or value != _DEFAULT[kind]:
-                _encodeField(out, number, kind, value)
-        return bytes(out)
-
     @classmethod
     def decode(cls, data, depth=0):
         """
@@ -194,87 +169,115 @@ class ProtoMessage:
         """
         if depth > MAX_DEPTH:
             raise WireError("messages nested deeper than %d" % (MAX_DEPTH,))
-        message = cls.__new__(cls)
-        ProtoMessage.__init__(message)
-        merged = {}
+        message = cls()
         pos, end = 0, len(data)
-        byNumber = cls._byNumber
+        byKey = cls._byKey
         while pos < end:
-            key, pos = decodeVarint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = decodeVarint(data, pos)
-            elif wire == 2:
-                size, pos = decodeVarint(data, pos)
+            # One-byte keys and lengths (the usual case) without a call.
+            key = data[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = decodeVarint(data, pos)
+            wire = key & 7
+            if wire == 2:
+                if pos < end and data[pos] < 0x80:
+                    size = data[pos]
+                    pos += 1
+                else:
+                    size, pos = decodeVarint(data, pos)
                 if size > end - pos:
-                    raise WireError("field %d runs past the end" % (number,))
+                    raise WireError("field %d runs past the end" % (key >> 3,))
                 value = data[pos:pos + size]
                 pos += size
+            elif wire == 0:
+                if pos < end and data[pos] < 0x80:
+                    value = data[pos]
+                    pos += 1
+                else:
+                    value, pos = decodeVarint(data, pos)
             elif wire == 1:
                 if end - pos < 8:
-                    raise WireError("truncated 64-bit field %d" % (number,))
+                    raise WireError("truncated 64-bit field %d" % (key >> 3,))
                 value = data[pos:pos + 8]
                 pos += 8
             elif wire == 5:
                 if end - pos < 4:
-                    raise WireError("truncated 32-bit field %d" % (number,))
+                    raise WireError("truncated 32-bit field %d" % (key >> 3,))
                 value = data[pos:pos + 4]
                 pos += 4
             else:
-                raise WireError("wire type %d (field %d) is not supported" % (wire, number))
-            if number == 0:
-                raise WireError("field number 0")
-            spec = byNumber.get(number)
+                raise WireError("wire type %d (field %d) is not supported" % (wire, key >> 3))
+            spec = byKey.get(key)
             if spec is None:
+                number = key >> 3
+                if number == 0:
+                    raise WireError("field number 0")
+                known = cls._byNumber.get(number)
+                if known is not None:
+                    raise WireError("field %d (%s) has wire type %d" % (
+                        number, known[0], wire))
                 continue
-            name, kind, repeated = spec
-            if isinstance(kind, int):
-                if _WIRE[kind] != wire:
-                    raise WireError("field %d (%s) has wire type %d" % (number, name, wire))
-                value = _scalar(kind, value, name)
+            name, convert, repeated, sub = spec
+            if sub is None:
+                if convert is not None:
+                    value = convert(value)
                 if repeated:
                     getattr(message, name).append(value)
                 else:
                     setattr(message, name, value)
+            elif repeated:
+                getattr(message, name).append(sub.decode(value, depth + 1))
             else:
-                if wire != 2:
-                    raise WireError("field %d (%s) has wire type %d" % (number, name, wire))
-                if repeated:
-                    getattr(message, name).append(kind.decode(bytes(value), depth + 1))
-                else:
-                    merged[name] = merged.get(name, b"") + bytes(value)
-        for name, raw in merged.items():
-            setattr(message, name, byNumberKind(cls, name).decode(raw, depth + 1))
+                current = getattr(message, name)
+                value = sub.decode(value, depth + 1)
+                setattr(message, name, value if current is None else _merged(current, value))
         return message
 
 
-def byNumberKind(cls, name):
+def _merged(first, second):
     """
-    The message class of field C{name} of C{cls}.
+    C{first} with the fields present in C{second} merged in, as decoding
+    their concatenation gives: scalars replaced, embedded messages merged,
+    repeated fields appended.
     """
-    for number, fieldName, kind, repeated, optional in cls.FIELDS:
-        if fieldName == name:
-            return kind
-    raise KeyError(name)
+    for number, name, kind, repeated, optional in first.FIELDS:
+        value = getattr(second, name)
+        if repeated:
+            getattr(first, name).extend(value)
+        elif value is None:
+            continue
+        elif not isinstance(kind, int):
+            old = getattr(first, name)
+            setattr(first, name, value if old is None else _merged(old, value))
+        elif optional or value != _DEFAULT[kind]:
+            setattr(first, name, value)
+    return first
 
 
-def _scalar(kind, value, name):
+def _converter(kind, name):
+    """
+    The function turning a field's decoded wire value into its value
+    (L{None}: it is the value).
+    """
     if kind == STRING:
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise WireError("field %s is not valid UTF-8" % (name,))
+        def text(value):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WireError("field %s is not valid UTF-8" % (name,))
+        return text
     if kind == BYTES:
-        return bytes(value)
+        return bytes
     if kind == UINT64:
-        return value
+        return None
     if kind == BOOL:
-        return value != 0
+        return bool
     if kind == INT32:
-        return _signed(value, 32)
+        return lambda value: _signed(value, 32)
     if kind == INT64:
-        return _signed(value, 64)
-    return _DOUBLE.unpack(value)[0]
+        return lambda value: _signed(value, 64)
+    return lambda value: _DOUBLE.unpack(value)[0]
 
 
 def _encodeField(out, number, kind, value):
@@ -308,6 +311,59 @@ def encodeField(number, kind, value):
     return bytes(out)
 
 
+def _generated(specs):
+    """
+    Source of a class's C{__init__} and C{encode}, specialised to its
+    fields (as dataclasses generate theirs): these run once per message
+    sent or stored, and a loop over the fields costs several times more.
+    """
+    names = [f[1] for f in specs]
+    params = []
+    body = []
+    for number, name, kind, repeated, optional in specs:
+        if repeated:
+            params.append("%s=None" % (name,))
+            body.append("    self.%s = [] if %s is None else %s" % (name, name, name))
+        elif optional or not isinstance(kind, int):
+            params.append("%s=None" % (name,))
+            body.append("    self.%s = %s" % (name, name))
+        else:
+            params.append("%s=%r" % (name, _DEFAULT[kind]))
+            body.append("    self.%s = %s" % (name, name))
+    init = "def __init__(self, *, %s):\n%s\n" % (", ".join(params), "\n".join(body))
+    lines = ["def encode(self):", "    out = []", "    add = out.append"]
+    for number, name, kind, repeated, optional in specs:
+        key = "_K%d_%d" % (number, _WIRE[kind] if isinstance(kind, int) else 2)
+        value = "self.%s" % (name,)
+        if repeated:
+            lines += ["    for v in %s:" % (value,),
+                      "        raw = v.encode()",
+                      "        add(%s + _varint(len(raw)) + raw)" % (key,)]
+            continue
+        lines.append("    v = %s" % (value,))
+        test = "v is not None" if optional or not isinstance(kind, int) else "v"
+        lines.append("    if %s:" % (test,))
+        if not isinstance(kind, int):
+            lines.append("        raw = v.encode()")
+            lines.append("        add(%s + _varint(len(raw)) + raw)" % (key,))
+        elif kind == STRING:
+            lines.append("        raw = v.encode('utf-8')")
+            lines.append("        add(%s + _varint(len(raw)) + raw)" % (key,))
+        elif kind == BYTES:
+            lines.append("        add(%s + _varint(len(v)) + v)" % (key,))
+        elif kind == DOUBLE:
+            lines.append("        add(%s + _packDouble(v))" % (key,))
+        else:
+            lines.append("        add(%s + _varint(int(v) & _MASK64))" % (key,))
+    lines.append("    return b''.join(out)")
+    namespace = {"_varint": encodeVarint, "_packDouble": _DOUBLE.pack, "_MASK64": _MASK64}
+    for number, name, kind, repeated, optional in specs:
+        wireType = _WIRE[kind] if isinstance(kind, int) else 2
+        namespace["_K%d_%d" % (number, wireType)] = encodeVarint(number << 3 | wireType)
+    exec(init + "\n".join(lines) + "\n", namespace)
+    return namespace["__init__"], namespace["encode"], names
+
+
 def _define(name, doc, fields):
     """
     A L{ProtoMessage} class with C{fields}: C{(number, name, kind)} plus
@@ -315,10 +371,19 @@ def _define(name, doc, fields):
     """
     specs = tuple((f[0], f[1], f[2], "repeated" in f[3:], "optional" in f[3:])
                   for f in sorted(fields, key=lambda f: f[0]))
+    init, encode, names = _generated(specs)
+    init.__doc__ = "Build a %s; fields not given take their defaults." % (name,)
+    encode.__doc__ = "The proto3 encoding."
     cls = type(name, (ProtoMessage,), {
-        "__slots__": tuple(f[1] for f in specs), "__doc__": doc,
+        "__slots__": tuple(names), "__doc__": doc, "__init__": init, "encode": encode,
         "__module__": __name__, "FIELDS": specs})
     cls._byNumber = {f[0]: (f[1], f[2], f[3]) for f in specs}
+    # Decoding dispatches on the whole key: number and expected wire type.
+    cls._byKey = {
+        f[0] << 3 | (_WIRE[f[2]] if isinstance(f[2], int) else 2):
+            (f[1], _converter(f[2], f[1]) if isinstance(f[2], int) else None, f[3],
+             None if isinstance(f[2], int) else f[2])
+        for f in specs}
     return cls
 
 

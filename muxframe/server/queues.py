@@ -27,17 +27,27 @@ Rules:
     application (exactly once to the application).
   - An acknowledgement is not answered unless it fails (Error
     BAD_REQUEST: an offset never handed out, past the pending window).
+  - The Messages of one reactor turn, from every session, are appended
+    together: one L{IQueueStore.appendMany} (one durable step, one
+    Deferred) for all of them, each answered when it is durable.  Each
+    is checked first, so one bad message fails only itself; a storage
+    failure fails the turn's messages (those stored before it are
+    deduplicated when their senders resend).
 """
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from muxframe.engines.model import Address, QueueMessage, ReceiptKind, RecordKind
+from muxframe.engines import logformat
+from muxframe.engines.errors import EngineUsageError
+from muxframe.engines.model import (
+    Address, QueueMessage, ReceiptKind, RecordKind, checkName)
 from muxframe.messaging import wire
 from muxframe.messaging.wire import (
     ACK, DEVICE, INT32, INT64, PUSH, RECEIVER, RESPONSE, RESUME, SENDER, UINT64,
     StanzaType, encodeField)
 from muxframe.server.errors import Refusal
-from muxframe.server.storage import raiseRefusal
+from muxframe.server.storage import raiseRefusal, refusalFor
 from muxframe.xtmp.errors import XTMPErrorCode
 
 log = Logger(namespace="muxframe.server.queues")
@@ -49,6 +59,8 @@ _LIFECYCLE = {ReceiptKind.DELIVERED: "delivered", ReceiptKind.READ: "read"}
 #: Bytes sent and not acknowledged per session, at most (beyond one record).
 WINDOW_BYTES = 1 << 20
 _FETCH = 100
+#: A turn's batch of appends is flushed early past this many records.
+BATCH_RECORDS = 4096
 
 
 def storedMessage(request, sender, to):
@@ -217,7 +229,10 @@ class QueueHandlers:
     def __init__(self, storage):
         self.storage = storage
         self.counters = dict.fromkeys(["sent", "duplicates", "acknowledged",
-                                       "resumes"], 0)
+                                       "resumes", "batches"], 0)
+        self._items = []
+        self._waiters = []
+        self._flushCall = None
 
     def routes(self):
         """
@@ -278,10 +293,13 @@ class QueueHandlers:
         if not request.id:
             raise Refusal("a Message needs an id (the sender's, for deduplication)",
                           XTMPErrorCode.BAD_REQUEST)
-        d = self.send(request.to.eid, request, Address(binding.entity, binding.device))
-        d.addCallbacks(self._sent, raiseRefusal,
-                       callbackArgs=(session, message, request, binding))
-        return d
+        try:
+            self._enqueue(request.to.eid, request, Address(binding.entity, binding.device),
+                          self._sent, self._notSent, (session, message, request, binding))
+        except EngineUsageError as e:
+            raise Refusal(str(e), XTMPErrorCode.BAD_REQUEST)
+        # Answered when durable; the router's slot is free at once.
+        return None
 
     def send(self, to, request, sender):
         """
@@ -290,12 +308,71 @@ class QueueHandlers:
         C{(recipient's Appended, sender's Appended)} once both are durable.
         Server code may call it with C{sender} any entity's device.
         """
+        d = Deferred()
+        try:
+            self._enqueue(to, request, sender, lambda pair: d.callback(pair),
+                          lambda failure: d.errback(failure), ())
+        except EngineUsageError:
+            d.errback()
+        return d
+
+    def _enqueue(self, to, request, sender, done, failed, args):
+        # Checked here, so that a bad message fails alone, not the batch.
+        checkName(to, "entity")
+        checkName(request.id, "message id")
         stored = storedMessage(request, sender, to)
-        items = [(to, QueueMessage(request.id, stored, sender, not request.no_receipts))]
+        if len(stored) > logformat.MAX_PAYLOAD:
+            raise EngineUsageError("message of %d bytes (at most %d)" % (
+                len(stored), logformat.MAX_PAYLOAD))
+        items = self._items
+        start = len(items)
+        items.append((to, QueueMessage(request.id, stored, sender, not request.no_receipts)))
         if to != sender.entity:
             items.append((sender.entity, QueueMessage(request.id, stored, sender, False)))
+        self._waiters.append((start, len(items) - 1, done, failed, args))
+        if len(items) >= BATCH_RECORDS:
+            self._flush()
+        elif self._flushCall is None:
+            self._flushCall = self.storage.reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        items, waiters = self._items, self._waiters
+        if not items:
+            return
+        self._items, self._waiters = [], []
+        self.counters["batches"] += 1
         d = self._engine.appendMany(items)
-        return d.addCallback(lambda appended: (appended[0], appended[-1]))
+        d.addCallbacks(self._flushed, self._flushFailed, callbackArgs=(waiters,),
+                       errbackArgs=(waiters,))
+        self.storage.track(d)
+
+    def _flushed(self, results, waiters):
+        for first, last, done, failed, args in waiters:
+            try:
+                done((results[first], results[last]), *args)
+            except Exception:
+                log.failure("answering a sent message failed")
+
+    def _flushFailed(self, failure, waiters):
+        for first, last, done, failed, args in waiters:
+            try:
+                failed(failure, *args)
+            except Exception:
+                log.failure("answering a message not stored failed")
+
+    def flushNow(self):
+        """
+        Append what waits for the end of the reactor turn now.
+        """
+        self._flush()
+
+    def _notSent(self, failure, session, message, request, binding):
+        refusal = refusalFor(failure)
+        if session.isConnected():
+            session.respondError(message, refusal.code, refusal.reason)
 
     def _sent(self, appended, session, message, request, binding):
         recipient, copy = appended

@@ -293,10 +293,14 @@ class Storage:
         if not self.started:
             return succeed(None)
         self.started = False
+        self.queues.flushNow()
         pending = DeferredList(list(self._pending), consumeErrors=True)
         return pending.addCallback(lambda _: self.engine.stop())
 
-    def _track(self, d):
+    def track(self, d):
+        """
+        Wait for C{d} (a change in progress) before stopping; return it.
+        """
         self._pending.add(d)
 
         def done(result):
@@ -430,7 +434,7 @@ class Storage:
         if self._bySession.get(session) is not binding:
             # The session ended while binding: undo the connect.
             if not binding.replaced:
-                self._track(self.engine.presence.disconnect(
+                self.track(self.engine.presence.disconnect(
                     binding.entity, binding.device, self.nodeId)).addErrback(
                         lambda f: None)
             return None
@@ -463,7 +467,7 @@ class Storage:
             del self._bySession[binding.session]
         if self._byDevice.get((binding.entity, binding.device)) is binding:
             del self._byDevice[(binding.entity, binding.device)]
-            self._track(self.engine.presence.disconnect(
+            self.track(self.engine.presence.disconnect(
                 binding.entity, binding.device, self.nodeId)).addErrback(lambda f: None)
         raise refusalFor(failure)
 
@@ -495,7 +499,7 @@ class Storage:
                 watch.queue.cancel()
         if binding.online and not binding.replaced and self.started:
             binding.online = False
-            self._track(self.engine.presence.disconnect(
+            self.track(self.engine.presence.disconnect(
                 binding.entity, binding.device, self.nodeId)).addErrback(
                     lambda f: log.failure("presence disconnect failed", f))
 
@@ -522,14 +526,14 @@ class Storage:
                     self.counters["missedPings"] += 1
                     log.info("device {entity}/{device} missed {count} pings: offline",
                              entity=entity, device=device, count=self.missedPings)
-                    self._track(presence.disconnect(entity, device, self.nodeId))
+                    self.track(presence.disconnect(entity, device, self.nodeId))
                 else:
                     binding.heard = last
                     refreshed.append(self._refresh(binding))
             elif last > binding.heard:
                 binding.heard = last
                 binding.online = True
-                self._track(presence.connect(entity, device, binding.status,
+                self.track(presence.connect(entity, device, binding.status,
                                              binding.details))
         if refreshed:
             return gatherResults(refreshed, consumeErrors=True).addErrback(
