@@ -442,20 +442,20 @@ class Journal:
             return defer.fail(StorageError("LSN %d is not durable yet" % (lsns[-1],)))
         plan = []
         segment = None
-        endLsn = 0
-        for lsn in lsns:
-            if segment is not None and lsn < endLsn and lsn < segment.nextLsn:
-                # Inside the current window: no lookup.
-                plan[-1][3].add(lsn)
-                continue
+        i, count = 0, len(lsns)
+        while i < count:
+            # One step per sparse-index window, its LSNs taken in one slice.
+            lsn = lsns[i]
             if segment is None or not segment.base <= lsn < segment.nextLsn:
                 segment = self._segmentFor(lsn)
             start, end, endLsn = segment.window(lsn)
+            j = bisect.bisect_left(lsns, min(endLsn, segment.nextLsn), i + 1)
             if plan and plan[-1][0] is segment and start <= plan[-1][2]:
                 plan[-1][2] = max(plan[-1][2], end)
-                plan[-1][3].add(lsn)
+                plan[-1][3].update(lsns[i:j])
             else:
-                plan.append([segment, start, end, {lsn}])
+                plan.append([segment, start, end, set(lsns[i:j])])
+            i = j
         plan = [(self._path(segments.segmentName(s.base)), start, end, wanted)
                 for s, start, end, wanted in plan]
         return self._runner(logformat.readQueuedRecords, plan, queue, firstOffset, maxBytes)

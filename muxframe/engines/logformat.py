@@ -275,6 +275,7 @@ def readQueuedRecords(plan, queue, firstOffset, maxBytes):
     crc32 = zlib.crc32
     names = _NAMES
     queueRaw = queue.encode("utf-8")
+    queueSize = len(queueRaw)
     address = _address
     for path, start, end, wanted in plan:
         fd = os.open(path, os.O_RDONLY)
@@ -301,7 +302,8 @@ def readQueuedRecords(plan, queue, firstOffset, maxBytes):
             b = a + lm
             c = b + le
             e = c + ld
-            if e + lp != bodyEnd or view[at + 46:a] != queueRaw or offset != want:
+            if e + lp != bodyEnd or lq != queueSize or offset != want or \
+                    not data.startswith(queueRaw, at + 46):
                 raise StorageError("segment %s: record at %d is not offset %d of %r" % (
                     path, start + at, want, queue))
             try:
