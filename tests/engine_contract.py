@@ -371,6 +371,20 @@ class EngineContract:
         return heard
 
     @defer.inlineCallbacks
+    def test_disconnectOnBehalfOfANode(self):
+        """
+        A disconnect naming a node other than the device's changes nothing.
+        """
+        e = yield self.engine()
+        yield e.presence.connect("alice", "phone")
+        yield e.presence.disconnect("alice", "phone", node="elsewhere")
+        p = yield e.presence.presence("alice")
+        self.assertEqual([d.device for d in p.devices], ["phone"])
+        yield e.presence.disconnect("alice", "phone", node=e.nodeId)
+        p = yield e.presence.presence("alice")
+        self.assertEqual(p.devices, ())
+
+    @defer.inlineCallbacks
     def test_devicesComeAndGo(self):
         """
         An approved watcher sees two devices of an entity come and go and
@@ -631,6 +645,23 @@ class TwoNodeContract:
         yield a.presence.disconnect("alice", "phone")
         yield eventually(lambda: len(heard) == 4)
         self.assertEqual(heard[3].awareness.status, Status.OFFLINE)
+
+    @defer.inlineCallbacks
+    def test_deviceMovedToAnotherNode(self):
+        """
+        A device whose session moved from node A to node B stays online
+        when A, late, disconnects it on A's behalf only.
+        """
+        a = yield self.engine()
+        b = yield self.engine()
+        yield a.presence.connect("alice", "phone")
+        yield b.presence.connect("alice", "phone")
+        yield a.presence.disconnect("alice", "phone", node=a.nodeId)
+        p = yield a.presence.presence("alice")
+        self.assertEqual([(d.device, d.node) for d in p.devices], [("phone", b.nodeId)])
+        yield b.presence.disconnect("alice", "phone", node=b.nodeId)
+        p = yield a.presence.presence("alice")
+        self.assertEqual(p.status, Status.OFFLINE)
 
     @defer.inlineCallbacks
     def test_deadNodeDevicesExpire(self):

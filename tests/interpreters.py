@@ -62,6 +62,10 @@ def probe(path, version):
     try:
         done = subprocess.run(
             [path, "-c", _PROBE], stdin=subprocess.DEVNULL,
+            # Another Python must not see this one's module path (trial -j
+            # sets PYTHONPATH for its workers).
+            env={k: v for k, v in os.environ.items()
+                 if k not in ("PYTHONPATH", "PYTHONHOME")},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             timeout=PROBE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -28,7 +28,7 @@ class PresenceAndQueuesDocTests(TestCase):
         """
         The API example exits 0 and shows the receipts coming back.
         """
-        [code] = re.findall(r"```python\n(.*?)```", read(), re.S)
+        code = re.findall(r"```python\n(.*?)```", read(), re.S)[0]
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                 env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr.decode())

@@ -29,7 +29,7 @@ def config(**values):
     data = {}
     for name, value in values.items():
         section, key = name.split("__", 1)
-        if section in ("handlers", "permissions"):
+        if section in ("handlers", "permissions", "history"):
             data[section] = value
         else:
             data.setdefault(section, {})[key] = value

@@ -135,11 +135,11 @@ class EmbeddedPresence:
         self._schedule()
         return defer.succeed(alive)
 
-    def disconnect(self, entity, device):
+    def disconnect(self, entity, device, node=None):
         """
         See L{IPresenceManager.disconnect}.
         """
-        d = self._run(lambda: self.table.disconnect(entity, device, self._now()))
+        d = self._run(lambda: self.table.disconnect(entity, device, self._now(), node))
         return d.addCallback(lambda _: self._presence(entity))
 
     def setStatus(self, entity, device, status, details=""):

@@ -10,6 +10,7 @@ Key/value layout (keys are bytes, names are UTF-8, NUL-separated):
    the entity's records is deleted, so offsets never restart.
 """
 
+import bisect
 import struct
 
 from twisted.internet import defer
@@ -141,10 +142,6 @@ class EmbeddedQueueStore:
                 index.floor(_FLOOR.unpack(floor)[0])
         return index
 
-    def _stamp(self):
-        self._lastStamp = max(self._lastStamp, int(self._clock.seconds() * 1000))
-        return self._lastStamp
-
     def _whenDurable(self, lsn):
         if lsn <= self._journal.durableLsn:
             return defer.succeed(None)
@@ -174,20 +171,30 @@ class EmbeddedQueueStore:
         Append one record; with C{commit}, a Deferred of its L{Appended}
         once durable, else C{(Appended, lsn)} at once (not durable yet).
         """
-        index = self._queues.get(entity) or self._queue(entity)
+        index = self._queues.get(entity)
+        if index is None:
+            index = self._queue(entity)
         existing = index.find(key)
         if existing is not None:
             appended = Appended(existing, index.timestamp(existing), True)
             if not commit:
                 return appended, index.lsn(existing)
             return self._whenDurable(index.lsn(existing)).addCallback(lambda _: appended)
-        offset, stamp = index.nextOffset, self._stamp()
+        offset = index.nextOffset
+        # Timestamps never go back, whatever the clock does.
+        stamp = int(self._clock.seconds() * 1000)
+        if stamp < self._lastStamp:
+            stamp = self._lastStamp
+        self._lastStamp = stamp
         appended = Appended(offset, stamp)
+        if sender is None:
+            senderEntity = senderDevice = ""
+        else:
+            senderEntity, senderDevice = sender.entity, sender.device
         try:
             lsn, d = self._journal.append(
-                kind, flags, entity, offset, stamp, messageId,
-                sender.entity if sender else "", sender.device if sender else "", payload, key,
-                appended, commit)
+                kind, flags, entity, offset, stamp, messageId, senderEntity, senderDevice,
+                payload, key, appended, commit)
         except Exception:
             if not commit:
                 raise
@@ -205,21 +212,25 @@ class EmbeddedQueueStore:
         try:
             self._check()
             checked = []
+            messageKey = logformat.messageKey
             for entity, message in items:
                 checkName(entity, "entity")
                 checkMessage(message)
-                checked.append((entity, message))
+                sender = message.sender
+                if sender is None:
+                    checked.append((entity, message, messageKey("", "", message.messageId), 0))
+                else:
+                    checked.append((entity, message, messageKey(
+                        sender.entity, sender.device, message.messageId),
+                        logformat.FLAG_RECEIPTS if message.wantReceipts else 0))
         except Exception:
             return defer.fail()
         results = []
+        append = self._append
         try:
-            for entity, message in checked:
-                sender = message.sender
-                key = logformat.messageKey(sender.entity if sender else "",
-                                           sender.device if sender else "", message.messageId)
-                flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
-                appended, _ = self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
-                                           sender, message.payload, key, commit=False)
+            for entity, message, key, flags in checked:
+                appended, _ = append(entity, RecordKind.MESSAGE, flags, message.messageId,
+                                     message.sender, message.payload, key, False)
                 results.append(appended)
         except Exception:
             # What was appended before the fault is still made durable.
@@ -260,22 +271,13 @@ class EmbeddedQueueStore:
             return defer.succeed([])
         start, lsns = index.lsns(max(1, fromOffset), limit)
         durable = self._journal.durableLsn
-        wanted = [lsn for lsn in lsns if lsn <= durable]
-
-        def checked(records):
-            size = 0
-            for i, record in enumerate(records):
-                if record.offset != start + i:
-                    raise StorageError("journal record for offset %d where %d was due" % (
-                        record.offset, start + i))
-                size += len(record.payload)
-                if i and size > maxBytes:
-                    return records[:i]
-            return records
-        if not wanted:
+        if lsns and lsns[-1] > durable:
+            # Only durable records are visible (LSNs ascend with offsets).
+            lsns = lsns[:bisect.bisect_right(lsns, durable)]
+        if not lsns:
             return defer.succeed([])
-        d = self._journal.read(wanted, logformat.queuedRecordDecoder(entity))
-        return d.addCallback(checked).addErrback(_storageError)
+        d = self._journal.readQueue(lsns, entity, start, maxBytes)
+        return d.addErrback(_storageError)
 
     # Positions ---------------------------------------------------------
 

@@ -123,10 +123,12 @@ class IPresenceManager(Interface):
         device was online.
         """
 
-    def disconnect(entity, device):
+    def disconnect(entity, device, node=None):
         """
         The device's session ended (or missed its pings); when it was the
-        entity's last device, the entity goes offline.  Returns a
+        entity's last device, the entity goes offline.  With C{node}, only
+        if the device is online through that node (a session of the same
+        device that began on another node since owns it now).  Returns a
         L{Deferred} firing with the entity's L{EntityPresence}.
         """
 

@@ -430,6 +430,36 @@ class Journal:
                 for s, start, end, wanted in windows]
         return self._runner(_readWindows, plan, decode or logformat.decodeJournalRecord)
 
+    def readQueue(self, lsns, queue, firstOffset, maxBytes):
+        """
+        Read the records of C{queue} with the given LSNs (ascending,
+        durable), whose offsets are C{firstOffset} onwards, contiguous; a
+        Deferred firing with their L{QueuedRecord}s, cut after the first
+        one whose payloads add up to more than C{maxBytes}.  (What
+        L{read} does, decoded straight from the file's bytes.)
+        """
+        if lsns and lsns[-1] > self.durableLsn:
+            return defer.fail(StorageError("LSN %d is not durable yet" % (lsns[-1],)))
+        plan = []
+        segment = None
+        i, count = 0, len(lsns)
+        while i < count:
+            # One step per sparse-index window, its LSNs taken in one slice.
+            lsn = lsns[i]
+            if segment is None or not segment.base <= lsn < segment.nextLsn:
+                segment = self._segmentFor(lsn)
+            start, end, endLsn = segment.window(lsn)
+            j = bisect.bisect_left(lsns, min(endLsn, segment.nextLsn), i + 1)
+            if plan and plan[-1][0] is segment and start <= plan[-1][2]:
+                plan[-1][2] = max(plan[-1][2], end)
+                plan[-1][3].update(lsns[i:j])
+            else:
+                plan.append([segment, start, end, set(lsns[i:j])])
+            i = j
+        plan = [(self._path(segments.segmentName(s.base)), start, end, wanted)
+                for s, start, end, wanted in plan]
+        return self._runner(logformat.readQueuedRecords, plan, queue, firstOffset, maxBytes)
+
     # Retention -------------------------------------------------------
 
     def dropSegments(self, bases):

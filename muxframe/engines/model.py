@@ -30,6 +30,8 @@ MAX_OFFSET = 2 ** 64 - 1
 MAX_NAME_BYTES = 255
 
 _RESERVED = ("\x00", "\x1f")
+#: Names that passed L{checkName}'s common case (bounded).
+_CHECKED = set()
 
 
 def checkName(value, what="name"):
@@ -40,10 +42,17 @@ def checkName(value, what="name"):
 
     @raise InvalidName: naming C{what} and the fault.
     """
-    if value.__class__ is str and 0 < len(value) <= 63 and value.isascii() \
-            and "\x00" not in value and "\x1f" not in value:
-        # The common case, decided without encoding.
-        return value
+    if value.__class__ is str:
+        if value in _CHECKED:
+            # Entities and senders repeat from call to call.
+            return value
+        if 0 < len(value) <= 63 and value.isascii() and "\x00" not in value \
+                and "\x1f" not in value:
+            # The common case, decided without encoding.
+            if len(_CHECKED) >= 65536:
+                _CHECKED.clear()
+            _CHECKED.add(value)
+            return value
     if not isinstance(value, str):
         raise InvalidName("%s must be a str, not %s" % (what, type(value).__name__))
     if not value:

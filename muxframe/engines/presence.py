@@ -273,12 +273,15 @@ class PresenceTable:
         state.devices[device] = self._touch(entity, device, state.devices[device], now)
         return True
 
-    def disconnect(self, entity, device, now):
+    def disconnect(self, entity, device, now, node=None):
         """
-        The device's session ended.
+        The device's session ended (with C{node}: only if the device is
+        online through that node).
         """
         state = self._entities.get(entity)
         if state is None or device not in state.devices:
+            return []
+        if node is not None and state.devices[device].node != node:
             return []
         del state.devices[device]
         state.activities.pop(device, None)

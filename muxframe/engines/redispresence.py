@@ -63,8 +63,14 @@ local raw = redis.call('HGET', KEYS[1], ARGV[2])
 local old = raw and cjson.decode(raw) or nil
 local changed = 0
 if ARGV[1] == 'del' then
-  redis.call('ZREM', KEYS[3], ARGV[5])
-  redis.call('HDEL', KEYS[6], ARGV[2])
+  local only = cjson.decode(ARGV[3]).n
+  if old and only and old.n ~= only then
+    -- Online through another node now: that node's session owns it.
+    old = nil
+  else
+    redis.call('ZREM', KEYS[3], ARGV[5])
+    redis.call('HDEL', KEYS[6], ARGV[2])
+  end
   if old then
     redis.call('HDEL', KEYS[1], ARGV[2])
     changed = 1
@@ -322,7 +328,7 @@ class RedisPresence:
             self._keyTtl()])
         return d.addCallback(lambda alive: bool(int(alive)))
 
-    def disconnect(self, entity, device):
+    def disconnect(self, entity, device, node=None):
         """
         See L{IPresenceManager.disconnect}.
         """
@@ -331,7 +337,7 @@ class RedisPresence:
             checkName(device, "device")
         except Exception:
             return defer.fail()
-        return self._change("del", entity, device, "{}")
+        return self._change("del", entity, device, encodeDevicePatch(node=node))
 
     def setStatus(self, entity, device, status, details=""):
         """

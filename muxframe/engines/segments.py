@@ -158,10 +158,14 @@ class Segment:
         run = self.runs.get(queue)
         if run is None:
             run = self.runs[queue] = QueueRun(offset)
-        elif offset != run.lastOffset + 1:
+        elif offset != run.firstOffset + run.count:
             raise StorageError("segment %d: queue %r offset %d after %d" % (
                 self.base, queue, offset, run.lastOffset))
-        run.append(lsn, timestamp, key)
+        # QueueRun.append, inlined: this runs once per record appended.
+        run.lsns.append(lsn)
+        run.stamps.append(timestamp)
+        run.keys += key
+        run.count += 1
         self.nextLsn = lsn + 1
         self.size = position + length
 

@@ -10,7 +10,8 @@ Rules:
   - L{SubscriptionTable.recipients} gives every subscriber with a matching
     plain subscription once, plus one member of every matching queue group
     (round robin, skipping members C{ready} says are not ready unless all
-    are), with subscriptions' delivery filters applied.  A subscriber is
+    are; only of the groups named, when another process serves the
+    others), with subscriptions' delivery filters applied.  A subscriber is
     listed once even when several of its subscriptions match.
   - L{Replies} maps a request routed to responders to its requester until
     the first answer, or its deadline; later answers are dropped.  All
@@ -98,13 +99,15 @@ class SubscriptionTable:
     def __len__(self):
         return self.sublist.count
 
-    def recipients(self, subject, ready=None):
+    def recipients(self, subject, ready=None, groups=None):
         """
         Who gets a message on literal C{subject} (tokens): a list of
         subscribers, each once.
 
         @param ready: callable(subscriber) -> bool; queue-group members
             that are not ready are skipped while another member is.
+        @param groups: the keys C{(pattern, group)} of the queue groups
+            served (another process serves the others), or L{None}: all.
         """
         match = self.sublist.match(subject)
         if not match.groups:
@@ -118,6 +121,8 @@ class SubscriptionTable:
             if not sub.filters or sub.accepts(subject):
                 seen[sub.subscriber] = None
         for key, members in zip(match.keys, match.groups):
+            if groups is not None and key not in groups:
+                continue
             chosen = self._choose(key, members, subject, ready)
             if chosen is not None:
                 seen[chosen.subscriber] = None

@@ -5,7 +5,7 @@ L{muxframe.server.schema} (whose docstring states the rules).
 
 L{ServerConfig.fromFile} (or L{ServerConfig.fromMapping}) gives a
 L{ServerConfig}: the value of every setting (default, file or option),
-where each came from, the handlers and permissions, and the design
+where each came from, the handlers, permissions and history subjects, and the design
 documents' keys it ignored with their reasons.  Every fault is a
 L{ConfigError} naming the key.  Nothing here imports Twisted or user code.
 """
@@ -129,6 +129,67 @@ def _rule(value, where):
         raise ConfigError(where, str(e))
 
 
+class HistorySpec:
+    """
+    A subject pattern whose publications keep history: the last C{size},
+    none older than C{ttl} seconds; a recovery returns at most
+    C{maxRecover}.
+    """
+
+    def __init__(self, pattern, size=100, ttl=300.0, maxRecover=1000):
+        self.pattern = pattern
+        self.size = size
+        self.ttl = ttl
+        self.maxRecover = maxRecover
+
+    def __repr__(self):
+        return "<HistorySpec %s size=%d ttl=%g>" % (self.pattern, self.size,
+                                                   self.ttl)
+
+
+_HISTORY_KEYS = {"size", "ttl", "max_recover"}
+
+
+def parseHistory(mapping, where="history"):
+    """
+    L{HistorySpec}s from C{{pattern: {size: N, ttl: SECONDS, max_recover:
+    N}}} (each key optional), in order: a subject takes the first pattern
+    that matches it.
+    """
+    from muxframe.server.errors import BadSubject
+    from muxframe.server.subjects import tokens
+    if mapping is None:
+        return []
+    if not isinstance(mapping, dict):
+        raise ConfigError(where, "expected a mapping of subject patterns")
+    specs = []
+    for pattern, value in mapping.items():
+        here = "%s.%s" % (where, pattern)
+        try:
+            tokens(str(pattern))
+        except BadSubject as e:
+            raise ConfigError(here, e.reason)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(here, "expected {size: N, ttl: SECONDS, "
+                                    "max_recover: N}")
+        _checkKeys(value, here, _HISTORY_KEYS)
+        parsed = {}
+        for name, parse, keyword in (
+                ("size", KEYS["router.concurrency"].parse, "size"),
+                ("ttl", KEYS["server.handshake_timeout"].parse, "ttl"),
+                ("max_recover", KEYS["router.concurrency"].parse,
+                 "maxRecover")):
+            if name in value:
+                try:
+                    parsed[keyword] = parse(value[name])
+                except ValueError as e:
+                    raise ConfigError("%s.%s" % (here, name), str(e))
+        specs.append(HistorySpec(str(pattern), **parsed))
+    return specs
+
+
 def parsePermissions(mapping, where="permissions"):
     """
     A L{PermissionTable} from C{{identity: {publish: rule, subscribe:
@@ -177,6 +238,7 @@ class ServerConfig:
         self.handlers = []
         self.permissions = PermissionTable()
         self.permissionSource = {}
+        self.history = []
         self.ignored = []
 
     def __getitem__(self, path):
@@ -226,6 +288,9 @@ class ServerConfig:
         if section == "permissions":
             self.permissions = parsePermissions(body)
             self.permissionSource = body or {}
+            return
+        if section == "history":
+            self.history = parseHistory(body)
             return
         if body is None:
             return
@@ -357,6 +422,9 @@ class ServerConfig:
         if v["xtmp_protocol.fragment_size"] > v["xtmp_protocol.max_frame_size"]:
             raise ConfigError("xtmp_protocol.fragment_size",
                               "must not exceed xtmp_protocol.max_frame_size")
+        if v["storage.engine"] == "redis" and not v["storage.address"]:
+            raise ConfigError("storage.address", "required with "
+                              "storage.engine: redis")
         if v["server.identity_password_file"] and \
                 v["server.identity_password_env"]:
             raise ConfigError("server.identity_password_file",
@@ -419,5 +487,5 @@ class ServerConfig:
         return None
 
 
-__all__ = ["ConfigError", "HandlerSpec", "ServerConfig", "parseMessageType",
-           "parsePermissions", "Cipher"]
+__all__ = ["ConfigError", "HandlerSpec", "HistorySpec", "ServerConfig",
+           "parseMessageType", "parseHistory", "parsePermissions", "Cipher"]

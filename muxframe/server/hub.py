@@ -18,9 +18,22 @@ first response is relayed to the original requester as the response to
 its request, later ones are dropped.  No recipient is Error
 NO_RESPONDERS; every recipient failing relays the last failure; no answer
 within C{requestTimeout} is Error TIMEOUT.
+
+Other processes (L{IBrokerEngine}): before a message is delivered the
+engine I{plans} it (L{IBrokerEngine.plan}): which queue groups this
+process serves (C{delivery.groups}; L{None}: all of its own) and where
+else it goes.  Publications and broadcasts are then handed to the engine;
+a request's remote recipients answer through Deferreds the engine returns
+(L{IBrokerEngine.forward}), raced with the local ones.  What arrives from
+other processes comes in through L{Broker.deliver},
+L{Broker.deliverBroadcast} and L{Broker.serveRequest}.
+
+History: with C{history} set (L{muxframe.server.history}), a publication
+on a subject it covers is stored first and then delivered with its
+position (C{delivery.position}: offset and epoch).
 """
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
@@ -36,16 +49,25 @@ from muxframe.xtmp.errors import PeerDisconnected, PeerError, XTMPErrorCode
 class Delivery:
     """
     A published message as it travels: subject, type, flags, payload.
+
+    @ivar groups: the keys C{(pattern, group)} of the queue groups this
+        process serves it to, or L{None} for every group here.
+    @ivar position: C{(offset, epoch, timestamp)} in the subject's
+        history, or L{None}.
     """
 
-    __slots__ = ("subject", "tokens", "messageType", "flags", "payload")
+    __slots__ = ("subject", "tokens", "messageType", "flags", "payload",
+                 "groups", "position")
 
-    def __init__(self, subject, parts, messageType, flags, payload):
+    def __init__(self, subject, parts, messageType, flags, payload,
+                 groups=None, position=None):
         self.subject = subject
         self.tokens = parts
         self.messageType = messageType
         self.flags = flags
         self.payload = payload
+        self.groups = groups
+        self.position = position
 
 
 @implementer(IBrokerEngine)
@@ -54,27 +76,37 @@ class MemoryEngine:
     The embedded engine: one process, nothing travels elsewhere.
     """
 
-    def attach(self, deliver):
+    def attach(self, broker):
         """
         Nothing arrives from elsewhere.
         """
 
-    def published(self, delivery):
-        """
-        Nobody elsewhere to tell.
-        """
-
-    def interest(self, pattern, present):
+    def interest(self, pattern, group, present):
         """
         Nothing upstream to subscribe to.
         """
 
-    def request(self, delivery):
+    def plan(self, delivery):
+        """
+        Everything is served here.
+        """
+        return None
+
+    def published(self, delivery, plan):
+        """
+        Nobody elsewhere to tell.
+        """
+
+    def broadcast(self, delivery):
+        """
+        Nobody elsewhere to tell.
+        """
+
+    def forward(self, delivery, plan):
         """
         No other process can answer.
         """
-        return fail(Refusal("no session serves %r" % (delivery.subject,),
-                            XTMPErrorCode.NO_RESPONDERS))
+        return []
 
     def detach(self):
         """
@@ -118,16 +150,17 @@ class Broker:
         self.events = events
         self.engine = engine if engine is not None else MemoryEngine()
         self.enabled = enabled
+        self.history = None
         self.replies = Replies(requestTimeout)
         self.latency = Histogram()
         self._sweep = None
-        self._patterns = {}
+        self._interests = {}
         self.counters = dict.fromkeys(
             ["published", "deliveries", "undelivered", "requests",
              "replies", "lateReplies", "noResponders", "requestTimeouts",
              "permissionDenied", "badSubject", "slowConsumers",
              "broadcasts"], 0)
-        self.engine.attach(self._deliver)
+        self.engine.attach(self)
 
     # -- subscriptions -----------------------------------------------------
 
@@ -147,10 +180,11 @@ class Broker:
             self._refused(session, refusal, "subscribe", pattern)
             raise
         if new:
-            count = self._patterns.get(pattern, 0)
-            self._patterns[pattern] = count + 1
+            key = (pattern, group)
+            count = self._interests.get(key, 0)
+            self._interests[key] = count + 1
             if not count:
-                self.engine.interest(pattern, True)
+                self.engine.interest(pattern, group, True)
 
     def unsubscribe(self, session, pattern):
         """
@@ -166,12 +200,13 @@ class Broker:
 
     def _forget(self, subs):
         for sub in subs:
-            left = self._patterns.get(sub.pattern, 1) - 1
+            key = (sub.pattern, sub.group)
+            left = self._interests.get(key, 1) - 1
             if left:
-                self._patterns[sub.pattern] = left
+                self._interests[key] = left
             else:
-                self._patterns.pop(sub.pattern, None)
-                self.engine.interest(sub.pattern, False)
+                self._interests.pop(key, None)
+                self.engine.interest(sub.pattern, sub.group, False)
 
     def subscriptionsOf(self, session):
         """
@@ -193,8 +228,17 @@ class Broker:
         delivery = Delivery(subject, tokens(subject, wildcards=False),
                             messageType, flags & ~F.REQUEST, payload)
         self.counters["published"] += 1
-        count = self._deliver(delivery)
-        self.engine.published(delivery)
+        history = self.history
+        if history is not None and history.covers(subject):
+            # Stored first, then delivered with its position: the count
+            # comes later (a Deferred).
+            return history.store(delivery).addCallback(self._fanOut)
+        return self._fanOut(delivery)
+
+    def _fanOut(self, delivery):
+        plan = self.engine.plan(delivery)
+        count = self.deliver(delivery)
+        self.engine.published(delivery, plan)
         return count
 
     def publishFrom(self, session, message):
@@ -243,8 +287,14 @@ class Broker:
             identity=session.identity.label, reason=refusal.reason,
             sessionId=session.sessionId)
 
-    def _deliver(self, delivery):
-        recipients = self.table.recipients(delivery.tokens, _isReady)
+    def deliver(self, delivery):
+        """
+        Deliver C{delivery} to the subscribers of this process (of the
+        queue groups in C{delivery.groups} only, when set); return how
+        many sessions it was queued for.
+        """
+        recipients = self.table.recipients(delivery.tokens, _isReady,
+                                           delivery.groups)
         if not recipients:
             return 0
         count = 0
@@ -279,6 +329,15 @@ class Broker:
         delivery = Delivery(subject, tokens(subject, wildcards=False),
                             messageType, 0, payload)
         self.counters["broadcasts"] += 1
+        count = self.deliverBroadcast(delivery)
+        self.engine.broadcast(delivery)
+        return count
+
+    def deliverBroadcast(self, delivery):
+        """
+        Deliver a broadcast to every session of this process; return how
+        many it was queued for.
+        """
         return sum(1 for session in self.sessions()
                    if session.deliver(delivery))
 
@@ -299,26 +358,43 @@ class Broker:
         delivery = Delivery(message.streamName, parts, message.type,
                             message.flags & (F.PRIORITY_HIGH | F.EMERGENCY),
                             message.payload)
-        recipients = self.table.recipients(parts, _isReady)
+        plan = self.engine.plan(delivery)
+        remote = self.engine.forward(delivery, plan)
+        self._route(session, message, delivery, remote)
+
+    def serveRequest(self, delivery):
+        """
+        A request routed here by another process (its queue groups in
+        C{delivery.groups}): forward it to this process's recipients.
+
+        @return: a Deferred firing with the first answer (with C{type}
+            and C{payload}), or failing with the responder's L{PeerError}
+            or a L{Refusal} (NO_RESPONDERS).
+        """
+        d = Deferred()
+        self._route(_Waiter(d), None, delivery, [])
+        return d
+
+    def _route(self, requester, message, delivery, remote):
+        recipients = self.table.recipients(delivery.tokens, _isReady,
+                                           delivery.groups)
         now = self.reactor.seconds()
-        if not recipients:
-            d = self.engine.request(delivery)
-            d.addCallbacks(self._relay, self._relayFailure,
-                           callbackArgs=(session, message, now),
-                           errbackArgs=(session, message))
-            return
         pending = _Pending(message, now)
-        token = self.replies.add(session, pending, now)
+        token = self.replies.add(requester, pending, now)
         for recipient in recipients:
             d = recipient.forwardRequest(delivery)
             if d is None:
                 continue
             pending.outstanding.append(d)
+        pending.outstanding.extend(remote)
+        for d in list(pending.outstanding):
             d.addCallbacks(self._answered, self._answerFailed,
                            callbackArgs=(token, d), errbackArgs=(token, d))
         if not pending.outstanding and self.replies.resolve(token):
-            self._noResponders(session, message, "every responder of %r is "
-                               "gone" % (message.streamName,))
+            self._noResponders(requester, message, "no session serves %r"
+                               % (delivery.subject,) if not recipients else
+                               "every responder of %r is gone"
+                               % (delivery.subject,))
             return
         self._scheduleSweep()
 
@@ -360,20 +436,16 @@ class Broker:
         requester.respond(message, response.payload,
                           messageType=response.type)
 
-    def _relayFailure(self, failure, requester, message):
-        if failure.check(Refusal) and \
-                failure.value.code == XTMPErrorCode.NO_RESPONDERS:
-            self._noResponders(requester, message, failure.value.reason)
-        else:
-            code = getattr(failure.value, "code", XTMPErrorCode.INTERNAL)
-            self._relayError(requester, message, code,
-                             failure.getErrorMessage())
-
     def _relayError(self, requester, message, code, reason):
         if requester.isConnected():
             requester.respondError(message, code, reason)
 
     def _noResponders(self, requester, message, reason):
+        if message is None:
+            # Another process's request: it counts and logs its own.
+            self._relayError(requester, message, XTMPErrorCode.NO_RESPONDERS,
+                             reason)
+            return
         self.counters["noResponders"] += 1
         self.events.emit(
             "no_responders", "request to {subject!r} by {identity}: "
@@ -419,6 +491,42 @@ class Broker:
         out.update({"sublist" + k[0].upper() + k[1:]: v
                     for k, v in self.table.sublist.stats.items()})
         return out
+
+
+class _Waiter:
+    """
+    The requester of a request another process routed here: the answer
+    fires a Deferred instead of going to a session.
+    """
+
+    __slots__ = ("deferred",)
+
+    def __init__(self, deferred):
+        self.deferred = deferred
+
+    def isConnected(self):
+        return not self.deferred.called
+
+    def respond(self, message, payload, messageType):
+        self.deferred.callback(_Answer(messageType, payload))
+
+    def respondError(self, message, code, reason):
+        if code == XTMPErrorCode.NO_RESPONDERS:
+            self.deferred.errback(Refusal(reason, code))
+        else:
+            self.deferred.errback(PeerError(code, reason))
+
+
+class _Answer:
+    """
+    A response as it travels between processes: its type and payload.
+    """
+
+    __slots__ = ("type", "payload")
+
+    def __init__(self, messageType, payload):
+        self.type = messageType
+        self.payload = payload
 
 
 def _isReady(session):

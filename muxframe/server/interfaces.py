@@ -165,38 +165,57 @@ class IBroker(Interface):
 
 class IBrokerEngine(Interface):
     """
-    How published messages travel between server processes.  The
-    embedded engine keeps everything in this process; a Redis engine
-    fans out through Redis so several processes act as one.  The local
+    How published messages travel between server processes ("nodes").
+    The embedded engine keeps everything in this process; the cluster
+    engine (L{muxframe.server.cluster}) fans out through a storage
+    engine's broker (Redis) so several processes act as one.  The local
     broker delivers to its own sessions itself and hands each published
     message to the engine too.
     """
 
-    def attach(deliver):
+    def attach(broker):
         """
-        Start: C{deliver(delivery)} is how messages published on other
-        processes reach this process's sessions.
-        """
-
-    def published(delivery):
-        """
-        A L{muxframe.server.hub.Delivery} was published on this process;
-        send it to the others (the embedded engine does nothing).
+        Start: what other processes publish, broadcast or request reaches
+        this process through C{broker.deliver(delivery)},
+        C{broker.deliverBroadcast(delivery)} and
+        C{broker.serveRequest(delivery)} (a Deferred of the answer).
         """
 
-    def interest(pattern, present):
+    def interest(pattern, group, present):
         """
-        This process gained (C{present} true) or lost its last local
-        subscription to C{pattern}, so an engine can subscribe upstream
-        selectively.
+        This process gained (C{present} true) its first or lost its last
+        local subscription to C{pattern} in queue group C{group} (L{None}
+        for plain subscriptions), so the engine can subscribe upstream
+        and choose queue-group members across processes.
         """
 
-    def request(delivery):
+    def plan(delivery):
         """
-        No session of this process serves C{delivery}'s subject: return a
-        Deferred firing with the reply L{muxframe.xtmp.Message} from
-        another process, or failing with
-        L{muxframe.server.errors.Refusal} (NO_RESPONDERS).
+        Decide, before C{delivery} (a L{muxframe.server.hub.Delivery}) is
+        delivered here, which of the matching queue groups this process
+        serves: set C{delivery.groups} (L{None}: all of them); return an
+        opaque plan for L{published} and L{forward}.
+        """
+
+    def published(delivery, plan):
+        """
+        C{delivery} was published on this process; send it to the others
+        as C{plan} says (the embedded engine does nothing).
+        """
+
+    def broadcast(delivery):
+        """
+        C{delivery} was broadcast on this process; send it to the others.
+        """
+
+    def forward(delivery, plan):
+        """
+        Send the request C{delivery} to the other processes with
+        recipients for it; return a list of Deferreds, one per process,
+        each firing with the first answer there (an object with C{type}
+        and C{payload}) or failing (L{muxframe.xtmp.PeerError} from a
+        responder, L{muxframe.server.errors.Refusal} NO_RESPONDERS).  A
+        Deferred may be cancelled: its answer is then not wanted.
         """
 
     def detach():

@@ -7,8 +7,9 @@ firing with bytes or None, or None (no response).  Raising
 L{ApplicationError} (or a Deferred failing with one) answers Error with its
 code and reason, meant for the peer; raising anything else answers Error
 APPLICATION_ERROR with a generic reason, the traceback logged at error
-level (docs/xtmp.md section 9.7).  A message of a type without a handler
-is answered Error UNKNOWN_TYPE.
+level (docs/xtmp.md section 9.7).  The server's own handlers raise
+L{Refusal}s, answered with their code and reason like ApplicationError.
+A message of a type without a handler is answered Error UNKNOWN_TYPE.
 
 Blocking handlers (C{blocking=True}) run in a bounded thread pool
 (C{threads}); they must not touch the session or the reactor except
@@ -29,7 +30,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from muxframe.server.errors import ConfigError
+from muxframe.server.errors import ConfigError, Refusal
 from muxframe.server.limits import ConcurrencyGate
 from muxframe.server.measures import Histogram
 from muxframe.xtmp.codec import MessageType
@@ -236,7 +237,7 @@ class Router:
         self.latency.observe(self.reactor.seconds() - start)
         if isinstance(result, Failure):
             error = result.value
-            if isinstance(error, ApplicationError):
+            if isinstance(error, (ApplicationError, Refusal)):
                 # Meant for the peer: an answer, not a fault of ours.
                 route.counters["applicationErrors"] += 1
                 if session.isConnected():

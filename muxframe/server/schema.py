@@ -7,7 +7,7 @@ reads files and options against it.
 Rules (applied by L{muxframe.server.config}):
 
   - The file is a mapping of sections to mappings of keys, plus the
-    mappings C{handlers} and C{permissions}.  An unknown section or key,
+    mappings C{handlers}, C{permissions} and C{history}.  An unknown section or key,
     or a bad value, is a L{ConfigError} naming the dotted key.
   - A key of the design documents (their "Configuration"
     section, verbatim in C{tests/test_server_config.py}) that means one of our settings is an I{alias}: its
@@ -160,6 +160,15 @@ def _choice(*choices):
         return value
     parse.kind = " or ".join(choices)
     return parse
+
+
+def _prefix(value):
+    if not isinstance(value, str):
+        raise ValueError("expected a string, got %r" % (value,))
+    return value
+
+
+_prefix.kind = "string"
 
 
 def _exactly(expected):
@@ -363,6 +372,65 @@ SCHEMA = [Key(*entry) for entry in [
     ("logging.summary_interval", _number(), 60.0, _seconds,
      "Log a one-line summary (connections, sessions, streams, msgs/s, "
      "bytes/s) this often (0: never).", "summary-interval"),
+]] + [Key(path, parse, default, unit, doc,
+          "storage-" + path.split(".", 1)[1].replace("_", "-"))
+      for path, parse, default, unit, doc in [
+    # storage: presence, queues and history (docs/presence-and-queues.md)
+    ("storage.engine", _choice("embedded", "redis", "none"), "embedded", "-",
+     "Presence, queues and history: embedded (files in storage.directory, "
+     "one process), redis (storage.address; several processes sharing it "
+     "act as one), or none (off)."),
+    ("storage.directory", _path, "data", "path",
+     "embedded: the data directory (created if missing; locked while in "
+     "use)."),
+    ("storage.address", _optional(_text), None, "address",
+     "redis: redis://[:password@]host:port/db."),
+    ("storage.prefix", _prefix, "muxframe:", "-",
+     "redis: prepended to every key and channel (several services can "
+     "share one Redis)."),
+    ("storage.node_id", _optional(_text), None, "name",
+     "This node's id, unique among the nodes (null: a random one at each "
+     "start)."),
+    ("storage.missed_pings", _integer(1, 2), 2, _count,
+     "A bound device is offline after this many heartbeat intervals with "
+     "nothing heard from its session (the server probes an idle session "
+     "every interval; XTMP closes a session silent for two)."),
+    ("storage.device_timeout", _number(positive=True), 30.0, _seconds,
+     "A device whose node stopped refreshing it (the node died) is offline "
+     "after this long."),
+    ("storage.max_devices", _integer(1), 64, _count,
+     "Online devices per entity at most."),
+    ("storage.max_activity_ttl", _integer(1), 60, _seconds,
+     "The longest TTL of a typing or recording activity."),
+    ("storage.max_subscriptions", _integer(1), 10000, _count,
+     "Awareness subscriptions per watcher at most."),
+    ("storage.max_watchers", _integer(1), 100000, _count,
+     "Awareness watchers per entity at most."),
+    ("storage.delivery_window", _integer(1, 10000), 256, _count,
+     "Queue records sent to a device and not yet acknowledged, at most."),
+    ("storage.retention_interval", _number(), 10.0, _seconds,
+     "Seconds between queue retention passes (0: none)."),
+    ("storage.max_age", _optional(_number(positive=True)), 604800.0,
+     _seconds, "A queued record is kept at most this long (null: no "
+     "limit)."),
+    ("storage.max_messages", _optional(_integer(1)), 100000, _count,
+     "Records kept per queue at most, oldest dropped first (null: no "
+     "limit)."),
+    ("storage.delete_acknowledged", _boolean, True, "boolean",
+     "Drop the records every known device of the entity acknowledged."),
+    ("storage.segment_bytes", _integer(4096, (1 << 32) - 1), 64 * MiB,
+     _bytes, "embedded: journal segment size."),
+    ("storage.max_journal_bytes", _optional(_integer(1)), None, _bytes,
+     "embedded: journal cap; past it the oldest segments go, acknowledged "
+     "or not (counted and logged)."),
+    ("storage.dedup_window", _integer(1), 100000, _count,
+     "embedded: message ids remembered per queue for deduplication."),
+    ("storage.sweep_interval", _number(positive=True), 1.0, _seconds,
+     "redis: seconds between sweeps for devices that expired."),
+    ("storage.announce_interval", _number(positive=True), 2.0, _seconds,
+     "redis: how often each node tells the others its subscriptions (queue "
+     "groups and requests across nodes); a node silent for three is "
+     "dropped."),
 ]]
 
 KEYS = {key.path: key for key in SCHEMA}
@@ -415,7 +483,7 @@ IGNORED = {
 SECTIONS = sorted({key.path.split(".")[0] for key in SCHEMA} |
                   {path.split(".")[0] for path in ALIASES} |
                   {path.split(".")[0] for path in IGNORED} |
-                  {"handlers", "permissions"})
+                  {"handlers", "permissions", "history"})
 
 #: Handler ranges of the design documents' message_routing threads.
 THREAD_RANGES = {

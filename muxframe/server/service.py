@@ -152,9 +152,14 @@ class XTMPServerService(service.Service):
         self.reactor = reactor
         self.installSignals = installSignals
         config.requireIdentity()
-        self.server = XTMPServer(loadIdentity(config), config, reactor,
-                                 keys=loadKeys(config),
-                                 tokens=loadTokens(config))
+        from muxframe.server.storage import Storage
+        self.storage = Storage.fromConfig(config, reactor)
+        self.server = XTMPServer(
+            loadIdentity(config), config, reactor, keys=loadKeys(config),
+            tokens=loadTokens(config),
+            engine=self.storage.brokerEngine() if self.storage else None)
+        if self.storage is not None:
+            self.storage.attach(self.server)
         from muxframe.tap import ListenService
         origins = config["server.allowed_origins"]
         self._listeners = [
@@ -177,6 +182,9 @@ class XTMPServerService(service.Service):
         service.Service.startService(self)
         for listener in self._listeners:
             listener.startService()
+        if self.storage is not None:
+            # Binds wait until the storage is recovered and connected.
+            self.storage.start().addErrback(self._storageFailed)
         c = self.config
         for key, reason in c.ignored:
             log.warn("configuration key {key} ignored: {reason}", key=key,
@@ -191,6 +199,12 @@ class XTMPServerService(service.Service):
                  or "none", maxConnections=c["server.max_connections"])
         if self.installSignals:
             self.reactor.callWhenRunning(self._takeSignals)
+
+    def _storageFailed(self, failure):
+        log.failure("storage failed to start ({engine} engine); stopping",
+                    failure, LogLevel.critical, engine=self.config["storage.engine"])
+        self.storage = None
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def _takeSignals(self):
         signal.signal(signal.SIGTERM, self._sigterm)
@@ -239,6 +253,8 @@ class XTMPServerService(service.Service):
                              for listener in self._listeners])
         sessions = len(self.server.registry)
         aborted = yield self.server.drain(self.config["server.drain_timeout"])
+        if self.storage is not None:
+            yield self.storage.stop()
         log.info("xtmp server stopped: {sessions} sessions drained, "
                  "{aborted} connections cut at the deadline",
                  sessions=sessions, aborted=aborted)

@@ -54,6 +54,12 @@ class XTMPErrorCode(DescribedCode, IntEnum):
     SLOW_CONSUMER = 37
     KEY_REVOKED = 38
     BAD_SUBJECT = 39
+    # 40-43: the server's presence, queues and history
+    # (docs/presence-and-queues.md section 9).
+    NOT_BOUND = 40
+    STORAGE_FAILED = 41
+    DEVICE_REPLACED = 42
+    BAD_REQUEST = 43
 
     @classmethod
     def describe(cls, code):

@@ -88,7 +88,7 @@ export const ErrorCode = Object.freeze({
   IDLE_TIMEOUT: 19,
   INTERNAL: 20,
   RATE_LIMITED: 21,
-  // 32-39: the XTMP server's outcomes (docs/xtmp-server.md).
+  // 32-43: the XTMP server's outcomes (docs/xtmp-server.md).
   NO_RESPONDERS: 32,
   PERMISSION_DENIED: 33,
   TOO_MANY_CONNECTIONS: 34,
@@ -97,6 +97,11 @@ export const ErrorCode = Object.freeze({
   SLOW_CONSUMER: 37,
   KEY_REVOKED: 38,
   BAD_SUBJECT: 39,
+  // 40-43: presence, queues and history (docs/presence-and-queues.md section 9).
+  NOT_BOUND: 40,
+  STORAGE_FAILED: 41,
+  DEVICE_REPLACED: 42,
+  BAD_REQUEST: 43,
 });
 
 // Codes from here to 0xFFFF are the application's (docs/xtmp.md section 10).
