@@ -9,8 +9,15 @@ XTMP benchmarks, each beside a baseline measured in the same run:
      is no baseline handshake; X25519 alone is printed for scale);
   4. memory per idle session, against an idle Int32StringReceiver pair.
 
-Usage:  python bench/bench_xtmp.py [--messages N] [--runs N] [--sessions N]
-        [--handshakes N] [--json]
+Senders are paced by the backpressure API (a producer registered with the
+session, or with the TCP transport for the baseline), never by sending
+blindly into the queues.
+
+Usage:  python bench/bench_xtmp.py [--quick] [--messages N] [--runs N]
+        [--sessions N] [--handshakes N] [--max-queued-bytes N] [--json]
+--quick is a short run (seconds) that shows everything works; recorded
+figures come from the default counts on a quiet machine.  Exit status 1
+and a message on stderr if a run fails.
 Benchmarks live here, not in tests: no test asserts a timing.
 """
 
@@ -27,12 +34,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 ".."))
 
 from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: E402
+from twisted.internet.defer import Deferred, inlineCallbacks  # noqa: E402
+from twisted.internet.endpoints import (  # noqa: E402
+    TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol,
+)
+from twisted.internet.interfaces import IPushProducer  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 from twisted.protocols.basic import Int32StringReceiver  # noqa: E402
 from twisted.test.iosim import connect, makeFakeClient, makeFakeServer  # noqa
+from zope.interface import implementer  # noqa: E402
 
 from muxframe.xtmp import (  # noqa: E402
-    Identity, XTMPClientFactory, XTMPServerFactory,
+    Cipher, Identity, XTMPClientFactory, XTMPServerFactory, connectXTMP,
 )
 from muxframe.xtmp.codec import Decoder  # noqa: E402
 from muxframe.xtmp.connection import Settings, XTMPConnection  # noqa: E402
@@ -41,23 +54,75 @@ from muxframe.xtmp.keys import TrafficKey, openFrame  # noqa: E402
 
 PAYLOAD = b"x" * 64
 BATCH = 2000
+# Seconds a throughput run may take before it is reported as failed.
+TIMEOUT = 300
+QUICK = {"messages": 20000, "runs": 1, "sessions": 20, "handshakes": 20}
 SERVER = Identity.generate()
 CLIENT = Identity.generate()
 
 
 # -- 1. throughput over loopback TCP ---------------------------------------
 
-def _runTCP(reactor, serverFactory, connectAndSend, n):
+@implementer(IPushProducer)
+class Pacer:
     """
-    Listen on 127.0.0.1, run the sender, and return seconds from the first
-    send to the n-th message received.
+    Sends C{n} messages as fast as the consumer's backpressure allows: it
+    is registered with the consumer (L{XTMPProtocol.registerProducer},
+    or a TCP transport for the baseline), stops the moment it is paused,
+    and yields to the reactor between batches so the receiver runs.
     """
-    from twisted.internet.defer import Deferred
-    from twisted.internet.endpoints import (
-        TCP4ClientEndpoint, TCP4ServerEndpoint,
-    )
+
+    def __init__(self, reactor, send, n):
+        self.reactor = reactor
+        self.send = send
+        self.n = n
+        self.sent = 0
+        self.paused = self.stopped = False
+        self.pauses = 0
+        self._call = None
+
+    def start(self):
+        self._schedule()
+
+    def _schedule(self):
+        if self._call is None and not self.stopped and self.sent < self.n:
+            self._call = self.reactor.callLater(0, self._batch)
+
+    def _batch(self):
+        self._call = None
+        end = min(self.sent + BATCH, self.n)
+        while self.sent < end and not self.paused and not self.stopped:
+            self.send(PAYLOAD)
+            self.sent += 1
+        if not self.paused:
+            self._schedule()
+
+    def pauseProducing(self):
+        if not self.paused:
+            self.pauses += 1
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self):
+        self.stopped = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+
+@inlineCallbacks
+def _runTCP(reactor, serverFactory, connect, n):
+    """
+    Listen on 127.0.0.1, connect, send C{n} messages paced by
+    backpressure, and return the seconds from the first send to the n-th
+    message received.  C{connect(endpoint)} fires with C{(send, consumer,
+    close)}.
+    """
     done = Deferred()
-    state = {"count": 0, "start": None}
+    state = {"count": 0}
 
     def received():
         state["count"] += 1
@@ -65,43 +130,29 @@ def _runTCP(reactor, serverFactory, connectAndSend, n):
             done.callback(time.perf_counter() - state["start"])
 
     serverFactory.onMessage = received
-    port = []
-
-    def listening(p):
-        port.append(p)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", p.getHost().port)
-        return connectAndSend(endpoint, state)
-
-    d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         serverFactory)
-    d.addCallback(listening)
-    d.addErrback(done.errback)
-
-    def cleanup(result):
-        for p in port:
-            p.stopListening()
-        return result
-
-    return done.addBoth(cleanup)
-
-
-def _pump(reactor, send, n, state, onDone=None):
-    """
-    Send n messages in batches, yielding to the reactor between batches so
-    the receiver runs.
-    """
-    state["start"] = time.perf_counter()
-    sent = [0]
-
-    def batch():
-        k = min(BATCH, n - sent[0])
-        for _ in range(k):
-            send(PAYLOAD)
-        sent[0] += k
-        if sent[0] < n:
-            reactor.callLater(0, batch)
-
-    batch()
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        send, consumer, close = yield connect(endpoint)
+        pacer = Pacer(reactor, send, n)
+        consumer.registerProducer(pacer, True)
+        watchdog = reactor.callLater(TIMEOUT, done.errback, RuntimeError(
+            "%d of %d messages received after %ds" % (
+                state["count"], n, TIMEOUT)))
+        state["start"] = time.perf_counter()
+        pacer.start()
+        try:
+            elapsed = yield done
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+            pacer.stopProducing()
+            consumer.unregisterProducer()
+            yield close()
+    finally:
+        yield port.stopListening()
+    return elapsed
 
 
 class _BaselineServer(Int32StringReceiver):
@@ -111,47 +162,56 @@ class _BaselineServer(Int32StringReceiver):
 
 def baselineThroughput(reactor, n):
     """
-    Int32StringReceiver, 64-byte strings, one loopback connection.
+    Int32StringReceiver, 64-byte strings, one loopback connection, paced
+    by the TCP transport's producer API.
     """
     sf = Factory.forProtocol(_BaselineServer)
     sf.onMessage = None
 
-    def connectAndSend(endpoint, state):
-        from twisted.internet.endpoints import connectProtocol
-        d = connectProtocol(endpoint, Int32StringReceiver())
+    def connect(endpoint):
+        closed = Deferred()
 
-        def go(proto):
-            _pump(reactor, proto.sendString, n, state)
-            reactor.callLater(30, proto.transport.loseConnection)
-            return proto
+        class Client(Int32StringReceiver):
+            def connectionLost(self, reason):
+                closed.callback(None)
 
-        return d.addCallback(go)
+        def ready(proto):
+            def close():
+                proto.transport.loseConnection()
+                return closed
+            return proto.sendString, proto.transport, close
 
-    return _runTCP(reactor, sf, connectAndSend, n)
+        return connectProtocol(endpoint, Client()).addCallback(ready)
+
+    return _runTCP(reactor, sf, connect, n)
 
 
-def xtmpThroughput(reactor, n, cipher=None):
+def xtmpThroughput(reactor, n, cipher=None, maxQueuedBytes=None):
     """
-    Encrypted XTMP, 64-byte messages, one loopback connection.
+    Encrypted XTMP, 64-byte messages, one loopback connection, paced by
+    L{XTMPProtocol.registerProducer}.
     """
-    from muxframe.xtmp import connectXTMP
-    from muxframe.xtmp.codec import Cipher
     ciphers = (cipher,) if cipher else (Cipher.AES_256_GCM,)
+    settings = {}
+    if maxQueuedBytes:
+        settings["maxQueuedBytes"] = maxQueuedBytes
     sf = XTMPServerFactory(SERVER, authorizedKeys=[CLIENT.public],
-                           ciphers=ciphers)
+                           ciphers=ciphers, **settings)
     sf.setHandler(0x10, lambda p, m: sf.onMessage())
     cf = XTMPClientFactory(serverKey=SERVER.public, identity=CLIENT,
-                           ciphers=ciphers)
+                           ciphers=ciphers, **settings)
 
-    def connectAndSend(endpoint, state):
-        def go(proto):
-            _pump(reactor, lambda data: proto.send(0x10, data), n, state)
-            reactor.callLater(30, proto.disconnect)
-            return proto
+    def connect(endpoint):
+        def ready(proto):
+            def close():
+                closed = proto.whenClosed()
+                proto.disconnect()
+                return closed.addCallback(lambda _: None)
+            return (lambda data: proto.send(0x10, data)), proto, close
 
-        return connectXTMP(endpoint, cf).addCallback(go)
+        return connectXTMP(endpoint, cf).addCallback(ready)
 
-    return _runTCP(reactor, sf, connectAndSend, n)
+    return _runTCP(reactor, sf, connect, n)
 
 
 # -- 2. the engine alone ---------------------------------------------------
@@ -253,21 +313,34 @@ def memoryPerSession(n):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--messages", type=int, default=200000)
-    parser.add_argument("--sessions", type=int, default=200)
-    parser.add_argument("--handshakes", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3,
-                        help="throughput runs per figure (median shown)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: %s" % (", ".join(
+                            "%s=%d" % kv for kv in QUICK.items()),))
+    parser.add_argument("--messages", type=int, default=None,
+                        help="messages per throughput run (200000)")
+    parser.add_argument("--sessions", type=int, default=None,
+                        help="idle sessions for the memory figure (200)")
+    parser.add_argument("--handshakes", type=int, default=None,
+                        help="handshakes for the CPU figure (200)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="throughput runs per figure, median shown (3)")
+    parser.add_argument("--max-queued-bytes", type=int, default=None,
+                        help="XTMP maxQueuedBytes (default: the setting's "
+                        "default, 8 MiB)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else {
+        "messages": 200000, "runs": 3, "sessions": 200, "handshakes": 200}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     from twisted.internet import reactor
-    from twisted.internet.defer import inlineCallbacks
     results = {}
+    failure = []
 
     @inlineCallbacks
     def tcp():
-        from muxframe.xtmp.codec import Cipher
         times = {"baseline": [], "aes": [], "chacha": []}
         try:
             # Interleaved runs, median reported: the three see the same
@@ -275,19 +348,27 @@ def main(argv=None):
             for _ in range(args.runs):
                 times["baseline"].append(
                     (yield baselineThroughput(reactor, args.messages)))
-                times["aes"].append(
-                    (yield xtmpThroughput(reactor, args.messages)))
+                times["aes"].append((yield xtmpThroughput(
+                    reactor, args.messages,
+                    maxQueuedBytes=args.max_queued_bytes)))
                 times["chacha"].append((yield xtmpThroughput(
-                    reactor, args.messages, Cipher.CHACHA20_POLY1305)))
+                    reactor, args.messages, Cipher.CHACHA20_POLY1305,
+                    args.max_queued_bytes)))
             n = args.messages
             results["baseline_msgs_per_s"] = n / median(times["baseline"])
             results["xtmp_aesgcm_msgs_per_s"] = n / median(times["aes"])
             results["xtmp_chacha_msgs_per_s"] = n / median(times["chacha"])
+        except Exception as e:
+            failure.append(e)
         finally:
             reactor.stop()
 
     reactor.callWhenRunning(tcp)
     reactor.run()
+    if failure:
+        sys.stderr.write("bench_xtmp: throughput run failed: %s: %s\n"
+                         % (type(failure[0]).__name__, failure[0]))
+        return 1
     results["engine_msgs_per_s"] = engineThroughput(args.messages)
     client, server, x = handshakeCPU(args.handshakes)
     results["handshake_cpu_ms_client"] = client * 1e3
@@ -299,7 +380,7 @@ def main(argv=None):
 
     if args.json:
         print(json.dumps(results, indent=2))
-        return results
+        return 0
     r = results
     print("XTMP benchmark (%d messages of 64 bytes, median of %d runs; %d "
           "sessions; %d handshakes)" % (args.messages, args.runs,
@@ -324,8 +405,8 @@ def main(argv=None):
                                             value / base if base else 0))
     print("(baseline: Int32StringReceiver for throughput and memory; one "
           "X25519 exchange for handshake scale)")
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from muxframe.xtmp.codec import Cipher, Decoder, Flags, MessageType, encodePlain
 from muxframe.xtmp.errors import (
     DecryptionFailed, DowngradeDetected, HandshakeFailed, PeerError,
-    Unauthorized, Unsupported, XTMPErrorCode, XTMPLocalError,
+    Unauthorized, Unsupported, WrongKey, XTMPErrorCode, XTMPLocalError,
 )
 from muxframe.xtmp.handshake import (
     KEM, ClientHandshake, ClientHello, ServerHandshake, ServerHello,
@@ -245,6 +245,17 @@ class HandshakeRejectionTests(SynchronousTestCase):
         self.assertRaises(HandshakeFailed, client.receiveFrame,
                           frames(raw)[0])
 
+    def test_serverHelloUnknownFlags(self):
+        client, server = pair()
+        out, _ = server.receiveFrame(frames(client.start())[0])
+        ack = frames(out)[0]
+        payload = bytearray(ack.payload)
+        payload[3] |= 0x80
+        forged = frames(encodePlain(MessageType.HandshakeAck, 0,
+                                    ack.sessionId, 0, bytes(payload)))[0]
+        e = self.assertRaises(HandshakeFailed, client.receiveFrame, forged)
+        self.assertIn("flags", str(e))
+
     def test_lowOrderX25519Key(self):
         """
         An X25519 key giving an all-zero shared secret is refused.
@@ -281,6 +292,42 @@ class HandshakeRejectionTests(SynchronousTestCase):
             frames(encodePlain(MessageType.Error, 0, 0, 0,
                                b"\x00\x0fno common cipher"))[0])
         self.assertEqual(e.code, XTMPErrorCode.UNSUPPORTED)
+
+    def test_clientErrorAfterServerHello(self):
+        """
+        A client that refuses the server after ServerHello (here: not the
+        pinned key) sends its Error under its handshake key; the server
+        reads it as the client's code, not as a malformed ClientAuth.
+        """
+        from muxframe.xtmp.connection import XTMPConnection
+        client = XTMPConnection(ClientHandshake(
+            serverKey=Identity.generate().public, identity=CLIENT))
+        server = XTMPConnection(ServerHandshake(
+            SERVER, authorizedKeys=[CLIENT.public]))
+        client.initiate()
+        server.receiveData(client.dataToSend())
+        e = self.assertRaises(Unauthorized, client.receiveData,
+                              server.dataToSend())
+        wire = client.closeWithError(e.code, str(e))
+        (error, disconnect) = frames(wire)
+        self.assertEqual((error.type, error.sequence, disconnect.sequence),
+                         (MessageType.Error, 0, 1))
+        self.assertEqual(error.flags, Flags.ENCRYPTED)
+        theirs = self.assertRaises(PeerError, server.receiveData, wire)
+        self.assertEqual(theirs.code, XTMPErrorCode.UNAUTHORIZED)
+        self.assertIn("pinned", theirs.reason)
+
+    def test_forgedErrorInPlaceOfClientAuth(self):
+        """
+        An encrypted Error the handshake key does not open is
+        DECRYPT_FAILED, not a way to inject a code.
+        """
+        client, server = pair()
+        out, _ = server.receiveFrame(frames(client.start())[0])
+        forged = TrafficKey(Cipher.AES_256_GCM, b"k" * 32, b"i" * 12)
+        wire = forged.seal(MessageType.Error, Flags.ENCRYPTED,
+                           server.sessionId, b"\x00\x0dno")
+        self.assertRaises(WrongKey, server.receiveFrame, frames(wire)[0])
 
     def test_tamperedServerAuthKeepsCounter(self):
         """
@@ -327,6 +374,77 @@ class IdentityTests(SynchronousTestCase):
         with open(path, "wb") as f:
             f.write(a.public.toPEM() + b.public.toPEM())
         self.assertEqual(loadAuthorizedKeys(path), [a.public, b.public])
+
+    def test_authorizedKeysLayout(self):
+        """
+        Comments between blocks are ignored; each Ed25519 block starts an
+        identity and an ML-DSA-65 block completes the one before it.
+        """
+        path = self.mktemp()
+        a = Identity.generate(withMLDSA=True)
+        b, c = Identity.generate(), Identity.generate(withMLDSA=True)
+        with open(path, "wb") as f:
+            f.write(b"# alice\n" + a.public.toPEM() + b"\n# bob\n"
+                    + b.public.toPEM() + c.public.toPEM())
+        self.assertEqual(loadAuthorizedKeys(path),
+                         [a.public, b.public, c.public])
+
+    def test_authorizedKeysFaults(self):
+        """
+        A file that does not follow the layout is refused with the block
+        at fault named (it used to be read silently: a stray ML-DSA-65 key
+        dropped or replacing another, other keys skipped).
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        ed = Identity.generate()
+        both = Identity.generate(withMLDSA=True)
+        mldsaOnly = both.public.toPEM()[len(PublicIdentity(
+            both.public.ed25519).toPEM()):]
+        other = ec.generate_private_key(ec.SECP256R1()).public_key()
+        otherPEM = other.public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo)
+        cases = [
+            (mldsaOnly + ed.public.toPEM(), "block 1: an ML-DSA-65 key"),
+            (both.public.toPEM() + mldsaOnly, "block 3: an ML-DSA-65 key"),
+            (ed.public.toPEM() + otherPEM, "block 2: "),
+            (ed.public.toPEM() + ed.toPEM(), "block 2 is 'PRIVATE KEY'"),
+        ]
+        for data, message in cases:
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(data)
+            e = self.assertRaises(ValueError, loadAuthorizedKeys, path)
+            self.assertIn(path, str(e))
+            self.assertIn(message, str(e))
+
+    def test_identityFileFaults(self):
+        """
+        A public or private identity file holds exactly one identity.
+        """
+        a, b = Identity.generate(), Identity.generate()
+        self.assertRaises(ValueError, PublicIdentity.fromPEM,
+                          a.public.toPEM() + b.public.toPEM())
+        self.assertRaises(ValueError, PublicIdentity.fromPEM, b"")
+        self.assertRaises(ValueError, Identity.fromPEM, a.toPEM() + b.toPEM())
+        self.assertRaises(ValueError, Identity.fromPEM, a.public.toPEM())
+        e = self.assertRaises(ValueError, Identity.fromPEM,
+                              a.toPEM(b"pw"), b"wrong")
+        self.assertIn("block 1", str(e))
+
+    def test_mldsaVariant(self):
+        """
+        ML-DSA-65 signatures are pure ML-DSA with the empty context
+        (docs/xtmp.md section 7.4): they verify with context b"" and not
+        with another.
+        """
+        from cryptography.exceptions import InvalidSignature
+        i = Identity.generate(withMLDSA=True)
+        signature = i.sign(b"m")[64:]
+        i.mldsaKey.public_key().verify(signature, b"m", b"")
+        self.assertRaises(InvalidSignature, i.mldsaKey.public_key().verify,
+                          signature, b"m", b"xtmp")
 
     def test_verifyRejectsOtherMessage(self):
         self.assertRaises(HandshakeFailed, CLIENT.public.verify, b"a",

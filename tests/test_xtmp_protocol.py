@@ -3,10 +3,10 @@ Tests for the Twisted XTMP layer (L{muxframe.xtmp.protocol},
 L{muxframe.xtmp.factory}) over in-memory transports and a fake clock.
 """
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,7 +14,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from muxframe.xtmp import (
-    DecryptionFailed, DowngradeDetected, Flags, HandshakeFailed, Identity,
+    ApplicationError, XTMPLocalError, DecryptionFailed, DowngradeDetected, Flags, HandshakeFailed, Identity,
     MessageType, PeerDisconnected, PeerError, RequestTimeout, SendQueueFull,
     SequenceError, Unauthorized, WrongKey, XTMPClientFactory, XTMPErrorCode,
     XTMPServerFactory, XTMPTimeout,
@@ -126,20 +126,108 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(c.connection.pendingRequests, {})
 
     def test_handlerRaises(self):
+        """
+        A handler's exception is answered with APPLICATION_ERROR and a
+        generic reason: its text (a path, a query, a secret) never reaches
+        the peer.  The traceback is logged at error level, not critical.
+        """
         h = Harness()
 
         def boom(p, m):
-            raise ValueError("bad input")
+            raise ValueError("secret path /srv/db")
 
         h.server.setHandler(0x33, boom)
+        h.server.setHandler(0x34, lambda p, m: fail(KeyError("sk-123")))
         c, s, pump = h.connect()
-        d = c.request(0x33, b"x")
+        events = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for messageType, error in ((0x33, ValueError), (0x34, KeyError)):
+            d = c.request(messageType, b"x")
+            pump.flush()
+            f = result(d)
+            self.assertIsInstance(f.value, PeerError)
+            self.assertEqual(f.value.code, XTMPErrorCode.APPLICATION_ERROR)
+            self.assertEqual(f.value.reason, "the handler for message type "
+                             "%#x failed" % (messageType,))
+            self.assertEqual(len(self.flushLoggedErrors(error)), 1)
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 2)
+        self.assertEqual({e["log_level"] for e in failures}, {LogLevel.error})
+        self.assertEqual(c.connection.state, "OPEN")
+
+    def test_applicationError(self):
+        """
+        L{ApplicationError} carries a reason (and optionally a code) meant
+        for the peer; nothing is logged as a failure.
+        """
+        h = Harness()
+
+        def refuse(p, m):
+            raise ApplicationError("insufficient funds")
+
+        def later(p, m):
+            return fail(ApplicationError("no such wallet", code=0x1001))
+
+        h.server.setHandler(0x33, refuse)
+        h.server.setHandler(0x34, later)
+        c, s, pump = h.connect()
+        d1, d2 = c.request(0x33, b"x"), c.request(0x34, b"y")
         pump.flush()
-        f = result(d)
-        self.assertIsInstance(f.value, PeerError)
-        self.assertEqual(f.value.code, XTMPErrorCode.APPLICATION_ERROR)
-        self.assertIn("bad input", f.value.reason)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        e1, e2 = result(d1).value, result(d2).value
+        self.assertEqual((e1.code, e1.reason),
+                         (XTMPErrorCode.APPLICATION_ERROR,
+                          "insufficient funds"))
+        self.assertEqual((e2.code, e2.reason), (0x1001, "no such wallet"))
+        self.assertEqual(str(e2), "APPLICATION(4097): no such wallet")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_applicationErrorCodes(self):
+        """
+        Only APPLICATION_ERROR, UNAUTHORIZED and the application range are
+        codes a handler may answer with.
+        """
+        ApplicationError("x", XTMPErrorCode.UNAUTHORIZED)
+        ApplicationError("x", 0xFFFF)
+        for code in (XTMPErrorCode.BAD_MAGIC, XTMPErrorCode.NONE, 0x0FFF,
+                     0x10000):
+            self.assertRaises(ValueError, ApplicationError, "x", code)
+
+    def test_streamCallbackRaises(self):
+        """
+        A failing stream callback is logged at error level; the session,
+        and the other callbacks, go on.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        got = []
+
+        def bad(message):
+            raise RuntimeError("oops")
+
+        c.subscribe("s", bad)
+        c.subscribe("s", lambda m: got.append(m.payload))
+        pump.flush()
+        h.server.publish("s", b"one")
+        h.server.publish("s", b"two")
+        pump.flush()
+        self.assertEqual(got, [b"one", b"two"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(c.connection.state, "OPEN")
+        self.assertFalse(pump.clientIO.disconnected)
+
+    def test_controlTypesRefused(self):
+        """
+        The application cannot send XTMP's own control messages.
+        """
+        h = Harness()
+        c, s, pump = h.connect()
+        for t in (MessageType.Heartbeat, MessageType.Subscribe,
+                  MessageType.KeyUpdate):
+            self.assertRaises(XTMPLocalError, c.send, t, b"x" * 8)
+            self.assertIsInstance(result(c.request(t, b"x")).value,
+                                  XTMPLocalError)
 
     def test_unknownType(self):
         h = Harness()
@@ -237,6 +325,68 @@ class SessionTests(SynchronousTestCase):
         (ev,) = [e for e in events if "handshake complete" in e["log_format"]]
         self.assertEqual(ev["sessionId"], s.sessionId)
         self.assertEqual(ev["peer"], CLIENT_IDENTITY.public)
+        self.assertEqual(ev["cipher"], "AES-256-GCM")
+
+    def test_logNames(self):
+        """
+        Logs name ciphers and error codes, never their numbers.
+        """
+        from twisted.logger import formatEvent
+        from muxframe.xtmp import Cipher
+        h = Harness(ciphers=(Cipher.CHACHA20_POLY1305,))
+        events = []
+        c, s, pump = h.connect(h.clientFactory(
+            ciphers=(Cipher.CHACHA20_POLY1305,)), greet=False)
+        s.log = Logger(observer=events.append)
+        pump.flush()
+        c2, s2, pump2 = h.connect(h.clientFactory(
+            identity=Identity.generate()), greet=False)
+        s2.log = Logger(observer=events.append)
+        pump2.flush()
+        text = [formatEvent(e) for e in events]
+        self.assertTrue(any("cipher ChaCha20-Poly1305" in t for t in text),
+                        text)
+        failed = [e for e in events if "failed" in e["log_format"]]
+        self.assertEqual([e["code"] for e in failed], ["UNAUTHORIZED"])
+        self.assertIn("UNAUTHORIZED: client key is not authorized",
+                      formatEvent(failed[0]))
+
+    def test_noAnswerToPeerError(self):
+        """
+        A side that receives its peer's fatal Error during the handshake
+        closes without answering it.
+        """
+        h = Harness()
+        c, s, pump = h.connect(greet=False)
+        pump.clientIO.getOutBuffer()
+        pump.serverIO.bufferReceived(encodePlain(
+            MessageType.Error, 0, 0, 0, b"\x00\x0fnothing in common"))
+        self.assertFalse(pump.serverIO.getOutBuffer())
+        pump.flush()
+        self.assertTrue(pump.serverIO.disconnected)
+        why = result(s.whenHandshakeDone()).value
+        self.assertIsInstance(why, PeerError)
+        self.assertEqual(why.code, XTMPErrorCode.UNSUPPORTED)
+
+    def test_repliesOutrunReading(self):
+        """
+        A peer whose requests outrun its reading of their answers (the
+        answers no longer fit the send buffers) is closed RATE_LIMITED,
+        instead of an exception escaping C{dataReceived}.
+        """
+        h = Harness(maxQueuedBytes=40000)
+        h.server.setHandler(0x35, lambda p, m: b"r" * 10000)
+        c, s, pump = h.connect()
+        closed = c.whenClosed()
+        s.pauseProducing()  # the server's transport stopped taking bytes
+        for _ in range(8):
+            c.request(0x35, b"?").addErrback(lambda f: None)
+        pump.flush()
+        why = result(closed)
+        self.assertIsInstance(why, PeerDisconnected)
+        self.assertEqual(why.code, XTMPErrorCode.RATE_LIMITED)
+        self.assertEqual(result(s.whenClosed()).code,
+                         XTMPErrorCode.RATE_LIMITED)
 
     def test_sessionReadyHook(self):
         """
@@ -500,6 +650,39 @@ class BackpressureTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(len(h.got), 9)
 
+    def test_documentedThresholds(self):
+        """
+        docs/xtmp.md section 9.5, number by number: each message counts
+        its data + 32 bytes; unacknowledged REQUIRES_ACK messages count
+        after they are written; the producer is paused above half of
+        maxQueuedBytes and resumed at a quarter; a send past the limit
+        raises and sends nothing; a request fails its Deferred instead.
+        """
+        h = Harness()
+        c, s, pump = h.connect(h.clientFactory(maxQueuedBytes=4000))
+        producer = Producer()
+        c.registerProducer(producer, True)
+        c.send(0x10, b"a" * 968, Flags.REQUIRES_ACK)
+        self.assertEqual(c.bufferedBytes, 1000)  # written, not yet acked
+        pump.flush()
+        self.assertEqual(c.bufferedBytes, 0)
+        c.pauseProducing()
+        c.send(0x10, b"b" * 968)
+        c.send(0x10, b"c" * 968)
+        self.assertEqual((c.bufferedBytes, producer.events), (2000, []))
+        c.send(0x10, b"d")
+        self.assertEqual(producer.events, ["pause"])
+        c.send(0x10, b"e" * 1935)
+        self.assertEqual(c.bufferedBytes, 4000)
+        self.assertRaises(SendQueueFull, c.send, 0x10, b"")
+        self.assertIsInstance(result(c.request(0x30, b"")).value,
+                              SendQueueFull)
+        self.assertEqual(c.bufferedBytes, 4000)
+        c.resumeProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        pump.flush()
+        self.assertEqual(len(h.got), 5)
+
     def test_controlStillFlowsWhilePaused(self):
         h = Harness()
         c, s, pump = h.connect()
@@ -634,6 +817,31 @@ class ResumptionTests(SynchronousTestCase):
         self.assertEqual(s2.counters.messagesReceived, 40 - delivered)
         self.assertEqual(len(c2.connection.resumption.unacked), 0)
         self.assertEqual(len(s2.connection.resumption.unacked), 0)
+
+    def test_subscriptionsNotRestored(self):
+        """
+        Subscriptions belong to the connection: a resumed session has
+        none until the client subscribes again (docs/xtmp.md section 9.3).
+        """
+        h = Harness()
+        cf = h.clientFactory()
+        c, s, pump = h.connect(cf)
+        got = []
+        c.subscribe("news", lambda m: got.append(m.payload))
+        pump.flush()
+        self.assertEqual(h.server.streams.subscribers("news"), [s])
+        c.send(0x10, b"pending", Flags.REQUIRES_ACK)
+        pump.clientIO.getOutBuffer()  # lost: something to resume
+        self.kill(c, s)
+        c2, s2, pump2 = h.connect(cf)
+        self.assertTrue(c2.result.resumed)
+        self.assertEqual(h.server.streams.subscribers("news"), [])
+        self.assertEqual(h.server.publish("news", b"lost"), 0)
+        c2.subscribe("news", lambda m: got.append(m.payload))
+        pump2.flush()
+        h.server.publish("news", b"again")
+        pump2.flush()
+        self.assertEqual(got, [b"again"])
 
     def test_queuedMessagesSurviveKill(self):
         """

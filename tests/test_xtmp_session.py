@@ -247,6 +247,28 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(s.receiveKey.key, c.sendKey.key)
 
 
+class RehandshakeValidationTests(SynchronousTestCase):
+    """
+    An in-session hello or answer that does not keep version 1, the
+    cipher and the session id is DOWNGRADE.
+    """
+
+    def test_helloVersion(self):
+        from muxframe.xtmp.handshake import ClientHello
+        from muxframe.xtmp.rekey import RekeyOffer, answerRekey
+        offer = RekeyOffer(1, 1, 77)
+        hello = ClientHello.decode(offer.hello)
+        hello.versions = (2,)
+        self.assertRaises(DowngradeDetected, answerRekey, hello.encode(), 1,
+                          77, 0)
+        ack, _, _ = answerRekey(offer.hello, 1, 77, 0)
+        offer.finish(ack, 0)
+        for offset, value in ((0, 2), (3, 1)):
+            bad = bytearray(ack)
+            bad[offset] = value
+            self.assertRaises(DowngradeDetected, offer.finish, bytes(bad), 0)
+
+
 class RequestIdTests(SynchronousTestCase):
     """
     Request ids (docs/xtmp.md section 9.4): key generation in the high 32
@@ -505,6 +527,16 @@ class CompressionTests(SynchronousTestCase):
         (f,) = Decoder().feed(c.dataToSend())
         self.assertTrue(f.flags & Flags.COMPRESSED)
 
+    def test_trailingBytesAfterCompressedData(self):
+        """
+        Bytes after the end of the zlib stream are PROTOCOL_ERROR, not
+        silently dropped.
+        """
+        body = zlib.compress(b"a" * 100) + b"junk"
+        e = self.assertRaises(MalformedMessage, parseBody, 0x10,
+                              Flags.COMPRESSED, body, 0, 1 << 20)
+        self.assertIn("after the compressed", str(e))
+
     def test_bomb(self):
         bomb = zlib.compress(b"\0" * 100000)
         self.assertRaises(MessageTooLarge, parseBody, 0x10,
@@ -541,6 +573,54 @@ class RequestAndControlTests(SynchronousTestCase):
     """
     Requests, Error, Disconnect, Subscribe, timers.
     """
+
+    def test_heartbeatLength(self):
+        """
+        A Heartbeat's data is exactly one u64: 3 or 9 bytes is
+        PROTOCOL_ERROR.
+        """
+        for data in (b"abc", b"123456789", b""):
+            c, s = enginePair()
+            c.sendControl(MessageType.Heartbeat, data)
+            e = self.assertRaises(MalformedMessage, s.receiveData,
+                                  c.dataToSend())
+            self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+            self.assertIn("Heartbeat", str(e))
+        c, s = enginePair()
+        c.sendControl(MessageType.Heartbeat, bytes(8))
+        self.assertEqual(s.receiveData(c.dataToSend()), [])
+
+    def test_controlFlags(self):
+        """
+        Control messages carry no flag but ENCRYPTED (Subscribe and
+        Unsubscribe: never REQUIRES_ACK or STREAM_DATA); anything else is
+        PROTOCOL_ERROR, and no delivery id is consumed by it.
+        """
+        cases = [(MessageType.Heartbeat, Flags.REQUIRES_ACK, bytes(16)),
+                 (MessageType.Ack, Flags.PRIORITY_HIGH, bytes(8)),
+                 (MessageType.KeyUpdate, Flags.RESPONSE, bytes(12)),
+                 (MessageType.Heartbeat, Flags.FRAGMENTED, bytes(8)),
+                 (MessageType.Subscribe, Flags.REQUIRES_ACK,
+                  bytes(8) + codec.encodeName("x")),
+                 (MessageType.Unsubscribe, Flags.STREAM_DATA,
+                  codec.encodeName("x") + codec.encodeName("y"))]
+        for mtype, flags, body in cases:
+            c, s = enginePair()
+            wire = c.sendKey.seal(mtype, flags | Flags.ENCRYPTED,
+                                  c.sessionId, body)
+            e = self.assertRaises(MalformedMessage, s.receiveData, wire)
+            self.assertIn("not allowed on control", str(e))
+            self.assertEqual(s.resumption.highestDelivered, 0)
+
+    def test_closeBytesOnce(self):
+        """
+        After L{closeWithError} returned the closing bytes, L{dataToSend}
+        does not return them again.
+        """
+        c, s = enginePair()
+        wire = s.closeWithError(XTMPErrorCode.UNAUTHORIZED, "no")
+        self.assertTrue(wire)
+        self.assertEqual(s.dataToSend(), b"")
 
     def test_requestResponse(self):
         c, s = enginePair()
@@ -720,3 +800,15 @@ class EngineRoundTripProperty(SynchronousTestCase):
         # receiver's cumulative duplicate check depends on it).
         acked = [m.deliveryId for m in got if m.deliveryId is not None]
         self.assertEqual(acked, list(range(1, len(acked) + 1)))
+
+
+class EngineFootprintTests(SynchronousTestCase):
+    """
+    A server holds one engine per idle session: it keeps its state in
+    slots, mixins included.
+    """
+
+    def test_noInstanceDict(self):
+        c, s = enginePair()
+        for engine in (c, s):
+            self.assertFalse(hasattr(engine, "__dict__"))

@@ -158,6 +158,37 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(body, struct.pack(">Q", 1 << 32)
                          + h(r["responseData"]))
 
+    def test_offerAndChoice(self):
+        """
+        The offer and the server's choice, read from the hello bytes at
+        the offsets docs/xtmp.md gives.
+        """
+        v, h = self.v, self.h
+        hello = h(v["clientHello"])[32:]
+        n = hello[0]
+        m = hello[1 + n]
+        offer = {"versions": list(hello[1:1 + n]),
+                 "ciphers": list(hello[2 + n:2 + n + m]),
+                 "kem": hello[2 + n + m],
+                 "previousSessionId": hello[2 + n + m + 65:
+                                            2 + n + m + 73].hex()}
+        self.assertEqual(offer, v["offer"])
+        self.assertEqual(offer["ciphers"], [1, 2])
+        self.assertEqual(len(hello), 2 + n + m + 1 + 32 + 32 + 8 + 2 + 1184)
+        ack = h(v["serverHello"])[32:]
+        chosen = {"version": ack[0], "cipher": ack[1], "kem": ack[2],
+                  "resumed": bool(ack[3] & 1), "sessionId": ack[68:76].hex()}
+        self.assertEqual(chosen, v["chosen"])
+        self.assertEqual(chosen["sessionId"], v["inputs"]["sessionId"])
+        self.assertEqual(h(v["serverHello"])[8:16].hex(), chosen["sessionId"])
+        auth = openMessage(AESGCM(h(v["handshakeKeys"]["s2cKey"])),
+                           h(v["handshakeKeys"]["s2cIv"]), h(v["serverAuth"]))
+        self.assertEqual(auth[:33].hex(), v["serverIdentity"])
+        clientAuth = openMessage(AESGCM(h(v["handshakeKeys"]["c2sKey"])),
+                                 h(v["handshakeKeys"]["c2sIv"]),
+                                 h(v["clientAuth"]))
+        self.assertEqual(clientAuth[1:34].hex(), v["clientIdentity"])
+
     def test_chacha(self):
         m = self.v["chacha20Message"]
         wire = self.h(m["wire"])

@@ -12,7 +12,7 @@ from muxframe.xtmp.codec import (
 )
 from muxframe.xtmp.connection import XTMPConnection
 from muxframe.xtmp.errors import (
-    BadFlags, BadMagic, BadVersion, ChecksumMismatch, DecryptionFailed,
+    FIRST_APPLICATION_CODE, ApplicationError, RateLimited, BadFlags, BadMagic, BadVersion, ChecksumMismatch, DecryptionFailed,
     DowngradeDetected, HandshakeFailed, MalformedMessage, MessageTooLarge,
     NonceMismatch, PeerDisconnected, PeerError, RequestTimeout, SendQueueFull,
     SequenceError, SessionNotReady, Unauthorized, Unsupported, WrongKey,
@@ -23,7 +23,8 @@ from muxframe.xtmp.factory import (
     XTMPClientFactory, XTMPServerFactory, connectXTMP,
 )
 from muxframe.xtmp.handshake import (
-    KEM, ClientHandshake, HandshakeResult, ServerHandshake,
+    KEM, ClientHandshake, ClientHello, HandshakeResult, HelloReplayCache,
+    ServerHandshake,
 )
 from muxframe.xtmp.identity import Identity, PublicIdentity, loadAuthorizedKeys
 from muxframe.xtmp.protocol import XTMPProtocol
@@ -31,7 +32,8 @@ from muxframe.xtmp.session import Message, ResumptionState
 from muxframe.xtmp.streams import StreamRegistry
 
 __all__ = [
-    "BadFlags", "BadMagic", "BadVersion", "ChecksumMismatch", "Cipher",
+    "ApplicationError", "ClientHello", "FIRST_APPLICATION_CODE",
+    "HelloReplayCache", "RateLimited", "BadFlags", "BadMagic", "BadVersion", "ChecksumMismatch", "Cipher",
     "ClientHandshake", "Counters", "Decoder", "DecryptionFailed", "DowngradeDetected",
     "Flags", "Frame", "HandshakeFailed", "HandshakeResult", "Identity", "KEM",
     "MalformedMessage", "Message", "MessageTooLarge", "MessageType",

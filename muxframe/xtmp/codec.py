@@ -47,7 +47,7 @@ _crc32 = zlib.crc32
 
 class MessageType(IntEnum):
     """
-    XTMP message types (spec section 3).  Values not listed are free for
+    XTMP message types (docs/xtmp.md section 4).  Values not listed are free for
     applications.
     """
 
@@ -83,7 +83,7 @@ CONTROL_TYPES = frozenset(range(0x01, 0x09))
 
 class Flags(IntFlag):
     """
-    The 16 header flag bits (spec section 4).
+    The 16 header flag bits (docs/xtmp.md section 4).
     """
 
     NONE = 0
@@ -127,6 +127,18 @@ class Cipher(IntEnum):
     NONE = 0
     AES_256_GCM = 1
     CHACHA20_POLY1305 = 2
+
+    @classmethod
+    def describe(cls, cipher):
+        """
+        The cipher's usual name (C{"AES-256-GCM"}, C{"ChaCha20-Poly1305"},
+        C{"none"}), for logs; unknown values read C{UNKNOWN(n)}.
+        """
+        return _CIPHER_NAMES.get(cipher, "UNKNOWN(%d)" % (cipher,))
+
+
+_CIPHER_NAMES = {Cipher.NONE: "none", Cipher.AES_256_GCM: "AES-256-GCM",
+                 Cipher.CHACHA20_POLY1305: "ChaCha20-Poly1305"}
 
 
 class Frame:
@@ -203,14 +215,28 @@ class Decoder:
     """
     Incremental XTMP frame decoder: feed it any split of the byte stream.
 
-    @ivar maxPayload: the largest payload length accepted.
+    Buffering costs O(bytes received): a partial frame smaller than the
+    next piece is joined with it (at most twice that piece's size), and a
+    larger one is held in a C{bytearray} that grows in place (never
+    C{buffer + data} per piece, which copies the whole buffer for every
+    small piece).  What is held is at most one
+    header, security layer and C{maxPayload} bytes of payload, plus the
+    rest of the last chunk appended.
+
+    Frames can be taken one at a time (L{append}, then iterate L{frames}),
+    so a caller may change C{maxPayload} between frames: XTMP bounds
+    payloads far more tightly before authentication.
+
+    @ivar maxPayload: the largest payload length accepted, checked as soon
+        as a header is complete.
     """
 
-    __slots__ = ("maxPayload", "_buffer", "_error")
+    __slots__ = ("maxPayload", "_buffer", "_pos", "_error")
 
     def __init__(self, maxPayload=DEFAULT_MAX_PAYLOAD):
         self.maxPayload = maxPayload
         self._buffer = b""
+        self._pos = 0
         self._error = None
 
     def raiseIfFailed(self):
@@ -226,7 +252,139 @@ class Decoder:
         """
         The number of bytes held waiting for the rest of a frame.
         """
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
+
+    def append(self, data):
+        """
+        Add received bytes without parsing them.
+        """
+        if not data or self._error is not None:
+            return
+        buf, pos = self._buffer, self._pos
+        held = len(buf) - pos
+        if held <= 0:
+            # Nothing held: keep the chunk itself, no copy.
+            self._buffer = bytes(data)
+        elif held <= len(data):
+            # Joining costs at most twice this append, and parsing bytes
+            # is the fast path.
+            with memoryview(buf) as view:
+                self._buffer = b"".join((view[pos:], data))
+        else:
+            # A large partial frame fed small pieces: grow it in place.
+            if type(buf) is not bytearray:
+                with memoryview(buf) as view:
+                    buf = bytearray(view[pos:])
+            elif pos:
+                del buf[:pos]
+            buf += data
+            self._buffer = buf
+        self._pos = 0
+
+    def frames(self):
+        """
+        Yield every complete frame held, in order, one at a time: the
+        consumer may change C{maxPayload} between frames, and stop early.
+
+        @raise XTMPRemoteError: (a subclass naming the fault) at the first
+            invalid frame, after the valid ones before it were yielded; the
+            decoder is then failed and raises it again on every later call.
+        """
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buffer, self._pos
+        end = len(buf)
+        plain = type(buf) is bytes
+        unpackHeader = HEADER.unpack_from
+        try:
+            while end - pos >= HEADER_SIZE:
+                (magic, version, mtype, flags, sessionId, sequence, length,
+                 checksum) = unpackHeader(buf, pos)
+                if magic != MAGIC:
+                    raise BadMagic("bad magic %r" % (bytes(magic),))
+                if version != VERSION:
+                    raise BadVersion("unsupported version %d" % (version,))
+                if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
+                    checkFlags(flags)
+                if length > self.maxPayload:
+                    raise MessageTooLarge(
+                        "payload length %d over the limit %d"
+                        % (length, self.maxPayload))
+                if flags & 1:
+                    total = HEADER_SIZE + SECURITY_SIZE + length
+                    if end - pos < total:
+                        break
+                    cipher, reserved, epoch, keyId, nonce = \
+                        SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
+                    if cipher not in (1, 2):
+                        raise MalformedMessage("unknown cipher %d" % (cipher,))
+                    if reserved != _ZERO3:
+                        raise MalformedMessage("security layer reserved "
+                                               "bytes are not zero")
+                    if nonce[12:] != _ZERO12:
+                        raise MalformedMessage("nonce bytes 12..23 are not "
+                                               "zero")
+                    start = pos + HEADER_SIZE + SECURITY_SIZE
+                    if plain:
+                        payload = buf[start:pos + total]
+                        tag = buf[start - TAG_SIZE:start]
+                        aad = buf[pos:start - TAG_SIZE]
+                    else:
+                        with memoryview(buf) as view:
+                            payload = bytes(view[start:pos + total])
+                            tag = bytes(view[start - TAG_SIZE:start])
+                            aad = bytes(view[pos:start - TAG_SIZE])
+                    frame = Frame(mtype, flags, sessionId, sequence, checksum,
+                                  payload, cipher, epoch, keyId, nonce[:12],
+                                  tag, aad)
+                else:
+                    total = HEADER_SIZE + length
+                    if end - pos < total:
+                        break
+                    if plain:
+                        payload = buf[pos + HEADER_SIZE:pos + total]
+                    else:
+                        with memoryview(buf) as view:
+                            payload = bytes(view[pos + HEADER_SIZE:pos + total])
+                    if _crc32(payload) != checksum:
+                        raise ChecksumMismatch(
+                            "checksum mismatch in message type %#x seq %d"
+                            % (mtype, sequence))
+                    frame = Frame(mtype, flags, sessionId, sequence,
+                                  checksum, payload)
+                pos += total
+                self._pos = pos
+                yield frame
+        except XTMPRemoteError as e:
+            self._error = e
+            self._buffer = b""
+            self._pos = 0
+            raise
+        self._compact()
+
+    def _compact(self):
+        # Keep only the partial frame, not the chunk it came in; nothing at
+        # all once everything is consumed.
+        buf, pos = self._buffer, self._pos
+        if pos >= len(buf):
+            self._buffer = b""
+        elif pos:
+            if type(buf) is bytearray:
+                del buf[:pos]
+            else:
+                with memoryview(buf) as view:
+                    self._buffer = bytearray(view[pos:])
+        self._pos = 0
+
+    def nextFrame(self):
+        """
+        The next complete frame, or L{None} until more bytes are appended.
+
+        @raise XTMPRemoteError: as L{frames}.
+        """
+        for frame in self.frames():
+            return frame
+        return None
 
     def feed(self, data):
         """
@@ -239,66 +397,13 @@ class Decoder:
             can act on what arrived intact.
         """
         self.raiseIfFailed()
+        self.append(data)
         frames = []
         try:
-            return self._parse(data, frames)
-        except XTMPRemoteError as e:
+            frames.extend(self.frames())
+        except XTMPRemoteError:
             if not frames:
                 raise
-            self._error = e
-            self._buffer = b""
-            return frames
-
-    def _parse(self, data, frames):
-        buf = self._buffer + data if self._buffer else data
-        pos = 0
-        end = len(buf)
-        unpackHeader = HEADER.unpack_from
-        while end - pos >= HEADER_SIZE:
-            (magic, version, mtype, flags, sessionId, sequence, length,
-             checksum) = unpackHeader(buf, pos)
-            if magic != MAGIC:
-                raise BadMagic("bad magic %r" % (bytes(magic),))
-            if version != VERSION:
-                raise BadVersion("unsupported version %d" % (version,))
-            if flags & ~KNOWN_FLAGS or (flags & 0x20 and not flags & 0x10):
-                checkFlags(flags)
-            if length > self.maxPayload:
-                raise MessageTooLarge(
-                    "payload length %d over the limit %d"
-                    % (length, self.maxPayload))
-            if flags & 1:
-                total = HEADER_SIZE + SECURITY_SIZE + length
-                if end - pos < total:
-                    break
-                cipher, reserved, epoch, keyId, nonce = \
-                    SECURITY_PREFIX.unpack_from(buf, pos + HEADER_SIZE)
-                if cipher not in (1, 2):
-                    raise MalformedMessage("unknown cipher %d" % (cipher,))
-                if reserved != _ZERO3:
-                    raise MalformedMessage("security layer reserved bytes "
-                                           "are not zero")
-                if nonce[12:] != _ZERO12:
-                    raise MalformedMessage("nonce bytes 12..23 are not zero")
-                start = pos + HEADER_SIZE + SECURITY_SIZE
-                frames.append(Frame(
-                    mtype, flags, sessionId, sequence, checksum,
-                    bytes(buf[start:pos + total]), cipher, epoch, keyId,
-                    nonce[:12], bytes(buf[start - TAG_SIZE:start]),
-                    bytes(buf[pos:start - TAG_SIZE])))
-            else:
-                total = HEADER_SIZE + length
-                if end - pos < total:
-                    break
-                payload = bytes(buf[pos + HEADER_SIZE:pos + total])
-                if _crc32(payload) != checksum:
-                    raise ChecksumMismatch(
-                        "checksum mismatch in message type %#x seq %d"
-                        % (mtype, sequence))
-                frames.append(Frame(mtype, flags, sessionId, sequence,
-                                    checksum, payload))
-            pos += total
-        self._buffer = buf[pos:] if pos < end else b""
         return frames
 
 

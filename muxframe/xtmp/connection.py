@@ -18,7 +18,16 @@ Rules: after the handshake every frame must carry ENCRYPTED (or none may,
 in a plaintext session) and the session id; sequence numbers are exactly
 the next one per key; a frame under the key the peer announced by
 KeyUpdate or re-handshake switches to it; fragments of a message are
-contiguous, only control messages may come between them.
+contiguous, only control messages may come between them.  Handshake,
+HandshakeAck, Heartbeat, Disconnect, Ack and KeyUpdate carry no flag but
+ENCRYPTED; Subscribe and Unsubscribe are never REQUIRES_ACK or
+STREAM_DATA; a Heartbeat's data is exactly 8 bytes.
+
+Limits: before the handshake completes a payload may be at most
+C{maxHandshakePayload} bytes (a server waiting for the ClientHello takes
+no more than the longest possible ClientHello, L{MAX_CLIENT_HELLO}); after
+it, C{maxPayload}.  A server accepts at most C{maxRehandshakesPerHour}
+re-handshakes in any hour of a session (L{RateLimited} beyond).
 """
 
 import hashlib
@@ -29,24 +38,31 @@ from muxframe.xtmp.codec import (
     CONTROL_TYPES, Decoder, F, MessageType, encodePlain,
 )
 from muxframe.xtmp.errors import (
-    DowngradeDetected, HandshakeFailed, MalformedMessage, SendQueueFull,
-    SequenceError, SessionNotReady, XTMPErrorCode, XTMPRemoteError,
-    XTMPTimeout,
+    DowngradeDetected, MalformedMessage, SendQueueFull, SequenceError,
+    SessionNotReady, XTMPErrorCode, XTMPRemoteError, XTMPTimeout,
 )
 from muxframe.xtmp.events import (  # noqa: F401 - re-exported
-    Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
+    CLOSED, HANDSHAKING, OPEN, Counters, DisconnectReceived, ErrorReceived, HandshakeCompleted,
     MessageReceived, RequestFailed, ResponseReceived, Settings,
     SubscribeReceived, UnsubscribeReceived,
 )
-from muxframe.xtmp.handshake import ClientHandshake
+from muxframe.xtmp.handshake import MAX_CLIENT_HELLO, ClientHandshake
 from muxframe.xtmp.keys import openFrame
-from muxframe.xtmp.rekey import RekeyOffer, answerRekey
+from muxframe.xtmp.rekey import RekeyMixin
 from muxframe.xtmp.session import (
     SEQUENCE_LIMIT, OutgoingMessage, Reassembler, ResumptionState, parseBody,
     priorityOf, requestIdFor,
 )
 
-HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
+
+#: Flags (besides ENCRYPTED) each control type may carry.  Subscribe and
+#: Unsubscribe travel like application messages (RESPONSE when they
+#: confirm; fragmented or compressed if long), but are never acknowledged
+#: deliveries or stream data.
+_CONTROL_FLAGS = dict.fromkeys(range(0x01, 0x07), 0)
+_CONTROL_FLAGS[MessageType.Subscribe] = _CONTROL_FLAGS[
+    MessageType.Unsubscribe] = 0xFFFF & ~(F.ENCRYPTED | F.REQUIRES_ACK
+                                          | F.STREAM_DATA)
 
 
 def _peerKey(result):
@@ -57,7 +73,7 @@ def _peerKey(result):
     return None
 
 
-class XTMPConnection:
+class XTMPConnection(RekeyMixin):
     """
     The sans-IO XTMP session engine.
 
@@ -77,7 +93,7 @@ class XTMPConnection:
                  "_queuedBytes",
                  "_reassembler", "_ackDue", "pendingRequests", "startedAt",
                  "lastReceived", "lastSent", "lastActivity", "keysAt",
-                 "counters")
+                 "counters", "_rekeyTimes")
 
     def __init__(self, handshake, settings=None, resumption=None,
                  resumptionFor=None, now=0.0):
@@ -86,7 +102,7 @@ class XTMPConnection:
         self.kem = None
         self.isClient = isinstance(handshake, ClientHandshake)
         self.state = HANDSHAKING
-        self.decoder = Decoder(self.settings.maxPayload)
+        self.decoder = Decoder()
         self.resumption = resumption
         self._resumptionFor = resumptionFor
         self.sessionId = 0
@@ -105,9 +121,23 @@ class XTMPConnection:
         self._queuedBytes = 0
         self._reassembler = Reassembler(self.settings.maxMessageSize)
         self._ackDue = False
+        self._rekeyTimes = None
         self.pendingRequests = {}
         self.startedAt = self.lastReceived = self.lastSent = now
         self.lastActivity = self.keysAt = now
+        self._setReceiveLimit()
+
+    def _setReceiveLimit(self):
+        # Unauthenticated bytes are bounded by what a handshake needs, not
+        # by what an authenticated session may send.
+        s = self.settings
+        if self.state == OPEN:
+            limit = s.maxPayload
+        elif not self.isClient and self.handshake.state == "EXPECT_HELLO":
+            limit = min(s.maxHandshakePayload, MAX_CLIENT_HELLO)
+        else:
+            limit = s.maxHandshakePayload
+        self.decoder.maxPayload = limit
 
     # -- sending -----------------------------------------------------------
 
@@ -286,6 +316,15 @@ class XTMPConnection:
         """
         return bool(any(self._queues) or self._resendQueue)
 
+    def abandon(self):
+        """
+        Close the session without sending anything: the peer has already
+        ended it (an Error during the handshake), so there is no one to
+        tell.
+        """
+        self._out = []
+        self.state = CLOSED
+
     def closeWithError(self, code, reason, now=0.0):
         """
         Close the session: return the bytes of an Error (if C{code} is not
@@ -320,7 +359,8 @@ class XTMPConnection:
                 self.sendControl(MessageType.Disconnect, payload)
         finally:
             self.state = CLOSED
-        return b"".join(pending + self._out)
+        out, self._out = self._out, []
+        return b"".join(pending + out)
 
     # -- receiving ---------------------------------------------------------
 
@@ -337,17 +377,20 @@ class XTMPConnection:
         if self.state == CLOSED:
             return []
         events = []
+        decoder = self.decoder
         try:
             self.counters.bytesReceived += len(data)
-            for frame in self.decoder.feed(data):
+            decoder.append(data)
+            # One frame at a time: the handshake changes the payload limit
+            # for the frames behind it.
+            for frame in decoder.frames():
                 self.lastReceived = now
                 if self.state == HANDSHAKING:
                     self._handshakeFrame(frame, now, events)
-                elif self.state == OPEN:
-                    self._frame(frame, now, events)
                 else:
+                    self._frame(frame, now, events)
+                if self.state == CLOSED:
                     break
-            self.decoder.raiseIfFailed()
         except XTMPRemoteError as e:
             e.events = events
             raise
@@ -362,6 +405,7 @@ class XTMPConnection:
         if out:
             self._out.append(out)
         if result is None:
+            self._setReceiveLimit()
             return
         self.result = result
         self.sessionId = result.sessionId
@@ -382,6 +426,7 @@ class XTMPConnection:
             self.resumption = ResumptionState(result.sessionId,
                                               _peerKey(result))
         self.state = OPEN
+        self._setReceiveLimit()
         # The handshake's ephemeral keys and messages are no longer needed.
         self.kem = getattr(self.handshake, "kem", None)
         self.handshake = None
@@ -448,6 +493,9 @@ class XTMPConnection:
         seq = frame.sequence
         rid = seq if key is None else requestIdFor(key.generation, seq)
         mtype = frame.type
+        if mtype in CONTROL_TYPES and flags & ~_CONTROL_FLAGS[mtype]:
+            raise MalformedMessage("flags %#06x not allowed on control "
+                                   "message type %#x" % (flags, mtype))
         if flags & F.FRAGMENTED:
             # The message's id is its first fragment's: later ones may come
             # under a newer key.
@@ -485,7 +533,8 @@ class XTMPConnection:
                 self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
-            pass
+            # Informational, but still exactly one u64.
+            codec.decodeU64(message.payload, "Heartbeat")
         elif t == MessageType.Ack:
             self.resumption.acknowledge(codec.decodeU64(message.payload,
                                                         "Ack"))
@@ -531,49 +580,6 @@ class XTMPConnection:
             self._rekeyHello(message, now)
         elif t == MessageType.HandshakeAck:
             self._rekeyAck(message, now)
-
-    # -- re-handshake (fresh ephemeral secrets inside the session) ---------
-
-    def startRehandshake(self, now=0.0):
-        """
-        (client) Send a new hello under the current keys; the session
-        switches to keys from fresh X25519 and ML-KEM secrets when the
-        HandshakeAck arrives.
-
-        @return: whether a re-handshake was started.
-        """
-        if not self.isClient or self.state != OPEN or self.sendKey is None \
-                or self._rekey is not None:
-            return False
-        self._rekey = RekeyOffer(self.cipher, self.kem,
-                                 self.sessionId)
-        self.sendControl(MessageType.Handshake, self._rekey.hello)
-        self.keysAt = now
-        return True
-
-    def _rekeyHello(self, message, now):
-        if self.isClient or self.receiveKey is None:
-            raise HandshakeFailed("unexpected Handshake in an open session")
-        ack, c2s, s2c = answerRekey(message.payload, self.cipher,
-                                    self.sessionId, now)
-        self.sendControl(MessageType.HandshakeAck, ack)
-        # Epochs restart at 0 with the new keys; generations go on, so
-        # request ids never repeat (the receive side counts at its switch).
-        s2c.generation = self.sendKey.generation + 1
-        self.sendKey = s2c
-        self._pendingReceiveKey = c2s
-        self.keysAt = now
-        self.counters.rehandshakes += 1
-
-    def _rekeyAck(self, message, now):
-        if self._rekey is None:
-            raise HandshakeFailed("unexpected HandshakeAck in an open session")
-        send, receive = self._rekey.finish(message.payload, now)
-        send.generation = self.sendKey.generation + 1
-        receive.generation = self.receiveKey.generation + 1
-        self.sendKey, self.receiveKey = send, receive
-        self._rekey = None
-        self.counters.rehandshakes += 1
 
     # -- timers ------------------------------------------------------------
 

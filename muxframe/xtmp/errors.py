@@ -43,6 +43,25 @@ class XTMPErrorCode(DescribedCode, IntEnum):
     GOING_AWAY = 18
     IDLE_TIMEOUT = 19
     INTERNAL = 20
+    RATE_LIMITED = 21
+
+    @classmethod
+    def describe(cls, code):
+        """
+        The name of C{code}; codes of the application range (from
+        L{FIRST_APPLICATION_CODE}) read C{APPLICATION(n)}.
+        """
+        try:
+            return cls(code).name
+        except ValueError:
+            if code >= FIRST_APPLICATION_CODE:
+                return "APPLICATION(%d)" % (code,)
+            return "UNKNOWN(%d)" % (code,)
+
+
+#: Error codes from here to 0xFFFF are the application's
+#: (L{ApplicationError}); XTMP itself never sends them.
+FIRST_APPLICATION_CODE = 0x1000
 
 
 class XTMPLocalError(LocalProtocolError):
@@ -62,6 +81,33 @@ class SessionNotReady(XTMPLocalError):
     """
     The handshake has not completed, or the session is closing or closed.
     """
+
+
+class ApplicationError(MuxframeError):
+    """
+    Raise this from a message handler to answer the request with an Error
+    meant for the peer: C{reason} is sent as it is, with C{code}.  Any
+    other exception a handler raises is logged (with its traceback) and
+    answered with C{APPLICATION_ERROR} and a generic reason, so no
+    internal detail reaches the peer.
+
+    @ivar code: C{APPLICATION_ERROR} (the default), C{UNAUTHORIZED}, or an
+        application code from L{FIRST_APPLICATION_CODE} to 0xFFFF.
+    @ivar reason: the text the peer receives.
+    """
+
+    def __init__(self, reason, code=XTMPErrorCode.APPLICATION_ERROR):
+        code = int(code)
+        if code not in (XTMPErrorCode.APPLICATION_ERROR,
+                        XTMPErrorCode.UNAUTHORIZED) and not (
+                FIRST_APPLICATION_CODE <= code <= 0xFFFF):
+            raise ValueError(
+                "ApplicationError code must be APPLICATION_ERROR, "
+                "UNAUTHORIZED or in %d..65535, not %d"
+                % (FIRST_APPLICATION_CODE, code))
+        MuxframeError.__init__(self, reason)
+        self.reason = reason
+        self.code = code
 
 
 class XTMPRemoteError(RemoteProtocolError):
@@ -190,6 +236,16 @@ class Unsupported(HandshakeFailed):
     code = XTMPErrorCode.UNSUPPORTED
 
 
+class RateLimited(XTMPRemoteError):
+    """
+    The peer exceeded a rate or buffer limit: too many re-handshakes
+    (C{maxRehandshakesPerHour}), requests faster than it takes their
+    responses, or a limit of the server's admission policy.
+    """
+
+    code = XTMPErrorCode.RATE_LIMITED
+
+
 class PeerError(XTMPRemoteError):
     """
     The peer sent an Error message.  C{code} is the peer's code, C{reason}
@@ -225,7 +281,8 @@ class RequestTimeout(XTMPTimeout):
 
 
 __all__ = [
-    "XTMPErrorCode", "XTMPLocalError", "SendQueueFull", "SessionNotReady",
+    "XTMPErrorCode", "FIRST_APPLICATION_CODE", "ApplicationError",
+    "RateLimited", "XTMPLocalError", "SendQueueFull", "SessionNotReady",
     "XTMPRemoteError", "BadMagic", "BadVersion", "BadFlags",
     "MessageTooLarge", "ChecksumMismatch", "MalformedMessage",
     "DecryptionFailed", "SequenceError", "NonceMismatch", "WrongKey",

@@ -4,10 +4,18 @@ The tunables of an XTMP session and the events its sans-IO engine reports.
 
 from muxframe.xtmp import codec
 
+#: The states of an L{muxframe.xtmp.connection.XTMPConnection}.
+HANDSHAKING, OPEN, CLOSED = "HANDSHAKING", "OPEN", "CLOSED"
+
+#: The smallest C{maxHandshakePayload}: a ClientAuth with an Ed25519 and
+#: ML-DSA-65 identity (1 + 1985 + 3373 bytes) must fit.
+MIN_HANDSHAKE_PAYLOAD = 5359
+
 
 class Settings:
     """
-    Tunables of one XTMP session, with their defaults.
+    Tunables of one XTMP session, with their defaults (docs/xtmp.md
+    section 12 describes each).
     """
 
     heartbeatInterval = 30.0
@@ -17,6 +25,8 @@ class Settings:
     keyUpdateInterval = 3600.0
     rotationInterval = 3600.0
     maxPayload = codec.DEFAULT_MAX_PAYLOAD
+    maxHandshakePayload = 16384
+    maxRehandshakesPerHour = 10
     fragmentSize = 1 << 16
     maxMessageSize = 16 << 20
     maxQueuedBytes = 8 << 20
@@ -35,6 +45,12 @@ class Settings:
         # sequence number keyUpdateMessages.
         if not 0 < self.keyUpdateMessages < 1 << 32:
             raise ValueError("keyUpdateMessages must be in 1..2**32-1")
+        if self.maxHandshakePayload < MIN_HANDSHAKE_PAYLOAD:
+            raise ValueError("maxHandshakePayload must be at least %d (an "
+                             "ML-DSA-65 ClientAuth)" % (MIN_HANDSHAKE_PAYLOAD,))
+        if self.maxRehandshakesPerHour is not None and \
+                self.maxRehandshakesPerHour < 0:
+            raise ValueError("maxRehandshakesPerHour must be >= 0 or None")
 
 
 class Counters:

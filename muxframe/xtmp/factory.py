@@ -14,7 +14,8 @@ from muxframe.xtmp.connection import XTMPConnection
 from muxframe.xtmp.errors import Unauthorized
 from muxframe.xtmp.events import Settings
 from muxframe.xtmp.handshake import (
-    DEFAULT_CIPHERS, KEM, ClientHandshake, ServerHandshake, authorizedKeyMap,
+    DEFAULT_CIPHERS, KEM, ClientHandshake, HelloReplayCache, ServerHandshake,
+    authorizedKeyMap,
 )
 from muxframe.xtmp.protocol import XTMPProtocol
 from muxframe.xtmp.session import ResumptionState
@@ -30,6 +31,11 @@ class _XTMPFactoryMixin:
     @ivar relayStreams: whether STREAM_DATA received from one session is
         fanned out to the stream's other subscribers.
     @ivar reactor: the C{IReactorTime} for timers (None: global reactor).
+    @ivar handshakesInProgress: connections whose handshake has started and
+        neither completed nor failed.
+    @ivar handshakesCompleted: handshakes that completed.
+    @ivar handshakesFailed: handshakes that failed (refused, malformed,
+        timed out, connection lost).
     """
 
     protocol = XTMPProtocol
@@ -40,6 +46,28 @@ class _XTMPFactoryMixin:
         self.handlers = dict(handlers or {})
         self.settings = Settings(**settings)
         self.streams = StreamRegistry()
+        self.handshakesInProgress = 0
+        self.handshakesCompleted = 0
+        self.handshakesFailed = 0
+
+    def handshakeStarted(self, protocol):
+        """
+        Called by C{protocol} when its connection is made, before any
+        handshake byte is exchanged.  Override (calling this one) to
+        count or cap handshakes.
+        """
+        self.handshakesInProgress += 1
+
+    def handshakeEnded(self, protocol, outcome):
+        """
+        Called once per connection when its handshake completed
+        (C{outcome} is C{protocol}) or failed (a L{Failure}).
+        """
+        self.handshakesInProgress -= 1
+        if outcome is protocol:
+            self.handshakesCompleted += 1
+        else:
+            self.handshakesFailed += 1
 
     def setHandler(self, messageType, handler):
         """
@@ -101,9 +129,13 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
     @param settings: L{Settings} names (C{heartbeatInterval}, ...).
     @ivar sessions: session id -> L{ResumptionState}, for resumption.
     @ivar live: session id -> the protocol currently serving it.
+    @ivar replayCache: the L{HelloReplayCache} shared by this factory's
+        connections (C{replayCache.rejected} counts refused replays).
     """
 
     maxResumableSessions = 10000
+    #: How many recent client randoms L{replayCache} remembers.
+    maxRememberedHellos = 10000
 
     def __init__(self, identity, authorizedKeys=(), checkToken=None,
                  allowAnonymous=False, ciphers=DEFAULT_CIPHERS,
@@ -120,6 +152,20 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         self.relayStreams = relayStreams
         self.sessions = {}
         self.live = {}
+        self.replayCache = HelloReplayCache(self.maxRememberedHellos)
+
+    def admitHandshake(self, protocol, hello):
+        """
+        Called when C{protocol}'s ClientHello has passed its cheap checks,
+        before the server spends any public-key work on it.  Raise an
+        L{XTMPRemoteError} (normally L{RateLimited}) to refuse the client:
+        it gets a plaintext Error with that code.  The default admits
+        everyone; a server role overrides this for per-address rates and
+        caps on concurrent handshakes (see L{handshakesInProgress} and
+        C{protocol.transport.getPeer()}).
+
+        @param hello: the L{ClientHello}.
+        """
 
     def makeEngine(self, protocol, now):
         """
@@ -135,7 +181,9 @@ class XTMPServerFactory(_XTMPFactoryMixin, Factory):
         handshake = ServerHandshake(
             self.identity, self.ciphers, self.allowPlaintext,
             self._authorizedMap, self.checkToken, self.allowAnonymous,
-            resume=lambda sessionId: sessionId in self.sessions)
+            resume=lambda sessionId: sessionId in self.sessions,
+            replayCache=self.replayCache,
+            admit=lambda hello: self.admitHandshake(protocol, hello))
 
         def resumptionFor(result, peerKey):
             """

@@ -1,5 +1,5 @@
 """
-XTMP's one-round-trip hybrid handshake (spec section 5), sans-IO.
+XTMP's one-round-trip hybrid handshake (docs/xtmp.md section 7), sans-IO.
 
 Flow and states (the client's C{state}, then the server's)::
 
@@ -18,11 +18,18 @@ C{"XTMP v1 client signature\\0" || TH_full}.  Keys: see L{muxframe.xtmp.keys}.
 
 Every error raises a L{HandshakeFailed} subclass (or the L{XTMPRemoteError}
 of the frame check that failed); the caller then closes the connection.
+
+The server does the cheap checks of a ClientHello first (layout, version,
+cipher, KEM, key length), then asks its admission hook and its replay
+cache, and only then does public-key work, cheapest first: X25519 (which
+also rejects low-order keys), ML-KEM encapsulation, the Ed25519 (and
+ML-DSA-65) signature.
 """
 
 import hashlib
 import os
 import struct
+from collections import OrderedDict
 
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
@@ -63,6 +70,11 @@ RESUMED = 0x01
 _U16 = struct.Struct(">H")
 _HELLO_TAIL = struct.Struct(">32s32sQH")
 _ACK = struct.Struct(">BBBB32s32sQ32sH")
+
+#: The longest ClientHello payload that can be encoded (255 versions, 255
+#: ciphers, ML-KEM-1024): what a server accepts before it has answered.
+MAX_CLIENT_HELLO = 1 + 255 + 1 + 255 + 1 + _HELLO_TAIL.size + \
+    KEM_KEY_SIZE[KEM.MLKEM1024]
 
 
 def _raw(key):
@@ -189,16 +201,55 @@ class HandshakeResult:
         self.transcriptHash = transcriptHash
 
 
+def x25519Secret(xPrivate, peerXPublic):
+    """
+    The X25519 shared secret; an all-zero result (a low-order peer key) is
+    L{HandshakeFailed}.
+    """
+    try:
+        return xPrivate.exchange(
+            x25519.X25519PublicKey.from_public_bytes(peerXPublic))
+    except ValueError as e:
+        raise HandshakeFailed("bad X25519 key: %s" % (e,))
+
+
 def sharedSecret(kemSecret, xPrivate, peerXPublic):
     """
     The handshake's input keying material: ML-KEM secret || X25519 secret.
     """
-    try:
-        xs = xPrivate.exchange(
-            x25519.X25519PublicKey.from_public_bytes(peerXPublic))
-    except ValueError as e:
-        raise HandshakeFailed("bad X25519 key: %s" % (e,))
-    return kemSecret + xs
+    return kemSecret + x25519Secret(xPrivate, peerXPublic)
+
+
+class HelloReplayCache:
+    """
+    The client randoms of the most recent ClientHellos a server accepted
+    for processing, so that a replayed hello is refused before any
+    public-key work.  A genuine client draws a fresh 32-byte random for
+    every hello; a repeated one is a replay (which could never complete:
+    the replayer lacks the ephemeral private keys).  Sans-IO and bounded:
+    past C{maxEntries} the oldest randoms are forgotten.
+
+    @ivar rejected: how many hellos were refused as replays.
+    """
+
+    def __init__(self, maxEntries=10000):
+        self.maxEntries = maxEntries
+        self.rejected = 0
+        self._seen = OrderedDict()
+
+    def __len__(self):
+        return len(self._seen)
+
+    def check(self, random):
+        """
+        Record C{random}; raise L{HandshakeFailed} if it was seen before.
+        """
+        if random in self._seen:
+            self.rejected += 1
+            raise HandshakeFailed("replayed client hello")
+        self._seen[random] = None
+        if len(self._seen) > self.maxEntries:
+            self._seen.popitem(last=False)
 
 
 def deriveKeys(secret, salt, prefix, cipher, now):
@@ -288,6 +339,9 @@ class ClientHandshake:
         if frame.flags or frame.sequence != 0:
             raise HandshakeFailed("server hello must be plaintext, seq 0")
         ack = ServerHello.decode(frame.payload)
+        if ack.flags & ~RESUMED:
+            raise HandshakeFailed("unknown server hello flags %#x"
+                                  % (ack.flags,))
         if ack.offerHash != hashlib.sha256(self._hello).digest():
             raise DowngradeDetected("the server saw a different offer")
         if (ack.version not in SUPPORTED_VERSIONS
@@ -386,12 +440,18 @@ class ServerHandshake:
     @param newSessionId: callable() -> a fresh non-zero 64-bit id.
     @param resume: callable(previousSessionId) -> bool, whether that
         session's state is held and may be resumed.
+    @param replayCache: a L{HelloReplayCache} (normally one per server,
+        shared by its connections), or L{None} for no replay check.
+    @param admit: callable(L{ClientHello}) called after the hello's cheap
+        checks and before any public-key work; it may raise an
+        L{XTMPRemoteError} (such as L{RateLimited}) to refuse the client.
     """
 
     def __init__(self, identity, ciphers=DEFAULT_CIPHERS, allowPlaintext=False,
                  authorizedKeys=(), checkToken=None, allowAnonymous=False,
                  newSessionId=None, resume=None, randomBytes=os.urandom,
-                 ephemeral=None, encapsulate=None):
+                 ephemeral=None, encapsulate=None, replayCache=None,
+                 admit=None):
         if Cipher.NONE in ciphers and not allowPlaintext:
             raise XTMPLocalError("Cipher.NONE needs allowPlaintext=True")
         self.identity = identity
@@ -408,6 +468,8 @@ class ServerHandshake:
         self._random = randomBytes
         self._xPrivate = ephemeral
         self._encapsulate = encapsulate
+        self._replayCache = replayCache
+        self._admit = admit
         self.state = "EXPECT_HELLO"
         self.sendKey = self.receiveKey = None
         self.sessionId = 0
@@ -442,6 +504,13 @@ class ServerHandshake:
             raise Unsupported("unknown KEM %d" % (hello.kem,))
         if len(hello.kemKey) != KEM_KEY_SIZE[kem]:
             raise HandshakeFailed("bad ML-KEM key length")
+        # Everything above is parsing; from here on each step costs more.
+        if self._admit is not None:
+            self._admit(hello)
+        if self._replayCache is not None:
+            self._replayCache.check(hello.random)
+        xPrivate = self._xPrivate or x25519.X25519PrivateKey.generate()
+        xSecret = x25519Secret(xPrivate, hello.x25519Public)
         try:
             kemPublic = KEM_PUBLIC[kem].from_public_bytes(hello.kemKey)
             if self._encapsulate is not None:
@@ -450,8 +519,7 @@ class ServerHandshake:
                 kemSecret, ciphertext = kemPublic.encapsulate()
         except ValueError as e:
             raise HandshakeFailed("bad ML-KEM key: %s" % (e,))
-        xPrivate = self._xPrivate or x25519.X25519PrivateKey.generate()
-        secret = sharedSecret(kemSecret, xPrivate, hello.x25519Public)
+        secret = kemSecret + xSecret
         resumed = bool(hello.previousSessionId) and bool(
             self._resume(hello.previousSessionId))
         self.sessionId = (hello.previousSessionId if resumed
@@ -484,18 +552,26 @@ class ServerHandshake:
         return out
 
     def _receiveClientAuth(self, frame):
-        _peerErrorOr(frame, MessageType.Handshake)
-        if self.cipher == Cipher.NONE:
+        if self.cipher != Cipher.NONE and frame.flags == Flags.ENCRYPTED:
+            # A client that failed after ServerHello (a bad server
+            # signature, an unpinned key, its own timeout) reports it
+            # under its handshake key, in place of its ClientAuth.
+            body = openFrame(self.receiveKey, frame, self.sessionId)
+            if frame.type == MessageType.Error:
+                raise PeerError(*decodeReason(body))
+            if frame.type != MessageType.Handshake:
+                raise HandshakeFailed("expected message type %#x, got %#x"
+                                      % (MessageType.Handshake, frame.type))
+        else:
+            _peerErrorOr(frame, MessageType.Handshake)
+            if self.cipher != Cipher.NONE:
+                raise HandshakeFailed("client auth must be encrypted")
             if frame.flags or frame.sessionId != self.sessionId:
                 raise HandshakeFailed("bad plaintext client auth")
             if frame.sequence != 1:
                 raise SequenceError("client auth sequence %d, expected 1"
                                     % (frame.sequence,))
             body = frame.payload
-        else:
-            if frame.flags != Flags.ENCRYPTED:
-                raise HandshakeFailed("client auth must be encrypted")
-            body = openFrame(self.receiveKey, frame, self.sessionId)
         if not body:
             raise HandshakeFailed("empty client auth")
         method, peer, token = body[0], None, None

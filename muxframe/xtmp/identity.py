@@ -8,12 +8,21 @@ Wire encodings (used in the handshake):
                    32 bytes Ed25519 public key, [1952 bytes ML-DSA-65 key]
   signature:       64 bytes Ed25519 signature, [3309 bytes ML-DSA-65
                    signature], both over the same message
+
+Ed25519 is RFC 8032 "pure" Ed25519 (not Ed25519ph or Ed25519ctx).  ML-DSA-65
+is FIPS 204 ML-DSA (not HashML-DSA) with the empty context string.
+
+PEM files (docs/xtmp.md section 7.6): a public identity is a "PUBLIC KEY"
+(SubjectPublicKeyInfo) block of the Ed25519 key, then optionally one of the
+ML-DSA-65 key; a private identity the same with PKCS#8 "PRIVATE KEY" (or
+"ENCRYPTED PRIVATE KEY") blocks; an authorized-keys file is any number of
+public identities one after another.  Text outside the blocks is ignored.
 """
 
 import hashlib
 import re
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
@@ -27,9 +36,62 @@ _KIND_ED25519 = 1
 _KIND_MLDSA = 2
 
 
-def _pemBlocks(data):
-    return re.findall(rb"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----",
-                      data, re.S)
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
+_PUBLIC_LABELS = (b"PUBLIC KEY",)
+_PRIVATE_LABELS = (b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY")
+
+
+def _keys(data, labels, load, what):
+    """
+    Parse each PEM block of C{data} with C{load}; yield C{(number, key)}.
+    Blocks are numbered from 1 for error messages.
+    """
+    for number, match in enumerate(_PEM_BLOCK.finditer(data), 1):
+        label = match.group(1)
+        if label not in labels:
+            raise ValueError("%s: PEM block %d is %r, expected %s" % (
+                what, number, label.decode("ascii"),
+                " or ".join(repr(x.decode("ascii")) for x in labels)))
+        try:
+            key = load(match.group(0))
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+            raise ValueError("%s: PEM block %d: %s" % (what, number, e))
+        yield number, key
+
+
+def _identities(data, labels, load, kinds, what):
+    """
+    Group the keys of C{data} into identities: each Ed25519 key starts
+    one, and an ML-DSA-65 key directly after it completes it.
+
+    @param kinds: C{(Ed25519 class, ML-DSA-65 class)}.
+    @return: a list of C{[ed25519Key, mldsaKeyOrNone]}.
+    """
+    edType, mlType = kinds
+    result = []
+    for number, key in _keys(data, labels, load, what):
+        if isinstance(key, edType):
+            result.append([key, None])
+        elif isinstance(key, mlType):
+            if not result or result[-1][1] is not None:
+                raise ValueError(
+                    "%s: PEM block %d: an ML-DSA-65 key must directly "
+                    "follow the Ed25519 key of its identity" % (what, number))
+            result[-1][1] = key
+        else:
+            raise ValueError("%s: PEM block %d: %s is not an Ed25519 or "
+                             "ML-DSA-65 key" % (what, number,
+                                                type(key).__name__))
+    return result
+
+
+def _one(identities, what):
+    if len(identities) != 1:
+        raise ValueError("%s: expected one identity (an Ed25519 key, "
+                         "optionally then an ML-DSA-65 key), found %d"
+                         % (what, len(identities)))
+    return identities[0]
 
 
 class PublicIdentity:
@@ -133,20 +195,16 @@ class PublicIdentity:
         return out
 
     @classmethod
-    def fromPEM(cls, data):
+    def fromPEM(cls, data, what="public identity"):
         """
         Parse what L{toPEM} writes.
+
+        @raise ValueError: naming the fault, unless C{data} holds exactly
+            one Ed25519 key, optionally followed by one ML-DSA-65 key.
         """
-        ed = ml = None
-        for block in _pemBlocks(data):
-            key = serialization.load_pem_public_key(block)
-            if isinstance(key, ed25519.Ed25519PublicKey):
-                ed = key.public_bytes_raw()
-            elif isinstance(key, mldsa.MLDSA65PublicKey):
-                ml = key.public_bytes_raw()
-        if ed is None:
-            raise ValueError("no Ed25519 public key in PEM data")
-        return cls(ed, ml)
+        ed, ml = _one(_publicIdentities(data, what), what)
+        return cls(ed.public_bytes_raw(),
+                   ml.public_bytes_raw() if ml is not None else None)
 
     @classmethod
     def loadPEM(cls, path):
@@ -154,7 +212,7 @@ class PublicIdentity:
         Read a public identity from a PEM file.
         """
         with open(path, "rb") as f:
-            return cls.fromPEM(f.read())
+            return cls.fromPEM(f.read(), path)
 
     def savePEM(self, path):
         """
@@ -218,20 +276,19 @@ class Identity:
         return out
 
     @classmethod
-    def fromPEM(cls, data, password=None):
+    def fromPEM(cls, data, password=None, what="private identity"):
         """
         Parse what L{toPEM} writes.
+
+        @raise ValueError: naming the fault, unless C{data} holds exactly
+            one Ed25519 private key, optionally followed by one ML-DSA-65
+            private key (or the password is wrong).
         """
-        ed = ml = None
-        for block in _pemBlocks(data):
-            key = serialization.load_pem_private_key(block, password)
-            if isinstance(key, ed25519.Ed25519PrivateKey):
-                ed = key
-            elif isinstance(key, mldsa.MLDSA65PrivateKey):
-                ml = key
-        if ed is None:
-            raise ValueError("no Ed25519 private key in PEM data")
-        return cls(ed, ml)
+        identities = _identities(
+            data, _PRIVATE_LABELS,
+            lambda block: serialization.load_pem_private_key(block, password),
+            (ed25519.Ed25519PrivateKey, mldsa.MLDSA65PrivateKey), what)
+        return cls(*_one(identities, what))
 
     @classmethod
     def loadPEM(cls, path, password=None):
@@ -239,7 +296,7 @@ class Identity:
         Read a private identity from a PEM file.
         """
         with open(path, "rb") as f:
-            return cls.fromPEM(f.read(), password)
+            return cls.fromPEM(f.read(), password, path)
 
     def savePEM(self, path, password=None):
         """
@@ -251,19 +308,26 @@ class Identity:
             f.write(self.toPEM(password))
 
 
+def _publicIdentities(data, what):
+    return _identities(data, _PUBLIC_LABELS, serialization.load_pem_public_key,
+                       (ed25519.Ed25519PublicKey, mldsa.MLDSA65PublicKey),
+                       what)
+
+
 def loadAuthorizedKeys(path):
     """
-    Read a file of concatenated public-key PEM blocks; each Ed25519 key
-    (with an ML-DSA-65 key directly after it, if any) is one identity.
+    Read a file of public identities one after another, as
+    L{PublicIdentity.savePEM} writes them: each Ed25519 "PUBLIC KEY" block
+    starts an identity, and an ML-DSA-65 block directly after it belongs
+    to it.  Text outside the blocks (comments) is ignored.
+
+    @return: a list of L{PublicIdentity}, in file order.
+    @raise ValueError: naming the file and block, for a block that is not
+        a public key, a key of another type, or an ML-DSA-65 key with no
+        Ed25519 key of its own before it.
     """
     with open(path, "rb") as f:
         data = f.read()
-    result = []
-    for block in _pemBlocks(data):
-        key = serialization.load_pem_public_key(block)
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            result.append(PublicIdentity(key.public_bytes_raw()))
-        elif isinstance(key, mldsa.MLDSA65PublicKey) and result:
-            result[-1] = PublicIdentity(result[-1].ed25519,
-                                        key.public_bytes_raw())
-    return result
+    return [PublicIdentity(ed.public_bytes_raw(),
+                           ml.public_bytes_raw() if ml is not None else None)
+            for ed, ml in _publicIdentities(data, path)]

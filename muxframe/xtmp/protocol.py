@@ -14,6 +14,9 @@ protocol (it is an C{IConsumer}) is paused while the buffered bytes exceed
 half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
 which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
+
+Handlers and the answers they give are L{muxframe.xtmp.handlers}'s;
+publish/subscribe is L{muxframe.xtmp.subscriptions}'s.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,8 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from muxframe.xtmp import codec
-from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, MessageType
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
@@ -36,6 +38,7 @@ from muxframe.xtmp.events import (
     DisconnectReceived, ErrorReceived, HandshakeCompleted, MessageReceived,
     RequestFailed, ResponseReceived, SubscribeReceived, UnsubscribeReceived,
 )
+from muxframe.xtmp.handlers import HandlersMixin
 from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
@@ -52,13 +55,16 @@ class _Request:
 
 
 @implementer(IPushProducer, IConsumer)
-class XTMPProtocol(StreamsMixin, Protocol):
+class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     """
     One XTMP session.  Built by L{XTMPServerFactory} or L{XTMPClientFactory}.
 
     @ivar handlers: message type -> callable(protocol, message).  A handler
         returning bytes (or a Deferred of bytes) answers the message with a
-        RESPONSE; one that raises answers with an Error.
+        RESPONSE; one that raises (or whose Deferred fails) answers with an
+        Error: L{ApplicationError}'s code and reason, else
+        C{APPLICATION_ERROR} with a generic reason (the traceback is
+        logged, never sent).
     @ivar connection: the sans-IO L{XTMPConnection}.
     @ivar result: the L{HandshakeResult} once the handshake is done.
     """
@@ -125,6 +131,15 @@ class XTMPProtocol(StreamsMixin, Protocol):
         return self.connection.counters if self.connection else None
 
     @property
+    def bufferedBytes(self):
+        """
+        What C{maxQueuedBytes} bounds: bytes of messages waiting in the
+        send queues plus acknowledged-delivery messages not yet
+        acknowledged (each counted as its data length + 32).
+        """
+        return self.connection.bufferedBytes if self.connection else 0
+
+    @property
     def peerIdentity(self):
         """
         The peer's L{PublicIdentity} (or L{None}) once authenticated.
@@ -157,6 +172,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self._handshakeOutcome is not None:
             return
         self._handshakeOutcome = outcome
+        ended = getattr(self.factory, "handshakeEnded", None)
+        if ended is not None and self.connection is not None:
+            ended(self, outcome)
         waiters, self._handshakeWaiters = self._handshakeWaiters, []
         for d in waiters:
             if isinstance(outcome, Failure):
@@ -187,6 +205,10 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self.factory is not None:
             self.handlers.update(self.factory.handlers)
         self.connection = self.factory.makeEngine(self, now)
+        # Optional hooks: a factory written before them still works.
+        started = getattr(self.factory, "handshakeStarted", None)
+        if started is not None:
+            started(self)
         self.transport.registerProducer(self, True)
         if self.connection.isClient:
             self.connection.initiate(now)
@@ -284,7 +306,8 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self.log.info(
                 "xtmp handshake complete: session {sessionId:#x} cipher "
                 "{cipher} resumed={resumed} peer={peer}",
-                sessionId=event.result.sessionId, cipher=event.result.cipher,
+                sessionId=event.result.sessionId,
+                cipher=Cipher.describe(event.result.cipher),
                 resumed=event.result.resumed, peer=event.result.peerIdentity)
             self.factory.sessionStarted(self)
             # The handshake deadline no longer applies: heartbeats do.
@@ -297,9 +320,7 @@ class XTMPProtocol(StreamsMixin, Protocol):
             self._subscribeReceived(event)
         elif type(event) is UnsubscribeReceived:
             self.factory.streams.unsubscribe(event.name, self)
-            self.connection.sendMessage(
-                MessageType.Unsubscribe, b"",
-                requestSequence=event.message.requestId)
+            self._reply(event.message, MessageType.Unsubscribe, b"")
         elif type(event) is ErrorReceived:
             self.log.warn("xtmp peer error {code}: {reason}",
                           code=XTMPErrorCode.describe(event.code),
@@ -324,57 +345,6 @@ class XTMPProtocol(StreamsMixin, Protocol):
         Called for an Error message that answers no pending request.
         """
 
-    def messageReceived(self, message):
-        """
-        Dispatch an application L{Message} to its handler; without one,
-        answer Error UNKNOWN_TYPE.  A response that answers no pending
-        request (it timed out or was cancelled) is dropped (and counted in
-        C{counters.unmatchedResponses}).  Override for other routing.
-        """
-        if message.requestSequence is not None:
-            # A response no pending request awaits (it timed out or was
-            # cancelled): the engine counted it in unmatchedResponses; it
-            # is not a new message for a handler.
-            return
-        handler = self.handlers.get(message.type)
-        if handler is None:
-            self._sendError(message, XTMPErrorCode.UNKNOWN_TYPE,
-                            "no handler for message type %#x"
-                            % (message.type,))
-            return
-        # Called directly, not through maybeDeferred: a Deferred per
-        # message would cost more than decrypting it.
-        try:
-            result = handler(self, message)
-        except Exception:
-            self._handlerFailed(Failure(), message)
-            return
-        if result is None:
-            return
-        if isinstance(result, Deferred):
-            result.addCallbacks(self._handlerDone, self._handlerFailed,
-                                callbackArgs=(message,),
-                                errbackArgs=(message,))
-        else:
-            self._handlerDone(result, message)
-
-    def _handlerDone(self, result, message):
-        if result is not None and self.connection.state == OPEN:
-            self.respond(message, result)
-
-    def _handlerFailed(self, failure, message):
-        self.log.failure("xtmp handler for type {type:#x} failed",
-                         failure, type=message.type)
-        if self.connection.state == OPEN:
-            self._sendError(message, XTMPErrorCode.APPLICATION_ERROR,
-                            failure.getErrorMessage())
-
-    def _sendError(self, message, code, reason):
-        self.connection.sendMessage(MessageType.Error,
-                                    codec.encodeReason(code, reason),
-                                    requestSequence=message.requestId)
-        self._flush()
-
     # -- sending -----------------------------------------------------------
 
     def send(self, messageType, payload, flags=0):
@@ -382,10 +352,29 @@ class XTMPProtocol(StreamsMixin, Protocol):
         Send a message of C{messageType}.  C{flags} may include
         REQUIRES_ACK, PRIORITY_HIGH, EMERGENCY and COMPRESSED.
 
+        While the transport accepts writes the message is encoded and
+        written at once.  While it is paused the message waits in the
+        engine's priority queues; a producer registered with
+        L{registerProducer} is paused once the buffered bytes (queued plus
+        unacknowledged) pass half of C{maxQueuedBytes}, and resumed below
+        a quarter.  A send that would take them past C{maxQueuedBytes}
+        raises L{SendQueueFull} and sends nothing.
+
         @raise SendQueueFull: the send buffers are at C{maxQueuedBytes}.
         @raise SessionNotReady: the session is closed.
+        @raise XTMPLocalError: C{messageType} is a control type (0x01 to
+            0x08), which the session sends itself.
         """
+        self._checkType(messageType)
         self._send(messageType, payload, flags)
+
+    @staticmethod
+    def _checkType(messageType):
+        if messageType in CONTROL_TYPES:
+            raise XTMPLocalError(
+                "message type %#x is an XTMP control message; use the "
+                "session's methods (subscribe, disconnect, ...)"
+                % (messageType,))
 
     def _send(self, messageType, payload, flags=0, requestSequence=None,
               streamName=None, request=None):
@@ -416,6 +405,13 @@ class XTMPProtocol(StreamsMixin, Protocol):
         C{requestTimeout}), or L{PeerError} if the peer answers Error.
         Cancelling it stops waiting.
         """
+        try:
+            self._checkType(messageType)
+        except XTMPLocalError as e:
+            return fail(e)
+        return self._request(messageType, payload, flags, timeout)
+
+    def _request(self, messageType, payload, flags=0, timeout=None):
         request = _Request()
 
         def cancel(d):
@@ -474,8 +470,13 @@ class XTMPProtocol(StreamsMixin, Protocol):
         if self._closeReason is None:
             self._closeReason = error
         if not self._lost:
-            self.transport.write(self.connection.closeWithError(
-                error.code, str(error)))
+            if isinstance(error, PeerError):
+                # The peer ended the handshake with an Error: nothing to
+                # answer.
+                self.connection.abandon()
+            else:
+                self.transport.write(self.connection.closeWithError(
+                    error.code, str(error)))
             self._loseConnection()
 
     def _loseConnection(self):
@@ -619,8 +620,9 @@ class XTMPProtocol(StreamsMixin, Protocol):
         idle = now - conn.lastActivity >= conn.settings.sessionTimeout and \
             conn.state == OPEN
         code = XTMPErrorCode.IDLE_TIMEOUT if idle else XTMPErrorCode.TIMEOUT
-        self.log.warn("xtmp session {sessionId:#x} timed out: {error}",
-                      sessionId=self.sessionId, error=error)
+        self.log.warn("xtmp session {sessionId:#x} timed out: {code}: "
+                      "{error}", sessionId=self.sessionId,
+                      code=XTMPErrorCode.describe(code), error=error)
         self._closeReason = error
         self.transport.write(conn.closeWithError(code, str(error)))
         self._loseConnection()

@@ -187,6 +187,8 @@ def parseBody(type, flags, body, sequence, maxSize, requestId=None):
                                   % (maxSize,))
         if not d.eof:
             raise MalformedMessage("truncated compressed payload")
+        if d.unused_data:
+            raise MalformedMessage("bytes after the compressed payload")
     return Message(type, flags & ~(F.FRAGMENTED | F.LAST_FRAGMENT),
                    data, sequence, requestSequence, deliveryId, name,
                    requestId)

@@ -14,7 +14,9 @@ class StreamsMixin:
     Subscribe, Unsubscribe and STREAM_DATA handling, mixed into
     L{XTMPProtocol}.  Needs C{self.factory} (with C{streams},
     C{relayStreams}, C{publish}, C{authorizeSubscribe}), C{self.connection},
-    C{self.handlers}, C{self.request}, C{self._send} and C{self._sendError}.
+    C{self.handlers}, C{self._request}, C{self._send}, C{self._reply},
+    C{self._sendError} and C{self._streamCallbackFailed} (called inside
+    the C{except} clause, to log the exception).
 
     @ivar streamCallbacks: stream name -> callables given to L{subscribe}.
     """
@@ -22,22 +24,28 @@ class StreamsMixin:
     def _subscribeReceived(self, event):
         if self.factory.authorizeSubscribe(self, event.name) and \
                 self.factory.streams.subscribe(event.name, self):
-            self.connection.sendMessage(
-                MessageType.Subscribe, b"",
-                requestSequence=event.message.requestId)
+            self._reply(event.message, MessageType.Subscribe, b"")
         else:
             self._sendError(event.message, XTMPErrorCode.UNAUTHORIZED,
                             "subscription to %r refused" % (event.name,))
 
     def _streamData(self, message):
+        # Stream data answers nothing: a failing callback or handler is
+        # logged (our bug), and neither the peer nor the session suffers.
         for callback in list(self.streamCallbacks.get(message.streamName, ())):
-            callback(message)
+            try:
+                callback(message)
+            except Exception:
+                self._streamCallbackFailed(message, "callback")
         if self.factory.relayStreams:
             self.factory.publish(message.streamName, message.payload,
                                  message.type, message.flags, exclude=self)
         handler = self.handlers.get(message.type)
         if handler is not None:
-            handler(self, message)
+            try:
+                handler(self, message)
+            except Exception:
+                self._streamCallbackFailed(message, "handler")
 
     def subscribe(self, name, callback):
         """
@@ -48,7 +56,7 @@ class StreamsMixin:
             with L{PeerError} if it refuses.
         """
         self.streamCallbacks.setdefault(name, []).append(callback)
-        return self.request(MessageType.Subscribe, codec.encodeName(name))
+        return self._request(MessageType.Subscribe, codec.encodeName(name))
 
     def unsubscribe(self, name):
         """
@@ -56,7 +64,7 @@ class StreamsMixin:
         confirmation.
         """
         self.streamCallbacks.pop(name, None)
-        return self.request(MessageType.Unsubscribe, codec.encodeName(name))
+        return self._request(MessageType.Unsubscribe, codec.encodeName(name))
 
     def publish(self, name, payload, messageType=MessageType.EventStream,
                 flags=0):

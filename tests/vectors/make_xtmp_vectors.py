@@ -3,6 +3,7 @@ Generate tests/vectors/xtmp_vectors.json: fixed keys and randoms -> the
 exact bytes of an XTMP handshake, key schedule and first messages.
 
 Run from the repository root:  python tests/vectors/make_xtmp_vectors.py
+docs/xtmp.md section 11 describes every key of the file.
 tests/test_xtmp_vectors.py recomputes everything with L{compute} and
 compares, and checks the key schedule independently of muxframe's code.
 
@@ -24,7 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519  # noqa
 from muxframe.xtmp import codec  # noqa: E402
 from muxframe.xtmp.codec import Cipher, Decoder, Flags  # noqa: E402
 from muxframe.xtmp.connection import Settings, XTMPConnection  # noqa: E402
-from muxframe.xtmp.handshake import ClientHandshake, ServerHandshake  # noqa
+from muxframe.xtmp.handshake import (  # noqa: E402
+    ClientHandshake, ClientHello, ServerHandshake, ServerHello,
+)
 from muxframe.xtmp.identity import Identity  # noqa: E402
 from muxframe.xtmp.keys import TrafficKey  # noqa: E402
 
@@ -123,6 +126,16 @@ def compute(inputs=INPUTS):
     ack, auth = Decoder().feed(serverFlight)
     out["serverHello"] = serverFlight[:32 + len(ack.payload)].hex()
     out["serverAuth"] = serverFlight[32 + len(ack.payload):].hex()
+    offer = ClientHello.decode(Decoder().feed(hello)[0].payload)
+    choice = ServerHello.decode(ack.payload)
+    out["offer"] = {"versions": list(offer.versions),
+                    "ciphers": list(offer.ciphers), "kem": offer.kem,
+                    "previousSessionId": "%016x" % (offer.previousSessionId,)}
+    out["chosen"] = {"version": choice.version, "cipher": choice.cipher,
+                     "kem": choice.kem, "resumed": bool(choice.flags & 1),
+                     "sessionId": "%016x" % (choice.sessionId,)}
+    out["serverIdentity"] = serverIdentity.public.encode().hex()
+    out["clientIdentity"] = clientIdentity.public.encode().hex()
     helloLength = 32 + len(ack.payload)
     c.receiveData(serverFlight[:helloLength])
     out["transcriptHashHello"] = hashlib.sha256(

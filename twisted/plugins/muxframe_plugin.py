@@ -1,6 +1,6 @@
 """
 Twisted plugin for muxframe: the C{muxframe} twistd service maker and the
-C{mio:}, C{bmp:} and C{mux:} endpoint string parsers.
+C{mio:}, C{bmp:}, C{mux:}, C{ws:} and C{wss:} endpoint string parsers.
 
 Importing this module must stay cheap: it never imports the reactor.
 """
@@ -14,6 +14,12 @@ from muxframe.endpointstrings import (
     mioServerParser,
     muxClientParser,
     muxServerParser,
+)
+from muxframe.web.endpointstrings import (
+    wsClientParser,
+    wsServerParser,
+    wssClientParser,
+    wssServerParser,
 )
 
 muxframeServiceMaker = ServiceMaker(
@@ -31,4 +37,8 @@ __all__ = [
     "muxClientParser",
     "muxServerParser",
     "muxframeServiceMaker",
+    "wsClientParser",
+    "wsServerParser",
+    "wssClientParser",
+    "wssServerParser",
 ]

@@ -1,0 +1,247 @@
+"""
+The server side: a web endpoint that upgrades requests for one path to
+WebSocket streams of any protocol factory, checks the browser's origin, and
+serves static files (a page, the JavaScript client) everywhere else.
+
+One port, one C{twisted.web} site:
+
+ - C{GET <path>} with C{Upgrade: websocket}: the opening handshake
+   (autobahn), the origin check (L{muxframe.web.origins}), then the wrapped
+   factory's protocol runs over a L{WebSocketStreamTransport}.
+ - Anything else: the C{root} resource given (for instance
+   C{twisted.web.static.File(directory)}), else 404.
+"""
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory, WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import succeed
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from muxframe.web.limits import protocolOptions, resolveLimits
+from muxframe.web.origins import OriginPolicy
+from muxframe.web.transport import ReactorTimer, StreamWebSocketMixin
+
+
+class StreamWebSocketServerProtocol(StreamWebSocketMixin,
+                                    WebSocketServerProtocol):
+    """
+    A server WebSocket whose binary messages carry one inner protocol.
+    """
+
+    def onConnect(self, request):
+        """
+        Check the origin of the upgrade request; refuse with 403.
+        """
+        allowed, why = self.factory.originPolicy.check(
+            request.headers.get("origin"), request.headers.get("host"),
+            self.factory.secure)
+        if not allowed:
+            self.factory.refusedOrigins += 1
+            self.log.info("websocket from {peer} refused: {why}",
+                          peer=request.peer, why=why)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, why)
+        self._handshake = request
+        return None
+
+
+class StreamWebSocketServerFactory(WebSocketServerFactory):
+    """
+    Wraps an ordinary protocol factory: each WebSocket connection carries
+    one protocol built by C{wrappedFactory}.
+
+    @ivar originPolicy: the L{OriginPolicy} applied to upgrade requests.
+    @ivar refusedOrigins: how many upgrades the policy refused.
+    @ivar connections: live WebSocket protocols carrying a stream.
+    """
+
+    protocol = StreamWebSocketServerProtocol
+    log = Logger()
+
+    def __init__(self, wrappedFactory, originPolicy=None, secure=False,
+                 reactor=None, **limits):
+        WebSocketServerFactory.__init__(self, reactor=reactor,
+                                        server="muxframe")
+        self._batched_timer = ReactorTimer(reactor)
+        self.wrappedFactory = wrappedFactory
+        self.originPolicy = originPolicy or OriginPolicy()
+        self.secure = secure
+        self.limits = resolveLimits(limits)
+        self.writeSize = self.limits["writeSize"]
+        self.setProtocolOptions(webStatus=False,
+                                **protocolOptions(self.limits))
+        self.refusedOrigins = 0
+        self.connections = set()
+
+    def buildStreamProtocol(self, address):
+        """
+        The inner protocol for a connection from C{address}.
+        """
+        return self.wrappedFactory.buildProtocol(address)
+
+    def streamOpened(self, webSocket, protocol):
+        """
+        A WebSocket opened and its inner protocol started.
+        """
+        self.connections.add(webSocket)
+
+    def streamClosed(self, webSocket):
+        """
+        An open WebSocket ended.
+        """
+        self.connections.discard(webSocket)
+
+    def streamFailed(self, webSocket, reason):
+        """
+        A connection ended before its WebSocket opened.
+        """
+
+    def startFactory(self):
+        """
+        Start the wrapped factory too.
+        """
+        self.wrappedFactory.doStart()
+        WebSocketServerFactory.startFactory(self)
+
+    def stopFactory(self):
+        """
+        Stop the wrapped factory too.
+        """
+        self.wrappedFactory.doStop()
+        WebSocketServerFactory.stopFactory(self)
+
+
+class StreamWebSocketResource(WebSocketResource):
+    """
+    The upgrade resource: takes the connection over from C{twisted.web}.
+    """
+
+    def render(self, request):
+        """
+        Release the HTTP channel's producer registration on the transport
+        (the inner protocol registers its own), then hand over.
+        """
+        transport = request.channel.transport
+        if transport is not None:
+            transport.unregisterProducer()
+        return WebSocketResource.render(self, request)
+
+
+class WebSocketSite(Site):
+    """
+    The site of a web endpoint: the WebSocket resource at C{path}, C{root}
+    for every other request.  Requests are not access-logged (C{logPath}
+    None) unless C{accessLog} is true.
+    """
+
+    def __init__(self, webSocketFactory, path=b"/", root=None,
+                 accessLog=False, reactor=None):
+        if root is None:
+            root = Resource()
+        kwargs = {} if reactor is None else {"reactor": reactor}
+        Site.__init__(self, root, **kwargs)
+        self.webSocketFactory = webSocketFactory
+        self.webSocketResource = StreamWebSocketResource(webSocketFactory)
+        self.path = path if isinstance(path, bytes) else path.encode("ascii")
+        self.accessLog = accessLog
+
+    def getResourceFor(self, request):
+        """
+        The WebSocket resource for upgrade requests to C{path}.
+        """
+        upgrade = request.getHeader(b"upgrade") or b""
+        if request.path == self.path and upgrade.lower() == b"websocket":
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return self.webSocketResource
+        return Site.getResourceFor(self, request)
+
+    def log(self, request):
+        """
+        Access-log only when asked to.
+        """
+        if self.accessLog:
+            Site.log(self, request)
+
+    def startFactory(self):
+        """
+        Start the WebSocket factory (and the one it wraps) with the site.
+        """
+        Site.startFactory(self)
+        self.webSocketFactory.doStart()
+
+    def stopFactory(self):
+        """
+        Stop the WebSocket factory with the site.
+        """
+        self.webSocketFactory.doStop()
+        Site.stopFactory(self)
+
+
+def _staticRoot(static):
+    if static is None or not isinstance(static, str):
+        return static
+    from twisted.web.static import File
+    return File(static)
+
+
+class WebSocketServerEndpoint:
+    """
+    A server endpoint: each WebSocket connection to C{path} on C{inner}
+    is one connection of the factory given to L{listen}.
+
+    @param inner: the C{IStreamServerEndpoint} to listen on (TCP, TLS, ...).
+    @param path: the URL path of the WebSocket (default C{/}).
+    @param allowedOrigins: browser origins allowed besides the endpoint's
+        own (see L{muxframe.web.origins}); C{("*",)} allows any.
+    @param sameOrigin: allow pages served by this endpoint.
+    @param static: a directory to serve (or a C{twisted.web} resource) for
+        every other request.
+    @param secure: whether C{inner} is TLS (pages then have https origins).
+    @param limits: L{muxframe.web.limits.LIMITS} names.
+    """
+
+    def __init__(self, inner, path="/", allowedOrigins=(), sameOrigin=True,
+                 static=None, secure=False, reactor=None, accessLog=False,
+                 **limits):
+        if not path.startswith("/"):
+            raise ValueError("WebSocket path must start with '/', not %r"
+                             % (path,))
+        self.inner = inner
+        self.path = path
+        self.originPolicy = OriginPolicy(allowedOrigins, sameOrigin)
+        self.static = static
+        self.secure = secure
+        self.reactor = reactor
+        self.accessLog = accessLog
+        self.limits = resolveLimits(limits)
+
+    def site(self, factory):
+        """
+        The C{twisted.web} site serving C{factory} over WebSocket (for
+        callers that listen themselves).
+        """
+        wsFactory = StreamWebSocketServerFactory(
+            factory, self.originPolicy, self.secure, self.reactor,
+            **self.limits)
+        return WebSocketSite(wsFactory, self.path, _staticRoot(self.static),
+                             self.accessLog, self.reactor)
+
+    def listen(self, factory):
+        """
+        Listen on the inner endpoint.
+
+        @return: a L{Deferred} firing with the inner C{IListeningPort}; its
+            C{factory} attribute is the L{WebSocketSite}.
+        """
+        try:
+            site = self.site(factory)
+        except Exception:
+            from twisted.internet.defer import fail
+            return fail()
+        d = self.inner.listen(site)
+        return d if d is not None else succeed(None)

@@ -1,0 +1,438 @@
+"""
+WebSocket as a byte-stream transport (L{muxframe.web}), over real loopback
+sockets: the transport's contract, limits, origins, static files on the
+same port, and XTMP and MIO running over it unchanged with a 100 MiB
+transfer and a paused reader bounding the sender.
+"""
+
+import hashlib
+import os
+import socket
+import tempfile
+
+from zope.interface import implementer
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint, TCP4ServerEndpoint, clientFromString, serverFromString,
+)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from muxframe.web import (
+    WebSocketClientEndpoint, WebSocketClosed, WebSocketHandshakeFailed,
+    WebSocketServerEndpoint,
+)
+
+from tests.conformance import waitUntil
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class Sink(Protocol):
+    """
+    Hashes what it receives; optionally starts paused.
+    """
+
+    def __init__(self, startPaused=False):
+        self.startPaused = startPaused
+        self.received = 0
+        self.hash = hashlib.sha256()
+        self.reason = None
+        self.lost = Deferred()
+        self.made = Deferred()
+
+    def connectionMade(self):
+        if self.startPaused:
+            self.transport.pauseProducing()
+        self.made.callback(self)
+
+    def dataReceived(self, data):
+        self.received += len(data)
+        self.hash.update(data)
+
+    def connectionLost(self, reason):
+        self.reason = reason.value
+        self.lost.callback(self)
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class SinkFactory(Factory):
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.built = []
+        self.first = Deferred()
+
+    def buildProtocol(self, addr):
+        p = Sink(**self.kwargs)
+        self.built.append(p)
+        if not self.first.called:
+            self.first.callback(p)
+        return p
+
+
+@implementer(IPushProducer)
+class Sender:
+    """
+    A streaming producer writing C{total} deterministic bytes on a
+    transport in C{chunk}-sized writes, hashing what it wrote.
+    """
+
+    def __init__(self, write, total, chunk=60 * KiB):
+        self.write = write
+        self.total = total
+        self.chunk = chunk
+        self.sent = 0
+        self.hash = hashlib.sha256()
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.done = Deferred()
+        self._scheduled = False
+        self._block = os.urandom(chunk + 251)
+
+    def start(self):
+        self._schedule()
+
+    def startOn(self, transport):
+        """
+        Register with C{transport} (a streaming producer) and start.
+        """
+        transport.registerProducer(self, True)
+        self.start()
+        return self
+
+    def _schedule(self):
+        if not self._scheduled:
+            self._scheduled = True
+            reactor.callLater(0, self._run)
+
+    def _run(self):
+        self._scheduled = False
+        written = 0
+        while not self.paused and self.sent < self.total and written < 4 * MiB:
+            n = min(self.chunk, self.total - self.sent)
+            offset = (self.sent // self.chunk) % 251
+            piece = self._block[offset:offset + n]
+            self.hash.update(piece)
+            self.sent += n
+            written += n
+            self.write(piece)
+        if self.sent >= self.total:
+            if not self.done.called:
+                self.done.callback(self)
+        elif not self.paused:
+            self._schedule()
+
+    def pauseProducing(self):
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self):
+        self.paused = False
+        self.resumes += 1
+        self._schedule()
+
+    def stopProducing(self):
+        self.paused = True
+
+
+def steadilyPaused(sender, polls=10, interval=0.02, timeout=30.0):
+    """
+    Fire once C{sender} has been paused, without writing, for C{polls}
+    consecutive polls C{interval} seconds apart: the backpressure holds,
+    not just a momentary full socket buffer.  Fails after C{timeout}.
+    """
+    d = Deferred()
+    start = reactor.seconds()
+    state = {"sent": -1, "still": 0}
+
+    def poll():
+        if sender.paused and sender.sent == state["sent"]:
+            state["still"] += 1
+        else:
+            state["still"] = 0
+        state["sent"] = sender.sent
+        if state["still"] >= polls:
+            d.callback(sender.sent)
+        elif sender.done.called:
+            d.errback(AssertionError(
+                "the sender finished (%d bytes) instead of being held back"
+                % (sender.sent,)))
+        elif reactor.seconds() - start > timeout:
+            d.errback(AssertionError("the sender never stayed paused"))
+        else:
+            reactor.callLater(interval, poll)
+
+    poll()
+    return d
+
+
+def localServer(**kwargs):
+    return WebSocketServerEndpoint(
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), **kwargs)
+
+
+def localClient(port, **kwargs):
+    number = port.getHost().port
+    return WebSocketClientEndpoint(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", number), "127.0.0.1", number,
+        **kwargs)
+
+
+def rawRequest(port, request, limit=65536):
+    """
+    Send C{request} on a plain blocking socket and read the reply head.
+    Run in a thread-free way: loopback, bounded by a timeout.
+    """
+    s = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < limit:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        s.close()
+
+
+class TransportTests(TestCase):
+    """
+    The stream contract over a real WebSocket on loopback.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def listen(self, factory, **kwargs):
+        port = yield localServer(**kwargs).listen(factory)
+        self.addCleanup(port.stopListening)
+        return port
+
+    @inlineCallbacks
+    def test_echoAndCleanClose(self):
+        port = yield self.listen(Factory.forProtocol(Echo), path="/echo")
+        sink = yield localClient(port, path="/echo").connect(
+            Factory.forProtocol(Sink))
+        data = os.urandom(300 * KiB)
+        sink.transport.writeSequence([data[:1000], data[1000:]])
+        yield waitUntil(lambda: sink.received == len(data), "the echo")
+        self.assertEqual(sink.hash.digest(), hashlib.sha256(data).digest())
+        self.assertEqual(sink.transport.getPeer().port, port.getHost().port)
+        sink.transport.loseConnection()
+        yield sink.lost
+        self.assertIsInstance(sink.reason, ConnectionDone)
+
+    @inlineCallbacks
+    def test_serverSeesCleanCloseAndRequest(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks, path="/in")
+        client = yield localClient(port, path="/in").connect(
+            Factory.forProtocol(Protocol))
+        server = yield sinks.first
+        self.assertEqual(server.transport.request.path, "/in")
+        client.transport.write(b"hello")
+        yield waitUntil(lambda: server.received == 5, "the data")
+        client.transport.loseConnection()
+        yield server.lost
+        self.assertIsInstance(server.reason, ConnectionDone)
+
+    @inlineCallbacks
+    def test_abortIsUnclean(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks)
+        client = yield localClient(port).connect(Factory.forProtocol(Sink))
+        server = yield sinks.first
+        client.transport.abortConnection()
+        yield server.lost
+        self.assertIsInstance(server.reason, WebSocketClosed)
+        self.assertEqual(server.reason.code, 1006)
+        yield client.lost
+
+    @inlineCallbacks
+    def test_textMessageRefused(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks)
+        client = yield localClient(port).connect(Factory.forProtocol(Sink))
+        server = yield sinks.first
+        # A misbehaving peer: a text message on the byte stream.
+        client.transport._webSocket.sendMessage(b"text", isBinary=False)
+        yield server.lost
+        self.assertIsInstance(server.reason, WebSocketClosed)
+        self.assertEqual(server.reason.code, 1003)
+        self.assertEqual(server.received, 0)
+        yield client.lost
+
+    @inlineCallbacks
+    def test_messageOverLimitFailsConnection(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks, maxMessageSize=4 * KiB)
+        client = yield localClient(port, writeSize=8 * KiB).connect(
+            Factory.forProtocol(Sink))
+        server = yield sinks.first
+        client.transport.write(b"x" * 4 * KiB)
+        yield waitUntil(lambda: server.received == 4 * KiB, "a full message")
+        client.transport.write(b"y" * (4 * KiB + 1))
+        yield server.lost
+        self.assertIsInstance(server.reason, WebSocketClosed)
+        self.assertEqual(server.reason.code, 1009)
+        self.assertEqual(server.received, 4 * KiB)
+        yield client.lost
+
+    @inlineCallbacks
+    def test_writesCutIntoMessages(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks, maxMessageSize=4 * KiB)
+        client = yield localClient(port, writeSize=4 * KiB).connect(
+            Factory.forProtocol(Sink))
+        server = yield sinks.first
+        data = os.urandom(100 * KiB + 7)
+        client.transport.write(data)
+        yield waitUntil(lambda: server.received == len(data), "every byte")
+        self.assertEqual(server.hash.digest(), hashlib.sha256(data).digest())
+        client.transport.loseConnection()
+        yield server.lost
+
+    @inlineCallbacks
+    def test_foreignOriginRefused(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks)
+        d = localClient(port, origin="https://evil.example").connect(
+            Factory.forProtocol(Sink))
+        yield self.assertFailure(d, WebSocketHandshakeFailed)
+        self.assertEqual(sinks.built, [])
+
+    @inlineCallbacks
+    def test_listedAndSameOriginAllowed(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks,
+                                 allowedOrigins=["https://app.example"])
+        listed = yield localClient(port, origin="https://app.example:443") \
+            .connect(Factory.forProtocol(Sink))
+        same = yield localClient(
+            port, origin="http://127.0.0.1:%d" % (port.getHost().port,)) \
+            .connect(Factory.forProtocol(Sink))
+        self.assertEqual(len(sinks.built), 2)
+        for p in (listed, same):
+            p.transport.loseConnection()
+            yield p.lost
+
+    @inlineCallbacks
+    def test_staticFilesOnTheSamePort(self):
+        directory = tempfile.mkdtemp()
+        with open(os.path.join(directory, "index.html"), "wb") as f:
+            f.write(b"<p>muxframe page</p>")
+        port = yield self.listen(Factory.forProtocol(Echo), path="/ws",
+                                 static=directory)
+        reply = yield deferToBlocking(
+            rawRequest, port, b"GET /index.html HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\n\r\n")
+        self.assertIn(b"200 OK", reply.split(b"\r\n")[0])
+        missing = yield deferToBlocking(
+            rawRequest, port, b"GET /nope HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\n\r\n")
+        self.assertIn(b"404", missing.split(b"\r\n")[0])
+        # The WebSocket still answers on the same port.
+        sink = yield localClient(port, path="/ws").connect(
+            Factory.forProtocol(Sink))
+        sink.transport.write(b"ping")
+        yield waitUntil(lambda: sink.received == 4, "the echo")
+        sink.transport.loseConnection()
+        yield sink.lost
+
+    @inlineCallbacks
+    def test_wrongPathIsNotUpgraded(self):
+        sinks = SinkFactory()
+        port = yield self.listen(sinks, path="/ws")
+        d = localClient(port, path="/other").connect(Factory.forProtocol(Sink))
+        yield self.assertFailure(d, WebSocketHandshakeFailed)
+        self.assertEqual(sinks.built, [])
+
+    @inlineCallbacks
+    def test_pausedReaderBoundsSender(self):
+        """
+        A server child that pauses its transport stops the TCP reads; the
+        client's registered producer is paused by its own socket; after
+        resuming, every byte arrives intact.
+        """
+        sinks = SinkFactory(startPaused=True)
+        port = yield self.listen(sinks)
+        client = yield localClient(port).connect(Factory.forProtocol(Sink))
+        server = yield sinks.first
+        sender = Sender(client.transport.write, 64 * MiB).startOn(
+            client.transport)
+        yield steadilyPaused(sender)
+        self.assertEqual(server.received, 0)
+        self.assertLess(sender.sent, 32 * MiB)
+        server.transport.resumeProducing()
+        yield sender.done
+        yield waitUntil(lambda: server.received == sender.total,
+                        "every byte", timeout=60)
+        self.assertEqual(server.hash.digest(), sender.hash.digest())
+        self.assertGreaterEqual(sender.resumes, 1)
+        client.transport.unregisterProducer()
+        client.transport.loseConnection()
+        yield server.lost
+
+
+def deferToBlocking(f, *args):
+    """
+    Run a short blocking loopback exchange in a thread (the reactor must
+    keep serving the other end).
+    """
+    from twisted.internet.threads import deferToThread
+    return deferToThread(f, *args)
+
+
+class SecureWebSocketTests(TestCase):
+    """
+    C{wss://}: the WebSocket over TLS (an C{ssl:} server, a hostname-checked
+    TLS client), with XTMP inside.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_xtmpOverWSS(self):
+        from twisted.internet.endpoints import SSL4ServerEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+        from muxframe.xtmp import connectXTMP
+        from tests.test_xtmp_transports import (
+            clientFactory, makeCertificate, serverFactory,
+        )
+        cert = makeCertificate()
+        server = WebSocketServerEndpoint(
+            SSL4ServerEndpoint(reactor, 0, cert.options(), interface="127.0.0.1"),
+            path="/xtmp", secure=True)
+        xs = serverFactory(None)
+        port = yield server.listen(xs)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        inner = wrapClientTLS(optionsForClientTLS("localhost", trustRoot=cert),
+                              TCP4ClientEndpoint(reactor, "127.0.0.1", number))
+        client = yield connectXTMP(
+            WebSocketClientEndpoint(inner, "localhost", number, path="/xtmp",
+                                    secure=True), clientFactory(None))
+        reply = yield client.request(0x30, b"x" * 300000, timeout=10)
+        self.assertEqual(reply.payload, b"pong:" + b"x" * 300000)
+        yield waitUntil(lambda: xs.live, "the server session")
+        (session,) = xs.live.values()
+        # The browser-facing origin of a wss endpoint is https.
+        self.assertTrue(server.originPolicy.check(
+            "https://localhost:%d" % (number,), "localhost:%d" % (number,),
+            secure=True)[0])
+        closed = [client.whenClosed(), session.whenClosed()]
+        client.disconnect()
+        yield closed[0]
+        yield closed[1]
