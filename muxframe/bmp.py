@@ -14,7 +14,9 @@ Stream rules enforced here:
 
   - A frame on an unknown stream creates it (whether or not it carries 06),
     except acks and closes, which are ignored, and frames for streams this
-    side opened and has forgotten.
+    side opened and has forgotten, or for one of the last REFUSED_MEMORY
+    streams the peer opened and this side forgot (refused, reset, closed
+    or ended): a stream name is never reused on a connection.
   - Every data frame with a sid is acknowledged once the application has
     consumed all of it, never later, and never held back for our own
     outstanding acknowledgements.
@@ -57,6 +59,12 @@ MAX_LEN_DIGITS = 16
 MAX_CONTROL_PAYLOAD = 32
 MAX_HEADER = 8 + MAX_STREAM_ID_LENGTH + 1 + MAX_SID_DIGITS + MAX_LEN_DIGITS
 REFUSED_MEMORY = 1024
+# What keeping one received, unacknowledged frame costs (its sid and size
+# until the acknowledgement is queued), beyond its payload; measured with
+# tracemalloc.  It counts toward maxStreamReceiveBuffer and
+# sessionBufferSize, so a flood of tiny frames is held to the real memory
+# those limits name.
+FRAME_COST = 160
 
 _headerPattern = re.compile(
     rb"\x00([^\x00\x01]{1,%d})\x01\x00([^\x00\x01]?)\x01\x00([0-9]{0,%d})\x01"
@@ -331,6 +339,7 @@ class BmpEngine(Engine):
         self._prefix = b"io_" if role == "client" else b"srv_"
         self._nextLocal = 0
         self._awaiting = {}
+        self._unacked = 0
         self._refused = OrderedDict()
         self._lastCheck = now
 
@@ -359,6 +368,19 @@ class BmpEngine(Engine):
         self._awaiting.pop(state.streamId, None)
         Engine._finish(self, state, error)
 
+    def _forgotten(self, state):
+        if state.recvFrames:
+            self._unacked -= len(state.recvFrames)
+        if not state.local:
+            self._remember(state.streamId)
+
+    def receiveOverhead(self):
+        """
+        Return what the received frames not yet acknowledged cost beyond
+        their payload (L{FRAME_COST} each).
+        """
+        return self._unacked * FRAME_COST
+
     # -- frames out -----------------------------------------------------
 
     def _openFrame(self, state):
@@ -366,14 +388,12 @@ class BmpEngine(Engine):
 
     def _remember(self, streamId):
         # Late frames of a stream the peer opened and this side forgot must
-        # not open it again.
+        # not open it again (nor may the peer reuse its name).
         self._refused[streamId] = True
         if len(self._refused) > REFUSED_MEMORY:
             self._refused.popitem(last=False)
 
     def _resetFrame(self, state, code):
-        if not state.local:
-            self._remember(state.streamId)
         # Acknowledge what we will never consume first: a Blazeio writer that
         # receives a close while it waits for an acknowledgement hangs.
         self._ackAll(state)
@@ -454,6 +474,8 @@ class BmpEngine(Engine):
                 break
             size -= entry[1]
             frames.popleft()
+            self._unacked -= 1
+            state.recvBuffered -= FRAME_COST
             control.append(_controlFrame(streamId, ACK, entry[0]))
             self.counters.framesSent += 1
         if not frames:
@@ -523,8 +545,13 @@ class BmpEngine(Engine):
                 if frames is None:
                     frames = state.recvFrames = deque()
                 frames.append([frame.sid, frame.size])
+                self._unacked += 1
+                state.recvBuffered += FRAME_COST
                 if frame.size == 0:
                     self._returnCredit(state, 0)
+                elif state.recvBuffered > self.settings.maxStreamReceiveBuffer:
+                    self._overrun(state)
+                    continue
             if piece:
                 size = len(piece)
                 state.recvBuffered += size
@@ -570,9 +597,9 @@ class BmpEngine(Engine):
 
     def _overrun(self, state):
         error = StreamResetError(
-            "BMP stream %r: the peer sent %d unacknowledged bytes, over "
-            "maxStreamReceiveBuffer=%d" % (
-                state.streamId, state.recvBuffered,
+            "BMP stream %r: the peer's unacknowledged frames hold %d bytes "
+            "(payload, and %d a frame), over maxStreamReceiveBuffer=%d" % (
+                state.streamId, state.recvBuffered, FRAME_COST,
                 self.settings.maxStreamReceiveBuffer),
             ErrorCode.FLOW_CONTROL, state.streamId,
         )

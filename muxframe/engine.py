@@ -209,6 +209,13 @@ class Engine:
         state = self._streams.get(streamId)
         return state.sendBuffered if state is not None else 0
 
+    def receiveOverhead(self):
+        """
+        Return the memory (bytes) this engine's bookkeeping of received,
+        not yet consumed data costs beyond the data itself.
+        """
+        return 0
+
     def hasOutput(self):
         """
         Return true if L{dataToSend} would return something now.
@@ -232,6 +239,7 @@ class Engine:
             )
         streamId = self._allocateStreamId()
         state = self._newStream(streamId, local=True)
+        state.local = True
         self._streams[streamId] = state
         self.counters.streamsOpened += 1
         self._openFrame(state)
@@ -296,6 +304,7 @@ class Engine:
         state = self._streams.pop(streamId, None)
         if state is None:
             return
+        self._forgotten(state)
         self._dropQueued(state)
         self._resetFrame(state, code)
         self.counters.resetsSent[code] = self.counters.resetsSent.get(code, 0) + 1
@@ -506,8 +515,15 @@ class Engine:
         Remove a stream and report it closed.
         """
         if self._streams.pop(state.streamId, None) is not None:
+            self._forgotten(state)
             self._dropQueued(state)
             self._events.append(StreamClosed(state.streamId, error))
+
+    def _forgotten(self, state):
+        """
+        C{state} has just left the stream table (a framing remembers the
+        ids the peer used, so that they never name a new stream).
+        """
 
     def _remoteReset(self, state, code, errorClass, message):
         self.counters.resetsReceived[code] = (

@@ -28,9 +28,13 @@ Stream rules enforced here:
     reset answering a reset).
   - The connection initiator (client) opens odd ids, the other side even
     ids; both skip ids the peer is using.
+  - An id is never reused on a connection: an open for an id this side
+    has used (or skipped), or for one of the last CLOSED_MEMORY ids the peer
+    used, is a connection error (FIN code 1).
 """
 
 import struct
+from collections import deque
 
 from .engine import Engine, StreamState
 from .errors import (
@@ -71,6 +75,11 @@ MAX_SIZE = (1 << 24) - 1
 MAX_STREAM_ID = (1 << 31) - 1
 # Credit beyond this is a window overflow (RFC 7540 uses the same bound).
 MAX_CREDIT = (1 << 31) - 1
+# Ids of the peer's streams remembered after they close, so an open that
+# reuses one is refused as the protocol error it is (ids are never reused on
+# a connection).  Beyond this memory the Multiplexer still never lets a new
+# stream alias an old one.
+CLOSED_MEMORY = 64
 
 _header = struct.Struct(">II")
 _pack = _header.pack
@@ -221,6 +230,7 @@ class MioEngine(Engine):
         self._decoder = FrameDecoder(self.settings.maxReceiveFrameSize)
         self._nextLocalId = 1 if role == "client" else 2
         self._highestId = 0
+        self._closedPeerIds = deque(maxlen=CLOSED_MEMORY)
 
     # -- stream ids -----------------------------------------------------
 
@@ -239,6 +249,18 @@ class MioEngine(Engine):
         if window is None:
             window = self.settings.windowSize
         return StreamState(streamId, credit=window, window=window)
+
+    def _forgotten(self, state):
+        if not state.local:
+            self._closedPeerIds.append(state.streamId)
+
+    def _wasUsed(self, streamId):
+        # Ids of this side's parity below the next one to open were opened
+        # by this side or skipped because the peer had them (a Go peer
+        # opens ids of both parities).
+        if streamId % 2 == self._nextLocalId % 2 and streamId < self._nextLocalId:
+            return True
+        return streamId in self._closedPeerIds
 
     # -- frames out -----------------------------------------------------
 
@@ -386,6 +408,11 @@ class MioEngine(Engine):
             raise MalformedFrame(
                 "MIO open frame for stream %d, which is already open" % (streamId,)
             )
+        if self._wasUsed(streamId):
+            raise MalformedFrame(
+                "MIO open frame for stream %d, which was used before on this "
+                "connection (stream ids are never reused)" % (streamId,)
+            )
         if streamId > self._highestId:
             self._highestId = streamId
         if streamId >= self._nextLocalId and streamId % 2 == self._nextLocalId % 2:
@@ -395,6 +422,7 @@ class MioEngine(Engine):
             self._control.append(_pack(streamId, (ErrorCode.REFUSED << 8) | RESET))
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
+            self._closedPeerIds.append(streamId)
             return
         window = frame.size
         self._streams[streamId] = StreamState(streamId, credit=window, window=window)
