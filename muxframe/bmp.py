@@ -296,6 +296,13 @@ class FrameDecoder(PayloadStreamer):
             append((frame, frame.payload, True, True))
         return pos + take
 
+    def inHeader(self):
+        """
+        Return true if a frame header (or a control frame's payload) is
+        partly received.
+        """
+        return bool(self._header) or self._parts is not None
+
     def buffered(self):
         """
         Return how many bytes the decoder holds (a partial header or control
@@ -501,31 +508,36 @@ class BmpEngine(Engine):
         streams = self._streams
         events = self._events
         counters = self.counters
+        guards = self.guards
         for frame, piece, first, last in items:
             streamId = frame.streamId
             opt = frame.opt
             if first:
                 counters.framesReceived += 1
             if opt == ACK:
-                self._ackReceived(streams.get(streamId), frame)
+                if not self._ackReceived(streams.get(streamId), frame):
+                    guards.empty(now, "bmp", "an acknowledgement of nothing (%r)", frame)
                 continue
             if opt == CLOSE_STREAM:
                 state = streams.get(streamId)
-                if state is not None:
-                    if state.remoteEnded:
-                        self._finish(state)
-                    else:
-                        self._remoteReset(
-                            state, ErrorCode.CLOSED, StreamResetError,
-                            "BMP stream %r closed by the peer before its end "
-                            "of stream" % (streamId,),
-                        )
+                if state is None:
+                    guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
+                elif state.remoteEnded:
+                    self._finish(state)
+                else:
+                    guards.reset(now, "bmp", "a close of stream %r before its end",
+                                 streamId)
+                    self._remoteReset(
+                        state, ErrorCode.CLOSED, StreamResetError,
+                        "BMP stream %r closed by the peer before its end "
+                        "of stream" % (streamId,),
+                    )
                 continue
             state = streams.get(streamId)
             if state is None:
                 if not first:
                     continue
-                state = self._peerStream(streamId)
+                state = self._peerStream(streamId, now)
                 if state is None:
                     continue
             if opt == END_STREAM:
@@ -533,13 +545,19 @@ class BmpEngine(Engine):
                     state.remoteEnded = True
                     events.append(StreamEnded(streamId))
                     self._maybeFinish(state)
+                else:
+                    guards.empty(now, "bmp", "a second end of stream %r", streamId)
                 continue
             if state.remoteEnded:
                 # Data after the peer's own end of stream: acknowledge and
                 # drop it rather than let it confuse the application.
+                if first:
+                    guards.empty(now, "bmp", "data after the end of stream %r", streamId)
                 if last and frame.sid:
                     self._control.append(_controlFrame(streamId, ACK, frame.sid))
                 continue
+            if first and not frame.size:
+                guards.empty(now, "bmp", "an empty data frame on stream %r", streamId)
             if first and frame.sid:
                 frames = state.recvFrames
                 if frames is None:
@@ -550,26 +568,28 @@ class BmpEngine(Engine):
                 if frame.size == 0:
                     self._returnCredit(state, 0)
                 elif state.recvBuffered > self.settings.maxStreamReceiveBuffer:
-                    self._overrun(state)
+                    self._overrun(state, now)
                     continue
             if piece:
                 size = len(piece)
                 state.recvBuffered += size
                 if state.recvBuffered > self.settings.maxStreamReceiveBuffer:
-                    self._overrun(state)
+                    self._overrun(state, now)
                     continue
                 state.bytesReceived += size
                 counters.bytesReceived += size
                 events.append(DataReceived(streamId, piece))
 
-    def _peerStream(self, streamId):
+    def _peerStream(self, streamId, now):
         if streamId in self._refused or self._isForgottenLocal(streamId):
+            self.guards.empty(now, "bmp", "a frame for forgotten stream %r", streamId)
             return None
         if not self.accepting or len(self._streams) >= self.settings.maxStreams:
             self._control.append(_controlFrame(streamId, CLOSE_STREAM, b"\x04"))
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
             self._remember(streamId)
+            self.guards.reset(now, "bmp", "stream %r, refused", streamId)
             return None
         state = StreamState(streamId)
         self._streams[streamId] = state
@@ -578,6 +598,7 @@ class BmpEngine(Engine):
         return state
 
     def _ackReceived(self, state, frame):
+        # Return true if the acknowledgement was for a frame in flight.
         sid = frame.payload
         if not sid.isdigit() or len(sid) > MAX_SID_DIGITS:
             raise MalformedFrame(
@@ -585,17 +606,19 @@ class BmpEngine(Engine):
                 % (frame.streamId, sid)
             )
         if state is None or not state.inflight:
-            return
+            return False
         if state.inflight.pop(sid, None) is None:
-            return
+            return False
         if not state.inflight:
             state.inflight = None  # an idle stream keeps no empty dict
             self._awaiting.pop(state.streamId, None)
             if state.localEnded:
                 self._maybeFinish(state)
         self._requeue(state)
+        return True
 
-    def _overrun(self, state):
+    def _overrun(self, state, now):
+        self.guards.reset(now, "bmp", "an overrun of stream %r", state.streamId)
         error = StreamResetError(
             "BMP stream %r: the peer's unacknowledged frames hold %d bytes "
             "(payload, and %d a frame), over maxStreamReceiveBuffer=%d" % (

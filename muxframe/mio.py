@@ -206,6 +206,12 @@ class FrameDecoder(PayloadStreamer):
         """
         return len(self._header)
 
+    def inHeader(self):
+        """
+        Return true if a frame header is partly received.
+        """
+        return bool(self._header)
+
 
 def decodeFrames(data, maxFrameSize=MAX_SIZE):
     """
@@ -330,6 +336,7 @@ class MioEngine(Engine):
         streams = self._streams
         events = self._events
         counters = self.counters
+        guards = self.guards
         for frame, piece, first, last in items:
             streamId = frame.streamId
             flags = frame.flags
@@ -339,14 +346,17 @@ class MioEngine(Engine):
                 state = streams.get(streamId)
                 if state is not None:
                     if flags & WND:
-                        self._windowUpdate(state, frame.size)
+                        self._windowUpdate(state, frame.size, now)
                         continue
                     if first:
                         size = frame.size
                         if size > state.recvWindow:
-                            self._flowControlError(state, size)
+                            self._flowControlError(state, size, now)
                             continue
                         state.recvWindow -= size
+                        if not size and not flags & HFR:
+                            guards.empty(now, "mio", "an empty data frame on stream %d",
+                                         streamId)
                     if piece:
                         state.bytesReceived += len(piece)
                         counters.bytesReceived += len(piece)
@@ -357,13 +367,16 @@ class MioEngine(Engine):
                 if not flags & RST or not flags & WND:
                     # Data or credit for a stream that is gone: skip it.
                     self._checkKnownId(streamId, frame)
+                    if first:
+                        guards.empty(now, "mio", "%r for a closed stream", frame)
                     continue
             if flags & RST:
                 if flags & WND:
-                    self._peerOpened(frame)
+                    self._peerOpened(frame, now)
                     continue
                 state = streams.get(streamId)
                 if state is not None:
+                    guards.reset(now, "mio", "RST of stream %d", streamId)
                     code = frame.size
                     if code == ErrorCode.REFUSED:
                         cls, text = StreamRefusedError, "refused by the peer"
@@ -376,8 +389,10 @@ class MioEngine(Engine):
                     )
                 else:
                     self._checkKnownId(streamId, frame)
+                    guards.empty(now, "mio", "RST of closed stream %d", streamId)
             elif flags & WND:
-                continue  # session window update: the keepalive
+                # Session window update: the keepalive.
+                guards.empty(now, "mio", "a keepalive (session window frame)")
             elif flags & FIN:
                 if streamId:
                     # Every MIO peer closes the session on stream 0; a FIN
@@ -392,6 +407,8 @@ class MioEngine(Engine):
                 self._ready.clear()
                 events.append(ConnectionTerminated(code, None))
                 return
+            else:
+                guards.empty(now, "mio", "%r, which means nothing", frame)
 
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:
@@ -400,7 +417,7 @@ class MioEngine(Engine):
                 % (frame, streamId)
             )
 
-    def _peerOpened(self, frame):
+    def _peerOpened(self, frame, now):
         streamId = frame.streamId
         if streamId == 0:
             raise MalformedFrame("MIO open frame for stream 0")
@@ -423,23 +440,29 @@ class MioEngine(Engine):
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
             self._closedPeerIds.append(streamId)
+            self.guards.reset(now, "mio", "open of stream %d, refused", streamId)
             return
         window = frame.size
         self._streams[streamId] = StreamState(streamId, credit=window, window=window)
         self.counters.streamsAccepted += 1
         self._events.append(StreamOpened(streamId))
 
-    def _windowUpdate(self, state, size):
+    def _windowUpdate(self, state, size, now):
         credit = state.credit + size
         if credit > MAX_CREDIT:
             raise FlowControlViolation(
                 "MIO window update of %d on stream %d overflows the window"
                 % (size, state.streamId)
             )
+        if not size or credit > state.window:
+            # Credit for nothing, or for bytes never sent.
+            self.guards.empty(now, "mio", "a window update of %d on stream %d",
+                              size, state.streamId)
         state.credit = credit
         self._requeue(state)
 
-    def _flowControlError(self, state, size):
+    def _flowControlError(self, state, size, now):
+        self.guards.reset(now, "mio", "an overrun of stream %d's window", state.streamId)
         error = FlowControlViolation(
             "MIO stream %d: peer sent %d bytes with %d bytes of credit"
             % (state.streamId, size, state.recvWindow)

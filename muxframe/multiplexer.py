@@ -57,10 +57,8 @@ CLOSE_GRACE = 5.0
 
 _END = "end"
 
-# Why reading from the connection is paused: paused children hold too much,
-# or the peer does not read the control frames it is owed.
+# Why reading from the connection is paused: paused children hold too much.
 READ_HELD = 1
-READ_CONTROL = 2
 
 
 def _engineClass(framing):
@@ -600,8 +598,7 @@ class Multiplexer(Protocol):
     def readingPaused(self):
         """
         True while this connection does not read from its transport: paused
-        children hold C{sessionBufferSize}, or the peer does not read the
-        control frames it is owed.
+        children hold C{sessionBufferSize}.
         """
         return bool(self._readPausedBy)
 

@@ -180,7 +180,7 @@ class StreamIdReuseTests(SynchronousTestCase):
         remembers is a new stream; the old paused child is still told
         once, and never writes into the new stream.
         """
-        server = Server("bmp")
+        server = Server("bmp", maxResets=10 * bmp.REFUSED_MEMORY)
         wire = bmpData(b"io_0", b"x", 0, bmp.CREATE) + bmpClose(b"io_0")
         for n in range(1, bmp.REFUSED_MEMORY + 2):
             name = b"io_%d" % n
@@ -294,3 +294,315 @@ class HeldMemoryTests(SynchronousTestCase):
         child.transport.resumeProducing()
         self.assertEqual(server.transport.producerState, "producing")
         self.assertEqual(server.mux.engine.receiveOverhead(), 0)
+
+
+def bmpAck(streamId, sid):
+    return bmp.encodeFrame(bmp.Frame(streamId, bmp.ACK, payload=b"%d" % sid))
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class FloodTests(SynchronousTestCase):
+    """
+    Per-connection budgets: a peer that resets streams or sends frames that
+    carry nothing faster than any honest peer has its connection closed
+    with code 5 ("exhausted"), once; an honest rate is never cut.
+    """
+
+    def assertFlooded(self, server, setting):
+        """
+        The connection was ended for a flood: MIO sent FIN code 5, and the
+        reason names the budget.
+        """
+        from muxframe.errors import FloodError
+        server.clock.advance(0)
+        self.assertTrue(server.transport.disconnecting or server.mux.disconnected)
+        server.mux.connectionLost(None)
+        server.mux.lostReason.trap(FloodError)
+        self.assertIn(setting, server.mux.lostReason.getErrorMessage())
+        self.assertEqual(server.mux.lostReason.value.code, ErrorCode.EXHAUSTED)
+
+    def lastMioFrame(self, server):
+        frames = server.sentFrames()
+        return (frames[-1].streamId, frames[-1].flags, frames[-1].size)
+
+    def test_mioRapidReset(self):
+        """
+        MIO open+RST pairs past maxResets: FIN code 5; the children built
+        never exceed the budget.
+        """
+        server = Server("mio", child=Protocol, maxResets=100)
+        wire = b"".join(mioOpen(n) + mioReset(n) for n in range(1, 2 * 150, 2))
+        server.receive(wire)
+        self.assertEqual(self.lastMioFrame(server), (0, mio.FIN, ErrorCode.EXHAUSTED))
+        self.assertLessEqual(len(server.children), 101)
+        self.assertFlooded(server, "maxResets=100 per floodWindow=10 s")
+
+    def test_honestResetRateAllowed(self):
+        """
+        Resets at the budget's sustained rate (maxResets per floodWindow)
+        for a long while never close the connection.
+        """
+        server = Server("mio", child=Protocol, maxResets=100, floodWindow=10)
+        streamId = 1
+        for second in range(60):
+            wire = b""
+            for _ in range(9):
+                wire += mioOpen(streamId) + mioReset(streamId)
+                streamId += 2
+            server.receive(wire)
+            server.clock.advance(1)
+        self.assertFalse(server.transport.disconnecting)
+        self.assertEqual(len(server.children), 540)
+
+    def test_refusalsCount(self):
+        """
+        Opens refused past maxStreams spend the same budget.
+        """
+        server = Server("mio", child=Protocol, maxStreams=1, maxResets=50)
+        server.receive(b"".join(mioOpen(n) for n in range(1, 2 * 60, 2)))
+        self.assertFlooded(server, "maxResets=50")
+
+    def test_mioEmptyFrames(self):
+        """
+        MIO empty data frames, zero window updates, window updates granting
+        credit never used, keepalives and frames for closed streams each
+        spend maxEmptyFrames.
+        """
+        floods = {
+            "empty data": mioData(1, b"").__mul__,
+            "zero window update": (mioFrame(1, mio.WINDOW_UPDATE, 0)).__mul__,
+            "credit for nothing": (mioFrame(1, mio.WINDOW_UPDATE, 1)).__mul__,
+            "keepalive": (mioFrame(0, mio.SESSION_WINDOW, 0)).__mul__,
+        }
+        for name, flood in floods.items():
+            server = Server("mio", child=Protocol, maxEmptyFrames=200)
+            server.receive(mioOpen(1) + flood(150))
+            self.assertFalse(server.transport.disconnecting, name)
+            server.receive(flood(100))
+            self.assertFlooded(server, "maxEmptyFrames=200")
+        server = Server("mio", child=Protocol, maxEmptyFrames=200)
+        server.receive(mioOpen(1) + mioReset(1) + mioData(1, b"late") * 250)
+        self.assertFlooded(server, "for a closed stream")
+
+    def test_bmpEmptyFrames(self):
+        """
+        BMP acknowledgements of nothing and empty data frames spend
+        maxEmptyFrames; create+close pairs spend maxResets.
+        """
+        server = Server("bmp", child=Protocol, maxEmptyFrames=200)
+        server.receive(b"".join(bmpAck(b"io_0", n) for n in range(250)))
+        self.assertFlooded(server, "acknowledgement of nothing")
+        server = Server("bmp", child=Protocol, maxEmptyFrames=200)
+        server.receive(b"".join(bmpData(b"io_0", b"", n) for n in range(250)))
+        self.assertFlooded(server, "empty data frame")
+        server = Server("bmp", child=Protocol, maxResets=100)
+        server.receive(b"".join(bmpData(b"io_%d" % n, b"x", 0, bmp.CREATE)
+                                + bmpClose(b"io_%d" % n) for n in range(150)))
+        self.assertFlooded(server, "maxResets=100")
+
+    def test_budgetsOffWithZero(self):
+        """
+        maxResets=0 and maxEmptyFrames=0 disable the budgets.
+        """
+        server = Server("mio", child=Protocol, maxResets=0, maxEmptyFrames=0)
+        server.receive(b"".join(mioOpen(n) + mioData(n, b"") + mioReset(n)
+                                for n in range(1, 6000, 2)))
+        self.assertFalse(server.transport.disconnecting)
+
+    def test_echoUnaffected(self):
+        """
+        Honest traffic spends nothing: thousands of echoed frames on many
+        streams, ended cleanly.
+        """
+        server = Server("mio", child=Echo, maxResets=10, maxEmptyFrames=10)
+        for n in range(1, 400, 2):
+            server.receive(mioOpen(n) + mioData(n, b"ping" * 10) * 20)
+        self.assertFalse(server.transport.disconnecting)
+        self.assertEqual(server.mux.engine.guards.resets.spent, 0)
+        self.assertEqual(server.mux.engine.guards.empties.spent, 0)
+
+
+class ControlBacklogTests(SynchronousTestCase):
+    """
+    Control frames owed to a peer that does not read are capped at
+    maxControlBacklog: past it the connection is closed with code 5.
+    """
+
+    def notReading(self, framing, **settings):
+        server = Server(framing, child=Protocol, maxControlBacklog=1000, **settings)
+        server.mux.pauseProducing()  # the peer stopped reading
+        return server
+
+    def assertClosedForBacklog(self, server):
+        from muxframe.errors import FloodError
+        self.assertTrue(server.transport.disconnecting)
+        self.assertLessEqual(server.mux.engine.controlBacklog(), 1000 + 8192)
+        server.mux.connectionLost(None)
+        server.mux.lostReason.trap(FloodError)
+        self.assertIn("does not read", server.mux.lostReason.getErrorMessage())
+        self.assertIn("maxControlBacklog=1000", server.mux.lostReason.getErrorMessage())
+
+    def test_refusals(self):
+        """
+        MIO opens past maxStreams: each owes a refusal reset.
+        """
+        server = self.notReading("mio", maxStreams=1, maxResets=0)
+        for start in range(1, 4000, 400):
+            server.receive(b"".join(mioOpen(n) for n in range(start, start + 400, 2)))
+            if server.transport.disconnecting:
+                break
+        self.assertClosedForBacklog(server)
+
+    def test_windowUpdates(self):
+        """
+        MIO: a stream opened with a 2-byte window owes a window update for
+        every byte consumed.
+        """
+        server = self.notReading("mio", maxEmptyFrames=0)
+        server.receive(mioOpen(1, window=2))
+        for _ in range(2000):
+            server.receive(mioData(1, b"x"))
+            if server.transport.disconnecting:
+                break
+        self.assertClosedForBacklog(server)
+
+    def test_bmpAcks(self):
+        """
+        BMP: each zero-length data frame owes an acknowledgement.
+        """
+        server = self.notReading("bmp", maxEmptyFrames=0)
+        for start in range(0, 3000, 100):
+            server.receive(b"".join(bmpData(b"io_0", b"", n)
+                                    for n in range(start, start + 100)))
+            if server.transport.disconnecting:
+                break
+        self.assertClosedForBacklog(server)
+
+    def test_readingPeerNeverCut(self):
+        """
+        The same frames toward a peer that reads them owe nothing.
+        """
+        server = Server("bmp", child=Protocol, maxControlBacklog=1000, maxEmptyFrames=0)
+        for start in range(0, 5000, 100):
+            server.receive(b"".join(bmpData(b"io_0", b"", n)
+                                    for n in range(start, start + 100)))
+            server.sent()
+        self.assertFalse(server.transport.disconnecting)
+
+    def test_ownOpensNotOwed(self):
+        """
+        Control frames this side's own commands queued (opens) do not count
+        as owed to the peer.
+        """
+        server = Server("mio", child=Protocol, maxControlBacklog=1000, maxStreams=5000)
+        server.mux.pauseProducing()
+        for _ in range(2000):
+            server.mux.openStream(Factory.forProtocol(Protocol))
+        server.receive(mioFrame(0, mio.SESSION_WINDOW))
+        self.assertFalse(server.transport.disconnecting)
+        self.assertGreater(server.mux.engine.controlBacklog(), 1000)
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    headerTimeout closes connections stalled mid-header (slowloris);
+    emptyTimeout closes server connections nobody uses.
+    """
+
+    def assertTimedOut(self, server, text):
+        from muxframe.errors import SessionTimeoutError
+        self.assertTrue(server.transport.disconnecting)
+        server.mux.connectionLost(None)
+        server.mux.lostReason.trap(SessionTimeoutError)
+        self.assertIn(text, server.mux.lostReason.getErrorMessage())
+
+    def test_midHeader(self):
+        """
+        Half a frame header, then nothing: closed after headerTimeout
+        (default 30 s) for both framings.
+        """
+        for framing, wire in (("mio", mioOpen(1)), ("bmp", bmpData(b"io_0", b"x", 0))):
+            server = Server(framing)
+            server.receive(wire[:5])
+            server.clock.advance(29)
+            self.assertFalse(server.transport.disconnecting, framing)
+            server.clock.advance(1.5)
+            self.assertTimedOut(server, "headerTimeout")
+
+    def test_slowloris(self):
+        """
+        A header sent a byte every 5 s is closed 30 s after its first byte.
+        """
+        server = Server("bmp")
+        wire = bmpData(b"io_%d" % (10 ** 30), b"x", 0)
+        for byte in range(len(wire)):
+            server.receive(wire[byte:byte + 1])
+            if server.transport.disconnecting:
+                break
+            server.clock.advance(5)
+        self.assertLess(byte, 8)
+        self.assertTimedOut(server, "headerTimeout")
+
+    def test_splitHeadersUnderTrafficNeverTimeOut(self):
+        """
+        Continuous traffic whose reads keep ending mid-header is not
+        stalled: each header completes.
+        """
+        server = Server("mio", child=Protocol)
+        server.receive(mioOpen(1))
+        frame = mioData(1, b"x" * 10)
+        wire = frame * 3
+        for _ in range(100):
+            server.receive(wire[:5])
+            server.clock.advance(1)
+            server.receive(wire[5:] + frame[:5])
+            server.clock.advance(1)
+            server.receive(frame[5:])
+        self.assertFalse(server.transport.disconnecting)
+
+    def test_emptyServerConnection(self):
+        """
+        A server connection with no stream that receives nothing is closed
+        after emptyTimeout (default 300 s); one with a stream open, and a
+        client's, are not.
+        """
+        server = Server("bmp")
+        server.clock.advance(299)
+        self.assertFalse(server.transport.disconnecting)
+        server.clock.advance(1.5)
+        self.assertTimedOut(server, "emptyTimeout")
+
+        busy = Server("mio", child=Protocol)
+        busy.receive(mioOpen(1))
+        busy.clock.advance(1000)
+        self.assertFalse(busy.transport.disconnecting)
+
+        clock = Clock()
+        client = MultiplexerFactory(None, framing="bmp", role="client",
+                                    reactor=clock).buildProtocol(None)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        clock.advance(1000)
+        self.assertFalse(transport.disconnecting)
+
+    def test_keepalivesKeepEmptyConnection(self):
+        """
+        A MIO peer's keepalives (every 30 s by default) keep a connection
+        without streams open; the timer counts from the last stream's end.
+        """
+        server = Server("mio", child=Protocol)
+        for _ in range(40):
+            server.clock.advance(30)
+            server.receive(mioFrame(0, mio.SESSION_WINDOW))
+        self.assertFalse(server.transport.disconnecting)
+        server.receive(mioOpen(1))
+        server.clock.advance(1000)
+        server.receive(mioReset(1))
+        server.clock.advance(299)
+        self.assertFalse(server.transport.disconnecting)
+        server.clock.advance(2)
+        self.assertTimedOut(server, "emptyTimeout")
