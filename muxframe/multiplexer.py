@@ -15,7 +15,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from .bmp import BmpEngine
@@ -24,9 +24,11 @@ from .errors import (
     ErrorCode,
     LocalProtocolError,
     MuxframeError,
+    RemoteProtocolError,
     SessionClosedError,
     StreamBufferOverflow,
 )
+from .logthrottle import LogThrottle, logger, throttled
 from .events import (
     ConnectionTerminated,
     DataReceived,
@@ -55,6 +57,9 @@ WRITE_QUANTUM = 256 * 1024
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
 
+# The log throttle of multiplexers built without a MultiplexerFactory.
+_throttle = LogThrottle()
+
 _END = "end"
 
 # Why reading from the connection is paused: paused children hold too much.
@@ -82,7 +87,7 @@ class Multiplexer(Protocol):
         there was one, else the transport's own reason.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, childFactory=None, framing="mio", role="server",
                  settings=None, reactor=None):
@@ -198,6 +203,12 @@ class Multiplexer(Protocol):
 
     def _now(self):
         return self.reactor.seconds()
+
+    def _logThrottle(self):
+        # Repeated warnings are limited per factory (all its connections),
+        # so a flood of bad connections writes a few lines, not one each.
+        throttle = getattr(getattr(self, "factory", None), "logThrottle", None)
+        return throttle if throttle is not None else _throttle
 
     # -- IProtocol ------------------------------------------------------
 
@@ -464,7 +475,7 @@ class Multiplexer(Protocol):
                 self.log.failure("childFactory failed for stream {streamId}",
                                  streamId=streamId)
         if protocol is None:
-            self.log.info(
+            self.log.debug(
                 "refused stream {streamId} from {peer}: no child protocol",
                 streamId=streamId, peer=addressText(address.address),
             )
@@ -504,11 +515,14 @@ class Multiplexer(Protocol):
         error = event.error
         if error is not None:
             self._terminated = Failure(error)
-            self.log.warn(
-                "{framing} protocol error from {peer}, closing: {error}",
-                framing=self.framing, peer=addressText(self.transport.getPeer()),
-                error=error,
-            )
+            if isinstance(error, RemoteProtocolError):
+                level, kind, text = LogLevel.warn, "protocol error", "protocol error from"
+            else:
+                level, kind, text = LogLevel.info, "timeout", "timed out:"
+            throttled(self.log, self._logThrottle(), self._now(), level, kind,
+                      "{framing} " + text + " {peer}, closing: {error}",
+                      framing=self.framing, peer=addressText(self.transport.getPeer()),
+                      error=error)
         elif self._terminated is None:
             self._terminated = Failure(ConnectionLost(
                 "the peer closed the session (code %s)" % ErrorCode.describe(event.code)))
@@ -654,9 +668,10 @@ class Multiplexer(Protocol):
         except StreamBufferOverflow as error:
             # Only with a maxStreamSendBuffer set: the child learns of it
             # in connectionLost, never by an exception out of write().
-            self.log.warn("{framing} stream {streamId} reset: {error}",
-                          framing=self.framing, streamId=stream.streamId,
-                          error=error)
+            throttled(self.log, self._logThrottle(), self._now(), LogLevel.warn,
+                      "stream buffer overflow",
+                      "{framing} stream {streamId} reset: {error}",
+                      framing=self.framing, streamId=stream.streamId, error=error)
             stream._resetLocally()
             self._resetStream(stream, ErrorCode.EXHAUSTED, Failure(error))
             return
@@ -770,6 +785,9 @@ class MultiplexerFactory(Factory):
     @param reactor: an C{IReactorTime} for timers (default: the global
         reactor, looked up when first needed).
     @param settings: keyword settings, see L{muxframe.settings.SETTINGS}.
+
+    @ivar logThrottle: the L{muxframe.logthrottle.LogThrottle} limiting the
+        warnings its connections repeat (protocol errors, overflows).
     """
 
     protocol = Multiplexer
@@ -784,6 +802,7 @@ class MultiplexerFactory(Factory):
         self.role = role
         self.reactor = reactor
         self.settings = Settings(**settings)
+        self.logThrottle = LogThrottle()
 
     def buildProtocol(self, addr):
         protocol = self.protocol(

@@ -606,3 +606,54 @@ class TimeoutTests(SynchronousTestCase):
         self.assertFalse(server.transport.disconnecting)
         server.clock.advance(2)
         self.assertTimedOut(server, "emptyTimeout")
+
+
+class LogAmplificationTests(SynchronousTestCase):
+    """
+    Logs never amplify an attack: per-stream events are debug, and a
+    factory's repeated warnings are rate-limited.
+    """
+
+    def capture(self):
+        from twisted.logger import globalLogPublisher
+        events = []
+
+        def observer(event):
+            if event.get("log_namespace", "").startswith("muxframe"):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return events
+
+    def test_floodOfBadConnections(self):
+        """
+        200 connections of one factory that each break the protocol write
+        at most 10 warnings in a minute, the last saying that more are
+        suppressed.
+        """
+        from twisted.logger import LogLevel, formatEvent
+        events = self.capture()
+        clock = Clock()
+        factory = MultiplexerFactory(None, framing="mio", role="server", reactor=clock)
+        for _ in range(200):
+            mux = factory.buildProtocol(None)
+            mux.makeConnection(StringTransport())
+            mux.dataReceived(mioOpen(0))
+            clock.advance(0.01)
+        warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(warnings), 10)
+        self.assertIn("protocol error", formatEvent(warnings[0]))
+        self.assertIn("further lines like this are suppressed", formatEvent(warnings[-1]))
+
+    def test_perStreamEventsAreDebug(self):
+        """
+        Nine hundred streams opened, echoed and reset log nothing above
+        debug.
+        """
+        from twisted.logger import LogLevel
+        events = self.capture()
+        server = Server("mio", child=Echo)
+        for n in range(1, 1800, 2):
+            server.receive(mioOpen(n) + mioData(n, b"hi") + mioReset(n))
+        self.assertEqual([e for e in events if e["log_level"] > LogLevel.debug], [])
