@@ -46,6 +46,7 @@ from .settings import SETTINGS, coerce
 log = Logger(namespace="muxframe.tap")
 
 FRAMINGS = ("mio", "bmp")
+LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
 class Tunnel:
@@ -104,6 +105,7 @@ class _RoleOptions(usage.Options):
         self.tunnels = [Tunnel()]
         self.settings = {}
         self.framing = "mio"
+        self.logLevel = "info"
         self._given = {}
 
     def _once(self, name, value):
@@ -139,6 +141,19 @@ class _RoleOptions(usage.Options):
         self.framing = framing
 
     opt_f = opt_framing
+
+    def opt_logLevel(self, level):
+        """
+        The least important muxframe events written: debug, info (the
+        default: per-stream and per-connection tunnel events, which are
+        debug, are not written), warn or error.
+        """
+        self._once("logLevel", level)
+        if level not in LOG_LEVELS:
+            raise usage.UsageError(
+                "--logLevel: unknown level %r (choose one of %s)"
+                % (level, ", ".join(LOG_LEVELS)))
+        self.logLevel = level
 
     def opt_local(self, description):
         """
@@ -421,6 +436,46 @@ class RoleTunnel:
         self.locals = []
 
 
+class RoleService(service.MultiService):
+    """
+    The top service of a role: while it runs, muxframe's log events below
+    its C{logLevel} are dropped (L{muxframe.logthrottle.setMinimumLevel}).
+    """
+
+    def __init__(self, logLevel="info"):
+        service.MultiService.__init__(self)
+        self.logLevel = logLevel
+        self._previousLevel = None
+
+    def _applyLevel(self):
+        from twisted.logger import LogLevel
+
+        from .logthrottle import minimumLevel, setMinimumLevel
+        if self._previousLevel is None:
+            self._previousLevel = minimumLevel()
+            setMinimumLevel(LogLevel.levelWithName(self.logLevel))
+
+    def privilegedStartService(self):
+        self._applyLevel()
+        service.MultiService.privilegedStartService(self)
+
+    def startService(self):
+        self._applyLevel()
+        service.MultiService.startService(self)
+
+    def stopService(self):
+        d = service.MultiService.stopService(self)
+
+        def restore(result):
+            from .logthrottle import setMinimumLevel
+            if self._previousLevel is not None:
+                setMinimumLevel(self._previousLevel)
+                self._previousLevel = None
+            return result
+
+        return d.addBoth(restore)
+
+
 def makeService(options, reactor=None):
     """
     Build the service of a role from parsed L{Options}.
@@ -429,7 +484,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor as globalReactor
         reactor = globalReactor
     sub = options.subOptions
-    top = service.MultiService()
+    top = RoleService(sub.logLevel)
     top.setName("muxframe-" + options.subCommand)
     top.tunnels = []
     for tunnel in sub.tunnels:

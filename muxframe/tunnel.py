@@ -25,12 +25,15 @@ from zope.interface import implementer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from .describe import addressText
 from .errors import SessionClosedError
+from .logthrottle import LogThrottle, logger, throttled
 
-log = Logger(namespace="muxframe.tunnel")
+# Per-connection events (spliced, closed) are debug: the roles do not write
+# them by default, so a flood of connections writes no line each.
+log = logger(namespace="muxframe.tunnel")
 
 
 class TunnelStats:
@@ -258,6 +261,7 @@ class _SpliceFactory(Factory):
 
     def __init__(self):
         self.stats = TunnelStats()
+        self.logThrottle = LogThrottle()
 
     def buildProtocol(self, addr):
         protocol = SpliceProtocol(self.kind)
@@ -283,7 +287,7 @@ class _SpliceFactory(Factory):
             accepted.linked = True
             self.stats.opened += 1
             link(accepted, other)
-            log.info(
+            log.debug(
                 "{kind}: {peer} spliced to {other}", kind=self.kind,
                 peer=peer, other=addressText(other.transport.getPeer()),
                 streamId=_streamIdOf(accepted, other))
@@ -300,9 +304,12 @@ class _SpliceFactory(Factory):
         def failed(reason):
             accepted.pending = None
             self.stats.failed += 1
-            log.warn("{kind}: {peer} could not be connected: {error}",
-                     kind=self.kind, peer=peer, error=reason.getErrorMessage(),
-                     streamId=_streamIdOf(accepted, None))
+            from twisted.internet import reactor
+            throttled(log, self.logThrottle, reactor.seconds(), LogLevel.warn,
+                      "could not be connected",
+                      "{kind}: {peer} could not be connected: {error}",
+                      kind=self.kind, peer=peer, error=reason.getErrorMessage(),
+                      streamId=_streamIdOf(accepted, None))
             accepted.abort()
 
         def done(result):
@@ -324,7 +331,7 @@ class _SpliceFactory(Factory):
         clean = reason.check(ConnectionDone) is not None
         if not clean and accepted.linked:
             self.stats.failed += 1
-        log.info("{kind}: {peer} closed ({outcome}; {bytesIn} bytes in, {bytesOut} out)",
+        log.debug("{kind}: {peer} closed ({outcome}; {bytesIn} bytes in, {bytesOut} out)",
                  kind=self.kind, peer=accepted.peer or "?",
                  outcome="clean" if clean else reason.getErrorMessage(),
                  bytesIn=accepted.bytesReceived,

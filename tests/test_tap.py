@@ -366,7 +366,7 @@ class TwistdTests(TestCase):
         yield waitForPort(muxPort, server)
         client = spawnTwistd(self, "client", "client", "--endpoint=tcp:127.0.0.1:%d"
                              % (muxPort,), "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
-                             "--retryMax=1")
+                             "--retryMax=1", "--logLevel=debug")
         yield waitForPort(localPort, client)
         local = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
         first = TCPClient(b"hello muxframe" * 1000)
@@ -440,7 +440,7 @@ class SeveralTunnelsTests(TestCase):
             "--endpoint=tcp:%d:interface=127.0.0.1" % (mioPort,), "--echo",
             "--endpoint=bmp:tcp:%d:interface=127.0.0.1" % (bmpPort,),
             "--forward=tcp:127.0.0.1:%d" % (target.getHost().port,),
-            "--drainTimeout=2", twist=True)
+            "--drainTimeout=2", "--logLevel=debug", twist=True)
         yield waitForPort(mioPort, server)
         yield waitForPort(bmpPort, server)
         client = spawnTwistd(
@@ -451,7 +451,7 @@ class SeveralTunnelsTests(TestCase):
             "--endpoint=bmp:tcp:127.0.0.1:%d" % (bmpPort,),
             "--local=tcp:%d:interface=127.0.0.1" % (locals_[2],),
             "--local=tcp:%d:interface=127.0.0.1" % (locals_[3],),
-            "--drainTimeout=2")
+            "--drainTimeout=2", "--logLevel=debug")
         for port in locals_:
             yield waitForPort(port, client)
         clients = []

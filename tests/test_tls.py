@@ -340,7 +340,7 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["server.pem"], paths["ca.pem"]),
             "--forward=tcp:127.0.0.1:%d" % (forwardTarget.getHost().port,),
             "--local=tcp:%d:interface=127.0.0.1" % (reverseLocal,),
-            "--drainTimeout=5", "--framing=" + framing)
+            "--drainTimeout=5", "--framing=" + framing, "--logLevel=debug")
         yield waitForPort(muxPort, server)
         client = spawnTwistd(
             self, "client", "client",
@@ -348,7 +348,7 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["ca"], paths["client.pem"], paths["client.pem"]),
             "--local=tcp:%d:interface=127.0.0.1" % (forwardLocal,),
             "--forward=tcp:127.0.0.1:%d" % (reverseTarget.getHost().port,),
-            "--drainTimeout=5", "--framing=" + framing)
+            "--drainTimeout=5", "--framing=" + framing, "--logLevel=debug")
         yield waitForPort(forwardLocal, client)
         deadline = time.monotonic() + 20
         while not re.search(framing + r" connection to \S+ up", client.text()):
