@@ -188,6 +188,23 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(fault, str(e), argv)
 
+    def test_backlog(self):
+        """
+        Listening descriptions get backlog=1024 unless they set one; other
+        endpoint types are left alone.
+        """
+        cases = [
+            ("tcp:9000", "tcp:9000:backlog=1024"),
+            ("mio:tcp:9000:maxStreams=5", "mio:tcp:9000:maxStreams=5:backlog=1024"),
+            ("bmp:ssl:8443:privateKey=k.pem", "bmp:ssl:8443:privateKey=k.pem:backlog=1024"),
+            ("unix:/tmp/s", "unix:/tmp/s:backlog=1024"),
+            ("tcp:9000:backlog=10", "tcp:9000:backlog=10"),
+            ("mio:tcp:9000:backlog=10", "mio:tcp:9000:backlog=10"),
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ]
+        for given, expected in cases:
+            self.assertEqual(tap.withBacklog(given), expected)
+
     def test_endpointFaultsNamed(self):
         """
         A client --endpoint missing its port, and --local given a client
@@ -336,6 +353,24 @@ class TwistdTests(TestCase):
         code = yield process.ended
         self.assertNotEqual(code, 0)
         self.assertIn("maxStreams", process.text())
+
+    @inlineCallbacks
+    def test_listenBacklog(self):
+        """
+        The server listens with a backlog of 1024 on its multiplexed
+        endpoint and on each --local (as the kernel reports it).
+        """
+        import subprocess
+        muxPort, localPort = freePort(), freePort()
+        server = spawnTwistd(self, "server", "server",
+                             "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,), "--echo",
+                             "--local=tcp:%d:interface=127.0.0.1" % (localPort,))
+        yield waitForPort(muxPort, server)
+        yield waitForPort(localPort, server)
+        for port in (muxPort, localPort):
+            out = subprocess.run(["ss", "-ltnH", "sport = :%d" % (port,)],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertEqual(out.split()[2], "1024", out)
 
     @inlineCallbacks
     def test_addressInUse(self):
