@@ -61,6 +61,16 @@ class _ServerMultiplexerFactory(MultiplexerFactory):
         self._endpoint = endpoint
         self.multiplexers = []
 
+    def buildProtocol(self, addr):
+        mux = MultiplexerFactory.buildProtocol(self, addr)
+        authenticator = self._endpoint.authenticator
+        if authenticator is not None:
+            # Streams reach the user's factory through the connection's
+            # authentication (refused until a token client answers).
+            mux.authentication = authenticator.gate(mux, mux.childFactory)
+            mux.childFactory = mux.authentication
+        return mux
+
     def _connected(self, mux):
         self.multiplexers.append(mux)
         self._endpoint._connected(mux)
@@ -159,6 +169,9 @@ class MultiplexedServerEndpoint:
     @param framing: C{"mio"} or C{"bmp"}.
     @param reactor: an C{IReactorTime} for the multiplexers' timers (default:
         the global reactor).
+    @param authenticator: a L{muxframe.tunnelauth.Authenticator} naming the
+        clients (by TLS certificate or token), or C{None}: then no client
+        has a name and L{authenticatedMultiplexer} finds none.
     @param settings: multiplexer settings (L{muxframe.settings.SETTINGS}).
 
     @ivar multiplexers: every L{Multiplexer} accepted through this endpoint
@@ -168,7 +181,8 @@ class MultiplexedServerEndpoint:
 
     log = Logger()
 
-    def __init__(self, inner, framing="mio", reactor=None, description=None, **settings):
+    def __init__(self, inner, framing="mio", reactor=None, description=None,
+                 authenticator=None, **settings):
         from .settings import Settings
         MultiplexerFactory(None, framing=framing, role="server")  # validates
         self.inner = inner
@@ -176,6 +190,7 @@ class MultiplexedServerEndpoint:
         self.framing = framing
         self.reactor = reactor
         self.settings = Settings(**settings).asDict()
+        self.authenticator = authenticator
         self.multiplexers = []
         self._waiters = []
 
@@ -210,6 +225,8 @@ class MultiplexedServerEndpoint:
             return
         self.log.info("{framing} connection from {peer}", framing=self.framing,
                       peer=addressText(mux.transport.getPeer()))
+        if mux.authentication is not None:
+            mux.authentication.start()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(mux)
@@ -239,6 +256,21 @@ class MultiplexedServerEndpoint:
         for mux in reversed(self.multiplexers):
             if (mux.isVerified() and not mux.disconnected
                     and mux.engine is not None and not mux.engine.closed):
+                return mux
+        return None
+
+    def authenticatedMultiplexer(self, name):
+        """
+        Return the L{Multiplexer} of the most recent open connection whose
+        client is authenticated as C{name} (by its TLS certificate's common
+        name or its token), or C{None}.  An unauthenticated connection is
+        never returned.
+        """
+        for mux in reversed(self.multiplexers):
+            gate = mux.authentication
+            if (gate is not None and gate.name == name and mux.isVerified()
+                    and not mux.disconnected and mux.engine is not None
+                    and not mux.engine.closed):
                 return mux
         return None
 

@@ -209,3 +209,11 @@ class PeerNotMultiplexingError(MultiplexedConnectError):
     protocol (the message says which, e.g. "this looks like an HTTP
     response").
     """
+
+
+class AuthenticationError(MultiplexedConnectError):
+    """
+    A client configured with a token was not accepted by the server: the
+    server refused its name or token, or sent no challenge (it requires no
+    token), or the connection was lost first.  The message says which.
+    """

@@ -8,8 +8,9 @@ half-close, and the factories the twistd roles are made of.
   - L{TunnelFactory}: each connection (a local TCP connection) opens a
     stream with an C{openStream(factory)} callable (a
     L{muxframe.endpoints.MultiplexedClientEndpoint}'s C{connect} for a
-    forward tunnel, L{reverseOpener} for a reverse tunnel) and is spliced to
-    it.
+    forward tunnel, L{reverseOpener} for a reverse tunnel, which opens
+    streams only toward the authenticated client it names) and is spliced
+    to it.
 
 Backpressure: each side of a splice is registered as the push producer of
 the other side's transport, so a slow reader pauses its writer (TCP stops
@@ -390,19 +391,23 @@ class TunnelFactory(_SpliceFactory):
         return self.openStream(factory)
 
 
-def reverseOpener(serverEndpoint):
+def reverseOpener(serverEndpoint, name):
     """
     Return an C{openStream(factory)} callable that opens a stream toward the
-    most recently connected client of C{serverEndpoint} (a
-    L{muxframe.endpoints.MultiplexedServerEndpoint}); it fails at once when
-    no client is connected.
+    client of C{serverEndpoint} (a
+    L{muxframe.endpoints.MultiplexedServerEndpoint}) authenticated as
+    C{name} (its TLS certificate's common name, or its token's name; see
+    L{muxframe.tunnelauth}), its most recent connection if it has several.
+    An unauthenticated connection never gets a stream: without such a
+    client the callable fails at once.
     """
     from twisted.internet.defer import fail
 
     def openStream(factory):
-        mux = serverEndpoint.currentMultiplexer()
+        mux = serverEndpoint.authenticatedMultiplexer(name)
         if mux is None:
-            return fail(SessionClosedError("no muxframe client is connected"))
+            return fail(SessionClosedError(
+                "no muxframe client authenticated as %r is connected" % (name,)))
         return mux.openStream(factory)
 
     return openStream
