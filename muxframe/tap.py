@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
+from .endpointstrings import _quote
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
@@ -79,6 +80,8 @@ class Tunnel:
     @ivar echo: C{--echo} (servers).
     @ivar forward: the C{--forward} target, or C{None}.
     @ivar locals: the C{--local} listening descriptions.
+    @ivar clients: the C{--client} name of each C{--local} (servers).
+    @ivar tokens: the C{--tokens} file (servers), or C{None}.
     """
 
     def __init__(self):
@@ -87,6 +90,8 @@ class Tunnel:
         self.echo = False
         self.forward = None
         self.locals = []
+        self.clients = []
+        self.tokens = None
 
     def innerEndpoint(self):
         """
@@ -181,7 +186,9 @@ class _RoleOptions(usage.Options):
         A server endpoint to accept local connections on (repeatable; see
         the role's description).
         """
-        self.tunnels[-1].locals.append(description)
+        tunnel = self.tunnels[-1]
+        tunnel.locals.append(description)
+        tunnel.clients.append(None)
 
     opt_l = opt_local
 
@@ -304,6 +311,31 @@ class ServerOptions(_RoleOptions):
         """
         self.tunnels[-1].echo = True
 
+    def opt_client(self, name):
+        """
+        The authenticated client that the connections of the --local before
+        it go to: its TLS certificate's common name (clientCA= on the
+        endpoint) or its name in --tokens.
+        """
+        tunnel = self.tunnels[-1]
+        if not tunnel.locals:
+            raise usage.UsageError("--client=%s names the client of a --local: "
+                                   "give it after that --local" % (name,))
+        if tunnel.clients[-1] is not None:
+            raise usage.UsageError("--client given twice for --local=%s (%r, then %r)"
+                                   % (tunnel.locals[-1], tunnel.clients[-1], name))
+        tunnel.clients[-1] = name
+
+    def opt_tokens(self, path):
+        """
+        A file of 'name token' lines: every client of the --endpoint before
+        it must answer a token challenge (see docs/operations.md).
+        """
+        tunnel = self.tunnels[-1]
+        if tunnel.tokens is not None:
+            raise usage.UsageError("--tokens given twice for one --endpoint")
+        tunnel.tokens = path
+
     def checkTunnel(self, tunnel):
         """
         Check the server's own option combinations.
@@ -316,6 +348,37 @@ class ServerOptions(_RoleOptions):
             raise usage.UsageError(
                 "the server needs --echo, --forward or --local for --endpoint=%s"
                 % (tunnel.endpoint,))
+        tokens = None
+        if tunnel.tokens is not None:
+            from .tunnelauth import TokenTable
+            try:
+                tokens = TokenTable.fromFile(tunnel.tokens)
+            except ValueError as e:
+                raise usage.UsageError("--tokens: %s" % (e,))
+        certificates = "clientCA" in parseDescription(tunnel.innerEndpoint())[1]
+        for local, client in zip(tunnel.locals, tunnel.clients):
+            if client is None:
+                raise usage.UsageError(
+                    "--local=%s needs --client=NAME: a reverse tunnel sends its "
+                    "connections only to the authenticated client it names" % (local,))
+            if tokens is None and not certificates:
+                raise usage.UsageError(
+                    "--local=%s: --endpoint=%s cannot authenticate clients; add "
+                    "clientCA= to its ssl: description (certificates name "
+                    "clients) or --tokens=FILE" % (local, tunnel.endpoint))
+            if tokens is not None and client not in tokens:
+                raise usage.UsageError("--client=%s is not in --tokens=%s"
+                                       % (client, tunnel.tokens))
+
+    def muxDescription(self, tunnel=None):
+        """
+        The C{mio:}/C{bmp:} server string, with C{tokens=} when given.
+        """
+        tunnel = tunnel or self.tunnels[0]
+        description = _RoleOptions.muxDescription(self, tunnel)
+        if tunnel.tokens is not None:
+            description += ":tokens=" + _quote(tunnel.tokens)
+        return description
 
     def muxEndpoint(self, reactor, tunnel=None):
         """
@@ -368,6 +431,34 @@ class ClientOptions(_RoleOptions):
         """
         self._seconds("retryMax", value)
 
+    def opt_name(self, name):
+        """
+        This client's name, to answer a server that requires a token (with
+        --tokenFile).
+        """
+        self._once("name", name)
+        self.clientOptions["authName"] = name
+
+    def opt_tokenFile(self, path):
+        """
+        The file holding this client's token (its first line), with --name.
+        """
+        self._once("tokenFile", path)
+        self.clientOptions["authTokenFile"] = path
+
+    def postOptions(self):
+        auth = [name for name in ("authName", "authTokenFile") if name in self.clientOptions]
+        if len(auth) == 1:
+            raise usage.UsageError("--name and --tokenFile go together")
+        if auth:
+            from .tunnelauth import checkName, readTokenFile
+            try:
+                checkName(self.clientOptions["authName"])
+                readTokenFile(self.clientOptions["authTokenFile"])
+            except ValueError as e:
+                raise usage.UsageError("--name/--tokenFile: %s" % (e,))
+        _RoleOptions.postOptions(self)
+
     def checkTunnel(self, tunnel):
         """
         Check the client's own options of one tunnel.
@@ -381,7 +472,8 @@ class ClientOptions(_RoleOptions):
         """
         The C{mio:}/C{bmp:} client string, with the client's own options.
         """
-        extra = "".join(":%s=%s" % item for item in sorted(self.clientOptions.items()))
+        extra = "".join(":%s=%s" % (name, _quote(value))
+                        for name, value in sorted(self.clientOptions.items()))
         return _RoleOptions.muxDescription(self, tunnel) + extra
 
     def muxEndpoint(self, reactor, tunnel=None):
@@ -531,14 +623,15 @@ def _serverTunnel(sub, tunnel, top, reactor):
     main = ListenService(sub.muxDescription(tunnel), streams, reactor)
     main.setServiceParent(top)
     running = RoleTunnel(main.endpoint, streams)
-    for description in tunnel.locals:
-        local = TunnelFactory(reverseOpener(main.endpoint), "reverse tunnel")
+    for description, client in zip(tunnel.locals, tunnel.clients):
+        local = TunnelFactory(reverseOpener(main.endpoint, client), "reverse tunnel")
         ListenService(description, local, reactor).setServiceParent(top)
         running.locals.append(local)
     log.info("muxframe server on {endpoint} ({framing}); streams: {mode}{locals}",
              endpoint=tunnel.innerEndpoint(), framing=tunnel.framing,
              mode="echo" if tunnel.echo else tunnel.forward or "refused",
-             locals="".join("; reverse tunnel from %s" % (d,) for d in tunnel.locals))
+             locals="".join("; reverse tunnel from %s to client %s" % pair
+                            for pair in zip(tunnel.locals, tunnel.clients)))
     return running
 
 

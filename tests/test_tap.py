@@ -45,6 +45,26 @@ def freePort():
     return port
 
 
+TOKEN = "0123456789abcdef-%s-token"
+
+
+def writeTokens(testCase, *names):
+    """
+    Write a tokens file naming C{names} (each with token C{TOKEN % name}),
+    and each name's own token file beside it; return the tokens file's path.
+    """
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, "tokens")
+    with open(path, "w") as f:
+        f.write("# name token\n")
+        for name in names:
+            f.write("%s %s\n" % (name, TOKEN % (name,)))
+            with open(os.path.join(directory, name + ".token"), "w") as own:
+                own.write(TOKEN % (name,) + "\n")
+    return path
+
+
 def parse(*argv):
     options = tap.Options()
     options.parseOptions(list(argv))
@@ -90,12 +110,17 @@ class OptionsTests(SynchronousTestCase):
         --endpoint (or before the first) belong to it; a framing prefix
         sets an endpoint's framing.
         """
-        options = parse("server", "--echo", "--endpoint=tcp:9000",
-                        "--local=tcp:9100", "--local=tcp:9101",
+        tokens = writeTokens(self, "alice", "bob")
+        options = parse("server", "--echo", "--endpoint=tcp:9000", "--tokens=" + tokens,
+                        "--local=tcp:9100", "--client=alice",
+                        "--local=tcp:9101", "--client=bob",
                         "--endpoint=bmp:tcp:9001", "--forward=tcp:localhost:22")
         first, second = options.subOptions.tunnels
         self.assertEqual((first.endpoint, first.framing, first.echo, first.locals),
                          ("tcp:9000", "mio", True, ["tcp:9100", "tcp:9101"]))
+        self.assertEqual(first.clients, ["alice", "bob"])
+        self.assertEqual(options.subOptions.muxDescription(first),
+                         "mio:tcp:9000:tokens=" + tokens.replace(":", "\\:"))
         self.assertEqual((second.framing, second.echo, second.forward, second.locals),
                          ("bmp", False, "tcp:localhost:22", []))
         self.assertEqual(options.subOptions.muxDescription(second), "bmp:tcp:9001")
@@ -110,14 +135,17 @@ class OptionsTests(SynchronousTestCase):
         The server role is a MultiService with each multiplexed listener
         and each reverse-tunnel listener.
         """
-        options = parse("server", "--endpoint=tcp:9000", "--echo", "--local=tcp:9001",
-                        "--local=tcp:9002", "--endpoint=tcp:9003", "--echo")
+        tokens = writeTokens(self, "alice")
+        options = parse("server", "--endpoint=tcp:9000", "--echo", "--tokens=" + tokens,
+                        "--local=tcp:9001", "--client=alice",
+                        "--local=tcp:9002", "--client=alice", "--endpoint=tcp:9003", "--echo")
         top = tap.makeService(options, reactor)
         self.assertTrue(IService.providedBy(top))
         services = list(top)
         self.assertEqual(len(services), 4)
         self.assertEqual([s.description for s in services],
-                         ["mio:tcp:9000", "tcp:9001", "tcp:9002", "mio:tcp:9003"])
+                         ["mio:tcp:9000:tokens=" + tokens, "tcp:9001", "tcp:9002",
+                          "mio:tcp:9003"])
         self.assertIsInstance(services[0].endpoint, MultiplexedServerEndpoint)
         self.assertEqual(len(top.tunnels), 2)
         self.assertIsInstance(top.tunnels[0].streams, EchoFactory)
@@ -164,6 +192,38 @@ class OptionsTests(SynchronousTestCase):
         for argv, fault in cases:
             e = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(fault, str(e), argv)
+
+    def test_reverseTunnelNeedsAuthentication(self):
+        """
+        A --local needs --client=NAME and an endpoint that authenticates
+        clients (--tokens, or clientCA= on ssl:); the names must be known.
+        """
+        tokens = writeTokens(self, "alice")
+        cases = [
+            (("server", "--endpoint=tcp:9000", "--local=tcp:9001"),
+             "--local=tcp:9001 needs --client=NAME"),
+            (("server", "--endpoint=tcp:9000", "--local=tcp:9001", "--client=alice"),
+             "cannot authenticate clients; add clientCA="),
+            (("server", "--endpoint=tcp:9000", "--tokens=" + tokens,
+              "--local=tcp:9001", "--client=bob"), "--client=bob is not in --tokens"),
+            (("server", "--endpoint=tcp:9000", "--client=alice", "--echo"),
+             "give it after that --local"),
+            (("server", "--endpoint=tcp:9000", "--tokens=/no/such/file", "--echo"),
+             "cannot be read"),
+            (("client", "--endpoint=tcp:h:1", "--local=tcp:1", "--name=alice"),
+             "--name and --tokenFile go together"),
+            (("client", "--endpoint=tcp:h:1", "--local=tcp:1", "--name=al ice",
+              "--tokenFile=" + tokens), "client name"),
+        ]
+        for argv, fault in cases:
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(fault, str(e), argv)
+        options = parse("client", "--endpoint=tcp:h:1", "--forward=tcp:h:2",
+                        "--name=alice",
+                        "--tokenFile=" + os.path.join(os.path.dirname(tokens), "alice.token"))
+        endpoint = options.subOptions.muxEndpoint(reactor)
+        self.assertEqual(endpoint.authName, "alice")
+        self.assertEqual(endpoint.authToken, (TOKEN % ("alice",)).encode())
 
     def test_repeatsNeverDropped(self):
         """
@@ -364,7 +424,9 @@ class TwistdTests(TestCase):
         muxPort, localPort = freePort(), freePort()
         server = spawnTwistd(self, "server", "server",
                              "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,), "--echo",
-                             "--local=tcp:%d:interface=127.0.0.1" % (localPort,))
+                             "--tokens=" + writeTokens(self, "alice"),
+                             "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
+                             "--client=alice")
         yield waitForPort(muxPort, server)
         yield waitForPort(localPort, server)
         for port in (muxPort, localPort):

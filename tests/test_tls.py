@@ -340,6 +340,7 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["server.pem"], paths["ca.pem"]),
             "--forward=tcp:127.0.0.1:%d" % (forwardTarget.getHost().port,),
             "--local=tcp:%d:interface=127.0.0.1" % (reverseLocal,),
+            "--client=muxframe client",  # the client certificate's common name
             "--drainTimeout=5", "--framing=" + framing, "--logLevel=debug")
         yield waitForPort(muxPort, server)
         client = spawnTwistd(
@@ -371,6 +372,7 @@ class TwistdTLSTunnelTests(TestCase):
         # One multiplexed connection carried them all.
         self.assertEqual(len(re.findall(framing + r" connection to \S+ up", client.text())), 1)
         self.assertIn("reverse tunnel: tcp:127.0.0.1:", server.text())
+        self.assertIn("client muxframe client authenticated by certificate", server.text())
         self.assertIn("forward tunnel: tcp:127.0.0.1:", client.text())
         self.log = "400 MiB through two tunnels in %.1f s" % (elapsed,)
 
