@@ -210,22 +210,26 @@ class FrameDecoder(PayloadStreamer):
         self._parts = None
         self._offset = 0
 
-    def receive(self, data, out):
+    def receive(self, data, out, limit=None):
         """
-        Decode C{data}, appending items to C{out}.
+        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
+        the first frame boundary where C{out} holds that many items.
 
+        @return: how many bytes of C{data} were decoded (all of it, unless
+            C{limit} stopped it).
         @raise MalformedFrame: bytes that are not BMP, naming the fault.
         @raise FrameTooLarge: a LEN over C{maxFrameSize}.
         """
-        pos = 0
         end = len(data)
-        append = out.append
+        consumed = end
         try:
-            self._decode(data, pos, end, append)
+            consumed = self._decode(data, 0, end, out, limit)
         finally:
-            self._offset += end
+            self._offset += consumed
+        return consumed
 
-    def _decode(self, data, pos, end, append):
+    def _decode(self, data, pos, end, out, limit):
+        append = out.append
         while pos < end:
             if self._frame is not None:
                 if self._parts is None:
@@ -233,6 +237,8 @@ class FrameDecoder(PayloadStreamer):
                 else:
                     pos = self._controlPayload(data, pos, end, append)
                 continue
+            if not self._header and limit is not None and len(out) >= limit:
+                return pos
             if self._header:
                 held = len(self._header)
                 buf = self._header + data[pos:pos + MAX_HEADER]
@@ -281,6 +287,7 @@ class FrameDecoder(PayloadStreamer):
                     append((frame, b"", True, True))
                 else:
                     self._expect(frame, size)
+        return end
 
     def _controlPayload(self, data, pos, end, append):
         # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather

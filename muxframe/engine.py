@@ -190,6 +190,7 @@ class Engine:
         self._lastSent = now
         self._latest = now
         self._head = b""
+        self._unread = b""
         self.guards = SessionGuards(self.settings, role, now)
 
     # -- queries --------------------------------------------------------
@@ -226,6 +227,13 @@ class Engine:
         not yet consumed data costs beyond the data itself.
         """
         return 0
+
+    def pendingInput(self):
+        """
+        Return how many received bytes wait to be decoded (left by a
+        C{receiveData} call with a C{limit}).
+        """
+        return len(self._unread)
 
     def controlBacklog(self):
         """
@@ -370,10 +378,15 @@ class Engine:
 
     # -- input ----------------------------------------------------------
 
-    def receiveData(self, data, now=0.0):
+    def receiveData(self, data, now=0.0, limit=None):
         """
         Feed bytes from the connection; return the events they caused (and
         any still pending from earlier commands, see L{takeEvents}).
+
+        With a C{limit}, at most about that many frames are handled; the
+        rest of the bytes wait in the engine (L{pendingInput}) for the next
+        call, which may pass C{b""}: a connection flooding tiny frames gets
+        a bounded slice of work per call, like any other.
 
         A protocol violation ends the session: the events decoded before it
         are returned, followed by a L{ConnectionTerminated} carrying the
@@ -382,11 +395,16 @@ class Engine:
         if self.closed:
             return self.takeEvents()
         self._lastReceived = self._latest = now
+        if self._unread:
+            data = self._unread + bytes(data)
+            self._unread = b""
         if len(self._head) < HEAD:
             self._head += bytes(data[:HEAD - len(self._head)])
         items = []
         try:
-            self._decoder.receive(data, items)
+            used = self._decoder.receive(data, items, limit)
+            if used < len(data):
+                self._unread = bytes(data[used:])
             # Only the first item can continue a frame begun earlier.
             self.guards.received(now, self._decoder.inHeader(),
                                  len(items) > 1 or bool(items and items[0][2]))

@@ -97,12 +97,29 @@ _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
 
 observer = FilteringLogObserver(globalLogPublisher, [_levels])
 
+_PRIORITY = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
+_minimum = [0]
+
+
+class _Logger(Logger):
+    """
+    A L{Logger} that drops an event below muxframe's minimum level before
+    building it: a per-stream debug line costs one comparison when it is
+    not written.
+    """
+
+    def emit(self, level, format=None, **kwargs):
+        if _PRIORITY.get(level, 99) < _minimum[0]:
+            return
+        Logger.emit(self, level, format, **kwargs)
+
 
 def setMinimumLevel(level):
     """
     Drop muxframe's log events below C{level} (a L{LogLevel}) from now on.
     """
     _levels.setLogLevelForNamespace("muxframe", level)
+    _minimum[0] = _PRIORITY[level]
 
 
 def minimumLevel():
@@ -118,8 +135,8 @@ def logger(namespace=None):
     it names itself after its class, as L{Logger} does).
     """
     if namespace is None:
-        return Logger(observer=observer)
-    return Logger(namespace=namespace, observer=observer)
+        return _Logger(observer=observer)
+    return _Logger(namespace=namespace, observer=observer)
 
 
 __all__ = [

@@ -155,10 +155,13 @@ class FrameDecoder(PayloadStreamer):
         self.maxFrameSize = maxFrameSize
         self._header = b""
 
-    def receive(self, data, out):
+    def receive(self, data, out, limit=None):
         """
-        Decode C{data}, appending items to C{out}.
+        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
+        the first frame boundary where C{out} holds that many items.
 
+        @return: how many bytes of C{data} were decoded (all of it, unless
+            C{limit} stopped it).
         @raise FrameTooLarge: a data frame over C{maxFrameSize}; the items
             decoded before it are already in C{out}.
         """
@@ -174,15 +177,17 @@ class FrameDecoder(PayloadStreamer):
                 self._header += data[pos:pos + need]
                 pos += need
                 if len(self._header) < HEADER_SIZE:
-                    return
+                    return end
                 streamId, word = _unpackFrom(self._header)
                 self._header = b""
+            elif limit is not None and len(out) >= limit:
+                return pos
             elif end - pos >= HEADER_SIZE:
                 streamId, word = _unpackFrom(data, pos)
                 pos += HEADER_SIZE
             else:
                 self._header = bytes(data[pos:])
-                return
+                return end
             flags = word & 0xFF
             size = word >> 8
             frame = Frame(streamId & MAX_STREAM_ID, size, flags)
@@ -199,6 +204,7 @@ class FrameDecoder(PayloadStreamer):
                     self._expect(frame, size)
             else:
                 append((frame, None, True, True))
+        return end
 
     def buffered(self):
         """

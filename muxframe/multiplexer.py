@@ -62,8 +62,15 @@ _throttle = LogThrottle()
 
 _END = "end"
 
-# Why reading from the connection is paused: paused children hold too much.
+# Why reading from the connection is paused: paused children hold too much,
+# or the last read is still being handled, a slice at a time.
 READ_HELD = 1
+READ_SLICED = 2
+
+# Frames handled per reactor turn on one connection: a read of tiny frames
+# (a flood) is handled over several turns, so other connections wait for a
+# slice of it at most, never for all of it.
+FRAMES_PER_TURN = 32
 
 
 def _engineClass(framing):
@@ -115,6 +122,7 @@ class Multiplexer(Protocol):
         self._busy = False
         self._flushAgain = False
         self._timer = None
+        self._sliceCall = None
         self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
@@ -236,11 +244,27 @@ class Multiplexer(Protocol):
             return
         self._busy = True
         try:
-            self._process(engine.receiveData(data, self._now()))
+            self._process(engine.receiveData(data, self._now(), FRAMES_PER_TURN))
         finally:
             self._busy = False
         self._checkHeld()
         self._flush()
+        self._checkSliced()
+
+    def _checkSliced(self):
+        # Part of the last read waits: stop reading and handle the next
+        # slice on the next turn, after the other connections' reads.
+        if self.disconnected or self.engine.closed or not self.engine.pendingInput():
+            self._resumeReading(READ_SLICED)
+            return
+        self._pauseReading(READ_SLICED)
+        if self._sliceCall is None and not self._readPausedBy & READ_HELD:
+            self._sliceCall = self.reactor.callLater(0, self._nextSlice)
+
+    def _nextSlice(self):
+        self._sliceCall = None
+        if not self.disconnected and not self._readPausedBy & READ_HELD:
+            self.dataReceived(b"")
 
     def connectionLost(self, reason=None):
         if self.disconnected:
@@ -249,10 +273,10 @@ class Multiplexer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for timer in (self._drainTimer, self._closeTimer):
+        for timer in (self._drainTimer, self._closeTimer, self._sliceCall):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._drainTimer = self._closeTimer = None
+        self._drainTimer = self._closeTimer = self._sliceCall = None
         if self.engine is not None:
             self.engine.closed = True
         if self._terminated is not None:
@@ -590,8 +614,10 @@ class Multiplexer(Protocol):
         limit = self.settings.sessionBufferSize
         if held > limit:
             self._pauseReading(READ_HELD)
-        elif held <= limit // 2:
+        elif held <= limit // 2 and self._readPausedBy & READ_HELD:
             self._resumeReading(READ_HELD)
+            if self.engine.pendingInput() and self._sliceCall is None:
+                self._sliceCall = self.reactor.callLater(0, self._nextSlice)
 
     def heldBytes(self):
         """
@@ -611,10 +637,10 @@ class Multiplexer(Protocol):
     @property
     def readingPaused(self):
         """
-        True while this connection does not read from its transport: paused
-        children hold C{sessionBufferSize}.
+        True while this connection does not read from its transport because
+        paused children hold C{sessionBufferSize}.
         """
-        return bool(self._readPausedBy)
+        return bool(self._readPausedBy & READ_HELD)
 
     def _holding(self, stream, data):
         self._held += stream._hold(data)

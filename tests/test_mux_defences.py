@@ -236,7 +236,7 @@ class HeldMemoryTests(SynchronousTestCase):
             for batch in batches:
                 if stop() or tracemalloc.get_traced_memory()[0] - before > most:
                     break
-                server.mux.dataReceived(batch)
+                server.receive(batch)
                 fed += 1
             return tracemalloc.get_traced_memory()[0] - before, fed
         finally:
@@ -253,7 +253,7 @@ class HeldMemoryTests(SynchronousTestCase):
         server.receive(opening)
 
         def paused():
-            return server.transport.producerState == "paused"
+            return server.mux.readingPaused
 
         grown, fed = self.traced(server, batches(500), paused, most=4 * limit)
         self.assertTrue(paused(), "reading never paused (%d bytes held)" % (grown,))
@@ -292,6 +292,8 @@ class HeldMemoryTests(SynchronousTestCase):
             "bmp", bmpData(b"io_0", b"x", 0, bmp.CREATE), batches, 1024 * 1024)
         [child] = server.children
         child.transport.resumeProducing()
+        server.clock.advance(0)
+        self.assertFalse(server.mux.readingPaused)
         self.assertEqual(server.transport.producerState, "producing")
         self.assertEqual(server.mux.engine.receiveOverhead(), 0)
 
@@ -657,3 +659,70 @@ class LogAmplificationTests(SynchronousTestCase):
         for n in range(1, 1800, 2):
             server.receive(mioOpen(n) + mioData(n, b"hi") + mioReset(n))
         self.assertEqual([e for e in events if e["log_level"] > LogLevel.debug], [])
+
+
+class Collect(Protocol):
+    def __init__(self):
+        self.data = []
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+
+def oneTurn(clock):
+    """
+    Run the calls due now, not those they schedule (as one reactor
+    iteration does; Clock.advance would run those too).
+    """
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+class SliceTests(SynchronousTestCase):
+    """
+    A read of many tiny frames is handled a slice at a time, one slice per
+    reactor turn, so other connections never wait for all of it.
+    """
+
+    def test_slicedInOrder(self):
+        """
+        2000 one-byte data frames in one read: the first turn handles at
+        most FRAMES_PER_TURN of them and stops reading; the next turns
+        handle the rest, in order, and reading resumes.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN
+        server = Server("mio", child=Collect)
+        server.receive(mioOpen(1))
+        payload = bytes(range(256)) * 8
+        server.mux.dataReceived(b"".join(mioData(1, payload[i:i + 1])
+                                         for i in range(len(payload))))
+        [child] = server.children
+        self.assertLessEqual(len(child.data), FRAMES_PER_TURN)
+        self.assertEqual(server.transport.producerState, "paused")
+        self.assertFalse(server.mux.readingPaused)
+        turns = 0
+        while server.mux.engine.pendingInput():
+            server.clock.advance(0)
+            turns += 1
+            self.assertLess(turns, 10)
+        self.assertEqual(b"".join(child.data), payload)
+        self.assertEqual(server.transport.producerState, "producing")
+
+    def test_oneSlicePerTurn(self):
+        """
+        Each turn (a reactor iteration; here one Clock step) handles one
+        slice of a flooding connection.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN
+        server = Server("mio", child=Protocol, maxEmptyFrames=0)
+        server.receive(mioOpen(1))
+        server.mux.dataReceived(mioData(1, b"") * (10 * FRAMES_PER_TURN))
+        counts = [server.mux.counters.framesReceived]
+        for _ in range(3):
+            oneTurn(server.clock)
+            counts.append(server.mux.counters.framesReceived)
+        steps = [b - a for a, b in zip(counts, counts[1:])]
+        self.assertEqual(steps, [FRAMES_PER_TURN] * 3)
