@@ -69,8 +69,11 @@ READ_SLICED = 2
 
 # Frames handled per reactor turn on one connection: a read of tiny frames
 # (a flood) is handled over several turns, so other connections wait for a
-# slice of it at most, never for all of it.
+# slice of it at most, never for all of it.  A slice that opened several
+# streams (each builds a child protocol) makes the next ones smaller, down
+# to MIN_FRAMES_PER_TURN; slices grow back as streams stop opening.
 FRAMES_PER_TURN = 32
+MIN_FRAMES_PER_TURN = 4
 
 
 def _engineClass(framing):
@@ -123,6 +126,8 @@ class Multiplexer(Protocol):
         self._flushAgain = False
         self._timer = None
         self._sliceCall = None
+        self._sliceLimit = FRAMES_PER_TURN
+        self._accepted = 0
         self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
@@ -243,10 +248,15 @@ class Multiplexer(Protocol):
         if engine is None or self.disconnected:
             return
         self._busy = True
+        accepted = self._accepted
         try:
-            self._process(engine.receiveData(data, self._now(), FRAMES_PER_TURN))
+            self._process(engine.receiveData(data, self._now(), self._sliceLimit))
         finally:
             self._busy = False
+        if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
+            self._sliceLimit = max(MIN_FRAMES_PER_TURN, self._sliceLimit // 2)
+        elif self._sliceLimit < FRAMES_PER_TURN:
+            self._sliceLimit *= 2
         self._checkHeld()
         self._flush()
         self._checkSliced()
@@ -508,6 +518,7 @@ class Multiplexer(Protocol):
             return
         stream = StreamTransport(self, streamId, protocol)
         self._streams[streamId] = stream
+        self._accepted += 1
         self._callChild(stream, protocol.makeConnection, stream)
 
     def _closeStream(self, stream, error):

@@ -726,3 +726,27 @@ class SliceTests(SynchronousTestCase):
             counts.append(server.mux.counters.framesReceived)
         steps = [b - a for a, b in zip(counts, counts[1:])]
         self.assertEqual(steps, [FRAMES_PER_TURN] * 3)
+
+    def test_slicesShrinkWhileStreamsOpen(self):
+        """
+        Slices that open streams (each builds a child) shrink, to at most
+        MIN_FRAMES_PER_TURN frames a turn, and grow back once streams stop
+        opening.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN, MIN_FRAMES_PER_TURN
+        server = Server("mio", child=Protocol)
+        server.mux.dataReceived(b"".join(mioOpen(n) + mioReset(n) for n in range(1, 400, 2))
+                                + mioFrame(0, mio.SESSION_WINDOW) * 200)
+        opened = []
+        for _ in range(60):
+            before = len(server.children)
+            oneTurn(server.clock)
+            opened.append(len(server.children) - before)
+        self.assertLessEqual(max(opened[3:]), MIN_FRAMES_PER_TURN)
+        self.assertEqual(len(server.children), 200)
+        steps = []
+        while server.mux.engine.pendingInput():
+            before = server.mux.counters.framesReceived
+            oneTurn(server.clock)
+            steps.append(server.mux.counters.framesReceived - before)
+        self.assertIn(FRAMES_PER_TURN, steps)
