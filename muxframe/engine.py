@@ -338,6 +338,22 @@ class Engine:
         self._localControl += len(self._control) - before
         self.counters.resetsSent[code] = self.counters.resetsSent.get(code, 0) + 1
 
+    def refuseStream(self, streamId, now=0.0):
+        """
+        Refuse a stream the peer opened (the application has no protocol
+        for it): reset it with code 4.  Like the framing's own refusals it
+        spends the C{maxResets} budget; past it the session ends with a
+        L{FloodError} (reported by L{takeEvents}).
+        """
+        if self.closed:
+            return
+        self.resetStream(streamId, ErrorCode.REFUSED)  # (unless already gone)
+        self.counters.streamsRefused += 1
+        try:
+            self.guards.reset(now, self.framing, "stream %r, refused", streamId)
+        except FloodError as error:
+            self._fail(error)
+
     def consumed(self, streamId, size):
         """
         The application has consumed C{size} bytes of stream C{streamId}:

@@ -497,8 +497,7 @@ class Multiplexer(Protocol):
         if len(self._streams) + len(self._closing) >= self.settings.maxStreams:
             # Streams the peer reset whose children still hold data count
             # too, or open-and-reset would grow children without bound.
-            self.engine.counters.streamsRefused += 1
-            self.engine.resetStream(streamId, ErrorCode.REFUSED)
+            self.engine.refuseStream(streamId, self._now())
             return
         address = StreamAddress(self.transport.getPeer(), streamId, self.framing)
         protocol = None
@@ -513,8 +512,7 @@ class Multiplexer(Protocol):
                 "refused stream {streamId} from {peer}: no child protocol",
                 streamId=streamId, peer=addressText(address.address),
             )
-            self.engine.counters.streamsRefused += 1
-            self.engine.resetStream(streamId, ErrorCode.REFUSED)
+            self.engine.refuseStream(streamId, self._now())
             return
         stream = StreamTransport(self, streamId, protocol)
         self._streams[streamId] = stream

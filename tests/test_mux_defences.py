@@ -750,3 +750,26 @@ class SliceTests(SynchronousTestCase):
             oneTurn(server.clock)
             steps.append(server.mux.counters.framesReceived - before)
         self.assertIn(FRAMES_PER_TURN, steps)
+
+
+class RefusedByApplicationTests(SynchronousTestCase):
+
+    def test_refusalsByTheApplicationSpendResets(self):
+        """
+        Streams refused because the application has no protocol for them
+        (an unauthenticated client's, say) spend maxResets too: a flood of
+        opens is closed with code 5.
+        """
+        class Nobody(Factory):
+            def buildProtocol(self, addr):
+                return None
+
+        server = Server("mio", maxResets=50)
+        server.mux.childFactory = Nobody()
+        server.receive(b"".join(mioOpen(n) for n in range(1, 2 * 80, 2)))
+        from muxframe.errors import FloodError
+        self.assertTrue(server.transport.disconnecting)
+        server.mux.connectionLost(None)
+        server.mux.lostReason.trap(FloodError)
+        self.assertIn("maxResets=50", server.mux.lostReason.getErrorMessage())
+        self.assertEqual(server.mux.counters.streamsRefused, 51)
