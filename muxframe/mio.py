@@ -354,6 +354,13 @@ class MioEngine(Engine):
                     if flags & WND:
                         self._windowUpdate(state, frame.size, now)
                         continue
+                    if state.remoteEnded:
+                        # Data after the peer's own end of stream: drop it
+                        # rather than deliver it after the end.
+                        if first:
+                            guards.empty(now, "mio", "data after the end of stream %d",
+                                         streamId)
+                        continue
                     if first:
                         size = frame.size
                         if size > state.recvWindow:

@@ -668,10 +668,14 @@ class Multiplexer(Protocol):
             self._checkHeld()
 
     def _deliverPending(self, stream):
-        pending = stream._pending
         self._busy = True
         try:
-            while pending and (not stream._readPaused or stream._discard):
+            while not stream._readPaused or stream._discard:
+                # Read it again each time: the child may have dropped what
+                # is held (loseConnection from dataReceived or at its end).
+                pending = stream._pending
+                if not pending:
+                    break
                 item = pending.popleft()
                 kind = type(item)
                 if kind is bytes or kind is bytearray:

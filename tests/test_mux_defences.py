@@ -773,3 +773,44 @@ class RefusedByApplicationTests(SynchronousTestCase):
         server.mux.lostReason.trap(FloodError)
         self.assertIn("maxResets=50", server.mux.lostReason.getErrorMessage())
         self.assertEqual(server.mux.counters.streamsRefused, 51)
+
+
+class FoundByFuzzingTests(SynchronousTestCase):
+    """
+    Defects the atheris harness of the Multiplexer found (docs/fuzzing.md).
+    """
+
+    def test_childDropsHeldDataWhileReading(self):
+        """
+        A paused child that, on resuming, closes its transport from
+        dataReceived drops what is still held once: the held count goes
+        back to 0, never below, and it reads nothing more.
+        """
+        class CloseOnData(Collect):
+            def dataReceived(self, data):
+                Collect.dataReceived(self, data)
+                self.transport.loseConnection()
+
+        server = Server("mio", child=CloseOnData)
+        server.receive(mioOpen(9, window=1 << 20))
+        [child] = server.children
+        child.transport.pauseProducing()
+        for piece in (b"a", b"b", b"c"):
+            server.receive(mioData(9, piece * 40000))
+        self.assertEqual(server.mux.heldBytes(), 120000)
+        child.transport.resumeProducing()
+        self.assertEqual(child.data, [b"a" * 40000])
+        self.assertEqual(server.mux.heldBytes(), 0)
+        self.assertEqual(server.mux.heldMemory(), 0)
+
+    def test_mioDataAfterEndDropped(self):
+        """
+        MIO data after the peer's own end of stream is dropped, never
+        delivered after the end.
+        """
+        server = Server("mio", child=Collect)
+        server.receive(mioOpen(9) + mioFrame(9, mio.DATA_END, payload=b"last")
+                       + mioData(9, b"after the end"))
+        [child] = server.children
+        self.assertEqual(b"".join(child.data), b"last")
+        self.assertEqual(server.mux.engine.guards.empties.spent, 1)
