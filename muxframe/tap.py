@@ -294,15 +294,17 @@ class ServerOptions(_RoleOptions):
     Options of C{twistd muxframe server}.
     """
 
-    synopsis = ("--endpoint=LISTEN [--echo | --forward=TARGET] [--local=LISTEN ...] "
-                "[--endpoint=LISTEN ...] [settings]")
+    synopsis = ("--endpoint=LISTEN [--tokens=FILE] [--echo | --forward=TARGET] "
+                "[--local=LISTEN --client=NAME ...] [--endpoint=LISTEN ...] [settings]")
     longdesc = (
         "Accept multiplexed connections on each --endpoint.  Streams the "
         "client opens are echoed (--echo) or connected to --forward TARGET; "
         "with --local, local connections are carried as streams opened "
         "toward the client (reverse tunnel).  --echo, --forward and --local "
-        "belong to the --endpoint before them.  Mutual TLS: add "
-        "clientCA=CA.pem to an ssl: endpoint.")
+        "belong to the --endpoint before them.  A --local's connections go "
+        "only to the authenticated client its --client names: by its TLS "
+        "certificate (add clientCA=CA.pem to an ssl: endpoint) or by a token "
+        "(--tokens).")
     role = "server"
 
     def opt_echo(self):
