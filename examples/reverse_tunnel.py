@@ -7,14 +7,20 @@ NAT) is reached through a public server.
     that service;
   - "public": a muxframe server that accepts the client, plus a local
     listener whose connections are carried as streams opened toward the
-    client;
+    client authenticated as "nat-box" (by a token: an unauthenticated
+    connection never gets one);
   - an ordinary TCP client connects to the public listener and talks to the
     hidden service.
 
 The same, as processes::
 
-    twistd -n muxframe server --endpoint=tcp:9000 --local=tcp:8022
-    twistd -n muxframe client --endpoint=tcp:public.example:9000 --forward=tcp:localhost:22
+    twistd -n muxframe server --endpoint=tcp:9000 --tokens=tokens \\
+        --local=tcp:8022 --client=nat-box
+    twistd -n muxframe client --endpoint=tcp:public.example:9000 \\
+        --name=nat-box --tokenFile=nat-box.token --forward=tcp:localhost:22
+
+where C{tokens} holds the line C{nat-box <token>} and C{nat-box.token} the
+same token.
 
 Run: C{python3 examples/reverse_tunnel.py}
 """
@@ -29,8 +35,11 @@ from twisted.internet.endpoints import (
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
+import os
+
 from muxframe import MultiplexedClientEndpoint, MultiplexedServerEndpoint
 from muxframe.tunnel import ForwardFactory, TunnelFactory, reverseOpener
+from muxframe.tunnelauth import Authenticator, TokenTable
 
 
 class Shout(LineReceiver):
@@ -71,18 +80,23 @@ def main(reactor):
     # Behind NAT: the hidden service.
     hidden = yield TCP4ServerEndpoint(reactor, 0, interface=local).listen(
         Factory.forProtocol(Shout))
-    # Public: the muxframe server and its reverse-tunnel listener.
+    # The token the two sides share.
+    token = os.urandom(24).hex().encode()
+    # Public: the muxframe server and its reverse-tunnel listener, which
+    # sends connections to the client authenticated as "nat-box" only.
     public = MultiplexedServerEndpoint(
-        TCP4ServerEndpoint(reactor, 0, interface=local), framing="mio")
+        TCP4ServerEndpoint(reactor, 0, interface=local), framing="mio",
+        authenticator=Authenticator(TokenTable({b"nat-box": token})))
     muxPort = yield public.listen(Factory.forProtocol(LineReceiver))
-    tunnel = TunnelFactory(reverseOpener(public), "reverse tunnel")
+    tunnel = TunnelFactory(reverseOpener(public, "nat-box"), "reverse tunnel")
     entrance = yield TCP4ServerEndpoint(reactor, 0, interface=local).listen(tunnel)
     # Behind NAT: the muxframe client, connecting out and staying connected
     # (re-made with backoff if lost) so the server can open streams to it.
     client = MultiplexedClientEndpoint(
         TCP4ClientEndpoint(reactor, local, muxPort.getHost().port), framing="mio",
         childFactory=ForwardFactory(
-            TCP4ClientEndpoint(reactor, local, hidden.getHost().port)))
+            TCP4ClientEndpoint(reactor, local, hidden.getHost().port)),
+        authName="nat-box", authToken=token)
     client.keepConnected()
     yield client.whenConnected()
     yield public.whenConnected()

@@ -14,7 +14,9 @@ Stream rules enforced here:
 
   - A frame on an unknown stream creates it (whether or not it carries 06),
     except acks and closes, which are ignored, and frames for streams this
-    side opened and has forgotten.
+    side opened and has forgotten, or for one of the last REFUSED_MEMORY
+    streams the peer opened and this side forgot (refused, reset, closed
+    or ended): a stream name is never reused on a connection.
   - Every data frame with a sid is acknowledged once the application has
     consumed all of it, never later, and never held back for our own
     outstanding acknowledgements.
@@ -57,6 +59,12 @@ MAX_LEN_DIGITS = 16
 MAX_CONTROL_PAYLOAD = 32
 MAX_HEADER = 8 + MAX_STREAM_ID_LENGTH + 1 + MAX_SID_DIGITS + MAX_LEN_DIGITS
 REFUSED_MEMORY = 1024
+# What keeping one received, unacknowledged frame costs (its sid and size
+# until the acknowledgement is queued), beyond its payload; measured with
+# tracemalloc.  It counts toward maxStreamReceiveBuffer and
+# sessionBufferSize, so a flood of tiny frames is held to the real memory
+# those limits name.
+FRAME_COST = 160
 
 _headerPattern = re.compile(
     rb"\x00([^\x00\x01]{1,%d})\x01\x00([^\x00\x01]?)\x01\x00([0-9]{0,%d})\x01"
@@ -202,22 +210,26 @@ class FrameDecoder(PayloadStreamer):
         self._parts = None
         self._offset = 0
 
-    def receive(self, data, out):
+    def receive(self, data, out, limit=None):
         """
-        Decode C{data}, appending items to C{out}.
+        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
+        the first frame boundary where C{out} holds that many items.
 
+        @return: how many bytes of C{data} were decoded (all of it, unless
+            C{limit} stopped it).
         @raise MalformedFrame: bytes that are not BMP, naming the fault.
         @raise FrameTooLarge: a LEN over C{maxFrameSize}.
         """
-        pos = 0
         end = len(data)
-        append = out.append
+        consumed = end
         try:
-            self._decode(data, pos, end, append)
+            consumed = self._decode(data, 0, end, out, limit)
         finally:
-            self._offset += end
+            self._offset += consumed
+        return consumed
 
-    def _decode(self, data, pos, end, append):
+    def _decode(self, data, pos, end, out, limit):
+        append = out.append
         while pos < end:
             if self._frame is not None:
                 if self._parts is None:
@@ -225,6 +237,8 @@ class FrameDecoder(PayloadStreamer):
                 else:
                     pos = self._controlPayload(data, pos, end, append)
                 continue
+            if not self._header and limit is not None and len(out) >= limit:
+                return pos
             if self._header:
                 held = len(self._header)
                 buf = self._header + data[pos:pos + MAX_HEADER]
@@ -273,6 +287,7 @@ class FrameDecoder(PayloadStreamer):
                     append((frame, b"", True, True))
                 else:
                     self._expect(frame, size)
+        return end
 
     def _controlPayload(self, data, pos, end, append):
         # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather
@@ -287,6 +302,13 @@ class FrameDecoder(PayloadStreamer):
             self._frame = None
             append((frame, frame.payload, True, True))
         return pos + take
+
+    def inHeader(self):
+        """
+        Return true if a frame header (or a control frame's payload) is
+        partly received.
+        """
+        return bool(self._header) or self._parts is not None
 
     def buffered(self):
         """
@@ -331,6 +353,7 @@ class BmpEngine(Engine):
         self._prefix = b"io_" if role == "client" else b"srv_"
         self._nextLocal = 0
         self._awaiting = {}
+        self._unacked = 0
         self._refused = OrderedDict()
         self._lastCheck = now
 
@@ -359,6 +382,19 @@ class BmpEngine(Engine):
         self._awaiting.pop(state.streamId, None)
         Engine._finish(self, state, error)
 
+    def _forgotten(self, state):
+        if state.recvFrames:
+            self._unacked -= len(state.recvFrames)
+        if not state.local:
+            self._remember(state.streamId)
+
+    def receiveOverhead(self):
+        """
+        Return what the received frames not yet acknowledged cost beyond
+        their payload (L{FRAME_COST} each).
+        """
+        return self._unacked * FRAME_COST
+
     # -- frames out -----------------------------------------------------
 
     def _openFrame(self, state):
@@ -366,14 +402,12 @@ class BmpEngine(Engine):
 
     def _remember(self, streamId):
         # Late frames of a stream the peer opened and this side forgot must
-        # not open it again.
+        # not open it again (nor may the peer reuse its name).
         self._refused[streamId] = True
         if len(self._refused) > REFUSED_MEMORY:
             self._refused.popitem(last=False)
 
     def _resetFrame(self, state, code):
-        if not state.local:
-            self._remember(state.streamId)
         # Acknowledge what we will never consume first: a Blazeio writer that
         # receives a close while it waits for an acknowledgement hangs.
         self._ackAll(state)
@@ -454,6 +488,8 @@ class BmpEngine(Engine):
                 break
             size -= entry[1]
             frames.popleft()
+            self._unacked -= 1
+            state.recvBuffered -= FRAME_COST
             control.append(_controlFrame(streamId, ACK, entry[0]))
             self.counters.framesSent += 1
         if not frames:
@@ -479,31 +515,36 @@ class BmpEngine(Engine):
         streams = self._streams
         events = self._events
         counters = self.counters
+        guards = self.guards
         for frame, piece, first, last in items:
             streamId = frame.streamId
             opt = frame.opt
             if first:
                 counters.framesReceived += 1
             if opt == ACK:
-                self._ackReceived(streams.get(streamId), frame)
+                if not self._ackReceived(streams.get(streamId), frame):
+                    guards.empty(now, "bmp", "an acknowledgement of nothing (%r)", frame)
                 continue
             if opt == CLOSE_STREAM:
                 state = streams.get(streamId)
-                if state is not None:
-                    if state.remoteEnded:
-                        self._finish(state)
-                    else:
-                        self._remoteReset(
-                            state, ErrorCode.CLOSED, StreamResetError,
-                            "BMP stream %r closed by the peer before its end "
-                            "of stream" % (streamId,),
-                        )
+                if state is None:
+                    guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
+                elif state.remoteEnded:
+                    self._finish(state)
+                else:
+                    guards.reset(now, "bmp", "a close of stream %r before its end",
+                                 streamId)
+                    self._remoteReset(
+                        state, ErrorCode.CLOSED, StreamResetError,
+                        "BMP stream %r closed by the peer before its end "
+                        "of stream" % (streamId,),
+                    )
                 continue
             state = streams.get(streamId)
             if state is None:
                 if not first:
                     continue
-                state = self._peerStream(streamId)
+                state = self._peerStream(streamId, now)
                 if state is None:
                     continue
             if opt == END_STREAM:
@@ -511,38 +552,51 @@ class BmpEngine(Engine):
                     state.remoteEnded = True
                     events.append(StreamEnded(streamId))
                     self._maybeFinish(state)
+                else:
+                    guards.empty(now, "bmp", "a second end of stream %r", streamId)
                 continue
             if state.remoteEnded:
                 # Data after the peer's own end of stream: acknowledge and
                 # drop it rather than let it confuse the application.
+                if first:
+                    guards.empty(now, "bmp", "data after the end of stream %r", streamId)
                 if last and frame.sid:
                     self._control.append(_controlFrame(streamId, ACK, frame.sid))
                 continue
+            if first and not frame.size:
+                guards.empty(now, "bmp", "an empty data frame on stream %r", streamId)
             if first and frame.sid:
                 frames = state.recvFrames
                 if frames is None:
                     frames = state.recvFrames = deque()
                 frames.append([frame.sid, frame.size])
+                self._unacked += 1
+                state.recvBuffered += FRAME_COST
                 if frame.size == 0:
                     self._returnCredit(state, 0)
+                elif state.recvBuffered > self.settings.maxStreamReceiveBuffer:
+                    self._overrun(state, now)
+                    continue
             if piece:
                 size = len(piece)
                 state.recvBuffered += size
                 if state.recvBuffered > self.settings.maxStreamReceiveBuffer:
-                    self._overrun(state)
+                    self._overrun(state, now)
                     continue
                 state.bytesReceived += size
                 counters.bytesReceived += size
                 events.append(DataReceived(streamId, piece))
 
-    def _peerStream(self, streamId):
+    def _peerStream(self, streamId, now):
         if streamId in self._refused or self._isForgottenLocal(streamId):
+            self.guards.empty(now, "bmp", "a frame for forgotten stream %r", streamId)
             return None
         if not self.accepting or len(self._streams) >= self.settings.maxStreams:
             self._control.append(_controlFrame(streamId, CLOSE_STREAM, b"\x04"))
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
             self._remember(streamId)
+            self.guards.reset(now, "bmp", "stream %r, refused", streamId)
             return None
         state = StreamState(streamId)
         self._streams[streamId] = state
@@ -551,6 +605,7 @@ class BmpEngine(Engine):
         return state
 
     def _ackReceived(self, state, frame):
+        # Return true if the acknowledgement was for a frame in flight.
         sid = frame.payload
         if not sid.isdigit() or len(sid) > MAX_SID_DIGITS:
             raise MalformedFrame(
@@ -558,21 +613,23 @@ class BmpEngine(Engine):
                 % (frame.streamId, sid)
             )
         if state is None or not state.inflight:
-            return
+            return False
         if state.inflight.pop(sid, None) is None:
-            return
+            return False
         if not state.inflight:
             state.inflight = None  # an idle stream keeps no empty dict
             self._awaiting.pop(state.streamId, None)
             if state.localEnded:
                 self._maybeFinish(state)
         self._requeue(state)
+        return True
 
-    def _overrun(self, state):
+    def _overrun(self, state, now):
+        self.guards.reset(now, "bmp", "an overrun of stream %r", state.streamId)
         error = StreamResetError(
-            "BMP stream %r: the peer sent %d unacknowledged bytes, over "
-            "maxStreamReceiveBuffer=%d" % (
-                state.streamId, state.recvBuffered,
+            "BMP stream %r: the peer's unacknowledged frames hold %d bytes "
+            "(payload, and %d a frame), over maxStreamReceiveBuffer=%d" % (
+                state.streamId, state.recvBuffered, FRAME_COST,
                 self.settings.maxStreamReceiveBuffer),
             ErrorCode.FLOW_CONTROL, state.streamId,
         )

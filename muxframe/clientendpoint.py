@@ -71,7 +71,15 @@ class _ClientMultiplexerFactory(MultiplexerFactory):
 
     def buildProtocol(self, addr):
         self.childFactory = self._owner.childFactory
-        return MultiplexerFactory.buildProtocol(self, addr)
+        mux = MultiplexerFactory.buildProtocol(self, addr)
+        owner = self._owner
+        if owner.authName is not None:
+            from .tunnelauth import ClientGate
+            # The server's first stream is its token challenge.
+            mux.authentication = ClientGate(
+                mux, mux.childFactory, owner.authName, owner.authToken)
+            mux.childFactory = mux.authentication
+        return mux
 
     def _connected(self, mux):
         # The attempt follows it from here; observers count it.
@@ -133,7 +141,16 @@ class _Attempt:
         # the connection's set-up time (a round trip or two) measures one.
         elapsed = self.reactor.seconds() - self._started
         window = max(self.owner.confirmTimeout, 2 * elapsed)
-        mux.whenConfirmed(window).addCallbacks(self._finish, self._failed)
+        mux.whenConfirmed(window).addCallbacks(self._confirmed, self._failed)
+
+    def _confirmed(self, mux):
+        if self.done:
+            return
+        if mux.authentication is None:
+            self._finish(mux)
+            return
+        self.stage = "authenticating as %r" % (self.owner.authName,)
+        mux.authentication.whenAuthenticated().addCallbacks(self._finish, self._failed)
 
     def _failed(self, reason):
         self._connecting = None
@@ -319,6 +336,10 @@ class MultiplexedClientEndpoint(MultiplexerObservers):
         C{retryInitial} growing by 1.5 up to C{retryMax} seconds.
     @param description: the endpoint string this endpoint was made from,
         for logs (the endpoint-string parsers set it).
+    @param authName: this client's name, to answer a server that requires
+        a token (L{muxframe.tunnelauth}); C{None} answers nothing.
+    @param authToken: the token (bytes) shared with the server, with
+        C{authName}.
     @param settings: multiplexer settings (L{muxframe.settings.SETTINGS}).
 
     Observers (L{addObserver}, an L{IMultiplexerObserver}) are told about
@@ -331,9 +352,17 @@ class MultiplexedClientEndpoint(MultiplexerObservers):
                  connectTimeout=DEFAULT_CONNECT_TIMEOUT, retryPolicy=None,
                  retryInitial=DEFAULT_RETRY_INITIAL, retryMax=DEFAULT_RETRY_MAX,
                  confirmTimeout=DEFAULT_CONFIRM_TIMEOUT, description=None,
-                 **settings):
+                 authName=None, authToken=None, **settings):
         from .settings import Settings
         MultiplexerFactory(None, framing=framing, role="client")  # validates
+        if (authName is None) != (authToken is None):
+            raise ValueError("authName and authToken go together")
+        if authName is not None:
+            from .tunnelauth import checkName, checkToken
+            checkName(authName)
+            authToken = checkToken(authToken)
+        self.authName = authName
+        self.authToken = authToken
         self.inner = inner
         self.framing = framing
         self.reactor = reactor

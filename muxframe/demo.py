@@ -155,7 +155,9 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
     clientArgv = _twistd(
         "--logfile=client.log", "muxframe", "client", "--framing=" + framing,
         "--endpoint=tcp:127.0.0.1:%d" % (muxPort,),
-        "--local=tcp:%d:interface=127.0.0.1" % (localPort,), "--drainTimeout=5")
+        "--local=tcp:%d:interface=127.0.0.1" % (localPort,), "--drainTimeout=5",
+        # Per-stream events are debug; the demo counts them.
+        "--logLevel=debug")
     serverLog = os.path.join(workdir, "server.log")
     clientLog = os.path.join(workdir, "client.log")
     processes = []

@@ -62,6 +62,16 @@ class _ServerMultiplexerFactory(MultiplexerFactory):
         self._endpoint = endpoint
         self.multiplexers = []
 
+    def buildProtocol(self, addr):
+        mux = MultiplexerFactory.buildProtocol(self, addr)
+        authenticator = self._endpoint.authenticator
+        if authenticator is not None:
+            # Streams reach the user's factory through the connection's
+            # authentication (refused until a token client answers).
+            mux.authentication = authenticator.gate(mux, mux.childFactory)
+            mux.childFactory = mux.authentication
+        return mux
+
     def _connected(self, mux):
         self.multiplexers.append(mux)
         self._endpoint._connected(mux)
@@ -160,6 +170,9 @@ class MultiplexedServerEndpoint(MultiplexerObservers):
     @param framing: C{"mio"} or C{"bmp"}.
     @param reactor: an C{IReactorTime} for the multiplexers' timers (default:
         the global reactor).
+    @param authenticator: a L{muxframe.tunnelauth.Authenticator} naming the
+        clients (by TLS certificate or token), or C{None}: then no client
+        has a name and L{authenticatedMultiplexer} finds none.
     @param settings: multiplexer settings (L{muxframe.settings.SETTINGS}).
 
     @ivar multiplexers: every L{Multiplexer} accepted through this endpoint
@@ -172,7 +185,8 @@ class MultiplexedServerEndpoint(MultiplexerObservers):
 
     log = Logger()
 
-    def __init__(self, inner, framing="mio", reactor=None, description=None, **settings):
+    def __init__(self, inner, framing="mio", reactor=None, description=None,
+                 authenticator=None, **settings):
         from .settings import Settings
         MultiplexerFactory(None, framing=framing, role="server")  # validates
         self.inner = inner
@@ -180,6 +194,7 @@ class MultiplexedServerEndpoint(MultiplexerObservers):
         self.framing = framing
         self.reactor = reactor
         self.settings = Settings(**settings).asDict()
+        self.authenticator = authenticator
         self.multiplexers = []
         self._waiters = []
 
@@ -215,6 +230,8 @@ class MultiplexedServerEndpoint(MultiplexerObservers):
             return
         self.log.info("{framing} connection from {peer}", framing=self.framing,
                       peer=addressText(mux.transport.getPeer()))
+        if mux.authentication is not None:
+            mux.authentication.start()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(mux)
@@ -245,6 +262,21 @@ class MultiplexedServerEndpoint(MultiplexerObservers):
         for mux in reversed(self.multiplexers):
             if (mux.isVerified() and not mux.disconnected
                     and mux.engine is not None and not mux.engine.closed):
+                return mux
+        return None
+
+    def authenticatedMultiplexer(self, name):
+        """
+        Return the L{Multiplexer} of the most recent open connection whose
+        client is authenticated as C{name} (by its TLS certificate's common
+        name or its token), or C{None}.  An unauthenticated connection is
+        never returned.
+        """
+        for mux in reversed(self.multiplexers):
+            gate = mux.authentication
+            if (gate is not None and gate.name == name and mux.isVerified()
+                    and not mux.disconnected and mux.engine is not None
+                    and not mux.engine.closed):
                 return mux
         return None
 

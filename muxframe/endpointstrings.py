@@ -15,9 +15,13 @@ Twisted's C{haproxy:} does::
 Multiplexer settings (L{muxframe.settings.SETTINGS}) are camelCase keywords,
 taken out before the rest is handed to the inner endpoint's parser.  Also
 taken out: C{clientCA} (servers, inner C{ssl:} only: require client
-certificates signed by these CAs), and C{connectTimeout}, C{retryInitial},
-C{retryMax}, C{confirmTimeout} (clients, seconds).  Any fault raises
-C{ValueError} naming it.
+certificates signed by these CAs, whose common names name the clients),
+C{tokens} (servers: a file of C{name token} lines; every client must answer
+a token challenge, see L{muxframe.tunnelauth}), C{connectTimeout},
+C{retryInitial}, C{retryMax}, C{confirmTimeout} (clients, seconds), and
+C{authName} with C{authTokenFile} (clients: the name and the file holding
+the token to answer such a server with).  Any fault raises C{ValueError}
+naming it.
 
 This module imports nothing heavy and never the reactor: everything else is
 imported when a string is parsed.
@@ -33,6 +37,7 @@ from twisted.plugin import IPlugin
 
 FRAMINGS = ("mio", "bmp")
 CLIENT_OPTIONS = ("connectTimeout", "retryInitial", "retryMax", "confirmTimeout")
+CLIENT_AUTH = ("authName", "authTokenFile")
 
 
 def _quote(value):
@@ -112,7 +117,8 @@ def parseServer(reactor, prefix, framing, args, kwargs):
     @raise ValueError: naming the fault.
     """
     kwargs = dict(kwargs)
-    framing, settings, extras = _splitOptions(prefix, framing, kwargs, ("clientCA",))
+    framing, settings, extras = _splitOptions(
+        prefix, framing, kwargs, ("clientCA", "tokens"))
     _needInner(prefix, args, kwargs, "%s:tcp:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
     from .endpointcheck import checkClientCA, checkServerDescription
@@ -134,9 +140,19 @@ def parseServer(reactor, prefix, framing, args, kwargs):
             inner = serverFromString(reactor, description)
     except Exception as e:
         raise _innerFailed(prefix, description, e)
+    authenticator = None
+    if "clientCA" in extras or "tokens" in extras:
+        from .tunnelauth import Authenticator, TokenTable
+        tokens = None
+        if "tokens" in extras:
+            try:
+                tokens = TokenTable.fromFile(extras["tokens"])
+            except ValueError as e:
+                raise ValueError("%s: endpoint: %s" % (prefix, e))
+        authenticator = Authenticator(tokens, certificates="clientCA" in extras)
     from .endpoints import MultiplexedServerEndpoint
     return MultiplexedServerEndpoint(
-        inner, framing=framing, reactor=reactor,
+        inner, framing=framing, reactor=reactor, authenticator=authenticator,
         description="%s:%s" % (framing, description), **settings)
 
 
@@ -148,10 +164,23 @@ def parseClient(reactor, prefix, framing, args, kwargs):
     @raise ValueError: naming the fault.
     """
     kwargs = dict(kwargs)
-    framing, settings, extras = _splitOptions(prefix, framing, kwargs, CLIENT_OPTIONS)
+    framing, settings, extras = _splitOptions(
+        prefix, framing, kwargs, CLIENT_OPTIONS + CLIENT_AUTH)
+    auth = {name: extras.pop(name) for name in CLIENT_AUTH if name in extras}
     for name in extras:
         extras[name] = _positiveSeconds(prefix, name, extras[name],
                                         zero=name == "confirmTimeout")
+    if auth:
+        if len(auth) != 2:
+            raise ValueError("%s: endpoint: authName and authTokenFile go together"
+                             % (prefix,))
+        from .tunnelauth import checkName, readTokenFile
+        try:
+            checkName(auth["authName"])
+            extras["authToken"] = readTokenFile(auth["authTokenFile"])
+        except ValueError as e:
+            raise ValueError("%s: endpoint: %s" % (prefix, e))
+        extras["authName"] = auth["authName"]
     _needInner(prefix, args, kwargs, "%s:tcp:localhost:9000" % (prefix,))
     description = unparseEndpoint(args, kwargs)
     from .endpointcheck import checkClientDescription

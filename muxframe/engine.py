@@ -14,6 +14,10 @@ Rules (both framings):
     ended (and, for BMP, every acknowledgement exchanged), or reset.  Then a
     L{StreamClosed} event reports it once.
   - Time is an argument ("now", in seconds); no clock is read here.
+  - Defences (L{muxframe.guards}): flood budgets for resets and for frames
+    that carry nothing, header, idle and empty-connection timers, and a cap
+    on the control frames owed to a peer that does not read them
+    (maxControlBacklog); each ends the session with a typed error.
 
 No Twisted import: this module and the framings built on it run anywhere.
 """
@@ -22,14 +26,15 @@ from collections import deque
 
 from .errors import (
     ErrorCode,
+    FloodError,
     RemoteProtocolError,
     SessionClosedError,
-    SessionTimeoutError,
     StreamBufferOverflow,
     StreamClosedError,
     StreamLimitError,
 )
 from .events import ConnectionTerminated, StreamClosed
+from .guards import SessionGuards
 from .settings import Settings
 from .sniff import HEAD, hint
 
@@ -158,6 +163,7 @@ class Engine:
     C{_handle} and the stream-id allocation.
 
     @ivar counters: a L{Counters}.
+    @ivar guards: the connection's L{SessionGuards} (flood budgets, timers).
     @ivar closed: true once the session is over; only already queued output
         remains to be sent.
     """
@@ -174,12 +180,18 @@ class Engine:
         self.accepting = True
         self._streams = {}
         self._control = []
+        # Queued control frames this side's own commands caused (opens,
+        # resets); the rest are owed to the peer for what it sent.
+        self._localControl = 0
         self._ready = deque()
         self._events = []
         self._writesEnded = []
         self._lastReceived = now
         self._lastSent = now
+        self._latest = now
         self._head = b""
+        self._unread = b""
+        self.guards = SessionGuards(self.settings, role, now)
 
     # -- queries --------------------------------------------------------
 
@@ -209,6 +221,26 @@ class Engine:
         state = self._streams.get(streamId)
         return state.sendBuffered if state is not None else 0
 
+    def receiveOverhead(self):
+        """
+        Return the memory (bytes) this engine's bookkeeping of received,
+        not yet consumed data costs beyond the data itself.
+        """
+        return 0
+
+    def pendingInput(self):
+        """
+        Return how many received bytes wait to be decoded (left by a
+        C{receiveData} call with a C{limit}).
+        """
+        return len(self._unread)
+
+    def controlBacklog(self):
+        """
+        Return how many control frames are queued, waiting to be sent.
+        """
+        return len(self._control)
+
     def hasOutput(self):
         """
         Return true if L{dataToSend} would return something now.
@@ -232,9 +264,12 @@ class Engine:
             )
         streamId = self._allocateStreamId()
         state = self._newStream(streamId, local=True)
+        state.local = True
         self._streams[streamId] = state
         self.counters.streamsOpened += 1
+        before = len(self._control)
         self._openFrame(state)
+        self._localControl += len(self._control) - before
         return streamId
 
     def sendData(self, streamId, data):
@@ -296,9 +331,28 @@ class Engine:
         state = self._streams.pop(streamId, None)
         if state is None:
             return
+        self._forgotten(state)
         self._dropQueued(state)
+        before = len(self._control)
         self._resetFrame(state, code)
+        self._localControl += len(self._control) - before
         self.counters.resetsSent[code] = self.counters.resetsSent.get(code, 0) + 1
+
+    def refuseStream(self, streamId, now=0.0):
+        """
+        Refuse a stream the peer opened (the application has no protocol
+        for it): reset it with code 4.  Like the framing's own refusals it
+        spends the C{maxResets} budget; past it the session ends with a
+        L{FloodError} (reported by L{takeEvents}).
+        """
+        if self.closed:
+            return
+        self.resetStream(streamId, ErrorCode.REFUSED)  # (unless already gone)
+        self.counters.streamsRefused += 1
+        try:
+            self.guards.reset(now, self.framing, "stream %r, refused", streamId)
+        except FloodError as error:
+            self._fail(error)
 
     def consumed(self, streamId, size):
         """
@@ -340,10 +394,15 @@ class Engine:
 
     # -- input ----------------------------------------------------------
 
-    def receiveData(self, data, now=0.0):
+    def receiveData(self, data, now=0.0, limit=None):
         """
         Feed bytes from the connection; return the events they caused (and
         any still pending from earlier commands, see L{takeEvents}).
+
+        With a C{limit}, at most about that many frames are handled; the
+        rest of the bytes wait in the engine (L{pendingInput}) for the next
+        call, which may pass C{b""}: a connection flooding tiny frames gets
+        a bounded slice of work per call, like any other.
 
         A protocol violation ends the session: the events decoded before it
         are returned, followed by a L{ConnectionTerminated} carrying the
@@ -351,12 +410,20 @@ class Engine:
         """
         if self.closed:
             return self.takeEvents()
-        self._lastReceived = now
+        self._lastReceived = self._latest = now
+        if self._unread:
+            data = self._unread + bytes(data)
+            self._unread = b""
         if len(self._head) < HEAD:
             self._head += bytes(data[:HEAD - len(self._head)])
         items = []
         try:
-            self._decoder.receive(data, items)
+            used = self._decoder.receive(data, items, limit)
+            if used < len(data):
+                self._unread = bytes(data[used:])
+            # Only the first item can continue a frame begun earlier.
+            self.guards.received(now, self._decoder.inHeader(),
+                                 len(items) > 1 or bool(items and items[0][2]))
         except RemoteProtocolError as error:
             try:
                 self._handleItems(items, now)
@@ -366,6 +433,13 @@ class Engine:
             return self.takeEvents()
         try:
             self._handleItems(items, now)
+            owed = len(self._control) - self._localControl
+            if owed > self.settings.maxControlBacklog:
+                raise FloodError(
+                    "the %s peer does not read: %d control frames are queued "
+                    "for it, over maxControlBacklog=%d" % (
+                        self.framing.upper(), owed,
+                        self.settings.maxControlBacklog))
         except RemoteProtocolError as error:
             self._fail(error)
         return self.takeEvents()
@@ -424,11 +498,10 @@ class Engine:
         """
         if self.closed:
             return self.takeEvents()
-        idle = self.settings.idleTimeout
-        if idle and now - self._lastReceived >= idle:
-            error = SessionTimeoutError(
-                "nothing received for %g s (idleTimeout)" % (idle,)
-            )
+        self._latest = now
+        self.guards.streams(len(self._streams), now)
+        error = self.guards.expired(now, self._lastReceived)
+        if error is not None:
             self.closeSession(ErrorCode.NONE)
             self._events.append(ConnectionTerminated(ErrorCode.NONE, error))
         else:
@@ -442,8 +515,10 @@ class Engine:
         if self.closed:
             return None
         deadlines = []
-        if self.settings.idleTimeout:
-            deadlines.append(self._lastReceived + self.settings.idleTimeout)
+        self.guards.streams(len(self._streams), self._latest)
+        guarded = self.guards.deadline(self._lastReceived)
+        if guarded is not None:
+            deadlines.append(guarded)
         framing = self._framingDeadline()
         if framing is not None:
             deadlines.append(framing)
@@ -457,8 +532,11 @@ class Engine:
         data frames round-robin across streams, up to about C{limit} bytes of
         data (one frame more at most).
         """
+        if now > self._latest:
+            self._latest = now
         out = self._control
         self._control = []
+        self._localControl = 0
         ready = self._ready
         size = 0
         emit = self._emit
@@ -506,8 +584,15 @@ class Engine:
         Remove a stream and report it closed.
         """
         if self._streams.pop(state.streamId, None) is not None:
+            self._forgotten(state)
             self._dropQueued(state)
             self._events.append(StreamClosed(state.streamId, error))
+
+    def _forgotten(self, state):
+        """
+        C{state} has just left the stream table (a framing remembers the
+        ids the peer used, so that they never name a new stream).
+        """
 
     def _remoteReset(self, state, code, errorClass, message):
         self.counters.resetsReceived[code] = (

@@ -115,6 +115,16 @@ class FlowControlViolation(RemoteProtocolError):
     code = ErrorCode.FLOW_CONTROL
 
 
+class FloodError(RemoteProtocolError):
+    """
+    The peer spent one of the connection's flood budgets (C{maxResets},
+    C{maxEmptyFrames}): it resets streams or sends frames that carry
+    nothing faster than any honest peer does.  The connection is closed.
+    """
+
+    code = ErrorCode.EXHAUSTED
+
+
 class StreamError(MuxframeError):
     """
     Why one stream ended uncleanly: reset by the peer, reset locally, refused,
@@ -172,7 +182,9 @@ class StreamTimeoutError(StreamError):
 
 class SessionTimeoutError(MuxframeError):
     """
-    The session was idle past C{idleTimeout} or missed its keepalives.
+    The session timed out: nothing received for C{idleTimeout}, a frame
+    header left incomplete for C{headerTimeout}, or (servers) no stream and
+    nothing received for C{emptyTimeout}.
     """
 
 
@@ -196,4 +208,12 @@ class PeerNotMultiplexingError(MultiplexedConnectError):
     closed the connection before sending a frame, or answered in another
     protocol (the message says which, e.g. "this looks like an HTTP
     response").
+    """
+
+
+class AuthenticationError(MultiplexedConnectError):
+    """
+    A client configured with a token was not accepted by the server: the
+    server refused its name or token, or sent no challenge (it requires no
+    token), or the connection was lost first.  The message says which.
     """

@@ -74,6 +74,9 @@ class ManagedMultiplexer(Multiplexer):
 
     _handshakeDone = False
     _tls = False
+    # The connection's muxframe.tunnelauth gate, when its endpoint names
+    # clients (set by the endpoint's factory).
+    authentication = None
 
     def makeConnection(self, transport):
         self._tls = ISSLTransport.providedBy(transport)

@@ -28,9 +28,13 @@ Stream rules enforced here:
     reset answering a reset).
   - The connection initiator (client) opens odd ids, the other side even
     ids; both skip ids the peer is using.
+  - An id is never reused on a connection: an open for an id this side
+    has used (or skipped), or for one of the last CLOSED_MEMORY ids the peer
+    used, is a connection error (FIN code 1).
 """
 
 import struct
+from collections import deque
 
 from .engine import Engine, StreamState
 from .errors import (
@@ -71,6 +75,11 @@ MAX_SIZE = (1 << 24) - 1
 MAX_STREAM_ID = (1 << 31) - 1
 # Credit beyond this is a window overflow (RFC 7540 uses the same bound).
 MAX_CREDIT = (1 << 31) - 1
+# Ids of the peer's streams remembered after they close, so an open that
+# reuses one is refused as the protocol error it is (ids are never reused on
+# a connection).  Beyond this memory the Multiplexer still never lets a new
+# stream alias an old one.
+CLOSED_MEMORY = 64
 
 _header = struct.Struct(">II")
 _pack = _header.pack
@@ -146,10 +155,13 @@ class FrameDecoder(PayloadStreamer):
         self.maxFrameSize = maxFrameSize
         self._header = b""
 
-    def receive(self, data, out):
+    def receive(self, data, out, limit=None):
         """
-        Decode C{data}, appending items to C{out}.
+        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
+        the first frame boundary where C{out} holds that many items.
 
+        @return: how many bytes of C{data} were decoded (all of it, unless
+            C{limit} stopped it).
         @raise FrameTooLarge: a data frame over C{maxFrameSize}; the items
             decoded before it are already in C{out}.
         """
@@ -165,15 +177,17 @@ class FrameDecoder(PayloadStreamer):
                 self._header += data[pos:pos + need]
                 pos += need
                 if len(self._header) < HEADER_SIZE:
-                    return
+                    return end
                 streamId, word = _unpackFrom(self._header)
                 self._header = b""
+            elif limit is not None and len(out) >= limit:
+                return pos
             elif end - pos >= HEADER_SIZE:
                 streamId, word = _unpackFrom(data, pos)
                 pos += HEADER_SIZE
             else:
                 self._header = bytes(data[pos:])
-                return
+                return end
             flags = word & 0xFF
             size = word >> 8
             frame = Frame(streamId & MAX_STREAM_ID, size, flags)
@@ -190,12 +204,19 @@ class FrameDecoder(PayloadStreamer):
                     self._expect(frame, size)
             else:
                 append((frame, None, True, True))
+        return end
 
     def buffered(self):
         """
         Return how many bytes the decoder holds (at most a partial header).
         """
         return len(self._header)
+
+    def inHeader(self):
+        """
+        Return true if a frame header is partly received.
+        """
+        return bool(self._header)
 
 
 def decodeFrames(data, maxFrameSize=MAX_SIZE):
@@ -221,6 +242,7 @@ class MioEngine(Engine):
         self._decoder = FrameDecoder(self.settings.maxReceiveFrameSize)
         self._nextLocalId = 1 if role == "client" else 2
         self._highestId = 0
+        self._closedPeerIds = deque(maxlen=CLOSED_MEMORY)
 
     # -- stream ids -----------------------------------------------------
 
@@ -239,6 +261,18 @@ class MioEngine(Engine):
         if window is None:
             window = self.settings.windowSize
         return StreamState(streamId, credit=window, window=window)
+
+    def _forgotten(self, state):
+        if not state.local:
+            self._closedPeerIds.append(state.streamId)
+
+    def _wasUsed(self, streamId):
+        # Ids of this side's parity below the next one to open were opened
+        # by this side or skipped because the peer had them (a Go peer
+        # opens ids of both parities).
+        if streamId % 2 == self._nextLocalId % 2 and streamId < self._nextLocalId:
+            return True
+        return streamId in self._closedPeerIds
 
     # -- frames out -----------------------------------------------------
 
@@ -308,6 +342,7 @@ class MioEngine(Engine):
         streams = self._streams
         events = self._events
         counters = self.counters
+        guards = self.guards
         for frame, piece, first, last in items:
             streamId = frame.streamId
             flags = frame.flags
@@ -317,14 +352,24 @@ class MioEngine(Engine):
                 state = streams.get(streamId)
                 if state is not None:
                     if flags & WND:
-                        self._windowUpdate(state, frame.size)
+                        self._windowUpdate(state, frame.size, now)
+                        continue
+                    if state.remoteEnded:
+                        # Data after the peer's own end of stream: drop it
+                        # rather than deliver it after the end.
+                        if first:
+                            guards.empty(now, "mio", "data after the end of stream %d",
+                                         streamId)
                         continue
                     if first:
                         size = frame.size
                         if size > state.recvWindow:
-                            self._flowControlError(state, size)
+                            self._flowControlError(state, size, now)
                             continue
                         state.recvWindow -= size
+                        if not size and not flags & HFR:
+                            guards.empty(now, "mio", "an empty data frame on stream %d",
+                                         streamId)
                     if piece:
                         state.bytesReceived += len(piece)
                         counters.bytesReceived += len(piece)
@@ -335,13 +380,16 @@ class MioEngine(Engine):
                 if not flags & RST or not flags & WND:
                     # Data or credit for a stream that is gone: skip it.
                     self._checkKnownId(streamId, frame)
+                    if first:
+                        guards.empty(now, "mio", "%r for a closed stream", frame)
                     continue
             if flags & RST:
                 if flags & WND:
-                    self._peerOpened(frame)
+                    self._peerOpened(frame, now)
                     continue
                 state = streams.get(streamId)
                 if state is not None:
+                    guards.reset(now, "mio", "RST of stream %d", streamId)
                     code = frame.size
                     if code == ErrorCode.REFUSED:
                         cls, text = StreamRefusedError, "refused by the peer"
@@ -354,8 +402,10 @@ class MioEngine(Engine):
                     )
                 else:
                     self._checkKnownId(streamId, frame)
+                    guards.empty(now, "mio", "RST of closed stream %d", streamId)
             elif flags & WND:
-                continue  # session window update: the keepalive
+                # Session window update: the keepalive.
+                guards.empty(now, "mio", "a keepalive (session window frame)")
             elif flags & FIN:
                 if streamId:
                     # Every MIO peer closes the session on stream 0; a FIN
@@ -370,6 +420,8 @@ class MioEngine(Engine):
                 self._ready.clear()
                 events.append(ConnectionTerminated(code, None))
                 return
+            else:
+                guards.empty(now, "mio", "%r, which means nothing", frame)
 
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:
@@ -378,13 +430,18 @@ class MioEngine(Engine):
                 % (frame, streamId)
             )
 
-    def _peerOpened(self, frame):
+    def _peerOpened(self, frame, now):
         streamId = frame.streamId
         if streamId == 0:
             raise MalformedFrame("MIO open frame for stream 0")
         if streamId in self._streams:
             raise MalformedFrame(
                 "MIO open frame for stream %d, which is already open" % (streamId,)
+            )
+        if self._wasUsed(streamId):
+            raise MalformedFrame(
+                "MIO open frame for stream %d, which was used before on this "
+                "connection (stream ids are never reused)" % (streamId,)
             )
         if streamId > self._highestId:
             self._highestId = streamId
@@ -395,23 +452,30 @@ class MioEngine(Engine):
             self._control.append(_pack(streamId, (ErrorCode.REFUSED << 8) | RESET))
             self.counters.framesSent += 1
             self.counters.streamsRefused += 1
+            self._closedPeerIds.append(streamId)
+            self.guards.reset(now, "mio", "open of stream %d, refused", streamId)
             return
         window = frame.size
         self._streams[streamId] = StreamState(streamId, credit=window, window=window)
         self.counters.streamsAccepted += 1
         self._events.append(StreamOpened(streamId))
 
-    def _windowUpdate(self, state, size):
+    def _windowUpdate(self, state, size, now):
         credit = state.credit + size
         if credit > MAX_CREDIT:
             raise FlowControlViolation(
                 "MIO window update of %d on stream %d overflows the window"
                 % (size, state.streamId)
             )
+        if not size or credit > state.window:
+            # Credit for nothing, or for bytes never sent.
+            self.guards.empty(now, "mio", "a window update of %d on stream %d",
+                              size, state.streamId)
         state.credit = credit
         self._requeue(state)
 
-    def _flowControlError(self, state, size):
+    def _flowControlError(self, state, size, now):
+        self.guards.reset(now, "mio", "an overrun of stream %d's window", state.streamId)
         error = FlowControlViolation(
             "MIO stream %d: peer sent %d bytes with %d bytes of credit"
             % (state.streamId, size, state.recvWindow)

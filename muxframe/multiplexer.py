@@ -15,7 +15,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from .bmp import BmpEngine
@@ -24,9 +24,11 @@ from .errors import (
     ErrorCode,
     LocalProtocolError,
     MuxframeError,
+    RemoteProtocolError,
     SessionClosedError,
     StreamBufferOverflow,
 )
+from .logthrottle import LogThrottle, logger, throttled
 from .events import (
     ConnectionTerminated,
     DataReceived,
@@ -43,6 +45,7 @@ from .stream import (
     StreamTransport,
     abortedReason,
     closedReason,
+    heldCost,
 )
 
 ENGINES = {"mio": MioEngine, "bmp": BmpEngine}
@@ -54,7 +57,23 @@ WRITE_QUANTUM = 256 * 1024
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
 
+# The log throttle of multiplexers built without a MultiplexerFactory.
+_throttle = LogThrottle()
+
 _END = "end"
+
+# Why reading from the connection is paused: paused children hold too much,
+# or the last read is still being handled, a slice at a time.
+READ_HELD = 1
+READ_SLICED = 2
+
+# Frames handled per reactor turn on one connection: a read of tiny frames
+# (a flood) is handled over several turns, so other connections wait for a
+# slice of it at most, never for all of it.  A slice that opened several
+# streams (each builds a child protocol) makes the next ones smaller, down
+# to MIN_FRAMES_PER_TURN; slices grow back as streams stop opening.
+FRAMES_PER_TURN = 32
+MIN_FRAMES_PER_TURN = 4
 
 
 def _engineClass(framing):
@@ -78,7 +97,7 @@ class Multiplexer(Protocol):
         there was one, else the transport's own reason.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, childFactory=None, framing="mio", role="server",
                  settings=None, reactor=None):
@@ -91,16 +110,24 @@ class Multiplexer(Protocol):
             raise ValueError("role must be 'client' or 'server', not %r" % (role,))
         self._reactor = reactor
         self.engine = None
+        # The open streams by id, and those the engine has forgotten whose
+        # child has yet to take its held close: a new stream may reuse an id
+        # whose old transport still waits, and must never alias it.
         self._streams = {}
+        self._closing = set()
         self._producers = set()
         self._bufferPaused = set()
         self._endingWrites = set()
         self._transportPaused = False
-        self._readingPaused = False
+        self._readPausedBy = 0
         self._held = 0
+        self._heldData = 0
         self._busy = False
         self._flushAgain = False
         self._timer = None
+        self._sliceCall = None
+        self._sliceLimit = FRAMES_PER_TURN
+        self._accepted = 0
         self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
@@ -127,9 +154,14 @@ class Multiplexer(Protocol):
 
     def streamCount(self):
         """
-        Return how many streams are open.
+        Return how many streams are open (including those the peer has
+        closed whose child has not yet been told, as it paused reading).
         """
-        return len(self._streams)
+        return len(self._streams) + len(self._closing)
+
+    def _isCurrent(self, stream):
+        # True while the engine's stream of this id is this transport's.
+        return self._streams.get(stream.streamId) is stream
 
     def streamCounters(self, streamId):
         """
@@ -142,9 +174,7 @@ class Multiplexer(Protocol):
         state = self.engine.stream(streamId) if self.engine is not None else None
         if stream is None or state is None:
             return None
-        held = 0
-        if stream._pending:
-            held = sum(len(item) for item in stream._pending if type(item) is bytes)
+        held = stream._heldBytes()
         return {
             "bytesSent": state.bytesSent,
             "bytesReceived": state.bytesReceived,
@@ -187,6 +217,12 @@ class Multiplexer(Protocol):
     def _now(self):
         return self.reactor.seconds()
 
+    def _logThrottle(self):
+        # Repeated warnings are limited per factory (all its connections),
+        # so a flood of bad connections writes a few lines, not one each.
+        throttle = getattr(getattr(self, "factory", None), "logThrottle", None)
+        return throttle if throttle is not None else _throttle
+
     # -- IProtocol ------------------------------------------------------
 
     def connectionMade(self):
@@ -212,11 +248,33 @@ class Multiplexer(Protocol):
         if engine is None or self.disconnected:
             return
         self._busy = True
+        accepted = self._accepted
         try:
-            self._process(engine.receiveData(data, self._now()))
+            self._process(engine.receiveData(data, self._now(), self._sliceLimit))
         finally:
             self._busy = False
+        if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
+            self._sliceLimit = max(MIN_FRAMES_PER_TURN, self._sliceLimit // 2)
+        elif self._sliceLimit < FRAMES_PER_TURN:
+            self._sliceLimit *= 2
+        self._checkHeld()
         self._flush()
+        self._checkSliced()
+
+    def _checkSliced(self):
+        # Part of the last read waits: stop reading and handle the next
+        # slice on the next turn, after the other connections' reads.
+        if self.disconnected or self.engine.closed or not self.engine.pendingInput():
+            self._resumeReading(READ_SLICED)
+            return
+        self._pauseReading(READ_SLICED)
+        if self._sliceCall is None and not self._readPausedBy & READ_HELD:
+            self._sliceCall = self.reactor.callLater(0, self._nextSlice)
+
+    def _nextSlice(self):
+        self._sliceCall = None
+        if not self.disconnected and not self._readPausedBy & READ_HELD:
+            self.dataReceived(b"")
 
     def connectionLost(self, reason=None):
         if self.disconnected:
@@ -225,10 +283,10 @@ class Multiplexer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for timer in (self._drainTimer, self._closeTimer):
+        for timer in (self._drainTimer, self._closeTimer, self._sliceCall):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._drainTimer = self._closeTimer = None
+        self._drainTimer = self._closeTimer = self._sliceCall = None
         if self.engine is not None:
             self.engine.closed = True
         if self._terminated is not None:
@@ -240,8 +298,9 @@ class Multiplexer(Protocol):
             # that had not ended.
             reason = Failure(ConnectionLost(
                 "the multiplexed connection closed before the stream ended"))
-        streams = list(self._streams.values())
+        streams = list(self._streams.values()) + list(self._closing)
         self._streams.clear()
+        self._closing.clear()
         for stream in streams:
             self._callChild(stream, stream._lost, reason)
         self.log.debug(
@@ -370,23 +429,24 @@ class Multiplexer(Protocol):
 
     def _streamGone(self):
         self._checkDrained()
-        if not self._streams and not self.disconnected:
+        if not self._streams and not self._closing and not self.disconnected:
             self.allStreamsEnded()
 
     def _checkDrained(self):
-        if self._drainDeferreds and not self._streams and not self.disconnected:
+        if (self._drainDeferreds and not self._streams and not self._closing
+                and not self.disconnected):
             self.close(getattr(self, "_drainCode", ErrorCode.NONE))
 
     def _drainExpired(self, code):
         self._drainTimer = None
         if self.disconnected:
             return
-        if self._streams:
+        if self.streamCount():
             self._terminated = Failure(SessionClosedError(
-                "drain deadline passed with %d streams open" % len(self._streams)))
+                "drain deadline passed with %d streams open" % self.streamCount()))
             self.log.info(
                 "drain deadline passed; closing {count} open streams",
-                count=len(self._streams),
+                count=self.streamCount(),
             )
             code = ErrorCode.TRANSPORT_CLOSED if code == ErrorCode.NONE else code
         self.close(code)
@@ -406,8 +466,7 @@ class Multiplexer(Protocol):
                 if stream._discard:
                     engine.consumed(event.streamId, len(data))
                 elif stream._readPaused or stream._pending:
-                    stream._hold(data)
-                    self._holding(len(data))
+                    self._holding(stream, data)
                 else:
                     self._callChild(stream, stream.protocol.dataReceived, data)
                     engine.consumed(event.streamId, len(data))
@@ -424,13 +483,22 @@ class Multiplexer(Protocol):
                 stream = streams.get(event.streamId)
                 if stream is not None:
                     if (stream._readPaused or stream._pending) and not stream._discard:
+                        # The engine has forgotten the id: from now on it may
+                        # name a new stream, while this one waits.
                         stream._hold(event)
+                        del streams[event.streamId]
+                        self._closing.add(stream)
                     else:
                         self._closeStream(stream, event.error)
             elif kind is ConnectionTerminated:
                 self._connectionTerminated(event)
 
     def _accept(self, streamId):
+        if len(self._streams) + len(self._closing) >= self.settings.maxStreams:
+            # Streams the peer reset whose children still hold data count
+            # too, or open-and-reset would grow children without bound.
+            self.engine.refuseStream(streamId, self._now())
+            return
         address = StreamAddress(self.transport.getPeer(), streamId, self.framing)
         protocol = None
         if self.childFactory is not None:
@@ -440,19 +508,19 @@ class Multiplexer(Protocol):
                 self.log.failure("childFactory failed for stream {streamId}",
                                  streamId=streamId)
         if protocol is None:
-            self.log.info(
+            self.log.debug(
                 "refused stream {streamId} from {peer}: no child protocol",
                 streamId=streamId, peer=addressText(address.address),
             )
-            self.engine.counters.streamsRefused += 1
-            self.engine.resetStream(streamId, ErrorCode.REFUSED)
+            self.engine.refuseStream(streamId, self._now())
             return
         stream = StreamTransport(self, streamId, protocol)
         self._streams[streamId] = stream
+        self._accepted += 1
         self._callChild(stream, protocol.makeConnection, stream)
 
     def _closeStream(self, stream, error):
-        self._streams.pop(stream.streamId, None)
+        self._drop(stream)
         self._forget(stream)
         if stream._writeLostPending:
             self._callChild(stream, stream._writeEnded)
@@ -461,6 +529,13 @@ class Multiplexer(Protocol):
             self.log.debug("stream {streamId} ended: {error}",
                            streamId=stream.streamId, error=error)
         self._streamGone()
+
+    def _drop(self, stream):
+        # Remove the stream from the table, or from those closing; another
+        # stream that now has its id stays.
+        if self._isCurrent(stream):
+            del self._streams[stream.streamId]
+        self._closing.discard(stream)
 
     def _forget(self, stream):
         self._producers.discard(stream)
@@ -473,11 +548,14 @@ class Multiplexer(Protocol):
         error = event.error
         if error is not None:
             self._terminated = Failure(error)
-            self.log.warn(
-                "{framing} protocol error from {peer}, closing: {error}",
-                framing=self.framing, peer=addressText(self.transport.getPeer()),
-                error=error,
-            )
+            if isinstance(error, RemoteProtocolError):
+                level, kind, text = LogLevel.warn, "protocol error", "protocol error from"
+            else:
+                level, kind, text = LogLevel.info, "timeout", "timed out:"
+            throttled(self.log, self._logThrottle(), self._now(), level, kind,
+                      "{framing} " + text + " {peer}, closing: {error}",
+                      framing=self.framing, peer=addressText(self.transport.getPeer()),
+                      error=error)
         elif self._terminated is None:
             self._terminated = Failure(ConnectionLost(
                 "the peer closed the session (code %s)" % ErrorCode.describe(event.code)))
@@ -509,8 +587,9 @@ class Multiplexer(Protocol):
                 streamId=stream.streamId,
             )
             if not stream.disconnected:
-                self.engine.resetStream(stream.streamId, ErrorCode.INTERNAL)
-                self._streams.pop(stream.streamId, None)
+                if self._isCurrent(stream):
+                    self.engine.resetStream(stream.streamId, ErrorCode.INTERNAL)
+                self._drop(stream)
                 self._forget(stream)
                 try:
                     stream._lost(Failure())
@@ -521,32 +600,91 @@ class Multiplexer(Protocol):
 
     # -- receive-side holding (paused children) -------------------------
 
-    def _holding(self, size):
-        self._held += size
-        if not self._readingPaused and self._held > self.settings.sessionBufferSize:
-            self._readingPaused = True
+    def _pauseReading(self, reason):
+        was = self._readPausedBy
+        self._readPausedBy = was | reason
+        if not was:
             self.transport.pauseProducing()
 
-    def _released(self, stream, size):
-        if size:
-            self._held -= size
-            self.engine.consumed(stream.streamId, size)
-            if self._readingPaused and self._held <= self.settings.sessionBufferSize // 2:
-                self._readingPaused = False
+    def _resumeReading(self, reason):
+        was = self._readPausedBy
+        if was & reason:
+            self._readPausedBy = was & ~reason
+            if not self._readPausedBy and not self.disconnected:
                 self.transport.resumeProducing()
 
+    def _checkHeld(self):
+        # What paused children hold costs its real memory: the held pieces
+        # and the framing's bookkeeping of them (BMP keeps each frame's sid
+        # until it is acknowledged).
+        if self.engine is None:
+            return
+        held = self.heldMemory()
+        limit = self.settings.sessionBufferSize
+        if held > limit:
+            self._pauseReading(READ_HELD)
+        elif held <= limit // 2 and self._readPausedBy & READ_HELD:
+            self._resumeReading(READ_HELD)
+            if self.engine.pendingInput() and self._sliceCall is None:
+                self._sliceCall = self.reactor.callLater(0, self._nextSlice)
+
+    def heldBytes(self):
+        """
+        Return how many received bytes are held for paused children.
+        """
+        return self._heldData
+
+    def heldMemory(self):
+        """
+        Return the memory (bytes) what is held for paused children costs,
+        as counted against C{sessionBufferSize}: the held data with its
+        objects' overhead, and the framing's bookkeeping of those frames.
+        """
+        overhead = self.engine.receiveOverhead() if self.engine is not None else 0
+        return self._held + overhead
+
+    @property
+    def readingPaused(self):
+        """
+        True while this connection does not read from its transport because
+        paused children hold C{sessionBufferSize}.
+        """
+        return bool(self._readPausedBy & READ_HELD)
+
+    def _holding(self, stream, data):
+        self._held += stream._hold(data)
+        self._heldData += len(data)
+
+    def _consumed(self, stream, size):
+        # Credit for a stream whose id now names another stream is nobody's.
+        if size and self._isCurrent(stream):
+            self.engine.consumed(stream.streamId, size)
+
+    def _released(self, stream, size, cost):
+        if cost:
+            self._held -= cost
+            self._heldData -= size
+            self._consumed(stream, size)
+            self._checkHeld()
+
     def _deliverPending(self, stream):
-        pending = stream._pending
-        engine = self.engine
         self._busy = True
         try:
-            while pending and (not stream._readPaused or stream._discard):
+            while not stream._readPaused or stream._discard:
+                # Read it again each time: the child may have dropped what
+                # is held (loseConnection from dataReceived or at its end).
+                pending = stream._pending
+                if not pending:
+                    break
                 item = pending.popleft()
-                if type(item) is bytes:
-                    self._held -= len(item)
+                kind = type(item)
+                if kind is bytes or kind is bytearray:
+                    self._held -= heldCost(item)
+                    self._heldData -= len(item)
                     if not stream._discard:
-                        self._callChild(stream, stream.protocol.dataReceived, item)
-                    engine.consumed(stream.streamId, len(item))
+                        self._callChild(stream, stream.protocol.dataReceived,
+                                        item if kind is bytes else bytes(item))
+                    self._consumed(stream, len(item))
                 elif item is _END:
                     self._callChild(stream, stream._readEnded)
                 else:
@@ -556,24 +694,23 @@ class Multiplexer(Protocol):
                     break
         finally:
             self._busy = False
-        if self._readingPaused and self._held <= self.settings.sessionBufferSize // 2:
-            self._readingPaused = False
-            self.transport.resumeProducing()
+        self._checkHeld()
         self._flush()
 
     # -- sending --------------------------------------------------------
 
     def _streamWrite(self, stream, data):
-        if stream.streamId not in self.engine:
+        if not self._isCurrent(stream) or stream.streamId not in self.engine:
             return  # the stream ended under the child: drop, as TCP does
         try:
             self.engine.sendData(stream.streamId, data)
         except StreamBufferOverflow as error:
             # Only with a maxStreamSendBuffer set: the child learns of it
             # in connectionLost, never by an exception out of write().
-            self.log.warn("{framing} stream {streamId} reset: {error}",
-                          framing=self.framing, streamId=stream.streamId,
-                          error=error)
+            throttled(self.log, self._logThrottle(), self._now(), LogLevel.warn,
+                      "stream buffer overflow",
+                      "{framing} stream {streamId} reset: {error}",
+                      framing=self.framing, streamId=stream.streamId, error=error)
             stream._resetLocally()
             self._resetStream(stream, ErrorCode.EXHAUSTED, Failure(error))
             return
@@ -584,7 +721,7 @@ class Multiplexer(Protocol):
             stream._pauseProducer(PAUSED_BY_BUFFER)
 
     def _streamEnd(self, stream):
-        if stream.streamId not in self.engine:
+        if not self._isCurrent(stream) or stream.streamId not in self.engine:
             return
         self.engine.endStream(stream.streamId)
         if stream._writeLostPending:
@@ -600,8 +737,9 @@ class Multiplexer(Protocol):
         gets C{reason} on a later turn, as a TCP transport's would, not from
         inside the call that ended it.
         """
-        self.engine.resetStream(stream.streamId, code)
-        self._streams.pop(stream.streamId, None)
+        if self._isCurrent(stream):
+            self.engine.resetStream(stream.streamId, code)
+        self._drop(stream)
         self._forget(stream)
         self._flush()
         self.reactor.callLater(0, stream._lost, reason)
@@ -686,6 +824,9 @@ class MultiplexerFactory(Factory):
     @param reactor: an C{IReactorTime} for timers (default: the global
         reactor, looked up when first needed).
     @param settings: keyword settings, see L{muxframe.settings.SETTINGS}.
+
+    @ivar logThrottle: the L{muxframe.logthrottle.LogThrottle} limiting the
+        warnings its connections repeat (protocol errors, overflows).
     """
 
     protocol = Multiplexer
@@ -700,6 +841,7 @@ class MultiplexerFactory(Factory):
         self.role = role
         self.reactor = reactor
         self.settings = Settings(**settings)
+        self.logThrottle = LogThrottle()
 
     def buildProtocol(self, addr):
         protocol = self.protocol(

@@ -84,6 +84,45 @@ SETTINGS = {
         "BMP: a data frame unacknowledged this long ends its stream with "
         "StreamTimeoutError and the peer is sent a close.  0 disables.",
     ),
+    "headerTimeout": (
+        float, 30.0, 0.0, 3600.0, "seconds",
+        "Close the connection when a frame header (or a BMP control "
+        "frame) begun this long ago is still incomplete: a peer stalled "
+        "mid-header (slowloris) holds no connection for ever.  0 disables.",
+    ),
+    "emptyTimeout": (
+        float, 300.0, 0.0, 864000.0, "seconds",
+        "Server side: close a connection that has had no open stream and "
+        "received nothing for this long (a MIO muxframe peer's keepalives "
+        "keep it open; Go mio and BMP peers send none).  0 disables.",
+    ),
+    "maxResets": (
+        int, 1000, 0, 1 << 30, "streams",
+        "Rapid-reset defence: streams the peer may reset, close before "
+        "their end or open only to be refused, per floodWindow (a budget "
+        "refilled continuously).  Past it the connection is closed with "
+        "code 5 'exhausted' (MIO FIN).  0 disables.",
+    ),
+    "maxEmptyFrames": (
+        int, 10000, 0, 1 << 30, "frames",
+        "Frames carrying nothing the peer may send per floodWindow: empty "
+        "data frames, window updates granting nothing or more than was "
+        "sent, keepalives, acknowledgements of nothing, frames for streams "
+        "already gone.  Past it the connection is closed with code 5 "
+        "'exhausted'.  0 disables.",
+    ),
+    "floodWindow": (
+        float, 10.0, 0.1, 3600.0, "seconds",
+        "The period of maxResets and maxEmptyFrames: each budget refills at "
+        "its limit per floodWindow.",
+    ),
+    "maxControlBacklog": (
+        int, 10000, 1000, 1 << 24, "frames",
+        "Control frames (credit, acknowledgements, resets, refusals) queued "
+        "for a peer that does not read them: past this many the connection "
+        "is closed with code 5 'exhausted' (as Go's HTTP/2 closes at "
+        "10,000).",
+    ),
     "drainTimeout": (
         float, 30.0, 0.0, 86400.0, "seconds",
         "Default deadline of Multiplexer.drain(): open streams get this long "

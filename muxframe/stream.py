@@ -33,6 +33,20 @@ from twisted.python.failure import Failure
 PAUSED_BY_BUFFER = 1
 PAUSED_BY_TRANSPORT = 2
 
+# Data held for a paused child is joined into buffers of up to this many
+# bytes, so a flood of tiny frames costs its bytes, not an object per frame.
+JOIN_LIMIT = 64 * 1024
+# A held piece's deque slot, beyond the object's own size.
+SLOT_COST = 8
+
+
+def heldCost(item):
+    """
+    Return the memory a held piece of data costs, honestly: the object
+    (header and payload, a bytearray's spare capacity included) and its slot.
+    """
+    return item.__sizeof__() + SLOT_COST
+
 
 @implementer(IAddress)
 class StreamAddress:
@@ -280,22 +294,51 @@ class StreamTransport:
             self._producer.resumeProducing()
 
     def _hold(self, item):
-        if self._pending is None:
-            self._pending = deque()
-        self._pending.append(item)
+        """
+        Keep C{item} (data, or the end or close marker) for when the child
+        reads again; return the memory it costs (0 for markers).  Small
+        pieces of data are joined.
+        """
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        if type(item) is not bytes:
+            pending.append(item)
+            return 0
+        size = len(item)
+        if pending and size < JOIN_LIMIT:
+            last = pending[-1]
+            if type(last) is bytearray and len(last) + size <= JOIN_LIMIT:
+                before = last.__sizeof__()
+                last += item
+                return last.__sizeof__() - before
+        if size < JOIN_LIMIT // 2:
+            item = bytearray(item)
+        pending.append(item)
+        return heldCost(item)
+
+    def _heldBytes(self):
+        """
+        Return how many bytes of data are held for the child.
+        """
+        pending = self._pending
+        if not pending:
+            return 0
+        return sum(len(item) for item in pending if type(item) in (bytes, bytearray))
 
     def _dropPending(self):
         pending = self._pending
         if pending:
-            size = 0
+            size = cost = 0
             keep = deque()
             for item in pending:
-                if type(item) is bytes:
+                if type(item) in (bytes, bytearray):
                     size += len(item)
+                    cost += heldCost(item)
                 else:
                     keep.append(item)
             self._pending = keep
-            self._mux._released(self, size)
+            self._mux._released(self, size, cost)
 
     def _readEnded(self):
         if self._readClosed:

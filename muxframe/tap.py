@@ -28,7 +28,8 @@ Client, per endpoint::
     --forward TARGET    streams the server opens are connected to TARGET
 
 Listening goes through L{twisted.application.strports}, so a port in use
-stops the process with an error.  On SIGTERM the server stops accepting,
+stops the process with an error; TCP, TLS and UNIX listeners get a backlog
+of 1024 unless their description sets C{backlog=}.  On SIGTERM the server stops accepting,
 lets open streams finish for up to C{--drainTimeout} seconds, then closes;
 the client does the same with its connections.
 """
@@ -42,12 +43,34 @@ from twisted.python import usage
 
 from .admin.settings import OperatorOptionsMixin
 from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
+from .endpointstrings import _quote
 from .server.tap import XTMPOptions
 from .settings import SETTINGS, coerce
 
 log = Logger(namespace="muxframe.tap")
 
 FRAMINGS = ("mio", "bmp")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+# Twisted listens with a backlog of 50: 5,000 connects took 94 s through it,
+# 2.6 s with 1024.  The kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def withBacklog(description, backlog=DEFAULT_BACKLOG):
+    """
+    Return a listening description with C{backlog=} added when it is a
+    C{tcp:}, C{tcp6:}, C{ssl:} or C{unix:} endpoint (bare, or wrapped in
+    C{mio:}, C{bmp:} or C{mux:}) that does not set one.
+    """
+    args, kwargs = parseDescription(description)
+    kinds = args[:1]
+    if kinds and kinds[0] in FRAMINGS + ("mux",):
+        kinds = args[1:2]
+    if kinds and kinds[0] in _BACKLOG_TYPES and "backlog" not in kwargs:
+        return "%s:backlog=%d" % (description, backlog)
+    return description
 
 
 def _printVersion(options):
@@ -70,6 +93,8 @@ class Tunnel:
     @ivar echo: C{--echo} (servers).
     @ivar forward: the C{--forward} target, or C{None}.
     @ivar locals: the C{--local} listening descriptions.
+    @ivar clients: the C{--client} name of each C{--local} (servers).
+    @ivar tokens: the C{--tokens} file (servers), or C{None}.
     """
 
     def __init__(self):
@@ -78,6 +103,8 @@ class Tunnel:
         self.echo = False
         self.forward = None
         self.locals = []
+        self.clients = []
+        self.tokens = None
 
     def innerEndpoint(self):
         """
@@ -119,6 +146,7 @@ class _RoleOptions(OperatorOptionsMixin, usage.Options):
         self.tunnels = [Tunnel()]
         self.settings = {}
         self.framing = "mio"
+        self.logLevel = "info"
         self._given = {}
 
     def _once(self, name, value):
@@ -155,12 +183,27 @@ class _RoleOptions(OperatorOptionsMixin, usage.Options):
 
     opt_f = opt_framing
 
+    def opt_logLevel(self, level):
+        """
+        The least important muxframe events written: debug, info (the
+        default: per-stream and per-connection tunnel events, which are
+        debug, are not written), warn or error.
+        """
+        self._once("logLevel", level)
+        if level not in LOG_LEVELS:
+            raise usage.UsageError(
+                "--logLevel: unknown level %r (choose one of %s)"
+                % (level, ", ".join(LOG_LEVELS)))
+        self.logLevel = level
+
     def opt_local(self, description):
         """
         A server endpoint to accept local connections on (repeatable; see
         the role's description).
         """
-        self.tunnels[-1].locals.append(description)
+        tunnel = self.tunnels[-1]
+        tunnel.locals.append(description)
+        tunnel.clients.append(None)
 
     opt_l = opt_local
 
@@ -267,15 +310,17 @@ class ServerOptions(_RoleOptions):
     Options of C{twistd muxframe server}.
     """
 
-    synopsis = ("--endpoint=LISTEN [--echo | --forward=TARGET] [--local=LISTEN ...] "
-                "[--endpoint=LISTEN ...] [settings]")
+    synopsis = ("--endpoint=LISTEN [--tokens=FILE] [--echo | --forward=TARGET] "
+                "[--local=LISTEN --client=NAME ...] [--endpoint=LISTEN ...] [settings]")
     longdesc = (
         "Accept multiplexed connections on each --endpoint.  Streams the "
         "client opens are echoed (--echo) or connected to --forward TARGET; "
         "with --local, local connections are carried as streams opened "
         "toward the client (reverse tunnel).  --echo, --forward and --local "
-        "belong to the --endpoint before them.  Mutual TLS: add "
-        "clientCA=CA.pem to an ssl: endpoint.")
+        "belong to the --endpoint before them.  A --local's connections go "
+        "only to the authenticated client its --client names: by its TLS "
+        "certificate (add clientCA=CA.pem to an ssl: endpoint) or by a token "
+        "(--tokens).")
     role = "server"
 
     def opt_echo(self):
@@ -283,6 +328,31 @@ class ServerOptions(_RoleOptions):
         Echo the streams the client opens (per --endpoint).
         """
         self.tunnels[-1].echo = True
+
+    def opt_client(self, name):
+        """
+        The authenticated client that the connections of the --local before
+        it go to: its TLS certificate's common name (clientCA= on the
+        endpoint) or its name in --tokens.
+        """
+        tunnel = self.tunnels[-1]
+        if not tunnel.locals:
+            raise usage.UsageError("--client=%s names the client of a --local: "
+                                   "give it after that --local" % (name,))
+        if tunnel.clients[-1] is not None:
+            raise usage.UsageError("--client given twice for --local=%s (%r, then %r)"
+                                   % (tunnel.locals[-1], tunnel.clients[-1], name))
+        tunnel.clients[-1] = name
+
+    def opt_tokens(self, path):
+        """
+        A file of 'name token' lines: every client of the --endpoint before
+        it must answer a token challenge (see docs/operations.md).
+        """
+        tunnel = self.tunnels[-1]
+        if tunnel.tokens is not None:
+            raise usage.UsageError("--tokens given twice for one --endpoint")
+        tunnel.tokens = path
 
     def checkTunnel(self, tunnel):
         """
@@ -296,6 +366,37 @@ class ServerOptions(_RoleOptions):
             raise usage.UsageError(
                 "the server needs --echo, --forward or --local for --endpoint=%s"
                 % (tunnel.endpoint,))
+        tokens = None
+        if tunnel.tokens is not None:
+            from .tunnelauth import TokenTable
+            try:
+                tokens = TokenTable.fromFile(tunnel.tokens)
+            except ValueError as e:
+                raise usage.UsageError("--tokens: %s" % (e,))
+        certificates = "clientCA" in parseDescription(tunnel.innerEndpoint())[1]
+        for local, client in zip(tunnel.locals, tunnel.clients):
+            if client is None:
+                raise usage.UsageError(
+                    "--local=%s needs --client=NAME: a reverse tunnel sends its "
+                    "connections only to the authenticated client it names" % (local,))
+            if tokens is None and not certificates:
+                raise usage.UsageError(
+                    "--local=%s: --endpoint=%s cannot authenticate clients; add "
+                    "clientCA= to its ssl: description (certificates name "
+                    "clients) or --tokens=FILE" % (local, tunnel.endpoint))
+            if tokens is not None and client not in tokens:
+                raise usage.UsageError("--client=%s is not in --tokens=%s"
+                                       % (client, tunnel.tokens))
+
+    def muxDescription(self, tunnel=None):
+        """
+        The C{mio:}/C{bmp:} server string, with C{tokens=} when given.
+        """
+        tunnel = tunnel or self.tunnels[0]
+        description = _RoleOptions.muxDescription(self, tunnel)
+        if tunnel.tokens is not None:
+            description += ":tokens=" + _quote(tunnel.tokens)
+        return description
 
     def muxEndpoint(self, reactor, tunnel=None):
         """
@@ -348,6 +449,34 @@ class ClientOptions(_RoleOptions):
         """
         self._seconds("retryMax", value)
 
+    def opt_name(self, name):
+        """
+        This client's name, to answer a server that requires a token (with
+        --tokenFile).
+        """
+        self._once("name", name)
+        self.clientOptions["authName"] = name
+
+    def opt_tokenFile(self, path):
+        """
+        The file holding this client's token (its first line), with --name.
+        """
+        self._once("tokenFile", path)
+        self.clientOptions["authTokenFile"] = path
+
+    def postOptions(self):
+        auth = [name for name in ("authName", "authTokenFile") if name in self.clientOptions]
+        if len(auth) == 1:
+            raise usage.UsageError("--name and --tokenFile go together")
+        if auth:
+            from .tunnelauth import checkName, readTokenFile
+            try:
+                checkName(self.clientOptions["authName"])
+                readTokenFile(self.clientOptions["authTokenFile"])
+            except ValueError as e:
+                raise usage.UsageError("--name/--tokenFile: %s" % (e,))
+        _RoleOptions.postOptions(self)
+
     def checkTunnel(self, tunnel):
         """
         Check the client's own options of one tunnel.
@@ -361,7 +490,8 @@ class ClientOptions(_RoleOptions):
         """
         The C{mio:}/C{bmp:} client string, with the client's own options.
         """
-        extra = "".join(":%s=%s" % item for item in sorted(self.clientOptions.items()))
+        extra = "".join(":%s=%s" % (name, _quote(value))
+                        for name, value in sorted(self.clientOptions.items()))
         return _RoleOptions.muxDescription(self, tunnel) + extra
 
     def muxEndpoint(self, reactor, tunnel=None):
@@ -452,7 +582,7 @@ def makeService(options, reactor=None):
         return makeXTMPService(sub, reactor)
     from .admin.muxstatus import MultiplexerStatus, viewsOf
     from .admin.service import OperatedRole
-    top = OperatedRole()
+    top = OperatedRole(logLevel=sub.logLevel)
     top.setName("muxframe-" + options.subCommand)
     top.tunnels = []
     for tunnel in sub.tunnels:
@@ -479,14 +609,15 @@ def _serverTunnel(sub, tunnel, top, reactor):
     main = ListenService(sub.muxDescription(tunnel), streams, reactor)
     main.setServiceParent(top)
     running = RoleTunnel(main.endpoint, streams)
-    for description in tunnel.locals:
-        local = TunnelFactory(reverseOpener(main.endpoint), "reverse tunnel")
+    for description, client in zip(tunnel.locals, tunnel.clients):
+        local = TunnelFactory(reverseOpener(main.endpoint, client), "reverse tunnel")
         ListenService(description, local, reactor).setServiceParent(top)
         running.locals.append(local)
     log.info("muxframe server on {endpoint} ({framing}); streams: {mode}{locals}",
              endpoint=tunnel.innerEndpoint(), framing=tunnel.framing,
              mode="echo" if tunnel.echo else tunnel.forward or "refused",
-             locals="".join("; reverse tunnel from %s" % (d,) for d in tunnel.locals))
+             locals="".join("; reverse tunnel from %s to client %s" % pair
+                            for pair in zip(tunnel.locals, tunnel.clients)))
     return running
 
 
@@ -534,14 +665,15 @@ def twistCommand(*args):
 class ListenService(service.Service):
     """
     A L{strports} listening service that turns "cannot listen" into a clear
-    one-line error and a non-zero exit of twistd.
+    one-line error and a non-zero exit of twistd, and listens with a
+    backlog of L{DEFAULT_BACKLOG} unless the description sets one.
 
     @ivar endpoint: the listening endpoint.
     """
 
     def __init__(self, description, factory, reactor):
         self.description = description
-        self.inner = strports.service(description, factory, reactor=reactor)
+        self.inner = strports.service(withBacklog(description), factory, reactor=reactor)
         self.endpoint = self.inner.endpoint
 
     def _start(self, method):

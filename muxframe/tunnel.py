@@ -8,8 +8,9 @@ half-close, and the factories the twistd roles are made of.
   - L{TunnelFactory}: each connection (a local TCP connection) opens a
     stream with an C{openStream(factory)} callable (a
     L{muxframe.endpoints.MultiplexedClientEndpoint}'s C{connect} for a
-    forward tunnel, L{reverseOpener} for a reverse tunnel) and is spliced to
-    it.
+    forward tunnel, L{reverseOpener} for a reverse tunnel, which opens
+    streams only toward the authenticated client it names) and is spliced
+    to it.
 
 Backpressure: each side of a splice is registered as the push producer of
 the other side's transport, so a slow reader pauses its writer (TCP stops
@@ -25,12 +26,15 @@ from zope.interface import implementer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from .describe import addressText
 from .errors import SessionClosedError
+from .logthrottle import LogThrottle, logger, throttled
 
-log = Logger(namespace="muxframe.tunnel")
+# Per-connection events (spliced, closed) are debug: the roles do not write
+# them by default, so a flood of connections writes no line each.
+log = logger(namespace="muxframe.tunnel")
 
 
 class TunnelStats:
@@ -258,6 +262,7 @@ class _SpliceFactory(Factory):
 
     def __init__(self):
         self.stats = TunnelStats()
+        self.logThrottle = LogThrottle()
 
     def buildProtocol(self, addr):
         protocol = SpliceProtocol(self.kind)
@@ -283,7 +288,7 @@ class _SpliceFactory(Factory):
             accepted.linked = True
             self.stats.opened += 1
             link(accepted, other)
-            log.info(
+            log.debug(
                 "{kind}: {peer} spliced to {other}", kind=self.kind,
                 peer=peer, other=addressText(other.transport.getPeer()),
                 streamId=_streamIdOf(accepted, other))
@@ -300,9 +305,12 @@ class _SpliceFactory(Factory):
         def failed(reason):
             accepted.pending = None
             self.stats.failed += 1
-            log.warn("{kind}: {peer} could not be connected: {error}",
-                     kind=self.kind, peer=peer, error=reason.getErrorMessage(),
-                     streamId=_streamIdOf(accepted, None))
+            from twisted.internet import reactor
+            throttled(log, self.logThrottle, reactor.seconds(), LogLevel.warn,
+                      "could not be connected",
+                      "{kind}: {peer} could not be connected: {error}",
+                      kind=self.kind, peer=peer, error=reason.getErrorMessage(),
+                      streamId=_streamIdOf(accepted, None))
             accepted.abort()
 
         def done(result):
@@ -324,7 +332,7 @@ class _SpliceFactory(Factory):
         clean = reason.check(ConnectionDone) is not None
         if not clean and accepted.linked:
             self.stats.failed += 1
-        log.info("{kind}: {peer} closed ({outcome}; {bytesIn} bytes in, {bytesOut} out)",
+        log.debug("{kind}: {peer} closed ({outcome}; {bytesIn} bytes in, {bytesOut} out)",
                  kind=self.kind, peer=accepted.peer or "?",
                  outcome="clean" if clean else reason.getErrorMessage(),
                  bytesIn=accepted.bytesReceived,
@@ -383,19 +391,23 @@ class TunnelFactory(_SpliceFactory):
         return self.openStream(factory)
 
 
-def reverseOpener(serverEndpoint):
+def reverseOpener(serverEndpoint, name):
     """
     Return an C{openStream(factory)} callable that opens a stream toward the
-    most recently connected client of C{serverEndpoint} (a
-    L{muxframe.endpoints.MultiplexedServerEndpoint}); it fails at once when
-    no client is connected.
+    client of C{serverEndpoint} (a
+    L{muxframe.endpoints.MultiplexedServerEndpoint}) authenticated as
+    C{name} (its TLS certificate's common name, or its token's name; see
+    L{muxframe.tunnelauth}), its most recent connection if it has several.
+    An unauthenticated connection never gets a stream: without such a
+    client the callable fails at once.
     """
     from twisted.internet.defer import fail
 
     def openStream(factory):
-        mux = serverEndpoint.currentMultiplexer()
+        mux = serverEndpoint.authenticatedMultiplexer(name)
         if mux is None:
-            return fail(SessionClosedError("no muxframe client is connected"))
+            return fail(SessionClosedError(
+                "no muxframe client authenticated as %r is connected" % (name,)))
         return mux.openStream(factory)
 
     return openStream

@@ -56,14 +56,16 @@ def recorders(**kwargs):
 def recordMaxHeld(mux):
     """
     Track the most bytes C{mux} ever held for paused children; return a
-    one-element list holding that maximum.
+    list holding that maximum, then the most memory they cost (what
+    sessionBufferSize caps).
     """
-    maxHeld = [0]
+    maxHeld = [0, 0]
     holding = mux._holding
 
-    def recordHolding(n):
-        holding(n)
-        maxHeld[0] = max(maxHeld[0], mux._held)
+    def recordHolding(stream, data):
+        holding(stream, data)
+        maxHeld[0] = max(maxHeld[0], mux.heldBytes())
+        maxHeld[1] = max(maxHeld[1], mux.heldMemory())
 
     mux._holding = recordHolding
     return maxHeld
@@ -368,7 +370,7 @@ class ConformanceTests:
                         and self.serverChild(child).sender is not None
                         and self.serverChild(child).sender.pauses,
                         "the far sender to be paused")
-        yield waitUntil(lambda: client._held > 0, "data held for the paused child")
+        yield waitUntil(lambda: client.heldBytes() > 0, "data held for the paused child")
         far = self.serverChild(child)
         child.transport.loseConnection()
         yield waitUntil(lambda: far.sender.done.called,
@@ -378,7 +380,7 @@ class ConformanceTests:
         self.assertTrue(child.reasons[0].check(ConnectionDone), child.reasons[0])
         self.assertTrue(far.reasons[0].check(ConnectionDone), far.reasons[0])
         self.assertEqual(child.count, 0)
-        self.assertEqual(client._held, 0)
+        self.assertEqual(client.heldBytes(), 0)
         yield self.echoRoundTrip(client)
 
     # -- abort ---------------------------------------------------------
@@ -485,7 +487,7 @@ class ConformanceTests:
         bound = self.receiveBound(settings)
         self.assertGreater(maxHeld[0], 0)
         self.assertLessEqual(maxHeld[0], bound)
-        self.assertLessEqual(client._held, bound)
+        self.assertLessEqual(client.heldBytes(), bound)
         self.assertLessEqual(sender.maxBuffered, settings["streamBufferSize"] + sender.chunk)
         # Only this stream's credit is withheld: another one flows.
         yield self.echoRoundTrip(client, b"z" * (200 * KiB))
@@ -499,7 +501,7 @@ class ConformanceTests:
         self.assertEqual(child.hasher.hexdigest(), digest(pattern(7, size)))
         self.assertGreaterEqual(sender.resumes, 1)
         self.assertLessEqual(maxHeld[0], bound)
-        self.assertEqual(client._held, 0)
+        self.assertEqual(client.heldBytes(), 0)
 
     @inlineCallbacks
     def test_backpressureSlowTCPPeer(self):
@@ -607,10 +609,10 @@ class ConformanceTests:
                         "the far children")
         for i, child in enumerate(children):
             child.transport.write(pattern(60 + i, size))
-        yield waitUntil(lambda: server._readingPaused, "the server to stop reading")
+        yield waitUntil(lambda: server.readingPaused, "the server to stop reading")
         yield turns(20)
         readSize = 64 * KiB  # what one doRead of a TCP transport takes
-        self.assertGreater(maxHeld[0], cap)
+        self.assertGreater(maxHeld[1], cap)
         self.assertLessEqual(maxHeld[0], cap + readSize)
         for child in children:
             self.assertEqual(self.serverChild(child).count, 0)
@@ -623,8 +625,8 @@ class ConformanceTests:
             self.assertEqual(far.count, size)
             self.assertEqual(far.hasher.hexdigest(), digest(pattern(60 + i, size)))
         self.assertLessEqual(maxHeld[0], cap + readSize)
-        self.assertEqual(server._held, 0)
-        self.assertFalse(server._readingPaused)
+        self.assertEqual(server.heldBytes(), 0)
+        self.assertFalse(server.readingPaused)
         yield self.echoRoundTrip(client)
 
     @inlineCallbacks
@@ -665,7 +667,7 @@ class ConformanceTests:
         self.assertEqual(child.hasher.hexdigest(), digest(pattern(3, size)))
         self.assertGreater(pauses[0], 10)
         self.assertEqual(child.events, ["made", "data", "readLost", "writeLost", "lost"])
-        self.assertEqual(client._held, 0)
+        self.assertEqual(client.heldBytes(), 0)
 
     @inlineCallbacks
     def test_endOfStreamWhilePausedWaitsForResume(self):
@@ -1665,8 +1667,8 @@ class ConformanceTests:
                     self.assertTrue(end.reasons[0].check(ConnectionDone), end.reasons[0])
             self.assertEqual(client.streamCount(), 0)
             self.assertEqual(server.streamCount(), 0)
-            self.assertEqual(client._held, 0)
-            self.assertEqual(server._held, 0)
+            self.assertEqual(client.heldBytes(), 0)
+            self.assertEqual(server.heldBytes(), 0)
 
         run()
         self.assertGreater(examples[0], 10)

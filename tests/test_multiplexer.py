@@ -246,7 +246,7 @@ class AdapterTestsMixin:
         child.transport.write(payload)
         link.pump()
         self.assertEqual(server.received(), b"a")
-        held = link.server._held
+        held = link.server.streamCounters(server.transport.streamId)["held"]
         self.assertGreater(held, 0)
         bound = 4096 if self.framing == "mio" else 2 * 1024
         self.assertLessEqual(held, bound)
@@ -254,7 +254,7 @@ class AdapterTestsMixin:
         server.transport.resumeProducing()
         link.pump()
         self.assertEqual(server.received(), b"a" + payload)
-        self.assertEqual(link.server._held, 0)
+        self.assertEqual(link.server.heldBytes(), 0)
 
     def test_writeWithoutProducerNeverRaises(self):
         """

@@ -46,6 +46,26 @@ def freePort():
     return port
 
 
+TOKEN = "0123456789abcdef-%s-token"
+
+
+def writeTokens(testCase, *names):
+    """
+    Write a tokens file naming C{names} (each with token C{TOKEN % name}),
+    and each name's own token file beside it; return the tokens file's path.
+    """
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, "tokens")
+    with open(path, "w") as f:
+        f.write("# name token\n")
+        for name in names:
+            f.write("%s %s\n" % (name, TOKEN % (name,)))
+            with open(os.path.join(directory, name + ".token"), "w") as own:
+                own.write(TOKEN % (name,) + "\n")
+    return path
+
+
 def parse(*argv):
     options = tap.Options()
     options.parseOptions(list(argv))
@@ -91,12 +111,17 @@ class OptionsTests(SynchronousTestCase):
         --endpoint (or before the first) belong to it; a framing prefix
         sets an endpoint's framing.
         """
-        options = parse("server", "--echo", "--endpoint=tcp:9000",
-                        "--local=tcp:9100", "--local=tcp:9101",
+        tokens = writeTokens(self, "alice", "bob")
+        options = parse("server", "--echo", "--endpoint=tcp:9000", "--tokens=" + tokens,
+                        "--local=tcp:9100", "--client=alice",
+                        "--local=tcp:9101", "--client=bob",
                         "--endpoint=bmp:tcp:9001", "--forward=tcp:localhost:22")
         first, second = options.subOptions.tunnels
         self.assertEqual((first.endpoint, first.framing, first.echo, first.locals),
                          ("tcp:9000", "mio", True, ["tcp:9100", "tcp:9101"]))
+        self.assertEqual(first.clients, ["alice", "bob"])
+        self.assertEqual(options.subOptions.muxDescription(first),
+                         "mio:tcp:9000:tokens=" + tokens.replace(":", "\\:"))
         self.assertEqual((second.framing, second.echo, second.forward, second.locals),
                          ("bmp", False, "tcp:localhost:22", []))
         self.assertEqual(options.subOptions.muxDescription(second), "bmp:tcp:9001")
@@ -111,14 +136,17 @@ class OptionsTests(SynchronousTestCase):
         The server role is a MultiService with each multiplexed listener
         and each reverse-tunnel listener.
         """
-        options = parse("server", "--endpoint=tcp:9000", "--echo", "--local=tcp:9001",
-                        "--local=tcp:9002", "--endpoint=tcp:9003", "--echo")
+        tokens = writeTokens(self, "alice")
+        options = parse("server", "--endpoint=tcp:9000", "--echo", "--tokens=" + tokens,
+                        "--local=tcp:9001", "--client=alice",
+                        "--local=tcp:9002", "--client=alice", "--endpoint=tcp:9003", "--echo")
         top = tap.makeService(options, reactor)
         self.assertTrue(IService.providedBy(top))
         services = list(top)
         self.assertEqual(len(services), 4)
         self.assertEqual([s.description for s in services],
-                         ["mio:tcp:9000", "tcp:9001", "tcp:9002", "mio:tcp:9003"])
+                         ["mio:tcp:9000:tokens=" + tokens, "tcp:9001", "tcp:9002",
+                          "mio:tcp:9003"])
         self.assertIsInstance(services[0].endpoint, MultiplexedServerEndpoint)
         self.assertEqual(len(top.tunnels), 2)
         self.assertIsInstance(top.tunnels[0].streams, EchoFactory)
@@ -166,6 +194,38 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(fault, str(e), argv)
 
+    def test_reverseTunnelNeedsAuthentication(self):
+        """
+        A --local needs --client=NAME and an endpoint that authenticates
+        clients (--tokens, or clientCA= on ssl:); the names must be known.
+        """
+        tokens = writeTokens(self, "alice")
+        cases = [
+            (("server", "--endpoint=tcp:9000", "--local=tcp:9001"),
+             "--local=tcp:9001 needs --client=NAME"),
+            (("server", "--endpoint=tcp:9000", "--local=tcp:9001", "--client=alice"),
+             "cannot authenticate clients; add clientCA="),
+            (("server", "--endpoint=tcp:9000", "--tokens=" + tokens,
+              "--local=tcp:9001", "--client=bob"), "--client=bob is not in --tokens"),
+            (("server", "--endpoint=tcp:9000", "--client=alice", "--echo"),
+             "give it after that --local"),
+            (("server", "--endpoint=tcp:9000", "--tokens=/no/such/file", "--echo"),
+             "cannot be read"),
+            (("client", "--endpoint=tcp:h:1", "--local=tcp:1", "--name=alice"),
+             "--name and --tokenFile go together"),
+            (("client", "--endpoint=tcp:h:1", "--local=tcp:1", "--name=al ice",
+              "--tokenFile=" + tokens), "client name"),
+        ]
+        for argv, fault in cases:
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(fault, str(e), argv)
+        options = parse("client", "--endpoint=tcp:h:1", "--forward=tcp:h:2",
+                        "--name=alice",
+                        "--tokenFile=" + os.path.join(os.path.dirname(tokens), "alice.token"))
+        endpoint = options.subOptions.muxEndpoint(reactor)
+        self.assertEqual(endpoint.authName, "alice")
+        self.assertEqual(endpoint.authToken, (TOKEN % ("alice",)).encode())
+
     def test_repeatsNeverDropped(self):
         """
         An option that takes one value, given twice, is an error naming it,
@@ -188,6 +248,23 @@ class OptionsTests(SynchronousTestCase):
         for argv, fault in cases:
             e = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(fault, str(e), argv)
+
+    def test_backlog(self):
+        """
+        Listening descriptions get backlog=1024 unless they set one; other
+        endpoint types are left alone.
+        """
+        cases = [
+            ("tcp:9000", "tcp:9000:backlog=1024"),
+            ("mio:tcp:9000:maxStreams=5", "mio:tcp:9000:maxStreams=5:backlog=1024"),
+            ("bmp:ssl:8443:privateKey=k.pem", "bmp:ssl:8443:privateKey=k.pem:backlog=1024"),
+            ("unix:/tmp/s", "unix:/tmp/s:backlog=1024"),
+            ("tcp:9000:backlog=10", "tcp:9000:backlog=10"),
+            ("mio:tcp:9000:backlog=10", "mio:tcp:9000:backlog=10"),
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ]
+        for given, expected in cases:
+            self.assertEqual(tap.withBacklog(given), expected)
 
     def test_endpointFaultsNamed(self):
         """
@@ -341,6 +418,26 @@ class TwistdTests(TestCase):
             self.assertNotEqual(code, 0)
 
     @inlineCallbacks
+    def test_listenBacklog(self):
+        """
+        The server listens with a backlog of 1024 on its multiplexed
+        endpoint and on each --local (as the kernel reports it).
+        """
+        import subprocess
+        muxPort, localPort = freePort(), freePort()
+        server = spawnTwistd(self, "server", "server",
+                             "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,), "--echo",
+                             "--tokens=" + writeTokens(self, "alice"),
+                             "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
+                             "--client=alice")
+        yield waitForPort(muxPort, server)
+        yield waitForPort(localPort, server)
+        for port in (muxPort, localPort):
+            out = subprocess.run(["ss", "-ltnH", "sport = :%d" % (port,)],
+                                 capture_output=True, text=True, timeout=10).stdout
+            self.assertEqual(out.split()[2], "1024", out)
+
+    @inlineCallbacks
     def test_addressInUse(self):
         """
         A port already in use stops twistd with a non-zero exit and a clear
@@ -369,7 +466,7 @@ class TwistdTests(TestCase):
         yield waitForPort(muxPort, server)
         client = spawnTwistd(self, "client", "client", "--endpoint=tcp:127.0.0.1:%d"
                              % (muxPort,), "--local=tcp:%d:interface=127.0.0.1" % (localPort,),
-                             "--retryMax=1")
+                             "--retryMax=1", "--logLevel=debug")
         yield waitForPort(localPort, client)
         local = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
         first = TCPClient(b"hello muxframe" * 1000)
@@ -443,7 +540,7 @@ class SeveralTunnelsTests(TestCase):
             "--endpoint=tcp:%d:interface=127.0.0.1" % (mioPort,), "--echo",
             "--endpoint=bmp:tcp:%d:interface=127.0.0.1" % (bmpPort,),
             "--forward=tcp:127.0.0.1:%d" % (target.getHost().port,),
-            "--drainTimeout=2", twist=True)
+            "--drainTimeout=2", "--logLevel=debug", twist=True)
         yield waitForPort(mioPort, server)
         yield waitForPort(bmpPort, server)
         client = spawnTwistd(
@@ -454,7 +551,7 @@ class SeveralTunnelsTests(TestCase):
             "--endpoint=bmp:tcp:127.0.0.1:%d" % (bmpPort,),
             "--local=tcp:%d:interface=127.0.0.1" % (locals_[2],),
             "--local=tcp:%d:interface=127.0.0.1" % (locals_[3],),
-            "--drainTimeout=2")
+            "--drainTimeout=2", "--logLevel=debug")
         for port in locals_:
             yield waitForPort(port, client)
         clients = []
@@ -468,12 +565,17 @@ class SeveralTunnelsTests(TestCase):
         for (payload, probe), (data, reason) in zip(clients, results):
             self.assertEqual(data, payload)
             self.assertTrue(reason.check(ConnectionDone), reason)
-        text = client.text() + server.text()
         self.assertIn("mio connection to tcp:127.0.0.1:%d up" % (mioPort,), client.text())
         self.assertIn("bmp connection to tcp:127.0.0.1:%d up" % (bmpPort,), client.text())
-        # The twelve exchanges (waitForPort's probes are aborted).
-        self.assertEqual(len(re.findall(
-            "forward tunnel: tcp:127.0.0.1:\\d+ closed \\(clean; 80000 bytes in, 80000 out", text)), 12)
+        # The twelve exchanges (waitForPort's probes are aborted); a line
+        # may reach the pipe after the probe saw its connection close.
+        closed = "forward tunnel: tcp:127.0.0.1:\\d+ closed \\(clean; 80000 bytes in, 80000 out"
+        deadline = time.monotonic() + 10
+        while (len(re.findall(closed, client.text())) < 12
+               and time.monotonic() < deadline):
+            yield deferLater(reactor, 0.05)
+        text = client.text() + server.text()
+        self.assertEqual(len(re.findall(closed, text)), 12)
         self.assertNotIn("_OneShotFactory", text)
         self.assertNotIn("Starting factory <MultiplexerFactory", text)
         self.assertNotIn("IPv4Address(", text)
@@ -588,6 +690,8 @@ class ServerKillTests(TestCase):
             try:
                 yield connectProtocol(local, probe)
             except ConnectError:
+                # The client reset the connection at once (no multiplexed
+                # connection yet) before the connect completed here.
                 data = None
             else:
                 data, reason = yield probe.done

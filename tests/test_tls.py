@@ -349,7 +349,8 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["server.pem"], paths["ca.pem"]),
             "--forward=tcp:127.0.0.1:%d" % (forwardTarget.getHost().port,),
             "--local=tcp:%d:interface=127.0.0.1" % (reverseLocal,),
-            "--drainTimeout=5", "--framing=" + framing)
+            "--client=muxframe client",  # the client certificate's common name
+            "--drainTimeout=5", "--framing=" + framing, "--logLevel=debug")
         yield waitForPort(muxPort, server)
         client = spawnTwistd(
             self, "client", "client",
@@ -357,7 +358,7 @@ class TwistdTLSTunnelTests(TestCase):
             % (muxPort, paths["ca"], paths["client.pem"], paths["client.pem"]),
             "--local=tcp:%d:interface=127.0.0.1" % (forwardLocal,),
             "--forward=tcp:127.0.0.1:%d" % (reverseTarget.getHost().port,),
-            "--drainTimeout=5", "--framing=" + framing)
+            "--drainTimeout=5", "--framing=" + framing, "--logLevel=debug")
         yield waitForPort(forwardLocal, client)
         deadline = time.monotonic() + 20
         while not re.search(framing + r" connection to \S+ up", client.text()):
@@ -380,6 +381,7 @@ class TwistdTLSTunnelTests(TestCase):
         # One multiplexed connection carried them all.
         self.assertEqual(len(re.findall(framing + r" connection to \S+ up", client.text())), 1)
         self.assertIn("reverse tunnel: tcp:127.0.0.1:", server.text())
+        self.assertIn("client muxframe client authenticated by certificate", server.text())
         self.assertIn("forward tunnel: tcp:127.0.0.1:", client.text())
         self.log = "400 MiB through two tunnels in %.1f s" % (elapsed,)
 

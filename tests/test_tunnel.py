@@ -183,18 +183,22 @@ class TunnelTestsMixin:
         """
         local TCP on the server -> server --(framing)--> client -> target.
         """
+        from muxframe.tunnelauth import Authenticator, TokenTable
         target = yield self.listenTCP(targetFactory)
+        token = b"a-token-of-sixteen-bytes-or-more"
         serverEndpoint = MultiplexedServerEndpoint(
-            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), framing=framing)
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), framing=framing,
+            authenticator=Authenticator(TokenTable({b"alice": token})))
         muxPort = yield serverEndpoint.listen(Factory.forProtocol(Protocol))
         self.addCleanup(muxPort.stopListening, 1)
         client = MultiplexedClientEndpoint(
             self.connectTo(muxPort), framing=framing,
-            childFactory=ForwardFactory(self.connectTo(target)))
+            childFactory=ForwardFactory(self.connectTo(target)),
+            authName="alice", authToken=token)
         self.addCleanup(client.stop)
         yield client.whenConnected()
         yield serverEndpoint.whenConnected()
-        tunnel = TunnelFactory(reverseOpener(serverEndpoint), "reverse tunnel")
+        tunnel = TunnelFactory(reverseOpener(serverEndpoint, "alice"), "reverse tunnel")
         local = yield self.listenTCP(tunnel)
         self.serverEndpoint, self.clientEndpoint, self.tunnel = serverEndpoint, client, tunnel
         return local

@@ -81,14 +81,20 @@ class OperatedRole(service.MultiService):
 
     @ivar status: the role's L{muxframe.admin.status.IRoleStatus}, once
         operated.
+    @ivar logLevel: while the role runs, muxframe's log events below this
+        level (a name: C{"debug"}, C{"info"}...) are dropped
+        (L{muxframe.logthrottle.setMinimumLevel}); L{None} leaves the
+        minimum level alone.
     """
 
     status = None
     logObserver = None
 
-    def __init__(self):
+    def __init__(self, logLevel=None):
         service.MultiService.__init__(self)
         self.operators = []
+        self.logLevel = logLevel
+        self._previousLevel = None
 
     def operate(self, status, settings, reactor, options=None):
         """
@@ -125,12 +131,28 @@ class OperatedRole(service.MultiService):
         if self.logObserver is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self.logObserver)
 
+    def _applyLevel(self):
+        from twisted.logger import LogLevel
+
+        from muxframe.logthrottle import minimumLevel, setMinimumLevel
+        if self.logLevel is not None and self._previousLevel is None:
+            self._previousLevel = minimumLevel()
+            setMinimumLevel(LogLevel.levelWithName(self.logLevel))
+
+    def _restoreLevel(self):
+        from muxframe.logthrottle import setMinimumLevel
+        if self._previousLevel is not None:
+            setMinimumLevel(self._previousLevel)
+            self._previousLevel = None
+
     def privilegedStartService(self):
+        self._applyLevel()
         service.MultiService.privilegedStartService(self)
         for operator in self.operators:
             operator.privilegedStartService()
 
     def startService(self):
+        self._applyLevel()
         service.MultiService.startService(self)
         for operator in self.operators:
             operator.startService()
@@ -143,10 +165,13 @@ class OperatedRole(service.MultiService):
         """
         if self.status is not None:
             self.status.draining = True
-        yield service.MultiService.stopService(self)
-        for operator in reversed(self.operators):
-            if operator.running:
-                yield maybeDeferred(operator.stopService)
+        try:
+            yield service.MultiService.stopService(self)
+            for operator in reversed(self.operators):
+                if operator.running:
+                    yield maybeDeferred(operator.stopService)
+        finally:
+            self._restoreLevel()
 
 
 __all__ = ["AdminService", "AdminSite", "OperatedRole"]

@@ -7,5 +7,5 @@ C{status}, C{sessions}, C{disconnect}, C{broadcast}, C{publish}, C{stats}
 (L{admin}, the admin API); C{bench} (L{bench}); C{validate}
 (L{validate}); C{capture} (L{capture}).  L{main} parses with argparse;
 exit codes are 0 success, 1 failure, 2 usage.  C{docs/operations.md}
-section 6 has examples.
+section 8 has examples.
 """
