@@ -78,7 +78,7 @@ class PackagingTests(SynchronousTestCase):
         self.assertGreaterEqual(len(blocks), 2)
         demo, tests = blocks[0].strip(), blocks[1].strip()
         self.assertIn("muxframe.demo", demo)
-        self.assertIn("twisted.trial tests", tests)
+        self.assertRegex(tests, r"python3 -m twisted\.trial (-j ?\d+ )?tests$")
         run = read(".ci", "run")
         self.assertIn(tests, run)
         self.assertIn("python3 -m tests.blazeiovenv", run)
