@@ -29,7 +29,10 @@ import threading
 import time
 
 
-def _freePort():
+def freePort():
+    """
+    A TCP port free on 127.0.0.1 now.
+    """
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -37,23 +40,26 @@ def _freePort():
     return port
 
 
-def _waitForLog(text, processes, seconds=20.0):
+def waitForLog(text, processes, seconds=20.0):
     """
     Wait until the last process's log contains C{text}.
     """
     deadline = time.monotonic() + seconds
-    while text not in _read(processes[-1][2]):
+    while text not in readLog(processes[-1][2]):
         for name, process, log in processes:
             if process.poll() is not None:
                 raise RuntimeError("%s exited early (%s); its log:\n%s"
-                                   % (name, process.returncode, _read(log)))
+                                   % (name, process.returncode, readLog(log)))
         if time.monotonic() > deadline:
             raise RuntimeError("timed out waiting for %r in the %s log:\n%s"
-                               % (text, processes[-1][0], _read(processes[-1][2])))
+                               % (text, processes[-1][0], readLog(processes[-1][2])))
         time.sleep(0.05)
 
 
-def _read(path):
+def readLog(path):
+    """
+    The text of the log file C{path} so far (empty if not there yet).
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -119,14 +125,32 @@ def _client(port, payload, results, index):
         results[index] = "error: %s" % (e,)
 
 
-def _twistd(*args):
+def twistdArgv(*args):
+    """
+    The argv of C{twistd -n --pidfile= ARGS} with this interpreter.
+    """
     from muxframe.tap import twistdCommand
     return twistdCommand("-n", "--pidfile=", *args)
 
 
-def _show(argv):
+def showCommand(argv):
+    """
+    C{argv} from L{twistdArgv} as the shell command it stands for.
+    """
     shown = ["twistd"] + argv[3:]
     return " ".join(shlex.quote(a) for a in shown)
+
+
+def childEnvironment():
+    """
+    The environment for the demo's processes: this muxframe first on
+    C{PYTHONPATH}, so a checkout runs its own code without installing.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
 
 
 # Above this many connections only failures get a line of their own.
@@ -141,18 +165,15 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
     def say(text=""):
         print(text, file=out, flush=True)
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = childEnvironment()
     workdir = tempfile.mkdtemp(prefix="muxframe-demo-")
     target = _HashingService()
-    muxPort, localPort = _freePort(), _freePort()
-    serverArgv = _twistd(
+    muxPort, localPort = freePort(), freePort()
+    serverArgv = twistdArgv(
         "--logfile=server.log", "muxframe", "server", "--framing=" + framing,
         "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,),
         "--forward=tcp:127.0.0.1:%d" % (target.port,), "--drainTimeout=5")
-    clientArgv = _twistd(
+    clientArgv = twistdArgv(
         "--logfile=client.log", "muxframe", "client", "--framing=" + framing,
         "--endpoint=tcp:127.0.0.1:%d" % (muxPort,),
         "--local=tcp:%d:interface=127.0.0.1" % (localPort,), "--drainTimeout=5",
@@ -165,17 +186,17 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
     try:
         say("muxframe demo: a forward tunnel over %s between two twistd processes"
             % (framing.upper(),))
-        say("  server: %s" % (_show(serverArgv),))
+        say("  server: %s" % (showCommand(serverArgv),))
         server = subprocess.Popen(serverArgv, cwd=workdir, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(("server", server, serverLog))
-        _waitForLog("starting on %d" % (muxPort,), processes)
-        say("  client: %s" % (_show(clientArgv),))
+        waitForLog("starting on %d" % (muxPort,), processes)
+        say("  client: %s" % (showCommand(clientArgv),))
         client = subprocess.Popen(clientArgv, cwd=workdir, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(("client", client, clientLog))
-        _waitForLog("starting on %d" % (localPort,), processes)
-        _waitForLog("connection to tcp:127.0.0.1:%d up" % (muxPort,), processes)
+        waitForLog("starting on %d" % (localPort,), processes)
+        waitForLog("connection to tcp:127.0.0.1:%d up" % (muxPort,), processes)
 
         size = mib * 1024 * 1024
         payloads = [os.urandom(size) for _ in range(connections)]
@@ -205,7 +226,7 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
                 else result,
                 "verified" if good else "MISMATCH"))
         total = sum(map(len, payloads))
-        log = _read(clientLog)
+        log = readLog(clientLog)
         streams = len(re.findall(r"forward tunnel: \S+ spliced to \S+#", log))
         connected = len(re.findall(r"connection to \S+ up", log))
         say("")
@@ -231,7 +252,7 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            clean = "Server Shut Down." in _read(log)
+            clean = "Server Shut Down." in readLog(log)
             stopped.append("%s %s" % (name, "shut down cleanly" if clean else
                                       "exited %s" % (process.returncode,)))
             ok = ok and clean
