@@ -46,7 +46,7 @@ import urllib.request
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 
 from muxframe.demo import (
@@ -206,18 +206,22 @@ class _Sessions:
     def _until(self, condition, what, seconds=10.0):
         """
         A Deferred firing once C{condition()} holds (polled), or failing
-        with L{DemoFailure} (no C{what} within C{seconds}).
+        with L{DemoFailure} (no C{what} within C{seconds}); cancelling it
+        stops the polling.
         """
         deadline = time.monotonic() + seconds
+        pending = [None]
+        done = defer.Deferred(lambda d: pending[0].cancel())
 
         def poll():
             if condition():
-                loop.stop()
+                done.callback(None)
             elif time.monotonic() > deadline:
-                raise DemoFailure("no %s within %.0f s" % (what, seconds))
-        loop = LoopingCall(poll)
-        loop.clock = self.reactor
-        return loop.start(0.02)
+                done.errback(DemoFailure("no %s within %.0f s" % (what, seconds)))
+            else:
+                pending[0] = self.reactor.callLater(0.02, poll)
+        poll()
+        return done
 
     def _pause(self, seconds):
         return deferLater(self.reactor, seconds, lambda: None)
