@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -19,12 +20,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(*argv, timeout=90):
     """
     Run C{python ARGV} from the repository root; return (exit code, output).
+    Past C{timeout} seconds it is killed with every process it started
+    (the demo's twistd servers included), and the test fails.
     """
     env = dict(os.environ, PYTHONPATH=REPO)
-    process = subprocess.run(
-        [sys.executable] + list(argv), cwd=REPO, env=env, timeout=timeout,
+    process = subprocess.Popen(
+        [sys.executable] + list(argv), cwd=REPO, env=env, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    return process.returncode, process.stdout.decode("utf-8", "replace")
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError("%s still running after %d s (killed); its output:\n%s" % (
+            " ".join(argv), timeout, output.decode("utf-8", "replace")))
+    return process.returncode, output.decode("utf-8", "replace")
 
 
 class DemoTests(SynchronousTestCase):
