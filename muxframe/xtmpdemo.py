@@ -1,36 +1,25 @@
 """
 The demo's XTMP part (C{python3 -m muxframe.demo --part xtmp}): the XTMP
 messaging server as its operators run it, one real C{twistd -n muxframe
-xtmp} process on 127.0.0.1.
+xtmp} on 127.0.0.1, set up in a temporary directory with C{muxframe-xtmp
+keygen} and C{authorize}, the embedded storage engine, the admin service
+(a bearer token file) and L{digest} as a handler.
 
-In a temporary directory it makes the server's identity and three client
-keys with C{muxframe-xtmp keygen}, names the clients in C{authorized_keys}
-with C{muxframe-xtmp authorize}, writes a configuration (the embedded
-storage engine in C{data/}, the admin HTTP service with a bearer token
-file, L{digest} as a handler) and starts the server on random free ports.
-Then, from this process (Twisted's reactor in a thread of its own, the
-Python API of L{muxframe.xtmp} and L{muxframe.messaging.client}; every
-session encrypted, the server's key pinned, the clients' keys
-authorized):
-
-  - alice subscribes to C{demo.news.>} and bob publishes there: every
-    message arrives, in order;
-  - bob asks the server's handler (L{digest}) and alice (serving the
-    subject C{demo.upper}), and checks both answers;
-  - bob sends carol, who is offline, a durable message; carol's device
-    binds and gets it once (and not again when it reconnects), and bob
-    gets the delivered and read receipts;
-  - C{GET /health} and C{GET /metrics} on the admin service with the
-    token, and C{/health} without it (401);
-
-then it stops the server with SIGTERM and checks that it drained the
-sessions and exited 0.  L{run} returns 0 when every check held, else 1,
-having said which failed and why.
+From this process (Twisted's reactor in a thread of its own; the Python
+API of L{muxframe.xtmp} and L{muxframe.messaging.client}) alice, bob and
+carol open encrypted sessions, the server's key pinned: publish/subscribe
+(C{demo.news.>}), requests to L{digest} and to alice (C{demo.upper}), a
+durable message to carol while she is offline, delivered once when her
+device binds, with receipts back to bob.  Then C{/health} and C{/metrics}
+with the token (and C{/health} without: 401), and SIGTERM: the server
+must drain the sessions and exit 0.  L{run} returns 0 when every check
+held, else 1, having said which failed and why.
 """
 
 import hashlib
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -47,7 +36,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
-from twisted.internet.threads import blockingCallFromThread
+from twisted.python.failure import Failure
 
 from muxframe.demo import (
     childEnvironment, freePort, readLog, showCommand, twistdArgv, waitForLog)
@@ -183,16 +172,26 @@ class _Sessions:
         C{seconds}) for its result; L{DemoFailure} naming C{what} if it
         fails or times out.
         """
+        outcomes = queue.Queue()
+
         def bounded():
-            return defer.maybeDeferred(step, *args).addTimeout(seconds, self.reactor)
+            d = defer.maybeDeferred(step, *args).addTimeout(seconds, self.reactor)
+            d.addBoth(outcomes.put)
+        self.reactor.callFromThread(bounded)
         try:
-            return blockingCallFromThread(self.reactor, bounded)
-        except defer.TimeoutError:
+            # A little longer than the step's own timeout, in case the
+            # reactor thread itself is stuck.
+            outcome = outcomes.get(timeout=seconds + 5)
+        except queue.Empty:
+            raise DemoFailure("%s: the clients' reactor did not answer" % (what,))
+        if not isinstance(outcome, Failure):
+            return outcome
+        error = outcome.value
+        if isinstance(error, defer.TimeoutError):
             raise DemoFailure("%s: nothing within %d s" % (what, seconds))
-        except DemoFailure as e:
-            raise DemoFailure("%s: %s" % (what, e))
-        except Exception as e:
-            raise DemoFailure("%s: %s: %s" % (what, type(e).__name__, e))
+        if isinstance(error, DemoFailure):
+            raise DemoFailure("%s: %s" % (what, error))
+        raise DemoFailure("%s: %s: %s" % (what, type(error).__name__, error))
 
     def stop(self):
         """
@@ -201,7 +200,7 @@ class _Sessions:
         if self._thread.is_alive():
             self.reactor.callFromThread(self.reactor.stop)
             self._thread.join(10)
-        self._logFile.close()
+        self._logFile.flush()
 
     def _until(self, condition, what, seconds=10.0):
         """
