@@ -1,17 +1,27 @@
 """
-C{python3 -m muxframe.demo}: a forward tunnel between two real twistd
-processes, on loopback, in under a minute.
+C{python3 -m muxframe.demo}: muxframe's two halves as real twistd processes
+on loopback, verified, in well under a minute.
 
-It starts C{twistd -n muxframe server} (forwarding streams to a small TCP
-service run here that hashes what it receives) and C{twistd -n muxframe
-client} (accepting local TCP connections and carrying each as a stream over
-one multiplexed connection), pushes an ordinary TCP client's traffic through
-the tunnel (several connections at once, a few MiB each), checks that every
-byte arrived by SHA-256, prints what happened, stops both processes with
-SIGTERM and exits 0 (all verified) or 1.
+The tunnel: it starts C{twistd -n muxframe server} (forwarding streams to a
+small TCP service run here that hashes what it receives) and C{twistd -n
+muxframe client} (accepting local TCP connections and carrying each as a
+stream over one multiplexed connection), pushes ordinary TCP clients'
+traffic through the tunnel (several connections at once, a few MiB each),
+checks that every byte arrived by SHA-256, prints what happened and stops
+both processes with SIGTERM; over MIO, then over BMP.
 
-Options: C{--framing mio|bmp|both} (default both, one after the other),
-C{--connections N} (default 32), C{--mib N} (default 1).
+The XTMP server (L{muxframe.xtmpdemo}): keys made with C{muxframe-xtmp
+keygen} and C{authorize}, a configuration with embedded storage and the
+admin service, C{twistd -n muxframe xtmp} on random free ports; encrypted,
+authenticated sessions exchanging messages (publish/subscribe, a request to
+a server handler and one to another session, a durable message to an
+offline entity delivered once it binds), C{/health} and C{/metrics} with
+the admin token, and a SIGTERM drain.
+
+It prints a report of what was verified and exits 0, or 1 naming the first
+check that failed.  Options: C{--part tunnel|xtmp|all} (default all),
+C{--framing mio|bmp|both} (the tunnel's; default both, one after the
+other), C{--connections N} (default 32), C{--mib N} (default 1).
 """
 
 import argparse
@@ -29,7 +39,10 @@ import threading
 import time
 
 
-def _freePort():
+def freePort():
+    """
+    A TCP port free on 127.0.0.1 now.
+    """
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -37,23 +50,26 @@ def _freePort():
     return port
 
 
-def _waitForLog(text, processes, seconds=20.0):
+def waitForLog(text, processes, seconds=20.0):
     """
     Wait until the last process's log contains C{text}.
     """
     deadline = time.monotonic() + seconds
-    while text not in _read(processes[-1][2]):
+    while text not in readLog(processes[-1][2]):
         for name, process, log in processes:
             if process.poll() is not None:
                 raise RuntimeError("%s exited early (%s); its log:\n%s"
-                                   % (name, process.returncode, _read(log)))
+                                   % (name, process.returncode, readLog(log)))
         if time.monotonic() > deadline:
             raise RuntimeError("timed out waiting for %r in the %s log:\n%s"
-                               % (text, processes[-1][0], _read(processes[-1][2])))
+                               % (text, processes[-1][0], readLog(processes[-1][2])))
         time.sleep(0.05)
 
 
-def _read(path):
+def readLog(path):
+    """
+    The text of the log file C{path} so far (empty if not there yet).
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -119,14 +135,32 @@ def _client(port, payload, results, index):
         results[index] = "error: %s" % (e,)
 
 
-def _twistd(*args):
+def twistdArgv(*args):
+    """
+    The argv of C{twistd -n --pidfile= ARGS} with this interpreter.
+    """
     from muxframe.tap import twistdCommand
     return twistdCommand("-n", "--pidfile=", *args)
 
 
-def _show(argv):
+def showCommand(argv):
+    """
+    C{argv} from L{twistdArgv} as the shell command it stands for.
+    """
     shown = ["twistd"] + argv[3:]
     return " ".join(shlex.quote(a) for a in shown)
+
+
+def childEnvironment():
+    """
+    The environment for the demo's processes: this muxframe first on
+    C{PYTHONPATH}, so a checkout runs its own code without installing.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
 
 
 # Above this many connections only failures get a line of their own.
@@ -141,18 +175,15 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
     def say(text=""):
         print(text, file=out, flush=True)
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = childEnvironment()
     workdir = tempfile.mkdtemp(prefix="muxframe-demo-")
     target = _HashingService()
-    muxPort, localPort = _freePort(), _freePort()
-    serverArgv = _twistd(
+    muxPort, localPort = freePort(), freePort()
+    serverArgv = twistdArgv(
         "--logfile=server.log", "muxframe", "server", "--framing=" + framing,
         "--endpoint=tcp:%d:interface=127.0.0.1" % (muxPort,),
         "--forward=tcp:127.0.0.1:%d" % (target.port,), "--drainTimeout=5")
-    clientArgv = _twistd(
+    clientArgv = twistdArgv(
         "--logfile=client.log", "muxframe", "client", "--framing=" + framing,
         "--endpoint=tcp:127.0.0.1:%d" % (muxPort,),
         "--local=tcp:%d:interface=127.0.0.1" % (localPort,), "--drainTimeout=5",
@@ -165,17 +196,17 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
     try:
         say("muxframe demo: a forward tunnel over %s between two twistd processes"
             % (framing.upper(),))
-        say("  server: %s" % (_show(serverArgv),))
+        say("  server: %s" % (showCommand(serverArgv),))
         server = subprocess.Popen(serverArgv, cwd=workdir, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(("server", server, serverLog))
-        _waitForLog("starting on %d" % (muxPort,), processes)
-        say("  client: %s" % (_show(clientArgv),))
+        waitForLog("starting on %d" % (muxPort,), processes)
+        say("  client: %s" % (showCommand(clientArgv),))
         client = subprocess.Popen(clientArgv, cwd=workdir, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(("client", client, clientLog))
-        _waitForLog("starting on %d" % (localPort,), processes)
-        _waitForLog("connection to tcp:127.0.0.1:%d up" % (muxPort,), processes)
+        waitForLog("starting on %d" % (localPort,), processes)
+        waitForLog("connection to tcp:127.0.0.1:%d up" % (muxPort,), processes)
 
         size = mib * 1024 * 1024
         payloads = [os.urandom(size) for _ in range(connections)]
@@ -205,7 +236,7 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
                 else result,
                 "verified" if good else "MISMATCH"))
         total = sum(map(len, payloads))
-        log = _read(clientLog)
+        log = readLog(clientLog)
         streams = len(re.findall(r"forward tunnel: \S+ spliced to \S+#", log))
         connected = len(re.findall(r"connection to \S+ up", log))
         say("")
@@ -231,7 +262,7 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            clean = "Server Shut Down." in _read(log)
+            clean = "Server Shut Down." in readLog(log)
             stopped.append("%s %s" % (name, "shut down cleanly" if clean else
                                       "exited %s" % (process.returncode,)))
             ok = ok and clean
@@ -246,20 +277,45 @@ def run(framing="mio", connections=4, mib=4, out=sys.stdout):
 
 def main(argv=None):
     """
-    Parse the command line and L{run} the demo.
+    Parse the command line and run the demo's parts: L{run} (the tunnel,
+    once per framing), then L{muxframe.xtmpdemo.run}.
     """
-    parser = argparse.ArgumentParser(prog="python3 -m muxframe.demo",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--framing", choices=("mio", "bmp", "both"), default="both")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--mib", type=int, default=1)
+    parser = argparse.ArgumentParser(
+        prog="python3 -m muxframe.demo",
+        description="muxframe's two halves as real twistd processes on loopback, "
+                    "verified: a forward tunnel (over MIO and BMP) and the XTMP "
+                    "messaging server.")
+    parser.add_argument("--part", choices=("tunnel", "xtmp", "all"), default="all",
+                        help="what to show: the forward tunnel, the XTMP server, "
+                             "or both (default)")
+    parser.add_argument("--framing", choices=("mio", "bmp", "both"), default="both",
+                        help="the tunnel's framing (default: both, one after the other)")
+    parser.add_argument("--connections", type=int, default=32,
+                        help="TCP connections through the tunnel (default 32)")
+    parser.add_argument("--mib", type=int, default=1,
+                        help="MiB sent on each connection (default 1)")
     options = parser.parse_args(argv)
-    framings = ("mio", "bmp") if options.framing == "both" else (options.framing,)
-    failed = 0
-    for index, framing in enumerate(framings):
+    parts = []
+    if options.part in ("tunnel", "all"):
+        for framing in ("mio", "bmp") if options.framing == "both" else (options.framing,):
+            parts.append(("tunnel over " + framing.upper(), lambda framing=framing: run(
+                framing, options.connections, options.mib)))
+    if options.part in ("xtmp", "all"):
+        from muxframe import xtmpdemo
+        parts.append(("XTMP server", xtmpdemo.run))
+    failed = []
+    for index, (name, part) in enumerate(parts):
         if index:
             print()
-        failed += run(framing, options.connections, options.mib)
+        if part():
+            failed.append(name)
+    if len(parts) > 1:
+        print()
+        if failed:
+            print("muxframe demo FAILED: %s" % (", ".join(failed),))
+        else:
+            print("muxframe demo: every part verified (%s)" % (
+                ", ".join(name for name, _ in parts),))
     return 1 if failed else 0
 
 
