@@ -109,16 +109,6 @@ class DemoTests(SynchronousTestCase):
         self.assertNotIn("XTMP", output)
         self.assertNotIn("every part verified", output)
 
-    def test_demoBMP(self):
-        """
-        The tunnel over BMP, with other sizes.
-        """
-        code, output = run("-m", "muxframe.demo", "--part=tunnel", "--framing=bmp",
-                           "--connections=6", "--mib=1")
-        self.assertEqual(code, 0, output)
-        self.assertIn("over BMP", output)
-        self.assertIn("6 of 6 connections verified", output)
-
     def test_demoFailureSaysWhy(self):
         """
         When the XTMP server cannot start (here: its configuration names a
