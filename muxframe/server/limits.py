@@ -17,11 +17,14 @@ as C{now} (seconds) and nothing here imports Twisted.
   - L{ConnectionCounter}: connections in total and per address.
   - L{ConcurrencyGate}: at most C{limit} jobs in flight; then up to
     C{queueLimit} wait in order; beyond that, refusal.
-  - L{LogThrottle}: at most C{perInterval} log lines per kind per
-    C{interval}; the rest are counted and reported once.
+  - L{LogThrottle} (muxframe's one, from L{muxframe.logthrottle}): at
+    most C{perInterval} log lines per kind per C{interval}; the rest are
+    counted and reported once.
 """
 
 from collections import OrderedDict, deque
+
+from muxframe.logthrottle import LogThrottle  # noqa: F401 (re-exported)
 
 
 class TokenBucket:
@@ -308,33 +311,3 @@ class ConcurrencyGate:
             (dropped if predicate(job) else kept).append(job)
         self._waiting = kept
         return dropped
-
-
-class LogThrottle:
-    """
-    At most C{perInterval} log lines per kind each C{interval} seconds.
-    """
-
-    def __init__(self, perInterval=10, interval=60.0):
-        self.perInterval = perInterval
-        self.interval = interval
-        self._windows = {}
-
-    def allow(self, kind, now):
-        """
-        Whether to log one more line of C{kind} now.
-
-        @return: C{(allowed, suppressed)}: C{suppressed} is how many lines
-            of C{kind} were held back in the window that just ended (report
-            them once, with this line).
-        """
-        start, count, held = self._windows.get(kind, (None, 0, 0))
-        suppressed = 0
-        if start is None or now - start >= self.interval:
-            suppressed = held
-            start, count, held = now, 0, 0
-        if count < self.perInterval:
-            self._windows[kind] = (start, count + 1, held)
-            return True, suppressed
-        self._windows[kind] = (start, count, held + 1)
-        return False, suppressed
