@@ -183,6 +183,8 @@ class Engine:
         # Queued control frames this side's own commands caused (opens,
         # resets); the rest are owed to the peer for what it sent.
         self._localControl = 0
+        # Frames queued up to and with the session-close frame (see closeSession).
+        self._finalFrames = 0
         self._ready = deque()
         self._events = []
         self._writesEnded = []
@@ -375,6 +377,7 @@ class Engine:
         self.accepting = False
         self._ready.clear()
         self._sessionCloseFrame(code)
+        self._finalFrames = len(self._control)
 
     def sendProbe(self):
         """
@@ -537,6 +540,11 @@ class Engine:
         out = self._control
         self._control = []
         self._localControl = 0
+        if self.closed:
+            # The session-close frame is the last one on the wire: what
+            # streams queue after it (a child answering its end) is dropped.
+            final, self._finalFrames = self._finalFrames, 0
+            return out[:final]
         ready = self._ready
         size = 0
         emit = self._emit

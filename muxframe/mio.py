@@ -27,10 +27,13 @@ Stream rules enforced here:
     error; frames for streams already closed are skipped silently (never a
     reset answering a reset).
   - The connection initiator (client) opens odd ids, the other side even
-    ids; both skip ids the peer is using.
+    ids; both skip ids the peer is using.  A peer that opens ids of this
+    side's parity (Go's mio does) moves this side past them; the ids it
+    made this side skip stay the peer's to open, in any order (Go opens
+    concurrent streams out of order), for the last SKIPPED_MEMORY of them.
   - An id is never reused on a connection: an open for an id this side
-    has used (or skipped), or for one of the last CLOSED_MEMORY ids the peer
-    used, is a connection error (FIN code 1).
+    has used (or skipped and not left to the peer), or for one of the last
+    CLOSED_MEMORY ids the peer used, is a connection error (FIN code 1).
 """
 
 import struct
@@ -80,6 +83,10 @@ MAX_CREDIT = (1 << 31) - 1
 # a connection).  Beyond this memory the Multiplexer still never lets a new
 # stream alias an old one.
 CLOSED_MEMORY = 64
+# Ids of this side's parity that a peer's open of a higher one made this
+# side skip, still the peer's to open (out of order) -- at most this many,
+# the latest, so a peer jumping far ahead costs a bounded amount.
+SKIPPED_MEMORY = 256
 
 _header = struct.Struct(">II")
 _pack = _header.pack
@@ -243,6 +250,8 @@ class MioEngine(Engine):
         self._nextLocalId = 1 if role == "client" else 2
         self._highestId = 0
         self._closedPeerIds = deque(maxlen=CLOSED_MEMORY)
+        # An insertion-ordered dict used as a bounded set.
+        self._skippedForPeer = {}
 
     # -- stream ids -----------------------------------------------------
 
@@ -268,11 +277,25 @@ class MioEngine(Engine):
 
     def _wasUsed(self, streamId):
         # Ids of this side's parity below the next one to open were opened
-        # by this side or skipped because the peer had them (a Go peer
-        # opens ids of both parities).
+        # by this side, or skipped: those the peer's own opens made us skip
+        # are still the peer's to open.
         if streamId % 2 == self._nextLocalId % 2 and streamId < self._nextLocalId:
-            return True
+            return streamId not in self._skippedForPeer
         return streamId in self._closedPeerIds
+
+    def _peerTookOurParity(self, streamId):
+        # A Go peer opens ids of both parities: never open one of them
+        # ourselves, and leave the ones skipped here to the peer.
+        skipped = self._skippedForPeer
+        if streamId < self._nextLocalId:
+            skipped.pop(streamId, None)
+            return
+        for gap in range(max(self._nextLocalId, streamId - 2 * SKIPPED_MEMORY),
+                         streamId, 2):
+            skipped[gap] = None
+        while len(skipped) > SKIPPED_MEMORY:
+            del skipped[next(iter(skipped))]
+        self._nextLocalId = streamId + 2
 
     # -- frames out -----------------------------------------------------
 
@@ -445,9 +468,8 @@ class MioEngine(Engine):
             )
         if streamId > self._highestId:
             self._highestId = streamId
-        if streamId >= self._nextLocalId and streamId % 2 == self._nextLocalId % 2:
-            # A Go peer opens ids of our parity: never reuse one of them.
-            self._nextLocalId = streamId + 2
+        if streamId % 2 == self._nextLocalId % 2:
+            self._peerTookOurParity(streamId)
         if not self.accepting or len(self._streams) >= self.settings.maxStreams:
             self._control.append(_pack(streamId, (ErrorCode.REFUSED << 8) | RESET))
             self.counters.framesSent += 1

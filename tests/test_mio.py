@@ -202,6 +202,70 @@ class EngineTests(SynchronousTestCase):
         self.assertEqual([client.openStream() for _ in range(3)], [1, 3, 5])
         self.assertEqual([server.openStream() for _ in range(3)], [2, 4, 6])
 
+    def test_peerOpensOurParityOutOfOrder(self):
+        """
+        A Go client opens even ids too, and concurrent opens leave it out of
+        order (4 before 2): each id the peer made the server skip is still
+        the peer's to open, once; the server's own opens go past them.
+        """
+        _, server = engines()
+        events = server.receiveData(bytes.fromhex(
+            "00000004" "000400" "0c" "00000002" "000400" "0c"))
+        self.assertEqual(events, [StreamOpened(4), StreamOpened(2)])
+        self.assertEqual(server.openStream(), 6)
+        server.resetStream(2)
+        events = server.receiveData(bytes.fromhex("00000002" "000400" "0c"))
+        self.assertIsInstance(events[-1], ConnectionTerminated)
+        self.assertIn("stream 2, which was used before", str(events[-1].error))
+
+    def test_ownIdsStayRefused(self):
+        """
+        An id this side opened itself is never the peer's, even once the
+        peer has opened higher ids of its parity.
+        """
+        _, server = engines()
+        self.assertEqual(server.openStream(), 2)
+        server.resetStream(2)
+        events = server.receiveData(bytes.fromhex(
+            "00000006" "000400" "0c" "00000004" "000400" "0c"))
+        self.assertEqual(events, [StreamOpened(6), StreamOpened(4)])
+        events = server.receiveData(bytes.fromhex("00000002" "000400" "0c"))
+        self.assertIsInstance(events[-1], ConnectionTerminated)
+
+    def test_skippedIdsBounded(self):
+        """
+        A peer jumping far ahead leaves at most SKIPPED_MEMORY ids to open
+        out of order, the ones just below its jump.
+        """
+        _, server = engines()
+        far = 2 + 2 * (mio.SKIPPED_MEMORY + 10)
+        events = server.receiveData(mio.encodeFrame(Frame(far, 1024, mio.OPEN)))
+        self.assertEqual(events, [StreamOpened(far)])
+        highest = far - 2
+        lowest = far - 2 * mio.SKIPPED_MEMORY
+        events = server.receiveData(b"".join(
+            mio.encodeFrame(Frame(i, 1024, mio.OPEN)) for i in (highest, lowest)))
+        self.assertEqual(events, [StreamOpened(highest), StreamOpened(lowest)])
+        events = server.receiveData(mio.encodeFrame(Frame(lowest - 2, 1024, mio.OPEN)))
+        self.assertIsInstance(events[-1], ConnectionTerminated)
+
+    def test_sessionCloseIsTheLastFrame(self):
+        """
+        After a protocol error closes the session, a stream ending or
+        writing (a child answering the events of the same read) sends
+        nothing: FIN is the last frame on the wire.
+        """
+        _, server = engines()
+        events = server.receiveData(bytes.fromhex(
+            "00000001" "000400" "0c" "00000001" "000000" "11"
+            "00000063" "000001" "01" "78"))
+        self.assertIsInstance(events[-1], ConnectionTerminated)
+        server.endStream(1)
+        wire = b"".join(server.dataToSend())
+        self.assertEqual(wire[-8:], bytes.fromhex("00000000" "000001" "02"))
+        self.assertEqual([f.streamId for f in decodeFrames(wire)][-1], 0)
+        self.assertEqual(server.dataToSend(), [])
+
     def test_openAnnouncesWindow(self):
         """
         Opening a stream sends RST|WND with the window in the size field.
