@@ -247,6 +247,8 @@ class Engine:
         """
         Return true if L{dataToSend} would return something now.
         """
+        if self.closed:
+            return self._finalFrames > 0
         return bool(self._control or self._ready)
 
     # -- commands -------------------------------------------------------
@@ -544,6 +546,7 @@ class Engine:
             # The session-close frame is the last one on the wire: what
             # streams queue after it (a child answering its end) is dropped.
             final, self._finalFrames = self._finalFrames, 0
+            self._ready.clear()
             return out[:final]
         ready = self._ready
         size = 0

@@ -264,6 +264,9 @@ class EngineTests(SynchronousTestCase):
         wire = b"".join(server.dataToSend())
         self.assertEqual(wire[-8:], bytes.fromhex("00000000" "000001" "02"))
         self.assertEqual([f.streamId for f in decodeFrames(wire)][-1], 0)
+        # Nothing more is owed: a writer looping on hasOutput() stops.
+        server.endStream(1)
+        self.assertFalse(server.hasOutput())
         self.assertEqual(server.dataToSend(), [])
 
     def test_openAnnouncesWindow(self):

@@ -4,10 +4,12 @@ the adapter (L{muxframe.multiplexer.Multiplexer}) over a L{StringTransport}
 with time from a L{Clock}, fed the bytes an adversarial run used.
 """
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from muxframe import MultiplexerFactory, bmp, mio
 from muxframe.errors import ErrorCode, MalformedFrame
@@ -814,3 +816,36 @@ class FoundByFuzzingTests(SynchronousTestCase):
         [child] = server.children
         self.assertEqual(b"".join(child.data), b"last")
         self.assertEqual(server.mux.engine.guards.empties.spent, 1)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseEcho(Protocol):
+    """
+    Ends its own side when the peer ends its (as a tunnel's splice does).
+    """
+
+    def connectionMade(self):
+        self.ended = False
+
+    def readConnectionLost(self):
+        self.ended = True
+        self.transport.loseWriteConnection()
+
+
+class AfterSessionCloseTests(SynchronousTestCase):
+    """
+    A protocol error closes the session; children that react to the same
+    read (a stream ending its side) queue nothing after the FIN, and
+    nothing loops waiting to send it.
+    """
+
+    def test_childEndsItsSideAfterTheError(self):
+        server = Server("mio", child=HalfCloseEcho)
+        # Open 1, end 1, then data for stream 99, which nobody opened.
+        server.receive(bytes.fromhex(
+            "00000001" "000400" "0c" "00000001" "000000" "11"
+            "00000063" "000001" "01" "78"))
+        frames = server.sentFrames()
+        self.assertEqual((frames[-1].streamId, frames[-1].flags), (0, mio.FIN))
+        self.assertTrue(server.transport.disconnecting)
+        self.assertTrue(server.children[0].ended)
