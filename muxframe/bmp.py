@@ -474,7 +474,7 @@ class BmpEngine(Engine):
             self.counters.framesSent += len(frames)
             state.recvFrames = None
 
-    def _returnCredit(self, state, size):
+    def _returnCredit(self, state, size, now, prompt):
         state.recvBuffered -= size
         frames = state.recvFrames
         if not frames:
@@ -573,7 +573,7 @@ class BmpEngine(Engine):
                 self._unacked += 1
                 state.recvBuffered += FRAME_COST
                 if frame.size == 0:
-                    self._returnCredit(state, 0)
+                    self._returnCredit(state, 0, now, False)
                 elif state.recvBuffered > self.settings.maxStreamReceiveBuffer:
                     self._overrun(state, now)
                     continue

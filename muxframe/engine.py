@@ -50,7 +50,7 @@ class Counters:
     __slots__ = (
         "bytesSent", "bytesReceived", "framesSent", "framesReceived",
         "streamsOpened", "streamsAccepted", "streamsRefused", "creditStalls",
-        "keepalivesSent", "resetsSent", "resetsReceived",
+        "keepalivesSent", "resetsSent", "resetsReceived", "windowGrowths",
     )
 
     def __init__(self):
@@ -81,7 +81,7 @@ class StreamState:
         "localEnded", "remoteEnded", "queued", "credit", "window",
         "recvWindow", "pendingCredit", "recvBuffered", "outSeq", "inflight",
         "recvFrames", "created", "bytesSent", "bytesReceived", "creditStalls",
-        "local",
+        "local", "grown", "peerGrown", "tuneStart", "tuneBytes",
     )
 
     def __init__(self, streamId, credit=0, window=0):
@@ -106,6 +106,13 @@ class StreamState:
         self.bytesReceived = 0
         self.creditStalls = 0
         self.local = False
+        # MIO receive-window auto-tuning: the credit this side granted
+        # beyond the window, and the epoch being measured (bytes consumed
+        # promptly since tuneStart); the peer's growth of our send window.
+        self.grown = 0
+        self.peerGrown = 0
+        self.tuneStart = 0.0
+        self.tuneBytes = 0
 
     def take(self, n):
         """
@@ -354,15 +361,22 @@ class Engine:
         except FloodError as error:
             self._fail(error)
 
-    def consumed(self, streamId, size):
+    def consumed(self, streamId, size, now=None, prompt=True):
         """
         The application has consumed C{size} bytes of stream C{streamId}:
         return that much credit to the peer (MIO window update, BMP
         acknowledgements of the frames now wholly consumed).
+
+        @param now: the time (default: the latest time this engine was
+            given).
+        @param prompt: false when the bytes were held for a paused child
+            (or dropped) rather than consumed as they arrived: such a
+            stream's MIO window never grows (see L{muxframe.mio}).
         """
         state = self._streams.get(streamId)
         if state is not None:
-            self._returnCredit(state, size)
+            self._returnCredit(state, size, self._latest if now is None else now,
+                               prompt)
 
     def closeSession(self, code=ErrorCode.NONE):
         """

@@ -464,7 +464,7 @@ class Multiplexer(Protocol):
                     continue
                 data = event.data
                 if stream._discard:
-                    engine.consumed(event.streamId, len(data))
+                    engine.consumed(event.streamId, len(data), None, False)
                 elif stream._readPaused or stream._pending:
                     self._holding(stream, data)
                 else:
@@ -657,8 +657,10 @@ class Multiplexer(Protocol):
 
     def _consumed(self, stream, size):
         # Credit for a stream whose id now names another stream is nobody's.
+        # These bytes were held for a paused child: not prompt, so they
+        # never grow the stream's window.
         if size and self._isCurrent(stream):
-            self.engine.consumed(stream.streamId, size)
+            self.engine.consumed(stream.streamId, size, self._now(), False)
 
     def _released(self, stream, size, cost):
         if cost:

@@ -39,6 +39,15 @@ SETTINGS = {
         "MIO: the initial per-stream window this side announces when it "
         "opens a stream (the credit in both directions).",
     ),
+    "maxWindowSize": (
+        int, 16 * MiB, 0, 1 << 30, "bytes",
+        "MIO: the most a stream's receive window may grow to by auto-tuning: "
+        "a stream whose child consumes a whole window quickly, without "
+        "pausing, is granted extra credit, doubling its window up to this "
+        "(the credit granted beyond initial windows, all streams together, "
+        "never exceeds sessionBufferSize).  0, or at most the window, turns "
+        "auto-tuning off.",
+    ),
     "maxInFlight": (
         int, 16, 1, 4096, "frames",
         "BMP: data frames sent on one stream and not yet acknowledged.  "

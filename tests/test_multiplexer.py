@@ -110,6 +110,12 @@ class Link:
                     transport.clear()
                     peer.dataReceived(data)
                     moved = True
+            # A reactor turn: calls due now (the next slice of a read of
+            # many frames) run, as they would between reads.
+            now = self.clock.seconds()
+            if any(call.getTime() <= now for call in self.clock.getDelayedCalls()):
+                self.clock.advance(0)
+                moved = True
             if not moved:
                 return
         raise AssertionError("the link never went quiet")
