@@ -20,7 +20,9 @@ Stream rules enforced here:
   - Every data frame with a sid is acknowledged once the application has
     consumed all of it, never later, and never held back for our own
     outstanding acknowledgements.
-  - At most maxInFlight data frames per stream are sent unacknowledged; one
+  - At most maxInFlight data frames, holding at most maxBytesInFlight
+    payload bytes, per stream are sent unacknowledged (whichever is reached
+    first stops the sender; a frame is cut to the bytes left); one
     unacknowledged for ackTimeout ends its stream (StreamTimeoutError) and
     the peer is sent a close.
   - A stream ends cleanly when both sides have sent end-of-stream and every
@@ -421,7 +423,9 @@ class BmpEngine(Engine):
     def _canSend(self, state):
         if state.sendBuffered:
             inflight = state.inflight
-            return inflight is None or len(inflight) < self.settings.maxInFlight
+            return inflight is None or (
+                len(inflight) < self.settings.maxInFlight
+                and state.inflightBytes < self.settings.maxBytesInFlight)
         return state.endPending
 
     def _emit(self, state, out, now):
@@ -430,11 +434,15 @@ class BmpEngine(Engine):
             inflight = state.inflight
             if inflight is None:
                 inflight = state.inflight = {}
-            if len(inflight) >= self.settings.maxInFlight:
+            settings = self.settings
+            room = settings.maxBytesInFlight - state.inflightBytes
+            if len(inflight) >= settings.maxInFlight or room <= 0:
                 return 0
             size = state.sendBuffered
-            if size > self.settings.maxFrameSize:
-                size = self.settings.maxFrameSize
+            if size > settings.maxFrameSize:
+                size = settings.maxFrameSize
+            if size > room:
+                size = room
             payload = state.take(size)
             sid = b"%d" % state.outSeq
             state.outSeq += 1
@@ -448,12 +456,14 @@ class BmpEngine(Engine):
             out.append(payload)
             if not inflight:
                 self._awaiting[state.streamId] = state
-            inflight[sid] = now
+            inflight[sid] = (now, size)
+            state.inflightBytes += size
             state.bytesSent += size
             counters = self.counters
             counters.bytesSent += size
             counters.framesSent += 1
-            if state.sendBuffered and len(inflight) >= self.settings.maxInFlight:
+            if state.sendBuffered and (len(inflight) >= settings.maxInFlight
+                                       or state.inflightBytes >= settings.maxBytesInFlight):
                 state.creditStalls += 1
                 counters.creditStalls += 1
         if not state.sendBuffered and state.endPending:
@@ -614,8 +624,10 @@ class BmpEngine(Engine):
             )
         if state is None or not state.inflight:
             return False
-        if state.inflight.pop(sid, None) is None:
+        entry = state.inflight.pop(sid, None)
+        if entry is None:
             return False
+        state.inflightBytes -= entry[1]
         if not state.inflight:
             state.inflight = None  # an idle stream keeps no empty dict
             self._awaiting.pop(state.streamId, None)
@@ -644,7 +656,7 @@ class BmpEngine(Engine):
         if not timeout:
             return
         for state in list(self._awaiting.values()):
-            oldest = next(iter(state.inflight.values()))
+            oldest = next(iter(state.inflight.values()))[0]
             if now - oldest >= timeout:
                 sid = next(iter(state.inflight))
                 self._awaiting.pop(state.streamId, None)

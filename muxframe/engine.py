@@ -81,7 +81,7 @@ class StreamState:
         "localEnded", "remoteEnded", "queued", "credit", "window",
         "recvWindow", "pendingCredit", "recvBuffered", "outSeq", "inflight",
         "recvFrames", "created", "bytesSent", "bytesReceived", "creditStalls",
-        "local", "grown", "peerGrown", "tuneStart", "tuneBytes",
+        "local", "grown", "peerGrown", "tuneStart", "tuneBytes", "inflightBytes",
     )
 
     def __init__(self, streamId, credit=0, window=0):
@@ -113,6 +113,8 @@ class StreamState:
         self.peerGrown = 0
         self.tuneStart = 0.0
         self.tuneBytes = 0
+        # BMP: payload bytes of the frames in flight (unacknowledged).
+        self.inflightBytes = 0
 
     def take(self, n):
         """

@@ -49,9 +49,16 @@ SETTINGS = {
         "auto-tuning off.",
     ),
     "maxInFlight": (
-        int, 16, 1, 4096, "frames",
-        "BMP: data frames sent on one stream and not yet acknowledged.  "
+        int, 256, 1, 4096, "frames",
+        "BMP: data frames sent on one stream and not yet acknowledged (see "
+        "maxBytesInFlight: whichever is reached first stops the sender).  "
         "Blazeio itself keeps one in flight but accepts pipelined frames.",
+    ),
+    "maxBytesInFlight": (
+        int, 4 * MiB, 1024, 1 << 34, "bytes",
+        "BMP: payload bytes sent on one stream and not yet acknowledged; a "
+        "frame is cut to what is left, so large and small frames alike fill "
+        "the pipe.",
     ),
     "streamBufferSize": (
         int, 64 * KiB, 1, 1 << 30, "bytes",

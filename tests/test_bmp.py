@@ -279,6 +279,61 @@ class EngineTests(SynchronousTestCase):
         [frame] = decodeFrames(b"".join(client.dataToSend()))
         self.assertEqual(frame.sid, b"3")
 
+    def test_bytesInFlight(self):
+        """
+        At most maxBytesInFlight payload bytes are unacknowledged, whatever
+        maxInFlight allows: the last frame is cut to the bytes left, and an
+        acknowledgement lets its frame's bytes go again.
+        """
+        client, server = engines(maxInFlight=100, maxFrameSize=1000,
+                                 maxBytesInFlight=2500)
+        sid = client.openStream()
+        client.sendData(sid, b"z" * 10000)
+        frames = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual([f.size for f in frames], [1000, 1000, 500])
+        self.assertEqual(client.dataToSend(), [])
+        self.assertEqual(client.stream(sid).inflightBytes, 2500)
+        self.assertEqual(client.counters.creditStalls, 1)
+        client.receiveData(encodeFrame(Frame(sid, bmp.ACK, b"", 1, b"0")))
+        self.assertEqual([f.size for f in decodeFrames(b"".join(client.dataToSend()))],
+                         [1000])
+        client.receiveData(encodeFrame(Frame(sid, bmp.ACK, b"", 1, b"2")))
+        self.assertEqual([f.size for f in decodeFrames(b"".join(client.dataToSend()))],
+                         [500])
+        self.assertEqual(client.stream(sid).inflightBytes, 2500)
+
+    def test_framesInFlightStillCap(self):
+        """
+        Small frames stop at maxInFlight before the byte limit is reached.
+        """
+        client, server = engines(maxInFlight=4, maxFrameSize=128)
+        sid = client.openStream()
+        wire = []
+        for _ in range(10):
+            client.sendData(sid, b"s" * 10)
+            wire.extend(client.dataToSend())
+        frames = decodeFrames(b"".join(wire))
+        self.assertEqual([f.size for f in frames], [10, 10, 10, 10])
+        self.assertEqual(client.sendBuffered(sid), 60)
+
+    def test_bothLimitsDefaultsFillPipe(self):
+        """
+        With the defaults, 64 KiB frames stop at 4 MiB in flight (64
+        frames), and 1 KiB writes at 256 frames.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        client.sendData(sid, b"b" * (8 << 20))
+        frames = decodeFrames(b"".join(client.dataToSend(1 << 30)))
+        self.assertEqual(len(frames), 64)
+        self.assertEqual(sum(f.size for f in frames), 4 << 20)
+        other = client.openStream()
+        for _ in range(300):
+            client.sendData(other, b"k" * 1024)
+            client.dataToSend(1 << 30)
+        self.assertEqual(len(client.stream(other).inflight), 256)
+        self.assertEqual(client.stream(other).inflightBytes, 256 * 1024)
+
     def test_ackNotHeldBackForOwnAcks(self):
         """
         With its own frames all unacknowledged, a side still acknowledges

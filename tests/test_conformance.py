@@ -506,7 +506,7 @@ class ConformanceTests:
     def grownSettings(self):
         return dict(windowSize=64 * KiB, maxFrameSize=16 * KiB,
                     streamBufferSize=32 * KiB, maxWindowSize=1 * MiB,
-                    maxInFlight=64)
+                    maxInFlight=64, maxBytesInFlight=200 * KiB)
 
     def creditBound(self, mux, streamId, settings):
         """
@@ -516,7 +516,8 @@ class ConformanceTests:
         """
         if self.framing == "mio":
             return mux.engine.receiveWindow(streamId)
-        return settings["maxInFlight"] * settings["maxFrameSize"]
+        return min(settings["maxInFlight"] * settings["maxFrameSize"],
+                   settings["maxBytesInFlight"])
 
     @inlineCallbacks
     def test_grownWindowStillBoundsPausedChild(self):
@@ -524,7 +525,8 @@ class ConformanceTests:
         A child that kept up long enough for its stream's window to grow
         (MIO auto-tuning), then pauses: the receiver holds no more than the
         window at the pause plus one frame, the window does not grow while
-        paused, and after resuming everything arrives intact.
+        paused, and after resuming everything arrives intact.  (BMP: the
+        bound is maxBytesInFlight, below maxInFlight frames.)
         """
         settings = self.grownSettings()
         size = 12 * MiB
