@@ -36,7 +36,7 @@ Stream rules enforced here:
 import re
 from collections import OrderedDict, deque
 
-from .engine import Engine, StreamState
+from .engine import SHARED_INFLIGHT, Engine, StreamState
 from .errors import (
     ErrorCode,
     FrameTooLarge,
@@ -291,6 +291,13 @@ class FrameDecoder(PayloadStreamer):
                     self._expect(frame, size)
         return end
 
+    def _isData(self):
+        return self._parts is None
+
+    def skipPayload(self, size):
+        PayloadStreamer.skipPayload(self, size)
+        self._offset += size
+
     def _controlPayload(self, data, pos, end, append):
         # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather
         # them whole.
@@ -425,8 +432,16 @@ class BmpEngine(Engine):
             inflight = state.inflight
             return inflight is None or (
                 len(inflight) < self.settings.maxInFlight
-                and state.inflightBytes < self.settings.maxBytesInFlight)
+                and state.inflightBytes < self._byteLimit(self._latest))
         return state.endPending
+
+    def _byteLimit(self, now):
+        # Bytes one stream may have in flight: fewer while other streams
+        # send too, so their messages do not queue behind all of them.
+        limit = self.settings.maxBytesInFlight
+        if limit > SHARED_INFLIGHT and self._shared(now):
+            return SHARED_INFLIGHT
+        return limit
 
     def _emit(self, state, out, now):
         size = 0
@@ -435,7 +450,9 @@ class BmpEngine(Engine):
             if inflight is None:
                 inflight = state.inflight = {}
             settings = self.settings
-            room = settings.maxBytesInFlight - state.inflightBytes
+            self._dataOf(state.streamId, now)
+            byteLimit = self._byteLimit(self._latest)
+            room = byteLimit - state.inflightBytes
             if len(inflight) >= settings.maxInFlight or room <= 0:
                 return 0
             size = state.sendBuffered
@@ -443,6 +460,7 @@ class BmpEngine(Engine):
                 size = settings.maxFrameSize
             if size > room:
                 size = room
+            size = state.aligned(size)
             payload = state.take(size)
             sid = b"%d" % state.outSeq
             state.outSeq += 1
@@ -463,7 +481,7 @@ class BmpEngine(Engine):
             counters.bytesSent += size
             counters.framesSent += 1
             if state.sendBuffered and (len(inflight) >= settings.maxInFlight
-                                       or state.inflightBytes >= settings.maxBytesInFlight):
+                                       or state.inflightBytes >= byteLimit):
                 state.creditStalls += 1
                 counters.creditStalls += 1
         if not state.sendBuffered and state.endPending:
@@ -505,6 +523,13 @@ class BmpEngine(Engine):
         if not frames:
             state.recvFrames = None  # an idle stream keeps no empty deque
         self._maybeFinish(state)
+
+    def _payloadPiece(self, state, size):
+        if state.remoteEnded or (state.recvBuffered + size
+                                 > self.settings.maxStreamReceiveBuffer):
+            return False
+        state.recvBuffered += size
+        return True
 
     def _maybeFinish(self, state):
         if (state.localEnded and state.remoteEnded and not state.inflight

@@ -38,6 +38,16 @@ from .guards import SessionGuards
 from .settings import Settings
 from .sniff import HEAD, hint
 
+# A queued write at least this large ends its frame (see StreamState.aligned).
+ALIGN_MIN = 16 * 1024
+
+# While other streams carry data too (one did within SHARED_TIME seconds),
+# one stream's bytes in flight are held to SHARED_INFLIGHT (MIO: its grown
+# receive window shrinks back to it; BMP: its unacknowledged bytes), so a
+# small message waits behind at most that much of a bulk stream's data.
+SHARED_TIME = 0.1
+SHARED_INFLIGHT = 1024 * 1024
+
 
 class Counters:
     """
@@ -115,6 +125,18 @@ class StreamState:
         self.tuneBytes = 0
         # BMP: payload bytes of the frames in flight (unacknowledged).
         self.inflightBytes = 0
+
+    def aligned(self, n):
+        """
+        Return how much of the C{n} bytes a frame may carry to take to keep
+        frames aligned to the child's writes: a large queued write goes out
+        as it is (or in whole frames), never joined to the next, so
+        L{take} returns it without copying it.
+        """
+        first = len(self.sendQueue[0]) - self.sendOffset
+        if n > first >= ALIGN_MIN:
+            return first
+        return n
 
     def take(self, n):
         """
@@ -195,6 +217,10 @@ class Engine:
         self._ready = deque()
         self._events = []
         self._writesEnded = []
+        # The stream whose data was last framed (BMP: sent, MIO: received)
+        # and when data of another stream last followed another's.
+        self._lastDataStream = None
+        self._sharedAt = None
         self._lastReceived = now
         self._lastSent = now
         self._latest = now
@@ -460,6 +486,44 @@ class Engine:
             self._fail(error)
         return self.takeEvents()
 
+    def receivePayload(self, data, now=0.0):
+        """
+        Fast path of L{receiveData} for bytes wholly inside the payload of
+        the data frame being received (most reads of a bulk transfer):
+        account for them and return the stream's id; the caller delivers
+        C{data} as that stream's data, as for a L{DataReceived} event.
+        Otherwise take nothing and return C{None}: call L{receiveData}.
+        """
+        if self.closed or self._unread or self._events or len(self._head) < HEAD:
+            return None
+        decoder = self._decoder
+        size = len(data)
+        frame = decoder.payloadWithin(size)
+        if frame is None:
+            return None
+        state = self._streams.get(frame.streamId)
+        if state is None or not self._payloadPiece(state, size):
+            return None
+        decoder.skipPayload(size)
+        self._lastReceived = self._latest = now
+        state.bytesReceived += size
+        self.counters.bytesReceived += size
+        return frame.streamId
+
+    def _payloadPiece(self, state, size):
+        """
+        Return true if C{size} more payload bytes of C{state}'s current
+        frame may take the fast path, having accounted for them; false to
+        leave them to the frame handling.
+        """
+        return False
+
+    def hasEvents(self):
+        """
+        Return true if events wait for L{takeEvents}.
+        """
+        return bool(self._events)
+
     def takeWritesEnded(self):
         """
         Return and forget the ids of the streams whose end of stream was
@@ -568,6 +632,21 @@ class Engine:
         return out
 
     # -- shared helpers for subclasses ----------------------------------
+
+    def _dataOf(self, streamId, now):
+        # Data of stream streamId is framed at now: note when streams mix.
+        if streamId != self._lastDataStream:
+            if self._lastDataStream is not None:
+                self._sharedAt = now
+            self._lastDataStream = streamId
+
+    def _shared(self, now):
+        """
+        Return true if data of more than one stream was framed within the
+        last SHARED_TIME seconds.
+        """
+        at = self._sharedAt
+        return at is not None and now - at < SHARED_TIME
 
     def _writable(self, streamId):
         state = self._streams.get(streamId)

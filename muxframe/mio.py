@@ -46,7 +46,7 @@ Stream rules enforced here:
 import struct
 from collections import deque
 
-from .engine import Engine, StreamState
+from .engine import SHARED_INFLIGHT, Engine, StreamState
 from .errors import (
     ErrorCode,
     FlowControlViolation,
@@ -319,6 +319,7 @@ class MioEngine(Engine):
                 size = state.sendBuffered
             if size <= 0:
                 return 0
+            size = state.aligned(size)
             payload = state.take(size)
             out.append(_pack(state.streamId, (size << 8) | DATA))
             out.append(payload)
@@ -346,15 +347,26 @@ class MioEngine(Engine):
         pending = state.pendingCredit + size
         window = state.window + state.grown
         extra = 0
+        limit = self.settings.maxWindowSize
+        if self._shared(now):
+            # Other streams receive too: a grown window shrinks back to
+            # SHARED_INFLIGHT (credit withheld), and grows no further.
+            limit = min(limit, max(state.window, SHARED_INFLIGHT))
+            if window > limit and pending:
+                shrink = min(pending, window - limit, state.grown)
+                state.grown -= shrink
+                self._grown -= shrink
+                pending -= shrink
+                window -= shrink
         if not prompt:
             state.tuneBytes = 0
-        elif window < self.settings.maxWindowSize:
+        elif window < limit:
             if not state.tuneBytes:
                 state.tuneStart = now
             state.tuneBytes += size
             if state.tuneBytes >= window:
                 if now - state.tuneStart <= TUNE_TIME:
-                    extra = self._growth(state, window)
+                    extra = self._growth(state, window, limit)
                 state.tuneBytes = 0
         if extra or pending * 2 >= window:
             grant = pending + extra
@@ -368,10 +380,10 @@ class MioEngine(Engine):
         else:
             state.pendingCredit = pending
 
-    def _growth(self, state, window):
-        # Double the window, within maxWindowSize and what is left of the
-        # sessionBufferSize all grown windows share.
-        extra = min(window, self.settings.maxWindowSize - window,
+    def _growth(self, state, window, limit):
+        # Double the window, within the limit (maxWindowSize) and what is
+        # left of the sessionBufferSize all grown windows share.
+        extra = min(window, limit - window,
                     self.settings.sessionBufferSize - self._grown)
         if extra <= 0:
             return 0
@@ -424,6 +436,8 @@ class MioEngine(Engine):
                         continue
                     if first:
                         size = frame.size
+                        if size:
+                            self._dataOf(streamId, now)
                         if size > state.recvWindow:
                             self._flowControlError(state, size, now)
                             continue
@@ -483,6 +497,9 @@ class MioEngine(Engine):
                 return
             else:
                 guards.empty(now, "mio", "%r, which means nothing", frame)
+
+    def _payloadPiece(self, state, size):
+        return not state.remoteEnded
 
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:

@@ -24,9 +24,10 @@ SETTINGS = {
         "a local openStream() beyond it fails with StreamLimitError.",
     ),
     "maxFrameSize": (
-        int, 64 * KiB, 128, (1 << 24) - 1, "bytes",
-        "Largest data-frame payload sent.  An unmodified Go mio peer "
-        "accepts 128 bytes at most.",
+        int, 256 * KiB, 128, (1 << 24) - 1, "bytes",
+        "Largest data-frame payload sent.  A write of at least 16 KiB ends "
+        "its frame, so writes up to this size go out as one frame each, "
+        "uncopied.  An unmodified Go mio peer accepts 128 bytes at most.",
     ),
     "maxReceiveFrameSize": (
         int, 1 * MiB, 128, (1 << 24) - 1, "bytes",

@@ -318,12 +318,13 @@ class EngineTests(SynchronousTestCase):
 
     def test_bothLimitsDefaultsFillPipe(self):
         """
-        With the defaults, 64 KiB frames stop at 4 MiB in flight (64
+        With the defaults, 64 KiB writes stop at 4 MiB in flight (64
         frames), and 1 KiB writes at 256 frames.
         """
         client, server = engines()
         sid = client.openStream()
-        client.sendData(sid, b"b" * (8 << 20))
+        for _ in range(128):
+            client.sendData(sid, b"b" * (64 << 10))
         frames = decodeFrames(b"".join(client.dataToSend(1 << 30)))
         self.assertEqual(len(frames), 64)
         self.assertEqual(sum(f.size for f in frames), 4 << 20)
@@ -333,6 +334,36 @@ class EngineTests(SynchronousTestCase):
             client.dataToSend(1 << 30)
         self.assertEqual(len(client.stream(other).inflight), 256)
         self.assertEqual(client.stream(other).inflightBytes, 256 * 1024)
+
+    def test_sharedConnectionHoldsBytesInFlight(self):
+        """
+        While another stream sends too (within SHARED_TIME), a stream's
+        bytes in flight are held to SHARED_INFLIGHT; after, to
+        maxBytesInFlight again.
+        """
+        from muxframe.engine import SHARED_INFLIGHT, SHARED_TIME
+        client, server = engines(maxFrameSize=65536)
+        a = client.openStream()
+        b = client.openStream()
+        for _ in range(256):
+            client.sendData(a, b"a" * 65536)
+
+        def inFlight(now):
+            frames = decodeFrames(b"".join(client.dataToSend(1 << 30, now)))
+            state = client.stream(a)
+            acks = b"".join(encodeFrame(Frame(a, bmp.ACK, b"", len(sid), sid))
+                            for sid in list(state.inflight or ()))
+            sent = state.inflightBytes
+            client.receiveData(acks, now)
+            return sent, frames
+
+        self.assertEqual(inFlight(0.0)[0], 4 << 20)
+        client.sendData(b, b"ping")
+        sent, frames = inFlight(1.0)
+        self.assertEqual(sent, SHARED_INFLIGHT)
+        self.assertIn(b"ping", [f.payload for f in frames])
+        self.assertEqual(inFlight(1.0 + SHARED_TIME / 2)[0], SHARED_INFLIGHT)
+        self.assertEqual(inFlight(1.0 + SHARED_TIME * 2)[0], 4 << 20)
 
     def test_ackNotHeldBackForOwnAcks(self):
         """

@@ -711,3 +711,28 @@ class WindowTuningTests(SynchronousTestCase):
         self.assertEqual(client.stream(sid).credit, 8192)
         events = client.receiveData(mio.encodeFrame(Frame(sid, 1, mio.WINDOW_UPDATE)) * 10)
         self.assertIn("maxEmptyFrames", str(events[-1].error))
+
+    def test_sharedConnectionShrinksGrownWindow(self):
+        """
+        While another stream receives data too, a grown window shrinks back
+        to SHARED_INFLIGHT (credit withheld, no flow-control error) and does
+        not grow; once the other stream has been quiet for SHARED_TIME, it
+        grows again.
+        """
+        from muxframe.engine import SHARED_INFLIGHT, SHARED_TIME
+        client, server = engines(windowSize=65536, maxFrameSize=65536,
+                                 maxWindowSize=4 * SHARED_INFLIGHT)
+        a = client.openStream()
+        b = client.openStream()
+        pump(client, server)
+        seen, now = self.transfer(client, server, a, 7, 0.001)
+        self.assertEqual(seen[-1], 4 * SHARED_INFLIGHT)
+        client.sendData(b, b"ping")
+        events = server.receiveData(b"".join(client.dataToSend(1 << 30, now)), now)
+        self.assertEqual(events, [DataReceived(b, b"ping")])
+        server.consumed(b, 4, now)
+        seen, now = self.transfer(client, server, a, 3, 0.001, start=now)
+        self.assertEqual(seen, [SHARED_INFLIGHT] * 3)
+        self.assertEqual(server.grownCredit(), SHARED_INFLIGHT - 65536)
+        seen, now = self.transfer(client, server, a, 2, 0.001, start=now + SHARED_TIME)
+        self.assertEqual(seen, [2 * SHARED_INFLIGHT, 4 * SHARED_INFLIGHT])

@@ -346,7 +346,7 @@ class AdapterTestsMixin:
         While the transport has paused the multiplexer nothing is written;
         on resume control frames go out before the queued data.
         """
-        link = self.link(serverChild=Recorder)
+        link = self.link(serverChild=Recorder, maxFrameSize=16384)
         bulk = link.open()
         link.pump()
         link.client.pauseProducing()
