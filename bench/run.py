@@ -572,9 +572,12 @@ def buildRows(jobs, framings):
                 "grows (≤ maxWindowSize)", lambda f, r: f["median"] > 256)
             row("window", framing, "ms to largest", "ms",
                 figure(jobs, key, "msToLargest"), None, None, None, None)
+            from muxframe.engine import SHARED_INFLIGHT
+            shared = max(SHARED_INFLIGHT // KiB, 256)
             row("window", framing, "window KiB, shared", "KiB",
                 figure(jobs, key, "sharedWindowKiB"), None, None,
-                "≤ 1024 KiB while shared", lambda f, r: f["max"] <= 1024)
+                "≤ %d KiB while shared" % shared,
+                lambda f, r, shared=shared: f["max"] <= shared)
             row("window", framing, "window KiB, alone again", "KiB",
                 figure(jobs, key, "againWindowKiB"), None, None, None, None)
         if "churn/%s" % framing in jobs:

@@ -27,7 +27,9 @@ Stream rules enforced here:
     the peer is sent a close.
   - A stream ends cleanly when both sides have sent end-of-stream and every
     acknowledgement is exchanged; this side then sends close (Blazeio's
-    server does the same) and forgets it.  A close received before the
+    server does the same) and forgets it.  The opener forgets it without a
+    close; the acceptor's close that follows (for one of the last
+    CLOSING_MEMORY such streams) is expected, not a frame carrying nothing.  A close received before the
     peer's end-of-stream is a reset.
   - Every header field is bounded; malformed bytes are a MalformedFrame
     naming the fault, a LEN over maxReceiveFrameSize a FrameTooLarge.
@@ -61,6 +63,10 @@ MAX_LEN_DIGITS = 16
 MAX_CONTROL_PAYLOAD = 32
 MAX_HEADER = 8 + MAX_STREAM_ID_LENGTH + 1 + MAX_SID_DIGITS + MAX_LEN_DIGITS
 REFUSED_MEMORY = 1024
+# Streams this side opened and forgot cleanly whose close from the peer (the
+# acceptor closes, after the opener forgets) is still to come: that close is
+# the protocol's, not a frame carrying nothing.
+CLOSING_MEMORY = 4096
 # What keeping one received, unacknowledged frame costs (its sid and size
 # until the acknowledgement is queued), beyond its payload; measured with
 # tracemalloc.  It counts toward maxStreamReceiveBuffer and
@@ -364,6 +370,7 @@ class BmpEngine(Engine):
         self._awaiting = {}
         self._unacked = 0
         self._refused = OrderedDict()
+        self._closing = OrderedDict()
         self._lastCheck = now
 
     # -- stream ids -----------------------------------------------------
@@ -542,6 +549,11 @@ class BmpEngine(Engine):
                 self._control.append(
                     _controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
                 self.counters.framesSent += 1
+            else:
+                closing = self._closing
+                closing[state.streamId] = True
+                if len(closing) > CLOSING_MEMORY:
+                    closing.popitem(last=False)
             self._finish(state)
 
     # -- frames in ------------------------------------------------------
@@ -563,7 +575,8 @@ class BmpEngine(Engine):
             if opt == CLOSE_STREAM:
                 state = streams.get(streamId)
                 if state is None:
-                    guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
+                    if self._closing.pop(streamId, None) is None:
+                        guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
                 elif state.remoteEnded:
                     self._finish(state)
                 else:

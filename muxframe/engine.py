@@ -46,7 +46,7 @@ ALIGN_MIN = 16 * 1024
 # receive window shrinks back to it; BMP: its unacknowledged bytes), so a
 # small message waits behind at most that much of a bulk stream's data.
 SHARED_TIME = 0.1
-SHARED_INFLIGHT = 1024 * 1024
+SHARED_INFLIGHT = 512 * 1024
 
 
 class Counters:

@@ -365,6 +365,36 @@ class EngineTests(SynchronousTestCase):
         self.assertEqual(inFlight(1.0 + SHARED_TIME / 2)[0], SHARED_INFLIGHT)
         self.assertEqual(inFlight(1.0 + SHARED_TIME * 2)[0], 4 << 20)
 
+    def test_acceptorsCloseAfterOpenerForgot(self):
+        """
+        The opener forgets a stream that ended cleanly before the
+        acceptor's close arrives: that close is expected, so honest churn
+        spends no empty-frame budget; a second close of the same stream
+        does.
+        """
+        client, server = engines(maxEmptyFrames=5)
+        for n in range(50):
+            sid = client.openStream()
+            client.sendData(sid, b"q")
+            client.endStream(sid)
+            pump(client, server)
+            server.consumed(sid, 1)
+            server.sendData(sid, b"a")
+            server.endStream(sid)
+            pump(server, client)
+            client.consumed(sid, 1)
+            self.assertNotIn(sid, client)
+            pump(client, server)
+            self.assertNotIn(sid, server)
+            close = b"".join(server.dataToSend())
+            self.assertEqual(decodeFrames(close)[0].opt, bmp.CLOSE_STREAM)
+            # (The opener's own StreamClosed, from its last consumed(), is
+            # reported with the next events.)
+            self.assertEqual(client.receiveData(close), [StreamClosed(sid, None)])
+        self.assertFalse(client.closed)
+        events = client.receiveData(close * 10)
+        self.assertIn("maxEmptyFrames", str(events[-1].error))
+
     def test_ackNotHeldBackForOwnAcks(self):
         """
         With its own frames all unacknowledged, a side still acknowledges
