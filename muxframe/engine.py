@@ -14,6 +14,13 @@ Rules (both framings):
     ended (and, for BMP, every acknowledgement exchanged), or reset.  Then a
     L{StreamClosed} event reports it once.
   - Time is an argument ("now", in seconds); no clock is read here.
+  - Data frames end at the end of a queued write of ALIGN_MIN bytes or more
+    (never joining it to the next), so such writes are sent uncopied.
+  - While data of more than one stream is framed (within SHARED_TIME), one
+    stream's bytes in flight are held to SHARED_INFLIGHT (the framings
+    apply it: MIO's receiver to grown windows, BMP's sender).
+  - receivePayload is a fast path with the effects of receiveData for
+    bytes wholly inside a data frame's payload.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
@@ -128,10 +135,11 @@ class StreamState:
 
     def aligned(self, n):
         """
-        Return how much of the C{n} bytes a frame may carry to take to keep
-        frames aligned to the child's writes: a large queued write goes out
-        as it is (or in whole frames), never joined to the next, so
-        L{take} returns it without copying it.
+        Return how many bytes a frame that may carry C{n} should take, to
+        keep frames aligned to the child's writes: a queued write of at
+        least ALIGN_MIN bytes ends its frame (it is never joined to the
+        next), so a write that fits a frame goes out as it is and L{take}
+        returns it without copying it.
         """
         first = len(self.sendQueue[0]) - self.sendOffset
         if n > first >= ALIGN_MIN:

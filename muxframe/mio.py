@@ -26,7 +26,10 @@ Stream rules enforced here:
     paused child), is granted extra credit with the next update, doubling
     its window, up to maxWindowSize; the credit granted beyond the windows
     of all open streams never exceeds sessionBufferSize.  What a paused
-    child may be sent stays bounded by its (possibly grown) window.
+    child may be sent stays bounded by its (possibly grown) window.  While
+    other streams receive data too (SHARED_TIME), a grown window shrinks
+    back to SHARED_INFLIGHT (credit withheld as the child consumes) and
+    grows no further.
   - Credit beyond the window is legal (a peer may grow our send window the
     same way); an update that takes our credit past the window by less
     than a quarter of it, or that grants nothing, counts as a frame that
