@@ -38,7 +38,7 @@ Stream rules enforced here:
 import re
 from collections import OrderedDict, deque
 
-from .engine import SHARED_INFLIGHT, Engine, StreamState
+from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
 from .errors import (
     ErrorCode,
     FrameTooLarge,
@@ -437,16 +437,22 @@ class BmpEngine(Engine):
     def _canSend(self, state):
         if state.sendBuffered:
             inflight = state.inflight
-            return inflight is None or (
-                len(inflight) < self.settings.maxInFlight
-                and state.inflightBytes < self._byteLimit(self._latest))
+            if inflight is None:
+                return True
+            if len(inflight) >= self.settings.maxInFlight:
+                return False
+            used = state.inflightBytes
+            if used < SHARED_INFLIGHT and used < self.settings.maxBytesInFlight:
+                return True
+            return used < self._byteLimit(self._latest)
         return state.endPending
 
     def _byteLimit(self, now):
         # Bytes one stream may have in flight: fewer while other streams
         # send too, so their messages do not queue behind all of them.
         limit = self.settings.maxBytesInFlight
-        if limit > SHARED_INFLIGHT and self._shared(now):
+        at = self._sharedAt
+        if at is not None and now - at < SHARED_TIME and limit > SHARED_INFLIGHT:
             return SHARED_INFLIGHT
         return limit
 
@@ -457,7 +463,8 @@ class BmpEngine(Engine):
             if inflight is None:
                 inflight = state.inflight = {}
             settings = self.settings
-            self._dataOf(state.streamId, now)
+            if state.streamId != self._lastDataStream:
+                self._dataOf(state.streamId, now)
             byteLimit = self._byteLimit(self._latest)
             room = byteLimit - state.inflightBytes
             if len(inflight) >= settings.maxInFlight or room <= 0:
@@ -467,7 +474,8 @@ class BmpEngine(Engine):
                 size = settings.maxFrameSize
             if size > room:
                 size = room
-            size = state.aligned(size)
+            if size > ALIGN_MIN:
+                size = state.aligned(size)
             payload = state.take(size)
             sid = b"%d" % state.outSeq
             state.outSeq += 1

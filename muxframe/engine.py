@@ -642,19 +642,12 @@ class Engine:
     # -- shared helpers for subclasses ----------------------------------
 
     def _dataOf(self, streamId, now):
-        # Data of stream streamId is framed at now: note when streams mix.
+        # Data of stream streamId is framed at now: note when streams mix
+        # (the framings test _sharedAt against SHARED_TIME inline).
         if streamId != self._lastDataStream:
             if self._lastDataStream is not None:
                 self._sharedAt = now
             self._lastDataStream = streamId
-
-    def _shared(self, now):
-        """
-        Return true if data of more than one stream was framed within the
-        last SHARED_TIME seconds.
-        """
-        at = self._sharedAt
-        return at is not None and now - at < SHARED_TIME
 
     def _writable(self, streamId):
         state = self._streams.get(streamId)

@@ -49,7 +49,7 @@ Stream rules enforced here:
 import struct
 from collections import deque
 
-from .engine import SHARED_INFLIGHT, Engine, StreamState
+from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
 from .errors import (
     ErrorCode,
     FlowControlViolation,
@@ -322,7 +322,8 @@ class MioEngine(Engine):
                 size = state.sendBuffered
             if size <= 0:
                 return 0
-            size = state.aligned(size)
+            if size > ALIGN_MIN:
+                size = state.aligned(size)
             payload = state.take(size)
             out.append(_pack(state.streamId, (size << 8) | DATA))
             out.append(payload)
@@ -351,7 +352,8 @@ class MioEngine(Engine):
         window = state.window + state.grown
         extra = 0
         limit = self.settings.maxWindowSize
-        if self._shared(now):
+        at = self._sharedAt
+        if at is not None and now - at < SHARED_TIME:
             # Other streams receive too: a grown window shrinks back to
             # SHARED_INFLIGHT (credit withheld), and grows no further.
             limit = min(limit, max(state.window, SHARED_INFLIGHT))
@@ -439,7 +441,7 @@ class MioEngine(Engine):
                         continue
                     if first:
                         size = frame.size
-                        if size:
+                        if size and streamId != self._lastDataStream:
                             self._dataOf(streamId, now)
                         if size > state.recvWindow:
                             self._flowControlError(state, size, now)

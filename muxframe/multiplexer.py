@@ -54,6 +54,10 @@ ENGINES = {"mio": MioEngine, "bmp": BmpEngine}
 # transport pauses us past its own buffer size, so this only bounds one turn.
 WRITE_QUANTUM = 256 * 1024
 
+# Reads at least this large may take the fast path (wholly inside a data
+# frame's payload); smaller ones, small messages, are not worth the check.
+FAST_READ = 4096
+
 # Bytes added to the connection transport's SEND_LIMIT for frame headers.
 SEND_SLACK = 4096
 
@@ -257,17 +261,18 @@ class Multiplexer(Protocol):
         engine = self.engine
         if engine is None or self.disconnected:
             return
-        if data and not self._readPausedBy:
+        now = self._now()
+        if len(data) >= FAST_READ and not self._readPausedBy:
             # Bytes wholly inside one data frame's payload (most reads of a
             # bulk transfer) go straight to the child.
-            streamId = engine.receivePayload(data, self._now())
+            streamId = engine.receivePayload(data, now)
             if streamId is not None:
                 self._deliverRead(streamId, data)
                 return
         self._busy = True
         accepted = self._accepted
         try:
-            self._process(engine.receiveData(data, self._now(), self._sliceLimit))
+            self._process(engine.receiveData(data, now, self._sliceLimit))
         finally:
             self._busy = False
         if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
