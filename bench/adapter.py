@@ -7,7 +7,9 @@ a L{Clock}.
     C{--frame} bytes) fed in 64 KiB reads, as Twisted's TCP transport reads
     them, to a child that counts them;
   - send: a child writing 256 KiB chunks, the peer's credit (MIO) or
-    acknowledgements (BMP) granted after each write.
+    acknowledgements (BMP) granted after each write;
+  - round trip: two multiplexers joined in memory, a 64-byte message
+    echoed back and forth (CPU microseconds per round trip, both sides).
 
   python3 -m bench.adapter                        # both framings, 64 and 256 KiB frames
   python3 -m bench.adapter --framing mio --frame 262144 --size 1073741824
@@ -153,6 +155,63 @@ def send(framing, frame, size):
     return elapsed * GiB / sent
 
 
+class _Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class _StringTransport(_NullTransport):
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, data):
+        self.chunks.append(data)
+
+    def writeSequence(self, seq):
+        self.chunks.extend(seq)
+
+    def take(self):
+        data = b"".join(self.chunks)
+        self.chunks = []
+        return data
+
+
+def roundTrip(framing, count=20000, repeats=5):
+    """
+    Return the least CPU microseconds per 64-byte round trip (both sides)
+    over C{repeats} batches of C{count}.
+    """
+    clock = Clock()
+    server = MultiplexerFactory(Factory.forProtocol(_Echo), framing=framing,
+                                role="server", reactor=clock).buildProtocol(None)
+    client = MultiplexerFactory(None, framing=framing, role="client",
+                                reactor=clock).buildProtocol(None)
+    toClient, toServer = _StringTransport(), _StringTransport()
+    server.makeConnection(toClient)
+    client.makeConnection(toServer)
+    children = []
+    client.openStream(Factory.forProtocol(_Counter)).addCallback(children.append)
+    write = children[0].transport.write
+    message = b"\x42" * 64
+
+    def once():
+        write(message)
+        server.dataReceived(toServer.take())
+        client.dataReceived(toClient.take())
+    for _ in range(count // 10):
+        once()
+    best = None
+    for _ in range(repeats):
+        started = time.process_time()
+        for _ in range(count):
+            once()
+        elapsed = (time.process_time() - started) / count * 1e6
+        best = elapsed if best is None else min(best, elapsed)
+    if children[0].received != 64 * (count // 10 + count * repeats):
+        raise RuntimeError("the echo lost bytes")
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m bench.adapter",
                                      description=__doc__.split("\n\n")[0])
@@ -173,6 +232,10 @@ def main(argv=None):
             print("%s frame %3d KiB: receive %.3f, send %.3f CPU s/GiB" % (
                 framing, frame // 1024, row["receiveCpuPerGiB"], row["sendCpuPerGiB"]))
             sys.stdout.flush()
+        row = {"framing": framing, "roundTripCpuMicroseconds": roundTrip(framing)}
+        results.append(row)
+        print("%s 64-byte round trip: %.1f CPU µs (both sides)" % (
+            framing, row["roundTripCpuMicroseconds"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
