@@ -154,6 +154,37 @@ class CountingEcho(Protocol):
         pass
 
 
+@implementer(IHalfCloseableProtocol)
+class WindowEcho(Protocol):
+    """
+    Answer each 64-byte request with 64 bytes: the receive window of the
+    server's bulk stream (MIO auto-tuning, as the receiver has it) and the
+    bytes it has received (the window scenario).
+    """
+
+    def __init__(self, factory):
+        self.roles = factory
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        buffer = self.buffer + data
+        while len(buffer) >= PING_SIZE:
+            buffer = buffer[PING_SIZE:]
+            mux, sink = self.roles.bulk
+            window = None
+            if mux is not None and sink.transport is not None:
+                window = mux.engine.receiveWindow(sink.transport.streamId)
+            self.transport.write(_count.pack(window or 0) + _count.pack(sink.count)
+                                 + b"\0" * (PING_SIZE - 16))
+        self.buffer = buffer
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
 class Idle(Protocol):
     """
     The trivial child protocol of the idle-memory scenario.
@@ -188,7 +219,9 @@ class RoleFactory(Factory):
     """
     Build the server's child protocol of each stream by the server's role:
     C{echo}, C{sink}, C{loaded} (first stream a sink, the rest counting
-    echoes) or C{memory} (first stream the control, the rest idle).
+    echoes), C{window} (the first stream of the process a sink, every other
+    stream, on any connection, answers with that sink's receive window) or
+    C{memory} (first stream the control, the rest idle).
     """
 
     def __init__(self, role):
@@ -196,6 +229,10 @@ class RoleFactory(Factory):
         self.stats = SinkStats()
         self.accepted = {}
         self.mux = None
+        # Each connection's multiplexer by its peer's address (the window
+        # role reads the bulk stream's connection).
+        self.muxes = {}
+        self.bulk = None
 
     def buildProtocol(self, addr):
         # Count streams per connection (the peer's address names it).
@@ -209,6 +246,12 @@ class RoleFactory(Factory):
             protocol = Sink(self.stats)
         elif role == "loaded":
             protocol = Sink(self.stats) if first else CountingEcho(self.stats)
+        elif role == "window":
+            if self.bulk is None:
+                protocol = Sink(self.stats)
+                self.bulk = (self.muxes.get(connection), protocol)
+            else:
+                protocol = WindowEcho(self)
         elif role == "memory":
             protocol = Control(self) if first else Idle()
         else:

@@ -36,7 +36,7 @@ KiB = 1024
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-SCENARIOS = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale", "sweep"]
+SCENARIOS = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale", "window", "sweep"]
 FRAMINGS = ["mio", "bmp"]
 
 # Settings of every muxframe connection in the suite (both sides): the scale
@@ -46,6 +46,9 @@ BASE_SETTINGS = {"maxStreams": 20000}
 SIZES = {
     "full": {
         "bulk": {"size": 1 * GiB, "chunk": 256 * KiB},
+        "bulkStreams": [4, 16],
+        "bulkRuns": 5,
+        "window": {"interval": 0.005, "solo": 0.4, "shared": 0.4, "chunk": 256 * KiB},
         "many": {"streams": 1000, "size": 64 * KiB},
         "latency": {"count": 5000, "warmup": 200},
         "loaded": {"count": 3000, "warmup": 50, "chunk": 256 * KiB, "rampup": 0.3},
@@ -61,6 +64,9 @@ SIZES = {
     },
     "quick": {
         "bulk": {"size": 32 * MiB, "chunk": 256 * KiB},
+        "bulkStreams": [4, 16],
+        "bulkRuns": None,
+        "window": {"interval": 0.005, "solo": 0.1, "shared": 0.1, "chunk": 256 * KiB},
         "many": {"streams": 100, "size": 64 * KiB},
         "latency": {"count": 300, "warmup": 20},
         "loaded": {"count": 200, "warmup": 10, "chunk": 256 * KiB, "rampup": 0.1},
@@ -85,6 +91,8 @@ HEADLINE = {
     "latency": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs")],
     "loaded": [("p50us", "p50 %.1f µs"), ("p99us", "p99 %.1f µs"), ("bulkMBps", "bulk %.1f MB/s")],
     "churn": [("streamsPerSecond", "%.0f streams/s")],
+    "window": [("soloWindowKiB", "solo %.0f KiB"), ("sharedWindowKiB", "shared %.0f KiB"),
+               ("againWindowKiB", "alone again %.0f KiB"), ("msToLargest", "largest at %.0f ms")],
     "memory": [("clientBytesPerStream", "client %.0f B/stream"),
                ("serverBytesPerStream", "server %.0f B/stream")],
     "scale": [("verified", "%d verified"), ("lost", "%d lost"), ("failed", "%d failed"),
@@ -124,6 +132,7 @@ class Job:
 
 def planJobs(mode, scenarios, framings, runs):
     sizes = SIZES[mode]
+    explicitRuns = bool(runs)
     runs = runs or sizes["runs"]
     jobs = {}
 
@@ -131,18 +140,27 @@ def planJobs(mode, scenarios, framings, runs):
         if key not in jobs:
             jobs[key] = Job(key, *args, **kwargs)
 
-    def mux(scenario, framing, extra=None, key=None, module=None, **kwargs):
+    def mux(scenario, framing, extra=None, key=None, module=None, params=None,
+            runs=runs, **kwargs):
         settings = dict(BASE_SETTINGS)
         settings.update(extra or {})
         add(key or "%s/%s" % (scenario, framing), scenario, "mux", framing,
-            sizes[module or scenario], runs, settings, module=module, **kwargs)
+            params or sizes[module or scenario], runs, settings, module=module, **kwargs)
 
     def need(scenario):
         return scenario in scenarios
 
+    bulkRuns = runs if explicitRuns else (sizes["bulkRuns"] or runs)
     for framing in framings:
         if need("bulk") or need("loaded"):
-            mux("bulk", framing)
+            mux("bulk", framing, runs=bulkRuns)
+        if need("bulk"):
+            for count in sizes["bulkStreams"]:
+                mux("bulk", framing, key="bulk/%s/x%d" % (framing, count),
+                    params=dict(sizes["bulk"], streams=count), runs=bulkRuns,
+                    label="bulk/%s x%d streams" % (framing, count))
+        if need("window") and framing == "mio":
+            mux("window", framing, fresh=True)
         if need("latency") or need("loaded"):
             mux("latency", framing)
         if need("many"):
@@ -153,7 +171,12 @@ def planJobs(mode, scenarios, framings, runs):
         if need("memory"):
             mux("memory", framing, fresh=True)
     if need("bulk") or need("sweep") or (need("loaded") and False):
-        add("bulk/raw", "bulk", "raw", "tcp", sizes["bulk"], runs)
+        add("bulk/raw", "bulk", "raw", "tcp", sizes["bulk"], bulkRuns)
+    if need("bulk"):
+        for count in sizes["bulkStreams"]:
+            add("bulk/raw/x%d" % count, "bulk", "raw", "tcp",
+                dict(sizes["bulk"], streams=count), bulkRuns,
+                label="bulk/raw x%d connections" % count)
     if need("latency"):
         add("latency/raw", "latency", "raw", "tcp", sizes["latency"], runs)
     if need("many"):
@@ -457,7 +480,7 @@ class Runner:
 def _serverRole(job):
     return {"bulk": "sink", "sweep": "sink", "many": "echo", "latency": "echo",
             "loaded": "loaded", "churn": "echo", "memory": "memory",
-            "scale": "echo"}[job.scenario]
+            "scale": "echo", "window": "window"}[job.scenario]
 
 
 def _headline(scenario, result):
@@ -514,6 +537,12 @@ def buildRows(jobs, framings):
         if "bulk/%s" % framing in jobs and "bulk/raw" in jobs:
             row("bulk", framing, "MB/s", "MB/s", figure(jobs, "bulk/" + framing, "MBps"),
                 rawBulk, "raw Twisted TCP", "≥ 0.8× raw TCP", lambda f, r: r and r >= 0.8)
+        for key, job in jobs.items():
+            if key.startswith("bulk/%s/x" % framing):
+                count = job.params["streams"]
+                row("bulk", framing, "MB/s, %d streams" % count, "MB/s",
+                    figure(jobs, key, "MBps"), figure(jobs, "bulk/raw/x%d" % count, "MBps"),
+                    "raw Twisted TCP, %d connections" % count, None, None)
         if "many/%s" % framing in jobs:
             row("many", framing, "total MB/s", "MB/s", figure(jobs, "many/" + framing, "MBps"),
                 h2MB, "Twisted HTTP/2 (TLS)", "≥ 2× HTTP/2", lambda f, r: r and r >= 2)
@@ -534,6 +563,23 @@ def buildRows(jobs, framings):
                 figure(jobs, "loaded/" + framing, "bulkMBps"),
                 figure(jobs, "bulk/" + framing, "MBps"), "bulk alone (same framing)",
                 "≥ 0.8× alone", lambda f, r: r and r >= 0.8)
+        if "window/%s" % framing in jobs:
+            key = "window/" + framing
+            row("window", framing, "first sample KiB", "KiB",
+                figure(jobs, key, "initialWindowKiB"), None, None, None, None)
+            row("window", framing, "window KiB alone", "KiB",
+                figure(jobs, key, "soloWindowKiB"), None, None,
+                "grows (≤ maxWindowSize)", lambda f, r: f["median"] > 256)
+            row("window", framing, "ms to largest", "ms",
+                figure(jobs, key, "msToLargest"), None, None, None, None)
+            from muxframe.engine import SHARED_INFLIGHT
+            shared = max(SHARED_INFLIGHT // KiB, 256)
+            row("window", framing, "window KiB, shared", "KiB",
+                figure(jobs, key, "sharedWindowKiB"), None, None,
+                "≤ %d KiB while shared" % shared,
+                lambda f, r, shared=shared: f["max"] <= shared)
+            row("window", framing, "window KiB, alone again", "KiB",
+                figure(jobs, key, "againWindowKiB"), None, None, None, None)
         if "churn/%s" % framing in jobs:
             row("churn", framing, "streams/s", "streams/s",
                 figure(jobs, "churn/" + framing, "streamsPerSecond"), None, None,

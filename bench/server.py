@@ -37,6 +37,7 @@ class ServerMultiplexerFactory(MultiplexerFactory):
     def buildProtocol(self, addr):
         mux = MultiplexerFactory.buildProtocol(self, addr)
         self.childFactory.mux = mux
+        self.childFactory.muxes[addr] = mux
         return mux
 
 

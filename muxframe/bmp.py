@@ -20,12 +20,16 @@ Stream rules enforced here:
   - Every data frame with a sid is acknowledged once the application has
     consumed all of it, never later, and never held back for our own
     outstanding acknowledgements.
-  - At most maxInFlight data frames per stream are sent unacknowledged; one
+  - At most maxInFlight data frames, holding at most maxBytesInFlight
+    payload bytes, per stream are sent unacknowledged (whichever is reached
+    first stops the sender; a frame is cut to the bytes left); one
     unacknowledged for ackTimeout ends its stream (StreamTimeoutError) and
     the peer is sent a close.
   - A stream ends cleanly when both sides have sent end-of-stream and every
     acknowledgement is exchanged; this side then sends close (Blazeio's
-    server does the same) and forgets it.  A close received before the
+    server does the same) and forgets it.  The opener forgets it without a
+    close; the acceptor's close that follows (for one of the last
+    CLOSING_MEMORY such streams) is expected, not a frame carrying nothing.  A close received before the
     peer's end-of-stream is a reset.
   - Every header field is bounded; malformed bytes are a MalformedFrame
     naming the fault, a LEN over maxReceiveFrameSize a FrameTooLarge.
@@ -34,7 +38,7 @@ Stream rules enforced here:
 import re
 from collections import OrderedDict, deque
 
-from .engine import Engine, StreamState
+from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
 from .errors import (
     ErrorCode,
     FrameTooLarge,
@@ -59,6 +63,10 @@ MAX_LEN_DIGITS = 16
 MAX_CONTROL_PAYLOAD = 32
 MAX_HEADER = 8 + MAX_STREAM_ID_LENGTH + 1 + MAX_SID_DIGITS + MAX_LEN_DIGITS
 REFUSED_MEMORY = 1024
+# Streams this side opened and forgot cleanly whose close from the peer (the
+# acceptor closes, after the opener forgets) is still to come: that close is
+# the protocol's, not a frame carrying nothing.
+CLOSING_MEMORY = 4096
 # What keeping one received, unacknowledged frame costs (its sid and size
 # until the acknowledgement is queued), beyond its payload; measured with
 # tracemalloc.  It counts toward maxStreamReceiveBuffer and
@@ -289,6 +297,13 @@ class FrameDecoder(PayloadStreamer):
                     self._expect(frame, size)
         return end
 
+    def _isData(self):
+        return self._parts is None
+
+    def skipPayload(self, size):
+        PayloadStreamer.skipPayload(self, size)
+        self._offset += size
+
     def _controlPayload(self, data, pos, end, append):
         # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather
         # them whole.
@@ -355,6 +370,7 @@ class BmpEngine(Engine):
         self._awaiting = {}
         self._unacked = 0
         self._refused = OrderedDict()
+        self._closing = OrderedDict()
         self._lastCheck = now
 
     # -- stream ids -----------------------------------------------------
@@ -421,8 +437,24 @@ class BmpEngine(Engine):
     def _canSend(self, state):
         if state.sendBuffered:
             inflight = state.inflight
-            return inflight is None or len(inflight) < self.settings.maxInFlight
+            if inflight is None:
+                return True
+            if len(inflight) >= self.settings.maxInFlight:
+                return False
+            used = state.inflightBytes
+            if used < SHARED_INFLIGHT and used < self.settings.maxBytesInFlight:
+                return True
+            return used < self._byteLimit(self._latest)
         return state.endPending
+
+    def _byteLimit(self, now):
+        # Bytes one stream may have in flight: fewer while other streams
+        # send too, so their messages do not queue behind all of them.
+        limit = self.settings.maxBytesInFlight
+        at = self._sharedAt
+        if at is not None and now - at < SHARED_TIME and limit > SHARED_INFLIGHT:
+            return SHARED_INFLIGHT
+        return limit
 
     def _emit(self, state, out, now):
         size = 0
@@ -430,11 +462,20 @@ class BmpEngine(Engine):
             inflight = state.inflight
             if inflight is None:
                 inflight = state.inflight = {}
-            if len(inflight) >= self.settings.maxInFlight:
+            settings = self.settings
+            if state.streamId != self._lastDataStream:
+                self._dataOf(state.streamId, now)
+            byteLimit = self._byteLimit(self._latest)
+            room = byteLimit - state.inflightBytes
+            if len(inflight) >= settings.maxInFlight or room <= 0:
                 return 0
             size = state.sendBuffered
-            if size > self.settings.maxFrameSize:
-                size = self.settings.maxFrameSize
+            if size > settings.maxFrameSize:
+                size = settings.maxFrameSize
+            if size > room:
+                size = room
+            if size > ALIGN_MIN:
+                size = state.aligned(size)
             payload = state.take(size)
             sid = b"%d" % state.outSeq
             state.outSeq += 1
@@ -448,12 +489,14 @@ class BmpEngine(Engine):
             out.append(payload)
             if not inflight:
                 self._awaiting[state.streamId] = state
-            inflight[sid] = now
+            inflight[sid] = (now, size)
+            state.inflightBytes += size
             state.bytesSent += size
             counters = self.counters
             counters.bytesSent += size
             counters.framesSent += 1
-            if state.sendBuffered and len(inflight) >= self.settings.maxInFlight:
+            if state.sendBuffered and (len(inflight) >= settings.maxInFlight
+                                       or state.inflightBytes >= byteLimit):
                 state.creditStalls += 1
                 counters.creditStalls += 1
         if not state.sendBuffered and state.endPending:
@@ -474,7 +517,7 @@ class BmpEngine(Engine):
             self.counters.framesSent += len(frames)
             state.recvFrames = None
 
-    def _returnCredit(self, state, size):
+    def _returnCredit(self, state, size, now, prompt):
         state.recvBuffered -= size
         frames = state.recvFrames
         if not frames:
@@ -496,6 +539,13 @@ class BmpEngine(Engine):
             state.recvFrames = None  # an idle stream keeps no empty deque
         self._maybeFinish(state)
 
+    def _payloadPiece(self, state, size):
+        if state.remoteEnded or (state.recvBuffered + size
+                                 > self.settings.maxStreamReceiveBuffer):
+            return False
+        state.recvBuffered += size
+        return True
+
     def _maybeFinish(self, state):
         if (state.localEnded and state.remoteEnded and not state.inflight
                 and not state.recvFrames):
@@ -507,6 +557,11 @@ class BmpEngine(Engine):
                 self._control.append(
                     _controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
                 self.counters.framesSent += 1
+            else:
+                closing = self._closing
+                closing[state.streamId] = True
+                if len(closing) > CLOSING_MEMORY:
+                    closing.popitem(last=False)
             self._finish(state)
 
     # -- frames in ------------------------------------------------------
@@ -528,7 +583,8 @@ class BmpEngine(Engine):
             if opt == CLOSE_STREAM:
                 state = streams.get(streamId)
                 if state is None:
-                    guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
+                    if self._closing.pop(streamId, None) is None:
+                        guards.empty(now, "bmp", "a close of unknown stream %r", streamId)
                 elif state.remoteEnded:
                     self._finish(state)
                 else:
@@ -573,7 +629,7 @@ class BmpEngine(Engine):
                 self._unacked += 1
                 state.recvBuffered += FRAME_COST
                 if frame.size == 0:
-                    self._returnCredit(state, 0)
+                    self._returnCredit(state, 0, now, False)
                 elif state.recvBuffered > self.settings.maxStreamReceiveBuffer:
                     self._overrun(state, now)
                     continue
@@ -614,8 +670,10 @@ class BmpEngine(Engine):
             )
         if state is None or not state.inflight:
             return False
-        if state.inflight.pop(sid, None) is None:
+        entry = state.inflight.pop(sid, None)
+        if entry is None:
             return False
+        state.inflightBytes -= entry[1]
         if not state.inflight:
             state.inflight = None  # an idle stream keeps no empty dict
             self._awaiting.pop(state.streamId, None)
@@ -644,7 +702,7 @@ class BmpEngine(Engine):
         if not timeout:
             return
         for state in list(self._awaiting.values()):
-            oldest = next(iter(state.inflight.values()))
+            oldest = next(iter(state.inflight.values()))[0]
             if now - oldest >= timeout:
                 sid = next(iter(state.inflight))
                 self._awaiting.pop(state.streamId, None)

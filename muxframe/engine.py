@@ -14,6 +14,13 @@ Rules (both framings):
     ended (and, for BMP, every acknowledgement exchanged), or reset.  Then a
     L{StreamClosed} event reports it once.
   - Time is an argument ("now", in seconds); no clock is read here.
+  - Data frames end at the end of a queued write of ALIGN_MIN bytes or more
+    (never joining it to the next), so such writes are sent uncopied.
+  - While data of more than one stream is framed (within SHARED_TIME), one
+    stream's bytes in flight are held to SHARED_INFLIGHT (the framings
+    apply it: MIO's receiver to grown windows, BMP's sender).
+  - receivePayload is a fast path with the effects of receiveData for
+    bytes wholly inside a data frame's payload.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
@@ -38,6 +45,16 @@ from .guards import SessionGuards
 from .settings import Settings
 from .sniff import HEAD, hint
 
+# A queued write at least this large ends its frame (see StreamState.aligned).
+ALIGN_MIN = 16 * 1024
+
+# While other streams carry data too (one did within SHARED_TIME seconds),
+# one stream's bytes in flight are held to SHARED_INFLIGHT (MIO: its grown
+# receive window shrinks back to it; BMP: its unacknowledged bytes), so a
+# small message waits behind at most that much of a bulk stream's data.
+SHARED_TIME = 0.1
+SHARED_INFLIGHT = 512 * 1024
+
 
 class Counters:
     """
@@ -50,7 +67,7 @@ class Counters:
     __slots__ = (
         "bytesSent", "bytesReceived", "framesSent", "framesReceived",
         "streamsOpened", "streamsAccepted", "streamsRefused", "creditStalls",
-        "keepalivesSent", "resetsSent", "resetsReceived",
+        "keepalivesSent", "resetsSent", "resetsReceived", "windowGrowths",
     )
 
     def __init__(self):
@@ -81,7 +98,7 @@ class StreamState:
         "localEnded", "remoteEnded", "queued", "credit", "window",
         "recvWindow", "pendingCredit", "recvBuffered", "outSeq", "inflight",
         "recvFrames", "created", "bytesSent", "bytesReceived", "creditStalls",
-        "local",
+        "local", "grown", "peerGrown", "tuneStart", "tuneBytes", "inflightBytes",
     )
 
     def __init__(self, streamId, credit=0, window=0):
@@ -106,6 +123,28 @@ class StreamState:
         self.bytesReceived = 0
         self.creditStalls = 0
         self.local = False
+        # MIO receive-window auto-tuning: the credit this side granted
+        # beyond the window, and the epoch being measured (bytes consumed
+        # promptly since tuneStart); the peer's growth of our send window.
+        self.grown = 0
+        self.peerGrown = 0
+        self.tuneStart = 0.0
+        self.tuneBytes = 0
+        # BMP: payload bytes of the frames in flight (unacknowledged).
+        self.inflightBytes = 0
+
+    def aligned(self, n):
+        """
+        Return how many bytes a frame that may carry C{n} should take, to
+        keep frames aligned to the child's writes: a queued write of at
+        least ALIGN_MIN bytes ends its frame (it is never joined to the
+        next), so a write that fits a frame goes out as it is and L{take}
+        returns it without copying it.
+        """
+        first = len(self.sendQueue[0]) - self.sendOffset
+        if n > first >= ALIGN_MIN:
+            return first
+        return n
 
     def take(self, n):
         """
@@ -188,6 +227,10 @@ class Engine:
         self._ready = deque()
         self._events = []
         self._writesEnded = []
+        # The stream whose data was last framed (BMP: sent, MIO: received)
+        # and when data of another stream last followed another's.
+        self._lastDataStream = None
+        self._sharedAt = None
         self._lastReceived = now
         self._lastSent = now
         self._latest = now
@@ -358,15 +401,22 @@ class Engine:
         except FloodError as error:
             self._fail(error)
 
-    def consumed(self, streamId, size):
+    def consumed(self, streamId, size, now=None, prompt=True):
         """
         The application has consumed C{size} bytes of stream C{streamId}:
         return that much credit to the peer (MIO window update, BMP
         acknowledgements of the frames now wholly consumed).
+
+        @param now: the time (default: the latest time this engine was
+            given).
+        @param prompt: false when the bytes were held for a paused child
+            (or dropped) rather than consumed as they arrived: such a
+            stream's MIO window never grows (see L{muxframe.mio}).
         """
         state = self._streams.get(streamId)
         if state is not None:
-            self._returnCredit(state, size)
+            self._returnCredit(state, size, self._latest if now is None else now,
+                               prompt)
 
     def closeSession(self, code=ErrorCode.NONE):
         """
@@ -448,6 +498,44 @@ class Engine:
         except RemoteProtocolError as error:
             self._fail(error)
         return self.takeEvents()
+
+    def receivePayload(self, data, now=0.0):
+        """
+        Fast path of L{receiveData} for bytes wholly inside the payload of
+        the data frame being received (most reads of a bulk transfer):
+        account for them and return the stream's id; the caller delivers
+        C{data} as that stream's data, as for a L{DataReceived} event.
+        Otherwise take nothing and return C{None}: call L{receiveData}.
+        """
+        if self.closed or self._unread or self._events or len(self._head) < HEAD:
+            return None
+        decoder = self._decoder
+        size = len(data)
+        frame = decoder.payloadWithin(size)
+        if frame is None:
+            return None
+        state = self._streams.get(frame.streamId)
+        if state is None or not self._payloadPiece(state, size):
+            return None
+        decoder.skipPayload(size)
+        self._lastReceived = self._latest = now
+        state.bytesReceived += size
+        self.counters.bytesReceived += size
+        return frame.streamId
+
+    def _payloadPiece(self, state, size):
+        """
+        Return true if C{size} more payload bytes of C{state}'s current
+        frame may take the fast path, having accounted for them; false to
+        leave them to the frame handling.
+        """
+        return False
+
+    def hasEvents(self):
+        """
+        Return true if events wait for L{takeEvents}.
+        """
+        return bool(self._events)
 
     def takeWritesEnded(self):
         """
@@ -563,6 +651,14 @@ class Engine:
         return out
 
     # -- shared helpers for subclasses ----------------------------------
+
+    def _dataOf(self, streamId, now):
+        # Data of stream streamId is framed at now: note when streams mix
+        # (the framings test _sharedAt against SHARED_TIME inline).
+        if streamId != self._lastDataStream:
+            if self._lastDataStream is not None:
+                self._sharedAt = now
+            self._lastDataStream = streamId
 
     def _writable(self, streamId):
         state = self._streams.get(streamId)

@@ -21,6 +21,19 @@ Stream rules enforced here:
     exceeds its credit; a peer that does gets its stream reset with code 2.
   - Credit is returned as the application consumes data, in updates of at
     least half the stream's window (or all of it once the peer has ended).
+  - Receive-window auto-tuning: a stream whose child consumes a whole
+    window within TUNE_TIME, every byte as it arrived (none held for a
+    paused child), is granted extra credit with the next update, doubling
+    its window, up to maxWindowSize; the credit granted beyond the windows
+    of all open streams never exceeds sessionBufferSize.  What a paused
+    child may be sent stays bounded by its (possibly grown) window.  While
+    other streams receive data too (SHARED_TIME), a grown window shrinks
+    back to SHARED_INFLIGHT (credit withheld as the child consumes) and
+    grows no further.
+  - Credit beyond the window is legal (a peer may grow our send window the
+    same way); an update that takes our credit past the window by less
+    than a quarter of it, or that grants nothing, counts as a frame that
+    carries nothing (maxEmptyFrames).
   - A data frame larger than maxReceiveFrameSize is a connection error:
     FIN code 2.  Frames sent are at most maxFrameSize.
   - Frames for a stream id nobody can have opened yet are a connection
@@ -39,7 +52,7 @@ Stream rules enforced here:
 import struct
 from collections import deque
 
-from .engine import Engine, StreamState
+from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
 from .errors import (
     ErrorCode,
     FlowControlViolation,
@@ -87,6 +100,10 @@ CLOSED_MEMORY = 64
 # side skip, still the peer's to open (out of order) -- at most this many,
 # the latest, so a peer jumping far ahead costs a bounded amount.
 SKIPPED_MEMORY = 256
+# A window consumed (promptly) within this many seconds is too small for
+# the stream's rate: it doubles.  Its window settles near rate x TUNE_TIME,
+# which covers the credit's round trip on paths of up to this delay.
+TUNE_TIME = 0.1
 
 _header = struct.Struct(">II")
 _pack = _header.pack
@@ -252,6 +269,7 @@ class MioEngine(Engine):
         self._closedPeerIds = deque(maxlen=CLOSED_MEMORY)
         # An insertion-ordered dict used as a bounded set.
         self._skippedForPeer = {}
+        self._grown = 0
 
     # -- stream ids -----------------------------------------------------
 
@@ -272,6 +290,7 @@ class MioEngine(Engine):
         return StreamState(streamId, credit=window, window=window)
 
     def _forgotten(self, state):
+        self._grown -= state.grown
         if not state.local:
             self._closedPeerIds.append(state.streamId)
 
@@ -326,6 +345,8 @@ class MioEngine(Engine):
                 size = state.sendBuffered
             if size <= 0:
                 return 0
+            if size > ALIGN_MIN:
+                size = state.aligned(size)
             payload = state.take(size)
             out.append(_pack(state.streamId, (size << 8) | DATA))
             out.append(payload)
@@ -347,17 +368,74 @@ class MioEngine(Engine):
                 self._finish(state)
         return size
 
-    def _returnCredit(self, state, size):
+    def _returnCredit(self, state, size, now, prompt):
         if state.remoteEnded:
             return
         pending = state.pendingCredit + size
-        if pending * 2 >= state.window:
-            state.recvWindow += pending
+        window = state.window + state.grown
+        extra = 0
+        limit = self.settings.maxWindowSize
+        at = self._sharedAt
+        if at is not None and now - at < SHARED_TIME:
+            # Other streams receive too: a grown window shrinks back to
+            # SHARED_INFLIGHT (credit withheld), and grows no further.
+            limit = min(limit, max(state.window, SHARED_INFLIGHT))
+            if window > limit and pending:
+                shrink = min(pending, window - limit, state.grown)
+                state.grown -= shrink
+                self._grown -= shrink
+                pending -= shrink
+                window -= shrink
+        if not prompt:
+            state.tuneBytes = 0
+        elif window < limit:
+            if not state.tuneBytes:
+                state.tuneStart = now
+            state.tuneBytes += size
+            if state.tuneBytes >= window:
+                if now - state.tuneStart <= TUNE_TIME:
+                    extra = self._growth(state, window, limit)
+                state.tuneBytes = 0
+        if extra or pending * 2 >= window:
+            grant = pending + extra
+            state.recvWindow += grant
             state.pendingCredit = 0
-            self._control.append(_pack(state.streamId, (pending << 8) | WINDOW_UPDATE))
-            self.counters.framesSent += 1
+            while grant:
+                piece = grant if grant <= MAX_SIZE else MAX_SIZE
+                self._control.append(_pack(state.streamId, (piece << 8) | WINDOW_UPDATE))
+                self.counters.framesSent += 1
+                grant -= piece
         else:
             state.pendingCredit = pending
+
+    def _growth(self, state, window, limit):
+        # Double the window, within the limit (maxWindowSize) and what is
+        # left of the sessionBufferSize all grown windows share.
+        extra = min(window, limit - window,
+                    self.settings.sessionBufferSize - self._grown)
+        if extra <= 0:
+            return 0
+        state.grown += extra
+        self._grown += extra
+        self.counters.windowGrowths += 1
+        return extra
+
+    def receiveWindow(self, streamId):
+        """
+        Return the receive window of stream C{streamId} (its initial window
+        plus what auto-tuning granted), or C{None} if it is gone.
+        """
+        state = self._streams.get(streamId)
+        if state is None:
+            return None
+        return state.window + state.grown
+
+    def grownCredit(self):
+        """
+        Return the credit granted beyond the initial windows, all open
+        streams together (at most C{sessionBufferSize}).
+        """
+        return self._grown
 
     # -- frames in ------------------------------------------------------
 
@@ -386,6 +464,8 @@ class MioEngine(Engine):
                         continue
                     if first:
                         size = frame.size
+                        if size and streamId != self._lastDataStream:
+                            self._dataOf(streamId, now)
                         if size > state.recvWindow:
                             self._flowControlError(state, size, now)
                             continue
@@ -446,6 +526,9 @@ class MioEngine(Engine):
             else:
                 guards.empty(now, "mio", "%r, which means nothing", frame)
 
+    def _payloadPiece(self, state, size):
+        return not state.remoteEnded
+
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:
             raise MalformedFrame(
@@ -489,8 +572,17 @@ class MioEngine(Engine):
                 "MIO window update of %d on stream %d overflows the window"
                 % (size, state.streamId)
             )
-        if not size or credit > state.window:
-            # Credit for nothing, or for bytes never sent.
+        window = state.window + state.peerGrown
+        if credit > window:
+            # The peer grows our window (auto-tuning), or grants credit for
+            # bytes never sent: a growth of less than a quarter is the
+            # latter, so such frames are bounded by the empty-frame budget
+            # and growth by the overflow check after a few dozen.
+            if credit - window < window // 4:
+                self.guards.empty(now, "mio", "a window update of %d on stream %d",
+                                  size, state.streamId)
+            state.peerGrown = credit - state.window
+        elif not size:
             self.guards.empty(now, "mio", "a window update of %d on stream %d",
                               size, state.streamId)
         state.credit = credit

@@ -54,6 +54,13 @@ ENGINES = {"mio": MioEngine, "bmp": BmpEngine}
 # transport pauses us past its own buffer size, so this only bounds one turn.
 WRITE_QUANTUM = 256 * 1024
 
+# Reads at least this large may take the fast path (wholly inside a data
+# frame's payload); smaller ones, small messages, are not worth the check.
+FAST_READ = 4096
+
+# Bytes added to the connection transport's SEND_LIMIT for frame headers.
+SEND_SLACK = 4096
+
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
 
@@ -230,6 +237,13 @@ class Multiplexer(Protocol):
         self.transport.registerProducer(self, True)
         # Many small frames (credit, acknowledgements, short messages) must
         # not wait for Nagle's algorithm; Blazeio disables it too.
+        # Twisted sends at most SEND_LIMIT (128 KiB) per send(): a frame of
+        # a 256 KiB write plus its header would take a third send() for the
+        # header's bytes (one more reactor turn per frame).  Room for the
+        # headers keeps it to the two a raw 256 KiB write takes.
+        limit = getattr(self.transport, "SEND_LIMIT", None)
+        if type(limit) is int:
+            self.transport.SEND_LIMIT = limit + SEND_SLACK
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             try:
@@ -247,10 +261,18 @@ class Multiplexer(Protocol):
         engine = self.engine
         if engine is None or self.disconnected:
             return
+        now = self._now()
+        if len(data) >= FAST_READ and not self._readPausedBy:
+            # Bytes wholly inside one data frame's payload (most reads of a
+            # bulk transfer) go straight to the child.
+            streamId = engine.receivePayload(data, now)
+            if streamId is not None:
+                self._deliverRead(streamId, data)
+                return
         self._busy = True
         accepted = self._accepted
         try:
-            self._process(engine.receiveData(data, self._now(), self._sliceLimit))
+            self._process(engine.receiveData(data, now, self._sliceLimit))
         finally:
             self._busy = False
         if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
@@ -260,6 +282,33 @@ class Multiplexer(Protocol):
         self._checkHeld()
         self._flush()
         self._checkSliced()
+
+    def _deliverRead(self, streamId, data):
+        # What _process does for one DataReceived event, without the event;
+        # a flush only if there is something to do (deadlines only move
+        # later while data arrives: an armed timer re-arms itself).
+        stream = self._streams.get(streamId)
+        engine = self.engine
+        held = False
+        self._busy = True
+        try:
+            if stream is None:
+                pass
+            elif stream._discard:
+                engine.consumed(streamId, len(data), None, False)
+            elif stream._readPaused or stream._pending:
+                self._holding(stream, data)
+                held = True
+            else:
+                self._callChild(stream, stream.protocol.dataReceived, data)
+                engine.consumed(streamId, len(data))
+        finally:
+            self._busy = False
+        if held:
+            self._checkHeld()
+        if (engine.hasOutput() or engine.hasEvents() or self._bufferPaused
+                or self._endingWrites):
+            self._flush()
 
     def _checkSliced(self):
         # Part of the last read waits: stop reading and handle the next
@@ -464,7 +513,7 @@ class Multiplexer(Protocol):
                     continue
                 data = event.data
                 if stream._discard:
-                    engine.consumed(event.streamId, len(data))
+                    engine.consumed(event.streamId, len(data), None, False)
                 elif stream._readPaused or stream._pending:
                     self._holding(stream, data)
                 else:
@@ -657,8 +706,10 @@ class Multiplexer(Protocol):
 
     def _consumed(self, stream, size):
         # Credit for a stream whose id now names another stream is nobody's.
+        # These bytes were held for a paused child: not prompt, so they
+        # never grow the stream's window.
         if size and self._isCurrent(stream):
-            self.engine.consumed(stream.streamId, size)
+            self.engine.consumed(stream.streamId, size, self._now(), False)
 
     def _released(self, stream, size, cost):
         if cost:

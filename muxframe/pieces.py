@@ -26,6 +26,27 @@ class PayloadStreamer:
         self._frame = frame
         self._remaining = size
 
+    def payloadWithin(self, size):
+        """
+        Return the data frame whose payload the next C{size} bytes lie
+        wholly inside of (past its first byte, short of its last), or
+        C{None}.  Nothing is taken: see L{skipPayload}.
+        """
+        frame = self._frame
+        if (frame is None or not size or size >= self._remaining
+                or self._remaining == frame.size or not self._isData()):
+            return None
+        return frame
+
+    def skipPayload(self, size):
+        """
+        Take C{size} bytes of the payload L{payloadWithin} named.
+        """
+        self._remaining -= size
+
+    def _isData(self):
+        return True
+
     def _streamPayload(self, data, pos, end, append):
         """
         Take what C{data[pos:end]} holds of the current payload; return the

@@ -24,9 +24,10 @@ SETTINGS = {
         "a local openStream() beyond it fails with StreamLimitError.",
     ),
     "maxFrameSize": (
-        int, 64 * KiB, 128, (1 << 24) - 1, "bytes",
-        "Largest data-frame payload sent.  An unmodified Go mio peer "
-        "accepts 128 bytes at most.",
+        int, 256 * KiB, 128, (1 << 24) - 1, "bytes",
+        "Largest data-frame payload sent.  A write of at least 16 KiB ends "
+        "its frame, so writes up to this size go out as one frame each, "
+        "uncopied.  An unmodified Go mio peer accepts 128 bytes at most.",
     ),
     "maxReceiveFrameSize": (
         int, 1 * MiB, 128, (1 << 24) - 1, "bytes",
@@ -39,10 +40,26 @@ SETTINGS = {
         "MIO: the initial per-stream window this side announces when it "
         "opens a stream (the credit in both directions).",
     ),
+    "maxWindowSize": (
+        int, 16 * MiB, 0, 1 << 30, "bytes",
+        "MIO: the most a stream's receive window may grow to by auto-tuning: "
+        "a stream whose child consumes a whole window quickly, without "
+        "pausing, is granted extra credit, doubling its window up to this "
+        "(the credit granted beyond initial windows, all streams together, "
+        "never exceeds sessionBufferSize).  0, or at most the window, turns "
+        "auto-tuning off.",
+    ),
     "maxInFlight": (
-        int, 16, 1, 4096, "frames",
-        "BMP: data frames sent on one stream and not yet acknowledged.  "
+        int, 256, 1, 4096, "frames",
+        "BMP: data frames sent on one stream and not yet acknowledged (see "
+        "maxBytesInFlight: whichever is reached first stops the sender).  "
         "Blazeio itself keeps one in flight but accepts pipelined frames.",
+    ),
+    "maxBytesInFlight": (
+        int, 4 * MiB, 1024, 1 << 34, "bytes",
+        "BMP: payload bytes sent on one stream and not yet acknowledged; a "
+        "frame is cut to what is left, so large and small frames alike fill "
+        "the pipe.",
     ),
     "streamBufferSize": (
         int, 64 * KiB, 1, 1 << 30, "bytes",

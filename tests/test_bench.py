@@ -55,4 +55,23 @@ class QuickBenchTests(unittest.TestCase):
             if row["scenario"] in ("bulk", "many") and row["framing"] in ("mio", "bmp"):
                 self.assertIsNotNone(row["baseline"], row)
                 self.assertIsNotNone(row["ratio"], row)
+        # Bulk with 4 and 16 concurrent streams, beside as many raw TCP
+        # connections, for both framings.
+        for framing in ("mio", "bmp"):
+            bulk = result["scenarios"]["bulk"][framing]
+            for count in (4, 16):
+                row = bulk["MB/s, %d streams" % count]
+                self.assertIsNotNone(row["ratio"], row)
+                runs = result["jobs"]["bulk/%s/x%d" % (framing, count)]["runs"]
+                self.assertEqual([r["streams"] for r in runs], [count])
+        # The auto-tuned window over time (MIO): a series of samples and
+        # the window at the end of each phase.
+        window = result["scenarios"]["window"]["mio"]
+        for name in ("window KiB alone", "window KiB, shared", "window KiB, alone again",
+                     "ms to largest"):
+            self.assertIsNotNone(window[name]["value"], name)
+        [run] = result["jobs"]["window/mio"]["runs"]
+        self.assertGreater(len(run["series"]), 2)
+        for t, size, received in run["series"]:
+            self.assertGreaterEqual(size, 256 * 1024)
         self.assertIn("scenario", proc.stdout)

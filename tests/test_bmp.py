@@ -279,6 +279,122 @@ class EngineTests(SynchronousTestCase):
         [frame] = decodeFrames(b"".join(client.dataToSend()))
         self.assertEqual(frame.sid, b"3")
 
+    def test_bytesInFlight(self):
+        """
+        At most maxBytesInFlight payload bytes are unacknowledged, whatever
+        maxInFlight allows: the last frame is cut to the bytes left, and an
+        acknowledgement lets its frame's bytes go again.
+        """
+        client, server = engines(maxInFlight=100, maxFrameSize=1000,
+                                 maxBytesInFlight=2500)
+        sid = client.openStream()
+        client.sendData(sid, b"z" * 10000)
+        frames = decodeFrames(b"".join(client.dataToSend()))
+        self.assertEqual([f.size for f in frames], [1000, 1000, 500])
+        self.assertEqual(client.dataToSend(), [])
+        self.assertEqual(client.stream(sid).inflightBytes, 2500)
+        self.assertEqual(client.counters.creditStalls, 1)
+        client.receiveData(encodeFrame(Frame(sid, bmp.ACK, b"", 1, b"0")))
+        self.assertEqual([f.size for f in decodeFrames(b"".join(client.dataToSend()))],
+                         [1000])
+        client.receiveData(encodeFrame(Frame(sid, bmp.ACK, b"", 1, b"2")))
+        self.assertEqual([f.size for f in decodeFrames(b"".join(client.dataToSend()))],
+                         [500])
+        self.assertEqual(client.stream(sid).inflightBytes, 2500)
+
+    def test_framesInFlightStillCap(self):
+        """
+        Small frames stop at maxInFlight before the byte limit is reached.
+        """
+        client, server = engines(maxInFlight=4, maxFrameSize=128)
+        sid = client.openStream()
+        wire = []
+        for _ in range(10):
+            client.sendData(sid, b"s" * 10)
+            wire.extend(client.dataToSend())
+        frames = decodeFrames(b"".join(wire))
+        self.assertEqual([f.size for f in frames], [10, 10, 10, 10])
+        self.assertEqual(client.sendBuffered(sid), 60)
+
+    def test_bothLimitsDefaultsFillPipe(self):
+        """
+        With the defaults, 64 KiB writes stop at 4 MiB in flight (64
+        frames), and 1 KiB writes at 256 frames.
+        """
+        client, server = engines()
+        sid = client.openStream()
+        for _ in range(128):
+            client.sendData(sid, b"b" * (64 << 10))
+        frames = decodeFrames(b"".join(client.dataToSend(1 << 30)))
+        self.assertEqual(len(frames), 64)
+        self.assertEqual(sum(f.size for f in frames), 4 << 20)
+        other = client.openStream()
+        for _ in range(300):
+            client.sendData(other, b"k" * 1024)
+            client.dataToSend(1 << 30)
+        self.assertEqual(len(client.stream(other).inflight), 256)
+        self.assertEqual(client.stream(other).inflightBytes, 256 * 1024)
+
+    def test_sharedConnectionHoldsBytesInFlight(self):
+        """
+        While another stream sends too (within SHARED_TIME), a stream's
+        bytes in flight are held to SHARED_INFLIGHT; after, to
+        maxBytesInFlight again.
+        """
+        from muxframe.engine import SHARED_INFLIGHT, SHARED_TIME
+        client, server = engines(maxFrameSize=65536)
+        a = client.openStream()
+        b = client.openStream()
+        for _ in range(256):
+            client.sendData(a, b"a" * 65536)
+
+        def inFlight(now):
+            frames = decodeFrames(b"".join(client.dataToSend(1 << 30, now)))
+            state = client.stream(a)
+            acks = b"".join(encodeFrame(Frame(a, bmp.ACK, b"", len(sid), sid))
+                            for sid in list(state.inflight or ()))
+            sent = state.inflightBytes
+            client.receiveData(acks, now)
+            return sent, frames
+
+        self.assertEqual(inFlight(0.0)[0], 4 << 20)
+        client.sendData(b, b"ping")
+        sent, frames = inFlight(1.0)
+        self.assertEqual(sent, SHARED_INFLIGHT)
+        self.assertIn(b"ping", [f.payload for f in frames])
+        self.assertEqual(inFlight(1.0 + SHARED_TIME / 2)[0], SHARED_INFLIGHT)
+        self.assertEqual(inFlight(1.0 + SHARED_TIME * 2)[0], 4 << 20)
+
+    def test_acceptorsCloseAfterOpenerForgot(self):
+        """
+        The opener forgets a stream that ended cleanly before the
+        acceptor's close arrives: that close is expected, so honest churn
+        spends no empty-frame budget; a second close of the same stream
+        does.
+        """
+        client, server = engines(maxEmptyFrames=5)
+        for n in range(50):
+            sid = client.openStream()
+            client.sendData(sid, b"q")
+            client.endStream(sid)
+            pump(client, server)
+            server.consumed(sid, 1)
+            server.sendData(sid, b"a")
+            server.endStream(sid)
+            pump(server, client)
+            client.consumed(sid, 1)
+            self.assertNotIn(sid, client)
+            pump(client, server)
+            self.assertNotIn(sid, server)
+            close = b"".join(server.dataToSend())
+            self.assertEqual(decodeFrames(close)[0].opt, bmp.CLOSE_STREAM)
+            # (The opener's own StreamClosed, from its last consumed(), is
+            # reported with the next events.)
+            self.assertEqual(client.receiveData(close), [StreamClosed(sid, None)])
+        self.assertFalse(client.closed)
+        events = client.receiveData(close * 10)
+        self.assertIn("maxEmptyFrames", str(events[-1].error))
+
     def test_ackNotHeldBackForOwnAcks(self):
         """
         With its own frames all unacknowledged, a side still acknowledges

@@ -503,6 +503,73 @@ class ConformanceTests:
         self.assertLessEqual(maxHeld[0], bound)
         self.assertEqual(client.heldBytes(), 0)
 
+    def grownSettings(self):
+        return dict(windowSize=64 * KiB, maxFrameSize=16 * KiB,
+                    streamBufferSize=32 * KiB, maxWindowSize=1 * MiB,
+                    maxInFlight=64, maxBytesInFlight=200 * KiB)
+
+    def creditBound(self, mux, streamId, settings):
+        """
+        What the peer may send on C{streamId} toward C{mux} unconsumed: the
+        stream's receive window now (MIO, grown by auto-tuning) or the
+        frames it may have in flight (BMP).
+        """
+        if self.framing == "mio":
+            return mux.engine.receiveWindow(streamId)
+        return min(settings["maxInFlight"] * settings["maxFrameSize"],
+                   settings["maxBytesInFlight"])
+
+    @inlineCallbacks
+    def test_grownWindowStillBoundsPausedChild(self):
+        """
+        A child that kept up long enough for its stream's window to grow
+        (MIO auto-tuning), then pauses: the receiver holds no more than the
+        window at the pause plus one frame, the window does not grow while
+        paused, and after resuming everything arrives intact.  (BMP: the
+        bound is maxBytesInFlight, below maxInFlight frames.)
+        """
+        settings = self.grownSettings()
+        size = 12 * MiB
+        threshold = 6 * MiB
+        pair, server, client = yield self.connected(
+            serverSettings=settings, clientSettings=settings)
+        maxHeld = recordMaxHeld(client)
+
+        class Pauser(Recorder):
+            pausedAt = None
+
+            def dataReceived(self, data):
+                Recorder.dataReceived(self, data)
+                if self.pausedAt is None and self.count >= threshold:
+                    self.pausedAt = self.count
+                    self.transport.pauseProducing()
+
+        child = Pauser(keep=False)
+        yield client.openStream(ChildFactory(lambda: child))
+        child.transport.write(b"send %d 9\n" % (size,))
+        yield waitUntil(lambda: child.pausedAt is not None, "the child to pause")
+        streamId = child.transport.streamId
+        window = self.creditBound(client, streamId, settings)
+        if self.framing == "mio":
+            self.assertGreater(window, settings["windowSize"])
+            self.assertLessEqual(window, settings["maxWindowSize"])
+        yield waitUntil(lambda: self.serverChild(child).sender is not None
+                        and self.serverChild(child).sender.pauses,
+                        "the far sender to be paused")
+        yield turns(20)
+        self.assertEqual(self.creditBound(client, streamId, settings), window)
+        bound = window + settings["maxFrameSize"]
+        self.assertGreater(maxHeld[0], 0)
+        self.assertLessEqual(maxHeld[0], bound)
+        self.assertLess(child.pausedAt + client.heldBytes(), size)
+        child.transport.resumeProducing()
+        yield child.readLost
+        child.transport.loseWriteConnection()
+        yield child.lost
+        self.assertEqual(child.count, size)
+        self.assertEqual(child.hasher.hexdigest(), digest(pattern(9, size)))
+        self.assertLessEqual(maxHeld[0], bound)
+
     @inlineCallbacks
     def test_backpressureSlowTCPPeer(self):
         """

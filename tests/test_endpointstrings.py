@@ -95,6 +95,19 @@ class ServerStringTests(SynchronousTestCase):
         self.assertEqual(endpoint.settings["maxStreams"], 500)
         self.assertEqual(endpoint.settings["maxInFlight"], 4)
 
+    def test_flowSettings(self):
+        """
+        maxWindowSize (MIO) and maxBytesInFlight (BMP) are keywords like the
+        other settings, validated.
+        """
+        endpoint = serverFromString(
+            reactor, "mio:tcp:9000:maxWindowSize=4194304:maxBytesInFlight=1048576")
+        self.assertEqual(endpoint.settings["maxWindowSize"], 4194304)
+        self.assertEqual(endpoint.settings["maxBytesInFlight"], 1048576)
+        e = self.assertRaises(
+            ValueError, serverFromString, reactor, "bmp:tcp:9000:maxBytesInFlight=10")
+        self.assertIn("maxBytesInFlight", str(e))
+
     def test_muxFraming(self):
         """
         C{mux:} takes the framing as a keyword.

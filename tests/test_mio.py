@@ -295,7 +295,7 @@ class EngineTests(SynchronousTestCase):
         A sender never sends more than its credit; the receiver returns
         credit only as the application consumes, and the rest then flows.
         """
-        client, server = engines(windowSize=4096, maxFrameSize=1024)
+        client, server = engines(windowSize=4096, maxFrameSize=1024, maxWindowSize=0)
         sid = client.openStream()
         client.sendData(sid, b"x" * 10000)
         events = pump(client, server)
@@ -622,3 +622,184 @@ class FrameLimitTests(SynchronousTestCase):
         ours.sendData(2, b"m" * 300)
         sizes = [f.size for f in decodeFrames(b"".join(ours.dataToSend()))]
         self.assertEqual(sizes, [128, 128, 44])
+
+
+class WindowTuningTests(SynchronousTestCase):
+    """
+    Receive-window auto-tuning: a stream's window doubles, up to
+    maxWindowSize, only while its child consumes whole windows promptly.
+    """
+
+    def transfer(self, client, server, sid, windows, perWindow, prompt=True,
+                 start=0.0):
+        """
+        Send C{windows} of the receiver's current window each, consuming
+        every piece as it arrives, C{perWindow} seconds per window; return
+        the receive window after each, and check the sender never overran.
+        """
+        now = start
+        seen = []
+        for _ in range(windows):
+            window = server.receiveWindow(sid)
+            client.sendData(sid, b"x" * window)
+            got = 0
+            while got < window:
+                events = server.receiveData(b"".join(client.dataToSend(1 << 30, now)), now)
+                data = [e for e in events if isinstance(e, DataReceived)]
+                self.assertEqual([e for e in events if not isinstance(e, DataReceived)], [])
+                for event in data:
+                    now += perWindow * len(event.data) / window
+                    server.consumed(sid, len(event.data), now, prompt)
+                    got += len(event.data)
+                self.assertEqual(client.receiveData(b"".join(server.dataToSend(1 << 30, now)), now), [])
+                if not data:
+                    self.fail("the sender stalled with %d of %d sent" % (got, window))
+            self.assertEqual(client.sendBuffered(sid), 0)
+            seen.append(server.receiveWindow(sid))
+        return seen, now
+
+    def test_windowGrowsWhileChildKeepsUp(self):
+        """
+        A child consuming each 4 KiB window within TUNE_TIME doubles it,
+        up to maxWindowSize and no further; the sender uses the new credit
+        (more than the initial window in flight) and the growth spends no
+        empty-frame budget.
+        """
+        client, server = engines(windowSize=4096, maxFrameSize=1024,
+                                 maxWindowSize=32768, maxEmptyFrames=1)
+        sid = client.openStream()
+        pump(client, server)
+        seen, now = self.transfer(client, server, sid, 6, mio.TUNE_TIME / 10)
+        self.assertEqual(seen, [8192, 16384, 32768, 32768, 32768, 32768])
+        self.assertEqual(server.counters.windowGrowths, 3)
+        self.assertEqual(server.grownCredit(), 32768 - 4096)
+        # The sender now sends a whole grown window before stalling.
+        client.sendData(sid, b"y" * 40000)
+        sent = sum(len(e.data) for e in pump(client, server, now)
+                   if isinstance(e, DataReceived))
+        self.assertEqual(sent, 32768)
+        self.assertEqual(client.stream(sid).credit, 0)
+        self.assertFalse(client.closed)
+
+    def test_slowChildNeverGrowsWindow(self):
+        """
+        A child that takes longer than TUNE_TIME to consume each window
+        keeps the initial window.
+        """
+        client, server = engines(windowSize=4096, maxFrameSize=1024, maxWindowSize=32768)
+        sid = client.openStream()
+        pump(client, server)
+        seen, _ = self.transfer(client, server, sid, 4, mio.TUNE_TIME * 2)
+        self.assertEqual(seen, [4096] * 4)
+        self.assertEqual(server.counters.windowGrowths, 0)
+
+    def test_heldDataNeverGrowsWindow(self):
+        """
+        Bytes consumed late (held for a paused child) never count toward
+        growth, however fast they are released; prompt consumption after
+        them grows the window again.
+        """
+        client, server = engines(windowSize=4096, maxFrameSize=1024, maxWindowSize=32768)
+        sid = client.openStream()
+        pump(client, server)
+        seen, now = self.transfer(client, server, sid, 4, 0.0001, prompt=False)
+        self.assertEqual(seen, [4096] * 4)
+        seen, _ = self.transfer(client, server, sid, 2, 0.0001, start=now)
+        self.assertEqual(seen, [8192, 16384])
+
+    def test_oneHeldPieceRestartsTheEpoch(self):
+        """
+        A window consumed promptly except for one late piece does not grow.
+        """
+        client, server = engines(windowSize=4096, maxFrameSize=1024, maxWindowSize=32768)
+        sid = client.openStream()
+        pump(client, server)
+        client.sendData(sid, b"x" * 4096)
+        events = [e for e in pump(client, server) if isinstance(e, DataReceived)]
+        for n, event in enumerate(events):
+            server.consumed(sid, len(event.data), 0.001 * n, n != 2)
+        self.assertEqual(server.receiveWindow(sid), 4096)
+
+    def test_grownCreditBoundedBySessionBuffer(self):
+        """
+        The credit granted beyond initial windows, all streams together,
+        stays within sessionBufferSize; a stream that closes gives its share
+        back.
+        """
+        client, server = engines(windowSize=16384, maxFrameSize=16384,
+                                 maxWindowSize=1 << 20, sessionBufferSize=64 * 1024)
+        sids = [client.openStream() for _ in range(3)]
+        pump(client, server)
+        for sid in sids:
+            self.transfer(client, server, sid, 4, 0.001)
+        self.assertEqual(server.grownCredit(), 64 * 1024)
+        windows = [server.receiveWindow(sid) for sid in sids]
+        self.assertEqual(sum(windows) - 3 * 16384, 64 * 1024)
+        # The first grew 16 -> 32 -> 64 KiB, then by the 16 KiB left.
+        self.assertEqual(windows, [81920, 16384, 16384])
+        client.resetStream(sids[0])
+        pump(client, server)
+        self.assertEqual(server.grownCredit(), 0)
+        self.transfer(client, server, sids[2], 3, 0.001)
+        self.assertEqual(server.receiveWindow(sids[2]), 81920)
+        self.assertEqual(server.grownCredit(), 64 * 1024)
+
+    def test_largeGrantSplitInto24BitFrames(self):
+        """
+        A grant over 2^24-1 bytes (a whole 8 MiB window consumed at once,
+        plus the same again of growth) goes out as several window updates,
+        and the sender's credit adds up.
+        """
+        size = 8 << 20
+        client, server = engines(windowSize=size, maxFrameSize=1 << 20,
+                                 maxWindowSize=4 * size)
+        sid = client.openStream()
+        pump(client, server)
+        client.sendData(sid, b"z" * size)
+        pump(client, server)
+        self.assertEqual(client.stream(sid).credit, 0)
+        server.consumed(sid, size, 0.0)
+        frames = decodeFrames(b"".join(server.dataToSend()))
+        self.assertEqual([f.flags for f in frames], [mio.WINDOW_UPDATE] * 2)
+        self.assertEqual(sum(f.size for f in frames), 2 * size)
+        client.receiveData(b"".join(mio.encodeFrame(f) for f in frames))
+        self.assertEqual(client.stream(sid).credit, 2 * size)
+
+    def test_tinyGrowthCountsAsEmpty(self):
+        """
+        Updates taking the credit past the window by less than a quarter of
+        it (credit for bytes never sent) spend the empty-frame budget; a
+        doubling does not.
+        """
+        client, server = engines(windowSize=4096, maxEmptyFrames=5)
+        sid = client.openStream()
+        pump(client, server)
+        client.receiveData(mio.encodeFrame(Frame(sid, 4096, mio.WINDOW_UPDATE)))
+        self.assertEqual(client.stream(sid).credit, 8192)
+        events = client.receiveData(mio.encodeFrame(Frame(sid, 1, mio.WINDOW_UPDATE)) * 10)
+        self.assertIn("maxEmptyFrames", str(events[-1].error))
+
+    def test_sharedConnectionShrinksGrownWindow(self):
+        """
+        While another stream receives data too, a grown window shrinks back
+        to SHARED_INFLIGHT (credit withheld, no flow-control error) and does
+        not grow; once the other stream has been quiet for SHARED_TIME, it
+        grows again.
+        """
+        from muxframe.engine import SHARED_INFLIGHT, SHARED_TIME
+        client, server = engines(windowSize=65536, maxFrameSize=65536,
+                                 maxWindowSize=4 * SHARED_INFLIGHT)
+        a = client.openStream()
+        b = client.openStream()
+        pump(client, server)
+        seen, now = self.transfer(client, server, a, 7, 0.001)
+        self.assertEqual(seen[-1], 4 * SHARED_INFLIGHT)
+        client.sendData(b, b"ping")
+        events = server.receiveData(b"".join(client.dataToSend(1 << 30, now)), now)
+        self.assertEqual(events, [DataReceived(b, b"ping")])
+        server.consumed(b, 4, now)
+        seen, now = self.transfer(client, server, a, 3, 0.001, start=now)
+        self.assertEqual(seen, [SHARED_INFLIGHT] * 3)
+        self.assertEqual(server.grownCredit(), SHARED_INFLIGHT - 65536)
+        seen, now = self.transfer(client, server, a, 2, 0.001, start=now + SHARED_TIME)
+        self.assertEqual(seen, [2 * SHARED_INFLIGHT, 4 * SHARED_INFLIGHT])

@@ -466,7 +466,7 @@ class ControlBacklogTests(SynchronousTestCase):
         MIO: a stream opened with a 2-byte window owes a window update for
         every byte consumed.
         """
-        server = self.notReading("mio", maxEmptyFrames=0)
+        server = self.notReading("mio", maxEmptyFrames=0, maxWindowSize=0)
         server.receive(mioOpen(1, window=2))
         for _ in range(2000):
             server.receive(mioData(1, b"x"))

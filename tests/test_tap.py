@@ -90,6 +90,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(sub.muxDescription(),
                          "bmp:tcp:9000:drainTimeout=2.5:maxStreams=500")
 
+    def test_flowSettings(self):
+        """
+        The window auto-tuning and bytes-in-flight limits are options like
+        the others, validated.
+        """
+        options = parse("server", "--endpoint=tcp:9000", "--echo",
+                        "--maxWindowSize=4194304", "--maxBytesInFlight=1048576")
+        self.assertEqual(options.subOptions.settings,
+                         {"maxWindowSize": 4194304, "maxBytesInFlight": 1048576})
+        self.assertRaises(usage.UsageError, parse, "server", "--endpoint=tcp:9000", "--echo",
+                          "--maxBytesInFlight=10")
+
     def test_client(self):
         """
         A client with --local and --forward parses.

@@ -12,7 +12,7 @@ from bench.common import setNoDelay
 from muxframe import MultiplexerFactory
 from muxframe.multiplexer import Multiplexer
 
-NAMES = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale"]
+NAMES = ["bulk", "many", "latency", "loaded", "churn", "memory", "scale", "window"]
 
 
 class Context:

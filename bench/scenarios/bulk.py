@@ -1,15 +1,17 @@
 """
-bulk: one stream carries C{size} bytes one way (client to server) in
-C{chunk}-byte writes from a streaming producer; the server counts them and
-answers the count when the stream ends.  Figure: MB/s (10^6 bytes/s).
-Baseline: the same over a raw Twisted TCP connection.
+bulk: one stream (or C{streams} concurrent streams on one connection)
+carries C{size} bytes in all one way (client to server) in C{chunk}-byte
+writes from a streaming producer per stream; the server counts them and
+answers each stream's count when it ends.  Figure: MB/s (10^6 bytes/s) of
+all streams together, until the last answer.  Baseline: the same over raw
+Twisted TCP, one connection per stream.
 """
 
 import struct
 
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 
@@ -55,22 +57,34 @@ class BulkSender(Protocol):
 async def run(reactor, ctx):
     total = ctx.params["size"]
     chunk = ctx.params.get("chunk", 256 * 1024)
-    sender = BulkSender(total, chunk)
+    count = ctx.params.get("streams", 1)
+    each = total // count
+    senders = [BulkSender(each, chunk) for _ in range(count)]
+    mux = None
     if ctx.kind == "raw":
-        await connectRaw(reactor, ctx, sender)
-        count, elapsed = await sender.done
-        sender.transport.loseConnection()
-        mux = None
+        for sender in senders:
+            await connectRaw(reactor, ctx, sender)
     else:
         mux = await connectMux(reactor, ctx)
-        await mux.openStream(Factory.forProtocol(lambda: sender))
-        count, elapsed = await sender.done
-        await closeMux(mux)
-    if count != total:
-        raise RuntimeError("server received %d bytes of %d" % (count, total))
-    result = {"MBps": total / elapsed / 1e6, "seconds": elapsed, "bytes": total}
+        for sender in senders:
+            await mux.openStream(Factory.forProtocol(lambda sender=sender: sender))
+    results = await gatherResults([sender.done for sender in senders])
+    # From the first stream's start to the last answer (one stream: the
+    # same interval as before there were several).
+    elapsed = (max(s.started + e for s, (_, e) in zip(senders, results))
+               - min(s.started for s in senders))
     if mux is not None:
         c = mux.counters
-        result["framesSent"] = c.framesSent
-        result["creditStalls"] = c.creditStalls
+        figures = {"framesSent": c.framesSent, "creditStalls": c.creditStalls}
+        await closeMux(mux)
+    else:
+        figures = {}
+        for sender in senders:
+            sender.transport.loseConnection()
+    received = sum(count for count, _ in results)
+    if received != each * count:
+        raise RuntimeError("server received %d bytes of %d" % (received, each * count))
+    result = {"MBps": received / elapsed / 1e6, "seconds": elapsed, "bytes": received,
+              "streams": count}
+    result.update(figures)
     return result
