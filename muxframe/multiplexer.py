@@ -127,6 +127,7 @@ class Multiplexer(Protocol):
         self._endingWrites = set()
         self._transportPaused = False
         self._readPausedBy = 0
+        self._losing = False
         self._held = 0
         self._heldData = 0
         self._busy = False
@@ -459,6 +460,7 @@ class Multiplexer(Protocol):
 
     def _loseTransport(self):
         # A TLS transport does not shut down while a producer is registered.
+        self._losing = True
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
@@ -659,7 +661,8 @@ class Multiplexer(Protocol):
         was = self._readPausedBy
         if was & reason:
             self._readPausedBy = was & ~reason
-            if not self._readPausedBy and not self.disconnected:
+            # A transport being lost must not be asked to read again.
+            if not (self._readPausedBy or self.disconnected or self._losing):
                 self.transport.resumeProducing()
 
     def _checkHeld(self):

@@ -805,6 +805,24 @@ class FoundByFuzzingTests(SynchronousTestCase):
         self.assertEqual(server.mux.heldBytes(), 0)
         self.assertEqual(server.mux.heldMemory(), 0)
 
+    def test_heldDataDroppedAfterCloseDoesNotResumeReading(self):
+        """
+        Reading paused because paused children hold too much stays paused
+        once the connection is being closed: a child aborting then (its
+        held data released) never asks the closing transport to read.
+        """
+        server = Server("mio", sessionBufferSize=64 * 1024)
+        server.receive(mioOpen(9, window=1 << 20) + mioData(9, b"x" * 100000))
+        [child] = server.children
+        self.assertTrue(server.transport.producerState == "paused")
+        server.mux.close()
+        self.assertTrue(server.transport.disconnecting)
+        child.transport.abortConnection()
+        self.assertEqual(server.mux.heldBytes(), 0)
+        self.assertEqual(len(child.lost), 0)
+        server.clock.advance(0)
+        self.assertEqual(len(child.lost), 1)
+
     def test_mioDataAfterEndDropped(self):
         """
         MIO data after the peer's own end of stream is dropped, never
