@@ -159,10 +159,8 @@ class EmbeddedQueueStore:
             checkMessage(message)
         except Exception:
             return defer.fail()
+        key, flags = logformat.messageKeyAndFlags(message)
         sender = message.sender
-        key = logformat.messageKey(sender.entity if sender else "",
-                                   sender.device if sender else "", message.messageId)
-        flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
         return self._append(entity, RecordKind.MESSAGE, flags, message.messageId, sender,
                             message.payload, key)
 

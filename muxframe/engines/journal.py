@@ -504,11 +504,7 @@ def _readWindows(plan, decode):
     unpack = _HEADER_AND_LSN.unpack_from
     crc32 = zlib.crc32
     for path, start, end, wanted in plan:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
+        data = logformat.readRange(path, start, end)
         found = 0
         at, size = 0, len(data)
         while at + 18 <= size and found < len(wanted):

@@ -278,11 +278,7 @@ def readQueuedRecords(plan, queue, firstOffset, maxBytes):
     queueSize = len(queueRaw)
     address = _address
     for path, start, end, wanted in plan:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
+        data = readRange(path, start, end)
         view = memoryview(data)
         found = 0
         need = len(wanted)
@@ -388,6 +384,31 @@ def messageKey(senderEntity, senderDevice, messageId):
 
 
 _PREFIXES = {}
+
+
+def messageKeyAndFlags(message):
+    """
+    The dedup key of C{message} (L{messageKey}) and its record flags
+    (L{FLAG_RECEIPTS} when its sender wants receipts): what every engine's
+    append stores beside the message.
+    """
+    sender = message.sender
+    if sender is None:
+        return messageKey("", "", message.messageId), 0
+    return (messageKey(sender.entity, sender.device, message.messageId),
+            FLAG_RECEIPTS if message.wantReceipts else 0)
+
+
+def readRange(path, start, end):
+    """
+    Read the bytes C{start} to C{end} of the file at C{path} (a blocking
+    call, for a thread).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, end - start, start)
+    finally:
+        os.close(fd)
 
 
 def receiptKey(entity, kind, offset):

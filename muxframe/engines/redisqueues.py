@@ -199,10 +199,8 @@ class RedisQueueStore:
             checkMessage(message)
         except Exception:
             return defer.fail()
+        key, flags = logformat.messageKeyAndFlags(message)
         sender = message.sender
-        key = logformat.messageKey(sender.entity if sender else "",
-                                   sender.device if sender else "", message.messageId)
-        flags = logformat.FLAG_RECEIPTS if message.wantReceipts and sender else 0
         return self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
                             sender.entity if sender else "", sender.device if sender else "",
                             message.payload, key)
