@@ -263,12 +263,19 @@ class Multiplexer(Protocol):
         if engine is None or self.disconnected:
             return
         now = self._now()
-        if len(data) >= FAST_READ and not self._readPausedBy:
-            # Bytes wholly inside one data frame's payload (most reads of a
-            # bulk transfer) go straight to the child.
-            streamId = engine.receivePayload(data, now)
-            if streamId is not None:
-                self._deliverRead(streamId, data)
+        if not self._readPausedBy:
+            if len(data) >= FAST_READ:
+                # Bytes wholly inside one data frame's payload (most reads
+                # of a bulk transfer) go straight to the child.
+                streamId = engine.receivePayload(data, now)
+                if streamId is not None:
+                    self._deliverRead(streamId, data)
+                    return
+            # A read of one whole small message (and, BMP, acknowledgements
+            # before it): no decoder items, event objects or slicing.
+            whole = engine.receiveWhole(data, now)
+            if whole is not None:
+                self._deliverRead(whole[0], whole[1])
                 return
         self._busy = True
         accepted = self._accepted
@@ -285,9 +292,10 @@ class Multiplexer(Protocol):
         self._checkSliced()
 
     def _deliverRead(self, streamId, data):
-        # What _process does for one DataReceived event, without the event;
-        # a flush only if there is something to do (deadlines only move
-        # later while data arrives: an armed timer re-arms itself).
+        # What _process does for one DataReceived event, without the event
+        # (nothing for a streamId of None); a flush only if there is
+        # something to do (deadlines only move later while data arrives: an
+        # armed timer re-arms itself).
         stream = self._streams.get(streamId)
         engine = self.engine
         held = False
