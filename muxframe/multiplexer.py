@@ -133,6 +133,7 @@ class Multiplexer(Protocol):
         self._busy = False
         self._flushAgain = False
         self._timer = None
+        self._timerAt = None
         self._sliceCall = None
         self._sliceLimit = FRAMES_PER_TURN
         self._accepted = 0
@@ -848,15 +849,19 @@ class Multiplexer(Protocol):
 
     def _scheduleTimer(self):
         deadline = self.engine.nextDeadline()
-        timer = self._timer
         if deadline is None:
             return
+        timer = self._timer
         if timer is not None:
-            if timer.active() and timer.getTime() <= deadline:
+            # Compare with the deadline it was armed for: its getTime() is
+            # a little later (callLater reads the clock again), so a fixed
+            # deadline (BMP's acknowledgement check) would re-arm it on
+            # every flush.
+            if self._timerAt <= deadline:
                 return
-            if timer.active():
-                timer.cancel()
+            timer.cancel()
         delay = deadline - self._now()
+        self._timerAt = deadline
         self._timer = self.reactor.callLater(delay if delay > 0 else 0, self._onTimer)
 
     def _onTimer(self):
