@@ -629,15 +629,13 @@ class Engine:
         """
         if self.closed:
             return None
-        deadlines = []
-        self.guards.streams(len(self._streams), self._latest)
-        guarded = self.guards.deadline(self._lastReceived)
-        if guarded is not None:
-            deadlines.append(guarded)
+        guards = self.guards
+        guards.streams(len(self._streams), self._latest)
+        deadline = guards.deadline(self._lastReceived)
         framing = self._framingDeadline()
-        if framing is not None:
-            deadlines.append(framing)
-        return min(deadlines) if deadlines else None
+        if framing is not None and (deadline is None or framing < deadline):
+            return framing
+        return deadline
 
     # -- output ---------------------------------------------------------
 
