@@ -60,7 +60,7 @@ FAST_READ = 4096
 
 # Output of at most JOIN_CHUNKS pieces and JOIN_LIMIT bytes (small messages,
 # credit, acknowledgements) is joined into one transport.write; larger
-# output goes to writeSequence, which Twisted joins no sooner than it sends.
+# output goes to writeSequence uncopied (Twisted joins it as it sends).
 JOIN_CHUNKS = 8
 JOIN_LIMIT = 4096
 
