@@ -304,6 +304,19 @@ class FrameDecoder(PayloadStreamer):
         PayloadStreamer.skipPayload(self, size)
         self._offset += size
 
+    def idle(self):
+        """
+        Return true if the decoder is between frames, holding nothing.
+        """
+        return self._frame is None and not self._header
+
+    def advance(self, size):
+        """
+        C{size} bytes of whole frames were decoded elsewhere (the engine's
+        fast path): count them in the stream offset errors name.
+        """
+        self._offset += size
+
     def _controlPayload(self, data, pos, end, append):
         # Control payloads are tiny (bounded by MAX_CONTROL_PAYLOAD): gather
         # them whole.
@@ -539,6 +552,71 @@ class BmpEngine(Engine):
             state.recvFrames = None  # an idle stream keeps no empty deque
         self._maybeFinish(state)
 
+    def receiveWhole(self, data, now=0.0):
+        if not self._wholeReady():
+            return None
+        streams = self._streams
+        end = len(data)
+        pos = 0
+        acks = None
+        while True:
+            # Acknowledgements of frames in flight on streams still sending,
+            # then at most one whole data frame with a sid on an open stream,
+            # within its limits: anything else is receiveData's.
+            match = _match(data, pos)
+            if match is None:
+                return None
+            streamId, opts, sid, length = match.groups()
+            start = match.end()
+            pos = start + int(length, 16)
+            if pos > end:
+                return None
+            state = streams.get(streamId)
+            if state is None:
+                return None
+            if opts == b"\x05":
+                ack = data[start:pos]
+                inflight = state.inflight
+                if (state.localEnded or not inflight or ack not in inflight
+                        or sid):
+                    return None
+                if acks is None:
+                    acks = [(state, ack)]
+                elif (state, ack) in acks:
+                    return None
+                else:
+                    acks.append((state, ack))
+                if pos == end:
+                    break
+                continue
+            size = pos - start
+            if (pos != end or opts not in (b"", b"\x06") or not sid or not size
+                    or state.remoteEnded or size > self._decoder.maxFrameSize
+                    or state.recvBuffered + FRAME_COST + size
+                    > self.settings.maxStreamReceiveBuffer):
+                return None
+            break
+        self._lastReceived = self._latest = now
+        self.guards.received(now, False, True)
+        self._decoder.advance(end)
+        counters = self.counters
+        if acks is not None:
+            counters.framesReceived += len(acks)
+            for acked, ack in acks:
+                self._acknowledged(acked, acked.inflight.pop(ack))
+            if opts == b"\x05":
+                return None, None
+        counters.framesReceived += 1
+        frames = state.recvFrames
+        if frames is None:
+            frames = state.recvFrames = deque()
+        frames.append([sid, size])
+        self._unacked += 1
+        state.recvBuffered += FRAME_COST + size
+        state.bytesReceived += size
+        counters.bytesReceived += size
+        return streamId, data[start:]
+
     def _payloadPiece(self, state, size):
         if state.remoteEnded or (state.recvBuffered + size
                                  > self.settings.maxStreamReceiveBuffer):
@@ -673,6 +751,11 @@ class BmpEngine(Engine):
         entry = state.inflight.pop(sid, None)
         if entry is None:
             return False
+        self._acknowledged(state, entry)
+        return True
+
+    def _acknowledged(self, state, entry):
+        # The frame of in-flight C{entry} (sent at, size) was acknowledged.
         state.inflightBytes -= entry[1]
         if not state.inflight:
             state.inflight = None  # an idle stream keeps no empty dict
@@ -680,7 +763,6 @@ class BmpEngine(Engine):
             if state.localEnded:
                 self._maybeFinish(state)
         self._requeue(state)
-        return True
 
     def _overrun(self, state, now):
         self.guards.reset(now, "bmp", "an overrun of stream %r", state.streamId)

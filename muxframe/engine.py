@@ -20,7 +20,9 @@ Rules (both framings):
     stream's bytes in flight are held to SHARED_INFLIGHT (the framings
     apply it: MIO's receiver to grown windows, BMP's sender).
   - receivePayload is a fast path with the effects of receiveData for
-    bytes wholly inside a data frame's payload.
+    bytes wholly inside a data frame's payload; receiveWhole one for a read
+    made of whole frames of the commonest kinds (small messages): it takes
+    nothing unless the result is the same as receiveData's.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
@@ -523,6 +525,26 @@ class Engine:
         self.counters.bytesReceived += size
         return frame.streamId
 
+    def receiveWhole(self, data, now=0.0):
+        """
+        Fast path of L{receiveData} for a read made of whole frames of the
+        kinds a small message brings (one data frame of an open stream; for
+        BMP, acknowledgements before it): handle them, with the effects
+        L{receiveData} would have, and return C{(streamId, payload)}, the
+        data to deliver as that stream's (C{(None, None)} if there is none);
+        the caller delivers it as for a L{DataReceived} event.  Otherwise
+        take nothing and return C{None}: call L{receiveData}.
+        """
+        return None
+
+    def _wholeReady(self):
+        # True if nothing is half-received, pending or owed beyond the
+        # limits receiveData checks: receiveWhole may take a read.
+        return not (self.closed or self._unread or self._events
+                    or len(self._head) < HEAD or not self._decoder.idle()
+                    or len(self._control) - self._localControl
+                    > self.settings.maxControlBacklog)
+
     def _payloadPiece(self, state, size):
         """
         Return true if C{size} more payload bytes of C{state}'s current
@@ -607,15 +629,13 @@ class Engine:
         """
         if self.closed:
             return None
-        deadlines = []
-        self.guards.streams(len(self._streams), self._latest)
-        guarded = self.guards.deadline(self._lastReceived)
-        if guarded is not None:
-            deadlines.append(guarded)
+        guards = self.guards
+        guards.streams(len(self._streams), self._latest)
+        deadline = guards.deadline(self._lastReceived)
         framing = self._framingDeadline()
-        if framing is not None:
-            deadlines.append(framing)
-        return min(deadlines) if deadlines else None
+        if framing is not None and (deadline is None or framing < deadline):
+            return framing
+        return deadline
 
     # -- output ---------------------------------------------------------
 

@@ -236,6 +236,12 @@ class FrameDecoder(PayloadStreamer):
         """
         return len(self._header)
 
+    def idle(self):
+        """
+        Return true if the decoder is between frames, holding nothing.
+        """
+        return self._frame is None and not self._header
+
     def inHeader(self):
         """
         Return true if a frame header is partly received.
@@ -528,6 +534,31 @@ class MioEngine(Engine):
 
     def _payloadPiece(self, state, size):
         return not state.remoteEnded
+
+    def receiveWhole(self, data, now=0.0):
+        end = len(data)
+        if end <= HEADER_SIZE or not self._wholeReady():
+            return None
+        streamId, word = _unpackFrom(data)
+        size = word >> 8
+        # One whole plain data frame, on an open stream, within its window
+        # (a reserved stream-id bit makes the id unknown: receiveData's).
+        if (word & 0xFF != DATA or size != end - HEADER_SIZE
+                or size > self._decoder.maxFrameSize):
+            return None
+        state = self._streams.get(streamId)
+        if state is None or state.remoteEnded or size > state.recvWindow:
+            return None
+        self._lastReceived = self._latest = now
+        self.guards.received(now, False, True)
+        counters = self.counters
+        counters.framesReceived += 1
+        if streamId != self._lastDataStream:
+            self._dataOf(streamId, now)
+        state.recvWindow -= size
+        state.bytesReceived += size
+        counters.bytesReceived += size
+        return streamId, data[HEADER_SIZE:]
 
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:

@@ -58,6 +58,12 @@ WRITE_QUANTUM = 256 * 1024
 # frame's payload); smaller ones, small messages, are not worth the check.
 FAST_READ = 4096
 
+# Output of at most JOIN_CHUNKS pieces and JOIN_LIMIT bytes (small messages,
+# credit, acknowledgements) is joined into one transport.write; larger
+# output goes to writeSequence uncopied (Twisted joins it as it sends).
+JOIN_CHUNKS = 8
+JOIN_LIMIT = 4096
+
 # Bytes added to the connection transport's SEND_LIMIT for frame headers.
 SEND_SLACK = 4096
 
@@ -133,6 +139,7 @@ class Multiplexer(Protocol):
         self._busy = False
         self._flushAgain = False
         self._timer = None
+        self._timerAt = None
         self._sliceCall = None
         self._sliceLimit = FRAMES_PER_TURN
         self._accepted = 0
@@ -223,6 +230,8 @@ class Multiplexer(Protocol):
         """
 
     def _now(self):
+        # Replaced by the reactor's own seconds() once connected (one call
+        # less on every read and flush).
         return self.reactor.seconds()
 
     def _logThrottle(self):
@@ -234,6 +243,7 @@ class Multiplexer(Protocol):
     # -- IProtocol ------------------------------------------------------
 
     def connectionMade(self):
+        self._now = self.reactor.seconds
         self.engine = self._engineClass(self.role, self.settings, self._now())
         self.transport.registerProducer(self, True)
         # Many small frames (credit, acknowledgements, short messages) must
@@ -263,12 +273,19 @@ class Multiplexer(Protocol):
         if engine is None or self.disconnected:
             return
         now = self._now()
-        if len(data) >= FAST_READ and not self._readPausedBy:
-            # Bytes wholly inside one data frame's payload (most reads of a
-            # bulk transfer) go straight to the child.
-            streamId = engine.receivePayload(data, now)
-            if streamId is not None:
-                self._deliverRead(streamId, data)
+        if not self._readPausedBy:
+            if len(data) >= FAST_READ:
+                # Bytes wholly inside one data frame's payload (most reads
+                # of a bulk transfer) go straight to the child.
+                streamId = engine.receivePayload(data, now)
+                if streamId is not None:
+                    self._deliverRead(streamId, data)
+                    return
+            # A read of one whole small message (and, BMP, acknowledgements
+            # before it): no decoder items, event objects or slicing.
+            whole = engine.receiveWhole(data, now)
+            if whole is not None:
+                self._deliverRead(whole[0], whole[1])
                 return
         self._busy = True
         accepted = self._accepted
@@ -285,9 +302,10 @@ class Multiplexer(Protocol):
         self._checkSliced()
 
     def _deliverRead(self, streamId, data):
-        # What _process does for one DataReceived event, without the event;
-        # a flush only if there is something to do (deadlines only move
-        # later while data arrives: an armed timer re-arms itself).
+        # What _process does for one DataReceived event, without the event
+        # (nothing for a streamId of None); a flush only if there is
+        # something to do (deadlines only move later while data arrives: an
+        # armed timer re-arms itself).
         stream = self._streams.get(streamId)
         engine = self.engine
         held = False
@@ -301,7 +319,10 @@ class Multiplexer(Protocol):
                 self._holding(stream, data)
                 held = True
             else:
-                self._callChild(stream, stream.protocol.dataReceived, data)
+                try:
+                    stream.protocol.dataReceived(data)
+                except BaseException:
+                    self._childRaised(stream)
                 engine.consumed(streamId, len(data))
         finally:
             self._busy = False
@@ -633,21 +654,25 @@ class Multiplexer(Protocol):
         try:
             method(*args)
         except BaseException:
-            self.log.failure(
-                "child protocol of stream {streamId} raised; aborting the stream",
-                streamId=stream.streamId,
-            )
-            if not stream.disconnected:
-                if self._isCurrent(stream):
-                    self.engine.resetStream(stream.streamId, ErrorCode.INTERNAL)
-                self._drop(stream)
-                self._forget(stream)
-                try:
-                    stream._lost(Failure())
-                except BaseException:
-                    self.log.failure("connectionLost of stream {streamId} raised",
-                                     streamId=stream.streamId)
-                self._streamGone()
+            self._childRaised(stream)
+
+    def _childRaised(self, stream):
+        # Called from the except block of a call into stream's child.
+        self.log.failure(
+            "child protocol of stream {streamId} raised; aborting the stream",
+            streamId=stream.streamId,
+        )
+        if not stream.disconnected:
+            if self._isCurrent(stream):
+                self.engine.resetStream(stream.streamId, ErrorCode.INTERNAL)
+            self._drop(stream)
+            self._forget(stream)
+            try:
+                stream._lost(Failure())
+            except BaseException:
+                self.log.failure("connectionLost of stream {streamId} raised",
+                                 streamId=stream.streamId)
+            self._streamGone()
 
     # -- receive-side holding (paused children) -------------------------
 
@@ -754,10 +779,12 @@ class Multiplexer(Protocol):
     # -- sending --------------------------------------------------------
 
     def _streamWrite(self, stream, data):
-        if not self._isCurrent(stream) or stream.streamId not in self.engine:
+        streamId = stream.streamId
+        engine = self.engine
+        if self._streams.get(streamId) is not stream or streamId not in engine:
             return  # the stream ended under the child: drop, as TCP does
         try:
-            self.engine.sendData(stream.streamId, data)
+            engine.sendData(streamId, data)
         except StreamBufferOverflow as error:
             # Only with a maxStreamSendBuffer set: the child learns of it
             # in connectionLost, never by an exception out of write().
@@ -768,9 +795,12 @@ class Multiplexer(Protocol):
             stream._resetLocally()
             self._resetStream(stream, ErrorCode.EXHAUSTED, Failure(error))
             return
-        self._flush()
+        if not self._busy:
+            # (Busy: the read being handled flushes at its end, and what a
+            # child writes in reply goes out with its credit, in one write.)
+            self._flush()
         if (stream._producer is not None and not stream._pausedBy & PAUSED_BY_BUFFER
-                and self.engine.sendBuffered(stream.streamId) >= self.settings.streamBufferSize):
+                and engine.sendBuffered(streamId) >= self.settings.streamBufferSize):
             self._bufferPaused.add(stream)
             stream._pauseProducer(PAUSED_BY_BUFFER)
 
@@ -815,8 +845,15 @@ class Multiplexer(Protocol):
                 if self._transportPaused or not engine.hasOutput():
                     break
                 chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
-                if chunks:
-                    transport.writeSequence(chunks)
+                if len(chunks) == 1:
+                    transport.write(chunks[0])
+                elif chunks:
+                    if len(chunks) <= JOIN_CHUNKS and sum(map(len, chunks)) <= JOIN_LIMIT:
+                        # Small frames: one write (Twisted's writeSequence
+                        # checks and counts each piece, then joins them).
+                        transport.write(b"".join(chunks))
+                    else:
+                        transport.writeSequence(chunks)
         finally:
             self._busy = False
         if self._bufferPaused:
@@ -840,15 +877,19 @@ class Multiplexer(Protocol):
 
     def _scheduleTimer(self):
         deadline = self.engine.nextDeadline()
-        timer = self._timer
         if deadline is None:
             return
+        timer = self._timer
         if timer is not None:
-            if timer.active() and timer.getTime() <= deadline:
+            # Compare with the deadline it was armed for: its getTime() is
+            # a little later (callLater reads the clock again), so a fixed
+            # deadline (BMP's acknowledgement check) would re-arm it on
+            # every flush.
+            if self._timerAt <= deadline:
                 return
-            if timer.active():
-                timer.cancel()
+            timer.cancel()
         delay = deadline - self._now()
+        self._timerAt = deadline
         self._timer = self.reactor.callLater(delay if delay > 0 else 0, self._onTimer)
 
     def _onTimer(self):

@@ -84,3 +84,30 @@ def logLines(events, level=None):
     return [formatEvent(e) for e in events
             if level is None or (e.get("log_level") is not None
                                  and e["log_level"].name == level)]
+
+
+def snapshot(value, _depth=0):
+    """
+    Return a comparable copy of an engine's whole state (every attribute,
+    recursively; settings left out): two engines that went different ways
+    compare equal only if they ended in the same state.
+    """
+    if _depth > 8:
+        raise ValueError("snapshot too deep at %r" % (value,))
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "deque":
+        return [snapshot(item, _depth + 1) for item in value]
+    if isinstance(value, dict):
+        return [(snapshot(key, _depth + 1), snapshot(item, _depth + 1))
+                for key, item in value.items()]
+    if isinstance(value, (set, frozenset)):
+        return sorted(repr(item) for item in value)
+    names = []
+    for klass in type(value).__mro__:
+        names.extend(getattr(klass, "__slots__", ()))
+    names.extend(getattr(value, "__dict__", {}))
+    return (type(value).__name__, [
+        (name, snapshot(getattr(value, name), _depth + 1))
+        for name in sorted(set(names))
+        if name != "settings" and hasattr(value, name)])

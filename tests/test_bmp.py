@@ -2,7 +2,7 @@
 Tests for L{muxframe.bmp}: the BMP codec and engine, without I/O.
 """
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,7 +25,7 @@ from muxframe.events import (
 )
 from muxframe.settings import Settings
 
-from .support import chunkedEvents, decodeAll, splitAt
+from .support import chunkedEvents, decodeAll, snapshot, splitAt
 
 # The example of docs/protocols.md (BMP): stream io_0, first data frame, sid 0.
 SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
@@ -586,3 +586,111 @@ class CloseRuleTests(SynchronousTestCase):
         events = client.receiveData(wire)
         self.assertEqual(events, [StreamEnded(sid), StreamClosed(sid, None)])
         self.assertEqual(client.dataToSend(), [])
+
+
+def _servingEngine(localEnded=False, remoteEnded=False, **kwargs):
+    """
+    A server engine after a client opened io_0 and io_1 and sent a frame
+    on each (consumed: acknowledgements queued; together past the first
+    bytes the engine sniffs), with frames of its own in flight: sid 0 on
+    io_0, sids 0 to 3 on io_1; C{localEnded}/C{remoteEnded} end io_0's
+    directions.
+    """
+    client, server = engines(**kwargs)
+    for _ in range(2):
+        streamId = client.openStream()
+        client.sendData(streamId, b"h" * 64)
+    pump(client, server)
+    for streamId, count in ((b"io_0", 1), (b"io_1", 4)):
+        server.consumed(streamId, 64)
+        for n in range(count):
+            server.sendData(streamId, b"abc")
+            server.dataToSend()
+    if localEnded:
+        server.endStream(b"io_0")
+        server.dataToSend()
+    if remoteEnded:
+        server.receiveData(encodeFrame(Frame(b"io_0", bmp.END_STREAM, b"", 1, b"\x04")))
+    server.takeEvents()
+    return server
+
+
+_streamNames = st.sampled_from([b"io_0", b"io_1", b"io_5"])
+_ackFrames = st.builds(lambda s, n: encodeFrame(Frame(s, bmp.ACK, b"", 0, b"%d" % n)),
+                       _streamNames, st.integers(0, 4))
+_dataFrames = st.builds(
+    lambda s, opt, sid, payload: encodeFrame(Frame(s, opt, sid, 0, payload)),
+    _streamNames, st.sampled_from([bmp.DATA, bmp.CREATE, 0x07]),
+    st.sampled_from([b"", b"1", b"7"]),
+    st.one_of(st.binary(max_size=4), st.just(b"z" * 70)))
+_endFrames = st.builds(
+    lambda s: encodeFrame(Frame(s, bmp.END_STREAM, b"", 1, b"\x04")), _streamNames)
+# Mostly the shape the fast path takes (acknowledgements, then a frame),
+# sometimes with another frame after it, sometimes cut short.
+_reads = st.builds(
+    lambda acks, last, extra, cut: (b"".join(acks) + last + extra)[:-cut or None],
+    st.lists(_ackFrames, max_size=2),
+    st.one_of(_dataFrames, _ackFrames, _endFrames),
+    st.one_of(st.just(b""), st.just(b""), _dataFrames, _ackFrames),
+    st.one_of(st.just(0), st.just(0), st.integers(1, 40)))
+
+
+class ReceiveWholeTests(SynchronousTestCase):
+    """
+    L{BmpEngine.receiveWhole}, the small-message fast path, has the effects
+    of L{BmpEngine.receiveData} on every read it takes and takes nothing
+    from the others.
+    """
+
+    def test_ackAndMessage(self):
+        """
+        A read of an acknowledgement and a data frame (what an echo peer
+        sends) is taken: the frame in flight is acknowledged, the data
+        returned and its acknowledgement owed once consumed.
+        """
+        server = _servingEngine()
+        read = (encodeFrame(Frame(b"io_0", bmp.ACK, b"", 0, b"0"))
+                + encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"ping")))
+        self.assertEqual(server.receiveWhole(read, 1.0), (b"io_0", b"ping"))
+        self.assertIsNone(server.stream(b"io_0").inflight)
+        server.consumed(b"io_0", 4)
+        self.assertEqual(decodeFrames(b"".join(server.dataToSend())),
+                         [Frame(b"io_0", bmp.ACK, b"", 1, b"1")])
+
+    def test_acksOnly(self):
+        """
+        A read of acknowledgements only is taken, with nothing to deliver.
+        """
+        server = _servingEngine()
+        read = b"".join(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"%d" % n))
+                        for n in (2, 0))
+        self.assertEqual(server.receiveWhole(read, 1.0), (None, None))
+        self.assertEqual(server.counters.framesReceived, 4)
+
+    @given(_reads, st.booleans(), st.booleans(), st.booleans())
+    # The last frame in flight of a stream ended both ways (it finishes);
+    # a frame over maxStreamReceiveBuffer (an overrun); data after the end.
+    @example(encodeFrame(Frame(b"io_0", bmp.ACK, b"", 0, b"0")), True, True, False)
+    @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"z" * 70)), False, False, True)
+    @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"ab")), False, True, False)
+    @settings(max_examples=500, deadline=None)
+    def test_sameAsReceiveData(self, read, localEnded, remoteEnded, small):
+        """
+        Whatever the read, receiveWhole either leaves the engine as it was
+        (and returns C{None}) or leaves it exactly as receiveData does,
+        returning the data receiveData reports.
+        """
+        import copy
+        # Room for one unacknowledged 64-byte frame, not for 70 bytes.
+        kwargs = {"maxStreamReceiveBuffer": bmp.FRAME_COST + 68} if small else {}
+        server = _servingEngine(localEnded, remoteEnded, **kwargs)
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveWhole(read, 1.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        events = slow.receiveData(read, 1.0)
+        expected = [DataReceived(*result)] if result[0] is not None else []
+        self.assertEqual(events, expected)
+        self.assertEqual(snapshot(fast), snapshot(slow))

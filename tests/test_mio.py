@@ -2,7 +2,7 @@
 Tests for L{muxframe.mio}: the MIO codec and engine, without I/O.
 """
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,7 +31,7 @@ from muxframe.events import (
 from muxframe.mio import Frame, FrameDecoder, MioEngine, decodeFrames, encodeFrame
 from muxframe.settings import Settings
 
-from .support import chunkedEvents, decodeAll, splitAt
+from .support import chunkedEvents, decodeAll, snapshot, splitAt
 
 # Fixed vectors, from the frame table of docs/protocols.md (MIO).
 VECTORS = [
@@ -803,3 +803,80 @@ class WindowTuningTests(SynchronousTestCase):
         self.assertEqual(server.grownCredit(), SHARED_INFLIGHT - 65536)
         seen, now = self.transfer(client, server, a, 2, 0.001, start=now + SHARED_TIME)
         self.assertEqual(seen, [2 * SHARED_INFLIGHT, 4 * SHARED_INFLIGHT])
+
+
+def _servingEngine(remoteEnded=False, **kwargs):
+    """
+    A server engine after a client opened streams 1 and 3 and sent 64
+    bytes on each (consumed; together past the first bytes the engine
+    sniffs); C{remoteEnded} ends stream 1 from the client's side.
+    """
+    client, server = engines(**kwargs)
+    for _ in range(2):
+        streamId = client.openStream()
+        client.sendData(streamId, b"h" * 64)
+    if remoteEnded:
+        client.endStream(1)
+    pump(client, server)
+    for streamId in (1, 3):
+        server.consumed(streamId, 64)
+    server.takeEvents()
+    return server
+
+
+_dataFrames = st.builds(
+    lambda streamId, flags, payload: encodeFrame(Frame(streamId, 0, flags, payload)),
+    st.sampled_from([1, 3, 5, 2]),
+    st.sampled_from([mio.DATA, mio.DATA, mio.DATA_END, mio.WINDOW_UPDATE, mio.RESET]),
+    st.one_of(st.binary(max_size=4), st.just(b"z" * 1100)))
+_reads = st.builds(
+    lambda frame, extra, cut: (frame + extra)[:-cut or None],
+    _dataFrames, st.one_of(st.just(b""), st.just(b""), _dataFrames),
+    st.one_of(st.just(0), st.just(0), st.integers(1, 12)))
+
+
+class ReceiveWholeTests(SynchronousTestCase):
+    """
+    L{MioEngine.receiveWhole}, the small-message fast path, has the effects
+    of L{MioEngine.receiveData} on every read it takes and takes nothing
+    from the others.
+    """
+
+    def test_message(self):
+        """
+        A read of one whole data frame is taken: the data is returned and
+        counted against the stream's window.
+        """
+        server = _servingEngine()
+        window = server.stream(1).recvWindow
+        read = encodeFrame(Frame(1, 0, mio.DATA, b"ping"))
+        self.assertEqual(server.receiveWhole(read, 1.0), (1, b"ping"))
+        self.assertEqual(server.stream(1).recvWindow, window - 4)
+        self.assertEqual(server.counters.bytesReceived, 132)
+
+    @given(_reads, st.booleans(), st.booleans())
+    # Over the window; data after the end; a frame of the reserved id bit.
+    @example(encodeFrame(Frame(1, 0, mio.DATA, b"z" * 1100)), False, True)
+    @example(encodeFrame(Frame(1, 0, mio.DATA, b"ab")), True, False)
+    @example(mio.encodeHeader(1, 2, mio.DATA).replace(b"\x00", b"\x80", 1) + b"ab",
+             False, False)
+    @settings(max_examples=300, deadline=None)
+    def test_sameAsReceiveData(self, read, remoteEnded, small):
+        """
+        Whatever the read, receiveWhole either leaves the engine as it was
+        (and returns C{None}) or leaves it exactly as receiveData does,
+        returning the data receiveData reports.
+        """
+        import copy
+        # A window of 1,024 bytes: 64 + 1,100 bytes overrun it.
+        kwargs = {"windowSize": 1024} if small else {}
+        server = _servingEngine(remoteEnded, **kwargs)
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveWhole(read, 1.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        events = slow.receiveData(read, 1.0)
+        self.assertEqual(events, [DataReceived(*result)])
+        self.assertEqual(snapshot(fast), snapshot(slow))

@@ -72,8 +72,9 @@ class Link:
     until both are quiet.
     """
 
-    def __init__(self, framing, serverChild=Echo, clientChild=None, **settings):
-        self.clock = Clock()
+    def __init__(self, framing, serverChild=Echo, clientChild=None, clock=None,
+                 **settings):
+        self.clock = clock if clock is not None else Clock()
         self.serverChildren = []
         self.clientChildren = []
 
@@ -128,6 +129,23 @@ class Link:
         return child[0]
 
 
+class TickingClock(Clock):
+    """
+    A L{Clock} whose time moves on by a microsecond each time it is read,
+    as a real reactor's does; it counts the calls scheduled on it.
+    """
+
+    scheduled = 0
+
+    def seconds(self):
+        self.rightNow += 1e-6
+        return self.rightNow
+
+    def callLater(self, delay, callable, *args, **kw):
+        self.scheduled += 1
+        return Clock.callLater(self, delay, callable, *args, **kw)
+
+
 class AdapterTestsMixin:
     framing = None
 
@@ -163,6 +181,22 @@ class AdapterTestsMixin:
         child.lost.trap(ConnectionDone)
         self.assertEqual(link.client.streamCount(), 0)
         self.assertEqual(link.server.streamCount(), 0)
+
+    def test_timerNotRearmedPerMessage(self):
+        """
+        Messages going back and forth do not schedule a timer each (the
+        deadlines stay or move later), on a clock that moves as it is read.
+        """
+        link = self.link(clock=TickingClock())
+        child = link.open()
+        child.transport.write(b"ping")
+        link.pump()
+        scheduled = link.clock.scheduled
+        for _ in range(50):
+            child.transport.write(b"ping")
+            link.pump()
+        self.assertEqual(child.received(), b"ping" * 51)
+        self.assertLessEqual(link.clock.scheduled - scheduled, 2)
 
     def test_writeTypeError(self):
         """
