@@ -70,9 +70,11 @@ _throttle = LogThrottle()
 _END = "end"
 
 # Why reading from the connection is paused: paused children hold too much,
-# or the last read is still being handled, a slice at a time.
+# the last read is still being handled, a slice at a time, or the peer
+# spends its flood budgets fast and waits floodPause for its next slice.
 READ_HELD = 1
 READ_SLICED = 2
+READ_PACED = 4
 
 # Frames handled per reactor turn on one connection: a read of tiny frames
 # (a flood) is handled over several turns, so other connections wait for a
@@ -81,6 +83,11 @@ READ_SLICED = 2
 # to MIN_FRAMES_PER_TURN; slices grow back as streams stop opening.
 FRAMES_PER_TURN = 32
 MIN_FRAMES_PER_TURN = 4
+
+# Frames handled per slice on a connection whose peer spends its flood
+# budgets fast (one slice per floodPause): small, so a slice delays other
+# connections little; honest peers keep FRAMES_PER_TURN.
+PACED_FRAMES = 8
 
 
 def _engineClass(framing):
@@ -135,6 +142,7 @@ class Multiplexer(Protocol):
         self._timer = None
         self._sliceCall = None
         self._sliceLimit = FRAMES_PER_TURN
+        self._pressed = False
         self._accepted = 0
         self._closeTimer = None
         self._terminated = None
@@ -272,8 +280,14 @@ class Multiplexer(Protocol):
                 return
         self._busy = True
         accepted = self._accepted
+        if self._readPausedBy & READ_PACED:
+            limit = 0  # a read already polled while paced waits whole
+        elif self._pressed:
+            limit = min(self._sliceLimit, PACED_FRAMES)
+        else:
+            limit = self._sliceLimit
         try:
-            self._process(engine.receiveData(data, now, self._sliceLimit))
+            self._process(engine.receiveData(data, now, limit))
         finally:
             self._busy = False
         if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
@@ -282,7 +296,7 @@ class Multiplexer(Protocol):
             self._sliceLimit *= 2
         self._checkHeld()
         self._flush()
-        self._checkSliced()
+        self._checkSliced(now)
 
     def _deliverRead(self, streamId, data):
         # What _process does for one DataReceived event, without the event;
@@ -311,10 +325,24 @@ class Multiplexer(Protocol):
                 or self._endingWrites):
             self._flush()
 
-    def _checkSliced(self):
+    def _checkSliced(self, now):
         # Part of the last read waits: stop reading and handle the next
-        # slice on the next turn, after the other connections' reads.
-        if self.disconnected or self.engine.closed or not self.engine.pendingInput():
+        # slice on the next turn, after the other connections' reads.  A
+        # peer spending its flood budgets fast waits floodPause instead,
+        # its unread bytes too: the flood gets a bounded share of the
+        # reactor until it has spent its budget and is closed.
+        engine = self.engine
+        if self.disconnected or engine.closed:
+            self._resumeReading(READ_SLICED)
+            return
+        pause = self.settings.floodPause
+        self._pressed = pressed = bool(pause) and engine.guards.pressed(now)
+        if pressed and not self._readPausedBy & READ_PACED:
+            self._pauseReading(READ_PACED)
+            if self._sliceCall is not None and self._sliceCall.active():
+                self._sliceCall.cancel()
+            self._sliceCall = self.reactor.callLater(pause, self._nextSlice)
+        if not engine.pendingInput():
             self._resumeReading(READ_SLICED)
             return
         self._pauseReading(READ_SLICED)
@@ -323,7 +351,9 @@ class Multiplexer(Protocol):
 
     def _nextSlice(self):
         self._sliceCall = None
-        if not self.disconnected and not self._readPausedBy & READ_HELD:
+        self._resumeReading(READ_PACED)
+        if (not self.disconnected and not self._readPausedBy & READ_HELD
+                and self.engine.pendingInput()):
             self.dataReceived(b"")
 
     def connectionLost(self, reason=None):
