@@ -86,8 +86,12 @@ MIN_FRAMES_PER_TURN = 4
 
 # Frames handled per slice on a connection whose peer spends its flood
 # budgets fast (one slice per floodPause): small, so a slice delays other
-# connections little; honest peers keep FRAMES_PER_TURN.
+# connections little; honest peers keep FRAMES_PER_TURN.  A paced slice
+# that opened a stream (a child protocol built: the costly part of a rapid
+# reset) is followed by slices of PACED_OPENING frames, an open and its
+# reset.
 PACED_FRAMES = 8
+PACED_OPENING = 2
 
 
 def _engineClass(framing):
@@ -143,6 +147,7 @@ class Multiplexer(Protocol):
         self._sliceCall = None
         self._sliceLimit = FRAMES_PER_TURN
         self._pressed = False
+        self._pacedLimit = PACED_FRAMES
         self._accepted = 0
         self._closeTimer = None
         self._terminated = None
@@ -283,13 +288,15 @@ class Multiplexer(Protocol):
         if self._readPausedBy & READ_PACED:
             limit = 0  # a read already polled while paced waits whole
         elif self._pressed:
-            limit = min(self._sliceLimit, PACED_FRAMES)
+            limit = self._pacedLimit
         else:
             limit = self._sliceLimit
         try:
             self._process(engine.receiveData(data, now, limit))
         finally:
             self._busy = False
+        if self._pressed:
+            self._pacedLimit = PACED_OPENING if self._accepted > accepted else PACED_FRAMES
         if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
             self._sliceLimit = max(MIN_FRAMES_PER_TURN, self._sliceLimit // 2)
         elif self._sliceLimit < FRAMES_PER_TURN:

@@ -825,6 +825,25 @@ class PacingTests(SynchronousTestCase):
             steps.append(self.frames(server) - before)
         self.assertEqual(steps, [PACED_FRAMES] * 4)
 
+    def test_pacedRapidResetOneStreamPerPause(self):
+        """
+        A pressed connection opening and resetting streams builds one child
+        per floodPause (after the first paced slice): each costs a child
+        protocol.
+        """
+        server = Server("mio", child=Protocol, maxResets=1000, floodPause=0.01)
+        server.mux.dataReceived(b"".join(mioOpen(n) + mioReset(n) for n in range(1, 2000, 2)))
+        for _ in range(100):
+            oneTurn(server.clock)
+        self.assertTrue(server.mux.engine.guards.pressed(server.clock.seconds()))
+        server.clock.advance(0.01)
+        built = []
+        for _ in range(10):
+            before = len(server.children)
+            server.clock.advance(0.01)
+            built.append(len(server.children) - before)
+        self.assertEqual(built, [1] * 10)
+
     def test_readWhilePacedWaits(self):
         """
         A read that reaches a pressed connection while it waits (one the
