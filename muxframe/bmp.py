@@ -218,20 +218,23 @@ class FrameDecoder(PayloadStreamer):
         self._parts = None
         self._offset = 0
 
-    def receive(self, data, out, limit=None):
+    def receive(self, data, out, limit=None, start=0):
         """
-        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
-        the first frame boundary where C{out} holds that many items.
+        Decode C{data} from C{start} on, appending items to C{out}; with a
+        C{limit}, stop at the first frame boundary where C{out} holds that
+        many items.
 
-        @return: how many bytes of C{data} were decoded (all of it, unless
-            C{limit} stopped it).
+        @return: the position in C{data} decoding reached (its length,
+            unless C{limit} stopped it).
         @raise MalformedFrame: bytes that are not BMP, naming the fault.
         @raise FrameTooLarge: a LEN over C{maxFrameSize}.
         """
         end = len(data)
         consumed = end
+        # _offset counts the stream's bytes: positions here start at start.
+        self._offset -= start
         try:
-            consumed = self._decode(data, 0, end, out, limit)
+            consumed = self._decode(data, start, end, out, limit)
         finally:
             self._offset += consumed
         return consumed

@@ -237,7 +237,10 @@ class Engine:
         self._lastSent = now
         self._latest = now
         self._head = b""
+        # Bytes left by a receiveData call with a limit: _unread from
+        # _unreadAt on (kept whole, so each slice costs no copy of the rest).
         self._unread = b""
+        self._unreadAt = 0
         self.guards = SessionGuards(self.settings, role, now)
 
     # -- queries --------------------------------------------------------
@@ -280,7 +283,7 @@ class Engine:
         Return how many received bytes wait to be decoded (left by a
         C{receiveData} call with a C{limit}).
         """
-        return len(self._unread)
+        return len(self._unread) - self._unreadAt
 
     def controlBacklog(self):
         """
@@ -468,16 +471,22 @@ class Engine:
         if self.closed:
             return self.takeEvents()
         self._lastReceived = self._latest = now
+        start = 0
         if self._unread:
-            data = self._unread + bytes(data)
+            if data:
+                data = self._unread[self._unreadAt:] + bytes(data)
+            else:
+                data, start = self._unread, self._unreadAt
             self._unread = b""
+            self._unreadAt = 0
         if len(self._head) < HEAD:
-            self._head += bytes(data[:HEAD - len(self._head)])
+            self._head += bytes(data[start:start + HEAD - len(self._head)])
         items = []
         try:
-            used = self._decoder.receive(data, items, limit)
+            used = self._decoder.receive(data, items, limit, start)
             if used < len(data):
-                self._unread = bytes(data[used:])
+                self._unread = data if type(data) is bytes else bytes(data)
+                self._unreadAt = used
             # Only the first item can continue a frame begun earlier.
             self.guards.received(now, self._decoder.inHeader(),
                                  len(items) > 1 or bool(items and items[0][2]))

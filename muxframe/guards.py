@@ -14,6 +14,12 @@ Rules:
     or more than was sent, keepalives, acknowledgements of nothing, frames
     for streams already gone: the CVE-2019-9518 class).  Overdrawing one is
     a L{FloodError}: the engine ends the session with code 5, "exhausted".
+  - A connection is I{pressed} (L{SessionGuards.pressed}) while either
+    bucket holds less than PACE_LEVEL of its limit: its peer spent more
+    than a tenth of a budget faster than it refills.  The Multiplexer reads
+    a pressed connection one slice per C{floodPause}, so a flood costs a
+    bounded share of the reactor until it spends the rest of its budget and
+    is closed; an honest peer spends far less and is never pressed.
   - C{headerTimeout}: a frame header (or BMP control frame) begun that long
     ago and still incomplete ends the session (a peer stalled mid-header).
   - C{idleTimeout}: nothing received for that long ends the session.
@@ -25,6 +31,9 @@ No Twisted import.
 """
 
 from .errors import FloodError, SessionTimeoutError
+
+# A bucket below this share of its limit presses its connection (see above).
+PACE_LEVEL = 0.9
 
 
 class TokenBucket:
@@ -64,6 +73,19 @@ class TokenBucket:
         self._tokens = tokens
         return tokens >= 0
 
+    def below(self, level, now):
+        """
+        Return true if the bucket holds less than C{level} (a share of its
+        limit) at time C{now}; never if unlimited.
+        """
+        limit = self.limit
+        if not limit:
+            return False
+        tokens = self._tokens
+        if tokens >= limit * level:
+            return False
+        return tokens + (now - self._stamp) * self._rate < limit * level
+
 
 class SessionGuards:
     """
@@ -101,6 +123,14 @@ class SessionGuards:
         """
         if not self.empties.spend(now):
             self._flood(framing, "frames that carry nothing", "maxEmptyFrames", what, args)
+
+    def pressed(self, now):
+        """
+        Return true while the peer spends a flood budget fast: either
+        bucket holds less than PACE_LEVEL of its limit at C{now}.
+        """
+        return (self.resets.below(PACE_LEVEL, now)
+                or self.empties.below(PACE_LEVEL, now))
 
     def _flood(self, framing, kind, setting, what, args):
         settings = self.settings
@@ -171,4 +201,4 @@ class SessionGuards:
         return None
 
 
-__all__ = ["SessionGuards", "TokenBucket"]
+__all__ = ["PACE_LEVEL", "SessionGuards", "TokenBucket"]

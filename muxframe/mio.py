@@ -179,17 +179,18 @@ class FrameDecoder(PayloadStreamer):
         self.maxFrameSize = maxFrameSize
         self._header = b""
 
-    def receive(self, data, out, limit=None):
+    def receive(self, data, out, limit=None, start=0):
         """
-        Decode C{data}, appending items to C{out}; with a C{limit}, stop at
-        the first frame boundary where C{out} holds that many items.
+        Decode C{data} from C{start} on, appending items to C{out}; with a
+        C{limit}, stop at the first frame boundary where C{out} holds that
+        many items.
 
-        @return: how many bytes of C{data} were decoded (all of it, unless
-            C{limit} stopped it).
+        @return: the position in C{data} decoding reached (its length,
+            unless C{limit} stopped it).
         @raise FrameTooLarge: a data frame over C{maxFrameSize}; the items
             decoded before it are already in C{out}.
         """
-        pos = 0
+        pos = start
         end = len(data)
         append = out.append
         while pos < end:

@@ -76,9 +76,11 @@ _throttle = LogThrottle()
 _END = "end"
 
 # Why reading from the connection is paused: paused children hold too much,
-# or the last read is still being handled, a slice at a time.
+# the last read is still being handled, a slice at a time, or the peer
+# spends its flood budgets fast and waits floodPause for its next slice.
 READ_HELD = 1
 READ_SLICED = 2
+READ_PACED = 4
 
 # Frames handled per reactor turn on one connection: a read of tiny frames
 # (a flood) is handled over several turns, so other connections wait for a
@@ -87,6 +89,15 @@ READ_SLICED = 2
 # to MIN_FRAMES_PER_TURN; slices grow back as streams stop opening.
 FRAMES_PER_TURN = 32
 MIN_FRAMES_PER_TURN = 4
+
+# Frames handled per slice on a connection whose peer spends its flood
+# budgets fast (one slice per floodPause): small, so a slice delays other
+# connections little; honest peers keep FRAMES_PER_TURN.  A paced slice
+# that opened a stream (a child protocol built: the costly part of a rapid
+# reset) is followed by slices of PACED_OPENING frames, an open and its
+# reset.
+PACED_FRAMES = 8
+PACED_OPENING = 2
 
 
 def _engineClass(framing):
@@ -142,6 +153,8 @@ class Multiplexer(Protocol):
         self._timerAt = None
         self._sliceCall = None
         self._sliceLimit = FRAMES_PER_TURN
+        self._pressed = False
+        self._pacedLimit = PACED_FRAMES
         self._accepted = 0
         self._closeTimer = None
         self._terminated = None
@@ -289,17 +302,25 @@ class Multiplexer(Protocol):
                 return
         self._busy = True
         accepted = self._accepted
+        if self._readPausedBy & READ_PACED:
+            limit = 0  # a read already polled while paced waits whole
+        elif self._pressed:
+            limit = self._pacedLimit
+        else:
+            limit = self._sliceLimit
         try:
-            self._process(engine.receiveData(data, now, self._sliceLimit))
+            self._process(engine.receiveData(data, now, limit))
         finally:
             self._busy = False
+        if self._pressed:
+            self._pacedLimit = PACED_OPENING if self._accepted > accepted else PACED_FRAMES
         if self._accepted - accepted > MIN_FRAMES_PER_TURN // 2:
             self._sliceLimit = max(MIN_FRAMES_PER_TURN, self._sliceLimit // 2)
         elif self._sliceLimit < FRAMES_PER_TURN:
             self._sliceLimit *= 2
         self._checkHeld()
         self._flush()
-        self._checkSliced()
+        self._checkSliced(now)
 
     def _deliverRead(self, streamId, data):
         # What _process does for one DataReceived event, without the event
@@ -332,10 +353,24 @@ class Multiplexer(Protocol):
                 or self._endingWrites):
             self._flush()
 
-    def _checkSliced(self):
+    def _checkSliced(self, now):
         # Part of the last read waits: stop reading and handle the next
-        # slice on the next turn, after the other connections' reads.
-        if self.disconnected or self.engine.closed or not self.engine.pendingInput():
+        # slice on the next turn, after the other connections' reads.  A
+        # peer spending its flood budgets fast waits floodPause instead,
+        # its unread bytes too: the flood gets a bounded share of the
+        # reactor until it has spent its budget and is closed.
+        engine = self.engine
+        if self.disconnected or engine.closed:
+            self._resumeReading(READ_SLICED)
+            return
+        pause = self.settings.floodPause
+        self._pressed = pressed = bool(pause) and engine.guards.pressed(now)
+        if pressed and not self._readPausedBy & READ_PACED:
+            self._pauseReading(READ_PACED)
+            if self._sliceCall is not None and self._sliceCall.active():
+                self._sliceCall.cancel()
+            self._sliceCall = self.reactor.callLater(pause, self._nextSlice)
+        if not engine.pendingInput():
             self._resumeReading(READ_SLICED)
             return
         self._pauseReading(READ_SLICED)
@@ -344,7 +379,9 @@ class Multiplexer(Protocol):
 
     def _nextSlice(self):
         self._sliceCall = None
-        if not self.disconnected and not self._readPausedBy & READ_HELD:
+        self._resumeReading(READ_PACED)
+        if (not self.disconnected and not self._readPausedBy & READ_HELD
+                and self.engine.pendingInput()):
             self.dataReceived(b"")
 
     def connectionLost(self, reason=None):

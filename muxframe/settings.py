@@ -133,6 +133,15 @@ SETTINGS = {
         "The period of maxResets and maxEmptyFrames: each budget refills at "
         "its limit per floodWindow.",
     ),
+    "floodPause": (
+        float, 0.001, 0.0, 1.0, "seconds",
+        "A connection whose peer has spent more than a tenth of maxResets "
+        "or maxEmptyFrames faster than the budget refills is handled 8 "
+        "frames per floodPause (reading it waits meanwhile) until the budget "
+        "recovers: a flood gets a small share of the server's time until it "
+        "has spent its budget and is closed.  An honest peer spends far "
+        "less and keeps full slices.  0 disables.",
+    ),
     "maxControlBacklog": (
         int, 10000, 1000, 1 << 24, "frames",
         "Control frames (credit, acknowledgements, resets, refusals) queued "

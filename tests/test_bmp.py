@@ -130,6 +130,28 @@ class CodecTests(SynchronousTestCase):
             self.assertIsInstance(error, MalformedFrame)
             self.assertIn(text, str(error), wire)
 
+    def test_fromStart(self):
+        """
+        C{receive(data, out, limit, start)} decodes C{data} from C{start}
+        and returns the position it reached; a fault's byte offset counts
+        the stream's bytes, not the buffer's.
+        """
+        wire = (encodeFrame(Frame(b"io_1", bmp.CREATE, b"0", payload=b"hi"))
+                + encodeFrame(Frame(b"io_1", bmp.ACK, payload=b"0")))
+        junk = b"\xff" * 7
+        items = []
+        decoder = FrameDecoder()
+        pos = decoder.receive(junk + wire, items, 1, len(junk))
+        self.assertEqual(len(items), 1)
+        self.assertLess(pos, len(junk + wire))
+        pos = decoder.receive(junk + wire, items, None, pos)
+        self.assertEqual(pos, len(junk + wire))
+        self.assertEqual(decodeAll(items, Frame), decodeFrames(wire))
+        expected = decodeError(wire + b"GET /")
+        with self.assertRaises(MalformedFrame) as caught:
+            FrameDecoder().receive(junk + wire + b"GET /", [], None, len(junk))
+        self.assertEqual(str(caught.exception), str(expected))
+
     def test_malformedSplit(self):
         """
         A fault is found whatever the split, with the same message.

@@ -98,6 +98,25 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(decodeAll(items, Frame), decodeFrames(wire))
         self.assertEqual(len(decodeFrames(wire)), len(VECTORS))
 
+    def test_fromStart(self):
+        """
+        C{receive(data, out, limit, start)} decodes C{data} from C{start}
+        (a slice of a larger read, uncopied) and returns the position it
+        reached, so the next slice starts there.
+        """
+        wire = b"".join(bytes.fromhex(h) for _, h in VECTORS)
+        junk = b"\xff" * 5
+        items = []
+        decoder = FrameDecoder()
+        pos = len(junk)
+        while pos < len(junk + wire):
+            batch = []
+            pos = decoder.receive(junk + wire, batch, 2, pos)
+            self.assertLessEqual(len(batch), 2)
+            items.extend(batch)
+        self.assertEqual(pos, len(junk + wire))
+        self.assertEqual(decodeAll(items, Frame), decodeFrames(wire))
+
     def test_reservedBitIgnored(self):
         """
         Bit 31 of the stream id is ignored on receipt.

@@ -89,8 +89,19 @@ class Server:
         self.mux.makeConnection(self.transport)
 
     def receive(self, data):
+        """
+        Feed C{data} and run the turns that handle it, those a connection
+        spending its flood budgets fast waits for (floodPause) included.
+        """
         self.mux.dataReceived(data)
         self.clock.advance(0)
+        mux = self.mux
+        pause = mux.settings.floodPause
+        for _ in range(100000):
+            if not (pause and mux.engine.pendingInput() and not mux.disconnected
+                    and not mux.engine.closed and not mux.readingPaused):
+                break
+            self.clock.advance(pause)
 
     def sent(self):
         data = self.transport.value()
@@ -736,7 +747,7 @@ class SliceTests(SynchronousTestCase):
         opening.
         """
         from muxframe.multiplexer import FRAMES_PER_TURN, MIN_FRAMES_PER_TURN
-        server = Server("mio", child=Protocol)
+        server = Server("mio", child=Protocol, floodPause=0)
         server.mux.dataReceived(b"".join(mioOpen(n) + mioReset(n) for n in range(1, 400, 2))
                                 + mioFrame(0, mio.SESSION_WINDOW) * 200)
         opened = []
@@ -752,6 +763,166 @@ class SliceTests(SynchronousTestCase):
             oneTurn(server.clock)
             steps.append(server.mux.counters.framesReceived - before)
         self.assertIn(FRAMES_PER_TURN, steps)
+
+
+class PacingTests(SynchronousTestCase):
+    """
+    A connection whose peer spends its flood budgets fast (more than a
+    tenth beyond the refill: L{muxframe.guards.SessionGuards.pressed}) is
+    handled PACED_FRAMES frames per floodPause, its reading paused
+    meanwhile, until it has spent the rest and is closed; other peers keep
+    a slice each turn.
+    """
+
+    def frames(self, server):
+        return server.mux.counters.framesReceived
+
+    def test_guardsPressed(self):
+        """
+        Spending more than a tenth of a budget at once presses the
+        connection; the refill relieves it; an unlimited budget never does.
+        """
+        from muxframe.guards import SessionGuards
+        from muxframe.settings import Settings
+        guards = SessionGuards(Settings(maxEmptyFrames=1000, floodWindow=10), "server")
+        for _ in range(100):
+            guards.empty(0.0, "mio", "x")
+        self.assertFalse(guards.pressed(0.0))
+        guards.empty(0.0, "mio", "x")
+        self.assertTrue(guards.pressed(0.0))
+        self.assertTrue(guards.pressed(0.005))
+        self.assertFalse(guards.pressed(0.011))  # 1000 per 10 s: one in 10 ms
+        for _ in range(20):
+            guards.reset(1.0, "mio", "x")  # 2% of maxResets=1000
+        self.assertFalse(guards.pressed(1.0))
+        unlimited = SessionGuards(Settings(maxResets=0, maxEmptyFrames=0), "server")
+        for _ in range(5000):
+            unlimited.empty(0.0, "mio", "x")
+        self.assertFalse(unlimited.pressed(0.0))
+
+    def test_floodWaitsFloodPause(self):
+        """
+        Once pressed, further turns at the same time handle nothing and
+        reading stays paused; each floodPause handles PACED_FRAMES frames.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN, PACED_FRAMES
+        server = Server("mio", child=Protocol, maxEmptyFrames=1000, floodPause=0.01)
+        server.receive(mioOpen(1))
+        server.mux.dataReceived(mioData(1, b"") * 2000)
+        for _ in range(10):
+            oneTurn(server.clock)
+        handled = self.frames(server)
+        self.assertGreater(handled, 100)
+        self.assertLess(handled, 100 + 2 * FRAMES_PER_TURN)
+        for _ in range(5):
+            oneTurn(server.clock)
+        self.assertEqual(self.frames(server), handled)
+        self.assertEqual(server.transport.producerState, "paused")
+        steps = []
+        for _ in range(4):
+            before = self.frames(server)
+            server.clock.advance(0.01)
+            steps.append(self.frames(server) - before)
+        self.assertEqual(steps, [PACED_FRAMES] * 4)
+
+    def test_pacedRapidResetOneStreamPerPause(self):
+        """
+        A pressed connection opening and resetting streams builds one child
+        per floodPause (after the first paced slice): each costs a child
+        protocol.
+        """
+        server = Server("mio", child=Protocol, maxResets=1000, floodPause=0.01)
+        server.mux.dataReceived(b"".join(mioOpen(n) + mioReset(n) for n in range(1, 2000, 2)))
+        for _ in range(100):
+            oneTurn(server.clock)
+        self.assertTrue(server.mux.engine.guards.pressed(server.clock.seconds()))
+        server.clock.advance(0.01)
+        built = []
+        for _ in range(10):
+            before = len(server.children)
+            server.clock.advance(0.01)
+            built.append(len(server.children) - before)
+        self.assertEqual(built, [1] * 10)
+
+    def test_readWhilePacedWaits(self):
+        """
+        A read that reaches a pressed connection while it waits (one the
+        reactor had already polled) is not handled before the pause ends.
+        """
+        server = Server("mio", child=Protocol, maxEmptyFrames=1000, floodPause=0.01)
+        server.receive(mioOpen(1) + mioData(1, b"") * 150)
+        handled = self.frames(server)
+        self.assertFalse(server.mux.engine.pendingInput())
+        server.mux.dataReceived(mioData(1, b"") * 50)
+        oneTurn(server.clock)
+        self.assertEqual(self.frames(server), handled)
+        self.assertEqual(server.mux.engine.pendingInput(), 50 * 8)
+        server.clock.advance(0.01)
+        self.assertGreater(self.frames(server), handled)
+
+    def test_floodClosedWithCode(self):
+        """
+        Paced, a flood still spends its whole budget and is closed with
+        code 5, within a bounded time.
+        """
+        from muxframe.errors import FloodError
+        server = Server("mio", child=Protocol, maxEmptyFrames=1000, floodPause=0.001)
+        server.receive(mioOpen(1))
+        server.sent()
+        server.mux.dataReceived(mioData(1, b"") * 5000)
+        for _ in range(1000):
+            if server.transport.disconnecting:
+                break
+            server.clock.advance(0.001)
+        self.assertTrue(server.transport.disconnecting)
+        self.assertLess(server.clock.seconds(), 0.5)
+        frames = server.sentFrames()
+        self.assertEqual((frames[-1].flags, frames[-1].size), (mio.FIN, ErrorCode.EXHAUSTED))
+        server.mux.connectionLost(None)
+        server.mux.lostReason.trap(FloodError)
+
+    def test_honestPeerKeepsFullSlices(self):
+        """
+        Many tiny data frames spend no budget: a slice each turn, every
+        slice FRAMES_PER_TURN frames, never paced.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN
+        server = Server("mio", child=Collect, floodPause=0.01)
+        server.receive(mioOpen(1))
+        server.mux.dataReceived(mioData(1, b"x") * (10 * FRAMES_PER_TURN))
+        steps = [self.frames(server) - 1]  # the first slice, beside the open
+        while server.mux.engine.pendingInput():
+            before = self.frames(server)
+            oneTurn(server.clock)
+            steps.append(self.frames(server) - before)
+        self.assertEqual(steps, [FRAMES_PER_TURN] * 10)
+        self.assertEqual(server.transport.producerState, "producing")
+
+    def test_honestBurstNotPaced(self):
+        """
+        A burst of resets within a tenth of maxResets (an application
+        cancelling streams) is handled at full speed.
+        """
+        server = Server("mio", child=Protocol, floodPause=0.01)
+        server.receive(b"".join(mioOpen(n) for n in range(1, 200, 2)))
+        server.mux.dataReceived(b"".join(mioReset(n) for n in range(1, 200, 2)))
+        for _ in range(10):
+            oneTurn(server.clock)
+        self.assertEqual(len(server.mux.engine), 0)
+        self.assertFalse(server.mux.engine.guards.pressed(server.clock.seconds()))
+
+    def test_offWithZero(self):
+        """
+        floodPause=0: a pressed connection still gets a slice every turn.
+        """
+        from muxframe.multiplexer import FRAMES_PER_TURN
+        server = Server("mio", child=Protocol, maxEmptyFrames=1000, floodPause=0)
+        server.receive(mioOpen(1))
+        server.mux.dataReceived(mioData(1, b"") * 900)
+        for _ in range(20):
+            oneTurn(server.clock)
+        self.assertTrue(server.mux.engine.guards.pressed(0))
+        self.assertEqual(self.frames(server), 1 + 21 * FRAMES_PER_TURN)
 
 
 class RefusedByApplicationTests(SynchronousTestCase):
