@@ -290,22 +290,27 @@ class Journal:
             raise StorageError("the journal is unusable since a failed flush: %s" % (
                 self._committer.failure,))
         lsn = self.nextLsn
-        record = logformat.encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue,
-                                               messageId, senderEntity, senderDevice, payload)
-        if self.pendingBytes + len(record) > self.maxPendingBytes:
+        header, body = logformat.encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue,
+                                                    messageId, senderEntity, senderDevice,
+                                                    payload)
+        size = 8 + len(body)
+        if self.pendingBytes + size > self.maxPendingBytes:
             raise LimitExceeded("%d bytes already wait for the disk" % (self.pendingBytes,),
                                 "maxPendingBytes")
-        if self._active.count and self._active.size + len(record) > self.segmentBytes:
-            self._sealed.append((self._active, self._activeFile))
-            self._active.sealed = True
+        active = self._active
+        if active.count and active.size + size > self.segmentBytes:
+            self._sealed.append((active, self._activeFile))
+            active.sealed = True
             self._create(lsn)
-        self._active.add(lsn, self._active.size, len(record), queue, offset, timestamp, key)
-        if self._chunks is None:
-            self._chunks = [record]
-            self._pending.append((self._activeFile, self._chunks))
-        else:
-            self._chunks.append(record)
-        self.pendingBytes += len(record)
+            active = self._active
+        active.add(lsn, active.size, size, queue, offset, timestamp, key)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = []
+            self._pending.append((self._activeFile, chunks))
+        # Header and body stay apart until the flush joins the batch.
+        chunks += (header, body)
+        self.pendingBytes += size
         self.nextLsn = lsn + 1
         if not commit:
             return lsn, None

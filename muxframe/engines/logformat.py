@@ -168,10 +168,13 @@ class JournalRecord:
                                     self.senderDevice, self.messageId)
 
 
-def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
-                        senderEntity, senderDevice, payload):
+def encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue, messageId,
+                       senderEntity, senderDevice, payload):
     """
-    Return the framed bytes of one journal record.
+    Return the two pieces of one framed journal record: its frame header
+    (length and CRC-32 of the body) and its body.  A writer that batches
+    records keeps both pieces and joins a whole batch once, so the payload
+    is copied once on its way to the file.
     """
     lp = len(payload)
     if lp > MAX_PAYLOAD:
@@ -180,11 +183,18 @@ def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
     lm = len(m)
     if lm > 0xFFFF:
         raise CorruptRecord("message id too long")
-    # The payload is copied once: the CRC runs over the head, then on.
-    head = b"".join((_JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), lm,
-                                        len(e), len(d), lp), q, m, e, d))
-    return b"".join((FRAME_HEADER.pack(len(head) + lp, _crc32(payload, _crc32(head))),
-                     head, payload))
+    body = b"".join((_JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), lm,
+                                        len(e), len(d), lp), q, m, e, d, payload))
+    return FRAME_HEADER.pack(len(body), _crc32(body)), body
+
+
+def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
+                        senderEntity, senderDevice, payload):
+    """
+    Return the framed bytes of one journal record.
+    """
+    return b"".join(encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue, messageId,
+                                       senderEntity, senderDevice, payload))
 
 
 _crc32 = zlib.crc32
