@@ -38,7 +38,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from muxframe.engines.errors import CorruptRecord, StorageError
+from muxframe.engines.errors import CorruptRecord
 from muxframe.engines.model import Address, QueuedRecord, Receipt, ReceiptKind, RecordKind
 
 JOURNAL_MAGIC = b"MXFJRN\x00\x01"
