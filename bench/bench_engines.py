@@ -7,11 +7,15 @@ run:
      queues; target >= 50,000/s; also 16 per appendMany acknowledgement)
      and the fsyncs per second it needs, against
      a plain loop writing the same framed records and fdatasync'ing once per
-     batch (and, for scale, one fdatasync per message);
+     batch (and, for scale, one fdatasync per message), and the same append
+     loop against a store that keeps nothing (what the loop, the
+     Deferreds and their garbage cost by themselves);
   2. replay: one device fetching every record of its queue back in order
      (target >= 200,000/s; also with ten queues interleaved in the
      journal), and recovery (restart on the same directory), against
-     reading and CRC-scanning the segment files raw;
+     reading and CRC-scanning the segment files raw (1 and 2 also report
+     the process's CPU time per record, every thread counted: on a loaded
+     machine it moves far less than wall time);
   3. presence updates fanned out per second (one entity, many approved
      watchers), against calling the same number of callbacks in a loop;
   4. the same over the Redis engine (a redis-server started here on
@@ -31,11 +35,12 @@ import sys
 import tempfile
 import time
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
 from muxframe.engines import logformat
 from muxframe.engines.embedded import EmbeddedEngine
-from muxframe.engines.model import Address, QueueMessage, QueueRetention, Status
+from muxframe.engines.model import (
+    Address, Appended, QueueMessage, QueueRetention, Status)
 
 PAYLOAD = b"x" * 256
 NO_RETENTION = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=False)
@@ -115,6 +120,52 @@ def appendWindow(engine, count, window, queues):
     pump()
     yield done
     return time.perf_counter() - start
+
+
+class NullQueues:
+    """
+    A queue store that stores nothing: each append makes its Deferred and
+    L{Appended} and fires them a flush later, in batches after a hop to the
+    thread pool, as group commit does.  What L{appendWindow} costs on its
+    own (its loop, the Deferreds, their callbacks and garbage), without
+    checking, encoding, indexing or disk.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._waiting = []
+        self._flushing = False
+        self._next = 1
+
+    def append(self, entity, message):
+        d = defer.Deferred()
+        self._waiting.append((d, Appended(self._next, 0)))
+        self._next += 1
+        if not self._flushing:
+            self._kick()
+        return d
+
+    def _kick(self):
+        if not self._waiting:
+            return
+        batch, self._waiting = self._waiting, []
+        self._flushing = True
+
+        def flushed(_):
+            self._flushing = False
+            for d, value in batch:
+                d.callback(value)
+            self._kick()
+        threads.deferToThread(lambda: None).addCallback(flushed)
+
+
+class NullEngine:
+    """
+    Just enough of an engine for L{appendWindow}: L{NullQueues}.
+    """
+
+    def __init__(self, reactor):
+        self.queues = NullQueues(reactor)
 
 
 @defer.inlineCallbacks
@@ -232,11 +283,20 @@ def benchEmbedded(reactor, args, results):
         yield appendWindow(scratch, args.warmup, args.window, args.queues)
         yield scratch.stop()
         shutil.rmtree(os.path.join(directory, "warmup"), ignore_errors=True)
+        null = NullEngine(reactor)
+        yield appendWindow(null, args.warmup, args.window, args.queues)
+        cpu = time.process_time()
+        seconds = yield appendWindow(null, args.messages, args.window, args.queues)
+        results["baseline_null_append_cpu_us"] = (
+            time.process_time() - cpu) / args.messages * 1e6
+        results["baseline_null_append_msgs_per_s"] = args.messages / seconds
         engine = EmbeddedEngine(os.path.join(directory, "many"), retention=NO_RETENTION,
                                 retentionInterval=0)
         yield engine.start()
         flushes = engine.journal.flushes
+        cpu = time.process_time()
         seconds = yield appendWindow(engine, args.messages, args.window, args.queues)
+        results["embedded_append_cpu_us"] = (time.process_time() - cpu) / args.messages * 1e6
         flushes = engine.journal.flushes - flushes
         results["embedded_append_msgs_per_s"] = args.messages / seconds
         results["embedded_fsyncs_per_s"] = flushes / seconds
@@ -252,16 +312,20 @@ def benchEmbedded(reactor, args, results):
         yield one.start()
         seconds = yield appendWindow(one, args.messages, args.window, 1)
         results["embedded_append_one_queue_msgs_per_s"] = args.messages / seconds
+        cpu = time.process_time()
         total, seconds = yield replay(one, 1)
+        results["embedded_replay_cpu_us"] = (time.process_time() - cpu) / total * 1e6
         results["embedded_replay_msgs_per_s"] = total / seconds
         yield one.stop()
         results["baseline_scan_msgs_per_s"] = rawScan(os.path.join(directory, "one"))
         again = EmbeddedEngine(os.path.join(directory, "one"), retention=NO_RETENTION,
                                retentionInterval=0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         yield again.start()
         results["embedded_recovery_msgs_per_s"] = again.recovery.records / (
             time.perf_counter() - start)
+        results["embedded_recovery_cpu_us"] = (time.process_time() - cpu) / max(
+            1, again.recovery.records) * 1e6
         notices, seconds = yield fanout(again, args.watchers, args.changes)
         results["embedded_fanout_notices_per_s"] = notices / seconds
         results["baseline_callbacks_per_s"] = baselineCallbacks(args.watchers, args.changes)
@@ -335,6 +399,8 @@ def printTable(results):
         ("embedded appends/s, appendMany of 16", "embedded_append_batched_msgs_per_s",
          "baseline_batch_msgs_per_s"),
         ("embedded records per fsync", "embedded_records_per_fsync", None),
+        ("appends/s to a store keeping nothing (loop)", "baseline_null_append_msgs_per_s",
+         None),
         ("one fsync per message, msgs/s (scale)", "baseline_fsync_each_msgs_per_s", None),
         ("embedded appends/s, one queue", "embedded_append_one_queue_msgs_per_s",
          "baseline_batch_msgs_per_s"),
@@ -359,6 +425,15 @@ def printTable(results):
         print("%-44s %14.1f %14s %8s" % (
             name, value, "%.1f" % baseline if baseline else "-",
             "%.2f" % (value / baseline) if baseline else "-"))
+    # CPU time of the whole process (every thread) per record: what a
+    # loaded machine changes least, for comparing trees.
+    cpu = [(label, r[key]) for label, key in (
+        ("append", "embedded_append_cpu_us"),
+        ("append to a store keeping nothing", "baseline_null_append_cpu_us"), ("replay", "embedded_replay_cpu_us"),
+        ("recovery", "embedded_recovery_cpu_us")) if key in r]
+    if cpu:
+        print("embedded process CPU per record: " + ", ".join(
+            "%s %.2f us" % item for item in cpu))
     if isinstance(r.get("redis"), str):
         print("redis: %s" % (r["redis"],))
 

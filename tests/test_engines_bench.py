@@ -37,10 +37,13 @@ class QuickEngineBenchTests(unittest.TestCase):
                 "baseline_batch_msgs_per_s", "baseline_batch_fsyncs_per_s",
                 "embedded_replay_msgs_per_s", "embedded_replay_interleaved_msgs_per_s",
                 "baseline_scan_msgs_per_s", "embedded_recovery_msgs_per_s",
-                "embedded_fanout_notices_per_s", "baseline_callbacks_per_s"]
+                "embedded_fanout_notices_per_s", "baseline_callbacks_per_s",
+                "embedded_append_cpu_us", "embedded_replay_cpu_us", "embedded_recovery_cpu_us",
+                "baseline_null_append_msgs_per_s", "baseline_null_append_cpu_us"]
         if findRedisServer() is not None:
             keys += ["redis_append_msgs_per_s", "redis_baseline_xadd_msgs_per_s",
                      "redis_replay_msgs_per_s", "redis_fanout_notices_per_s"]
         for key in keys:
             self.assertGreater(results[key], 0, key)
         self.assertIn("embedded appends/s", proc.stdout)
+        self.assertIn("embedded process CPU per record", proc.stdout)

@@ -40,6 +40,22 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(len(body), 38 + 10)
         self.assertEqual(wire, struct.pack(">II", len(body), zlib.crc32(body)) + body)
 
+    @given(names, names, payloads)
+    @settings(max_examples=50, deadline=None)
+    def test_framePieces(self, queue, messageId, payload):
+        """
+        L{logformat.encodeJournalFrame}'s two pieces (what the journal
+        buffers until a flush joins its batch) are the frame header of the
+        body and the body: together, L{logformat.encodeJournalRecord}'s
+        bytes.
+        """
+        fields = (RecordKind.MESSAGE, 0, 9, 4, 1000, queue or "q", messageId or "m", "bob",
+                  "phone", payload)
+        header, body = logformat.encodeJournalFrame(*fields)
+        self.assertEqual(header, struct.pack(">II", len(body), zlib.crc32(body)))
+        self.assertEqual(header + body, logformat.encodeJournalRecord(*fields))
+        self.assertEqual(logformat.decodeJournalRecord(body).payload, payload)
+
     @given(st.lists(st.tuples(names, names, payloads), max_size=8), st.data())
     @settings(max_examples=150, deadline=None)
     def test_roundTripAndTornTail(self, items, data):

@@ -54,6 +54,35 @@ class QueueIndexTests(SynchronousTestCase):
         self.assertEqual(index.lsns(1, 10), (3, index.lsns(3, 10)[1]))
         self.assertEqual(list(index.lsns(1, 10)[1]), [12])
 
+    @given(st.lists(st.integers(1, 30), min_size=1, max_size=6), st.integers(1, 40),
+           st.lists(st.integers(0, 59), max_size=10))
+    @settings(max_examples=150, deadline=None)
+    def test_runsDedupLikeAppends(self, runs, window, repeats):
+        """
+        Runs added in recovery (L{QueueIndex.addRun}, which enters only the
+        keys inside the dedup window) leave the same dedup answers as the
+        same records appended one by one, repeated keys included.
+        """
+        total = sum(runs)
+        keys = [dedupKey(Address("bob", "p"), "m%d" % i) for i in range(total)]
+        for i, j in zip(repeats, repeats[1:]):
+            # A key seen again later, as after it left the window.
+            if i < total and j < total:
+                keys[max(i, j)] = keys[min(i, j)]
+        appended = QueueIndex(dedupWindow=window)
+        for i, key in enumerate(keys):
+            appended.add(100 + i, i, key)
+        recovered = QueueIndex(dedupWindow=window)
+        at = 0
+        for count in runs:
+            recovered.addRun(1 + at, [100 + i for i in range(at, at + count)],
+                             list(range(at, at + count)), b"".join(keys[at:at + count]))
+            at += count
+        self.assertEqual(recovered.nextOffset, appended.nextOffset)
+        for key in set(keys):
+            self.assertEqual(recovered.find(key), appended.find(key))
+        self.assertEqual(list(recovered.lsns(1, total)[1]), list(appended.lsns(1, total)[1]))
+
     def test_floor(self):
         """
         A floor raises the next offset of a queue whose records were all

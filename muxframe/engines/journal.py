@@ -22,7 +22,7 @@ import zlib
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from muxframe.engines import logformat, segments
+from muxframe.engines import logformat, recordscan, segments
 from muxframe.engines.durable import (
     GroupCommitter, _fdatasync, atomicWrite, fsyncDirectory, writeAll)
 from muxframe.engines.errors import CorruptRecord, EngineStopped, LimitExceeded, StorageError
@@ -226,14 +226,10 @@ class Journal:
                     os.fsync(f.fileno())
                 return segment, ("torn" if data else None)
             raise StorageError("segment %s is not a journal segment" % (path,))
-        bodies, goodEnd, fault = logformat.scanFrames(data, logformat.MAGIC_SIZE)
-        for position, body in bodies:
-            try:
-                record = logformat.decodeJournalRecord(body, position)
-            except CorruptRecord as e:
-                raise StorageError("segment %s at %d: %s" % (path, position, e))
-            segment.add(record.lsn, position, 8 + len(body), record.queue, record.offset,
-                        record.timestamp, logformat.recordKey(record))
+        try:
+            goodEnd, fault = recordscan.scanJournal(data, logformat.MAGIC_SIZE, segment.add)
+        except CorruptRecord as e:
+            raise StorageError("segment %s at %d: %s" % (path, e.position, e))
         if fault is not None:
             self._truncate(path, goodEnd, len(data), report, base)
         return segment, fault
@@ -294,22 +290,27 @@ class Journal:
             raise StorageError("the journal is unusable since a failed flush: %s" % (
                 self._committer.failure,))
         lsn = self.nextLsn
-        record = logformat.encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue,
-                                               messageId, senderEntity, senderDevice, payload)
-        if self.pendingBytes + len(record) > self.maxPendingBytes:
+        header, body = logformat.encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue,
+                                                    messageId, senderEntity, senderDevice,
+                                                    payload)
+        size = 8 + len(body)
+        if self.pendingBytes + size > self.maxPendingBytes:
             raise LimitExceeded("%d bytes already wait for the disk" % (self.pendingBytes,),
                                 "maxPendingBytes")
-        if self._active.count and self._active.size + len(record) > self.segmentBytes:
-            self._sealed.append((self._active, self._activeFile))
-            self._active.sealed = True
+        active = self._active
+        if active.count and active.size + size > self.segmentBytes:
+            self._sealed.append((active, self._activeFile))
+            active.sealed = True
             self._create(lsn)
-        self._active.add(lsn, self._active.size, len(record), queue, offset, timestamp, key)
-        if self._chunks is None:
-            self._chunks = [record]
-            self._pending.append((self._activeFile, self._chunks))
-        else:
-            self._chunks.append(record)
-        self.pendingBytes += len(record)
+            active = self._active
+        active.add(lsn, active.size, size, queue, offset, timestamp, key)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = []
+            self._pending.append((self._activeFile, chunks))
+        # Header and body stay apart until the flush joins the batch.
+        chunks += (header, body)
+        self.pendingBytes += size
         self.nextLsn = lsn + 1
         if not commit:
             return lsn, None
@@ -441,24 +442,17 @@ class Journal:
         if lsns and lsns[-1] > self.durableLsn:
             return defer.fail(StorageError("LSN %d is not durable yet" % (lsns[-1],)))
         plan = []
-        segment = None
         i, count = 0, len(lsns)
         while i < count:
-            # One step per sparse-index window, its LSNs taken in one slice.
-            lsn = lsns[i]
-            if segment is None or not segment.base <= lsn < segment.nextLsn:
-                segment = self._segmentFor(lsn)
-            start, end, endLsn = segment.window(lsn)
-            j = bisect.bisect_left(lsns, min(endLsn, segment.nextLsn), i + 1)
-            if plan and plan[-1][0] is segment and start <= plan[-1][2]:
-                plan[-1][2] = max(plan[-1][2], end)
-                plan[-1][3].update(lsns[i:j])
-            else:
-                plan.append([segment, start, end, set(lsns[i:j])])
+            # One step per segment: its LSNs in one slice, its ranges from
+            # the sparse index.
+            segment = self._segmentFor(lsns[i])
+            j = bisect.bisect_left(lsns, segment.nextLsn, i + 1)
+            path = self._path(segments.segmentName(segment.base))
+            plan.extend((path, start, end, lsns[a:b])
+                        for start, end, a, b in segment.spans(lsns, i, j))
             i = j
-        plan = [(self._path(segments.segmentName(s.base)), start, end, wanted)
-                for s, start, end, wanted in plan]
-        return self._runner(logformat.readQueuedRecords, plan, queue, firstOffset, maxBytes)
+        return self._runner(recordscan.readQueuedRecords, plan, queue, firstOffset, maxBytes)
 
     # Retention -------------------------------------------------------
 

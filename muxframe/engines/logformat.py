@@ -38,7 +38,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from muxframe.engines.errors import CorruptRecord, StorageError
+from muxframe.engines.errors import CorruptRecord
 from muxframe.engines.model import Address, QueuedRecord, Receipt, ReceiptKind, RecordKind
 
 JOURNAL_MAGIC = b"MXFJRN\x00\x01"
@@ -168,10 +168,13 @@ class JournalRecord:
                                     self.senderDevice, self.messageId)
 
 
-def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
-                        senderEntity, senderDevice, payload):
+def encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue, messageId,
+                       senderEntity, senderDevice, payload):
     """
-    Return the framed bytes of one journal record.
+    Return the two pieces of one framed journal record: its frame header
+    (length and CRC-32 of the body) and its body.  A writer that batches
+    records keeps both pieces and joins a whole batch once, so the payload
+    is copied once on its way to the file.
     """
     lp = len(payload)
     if lp > MAX_PAYLOAD:
@@ -180,11 +183,18 @@ def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
     lm = len(m)
     if lm > 0xFFFF:
         raise CorruptRecord("message id too long")
-    # The payload is copied once: the CRC runs over the head, then on.
-    head = b"".join((_JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), lm,
-                                        len(e), len(d), lp), q, m, e, d))
-    return b"".join((FRAME_HEADER.pack(len(head) + lp, _crc32(payload, _crc32(head))),
-                     head, payload))
+    body = b"".join((_JOURNAL_HEAD.pack(kind, flags, lsn, offset, timestamp, len(q), lm,
+                                        len(e), len(d), lp), q, m, e, d, payload))
+    return FRAME_HEADER.pack(len(body), _crc32(body)), body
+
+
+def encodeJournalRecord(kind, flags, lsn, offset, timestamp, queue, messageId,
+                        senderEntity, senderDevice, payload):
+    """
+    Return the framed bytes of one journal record.
+    """
+    return b"".join(encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue, messageId,
+                                       senderEntity, senderDevice, payload))
 
 
 _crc32 = zlib.crc32
@@ -250,98 +260,6 @@ def queuedRecordDecoder(queue):
     return decode
 
 
-_FRAME_AND_LSN = struct.Struct(">IIBBQ")
-_REST = struct.Struct(">QQHHHHI")
-
-
-def readQueuedRecords(plan, queue, firstOffset, maxBytes):
-    """
-    Read the records of C{queue} from segment windows and decode them
-    straight from the bytes read (the blocking half of
-    L{Journal.readQueue}): C{plan} is C{(path, start, end, wanted LSNs)}
-    per window.  Records of other queues are stepped over by their length;
-    wanted ones are CRC-checked on a memoryview (no copy of the body) and
-    their fields sliced once.  Offsets must run from C{firstOffset},
-    contiguous; the list is cut after the first record that takes the
-    payloads past C{maxBytes}.
-
-    @raise StorageError: a record missing, out of place or corrupt.
-    """
-    out = []
-    want = firstOffset
-    total = 0
-    head = _FRAME_AND_LSN.unpack_from
-    rest = _REST.unpack_from
-    crc32 = zlib.crc32
-    names = _NAMES
-    queueRaw = queue.encode("utf-8")
-    queueSize = len(queueRaw)
-    address = _address
-    for path, start, end, wanted in plan:
-        data = readRange(path, start, end)
-        view = memoryview(data)
-        found = 0
-        need = len(wanted)
-        at, size = 0, len(data)
-        while at + 46 <= size and found < need:
-            length, crc, kind, flags, lsn = head(data, at)
-            bodyEnd = at + 8 + length
-            if length > MAX_BODY or bodyEnd > size:
-                break
-            if lsn not in wanted:
-                at = bodyEnd
-                continue
-            if crc32(view[at + 8:bodyEnd]) != crc:
-                raise StorageError("segment %s: CRC mismatch at %d" % (path, start + at))
-            offset, timestamp, lq, lm, le, ld, lp = rest(data, at + 18)
-            a = at + 46 + lq
-            b = a + lm
-            c = b + le
-            e = c + ld
-            if e + lp != bodyEnd or lq != queueSize or offset != want or \
-                    not data.startswith(queueRaw, at + 46):
-                raise StorageError("segment %s: record at %d is not offset %d of %r" % (
-                    path, start + at, want, queue))
-            try:
-                messageId = data[a:b].decode("utf-8")
-                if le:
-                    raw = data[b:c]
-                    entity = names.get(raw) or _decodedName(raw)
-                    raw = data[c:e]
-                    device = names.get(raw) or _decodedName(raw)
-                    sender = address(entity, device)
-                else:
-                    sender = None
-                    entity = device = ""
-            except UnicodeDecodeError:
-                raise StorageError("segment %s: a name is not UTF-8 at %d" % (path, start + at))
-            payload = data[e:bodyEnd]
-            if kind == 1:
-                out.append(QueuedRecord(offset, RecordKind.MESSAGE, messageId, sender,
-                                        timestamp, payload, bool(flags & FLAG_RECEIPTS)))
-            elif kind == 2:
-                try:
-                    receipt = decodeReceiptPayload(payload, entity, device, messageId)
-                except CorruptRecord as error:
-                    raise StorageError("segment %s: %s at %d" % (path, error, start + at))
-                out.append(QueuedRecord(offset, RecordKind.RECEIPT, messageId, sender,
-                                        timestamp, payload, False, receipt))
-            else:
-                raise StorageError("segment %s: unknown record type %d at %d" % (
-                    path, kind, start + at))
-            want += 1
-            found += 1
-            total += lp
-            at = bodyEnd
-            if total > maxBytes and len(out) > 1:
-                out.pop()
-                return out
-        if found != need:
-            raise StorageError("segment %s: %d of %d records found between %d and %d" % (
-                path, found, need, start, end))
-    return out
-
-
 _LSN = struct.Struct(">Q")
 
 
@@ -376,11 +294,20 @@ def messageKey(senderEntity, senderDevice, messageId):
     if prefix is None:
         if len(_PREFIXES) >= 4096:
             _PREFIXES.clear()
-        prefix = _PREFIXES[(senderEntity, senderDevice)] = hashlib.blake2b(
-            ("%s\x00%s\x00" % (senderEntity, senderDevice)).encode("utf-8"), digest_size=16)
+        prefix = _PREFIXES[(senderEntity, senderDevice)] = senderKeyPrefix(
+            senderEntity, senderDevice)
     h = prefix.copy()
     h.update(messageId.encode("utf-8"))
     return h.digest()
+
+
+def senderKeyPrefix(senderEntity, senderDevice):
+    """
+    The BLAKE2b-128 state L{messageKey} starts from for one sender: copy
+    it, update it with the message id's UTF-8 bytes and digest it.
+    """
+    return hashlib.blake2b(("%s\x00%s\x00" % (senderEntity, senderDevice)).encode("utf-8"),
+                           digest_size=16)
 
 
 _PREFIXES = {}

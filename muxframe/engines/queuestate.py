@@ -112,13 +112,22 @@ class QueueIndex:
         if firstOffset != self.nextOffset:
             self._jump(firstOffset)
         start = self.nextOffset
+        count = len(lsns)
         self._lsns.extend(lsns)
         self._stamps.extend(stamps)
         self._keys.extend(keys)
-        self.nextOffset = start + len(lsns)
+        self.nextOffset = start + count
+        # Keys already past the dedup window get no dict entry at all:
+        # earlier runs' keys that fall out of it are forgotten, this run's
+        # are only entered from the window's start.
+        oldest = self.nextOffset - self.dedupWindow
+        for offset in range(max(self._forgotten, self.firstOffset), min(start, oldest)):
+            self._forget(offset)
+        self._forgotten = max(self._forgotten, oldest)
+        first = max(0, oldest - start)
         view = bytes(keys)
-        self._dedup.update((view[16 * i:16 * i + 16], start + i) for i in range(len(lsns)))
-        self._forgetBeyondWindow()
+        self._dedup.update(zip([view[at:at + 16] for at in range(16 * first, 16 * count, 16)],
+                               range(start + first, start + count)))
 
     def _jump(self, offset):
         if offset < self.nextOffset or len(self):

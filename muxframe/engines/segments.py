@@ -201,6 +201,43 @@ class Segment:
             return self.sparsePositions[i - 1], self.sparsePositions[i], self.sparseLsns[i]
         return self.sparsePositions[i - 1], self.size, self.nextLsn
 
+    def spans(self, lsns, first, last):
+        """
+        Byte ranges to read for the records C{lsns[first:last]} (ascending,
+        all in this segment): a list of C{(start, end, i, j)}, the range
+        from C{start} to C{end} holding C{lsns[i:j]}.
+
+        A dense run of LSNs (at least one per two sparse-index windows it
+        spans) is one range; a sparse one is split in halves until each
+        part is dense or one record, so no more than about two windows are
+        read per record wanted.  Adjacent ranges are merged.
+        """
+        out = []
+        sparse = self.sparseLsns
+        positions = self.sparsePositions
+        entries = len(sparse)
+        if not entries or lsns[first] < sparse[0]:
+            raise StorageError("LSN %d is before segment %d" % (lsns[first], self.base))
+        pending = [(first, last)]
+        while pending:
+            i, j = pending.pop()
+            low = bisect.bisect_right(sparse, lsns[i]) - 1
+            high = bisect.bisect_right(sparse, lsns[j - 1], low)
+            if j - i > 1 and high - low > 2 * (j - i):
+                middle = (i + j) // 2
+                # Right half first on the stack: the left one is done first.
+                pending.append((middle, j))
+                pending.append((i, middle))
+                continue
+            start = positions[low]
+            end = positions[high] if high < entries else self.size
+            if out and out[-1][1] >= start:
+                previous = out[-1]
+                out[-1] = (previous[0], max(previous[1], end), previous[2], j)
+            else:
+                out.append((start, end, i, j))
+        return out
+
     def release(self):
         """
         Forget the per-record lists of every run (see L{QueueRun.release}).
