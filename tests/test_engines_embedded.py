@@ -7,6 +7,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from muxframe.engines.embedded import EmbeddedEngine
+from muxframe.engines.model import ReceiptKind
 from tests.engine_contract import EngineContract
 
 
@@ -31,6 +32,31 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         again = EmbeddedEngine(self.directory, clock=clock, **self.settings)
         yield again.start()
         return again
+
+    @defer.inlineCallbacks
+    def test_stopFinishesAcknowledgementsInProgress(self):
+        """
+        An acknowledgement taken before C{stop()} saves its receipts and
+        position before the files close (it used to fail with
+        L{EngineStopped} when a server stopped under a device's late
+        acknowledgements); after a restart the device is where it said.
+        """
+        e = yield self.makeEngine(self.clock)
+        for i in range(3):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.position("alice", "phone")
+        acks = [e.queues.acknowledge("alice", "phone", offset, ReceiptKind.DELIVERED)
+                for offset in (1, 2, 3)]
+        yield e.stop()
+        positions = yield defer.gatherResults(acks)
+        self.assertEqual(positions[-1].delivered, 3)
+        again = EmbeddedEngine(self.directory, clock=self.clock, **self.settings)
+        yield again.start()
+        self.addCleanup(again.stop)
+        p = yield again.queues.position("alice", "phone")
+        self.assertEqual(p.delivered, 3)
+        receipts = yield again.queues.fetch("bob", 1)
+        self.assertEqual(sorted(r.receipt.offset for r in receipts), [1, 2, 3])
 
 
 class ConfigTests(unittest.SynchronousTestCase):

@@ -273,8 +273,14 @@ class EmbeddedEngine:
             self._retention.stop()
         self.presence.close()
         self.queues.close()
-        ds = [self.journal.close(), self._offsets.flush(), self._presenceStore.flush()]
-        d = defer.DeferredList(ds, consumeErrors=True)
+        # Acknowledgements already taken finish (receipts, then the
+        # position) before the files they write close under them.
+        d = self.queues.settled()
+
+        def flushed(_):
+            ds = [self.journal.close(), self._offsets.flush(), self._presenceStore.flush()]
+            return defer.DeferredList(ds, consumeErrors=True)
+        d.addCallback(flushed)
 
         def closed(results):
             self._offsets.close()

@@ -129,6 +129,14 @@ class EmbeddedQueueStore:
         """
         self._open = False
 
+    def settled(self):
+        """
+        A Deferred firing once the acknowledgements in progress have saved
+        their positions (their receipts first), so closing the files after
+        it loses none of them.
+        """
+        return self._acks.whenIdle()
+
     def _check(self):
         if not self._open:
             raise EngineStopped("the queue store is closed")

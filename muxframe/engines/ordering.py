@@ -23,6 +23,17 @@ class SerialChains:
         """
         return len(self._tails)
 
+    def whenIdle(self):
+        """
+        A Deferred firing (with L{None}) once every step given so far has
+        finished, successfully or not.
+        """
+        # Each key's tail fires after all of that key's earlier steps.
+        tails = list(self._tails.values())
+        if not tails:
+            return defer.succeed(None)
+        return defer.DeferredList(tails).addCallback(lambda _: None)
+
     def after(self, key, step):
         """
         Run C{step()} (returning a value or a Deferred) once every earlier
