@@ -42,6 +42,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from muxframe.demo import freePort  # noqa: E402
 from muxframe import bmp, mio  # noqa: E402
 from muxframe.bmp import BmpEngine  # noqa: E402
 from muxframe.events import DataReceived  # noqa: E402
@@ -50,14 +51,6 @@ from muxframe.mio import MioEngine  # noqa: E402
 ATTACKS = ["mio-rapid-reset", "mio-empty-data", "mio-window-update",
            "mio-keepalive", "bmp-create-close", "bmp-ack-flood"]
 MESSAGE = b"ping" * 16
-
-
-def freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def percentile(values, fraction):

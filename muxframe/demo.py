@@ -39,15 +39,25 @@ import threading
 import time
 
 
+_handedOut = set()
+
+
 def freePort():
     """
-    A TCP port free on 127.0.0.1 now.
+    A TCP port free on 127.0.0.1 now, and not one this process has already
+    been given: two ports taken in a row must differ, and the kernel may
+    hand a just-closed port out again (a demo once got its admin port equal
+    to its XTMP port).
     """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    for _ in range(1000):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _handedOut:
+            _handedOut.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 in 1,000 tries")
 
 
 def waitForLog(text, processes, seconds=20.0):

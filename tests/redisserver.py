@@ -21,6 +21,8 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from muxframe.demo import freePort
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -101,10 +103,7 @@ class RedisServer:
         """
         self.directory = tempfile.mkdtemp(prefix="muxframe-redis-")
         for attempt in range(5):
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-            probe.close()
+            self.port = freePort()
             self._spawn()
             if self._waitReady(timeout):
                 return self

@@ -165,3 +165,52 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(output.count("HIDDEN SERVICE SAYS: THROUGH THE TUNNEL"), 3)
         self.assertIn("3 connections through the reverse tunnel (3 streams opened by the "
                       "server): ok", output)
+
+
+class FreePortTests(SynchronousTestCase):
+    """
+    L{muxframe.demo.freePort}, which the demo, the bench and the tests use
+    to choose ports for the servers they start.
+    """
+
+    def test_neverTheSamePortTwice(self):
+        """
+        When the kernel hands the port it just gave out again (as it may
+        once the probing socket is closed), C{freePort} tries again: two
+        ports taken by one process differ.
+        """
+        from muxframe import demo
+
+        given = iter([47001, 47001, 47001, 47002])
+
+        class RepeatingSocket:
+            def __init__(self):
+                self.port = next(given)
+
+            def bind(self, address):
+                pass
+
+            def getsockname(self):
+                return ("127.0.0.1", self.port)
+
+            def close(self):
+                pass
+
+        self.patch(demo, "_handedOut", set())
+        self.patch(demo.socket, "socket", RepeatingSocket)
+        self.assertEqual([demo.freePort(), demo.freePort()], [47001, 47002])
+
+    def test_realPortsDiffer(self):
+        """
+        On the real loopback, many ports taken in a row are all different
+        and all bindable.
+        """
+        from muxframe.demo import freePort
+
+        import socket
+
+        ports = [freePort() for _ in range(200)]
+        self.assertEqual(len(set(ports)), 200)
+        s = socket.socket()
+        s.bind(("127.0.0.1", ports[-1]))
+        s.close()

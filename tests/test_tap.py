@@ -6,7 +6,6 @@ real thing, C{twistd -n muxframe server|client} as subprocesses.
 import os
 import re
 import signal
-import socket
 import time
 
 from zope.interface import implementer
@@ -29,21 +28,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from muxframe import tap
 from muxframe.endpoints import MultiplexedClientEndpoint, MultiplexedServerEndpoint
+from muxframe.demo import freePort  # re-exported: the tests import it from here
 from muxframe.tunnel import EchoFactory
 from tests.test_tunnel import TCPClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def freePort():
-    """
-    Return a TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 TOKEN = "0123456789abcdef-%s-token"
