@@ -27,20 +27,23 @@ Client, per endpoint::
                         to the server (forward tunnel); repeatable
     --forward TARGET    streams the server opens are connected to TARGET
 
-Listening goes through L{twisted.application.strports}, so a port in use
+Listening goes through a L{StreamServerEndpointService}, so a port in use
 stops the process with an error; TCP, TLS and UNIX listeners get a backlog
-of 1024 unless their description sets C{backlog=}.  On SIGTERM the server stops accepting,
+of 1024 unless their description sets C{backlog=}, and accept at most 4
+connections per reactor turn (L{muxframe.acceptbatch}).  On SIGTERM the server stops accepting,
 lets open streams finish for up to C{--drainTimeout} seconds, then closes;
 the client does the same with its connections.
 """
 
 import sys
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .acceptbatch import DEFAULT_ACCEPTS_PER_TURN, CappedEndpoint
 from .admin.settings import OperatorOptionsMixin
 from .endpointcheck import checkClientDescription, checkServerDescription, parseDescription
 from .endpointstrings import _quote
@@ -664,17 +667,25 @@ def twistCommand(*args):
 
 class ListenService(service.Service):
     """
-    A L{strports} listening service that turns "cannot listen" into a clear
-    one-line error and a non-zero exit of twistd, and listens with a
-    backlog of L{DEFAULT_BACKLOG} unless the description sets one.
+    A L{strports}-style listening service that turns "cannot listen" into a
+    clear one-line error and a non-zero exit of twistd, listens with a
+    backlog of L{DEFAULT_BACKLOG} unless the description sets one, and
+    accepts at most C{acceptsPerTurn} connections per reactor turn
+    (L{muxframe.acceptbatch}: a connection flood waits in the backlog, not
+    in front of established connections).
 
     @ivar endpoint: the listening endpoint.
     """
 
-    def __init__(self, description, factory, reactor):
+    def __init__(self, description, factory, reactor,
+                 acceptsPerTurn=DEFAULT_ACCEPTS_PER_TURN):
         self.description = description
-        self.inner = strports.service(withBacklog(description), factory, reactor=reactor)
-        self.endpoint = self.inner.endpoint
+        from twisted.internet.endpoints import serverFromString
+        self.endpoint = serverFromString(reactor, withBacklog(description))
+        self.inner = StreamServerEndpointService(
+            CappedEndpoint(self.endpoint, acceptsPerTurn), factory)
+        # As strports.service: a failure to listen raises from startService.
+        self.inner._raiseSynchronously = True
 
     def _start(self, method):
         try:

@@ -374,6 +374,46 @@ class AdmissionHookTests(SynchronousTestCase):
         self.assertEqual((h.server.handshakesInProgress,
                           h.server.handshakesFailed), (0, 1))
 
+    def test_refusedSessionFreedByReferenceCounting(self):
+        """
+        A session refused during its handshake leaves no reference cycle
+        behind (no traceback holding its frames, no handshake callbacks
+        holding the protocol): with the cyclic collector off, it is freed
+        as soon as the transport lets go of it.  Under a flood of refused
+        handshakes the cycles made collections milliseconds long.
+        """
+        import gc
+        import weakref
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        h = Harness()
+
+        def admit(protocol, hello):
+            raise RateLimited("too many handshakes from this address")
+
+        h.server.admitHandshake = admit
+        hello = ClientHandshake(serverKey=SERVER_IDENTITY.public,
+                                identity=CLIENT_IDENTITY).start()
+        enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            s = h.server.buildProtocol(None)
+            transport = StringTransport()
+            s.makeConnection(transport)
+            s.dataReceived(hello)
+            self.assertIn(b"too many handshakes", transport.value())
+            s.connectionLost(Failure(ConnectionDone()))
+            alive = weakref.ref(s)
+            del s, transport
+            self.assertIsNone(alive())
+        finally:
+            if enabled:
+                gc.enable()
+
     def test_admitRefuses(self):
         """
         C{admitHandshake} raising L{RateLimited} refuses the client with
@@ -389,7 +429,10 @@ class AdmissionHookTests(SynchronousTestCase):
         h.server.admitHandshake = admit
         c, s, pump = h.connect()
         self.assertEqual(seen, [(s, KEM.MLKEM768)])
-        self.assertIsNone(s.connection.handshake.sendKey)
+        # No key was derived: the session closed without a send key (the
+        # handshake itself is released once the connection is closed).
+        self.assertIsNone(s.connection.sendKey)
+        self.assertIsNone(s.connection.handshake)
         why = result(c.whenHandshakeDone()).value
         self.assertIsInstance(why, PeerError)
         self.assertEqual(why.code, XTMPErrorCode.RATE_LIMITED)
@@ -551,3 +594,76 @@ class PreAuthMemoryTCPTests(TestCase):
                              HEADER_SIZE + SECURITY_SIZE + MAX_CLIENT_HELLO)
         self.assertEqual(factory.handshakesInProgress, 0)
         self.assertEqual(factory.handshakesFailed, self.connections)
+
+
+class PreAuthLogTests(SynchronousTestCase):
+    """
+    What connections that never complete a handshake write to the log:
+    one line per connection is an unauthenticated peer's to cause, so
+    those lines are debug (dropped by the roles by default) or throttled.
+    """
+
+    def observe(self):
+        from twisted.logger import globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def minimumLevel(self, level):
+        from muxframe.logthrottle import minimumLevel, setMinimumLevel
+        self.addCleanup(setMinimumLevel, minimumLevel())
+        setMinimumLevel(level)
+
+    def lostDuringHandshake(self, h):
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+        s = h.server.buildProtocol(None)
+        s.makeConnection(StringTransport())
+        s.connectionLost(Failure(ConnectionDone()))
+
+    def test_closedDuringHandshakeIsDebug(self):
+        """
+        A connection closed before its handshake completed is a debug
+        event, which the roles' level (info) drops before it is built.
+        """
+        from twisted.logger import LogLevel
+        events = self.observe()
+        self.minimumLevel(LogLevel.debug)
+        self.lostDuringHandshake(Harness())
+        lines = [e for e in events if "closed during the handshake"
+                 in (e.get("log_format") or "")]
+        self.assertEqual([e["log_level"] for e in lines], [LogLevel.debug])
+        del events[:]
+        self.minimumLevel(LogLevel.info)
+        self.lostDuringHandshake(Harness())
+        self.assertEqual([e for e in events if "muxframe" in
+                          e.get("log_namespace", "")], [])
+
+    def test_failedHandshakesThrottled(self):
+        """
+        Handshakes failing on bad input warn at most 10 times a minute per
+        factory, then say that further lines are suppressed.
+        """
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import LogLevel
+        events = self.observe()
+        self.minimumLevel(LogLevel.info)
+        h = Harness()
+        garbage = encodePlain(MessageType.Handshake, 0, 0, 0, b"\x00" * 64)
+        for _ in range(25):
+            s = h.server.buildProtocol(None)
+            s.makeConnection(StringTransport())
+            s.dataReceived(garbage)
+        warned = [e for e in events if "handshake failed" in
+                  (e.get("log_format") or "")]
+        self.assertEqual(len(warned), 10)
+        self.assertEqual({e["log_level"] for e in warned}, {LogLevel.warn})
+        self.assertIn("suppressed", warned[-1]["log_format"])
+        h.clock.advance(61)
+        s = h.server.buildProtocol(None)
+        s.makeConnection(StringTransport())
+        s.dataReceived(garbage)
+        self.assertEqual(len([e for e in events if "handshake failed" in
+                              (e.get("log_format") or "")]), 11)

@@ -23,6 +23,7 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
 """
 
 import argparse
+import os
 import struct
 import sys
 import time
@@ -34,6 +35,7 @@ from twisted.internet.protocol import Factory, Protocol
 from bench.xtmpserver.common import (
     CLIENT, ECHO, SERVER, emit, listenToStdin, rss, takeFrames,
 )
+from muxframe.acceptbatch import capAccepts
 from muxframe.server.config import ServerConfig
 from muxframe.server.factory import XTMPServer
 
@@ -151,6 +153,41 @@ class Server:
             return
         emit("traced", rows=[], total=0)
 
+    def cmd_turns(self, report=False):
+        """
+        (diagnosis) Start timing each reactor turn's work (the timed calls
+        and the dispatch of the events one poll returned, not the wait); with
+        C{report}, emit the distribution and what the longest turns held.
+        """
+        if not report:
+            from bench.xtmpserver.turns import TurnTimer
+            self.turns = TurnTimer(reactor, self.factory.scheduler)
+            emit("turns")
+            return
+        emit("turns", **self.turns.stop())
+
+    def cmd_gcinfo(self):
+        """
+        (diagnosis) What the cyclic collector tracks and what it would free
+        now: object kinds, and the frames and types of the garbage.
+        """
+        import gc, collections
+        objs = gc.get_objects()
+        kinds = collections.Counter(type(o).__name__ for o in objs)
+        tracked = len(objs)
+        del objs
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        frames = collections.Counter(
+            "%s:%s" % (o.f_code.co_filename.split("/")[-1], o.f_code.co_name)
+            for o in gc.garbage if type(o).__name__ == "frame")
+        excs = collections.Counter(type(o).__name__ for o in gc.garbage)
+        gc.set_debug(0)
+        del gc.garbage[:]
+        emit("gcinfo", frames=frames.most_common(25), excs=excs.most_common(40),
+             tracked=tracked, frozen=gc.get_freeze_count(),
+             top=kinds.most_common(15), stats=gc.get_stats())
+
     def cmd_stop(self):
         reactor.stop()
 
@@ -162,9 +199,23 @@ def main():
     parser.add_argument("--limits", choices=["on", "off"], default="off")
     parser.add_argument("--profile")
     args = parser.parse_args()
+    # Log as the twistd role does: events go to a file observer (here the
+    # null device) at muxframe's default level.  Without an observer,
+    # twisted.logger keeps the first 65,536 events in memory, which under
+    # a flood makes every full garbage collection scan them (200 ms turns).
+    from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
+    from muxframe.logthrottle import setMinimumLevel
+    setMinimumLevel(LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(open(os.environ.get("BENCH_SERVER_LOG",
+                                                 os.devnull), "w"))],
+        redirectStandardIO=False)
     server = Server(args.mode, args.heartbeat, args.limits == "on")
 
     def listening(port):
+        # As the role does (muxframe.server.service via ListenService).
+        if args.mode == "xtmp":
+            capAccepts(port, server.factory.config["server.accepts_per_turn"])
         emit("listening", port=port.getHost().port)
 
     d = TCP4ServerEndpoint(reactor, 0, backlog=4096,

@@ -52,9 +52,9 @@ import struct
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from muxframe.logthrottle import logger
 from muxframe.engines.model import DeliveryKind
 from muxframe.server.errors import Refusal
 from muxframe.server.hub import Delivery
@@ -63,7 +63,7 @@ from muxframe.server.sublist import Sublist, Subscription
 from muxframe.server.subjects import tokens
 from muxframe.xtmp.errors import PeerError, XTMPErrorCode
 
-log = Logger(namespace="muxframe.server.cluster")
+log = logger("muxframe.server.cluster")
 
 PUBLISH, BROADCAST, REQUEST, REPLY, ANNOUNCE, HELLO, BYE, APP = range(1, 9)
 

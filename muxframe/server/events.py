@@ -10,9 +10,10 @@ are emitted with C{event=name} and the fields, so a JSON log observer
 gets them as keys.
 """
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from zope.interface import implementer
 
+from muxframe.logthrottle import logger
 from muxframe.server.interfaces import IServerEvents
 from muxframe.server.limits import LogThrottle
 from muxframe.xtmp.errors import XTMPErrorCode
@@ -26,7 +27,7 @@ class ServerEvents:
     @param clock: an C{IReactorTime} (its C{seconds}) for the throttle.
     """
 
-    log = Logger(namespace="muxframe.server")
+    log = logger("muxframe.server")
 
     def __init__(self, clock, perInterval=10, interval=60.0):
         self.clock = clock

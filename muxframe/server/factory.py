@@ -31,8 +31,9 @@ import hashlib
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 
+from muxframe.logthrottle import logger
 from muxframe.server.broker import SubscriptionTable
 from muxframe.server.config import ServerConfig
 from muxframe.server.events import ServerEvents
@@ -126,7 +127,7 @@ class XTMPServer(XTMPServerFactory):
     """
 
     protocol = ServerSession
-    log = Logger(namespace="muxframe.server")
+    log = logger("muxframe.server")
 
     def __init__(self, identity, config=None, reactor=None, keys=(),
                  tokens=None, engine=None):

@@ -29,8 +29,8 @@ Rules:
     (disconnected with SLOW_CONSUMER), as for subject deliveries.
 """
 
-from twisted.logger import Logger
 
+from muxframe.logthrottle import logger
 from muxframe.engines.errors import RecoveryFailure, RecoveryImpossible
 from muxframe.engines.model import HistoryOptions, StreamPosition
 from muxframe.messaging import wire
@@ -42,7 +42,7 @@ from muxframe.server.storage import raiseRefusal, refusalFor
 from muxframe.server.subjects import matches, tokens
 from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
 
-log = Logger(namespace="muxframe.server.history")
+log = logger("muxframe.server.history")
 
 #: Live publications held per subscriber while its history is fetched.
 MAX_HELD = 10000

@@ -36,8 +36,8 @@ Rules:
 """
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
+from muxframe.logthrottle import logger
 from muxframe.engines import logformat
 from muxframe.engines.errors import EngineUsageError
 from muxframe.engines.model import (
@@ -50,7 +50,7 @@ from muxframe.server.errors import Refusal
 from muxframe.server.storage import raiseRefusal, refusalFor
 from muxframe.xtmp.errors import XTMPErrorCode
 
-log = Logger(namespace="muxframe.server.queues")
+log = logger("muxframe.server.queues")
 
 _PUSH_TAIL = encodeField(14, INT32, PUSH)
 _AS_DEVICE = encodeField(12, INT32, DEVICE)

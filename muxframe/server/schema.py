@@ -246,7 +246,12 @@ SCHEMA = [Key(*entry) for entry in [
      "bucket; 0: no limit); more are refused with RATE_LIMITED."),
     ("server.handshake_burst", _integer(1), 40, _count,
      "Bucket size of handshake_rate."),
-    ("server.handshake_budget", _number(), 0.001, _seconds,
+    ("server.accepts_per_turn", _integer(0), 4, _count,
+     "New connections accepted per reactor turn at most (TCP, TLS and UNIX "
+     "listeners; 0: Twisted's own, which grows without bound under a "
+     "flood); more wait in the listen backlog, so a connection flood does "
+     "not hold up established sessions."),
+    ("server.handshake_budget", _number(), 0.0005, _seconds,
      "Handshake work (key exchange, signatures) done per reactor turn at "
      "most (at least one step), so a burst of handshakes does not hold up "
      "established sessions (0: each as its bytes arrive)."),

@@ -21,13 +21,14 @@ import signal
 
 from twisted.application import service
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 
+from muxframe.logthrottle import logger
 from muxframe.server.errors import ConfigError
 from muxframe.server.factory import XTMPServer
 from muxframe.xtmp import Identity, parseAuthorizedKeys
 
-log = Logger(namespace="muxframe.server")
+log = logger("muxframe.server")
 _TOKEN_LINE = re.compile(r"^(\S+)\s+([0-9a-fA-F]{64})$")
 
 
@@ -164,7 +165,8 @@ class XTMPServerService(service.Service):
         origins = config["server.allowed_origins"]
         self._listeners = [
             ListenService(listenDescription(description, origins),
-                          self.server, reactor)
+                          self.server, reactor,
+                          acceptsPerTurn=config["server.accepts_per_turn"])
             for description in config["server.endpoint"]]
 
     def privilegedStartService(self):

@@ -32,8 +32,8 @@ import struct
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from muxframe.logthrottle import logger
 from muxframe.engines import makeEngine
 from muxframe.engines.errors import (
     ConfigError as EngineConfigError, EngineUsageError, LimitExceeded)
@@ -43,7 +43,7 @@ from muxframe.messaging.wire import StanzaType
 from muxframe.server.errors import ConfigError, Refusal
 from muxframe.xtmp.errors import XTMPErrorCode
 
-log = Logger(namespace="muxframe.server.storage")
+log = logger("muxframe.server.storage")
 
 #: Application frame kinds between nodes (L{ClusterEngine.sendApp}).
 TAKE_DEVICE = 1

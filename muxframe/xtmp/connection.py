@@ -358,6 +358,18 @@ class XTMPConnection(RekeyMixin):
         """
         return bool(any(self._queues) or self._resendQueue)
 
+    def release(self):
+        """
+        Drop what only a handshake in progress needs, once the session is
+        closed: the handshake and the factory's callbacks, which refer to
+        the protocol that owns this connection (a reference cycle the
+        collector would otherwise have to find, for every connection that
+        ended during its handshake).
+        """
+        if self.state == CLOSED:
+            self.handshake = None
+            self._resumptionFor = None
+
     def abandon(self):
         """
         Close the session without sending anything: the peer has already

@@ -9,6 +9,7 @@ whose connection was lost.
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory
 
+from muxframe.logthrottle import LogThrottle
 from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.connection import XTMPConnection
 from muxframe.xtmp.errors import Unauthorized
@@ -36,6 +37,9 @@ class _XTMPFactoryMixin:
     @ivar handshakesCompleted: handshakes that completed.
     @ivar handshakesFailed: handshakes that failed (refused, malformed,
         timed out, connection lost).
+    @ivar logThrottle: the L{LogThrottle} for warnings about connections
+        that failed before completing a handshake (10 lines per kind each
+        60 s; the rest are counted and reported once).
     """
 
     protocol = XTMPProtocol
@@ -49,6 +53,9 @@ class _XTMPFactoryMixin:
         self.handshakesInProgress = 0
         self.handshakesCompleted = 0
         self.handshakesFailed = 0
+        # Log lines about connections that never completed a handshake
+        # (one per connection is an unauthenticated peer's to cause).
+        self.logThrottle = LogThrottle(perInterval=10, interval=60.0)
 
     def handshakeStarted(self, protocol):
         """

@@ -23,10 +23,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from muxframe.logthrottle import logger, throttled
 from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F
 from muxframe.xtmp.connection import CLOSED, OPEN
 from muxframe.xtmp.errors import (
@@ -79,7 +80,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     @ivar result: the L{HandshakeResult} once the handshake is done.
     """
 
-    log = Logger()
+    log = logger()
     factory = None
     connection = None
     result = None
@@ -243,6 +244,12 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                     break
                 self._handleEvent(event)
         except XTMPRemoteError as e:
+            # A typed protocol error says what went wrong by itself; its
+            # traceback would keep this session's frames (and the session)
+            # alive in a reference cycle until the collector runs, which
+            # under a flood of refused handshakes means milliseconds-long
+            # collections.
+            e.__traceback__ = None
             # Messages that arrived intact before the fault are delivered
             # (they count as delivered for acknowledgement), then we close.
             for event in getattr(e, "events", ()):
@@ -270,6 +277,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         conn = self.connection
         if conn is not None:
             conn.state = CLOSED
+            conn.release()
             for request in list(conn.pendingRequests.values()):
                 self._failRequest(request, why)
             conn.pendingRequests.clear()
@@ -281,9 +289,16 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self._handshakeFinished(Failure(err))
         if self.factory is not None:
             self.factory.sessionLost(self)
-        self.log.emit(_levelFor(why, LogLevel.info),
-                      "xtmp session {sessionId:#x} closed: {why}",
-                      sessionId=self.sessionId, why=why)
+        if self.result is None:
+            # Never authenticated: one line per connection is the
+            # attacker's to cause, so it is debug (not written by the roles
+            # by default).
+            self.log.debug("xtmp connection closed during the handshake: "
+                           "{why}", why=why)
+        else:
+            self.log.emit(_levelFor(why, LogLevel.info),
+                          "xtmp session {sessionId:#x} closed: {why}",
+                          sessionId=self.sessionId, why=why)
         for d in self._closed:
             d.callback(why)
         self._closed = []
@@ -504,10 +519,20 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._loseConnection()
 
     def _fail(self, error):
-        self.log.emit(_levelFor(error, LogLevel.warn),
-                      "xtmp session {sessionId:#x} failed: {code}: {error}",
-                      sessionId=self.sessionId,
-                      code=XTMPErrorCode.describe(error.code), error=error)
+        level = _levelFor(error, LogLevel.warn)
+        code = XTMPErrorCode.describe(error.code)
+        throttle = getattr(self.factory, "logThrottle", None)
+        if self.result is None and level != LogLevel.debug \
+                and throttle is not None:
+            # Before authentication: the factory's throttle.
+            throttled(self.log, throttle, self.reactor.seconds(),
+                      level, "handshake failed: " + code,
+                      "xtmp handshake failed: {code}: {error}", code=code,
+                      error=error)
+        else:
+            self.log.emit(level, "xtmp session {sessionId:#x} failed: "
+                          "{code}: {error}", sessionId=self.sessionId,
+                          code=code, error=error)
         if self._closeReason is None:
             self._closeReason = error
         if not self._lost:
