@@ -161,7 +161,7 @@ class Server:
         """
         if not report:
             from bench.xtmpserver.turns import TurnTimer
-            self.turns = TurnTimer(reactor, self.factory.scheduler)
+            self.turns = TurnTimer(reactor, getattr(self.factory, "scheduler", None))
             emit("turns")
             return
         emit("turns", **self.turns.stop())
