@@ -16,9 +16,13 @@ measures the server, beside a baseline measured in the same invocation:
              server handler (no routing).
   flood      p99 latency of an established session's requests during a
              handshake flood from one address, against the same session
-             unloaded (target <= 2x); defences at their defaults.
+             unloaded (target <= 2x); defences at their defaults.  The
+             flooding processes stand in for another machine: they run on
+             a CPU of their own (--attacker pin), the server and the
+             measuring client on the others, in both runs.
 
   python3 -m bench.xtmpserver [--quick] [--scenario idle,fanout] [--json F]
+                             [--attacker pin|nice|none]
 
 "Per server core" is the count divided by the server process's CPU
 seconds (/proc), so it does not depend on how fast the clients, sharing
@@ -47,7 +51,7 @@ SCENARIOS = ["idle", "handshake", "fanout", "reqrep", "flood"]
 SIZES = {
     "full": {"idle": 10000, "idleWindow": 60.0, "heartbeat": 30.0,
              "handshakes": 4000, "subscribers": 10000, "publishes": 20,
-             "requests": 20000, "latency": 3000, "floods": 2,
+             "requests": 20000, "latency": 10000, "floods": 2,
              "clients": 2, "timeout": 900},
     "quick": {"idle": 300, "idleWindow": 2.0, "heartbeat": 1.0,
               "handshakes": 100, "subscribers": 200, "publishes": 3,
@@ -62,7 +66,7 @@ class Child:
     A benchmark process speaking JSON lines.
     """
 
-    def __init__(self, name, module, *args):
+    def __init__(self, name, module, *args, niceness=0):
         self.name = name
         self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -70,7 +74,8 @@ class Child:
             [str(a) for a in args],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=dict(os.environ, PYTHONPATH=ROOT))
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
         self.pid = self.process.pid
         self._buffer = b""
         _children.append(self)
@@ -325,14 +330,16 @@ def reqrep(size):
 def flood(size):
     srv = server("xtmp", "--limits", "on")
     latency = clients(srv, 1, "latency", 1, 60)[0]
-    defended, attacker = placement()
+    defended, attacker = placement(size["attacker"])
     for child in (srv, latency):
         pin(child, defended)
     k = size["latency"]
     latency.send("run", count=k)
     quiet = latency.expect("ran", size["timeout"])
+    niceness = 19 if size["attacker"] == "nice" else 0
     floods = [Child("flood-%d" % i, "clientproc", "flood", "--port",
-                    srv.port, "--window", 16) for i in range(size["floods"])]
+                    srv.port, "--window", 16, niceness=niceness)
+              for i in range(size["floods"])]
     for f in floods:
         pin(f, attacker)
         f.expect("ready", 60)
@@ -359,16 +366,19 @@ def flood(size):
                 quiet["p99"], None, "x", 2, "low")]
 
 
-def placement():
+def placement(attacker):
     """
     The CPUs for the defended processes (the server and the measuring
-    client) and for the attacker's, or C{(None, None)} on one CPU.  An
-    attacker on another machine does not take the server's CPU: the
-    flooding processes get their own (the last), the rest share the
-    others, in the unloaded run too.
+    client) and for the attacker's: with C{attacker} C{"pin"} (and two
+    CPUs or more) the flooding processes get their own CPU (the last) and
+    the rest share the others, in the unloaded run too; else C{(None,
+    None)}: no pinning (C{"nice"}: the attacker runs at niceness 19, as
+    bench/bench_flood.py's does; C{"none"}: as it is).  An attacker on
+    another machine does not take the server's CPU; on one machine, one
+    of these stands in for that.
     """
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2 or os.environ.get("MUXFRAME_BENCH_NOPIN"):
+    if attacker != "pin" or len(cpus) < 2:
         return None, None
     return set(cpus[:-1]), {cpus[-1]}
 
@@ -398,9 +408,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--scenario", default=",".join(SCENARIOS))
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--attacker", choices=["pin", "nice", "none"], default="pin",
+        help="flood scenario: the flooding processes on a CPU of their own "
+        "(pin, the default), at niceness 19 (nice), or as they are (none)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    size = SIZES[mode]
+    size = dict(SIZES[mode], attacker=args.attacker)
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
