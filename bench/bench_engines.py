@@ -22,7 +22,13 @@ run:
      127.0.0.1 with appendonly and appendfsync always), against raw
      pipelined XADDs of the same payloads through txredisapi.
 
+The process runs with the garbage collector settings the xtmp twistd role
+applies once started (L{muxframe.server.collector}: start-up objects
+frozen, a youngest-generation threshold of 10,000); --python-gc keeps
+Python's defaults instead.
+
 Usage:  python3 -m bench.bench_engines [--quick] [--json PATH] [--no-redis]
+                                       [--python-gc]
 Benchmarks live here, not in tests: no test asserts a timing.
 """
 
@@ -41,6 +47,7 @@ from muxframe.engines import logformat
 from muxframe.engines.embedded import EmbeddedEngine
 from muxframe.engines.model import (
     Address, Appended, QueueMessage, QueueRetention, Status)
+from muxframe.server.collector import YOUNG_THRESHOLD, applyServerCollector
 
 PAYLOAD = b"x" * 256
 NO_RETENTION = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=False)
@@ -434,6 +441,7 @@ def printTable(results):
     if cpu:
         print("embedded process CPU per record: " + ", ".join(
             "%s %.2f us" % item for item in cpu))
+    print("garbage collector: %s" % (r.get("gc"),))
     if isinstance(r.get("redis"), str):
         print("redis: %s" % (r["redis"],))
 
@@ -444,6 +452,8 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results as JSON to this path")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis engine")
     parser.add_argument("--dir", default=None, help="where the files go (default: /tmp)")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's garbage collector settings, not the server's")
     args = parser.parse_args(argv)
     args.messages = 3000 if args.quick else 200000
     args.warmup = 1000 if args.quick else 20000
@@ -461,8 +471,14 @@ def main(argv=None):
                "window": args.window, "queues": args.queues, "watchers": args.watchers,
                "changes": args.changes}
 
+    results["gc"] = "python" if args.python_gc else "server (threshold %d, start-up frozen)" % (
+        YOUNG_THRESHOLD,)
+
     @defer.inlineCallbacks
     def run(reactor):
+        if not args.python_gc:
+            # What the xtmp role does once started.
+            applyServerCollector()
         yield benchEmbedded(reactor, args, results)
         if not args.no_redis:
             yield benchRedis(reactor, args, results)
