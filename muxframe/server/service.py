@@ -13,8 +13,8 @@ SIGTERM stops the reactor without re-raising the signal, so twistd exits
 0 once drained; SIGHUP reloads authorized_keys and the tokens file,
 disconnecting the sessions of removed credentials; and once the storage has
 started it applies the server's garbage collector settings
-(L{tuneCollector}, C{server.gc_threshold}: L{muxframe.server.collector}).  A reload that fails
-keeps the credentials in use and logs why.
+(L{tuneCollector}, C{server.gc_threshold}: L{muxframe.server.collector}).
+A reload that fails keeps the credentials in use and logs why.
 """
 
 import os
