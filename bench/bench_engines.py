@@ -4,7 +4,9 @@ run:
 
   1. embedded-engine appends per second with durable acknowledgements
      (messages of 256 bytes, a window of appends in flight over several
-     queues; target >= 50,000/s; also 16 per appendMany acknowledgement)
+     queues; target >= 50,000/s; also 16 per appendMany acknowledgement,
+     and as the XTMP server makes them: one appendMany per reactor turn,
+     L{TurnBatcher})
      and the fsyncs per second it needs, against
      a plain loop writing the same framed records and fdatasync'ing once per
      batch (and, for scale, one fdatasync per message), and the same append
@@ -22,7 +24,13 @@ run:
      127.0.0.1 with appendonly and appendfsync always), against raw
      pipelined XADDs of the same payloads through txredisapi.
 
+The process runs with the garbage collector settings the xtmp twistd role
+applies once started (L{muxframe.server.collector}: start-up objects
+frozen, a youngest-generation threshold of 10,000); --python-gc keeps
+Python's defaults instead.
+
 Usage:  python3 -m bench.bench_engines [--quick] [--json PATH] [--no-redis]
+                                       [--python-gc]
 Benchmarks live here, not in tests: no test asserts a timing.
 """
 
@@ -36,12 +44,16 @@ import tempfile
 import time
 
 from twisted.internet import defer, task, threads
+from twisted.logger import Logger
 
 from muxframe.engines import logformat
 from muxframe.engines.embedded import EmbeddedEngine
 from muxframe.engines.model import (
     Address, Appended, QueueMessage, QueueRetention, Status)
+from muxframe.server.collector import YOUNG_THRESHOLD, applyServerCollector
+from muxframe.server.queues import BATCH_RECORDS
 
+log = Logger()
 PAYLOAD = b"x" * 256
 NO_RETENTION = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=False)
 
@@ -115,6 +127,93 @@ def appendWindow(engine, count, window, queues):
             d = engine.queues.append("q%d" % (i % queues),
                                      QueueMessage("m%d" % i, PAYLOAD, sender, False))
             d.addCallbacks(acked, done.errback)
+        state["pumping"] = False
+    start = time.perf_counter()
+    pump()
+    yield done
+    return time.perf_counter() - start
+
+
+class TurnBatcher:
+    """
+    Appends as the XTMP server makes them (L{muxframe.server.queues}'s
+    C{_enqueue}, C{_flush} and C{_flushed}, mirrored here so the engine
+    runs without sessions): every append of one reactor turn goes into one
+    L{appendMany} (one durable step, one Deferred, flushed early past
+    C{BATCH_RECORDS}), and each caller's C{done} is called with its
+    L{Appended} once durable, C{failed} with the failure if not.
+    """
+
+    def __init__(self, reactor, queues):
+        self._reactor = reactor
+        self._queues = queues
+        self._items = []
+        self._waiters = []
+        self._flushCall = None
+
+    def append(self, entity, message, done, failed, args=()):
+        items = self._items
+        start = len(items)
+        items.append((entity, message))
+        self._waiters.append((start, start, done, failed, args))
+        if len(items) >= BATCH_RECORDS:
+            self._flush()
+        elif self._flushCall is None:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        items, waiters = self._items, self._waiters
+        if not items:
+            return
+        self._items, self._waiters = [], []
+        self._queues.appendMany(items).addCallbacks(
+            self._flushed, self._flushFailed, callbackArgs=(waiters,), errbackArgs=(waiters,))
+
+    def _flushed(self, results, waiters):
+        for first, last, done, failed, args in waiters:
+            try:
+                done(results[first], *args)
+            except Exception:
+                log.failure("an acknowledged append's callback failed")
+
+    def _flushFailed(self, failure, waiters):
+        for first, last, done, failed, args in waiters:
+            try:
+                failed(failure, *args)
+            except Exception:
+                log.failure("a failed append's callback failed")
+
+
+@defer.inlineCallbacks
+def appendTurns(reactor, engine, count, window, queues):
+    """
+    As L{appendWindow}, each append made through a L{TurnBatcher} (as the
+    server makes them); return seconds.
+    """
+    done = defer.Deferred()
+    state = {"next": 0, "acked": 0, "pumping": False}
+    sender = Address("bob", "phone")
+    batcher = TurnBatcher(reactor, engine.queues)
+
+    def acked(_):
+        state["acked"] += 1
+        if state["acked"] == count:
+            done.callback(None)
+        else:
+            pump()
+
+    def pump():
+        if state["pumping"]:
+            return
+        state["pumping"] = True
+        while state["next"] < count and state["next"] - state["acked"] < window:
+            i = state["next"]
+            state["next"] += 1
+            batcher.append("q%d" % (i % queues),
+                           QueueMessage("t%d" % i, PAYLOAD, sender, False), acked, done.errback)
         state["pumping"] = False
     start = time.perf_counter()
     pump()
@@ -303,6 +402,14 @@ def benchEmbedded(reactor, args, results):
         results["embedded_records_per_fsync"] = args.messages / max(1, flushes)
         seconds = yield appendBatches(engine, args.messages, args.window, args.queues, 16)
         results["embedded_append_batched_msgs_per_s"] = args.messages / seconds
+        flushes = engine.journal.flushes
+        cpu = time.process_time()
+        seconds = yield appendTurns(reactor, engine, args.messages, args.window, args.queues)
+        results["embedded_append_turns_cpu_us"] = (
+            time.process_time() - cpu) / args.messages * 1e6
+        results["embedded_append_turns_msgs_per_s"] = args.messages / seconds
+        results["embedded_append_turns_records_per_fsync"] = args.messages / max(
+            1, engine.journal.flushes - flushes)
         total, seconds = yield replay(engine, args.queues)
         results["embedded_replay_interleaved_msgs_per_s"] = total / seconds
         yield engine.stop()
@@ -398,6 +505,8 @@ def printTable(results):
         ("embedded fsyncs/s needed", "embedded_fsyncs_per_s", "baseline_batch_fsyncs_per_s"),
         ("embedded appends/s, appendMany of 16", "embedded_append_batched_msgs_per_s",
          "baseline_batch_msgs_per_s"),
+        ("embedded appends/s as the server makes them", "embedded_append_turns_msgs_per_s",
+         "baseline_batch_msgs_per_s"),
         ("embedded records per fsync", "embedded_records_per_fsync", None),
         ("appends/s to a store keeping nothing (loop)", "baseline_null_append_msgs_per_s",
          None),
@@ -429,11 +538,14 @@ def printTable(results):
     # loaded machine changes least, for comparing trees.
     cpu = [(label, r[key]) for label, key in (
         ("append", "embedded_append_cpu_us"),
-        ("append to a store keeping nothing", "baseline_null_append_cpu_us"), ("replay", "embedded_replay_cpu_us"),
+        ("append to a store keeping nothing", "baseline_null_append_cpu_us"),
+        ("append as the server makes them", "embedded_append_turns_cpu_us"),
+        ("replay", "embedded_replay_cpu_us"),
         ("recovery", "embedded_recovery_cpu_us")) if key in r]
     if cpu:
         print("embedded process CPU per record: " + ", ".join(
             "%s %.2f us" % item for item in cpu))
+    print("garbage collector: %s" % (r.get("gc"),))
     if isinstance(r.get("redis"), str):
         print("redis: %s" % (r["redis"],))
 
@@ -444,6 +556,8 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results as JSON to this path")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis engine")
     parser.add_argument("--dir", default=None, help="where the files go (default: /tmp)")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's garbage collector settings, not the server's")
     args = parser.parse_args(argv)
     args.messages = 3000 if args.quick else 200000
     args.warmup = 1000 if args.quick else 20000
@@ -461,8 +575,14 @@ def main(argv=None):
                "window": args.window, "queues": args.queues, "watchers": args.watchers,
                "changes": args.changes}
 
+    results["gc"] = "python" if args.python_gc else "server (threshold %d, start-up frozen)" % (
+        YOUNG_THRESHOLD,)
+
     @defer.inlineCallbacks
     def run(reactor):
+        if not args.python_gc:
+            # What the xtmp role does once started.
+            applyServerCollector()
         yield benchEmbedded(reactor, args, results)
         if not args.no_redis:
             yield benchRedis(reactor, args, results)

@@ -39,7 +39,9 @@ class QuickEngineBenchTests(unittest.TestCase):
                 "baseline_scan_msgs_per_s", "embedded_recovery_msgs_per_s",
                 "embedded_fanout_notices_per_s", "baseline_callbacks_per_s",
                 "embedded_append_cpu_us", "embedded_replay_cpu_us", "embedded_recovery_cpu_us",
-                "baseline_null_append_msgs_per_s", "baseline_null_append_cpu_us"]
+                "baseline_null_append_msgs_per_s", "baseline_null_append_cpu_us",
+                "embedded_append_turns_msgs_per_s", "embedded_append_turns_cpu_us",
+                "embedded_append_turns_records_per_fsync"]
         if findRedisServer() is not None:
             keys += ["redis_append_msgs_per_s", "redis_baseline_xadd_msgs_per_s",
                      "redis_replay_msgs_per_s", "redis_fanout_notices_per_s"]
@@ -47,3 +49,5 @@ class QuickEngineBenchTests(unittest.TestCase):
             self.assertGreater(results[key], 0, key)
         self.assertIn("embedded appends/s", proc.stdout)
         self.assertIn("embedded process CPU per record", proc.stdout)
+        # The garbage collector settings of the xtmp role, by default.
+        self.assertTrue(results["gc"].startswith("server"), results["gc"])

@@ -54,6 +54,23 @@ class QueueIndexTests(SynchronousTestCase):
         self.assertEqual(index.lsns(1, 10), (3, index.lsns(3, 10)[1]))
         self.assertEqual(list(index.lsns(1, 10)[1]), [12])
 
+    def test_dedupWindowExactWhileForgettingInChunks(self):
+        """
+        Keys leave the dedup dict in chunks, but L{QueueIndex.find} answers
+        exactly for the last C{dedupWindow} offsets, before and after a
+        chunk is forgotten, and a key appended again after leaving the
+        window maps to its new offset.
+        """
+        index = QueueIndex(dedupWindow=10)
+        keys = [dedupKey(Address("bob", "p"), "m%d" % i) for i in range(3000)]
+        for i, key in enumerate(keys):
+            index.add(i + 1, i, key)
+            if i % 397 == 0 or i > 2980:
+                found = [o for o in range(1, i + 2) if index.find(keys[o - 1]) == o]
+                self.assertEqual(found, list(range(max(1, i + 2 - 10), i + 2)), i)
+        self.assertEqual(index.add(3001, 0, keys[5]), 3001)
+        self.assertEqual(index.find(keys[5]), 3001)
+
     @given(st.lists(st.integers(1, 30), min_size=1, max_size=6), st.integers(1, 40),
            st.lists(st.integers(0, 59), max_size=10))
     @settings(max_examples=150, deadline=None)

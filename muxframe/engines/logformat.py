@@ -103,12 +103,18 @@ def scanFrames(data, start=0, end=None):
         position = bodyEnd
 
 
-@functools.lru_cache(maxsize=4096)
-def _name(value):
-    # Queue and sender names repeat from record to record.
+#: Queue and sender names repeat from record to record: their UTF-8 bytes,
+#: made once (bounded; a dict lookup is cheaper than an lru_cache call).
+_NAME_BYTES = {}
+
+
+def _nameBytes(value):
     raw = value.encode("utf-8")
     if len(raw) > 0xFFFF:
         raise CorruptRecord("name too long")
+    if len(_NAME_BYTES) >= 4096:
+        _NAME_BYTES.clear()
+    _NAME_BYTES[value] = raw
     return raw
 
 
@@ -179,7 +185,17 @@ def encodeJournalFrame(kind, flags, lsn, offset, timestamp, queue, messageId,
     lp = len(payload)
     if lp > MAX_PAYLOAD:
         raise CorruptRecord("payload of %d bytes exceeds %d" % (lp, MAX_PAYLOAD))
-    q, m, e, d = _name(queue), messageId.encode("utf-8"), _name(senderEntity), _name(senderDevice)
+    names = _NAME_BYTES
+    q = names.get(queue)
+    if q is None:
+        q = _nameBytes(queue)
+    e = names.get(senderEntity)
+    if e is None:
+        e = _nameBytes(senderEntity)
+    d = names.get(senderDevice)
+    if d is None:
+        d = _nameBytes(senderDevice)
+    m = messageId.encode("utf-8")
     lm = len(m)
     if lm > 0xFFFF:
         raise CorruptRecord("message id too long")

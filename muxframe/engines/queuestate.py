@@ -28,9 +28,12 @@ from array import array
 
 from muxframe.engines.errors import EngineUsageError, LimitExceeded
 from muxframe.engines.logformat import messageKey
+from muxframe.engines.model import MAX_OFFSET, ReceiptKind
 
 _NO_KEY = bytes(16)
-from muxframe.engines.model import MAX_OFFSET, ReceiptKind
+#: Keys that fell out of the dedup window leave the dict this many at a
+#: time, not one per append (L{QueueIndex.find} ignores them meanwhile).
+_FORGET_EVERY = 1024
 
 
 def dedupKey(sender, messageId):
@@ -80,7 +83,8 @@ class QueueIndex:
         The offset of the kept record with dedup C{key}, or L{None}.
         """
         offset = self._dedup.get(key)
-        if offset is not None and offset >= self.firstOffset:
+        if offset is not None and offset >= self.firstOffset \
+                and offset >= self.nextOffset - self.dedupWindow:
             return offset
         return None
 
@@ -100,7 +104,7 @@ class QueueIndex:
         self.nextOffset = offset + 1
         if key is not None:
             self._dedup[key] = offset
-        if offset - self.dedupWindow >= self._forgotten:
+        if offset - self.dedupWindow >= self._forgotten + _FORGET_EVERY:
             self._forgetBeyondWindow()
         return offset
 

@@ -266,6 +266,11 @@ SCHEMA = [Key(*entry) for entry in [
      "small messages)."),
     ("server.max_resumable_sessions", _integer(0), 10000, _count,
      "Lost sessions whose state is kept for resumption."),
+    ("server.gc_threshold", _integer(0), 10000, _count,
+     "Under the twistd role, once started: objects made at start-up are "
+     "frozen out of the cyclic garbage collector's passes (gc.freeze) and "
+     "its youngest generation runs every this many net allocations "
+     "(Python's default is 700; 0 keeps Python's settings)."),
     ("server.timer_resolution", _number(), 1.0, _seconds,
      "Session timers (heartbeats, timeouts) run at boundaries this far "
      "apart, all due ones together (0: each on its own); at most a quarter "

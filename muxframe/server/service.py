@@ -11,8 +11,10 @@ Disconnect GOING_AWAY, and connections still open after C{drain_timeout}
 are cut.  Under twistd it also handles signals itself (L{installSignals}):
 SIGTERM stops the reactor without re-raising the signal, so twistd exits
 0 once drained; SIGHUP reloads authorized_keys and the tokens file,
-disconnecting the sessions of removed credentials.  A reload that fails
-keeps the credentials in use and logs why.
+disconnecting the sessions of removed credentials; and once the storage has
+started it applies the server's garbage collector settings
+(L{tuneCollector}, C{server.gc_threshold}: L{muxframe.server.collector}).
+A reload that fails keeps the credentials in use and logs why.
 """
 
 import os
@@ -143,15 +145,20 @@ class XTMPServerService(service.Service):
     Listen with an L{XTMPServer} built from C{config}, on each of its
     endpoints.
 
+    @param installSignals: take over SIGTERM and SIGHUP (the twistd role).
+    @param tuneCollector: apply L{muxframe.server.collector}'s settings
+        once started (the twistd role; not for a server inside another
+        program, whose process is not its own).
     @ivar server: the L{XTMPServer}.
     """
 
-    def __init__(self, config, reactor=None, installSignals=False):
+    def __init__(self, config, reactor=None, installSignals=False, tuneCollector=False):
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
         self.reactor = reactor
         self.installSignals = installSignals
+        self.tuneCollector = tuneCollector
         config.requireIdentity()
         from muxframe.server.storage import Storage
         self.storage = Storage.fromConfig(config, reactor)
@@ -186,7 +193,13 @@ class XTMPServerService(service.Service):
             listener.startService()
         if self.storage is not None:
             # Binds wait until the storage is recovered and connected.
-            self.storage.start().addErrback(self._storageFailed)
+            d = self.storage.start()
+            if self.tuneCollector:
+                # After recovery, so its indexes are frozen with the rest.
+                d.addCallback(lambda _: self._applyCollector())
+            d.addErrback(self._storageFailed)
+        elif self.tuneCollector:
+            self._applyCollector()
         c = self.config
         for key, reason in c.ignored:
             log.warn("configuration key {key} ignored: {reason}", key=key,
@@ -201,6 +214,13 @@ class XTMPServerService(service.Service):
                  or "none", maxConnections=c["server.max_connections"])
         if self.installSignals:
             self.reactor.callWhenRunning(self._takeSignals)
+
+    def _applyCollector(self):
+        from muxframe.server.collector import applyServerCollector
+        threshold = self.config["server.gc_threshold"]
+        if applyServerCollector(threshold):
+            log.info("garbage collector: start-up objects frozen, youngest generation "
+                     "threshold {threshold}", threshold=threshold)
 
     def _storageFailed(self, failure):
         log.failure("storage failed to start ({engine} engine); stopping",

@@ -148,7 +148,8 @@ def makeService(options, reactor=None):
     from muxframe.admin.xtmpstatus import XTMPStatus
     from muxframe.server.service import XTMPServerService
     try:
-        main = XTMPServerService(options.config, reactor, installSignals=True)
+        main = XTMPServerService(options.config, reactor, installSignals=True,
+                                 tuneCollector=True)
     except ConfigError as e:
         raise SystemExit("muxframe xtmp: %s" % (e,))
     role = OperatedRole()
