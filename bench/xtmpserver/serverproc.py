@@ -2,12 +2,13 @@
 The benchmark's server process.
 
   python -m bench.xtmpserver.serverproc xtmp|plain [--heartbeat S]
-      [--limits on|off] [--profile FILE]
+      [--limits on|off] [--profile FILE] [--python-gc]
 
 C{xtmp}: an L{XTMPServer} on 127.0.0.1 (the bench client key authorized;
 an echo handler for type 0x20; defences at their defaults with
 C{--limits on}, else the per-address ones off so one machine can open
-thousands of sessions).  C{plain}: the baseline, a Twisted server of
+thousands of sessions; its listening port and collector set as the
+xtmp role sets them, unless C{--python-gc}).  C{plain}: the baseline, a Twisted server of
 length-prefixed frames that echoes each frame.  Prints
 C{{"event": "listening", "port": N}}, then obeys commands on stdin:
 
@@ -19,6 +20,11 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
                                    stop and write it (diagnosis)
   trace [top per]               -> start tracemalloc; with top, report the
                                    top allocation sites / per (diagnosis)
+  turns [report]                -> start timing reactor turns; with report,
+                                   their distribution and the longest
+                                   (diagnosis: bench/xtmpserver/turns.py)
+  gcinfo                        -> what the collector tracks and would
+                                   free now (diagnosis)
   stop
 """
 
@@ -36,6 +42,7 @@ from bench.xtmpserver.common import (
     CLIENT, ECHO, SERVER, emit, listenToStdin, rss, takeFrames,
 )
 from muxframe.acceptbatch import capAccepts
+from muxframe.server.collector import applyServerCollector
 from muxframe.server.config import ServerConfig
 from muxframe.server.factory import XTMPServer
 
@@ -198,6 +205,8 @@ def main():
     parser.add_argument("--heartbeat", type=float, default=30.0)
     parser.add_argument("--limits", choices=["on", "off"], default="off")
     parser.add_argument("--profile")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's collector settings")
     args = parser.parse_args()
     # Log as the twistd role does: events go to a file observer (here the
     # null device) at muxframe's default level.  Without an observer,
@@ -213,9 +222,13 @@ def main():
     server = Server(args.mode, args.heartbeat, args.limits == "on")
 
     def listening(port):
-        # As the role does (muxframe.server.service via ListenService).
+        # As the role does (muxframe.server.service: ListenService, and the
+        # collector settings once started).
         if args.mode == "xtmp":
-            capAccepts(port, server.factory.config["server.accepts_per_turn"])
+            config = server.factory.config
+            capAccepts(port, config["server.accepts_per_turn"])
+            if not args.python_gc:
+                applyServerCollector(config["server.gc_threshold"])
         emit("listening", port=port.getHost().port)
 
     d = TCP4ServerEndpoint(reactor, 0, backlog=4096,
