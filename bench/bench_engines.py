@@ -6,7 +6,7 @@ run:
      (messages of 256 bytes, a window of appends in flight over several
      queues; target >= 50,000/s; also 16 per appendMany acknowledgement,
      and as the XTMP server makes them: one appendMany per reactor turn,
-     L{TurnBatcher})
+     through the server's L{TurnBatch})
      and the fsyncs per second it needs, against
      a plain loop writing the same framed records and fdatasync'ing once per
      batch (and, for scale, one fdatasync per message), and the same append
@@ -44,16 +44,14 @@ import tempfile
 import time
 
 from twisted.internet import defer, task, threads
-from twisted.logger import Logger
 
 from muxframe.engines import logformat
 from muxframe.engines.embedded import EmbeddedEngine
 from muxframe.engines.model import (
     Address, Appended, QueueMessage, QueueRetention, Status)
 from muxframe.server.collector import YOUNG_THRESHOLD, applyServerCollector
-from muxframe.server.queues import BATCH_RECORDS
+from muxframe.server.turnbatch import TurnBatch
 
-log = Logger()
 PAYLOAD = b"x" * 256
 NO_RETENTION = QueueRetention(maxAge=None, maxMessages=None, deleteAcknowledged=False)
 
@@ -99,126 +97,67 @@ def rawScan(directory):
     return records / (time.perf_counter() - start)
 
 
-@defer.inlineCallbacks
+def inFlight(count, window, issue, counted=None):
+    """
+    Keep C{window} messages in flight until C{count} are acknowledged:
+    C{issue(i, acked, failed)} sends messages from the C{i}th on and
+    returns how many it sent, C{acked(result)} being called once they are
+    durable (C{counted(result)} of them; one if C{counted} is None).
+    Return a Deferred firing with the seconds it took.
+    """
+    done = defer.Deferred()
+    state = {"next": 0, "acked": 0, "pumping": False}
+
+    def acked(result):
+        state["acked"] += 1 if counted is None else counted(result)
+        if state["acked"] == count:
+            done.callback(None)
+        else:
+            pump()
+
+    def pump():
+        if state["pumping"]:
+            return
+        state["pumping"] = True
+        while state["next"] < count and state["next"] - state["acked"] < window:
+            state["next"] += issue(state["next"], acked, done.errback)
+        state["pumping"] = False
+    start = time.perf_counter()
+    pump()
+    return done.addCallback(lambda _: time.perf_counter() - start)
+
+
+# A server makes a session's sender address once.
+SENDER = Address("bob", "phone")
+
+
 def appendWindow(engine, count, window, queues):
     """
     Keep C{window} appends in flight until C{count} are acknowledged;
-    return seconds.
+    a Deferred firing with seconds.
     """
-    done = defer.Deferred()
-    state = {"next": 0, "acked": 0, "pumping": False}
-    # A server makes a session's sender address once.
-    sender = Address("bob", "phone")
+    append = engine.queues.append
 
-    def acked(_):
-        state["acked"] += 1
-        if state["acked"] == count:
-            done.callback(None)
-        else:
-            pump()
-
-    def pump():
-        if state["pumping"]:
-            return
-        state["pumping"] = True
-        while state["next"] < count and state["next"] - state["acked"] < window:
-            i = state["next"]
-            state["next"] += 1
-            d = engine.queues.append("q%d" % (i % queues),
-                                     QueueMessage("m%d" % i, PAYLOAD, sender, False))
-            d.addCallbacks(acked, done.errback)
-        state["pumping"] = False
-    start = time.perf_counter()
-    pump()
-    yield done
-    return time.perf_counter() - start
+    def issue(i, acked, failed):
+        append("q%d" % (i % queues), QueueMessage("m%d" % i, PAYLOAD, SENDER, False)
+               ).addCallbacks(acked, failed)
+        return 1
+    return inFlight(count, window, issue)
 
 
-class TurnBatcher:
-    """
-    Appends as the XTMP server makes them (L{muxframe.server.queues}'s
-    C{_enqueue}, C{_flush} and C{_flushed}, mirrored here so the engine
-    runs without sessions): every append of one reactor turn goes into one
-    L{appendMany} (one durable step, one Deferred, flushed early past
-    C{BATCH_RECORDS}), and each caller's C{done} is called with its
-    L{Appended} once durable, C{failed} with the failure if not.
-    """
-
-    def __init__(self, reactor, queues):
-        self._reactor = reactor
-        self._queues = queues
-        self._items = []
-        self._waiters = []
-        self._flushCall = None
-
-    def append(self, entity, message, done, failed, args=()):
-        items = self._items
-        start = len(items)
-        items.append((entity, message))
-        self._waiters.append((start, start, done, failed, args))
-        if len(items) >= BATCH_RECORDS:
-            self._flush()
-        elif self._flushCall is None:
-            self._flushCall = self._reactor.callLater(0, self._flush)
-
-    def _flush(self):
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
-        items, waiters = self._items, self._waiters
-        if not items:
-            return
-        self._items, self._waiters = [], []
-        self._queues.appendMany(items).addCallbacks(
-            self._flushed, self._flushFailed, callbackArgs=(waiters,), errbackArgs=(waiters,))
-
-    def _flushed(self, results, waiters):
-        for first, last, done, failed, args in waiters:
-            try:
-                done(results[first], *args)
-            except Exception:
-                log.failure("an acknowledged append's callback failed")
-
-    def _flushFailed(self, failure, waiters):
-        for first, last, done, failed, args in waiters:
-            try:
-                failed(failure, *args)
-            except Exception:
-                log.failure("a failed append's callback failed")
-
-
-@defer.inlineCallbacks
 def appendTurns(reactor, engine, count, window, queues):
     """
-    As L{appendWindow}, each append made through a L{TurnBatcher} (as the
-    server makes them); return seconds.
+    As L{appendWindow}, the appends of each reactor turn made as one
+    L{appendMany} through the server's own L{TurnBatch} (as the XTMP
+    server makes them); a Deferred firing with seconds.
     """
-    done = defer.Deferred()
-    state = {"next": 0, "acked": 0, "pumping": False}
-    sender = Address("bob", "phone")
-    batcher = TurnBatcher(reactor, engine.queues)
+    batch = TurnBatch(reactor, lambda: engine.queues.appendMany)
 
-    def acked(_):
-        state["acked"] += 1
-        if state["acked"] == count:
-            done.callback(None)
-        else:
-            pump()
-
-    def pump():
-        if state["pumping"]:
-            return
-        state["pumping"] = True
-        while state["next"] < count and state["next"] - state["acked"] < window:
-            i = state["next"]
-            state["next"] += 1
-            batcher.append("q%d" % (i % queues),
-                           QueueMessage("t%d" % i, PAYLOAD, sender, False), acked, done.errback)
-        state["pumping"] = False
-    start = time.perf_counter()
-    pump()
-    yield done
-    return time.perf_counter() - start
+    def issue(i, acked, failed):
+        batch.add([("q%d" % (i % queues), QueueMessage("t%d" % i, PAYLOAD, SENDER, False))],
+                  acked, failed)
+        return 1
+    return inFlight(count, window, issue)
 
 
 class NullQueues:
@@ -267,39 +206,18 @@ class NullEngine:
         self.queues = NullQueues(reactor)
 
 
-@defer.inlineCallbacks
 def appendBatches(engine, count, window, queues, batch):
     """
     As L{appendWindow}, C{batch} messages per L{appendMany} call (one
-    acknowledgement each); return seconds.
+    acknowledgement each); a Deferred firing with seconds.
     """
-    done = defer.Deferred()
-    state = {"next": 0, "acked": 0, "pumping": False}
-    sender = Address("bob", "phone")
-
-    def acked(results):
-        state["acked"] += len(results)
-        if state["acked"] == count:
-            done.callback(None)
-        else:
-            pump()
-
-    def pump():
-        if state["pumping"]:
-            return
-        state["pumping"] = True
-        while state["next"] < count and state["next"] - state["acked"] < window:
-            first = state["next"]
-            last = min(count, first + batch)
-            state["next"] = last
-            items = [("q%d" % (i % queues), QueueMessage("b%d" % i, PAYLOAD, sender, False))
-                     for i in range(first, last)]
-            engine.queues.appendMany(items).addCallbacks(acked, done.errback)
-        state["pumping"] = False
-    start = time.perf_counter()
-    pump()
-    yield done
-    return time.perf_counter() - start
+    def issue(first, acked, failed):
+        last = min(count, first + batch)
+        items = [("q%d" % (i % queues), QueueMessage("b%d" % i, PAYLOAD, SENDER, False))
+                 for i in range(first, last)]
+        engine.queues.appendMany(items).addCallbacks(acked, failed)
+        return last - first
+    return inFlight(count, window, issue, counted=len)
 
 
 @defer.inlineCallbacks

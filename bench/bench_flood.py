@@ -46,6 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import attackerPlacement  # noqa: E402
 from muxframe.demo import freePort  # noqa: E402
 from muxframe import bmp, mio  # noqa: E402
 from muxframe.bmp import BmpEngine  # noqa: E402
@@ -179,18 +180,6 @@ def measure(port, framing, messages):
 
 # -- the orchestrator -----------------------------------------------------
 
-def placement(mode):
-    """
-    C{(defended, attacker)} CPU sets for C{--attacker-placement pin} (the
-    attacker gets the last CPU, the server and this process the others),
-    or C{(None, None)}: no pinning (C{nice}, or a single CPU).
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if mode != "pin" or len(cpus) < 2:
-        return None, None
-    return set(cpus[:-1]), {cpus[-1]}
-
-
 def startServer(mioPort, bmpPort, logPath, cpus=None):
     from muxframe.tap import twistdCommand
     argv = twistdCommand(
@@ -284,7 +273,7 @@ def main(argv=None):
     logPath = os.path.join(os.environ.get("TMPDIR", "/tmp"),
                            "bench_flood_server_%d.log" % (os.getpid(),))
     ports = {"mio": freePort(), "bmp": freePort()}
-    defended, attackerCpus = placement(options.attacker_placement)
+    defended, attackerCpus = attackerPlacement(options.attacker_placement)
     if defended:
         os.sched_setaffinity(0, defended)
     server = startServer(ports["mio"], ports["bmp"], logPath, defended)

@@ -5,6 +5,7 @@ reporting protocol between the processes and L{bench.run}.
 """
 
 import json
+import os
 import struct
 import sys
 import time
@@ -55,6 +56,21 @@ def percentile(values, fraction):
         return float("nan")
     rank = int(round(fraction * (len(ordered) - 1)))
     return ordered[rank]
+
+
+def attackerPlacement(mode):
+    """
+    C{(defended, attacker)} CPU sets for a flood benchmark: with C{mode}
+    C{"pin"} (and two CPUs or more) the attacker gets the last CPU and the
+    defended processes (the server, the measuring client) the others, in
+    the unloaded measurement too; else C{(None, None)}, no pinning.  An
+    attacker on another machine does not take the server's CPU; on one
+    machine, its own CPU stands in for that.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode != "pin" or len(cpus) < 2:
+        return None, None
+    return set(cpus[:-1]), {cpus[-1]}
 
 
 def setNoDelay(transport):

@@ -46,6 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench.common import attackerPlacement  # noqa: E402
+
 KiB = 1024
 SCENARIOS = ["idle", "handshake", "fanout", "reqrep", "flood"]
 SIZES = {
@@ -330,7 +332,9 @@ def reqrep(size):
 def flood(size):
     srv = server("xtmp", "--limits", "on")
     latency = clients(srv, 1, "latency", 1, 60)[0]
-    defended, attacker = placement(size["attacker"])
+    # "nice": the flooding processes at niceness 19, unpinned (as
+    # bench_flood's --attacker-placement nice); "none": as they are.
+    defended, attacker = attackerPlacement(size["attacker"])
     for child in (srv, latency):
         pin(child, defended)
     k = size["latency"]
@@ -364,23 +368,6 @@ def flood(size):
                 loaded["p99"] * 1e3, quiet["p99"] * 1e3, "ms"),
             row("flood", "flooded p99 / unloaded p99", loaded["p99"] /
                 quiet["p99"], None, "x", 2, "low")]
-
-
-def placement(attacker):
-    """
-    The CPUs for the defended processes (the server and the measuring
-    client) and for the attacker's: with C{attacker} C{"pin"} (and two
-    CPUs or more) the flooding processes get their own CPU (the last) and
-    the rest share the others, in the unloaded run too; else C{(None,
-    None)}: no pinning (C{"nice"}: the attacker runs at niceness 19, as
-    bench/bench_flood.py's does; C{"none"}: as it is).  An attacker on
-    another machine does not take the server's CPU; on one machine, one
-    of these stands in for that.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if attacker != "pin" or len(cpus) < 2:
-        return None, None
-    return set(cpus[:-1]), {cpus[-1]}
 
 
 def pin(child, cpus):

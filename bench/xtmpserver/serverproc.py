@@ -26,6 +26,9 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
   gcinfo                        -> what the collector tracks and would
                                    free now (diagnosis)
   stop
+
+It logs as the role does, to the null device, or to the file named by
+C{BENCH_SERVER_LOG} (to see what a scenario makes the server write).
 """
 
 import argparse

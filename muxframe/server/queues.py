@@ -48,6 +48,7 @@ from muxframe.messaging.wire import (
     StanzaType, encodeField)
 from muxframe.server.errors import Refusal
 from muxframe.server.storage import raiseRefusal, refusalFor
+from muxframe.server.turnbatch import TurnBatch
 from muxframe.xtmp.errors import XTMPErrorCode
 
 log = logger("muxframe.server.queues")
@@ -59,8 +60,6 @@ _LIFECYCLE = {ReceiptKind.DELIVERED: "delivered", ReceiptKind.READ: "read"}
 #: Bytes sent and not acknowledged per session, at most (beyond one record).
 WINDOW_BYTES = 1 << 20
 _FETCH = 100
-#: A turn's batch of appends is flushed early past this many records.
-BATCH_RECORDS = 4096
 
 
 def storedMessage(request, sender, to):
@@ -230,9 +229,9 @@ class QueueHandlers:
         self.storage = storage
         self.counters = dict.fromkeys(["sent", "duplicates", "acknowledged",
                                        "resumes", "batches"], 0)
-        self._items = []
-        self._waiters = []
-        self._flushCall = None
+        # Every Message of a reactor turn is stored in one appendMany.
+        self._batch = TurnBatch(storage.reactor, lambda: self._engine.appendMany,
+                                onBatch=self._batched)
 
     def routes(self):
         """
@@ -324,50 +323,20 @@ class QueueHandlers:
         if len(stored) > logformat.MAX_PAYLOAD:
             raise EngineUsageError("message of %d bytes (at most %d)" % (
                 len(stored), logformat.MAX_PAYLOAD))
-        items = self._items
-        start = len(items)
-        items.append((to, QueueMessage(request.id, stored, sender, not request.no_receipts)))
+        items = [(to, QueueMessage(request.id, stored, sender, not request.no_receipts))]
         if to != sender.entity:
             items.append((sender.entity, QueueMessage(request.id, stored, sender, False)))
-        self._waiters.append((start, len(items) - 1, done, failed, args))
-        if len(items) >= BATCH_RECORDS:
-            self._flush()
-        elif self._flushCall is None:
-            self._flushCall = self.storage.reactor.callLater(0, self._flush)
+        self._batch.add(items, done, failed, args)
 
-    def _flush(self):
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
-        items, waiters = self._items, self._waiters
-        if not items:
-            return
-        self._items, self._waiters = [], []
+    def _batched(self, d):
         self.counters["batches"] += 1
-        d = self._engine.appendMany(items)
-        d.addCallbacks(self._flushed, self._flushFailed, callbackArgs=(waiters,),
-                       errbackArgs=(waiters,))
         self.storage.track(d)
-
-    def _flushed(self, results, waiters):
-        for first, last, done, failed, args in waiters:
-            try:
-                done((results[first], results[last]), *args)
-            except Exception:
-                log.failure("answering a sent message failed")
-
-    def _flushFailed(self, failure, waiters):
-        for first, last, done, failed, args in waiters:
-            try:
-                failed(failure, *args)
-            except Exception:
-                log.failure("answering a message not stored failed")
 
     def flushNow(self):
         """
         Append what waits for the end of the reactor turn now.
         """
-        self._flush()
+        self._batch.flush()
 
     def _notSent(self, failure, session, message, request, binding):
         refusal = refusalFor(failure)
