@@ -46,7 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import attackerPlacement  # noqa: E402
+from bench.common import attackerPlacement, percentile  # noqa: E402
 from muxframe.demo import freePort  # noqa: E402
 from muxframe import bmp, mio  # noqa: E402
 from muxframe.bmp import BmpEngine  # noqa: E402
@@ -56,11 +56,6 @@ from muxframe.mio import MioEngine  # noqa: E402
 ATTACKS = ["mio-rapid-reset", "mio-empty-data", "mio-window-update",
            "mio-keepalive", "bmp-create-close", "bmp-ack-flood"]
 MESSAGE = b"ping" * 16
-
-
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # -- the flood blobs ------------------------------------------------------
