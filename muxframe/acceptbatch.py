@@ -30,6 +30,8 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IStreamServerEndpoint
 
+from muxframe.earlyrefusal import refuseEarly
+
 #: Connections accepted per reactor turn at most, by default.
 DEFAULT_ACCEPTS_PER_TURN = 4
 
@@ -62,7 +64,9 @@ def capAccepts(port, limit=DEFAULT_ACCEPTS_PER_TURN):
 class CappedEndpoint:
     """
     An L{IStreamServerEndpoint} whose listening ports accept at most
-    C{limit} connections per reactor turn (L{capAccepts}).
+    C{limit} connections per reactor turn (L{capAccepts}) and answer
+    refusals known at accept time without building a transport
+    (L{muxframe.earlyrefusal.refuseEarly}).
     """
 
     def __init__(self, endpoint, limit=DEFAULT_ACCEPTS_PER_TURN):
@@ -73,4 +77,6 @@ class CappedEndpoint:
         """
         Listen with the wrapped endpoint, then cap the port.
         """
-        return self.endpoint.listen(factory).addCallback(capAccepts, self.limit)
+        d = self.endpoint.listen(factory)
+        d.addCallback(capAccepts, self.limit)
+        return d.addCallback(refuseEarly)

@@ -195,8 +195,8 @@ class AdmissionHookTests(SynchronousTestCase):
     nothing above debug.
     """
 
-    def test_refusedBeforeKeyWork(self):
-        from twisted.logger import LogLevel, globalLogPublisher
+    def observeSessionLogs(self):
+        from twisted.logger import globalLogPublisher
         from muxframe.server.session import ServerSession
         logged = []
 
@@ -205,24 +205,59 @@ class AdmissionHookTests(SynchronousTestCase):
                 logged.append(event["log_level"])
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return logged
+
+    def test_refusedBeforeKeyWork(self):
+        """
+        Connections accepted while their address's bucket still had a
+        token, whose ClientHellos then find it empty, are refused by the
+        hook: counted as failed handshakes, never in the replay cache.
+        """
+        from twisted.logger import LogLevel
+        logged = self.observeSessionLogs()
         h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
                            server__max_connections_per_client=0))
-        ok, _, _ = h.connect(ALICE, host="10.6.6.6")
-        self.assertIsNone(handshakeCode(ok))
-        self.assertEqual(len(h.server.replayCache), 1)
-        self.assertIn(LogLevel.info, logged)
-        del logged[:]
-        for _ in range(3):
-            c, _, _ = h.connect(ALICE, host="10.6.6.6")
-            self.assertEqual(handshakeCode(c), XTMPErrorCode.RATE_LIMITED)
+        clients = [h.connect(ALICE, host="10.6.6.6", greet=False)[0]
+                   for _ in range(4)]
+        h.flush()
+        codes = [handshakeCode(c) for c in clients]
+        self.assertEqual(codes, [None] + [XTMPErrorCode.RATE_LIMITED] * 3)
         self.assertEqual(len(h.server.replayCache), 1)
         self.assertEqual(h.server.refusals["refused_rate"], 3)
         stats = h.server.stats()
         self.assertEqual(stats["handshakes"]["completed"], 1)
         self.assertEqual(stats["handshakes"]["failed"], 3)
         self.assertEqual(stats["handshaking"], 0)
-        self.assertTrue(logged)
-        self.assertEqual(set(logged), {LogLevel.debug})
+        self.assertIn(LogLevel.info, logged)
+        self.assertIn(LogLevel.debug, logged)
+        self.assertEqual(set(logged), {LogLevel.info, LogLevel.debug})
+
+    def test_emptyBucketRefusedAtConnect(self):
+        """
+        Once the address's bucket is empty, its next connections are
+        refused with RATE_LIMITED when they arrive: no session is built,
+        no handshake starts, and the refusal is the same counted event.
+        """
+        from muxframe.server.factory import RefusedConnection
+        h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
+                           server__max_connections_per_client=0))
+        ok, _, _ = h.connect(ALICE, host="10.6.6.6")
+        self.assertIsNone(handshakeCode(ok))
+        for _ in range(3):
+            c, side, _ = h.connect(ALICE, host="10.6.6.6")
+            self.assertIsInstance(side, RefusedConnection)
+            self.assertEqual(handshakeCode(c), XTMPErrorCode.RATE_LIMITED)
+        self.assertEqual(h.server.refusals["refused_rate"], 3)
+        stats = h.server.stats()
+        self.assertEqual(stats["handshakes"]["failed"], 0)
+        self.assertEqual(len(h.server.registry), 1)
+        # Another address has its own bucket.
+        other, _, _ = h.connect(BOB, host="10.6.6.7")
+        self.assertIsNone(handshakeCode(other))
+        # The bucket refills at handshake_rate: a second later, admitted.
+        h.clock.advance(1.0)
+        again, _, _ = h.connect(ALICE, host="10.6.6.6")
+        self.assertIsNone(handshakeCode(again))
 
 
 class RevocationTests(SynchronousTestCase):

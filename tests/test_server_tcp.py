@@ -16,7 +16,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bench.xtmpserver.clientproc import HelloFlood
-from muxframe.server.factory import XTMPServer
+from muxframe.acceptbatch import CappedEndpoint
+from muxframe.earlyrefusal import RefusedTransport
+from muxframe.server.factory import RefusedConnection, XTMPServer
 from muxframe.xtmp import (
     ClientHandshake, XTMPClientFactory, XTMPErrorCode, connectXTMP,
 )
@@ -32,11 +34,13 @@ class TCPTests(TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def listen(self, conf):
+    def listen(self, conf, asTheRole=False):
         self.server = XTMPServer(SERVER_IDENTITY, conf, reactor, keys=KEYS)
         self.server.router.route(0x20, echo)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            self.server)
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        if asTheRole:
+            endpoint = CappedEndpoint(endpoint)
+        port = yield endpoint.listen(self.server)
         self.addCleanup(port.stopListening)
         self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1",
                                            port.getHost().port)
@@ -103,6 +107,47 @@ class TCPTests(TestCase):
         self.assertEqual(refusals.get("refused_rate", 0)
                          + refusals.get("refused_busy", 0), len(refused))
         self.assertTrue(alice.connection.state == "OPEN")
+
+    @inlineCallbacks
+    def test_refusalsAtConnectOnTheRolesListener(self):
+        """
+        On the role's listener, connection-time refusals are sent before
+        any transport is built and still reach the client as typed
+        errors: TOO_MANY_CONNECTIONS past the per-address limit, and
+        RATE_LIMITED once the address's handshake bucket is empty.
+        """
+        yield self.listen(config(server__max_connections_per_client=1,
+                                 server__handshake_rate=0.01,
+                                 server__handshake_burst=1), asTheRole=True)
+        built = []
+        buildProtocol = self.server.buildProtocol
+        self.server.buildProtocol = lambda a: built.append(buildProtocol(a)) \
+            or built[-1]
+
+        @inlineCallbacks
+        def hello():
+            p = HelloFlood(ClientHandshake(serverKey=SERVER_IDENTITY.public,
+                                           identity=ALICE).start())
+            yield connectProtocol(self.endpoint, p)
+            outcome = yield p.done
+            return outcome
+
+        alice = yield self.session(ALICE)
+        outcome = yield hello()
+        self.assertEqual(outcome, XTMPErrorCode.TOO_MANY_CONNECTIONS)
+        yield self.close(alice)
+        for _ in range(200):
+            if self.server.connections.total == 0:
+                break
+            yield deferLater(reactor, 0.01)
+        outcome = yield hello()
+        self.assertEqual(outcome, XTMPErrorCode.RATE_LIMITED)
+        self.assertEqual(len(built), 3)
+        self.assertIsInstance(built[1], RefusedConnection)
+        self.assertIsInstance(built[1].transport, RefusedTransport)
+        self.assertIsInstance(built[2].transport, RefusedTransport)
+        self.assertEqual(self.server.refusals["refused_connections"], 1)
+        self.assertEqual(self.server.refusals["refused_rate"], 1)
 
     @inlineCallbacks
     def test_slowConsumer(self):

@@ -45,6 +45,7 @@ from bench.xtmpserver.common import (
     CLIENT, ECHO, SERVER, emit, listenToStdin, rss, takeFrames,
 )
 from muxframe.acceptbatch import capAccepts
+from muxframe.earlyrefusal import refuseEarly
 from muxframe.server.collector import applyServerCollector
 from muxframe.server.config import ServerConfig
 from muxframe.server.factory import XTMPServer
@@ -229,7 +230,7 @@ def main():
         # collector settings once started).
         if args.mode == "xtmp":
             config = server.factory.config
-            capAccepts(port, config["server.accepts_per_turn"])
+            refuseEarly(capAccepts(port, config["server.accepts_per_turn"]))
             if not args.python_gc:
                 applyServerCollector(config["server.gc_threshold"])
         emit("listening", port=port.getHost().port)

@@ -10,15 +10,23 @@ arrives:
   1. the server is draining: GOING_AWAY;
   2. the source address is locked out: LOCKED_OUT;
   3. C{max_connections} or C{max_connections_per_client}: TOO_MANY_CONNECTIONS;
+  4. the address's handshake rate bucket is empty (5 below would refuse
+     it): RATE_LIMITED, without waiting for its ClientHello;
 
 when its ClientHello has passed the library's cheap checks
 (L{XTMPServerFactory.admitHandshake}, before the replay check and the key
 exchange):
 
-  4. more than C{max_handshakes} handshakes in progress, this one
+  5. more than C{max_handshakes} handshakes in progress, this one
      included (the library's L{handshakesInProgress}, counted from the
      connection's start): BUSY;
-  5. the address's handshake rate bucket is empty: RATE_LIMITED.
+  6. the address's handshake rate bucket is empty: RATE_LIMITED (this
+     check takes the hello's token).
+
+Refusals at connection time (1-4) are answered on the role's listeners
+before any transport is built (L{muxframe.earlyrefusal}): under a
+connection flood each costs the server a few system calls, not a
+transport's life.
 
 During the handshake, a locked-out client key is refused with LOCKED_OUT;
 an authentication failure (key not authorized, bad signature, token
@@ -54,6 +62,7 @@ from muxframe.xtmp.factory import XTMPServerFactory
 #: Codes of handshake failures that count as failed authentication.
 _AUTH_FAILURES = (XTMPErrorCode.UNAUTHORIZED, XTMPErrorCode.HANDSHAKE_FAILED)
 _ANONYMOUS = SessionIdentity("anonymous")
+_RATE_REASON = "too many new connections from this address (handshake_rate)"
 
 
 def sourceOf(address):
@@ -87,12 +96,15 @@ def describePeer(address):
 
 class RefusedConnection(Protocol):
     """
-    Answers a refused connection with one plaintext Error and closes.
+    Answers a refused connection with one plaintext Error and closes.  A
+    listener made ready by L{muxframe.earlyrefusal.refuseEarly} (the
+    role's are) sends C{earlyRefusal} and closes at accept time, without
+    a transport; then the transport given here is already closed.
     """
 
     def __init__(self, code, reason):
-        self.data = encodePlain(MessageType.Error, 0, 0, 0,
-                                codec.encodeReason(code, reason))
+        self.data = self.earlyRefusal = encodePlain(
+            MessageType.Error, 0, 0, 0, codec.encodeReason(code, reason))
 
     def connectionMade(self):
         """
@@ -252,7 +264,7 @@ class XTMPServer(XTMPServerFactory):
 
     def buildProtocol(self, address):
         """
-        Admit a connection (checks 1-3 of the module docstring) and build
+        Admit a connection (checks 1-4 of the module docstring) and build
         its L{ServerSession}, or a L{RefusedConnection}.
         """
         source = sourceOf(address)
@@ -271,6 +283,9 @@ class XTMPServer(XTMPServerFactory):
             return self._refuse(address, source,
                                 XTMPErrorCode.TOO_MANY_CONNECTIONS, why,
                                 "refused_connections")
+        if self.handshakeRate.wait(source, now) > 0:
+            return self._refuse(address, source, XTMPErrorCode.RATE_LIMITED,
+                                _RATE_REASON, "refused_rate")
         protocol = XTMPServerFactory.buildProtocol(self, address)
         if self.timers is not None:
             protocol.reactor = self.timers
@@ -284,7 +299,7 @@ class XTMPServer(XTMPServerFactory):
 
     def admitHandshake(self, protocol, hello):
         """
-        Checks 4 and 5 of the module docstring, once C{protocol}'s
+        Checks 5 and 6 of the module docstring, once C{protocol}'s
         ClientHello is parsed and before any public-key work.
 
         @raise XTMPRemoteError: BUSY or L{RateLimited}.
@@ -297,11 +312,9 @@ class XTMPServer(XTMPServerFactory):
                           "refused_busy")
             raise XTMPRemoteError(reason, XTMPErrorCode.BUSY)
         if not self.handshakeRate.take(source, self.reactor.seconds()):
-            reason = "too many new connections from this address " \
-                "(handshake_rate)"
             self._refusal(peer, source, XTMPErrorCode.RATE_LIMITED,
-                          reason, "refused_rate")
-            raise RateLimited(reason)
+                          _RATE_REASON, "refused_rate")
+            raise RateLimited(_RATE_REASON)
 
     def makeEngine(self, protocol, now):
         """
