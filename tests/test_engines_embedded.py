@@ -80,6 +80,8 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
             yield self.assertFailure(e.queues.appendMany([
                 ("alice", self.message(9)), ("alice", QueueMessage("x", b"", Address(*bad)))]),
                 InvalidName)
+        for entity in (["alice"], 7, "al\x00ice"):
+            yield self.assertFailure(e.queues.append(entity, self.message(9)), InvalidName)
         again = yield e.queues.appendMany([("alice", self.message(i, sender=sender))
                                            for i, sender in enumerate(senders)])
         self.assertEqual([(r.offset, r.duplicate) for r in again],

@@ -188,7 +188,7 @@ class EmbeddedQueueStore:
         anything is stored; return the message's dedup key (see
         L{logformat.messageKey}) and its record flags.
         """
-        if entity not in self._queues:
+        if entity.__class__ is not str or entity not in self._queues:
             # Every queue known passed checkName when it was made.
             checkName(entity, "entity")
         if message.__class__ is not QueueMessage or message.payload.__class__ is not bytes \
