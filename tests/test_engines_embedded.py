@@ -6,8 +6,10 @@ recovery, segments, locks).
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from muxframe.engines import embeddedqueues
 from muxframe.engines.embedded import EmbeddedEngine
-from muxframe.engines.model import ReceiptKind
+from muxframe.engines.errors import InvalidName
+from muxframe.engines.model import Address, QueueMessage, ReceiptKind
 from tests.engine_contract import EngineContract
 
 
@@ -57,6 +59,62 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         self.assertEqual(p.delivered, 3)
         receipts = yield again.queues.fetch("bob", 1)
         self.assertEqual(sorted(r.receipt.offset for r in receipts), [1, 2, 3])
+
+    @defer.inlineCallbacks
+    def test_senderCacheKeepsChecksAndDedup(self):
+        """
+        Appends check a sender's names and make its dedup-key prefix once,
+        in a bounded cache: a bad device of a known entity, or a bad sender
+        once the cache was cleared, is still refused with nothing stored,
+        and the keys made through the cache are the ones recovery makes
+        from the records (duplicates found before and after a restart).
+        """
+        self.patch(embeddedqueues, "_SENDERS_KEPT", 2)
+        e = yield self.makeEngine(self.clock)
+        senders = [("bob", "phone"), ("bob", "laptop"), ("carol", "p"), ("dave", "p")]
+        for i, sender in enumerate(senders):
+            yield e.queues.append("alice", self.message(i, sender=sender))
+        for bad in (("bob", "a\x00b"), ("\x1fbob", "phone")):
+            yield self.assertFailure(e.queues.append("alice", QueueMessage(
+                "x", b"", Address(*bad))), InvalidName)
+            yield self.assertFailure(e.queues.appendMany([
+                ("alice", self.message(9)), ("alice", QueueMessage("x", b"", Address(*bad)))]),
+                InvalidName)
+        for entity in (["alice"], 7, "al\x00ice"):
+            yield self.assertFailure(e.queues.append(entity, self.message(9)), InvalidName)
+        again = yield e.queues.appendMany([("alice", self.message(i, sender=sender))
+                                           for i, sender in enumerate(senders)])
+        self.assertEqual([(r.offset, r.duplicate) for r in again],
+                         [(i + 1, True) for i in range(4)])
+        e2 = yield self.restartEngine(e, self.clock)
+        self.addCleanup(e2.stop)
+        for i, sender in enumerate(senders):
+            r = yield e2.queues.append("alice", self.message(i, sender=sender))
+            self.assertEqual((r.offset, r.duplicate), (i + 1, True))
+        system = yield e2.queues.append("alice", QueueMessage("s1", b"", None))
+        resent = yield e2.queues.append("alice", QueueMessage("s1", b"", None))
+        self.assertEqual((system.duplicate, resent.duplicate, resent.offset),
+                         (False, True, system.offset))
+        records = yield e2.queues.fetch("alice", 1)
+        self.assertEqual([r.messageId for r in records], ["m0", "m1", "m2", "m3", "s1"])
+
+    @defer.inlineCallbacks
+    def test_appendManyOneTimestamp(self):
+        """
+        The records of one appendMany share one timestamp, read once for
+        the batch, and timestamps never go back when the clock does.
+        """
+        e = yield self.makeEngine(self.clock)
+        first = yield e.queues.append("alice", self.message(0))
+        self.clock.advance(-5)
+        batch = yield e.queues.appendMany([("alice", self.message(i)) for i in (1, 2, 3)])
+        self.assertEqual({r.timestamp for r in batch}, {first.timestamp})
+        self.clock.advance(10)
+        later = yield e.queues.appendMany([("alice", self.message(i)) for i in (4, 5)])
+        self.assertEqual({r.timestamp for r in later}, {first.timestamp + 5000})
+        records = yield e.queues.fetch("alice", 1)
+        self.assertEqual([r.timestamp for r in records], [first.timestamp] * 4 + [
+            first.timestamp + 5000] * 2)
 
 
 class ConfigTests(unittest.SynchronousTestCase):

@@ -436,3 +436,48 @@ class FileTests(unittest.TestCase):
         self.assertIsNotNone(e)
         self.assertEqual(e.limit, "maxPendingBytes")
         self.assertLess(i, 100)
+
+    def test_commitsFromCallbacksShareOneFlush(self):
+        """
+        Commits made while a flush's Deferreds fire (each acknowledged
+        sender appending again) wait until all of them fired and then share
+        one flush, instead of the first starting a flush of its own and the
+        others the next one; each fires only after the flush covering it,
+        with its own value.
+        """
+        jobs = []
+
+        def runner(f, *args):
+            d = defer.Deferred()
+            jobs.append((f, d))
+            return d
+
+        def complete():
+            job, d = jobs.pop(0)
+            d.callback(job())
+        journal = Journal(self.mktemp(), runner)
+        journal.open()
+        fired = []
+        offsets = iter(range(1, 100))
+
+        def append(value):
+            journal.append(1, 0, "q", next(offsets), 0, "m%d" % value, "", "", b"x",
+                           b"%16d" % value, commit=False)
+            return journal.flush(value)
+
+        def again(value):
+            fired.append(value)
+            if value < 10:
+                append(value + 10).addCallback(fired.append)
+        append(0).addCallback(fired.append)
+        for i in range(1, 4):
+            append(i).addCallback(again)
+        # The first flush (record 0) runs; 1-3 wait for the next.
+        complete()
+        self.assertEqual((fired, len(jobs)), ([0], 1))
+        complete()
+        # 1-3 fired; the three records their callbacks appended, one flush.
+        self.assertEqual((fired, len(jobs), journal.durableLsn), ([0, 1, 2, 3], 1, 4))
+        complete()
+        self.assertEqual(fired, [0, 1, 2, 3, 11, 12, 13])
+        self.assertEqual((journal.durableLsn, journal.flushes, jobs), (7, 3, []))

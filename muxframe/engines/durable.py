@@ -5,7 +5,9 @@ file (consumer offsets, subscriptions).
 
 Group commit: callers ask L{GroupCommitter.commit} for a Deferred; while one
 flush (write + fsync) is running, later callers wait together for the next
-one, so one fsync covers every record that arrived meanwhile.  The reactor
+one, so one fsync covers every record that arrived meanwhile.  Commits made
+while a flush's Deferreds fire (a callback appending again) also wait until
+all of them fired, then share the next flush.  The reactor
 thread only copies bytes into a buffer; writes and fsyncs run in a thread.
 A failed write or fsync is fatal for the file (as in PostgreSQL since
 "fsyncgate": after a failed fsync the kernel may have dropped the dirty
@@ -132,32 +134,39 @@ class GroupCommitter:
         return d
 
     def _kick(self):
-        if self._flushing or not self._waiting:
-            return
-        # Parallel lists, not (Deferred, value) tuples: one object less per
-        # commit for the allocator and the GC.
-        waiting = (self._waiting, self._values)
-        self._waiting, self._values = [], []
+        while not self._flushing and self._waiting:
+            # Parallel lists, not (Deferred, value) tuples: one object less
+            # per commit for the allocator and the GC.
+            waiting = (self._waiting, self._values)
+            self._waiting, self._values = [], []
+            try:
+                job = self._prepare()
+            except Exception as e:
+                self._fail(waiting, e)
+                return
+            if job is not None:
+                self._flushing = True
+                self._runner(job).addCallbacks(self._done, self._failed,
+                                               callbackArgs=(waiting,), errbackArgs=(waiting,))
+                return
+            self._fire(waiting)
+
+    def _fire(self, waiting):
+        # Commits made by the callbacks wait until every callback ran, then
+        # share one flush: not one flush for the first of them and the next
+        # for all the others.
+        self._flushing = True
         try:
-            job = self._prepare()
-        except Exception as e:
-            self._fail(waiting, e)
-            return
-        if job is None:
             for d, value in zip(*waiting):
                 d.callback(value)
-            return
-        self._flushing = True
-        self._runner(job).addCallbacks(self._done, self._failed,
-                                       callbackArgs=(waiting,), errbackArgs=(waiting,))
+        finally:
+            self._flushing = False
 
     def _done(self, result, waiting):
-        self._flushing = False
         self.flushes += 1
         if self._flushed is not None:
             self._flushed(result)
-        for d, value in zip(*waiting):
-            d.callback(value)
+        self._fire(waiting)
         self._kick()
 
     def _failed(self, failure, waiting):

@@ -32,6 +32,10 @@ log = Logger()
 
 _POSITION = struct.Struct(">QQ")
 _FLOOR = struct.Struct(">Q")
+#: The sender names of a system message (no sender).
+_SYSTEM = ("", "")
+#: How many senders' checked names and dedup-key prefixes are kept.
+_SENDERS_KEPT = 4096
 
 
 def _positionKey(entity, device):
@@ -91,6 +95,9 @@ class EmbeddedQueueStore:
         self._consumers = {}
         self._watches = WatchList()
         self._acks = SerialChains()
+        # (sender entity, device) -> its dedup-key hash prefix: names
+        # checked once, the prefix made once (bounded: _SENDERS_KEPT).
+        self._senders = {}
         self._unnotified = []
         journal.addDurableListener(self._durable)
         self._lastStamp = 0
@@ -162,53 +169,96 @@ class EmbeddedQueueStore:
         See L{IQueueStore.append}.
         """
         try:
-            self._check()
-            checkName(entity, "entity")
-            checkMessage(message)
+            if not self._open:
+                raise EngineStopped("the queue store is closed")
+            key, flags = self._checkAppend(entity, message)
+            appended, lsn = self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
+                                         message.sender, message.payload, key, self._stamp())
         except Exception:
             return defer.fail()
-        key, flags = logformat.messageKeyAndFlags(message)
-        sender = message.sender
-        return self._append(entity, RecordKind.MESSAGE, flags, message.messageId, sender,
-                            message.payload, key)
+        if lsn <= self._journal.durableLsn:
+            # A duplicate of a durable record.
+            return defer.succeed(appended)
+        # The group commit's own Deferred, firing with the result: no chain.
+        return self._journal.flush(appended)
 
-    def _append(self, entity, kind, flags, messageId, sender, payload, key, commit=True):
+    def _checkAppend(self, entity, message):
         """
-        Append one record; with C{commit}, a Deferred of its L{Appended}
-        once durable, else C{(Appended, lsn)} at once (not durable yet).
+        Check one append's entity and message, raising for bad input before
+        anything is stored; return the message's dedup key (see
+        L{logformat.messageKey}) and its record flags.
+        """
+        if entity.__class__ is not str or entity not in self._queues:
+            # Every queue known passed checkName when it was made.
+            checkName(entity, "entity")
+        if message.__class__ is not QueueMessage or message.payload.__class__ is not bytes \
+                or len(message.payload) > logformat.MAX_PAYLOAD:
+            checkMessage(message)
+        messageId = message.messageId
+        checkName(messageId, "message id")
+        sender = message.sender
+        if sender is None:
+            names, flags = _SYSTEM, 0
+        else:
+            names = (sender.entity, sender.device)
+            flags = logformat.FLAG_RECEIPTS if message.wantReceipts else 0
+        prefix = self._senders.get(names)
+        if prefix is None:
+            if sender is not None:
+                checkName(sender.entity, "sender entity")
+                if sender.device:
+                    checkName(sender.device, "sender device")
+            if len(self._senders) >= _SENDERS_KEPT:
+                self._senders.clear()
+            prefix = self._senders[names] = logformat.senderKeyPrefix(*names)
+        h = prefix.copy()
+        h.update(messageId.encode("utf-8"))
+        return h.digest(), flags
+
+    def _stamp(self):
+        # Timestamps never go back, whatever the clock does.
+        stamp = int(self._clock.seconds() * 1000)
+        if stamp < self._lastStamp:
+            return self._lastStamp
+        self._lastStamp = stamp
+        return stamp
+
+    def _append(self, entity, kind, flags, messageId, sender, payload, key, stamp):
+        """
+        Append one record with timestamp C{stamp} (from L{_stamp}); return
+        C{(Appended, lsn)} at once, not durable yet (L{Journal.flush} makes
+        it so), or those of the record it duplicates.
         """
         index = self._queues.get(entity)
         if index is None:
             index = self._queue(entity)
         existing = index.find(key)
         if existing is not None:
-            appended = Appended(existing, index.timestamp(existing), True)
-            if not commit:
-                return appended, index.lsn(existing)
-            return self._whenDurable(index.lsn(existing)).addCallback(lambda _: appended)
+            return Appended(existing, index.timestamp(existing), True), index.lsn(existing)
         offset = index.nextOffset
-        # Timestamps never go back, whatever the clock does.
-        stamp = int(self._clock.seconds() * 1000)
-        if stamp < self._lastStamp:
-            stamp = self._lastStamp
-        self._lastStamp = stamp
         appended = Appended(offset, stamp)
         if sender is None:
             senderEntity = senderDevice = ""
         else:
             senderEntity, senderDevice = sender.entity, sender.device
-        try:
-            lsn, d = self._journal.append(
-                kind, flags, entity, offset, stamp, messageId, senderEntity, senderDevice,
-                payload, key, appended, commit)
-        except Exception:
-            if not commit:
-                raise
-            return defer.fail()
+        lsn, _ = self._journal.append(
+            kind, flags, entity, offset, stamp, messageId, senderEntity, senderDevice,
+            payload, key, None, False)
         index.add(lsn, stamp, key)
         if self._watches.has(entity):
             self._unnotified.append((lsn, entity, offset))
-        return d if commit else (appended, lsn)
+        return appended, lsn
+
+    def _appendDurable(self, entity, kind, flags, messageId, sender, payload, key):
+        # One record, a Deferred of its Appended once durable.
+        try:
+            appended, lsn = self._append(entity, kind, flags, messageId, sender, payload, key,
+                                         self._stamp())
+        except Exception:
+            return defer.fail()
+        if lsn <= self._journal.durableLsn:
+            return defer.succeed(appended)
+        return self._journal.flush(appended)
 
     def appendMany(self, items):
         """
@@ -216,28 +266,25 @@ class EmbeddedQueueStore:
         several appends (one Deferred, one flush).
         """
         try:
-            self._check()
+            if not self._open:
+                raise EngineStopped("the queue store is closed")
+            check = self._checkAppend
             checked = []
-            messageKey = logformat.messageKey
             for entity, message in items:
-                checkName(entity, "entity")
-                checkMessage(message)
-                sender = message.sender
-                if sender is None:
-                    checked.append((entity, message, messageKey("", "", message.messageId), 0))
-                else:
-                    checked.append((entity, message, messageKey(
-                        sender.entity, sender.device, message.messageId),
-                        logformat.FLAG_RECEIPTS if message.wantReceipts else 0))
+                key, flags = check(entity, message)
+                checked.append((entity, message, key, flags))
         except Exception:
             return defer.fail()
         results = []
+        add = results.append
         append = self._append
+        message = RecordKind.MESSAGE
         try:
-            for entity, message, key, flags in checked:
-                appended, _ = append(entity, RecordKind.MESSAGE, flags, message.messageId,
-                                     message.sender, message.payload, key, False)
-                results.append(appended)
+            # One time for the batch: its records are appended together.
+            stamp = self._stamp()
+            for entity, item, key, flags in checked:
+                add(append(entity, message, flags, item.messageId, item.sender, item.payload,
+                           key, stamp)[0])
         except Exception:
             # What was appended before the fault is still made durable.
             failure = defer.fail()
@@ -370,7 +417,7 @@ class EmbeddedQueueStore:
                 for kind, offsets in ((ReceiptKind.DELIVERED, delivered),
                                       (ReceiptKind.READ, read)):
                     if record.offset in offsets:
-                        sends.append(self._append(
+                        sends.append(self._appendDurable(
                             record.senderEntity, RecordKind.RECEIPT, 0, record.messageId,
                             Address(entity, device),
                             logformat.encodeReceiptPayload(kind, record.offset),

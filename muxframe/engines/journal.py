@@ -298,7 +298,9 @@ class Journal:
             raise LimitExceeded("%d bytes already wait for the disk" % (self.pendingBytes,),
                                 "maxPendingBytes")
         active = self._active
-        if active.count and active.size + size > self.segmentBytes:
+        # The size first: Segment.count is a property, looked up only when
+        # the segment is full.
+        if active.size + size > self.segmentBytes and active.count:
             self._sealed.append((active, self._activeFile))
             active.sealed = True
             self._create(lsn)
