@@ -6,7 +6,8 @@ Rules (both framings):
 
   - Commands (openStream, sendData, endStream, resetStream, consumed,
     closeSession) change state and queue output; nothing is written until the
-    caller asks for L{Engine.dataToSend}.
+    caller asks for L{Engine.dataToSend} (or sendWhole returns a small
+    write's frame, below).
   - Output order: every queued control frame (credit, acknowledgements,
     resets, refusals, keepalives) first, then data, served round-robin one
     frame per stream per turn so no stream waits behind another's bulk.

@@ -7,6 +7,8 @@ Output is scheduled here and framed by the engine: control frames first,
 then data round-robin, written with C{writeSequence} while the connection's
 transport accepts more (the Multiplexer is the transport's streaming
 producer), so small messages never queue behind a bulk stream's backlog.
+A small write with nothing queued before it is framed by the engine at once
+(sendWhole) and written inside the child's write, with the credit owed.
 """
 
 from zope.interface import implementer
