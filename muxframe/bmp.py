@@ -38,7 +38,15 @@ Stream rules enforced here:
 import re
 from collections import OrderedDict, deque
 
-from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
+from .engine import (
+    ALIGN_MIN,
+    SHARED_INFLIGHT,
+    SHARED_TIME,
+    WHOLE_CONTROL,
+    WHOLE_LIMIT,
+    Engine,
+    StreamState,
+)
 from .errors import (
     ErrorCode,
     FrameTooLarge,
@@ -525,6 +533,56 @@ class BmpEngine(Engine):
             self._maybeFinish(state)
         return size
 
+    def sendWhole(self, streamId, data, now=0.0, armedAt=None):
+        size = len(data)
+        # (A write of another stream than the last one sent is left to
+        # _emit, which notes that streams mix.)
+        if (not size or size > WHOLE_LIMIT or self.closed
+                or len(self._control) > WHOLE_CONTROL or self._ready or self._events
+                or streamId != self._lastDataStream):
+            return None
+        state = self._streams.get(streamId)
+        if (state is None or state.sendBuffered or state.endPending
+                or state.localEnded or not state.created):
+            return None
+        settings = self.settings
+        limit = settings.maxStreamSendBuffer
+        if size > settings.maxFrameSize or (limit and size > limit):
+            return None
+        inflight = state.inflight
+        used = state.inflightBytes
+        latest = self._latest
+        if inflight is not None and (
+                len(inflight) >= settings.maxInFlight
+                # sendData would queue it only if _canSend says so.
+                or not (used < SHARED_INFLIGHT and used < settings.maxBytesInFlight
+                        or used < self._byteLimit(latest))):
+            return None
+        if now > latest:
+            latest = now
+        if size > self._byteLimit(latest) - used:
+            return None
+        if not self._awaiting and settings.ackTimeout and (
+                armedAt is None or armedAt > self._framingDeadline(True)):
+            return None  # it arms the acknowledgement check earlier
+        # What dataToSend and _emit do with a write they frame whole.
+        self._latest = latest
+        self._lastSent = now
+        sid = b"%d" % state.outSeq
+        state.outSeq += 1
+        if not inflight:
+            if inflight is None:
+                inflight = state.inflight = {}
+            self._awaiting[streamId] = state
+        inflight[sid] = (now, size)
+        state.inflightBytes = used + size
+        state.bytesSent += size
+        counters = self.counters
+        counters.bytesSent += size
+        counters.framesSent += 1
+        return self._withControl(b"\x00%b\x01\x00\x01\x00%b\x01\x00%X\x01%b" % (
+            streamId, sid, size, data))
+
     def _ackAll(self, state):
         frames = state.recvFrames
         if frames:
@@ -798,7 +856,8 @@ class BmpEngine(Engine):
                     ErrorCode.CLOSED, state.streamId,
                 )))
 
-    def _framingDeadline(self):
-        if self._awaiting and self.settings.ackTimeout:
+    def _framingDeadline(self, awaiting=False):
+        # (awaiting: the deadline once a frame is in flight.)
+        if (awaiting or self._awaiting) and self.settings.ackTimeout:
             return self._lastCheck + self.settings.ackTimeout / 4.0
         return None

@@ -6,7 +6,8 @@ Rules (both framings):
 
   - Commands (openStream, sendData, endStream, resetStream, consumed,
     closeSession) change state and queue output; nothing is written until the
-    caller asks for L{Engine.dataToSend}.
+    caller asks for L{Engine.dataToSend} (or sendWhole returns a small
+    write's frame, below).
   - Output order: every queued control frame (credit, acknowledgements,
     resets, refusals, keepalives) first, then data, served round-robin one
     frame per stream per turn so no stream waits behind another's bulk.
@@ -22,7 +23,9 @@ Rules (both framings):
   - receivePayload is a fast path with the effects of receiveData for
     bytes wholly inside a data frame's payload; receiveWhole one for a read
     made of whole frames of the commonest kinds (small messages): it takes
-    nothing unless the result is the same as receiveData's.
+    nothing unless the result is the same as receiveData's.  sendWhole is
+    the sending side's: a small write with nothing queued before it is
+    framed at once, with the effects of sendData followed by dataToSend.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
@@ -56,6 +59,12 @@ ALIGN_MIN = 16 * 1024
 # small message waits behind at most that much of a bulk stream's data.
 SHARED_TIME = 0.1
 SHARED_INFLIGHT = 512 * 1024
+
+# Writes of at most this many bytes, after at most WHOLE_CONTROL queued
+# control frames, may take sendWhole (it returns them as one string,
+# joined: a copy, cheap at this size).
+WHOLE_LIMIT = 4096
+WHOLE_CONTROL = 8
 
 
 class Counters:
@@ -357,6 +366,27 @@ class Engine:
             state.queued = True
             self._ready.append(state)
         return state.sendBuffered
+
+    def sendWhole(self, streamId, data, now=0.0, armedAt=None):
+        """
+        Fast path of L{sendData} followed by L{dataToSend} for a write of
+        at most L{WHOLE_LIMIT} bytes that goes out at once as one frame:
+        no stream's data queued before it and no event waiting, at most
+        L{WHOLE_CONTROL} control frames queued (they go first, as
+        dataToSend sends them), the stream's buffer empty and credit (MIO)
+        or room in flight (BMP) for all of it.  Return the bytes to write,
+        control frames and that frame joined, with the effects sendData
+        and dataToSend(now=C{now}) would have; otherwise take nothing and
+        return C{None}: call L{sendData}.
+
+        @param armedAt: when the caller's timer is due (C{None}: none is
+            armed).  A frame that would bring L{nextDeadline} before it
+            (BMP: the first frame in flight arms the acknowledgement
+            check) is left to sendData, whose caller asks nextDeadline
+            after dataToSend; other frames move deadlines later only (the
+            keepalive's), so the caller need not ask.
+        """
+        return None
 
     def endStream(self, streamId):
         """
@@ -680,6 +710,16 @@ class Engine:
         return out
 
     # -- shared helpers for subclasses ----------------------------------
+
+    def _withControl(self, frame):
+        # sendWhole's result: the queued control frames, then frame.
+        control = self._control
+        if not control:
+            return frame
+        control.append(frame)
+        self._control = []
+        self._localControl = 0
+        return b"".join(control)
 
     def _dataOf(self, streamId, now):
         # Data of stream streamId is framed at now: note when streams mix

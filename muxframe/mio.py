@@ -52,7 +52,15 @@ Stream rules enforced here:
 import struct
 from collections import deque
 
-from .engine import ALIGN_MIN, SHARED_INFLIGHT, SHARED_TIME, Engine, StreamState
+from .engine import (
+    ALIGN_MIN,
+    SHARED_INFLIGHT,
+    SHARED_TIME,
+    WHOLE_CONTROL,
+    WHOLE_LIMIT,
+    Engine,
+    StreamState,
+)
 from .errors import (
     ErrorCode,
     FlowControlViolation,
@@ -374,6 +382,30 @@ class MioEngine(Engine):
             if state.remoteEnded:
                 self._finish(state)
         return size
+
+    def sendWhole(self, streamId, data, now=0.0, armedAt=None):
+        size = len(data)
+        if (not size or size > WHOLE_LIMIT or self.closed
+                or len(self._control) > WHOLE_CONTROL or self._ready or self._events):
+            return None
+        state = self._streams.get(streamId)
+        if (state is None or state.sendBuffered or state.endPending
+                or state.localEnded or size > state.credit):
+            return None
+        settings = self.settings
+        limit = settings.maxStreamSendBuffer
+        if size > settings.maxFrameSize or (limit and size > limit):
+            return None
+        # What _emit does with a write it frames whole.
+        if now > self._latest:
+            self._latest = now
+        self._lastSent = now
+        state.credit -= size
+        state.bytesSent += size
+        counters = self.counters
+        counters.bytesSent += size
+        counters.framesSent += 1
+        return self._withControl(_pack(streamId, (size << 8) | DATA) + data)
 
     def _returnCredit(self, state, size, now, prompt):
         if state.remoteEnded:

@@ -7,6 +7,8 @@ Output is scheduled here and framed by the engine: control frames first,
 then data round-robin, written with C{writeSequence} while the connection's
 transport accepts more (the Multiplexer is the transport's streaming
 producer), so small messages never queue behind a bulk stream's backlog.
+A small write with nothing queued before it is framed by the engine at once
+(sendWhole) and written inside the child's write, with the credit owed.
 """
 
 from zope.interface import implementer
@@ -340,11 +342,14 @@ class Multiplexer(Protocol):
                 self._holding(stream, data)
                 held = True
             else:
+                # The data is consumed as it is delivered: its credit (BMP:
+                # acknowledgement), queued first, goes out ahead of the
+                # child's answer and in the same write (sendWhole).
+                engine.consumed(streamId, len(data))
                 try:
                     stream.protocol.dataReceived(data)
                 except BaseException:
                     self._childRaised(stream)
-                engine.consumed(streamId, len(data))
         finally:
             self._busy = False
         if held:
@@ -577,8 +582,9 @@ class Multiplexer(Protocol):
                 elif stream._readPaused or stream._pending:
                     self._holding(stream, data)
                 else:
-                    self._callChild(stream, stream.protocol.dataReceived, data)
+                    # Consumed as delivered (see _deliverRead).
                     engine.consumed(event.streamId, len(data))
+                    self._callChild(stream, stream.protocol.dataReceived, data)
             elif kind is StreamOpened:
                 self._accept(event.streamId)
             elif kind is StreamEnded:
@@ -818,8 +824,18 @@ class Multiplexer(Protocol):
     def _streamWrite(self, stream, data):
         streamId = stream.streamId
         engine = self.engine
-        if self._streams.get(streamId) is not stream or streamId not in engine:
+        if self._streams.get(streamId) is not stream:
             return  # the stream ended under the child: drop, as TCP does
+        if not self._transportPaused:
+            # A small write with nothing queued before it: framed and
+            # written now, without the queue, the scheduler or a flush.
+            frame = engine.sendWhole(streamId, data, self._now(),
+                                     self._timerAt if self._timer is not None else None)
+            if frame is not None:
+                self.transport.write(frame)
+                return
+        if streamId not in engine:
+            return
         try:
             engine.sendData(streamId, data)
         except StreamBufferOverflow as error:

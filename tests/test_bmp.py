@@ -13,6 +13,8 @@ from muxframe.errors import (
     FrameTooLarge,
     MalformedFrame,
     RemoteProtocolError,
+    StreamBufferOverflow,
+    StreamClosedError,
     StreamResetError,
     StreamTimeoutError,
 )
@@ -715,4 +717,120 @@ class ReceiveWholeTests(SynchronousTestCase):
         events = slow.receiveData(read, 1.0)
         expected = [DataReceived(*result)] if result[0] is not None else []
         self.assertEqual(events, expected)
+        self.assertEqual(snapshot(fast), snapshot(slow))
+
+
+# What may be queued, sent or acknowledged before a write: (step, stream).
+_sendSteps = st.lists(st.tuples(
+    st.sampled_from(["queue", "ack", "ackAll", "credit", "switch", "spend", "end",
+                     "reset", "flush", "tick", "close"]),
+    st.sampled_from([b"io_0", b"io_1"])), max_size=4)
+
+
+def _prepare(engine, steps):
+    sids = iter(range(100, 200))
+    for step, streamId in steps:
+        state = engine.stream(streamId)
+        if step in ("queue", "ack", "credit", "switch", "spend", "end", "reset") and (
+                state is None or step in ("queue", "switch", "spend") and (
+                    state.endPending or state.localEnded)):
+            continue
+        if step == "queue":
+            try:
+                engine.sendData(streamId, b"q" * 10)
+            except StreamBufferOverflow:
+                pass
+        elif step in ("ack", "ackAll"):
+            acks = [(s, sid) for s in engine.streamIds()
+                    for sid in list(engine.stream(s).inflight or ())
+                    if step == "ackAll" or s == streamId][:1 if step == "ack" else None]
+            engine.receiveData(b"".join(
+                encodeFrame(Frame(s, bmp.ACK, b"", 0, sid)) for s, sid in acks), 0.5)
+        elif step == "credit":
+            engine.receiveData(encodeFrame(
+                Frame(streamId, bmp.DATA, b"%d" % next(sids), 0, b"d" * 8)), 0.5)
+            engine.consumed(streamId, 8, 0.5)  # its acknowledgement, queued
+        elif step in ("switch", "spend"):
+            other = b"io_1" if streamId == b"io_0" else b"io_0"
+            try:
+                engine.sendData(other if step == "switch" else streamId,
+                                b"s" * (1 if step == "switch" else 90))
+            except (StreamBufferOverflow, StreamClosedError):
+                pass
+            engine.dataToSend(1 << 20, 0.5)
+        elif step == "end":
+            engine.endStream(streamId)
+        elif step == "reset":
+            engine.resetStream(streamId)
+        elif step == "flush":
+            engine.dataToSend(1 << 20, 0.5)  # its events (a stream finishing) wait
+        elif step == "tick":
+            engine.tick(0.6)
+        else:
+            engine.closeSession()
+
+
+class SendWholeTests(SynchronousTestCase):
+    """
+    L{BmpEngine.sendWhole}, the small-message path out, has the effects of
+    L{BmpEngine.sendData} followed by L{BmpEngine.dataToSend} on every
+    write it takes and takes nothing from the others.
+    """
+
+    def test_ackAndMessage(self):
+        """
+        A small write on the stream last sent on, with room in flight, is
+        framed at once after the acknowledgements owed (what an echo sends).
+        """
+        server = _servingEngine()
+        server.receiveData(encodeFrame(Frame(b"io_1", bmp.DATA, b"1", 0, b"ping")), 1.0)
+        server.consumed(b"io_1", 4)
+        frame = server.sendWhole(b"io_1", b"pong", 1.0, 0.0)
+        self.assertEqual(decodeFrames(frame), [Frame(b"io_1", bmp.ACK, b"", 1, b"1"),
+                                              Frame(b"io_1", bmp.DATA, b"4", 4, b"pong")])
+        self.assertEqual(list(server.stream(b"io_1").inflight), [b"0", b"1", b"2", b"3", b"4"])
+        self.assertFalse(server.hasOutput())
+
+    def test_firstInFlightArmsTimer(self):
+        """
+        With nothing in flight, a frame arms the acknowledgement check: it
+        is left to sendData unless the caller's timer is due by then.
+        """
+        server = _servingEngine()
+        _prepare(server, [("ackAll", b"io_0")])
+        self.assertIsNone(server.nextDeadline())
+        self.assertIsNone(server.sendWhole(b"io_1", b"pong", 1.0, None))
+        due = 30 / 4.0
+        self.assertIsNone(server.sendWhole(b"io_1", b"pong", 1.0, due + 1))
+        self.assertIsNotNone(server.sendWhole(b"io_1", b"pong", 1.0, due))
+        self.assertEqual(server.nextDeadline(), due)
+
+    @given(_sendSteps, st.sampled_from([b"io_0", b"io_1", b"io_5"]),
+           st.sampled_from([0, 1, 64, 1000, 4096, 4097]),
+           st.sampled_from([{}, {"maxInFlight": 5}, {"maxBytesInFlight": 1024},
+                            {"maxStreamSendBuffer": 100}, {"ackTimeout": 0},
+                            {"maxFrameSize": 128}]),
+           st.sampled_from([None, 0.0, 100.0]))
+    @example([], b"io_1", 64, {}, 0.0)
+    @example([("credit", b"io_1")], b"io_1", 64, {}, 0.0)
+    @settings(max_examples=500, deadline=None)
+    def test_sameAsSendData(self, steps, streamId, size, kwargs, armedAt):
+        """
+        Whatever was queued, sent or acknowledged before, sendWhole either
+        leaves the engine as it was (and returns C{None}) or leaves it
+        exactly as sendData and dataToSend do, returning the bytes
+        dataToSend returns.
+        """
+        import copy
+        server = _servingEngine(**kwargs)
+        _prepare(server, steps)
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        data = b"w" * size
+        result = fast.sendWhole(streamId, data, 1.0, armedAt)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        slow.sendData(streamId, data)
+        self.assertEqual(b"".join(slow.dataToSend(256 * 1024, 1.0)), result)
         self.assertEqual(snapshot(fast), snapshot(slow))

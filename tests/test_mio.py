@@ -899,3 +899,103 @@ class ReceiveWholeTests(SynchronousTestCase):
         events = slow.receiveData(read, 1.0)
         self.assertEqual(events, [DataReceived(*result)])
         self.assertEqual(snapshot(fast), snapshot(slow))
+
+
+# What may be queued or spent before a write: (step, stream id).
+_sendSteps = st.lists(st.tuples(
+    st.sampled_from(["queue", "credit", "spend", "end", "reset", "probes", "flush",
+                     "close"]),
+    st.sampled_from([1, 3])), max_size=4)
+
+
+def _prepare(engine, steps):
+    for step, streamId in steps:
+        state = engine.stream(streamId)
+        if step in ("queue", "spend", "credit", "end", "reset") and (
+                state is None or step in ("queue", "spend") and (
+                    state.endPending or state.localEnded)):
+            continue
+        if step == "queue":
+            try:
+                engine.sendData(streamId, b"q" * 10)
+            except StreamBufferOverflow:
+                pass
+        elif step == "credit":
+            engine.consumed(streamId, 600, 0.5)  # a window update, small windows
+        elif step == "spend":
+            try:
+                for _ in range(10):
+                    engine.sendData(streamId, b"s" * 90)
+                    engine.dataToSend(1 << 20, 0.5)
+            except StreamBufferOverflow:
+                pass  # credit spent, data waiting: enough
+        elif step == "end":
+            engine.endStream(streamId)
+        elif step == "reset":
+            engine.resetStream(streamId)
+        elif step == "probes":
+            for _ in range(9):
+                engine.sendProbe()
+        elif step == "flush":
+            engine.dataToSend(1 << 20, 0.5)  # its events (a stream finishing) wait
+        else:
+            engine.closeSession()
+
+
+class SendWholeTests(SynchronousTestCase):
+    """
+    L{MioEngine.sendWhole}, the small-message path out, has the effects of
+    L{MioEngine.sendData} followed by L{MioEngine.dataToSend} on every
+    write it takes and takes nothing from the others.
+    """
+
+    def test_message(self):
+        """
+        A small write on a stream with credit is framed at once, after the
+        queued control frames (here, credit for the peer), and counted
+        against the stream's credit.
+        """
+        server = _servingEngine(windowSize=1024)
+        server.consumed(1, 600)  # with the 64 bytes consumed before
+        credit = server.stream(1).credit
+        frame = server.sendWhole(1, b"pong", 1.0)
+        self.assertEqual(decodeFrames(frame), [Frame(1, 664, mio.WINDOW_UPDATE),
+                                              Frame(1, 4, mio.DATA, b"pong")])
+        self.assertEqual(server.stream(1).credit, credit - 4)
+        self.assertFalse(server.hasOutput())
+
+    def test_queuedDataFirst(self):
+        """
+        A write behind data already queued (of any stream) is left to
+        sendData: the round-robin order holds.
+        """
+        server = _servingEngine()
+        server.sendData(3, b"first")
+        self.assertIsNone(server.sendWhole(1, b"second", 1.0))
+
+    @given(_sendSteps, st.sampled_from([1, 3, 5, 2]),
+           st.sampled_from([0, 1, 64, 1000, 4096, 4097]), st.booleans(),
+           st.sampled_from([0, 100]), st.sampled_from([None, 0.0, 100.0]))
+    @example([], 1, 64, False, 0, None)
+    @example([("credit", 1)], 1, 64, True, 0, None)
+    @settings(max_examples=400, deadline=None)
+    def test_sameAsSendData(self, steps, streamId, size, small, limit, armedAt):
+        """
+        Whatever was queued or spent before, sendWhole either leaves the
+        engine as it was (and returns C{None}) or leaves it exactly as
+        sendData and dataToSend do, returning the bytes dataToSend returns.
+        """
+        import copy
+        kwargs = {"windowSize": 1024} if small else {}
+        server = _servingEngine(maxStreamSendBuffer=limit, **kwargs)
+        _prepare(server, steps)
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        data = b"w" * size
+        result = fast.sendWhole(streamId, data, 1.0, armedAt)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        slow.sendData(streamId, data)
+        self.assertEqual(b"".join(slow.dataToSend(256 * 1024, 1.0)), result)
+        self.assertEqual(snapshot(fast), snapshot(slow))

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from muxframe import MultiplexerFactory, StreamAddress
-from muxframe import mio
+from muxframe import bmp, mio
 from muxframe.errors import (
     ErrorCode,
     MalformedFrame,
@@ -64,6 +64,28 @@ class HalfCloser(Recorder):
 class Echo(Protocol):
     def dataReceived(self, data):
         self.transport.write(data)
+
+
+class Answerer(Recorder):
+    """
+    Answers each message with one of its own, C{rounds} times, noting what
+    was written to the connections' transports (C{wire}, a list the test
+    fills) during each answer.
+    """
+
+    rounds = 20
+    wire = None
+
+    def __init__(self):
+        Recorder.__init__(self)
+        self.answered = []
+
+    def dataReceived(self, data):
+        Recorder.dataReceived(self, data)
+        if len(self.answered) < self.rounds:
+            before = len(self.wire)
+            self.transport.write(b"m")
+            self.answered.append(self.wire[before:])
 
 
 class Link:
@@ -197,6 +219,44 @@ class AdapterTestsMixin:
             link.pump()
         self.assertEqual(child.received(), b"ping" * 51)
         self.assertLessEqual(link.clock.scheduled - scheduled, 2)
+
+    def test_smallMessageWrittenAtOnce(self):
+        """
+        A small message a child writes while the read it answers is handled
+        (a ping-pong, both ways) reaches the connection's transport inside
+        the child's write: one transport write per message, carrying the
+        credit or acknowledgement owed for the read first (BMP: every time,
+        as an echo peer's fast path reads it), never through the send queue.
+        """
+        wire = []
+        self.patch(Answerer, "wire", wire)
+        link = self.link(serverChild=Answerer)
+        for transport in (link.clientTransport, link.serverTransport):
+            transport.write = lambda data, write=transport.write: (
+                wire.append(data), write(data))
+            transport.writeSequence = lambda seq: wire.append(b"".join(seq))
+        for mux in (link.client, link.server):
+            # A write through the send queue shows on the wire list too.
+            mux.engine.sendData = lambda *args, sendData=mux.engine.sendData: (
+                wire.append("queued"), sendData(*args))[1]
+        child = link.open(Factory.forProtocol(Answerer))
+        child.transport.write(b"m")
+        link.pump()
+        [server] = link.serverChildren
+        self.assertEqual(len(child.answered), Answerer.rounds)
+        self.assertEqual(len(server.answered), Answerer.rounds)
+        framing = bmp if self.framing == "bmp" else mio
+        for answerer in (child, server):
+            # The first messages sniff the framing and start the stream.
+            for written in answerer.answered[3:]:
+                self.assertNotIn("queued", written)
+                self.assertEqual(len(written), 1)
+                frames = framing.decodeFrames(written[0])
+                self.assertEqual(frames[-1].payload, b"m")
+                if self.framing == "bmp":
+                    self.assertEqual([f.opt for f in frames], [bmp.ACK, bmp.DATA])
+                else:
+                    self.assertEqual([f.flags for f in frames], [mio.DATA])
 
     def test_writeTypeError(self):
         """
@@ -644,6 +704,24 @@ class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
         link.clock.pump([1] * 10)
         child.lost.trap(StreamTimeoutError)
         self.assertIn(b"\x00io_0\x01\x00\x03\x01", link.clientTransport.value())
+
+    def test_ackTimeoutAfterQuietSpell(self):
+        """
+        A small message sent once the acknowledgement check has gone quiet
+        (nothing in flight, its timer fired and not re-armed) arms it
+        again: the frame, never acknowledged, ends the stream after
+        ackTimeout.
+        """
+        link = self.link(ackTimeout=4)
+        child = link.open()
+        child.transport.write(b"answered")
+        link.pump()
+        link.clock.pump([1] * 3)
+        self.assertEqual(child.received(), b"answered")
+        child.transport.write(b"into the void")
+        link.clientTransport.clear()
+        link.clock.pump([1] * 6)
+        child.lost.trap(StreamTimeoutError)
 
     def test_serverOpenedStreamName(self):
         """
