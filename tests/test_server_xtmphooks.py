@@ -341,6 +341,12 @@ class HeartbeatRTTTests(SynchronousTestCase):
             c.tick(now)
             s.tick(now)
             exchange(c, s, now)
+            if tenth == 91:
+                # Idle as the leading side counts it (heartbeatInterval
+                # less the lead): the first round drops its cipher contexts.
+                self.assertEqual(s.counters.heartbeatsSent, 1)
+                self.assertIsNone(s.sendKey._aead)
+                self.assertIsNone(s.receiveKey._aead)
         self.assertEqual((c.state, s.state), ("OPEN", "OPEN"))
         self.assertEqual(s.counters.heartbeatsSent, 11)
         self.assertEqual(c.counters.heartbeatsAnswered, 11)

@@ -697,11 +697,13 @@ class XTMPConnection(RekeyMixin):
             self.counters.heartbeatsAnswered += 1
             self.sendControl(MessageType.Heartbeat,
                              codec.encodeU64(value | HEARTBEAT_ANSWER))
+        s = self.settings
         if self.sendKey is not None and \
-                now - self.lastActivity >= self.settings.heartbeatInterval:
-            # Idle for an interval: this round trip is all that will use
-            # the keys for a while, so drop their cipher contexts (most of
-            # an idle session's memory) until then.
+                now - self.lastActivity >= s.heartbeatInterval - s.heartbeatLead:
+            # Idle for an interval (as the probe rule counts it): this
+            # round trip is all that will use the keys for a while, so drop
+            # their cipher contexts (most of an idle session's memory)
+            # until then.
             self.sendKey.release()
             self.receiveKey.release()
 
