@@ -155,13 +155,13 @@ class ResolutionTests(SynchronousTestCase):
     def test_shortHeartbeatInterval(self):
         """
         With a heartbeat interval shorter than the timer resolution, the
-        resolution used is a quarter of the interval: idle sessions keep
+        resolution used is 1/32 of the interval: idle sessions keep
         their round trips (they used to time out, the probe running after
         the silence check a slot late).
         """
         from tests.test_server_support import ALICE, Harness, config
         h = Harness(config(xtmp_protocol__heartbeat_interval=0.2))
-        self.assertEqual(h.server.timers.resolution, 0.05)
+        self.assertEqual(h.server.timers.resolution, 0.2 / 32)
         client, session, _ = h.connect(ALICE)
         for _ in range(50):
             h.clock.advance(0.1)
@@ -169,3 +169,45 @@ class ResolutionTests(SynchronousTestCase):
         self.assertTrue(session.isConnected())
         self.assertIsNotNone(session.rtt)
         self.assertEqual(client.connection.state, "OPEN")
+
+
+class IdleRoundTests(SynchronousTestCase):
+    """
+    Idle sessions' heartbeats on the server: the server's probe starts
+    every round (one probe, one answer), and sessions whose probes fall in
+    one slot are probed in one reactor call.
+    """
+
+    def test_serverProbesEachRound(self):
+        """
+        With the client's heartbeat interval equal to the server's, every
+        round is the server's probe and the client's answer: the client
+        never probes (before, its timer, timed from its answer, fired
+        before the server's coarse one, and the server's own timer woke
+        for nothing every round), and the registry has each session's rtt.
+        """
+        from tests.test_server_support import ALICE, Harness, config
+        h = Harness(config(xtmp_protocol__heartbeat_interval=30,
+                           xtmp_protocol__session_timeout=100000))
+        self.assertEqual(h.server.timers.resolution, 30 / 32)
+        pairs = []
+        for n in range(4):
+            h.clock.advance(0.1)
+            pairs.append(h.connect(ALICE, heartbeatInterval=30,
+                                   sessionTimeout=100000)[:2])
+        for _ in range(3000):
+            h.clock.advance(0.1)
+            h.flush()
+        # 300 s at one round per interval less one slot (29.0625 s).
+        for client, session in pairs:
+            server, mine = session.connection.counters, \
+                client.connection.counters
+            self.assertTrue(session.isConnected())
+            self.assertIn(server.heartbeatsSent, (10, 11))
+            self.assertEqual(mine.heartbeatsAnswered, server.heartbeatsSent)
+            self.assertEqual((mine.heartbeatsSent, server.heartbeatsAnswered),
+                             (0, 0))
+            self.assertIsNotNone(session.rtt)
+            self.assertIsNone(client.connection.rtt)
+        # Connected within one slot, they share it: one reactor timer.
+        self.assertEqual(h.server.timers.pending(), (4, 1))

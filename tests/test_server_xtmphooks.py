@@ -325,6 +325,45 @@ class HeartbeatRTTTests(SynchronousTestCase):
         self.assertIsNotNone(c.rtt)
         self.assertIsNone(s.rtt)
 
+    def test_heartbeatLead(self):
+        """
+        With C{heartbeatLead}, a side probes that much before its
+        heartbeatInterval: with equal intervals its probe, not the peer's,
+        starts every round; each round is one probe and one answer, the
+        counters say so, and only the leading side measures the rtt.
+        """
+        c, s = enginePair({"heartbeatInterval": 10, "sessionTimeout": 1e6},
+                          {"heartbeatInterval": 10, "heartbeatLead": 1.0,
+                           "sessionTimeout": 1e6})
+        self.assertAlmostEqual(s.nextDeadline(0.0), 9.0)
+        for tenth in range(1, 1001):
+            now = tenth / 10.0
+            c.tick(now)
+            s.tick(now)
+            exchange(c, s, now)
+            if tenth == 91:
+                # Idle as the leading side counts it (heartbeatInterval
+                # less the lead): the first round drops its cipher contexts.
+                self.assertEqual(s.counters.heartbeatsSent, 1)
+                self.assertIsNone(s.sendKey._aead)
+                self.assertIsNone(s.receiveKey._aead)
+        self.assertEqual((c.state, s.state), ("OPEN", "OPEN"))
+        self.assertEqual(s.counters.heartbeatsSent, 11)
+        self.assertEqual(c.counters.heartbeatsAnswered, 11)
+        self.assertEqual((c.counters.heartbeatsSent,
+                          s.counters.heartbeatsAnswered), (0, 0))
+        self.assertIsNotNone(s.rtt)
+        self.assertIsNone(c.rtt)
+
+    def test_heartbeatLeadBounded(self):
+        """
+        C{heartbeatLead} is in 0..heartbeatInterval (exclusive).
+        """
+        from muxframe.xtmp import Settings
+        for bad in (-1.0, 10.0, 11.0):
+            self.assertRaises(ValueError, Settings, heartbeatInterval=10.0,
+                              heartbeatLead=bad)
+
     def test_idleRoundDropsCipherContexts(self):
         """
         Keys make their AEAD object at first use; after a heartbeat round

@@ -25,6 +25,9 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
                                    (diagnosis: bench/xtmpserver/turns.py)
   gcinfo                        -> what the collector tracks and would
                                    free now (diagnosis)
+  heartbeats                    -> heartbeat probes sent and answered by
+                                   the server, summed over its sessions,
+                                   and how many sessions have an rtt
   stop
 
 It logs as the role does, to the null device, or to the file named by
@@ -198,6 +201,20 @@ class Server:
         emit("gcinfo", frames=frames.most_common(25), excs=excs.most_common(40),
              tracked=tracked, frozen=gc.get_freeze_count(),
              top=kinds.most_common(15), stats=gc.get_stats())
+
+    def cmd_heartbeats(self):
+        """
+        (diagnosis) Which side starts the idle sessions' heartbeat rounds:
+        the server's probes sent and the clients' probes it answered.
+        """
+        sent = answered = measured = 0
+        if self.mode == "xtmp":
+            for session in self.factory.registry:
+                counters = session.connection.counters
+                sent += counters.heartbeatsSent
+                answered += counters.heartbeatsAnswered
+                measured += session.rtt is not None
+        emit("heartbeats", sent=sent, answered=answered, measured=measured)
 
     def cmd_stop(self):
         reactor.stop()

@@ -129,7 +129,7 @@ class TurnTimer:
         self.reactor.runUntilCurrent = self._run
         work = sorted(self.work)
         pick = lambda q: work[min(len(work) - 1, int(q * len(work)))] * 1e3
-        return {"turns": len(work), "p50": pick(0.5), "p99": pick(0.99),
+        return {"turns": len(work), "work": sum(work), "p50": pick(0.5), "p99": pick(0.99),
                 "p999": pick(0.999), "max": work[-1] * 1e3 if work else 0,
                 "over": sum(1 for w in work if w > 0.0005),
                 "collections": self.collections[:30],

@@ -146,11 +146,22 @@ class XTMPServer(XTMPServerFactory):
         if reactor is None:
             from twisted.internet import reactor
         c = self.config = config if config is not None else ServerConfig()
+        interval = c["xtmp_protocol.heartbeat_interval"]
+        # A timer may run up to a slot late: at most 1/32 of the heartbeat
+        # interval (a probe sent late must leave the peer time to answer
+        # before the silence limit, two intervals).
+        resolution = min(c["server.timer_resolution"], interval / 32.0)
+        # Idle sessions' probes leave two slots early, i.e. in the slot
+        # before the one in which a client with the same interval (timing
+        # its probe from its answer to ours) would probe: the server's
+        # probe starts every round, all of a slot's in one reactor call,
+        # so their writes and their answers are handled together.
+        settings = dict(c.xtmpSettings(), heartbeatLead=2 * resolution)
         XTMPServerFactory.__init__(
             self, identity, checkToken=self._checkToken,
             allowAnonymous=c["server.allow_anonymous"], ciphers=c.ciphers(),
             allowPlaintext=c["server.allow_plaintext"], reactor=reactor,
-            **c.xtmpSettings())
+            **settings)
         self.maxResumableSessions = c["server.max_resumable_sessions"]
         self.events = ServerEvents(reactor)
         self.messageTypes = MessageTypeCounts()
@@ -177,11 +188,6 @@ class XTMPServer(XTMPServerFactory):
         self.addressLockout = Lockout(*lockout)
         self.keyLockout = Lockout(*lockout) if c["security.lockout_keys"] \
             else None
-        # A timer may run up to a slot late: at most a quarter of the
-        # heartbeat interval, or a probe sent late would leave the peer
-        # no time to answer before the silence limit (two intervals).
-        resolution = min(c["server.timer_resolution"],
-                         c["xtmp_protocol.heartbeat_interval"] / 4.0)
         self.timers = CoarseClock(reactor, resolution) if resolution else None
         budget = c["server.handshake_budget"]
         self.scheduler = HandshakeScheduler(reactor, budget) if budget \

@@ -273,8 +273,10 @@ SCHEMA = [Key(*entry) for entry in [
      "(Python's default is 700; 0 keeps Python's settings)."),
     ("server.timer_resolution", _number(), 1.0, _seconds,
      "Session timers (heartbeats, timeouts) run at boundaries this far "
-     "apart, all due ones together (0: each on its own); at most a quarter "
-     "of heartbeat_interval is used."),
+     "apart, all due ones together (0: each on its own); at most 1/32 "
+     "of heartbeat_interval is used.  Idle sessions are probed one slot "
+     "before heartbeat_interval, so the server's probe starts each round "
+     "and a slot's probes go out together."),
     # xtmp_protocol
     ("xtmp_protocol.version", _exactly(1), 1, "-",
      "The XTMP version (only 1).", "xtmp-version"),

@@ -672,7 +672,8 @@ class XTMPConnection(RekeyMixin):
             elif now - self.sendKey.createdAt >= s.keyUpdateInterval:
                 self._keyUpdate()
                 self.sendKey.createdAt = now
-        if now - self.lastSent >= s.heartbeatInterval:
+        if now - self.lastSent >= s.heartbeatInterval - s.heartbeatLead:
+            self.counters.heartbeatsSent += 1
             self.sendControl(MessageType.Heartbeat, self._heartbeat(now))
 
     def _heartbeat(self, now):
@@ -693,13 +694,16 @@ class XTMPConnection(RekeyMixin):
             # counts as our heartbeat, so an idle session costs one round
             # trip per interval, started by whichever side's timer fires
             # first.
+            self.counters.heartbeatsAnswered += 1
             self.sendControl(MessageType.Heartbeat,
                              codec.encodeU64(value | HEARTBEAT_ANSWER))
+        s = self.settings
         if self.sendKey is not None and \
-                now - self.lastActivity >= self.settings.heartbeatInterval:
-            # Idle for an interval: this round trip is all that will use
-            # the keys for a while, so drop their cipher contexts (most of
-            # an idle session's memory) until then.
+                now - self.lastActivity >= s.heartbeatInterval - s.heartbeatLead:
+            # Idle for an interval (as the probe rule counts it): this
+            # round trip is all that will use the keys for a while, so drop
+            # their cipher contexts (most of an idle session's memory)
+            # until then.
             self.sendKey.release()
             self.receiveKey.release()
 
@@ -710,7 +714,7 @@ class XTMPConnection(RekeyMixin):
         s = self.settings
         if self.state == HANDSHAKING:
             return max(0.0, self.startedAt + s.handshakeTimeout - now)
-        due = [self.lastSent + s.heartbeatInterval,
+        due = [self.lastSent + s.heartbeatInterval - s.heartbeatLead,
                self.lastReceived + 2 * s.heartbeatInterval,
                self.lastActivity + s.sessionTimeout]
         if self.sendKey is not None:

@@ -19,6 +19,10 @@ class Settings:
     """
 
     heartbeatInterval = 30.0
+    #: Probe this much sooner than heartbeatInterval (a server whose timers
+    #: run in coarse slots probes early, so that its probe, not a client's
+    #: with the same interval, starts each round).
+    heartbeatLead = 0.0
     sessionTimeout = 3600.0
     handshakeTimeout = 10.0
     keyUpdateMessages = 1 << 20
@@ -38,6 +42,8 @@ class Settings:
             if not hasattr(Settings, name) or name.startswith("_"):
                 raise TypeError("unknown XTMP setting %r" % (name,))
             setattr(self, name, value)
+        if not 0 <= self.heartbeatLead < self.heartbeatInterval:
+            raise ValueError("heartbeatLead must be in 0..heartbeatInterval")
         if not 0 < self.fragmentSize <= self.maxPayload:
             raise ValueError("fragmentSize must be in 1..maxPayload")
         # Sequence numbers under one key must stay below 2**32 (they are
@@ -59,12 +65,15 @@ class Counters:
 
     C{unmatchedResponses} counts responses (RESPONSE flag) naming no
     pending request: answers to requests that timed out or were cancelled,
-    or a faulty peer.
+    or a faulty peer.  C{heartbeatsSent} counts heartbeat probes sent,
+    C{heartbeatsAnswered} the peer's probes answered (the JavaScript
+    client's counters of the same names).
     """
 
     __slots__ = ("bytesSent", "bytesReceived", "messagesSent",
                  "messagesReceived", "duplicatesDropped", "resent",
-                 "keyUpdates", "rehandshakes", "unmatchedResponses")
+                 "keyUpdates", "rehandshakes", "unmatchedResponses",
+                 "heartbeatsSent", "heartbeatsAnswered")
 
     def __init__(self):
         for name in self.__slots__:
