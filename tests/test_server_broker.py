@@ -5,6 +5,8 @@ broadcast, request/reply between sessions with its typed failures,
 permissions, and the slow-consumer policy.
 """
 
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from muxframe.server.interfaces import IBroker, ISession, ISessionRegistry
@@ -282,3 +284,105 @@ class SlowConsumerTests(SynchronousTestCase):
         sa.resumeProducing()
         h.flush()
         self.assertEqual(got, {"a": 0, "b": 6})
+
+
+class WritesPerTurnTests(SynchronousTestCase):
+    """
+    A subscriber's fan-out frames of one reactor turn reach its transport
+    in one write at the end of the turn, in order, before anything else
+    the session writes.
+    """
+
+    def setUp(self):
+        self.h = Harness()
+        self.client, self.side, _ = self.h.connect(ALICE)
+        self.got = []
+        self.client.subscribe("feed", lambda m: self.got.append(m.payload))
+        self.h.flush()
+        self.writes = []
+        self.sent = self.side.counters["messagesSent"]
+        write = self.side.transport.write
+
+        def counting(data):
+            self.writes.append(data)
+            write(data)
+        self.side.transport.write = counting
+
+    def test_oneWritePerTurn(self):
+        for n in range(5):
+            self.assertEqual(self.h.server.publish("feed", b"%d" % n), 1)
+        self.assertEqual(self.writes, [])
+        self.h.clock.advance(0)
+        self.assertEqual(len(self.writes), 1)
+        self.h.flush()
+        self.assertEqual(self.got, [b"0", b"1", b"2", b"3", b"4"])
+        self.assertEqual(self.h.server.broker.counters["deliveries"], 5)
+        self.assertEqual(self.side.counters["messagesSent"], self.sent + 5)
+
+    def test_otherWritesAfterHeld(self):
+        """
+        A message the session sends while frames are held goes after them
+        (sequence numbers stay in order on the wire).
+        """
+        self.h.server.publish("feed", b"first")
+        self.side.send(0x20, b"direct")
+        self.assertEqual(len(self.writes), 2)
+        direct = []
+        self.client.setHandler(0x20, lambda p, m: direct.append(m.payload))
+        self.h.flush()
+        self.assertEqual(self.got, [b"first"])
+        self.assertEqual(direct, [b"direct"])
+        self.assertTrue(self.side.isConnected())
+
+    def test_holdLimit(self):
+        """
+        Past holdLimit bytes the held frames are written at once.
+        """
+        self.side.holdLimit = 1000
+        for n in range(20):
+            self.h.server.publish("feed", b"%02d" % n + b"x" * 100)
+        self.assertTrue(self.writes)
+        self.assertTrue(all(len(w) <= 1000 + 300 for w in self.writes))
+        self.h.flush()
+        self.assertEqual([p[:2] for p in self.got],
+                         [b"%02d" % n for n in range(20)])
+
+    def test_lostWhileHeld(self):
+        """
+        Frames held for a session whose connection is lost are dropped;
+        the others still get theirs.
+        """
+        other, _, _ = self.h.connect(BOB)
+        seen = []
+        other.subscribe("feed", lambda m: seen.append(m.payload))
+        self.h.flush()
+        self.h.server.publish("feed", b"x")
+        self.side.connectionLost(Failure(ConnectionDone()))
+        self.h.flush()
+        self.assertEqual(seen, [b"x"])
+        self.assertEqual(self.writes, [])
+
+
+class RecipientsMemoTests(SynchronousTestCase):
+    """
+    The recipients of a subject are worked out once per cached match, and
+    follow every subscription change.
+    """
+
+    def test_followsChanges(self):
+        h = Harness()
+        got = {"a": [], "b": []}
+        a, _, _ = h.connect(ALICE)
+        b, _, _ = h.connect(BOB)
+        a.subscribe("s.*", lambda m: got["a"].append(m.payload))
+        h.flush()
+        self.assertEqual(h.server.publish("s.x", b"1"), 1)
+        b.subscribe("s.x", lambda m: got["b"].append(m.payload))
+        h.flush()
+        self.assertEqual(h.server.publish("s.x", b"2"), 2)
+        h.flush()
+        a.unsubscribe("s.*")
+        h.flush()
+        self.assertEqual(h.server.publish("s.x", b"3"), 1)
+        h.flush()
+        self.assertEqual(got, {"a": [b"1", b"2"], "b": [b"2", b"3"]})

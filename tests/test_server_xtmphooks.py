@@ -458,3 +458,43 @@ class SendPreparedTests(SynchronousTestCase):
                                         codec.encodeName("a") + b"x"))
         events = c.receiveData(s.dataToSend())
         self.assertEqual([e.message.payload for e in events], [b"queued"])
+
+
+class SealPreparedTests(SynchronousTestCase):
+    """
+    XTMPConnection.sealPrepared gives the bytes of one prepared body for
+    each session, through the general path when a key update is due or
+    control bytes wait, so every frame still opens in order.
+    """
+
+    def test_keyUpdateAndControlBytes(self):
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        c, s = enginePair({}, {"keyUpdateMessages": 3})
+        prepared = PreparedBody(0x41, F.STREAM_DATA,
+                                codec.encodeName("fan.out") + b"payload")
+        data = b""
+        for n in range(7):
+            if n == 4:
+                s.sendControl(MessageType.Heartbeat, bytes(8))
+            out = s.sealPrepared(prepared, 1.0)
+            self.assertIsNotNone(out)
+            data += out
+        events = c.receiveData(data)
+        self.assertEqual([e.message.payload for e in events
+                          if hasattr(e, "message")], [b"payload"] * 7)
+        self.assertEqual(s.counters.messagesSent, 7)
+        self.assertGreaterEqual(s.counters.keyUpdates, 2)
+
+    def test_refused(self):
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        c, s = enginePair({}, {"fragmentSize": 100})
+        self.assertIsNone(s.sealPrepared(
+            PreparedBody(0x41, F.STREAM_DATA, b"x" * 101), 1.0))
+        self.assertIsNone(s.sealPrepared(
+            PreparedBody(0x41, F.REQUIRES_ACK, b"x"), 1.0))
+        s.sendMessage(0x10, b"queued")
+        self.assertIsNone(s.sealPrepared(
+            PreparedBody(0x41, F.STREAM_DATA, codec.encodeName("a")), 1.0))
+        self.assertEqual(s.counters.messagesSent, 0)

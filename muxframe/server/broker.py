@@ -110,16 +110,19 @@ class SubscriptionTable:
             served (another process serves the others), or L{None}: all.
         """
         match = self.sublist.match(subject)
+        plain = match.memo
+        if plain is None:
+            # The plain subscriptions' recipients depend on the subject and
+            # the subscriptions only, so they are worked out once per
+            # cached result, not once per message.
+            seen = {}
+            for sub in match.plain:
+                if not sub.filters or sub.accepts(subject):
+                    seen[sub.subscriber] = None
+            plain = match.memo = tuple(seen)
         if not match.groups:
-            plain = match.plain
-            if len(plain) == 1:
-                sub = plain[0]
-                return [sub.subscriber] if (not sub.filters
-                                            or sub.accepts(subject)) else []
-        seen = {}
-        for sub in match.plain:
-            if not sub.filters or sub.accepts(subject):
-                seen[sub.subscriber] = None
+            return list(plain)
+        seen = dict.fromkeys(plain)
         for key, members in zip(match.keys, match.groups):
             if groups is not None and key not in groups:
                 continue

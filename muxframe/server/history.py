@@ -104,7 +104,12 @@ class HistorySubscriber:
         # A history subscription serves no requests.
         return None
 
-    def deliver(self, delivery, body=None, now=None):
+    def sendPreparedBody(self, prepared, now=None, hold=None):
+        # The broker's sealed fan-out frame is not for a history
+        # subscription: it takes the delivery (deliver), with its position.
+        return False
+
+    def deliver(self, delivery):
         """
         A publication on the subject (the broker's delivery).
         """

@@ -43,6 +43,7 @@ from muxframe.server.measures import Histogram
 from muxframe.server.subjects import tokens
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import F
+from muxframe.xtmp.connection import PreparedBody
 from muxframe.xtmp.errors import PeerDisconnected, PeerError, XTMPErrorCode
 
 
@@ -63,7 +64,8 @@ class Delivery:
                  groups=None, position=None):
         self.subject = subject
         self.tokens = parts
-        self.messageType = messageType
+        # A plain int: an IntEnum costs at every use on the fan-out path.
+        self.messageType = int(messageType)
         self.flags = flags
         self.payload = payload
         self.groups = groups
@@ -155,6 +157,11 @@ class Broker:
         self.latency = Histogram()
         self._sweep = None
         self._interests = {}
+        # Sessions holding fan-out frames for one write at the end of the
+        # turn (L{ServerSession.deliver}'s C{hold}), and the call that
+        # writes them.
+        self._held = []
+        self._release = None
         self.counters = dict.fromkeys(
             ["published", "deliveries", "undelivered", "requests",
              "replies", "lateReplies", "noResponders", "requestTimeouts",
@@ -297,17 +304,39 @@ class Broker:
                                            delivery.groups)
         if not recipients:
             return 0
-        count = 0
         # The STREAM_DATA body is the same for every recipient: build it
-        # once; each session only seals it.
-        body = codec.encodeName(delivery.subject) + delivery.payload
+        # once; each session whose connection takes writes only seals it,
+        # the others queue it (ServerSession.deliver: the slow-consumer
+        # policy).  A session's frames of this turn's deliveries are
+        # written to its transport once, at the end of the turn: with many
+        # publishes per turn, one transport write per frame costs more
+        # than its sealing.
+        prepared = PreparedBody(delivery.messageType,
+                                delivery.flags | F.STREAM_DATA,
+                                codec.encodeName(delivery.subject)
+                                + delivery.payload)
         now = self.reactor.seconds()
-        for session in recipients:
-            if session.deliver(delivery, body, now):
+        held = self._held
+        declined = [session for session in recipients
+                    if not session.sendPreparedBody(prepared, now, held)]
+        count = len(recipients) - len(declined)
+        for session in declined:
+            if session.deliver(delivery):
                 count += 1
+        if held and self._release is None:
+            self._release = self.reactor.callLater(0, self._releaseHeld)
         self.counters["deliveries"] += count
         self.counters["undelivered"] += len(recipients) - count
         return count
+
+    def _releaseHeld(self):
+        """
+        Write what this turn's deliveries held (see L{deliver}).
+        """
+        self._release = None
+        held, self._held = self._held, []
+        for session in held:
+            session.releaseHeld()
 
     def slowConsumer(self, session, why):
         """
@@ -479,6 +508,9 @@ class Broker:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
+        if self._release is not None:
+            self._release.cancel()
+            self._releaseHeld()
         return self.engine.detach()
 
     def stats(self):

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from muxframe.server.errors import Refusal
 from muxframe.server.interfaces import ISession
 from muxframe.server.limits import TokenBucket
-from muxframe.xtmp.codec import F, MessageType
+from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.connection import OPEN
 from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
 from muxframe.xtmp.protocol import XTMPProtocol
@@ -338,20 +338,16 @@ class ServerSession(XTMPProtocol):
         self.factory.broker.slowConsumer(self, why)
         self.disconnect(XTMPErrorCode.SLOW_CONSUMER, "slow consumer: " + why)
 
-    def deliver(self, delivery, body=None, now=None):
+    def deliver(self, delivery):
         """
-        Queue a L{Delivery} for this session (STREAM_DATA on its subject).
-        With C{body} (the delivery's STREAM_DATA body, built once for every
-        recipient), a session whose connection takes writes has it sealed
-        and written at once.
+        Queue a L{Delivery} for this session (STREAM_DATA on its subject),
+        subject to the slow-consumer policy.  (The broker's fan-out first
+        offers each session the sealed body, L{sendPreparedBody}; this is
+        the way for the others.)
 
         @return: whether it was queued (False: closed, or a slow consumer
             now disconnected).
         """
-        if body is not None and self.state.pausedSince is None and \
-                self.sendPrepared(delivery.messageType,
-                                  delivery.flags | F.STREAM_DATA, body, now):
-            return True
         if not self._roomFor(len(delivery.payload)):
             return False
         try:

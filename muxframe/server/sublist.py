@@ -65,14 +65,19 @@ class Match:
     @ivar plain: the plain subscriptions.
     @ivar groups: one tuple of member subscriptions per queue group, in a
         stable order; C{keys} names them (C{(pattern, group)}).
+    @ivar memo: what a user of the sublist derives from this result and
+        keeps with it (L{None} until set): a result is dropped from the
+        cache whenever a subscription that could change it comes or goes,
+        so the memo is never stale.
     """
 
-    __slots__ = ("plain", "groups", "keys")
+    __slots__ = ("plain", "groups", "keys", "memo")
 
     def __init__(self, plain, groups, keys):
         self.plain = plain
         self.groups = groups
         self.keys = keys
+        self.memo = None
 
     def __len__(self):
         return len(self.plain) + sum(len(g) for g in self.groups)

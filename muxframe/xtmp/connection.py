@@ -33,6 +33,7 @@ re-handshakes in any hour of a session (L{RateLimited} beyond).
 """
 
 import hashlib
+import zlib
 from collections import deque
 
 from muxframe.xtmp import codec
@@ -67,10 +68,38 @@ _CONTROL_FLAGS[MessageType.Subscribe] = _CONTROL_FLAGS[
                                           | F.STREAM_DATA)
 
 
+#: Flags a prepared body (L{XTMPConnection.sealPrepared}) may not have.
+_NOT_PREPARED = F.REQUIRES_ACK | F.RESPONSE | F.FRAGMENTED
+#: Types whose sending is not application activity (idle timeout).
+_NOT_ACTIVITY = CONTROL_TYPES | {int(MessageType.Error)}
+
 #: A Heartbeat's u64 with this bit set answers a probe; the other 63 bits
 #: are the probe's clock (microseconds), echoed.
 HEARTBEAT_ANSWER = 1 << 63
 HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
+
+
+class PreparedBody:
+    """
+    A message body (section 5 of docs/xtmp.md) built once to be sealed for
+    many sessions (L{XTMPConnection.sealPrepared}), with what each sealing
+    would otherwise work out again: its length and checksum, and whether
+    it may go as one prepared frame at all.
+    """
+
+    __slots__ = ("type", "flags", "sealedFlags", "body", "size", "checksum",
+                 "activity", "single")
+
+    def __init__(self, type, flags, body):
+        self.type = int(type)
+        self.flags = flags
+        self.sealedFlags = flags | F.ENCRYPTED
+        self.body = body
+        self.size = len(body)
+        self.checksum = zlib.crc32(body)
+        self.activity = self.type not in _NOT_ACTIVITY
+        # Acknowledged, response and fragment flags need the general path.
+        self.single = not flags & _NOT_PREPARED
 
 
 def _peerKey(result):
@@ -238,6 +267,37 @@ class XTMPConnection(RekeyMixin):
             self.lastActivity = now
         self._out.append(self._seal(type, flags, body))
         return True
+
+    def sealPrepared(self, prepared, now):
+        """
+        L{sendPrepared} and L{dataToSend} in one, for a L{PreparedBody}:
+        the bytes to write, or L{None} if it cannot go at once (then
+        nothing changed: use L{sendMessage}).  A broker's fan-out calls it
+        once per subscriber, so it does only what one frame needs.
+        """
+        key = self.sendKey
+        # (Nothing is queued exactly when no queued bytes are counted.)
+        if (key is None or self._out or self._queuedBytes
+                or self.state != OPEN or not prepared.single
+                or key.count >= self.settings.keyUpdateMessages
+                or prepared.size > self.settings.fragmentSize):
+            # Plaintext, control bytes waiting, a key update due, or not a
+            # single frame: the general path keeps them in order.
+            if not self.sendPrepared(prepared.type, prepared.flags,
+                                     prepared.body, now):
+                return None
+            return self.dataToSend(None, now)
+        counters = self.counters
+        counters.messagesSent += 1
+        if self.typeCounts is not None:
+            self.typeCounts.sent[prepared.type] += 1
+        if prepared.activity:
+            self.lastActivity = now
+        data = key.seal(prepared.type, prepared.sealedFlags, self.sessionId,
+                        prepared.body, prepared.checksum)
+        self.lastSent = now
+        counters.bytesSent += len(data)
+        return data
 
     def _enqueue(self, m, front=False):
         cls = priorityOf(m.flags)

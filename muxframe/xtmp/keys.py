@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import (
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from muxframe.xtmp.codec import (
-    HEADER, MAGIC, SECURITY_PREFIX, TAG_SIZE, VERSION, Cipher,
+    MAGIC, SECURITY_PREFIX, TAG_SIZE, VERSION, Cipher,
 )
 from muxframe.xtmp.errors import (
     ChecksumMismatch, DecryptionFailed, MalformedMessage, NonceMismatch,
@@ -40,6 +40,13 @@ from muxframe.xtmp.errors import (
 _AEADS = {Cipher.AES_256_GCM: AESGCM,
           Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
 _NONCE_TAIL = struct.Struct(">4sQ")
+# A sealed frame's authenticated bytes in one pack: the header (codec's
+# HEADER: magic and version as one 5-byte field), then the security
+# layer's first 48 bytes: cipher, reserved, epoch and key id (fixed per
+# key, packed once), the nonce (IV head, IV tail xor sequence) and its 12
+# zero bytes.  The nonce is bytes 56..67.
+_AAD = struct.Struct(">5sBHQQII24s4sQ12x")
+_MAGIC_VERSION = MAGIC + bytes((VERSION,))
 _ZERO3 = bytes(3)
 _ZERO12 = bytes(12)
 _crc32 = zlib.crc32
@@ -93,7 +100,7 @@ class TrafficKey:
 
     __slots__ = ("cipher", "key", "iv", "epoch", "keyId", "sequence",
                  "count", "createdAt", "generation", "_aead", "_ivHead",
-                 "_ivTail", "_prefixTail")
+                 "_ivTail", "_fixed")
 
     def __init__(self, cipher, key, iv, epoch=0, createdAt=0.0,
                  generation=0):
@@ -111,6 +118,9 @@ class TrafficKey:
         self._aead = None
         self._ivHead = iv[:4]
         self._ivTail = int.from_bytes(iv[4:], "big")
+        # Security-layer bytes 0..23, the same in every frame of this key.
+        self._fixed = SECURITY_PREFIX.pack(self.cipher, _ZERO3, epoch,
+                                           self.keyId, b"")[:24]
 
     def release(self):
         """
@@ -135,20 +145,23 @@ class TrafficKey:
                           expand(self.key, "xtmp traffic update iv", 12),
                           self.epoch + 1, now, self.generation + 1)
 
-    def seal(self, messageType, flags, sessionId, body):
+    def seal(self, messageType, flags, sessionId, body, checksum=None):
         """
         Encrypt C{body} as the next message; return the wire bytes.
         C{flags} must include ENCRYPTED.
+
+        @param checksum: C{zlib.crc32(body)} if the caller has it (one
+            body sealed for many sessions is summed once).
         """
         seq = self.sequence
-        nonce = _NONCE_TAIL.pack(self._ivHead, self._ivTail ^ seq)
-        aad = HEADER.pack(MAGIC, VERSION, messageType, flags, sessionId, seq,
-                          len(body), _crc32(body)) + SECURITY_PREFIX.pack(
-            self.cipher, _ZERO3, self.epoch, self.keyId, nonce + _ZERO12)
+        aad = _AAD.pack(_MAGIC_VERSION, messageType, flags, sessionId, seq,
+                        len(body),
+                        _crc32(body) if checksum is None else checksum,
+                        self._fixed, self._ivHead, self._ivTail ^ seq)
         aead = self._aead
         if aead is None:
             aead = self._aead = _AEADS[self.cipher](self.key)
-        out = aead.encrypt(nonce, body, aad)
+        out = aead.encrypt(aad[56:68], body, aad)
         self.sequence = seq + 1
         self.count += 1
         return b"".join((aad, out[-TAG_SIZE:], out[:-TAG_SIZE]))

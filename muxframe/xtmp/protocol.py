@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from muxframe.logthrottle import logger, throttled
 from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F
-from muxframe.xtmp.connection import CLOSED, OPEN
+from muxframe.xtmp.connection import CLOSED, OPEN, PreparedBody
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
     SessionNotReady, XTMPErrorCode, XTMPLocalError, XTMPRemoteError,
@@ -85,8 +85,14 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     connection = None
     result = None
     writeChunk = 1 << 18
+    #: Bytes of held frames (L{sendPrepared} with C{hold}) past which they
+    #: are written at once rather than at the end of the turn.
+    holdLimit = 1 << 14
     closeTimeout = 10.0
     _reactor = None
+    # Frames held for one write at the end of the turn, or None.
+    _held = None
+    _heldBytes = 0
 
     def __init__(self):
         self._handshakeWaiters = []
@@ -266,6 +272,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         to the factory.
         """
         self._lost = True
+        self._held = None
         if self._closeReason is None:
             self._closeReason = reason.value if reason is not None \
                 else ConnectionDone()
@@ -356,6 +363,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 self._closeReason = ConnectionDone(event.reason)
             else:
                 self._closeReason = PeerDisconnected(event.code, event.reason)
+            self.releaseHeld()
             self.transport.loseConnection()
 
     def sessionReady(self):
@@ -419,23 +427,68 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     def sendPrepared(self, messageType, flags, body, now=None):
         """
         Send a message with a prebuilt body at once if the session can take
-        it without queueing (see L{XTMPConnection.sendPrepared}); a
-        broker uses it to seal one body for many sessions.
+        it without queueing (see L{XTMPConnection.sendPrepared}).
 
+        @return: whether it was sent; if not, nothing changed.
+        """
+        return self.sendPreparedBody(PreparedBody(messageType, flags, body),
+                                     now)
+
+    def sendPreparedBody(self, prepared, now=None, hold=None):
+        """
+        L{sendPrepared} for a L{PreparedBody}: a broker builds one for a
+        message and has each recipient session seal it.
+
+        @param hold: L{None} to write the frame now; or a list: the frame
+            is held, with the others held since, for one transport write
+            (a fan-out gives each session many frames in one reactor turn,
+            and a transport write costs more than a seal).  The first frame
+            held appends this protocol to C{hold}; the caller calls
+            L{releaseHeld} on each protocol listed there at the end of the
+            turn.  Held frames are written before anything else this
+            protocol writes, and at once past C{holdLimit} bytes, so order
+            and buffer bounds hold.
         @return: whether it was sent; if not, nothing changed.
         """
         conn = self.connection
         if conn is None or self._lost or self._transportPaused:
             return False
-        if now is None:
-            now = self.reactor.seconds()
-        if not conn.sendPrepared(messageType, flags, body, now):
+        data = conn.sealPrepared(prepared, self.reactor.seconds()
+                                 if now is None else now)
+        if data is None:
             return False
-        # Nothing was queued, so this is the whole of what is due.
-        self.transport.write(conn.dataToSend(None, now))
+        if hold is None:
+            self._write(data)
+        else:
+            held = self._held
+            if held is None:
+                self._held = [data]
+                self._heldBytes = len(data)
+                hold.append(self)
+            else:
+                held.append(data)
+                self._heldBytes += len(data)
+                if self._heldBytes > self.holdLimit:
+                    self.releaseHeld()
         if self._producer is not None:
             self._checkBackpressure()
         return True
+
+    def releaseHeld(self):
+        """
+        Write the frames L{sendPrepared} held, if any.
+        """
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._lost:
+                self.transport.write(held[0] if len(held) == 1
+                                     else b"".join(held))
+
+    def _write(self, data):
+        if self._held is not None:
+            self.releaseHeld()
+        self.transport.write(data)
 
     def respond(self, message, payload, messageType=None, flags=0):
         """
@@ -514,7 +567,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         """
         if self._lost or self.connection is None:
             return
-        self.transport.write(self.connection.closeWithError(code, reason))
+        self._write(self.connection.closeWithError(code, reason))
         self._closeReason = ConnectionDone(reason)
         self._loseConnection()
 
@@ -541,12 +594,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 # answer.
                 self.connection.abandon()
             else:
-                self.transport.write(self.connection.closeWithError(
+                self._write(self.connection.closeWithError(
                     error.code, str(error)))
             self._loseConnection()
 
     def _loseConnection(self):
         self._closing = True
+        self.releaseHeld()
         if not self._lost:
             # Nothing more will be produced: a transport closing with a
             # paused producer registered would wait for that producer to
@@ -574,7 +628,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             data = conn.dataToSend(limit, now)
             if not data:
                 break
-            self.transport.write(data)
+            self._write(data)
             if self._transportPaused:
                 limit = 0
         self._checkBackpressure()
@@ -696,5 +750,5 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                       "{error}", sessionId=self.sessionId,
                       code=XTMPErrorCode.describe(code), error=error)
         self._closeReason = error
-        self.transport.write(conn.closeWithError(code, str(error)))
+        self._write(conn.closeWithError(code, str(error)))
         self._loseConnection()
