@@ -359,11 +359,12 @@ def flood(size):
         f.send("stop")
         for key, value in f.expect("flooded", 30)["outcomes"].items():
             outcomes[key] = outcomes.get(key, 0) + value
-    refusals = stats(srv)["refusals"]
+    final = stats(srv)
     stopAll(floods, latency, srv)
     print("  flood: p99 %.2f ms unloaded, %.2f ms flooded; flood outcomes %s; "
-          "server refusals %s" % (quiet["p99"] * 1e3, loaded["p99"] * 1e3,
-                                  outcomes, refusals), flush=True)
+          "server refusals %s; handshakes %s"
+          % (quiet["p99"] * 1e3, loaded["p99"] * 1e3, outcomes,
+             final["refusals"], final.get("handshakes")), flush=True)
     return [row("flood", "request p99 during a handshake flood (ms)",
                 loaded["p99"] * 1e3, quiet["p99"] * 1e3, "ms"),
             row("flood", "flooded p99 / unloaded p99", loaded["p99"] /

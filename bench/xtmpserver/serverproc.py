@@ -114,7 +114,8 @@ class Server:
         if self.mode == "xtmp":
             stats = self.factory.stats()
             stats = {"broker": stats["broker"], "refusals": stats["refusals"],
-                     "handshaking": stats["handshaking"]}
+                     "handshaking": stats["handshaking"],
+                     "handshakes": stats["handshakes"]}
         emit("stats", sessions=self.sessions(), rss=rss(),
              cpu=time.process_time(), **stats)
 
