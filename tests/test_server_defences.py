@@ -188,7 +188,7 @@ class HandshakeLimitTests(SynchronousTestCase):
 
 class AdmissionHookTests(SynchronousTestCase):
     """
-    The handshake cap and rate use the library's admission hook
+    The handshake cap uses the library's admission hook
     (XTMPServerFactory.admitHandshake) and its handshake counters: a
     refused ClientHello never reaches the replay check or the key
     exchange, is a counted server event, and the refused session logs
@@ -209,44 +209,46 @@ class AdmissionHookTests(SynchronousTestCase):
 
     def test_refusedBeforeKeyWork(self):
         """
-        Connections accepted while their address's bucket still had a
-        token, whose ClientHellos then find it empty, are refused by the
-        hook: counted as failed handshakes, never in the replay cache.
+        Connections past max_handshakes whose ClientHellos arrive are
+        refused BUSY by the hook: counted as failed handshakes, never in
+        the replay cache, logged at debug only.
         """
         from twisted.logger import LogLevel
         logged = self.observeSessionLogs()
-        h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
+        h = Harness(config(server__max_handshakes=1,
                            server__max_connections_per_client=0))
         clients = [h.connect(ALICE, host="10.6.6.6", greet=False)[0]
-                   for _ in range(4)]
+                   for _ in range(3)]
         h.flush()
         codes = [handshakeCode(c) for c in clients]
-        self.assertEqual(codes, [None] + [XTMPErrorCode.RATE_LIMITED] * 3)
+        self.assertEqual(sorted(codes, key=str),
+                         [XTMPErrorCode.BUSY] * 2 + [None])
         self.assertEqual(len(h.server.replayCache), 1)
-        self.assertEqual(h.server.refusals["refused_rate"], 3)
+        self.assertEqual(h.server.refusals["refused_busy"], 2)
         stats = h.server.stats()
         self.assertEqual(stats["handshakes"]["completed"], 1)
-        self.assertEqual(stats["handshakes"]["failed"], 3)
+        self.assertEqual(stats["handshakes"]["failed"], 2)
         self.assertEqual(stats["handshaking"], 0)
-        self.assertIn(LogLevel.info, logged)
-        self.assertIn(LogLevel.debug, logged)
         self.assertEqual(set(logged), {LogLevel.info, LogLevel.debug})
 
     def test_emptyBucketRefusedAtConnect(self):
         """
-        Once the address's bucket is empty, its next connections are
-        refused with RATE_LIMITED when they arrive: no session is built,
-        no handshake starts, and the refusal is the same counted event.
+        Each connection takes its address's handshake token as it
+        arrives: once the bucket is empty, the next connections are
+        refused with RATE_LIMITED at once, even those arriving before the
+        admitted connection's hello: no session is built, no handshake
+        starts.
         """
         from muxframe.server.factory import RefusedConnection
         h = Harness(config(server__handshake_rate=1, server__handshake_burst=1,
                            server__max_connections_per_client=0))
-        ok, _, _ = h.connect(ALICE, host="10.6.6.6")
-        self.assertIsNone(handshakeCode(ok))
+        ok, _, _ = h.connect(ALICE, host="10.6.6.6", greet=False)
         for _ in range(3):
-            c, side, _ = h.connect(ALICE, host="10.6.6.6")
+            c, side, _ = h.connect(ALICE, host="10.6.6.6", greet=False)
+            h.flush()
             self.assertIsInstance(side, RefusedConnection)
             self.assertEqual(handshakeCode(c), XTMPErrorCode.RATE_LIMITED)
+        self.assertIsNone(handshakeCode(ok))
         self.assertEqual(h.server.refusals["refused_rate"], 3)
         stats = h.server.stats()
         self.assertEqual(stats["handshakes"]["failed"], 0)

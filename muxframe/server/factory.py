@@ -10,8 +10,11 @@ arrives:
   1. the server is draining: GOING_AWAY;
   2. the source address is locked out: LOCKED_OUT;
   3. C{max_connections} or C{max_connections_per_client}: TOO_MANY_CONNECTIONS;
-  4. the address's handshake rate bucket is empty (5 below would refuse
-     it): RATE_LIMITED, without waiting for its ClientHello;
+  4. the address's handshake rate bucket is empty: RATE_LIMITED (each
+     connection takes a token as it arrives: a handshake begins with its
+     connection, and a token taken only by the hello let every connection
+     accepted before that hello through to be refused later, each with a
+     transport, under a flood);
 
 when its ClientHello has passed the library's cheap checks
 (L{XTMPServerFactory.admitHandshake}, before the replay check and the key
@@ -19,9 +22,7 @@ exchange):
 
   5. more than C{max_handshakes} handshakes in progress, this one
      included (the library's L{handshakesInProgress}, counted from the
-     connection's start): BUSY;
-  6. the address's handshake rate bucket is empty: RATE_LIMITED (this
-     check takes the hello's token).
+     connection's start): BUSY.
 
 Refusals at connection time (1-4) are answered on the role's listeners
 before any transport is built (L{muxframe.earlyrefusal}): under a
@@ -55,7 +56,7 @@ from muxframe.server.timers import CoarseClock, HandshakeScheduler
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import MessageType, encodePlain
 from muxframe.xtmp.errors import (
-    RateLimited, Unauthorized, XTMPErrorCode, XTMPRemoteError,
+    Unauthorized, XTMPErrorCode, XTMPRemoteError,
 )
 from muxframe.xtmp.factory import XTMPServerFactory
 
@@ -289,7 +290,7 @@ class XTMPServer(XTMPServerFactory):
             return self._refuse(address, source,
                                 XTMPErrorCode.TOO_MANY_CONNECTIONS, why,
                                 "refused_connections")
-        if self.handshakeRate.wait(source, now) > 0:
+        if not self.handshakeRate.take(source, now):
             return self._refuse(address, source, XTMPErrorCode.RATE_LIMITED,
                                 _RATE_REASON, "refused_rate")
         protocol = XTMPServerFactory.buildProtocol(self, address)
@@ -305,10 +306,10 @@ class XTMPServer(XTMPServerFactory):
 
     def admitHandshake(self, protocol, hello):
         """
-        Checks 5 and 6 of the module docstring, once C{protocol}'s
-        ClientHello is parsed and before any public-key work.
+        Check 5 of the module docstring, once C{protocol}'s ClientHello
+        is parsed and before any public-key work.
 
-        @raise XTMPRemoteError: BUSY or L{RateLimited}.
+        @raise XTMPRemoteError: BUSY.
         """
         peer, source = protocol.peer, protocol.source
         if self.handshakesInProgress > self.maxHandshakes:
@@ -317,10 +318,6 @@ class XTMPServer(XTMPServerFactory):
             self._refusal(peer, source, XTMPErrorCode.BUSY, reason,
                           "refused_busy")
             raise XTMPRemoteError(reason, XTMPErrorCode.BUSY)
-        if not self.handshakeRate.take(source, self.reactor.seconds()):
-            self._refusal(peer, source, XTMPErrorCode.RATE_LIMITED,
-                          _RATE_REASON, "refused_rate")
-            raise RateLimited(_RATE_REASON)
 
     def makeEngine(self, protocol, now):
         """

@@ -109,16 +109,6 @@ class BucketTable:
             buckets.move_to_end(key)
         return bucket.take(now, amount)
 
-    def wait(self, key, now, amount=1.0):
-        """
-        Seconds until C{key}'s bucket holds C{amount} tokens (0: it does
-        now), without taking any; an unknown key's bucket is full.
-        """
-        bucket = self._buckets.get(key)
-        if bucket is None or self.rate <= 0:
-            return 0.0
-        return bucket.wait(now, amount)
-
     def _evict(self, now):
         # Least recently used first; a full bucket carries no state.
         for key in list(self._buckets)[:max(1, self.maxKeys // 16)]:

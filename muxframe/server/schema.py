@@ -242,8 +242,9 @@ SCHEMA = [Key(*entry) for entry in [
      "Handshakes in progress at most; a ClientHello arriving with more in "
      "progress is refused with BUSY."),
     ("server.handshake_rate", _number(), 20.0, "per second",
-     "Handshakes (ClientHellos) per second per source address (token "
-     "bucket; 0: no limit); more are refused with RATE_LIMITED."),
+     "Handshakes (new connections) per second per source address (token "
+     "bucket, a token taken as each connection arrives; 0: no limit); more "
+     "are refused with RATE_LIMITED."),
     ("server.handshake_burst", _integer(1), 40, _count,
      "Bucket size of handshake_rate."),
     ("server.accepts_per_turn", _integer(0), 4, _count,
