@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):
     sys.path.insert(0, ROOT)
 
-from bench.run import BASE_SETTINGS, LineReader, _serverRole, _spawn, _stop, _tail  # noqa: E402
+from bench.run import BASE_SETTINGS, _serverRole, _spawn, _stop, _tail  # noqa: E402
 
 
 def findPySpy(path=None):

@@ -15,7 +15,7 @@ from zope.interface import implementer
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import (
-    TCP4ClientEndpoint, TCP4ServerEndpoint, clientFromString, serverFromString,
+    TCP4ClientEndpoint, TCP4ServerEndpoint,
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
