@@ -169,18 +169,12 @@ class EmbeddedQueueStore:
         See L{IQueueStore.append}.
         """
         try:
-            if not self._open:
-                raise EngineStopped("the queue store is closed")
+            self._check()
             key, flags = self._checkAppend(entity, message)
-            appended, lsn = self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
-                                         message.sender, message.payload, key, self._stamp())
         except Exception:
             return defer.fail()
-        if lsn <= self._journal.durableLsn:
-            # A duplicate of a durable record.
-            return defer.succeed(appended)
-        # The group commit's own Deferred, firing with the result: no chain.
-        return self._journal.flush(appended)
+        return self._appendDurable(entity, RecordKind.MESSAGE, flags, message.messageId,
+                                   message.sender, message.payload, key)
 
     def _checkAppend(self, entity, message):
         """
@@ -257,7 +251,9 @@ class EmbeddedQueueStore:
         except Exception:
             return defer.fail()
         if lsn <= self._journal.durableLsn:
+            # A duplicate of a durable record.
             return defer.succeed(appended)
+        # The group commit's own Deferred, firing with the result: no chain.
         return self._journal.flush(appended)
 
     def appendMany(self, items):
@@ -266,8 +262,7 @@ class EmbeddedQueueStore:
         several appends (one Deferred, one flush).
         """
         try:
-            if not self._open:
-                raise EngineStopped("the queue store is closed")
+            self._check()
             check = self._checkAppend
             checked = []
             for entity, message in items:
