@@ -12,10 +12,9 @@ A small write with nothing queued before it is framed by the engine at once
 """
 
 import socket
+import sys
 
 from zope.interface import implementer
-
-from twisted.internet import tcp
 
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -124,7 +123,10 @@ def _directSocket(transport):
     which the multiplexer may write to itself while the transport buffers
     nothing; C{None} for other transports (TLS, wrappers, tests').
     """
-    if not isinstance(transport, tcp.Connection) or transport.TLS:
+    # (Not imported here: a process that has not loaded Twisted's TCP has
+    # no such connection, and the import costs in-memory users.)
+    tcp = sys.modules.get("twisted.internet.tcp")
+    if tcp is None or not isinstance(transport, tcp.Connection) or transport.TLS:
         return None
     sock = getattr(transport, "socket", None)
     if not isinstance(sock, socket.socket):
@@ -329,6 +331,11 @@ class Multiplexer(Protocol):
                 streamId = engine.receivePayload(data, now)
                 if streamId is not None:
                     self._deliverRead(streamId, data)
+                    return
+                # (MIO) one across a frame boundary of the same stream.
+                crossing = engine.receiveCrossing(data, now)
+                if crossing is not None:
+                    self._deliverRead(crossing[0], crossing[1])
                     return
             # A read of one whole small message (and, BMP, acknowledgements
             # before it): no decoder items, event objects or slicing.
