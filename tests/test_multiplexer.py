@@ -3,11 +3,15 @@ Tests for L{muxframe.multiplexer}: the Twisted adapter over in-memory
 transports, with time from a L{Clock}.
 """
 
+import select
+import socket
+
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -734,3 +738,159 @@ class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
         [clientChild] = link.clientChildren
         self.assertEqual(clientChild.received(), b"push")
         self.assertEqual(clientChild.transport.streamId, b"srv_0")
+
+
+class Writer(Protocol):
+    """
+    A child that answers each read with the writes in C{answers} (one list
+    per read), in the same call.
+    """
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def dataReceived(self, data):
+        if self.answers:
+            for piece in self.answers.pop(0):
+                self.transport.write(piece)
+
+
+def socketConnection(mux, sendBuffer=None):
+    """
+    Connect C{mux} to one end of a real loopback TCP connection through
+    Twisted's own L{tcp.Server}, on a L{MemoryReactorClock} that runs
+    nothing by itself (the test calls C{doRead} and C{doWrite}); return the
+    transport and the peer's socket (non-blocking).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = socket.create_connection(listener.getsockname())
+    sock, addr = listener.accept()
+    listener.close()
+    if sendBuffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    peer.setblocking(False)
+    transport = tcp.Server(sock, mux, addr, None, 0, mux.reactor)
+    mux.makeConnection(transport)
+    return transport, peer
+
+
+def receiveExactly(peer, size, transport=None):
+    """
+    Read C{size} bytes from C{peer}, waiting (boundedly) for them to arrive;
+    with a C{transport}, let it write what it buffers while waiting.
+    """
+    data = b""
+    while len(data) < size:
+        if transport is not None and (transport.dataBuffer or transport._tempDataLen):
+            transport.doWrite()
+        if not select.select([peer], [], [], 5.0)[0]:
+            raise AssertionError("%d of %d bytes arrived" % (len(data), size))
+        data += peer.recv(size - len(data))
+    return data
+
+
+class DirectWriteTests(SynchronousTestCase):
+    """
+    On a plain TCP connection of Twisted's own, output the transport does not
+    hold anything before goes straight to the socket (L{Multiplexer._write}):
+    a small answer in the call that caused it, a bulk frame's header and
+    payload with one C{sendmsg}, unjoined; more small output in the same
+    turn, and what the kernel does not take, go through the transport, in
+    order.
+    """
+
+    def server(self, answers, sendBuffer=None, **settings):
+        reactor = MemoryReactorClock()
+        self.child = Writer(answers)
+        mux = MultiplexerFactory(Factory.forProtocol(lambda: self.child),
+                                 framing="mio", role="server", reactor=reactor,
+                                 **settings).buildProtocol(None)
+        transport, peer = socketConnection(mux, sendBuffer)
+        self.addCleanup(peer.close)
+        self.addCleanup(transport.socket.close)
+        return mux, transport, peer
+
+    def ask(self, transport, peer, message=b"ask"):
+        # The peer opens stream 1 (a 16 MiB window) and sends message.
+        peer.sendall(mio.encodeHeader(1, (1 << 24) - 1, mio.OPEN)
+                     + mio.encodeHeader(1, len(message), mio.DATA) + message)
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+
+    def test_answerSentInTheCallThatCausedIt(self):
+        """
+        A small answer written while its read is handled is on the socket
+        when the read returns: nothing buffered in the transport, no
+        registration for writability (Twisted's write would send it on the
+        next reactor turn).
+        """
+        mux, transport, peer = self.server([[b"a" * 64]])
+        self.ask(transport, peer)
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertNotIn(transport, mux.reactor.getWriters())
+        self.assertEqual(receiveExactly(peer, 72),
+                         mio.encodeHeader(1, 64, mio.DATA) + b"a" * 64)
+
+    def test_laterSmallWritesOfATurnJoined(self):
+        """
+        After a small direct send, the rest of the turn's small output
+        waits in the transport (sent joined, on its next turn), behind what
+        went first; the next read may send straight again.
+        """
+        mux, transport, peer = self.server([[b"a", b"b", b"c"], [b"d"]])
+        self.ask(transport, peer)
+        self.assertEqual(transport._tempDataLen, 18)
+        self.assertIn(transport, mux.reactor.getWriters())
+        self.assertEqual(receiveExactly(peer, 27, transport),
+                         b"".join(mio.encodeHeader(1, 1, mio.DATA) + piece
+                                  for piece in (b"a", b"b", b"c")))
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        peer.sendall(mio.encodeHeader(1, 1, mio.DATA) + b"x")
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertEqual(receiveExactly(peer, 9), mio.encodeHeader(1, 1, mio.DATA) + b"d")
+
+    def test_bulkFrameNotJoined(self):
+        """
+        A 256 KiB write goes out as its frame's header and the payload in
+        one sendmsg: the kernel takes it all (its buffer is large enough),
+        the transport never holds (or joins) it.
+        """
+        payload = bytes(range(256)) * 1024
+        mux, transport, peer = self.server([[payload]], sendBuffer=2 << 20)
+        self.ask(transport, peer)
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertEqual(receiveExactly(peer, len(payload) + 8),
+                         mio.encodeHeader(1, len(payload), mio.DATA) + payload)
+
+    def test_restThroughTheTransport(self):
+        """
+        What a small kernel buffer does not take goes through the transport,
+        which pauses the multiplexer and resumes it as it drains: every
+        byte arrives, in order, framed as the writes were.
+        """
+        writes = [bytes([n]) * (256 * 1024) for n in range(8)]
+        mux, transport, peer = self.server([writes], sendBuffer=16 * 1024)
+        self.ask(transport, peer)
+        self.assertTrue(mux._transportPaused)
+        wire = receiveExactly(peer, sum(len(w) + 8 for w in writes), transport)
+        self.assertEqual(wire, b"".join(mio.encodeHeader(1, len(w), mio.DATA) + w
+                                        for w in writes))
+
+    def test_otherTransportsUnchanged(self):
+        """
+        A transport that is not a plain TCP connection (here a
+        StringTransport, as TLS or a wrapper would be) gets every write.
+        """
+        mux = MultiplexerFactory(Factory.forProtocol(Echo), framing="mio",
+                                 role="server", reactor=Clock()).buildProtocol(None)
+        transport = StringTransport()
+        mux.makeConnection(transport)
+        self.assertIsNone(mux._socket)
+        mux.dataReceived(mio.encodeHeader(1, 1 << 16, mio.OPEN)
+                         + mio.encodeHeader(1, 2, mio.DATA) + b"hi")
+        self.assertEqual(transport.value(), mio.encodeHeader(1, 2, mio.DATA) + b"hi")
