@@ -709,6 +709,25 @@ class Engine:
             self._lastSent = now
         return out
 
+    def controlToSend(self, now=0.0):
+        """
+        If queued control frames are all the output there is (no stream's
+        data ready to frame, no event waiting, the session open), return
+        them joined, with the effects L{dataToSend} would have; otherwise
+        take nothing and return C{None}.  (The acknowledgement or credit a
+        read earns, for a child that does not answer it: written without
+        the rest of a flush.)
+        """
+        control = self._control
+        if not control or self._ready or self._events or self.closed:
+            return None
+        self._control = []
+        self._localControl = 0
+        if now > self._latest:
+            self._latest = now
+        self._lastSent = now
+        return control[0] if len(control) == 1 else b"".join(control)
+
     # -- shared helpers for subclasses ----------------------------------
 
     def _withControl(self, frame):

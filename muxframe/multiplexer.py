@@ -356,7 +356,18 @@ class Multiplexer(Protocol):
             self._checkHeld()
         if (engine.hasOutput() or engine.hasEvents() or self._bufferPaused
                 or self._endingWrites):
-            self._flush()
+            # Only control frames (BMP: the acknowledgement of what was
+            # consumed, the child not answering): written as they are; the
+            # rest of a flush has nothing to do (no stream paused or ending,
+            # no event, deadlines only later).
+            control = None
+            if not (self._transportPaused or self._bufferPaused or self._endingWrites
+                    or self.disconnected):
+                control = engine.controlToSend(self._now())
+            if control is not None:
+                self.transport.write(control)
+            else:
+                self._flush()
 
     def _checkSliced(self, now):
         # Part of the last read waits: stop reading and handle the next
