@@ -723,6 +723,31 @@ class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
         link.clock.pump([1] * 6)
         child.lost.trap(StreamTimeoutError)
 
+    def test_acknowledgementWithoutFlush(self):
+        """
+        A read consumed by a child that does not answer leaves only its
+        acknowledgement to send: it goes to the transport in one write,
+        without a flush of the send queue.
+        """
+        link = self.link(serverChild=Recorder)
+        child = link.open()
+        child.transport.write(b"f" * 200)
+        link.pump()  # (opens the stream; the server sniffs its first bytes)
+        flushes = []
+        self.patch(link.server, "_flush", lambda: flushes.append(1))
+        writes = []
+        link.serverTransport.write = lambda data, write=link.serverTransport.write: (
+            writes.append(data), write(data))
+        for n in range(3):
+            child.transport.write(b"message")
+            link.pump()
+        [server] = link.serverChildren
+        self.assertEqual(server.received(), b"f" * 200 + b"message" * 3)
+        self.assertEqual(flushes, [])
+        self.assertEqual([[(f.opt, f.payload) for f in bmp.decodeFrames(w)] for w in writes],
+                         [[(bmp.ACK, b"%d" % n)] for n in (1, 2, 3)])
+        self.assertIsNone(link.client.engine.stream(child.transport.streamId).inflight)
+
     def test_serverOpenedStreamName(self):
         """
         A server opens srv_N streams, which a muxframe client accepts.
