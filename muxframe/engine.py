@@ -219,6 +219,9 @@ class Engine:
     """
 
     framing = None
+    # Bytes the connection's transport should read at once (its
+    # bufferSize), if more than Twisted's 64 KiB; None leaves it as it is.
+    readSize = None
 
     def __init__(self, role, settings=None, now=0.0):
         if role not in ("client", "server"):

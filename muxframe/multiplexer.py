@@ -136,6 +136,7 @@ class Multiplexer(Protocol):
             raise ValueError("role must be 'client' or 'server', not %r" % (role,))
         self._reactor = reactor
         self.engine = None
+        self._growReadAt = None
         # The open streams by id, and those the engine has forgotten whose
         # child has yet to take its held close: a new stream may reuse an id
         # whose old transport still waits, and must never alias it.
@@ -270,6 +271,14 @@ class Multiplexer(Protocol):
         limit = getattr(self.transport, "SEND_LIMIT", None)
         if type(limit) is int:
             self.transport.SEND_LIMIT = limit + SEND_SLACK
+        # The framing's read size (BMP: a whole 256 KiB frame a read), set
+        # at the first full read, once the peer sends in bulk: it is also
+        # the size past which Twisted pauses this producer, and a sender
+        # reading only acknowledgements keeps its 64 KiB.
+        readSize = self.engine.readSize
+        size = getattr(self.transport, "bufferSize", None)
+        if readSize and type(size) is int and size < readSize:
+            self._growReadAt = size
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             try:
@@ -290,6 +299,9 @@ class Multiplexer(Protocol):
         now = self._now()
         if not self._readPausedBy:
             if len(data) >= FAST_READ:
+                if len(data) == self._growReadAt:
+                    self._growReadAt = None
+                    self.transport.bufferSize = engine.readSize
                 # Bytes wholly inside one data frame's payload (most reads
                 # of a bulk transfer) go straight to the child.
                 streamId = engine.receivePayload(data, now)

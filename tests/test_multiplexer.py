@@ -625,6 +625,59 @@ class PushProducer:
         self.stopped = True
 
 
+class ReadSizeTests(SynchronousTestCase):
+    """
+    At the first full read (the peer sends in bulk), a multiplexer raises
+    its connection transport's read size (Twisted's C{bufferSize}) to its
+    framing's L{Engine.readSize}; it never lowers it.
+    """
+
+    def connect(self, framing, bufferSize):
+        transport = StringTransport()
+        transport.bufferSize = bufferSize
+        mux = MultiplexerFactory(Factory.forProtocol(Recorder), framing=framing,
+                                 reactor=Clock()).buildProtocol(None)
+        mux.makeConnection(transport)
+        return mux, transport
+
+    def bulk(self, framing, size):
+        # The first bytes of a stream's 1 MiB data frame.
+        if framing == "bmp":
+            header = bmp.encodeHeader(b"io_0", bmp.CREATE, b"0", 1 << 20)
+        else:
+            header = mio.encodeHeader(1, 1 << 20, mio.OPEN)
+        return (header + b"b" * size)[:size]
+
+    def test_bmpReadsWholeFrames(self):
+        """
+        BMP reads 256 KiB at once (a whole default-sized frame) once a read
+        fills Twisted's 64 KiB; reads short of it leave the size alone.
+        """
+        mux, transport = self.connect("bmp", 65536)
+        self.assertEqual(transport.bufferSize, 65536)
+        mux.dataReceived(self.bulk("bmp", 65535))
+        self.assertEqual(transport.bufferSize, 65536)
+        mux.dataReceived(b"b" * 65536)
+        self.assertEqual(transport.bufferSize, 256 * 1024)
+        self.assertFalse(mux.disconnected)
+
+    def test_neverLowered(self):
+        """
+        A transport that reads more than BMP's size already keeps it.
+        """
+        mux, transport = self.connect("bmp", 1 << 20)
+        mux.dataReceived(self.bulk("bmp", 1 << 20))
+        self.assertEqual(transport.bufferSize, 1 << 20)
+
+    def test_mioUnchanged(self):
+        """
+        MIO sets no read size: the transport's stays.
+        """
+        mux, transport = self.connect("mio", 65536)
+        mux.dataReceived(self.bulk("mio", 65536))
+        self.assertEqual(transport.bufferSize, 65536)
+
+
 class MioAdapterTests(AdapterTestsMixin, SynchronousTestCase):
     framing = "mio"
 
