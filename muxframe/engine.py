@@ -221,6 +221,9 @@ class Engine:
     """
 
     framing = None
+    # Bytes the connection's transport should read at once (its
+    # bufferSize), if more than Twisted's 64 KiB; None leaves it as it is.
+    readSize = None
 
     def __init__(self, role, settings=None, now=0.0):
         if role not in ("client", "server"):
@@ -723,6 +726,25 @@ class Engine:
         if out:
             self._lastSent = now
         return out
+
+    def controlToSend(self, now=0.0):
+        """
+        If queued control frames are all the output there is (no stream's
+        data ready to frame, no event waiting, the session open), return
+        them joined, with the effects L{dataToSend} would have; otherwise
+        take nothing and return C{None}.  (The acknowledgement or credit a
+        read earns, for a child that does not answer it: written without
+        the rest of a flush.)
+        """
+        control = self._control
+        if not control or self._ready or self._events or self.closed:
+            return None
+        self._control = []
+        self._localControl = 0
+        if now > self._latest:
+            self._latest = now
+        self._lastSent = now
+        return control[0] if len(control) == 1 else b"".join(control)
 
     # -- shared helpers for subclasses ----------------------------------
 

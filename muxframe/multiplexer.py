@@ -168,6 +168,7 @@ class Multiplexer(Protocol):
             raise ValueError("role must be 'client' or 'server', not %r" % (role,))
         self._reactor = reactor
         self.engine = None
+        self._growReadAt = None
         # The open streams by id, and those the engine has forgotten whose
         # child has yet to take its held close: a new stream may reuse an id
         # whose old transport still waits, and must never alias it.
@@ -305,6 +306,14 @@ class Multiplexer(Protocol):
         if type(limit) is int:
             self.transport.SEND_LIMIT = limit + SEND_SLACK
         self._socket = _directSocket(self.transport)
+        # The framing's read size (BMP: a whole 256 KiB frame a read), set
+        # at the first full read, once the peer sends in bulk: it is also
+        # the size past which Twisted pauses this producer, and a sender
+        # reading only acknowledgements keeps its 64 KiB.
+        readSize = self.engine.readSize
+        size = getattr(self.transport, "bufferSize", None)
+        if readSize and type(size) is int and size < readSize:
+            self._growReadAt = size
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             try:
@@ -326,6 +335,9 @@ class Multiplexer(Protocol):
         self._direct = DIRECT_LIMIT
         if not self._readPausedBy:
             if len(data) >= FAST_READ:
+                if len(data) == self._growReadAt:
+                    self._growReadAt = None
+                    self.transport.bufferSize = engine.readSize
                 # Bytes wholly inside one data frame's payload (most reads
                 # of a bulk transfer) go straight to the child.
                 streamId = engine.receivePayload(data, now)
@@ -397,7 +409,18 @@ class Multiplexer(Protocol):
             self._checkHeld()
         if (engine.hasOutput() or engine.hasEvents() or self._bufferPaused
                 or self._endingWrites):
-            self._flush()
+            # Only control frames (BMP: the acknowledgement of what was
+            # consumed, the child not answering): written as they are; the
+            # rest of a flush has nothing to do (no stream paused or ending,
+            # no event, deadlines only later).
+            control = None
+            if not (self._transportPaused or self._bufferPaused or self._endingWrites
+                    or self.disconnected):
+                control = engine.controlToSend(self._now())
+            if control is not None:
+                self.transport.write(control)
+            else:
+                self._flush()
 
     def _checkSliced(self, now):
         # Part of the last read waits: stop reading and handle the next

@@ -691,6 +691,39 @@ class ReceiveWholeTests(SynchronousTestCase):
         self.assertEqual(server.receiveWhole(read, 1.0), (None, None))
         self.assertEqual(server.counters.framesReceived, 4)
 
+    def test_expectedAcknowledgement(self):
+        """
+        The answer to a frame sent with nothing in flight (its
+        acknowledgement, recognised without parsing, then a data frame on
+        the same stream) leaves the engine as receiveData leaves it; once
+        that frame is acknowledged, the same acknowledgement again is not
+        taken for one.
+        """
+        import copy
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"q" * 200)  # (past the bytes sniffed)
+        pump(client, server)
+        server.consumed(streamId, 200)
+        server.sendData(streamId, b"r" * 200)
+        pump(server, client)
+        client.consumed(streamId, 200)
+        pump(client, server)
+        frame = client.sendWhole(streamId, b"ping", 1.0, 0.0)
+        self.assertIsNotNone(frame)
+        server.receiveData(frame, 1.0)
+        server.consumed(streamId, 4)
+        answer = server.sendWhole(streamId, b"pong", 1.0, 0.0)
+        self.assertEqual([f.opt for f in decodeFrames(answer)], [bmp.ACK, bmp.DATA])
+        slow = copy.deepcopy(client)
+        self.assertEqual(client.receiveWhole(answer, 2.0), (streamId, b"pong"))
+        self.assertEqual(slow.receiveData(answer, 2.0), [DataReceived(streamId, b"pong")])
+        self.assertEqual(snapshot(client), snapshot(slow))
+        self.assertIsNone(client.stream(streamId).inflight)
+        before = snapshot(client)
+        self.assertIsNone(client.receiveWhole(answer, 3.0))
+        self.assertEqual(snapshot(client), before)
+
     @given(_reads, st.booleans(), st.booleans(), st.booleans())
     # The last frame in flight of a stream ended both ways (it finishes);
     # a frame over maxStreamReceiveBuffer (an overrun); data after the end.
@@ -718,6 +751,69 @@ class ReceiveWholeTests(SynchronousTestCase):
         expected = [DataReceived(*result)] if result[0] is not None else []
         self.assertEqual(events, expected)
         self.assertEqual(snapshot(fast), snapshot(slow))
+
+
+class ControlToSendTests(SynchronousTestCase):
+    """
+    L{BmpEngine.controlToSend} returns the queued control frames only when
+    they are all the output there is.
+    """
+
+    def test_acknowledgementsOnly(self):
+        """
+        The acknowledgements a consumed read earns are returned joined, as
+        dataToSend would return them, and are then no longer output.
+        """
+        import copy
+        client, server = engines()
+        for _ in range(2):
+            client.sendData(client.openStream(), b"d" * 100)
+        pump(client, server)
+        self.assertIsNone(server.controlToSend(1.0))
+        for streamId in (b"io_0", b"io_1"):
+            server.consumed(streamId, 100)
+        slow = copy.deepcopy(server)
+        control = server.controlToSend(1.0)
+        self.assertEqual(control, b"".join(slow.dataToSend(256 * 1024, 1.0)))
+        self.assertEqual([(f.streamId, f.opt) for f in decodeFrames(control)],
+                         [(b"io_0", bmp.ACK), (b"io_1", bmp.ACK)])
+        self.assertEqual(snapshot(server), snapshot(slow))
+        self.assertFalse(server.hasOutput())
+        self.assertIsNone(server.controlToSend(1.0))
+
+    def test_notWithDataOrEvents(self):
+        """
+        With a stream's data ready to frame, an event waiting or the
+        session closed, nothing is taken.
+        """
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"d" * 100)
+        pump(client, server)
+        server.consumed(streamId, 100)
+        server.sendData(streamId, b"answer")
+        before = snapshot(server)
+        self.assertIsNone(server.controlToSend(1.0))
+        self.assertEqual(snapshot(server), before)
+        pump(server, client)
+        client.consumed(streamId, 6)
+        client.sendData(streamId, b"more")
+        client.endStream(streamId)
+        pump(client, server)
+        server.consumed(streamId, 4)
+        server.endStream(streamId)
+        # Its end goes out, the stream finishes: the close is queued and
+        # the StreamClosed event waits.
+        server.dataToSend()
+        self.assertTrue(server.hasEvents())
+        self.assertTrue(server.hasOutput())
+        self.assertIsNone(server.controlToSend(1.0))
+        server.takeEvents()
+        client.sendData(client.openStream(), b"d" * 10)
+        pump(client, server)
+        server.consumed(b"io_1", 10)
+        server.closeSession()
+        self.assertIsNone(server.controlToSend(1.0))
 
 
 # What may be queued, sent or acknowledged before a write: (step, stream).

@@ -629,6 +629,59 @@ class PushProducer:
         self.stopped = True
 
 
+class ReadSizeTests(SynchronousTestCase):
+    """
+    At the first full read (the peer sends in bulk), a multiplexer raises
+    its connection transport's read size (Twisted's C{bufferSize}) to its
+    framing's L{Engine.readSize}; it never lowers it.
+    """
+
+    def connect(self, framing, bufferSize):
+        transport = StringTransport()
+        transport.bufferSize = bufferSize
+        mux = MultiplexerFactory(Factory.forProtocol(Recorder), framing=framing,
+                                 reactor=Clock()).buildProtocol(None)
+        mux.makeConnection(transport)
+        return mux, transport
+
+    def bulk(self, framing, size):
+        # The first bytes of a stream's 1 MiB data frame.
+        if framing == "bmp":
+            header = bmp.encodeHeader(b"io_0", bmp.CREATE, b"0", 1 << 20)
+        else:
+            header = mio.encodeHeader(1, 1 << 20, mio.OPEN)
+        return (header + b"b" * size)[:size]
+
+    def test_bmpReadsWholeFrames(self):
+        """
+        BMP reads 256 KiB at once (a whole default-sized frame) once a read
+        fills Twisted's 64 KiB; reads short of it leave the size alone.
+        """
+        mux, transport = self.connect("bmp", 65536)
+        self.assertEqual(transport.bufferSize, 65536)
+        mux.dataReceived(self.bulk("bmp", 65535))
+        self.assertEqual(transport.bufferSize, 65536)
+        mux.dataReceived(b"b" * 65536)
+        self.assertEqual(transport.bufferSize, 256 * 1024)
+        self.assertFalse(mux.disconnected)
+
+    def test_neverLowered(self):
+        """
+        A transport that reads more than BMP's size already keeps it.
+        """
+        mux, transport = self.connect("bmp", 1 << 20)
+        mux.dataReceived(self.bulk("bmp", 1 << 20))
+        self.assertEqual(transport.bufferSize, 1 << 20)
+
+    def test_mioUnchanged(self):
+        """
+        MIO sets no read size: the transport's stays.
+        """
+        mux, transport = self.connect("mio", 65536)
+        mux.dataReceived(self.bulk("mio", 65536))
+        self.assertEqual(transport.bufferSize, 65536)
+
+
 class MioAdapterTests(AdapterTestsMixin, SynchronousTestCase):
     framing = "mio"
 
@@ -726,6 +779,31 @@ class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
         link.clientTransport.clear()
         link.clock.pump([1] * 6)
         child.lost.trap(StreamTimeoutError)
+
+    def test_acknowledgementWithoutFlush(self):
+        """
+        A read consumed by a child that does not answer leaves only its
+        acknowledgement to send: it goes to the transport in one write,
+        without a flush of the send queue.
+        """
+        link = self.link(serverChild=Recorder)
+        child = link.open()
+        child.transport.write(b"f" * 200)
+        link.pump()  # (opens the stream; the server sniffs its first bytes)
+        flushes = []
+        self.patch(link.server, "_flush", lambda: flushes.append(1))
+        writes = []
+        link.serverTransport.write = lambda data, write=link.serverTransport.write: (
+            writes.append(data), write(data))
+        for n in range(3):
+            child.transport.write(b"message")
+            link.pump()
+        [server] = link.serverChildren
+        self.assertEqual(server.received(), b"f" * 200 + b"message" * 3)
+        self.assertEqual(flushes, [])
+        self.assertEqual([[(f.opt, f.payload) for f in bmp.decodeFrames(w)] for w in writes],
+                         [[(bmp.ACK, b"%d" % n)] for n in (1, 2, 3)])
+        self.assertIsNone(link.client.engine.stream(child.transport.streamId).inflight)
 
     def test_serverOpenedStreamName(self):
         """
