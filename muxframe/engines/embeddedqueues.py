@@ -87,6 +87,7 @@ class EmbeddedQueueStore:
         self._journal = journal
         self._positions = positions
         self._clock = clock
+        self._seconds = clock.seconds
         self.retention = retention
         self.dedupWindow = dedupWindow
         self.maxFetch = maxFetch
@@ -167,7 +168,56 @@ class EmbeddedQueueStore:
     def append(self, entity, message):
         """
         See L{IQueueStore.append}.
+
+        The common case (a queue already known, a sender already seen, an
+        ASCII message id of at most 63 characters, not a duplicate) is done
+        here in one frame: checks, dedup key, timestamp, journal record,
+        index, and the group commit's Deferred straight from
+        L{Journal.append}.  Anything else takes L{_appendChecked}, with the
+        same checks and results.
         """
+        index = self._queues.get(entity) if entity.__class__ is str else None
+        sender = message.sender if message.__class__ is QueueMessage else None
+        if index is None or sender is None or not self._open:
+            return self._appendChecked(entity, message)
+        messageId = message.messageId
+        payload = message.payload
+        prefix = self._senders.get((sender.entity, sender.device))
+        if prefix is None or payload.__class__ is not bytes \
+                or len(payload) > logformat.MAX_PAYLOAD or messageId.__class__ is not str \
+                or not 0 < len(messageId) <= 63 or not messageId.isascii() \
+                or "\x00" in messageId or "\x1f" in messageId:
+            # checkName's common case for the message id, without caching
+            # it: message ids do not repeat.
+            return self._appendChecked(entity, message)
+        h = prefix.copy()
+        h.update(messageId.encode("ascii"))
+        key = h.digest()
+        if key in index._dedup:
+            # Possibly a duplicate: the general path decides.
+            return self._appendChecked(entity, message)
+        # _stamp, inlined.
+        stamp = int(self._seconds() * 1000)
+        if stamp < self._lastStamp:
+            stamp = self._lastStamp
+        else:
+            self._lastStamp = stamp
+        offset = index.nextOffset
+        appended = Appended(offset, stamp)
+        try:
+            lsn, d = self._journal.append(
+                RecordKind.MESSAGE, logformat.FLAG_RECEIPTS if message.wantReceipts else 0,
+                entity, offset, stamp, messageId, sender.entity, sender.device, payload, key,
+                appended)
+        except Exception:
+            return defer.fail()
+        index.add(lsn, stamp, key)
+        if self._watches.has(entity):
+            self._unnotified.append((lsn, entity, offset))
+        return d
+
+    def _appendChecked(self, entity, message):
+        # append's general path.
         try:
             self._check()
             key, flags = self._checkAppend(entity, message)
@@ -211,7 +261,7 @@ class EmbeddedQueueStore:
 
     def _stamp(self):
         # Timestamps never go back, whatever the clock does.
-        stamp = int(self._clock.seconds() * 1000)
+        stamp = int(self._seconds() * 1000)
         if stamp < self._lastStamp:
             return self._lastStamp
         self._lastStamp = stamp
