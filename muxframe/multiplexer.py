@@ -11,9 +11,6 @@ A small write with nothing queued before it is framed by the engine at once
 (sendWhole) and written inside the child's write, with the credit owed.
 """
 
-import socket
-import sys
-
 from zope.interface import implementer
 
 from twisted.internet.defer import fail, succeed
@@ -72,18 +69,6 @@ JOIN_LIMIT = 4096
 # Bytes added to the connection transport's SEND_LIMIT for frame headers.
 SEND_SLACK = 4096
 
-# Bytes a multiplexer on a plain TCP (or UNIX) connection may send straight
-# to its socket between two calls from the reactor (a read, the transport
-# resuming it, a timer): two bulk frames.  Past them output waits in the
-# transport, which pauses the multiplexer, so one connection holds the
-# reactor for about a turn of Twisted's own writes, never for the kernel's
-# whole send buffer.  Output smaller than DIRECT_BULK goes straight only as
-# the first of a turn (an answer, credit): what follows it in the same turn
-# waits in the transport, which sends it joined, in one send() of up to
-# SEND_LIMIT, not a send() per small write.
-DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
-DIRECT_BULK = 64 * 1024
-
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
 
@@ -115,23 +100,6 @@ MIN_FRAMES_PER_TURN = 4
 # reset.
 PACED_FRAMES = 8
 PACED_OPENING = 2
-
-
-def _directSocket(transport):
-    """
-    Return the socket of a plain TCP (or UNIX) connection of Twisted's own,
-    which the multiplexer may write to itself while the transport buffers
-    nothing; C{None} for other transports (TLS, wrappers, tests').
-    """
-    # (Not imported here: a process that has not loaded Twisted's TCP has
-    # no such connection, and the import costs in-memory users.)
-    tcp = sys.modules.get("twisted.internet.tcp")
-    if tcp is None or not isinstance(transport, tcp.Connection) or transport.TLS:
-        return None
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket):
-        return None
-    return sock
 
 
 def _engineClass(framing):
@@ -191,8 +159,6 @@ class Multiplexer(Protocol):
         self._pressed = False
         self._pacedLimit = PACED_FRAMES
         self._accepted = 0
-        self._socket = None
-        self._direct = DIRECT_LIMIT
         self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
@@ -305,7 +271,6 @@ class Multiplexer(Protocol):
         limit = getattr(self.transport, "SEND_LIMIT", None)
         if type(limit) is int:
             self.transport.SEND_LIMIT = limit + SEND_SLACK
-        self._socket = _directSocket(self.transport)
         # The framing's read size (BMP: a whole 256 KiB frame a read), set
         # at the first full read, once the peer sends in bulk: it is also
         # the size past which Twisted pauses this producer, and a sender
@@ -332,7 +297,6 @@ class Multiplexer(Protocol):
         if engine is None or self.disconnected:
             return
         now = self._now()
-        self._direct = DIRECT_LIMIT
         if not self._readPausedBy:
             if len(data) >= FAST_READ:
                 if len(data) == self._growReadAt:
@@ -343,11 +307,6 @@ class Multiplexer(Protocol):
                 streamId = engine.receivePayload(data, now)
                 if streamId is not None:
                     self._deliverRead(streamId, data)
-                    return
-                # (MIO) one across a frame boundary of the same stream.
-                crossing = engine.receiveCrossing(data, now)
-                if crossing is not None:
-                    self._deliverRead(crossing[0], crossing[1])
                     return
             # A read of one whole small message (and, BMP, acknowledgements
             # before it): no decoder items, event objects or slicing.
@@ -503,7 +462,6 @@ class Multiplexer(Protocol):
         if not self._transportPaused:
             return
         self._transportPaused = False
-        self._direct = DIRECT_LIMIT
         self._flush()
         if not self._transportPaused:
             for stream in list(self._producers):
@@ -897,7 +855,7 @@ class Multiplexer(Protocol):
             frame = engine.sendWhole(streamId, data, self._now(),
                                      self._timerAt if self._timer is not None else None)
             if frame is not None:
-                self._write(frame)
+                self.transport.write(frame)
                 return
         if streamId not in engine:
             return
@@ -951,6 +909,7 @@ class Multiplexer(Protocol):
         if self._busy or self.engine is None or self.disconnected:
             return
         engine = self.engine
+        transport = self.transport
         self._busy = True
         try:
             while True:
@@ -963,14 +922,14 @@ class Multiplexer(Protocol):
                     break
                 chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
                 if len(chunks) == 1:
-                    self._write(chunks[0])
+                    transport.write(chunks[0])
                 elif chunks:
                     if len(chunks) <= JOIN_CHUNKS and sum(map(len, chunks)) <= JOIN_LIMIT:
                         # Small frames: one write (Twisted's writeSequence
                         # checks and counts each piece, then joins them).
-                        self._write(b"".join(chunks))
+                        transport.write(b"".join(chunks))
                     else:
-                        self._writeSequence(chunks)
+                        transport.writeSequence(chunks)
         finally:
             self._busy = False
         if self._bufferPaused:
@@ -989,65 +948,6 @@ class Multiplexer(Protocol):
                     if stream._writeLostPending:
                         self._callChild(stream, stream._writeEnded)
         self._scheduleTimer()
-
-    def _canSendDirect(self, size):
-        # True if size bytes may go straight to the socket: within this
-        # turn's allowance, and nothing waits in the transport before them
-        # (the order on the wire is kept) nor is it closing or TLS.
-        transport = self.transport
-        return (size <= self._direct and not transport.dataBuffer
-                and not transport._tempDataLen and transport.connected
-                and not transport.disconnecting and not transport._writeDisconnecting
-                and not transport.TLS)
-
-    def _write(self, data):
-        """
-        Write C{data} (bytes) to the connection.  On a plain TCP connection
-        whose transport buffers nothing, it is sent at once, where
-        C{transport.write} would register for writability and send on the
-        next reactor turn (an C{epoll_ctl} pair and a turn per small message);
-        what the kernel does not take goes through the transport.
-        """
-        if self._socket is not None and self._canSendDirect(len(data)):
-            try:
-                sent = self._socket.send(data)
-            except OSError:
-                # Full (EAGAIN), or an error the transport finds and
-                # reports as it writes the rest.
-                sent = 0
-            self._direct = self._direct - sent if sent >= DIRECT_BULK else 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.transport.write(data)
-
-    def _writeSequence(self, chunks):
-        """
-        Write C{chunks} (byte strings) to the connection: as L{_write}, with
-        one C{sendmsg}, so a frame's header and its payload go out without
-        being joined (C{writeSequence} copies them into one string).
-        """
-        if self._socket is not None:
-            total = sum(map(len, chunks))
-            if self._canSendDirect(total):
-                try:
-                    sent = self._socket.sendmsg(chunks)
-                except OSError:
-                    sent = 0
-                self._direct = self._direct - sent if sent >= DIRECT_BULK else 0
-                if sent == total:
-                    return
-                if sent:
-                    rest = []
-                    for chunk in chunks:
-                        size = len(chunk)
-                        if sent >= size:
-                            sent -= size
-                        else:
-                            rest.append(chunk[sent:] if sent else chunk)
-                            sent = 0
-                    chunks = rest
-        self.transport.writeSequence(chunks)
 
     # -- timers ---------------------------------------------------------
 
@@ -1072,7 +972,6 @@ class Multiplexer(Protocol):
         self._timer = None
         if self.disconnected:
             return
-        self._direct = DIRECT_LIMIT
         events = self.engine.tick(self._now())
         if events:
             self._busy = True
