@@ -620,14 +620,8 @@ class BmpEngine(Engine):
         counters = self.counters
         counters.bytesSent += size
         counters.framesSent += 1
-        frame = b"\x00%b\x01\x00\x01\x00%b\x01\x00%X\x01%b" % (streamId, sid, size, data)
-        control = self._control
-        if not control:
-            return frame
-        control.append(frame)
-        self._control = []
-        self._localControl = 0
-        return b"".join(control)
+        return self._withControl(
+            b"\x00%b\x01\x00\x01\x00%b\x01\x00%X\x01%b" % (streamId, sid, size, data))
 
     def _ackAll(self, state):
         frames = state.recvFrames
@@ -693,25 +687,10 @@ class BmpEngine(Engine):
                             <= self.settings.maxStreamReceiveBuffer):
                         self._lastReceived = self._latest = now
                         self.guards.received(now, False, True)
-                        self._decoder._offset += end  # (advance)
-                        counters = self.counters
-                        counters.framesReceived += 2
-                        # (_acknowledged, for a stream still sending.)
-                        state.inflightBytes -= inflight.pop(ack)[1]
-                        if not inflight:
-                            state.inflight = None
-                            self._awaiting.pop(streamId, None)
-                        if state.sendBuffered or state.endPending:
-                            self._requeue(state)
-                        frames = state.recvFrames
-                        if frames is None:
-                            frames = state.recvFrames = deque()
-                        frames.append([sid, size])
-                        self._unacked += 1
-                        state.recvBuffered += FRAME_COST + size
-                        state.bytesReceived += size
-                        counters.bytesReceived += size
-                        return streamId, data[start:]
+                        self._decoder.advance(end)
+                        self.counters.framesReceived += 1
+                        self._acknowledged(state, inflight.pop(ack))
+                        return self._tookFrame(state, sid, size, data, start)
                 acks = [(state, ack)]
                 opts = b"\x05"
         while pos < end or acks is None:
@@ -759,6 +738,12 @@ class BmpEngine(Engine):
                 self._acknowledged(acked, acked.inflight.pop(ack))
             if opts == b"\x05":
                 return None, None
+        return self._tookFrame(state, sid, size, data, start)
+
+    def _tookFrame(self, state, sid, size, data, start):
+        # receiveWhole's data frame (sid, size bytes from start, the end of
+        # data), owed an acknowledgement until consumed: (stream, payload).
+        counters = self.counters
         counters.framesReceived += 1
         frames = state.recvFrames
         if frames is None:
@@ -768,7 +753,7 @@ class BmpEngine(Engine):
         state.recvBuffered += FRAME_COST + size
         state.bytesReceived += size
         counters.bytesReceived += size
-        return streamId, data[start:]
+        return state.streamId, data[start:]
 
     def _payloadPiece(self, state, size):
         if state.remoteEnded or (state.recvBuffered + size

@@ -99,6 +99,31 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         self.assertEqual([r.messageId for r in records], ["m0", "m1", "m2", "m3", "s1"])
 
     @defer.inlineCallbacks
+    def test_fastAppendAsGeneral(self):
+        """
+        An append the common-case path takes (known queue and sender, plain
+        id) gives the same result and the same stored record as the general
+        path gives the same append on another store; a resend then finds
+        it a duplicate on both.
+        """
+        results = []
+        for direct in (False, True):
+            self.directory = self.mktemp()
+            e = yield self.makeEngine(self.clock)
+            self.addCleanup(e.stop)
+            queues = e.queues
+            yield queues.append("alice", self.message(0))
+            first = queues._appendChecked if direct else queues.append
+            r = yield first("alice", self.message(1))
+            again = yield queues.append("alice", self.message(1))
+            records = yield queues.fetch("alice", 1)
+            results.append((r.offset, r.duplicate, again.offset, again.duplicate,
+                            [(x.offset, x.messageId, x.payload, x.sender, x.timestamp)
+                             for x in records]))
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(results[0][:4], (2, False, 2, True))
+
+    @defer.inlineCallbacks
     def test_appendManyOneTimestamp(self):
         """
         The records of one appendMany share one timestamp, read once for

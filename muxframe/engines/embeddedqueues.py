@@ -23,7 +23,7 @@ from muxframe.engines.errors import (
 from muxframe.engines.interfaces import IQueueStore
 from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueueMessage, QueueRetention,
-    ReceiptKind, RecordKind, checkName)
+    ReceiptKind, RecordKind, checkName, isPlainName)
 from muxframe.engines.ordering import SerialChains
 from muxframe.engines.queuestate import ConsumerTracker, QueueIndex, retentionStart
 from muxframe.engines.watches import WatchList
@@ -185,8 +185,7 @@ class EmbeddedQueueStore:
         prefix = self._senders.get((sender.entity, sender.device))
         if prefix is None or payload.__class__ is not bytes \
                 or len(payload) > logformat.MAX_PAYLOAD or messageId.__class__ is not str \
-                or not 0 < len(messageId) <= 63 or not messageId.isascii() \
-                or "\x00" in messageId or "\x1f" in messageId:
+                or not isPlainName(messageId):
             # checkName's common case for the message id, without caching
             # it: message ids do not repeat.
             return self._appendChecked(entity, message)
@@ -196,12 +195,7 @@ class EmbeddedQueueStore:
         if key in index._dedup:
             # Possibly a duplicate: the general path decides.
             return self._appendChecked(entity, message)
-        # _stamp, inlined.
-        stamp = int(self._seconds() * 1000)
-        if stamp < self._lastStamp:
-            stamp = self._lastStamp
-        else:
-            self._lastStamp = stamp
+        stamp = self._stamp()
         offset = index.nextOffset
         appended = Appended(offset, stamp)
         try:

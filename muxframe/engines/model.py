@@ -34,6 +34,16 @@ _RESERVED = ("\x00", "\x1f")
 _CHECKED = set()
 
 
+def isPlainName(value):
+    """
+    Return whether C{value} (a L{str}) is a name L{checkName} accepts
+    without encoding it: 1 to 63 ASCII characters without NUL or the unit
+    separator.  C{False} decides nothing: L{checkName} has the full rules.
+    """
+    return (0 < len(value) <= 63 and value.isascii() and "\x00" not in value
+            and "\x1f" not in value)
+
+
 def checkName(value, what="name"):
     """
     Return C{value} if it is a usable entity, device, channel or message id
@@ -46,8 +56,7 @@ def checkName(value, what="name"):
         if value in _CHECKED:
             # Entities and senders repeat from call to call.
             return value
-        if 0 < len(value) <= 63 and value.isascii() and "\x00" not in value \
-                and "\x1f" not in value:
+        if isPlainName(value):
             # The common case, decided without encoding.
             if len(_CHECKED) >= 65536:
                 _CHECKED.clear()
