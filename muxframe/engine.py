@@ -57,8 +57,12 @@ ALIGN_MIN = 16 * 1024
 # one stream's bytes in flight are held to SHARED_INFLIGHT (MIO: its grown
 # receive window shrinks back to it; BMP: its unacknowledged bytes), so a
 # small message waits behind at most that much of a bulk stream's data.
+# Credit (MIO: each half window) and acknowledgements (BMP: each 256 KiB
+# frame) come back in steps, so what is in flight swings between a half
+# (MIO) or three quarters (BMP) of the bound and all of it: 512 KiB stalled
+# the bulk stream on each step's round trip (docs/performance.md).
 SHARED_TIME = 0.1
-SHARED_INFLIGHT = 512 * 1024
+SHARED_INFLIGHT = 1024 * 1024
 
 # Writes of at most this many bytes, after at most WHOLE_CONTROL queued
 # control frames, may take sendWhole (it returns them as one string,
