@@ -444,10 +444,21 @@ class Multiplexer(Protocol):
             framing=self.framing, count=len(streams),
             reason=self.lostReason.getErrorMessage(),
         )
+        # Whoever keeps this connection forgets it before drain()'s and
+        # whenLost()'s Deferreds fire: their callbacks (a listening port's
+        # stopListening, say) may look, and must find it gone.
+        self._connectionGone()
         for d in self._drainDeferreds + self._lostDeferreds:
             d.callback(None)
         self._drainDeferreds = []
         self._lostDeferreds = []
+
+    def _connectionGone(self):
+        """
+        Called by L{connectionLost} once every stream is lost, before the
+        Deferreds of L{drain} and L{whenLost} fire: a subclass whose owner
+        keeps a list of connections removes this one here.
+        """
 
     # -- IPushProducer (the connection's transport tells us to write) ---
 
