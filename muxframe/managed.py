@@ -165,8 +165,10 @@ class ManagedMultiplexer(Multiplexer):
         waiters, self._confirmWaiters = self._confirmWaiters, []
         _fire(waiters, result)
 
-    def dataReceived(self, data):
-        Multiplexer.dataReceived(self, data)
+    def _dataReceived(self, data):
+        # (Inside Multiplexer.dataReceived: what the confirmation's waiters
+        # write, opening their streams, goes out with the read's answer.)
+        Multiplexer._dataReceived(self, data)
         if not self._confirmWaiters or self.disconnected:
             return
         if self.heardFromPeer():
