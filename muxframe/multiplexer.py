@@ -389,6 +389,11 @@ class Multiplexer(Protocol):
                 if streamId is not None:
                     self._deliverRead(streamId, data)
                     return
+                # (MIO) one across a frame boundary of the same stream.
+                crossing = engine.receiveCrossing(data, now)
+                if crossing is not None:
+                    self._deliverRead(crossing[0], crossing[1])
+                    return
             # A read of one whole small message (and, BMP, acknowledgements
             # before it): no decoder items, event objects or slicing.
             whole = engine.receiveWhole(data, now)
