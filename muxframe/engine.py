@@ -23,11 +23,11 @@ Rules (both framings):
   - receivePayload is a fast path with the effects of receiveData for
     bytes wholly inside a data frame's payload, receiveCrossing (MIO) for
     a read across the boundary into the same stream's next data frame;
-    receiveWhole one for a read
-    made of whole frames of the commonest kinds (small messages): it takes
-    nothing unless the result is the same as receiveData's.  sendWhole is
-    the sending side's: a small write with nothing queued before it is
-    framed at once, with the effects of sendData followed by dataToSend.
+    receiveWhole one for a read made of whole frames of the commonest
+    kinds (small messages): each takes nothing unless the result is the
+    same as receiveData's.  sendWhole is the sending side's: a small write
+    with nothing queued before it is framed at once, with the effects of
+    sendData followed by dataToSend.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
