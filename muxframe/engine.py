@@ -21,11 +21,13 @@ Rules (both framings):
     stream's bytes in flight are held to SHARED_INFLIGHT (the framings
     apply it: MIO's receiver to grown windows, BMP's sender).
   - receivePayload is a fast path with the effects of receiveData for
-    bytes wholly inside a data frame's payload; receiveWhole one for a read
-    made of whole frames of the commonest kinds (small messages): it takes
-    nothing unless the result is the same as receiveData's.  sendWhole is
-    the sending side's: a small write with nothing queued before it is
-    framed at once, with the effects of sendData followed by dataToSend.
+    bytes wholly inside a data frame's payload, receiveCrossing (MIO) for
+    a read across the boundary into the same stream's next data frame;
+    receiveWhole one for a read made of whole frames of the commonest
+    kinds (small messages): each takes nothing unless the result is the
+    same as receiveData's.  sendWhole is the sending side's: a small write
+    with nothing queued before it is framed at once, with the effects of
+    sendData followed by dataToSend.
   - Defences (L{muxframe.guards}): flood budgets for resets and for frames
     that carry nothing, header, idle and empty-connection timers, and a cap
     on the control frames owed to a peer that does not read them
@@ -570,6 +572,19 @@ class Engine:
         state.bytesReceived += size
         self.counters.bytesReceived += size
         return frame.streamId
+
+    def receiveCrossing(self, data, now=0.0):
+        """
+        Fast path of L{receiveData} for a read that ends the payload of the
+        data frame being received and goes on into the next data frame of
+        the same stream, past the read's end (a bulk transfer's read across
+        a frame boundary): handle it, with the effects L{receiveData} would
+        have, and return C{(streamId, payload)}, the two frames' payload
+        bytes of the read joined, for the caller to deliver as for a
+        L{DataReceived} event (receiveData reports them as two).  Otherwise
+        take nothing and return C{None}: call L{receiveData}.
+        """
+        return None
 
     def receiveWhole(self, data, now=0.0):
         """

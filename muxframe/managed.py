@@ -85,6 +85,7 @@ class ManagedMultiplexer(Multiplexer):
         self._verifiedWaiters = []
         self._confirmWaiters = []
         self._confirmTimer = None
+        self._gone = False
         Multiplexer.makeConnection(self, transport)
 
     def connectionMade(self):
@@ -164,8 +165,10 @@ class ManagedMultiplexer(Multiplexer):
         waiters, self._confirmWaiters = self._confirmWaiters, []
         _fire(waiters, result)
 
-    def dataReceived(self, data):
-        Multiplexer.dataReceived(self, data)
+    def _dataReceived(self, data):
+        # (Inside Multiplexer.dataReceived: what the confirmation's waiters
+        # write, opening their streams, goes out with the read's answer.)
+        Multiplexer._dataReceived(self, data)
         if not self._confirmWaiters or self.disconnected:
             return
         if self.heardFromPeer():
@@ -221,16 +224,24 @@ class ManagedMultiplexer(Multiplexer):
         try:
             Multiplexer.connectionLost(self, reason)
         finally:
-            timer, self._confirmTimer = self._confirmTimer, None
-            if timer is not None and timer.active():
-                timer.cancel()
-            verified, self._verifiedWaiters = self._verifiedWaiters, []
-            confirming, self._confirmWaiters = self._confirmWaiters, []
-            if verified:
-                _fire(verified, self._handshakeFailed(self.lostReason))
-            if confirming:
-                _fire(confirming, self._notMultiplexing(self.lostReason))
-            self.factory._lost(self, self.lostReason)
+            # (Done already, unless Multiplexer.connectionLost raised.)
+            self._connectionGone()
+
+    def _connectionGone(self):
+        # Before drain()'s and whenLost()'s Deferreds fire (see Multiplexer).
+        if self._gone:
+            return
+        self._gone = True
+        timer, self._confirmTimer = self._confirmTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        verified, self._verifiedWaiters = self._verifiedWaiters, []
+        confirming, self._confirmWaiters = self._confirmWaiters, []
+        if verified:
+            _fire(verified, self._handshakeFailed(self.lostReason))
+        if confirming:
+            _fire(confirming, self._notMultiplexing(self.lostReason))
+        self.factory._lost(self, self.lostReason)
 
 
 __all__ = ["ManagedMultiplexer"]

@@ -71,6 +71,7 @@ from .errors import (
     StreamResetError,
 )
 from .pieces import PayloadStreamer, joinPieces
+from .sniff import HEAD
 from .events import (
     ConnectionTerminated,
     DataReceived,
@@ -567,6 +568,49 @@ class MioEngine(Engine):
 
     def _payloadPiece(self, state, size):
         return not state.remoteEnded
+
+    def receiveCrossing(self, data, now=0.0):
+        if self.closed or self._unread or self._events or len(self._head) < HEAD:
+            return None
+        decoder = self._decoder
+        frame = decoder._frame
+        if frame is None or frame.flags != DATA:
+            return None
+        tail = decoder._remaining
+        end = len(data)
+        if end <= tail + HEADER_SIZE or tail == frame.size:
+            return None
+        streamId, word = _unpackFrom(data, tail)
+        size = word >> 8
+        # The next frame: plain data of the same stream (a reserved id bit
+        # makes the id another), within the window and the frame limit,
+        # carrying the rest of the read and more.
+        rest = end - tail - HEADER_SIZE
+        if (streamId != frame.streamId or word & 0xFF != DATA or size < rest
+                or size > decoder.maxFrameSize):
+            return None
+        state = self._streams.get(streamId)
+        if (state is None or state.remoteEnded or size > state.recvWindow
+                or len(self._control) - self._localControl
+                > self.settings.maxControlBacklog):
+            return None
+        self._lastReceived = self._latest = now
+        self.guards.received(now, False, True)
+        counters = self.counters
+        counters.framesReceived += 1
+        if streamId != self._lastDataStream:
+            self._dataOf(streamId, now)
+        state.recvWindow -= size
+        if size == rest:
+            decoder._frame = None
+            decoder._remaining = 0
+        else:
+            decoder._expect(Frame(streamId, size, DATA), size - rest)
+        size = tail + rest
+        state.bytesReceived += size
+        counters.bytesReceived += size
+        view = memoryview(data)
+        return streamId, b"".join((view[:tail], view[tail + HEADER_SIZE:]))
 
     def receiveWhole(self, data, now=0.0):
         end = len(data)

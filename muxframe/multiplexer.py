@@ -9,7 +9,18 @@ transport accepts more (the Multiplexer is the transport's streaming
 producer), so small messages never queue behind a bulk stream's backlog.
 A small write with nothing queued before it is framed by the engine at once
 (sendWhole) and written inside the child's write, with the credit owed.
+
+On a plain TCP connection of Twisted's own the multiplexer sends to the
+socket itself while the transport buffers nothing (Twisted's write would
+wait for the next reactor turn): what one call from the reactor writes is
+gathered and sent together as the call ends, bulk frames as they come, at
+most DIRECT_LIMIT bytes a call; everything else goes through the transport
+as before, behind what it holds, so the order on the wire and backpressure
+are Twisted's.
 """
+
+import socket
+import sys
 
 from zope.interface import implementer
 
@@ -69,6 +80,23 @@ JOIN_LIMIT = 4096
 # Bytes added to the connection transport's SEND_LIMIT for frame headers.
 SEND_SLACK = 4096
 
+# Bytes a multiplexer on a plain TCP (or UNIX) connection may send straight
+# to its socket between two calls from the reactor (a read, the transport
+# resuming it, a timer): two bulk frames.  Past them output waits in the
+# transport, which pauses the multiplexer, so one connection holds the
+# reactor for about a turn of Twisted's own writes, never for the kernel's
+# whole send buffer.  Inside such a call output is gathered and sent as
+# one piece when the call ends (or as soon as DIRECT_BULK bytes are
+# gathered), so everything one call writes leaves together, as it does
+# through Twisted's own buffer: sending its first frame at once and the
+# rest a reactor turn later would let the peer act on the first alone
+# (close the session on a refused stream, say, never reading an open that
+# followed it).  Outside such calls (a child written to by another
+# connection's read) small output goes straight only as the first of a
+# turn; the rest waits in the transport, which joins it.
+DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
+DIRECT_BULK = 64 * 1024
+
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
 
@@ -100,6 +128,44 @@ MIN_FRAMES_PER_TURN = 4
 # reset.
 PACED_FRAMES = 8
 PACED_OPENING = 2
+
+
+def _directSocket(transport):
+    """
+    Return the socket of a plain TCP (or UNIX) connection of Twisted's own,
+    which the multiplexer may write to itself while the transport buffers
+    nothing; C{None} for other transports (TLS, wrappers, tests').
+    """
+    # (Not imported here: a process that has not loaded Twisted's TCP has
+    # no such connection, and the import costs in-memory users.)
+    tcp = sys.modules.get("twisted.internet.tcp")
+    if tcp is None or not isinstance(transport, tcp.Connection) or transport.TLS:
+        return None
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return None
+    return sock
+
+
+def _coalesced(chunks):
+    """
+    Return C{chunks} (byte strings) with each run of small ones joined, so
+    that one C{sendmsg} of many small frames stays within the kernel's
+    limit of pieces; a large piece (a bulk frame's payload) is not copied.
+    """
+    out = []
+    run = []
+    for chunk in chunks:
+        if len(chunk) < JOIN_LIMIT:
+            run.append(chunk)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        out.append(chunk)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 def _engineClass(framing):
@@ -159,6 +225,10 @@ class Multiplexer(Protocol):
         self._pressed = False
         self._pacedLimit = PACED_FRAMES
         self._accepted = 0
+        self._socket = None
+        self._direct = DIRECT_LIMIT
+        self._gather = None
+        self._gathered = 0
         self._closeTimer = None
         self._terminated = None
         self._drainDeferreds = []
@@ -271,6 +341,7 @@ class Multiplexer(Protocol):
         limit = getattr(self.transport, "SEND_LIMIT", None)
         if type(limit) is int:
             self.transport.SEND_LIMIT = limit + SEND_SLACK
+        self._socket = _directSocket(self.transport)
         # The framing's read size (BMP: a whole 256 KiB frame a read), set
         # at the first full read, once the peer sends in bulk: it is also
         # the size past which Twisted pauses this producer, and a sender
@@ -293,6 +364,16 @@ class Multiplexer(Protocol):
         self._scheduleTimer()
 
     def dataReceived(self, data):
+        if self._socket is None or self._gather is not None:
+            self._dataReceived(data)
+            return
+        self._startGathering()
+        try:
+            self._dataReceived(data)
+        finally:
+            self._stopGathering()
+
+    def _dataReceived(self, data):
         engine = self.engine
         if engine is None or self.disconnected:
             return
@@ -307,6 +388,11 @@ class Multiplexer(Protocol):
                 streamId = engine.receivePayload(data, now)
                 if streamId is not None:
                     self._deliverRead(streamId, data)
+                    return
+                # (MIO) one across a frame boundary of the same stream.
+                crossing = engine.receiveCrossing(data, now)
+                if crossing is not None:
+                    self._deliverRead(crossing[0], crossing[1])
                     return
             # A read of one whole small message (and, BMP, acknowledgements
             # before it): no decoder items, event objects or slicing.
@@ -377,7 +463,7 @@ class Multiplexer(Protocol):
                     or self.disconnected):
                 control = engine.controlToSend(self._now())
             if control is not None:
-                self.transport.write(control)
+                self._write(control)
             else:
                 self._flush()
 
@@ -423,6 +509,7 @@ class Multiplexer(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._drainTimer = self._closeTimer = self._sliceCall = None
+        self._gather = None
         if self.engine is not None:
             self.engine.closed = True
         if self._terminated is not None:
@@ -444,10 +531,21 @@ class Multiplexer(Protocol):
             framing=self.framing, count=len(streams),
             reason=self.lostReason.getErrorMessage(),
         )
+        # Whoever keeps this connection forgets it before drain()'s and
+        # whenLost()'s Deferreds fire: their callbacks (a listening port's
+        # stopListening, say) may look, and must find it gone.
+        self._connectionGone()
         for d in self._drainDeferreds + self._lostDeferreds:
             d.callback(None)
         self._drainDeferreds = []
         self._lostDeferreds = []
+
+    def _connectionGone(self):
+        """
+        Called by L{connectionLost} once every stream is lost, before the
+        Deferreds of L{drain} and L{whenLost} fire: a subclass whose owner
+        keeps a list of connections removes this one here.
+        """
 
     # -- IPushProducer (the connection's transport tells us to write) ---
 
@@ -462,10 +560,17 @@ class Multiplexer(Protocol):
         if not self._transportPaused:
             return
         self._transportPaused = False
-        self._flush()
-        if not self._transportPaused:
-            for stream in list(self._producers):
-                stream._unpauseProducer(PAUSED_BY_TRANSPORT)
+        gathering = self._socket is not None and self._gather is None
+        if gathering:
+            self._startGathering()
+        try:
+            self._flush()
+            if not self._transportPaused:
+                for stream in list(self._producers):
+                    stream._unpauseProducer(PAUSED_BY_TRANSPORT)
+        finally:
+            if gathering:
+                self._stopGathering()
 
     def stopProducing(self):
         pass  # connectionLost follows
@@ -545,6 +650,8 @@ class Multiplexer(Protocol):
         self._loseTransport()
 
     def _loseTransport(self):
+        # What this call gathered goes before the close.
+        self._releaseGathered()
         # A TLS transport does not shut down while a producer is registered.
         self._losing = True
         self.transport.unregisterProducer()
@@ -712,6 +819,7 @@ class Multiplexer(Protocol):
     def _abortTransport(self):
         self._closeTimer = None
         if not self.disconnected:
+            self._gather = None
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:
                 abort()
@@ -855,7 +963,7 @@ class Multiplexer(Protocol):
             frame = engine.sendWhole(streamId, data, self._now(),
                                      self._timerAt if self._timer is not None else None)
             if frame is not None:
-                self.transport.write(frame)
+                self._write(frame)
                 return
         if streamId not in engine:
             return
@@ -909,7 +1017,6 @@ class Multiplexer(Protocol):
         if self._busy or self.engine is None or self.disconnected:
             return
         engine = self.engine
-        transport = self.transport
         self._busy = True
         try:
             while True:
@@ -922,14 +1029,14 @@ class Multiplexer(Protocol):
                     break
                 chunks = engine.dataToSend(WRITE_QUANTUM, self._now())
                 if len(chunks) == 1:
-                    transport.write(chunks[0])
+                    self._write(chunks[0])
                 elif chunks:
                     if len(chunks) <= JOIN_CHUNKS and sum(map(len, chunks)) <= JOIN_LIMIT:
                         # Small frames: one write (Twisted's writeSequence
                         # checks and counts each piece, then joins them).
-                        transport.write(b"".join(chunks))
+                        self._write(b"".join(chunks))
                     else:
-                        transport.writeSequence(chunks)
+                        self._writeSequence(chunks)
         finally:
             self._busy = False
         if self._bufferPaused:
@@ -948,6 +1055,118 @@ class Multiplexer(Protocol):
                     if stream._writeLostPending:
                         self._callChild(stream, stream._writeEnded)
         self._scheduleTimer()
+
+    def _startGathering(self):
+        # A call from the reactor begins: its output is gathered (see
+        # DIRECT_LIMIT), within a fresh allowance.
+        self._direct = DIRECT_LIMIT
+        self._gather = []
+        self._gathered = 0
+
+    def _stopGathering(self):
+        self._releaseGathered()
+        self._gather = None
+
+    def _releaseGathered(self):
+        # Send what this call has gathered (nothing outside such a call).
+        chunks = self._gather
+        if chunks:
+            self._gather = []
+            self._gathered = 0
+            if len(chunks) == 1:
+                self._send(chunks[0])
+            else:
+                self._sendSequence(_coalesced(chunks))
+
+    def _canSendDirect(self, size):
+        # True if size bytes may go straight to the socket: within this
+        # turn's allowance, and nothing waits in the transport before them
+        # (the order on the wire is kept) nor is it closing, aborted or TLS.
+        transport = self.transport
+        return (size <= self._direct and not transport.dataBuffer
+                and not transport._tempDataLen and transport.connected
+                and not transport.disconnecting and not transport._writeDisconnecting
+                and not transport._writeDisconnected and not transport._aborting
+                and not transport.TLS)
+
+    def _write(self, data):
+        """
+        Write C{data} (bytes) to the connection.  On a plain TCP connection
+        it is gathered while the reactor's call into this multiplexer lasts
+        and then sent at once if the transport buffers nothing, where
+        C{transport.write} would register for writability and send on the
+        next reactor turn (an C{epoll_ctl} pair and a turn per small
+        message); what the kernel does not take goes through the transport.
+        """
+        gather = self._gather
+        if gather is not None:
+            gather.append(data)
+            self._gathered += len(data)
+            if self._gathered >= DIRECT_BULK:
+                self._releaseGathered()
+        elif self._socket is not None:
+            self._send(data)
+        else:
+            self.transport.write(data)
+
+    def _writeSequence(self, chunks):
+        """
+        Write C{chunks} (byte strings) to the connection: as L{_write}, with
+        one C{sendmsg}, so a frame's header and its payload go out without
+        being joined (C{writeSequence} copies them into one string).
+        """
+        gather = self._gather
+        if gather is not None:
+            gather.extend(chunks)
+            self._gathered += sum(map(len, chunks))
+            if self._gathered >= DIRECT_BULK:
+                self._releaseGathered()
+        elif self._socket is not None:
+            self._sendSequence(chunks)
+        else:
+            self.transport.writeSequence(chunks)
+
+    def _send(self, data):
+        # data to the socket if it may go straight, the rest (all of it
+        # otherwise) to the transport.
+        if self._canSendDirect(len(data)):
+            try:
+                sent = self._socket.send(data)
+            except OSError:
+                # Full (EAGAIN), or an error the transport finds and
+                # reports as it writes the rest.
+                sent = 0
+            self._direct = self._direct - sent if sent >= DIRECT_BULK else 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.transport.write(data)
+
+    def _sendSequence(self, chunks):
+        # As _send, for pieces sent with one sendmsg.
+        total = sum(map(len, chunks))
+        if self._canSendDirect(total):
+            try:
+                sent = self._socket.sendmsg(chunks)
+            except OSError:
+                sent = 0
+            self._direct = self._direct - sent if sent >= DIRECT_BULK else 0
+            if sent == total:
+                return
+            if sent:
+                rest = []
+                for chunk in chunks:
+                    size = len(chunk)
+                    if sent >= size:
+                        sent -= size
+                    else:
+                        rest.append(chunk[sent:] if sent else chunk)
+                        sent = 0
+                chunks = rest
+        if total <= JOIN_LIMIT:
+            self.transport.write(b"".join(chunks))
+        else:
+            self.transport.writeSequence(chunks)
 
     # -- timers ---------------------------------------------------------
 
@@ -972,6 +1191,16 @@ class Multiplexer(Protocol):
         self._timer = None
         if self.disconnected:
             return
+        if self._socket is None or self._gather is not None:
+            self._tick()
+            return
+        self._startGathering()
+        try:
+            self._tick()
+        finally:
+            self._stopGathering()
+
+    def _tick(self):
         events = self.engine.tick(self._now())
         if events:
             self._busy = True

@@ -197,6 +197,26 @@ class EndpointRoundTripTests(LoopbackMixin, TestCase):
         yield stopped
         self.assertEqual(server.multiplexers, [])
 
+    @inlineCallbacks
+    def test_forgottenBeforeLostFires(self):
+        """
+        When a server connection's whenLost() and drain() Deferreds fire,
+        neither the endpoint nor its port lists it any more (so
+        stopListening's Deferred, which waits for every drain(), fires
+        with the connections gone, however fast the drain).
+        """
+        server, port = yield self.listen("mio", Factory.forProtocol(Echo))
+        client = self.client("mio", port)
+        yield client.whenConnected()
+        mux = yield server.whenConnected()
+        seen = []
+        lost = mux.whenLost()
+        lost.addCallback(lambda _: seen.append(mux in server.multiplexers))
+        drained = mux.drain(10)
+        drained.addCallback(lambda _: seen.append(mux in port.multiplexers))
+        yield gatherResults([lost, drained])
+        self.assertEqual(seen, [False, False])
+
 
 class ReentrantConnectTests(LoopbackMixin, TestCase):
     """

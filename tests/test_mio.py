@@ -2,6 +2,8 @@
 Tests for L{muxframe.mio}: the MIO codec and engine, without I/O.
 """
 
+import struct
+
 from hypothesis import example, given, settings, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -998,4 +1000,76 @@ class SendWholeTests(SynchronousTestCase):
             return
         slow.sendData(streamId, data)
         self.assertEqual(b"".join(slow.dataToSend(256 * 1024, 1.0)), result)
+        self.assertEqual(snapshot(fast), snapshot(slow))
+
+
+def _crossingEngine(remoteEnded=False, window=None, flags=mio.DATA):
+    """
+    A server engine in the middle of a 4,096-byte data frame of stream 1
+    (C{flags}), 1,000 bytes of its payload received.
+    """
+    kwargs = {"windowSize": window} if window else {}
+    server = _servingEngine(remoteEnded, **kwargs)
+    server.receiveData(mio.encodeHeader(1, 4096, flags) + b"c" * 1000, 1.0)
+    server.takeEvents()
+    return server
+
+
+class ReceiveCrossingTests(SynchronousTestCase):
+    """
+    L{MioEngine.receiveCrossing}, the bulk fast path for a read across a
+    frame boundary, has the effects of L{MioEngine.receiveData} on every
+    read it takes (the two pieces joined) and takes nothing from the others.
+    """
+
+    def test_crossing(self):
+        """
+        The rest of one frame, the next frame's header and the start of
+        its payload: the payload bytes, joined, without the header.
+        """
+        server = _crossingEngine()
+        frames = server.counters.framesReceived
+        read = b"a" * 3096 + mio.encodeHeader(1, 8192, mio.DATA) + b"b" * 5000
+        self.assertEqual(server.receiveCrossing(read, 2.0), (1, b"a" * 3096 + b"b" * 5000))
+        self.assertEqual(server.counters.framesReceived, frames + 1)
+        # The rest of the second frame is a payload read again.
+        self.assertEqual(server.receivePayload(b"b" * 3000, 2.0), 1)
+
+    def test_notBetweenFrames(self):
+        """
+        A read that starts a frame (no payload begun) is not taken.
+        """
+        server = _servingEngine()
+        read = mio.encodeHeader(1, 8192, mio.DATA) + b"b" * 5000
+        self.assertIsNone(server.receiveCrossing(read, 2.0))
+
+    @given(st.integers(0, 3200), st.sampled_from([1, 3, 1 | (1 << 31)]),
+           st.sampled_from([mio.DATA, mio.DATA_END, mio.WINDOW_UPDATE, mio.RESET]),
+           st.integers(0, 9000), st.integers(0, 200), st.booleans(), st.booleans(),
+           st.sampled_from([mio.DATA, mio.DATA_END]))
+    @example(3096, 1, mio.DATA, 5000, 100, False, False, mio.DATA)
+    @example(3096, 1, mio.DATA, 5000, 5000, False, False, mio.DATA)
+    @example(3096, 1, mio.DATA, 5000, 100, False, True, mio.DATA)
+    @settings(max_examples=300, deadline=None)
+    def test_sameAsReceiveData(self, tail, streamId, flags, size, head, remoteEnded,
+                               small, current):
+        """
+        Whatever the read, receiveCrossing either leaves the engine as it
+        was (and returns C{None}) or leaves it exactly as receiveData does,
+        returning the data receiveData reports, joined.
+        """
+        import copy
+        server = _crossingEngine(remoteEnded, 2048 if small else None, current)
+        read = (b"a" * tail + struct.pack(">II", streamId, (size << 8) | flags)
+                + b"b" * min(head, size))
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveCrossing(read, 2.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        events = slow.receiveData(read, 2.0)
+        self.assertEqual([type(event) for event in events], [DataReceived, DataReceived])
+        self.assertEqual({event.streamId for event in events}, {result[0]})
+        self.assertEqual(b"".join(event.data for event in events), result[1])
         self.assertEqual(snapshot(fast), snapshot(slow))

@@ -3,11 +3,16 @@ Tests for L{muxframe.multiplexer}: the Twisted adapter over in-memory
 transports, with time from a L{Clock}.
 """
 
+import select
+import socket
+
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -812,3 +817,301 @@ class BmpAdapterTests(AdapterTestsMixin, SynchronousTestCase):
         [clientChild] = link.clientChildren
         self.assertEqual(clientChild.received(), b"push")
         self.assertEqual(clientChild.transport.streamId, b"srv_0")
+
+
+class Writer(Protocol):
+    """
+    A child that answers each read with the writes in C{answers} (one list
+    per read), in the same call.
+    """
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def dataReceived(self, data):
+        if self.answers:
+            for piece in self.answers.pop(0):
+                self.transport.write(piece)
+
+
+def socketConnection(mux, sendBuffer=None):
+    """
+    Connect C{mux} to one end of a real loopback TCP connection through
+    Twisted's own L{tcp.Server}, on a L{MemoryReactorClock} that runs
+    nothing by itself (the test calls C{doRead} and C{doWrite}); return the
+    transport and the peer's socket (non-blocking).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = socket.create_connection(listener.getsockname())
+    sock, addr = listener.accept()
+    listener.close()
+    if sendBuffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    peer.setblocking(False)
+    transport = tcp.Server(sock, mux, addr, None, 0, mux.reactor)
+    mux.makeConnection(transport)
+    return transport, peer
+
+
+def receiveExactly(peer, size, transport=None):
+    """
+    Read C{size} bytes from C{peer}, waiting (boundedly) for them to arrive;
+    with a C{transport}, let it write what it buffers while waiting.
+    """
+    data = b""
+    while len(data) < size:
+        if transport is not None and (transport.dataBuffer or transport._tempDataLen):
+            transport.doWrite()
+        if not select.select([peer], [], [], 5.0)[0]:
+            raise AssertionError("%d of %d bytes arrived" % (len(data), size))
+        data += peer.recv(size - len(data))
+    return data
+
+
+class RecordingSocket:
+    """
+    A stand-in for a connection's socket (L{Multiplexer._socket}) that
+    records what each C{send} and C{sendmsg} sent, takes at most C{take}
+    bytes of each (all by default) and passes them to the real socket.
+    """
+
+    def __init__(self, sock, take=None):
+        self.sock = sock
+        self.take = take
+        self.sends = []
+
+    def send(self, data):
+        data = bytes(data)
+        if self.take is not None:
+            data = data[:self.take]
+        sent = self.sock.send(data)
+        self.sends.append(data[:sent])
+        return sent
+
+    def sendmsg(self, chunks):
+        return self.send(b"".join(chunks))
+
+
+class ClosingWriter(Protocol):
+    """
+    A child that, on its first read, closes the whole connection (its
+    multiplexer's transport) and then writes C{data}.
+    """
+
+    def __init__(self, data):
+        self.data = data
+
+    def dataReceived(self, data):
+        self.transport._mux.transport.loseConnection()
+        self.transport.write(self.data)
+        self.data = b""
+
+
+def frames(*payloads):
+    """
+    The MIO data frames of stream 1 carrying C{payloads}.
+    """
+    return b"".join(mio.encodeHeader(1, len(p), mio.DATA) + p for p in payloads)
+
+
+class DirectWriteTests(SynchronousTestCase):
+    """
+    On a plain TCP connection of Twisted's own, output the transport does not
+    hold anything before goes straight to the socket (L{Multiplexer._write}):
+    everything one call from the reactor writes (a read's answers, the
+    confirmation's waiters' opens) gathered into one send when the call
+    ends, a bulk frame's header and payload with one C{sendmsg}, unjoined;
+    what the kernel does not take, and output behind anything the transport
+    holds, go through the transport, in order.
+    """
+
+    def server(self, answers, sendBuffer=None, child=None, **settings):
+        reactor = MemoryReactorClock()
+        self.child = Writer(answers) if child is None else child
+        mux = MultiplexerFactory(Factory.forProtocol(lambda: self.child),
+                                 framing="mio", role="server", reactor=reactor,
+                                 **settings).buildProtocol(None)
+        transport, peer = socketConnection(mux, sendBuffer)
+        self.addCleanup(peer.close)
+        self.addCleanup(transport.socket.close)
+        return mux, transport, peer
+
+    def ask(self, transport, peer, message=b"ask"):
+        # The peer opens stream 1 (a 16 MiB window) and sends message.
+        peer.sendall(mio.encodeHeader(1, (1 << 24) - 1, mio.OPEN)
+                     + mio.encodeHeader(1, len(message), mio.DATA) + message)
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+
+    def record(self, mux, take=None):
+        # Sends to mux's socket, from now on, recorded.
+        mux._socket = RecordingSocket(mux._socket, take)
+        return mux._socket
+
+    def test_answerSentInTheCallThatCausedIt(self):
+        """
+        A small answer written while its read is handled is on the socket
+        when the read returns: nothing buffered in the transport, no
+        registration for writability (Twisted's write would send it on the
+        next reactor turn).
+        """
+        mux, transport, peer = self.server([[b"a" * 64]])
+        self.ask(transport, peer)
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertNotIn(transport, mux.reactor.getWriters())
+        self.assertEqual(receiveExactly(peer, 72), frames(b"a" * 64))
+
+    def test_readsOutputSentTogether(self):
+        """
+        Everything a read causes to be written goes out in one send when
+        the read has been handled, not its first frame at once and the rest
+        a reactor turn later (a peer acting on the first frame alone might
+        close the session before the rest arrived); the next read may send
+        straight again.
+        """
+        mux, transport, peer = self.server([[b"a", b"b", b"c"], [b"d"]])
+        sock = self.record(mux)
+        self.ask(transport, peer)
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertNotIn(transport, mux.reactor.getWriters())
+        self.assertEqual(sock.sends, [frames(b"a", b"b", b"c")])
+        self.assertEqual(receiveExactly(peer, 27), frames(b"a", b"b", b"c"))
+        peer.sendall(mio.encodeHeader(1, 1, mio.DATA) + b"x")
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+        self.assertEqual(sock.sends[1:], [frames(b"d")])
+        self.assertEqual(receiveExactly(peer, 9), frames(b"d"))
+
+    def test_notBehindBufferedOutput(self):
+        """
+        Output that finds bytes waiting in the transport is written behind
+        them, through the transport, never straight to the socket ahead of
+        them: the order on the wire is kept.
+        """
+        mux, transport, peer = self.server([[b"a" * 64]])
+        sock = self.record(mux)
+        transport.write(b"earlier")
+        self.ask(transport, peer)
+        self.assertEqual(sock.sends, [])
+        self.assertEqual(receiveExactly(peer, 79, transport), b"earlier" + frames(b"a" * 64))
+
+    def test_notAfterLoseConnection(self):
+        """
+        Once the connection's transport is closing (loseConnection, here
+        by a child in the middle of the read), output goes through it, not
+        to the socket: Twisted writes it, then closes.
+        """
+        mux, transport, peer = self.server(None, child=ClosingWriter(b"a" * 64))
+        sock = self.record(mux)
+        self.ask(transport, peer)
+        self.assertEqual(sock.sends, [])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport._tempDataLen, 72)
+        self.assertEqual(receiveExactly(peer, 72, transport), frames(b"a" * 64))
+
+    def test_notOverTLS(self):
+        """
+        After startTLS on the connection, output goes through the transport
+        (and its TLS), never to the socket in the clear.
+        """
+        from twisted.internet.ssl import PrivateCertificate
+        from muxframe.tls import writeCertificates
+        paths = writeCertificates(self.mktemp())
+        with open(paths["server.pem"], "rb") as f:
+            options = PrivateCertificate.loadPEM(f.read()).options()
+        mux, transport, peer = self.server([])
+        sock = self.record(mux)
+        transport.startTLS(options)
+        mux.openStream(Factory.forProtocol(Protocol))
+        self.assertEqual(sock.sends, [])
+        self.assertEqual(select.select([peer], [], [], 0)[0], [])
+
+    def test_partialSendKeepsOrder(self):
+        """
+        When the socket takes only part of a direct send, the rest goes
+        through the transport behind it: every byte arrives, in order.
+        """
+        writes = [b"a" * 100, b"b" * 3, bytes(range(256)) * 400]
+        mux, transport, peer = self.server([writes])
+        sock = self.record(mux, take=50)
+        self.ask(transport, peer)
+        self.assertEqual(len(sock.sends[0]), 50)
+        self.assertEqual(receiveExactly(peer, sum(len(w) + 8 for w in writes), transport),
+                         frames(*writes))
+
+    def test_closeAfterDirectWrites(self):
+        """
+        close() once every frame has been written, some straight to the
+        socket and some left in the transport (a small kernel buffer): every
+        byte arrives, then the session's FIN, then the end of the
+        connection.
+        """
+        writes = [bytes([n]) * (256 * 1024) for n in range(3)] + [b"tail"]
+        mux, transport, peer = self.server([writes], sendBuffer=16 * 1024)
+        self.ask(transport, peer)
+        for _ in range(1000):
+            if not mux.engine.hasOutput():
+                break
+            select.select([], [transport.socket], [], 5.0)
+            transport.doWrite()
+        self.assertFalse(mux.engine.hasOutput())
+        mux.close()
+        self.assertTrue(transport.disconnecting)
+        wire = b""
+        while True:
+            if transport.connected:
+                why = transport.doWrite()
+                if why is not None:
+                    transport.connectionLost(Failure(why))
+            if not select.select([peer], [], [], 5.0)[0]:
+                raise AssertionError("no end after %d bytes" % (len(wire),))
+            data = peer.recv(1 << 20)
+            if not data:
+                break
+            wire += data
+        self.assertTrue(mux.disconnected)
+        self.assertEqual(wire, frames(*writes) + mio.encodeHeader(0, 0, mio.FIN))
+
+    def test_bulkFrameNotJoined(self):
+        """
+        A 256 KiB write goes out as its frame's header and the payload in
+        one sendmsg: the kernel takes it all (its buffer is large enough),
+        the transport never holds (or joins) it.
+        """
+        payload = bytes(range(256)) * 1024
+        mux, transport, peer = self.server([[payload]], sendBuffer=2 << 20)
+        self.ask(transport, peer)
+        self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        self.assertEqual(receiveExactly(peer, len(payload) + 8),
+                         mio.encodeHeader(1, len(payload), mio.DATA) + payload)
+
+    def test_restThroughTheTransport(self):
+        """
+        What a small kernel buffer does not take goes through the transport,
+        which pauses the multiplexer and resumes it as it drains: every
+        byte arrives, in order, framed as the writes were.
+        """
+        writes = [bytes([n]) * (256 * 1024) for n in range(8)]
+        mux, transport, peer = self.server([writes], sendBuffer=16 * 1024)
+        self.ask(transport, peer)
+        self.assertTrue(mux._transportPaused)
+        wire = receiveExactly(peer, sum(len(w) + 8 for w in writes), transport)
+        self.assertEqual(wire, b"".join(mio.encodeHeader(1, len(w), mio.DATA) + w
+                                        for w in writes))
+
+    def test_otherTransportsUnchanged(self):
+        """
+        A transport that is not a plain TCP connection (here a
+        StringTransport, as TLS or a wrapper would be) gets every write.
+        """
+        mux = MultiplexerFactory(Factory.forProtocol(Echo), framing="mio",
+                                 role="server", reactor=Clock()).buildProtocol(None)
+        transport = StringTransport()
+        mux.makeConnection(transport)
+        self.assertIsNone(mux._socket)
+        mux.dataReceived(mio.encodeHeader(1, 1 << 16, mio.OPEN)
+                         + mio.encodeHeader(1, 2, mio.DATA) + b"hi")
+        self.assertEqual(transport.value(), mio.encodeHeader(1, 2, mio.DATA) + b"hi")
