@@ -321,7 +321,8 @@ class XTMPConnection(RekeyMixin):
         frames are the same bytes: held bodies are sealed, in order, before
         anything else this engine seals, sends, receives or times (every
         method but L{holdPrepared}, L{nextDeadline} and the getters seals
-        them first), and only while the key would not be due for an update
+        them first; L{release} of a closed session and L{abandon} drop
+        them), and only while the key would not be due for an update
         first.  The times of the last send and activity are recorded now,
         the message and byte counters when they are sealed.
         """
