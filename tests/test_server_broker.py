@@ -325,14 +325,44 @@ class WritesPerTurnTests(SynchronousTestCase):
         (sequence numbers stay in order on the wire).
         """
         self.h.server.publish("feed", b"first")
+        self.h.server.publish("feed", b"second")
         self.side.send(0x20, b"direct")
-        self.assertEqual(len(self.writes), 2)
-        direct = []
-        self.client.setHandler(0x20, lambda p, m: direct.append(m.payload))
+        # All written now, the held frames first.
+        self.assertTrue(self.writes)
+        order = []
+        self.client.setHandler(0x20, lambda p, m: order.append(m.payload))
+        self.client.subscribe("feed", lambda m: order.append(m.payload))
         self.h.flush()
-        self.assertEqual(self.got, [b"first"])
-        self.assertEqual(direct, [b"direct"])
+        self.assertEqual(order, [b"first", b"second", b"direct"])
         self.assertTrue(self.side.isConnected())
+
+    def test_heldAcrossKeyUpdates(self):
+        """
+        A turn's deliveries with key updates due among them, and the
+        session's own sends between, reach the client in order (held
+        bodies are sealed before anything else the session sends).
+        """
+        h = Harness(config(xtmp_protocol__key_update_messages=4))
+        client, side, _ = h.connect(ALICE)
+        order = []
+        client.subscribe("feed", lambda m: order.append(m.payload))
+        client.setHandler(0x20, lambda p, m: order.append(m.payload))
+        h.flush()
+        updates = side.connection.counters.keyUpdates
+        expected = []
+        for n in range(30):
+            self.assertEqual(h.server.publish("feed", b"%02d" % n), 1)
+            expected.append(b"%02d" % n)
+            if n % 7 == 3:
+                side.send(0x20, b"direct%d" % n)
+                expected.append(b"direct%d" % n)
+        h.clock.advance(0)
+        h.flush()
+        self.assertEqual(order, expected)
+        self.assertGreaterEqual(side.connection.counters.keyUpdates - updates,
+                                8)
+        self.assertTrue(side.isConnected())
+        self.assertEqual(client.connection.state, "OPEN")
 
     def test_holdLimit(self):
         """

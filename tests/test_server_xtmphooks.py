@@ -498,3 +498,165 @@ class SealPreparedTests(SynchronousTestCase):
         self.assertIsNone(s.sealPrepared(
             PreparedBody(0x41, F.STREAM_DATA, codec.encodeName("a")), 1.0))
         self.assertEqual(s.counters.messagesSent, 0)
+
+
+def _twin(conn):
+    """
+    An independent copy of an open engine's sending state (its send key
+    and counters copied, nothing queued), to run the same sends two ways
+    and compare their bytes.
+    """
+    import copy
+    from muxframe.xtmp.keys import TrafficKey
+    other = copy.copy(conn)
+    k = conn.sendKey
+    key = TrafficKey(k.cipher, k.key, k.iv, k.epoch, k.createdAt,
+                     k.generation)
+    key.sequence, key.count = k.sequence, k.count
+    other.sendKey = key
+    other.counters = copy.copy(conn.counters)
+    other._out = list(conn._out)
+    other._queues = [None, None, None]
+    return other
+
+
+class HoldPreparedTests(SynchronousTestCase):
+    """
+    XTMPConnection.holdPrepared and takeHeld: bodies held unsealed and
+    sealed together give the bytes sealPrepared gives for each at once, in
+    the same order with every other send between them, across key updates
+    and at the key's message limit; a real client session opens them all.
+    """
+
+    def _compare(self, script, serverSettings=None, setup=None):
+        """
+        Run C{script} (a list of steps) on two copies of one server engine:
+        one seals every body at once (sealPrepared, the path before
+        holdPrepared), the other holds them; return the client's events
+        after it reads the held copy's bytes, having checked both copies
+        gave the same bytes and counters.
+        """
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        c, s = enginePair({}, serverSettings or {})
+        if setup is not None:
+            setup(c, s)
+        eager, lazy = _twin(s), _twin(s)
+        bodies = [PreparedBody(0x41, F.STREAM_DATA,
+                               codec.encodeName("fan.out") + b"%03d" % n)
+                  for n in range(100)]
+        outEager, outLazy = [], []
+        n = 0
+        self.held = 0
+        for step in script:
+            if step == "body":
+                outEager.append(eager.sealPrepared(bodies[n], 2.0))
+                if lazy.holdPrepared(bodies[n], 2.0):
+                    self.held += 1
+                else:
+                    outLazy.append(lazy.sealPrepared(bodies[n], 2.0))
+                n += 1
+            elif step == "release":
+                outLazy.append(lazy.takeHeld())
+            elif step == "heartbeat":
+                for e in (eager, lazy):
+                    e.sendControl(MessageType.Heartbeat, bytes(8))
+            elif step == "message":
+                for e in (eager, lazy):
+                    e.sendMessage(0x10, b"direct", now=2.0, immediate=True)
+            elif step == "tick":
+                for e in (eager, lazy):
+                    e.tick(3.0 + e.settings.heartbeatInterval)
+            elif step == "close":
+                outEager.append(eager.closeWithError(
+                    XTMPErrorCode.PROTOCOL_ERROR, "done", 4.0))
+                outLazy.append(lazy.closeWithError(
+                    XTMPErrorCode.PROTOCOL_ERROR, "done", 4.0))
+                break
+            # Whatever else is waiting, as the protocol's flush takes it.
+            if step != "body":
+                outEager.append(eager.dataToSend(now=2.0))
+                outLazy.append(lazy.dataToSend(now=2.0))
+        outLazy.append(lazy.takeHeld())
+        outEager.append(eager.dataToSend(now=2.0))
+        outLazy.append(lazy.dataToSend(now=2.0))
+        self.assertNotIn(None, outEager)
+        wire = b"".join(outLazy)
+        self.assertEqual(wire, b"".join(outEager))
+        for name in ("messagesSent", "bytesSent", "keyUpdates"):
+            self.assertEqual(getattr(lazy.counters, name),
+                             getattr(eager.counters, name), name)
+        self.assertEqual(lazy.lastSent, eager.lastSent)
+        self.assertEqual(lazy.lastActivity, eager.lastActivity)
+        self.assertEqual((lazy.sendKey.epoch, lazy.sendKey.sequence),
+                         (eager.sendKey.epoch, eager.sendKey.sequence))
+        return c.receiveData(wire, 2.0)
+
+    def _payloads(self, events):
+        return [e.message.payload for e in events if hasattr(e, "message")]
+
+    def test_bodiesAndOtherSends(self):
+        events = self._compare(
+            ["body", "body", "heartbeat", "body", "message", "body", "body",
+             "release", "body", "tick", "body", "release", "body", "body"])
+        self.assertEqual(self.held, 9)
+        self.assertEqual(self._payloads(events),
+                         [b"000", b"001", b"002", b"direct", b"003", b"004",
+                          b"005", b"006", b"007", b"008"])
+
+    def test_acrossKeyUpdates(self):
+        """
+        With a key update due every 3 messages, holding stops at the limit
+        and the update goes between the same bodies as before.
+        """
+        events = self._compare(["body"] * 11 + ["release"] + ["body"] * 4
+                               + ["message"] + ["body"] * 2,
+                               {"keyUpdateMessages": 3})
+        self.assertEqual(self._payloads(events)[:11],
+                         [b"%03d" % n for n in range(11)])
+        self.assertEqual(len(self._payloads(events)), 18)
+        self.assertGreater(self.held, 8)
+
+    def test_atTheCounterLimit(self):
+        """
+        A key two messages short of the largest keyUpdateMessages (its
+        sequence numbers near 2**32): two bodies are held, the third waits
+        for the key update.
+        """
+        limit = (1 << 32) - 1
+
+        def nearLimit(c, s):
+            for key in (s.sendKey, c.receiveKey):
+                key.sequence = key.count = limit - 2
+        events = self._compare(["body"] * 5, {"keyUpdateMessages": limit},
+                               nearLimit)
+        # Two held, the third sealed at once with the key update, the last
+        # two held under the new key.
+        self.assertEqual(self.held, 4)
+        self.assertEqual(self._payloads(events),
+                         [b"%03d" % n for n in range(5)])
+
+    def test_errorClose(self):
+        """
+        Held bodies go before an error close's Error and Disconnect.
+        """
+        from muxframe.xtmp.events import ErrorReceived
+        events = self._compare(["body", "body", "close"])
+        self.assertEqual(self._payloads(events)[:2], [b"000", b"001"])
+        self.assertIsInstance(events[2], ErrorReceived)
+
+    def test_notHeld(self):
+        """
+        Nothing is held where sealPrepared would not seal at once.
+        """
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        c, s = enginePair({}, {"fragmentSize": 100})
+        self.assertFalse(s.holdPrepared(
+            PreparedBody(0x41, F.STREAM_DATA, b"x" * 101), 1.0))
+        self.assertFalse(s.holdPrepared(
+            PreparedBody(0x41, F.REQUIRES_ACK, b"x"), 1.0))
+        s.sendControl(MessageType.Heartbeat, bytes(8))
+        self.assertFalse(s.holdPrepared(
+            PreparedBody(0x41, F.STREAM_DATA, codec.encodeName("a")), 1.0))
+        self.assertEqual(s.takeHeld(), b"")

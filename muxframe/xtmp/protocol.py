@@ -28,7 +28,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.logthrottle import logger, throttled
-from muxframe.xtmp.codec import CONTROL_TYPES, Cipher, F
+from muxframe.xtmp.codec import (
+    CONTROL_TYPES, HEADER_SIZE, SECURITY_SIZE, Cipher, F,
+)
 from muxframe.xtmp.connection import CLOSED, OPEN, PreparedBody
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
@@ -63,6 +65,13 @@ def _levelFor(error, level):
     """
     return LogLevel.debug if getattr(error, "refusedByPolicy", False) \
         else level
+
+
+#: An encrypted frame's bytes besides its body (header and security layer).
+_FRAME_OVERHEAD = HEADER_SIZE + SECURITY_SIZE
+#: Last in a protocol's held frames while its engine holds bodies sealed
+#: after them (XTMPProtocol.sendPreparedBody, XTMPConnection.holdPrepared).
+_ENGINE_HOLDS = object()
 
 
 @implementer(IPushProducer, IConsumer)
@@ -453,34 +462,58 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         conn = self.connection
         if conn is None or self._lost or self._transportPaused:
             return False
-        data = conn.sealPrepared(prepared, self.reactor.seconds()
-                                 if now is None else now)
-        if data is None:
-            return False
+        if now is None:
+            now = self.reactor.seconds()
         if hold is None:
+            data = conn.sealPrepared(prepared, now)
+            if data is None:
+                return False
             self._write(data)
         else:
             held = self._held
             if held is None:
+                # The turn's first: sealed now (one publish per turn visits
+                # the session once either way).
+                data = conn.sealPrepared(prepared, now)
+                if data is None:
+                    return False
                 self._held = [data]
                 self._heldBytes = len(data)
                 hold.append(self)
+            elif conn.holdPrepared(prepared, now):
+                # The turn's later ones are sealed together at releaseHeld,
+                # while this session's key and AEAD state are in the
+                # caches (XTMPConnection.holdPrepared: the same bytes).
+                if held[-1] is not _ENGINE_HOLDS:
+                    held.append(_ENGINE_HOLDS)
+                self._heldBytes += _FRAME_OVERHEAD + prepared.size
             else:
-                held.append(data)
+                # (Bytes the engine held come first in data.)
+                data = conn.sealPrepared(prepared, now)
+                if data is None:
+                    return False
+                if held[-1] is _ENGINE_HOLDS:
+                    held[-1] = data
+                else:
+                    held.append(data)
                 self._heldBytes += len(data)
-                if self._heldBytes > self.holdLimit:
-                    self.releaseHeld()
+            if self._heldBytes > self.holdLimit:
+                self.releaseHeld()
         if self._producer is not None:
             self._checkBackpressure()
         return True
 
     def releaseHeld(self):
         """
-        Write the frames L{sendPrepared} held, if any.
+        Write the frames L{sendPrepared} held, if any: those sealed at
+        once, then those the engine held unsealed (always the later ones:
+        the engine seals what it holds before anything else it makes).
         """
         held = self._held
         if held is not None:
             self._held = None
+            if held[-1] is _ENGINE_HOLDS:
+                held[-1] = self.connection.takeHeld()
             if not self._lost:
                 self.transport.write(held[0] if len(held) == 1
                                      else b"".join(held))
