@@ -724,6 +724,81 @@ class ReceiveWholeTests(SynchronousTestCase):
         self.assertIsNone(client.receiveWhole(answer, 3.0))
         self.assertEqual(snapshot(client), before)
 
+    def _awaitingAnswer(self):
+        """
+        Return a client and a server engine after an exchange on one stream
+        (past the bytes the server sniffs) and the server's frame sent with
+        nothing in flight (its acknowledgement is the one expected), with
+        the stream id and that frame's sid.
+        """
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"q" * 200)
+        pump(client, server)
+        server.consumed(streamId, 200)
+        server.sendData(streamId, b"r" * 200)
+        pump(server, client)
+        (sid,) = server.stream(streamId).inflight
+        return client, server, streamId, sid
+
+    def _answerTakenAsReceiveData(self, server, read):
+        # receiveWhole leaves server as receiveData does, or untouched.
+        import copy
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveWhole(read, 2.0)
+        events = slow.receiveData(read, 2.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return None
+        self.assertEqual(events, [DataReceived(*result)] if result[0] is not None else [])
+        self.assertEqual(snapshot(fast), snapshot(slow))
+        return result
+
+    def test_expectedAcknowledgementAfterEnds(self):
+        """
+        The acknowledgement expected on a stream the peer has since ended,
+        this side has ended or reset, or the peer reset, followed by a data
+        frame, is taken only as receiveData takes it (data after the peer's
+        end is dropped, a frame of a reset stream is not the stream's).
+        """
+        def peerEnded(client, server, streamId):
+            client.endStream(streamId)
+            pump(client, server)
+
+        def ended(client, server, streamId):
+            server.endStream(streamId)
+            server.dataToSend()
+
+        def reset(client, server, streamId):
+            server.resetStream(streamId)
+            server.dataToSend()
+
+        def peerReset(client, server, streamId):
+            # A close before its end (without acknowledging the frame in
+            # flight, as a resetting muxframe would): forgotten.
+            server.receiveData(encodeFrame(Frame(streamId, bmp.CLOSE_STREAM, b"", 0, b"\x04")))
+
+        for end in (peerEnded, ended, reset, peerReset):
+            client, server, streamId, sid = self._awaitingAnswer()
+            end(client, server, streamId)
+            server.takeEvents()
+            read = (encodeFrame(Frame(streamId, bmp.ACK, b"", 0, sid))
+                    + encodeFrame(Frame(streamId, bmp.DATA, b"1", 0, b"late")))
+            result = self._answerTakenAsReceiveData(server, read)
+            if end is not ended:
+                self.assertIsNone(result, end.__name__)
+
+    def test_expectedAcknowledgementStillTaken(self):
+        """
+        Without such an end, the expected answer is taken (the test above
+        is about the ends, not a path that never runs).
+        """
+        client, server, streamId, sid = self._awaitingAnswer()
+        read = (encodeFrame(Frame(streamId, bmp.ACK, b"", 0, sid))
+                + encodeFrame(Frame(streamId, bmp.DATA, b"1", 0, b"late")))
+        self.assertEqual(self._answerTakenAsReceiveData(server, read), (streamId, b"late"))
+
     @given(_reads, st.booleans(), st.booleans(), st.booleans())
     # The last frame in flight of a stream ended both ways (it finishes);
     # a frame over maxStreamReceiveBuffer (an overrun); data after the end.
