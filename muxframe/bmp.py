@@ -88,10 +88,10 @@ _headerPattern = re.compile(
     % (MAX_STREAM_ID_LENGTH, MAX_SID_DIGITS, MAX_LEN_DIGITS)
 )
 _match = _headerPattern.match
-# A plain data frame's header (empty opts, a sid): an echo's answer.
-_matchData = re.compile(
-    rb"\x00([^\x00\x01]{1,%d})\x01\x00\x01\x00([0-9]{1,%d})\x01\x00([0-9A-Fa-f]{1,%d})\x01"
-    % (MAX_STREAM_ID_LENGTH, MAX_SID_DIGITS, MAX_LEN_DIGITS)
+# The rest of a plain data frame's header (empty opts, a sid) after its
+# stream-id field: an echo's answer, after the acknowledgement expected.
+_matchDataTail = re.compile(
+    rb"([0-9]{1,%d})\x01\x00([0-9A-Fa-f]{1,%d})\x01" % (MAX_SID_DIGITS, MAX_LEN_DIGITS)
 ).match
 
 _DIGITS = frozenset(b"0123456789")
@@ -395,6 +395,9 @@ def _controlFrame(streamId, opt, payload):
 # its LEN from _LENGTHS[len(sid)] (%b of bytes is cheaper than %X of an int).
 _ACK_FORMAT = b"\x00%b\x01\x00\x05\x01\x00\x01\x00%b\x01%b"
 _LENGTHS = tuple(b"%X" % n for n in range(MAX_SID_DIGITS + 1))
+# What an echo answers a frame with: its acknowledgement, then a plain data
+# frame on the same stream, up to the sid (BmpEngine._ackGuess).
+_GUESS_FORMAT = _ACK_FORMAT + b"\x00%b\x01\x00\x01\x00"
 
 
 class BmpEngine(Engine):
@@ -420,11 +423,11 @@ class BmpEngine(Engine):
         self._refused = OrderedDict()
         self._closing = OrderedDict()
         self._lastCheck = now
-        # The acknowledgement expected next, (its bytes, the stream's state,
-        # the sid), set when a frame goes out on a stream with nothing in
-        # flight: an echo's answer starts with it, recognised with one
-        # startswith rather than parsed (receiveWhole).  Its stream is in
-        # the table and open both ways (_dropGuess when that ends), so
+        # The answer expected next, (the bytes an echo's answer starts
+        # with: see _GUESS_FORMAT, the stream's state, the sid), set when a
+        # frame goes out on a stream with nothing in flight: recognised
+        # with startswith rather than parsed (receiveWhole).  Its stream is
+        # in the table and open both ways (_dropGuess when that ends), so
         # receiveWhole need not ask.
         self._ackGuess = None
 
@@ -553,8 +556,9 @@ class BmpEngine(Engine):
             out.append(payload)
             if not inflight:
                 self._awaiting[state.streamId] = state
-                self._ackGuess = (_ACK_FORMAT % (state.streamId, _LENGTHS[len(sid)], sid),
-                                  state, sid)
+                streamId = state.streamId
+                self._ackGuess = (
+                    _GUESS_FORMAT % (streamId, _LENGTHS[len(sid)], sid, streamId), state, sid)
             inflight[sid] = (now, size)
             state.inflightBytes += size
             state.bytesSent += size
@@ -627,7 +631,8 @@ class BmpEngine(Engine):
             # (An empty dict _emit left is replaced: the same state.)
             state.inflight = {sid: (now, size)}
             self._awaiting[streamId] = state
-            self._ackGuess = (_ACK_FORMAT % (streamId, _LENGTHS[len(sid)], sid), state, sid)
+            self._ackGuess = (
+                _GUESS_FORMAT % (streamId, _LENGTHS[len(sid)], sid, streamId), state, sid)
         state.inflightBytes = total
         state.bytesSent += size
         counters = self.counters
@@ -652,58 +657,65 @@ class BmpEngine(Engine):
             return
         control = self._control
         streamId = state.streamId
-        while frames:
+        while True:
             sid, remaining = entry = frames.popleft()
             if remaining > size:
                 entry[1] = remaining - size
                 frames.appendleft(entry)  # (still owed: the oldest)
-                break
+                return
             size -= remaining
             self._unacked -= 1
             state.recvBuffered -= FRAME_COST
             control.append(_ACK_FORMAT % (streamId, _LENGTHS[len(sid)], sid))
             self.counters.framesSent += 1
-        if not frames:
-            state.recvFrames = None  # an idle stream keeps no empty deque
-            if state.localEnded and state.remoteEnded:
-                self._maybeFinish(state)
+            if not frames:
+                break
+        state.recvFrames = None  # an idle stream keeps no empty deque
+        if state.localEnded and state.remoteEnded:
+            self._maybeFinish(state)
 
     def receiveWhole(self, data, now=0.0):
         if not self._wholeReady():
             return None
         end = len(data)
+        pos = 0
+        acks = None
         guess = self._ackGuess
-        if guess is not None and data.startswith(guess[0]):
-            # The acknowledgement expected (what the loop below would take
-            # from the regular expression), then, as an echo's answer has
-            # it, one data frame on the same stream: taken here, with the
-            # effects of the loop and its tail.
-            ackFrame, state, ack = guess
+        if guess is not None:
+            expected, state, ack = guess
             inflight = state.inflight
             if inflight and ack in inflight:
-                pos = len(ackFrame)
-                match = _matchData(data, pos)
-                if match is not None:
-                    dataStream, sid, length = match.groups()
-                    start = match.end()
-                    size = int(length, 16)
-                    if (start + size == end and size and dataStream == state.streamId
-                            and size <= self._decoder.maxFrameSize
-                            and state.recvBuffered + FRAME_COST + size
-                            <= self.settings.maxStreamReceiveBuffer):
-                        self._lastReceived = self._latest = now
-                        self.guards.received(now, False, True)
-                        self._decoder.advance(end)
-                        self._acknowledged(state, inflight.pop(ack))
-                        return self._tookFrame(state, sid, size, data, start, 2)
-                acks = [(state, ack)]
-                opts = b"\x05"
-            else:
-                pos = 0
-                acks = None
-        else:
-            pos = 0
-            acks = None
+                if data.startswith(expected):
+                    # The acknowledgement expected (what the loop below
+                    # would take from the regular expression), then, as an
+                    # echo's answer has it, a data frame on the same stream:
+                    # if it is all the read, taken here, with the effects of
+                    # the loop and its tail.
+                    match = _matchDataTail(data, len(expected))
+                    if match is not None:
+                        sid, length = match.groups()
+                        start = match.end()
+                        size = int(length, 16)
+                        if (start + size == end and size
+                                and size <= self._decoder.maxFrameSize
+                                and state.recvBuffered + FRAME_COST + size
+                                <= self.settings.maxStreamReceiveBuffer):
+                            self._lastReceived = self._latest = now
+                            self.guards.received(now, False, True)
+                            self._decoder.advance(end)
+                            self._acknowledged(state, inflight.pop(ack))
+                            return self._tookFrame(state, sid, size, data, start, 2)
+                    acks = [(state, ack)]
+                else:
+                    # The acknowledgement expected, alone or before another
+                    # frame?  It ends where the data frame's stream-id
+                    # field (the stream id and five delimiters) would start.
+                    ackEnd = len(expected) - len(state.streamId) - 5
+                    if data.startswith(expected[:ackEnd]):
+                        acks = [(state, ack)]
+                if acks is not None:
+                    pos = len(expected) - len(state.streamId) - 5
+                    opts = b"\x05"
         streams = self._streams
         while pos < end or acks is None:
             # Acknowledgements of frames in flight on streams still sending,

@@ -805,6 +805,15 @@ class ReceiveWholeTests(SynchronousTestCase):
     @example(encodeFrame(Frame(b"io_0", bmp.ACK, b"", 0, b"0")), True, True, False)
     @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"z" * 70)), False, False, True)
     @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"ab")), False, True, False)
+    # The acknowledgement expected, then a data frame on its stream that is
+    # not all the read, has no sid, or is over maxStreamReceiveBuffer.
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"1", 0, b"ab"))
+             + encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"1")), False, False, False)
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"", 0, b"ab")), False, False, False)
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"1", 0, b"z" * 70)), False, False, True)
     @settings(max_examples=500, deadline=None)
     def test_sameAsReceiveData(self, read, localEnded, remoteEnded, small):
         """
