@@ -650,7 +650,17 @@ class BmpEngine(Engine):
             self.counters.framesSent += len(frames)
             state.recvFrames = None
 
-    def _returnCredit(self, state, size, now, prompt):
+    def consumed(self, streamId, size, now=None, prompt=True):
+        """
+        The application has consumed C{size} bytes of stream C{streamId}:
+        acknowledge the frames now wholly consumed (see
+        L{Engine.consumed}; BMP's acknowledgements depend on neither
+        C{now} nor C{prompt}, so this is Engine.consumed and its
+        _returnCredit in one call: one a small message).
+        """
+        state = self._streams.get(streamId)
+        if state is None:
+            return
         state.recvBuffered -= size
         frames = state.recvFrames
         if not frames:
@@ -673,6 +683,10 @@ class BmpEngine(Engine):
         state.recvFrames = None  # an idle stream keeps no empty deque
         if state.localEnded and state.remoteEnded:
             self._maybeFinish(state)
+
+    def _returnCredit(self, state, size, now, prompt):
+        # (state is in the table.)
+        self.consumed(state.streamId, size)
 
     def receiveWhole(self, data, now=0.0):
         if not self._wholeReady():
