@@ -653,10 +653,10 @@ class BmpEngine(Engine):
     def consumed(self, streamId, size, now=None, prompt=True):
         """
         The application has consumed C{size} bytes of stream C{streamId}:
-        acknowledge the frames now wholly consumed (see
-        L{Engine.consumed}; BMP's acknowledgements depend on neither
-        C{now} nor C{prompt}, so this is Engine.consumed and its
-        _returnCredit in one call: one a small message).
+        acknowledge the frames now wholly consumed (see L{Engine.consumed}).
+        BMP's acknowledgements depend on neither C{now} nor C{prompt}: this
+        does Engine.consumed's work without its call to _returnCredit, one
+        call fewer a message.
         """
         state = self._streams.get(streamId)
         if state is None:
@@ -666,7 +666,6 @@ class BmpEngine(Engine):
         if not frames:
             return
         control = self._control
-        streamId = state.streamId
         while True:
             sid, remaining = entry = frames.popleft()
             if remaining > size:
@@ -685,7 +684,7 @@ class BmpEngine(Engine):
             self._maybeFinish(state)
 
     def _returnCredit(self, state, size, now, prompt):
-        # (state is in the table.)
+        # (_handleItems's, for a stream in the table: consumed finds state.)
         self.consumed(state.streamId, size)
 
     def receiveWhole(self, data, now=0.0):
@@ -699,7 +698,8 @@ class BmpEngine(Engine):
             expected, state, ack = guess
             inflight = state.inflight
             if inflight and ack in inflight:
-                if data.startswith(expected):
+                whole = data.startswith(expected)
+                if whole:
                     # The acknowledgement expected (what the loop below
                     # would take from the regular expression), then, as an
                     # echo's answer has it, a data frame on the same stream:
@@ -719,16 +719,13 @@ class BmpEngine(Engine):
                             self._decoder.advance(end)
                             self._acknowledged(state, inflight.pop(ack))
                             return self._tookFrame(state, sid, size, data, start, 2)
+                # Otherwise the acknowledgement, if the read starts with it,
+                # is the loop's first: it ends where the data frame's
+                # stream-id field (the stream id, five delimiters) starts.
+                ackEnd = len(expected) - len(state.streamId) - 5
+                if whole or data.startswith(expected[:ackEnd]):
                     acks = [(state, ack)]
-                else:
-                    # The acknowledgement expected, alone or before another
-                    # frame?  It ends where the data frame's stream-id
-                    # field (the stream id and five delimiters) would start.
-                    ackEnd = len(expected) - len(state.streamId) - 5
-                    if data.startswith(expected[:ackEnd]):
-                        acks = [(state, ack)]
-                if acks is not None:
-                    pos = len(expected) - len(state.streamId) - 5
+                    pos = ackEnd
                     opts = b"\x05"
         streams = self._streams
         while pos < end or acks is None:

@@ -552,6 +552,21 @@ class EngineTests(SynchronousTestCase):
         self.assertIsInstance(event, ConnectionTerminated)
         self.assertIsInstance(event.error, MalformedFrame)
 
+    def test_consumedGoneStream(self):
+        """
+        Consuming bytes of a stream that is gone (reset while its data was
+        delivered) does nothing.
+        """
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"d" * 100)
+        pump(client, server)
+        server.resetStream(streamId)
+        server.dataToSend()
+        before = snapshot(server)
+        server.consumed(streamId, 100)
+        self.assertEqual(snapshot(server), before)
+
     def test_zeroLengthFrameAcked(self):
         """
         A zero-length data frame is acknowledged straight away.
@@ -993,6 +1008,8 @@ class SendWholeTests(SynchronousTestCase):
            st.sampled_from([None, 0.0, 100.0]))
     @example([], b"io_1", 64, {}, 0.0)
     @example([("credit", b"io_1")], b"io_1", 64, {}, 0.0)
+    # io_1 at maxInFlight (its fifth frame sent).
+    @example([("spend", b"io_1")], b"io_1", 64, {"maxInFlight": 5}, 0.0)
     @settings(max_examples=500, deadline=None)
     def test_sameAsSendData(self, steps, streamId, size, kwargs, armedAt):
         """
