@@ -88,10 +88,10 @@ _headerPattern = re.compile(
     % (MAX_STREAM_ID_LENGTH, MAX_SID_DIGITS, MAX_LEN_DIGITS)
 )
 _match = _headerPattern.match
-# A plain data frame's header (empty opts, a sid): an echo's answer.
-_matchData = re.compile(
-    rb"\x00([^\x00\x01]{1,%d})\x01\x00\x01\x00([0-9]{1,%d})\x01\x00([0-9A-Fa-f]{1,%d})\x01"
-    % (MAX_STREAM_ID_LENGTH, MAX_SID_DIGITS, MAX_LEN_DIGITS)
+# The rest of a plain data frame's header (empty opts, a sid) after its
+# stream-id field: an echo's answer, after the acknowledgement expected.
+_matchDataTail = re.compile(
+    rb"([0-9]{1,%d})\x01\x00([0-9A-Fa-f]{1,%d})\x01" % (MAX_SID_DIGITS, MAX_LEN_DIGITS)
 ).match
 
 _DIGITS = frozenset(b"0123456789")
@@ -391,8 +391,13 @@ def _controlFrame(streamId, opt, payload):
 
 
 # An acknowledgement of sid on a stream: _controlFrame(streamId, ACK, sid),
-# formatted without the call (one is sent and one received per data frame).
-_ACK_FORMAT = b"\x00%b\x01\x00\x05\x01\x00\x01\x00%X\x01%b"
+# formatted without the call (one is sent and one received per data frame),
+# its LEN from _LENGTHS[len(sid)] (%b of bytes is cheaper than %X of an int).
+_ACK_FORMAT = b"\x00%b\x01\x00\x05\x01\x00\x01\x00%b\x01%b"
+_LENGTHS = tuple(b"%X" % n for n in range(MAX_SID_DIGITS + 1))
+# What an echo answers a frame with: its acknowledgement, then a plain data
+# frame on the same stream, up to the sid (BmpEngine._ackGuess).
+_GUESS_FORMAT = _ACK_FORMAT + b"\x00%b\x01\x00\x01\x00"
 
 
 class BmpEngine(Engine):
@@ -418,10 +423,12 @@ class BmpEngine(Engine):
         self._refused = OrderedDict()
         self._closing = OrderedDict()
         self._lastCheck = now
-        # The acknowledgement expected next, (its bytes, the stream's state,
-        # the sid), set when a frame goes out on a stream with nothing in
-        # flight: an echo's answer starts with it, recognised with one
-        # startswith rather than parsed (receiveWhole).
+        # The answer expected next, (the bytes an echo's answer starts
+        # with: see _GUESS_FORMAT, the stream's state, the sid), set when a
+        # frame goes out on a stream with nothing in flight: recognised
+        # with startswith rather than parsed (receiveWhole).  Its stream is
+        # in the table and open both ways (_dropGuess when that ends), so
+        # receiveWhole need not ask.
         self._ackGuess = None
 
     # -- stream ids -----------------------------------------------------
@@ -447,10 +454,15 @@ class BmpEngine(Engine):
 
     def _finish(self, state, error=None):
         self._awaiting.pop(state.streamId, None)
+        self._dropGuess(state)
+        Engine._finish(self, state, error)
+
+    def _dropGuess(self, state):
+        # C{state} leaves the table or ends a direction: no acknowledgement
+        # of its frames is expected any more (see _ackGuess).
         guess = self._ackGuess
         if guess is not None and guess[1] is state:
             self._ackGuess = None
-        Engine._finish(self, state, error)
 
     def _forgotten(self, state):
         if state.recvFrames:
@@ -482,6 +494,7 @@ class BmpEngine(Engine):
         # receives a close while it waits for an acknowledgement hangs.
         self._ackAll(state)
         self._awaiting.pop(state.streamId, None)
+        self._dropGuess(state)
         self._control.append(_controlFrame(state.streamId, CLOSE_STREAM, b"\x04"))
         self.counters.framesSent += 1
 
@@ -543,8 +556,9 @@ class BmpEngine(Engine):
             out.append(payload)
             if not inflight:
                 self._awaiting[state.streamId] = state
-                self._ackGuess = (_ACK_FORMAT % (state.streamId, len(sid), sid),
-                                  state, sid)
+                streamId = state.streamId
+                self._ackGuess = (
+                    _GUESS_FORMAT % (streamId, _LENGTHS[len(sid)], sid, streamId), state, sid)
             inflight[sid] = (now, size)
             state.inflightBytes += size
             state.bytesSent += size
@@ -561,6 +575,7 @@ class BmpEngine(Engine):
             self.counters.framesSent += 1
             state.endPending = False
             state.localEnded = True
+            self._dropGuess(state)
             self._writesEnded.append(state.streamId)
             self._maybeFinish(state)
         return size
@@ -583,12 +598,10 @@ class BmpEngine(Engine):
             return None
         inflight = state.inflight
         used = state.inflightBytes
-        latest = self._latest
-        if inflight and len(inflight) >= settings.maxInFlight:
-            return None
         total = used + size
         if total > SHARED_INFLIGHT or total > settings.maxBytesInFlight:
             # (Within both, _byteLimit cannot stop it: it is one of them.)
+            latest = self._latest
             if inflight is not None and not (
                     # sendData would queue it only if _canSend says so.
                     used < SHARED_INFLIGHT and used < settings.maxBytesInFlight
@@ -596,7 +609,10 @@ class BmpEngine(Engine):
                 return None
             if size > self._byteLimit(latest if now <= latest else now) - used:
                 return None
-        if not inflight:
+        if inflight:
+            if len(inflight) >= settings.maxInFlight:
+                return None
+        else:
             # (A stream with frames in flight is awaiting: _awaiting is
             # empty only if inflight is.)
             timeout = settings.ackTimeout
@@ -604,18 +620,20 @@ class BmpEngine(Engine):
                     armedAt is None or armedAt > self._lastCheck + timeout / 4.0):
                 return None  # it arms the acknowledgement check earlier
         # What dataToSend and _emit do with a write they frame whole.
-        if now > latest:
+        if now > self._latest:
             self._latest = now
         self._lastSent = now
         sid = b"%d" % state.outSeq
         state.outSeq += 1
-        if not inflight:
-            if inflight is None:
-                inflight = state.inflight = {}
+        if inflight:
+            inflight[sid] = (now, size)
+        else:
+            # (An empty dict _emit left is replaced: the same state.)
+            state.inflight = {sid: (now, size)}
             self._awaiting[streamId] = state
-            self._ackGuess = (_ACK_FORMAT % (streamId, len(sid), sid), state, sid)
-        inflight[sid] = (now, size)
-        state.inflightBytes = used + size
+            self._ackGuess = (
+                _GUESS_FORMAT % (streamId, _LENGTHS[len(sid)], sid, streamId), state, sid)
+        state.inflightBytes = total
         state.bytesSent += size
         counters = self.counters
         counters.bytesSent += size
@@ -628,71 +646,88 @@ class BmpEngine(Engine):
         if frames:
             streamId = state.streamId
             for sid, remaining in frames:
-                self._control.append(_ACK_FORMAT % (streamId, len(sid), sid))
+                self._control.append(_ACK_FORMAT % (streamId, _LENGTHS[len(sid)], sid))
             self.counters.framesSent += len(frames)
             state.recvFrames = None
 
-    def _returnCredit(self, state, size, now, prompt):
+    def consumed(self, streamId, size, now=None, prompt=True):
+        """
+        The application has consumed C{size} bytes of stream C{streamId}:
+        acknowledge the frames now wholly consumed (see L{Engine.consumed}).
+        BMP's acknowledgements depend on neither C{now} nor C{prompt}: this
+        does Engine.consumed's work without its call to _returnCredit, one
+        call fewer a message.
+        """
+        state = self._streams.get(streamId)
+        if state is None:
+            return
         state.recvBuffered -= size
         frames = state.recvFrames
         if not frames:
             return
         control = self._control
-        streamId = state.streamId
-        while frames:
-            entry = frames[0]
-            if entry[1] > size:
-                entry[1] -= size
-                break
-            size -= entry[1]
-            frames.popleft()
+        while True:
+            sid, remaining = entry = frames.popleft()
+            if remaining > size:
+                entry[1] = remaining - size
+                frames.appendleft(entry)  # (still owed: the oldest)
+                return
+            size -= remaining
             self._unacked -= 1
             state.recvBuffered -= FRAME_COST
-            sid = entry[0]
-            control.append(_ACK_FORMAT % (streamId, len(sid), sid))
+            control.append(_ACK_FORMAT % (streamId, _LENGTHS[len(sid)], sid))
             self.counters.framesSent += 1
-        if not frames:
-            state.recvFrames = None  # an idle stream keeps no empty deque
-            if state.localEnded and state.remoteEnded:
-                self._maybeFinish(state)
+            if not frames:
+                break
+        state.recvFrames = None  # an idle stream keeps no empty deque
+        if state.localEnded and state.remoteEnded:
+            self._maybeFinish(state)
+
+    def _returnCredit(self, state, size, now, prompt):
+        # (_handleItems's, for a stream in the table: consumed finds state.)
+        self.consumed(state.streamId, size)
 
     def receiveWhole(self, data, now=0.0):
         if not self._wholeReady():
             return None
-        streams = self._streams
         end = len(data)
         pos = 0
         acks = None
         guess = self._ackGuess
-        if guess is not None and data.startswith(guess[0]):
-            # The acknowledgement expected (what the loop below would take
-            # from the regular expression), then, as an echo's answer has
-            # it, one data frame on the same stream: taken here, with the
-            # effects of the loop and its tail.
-            ackFrame, state, ack = guess
+        if guess is not None:
+            expected, state, ack = guess
             inflight = state.inflight
-            streamId = state.streamId
-            if (inflight and ack in inflight and not state.localEnded
-                    and streams.get(streamId) is state):
-                pos = len(ackFrame)
-                match = _matchData(data, pos)
-                if match is not None:
-                    dataStream, sid, length = match.groups()
-                    start = match.end()
-                    size = int(length, 16)
-                    if (start + size == end and size and dataStream == streamId
-                            and not state.remoteEnded
-                            and size <= self._decoder.maxFrameSize
-                            and state.recvBuffered + FRAME_COST + size
-                            <= self.settings.maxStreamReceiveBuffer):
-                        self._lastReceived = self._latest = now
-                        self.guards.received(now, False, True)
-                        self._decoder.advance(end)
-                        self.counters.framesReceived += 1
-                        self._acknowledged(state, inflight.pop(ack))
-                        return self._tookFrame(state, sid, size, data, start)
-                acks = [(state, ack)]
-                opts = b"\x05"
+            if inflight and ack in inflight:
+                whole = data.startswith(expected)
+                if whole:
+                    # The acknowledgement expected (what the loop below
+                    # would take from the regular expression), then, as an
+                    # echo's answer has it, a data frame on the same stream:
+                    # if it is all the read, taken here, with the effects of
+                    # the loop and its tail.
+                    match = _matchDataTail(data, len(expected))
+                    if match is not None:
+                        sid, length = match.groups()
+                        start = match.end()
+                        size = int(length, 16)
+                        if (start + size == end and size
+                                and size <= self._decoder.maxFrameSize
+                                and state.recvBuffered + FRAME_COST + size
+                                <= self.settings.maxStreamReceiveBuffer):
+                            self._lastReceived = self._latest = now
+                            self.guards.received(now, False, True)
+                            self._decoder.advance(end)
+                            self._acknowledged(state, inflight.pop(ack))
+                            return self._tookFrame(state, sid, size, data, start, 2)
+                # Otherwise the acknowledgement, if the read starts with it,
+                # is the loop's first: it ends where the data frame's
+                # stream-id field (the stream id, five delimiters) starts.
+                ackEnd = len(expected) - len(state.streamId) - 5
+                if whole or data.startswith(expected[:ackEnd]):
+                    acks = [(state, ack)]
+                    pos = ackEnd
+                    opts = b"\x05"
+        streams = self._streams
         while pos < end or acks is None:
             # Acknowledgements of frames in flight on streams still sending,
             # then at most one whole data frame with a sid on an open stream,
@@ -731,20 +766,21 @@ class BmpEngine(Engine):
         self._lastReceived = self._latest = now
         self.guards.received(now, False, True)
         self._decoder.advance(end)
-        counters = self.counters
-        if acks is not None:
-            counters.framesReceived += len(acks)
-            for acked, ack in acks:
-                self._acknowledged(acked, acked.inflight.pop(ack))
-            if opts == b"\x05":
-                return None, None
-        return self._tookFrame(state, sid, size, data, start)
+        if acks is None:
+            return self._tookFrame(state, sid, size, data, start, 1)
+        for acked, ack in acks:
+            self._acknowledged(acked, acked.inflight.pop(ack))
+        if opts == b"\x05":
+            self.counters.framesReceived += len(acks)
+            return None, None
+        return self._tookFrame(state, sid, size, data, start, len(acks) + 1)
 
-    def _tookFrame(self, state, sid, size, data, start):
+    def _tookFrame(self, state, sid, size, data, start, received):
         # receiveWhole's data frame (sid, size bytes from start, the end of
-        # data), owed an acknowledgement until consumed: (stream, payload).
+        # data), owed an acknowledgement until consumed; received counts it
+        # and the acknowledgements before it.  Return (stream, payload).
         counters = self.counters
-        counters.framesReceived += 1
+        counters.framesReceived += received
         frames = state.recvFrames
         if frames is None:
             frames = state.recvFrames = deque()
@@ -822,6 +858,7 @@ class BmpEngine(Engine):
             if opt == END_STREAM:
                 if not state.remoteEnded:
                     state.remoteEnded = True
+                    self._dropGuess(state)
                     events.append(StreamEnded(streamId))
                     self._maybeFinish(state)
                 else:

@@ -552,6 +552,21 @@ class EngineTests(SynchronousTestCase):
         self.assertIsInstance(event, ConnectionTerminated)
         self.assertIsInstance(event.error, MalformedFrame)
 
+    def test_consumedGoneStream(self):
+        """
+        Consuming bytes of a stream that is gone (reset while its data was
+        delivered) does nothing.
+        """
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"d" * 100)
+        pump(client, server)
+        server.resetStream(streamId)
+        server.dataToSend()
+        before = snapshot(server)
+        server.consumed(streamId, 100)
+        self.assertEqual(snapshot(server), before)
+
     def test_zeroLengthFrameAcked(self):
         """
         A zero-length data frame is acknowledged straight away.
@@ -724,12 +739,96 @@ class ReceiveWholeTests(SynchronousTestCase):
         self.assertIsNone(client.receiveWhole(answer, 3.0))
         self.assertEqual(snapshot(client), before)
 
+    def _awaitingAnswer(self):
+        """
+        Return a client and a server engine after an exchange on one stream
+        (past the bytes the server sniffs) and the server's frame sent with
+        nothing in flight (its acknowledgement is the one expected), with
+        the stream id and that frame's sid.
+        """
+        client, server = engines()
+        streamId = client.openStream()
+        client.sendData(streamId, b"q" * 200)
+        pump(client, server)
+        server.consumed(streamId, 200)
+        server.sendData(streamId, b"r" * 200)
+        pump(server, client)
+        (sid,) = server.stream(streamId).inflight
+        return client, server, streamId, sid
+
+    def _answerTakenAsReceiveData(self, server, read):
+        # receiveWhole leaves server as receiveData does, or untouched.
+        import copy
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveWhole(read, 2.0)
+        events = slow.receiveData(read, 2.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return None
+        self.assertEqual(events, [DataReceived(*result)] if result[0] is not None else [])
+        self.assertEqual(snapshot(fast), snapshot(slow))
+        return result
+
+    def test_expectedAcknowledgementAfterEnds(self):
+        """
+        The acknowledgement expected on a stream the peer has since ended,
+        this side has ended or reset, or the peer reset, followed by a data
+        frame, is taken only as receiveData takes it (data after the peer's
+        end is dropped, a frame of a reset stream is not the stream's).
+        """
+        def peerEnded(client, server, streamId):
+            client.endStream(streamId)
+            pump(client, server)
+
+        def ended(client, server, streamId):
+            server.endStream(streamId)
+            server.dataToSend()
+
+        def reset(client, server, streamId):
+            server.resetStream(streamId)
+            server.dataToSend()
+
+        def peerReset(client, server, streamId):
+            # A close before its end (without acknowledging the frame in
+            # flight, as a resetting muxframe would): forgotten.
+            server.receiveData(encodeFrame(Frame(streamId, bmp.CLOSE_STREAM, b"", 0, b"\x04")))
+
+        for end in (peerEnded, ended, reset, peerReset):
+            client, server, streamId, sid = self._awaitingAnswer()
+            end(client, server, streamId)
+            server.takeEvents()
+            read = (encodeFrame(Frame(streamId, bmp.ACK, b"", 0, sid))
+                    + encodeFrame(Frame(streamId, bmp.DATA, b"1", 0, b"late")))
+            result = self._answerTakenAsReceiveData(server, read)
+            if end is not ended:
+                self.assertIsNone(result, end.__name__)
+
+    def test_expectedAcknowledgementStillTaken(self):
+        """
+        Without such an end, the expected answer is taken (the test above
+        is about the ends, not a path that never runs).
+        """
+        client, server, streamId, sid = self._awaitingAnswer()
+        read = (encodeFrame(Frame(streamId, bmp.ACK, b"", 0, sid))
+                + encodeFrame(Frame(streamId, bmp.DATA, b"1", 0, b"late")))
+        self.assertEqual(self._answerTakenAsReceiveData(server, read), (streamId, b"late"))
+
     @given(_reads, st.booleans(), st.booleans(), st.booleans())
     # The last frame in flight of a stream ended both ways (it finishes);
     # a frame over maxStreamReceiveBuffer (an overrun); data after the end.
     @example(encodeFrame(Frame(b"io_0", bmp.ACK, b"", 0, b"0")), True, True, False)
     @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"z" * 70)), False, False, True)
     @example(encodeFrame(Frame(b"io_0", bmp.DATA, b"1", 0, b"ab")), False, True, False)
+    # The acknowledgement expected, then a data frame on its stream that is
+    # not all the read, has no sid, or is over maxStreamReceiveBuffer.
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"1", 0, b"ab"))
+             + encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"1")), False, False, False)
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"", 0, b"ab")), False, False, False)
+    @example(encodeFrame(Frame(b"io_1", bmp.ACK, b"", 0, b"0"))
+             + encodeFrame(Frame(b"io_1", bmp.DATA, b"1", 0, b"z" * 70)), False, False, True)
     @settings(max_examples=500, deadline=None)
     def test_sameAsReceiveData(self, read, localEnded, remoteEnded, small):
         """
@@ -909,6 +1008,8 @@ class SendWholeTests(SynchronousTestCase):
            st.sampled_from([None, 0.0, 100.0]))
     @example([], b"io_1", 64, {}, 0.0)
     @example([("credit", b"io_1")], b"io_1", 64, {}, 0.0)
+    # io_1 at maxInFlight (its fifth frame sent).
+    @example([("spend", b"io_1")], b"io_1", 64, {"maxInFlight": 5}, 0.0)
     @settings(max_examples=500, deadline=None)
     def test_sameAsSendData(self, steps, streamId, size, kwargs, armedAt):
         """
