@@ -31,6 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from .allocator import warmAllocator
 from .bmp import BmpEngine
 from .describe import addressText
 from .errors import (
@@ -96,6 +97,10 @@ SEND_SLACK = 4096
 # turn; the rest waits in the transport, which joins it.
 DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
 DIRECT_BULK = 64 * 1024
+
+# Once a connection reads its framing's readSize at a time, the allocator
+# is warmed for blocks of this many reads (muxframe.allocator).
+READ_WARMUP = 4
 
 # Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 5.0
@@ -383,6 +388,9 @@ class Multiplexer(Protocol):
                 if len(data) == self._growReadAt:
                     self._growReadAt = None
                     self.transport.bufferSize = engine.readSize
+                    # Reads that large, and their slices, would otherwise
+                    # fault fresh pages in for each read (muxframe.allocator).
+                    warmAllocator(READ_WARMUP * engine.readSize)
                 # Bytes wholly inside one data frame's payload (most reads
                 # of a bulk transfer) go straight to the child.
                 streamId = engine.receivePayload(data, now)

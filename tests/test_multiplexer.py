@@ -666,6 +666,20 @@ class ReadSizeTests(SynchronousTestCase):
         self.assertEqual(transport.bufferSize, 256 * 1024)
         self.assertFalse(mux.disconnected)
 
+    def test_allocatorWarmed(self):
+        """
+        Raising the read size warms the allocator for blocks of
+        READ_WARMUP reads (L{muxframe.allocator}).
+        """
+        from muxframe import multiplexer
+        warmed = []
+        self.patch(multiplexer, "warmAllocator", warmed.append)
+        mux, transport = self.connect("bmp", 65536)
+        mux.dataReceived(self.bulk("bmp", 65536))
+        self.assertEqual(warmed, [multiplexer.READ_WARMUP * 256 * 1024])
+        mux.dataReceived(b"b" * 65536)
+        self.assertEqual(len(warmed), 1)
+
     def test_neverLowered(self):
         """
         A transport that reads more than BMP's size already keeps it.
