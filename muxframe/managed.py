@@ -148,7 +148,9 @@ class ManagedMultiplexer(Multiplexer):
 
     def _confirmExpired(self):
         self._confirmTimer = None
-        self._confirmed(self)
+        # What the waiters write (their streams' opens and first bytes)
+        # leaves together, as from a read.
+        self._gathering(self._confirmed, self)
 
     def _foreign(self):
         """

@@ -584,7 +584,7 @@ class MioEngine(Engine):
         size = word >> 8
         # The next frame: plain data of the same stream (a reserved id bit
         # makes the id another), within the window and the frame limit,
-        # carrying the rest of the read and more.
+        # carrying the rest of the read (and maybe more).
         rest = end - tail - HEADER_SIZE
         if (streamId != frame.streamId or word & 0xFF != DATA or size < rest
                 or size > decoder.maxFrameSize):

@@ -93,8 +93,9 @@ SEND_SLACK = 4096
 # rest a reactor turn later would let the peer act on the first alone
 # (close the session on a refused stream, say, never reading an open that
 # followed it).  Outside such calls (a child written to by another
-# connection's read) small output goes straight only as the first of a
-# turn; the rest waits in the transport, which joins it.
+# connection's read) small output goes straight only while the allowance
+# the last such call left is not spent (any small direct send spends it):
+# the rest waits in the transport, which joins it.
 DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
 DIRECT_BULK = 64 * 1024
 
@@ -147,8 +148,8 @@ def _directSocket(transport):
     if tcp is None or not isinstance(transport, tcp.Connection) or transport.TLS:
         return None
     sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket):
-        return None
+    if not isinstance(sock, socket.socket) or not hasattr(sock, "sendmsg"):
+        return None  # (sendmsg: not on Windows)
     return sock
 
 
@@ -369,14 +370,7 @@ class Multiplexer(Protocol):
         self._scheduleTimer()
 
     def dataReceived(self, data):
-        if self._socket is None or self._gather is not None:
-            self._dataReceived(data)
-            return
-        self._startGathering()
-        try:
-            self._dataReceived(data)
-        finally:
-            self._stopGathering()
+        self._gathering(self._dataReceived, data)
 
     def _dataReceived(self, data):
         engine = self.engine
@@ -542,11 +536,13 @@ class Multiplexer(Protocol):
         # Whoever keeps this connection forgets it before drain()'s and
         # whenLost()'s Deferreds fire: their callbacks (a listening port's
         # stopListening, say) may look, and must find it gone.
-        self._connectionGone()
-        for d in self._drainDeferreds + self._lostDeferreds:
-            d.callback(None)
-        self._drainDeferreds = []
-        self._lostDeferreds = []
+        try:
+            self._connectionGone()
+        finally:
+            drained, self._drainDeferreds = self._drainDeferreds, []
+            lost, self._lostDeferreds = self._lostDeferreds, []
+            for d in drained + lost:
+                d.callback(None)
 
     def _connectionGone(self):
         """
@@ -568,17 +564,13 @@ class Multiplexer(Protocol):
         if not self._transportPaused:
             return
         self._transportPaused = False
-        gathering = self._socket is not None and self._gather is None
-        if gathering:
-            self._startGathering()
-        try:
-            self._flush()
-            if not self._transportPaused:
-                for stream in list(self._producers):
-                    stream._unpauseProducer(PAUSED_BY_TRANSPORT)
-        finally:
-            if gathering:
-                self._stopGathering()
+        self._gathering(self._resumed)
+
+    def _resumed(self):
+        self._flush()
+        if not self._transportPaused:
+            for stream in list(self._producers):
+                stream._unpauseProducer(PAUSED_BY_TRANSPORT)
 
     def stopProducing(self):
         pass  # connectionLost follows
@@ -658,12 +650,15 @@ class Multiplexer(Protocol):
         self._loseTransport()
 
     def _loseTransport(self):
-        # What this call gathered goes before the close.
-        self._releaseGathered()
-        # A TLS transport does not shut down while a producer is registered.
-        self._losing = True
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        try:
+            # What this call gathered goes before the close.
+            self._releaseGathered()
+        finally:
+            # A TLS transport does not shut down while a producer is
+            # registered.
+            self._losing = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
 
     def whenLost(self):
         """
@@ -818,7 +813,7 @@ class Multiplexer(Protocol):
     def _closeTransport(self):
         self._closeTimer = None
         if not self.disconnected:
-            self._flush()
+            self._gathering(self._flush)
             self._loseTransport()
             # A peer that never reads must not hold the socket open.
             self._closeTimer = self.reactor.callLater(
@@ -1064,16 +1059,28 @@ class Multiplexer(Protocol):
                         self._callChild(stream, stream._writeEnded)
         self._scheduleTimer()
 
-    def _startGathering(self):
-        # A call from the reactor begins: its output is gathered (see
-        # DIRECT_LIMIT), within a fresh allowance.
+    def _gathering(self, method, *args):
+        """
+        Call C{method} for the reactor: on a connection written to directly,
+        what it writes is gathered and sent as it returns or raises (see
+        DIRECT_LIMIT), within a fresh allowance; inside another such call
+        (or on other transports) it is just called.
+        """
+        if self._socket is None or self._gather is not None:
+            return method(*args)
         self._direct = DIRECT_LIMIT
         self._gather = []
         self._gathered = 0
-
-    def _stopGathering(self):
-        self._releaseGathered()
-        self._gather = None
+        try:
+            return method(*args)
+        finally:
+            try:
+                self._releaseGathered()
+            finally:
+                # (Also if the release raised: a child's producer, paused
+                # by the transport it fills, may.  Gathering must end, or
+                # every later write would wait for DIRECT_BULK bytes.)
+                self._gather = None
 
     def _releaseGathered(self):
         # Send what this call has gathered (nothing outside such a call).
@@ -1199,14 +1206,7 @@ class Multiplexer(Protocol):
         self._timer = None
         if self.disconnected:
             return
-        if self._socket is None or self._gather is not None:
-            self._tick()
-            return
-        self._startGathering()
-        try:
-            self._tick()
-        finally:
-            self._stopGathering()
+        self._gathering(self._tick)
 
     def _tick(self):
         events = self.engine.tick(self._now())

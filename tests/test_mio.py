@@ -1035,6 +1035,26 @@ class ReceiveCrossingTests(SynchronousTestCase):
         # The rest of the second frame is a payload read again.
         self.assertEqual(server.receivePayload(b"b" * 3000, 2.0), 1)
 
+    def test_headerOnlyThenCrossing(self):
+        """
+        A frame whose header came alone, then a read of its whole payload
+        and the start of the next frame: taken (or left) with the effects
+        receiveData has, the first frame counted once.
+        """
+        import copy
+        server = _servingEngine()
+        server.receiveData(mio.encodeHeader(1, 4096, mio.DATA), 1.0)
+        server.takeEvents()
+        read = b"a" * 4096 + mio.encodeHeader(1, 8192, mio.DATA) + b"b" * 5000
+        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+        before = snapshot(fast)
+        result = fast.receiveCrossing(read, 2.0)
+        if result is None:
+            self.assertEqual(snapshot(fast), before)
+            return
+        slow.receiveData(read, 2.0)
+        self.assertEqual(snapshot(fast), snapshot(slow))
+
     def test_notBetweenFrames(self):
         """
         A read that starts a frame (no payload begun) is not taken.

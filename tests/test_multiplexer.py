@@ -8,7 +8,7 @@ import socket
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -889,13 +889,15 @@ class RecordingSocket:
     """
     A stand-in for a connection's socket (L{Multiplexer._socket}) that
     records what each C{send} and C{sendmsg} sent, takes at most C{take}
-    bytes of each (all by default) and passes them to the real socket.
+    bytes of each (all by default) and passes them to the real socket;
+    C{messages} holds the pieces each C{sendmsg} was given.
     """
 
     def __init__(self, sock, take=None):
         self.sock = sock
         self.take = take
         self.sends = []
+        self.messages = []
 
     def send(self, data):
         data = bytes(data)
@@ -906,6 +908,7 @@ class RecordingSocket:
         return sent
 
     def sendmsg(self, chunks):
+        self.messages.append(list(chunks))
         return self.send(b"".join(chunks))
 
 
@@ -1097,8 +1100,13 @@ class DirectWriteTests(SynchronousTestCase):
         """
         payload = bytes(range(256)) * 1024
         mux, transport, peer = self.server([[payload]], sendBuffer=2 << 20)
+        sock = self.record(mux)
         self.ask(transport, peer)
         self.assertEqual((transport.dataBuffer, transport._tempDataLen), (b"", 0))
+        # The header, then the child's own bytes: not copied into one.
+        [message] = [m for m in sock.messages if len(m) > 1 or len(m[0]) > 4096]
+        self.assertEqual(len(message), 2)
+        self.assertIs(message[1], payload)
         self.assertEqual(receiveExactly(peer, len(payload) + 8),
                          mio.encodeHeader(1, len(payload), mio.DATA) + payload)
 
@@ -1129,3 +1137,97 @@ class DirectWriteTests(SynchronousTestCase):
         mux.dataReceived(mio.encodeHeader(1, 1 << 16, mio.OPEN)
                          + mio.encodeHeader(1, 2, mio.DATA) + b"hi")
         self.assertEqual(transport.value(), mio.encodeHeader(1, 2, mio.DATA) + b"hi")
+
+
+@implementer(IPushProducer)
+class RaisingProducer:
+    """
+    A child's streaming producer whose first C{pauseProducing} raises (a
+    bug in application code, which reaches the multiplexer through the
+    transport pausing it).
+    """
+
+    raised = False
+
+    def pauseProducing(self):
+        if not self.raised:
+            self.raised = True
+            raise RuntimeError("buggy producer")
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class ProducingEcho(Protocol):
+    """
+    A child with a L{RaisingProducer} registered, answering each read with
+    64 bytes.
+    """
+
+    def connectionMade(self):
+        self.producer = RaisingProducer()
+        self.transport.registerProducer(self.producer, True)
+
+    def dataReceived(self, data):
+        self.transport.write(b"e" * 64)
+
+
+def drainTo(peer, transport):
+    """
+    Let C{transport} write what it buffers; return what C{peer} received.
+    """
+    got = b""
+    for _ in range(200):
+        if transport.dataBuffer or transport._tempDataLen:
+            transport.doWrite()
+        if not select.select([peer], [], [], 0.2)[0]:
+            if not (transport.dataBuffer or transport._tempDataLen):
+                break
+            continue
+        data = peer.recv(1 << 20)
+        if not data:
+            break
+        got += data
+    return got
+
+
+class RaisingReleaseTests(SynchronousTestCase):
+    """
+    An exception while a reactor call's gathered output is sent ends the
+    gathering all the same (found in review).
+    """
+
+    def test_laterAnswersStillSent(self):
+        """
+        A keepalive written on a timer fills the transport, which pauses
+        the child's producer, which raises: the connection stays up, and
+        the answer to its next read is still sent, not held back as if a
+        call were still gathering.
+        """
+        reactor = MemoryReactorClock()
+        child = ProducingEcho()
+        mux = MultiplexerFactory(Factory.forProtocol(lambda: child),
+                                 framing="mio", role="server", reactor=reactor,
+                                 keepaliveInterval=1.0).buildProtocol(None)
+        transport, peer = socketConnection(mux)
+        self.addCleanup(peer.close)
+        self.addCleanup(transport.socket.close)
+        peer.sendall(mio.encodeHeader(1, (1 << 24) - 1, mio.OPEN)
+                     + mio.encodeHeader(1, 3, mio.DATA) + b"ask")
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+        self.assertEqual(drainTo(peer, transport), frames(b"e" * 64))
+        # The transport just under its buffer size: the keepalive fills it.
+        transport.write(b"x" * (transport.bufferSize - 4))
+        self.assertRaises(RuntimeError, reactor.advance, 1.0)
+        self.assertTrue(child.producer.raised)
+        drainTo(peer, transport)
+        self.assertIsNone(mux._gather)
+        peer.sendall(mio.encodeHeader(1, 3, mio.DATA) + b"two")
+        select.select([transport.socket], [], [], 5.0)
+        transport.doRead()
+        self.assertFalse(mux.disconnected)
+        self.assertEqual(drainTo(peer, transport), frames(b"e" * 64))
