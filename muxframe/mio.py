@@ -594,13 +594,7 @@ class MioEngine(Engine):
                 or len(self._control) - self._localControl
                 > self.settings.maxControlBacklog):
             return None
-        self._lastReceived = self._latest = now
-        self.guards.received(now, False, True)
-        counters = self.counters
-        counters.framesReceived += 1
-        if streamId != self._lastDataStream:
-            self._dataOf(streamId, now)
-        state.recvWindow -= size
+        self._tookData(state, size, now)
         if size == rest:
             decoder._frame = None
             decoder._remaining = 0
@@ -608,7 +602,7 @@ class MioEngine(Engine):
             decoder._expect(Frame(streamId, size, DATA), size - rest)
         size = tail + rest
         state.bytesReceived += size
-        counters.bytesReceived += size
+        self.counters.bytesReceived += size
         view = memoryview(data)
         return streamId, b"".join((view[:tail], view[tail + HEADER_SIZE:]))
 
@@ -626,16 +620,21 @@ class MioEngine(Engine):
         state = self._streams.get(streamId)
         if state is None or state.remoteEnded or size > state.recvWindow:
             return None
+        self._tookData(state, size, now)
+        state.bytesReceived += size
+        self.counters.bytesReceived += size
+        return streamId, data[HEADER_SIZE:]
+
+    def _tookData(self, state, size, now):
+        # A fast path takes the header of a data frame of size bytes on
+        # state's stream: what receiveData does for it (the payload's
+        # byte counts are the caller's).
         self._lastReceived = self._latest = now
         self.guards.received(now, False, True)
-        counters = self.counters
-        counters.framesReceived += 1
-        if streamId != self._lastDataStream:
-            self._dataOf(streamId, now)
+        self.counters.framesReceived += 1
+        if state.streamId != self._lastDataStream:
+            self._dataOf(state.streamId, now)
         state.recvWindow -= size
-        state.bytesReceived += size
-        counters.bytesReceived += size
-        return streamId, data[HEADER_SIZE:]
 
     def _checkKnownId(self, streamId, frame):
         if streamId > self._highestId or streamId == 0:

@@ -111,3 +111,23 @@ def snapshot(value, _depth=0):
         (name, snapshot(getattr(value, name), _depth + 1))
         for name in sorted(set(names))
         if name != "settings" and hasattr(value, name)])
+
+
+def againstReceiveData(test, server, fastPath, read, now):
+    """
+    Run the engine fast path named C{fastPath} (C{"receiveWhole"},
+    C{"receiveCrossing"}) and L{receiveData} on copies of C{server} with
+    the same C{read}: if the fast path returns C{None}, assert its copy is
+    untouched and return C{(None, None)}; otherwise assert both copies end
+    in the same state and return C{(its result, receiveData's events)}.
+    """
+    import copy
+    fast, slow = copy.deepcopy(server), copy.deepcopy(server)
+    before = snapshot(fast)
+    result = getattr(fast, fastPath)(read, now)
+    if result is None:
+        test.assertEqual(snapshot(fast), before)
+        return None, None
+    events = slow.receiveData(read, now)
+    test.assertEqual(snapshot(fast), snapshot(slow))
+    return result, events

@@ -27,7 +27,7 @@ from muxframe.events import (
 )
 from muxframe.settings import Settings
 
-from .support import chunkedEvents, decodeAll, snapshot, splitAt
+from .support import againstReceiveData, chunkedEvents, decodeAll, snapshot, splitAt
 
 # The example of docs/protocols.md (BMP): stream io_0, first data frame, sid 0.
 SPEC_EXAMPLE = bytes.fromhex("00696f5f30010006010030010035016865" "6c6c6f")
@@ -836,20 +836,13 @@ class ReceiveWholeTests(SynchronousTestCase):
         (and returns C{None}) or leaves it exactly as receiveData does,
         returning the data receiveData reports.
         """
-        import copy
         # Room for one unacknowledged 64-byte frame, not for 70 bytes.
         kwargs = {"maxStreamReceiveBuffer": bmp.FRAME_COST + 68} if small else {}
         server = _servingEngine(localEnded, remoteEnded, **kwargs)
-        fast, slow = copy.deepcopy(server), copy.deepcopy(server)
-        before = snapshot(fast)
-        result = fast.receiveWhole(read, 1.0)
-        if result is None:
-            self.assertEqual(snapshot(fast), before)
-            return
-        events = slow.receiveData(read, 1.0)
-        expected = [DataReceived(*result)] if result[0] is not None else []
-        self.assertEqual(events, expected)
-        self.assertEqual(snapshot(fast), snapshot(slow))
+        result, events = againstReceiveData(self, server, "receiveWhole", read, 1.0)
+        if result is not None:
+            expected = [DataReceived(*result)] if result[0] is not None else []
+            self.assertEqual(events, expected)
 
 
 class ControlToSendTests(SynchronousTestCase):
