@@ -29,11 +29,15 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2,
                    help="heartbeat intervals to measure, after one warm-up")
     p.add_argument("--interval", type=float, default=30.0)
+    p.add_argument("--cipher", choices=("aes", "chacha"), default="aes")
     p.add_argument("--marks", action="store_true")
     p.add_argument("--profile", help="cProfile the server phases to this file")
     a = p.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from tests.test_server_support import ALICE, Harness, config
+    from muxframe.xtmp.codec import Cipher
+    cipher = {"aes": Cipher.AES_256_GCM,
+              "chacha": Cipher.CHACHA20_POLY1305}[a.cipher]
     h = Harness(config(xtmp_protocol__heartbeat_interval=a.interval,
                        xtmp_protocol__session_timeout=1e9))
     slot = h.server.timers.resolution
@@ -44,6 +48,7 @@ def main(argv=None):
         host = "10.%d.%d.%d" % (n >> 16 & 255, n >> 8 & 255, n & 255)
         pairs.append(h.connect(ALICE, host=host,
                                heartbeatInterval=a.interval,
+                               ciphers=(cipher,),
                                sessionTimeout=1e9))
     h.flush()
     # The clients' timers on a clock of their own, advanced in their phase.
