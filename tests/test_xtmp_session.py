@@ -867,3 +867,134 @@ class EngineFootprintTests(SynchronousTestCase):
         c, s = enginePair()
         for engine in (c, s):
             self.assertFalse(hasattr(engine, "__dict__"))
+
+
+class HeartbeatPathTests(SynchronousTestCase):
+    """
+    An idle session's round (a probe, its answer) goes by short paths: a
+    received Heartbeat skips the general message parsing, a flush with
+    nothing to send writes nothing, a ChaCha20-Poly1305 key keeps its AEAD
+    object.  The bytes and the checks are the general path's.
+    """
+
+    def _round(self, c, s, probeAt, answerAt):
+        # The server probes, the client answers; return the wire bytes.
+        import copy
+        s.tick(probeAt)
+        probe = s.dataToSend(now=probeAt)
+        clientKey = copy.copy(c.sendKey)
+        self.assertEqual(c.receiveData(probe, probeAt + 0.1), [])
+        answer = c.dataToSend(now=probeAt + 0.1)
+        self.assertEqual(s.receiveData(answer, answerAt), [])
+        return probe, answer, clientKey
+
+    def test_answerBytes(self):
+        """
+        A probe is answered with exactly the Heartbeat the general path
+        seals (its clock with the answer bit, under the next sequence
+        number); the answer measures the rtt, is not answered, and counts
+        as received.
+        """
+        from muxframe.xtmp.connection import HEARTBEAT_ANSWER
+        c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
+        probe, answer, clientKey = self._round(c, s, 30.0, 30.25)
+        (f,) = Decoder().feed(probe)
+        self.assertEqual(f.type, MessageType.Heartbeat)
+        value = int(30.0 * 1e6)
+        expected = clientKey.seal(MessageType.Heartbeat, Flags.ENCRYPTED,
+                                  c.sessionId,
+                                  codec.encodeU64(value | HEARTBEAT_ANSWER))
+        self.assertEqual(answer, expected)
+        self.assertEqual(c.counters.heartbeatsAnswered, 1)
+        self.assertAlmostEqual(s.rtt, 0.25)
+        self.assertEqual(s.lastReceived, 30.25)
+        self.assertEqual(s.receiveKey.sequence, c.sendKey.sequence)
+        self.assertEqual(s.dataToSend(now=30.25), b"")
+        self.assertEqual(s.counters.heartbeatsAnswered, 0)
+
+    def test_flaggedHeartbeat(self):
+        """
+        A Heartbeat with a flag is still PROTOCOL_ERROR before it is
+        acted on (here RESPONSE, with a request id before the u64).
+        """
+        c, s = enginePair()
+        c.sendControl(MessageType.Heartbeat, bytes(8), requestSequence=1)
+        e = self.assertRaises(MalformedMessage, s.receiveData,
+                              c.dataToSend())
+        self.assertEqual(e.code, XTMPErrorCode.PROTOCOL_ERROR)
+        self.assertIn("flags", str(e))
+        self.assertEqual(s.counters.heartbeatsAnswered, 0)
+
+    def test_hasOutput(self):
+        """
+        C{hasOutput} is false exactly when an open session's
+        L{dataToSend} would return nothing whatever its limit (with a limit
+        of 0 queued messages stay queued).
+        """
+        c, s = enginePair()
+        self.assertFalse(c.hasOutput())
+        self.assertEqual(c.dataToSend(), b"")
+        c.sendControl(MessageType.Heartbeat, bytes(8))
+        self.assertTrue(c.hasOutput())
+        self.assertNotEqual(c.dataToSend(), b"")
+        self.assertFalse(c.hasOutput())
+        c.sendMessage(0x80, b"x" * 100)
+        self.assertTrue(c.hasOutput())
+        # A paused transport's limit of 0 leaves it queued.
+        self.assertEqual(c.dataToSend(0), b"")
+        self.assertTrue(c.hasOutput())
+        self.assertNotEqual(c.dataToSend(), b"")
+        self.assertFalse(c.hasOutput())
+        # A resent message, an empty one among them, counts.
+        c.sendMessage(0x80, b"", flags=Flags.REQUIRES_ACK)
+        self.assertTrue(c.hasOutput())
+        self.assertNotEqual(c.dataToSend(), b"")
+        self.assertFalse(c.hasOutput())
+
+    def test_nextDeadline(self):
+        """
+        The next deadline is the earliest of the heartbeat, silence, idle,
+        key update and (client) rotation times.
+        """
+        cases = [
+            dict(heartbeatInterval=30),
+            dict(heartbeatInterval=30, heartbeatLead=2),
+            dict(heartbeatInterval=100, sessionTimeout=20),
+            dict(heartbeatInterval=100, keyUpdateInterval=7),
+            dict(heartbeatInterval=100, rotationInterval=5),
+        ]
+        for settings in cases:
+            c, s = enginePair(clientSettings=settings,
+                              serverSettings=settings, now=3.0)
+            c.lastReceived = 2.0
+            for engine in (c, s):
+                st = engine.settings
+                due = [engine.lastSent + st.heartbeatInterval
+                       - st.heartbeatLead,
+                       engine.lastReceived + 2 * st.heartbeatInterval,
+                       engine.lastActivity + st.sessionTimeout,
+                       engine.sendKey.createdAt + st.keyUpdateInterval]
+                if engine.isClient:
+                    due.append(engine.keysAt + st.rotationInterval)
+                for now in (3.0, 10.0, 1000.0):
+                    self.assertEqual(engine.nextDeadline(now),
+                                     max(0.0, min(due) - now))
+
+    def test_chachaKeepsItsAEAD(self):
+        """
+        After an idle round a ChaCha20-Poly1305 session's keys keep their
+        AEAD objects (about 20 bytes each), an AES-256-GCM session's drop
+        theirs (2.4 KiB each); the rounds after go on the same.
+        """
+        from muxframe.xtmp.codec import Cipher
+        for cipher, kept in ((Cipher.CHACHA20_POLY1305, True),
+                             (Cipher.AES_256_GCM, False)):
+            c, s = enginePair(serverSettings=dict(heartbeatInterval=30),
+                              c_ciphers=(cipher,))
+            self.assertEqual(s.sendKey.cipher, cipher)
+            for n in range(1, 4):
+                self._round(c, s, 30.0 * n, 30.0 * n + 0.5)
+                for key in (s.sendKey, s.receiveKey):
+                    self.assertEqual(key._aead is not None, kept)
+                self.assertEqual(s.counters.heartbeatsSent, n)
+                self.assertAlmostEqual(s.rtt, 0.5)

@@ -77,6 +77,7 @@ _NOT_ACTIVITY = CONTROL_TYPES | {int(MessageType.Error)}
 #: are the probe's clock (microseconds), echoed.
 HEARTBEAT_ANSWER = 1 << 63
 HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
+_HEARTBEAT = int(MessageType.Heartbeat)
 
 
 class PreparedBody:
@@ -495,6 +496,16 @@ class XTMPConnection(RekeyMixin):
         self.counters.bytesSent += len(data)
         return data
 
+    def hasOutput(self):
+        """
+        Whether L{dataToSend} may return bytes: control messages or held
+        bodies wait, or messages are queued.  (If not, it returns C{b""}
+        and changes nothing.)
+        """
+        q = self._queues
+        return bool(self._out or self._held is not None or q[0] or q[1]
+                    or q[2] or self._resendQueue)
+
     def hasQueued(self):
         """
         Whether messages wait in the send queue.
@@ -696,12 +707,18 @@ class XTMPConnection(RekeyMixin):
                 raise SequenceError("sequence number %d not below 2**32"
                                     % (frame.sequence,))
         flags = frame.flags & ~F.ENCRYPTED
-        seq = frame.sequence
-        rid = seq if key is None else requestIdFor(key.generation, seq)
         mtype = frame.type
         if mtype in CONTROL_TYPES and flags & ~_CONTROL_FLAGS[mtype]:
             raise MalformedMessage("flags %#06x not allowed on control "
                                    "message type %#x" % (flags, mtype))
+        if mtype == _HEARTBEAT:
+            # An idle session's every round.  No flags (checked above): no
+            # prefixes, fragments or compression, so the body is the
+            # payload parseBody and _dispatch would hand on.
+            self._heartbeatReceived(body, now)
+            return
+        seq = frame.sequence
+        rid = seq if key is None else requestIdFor(key.generation, seq)
         if flags & F.FRAGMENTED:
             # The message's id is its first fragment's: later ones may come
             # under a newer key.
@@ -868,11 +885,22 @@ class XTMPConnection(RekeyMixin):
         s = self.settings
         if self.state == HANDSHAKING:
             return max(0.0, self.startedAt + s.handshakeTimeout - now)
-        due = [self.lastSent + s.heartbeatInterval - s.heartbeatLead,
-               self.lastReceived + 2 * s.heartbeatInterval,
-               self.lastActivity + s.sessionTimeout]
-        if self.sendKey is not None:
-            due.append(self.sendKey.createdAt + s.keyUpdateInterval)
+        interval = s.heartbeatInterval
+        due = self.lastSent + interval - s.heartbeatLead
+        other = self.lastReceived + 2 * interval
+        if other < due:
+            due = other
+        other = self.lastActivity + s.sessionTimeout
+        if other < due:
+            due = other
+        key = self.sendKey
+        if key is not None:
+            other = key.createdAt + s.keyUpdateInterval
+            if other < due:
+                due = other
             if self.isClient:
-                due.append(self.keysAt + s.rotationInterval)
-        return max(0.0, min(due) - now)
+                other = self.keysAt + s.rotationInterval
+                if other < due:
+                    due = other
+        due -= now
+        return due if due > 0.0 else 0.0

@@ -651,13 +651,16 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if not self._lost:
             self.transport.abortConnection()
 
-    def _flush(self):
+    def _flush(self, now=None):
         conn = self.connection
         if conn is None or self._lost:
             return
-        now = self.reactor.seconds()
+        if now is None:
+            now = self.reactor.seconds()
         limit = 0 if self._transportPaused else self.writeChunk
-        while True:
+        # (Most reads, an answered heartbeat among them, have nothing to
+        # send; most writes are one call.)
+        while conn.hasOutput():
             data = conn.dataToSend(limit, now)
             if not data:
                 break
@@ -751,11 +754,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
 
     # -- timers ------------------------------------------------------------
 
-    def _schedule(self):
+    def _schedule(self, now=None):
         conn = self.connection
         if self._lost or conn is None or conn.state == CLOSED:
             return
-        delay = conn.nextDeadline(self.reactor.seconds())
+        if now is None:
+            now = self.reactor.seconds()
+        delay = conn.nextDeadline(now)
         self._timer = self.reactor.callLater(max(delay, 0.001), self._tick)
 
     def _tick(self):
@@ -771,8 +776,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         except XTMPTimeout as e:
             self._timedOut(e, now)
             return
-        self._flush()
-        self._schedule()
+        # One clock read for the tick, its write and the next timer.
+        self._flush(now)
+        self._schedule(now)
 
     def _timedOut(self, error, now):
         conn = self.connection
