@@ -427,11 +427,7 @@ class XTMPConnection(RekeyMixin):
         held = held.bodies
         if out is None:
             out = self._out
-        seal = self.sendKey.seal
-        sessionId = self.sessionId
-        for p in held:
-            out.append(seal(p.type, p.sealedFlags, sessionId, p.body,
-                            p.checksum))
+        out.append(self.sendKey.sealMany(held, self.sessionId))
         self.counters.messagesSent += len(held)
         typeCounts = self.typeCounts
         if typeCounts is not None:
