@@ -393,6 +393,144 @@ class WritesPerTurnTests(SynchronousTestCase):
         self.assertEqual(self.writes, [])
 
 
+class HeldBodiesTests(SynchronousTestCase):
+    """
+    XTMPProtocol.sendPreparedBody with C{hold}: a turn's later bodies go
+    straight into the engine's L{HeldBodies} without visiting the engine,
+    and the session's transport gets the bytes that sealing every body at
+    once (the path without holding) gives, with the same counters and
+    times, across key updates, holdLimit, the session's own sends and a
+    paused transport.
+    """
+
+    def _compare(self, script, conf=None, holdLimit=None):
+        """
+        Run C{script} on a server session (holding, through its protocol)
+        and on a copy of its engine (sealing each body at once); check
+        both gave the same bytes, counters and times; return the client's
+        payloads after it reads the session's bytes.
+        """
+        from muxframe.xtmp.codec import F, encodeName
+        from muxframe.xtmp.connection import PreparedBody
+        from tests.test_server_xtmphooks import _twin
+        h = Harness(conf or config())
+        client, side, _ = h.connect(ALICE)
+        got = []
+        client.subscribe("feed", lambda m: got.append(m.payload))
+        client.setHandler(0x20, lambda p, m: got.append(m.payload))
+        h.flush()
+        if holdLimit is not None:
+            side.holdLimit = holdLimit
+        writes = []
+        write = side.transport.write
+        side.transport.write = writes.append
+        conn = side.connection
+        eager = _twin(conn)
+        outEager = []
+        hold = []
+        n = 0
+        now = h.clock.seconds()
+        for step in script:
+            now += 0.001
+            if step == "body":
+                body = PreparedBody(0x41, F.STREAM_DATA,
+                                    encodeName("feed") + b"%03d" % n)
+                n += 1
+                self.assertTrue(side.sendPreparedBody(body, now, hold))
+                outEager.append(eager.sealPrepared(body, now))
+            elif step == "message":
+                h.clock.advance(0.001)
+                side.send(0x20, b"direct%d" % n)
+                eager.sendMessage(0x20, b"direct%d" % n,
+                                  now=h.clock.seconds(), immediate=True)
+                outEager.append(eager.dataToSend(side.writeChunk,
+                                                 h.clock.seconds()))
+            elif step == "pause":
+                side.pauseProducing()
+                body = PreparedBody(0x41, F.STREAM_DATA, encodeName("feed"))
+                self.assertFalse(side.sendPreparedBody(body, now, hold))
+                side.resumeProducing()
+                outEager.append(eager.dataToSend(side.writeChunk,
+                                                 h.clock.seconds()))
+            elif step == "release":
+                for session in hold:
+                    session.releaseHeld()
+                del hold[:]
+        for session in hold:
+            session.releaseHeld()
+        self.assertNotIn(None, outEager)
+        wire = b"".join(writes)
+        self.assertEqual(wire, b"".join(outEager))
+        for name in ("messagesSent", "bytesSent", "keyUpdates"):
+            self.assertEqual(getattr(conn.counters, name),
+                             getattr(eager.counters, name), name)
+        self.assertEqual((conn.lastSent, conn.lastActivity),
+                         (eager.lastSent, eager.lastActivity))
+        self.assertEqual((conn.sendKey.epoch, conn.sendKey.sequence),
+                         (eager.sendKey.epoch, eager.sendKey.sequence))
+        side.transport.write = write
+        write(wire)
+        h.flush()
+        self.assertTrue(side.isConnected())
+        return got
+
+    def test_sameBytes(self):
+        got = self._compare(["body"] * 6 + ["message"] + ["body"] * 5
+                            + ["release"] + ["body"] * 4 + ["pause"]
+                            + ["body"] * 3)
+        self.assertEqual(got, [b"%03d" % n for n in range(6)] + [b"direct6"]
+                         + [b"%03d" % n for n in range(6, 18)])
+
+    def test_acrossKeyUpdates(self):
+        """
+        A key update due every 3 messages: the turn's bodies past the key's
+        limit are not held, and the update falls between the same bodies.
+        """
+        got = self._compare(["body"] * 14 + ["message"] + ["body"] * 7,
+                            config(xtmp_protocol__key_update_messages=3))
+        self.assertEqual(got, [b"%03d" % n for n in range(14)]
+                         + [b"direct14"]
+                         + [b"%03d" % n for n in range(14, 21)])
+
+    def test_holdLimit(self):
+        """
+        Bodies added straight to the engine's held bodies count towards
+        holdLimit: past it, what is held is written (the same bytes).
+        """
+        got = self._compare(["body"] * 30, holdLimit=400)
+        self.assertEqual(got, [b"%03d" % n for n in range(30)])
+
+    def test_laterBodiesSkipTheEngine(self):
+        """
+        After a turn's first body the engine holds (its second), the
+        session's later bodies of the turn do not call the engine.
+        """
+        from muxframe.xtmp.codec import F, encodeName
+        from muxframe.xtmp.connection import (
+            HeldBodies, PreparedBody, XTMPConnection,
+        )
+        h = Harness()
+        client, side, _ = h.connect(ALICE)
+        client.subscribe("feed", lambda m: None)
+        h.flush()
+        conn = side.connection
+        hold = []
+        bodies = [PreparedBody(0x41, F.STREAM_DATA,
+                               encodeName("feed") + b"%d" % n)
+                  for n in range(5)]
+        self.assertTrue(side.sendPreparedBody(bodies[0], 1.0, hold))
+        self.assertTrue(side.sendPreparedBody(bodies[1], 1.0, hold))
+        self.assertIsInstance(conn._held, HeldBodies)
+
+        def refuse(*args):
+            raise AssertionError("the engine was called")
+        self.patch(XTMPConnection, "holdPrepared", refuse)
+        self.patch(XTMPConnection, "sealPrepared", refuse)
+        for body in bodies[2:]:
+            self.assertTrue(side.sendPreparedBody(body, 1.0, hold))
+        self.assertEqual(conn._held.bodies, bodies[1:])
+
+
 class RecipientsMemoTests(SynchronousTestCase):
     """
     The recipients of a subject are worked out once per cached match, and

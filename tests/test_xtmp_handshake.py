@@ -664,3 +664,42 @@ class KeyScheduleTests(SynchronousTestCase):
         self.assertEqual(k.nonce(0), bytes(range(12)))
         self.assertEqual(k.nonce(0x0102),
                          bytes(range(10)) + bytes([10 ^ 1, 11 ^ 2]))
+
+    def test_sealMany(self):
+        """
+        sealMany gives the bytes of seal for each body, in order, and
+        advances the sequence and count the same, for both ciphers and
+        from any sequence number.
+        """
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        bodies = [PreparedBody(0x41 + n % 3, F.STREAM_DATA | n % 2,
+                               b"\x00\x04feed" + b"b" * (n * 7))
+                  for n in range(9)]
+        for cipher in (Cipher.AES_256_GCM, Cipher.CHACHA20_POLY1305):
+            one = TrafficKey(cipher, b"k" * 32, bytes(range(12)))
+            many = TrafficKey(cipher, b"k" * 32, bytes(range(12)))
+            for key in (one, many):
+                key.sequence = key.count = 0xFFFFFFF0
+            expected = b"".join(
+                one.seal(p.type, p.sealedFlags, 77, p.body) for p in bodies)
+            self.assertEqual(many.sealMany(bodies, 77), expected)
+            self.assertEqual((many.sequence, many.count),
+                             (one.sequence, one.count))
+            self.assertEqual(many.sealMany([], 77), b"")
+            self.assertEqual(many.sequence, one.sequence)
+
+    def test_sealManyCountsWhatFailed(self):
+        """
+        A body that cannot be sealed fails sealMany, and the sequence
+        numbers of the bodies before it stay used: no nonce is used
+        twice for different bytes.
+        """
+        from muxframe.xtmp.codec import F
+        from muxframe.xtmp.connection import PreparedBody
+        good = PreparedBody(0x41, F.STREAM_DATA, b"x")
+        bad = PreparedBody(0x41, F.STREAM_DATA, b"y")
+        bad.body = None
+        k = TrafficKey(Cipher.AES_256_GCM, b"k" * 32, bytes(range(12)))
+        self.assertRaises(TypeError, k.sealMany, [good, good, bad], 1)
+        self.assertEqual((k.sequence, k.count), (2, 2))

@@ -103,6 +103,51 @@ class PreparedBody:
         self.single = not flags & _NOT_PREPARED
 
 
+class HeldBodies:
+    """
+    The L{PreparedBody} objects an engine holds unsealed
+    (L{XTMPConnection.holdPrepared}), in one small object that a fan-out
+    can add to without visiting the engine (L{add}): the session's later
+    bodies of a turn then touch this, not the engine, its settings and its
+    key, which by the next publish have left the CPU's caches.
+
+    @ivar bodies: the bodies, in order.
+    @ivar room: how many more the key takes before its update is due
+        (C{keyUpdateMessages} less its count and the bodies held).
+    @ivar open: whether the engine still holds these (False once sealed
+        or dropped: then nothing may be added).
+    @ivar sentAt: the time of the last body added after the first, or
+        L{None}; L{XTMPConnection} records it as its last send when it
+        seals them.
+    @ivar activityAt: the same for application activity.
+    """
+
+    __slots__ = ("bodies", "room", "open", "maxSize", "sentAt", "activityAt")
+
+    def __init__(self, prepared, room, maxSize):
+        self.bodies = [prepared]
+        self.room = room
+        self.open = True
+        self.maxSize = maxSize
+        self.sentAt = self.activityAt = None
+
+    def add(self, prepared, now):
+        """
+        Hold C{prepared} too, if the engine would (see
+        L{XTMPConnection.holdPrepared}); return whether it was taken (if
+        not, nothing changed).
+        """
+        if (not self.open or not self.room or not prepared.single
+                or prepared.size > self.maxSize):
+            return False
+        self.bodies.append(prepared)
+        self.room -= 1
+        self.sentAt = now
+        if prepared.activity:
+            self.activityAt = now
+        return True
+
+
 def _peerKey(result):
     if result.peerIdentity is not None:
         return result.peerIdentity.ed25519
@@ -156,7 +201,8 @@ class XTMPConnection(RekeyMixin):
         self.typeCounts = None
         self._plainSend = self._plainReceive = 0
         self._out = []
-        # Prepared bodies held unsealed (holdPrepared), or None.
+        # Prepared bodies held unsealed (holdPrepared): a HeldBodies, or
+        # None.
         self._held = None
         # One deque per priority class, made when first needed; resent
         # messages (delivery ids already given) leave before all of them.
@@ -312,8 +358,9 @@ class XTMPConnection(RekeyMixin):
     def holdPrepared(self, prepared, now):
         """
         Take a L{PreparedBody} to seal later, at L{takeHeld}, if
-        L{sealPrepared} would seal it at once; return whether it was taken
-        (if not, nothing changed: use L{sealPrepared}).
+        L{sealPrepared} would seal it at once; return the L{HeldBodies}
+        it is in (its C{add} takes the next ones at less cost), or False
+        if it was not taken (then nothing changed: use L{sealPrepared}).
 
         A fan-out hands each of many sessions several bodies in one
         reactor turn; sealing each session's bodies together at the end of
@@ -324,8 +371,10 @@ class XTMPConnection(RekeyMixin):
         method but L{holdPrepared}, L{nextDeadline} and the getters seals
         them first; L{release} of a closed session and L{abandon} drop
         them), and only while the key would not be due for an update
-        first.  The times of the last send and activity are recorded now,
-        the message and byte counters when they are sealed.
+        first.  The times of the last send and activity are recorded now
+        for the first body held, and for the later ones when they are
+        sealed (a reader of C{lastSent} between sees the first one's
+        time); the message and byte counters when they are sealed.
         """
         key = self.sendKey
         if (key is None or self._out or self._queuedBytes
@@ -333,18 +382,17 @@ class XTMPConnection(RekeyMixin):
                 or prepared.size > self.settings.fragmentSize):
             return False
         held = self._held
-        if held is None:
-            if key.count >= self.settings.keyUpdateMessages:
-                return False
-            self._held = [prepared]
-        elif key.count + len(held) >= self.settings.keyUpdateMessages:
+        if held is not None:
+            return held if held.add(prepared, now) else False
+        room = self.settings.keyUpdateMessages - key.count - 1
+        if room < 0:
             return False
-        else:
-            held.append(prepared)
+        held = self._held = HeldBodies(prepared, room,
+                                       self.settings.fragmentSize)
         if prepared.activity:
             self.lastActivity = now
         self.lastSent = now
-        return True
+        return held
 
     def takeHeld(self):
         """
@@ -359,19 +407,28 @@ class XTMPConnection(RekeyMixin):
         self.counters.bytesSent += len(data)
         return data
 
+    def _dropHeld(self):
+        held = self._held
+        if held is not None:
+            self._held = None
+            held.open = False
+
     def _sealHeld(self, out=None):
         # The frames sealPrepared's fast path would have made, in order,
         # appended to out (default: _out, where dataToSend counts their
         # bytes).
         held = self._held
         self._held = None
+        held.open = False
+        # (The times of the bodies after the first: see holdPrepared.)
+        if held.sentAt is not None:
+            self.lastSent = held.sentAt
+        if held.activityAt is not None:
+            self.lastActivity = held.activityAt
+        held = held.bodies
         if out is None:
             out = self._out
-        seal = self.sendKey.seal
-        sessionId = self.sessionId
-        for p in held:
-            out.append(seal(p.type, p.sealedFlags, sessionId, p.body,
-                            p.checksum))
+        out.append(self.sendKey.sealMany(held, self.sessionId))
         self.counters.messagesSent += len(held)
         typeCounts = self.typeCounts
         if typeCounts is not None:
@@ -525,7 +582,7 @@ class XTMPConnection(RekeyMixin):
             self._resumptionFor = None
             # Held bodies of a lost connection are never written (as held
             # frames are not, XTMPProtocol.releaseHeld).
-            self._held = None
+            self._dropHeld()
 
     def abandon(self):
         """
@@ -534,7 +591,7 @@ class XTMPConnection(RekeyMixin):
         tell.
         """
         self._out = []
-        self._held = None
+        self._dropHeld()
         self.state = CLOSED
 
     def closeWithError(self, code, reason, now=0.0):

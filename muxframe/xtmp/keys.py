@@ -170,6 +170,40 @@ class TrafficKey:
         self.count += 1
         return b"".join((aad, out[-TAG_SIZE:], out[:-TAG_SIZE]))
 
+    def sealMany(self, bodies, sessionId):
+        """
+        L{seal} each of C{bodies} (L{PreparedBody} objects, with
+        ENCRYPTED in their C{sealedFlags}) as the next messages, in order;
+        return their frames' bytes, joined.  The same bytes as calling
+        L{seal} for each: one loop with the key's state in locals, for a
+        session's held fan-out bodies (L{XTMPConnection.takeHeld}).
+        """
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _AEADS[self.cipher](self.key)
+        encrypt = aead.encrypt
+        pack = _AAD.pack
+        fixed, head, tail = self._fixed, self._ivHead, self._ivTail
+        start = seq = self.sequence
+        parts = []
+        append = parts.append
+        try:
+            for p in bodies:
+                body = p.body
+                aad = pack(_MAGIC_VERSION, p.type, p.sealedFlags, sessionId,
+                           seq, p.size, p.checksum, fixed, head, tail ^ seq)
+                out = encrypt(aad[56:68], body, aad)
+                seq += 1
+                append(aad)
+                append(out[-TAG_SIZE:])
+                append(out[:-TAG_SIZE])
+        finally:
+            # Every sequence number used, even by a frame an error then
+            # dropped: a nonce is never used twice.
+            self.sequence = seq
+            self.count += seq - start
+        return b"".join(parts)
+
     def open(self, frame):
         """
         Authenticate and decrypt C{frame}; the caller has checked key id,

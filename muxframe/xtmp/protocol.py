@@ -111,6 +111,11 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._closed = []
         self._closeReason = None
         self._transportPaused = False
+        # (Next to _transportPaused, in the instance's values: a fan-out's
+        # later bodies of a turn read only these, L{sendPreparedBody}.)
+        self._holding = None
+        self._held = None
+        self._heldBytes = 0
         self._deliveryPaused = False
         self._heldData = []
         self._producer = None
@@ -281,7 +286,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         to the factory.
         """
         self._lost = True
-        self._held = None
+        self._held = self._holding = None
         if self._closeReason is None:
             self._closeReason = reason.value if reason is not None \
                 else ConnectionDone()
@@ -459,6 +464,19 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             and buffer bounds hold.
         @return: whether it was sent; if not, nothing changed.
         """
+        holding = self._holding
+        if holding is not None:
+            # The engine holds this turn's bodies in holding: add this one
+            # without visiting the engine, if it takes it.
+            if (hold is not None and now is not None
+                    and not self._transportPaused
+                    and holding.add(prepared, now)):
+                self._heldBytes += _FRAME_OVERHEAD + prepared.size
+                if self._heldBytes > self.holdLimit:
+                    self.releaseHeld()
+                return True
+            if not holding.open:
+                self._holding = None
         conn = self.connection
         if conn is None or self._lost or self._transportPaused:
             return False
@@ -480,12 +498,14 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 self._held = [data]
                 self._heldBytes = len(data)
                 hold.append(self)
-            elif conn.holdPrepared(prepared, now):
+            elif (holding := conn.holdPrepared(prepared, now)):
                 # The turn's later ones are sealed together at releaseHeld,
                 # while this session's key and AEAD state are in the
-                # caches (XTMPConnection.holdPrepared: the same bytes).
+                # caches (XTMPConnection.holdPrepared: the same bytes); the
+                # next ones go straight to holding (above).
                 if held[-1] is not _ENGINE_HOLDS:
                     held.append(_ENGINE_HOLDS)
+                self._holding = holding
                 self._heldBytes += _FRAME_OVERHEAD + prepared.size
             else:
                 # (Bytes the engine held come first in data.)
@@ -512,6 +532,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         held = self._held
         if held is not None:
             self._held = None
+            self._holding = None
             if held[-1] is _ENGINE_HOLDS:
                 held[-1] = self.connection.takeHeld()
             if not self._lost:
