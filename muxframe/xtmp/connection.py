@@ -304,7 +304,9 @@ class XTMPConnection(RekeyMixin):
 
         @param flags: the body's flags (e.g. STREAM_DATA).
         @return: whether it was encoded (it is then in L{dataToSend});
-            if not, nothing changed: use L{sendMessage}.
+            if not, the message is not sent (use L{sendMessage}), though
+            bodies held by L{holdPrepared} may have been sealed into
+            L{dataToSend}.
         """
         if self._held is not None:
             self._sealHeld()
@@ -324,8 +326,9 @@ class XTMPConnection(RekeyMixin):
     def sealPrepared(self, prepared, now):
         """
         L{sendPrepared} and L{dataToSend} in one, for a L{PreparedBody}:
-        the bytes to write, or L{None} if it cannot go at once (then
-        nothing changed: use L{sendMessage}).  A broker's fan-out calls it
+        the bytes to write, or L{None} if it cannot go at once (then it is
+        not sent: use L{sendMessage}; bodies held by L{holdPrepared} may
+        have been sealed into L{dataToSend}, so flush).  A broker's fan-out calls it
         once per subscriber, so it does only what one frame needs.
         """
         if self._held is not None:
@@ -605,8 +608,10 @@ class XTMPConnection(RekeyMixin):
             return b""
         payload = codec.encodeReason(code, reason)
         clean = code in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY)
-        # Held bodies were sealed before whatever _out holds; they go
-        # first, counted as sent, even in an error close.
+        # Held bodies come before whatever _out holds (anything that adds
+        # to _out seals them first, and holdPrepared needs _out empty):
+        # sealed now, they go first, counted as sent, even in an error
+        # close.
         held = [self.takeHeld()]
         if clean and self.state == OPEN:
             pending = held + [self.dataToSend()]

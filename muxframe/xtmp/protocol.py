@@ -443,7 +443,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         Send a message with a prebuilt body at once if the session can take
         it without queueing (see L{XTMPConnection.sendPrepared}).
 
-        @return: whether it was sent; if not, nothing changed.
+        @return: whether it was sent; if not, the caller sends it another
+            way; bodies held earlier may have been sealed into the
+            engine's output, which its next flush writes.
         """
         return self.sendPreparedBody(PreparedBody(messageType, flags, body),
                                      now)
@@ -462,7 +464,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             turn.  Held frames are written before anything else this
             protocol writes, and at once past C{holdLimit} bytes, so order
             and buffer bounds hold.
-        @return: whether it was sent; if not, nothing changed.
+        @return: whether it was sent; if not, the caller sends it another
+            way; bodies held earlier may have been sealed into the
+            engine's output, which its next flush writes.
         """
         holding = self._holding
         if holding is not None:
