@@ -131,3 +131,17 @@ def againstReceiveData(test, server, fastPath, read, now):
     events = slow.receiveData(read, now)
     test.assertEqual(snapshot(fast), snapshot(slow))
     return result, events
+
+
+def assertSameSendState(test, engine, reference):
+    """
+    Assert that XTMP engine C{engine} has sent what C{reference} has, as
+    its counters, send times and send key's position show.
+    """
+    for name in ("messagesSent", "bytesSent", "keyUpdates"):
+        test.assertEqual(getattr(engine.counters, name),
+                         getattr(reference.counters, name), name)
+    test.assertEqual((engine.lastSent, engine.lastActivity),
+                     (reference.lastSent, reference.lastActivity))
+    test.assertEqual((engine.sendKey.epoch, engine.sendKey.sequence),
+                     (reference.sendKey.epoch, reference.sendKey.sequence))

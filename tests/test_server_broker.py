@@ -13,6 +13,7 @@ from muxframe.server.interfaces import IBroker, ISession, ISessionRegistry
 from muxframe.xtmp import PeerError, XTMPErrorCode
 from muxframe.xtmp.codec import MessageType
 
+from tests.support import assertSameSendState
 from tests.test_server_support import (
     ALICE, BOB, CAROL, Harness, config, result,
 )
@@ -461,13 +462,7 @@ class HeldBodiesTests(SynchronousTestCase):
         self.assertNotIn(None, outEager)
         wire = b"".join(writes)
         self.assertEqual(wire, b"".join(outEager))
-        for name in ("messagesSent", "bytesSent", "keyUpdates"):
-            self.assertEqual(getattr(conn.counters, name),
-                             getattr(eager.counters, name), name)
-        self.assertEqual((conn.lastSent, conn.lastActivity),
-                         (eager.lastSent, eager.lastActivity))
-        self.assertEqual((conn.sendKey.epoch, conn.sendKey.sequence),
-                         (eager.sendKey.epoch, eager.sendKey.sequence))
+        assertSameSendState(self, conn, eager)
         side.transport.write = write
         write(wire)
         h.flush()

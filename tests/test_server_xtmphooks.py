@@ -16,6 +16,7 @@ from muxframe.xtmp import (
 from muxframe.xtmp import codec
 from muxframe.xtmp.subscriptions import isWildcard, subjectMatches
 
+from tests.support import assertSameSendState
 from tests.test_xtmp_support import (
     CLIENT_IDENTITY, SERVER_IDENTITY, enginePair, exchange,
 )
@@ -583,13 +584,7 @@ class HoldPreparedTests(SynchronousTestCase):
         self.assertNotIn(None, outEager)
         wire = b"".join(outLazy)
         self.assertEqual(wire, b"".join(outEager))
-        for name in ("messagesSent", "bytesSent", "keyUpdates"):
-            self.assertEqual(getattr(lazy.counters, name),
-                             getattr(eager.counters, name), name)
-        self.assertEqual(lazy.lastSent, eager.lastSent)
-        self.assertEqual(lazy.lastActivity, eager.lastActivity)
-        self.assertEqual((lazy.sendKey.epoch, lazy.sendKey.sequence),
-                         (eager.sendKey.epoch, eager.sendKey.sequence))
+        assertSameSendState(self, lazy, eager)
         return c.receiveData(wire, 2.0)
 
     def _payloads(self, events):
