@@ -578,11 +578,12 @@ class Engine:
         Fast path of L{receiveData} for a read that ends the payload of the
         data frame being received and goes on into the next data frame of
         the same stream, which ends at or past the read's end (a bulk
-        transfer's read across a frame boundary): handle it, with the effects L{receiveData} would
-        have, and return C{(streamId, payload)}, the two frames' payload
-        bytes of the read joined, for the caller to deliver as for a
-        L{DataReceived} event (receiveData reports them as two).  Otherwise
-        take nothing and return C{None}: call L{receiveData}.
+        transfer's read across a frame boundary): handle it, with the
+        effects L{receiveData} would have, and return C{(streamId,
+        payload)}, the two frames' payload bytes of the read joined, for
+        the caller to deliver as for a L{DataReceived} event (receiveData
+        reports them as two).  Otherwise take nothing and return C{None}:
+        call L{receiveData}.
         """
         return None
 

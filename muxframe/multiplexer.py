@@ -822,7 +822,6 @@ class Multiplexer(Protocol):
     def _abortTransport(self):
         self._closeTimer = None
         if not self.disconnected:
-            self._gather = None
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:
                 abort()
