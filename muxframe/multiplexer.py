@@ -19,9 +19,6 @@ as before, behind what it holds, so the order on the wire and backpressure
 are Twisted's.
 """
 
-import socket
-import sys
-
 from zope.interface import implementer
 
 from twisted.internet.defer import fail, succeed
@@ -34,6 +31,7 @@ from twisted.python.failure import Failure
 from .allocator import warmAllocator
 from .bmp import BmpEngine
 from .describe import addressText
+from .directsend import directSocket as _directSocket, transportIdle
 from .errors import (
     ErrorCode,
     LocalProtocolError,
@@ -134,23 +132,6 @@ MIN_FRAMES_PER_TURN = 4
 # reset.
 PACED_FRAMES = 8
 PACED_OPENING = 2
-
-
-def _directSocket(transport):
-    """
-    Return the socket of a plain TCP (or UNIX) connection of Twisted's own,
-    which the multiplexer may write to itself while the transport buffers
-    nothing; C{None} for other transports (TLS, wrappers, tests').
-    """
-    # (Not imported here: a process that has not loaded Twisted's TCP has
-    # no such connection, and the import costs in-memory users.)
-    tcp = sys.modules.get("twisted.internet.tcp")
-    if tcp is None or not isinstance(transport, tcp.Connection) or transport.TLS:
-        return None
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket) or not hasattr(sock, "sendmsg"):
-        return None  # (sendmsg: not on Windows)
-    return sock
 
 
 def _coalesced(chunks):
@@ -1096,12 +1077,7 @@ class Multiplexer(Protocol):
         # True if size bytes may go straight to the socket: within this
         # turn's allowance, and nothing waits in the transport before them
         # (the order on the wire is kept) nor is it closing, aborted or TLS.
-        transport = self.transport
-        return (size <= self._direct and not transport.dataBuffer
-                and not transport._tempDataLen and transport.connected
-                and not transport.disconnecting and not transport._writeDisconnecting
-                and not transport._writeDisconnected and not transport._aborting
-                and not transport.TLS)
+        return size <= self._direct and transportIdle(self.transport)
 
     def _write(self, data):
         """
