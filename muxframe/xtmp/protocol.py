@@ -15,6 +15,14 @@ half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
 which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
 
+Writes: on a plain TCP connection of Twisted's own, what a session writes
+while a read is handled (its answers, and what a server forwards to other
+sessions) is gathered and sent to the socket every EVENTS_PER_SEND events
+and as the read's handling ends (L{muxframe.xtmp.readgather}), rather than
+on the next reactor turn: a pipeline of processes then overlaps instead of
+waiting for each other's whole reads.  Other transports get
+C{transport.write}.
+
 Handlers and the answers they give are L{muxframe.xtmp.handlers}'s;
 publish/subscribe is L{muxframe.xtmp.subscriptions}'s.
 """
@@ -27,6 +35,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from muxframe.directsend import directSocket
 from muxframe.logthrottle import logger, throttled
 from muxframe.xtmp.codec import (
     CONTROL_TYPES, HEADER_SIZE, SECURITY_SIZE, Cipher, F,
@@ -42,6 +51,7 @@ from muxframe.xtmp.events import (
     RequestFailed, ResponseReceived, SubscribeReceived, UnsubscribeReceived,
 )
 from muxframe.xtmp.handlers import HandlersMixin
+from muxframe.xtmp.readgather import EVENTS_PER_SEND, readGather
 from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
@@ -99,6 +109,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     holdLimit = 1 << 14
     closeTimeout = 10.0
     _reactor = None
+    # The connection's socket while writes may be sent to it directly
+    # (muxframe.directsend), else None.
+    _socket = None
     # Frames held for one write at the end of the turn, or None.
     _held = None
     _heldBytes = 0
@@ -236,6 +249,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if self.factory is not None:
             self.handlers.update(self.factory.handlers)
         self.connection = self.factory.makeEngine(self, now)
+        self._socket = directSocket(self.transport)
         # Optional hooks: a factory written before them still works.
         started = getattr(self.factory, "handshakeStarted", None)
         if started is not None:
@@ -250,6 +264,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         """
         Feed bytes to the engine and act on its events.
         """
+        readGather.handling(self._dataReceived, data)
+
+    def _dataReceived(self, data):
         if self._deliveryPaused:
             self._heldData.append(data)
             return
@@ -258,11 +275,19 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             return
         try:
             events = conn.receiveData(data, self.reactor.seconds())
+            handled = 0
             for event in events:
                 if self._closing:
                     # A handler closed the session: the rest is moot.
                     break
                 self._handleEvent(event)
+                handled += 1
+                if handled == EVENTS_PER_SEND:
+                    # The next stage (the peer, a forwarded hop) starts on
+                    # these while the rest are handled.
+                    handled = 0
+                    self._flush()
+                    readGather.send()
         except XTMPRemoteError as e:
             # A typed protocol error says what went wrong by itself; its
             # traceback would keep this session's frames (and the session)
@@ -287,6 +312,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         """
         self._lost = True
         self._held = self._holding = None
+        readGather.discard(self)
         if self._closeReason is None:
             self._closeReason = reason.value if reason is not None \
                 else ConnectionDone()
@@ -378,6 +404,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             else:
                 self._closeReason = PeerDisconnected(event.code, event.reason)
             self.releaseHeld()
+            readGather.sendFor(self)
             self.transport.loseConnection()
 
     def sessionReady(self):
@@ -540,13 +567,21 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             if held[-1] is _ENGINE_HOLDS:
                 held[-1] = self.connection.takeHeld()
             if not self._lost:
-                self.transport.write(held[0] if len(held) == 1
-                                     else b"".join(held))
+                self._toTransport(held[0] if len(held) == 1
+                                  else b"".join(held))
 
     def _write(self, data):
         if self._held is not None:
             self.releaseHeld()
-        self.transport.write(data)
+        self._toTransport(data)
+
+    def _toTransport(self, data):
+        # Gathered for the socket while a read is handled (readgather's
+        # rules), else the transport's.
+        if self._socket is not None:
+            readGather.write(self, self._socket, self.transport, data)
+        else:
+            self.transport.write(data)
 
     def respond(self, message, payload, messageType=None, flags=0):
         """
@@ -665,6 +700,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             # write again (Twisted resumes it rather than closing once its
             # buffer drains), so the close would hang until the abort.
             self.transport.unregisterProducer()
+            readGather.sendFor(self)
         self.transport.loseConnection()
         if self._abortCall is None and not self._lost:
             # A peer that stops reading must not hold the session open.

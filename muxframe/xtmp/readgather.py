@@ -1,0 +1,122 @@
+"""
+Gathering the writes XTMP sessions make while one read is handled.
+
+A read of many messages (a pipelined client's 64 requests) makes writes on
+the reading session (its answers) and on others (a server forwarding each
+request to the session that serves its subject).  Through
+C{transport.write} all of them leave on the next reactor turn, after the
+whole read is handled, so a chain of processes runs in lockstep: each
+stage waits for the previous one's whole batch (a convoy, the machine
+half idle).  Sent one by one to the socket they would cost a system call
+a message.
+
+L{ReadGather} sits between the two, under these rules:
+
+  - while a session handles a read (L{ReadGather.handling}), what any
+    direct-capable session (L{muxframe.directsend.directSocket}) writes is
+    gathered per session, in the order written;
+  - the handling session sends what is gathered every C{EVENTS_PER_SEND}
+    events (L{ReadGather.send}), so the next stage starts on the first
+    messages of a read while this one handles the rest, and at the end of
+    the outermost handling;
+  - a session's gathered bytes are sent at once past C{GATHER_LIMIT}, so
+    the gather is bounded per session;
+  - sending follows L{muxframe.directsend.sendOrWrite}: to the socket while
+    the transport buffers nothing, else (and for what the kernel does not
+    take) through the transport, so order and backpressure are Twisted's;
+  - a session sends its gathered bytes before it closes its transport
+    (L{ReadGather.sendFor}), and one that lost its connection has them
+    dropped (L{ReadGather.discard});
+  - outside a handling, writes are sent at once.
+
+One gather serves the process (L{readGather}): sessions of one reactor
+share the reactor's thread, and a read handled by one session writes to
+others.
+"""
+
+from muxframe.directsend import sendOrWrite
+
+#: Events a read's handling may produce before what they wrote is sent.
+EVENTS_PER_SEND = 16
+#: Bytes gathered for one session past which they are sent at once.
+GATHER_LIMIT = 1 << 16
+
+
+class ReadGather:
+    """
+    The writes of direct-capable sessions, gathered while a read is handled
+    (see the module's rules).
+    """
+
+    def __init__(self):
+        self._depth = 0
+        # key -> [socket, transport, chunks, bytes], in first-write order.
+        self._pending = {}
+
+    @property
+    def gathering(self):
+        """
+        Whether a read is being handled (writes are gathered).
+        """
+        return self._depth > 0
+
+    def handling(self, method, *args):
+        """
+        Call C{method(*args)} gathering the writes it makes; send them as
+        the outermost such call returns (or raises).
+
+        @return: what C{method} returns.
+        """
+        self._depth += 1
+        try:
+            return method(*args)
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self.send()
+
+    def write(self, key, sock, transport, data):
+        """
+        Write C{data} for C{key} (a session) whose connection is
+        C{transport}, with socket C{sock}: gathered while a read is
+        handled, else sent at once.
+        """
+        if not self._depth:
+            sendOrWrite(sock, transport, data)
+            return
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = [sock, transport, [data], len(data)]
+        else:
+            entry[2].append(data)
+            entry[3] += len(data)
+        if entry[3] >= GATHER_LIMIT:
+            self.sendFor(key)
+
+    def sendFor(self, key):
+        """
+        Send what is gathered for C{key}, if anything.
+        """
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            sock, transport, chunks, _ = entry
+            sendOrWrite(sock, transport,
+                        chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def discard(self, key):
+        """
+        Drop what is gathered for C{key} (its connection is lost).
+        """
+        self._pending.pop(key, None)
+
+    def send(self):
+        """
+        Send everything gathered, session by session in first-write order.
+        """
+        pending = self._pending
+        while pending:
+            self.sendFor(next(iter(pending)))
+
+
+#: The process's gather.
+readGather = ReadGather()

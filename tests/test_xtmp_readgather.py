@@ -1,0 +1,295 @@
+"""
+L{muxframe.xtmp.readgather}: the writes XTMP sessions make while a read is
+handled are gathered per session and sent every EVENTS_PER_SEND events and
+as the read ends, in order; and over real loopback TCP, a read of many
+requests is answered in a few sends, the first of them (and the first
+forwarded hop's) before the read's handling ends.
+"""
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from muxframe.server.factory import XTMPServer
+from muxframe.xtmp import XTMPClientFactory, connectXTMP
+from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.readgather import (
+    EVENTS_PER_SEND, GATHER_LIMIT, ReadGather, readGather,
+)
+
+from tests.test_directsend import FakeSocket, FakeTCPTransport
+from tests.test_server_support import ALICE, BOB, KEYS, SERVER_IDENTITY, config
+from tests.test_xtmp_transports import waitFor
+
+
+class ReadGatherTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.gather = ReadGather()
+        self.a = (FakeSocket(), FakeTCPTransport())
+        self.b = (FakeSocket(), FakeTCPTransport())
+
+    def write(self, key, data):
+        sock, transport = getattr(self, key)
+        self.gather.write(key, sock, transport, data)
+
+    def test_outsideHandlingSentAtOnce(self):
+        """
+        A write outside any handling goes to the socket at once.
+        """
+        self.write("a", b"now")
+        self.assertEqual(self.a[0].sent, [b"now"])
+        self.assertFalse(self.gather.gathering)
+
+    def test_gatheredUntilHandlingEnds(self):
+        """
+        Writes while a read is handled are held, per session and in order,
+        and sent one send per session as the handling returns.
+        """
+        def handle():
+            self.write("a", b"1")
+            self.write("b", b"x")
+            self.write("a", b"2")
+            self.assertTrue(self.gather.gathering)
+            self.assertEqual(self.a[0].sent + self.b[0].sent, [])
+            return "handled"
+
+        self.assertEqual(self.gather.handling(handle), "handled")
+        self.assertEqual(self.a[0].sent, [b"12"])
+        self.assertEqual(self.b[0].sent, [b"x"])
+
+    def test_sentWhenHandlingRaises(self):
+        """
+        A handling that raises still sends what it gathered.
+        """
+        def handle():
+            self.write("a", b"kept")
+            raise ValueError("handler bug")
+
+        self.assertRaises(ValueError, self.gather.handling, handle)
+        self.assertEqual(self.a[0].sent, [b"kept"])
+        self.assertFalse(self.gather.gathering)
+
+    def test_nested(self):
+        """
+        Only the outermost handling's end sends.
+        """
+        def inner():
+            self.write("a", b"inner")
+
+        def outer():
+            self.gather.handling(inner)
+            self.assertEqual(self.a[0].sent, [])
+            self.write("a", b"+outer")
+
+        self.gather.handling(outer)
+        self.assertEqual(self.a[0].sent, [b"inner+outer"])
+
+    def test_sendMidHandling(self):
+        """
+        L{ReadGather.send} sends everything gathered so far; later writes
+        are gathered again.
+        """
+        def handle():
+            self.write("a", b"early")
+            self.write("b", b"early")
+            self.gather.send()
+            self.assertEqual(self.a[0].sent, [b"early"])
+            self.assertEqual(self.b[0].sent, [b"early"])
+            self.write("a", b"late")
+            self.assertEqual(self.a[0].sent, [b"early"])
+
+        self.gather.handling(handle)
+        self.assertEqual(self.a[0].sent, [b"early", b"late"])
+
+    def test_limit(self):
+        """
+        Past GATHER_LIMIT bytes a session's writes are sent at once.
+        """
+        chunk = b"z" * (GATHER_LIMIT // 4)
+
+        def handle():
+            for _ in range(3):
+                self.write("a", chunk)
+            self.assertEqual(self.a[0].sent, [])
+            self.write("a", chunk)
+            self.assertEqual(self.a[0].sent, [chunk * 4])
+
+        self.gather.handling(handle)
+        self.assertEqual(self.a[0].sent, [chunk * 4])
+
+    def test_sendForAndDiscard(self):
+        """
+        L{ReadGather.sendFor} sends one session's bytes (before it closes);
+        L{ReadGather.discard} drops them (its connection is lost).
+        """
+        def handle():
+            self.write("a", b"bye")
+            self.write("b", b"lost")
+            self.gather.sendFor("a")
+            self.assertEqual(self.a[0].sent, [b"bye"])
+            self.gather.discard("b")
+
+        self.gather.handling(handle)
+        self.assertEqual(self.a[0].sent, [b"bye"])
+        self.assertEqual(self.b[0].sent, [])
+        self.assertEqual(self.b[1].written, [])
+
+    def test_busyTransportGetsTheBytes(self):
+        """
+        A session whose transport buffers bytes has its gathered bytes
+        written behind them through the transport.
+        """
+        self.a[1].dataBuffer = b"queued"
+        self.gather.handling(lambda: self.write("a", b"next"))
+        self.assertEqual(self.a[0].sent, [])
+        self.assertEqual(self.a[1].written, [b"next"])
+
+
+class RecordingSocket:
+    """
+    A session's real socket, recording the sends made through it.
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.sends = []
+
+    def send(self, data):
+        sent = self._sock.send(data)
+        self.sends.append((len(data), sent))
+        return sent
+
+
+class Capture:
+    """
+    A socket that takes everything and sends nothing, so a client's
+    requests can be handed to the server as one read.
+    """
+
+    def __init__(self):
+        self.data = []
+
+    def send(self, data):
+        self.data.append(bytes(data))
+        return len(data)
+
+
+def echo(session, message):
+    return b"echo:" + message.payload
+
+
+class LoopbackTests(TestCase):
+    """
+    A real XTMP server and clients on 127.0.0.1, the server's sessions'
+    sockets recorded.
+    """
+
+    timeout = 60
+    count = 40
+
+    @inlineCallbacks
+    def setUp(self):
+        self.server = XTMPServer(SERVER_IDENTITY, config(), reactor, keys=KEYS)
+        self.server.router.route(0x20, echo)
+        port = yield TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(self.server)
+        self.addCleanup(port.stopListening)
+        # (Run after the sessions' cleanups: stops the broker's timers.)
+        self.addCleanup(self.server.drain, 5)
+        self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                           port.getHost().port)
+
+    @inlineCallbacks
+    def session(self, identity):
+        client = yield connectXTMP(self.endpoint, XTMPClientFactory(
+            serverKey=SERVER_IDENTITY.public, identity=identity,
+            resume=False))
+        self.addCleanup(self.close, client)
+        yield waitFor(lambda: self.server.registry.get(client.sessionId)
+                      is not None, "the server's session")
+        served = self.server.registry.get(client.sessionId)
+        self.assertIsNotNone(served._socket)
+        served._socket = RecordingSocket(served._socket)
+        return client, served
+
+    def close(self, client):
+        closed = client.whenClosed()
+        client.disconnect()
+        return closed
+
+    def oneRead(self, client, served, request):
+        """
+        Make C{count} requests with C{request(n)} on C{client}, hand their
+        bytes to C{served} as one read, and return the requests' Deferreds
+        and the sends each recording socket made during that read.
+        """
+        capture, real = Capture(), client._socket
+        client._socket = capture
+        try:
+            answers = readGather.handling(
+                lambda: [request(n) for n in range(self.count)])
+        finally:
+            client._socket = real
+        self.assertEqual(len(capture.data), 1)
+        served.dataReceived(capture.data[0])
+        return answers
+
+    @inlineCallbacks
+    def test_answersInFewSends(self):
+        """
+        A read of 40 requests to the server's own handler is answered in
+        ceil(40 / EVENTS_PER_SEND) sends (not 40, nor one after the whole
+        read), every answer correct and in order.
+        """
+        client, served = yield self.session(ALICE)
+        answers = self.oneRead(client, served, lambda n: client.request(
+            0x20, b"%d" % n, timeout=30))
+        sends = served._socket.sends
+        self.assertEqual(len(sends), -(-self.count // EVENTS_PER_SEND))
+        self.assertEqual([size for size, sent in sends if sent != size], [])
+        replies = yield gatherResults(answers)
+        self.assertEqual([r.payload for r in replies],
+                         [b"echo:%d" % n for n in range(self.count)])
+
+    @inlineCallbacks
+    def test_forwardedHopStartsEarly(self):
+        """
+        Requests to a subject that another session serves are forwarded
+        to it during the read, EVENTS_PER_SEND at a time: the responder
+        has the first ones before the read's handling ends, and every
+        reply comes back to the requester.
+        """
+        responder, respondersSession = yield self.session(BOB)
+        yield responder.subscribe(
+            "svc.echo", lambda m: responder.respond(m, b"r:" + m.payload),
+            group="responders")
+        requester, served = yield self.session(ALICE)
+        del respondersSession._socket.sends[:]  # (the subscription's reply)
+        answers = self.oneRead(requester, served, lambda n: requester.request(
+            MessageType.EventStream, b"%d" % n, subject="svc.echo",
+            timeout=30))
+        forwarded = respondersSession._socket.sends
+        self.assertEqual(len(forwarded), -(-self.count // EVENTS_PER_SEND))
+        replies = yield gatherResults(answers)
+        self.assertEqual([r.payload for r in replies],
+                         [b"r:%d" % n for n in range(self.count)])
+
+    @inlineCallbacks
+    def test_disconnectNotLost(self):
+        """
+        A Disconnect the server writes while handling a read, just before
+        it closes the transport, reaches the client: it sees a clean
+        close with the server's reason, not a lost connection.
+        """
+        def closing(session, message):
+            session.disconnect(reason="handler closed it")
+
+        self.server.router.route(0x21, closing)
+        client, served = yield self.session(ALICE)
+        closed = client.whenClosed()
+        client.send(0x21, b"")
+        why = yield closed
+        self.assertEqual(str(why), "Connection was closed cleanly: "
+                         "handler closed it.")
