@@ -6,7 +6,8 @@ The benchmark's client processes, one mode each:
   plain N                    hold N baseline TCP connections (each sending
                              a heartbeat-sized frame per --heartbeat, echoed,
                              unless --subject); command: count
-  handshakes N               N sessions opened, handshaken and closed
+  handshakes N               N sessions opened, handshaken (an echo request
+                             answered) and closed
   responder S                one session serving subject S (queue group)
   requester (S | --echo)     pipelined requests, to subject S or the
                              server's echo handler; command: run count window
@@ -266,6 +267,13 @@ def start(args):
         def one():
             try:
                 protocol = yield connectXTMP(client.endpoint, client.factory())
+                # connectXTMP fires once the client's authentication is
+                # sent; a Disconnect right behind it often reached the
+                # server with the connection's end, before the server had
+                # verified it (the session closed during the handshake,
+                # its signature never checked).  An answered request
+                # proves the server completed the handshake.
+                yield protocol.request(ECHO, b"", timeout=60)
                 closed = protocol.whenClosed()
                 protocol.disconnect()
                 yield closed

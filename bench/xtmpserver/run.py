@@ -253,14 +253,22 @@ def handshakeFloor(rounds=200):
 def handshake(size):
     n = size["handshakes"]
     srv = server("xtmp")
-    cpu0 = stats(srv)["cpu"]
+    before = stats(srv)
     cl = [Child("client-handshakes-%d" % i, "clientproc", "handshakes",
                 "--port", srv.port, "--count", n // size["clients"],
                 "--window", 16) for i in range(size["clients"])]
     done = [c.expect("handshaken", size["timeout"]) for c in cl]
-    cpu = stats(srv)["cpu"] - cpu0
+    after = stats(srv)
+    cpu = after["cpu"] - before["cpu"]
     stopAll(cl, srv)
     count = sum(d["count"] - d["failed"] for d in done)
+    completed = (after["handshakes"]["completed"]
+                 - before["handshakes"]["completed"])
+    if completed != count:
+        # Only handshakes the server finished (the client's signature
+        # verified) count: fewer means the figure measured less work.
+        raise RuntimeError("handshakes: the server completed %d of %d"
+                           % (completed, count))
     wall = max(d["wall"] for d in done)
     floor = handshakeFloor()
     print("  handshakes: %d in %.2fs wall, server CPU %.2fs; sans-IO floor "
