@@ -480,8 +480,8 @@ IGNORED = {
     "connection_management.udp_buffer_size":
         "XTMP runs over reliable streams only; there is no UDP transport",
     "performance.batch_processing":
-        "always on: each reactor turn's messages to a session leave in one "
-        "write",
+        "always on: a session's messages leave in few writes (a fan-out's "
+        "in one per turn, a read's answers in one per 16 messages handled)",
     "performance.async_processing":
         "always on: the server is event-driven; blocking handlers run in "
         "the thread pool (router.threads)",
