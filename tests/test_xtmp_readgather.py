@@ -9,6 +9,7 @@ forwarded hop's) before the read's handling ends.
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from muxframe.server.factory import XTMPServer
@@ -26,7 +27,8 @@ from tests.test_xtmp_transports import waitFor
 class ReadGatherTests(SynchronousTestCase):
 
     def setUp(self):
-        self.gather = ReadGather()
+        self.clock = Clock()
+        self.gather = ReadGather(self.clock)
         self.a = (FakeSocket(), FakeTCPTransport())
         self.b = (FakeSocket(), FakeTCPTransport())
 
@@ -36,11 +38,54 @@ class ReadGatherTests(SynchronousTestCase):
 
     def test_outsideHandlingSentAtOnce(self):
         """
-        A write outside any handling goes to the socket at once.
+        A session's first write of a turn outside any handling goes to the
+        socket at once.
         """
         self.write("a", b"now")
+        self.write("b", b"too")
         self.assertEqual(self.a[0].sent, [b"now"])
+        self.assertEqual(self.b[0].sent, [b"too"])
         self.assertFalse(self.gather.gathering)
+
+    def test_burstOutsideHandling(self):
+        """
+        Outside a handling, what a session writes after its first write of
+        a turn is gathered and sent as the turn ends: a burst of 200
+        messages is two sends, in order; the next turn's first write goes
+        at once again.
+        """
+        for n in range(200):
+            self.write("a", b"%03d" % n)
+        self.assertEqual(self.a[0].sent, [b"000"])
+        self.clock.advance(0)
+        self.assertEqual(self.a[0].sent, [
+            b"000", b"".join(b"%03d" % n for n in range(1, 200))])
+        self.write("a", b"next")
+        self.assertEqual(self.a[0].sent[-1], b"next")
+        self.assertEqual(len(self.a[0].sent), 3)
+
+    def test_turnEndAfterHandling(self):
+        """
+        A handling's end sends what was gathered outside it earlier in the
+        turn too, ahead of nothing written later.
+        """
+        self.write("a", b"1")
+        self.write("a", b"2")
+        self.gather.handling(lambda: self.write("a", b"3"))
+        self.assertEqual(self.a[0].sent, [b"1", b"23"])
+        self.write("a", b"4")
+        self.assertEqual(self.a[0].sent, [b"1", b"23"])
+        self.clock.advance(0)
+        self.assertEqual(self.a[0].sent, [b"1", b"23", b"4"])
+
+    def test_emptyWrite(self):
+        """
+        Writing nothing sends nothing and gathers nothing.
+        """
+        self.write("a", b"")
+        self.gather.handling(lambda: self.write("a", b""))
+        self.assertEqual(self.a[0].sent, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_gatheredUntilHandlingEnds(self):
         """
@@ -135,6 +180,27 @@ class ReadGatherTests(SynchronousTestCase):
         self.assertEqual(self.a[0].sent, [b"bye"])
         self.assertEqual(self.b[0].sent, [])
         self.assertEqual(self.b[1].written, [])
+        # Outside a handling too.
+        self.write("b", b"first")
+        self.write("b", b"gathered")
+        self.gather.discard("b")
+        self.clock.advance(0)
+        self.assertEqual(self.b[0].sent, [b"first"])
+
+    def test_manySessionsInOrder(self):
+        """
+        Each of many sessions gets its own bytes, in order, one send each.
+        """
+        sessions = {n: (FakeSocket(), FakeTCPTransport()) for n in range(500)}
+
+        def handle():
+            for part in (b"x", b"y"):
+                for n, (sock, transport) in sessions.items():
+                    self.gather.write(n, sock, transport, part + b"%d" % n)
+
+        self.gather.handling(handle)
+        self.assertEqual([sock.sent for sock, _ in sessions.values()],
+                         [[b"x%dy%d" % (n, n)] for n in sessions])
 
     def test_busyTransportGetsTheBytes(self):
         """
@@ -219,17 +285,17 @@ class LoopbackTests(TestCase):
         client.disconnect()
         return closed
 
-    def oneRead(self, client, served, request):
+    def oneRead(self, client, served, request, count=None):
         """
-        Make C{count} requests with C{request(n)} on C{client}, hand their
-        bytes to C{served} as one read, and return the requests' Deferreds
-        and the sends each recording socket made during that read.
+        Make C{count} (default C{self.count}) requests with C{request(n)}
+        on C{client}, hand their bytes to C{served} as one read, and
+        return what the C{request} calls returned.
         """
         capture, real = Capture(), client._socket
         client._socket = capture
         try:
             answers = readGather.handling(
-                lambda: [request(n) for n in range(self.count)])
+                lambda: [request(n) for n in range(count or self.count)])
         finally:
             client._socket = real
         self.assertEqual(len(capture.data), 1)
@@ -277,19 +343,38 @@ class LoopbackTests(TestCase):
                          [b"r:%d" % n for n in range(self.count)])
 
     @inlineCallbacks
-    def test_disconnectNotLost(self):
+    def test_disconnectSentBeforeClose(self):
         """
-        A Disconnect the server writes while handling a read, just before
-        it closes the transport, reaches the client: it sees a clean
-        close with the server's reason, not a lost connection.
+        A Disconnect a handler writes while a read is handled goes to the
+        socket before the transport is told to close (not left to the
+        transport's buffer behind its close), and the client sees a clean
+        close with the server's reason.
         """
         def closing(session, message):
             session.disconnect(reason="handler closed it")
 
         self.server.router.route(0x21, closing)
         client, served = yield self.session(ALICE)
+        order = []
+        recording = served._socket
+
+        class Socket:
+            def send(self, data):
+                order.append("send")
+                return recording.send(data)
+
+        served._socket = Socket()
+        loseConnection = served.transport.loseConnection
+
+        def lose():
+            order.append("loseConnection")
+            loseConnection()
+
+        served.transport.loseConnection = lose
         closed = client.whenClosed()
-        client.send(0x21, b"")
+        self.oneRead(client, served, lambda n: client.send(0x21, b""),
+                     count=1)
+        self.assertEqual(order, ["send", "loseConnection"])
         why = yield closed
         self.assertEqual(str(why), "Connection was closed cleanly: "
                          "handler closed it.")

@@ -15,13 +15,14 @@ half of C{maxQueuedBytes}.  A slow reader calls L{XTMPProtocol.pauseDelivery}
 which stops reading from the transport, so the sender's transport fills
 and pauses it in turn.
 
-Writes: on a plain TCP connection of Twisted's own, what a session writes
-while a read is handled (its answers, and what a server forwards to other
-sessions) is gathered and sent to the socket every EVENTS_PER_SEND events
-and as the read's handling ends (L{muxframe.xtmp.readgather}), rather than
-on the next reactor turn: a pipeline of processes then overlaps instead of
-waiting for each other's whole reads.  Other transports get
-C{transport.write}.
+Writes: on a plain TCP connection of Twisted's own, a session sends to the
+socket itself rather than on the next reactor turn
+(L{muxframe.xtmp.readgather}): what it writes while a read is handled (its
+answers, and what a server forwards to other sessions) is gathered and
+sent every EVENTS_PER_SEND events and as the read's handling ends, so a
+pipeline of processes overlaps instead of waiting for each other's whole
+reads; outside a read its first write of a turn goes at once and the rest
+of that turn's as the turn ends.  Other transports get C{transport.write}.
 
 Handlers and the answers they give are L{muxframe.xtmp.handlers}'s;
 publish/subscribe is L{muxframe.xtmp.subscriptions}'s.
@@ -109,8 +110,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     holdLimit = 1 << 14
     closeTimeout = 10.0
     _reactor = None
-    # The connection's socket while writes may be sent to it directly
-    # (muxframe.directsend), else None.
+    # The connection's socket if it is one writes may be sent to directly
+    # (muxframe.directsend.directSocket, set once the connection is made;
+    # each send checks the transport is idle), else None.
     _socket = None
     # Frames held for one write at the end of the turn, or None.
     _held = None

@@ -19,15 +19,20 @@ L{ReadGather} sits between the two, under these rules:
     events (L{ReadGather.send}), so the next stage starts on the first
     messages of a read while this one handles the rest, and at the end of
     the outermost handling;
-  - a session's gathered bytes are sent at once past C{GATHER_LIMIT}, so
-    the gather is bounded per session;
+  - outside a handling (a timer, a Deferred fired later, a thread's
+    result), a session's first write of a reactor turn is sent at once
+    (a heartbeat probe, a lone reply: no turn's delay); what it writes
+    after that in the same turn is gathered and sent as the turn ends (a
+    C{callLater(0)} on the global reactor, which runs before the reactor
+    next waits for events), so a burst is a few sends, not one a message;
+  - a session's gathered bytes are sent at once when they reach
+    C{GATHER_LIMIT}, so the gather is bounded per session;
   - sending follows L{muxframe.directsend.sendOrWrite}: to the socket while
     the transport buffers nothing, else (and for what the kernel does not
     take) through the transport, so order and backpressure are Twisted's;
   - a session sends its gathered bytes before it closes its transport
     (L{ReadGather.sendFor}), and one that lost its connection has them
-    dropped (L{ReadGather.discard});
-  - outside a handling, writes are sent at once.
+    dropped (L{ReadGather.discard}).
 
 One gather serves the process (L{readGather}): sessions of one reactor
 share the reactor's thread, and a read handled by one session writes to
@@ -38,7 +43,7 @@ from muxframe.directsend import sendOrWrite
 
 #: Events a read's handling may produce before what they wrote is sent.
 EVENTS_PER_SEND = 16
-#: Bytes gathered for one session past which they are sent at once.
+#: Bytes gathered for one session at which they are sent at once.
 GATHER_LIMIT = 1 << 16
 
 
@@ -48,10 +53,19 @@ class ReadGather:
     (see the module's rules).
     """
 
-    def __init__(self):
+    def __init__(self, reactor=None):
+        """
+        @param reactor: what the turn's end is scheduled on (an
+            C{IReactorTime}); by default the global reactor, which is the
+            one driving the TCP connections this gathers for.
+        """
         self._depth = 0
         # key -> [socket, transport, chunks, bytes], in first-write order.
         self._pending = {}
+        # Sessions that sent at once this turn, outside a handling.
+        self._sentThisTurn = set()
+        self._reactor = reactor
+        self._turnEnd = None
 
     @property
     def gathering(self):
@@ -81,9 +95,15 @@ class ReadGather:
         C{transport}, with socket C{sock}: gathered while a read is
         handled, else sent at once.
         """
-        if not self._depth:
-            sendOrWrite(sock, transport, data)
+        if not data:
             return
+        if not self._depth:
+            if self._turnEnd is None:
+                self._armTurnEnd()
+            if key not in self._sentThisTurn and key not in self._pending:
+                self._sentThisTurn.add(key)
+                sendOrWrite(sock, transport, data)
+                return
         entry = self._pending.get(key)
         if entry is None:
             entry = self._pending[key] = [sock, transport, [data], len(data)]
@@ -108,14 +128,29 @@ class ReadGather:
         Drop what is gathered for C{key} (its connection is lost).
         """
         self._pending.pop(key, None)
+        self._sentThisTurn.discard(key)
 
     def send(self):
         """
         Send everything gathered, session by session in first-write order.
         """
-        pending = self._pending
-        while pending:
-            self.sendFor(next(iter(pending)))
+        while self._pending:
+            # (A list of the keys: popping the first key of a dict again
+            # and again is quadratic.  A write made while sending joins its
+            # session's entry, or makes a new one for the next pass.)
+            for key in list(self._pending):
+                self.sendFor(key)
+
+    def _armTurnEnd(self):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self._turnEnd = reactor.callLater(0, self._endTurn)
+
+    def _endTurn(self):
+        self._turnEnd = None
+        self._sentThisTurn.clear()
+        self.send()
 
 
 #: The process's gather.
