@@ -310,6 +310,7 @@ class LoopbackTests(TestCase):
         read), every answer correct and in order.
         """
         client, served = yield self.session(ALICE)
+        del served._socket.sends[:]
         answers = self.oneRead(client, served, lambda n: client.request(
             0x20, b"%d" % n, timeout=30))
         sends = served._socket.sends
