@@ -8,7 +8,8 @@ The benchmark's client processes, one mode each:
                              unless --subject); command: count
   handshakes N               N sessions opened, handshaken (an echo request
                              answered) and closed
-  responder S                one session serving subject S (queue group)
+  responder S                one session serving subject S (queue group);
+                             command: cpu (its CPU seconds so far)
   requester (S | --echo)     pipelined requests, to subject S or the
                              server's echo handler; command: run count window
   latency                    sequential echo requests; command: run count
@@ -91,6 +92,9 @@ class Client:
         yield gatherResults([semaphore.run(one) for _ in range(count)])
 
     # -- commands ----------------------------------------------------------
+
+    def cmd_cpu(self):
+        emit("cpu", cpu=time.process_time())
 
     def cmd_count(self):
         emit("count", received=self.received, sessions=len(self.sessions))

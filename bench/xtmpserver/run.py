@@ -320,14 +320,25 @@ def reqrep(size):
     responder = clients(srv, 1, "responder", 1, 60, "--subject", "svc.echo")
     requester = clients(srv, 1, "requester", 1, 60)
     results = {}
+    def responderCpu():
+        responder[0].send("cpu")
+        return responder[0].expect("cpu", 30)["cpu"]
+
     for name, subject in (("routed", "svc.echo"), ("direct", None)):
-        cpu0 = stats(srv)["cpu"]
+        cpu0, answering = stats(srv)["cpu"], responderCpu()
         requester[0].send("run", count=k, window=64, subject=subject)
         ran = requester[0].expect("ran", size["timeout"])
         ran["server"] = stats(srv)["cpu"] - cpu0
+        ran["responder"] = responderCpu() - answering
         results[name] = ran
-        print("  reqrep %s: %.0f/s wall, server CPU %.2fs, p50 %.2f ms"
-              % (name, ran["rate"], ran["server"], ran["p50"] * 1e3),
+        # CPU per request in each process: with all three on the
+        # machine's cores, their sum bounds the wall rate.
+        perRequest = [ran[who] / k * 1e6
+                      for who in ("server", "cpu", "responder")]
+        print("  reqrep %s: %.0f/s wall, server CPU %.2fs, p50 %.2f ms; "
+              "CPU per request: server %.0f, requester %.0f, responder "
+              "%.0f us" % ((name, ran["rate"], ran["server"],
+                            ran["p50"] * 1e3) + tuple(perRequest)),
               flush=True)
     stopAll(responder, requester, srv)
     r, d = results["routed"], results["direct"]
