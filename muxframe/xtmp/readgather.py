@@ -93,7 +93,8 @@ class ReadGather:
         """
         Write C{data} for C{key} (a session) whose connection is
         C{transport}, with socket C{sock}: gathered while a read is
-        handled, else sent at once.
+        handled; outside one, sent at once if it is the session's first
+        write of the turn, else gathered until the turn ends.
         """
         if not data:
             return
