@@ -23,6 +23,7 @@ from muxframe.xtmp import (
     PeerError, XTMPClientFactory, XTMPErrorCode, connectXTMP,
 )
 
+from tests.adminsupport import waitFor
 from tests.test_server_config import DESIGN_EXAMPLE
 from tests.test_server_support import ALICE, BOB, CAROL, SERVER_IDENTITY
 from tests.test_tap import freePort, spawnTwistd, twistedVersion, waitForPort
@@ -275,7 +276,11 @@ class TwistdTests(TestCase):
         self.assertEqual({r.code for _, r in reasons},
                          {XTMPErrorCode.KEY_REVOKED})
         self.assertTrue(server.running)
-        self.assertIn("reloaded credentials", server.text())
+        # (The reload logs its line after it has disconnected the sessions,
+        # whose Disconnects leave at once: the line may reach us after the
+        # closes do.)
+        yield waitFor(lambda: "reloaded credentials" in server.text(),
+                      what="the reload's log line")
 
         # SIGTERM: alice is told GOING_AWAY (a clean close), twistd exits 0.
         aliceClosed = alice.whenClosed()
