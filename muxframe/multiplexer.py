@@ -31,7 +31,9 @@ from twisted.python.failure import Failure
 from .allocator import warmAllocator
 from .bmp import BmpEngine
 from .describe import addressText
-from .directsend import directSocket as _directSocket, transportIdle
+from .directsend import (
+    directSocket as _directSocket, sendOrWrite, transportIdle,
+)
 from .errors import (
     ErrorCode,
     LocalProtocolError,
@@ -1118,19 +1120,13 @@ class Multiplexer(Protocol):
 
     def _send(self, data):
         # data to the socket if it may go straight, the rest (all of it
-        # otherwise) to the transport.
-        if self._canSendDirect(len(data)):
-            try:
-                sent = self._socket.send(data)
-            except OSError:
-                # Full (EAGAIN), or an error the transport finds and
-                # reports as it writes the rest.
-                sent = 0
+        # otherwise) to the transport (sendOrWrite's rules), within this
+        # turn's allowance.
+        if len(data) <= self._direct:
+            sent = sendOrWrite(self._socket, self.transport, data)
             self._direct = self._direct - sent if sent >= DIRECT_BULK else 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.transport.write(data)
+        else:
+            self.transport.write(data)
 
     def _sendSequence(self, chunks):
         # As _send, for pieces sent with one sendmsg.

@@ -145,17 +145,17 @@ class Client:
             if not finished.called:
                 finished.errback(reason)
 
-        cpu, start = time.process_time(), clock()
-        for _ in range(min(window, count)):
-            send()
-        finished.addCallback(lambda _: report())
-
-        def report():
+        def report(_):
             wall = clock() - start
             emit("ran", count=count, wall=wall, rate=count / wall,
                  cpu=time.process_time() - cpu,
                  p50=percentile(latencies, 0.5),
                  p99=percentile(latencies, 0.99))
+
+        finished.addCallback(report)
+        cpu, start = time.process_time(), clock()
+        for _ in range(min(window, count)):
+            send()
         return finished
 
 

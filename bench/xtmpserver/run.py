@@ -320,6 +320,7 @@ def reqrep(size):
     responder = clients(srv, 1, "responder", 1, 60, "--subject", "svc.echo")
     requester = clients(srv, 1, "requester", 1, 60)
     results = {}
+
     def responderCpu():
         responder[0].send("cpu")
         return responder[0].expect("cpu", 30)["cpu"]
