@@ -31,7 +31,9 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
   stop
 
 It logs as the role does, to the null device, or to the file named by
-C{BENCH_SERVER_LOG} (to see what a scenario makes the server write).
+C{BENCH_SERVER_LOG} (to see what a scenario makes the server write), at
+the level C{BENCH_LOG_LEVEL} names (default C{info}, the role's; C{warn}
+shows what the per-session lines cost).
 """
 
 import argparse
@@ -236,7 +238,7 @@ def main():
     # a flood makes every full garbage collection scan them (200 ms turns).
     from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
     from muxframe.logthrottle import setMinimumLevel
-    setMinimumLevel(LogLevel.info)
+    setMinimumLevel(LogLevel.levelWithName(os.environ.get("BENCH_LOG_LEVEL", "info")))
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(open(os.environ.get("BENCH_SERVER_LOG",
                                                  os.devnull), "w"))],

@@ -17,17 +17,14 @@ Keys are 32 bytes, IVs 12 bytes.  The AEAD nonce for sequence number C{s}
 is the IV with its last 8 bytes XORed with C{s} (big-endian).
 """
 
-import hashlib
 import hmac
 import struct
 import zlib
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import (
     AESGCM, ChaCha20Poly1305,
 )
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from muxframe.xtmp.codec import (
     MAGIC, SECURITY_PREFIX, TAG_SIZE, VERSION, Cipher,
@@ -52,25 +49,43 @@ _ZERO12 = bytes(12)
 _crc32 = zlib.crc32
 
 
+# HKDF (RFC 5869) written out over hmac.digest, OpenSSL's one-shot HMAC:
+# a handshake derives ten keys and four key ids, and building an HKDFExpand
+# or hmac.new object for each cost more than the hashing
+# (tests.test_xtmp_keys checks these against cryptography's HKDF).
+_hmac = hmac.digest
+_SHA256_SIZE = 32
+
+
 def extract(salt, ikm):
     """
     HKDF-Extract with SHA-256.
     """
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return _hmac(salt, ikm, "sha256")
 
 
 def expand(prk, label, length):
     """
     HKDF-Expand with SHA-256; C{label} is the ASCII info string.
     """
-    return HKDFExpand(hashes.SHA256(), length, label.encode("ascii")).derive(prk)
+    info = label.encode("ascii")
+    if length <= _SHA256_SIZE:
+        return _hmac(prk, info + b"\x01", "sha256")[:length]
+    if length > 255 * _SHA256_SIZE:
+        raise ValueError("HKDF-Expand: at most %d bytes, not %d"
+                         % (255 * _SHA256_SIZE, length))
+    block, out = b"", []
+    for counter in range(1, -(-length // _SHA256_SIZE) + 1):
+        block = _hmac(prk, block + info + bytes((counter,)), "sha256")
+        out.append(block)
+    return b"".join(out)[:length]
 
 
 def keyId(key):
     """
     The 16-byte public name of C{key}.
     """
-    return hmac.new(key, b"xtmp key id", hashlib.sha256).digest()[:16]
+    return _hmac(key, b"xtmp key id", "sha256")[:16]
 
 
 def directionKeys(prk, prefix):
