@@ -213,6 +213,123 @@ class ReadGatherTests(SynchronousTestCase):
         self.assertEqual(self.a[1].written, [b"next"])
 
 
+    def test_flushLater(self):
+        """
+        While a read is handled, L{ReadGather.flushLater} runs a session's
+        flush once, however often it is asked, before the gathered bytes
+        are sent, and what the flush writes joins them; outside a handling
+        it runs at once.
+        """
+        flushes = []
+
+        def flush():
+            flushes.append("a")
+            self.write("a", b"flushed")
+
+        def handle():
+            self.write("a", b"written,")
+            for _ in range(3):
+                self.gather.flushLater("a", flush)
+            self.assertEqual(flushes, [])
+            self.assertEqual(self.a[0].sent, [])
+
+        self.gather.handling(handle)
+        self.assertEqual(flushes, ["a"])
+        self.assertEqual(self.a[0].sent, [b"written,flushed"])
+        self.gather.flushLater("a", flush)
+        self.assertEqual(flushes, ["a", "a"])
+
+    def test_flushLaterAtSendPoints(self):
+        """
+        L{ReadGather.send} in a handling runs the pending flushes first;
+        L{ReadGather.sendFor} runs that session's; L{ReadGather.discard}
+        drops it.
+        """
+        flushes = []
+
+        def flusher(key):
+            def flush():
+                flushes.append(key)
+                self.write(key, key.encode("ascii"))
+            return flush
+
+        def handle():
+            self.gather.flushLater("a", flusher("a"))
+            self.gather.send()
+            self.assertEqual(self.a[0].sent, [b"a"])
+            self.gather.flushLater("a", flusher("a"))
+            self.gather.flushLater("b", flusher("b"))
+            self.gather.sendFor("b")
+            self.assertEqual(self.b[0].sent, [b"b"])
+            self.gather.discard("a")
+
+        self.gather.handling(handle)
+        self.assertEqual(flushes, ["a", "b"])
+        self.assertEqual(self.a[0].sent, [b"a"])
+        self.assertEqual(self.b[0].sent, [b"b"])
+
+
+class EngineFlushTests(SynchronousTestCase):
+    """
+    A session sending while a read is handled leaves what its engine
+    encoded for the gather's next send point: on any transport, a read's
+    answers are a few transport writes, in order, and never more than
+    GATHER_LIMIT bytes wait in the engine.
+    """
+
+    def connected(self):
+        from tests.test_xtmp_protocol import Harness
+        h = Harness()
+        c, s, pump = h.connect()
+        pump.flush()
+        writes = []
+        real = s.transport.write
+
+        def write(data):
+            writes.append(len(data))
+            real(data)
+
+        s.transport.write = write
+        return h, c, s, pump, writes
+
+    def test_answersOfOneRead(self):
+        """
+        A read of 40 requests is answered in ceil(40 / EVENTS_PER_SEND)
+        transport writes (not 40), every answer correct and in order.
+        """
+        h, c, s, pump, writes = self.connected()
+        answers = [c.request(0x30, b"%d" % n) for n in range(40)]
+        pump.flush()
+        self.assertEqual(len(writes), -(-40 // EVENTS_PER_SEND))
+        got = []
+        for d in answers:
+            d.addCallback(lambda m: got.append(m.payload))
+        self.assertEqual(got, [b"pong:%d" % n for n in range(40)])
+
+    def test_boundedInTheEngine(self):
+        """
+        A handler that sends far more than GATHER_LIMIT bytes in one event
+        has them written as it goes, none of the writes much over the
+        limit, and the client gets every message in order.
+        """
+        h, c, s, pump, writes = self.connected()
+        size, count = 4096, 100
+        got = []
+        c.setHandler(0x11, lambda p, m: got.append(m.payload))
+
+        def burst(session, message):
+            for n in range(count):
+                session.send(0x11, b"%04d" % n + b"." * (size - 4))
+            self.assertGreater(len(writes), 1)
+
+        s.setHandler(0x12, burst)
+        c.send(0x12, b"go")
+        pump.flush()
+        self.assertGreater(len(writes), (size * count) // GATHER_LIMIT - 1)
+        self.assertLessEqual(max(writes), GATHER_LIMIT + 2 * size)
+        self.assertEqual([m[:4] for m in got],
+                         [b"%04d" % n for n in range(count)])
+
 class RecordingSocket:
     """
     A session's real socket, recording the sends made through it.

@@ -23,6 +23,9 @@ sent every EVENTS_PER_SEND events and as the read's handling ends, so a
 pipeline of processes overlaps instead of waiting for each other's whole
 reads; outside a read its first write of a turn goes at once and the rest
 of that turn's as the turn ends.  Other transports get C{transport.write}.
+While a read is handled, a message sent is encoded at once and the
+session's engine flushed at the gather's next send point (up to
+C{GATHER_LIMIT} bytes), on every transport.
 
 Handlers and the answers they give are L{muxframe.xtmp.handlers}'s;
 publish/subscribe is L{muxframe.xtmp.subscriptions}'s.
@@ -52,7 +55,7 @@ from muxframe.xtmp.events import (
     RequestFailed, ResponseReceived, SubscribeReceived, UnsubscribeReceived,
 )
 from muxframe.xtmp.handlers import HandlersMixin
-from muxframe.xtmp.readgather import EVENTS_PER_SEND, readGather
+from muxframe.xtmp.readgather import EVENTS_PER_SEND, GATHER_LIMIT, readGather
 from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
@@ -117,6 +120,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     # Frames held for one write at the end of the turn, or None.
     _held = None
     _heldBytes = 0
+    # Payload bytes sent while a read was handled and left in the engine
+    # for the gather's next send point (readGather.flushLater).
+    _unflushed = 0
 
     def __init__(self):
         self._handshakeWaiters = []
@@ -465,6 +471,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             conn.sendMessage(messageType, payload, flags, requestSequence,
                              streamName, request, self.reactor.seconds(),
                              True)
+            if readGather.gathering:
+                # Encoded now, written at the gather's next send point:
+                # one flush for a read's messages, not one each.
+                self._unflushed += len(payload)
+                if self._unflushed < GATHER_LIMIT:
+                    readGather.flushLater(self, self._flush)
+                    return
             self._flush()
 
     def sendPrepared(self, messageType, flags, body, now=None):
@@ -715,6 +728,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             self.transport.abortConnection()
 
     def _flush(self, now=None):
+        self._unflushed = 0
         conn = self.connection
         if conn is None or self._lost:
             return

@@ -27,6 +27,11 @@ L{ReadGather} sits between the two, under these rules:
     next waits for events), so a burst is a few sends, not one a message;
   - a session's gathered bytes are sent at once when they reach
     C{GATHER_LIMIT}, so the gather is bounded per session;
+  - while a read is handled a session may also leave what its engine
+    encoded unflushed (L{ReadGather.flushLater}): it is flushed at the next
+    send point, before anything gathered is sent, and by L{sendFor}; the
+    session bounds what it leaves so (C{GATHER_LIMIT} bytes), so a read of
+    64 requests makes one flush per session, not 64;
   - sending follows L{muxframe.directsend.sendOrWrite}: to the socket while
     the transport buffers nothing, else (and for what the kernel does not
     take) through the transport, so order and backpressure are Twisted's;
@@ -62,6 +67,9 @@ class ReadGather:
         self._depth = 0
         # key -> [socket, transport, chunks, bytes], in first-write order.
         self._pending = {}
+        # key -> its flush, for sessions whose engine holds what they sent
+        # while a read was handled (flushLater), in first-call order.
+        self._dirty = {}
         # Sessions that sent at once this turn, outside a handling.
         self._sentThisTurn = set()
         self._reactor = reactor
@@ -85,9 +93,32 @@ class ReadGather:
         try:
             return method(*args)
         finally:
+            if self._depth == 1:
+                # Still gathering, so what the flushes write is gathered
+                # and sent below, not sent as outside a read.
+                self._flushDirty()
             self._depth -= 1
             if not self._depth:
                 self.send()
+
+    def flushLater(self, key, flush):
+        """
+        While a read is handled: call C{flush()} (which writes C{key}'s
+        encoded output) at the next send point instead of now; outside
+        one, call it now.
+        """
+        if not self._depth:
+            flush()
+        elif key not in self._dirty:
+            self._dirty[key] = flush
+
+    def _flushDirty(self):
+        dirty = self._dirty
+        while dirty:
+            self._dirty = {}
+            for flush in dirty.values():
+                flush()
+            dirty = self._dirty
 
     def write(self, key, sock, transport, data):
         """
@@ -116,8 +147,12 @@ class ReadGather:
 
     def sendFor(self, key):
         """
-        Send what is gathered for C{key}, if anything.
+        Flush C{key} if it left its output for later, then send what is
+        gathered for it, if anything.
         """
+        flush = self._dirty.pop(key, None)
+        if flush is not None:
+            flush()
         entry = self._pending.pop(key, None)
         if entry is not None:
             sock, transport, chunks, _ = entry
@@ -128,13 +163,16 @@ class ReadGather:
         """
         Drop what is gathered for C{key} (its connection is lost).
         """
+        self._dirty.pop(key, None)
         self._pending.pop(key, None)
         self._sentThisTurn.discard(key)
 
     def send(self):
         """
-        Send everything gathered, session by session in first-write order.
+        Flush the sessions that left their output for later, then send
+        everything gathered, session by session in first-write order.
         """
+        self._flushDirty()
         while self._pending:
             # (A list of the keys: popping the first key of a dict again
             # and again is quadratic.  A write made while sending joins its
