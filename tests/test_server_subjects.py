@@ -264,3 +264,49 @@ class PermissionTests(SynchronousTestCase):
         self.assertIs(table.forIdentity("bob"), default)
         self.assertIsNone(PermissionTable().forIdentity("bob"))
         self.assertFalse(default.canPublish(("a",)))
+
+
+class LiteralsKeptTests(SynchronousTestCase):
+    """
+    L{tokens} keeps the literal subjects it checked, boundedly, and never
+    keeps a refusal.
+    """
+
+    def setUp(self):
+        from muxframe.server import subjects
+        self.subjects = subjects
+        self.addCleanup(subjects._literals.clear)
+        subjects._literals.clear()
+
+    def test_sameTokens(self):
+        """
+        A literal subject checked again gives the same tokens; as a
+        pattern it is still checked as one.
+        """
+        tokens = self.subjects.tokens
+        first = tokens("svc.echo", wildcards=False)
+        self.assertEqual(first, ("svc", "echo"))
+        self.assertIs(tokens("svc.echo", wildcards=False), first)
+        self.assertEqual(tokens("svc.*"), ("svc", "*"))
+        self.assertRaises(BadSubject, tokens, "svc.*", wildcards=False)
+
+    def test_refusalsNotKept(self):
+        """
+        A bad subject is refused every time it is offered.
+        """
+        for _ in range(3):
+            self.assertRaises(BadSubject, self.subjects.tokens, "a..b",
+                              wildcards=False)
+        self.assertEqual(self.subjects._literals, {})
+
+    def test_bounded(self):
+        """
+        At most LITERALS_KEPT subjects are kept: one more drops them all,
+        and every subject still gets its own tokens.
+        """
+        kept = self.subjects.LITERALS_KEPT
+        for n in range(kept + 10):
+            self.assertEqual(self.subjects.tokens("s.%d" % n, wildcards=False),
+                             ("s", "%d" % n))
+            self.assertLessEqual(len(self.subjects._literals), kept)
+        self.assertEqual(len(self.subjects._literals), 10)

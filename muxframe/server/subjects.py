@@ -17,6 +17,10 @@ Two relations between patterns, used by permissions: C{covers(a, b)} when
 every subject matching C{b} also matches C{a}; C{overlaps(a, b)} when some
 subject matches both.  Everything here works on tuples of tokens, which is
 what L{tokens} returns.
+
+Literal subjects once checked are kept with their tokens (at most
+L{LITERALS_KEPT}, all dropped when full): a publisher's or requester's few
+subjects are split and checked once, not once per message.
 """
 
 from muxframe.server.errors import BadSubject
@@ -25,6 +29,9 @@ MAX_TOKENS = 32
 MAX_LENGTH = 512
 MAX_GROUP_LENGTH = 64
 _WHITESPACE = frozenset(" \t\r\n\f\v")
+#: How many checked literal subjects L{tokens} keeps.
+LITERALS_KEPT = 4096
+_literals = {}
 
 
 def tokens(subject, wildcards=True):
@@ -36,6 +43,20 @@ def tokens(subject, wildcards=True):
     @return: the tuple of tokens.
     @raise BadSubject: C{subject} breaks a rule above.
     """
+    literal = not wildcards and type(subject) is str
+    if literal:
+        parts = _literals.get(subject)
+        if parts is not None:
+            return parts
+    parts = _check(subject, wildcards)
+    if literal:
+        if len(_literals) >= LITERALS_KEPT:
+            _literals.clear()
+        _literals[subject] = parts
+    return parts
+
+
+def _check(subject, wildcards):
     if not isinstance(subject, str) or not subject:
         raise BadSubject("empty subject")
     if len(subject.encode("utf-8")) > MAX_LENGTH:
