@@ -173,6 +173,32 @@ class RequestReplyTests(SynchronousTestCase):
         self.h.flush()
         self.assertEqual(failureCode(d), XTMPErrorCode.TIMEOUT)
         self.assertEqual(len(self.h.server.broker.replies), 0)
+        # The forwarded request no longer waits in the responder's session.
+        served = self.h.server.registry.get(self.responder.sessionId)
+        self.assertEqual(served.connection.pendingRequests, {})
+
+    def test_firstAnswerWins(self):
+        """
+        A request to a subject two sessions serve (no queue group) reaches
+        both; the first answer is the response, the other session's
+        forwarded request is dropped, and its later answer goes nowhere.
+        """
+        other, _, _ = self.h.connect(CAROL)
+        held = []
+        self.responder.subscribe("svc.all", lambda m: self.responder.respond(
+            m, b"first"))
+        other.subscribe("svc.all", held.append)
+        self.h.flush()
+        d = self.requester.request(0x41, b"hi", subject="svc.all", timeout=5)
+        self.h.flush()
+        self.assertEqual(result(d).payload, b"first")
+        self.assertEqual(len(held), 1)
+        served = self.h.server.registry.get(other.sessionId)
+        self.assertEqual(served.connection.pendingRequests, {})
+        other.respond(held[0], b"late")
+        self.h.flush()
+        self.assertEqual(served.connection.counters.unmatchedResponses, 1)
+        self.assertEqual(self.h.server.broker.counters["replies"], 1)
 
     def test_firstAnswerWins(self):
         """

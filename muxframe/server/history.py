@@ -100,7 +100,7 @@ class HistorySubscriber:
     def isConnected(self):
         return self.session.isConnected()
 
-    def forwardRequest(self, delivery):
+    def forwardRequest(self, delivery, sink):
         # A history subscription serves no requests.
         return None
 

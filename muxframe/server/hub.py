@@ -35,6 +35,7 @@ position (C{delivery.position}: offset and epoch).
 
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.server.errors import BadSubject, PermissionDenied, Refusal
@@ -411,12 +412,12 @@ class Broker:
         pending = _Pending(message, now)
         token = self.replies.add(requester, pending, now)
         for recipient in recipients:
-            d = recipient.forwardRequest(delivery)
-            if d is None:
-                continue
+            forward = recipient.forwardRequest(delivery,
+                                               _Forward(self, token, recipient))
+            if forward is not None:
+                pending.outstanding.append(forward)
+        for d in remote:
             pending.outstanding.append(d)
-        pending.outstanding.extend(remote)
-        for d in list(pending.outstanding):
             d.addCallbacks(self._answered, self._answerFailed,
                            callbackArgs=(token, d), errbackArgs=(token, d))
         if not pending.outstanding and self.replies.resolve(token):
@@ -523,6 +524,40 @@ class Broker:
         out.update({"sublist" + k[0].upper() + k[1:]: v
                     for k, v in self.table.sublist.stats.items()})
         return out
+
+
+class _Forward:
+    """
+    A request forwarded to a session of this process: the session reports
+    its answer here (L{XTMPProtocol.forwardTo}), which hands it to the
+    broker as a Deferred's callbacks would, without a Deferred per
+    request.  C{cancel} stops the session waiting, as cancelling the
+    Deferred of another process's answer does.
+    """
+
+    __slots__ = ("called", "request", "_broker", "_token", "_session")
+
+    def __init__(self, broker, token, session):
+        self.called = False
+        self.request = None
+        self._broker = broker
+        self._token = token
+        self._session = session
+
+    def callback(self, message):
+        self.called = True
+        self._broker._answered(message, self._token, self)
+
+    def errback(self, reason):
+        self.called = True
+        if not isinstance(reason, Failure):
+            reason = Failure(reason)
+        self._broker._answerFailed(reason, self._token, self)
+
+    def cancel(self):
+        if not self.called:
+            self.called = True
+            self._session.cancelForward(self.request)
 
 
 class _Waiter:

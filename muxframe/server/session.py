@@ -29,7 +29,7 @@ from muxframe.server.interfaces import ISession
 from muxframe.server.limits import TokenBucket
 from muxframe.xtmp.codec import MessageType
 from muxframe.xtmp.connection import OPEN
-from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
+from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode, XTMPLocalError
 from muxframe.xtmp.protocol import XTMPProtocol
 
 
@@ -358,15 +358,18 @@ class ServerSession(XTMPProtocol):
             return False
         return True
 
-    def forwardRequest(self, delivery):
+    def forwardRequest(self, delivery, sink):
         """
-        Send a request routed by the broker to this session (a responder).
+        Send a request routed by the broker to this session (a responder);
+        its answer goes to C{sink} (L{XTMPProtocol.forwardTo}).
 
-        @return: a Deferred of its response L{Message}, or L{None} if it
-            cannot take it.
+        @return: C{sink}, or L{None} if this session cannot take it.
         """
         if not self._roomFor(len(delivery.payload)):
             return None
-        return self.request(delivery.messageType, delivery.payload,
-                            delivery.flags, timeout=0,
-                            subject=delivery.subject)
+        try:
+            self.forwardTo(sink, delivery.messageType, delivery.payload,
+                           delivery.flags, delivery.subject)
+        except XTMPLocalError:
+            return None
+        return sink

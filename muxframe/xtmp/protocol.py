@@ -649,6 +649,32 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 timeout, self._requestTimedOut, request, timeout)
         return request.deferred
 
+    def forwardTo(self, sink, messageType, payload, flags, subject):
+        """
+        (A server) send a request to C{subject} whose answer goes to
+        C{sink} rather than to a L{Deferred}, and with no timer: a broker
+        forwarding a routed request times it itself.  C{sink} has what
+        the session uses of a Deferred: C{called}, C{callback(message)}
+        and C{errback(reason)}, called at most once; its C{request} is
+        set to the request's token, for L{cancelForward}.
+
+        @raise XTMPLocalError: the request could not be sent.
+        """
+        self._checkType(messageType)
+        request = _Request()
+        request.deferred = sink
+        sink.request = request
+        self._send(messageType, payload, flags | F.REQUEST,
+                   streamName=subject, request=request)
+
+    def cancelForward(self, request):
+        """
+        Stop waiting for the answer to a request L{forwardTo} sent; a late
+        answer is ignored.
+        """
+        request.cancelled = True
+        self._dropRequest(request)
+
     def _dropRequest(self, request):
         if request.sequence is not None:
             self.connection.pendingRequests.pop(request.sequence, None)
