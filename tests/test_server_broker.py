@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from muxframe.server.interfaces import IBroker, ISession, ISessionRegistry
 from muxframe.xtmp import PeerError, XTMPErrorCode
 from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.errors import SendQueueFull
 
 from tests.support import assertSameSendState
 from tests.test_server_support import (
@@ -165,6 +166,48 @@ class RequestReplyTests(SynchronousTestCase):
         self.h.flush()
         self.assertEqual(failureCode(d), XTMPErrorCode.NO_RESPONDERS)
 
+    def test_requesterFullClosedNotResponder(self):
+        """
+        An answer relayed to a requester whose send buffers are full
+        closes the requester (RATE_LIMITED, as a handler's answer would);
+        the responder, whose read carried the answer, is not touched.
+        """
+        served = self.h.server.registry.get(self.requester.sessionId)
+        self.serve(lambda m: b"ok")
+
+        def full(*args, **kwargs):
+            raise SendQueueFull("requester full")
+
+        served._send = full
+        closed = self.requester.whenClosed()
+        self.requester.request(0x41, b"hi", subject="svc.echo",
+                               timeout=5).addErrback(lambda f: None)
+        self.h.flush()
+        self.assertEqual(result(closed).code, XTMPErrorCode.RATE_LIMITED)
+        self.assertTrue(self.h.server.registry.get(
+            self.responder.sessionId).isConnected())
+
+    def test_brokerFaultLogged(self):
+        """
+        A fault of the broker's while relaying an answer is logged and does
+        not reach the responder's connection.
+        """
+        self.serve(lambda m: b"ok")
+        broker = self.h.server.broker
+
+        def broken(*args):
+            raise RuntimeError("broker bug")
+
+        broker._answered = broken
+        self.requester.request(0x41, b"hi", subject="svc.echo",
+                               timeout=5).addErrback(lambda f: None)
+        self.h.flush()
+        self.assertEqual([str(f.value) for f in
+                          self.flushLoggedErrors(RuntimeError)],
+                         ["broker bug"])
+        self.assertTrue(self.h.server.registry.get(
+            self.responder.sessionId).isConnected())
+
     def test_timeout(self):
         self.serve(lambda m: None)
         d = self.requester.request(0x41, b"hi", subject="svc.echo", timeout=100)
@@ -177,7 +220,7 @@ class RequestReplyTests(SynchronousTestCase):
         served = self.h.server.registry.get(self.responder.sessionId)
         self.assertEqual(served.connection.pendingRequests, {})
 
-    def test_firstAnswerWins(self):
+    def test_otherForwardDropped(self):
         """
         A request to a subject two sessions serve (no queue group) reaches
         both; the first answer is the response, the other session's

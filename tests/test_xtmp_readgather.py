@@ -269,6 +269,29 @@ class ReadGatherTests(SynchronousTestCase):
         self.assertEqual(self.b[0].sent, [b"b"])
 
 
+class FlushRaisesTests(SynchronousTestCase):
+    """
+    A flush that raises at a send point does not leave the gather on, nor
+    drop the other sessions' flushes.
+    """
+
+    def test_flushRaises(self):
+        gather = ReadGather(Clock())
+        ran = []
+
+        def bad():
+            raise RuntimeError("a producer's pauseProducing failed")
+
+        def handle():
+            gather.flushLater("a", bad)
+            gather.flushLater("b", lambda: ran.append("b"))
+
+        self.assertRaises(RuntimeError, gather.handling, handle)
+        self.assertFalse(gather.gathering)
+        # b's flush ran as the handling ended, the exception going on.
+        self.assertEqual(ran, ["b"])
+
+
 class EngineFlushTests(SynchronousTestCase):
     """
     A session sending while a read is handled leaves what its engine

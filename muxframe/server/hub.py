@@ -463,8 +463,7 @@ class Broker:
         if not requester.isConnected():
             return
         self.counters["replies"] += 1
-        requester.respond(message, response.payload,
-                          messageType=response.type)
+        requester.relayAnswer(message, response.type, response.payload)
 
     def _relayError(self, requester, message, code, reason):
         if requester.isConnected():
@@ -546,13 +545,26 @@ class _Forward:
 
     def callback(self, message):
         self.called = True
-        self._broker._answered(message, self._token, self)
+        self._report(self._broker._answered, message)
 
     def errback(self, reason):
         self.called = True
         if not isinstance(reason, Failure):
             reason = Failure(reason)
-        self._broker._answerFailed(reason, self._token, self)
+        self._report(self._broker._answerFailed, reason)
+
+    def _report(self, method, outcome):
+        # Called from the responder's read (or close): a fault of the
+        # broker's is logged, as a Deferred's callback's would be, and
+        # never reaches the responder's connection.
+        try:
+            method(outcome, self._token, self)
+        except Exception:
+            failure = Failure()
+            self._broker.events.emit(
+                "relay_failed", "relaying an answer failed: {error}",
+                level=LogLevel.error, error=failure.getErrorMessage(),
+                log_failure=failure)
 
     def cancel(self):
         if not self.called:
@@ -574,7 +586,7 @@ class _Waiter:
     def isConnected(self):
         return not self.deferred.called
 
-    def respond(self, message, payload, messageType):
+    def relayAnswer(self, message, messageType, payload):
         self.deferred.callback(_Answer(messageType, payload))
 
     def respondError(self, message, code, reason):

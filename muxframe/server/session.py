@@ -358,6 +358,15 @@ class ServerSession(XTMPProtocol):
             return False
         return True
 
+    def relayAnswer(self, message, messageType, payload):
+        """
+        Answer this session's routed request C{message} with a
+        responder's answer, as a handler's answer goes
+        (L{HandlersMixin._reply}: a session whose answers no longer fit
+        its send buffers is closed RATE_LIMITED).
+        """
+        self._reply(message, messageType, payload)
+
     def forwardRequest(self, delivery, sink):
         """
         Send a request routed by the broker to this session (a responder);

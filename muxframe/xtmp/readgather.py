@@ -93,13 +93,16 @@ class ReadGather:
         try:
             return method(*args)
         finally:
-            if self._depth == 1:
-                # Still gathering, so what the flushes write is gathered
-                # and sent below, not sent as outside a read.
-                self._flushDirty()
-            self._depth -= 1
-            if not self._depth:
-                self.send()
+            try:
+                if self._depth == 1:
+                    # Still gathering, so what the flushes write is
+                    # gathered and sent below, not sent as outside a read.
+                    self._flushDirty()
+            finally:
+                # (Even if a flush raised: the gather must not stay on.)
+                self._depth -= 1
+                if not self._depth:
+                    self.send()
 
     def flushLater(self, key, flush):
         """
@@ -113,12 +116,17 @@ class ReadGather:
             self._dirty[key] = flush
 
     def _flushDirty(self):
+        # One at a time, in first-call order: a flush that raises leaves
+        # the others for the next send point (the exception goes on to the
+        # handling's caller, as a write raising there would).
+        # (Over a list of the keys, as send: popping a dict's first key
+        # again and again is quadratic.)
         dirty = self._dirty
         while dirty:
-            self._dirty = {}
-            for flush in dirty.values():
-                flush()
-            dirty = self._dirty
+            for key in list(dirty):
+                flush = dirty.pop(key, None)
+                if flush is not None:
+                    flush()
 
     def write(self, key, sock, transport, data):
         """
