@@ -125,6 +125,34 @@ class SessionTests(SynchronousTestCase):
         self.assertIsInstance(f.value, RequestTimeout)
         self.assertEqual(c.connection.pendingRequests, {})
 
+    def test_oneTimerForManyRequests(self):
+        """
+        A session's waiting requests share one reactor call: 100 of them
+        add one delayed call, each still times out with its own timeout
+        (in the message), answered ones never do, and the call goes when
+        none waits.
+        """
+        h = Harness()
+        h.server.setHandler(0x32, lambda p, m: None)
+        c, s, pump = h.connect()
+        pump.flush()
+        before = len(h.clock.getDelayedCalls())
+        silent = [c.request(0x32, b"x", timeout=5 + n % 2) for n in range(100)]
+        answered = c.request(0x30, b"y", timeout=5)
+        pump.flush()
+        self.assertEqual(result(answered).payload, b"pong:y")
+        self.assertEqual(len(h.clock.getDelayedCalls()), before + 1)
+        h.clock.advance(5)
+        failures = [result(d) for d in silent[0::2]]
+        self.assertEqual({str(f.value) for f in failures},
+                         {"no response within 5s"})
+        self.assertEqual([d.called for d in silent[1::2]], [False] * 50)
+        h.clock.advance(1)
+        self.assertEqual({str(result(d).value) for d in silent[1::2]},
+                         {"no response within 6s"})
+        self.assertEqual(c.connection.pendingRequests, {})
+        self.assertEqual(len(h.clock.getDelayedCalls()), before)
+
     def test_handlerRaises(self):
         """
         A handler's exception is answered with APPLICATION_ERROR and a

@@ -56,6 +56,7 @@ from muxframe.xtmp.events import (
 )
 from muxframe.xtmp.handlers import HandlersMixin
 from muxframe.xtmp.readgather import EVENTS_PER_SEND, GATHER_LIMIT, readGather
+from muxframe.xtmp.requesttimers import RequestTimers
 from muxframe.xtmp.subscriptions import StreamsMixin
 
 #: The message type C{IConsumer.write} sends.
@@ -63,11 +64,12 @@ CONSUMER_MESSAGE_TYPE = 0x80
 
 
 class _Request:
-    __slots__ = ("deferred", "sequence", "timeoutCall", "cancelled")
+    # deadline: while it waits in the session's RequestTimers, else None.
+    __slots__ = ("deferred", "sequence", "deadline", "timeout", "cancelled")
 
     def __init__(self):
         self.sequence = None
-        self.timeoutCall = None
+        self.deadline = None
         self.cancelled = False
 
 
@@ -117,6 +119,9 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     # (muxframe.directsend.directSocket, set once the connection is made;
     # each send checks the transport is idle), else None.
     _socket = None
+    # The timeouts of this session's requests (RequestTimers), made at the
+    # first request with a timeout.
+    _requestTimers = None
     # Frames held for one write at the end of the turn, or None.
     _held = None
     _heldBytes = 0
@@ -336,6 +341,11 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             for request in list(conn.pendingRequests.values()):
                 self._failRequest(request, why)
             conn.pendingRequests.clear()
+        timers = self._requestTimers
+        if timers is not None and not len(timers):
+            # (It and this protocol refer to each other: let reference
+            # counting free both.  Requests still queued keep theirs.)
+            self._requestTimers = None
         if self._handshakeOutcome is None:
             err = why
             if not isinstance(why, (XTMPRemoteError, XTMPTimeout)):
@@ -372,14 +382,14 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 self.messageReceived(message)
         elif type(event) is ResponseReceived:
             request = event.request
-            if request.timeoutCall is not None and request.timeoutCall.active():
-                request.timeoutCall.cancel()
+            if request.deadline is not None:
+                self._requestTimers.done(request)
             if not request.deferred.called:
                 request.deferred.callback(event.message)
         elif type(event) is RequestFailed:
             request = event.request
-            if request.timeoutCall is not None and request.timeoutCall.active():
-                request.timeoutCall.cancel()
+            if request.deadline is not None:
+                self._requestTimers.done(request)
             if not request.deferred.called:
                 request.deferred.errback(PeerError(event.code, event.reason))
         elif type(event) is HandshakeCompleted:
@@ -645,9 +655,16 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         except XTMPLocalError as e:
             return fail(e)
         if timeout and not request.deferred.called:
-            request.timeoutCall = self.reactor.callLater(
-                timeout, self._requestTimedOut, request, timeout)
+            timers = self._requestTimers
+            if timers is None:
+                timers = self._requestTimers = RequestTimers(
+                    self._timersClock, self._requestTimedOut)
+            request.timeout = timeout
+            timers.add(request, timeout)
         return request.deferred
+
+    def _timersClock(self):
+        return self.reactor
 
     def forwardTo(self, sink, messageType, payload, flags, subject):
         """
@@ -678,19 +695,18 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     def _dropRequest(self, request):
         if request.sequence is not None:
             self.connection.pendingRequests.pop(request.sequence, None)
-        if request.timeoutCall is not None and request.timeoutCall.active():
-            request.timeoutCall.cancel()
+        if request.deadline is not None:
+            self._requestTimers.done(request)
 
-    def _requestTimedOut(self, request, timeout):
+    def _requestTimedOut(self, request):
         request.cancelled = True
-        request.timeoutCall = None
         self._dropRequest(request)
         request.deferred.errback(RequestTimeout(
-            "no response within %gs" % (timeout,)))
+            "no response within %gs" % (request.timeout,)))
 
     def _failRequest(self, request, why):
-        if request.timeoutCall is not None and request.timeoutCall.active():
-            request.timeoutCall.cancel()
+        if request.deadline is not None:
+            self._requestTimers.done(request)
         if not request.deferred.called:
             request.deferred.errback(why)
 
