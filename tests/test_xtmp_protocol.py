@@ -153,6 +153,55 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(c.connection.pendingRequests, {})
         self.assertEqual(len(h.clock.getDelayedCalls()), before)
 
+    def queuedAcrossResumption(self, h, cf):
+        """
+        A request queued (the transport paused) when the connection dies,
+        then a resumed session that sends it again.
+        """
+        held = []
+        h.server.setHandler(0x33, lambda p, m: held.append(m))
+        h.server.setHandler(0x34, lambda p, m: None)
+        c, s, pump = h.connect(cf)
+        c.pauseProducing()
+        d = c.request(0x33, b"queued", Flags.REQUIRES_ACK, timeout=10)
+        for p in (c, s):
+            p.transport.disconnecting = p.transport.disconnected = True
+            p.connectionLost(Failure(ConnectionLost("killed")))
+        self.assertFalse(d.called)
+        c2, s2, pump2 = h.connect(cf)
+        self.assertTrue(c2.result.resumed)
+        return c, c2, s2, pump2, held, d
+
+    def test_queuedRequestAnsweredOnResumedSession(self):
+        """
+        The answer to a request the resumed session sent again reaches its
+        Deferred, and the old session's timer no longer counts it.
+        """
+        h = Harness()
+        c, c2, s2, pump2, held, d = self.queuedAcrossResumption(
+            h, h.clientFactory())
+        pump2.flush()
+        s2.respond(held[0], b"re:queued")
+        pump2.flush()
+        self.assertEqual(result(d).payload, b"re:queued")
+        self.assertEqual(len(c._requestTimers), 0)
+
+    def test_resumedAnswerKeepsNewTimers(self):
+        """
+        The same with a request of the new session waiting: that one still
+        times out.
+        """
+        h = Harness()
+        c, c2, s2, pump2, held, d = self.queuedAcrossResumption(
+            h, h.clientFactory())
+        d2 = c2.request(0x34, b"silent", timeout=5)
+        pump2.flush()
+        s2.respond(held[0], b"re:queued")
+        pump2.flush()
+        self.assertEqual(result(d).payload, b"re:queued")
+        h.clock.advance(5)
+        self.assertIsInstance(result(d2).value, RequestTimeout)
+
     def test_handlerRaises(self):
         """
         A handler's exception is answered with APPLICATION_ERROR and a

@@ -114,3 +114,27 @@ class RequestTimersTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.expired, [a, c])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_expiryRaises(self):
+        """
+        An expiry that raises does not stop the others: the call is armed
+        again for what still waits (due ones on the next turn).
+        """
+        a, b, c = Request("a"), Request("b"), Request("c")
+
+        def expired(request):
+            self.expired.append(request)
+            if request is a:
+                raise RuntimeError("a callback's bug")
+
+        self.timers = RequestTimers(lambda: self.clock, expired)
+        self.timers.add(a, 1)
+        self.timers.add(b, 1)
+        self.timers.add(c, 3)
+        self.assertRaises(RuntimeError, self.clock.advance, 1)
+        self.assertEqual(self.expired, [a])
+        self.clock.advance(0)
+        self.assertEqual(self.expired, [a, b])
+        self.clock.advance(2)
+        self.assertEqual(self.expired, [a, b, c])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

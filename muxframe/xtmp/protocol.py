@@ -64,8 +64,11 @@ CONSUMER_MESSAGE_TYPE = 0x80
 
 
 class _Request:
-    # deadline: while it waits in the session's RequestTimers, else None.
-    __slots__ = ("deferred", "sequence", "deadline", "timeout", "cancelled")
+    # deadline: while it waits in timers (the RequestTimers of the session
+    # that made it: a queued request may be answered on the session that
+    # resumes it), else None.
+    __slots__ = ("deferred", "sequence", "deadline", "timeout", "timers",
+                 "cancelled")
 
     def __init__(self):
         self.sequence = None
@@ -383,13 +386,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         elif type(event) is ResponseReceived:
             request = event.request
             if request.deadline is not None:
-                self._requestTimers.done(request)
+                request.timers.done(request)
             if not request.deferred.called:
                 request.deferred.callback(event.message)
         elif type(event) is RequestFailed:
             request = event.request
             if request.deadline is not None:
-                self._requestTimers.done(request)
+                request.timers.done(request)
             if not request.deferred.called:
                 request.deferred.errback(PeerError(event.code, event.reason))
         elif type(event) is HandshakeCompleted:
@@ -660,6 +663,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 timers = self._requestTimers = RequestTimers(
                     self._timersClock, self._requestTimedOut)
             request.timeout = timeout
+            request.timers = timers
             timers.add(request, timeout)
         return request.deferred
 
@@ -696,17 +700,22 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if request.sequence is not None:
             self.connection.pendingRequests.pop(request.sequence, None)
         if request.deadline is not None:
-            self._requestTimers.done(request)
+            request.timers.done(request)
 
     def _requestTimedOut(self, request):
         request.cancelled = True
         self._dropRequest(request)
+        timers = self._requestTimers
+        if self._lost and timers is not None and not len(timers):
+            # The last request queued when the connection was lost: let
+            # reference counting free the session (see connectionLost).
+            self._requestTimers = None
         request.deferred.errback(RequestTimeout(
             "no response within %gs" % (request.timeout,)))
 
     def _failRequest(self, request, why):
         if request.deadline is not None:
-            self._requestTimers.done(request)
+            request.timers.done(request)
         if not request.deferred.called:
             request.deferred.errback(why)
 

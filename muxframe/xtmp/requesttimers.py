@@ -100,21 +100,34 @@ class RequestTimers:
         self._call = None
         reactor = self._clock()
         now = reactor.seconds()
-        while self._waiting:
-            # (self._heap afresh each time: an expiry's callbacks may add,
-            # finish or rebuild.)
-            heap = self._heap
-            deadline, _, request = heap[0]
-            if request.deadline is None:
+        try:
+            while self._waiting:
+                # (self._heap afresh each time: an expiry's callbacks may
+                # add, finish or rebuild.)
+                heap = self._heap
+                deadline, _, request = heap[0]
+                if request.deadline is None:
+                    heapq.heappop(heap)
+                    continue
+                if deadline > now:
+                    break
                 heapq.heappop(heap)
-                continue
-            if deadline > now:
-                if self._call is None or deadline < self._callAt:
-                    self._arm(reactor, deadline)
-                return
+                request.deadline = None
+                self._waiting -= 1
+                self._expired(request)
+        finally:
+            # Armed for what still waits even if an expiry raised: the
+            # others' timeouts must not depend on it.
+            self._rearm(reactor)
+
+    def _rearm(self, reactor):
+        if not self._waiting:
+            self._heap = []
+            self._cancel()
+            return
+        heap = self._heap
+        while heap[0][2].deadline is None:
             heapq.heappop(heap)
-            request.deadline = None
-            self._waiting -= 1
-            self._expired(request)
-        self._heap = []
-        self._cancel()
+        deadline = heap[0][0]
+        if self._call is None or deadline < self._callAt:
+            self._arm(reactor, deadline)
