@@ -1,7 +1,8 @@
 """
 The XTMP server benchmarks run end to end: C{python3 -m bench.xtmpserver
 --quick} exits 0 and its JSON has a figure and a baseline for every
-scenario.  No timing is asserted (the numbers are in docs/performance.md).
+scenario; C{bench.xtmpserver.relaycost} routes every request of a small
+run.  No timing is asserted (the numbers are in docs/performance.md).
 """
 
 import json
@@ -43,3 +44,23 @@ class QuickBenchTests(SynchronousTestCase):
         self.assertEqual(sorted(targets.values()),
                          sorted([10, 1, 1500, 200000, 20000, 2]))
         self.assertIn("measure", output)
+
+
+class RelayCostTests(SynchronousTestCase):
+    def test_smallRun(self):
+        """
+        C{python3 -m bench.xtmpserver.relaycost} routes every request (it
+        exits non-zero otherwise) and prints each role's CPU per request.
+        """
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        process = subprocess.run(
+            [sys.executable, "-m", "bench.xtmpserver.relaycost", "--rounds",
+             "3", "--window", "8", "--repeat", "1"], cwd=ROOT, env=env,
+            timeout=120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = process.stdout.decode("utf-8", "replace")
+        self.assertEqual(process.returncode, 0, output[-4000:])
+        self.assertIn("requests 24 a run (8 in flight), 1 runs", output)
+        line = output.splitlines()[-1]
+        self.assertTrue(line.startswith("thread CPU per routed request"), line)
+        for role in ("server", "requester", "responder", "total"):
+            self.assertIn(role + " ", line)
