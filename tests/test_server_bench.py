@@ -2,7 +2,8 @@
 The XTMP server benchmarks run end to end: C{python3 -m bench.xtmpserver
 --quick} exits 0 and its JSON has a figure and a baseline for every
 scenario; C{bench.xtmpserver.relaycost} routes every request of a small
-run.  No timing is asserted (the numbers are in docs/performance.md).
+run, and C{bench.xtmpserver.handshakecost} completes every handshake of
+one.  No timing is asserted (the numbers are in docs/performance.md).
 """
 
 import json
@@ -64,3 +65,22 @@ class RelayCostTests(SynchronousTestCase):
         self.assertTrue(line.startswith("thread CPU per routed request"), line)
         for role in ("server", "requester", "responder", "total"):
             self.assertIn(role + " ", line)
+
+
+class HandshakeCostTests(SynchronousTestCase):
+    def test_smallRun(self):
+        """
+        C{python3 -m bench.xtmpserver.handshakecost} completes every
+        handshake and closes every session (it exits non-zero otherwise)
+        and prints the server's CPU per handshake beside the floor.
+        """
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        process = subprocess.run(
+            [sys.executable, "-m", "bench.xtmpserver.handshakecost",
+             "--handshakes", "5", "--repeat", "1"], cwd=ROOT, env=env,
+            timeout=120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = process.stdout.decode("utf-8", "replace")
+        self.assertEqual(process.returncode, 0, output[-4000:])
+        self.assertIn("handshakes 5 a run, 1 runs, log level info", output)
+        self.assertIn("server thread CPU per completed handshake", output)
+        self.assertIn("the sans-IO handshake alone", output)
