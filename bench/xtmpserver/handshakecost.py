@@ -27,7 +27,8 @@ text observer writing to the null device as the role's does.
 import argparse
 import os
 import sys
-import time
+
+from bench.xtmpserver.phases import timePhase
 
 
 def main(argv=None):
@@ -75,19 +76,7 @@ def main(argv=None):
         profiler = cProfile.Profile()
 
     def server(f):
-        if profiler is not None:
-            profiler.enable()
-            f()
-            profiler.disable()
-            return 0
-        if a.marks:
-            os.getpgrp()
-        t = time.thread_time_ns()
-        f()
-        t = time.thread_time_ns() - t
-        if a.marks:
-            os.getppid()
-        return t
+        return timePhase(f, a.marks, profiler)
 
     def serverReads(transport, data):
         # The server's read, then the handshake steps it queued.

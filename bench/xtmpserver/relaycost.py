@@ -28,7 +28,8 @@ C{reqrep} scenario's wall rate is bound by once the processes overlap.
 import argparse
 import os
 import sys
-import time
+
+from bench.xtmpserver.phases import timePhase
 
 
 class HeapClock:
@@ -125,19 +126,8 @@ def main(argv=None):
         profiler = cProfile.Profile()
 
     def timed(f, role):
-        if role == a.profile_role and profiler is not None:
-            profiler.enable()
-            f()
-            profiler.disable()
-            return 0
-        if role == a.marks:
-            os.getpgrp()
-        t = time.thread_time_ns()
-        f()
-        t = time.thread_time_ns() - t
-        if role == a.marks:
-            os.getppid()
-        return t
+        return timePhase(f, role == a.marks,
+                         profiler if role == a.profile_role else None)
 
     def move(source, destination):
         data = source.getOutBuffer()

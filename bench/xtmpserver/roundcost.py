@@ -20,7 +20,8 @@ and the sum of the dumps' instructions over the rounds is the server's.
 import argparse
 import os
 import sys
-import time
+
+from bench.xtmpserver.phases import timePhase
 
 
 def main(argv=None):
@@ -68,19 +69,8 @@ def main(argv=None):
         profiler = cProfile.Profile()
 
     def serverPhase(f):
-        if profiler is not None and measuring:
-            profiler.enable()
-            f()
-            profiler.disable()
-            return 0
-        if a.marks and measuring:
-            os.getpgrp()
-        t = time.thread_time_ns()
-        f()
-        t = time.thread_time_ns() - t
-        if a.marks and measuring:
-            os.getppid()
-        return t
+        return timePhase(f, a.marks and measuring,
+                         profiler if measuring else None)
 
     waiting = []
 

@@ -344,11 +344,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             for request in list(conn.pendingRequests.values()):
                 self._failRequest(request, why)
             conn.pendingRequests.clear()
-        timers = self._requestTimers
-        if timers is not None and not len(timers):
-            # (It and this protocol refer to each other: let reference
-            # counting free both.  Requests still queued keep theirs.)
-            self._requestTimers = None
+        self._releaseTimers()
         if self._handshakeOutcome is None:
             err = why
             if not isinstance(why, (XTMPRemoteError, XTMPTimeout)):
@@ -484,14 +480,14 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             conn.sendMessage(messageType, payload, flags, requestSequence,
                              streamName, request, self.reactor.seconds(),
                              True)
-            if readGather.gathering:
-                # Encoded now, written at the gather's next send point:
-                # one flush for a read's messages, not one each.
-                self._unflushed += len(payload)
-                if self._unflushed < GATHER_LIMIT:
-                    readGather.flushLater(self, self._flush)
-                    return
-            self._flush()
+            # While a read is handled, encoded now and written at the
+            # gather's next send point: one flush for a read's messages,
+            # not one each (flushLater flushes at once outside a read).
+            self._unflushed += len(payload)
+            if self._unflushed < GATHER_LIMIT:
+                readGather.flushLater(self, self._flush)
+            else:
+                self._flush()
 
     def sendPrepared(self, messageType, flags, body, now=None):
         """
@@ -705,13 +701,20 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
     def _requestTimedOut(self, request):
         request.cancelled = True
         self._dropRequest(request)
-        timers = self._requestTimers
-        if self._lost and timers is not None and not len(timers):
-            # The last request queued when the connection was lost: let
-            # reference counting free the session (see connectionLost).
-            self._requestTimers = None
+        if self._lost:
+            # (The last request queued when the connection was lost.)
+            self._releaseTimers()
         request.deferred.errback(RequestTimeout(
             "no response within %gs" % (request.timeout,)))
+
+    def _releaseTimers(self):
+        # A lost session's timers once no request waits on them: they and
+        # this protocol refer to each other, so reference counting frees
+        # both.  (Requests queued when the connection was lost keep them
+        # until they time out.)
+        timers = self._requestTimers
+        if timers is not None and not len(timers):
+            self._requestTimers = None
 
     def _failRequest(self, request, why):
         if request.deadline is not None:
