@@ -202,6 +202,24 @@ class SessionTests(SynchronousTestCase):
         h.clock.advance(5)
         self.assertIsInstance(result(d2).value, RequestTimeout)
 
+    def test_resumedRequestTimesOut(self):
+        """
+        A request the resumed session sent again, left unanswered, times
+        out on its old session's timer and leaves the new connection's
+        pending requests: an answer after that is a late one, ignored.
+        """
+        h = Harness()
+        c, c2, s2, pump2, held, d = self.queuedAcrossResumption(
+            h, h.clientFactory())
+        pump2.flush()
+        self.assertEqual(len(c2.connection.pendingRequests), 1)
+        h.clock.advance(10)
+        self.assertIsInstance(result(d).value, RequestTimeout)
+        self.assertEqual(c2.connection.pendingRequests, {})
+        s2.respond(held[0], b"too late")
+        pump2.flush()
+        self.assertEqual(c2.connection.state, "OPEN")
+
     def test_handlerRaises(self):
         """
         A handler's exception is answered with APPLICATION_ERROR and a

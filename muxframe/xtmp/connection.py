@@ -508,6 +508,7 @@ class XTMPConnection(RekeyMixin):
             # Keyed by request id, not sequence number: sequence numbers
             # repeat after every key change, request ids never do.
             m.request.sequence = rid
+            m.request.pending = self.pendingRequests
             self.pendingRequests[rid] = m.request
 
     def _nextRequestId(self):

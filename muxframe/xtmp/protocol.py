@@ -66,12 +66,14 @@ CONSUMER_MESSAGE_TYPE = 0x80
 class _Request:
     # deadline: while it waits in timers (the RequestTimers of the session
     # that made it: a queued request may be answered on the session that
-    # resumes it), else None.
+    # resumes it), else None.  pending: the pendingRequests of the
+    # connection that sent it last, where its answer is awaited.
     __slots__ = ("deferred", "sequence", "deadline", "timeout", "timers",
-                 "cancelled")
+                 "cancelled", "pending")
 
     def __init__(self):
         self.sequence = None
+        self.pending = None
         self.deadline = None
         self.cancelled = False
 
@@ -693,8 +695,10 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         self._dropRequest(request)
 
     def _dropRequest(self, request):
-        if request.sequence is not None:
-            self.connection.pendingRequests.pop(request.sequence, None)
+        if request.pending is not None:
+            # (The connection that sent it last: a session that resumed
+            # this one, if it sent it again.)
+            request.pending.pop(request.sequence, None)
         if request.deadline is not None:
             request.timers.done(request)
 
