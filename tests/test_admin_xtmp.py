@@ -11,6 +11,8 @@ listening on TCP and WebSocket at once.
 
 import base64
 import os
+import signal
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -473,6 +475,69 @@ class UnixAndLogsTests(TestCase):
 
     def test_jsonLogsTwist(self):
         return self.jsonLogs(twist=True)
+
+    @inlineCallbacks
+    def test_jsonLogFileRotatesOnSIGUSR1(self):
+        """
+        JSON logs to a file under twistd rotate on SIGUSR1, as twistd's own
+        text logs do: the records so far in C{FILE.1}, later ones in C{FILE}.
+        """
+        directory = self.mktemp()
+        port = freePort()
+        path = writeSetup(directory, port)
+        logPath = os.path.abspath(os.path.join(directory, "xtmp.log"))
+        process = spawnTwistd(self, "xtmp", "xtmp", "--config", path,
+                              "--log-format", "json", cwd=directory,
+                              logfile=logPath)
+        yield waitForPort(port, process)
+
+        def records(name):
+            if not os.path.exists(name):
+                return []
+            with open(name, encoding="utf-8") as f:
+                return jsonRecords(f.read())
+
+        def started():
+            return [r for r in records(logPath)
+                    if "xtmp server on" in r.get("log_format", "")]
+
+        yield waitFor(started, what="the start line in the log file")
+        process.transport.signalProcess(signal.SIGUSR1)
+        yield waitFor(lambda: os.path.exists(logPath + ".1"),
+                      what="the rotated log file")
+        alice = yield connectXTMP(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                  clientFactory(ALICE))
+        closed = alice.whenClosed()
+        alice.disconnect()
+        yield closed
+
+        def sessionLines():
+            return [r for r in records(logPath)
+                    if "handshake complete" in r.get("log_format", "")]
+
+        yield waitFor(sessionLines, what="the session's line after rotating")
+        process.transport.signalProcess("TERM")
+        yield process.ended
+        self.assertEqual(process.exitCode, 0, process.text())
+        old = records(logPath + ".1")
+        self.assertTrue([r for r in old
+                         if "xtmp server on" in r.get("log_format", "")])
+        self.assertFalse([r for r in old
+                          if "handshake complete" in r.get("log_format", "")])
+        self.assertFalse(started())
+
+    def test_jsonLogsDaemonToStdout(self):
+        """
+        A daemon's JSON logs cannot go to standard output (twistd's rule
+        for its own): C{--logfile=-} without C{--nodaemon} exits with
+        twistd's message.
+        """
+        from muxframe.admin.logs import _twistdLogFile
+        e = self.assertRaises(SystemExit, _twistdLogFile,
+                              {"logfile": "-", "nodaemon": False})
+        self.assertIn("Daemons cannot log to stdout", str(e))
+        self.assertIs(_twistdLogFile({"logfile": "-", "nodaemon": True}),
+                      sys.stdout)
 
 
 class SeveralEndpointsTests(TestCase):

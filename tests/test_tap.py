@@ -316,10 +316,12 @@ class Twistd(ProcessProtocol):
         return b"".join(self.output).decode("utf-8", "replace")
 
 
-def spawnTwistd(testCase, name, *args, cwd=None, twist=False):
+def spawnTwistd(testCase, name, *args, cwd=None, twist=False, logfile="-"):
     """
     Start C{twistd -n muxframe ARGS} (or C{twist muxframe ARGS}) in a
     temporary directory; the test's cleanup kills it if it still runs.
+
+    @param logfile: twistd's C{--logfile} (C{-}: the output collected).
     """
     cwd = cwd or testCase.mktemp()
     os.makedirs(cwd, exist_ok=True)
@@ -327,7 +329,8 @@ def spawnTwistd(testCase, name, *args, cwd=None, twist=False):
     if twist:
         argv = tap.twistCommand("muxframe", *args)
     else:
-        argv = tap.twistdCommand("-n", "--pidfile=", "--logfile=-", "muxframe", *args)
+        argv = tap.twistdCommand("-n", "--pidfile=", "--logfile=" + logfile,
+                                 "muxframe", *args)
     env = dict(os.environ, PYTHONPATH=REPO)
     process.transport = reactor.spawnProcess(process, argv[0], argv, env=env, path=cwd)
 

@@ -15,11 +15,14 @@ one JSON object (its structured fields as keys, C{log_format} the text
 template) preceded by an ASCII record separator (RFC 7464).  Under
 C{twistd} the role gives the application an C{ILogObserver} component
 writing where C{--logfile} says (C{-}: standard output; with C{-n} and no
-C{--logfile}: standard output; else C{twistd.log}); under C{twist} it
+C{--logfile}: standard output; else C{twistd.log}, rotated on SIGUSR1
+as twistd rotates its own); under C{twist} it
 selects twist's own JSON observer (C{twist --log-format=json} does the
 same).
 """
 
+import os
+import signal
 import sys
 
 from twisted.application.internet import TimerService
@@ -96,11 +99,25 @@ def _runnerOptions(options):
 
 
 def _twistdLogFile(runner):
+    # What twistd's own observer would write to (its UnixAppLogger), with
+    # its rules: a daemon cannot log to standard output, and SIGUSR1
+    # rotates a log file (unless something else handles the signal).
     logfile = runner.get("logfile")
-    if logfile == "-" or (not logfile and runner.get("nodaemon")):
+    nodaemon = runner.get("nodaemon")
+    if logfile == "-" or (not logfile and nodaemon):
+        if not nodaemon and os.name == "posix":
+            sys.exit("Daemons cannot log to stdout, exiting!")
         return sys.stdout
     from twisted.python.logfile import LogFile
-    return LogFile.fromFullPath(logfile or "twistd.log")
+    logFile = LogFile.fromFullPath(logfile or "twistd.log")
+    if hasattr(signal, "SIGUSR1") and not signal.getsignal(signal.SIGUSR1):
+
+        def rotateLog(number, frame):
+            from twisted.internet import reactor
+            reactor.callFromThread(logFile.rotate)
+
+        signal.signal(signal.SIGUSR1, rotateLog)
+    return logFile
 
 
 def jsonLogObserver(options):
