@@ -10,6 +10,7 @@ listening on TCP and WebSocket at once.
 """
 
 import base64
+import io
 import os
 import signal
 import sys
@@ -525,6 +526,42 @@ class UnixAndLogsTests(TestCase):
         self.assertFalse([r for r in old
                           if "handshake complete" in r.get("log_format", "")])
         self.assertFalse(started())
+
+    def test_textObserver(self):
+        """
+        Text logs are muxframe.logtext's observer: under twistd the role's
+        own, writing where --logfile says; under twist in place of twist's
+        text observer only (it picks JSON itself off a terminal).
+        """
+        from twisted.logger import jsonFileLogObserver
+        from twisted.logger import textFileLogObserver as twistedText
+        from twisted.python import usage
+
+        from muxframe import logtext
+        from muxframe.admin.logs import logObserver
+
+        class Role(usage.Options):
+            pass
+
+        path = os.path.abspath(self.mktemp())
+        role = Role()
+        role.parent = {"logfile": path, "nodaemon": True}
+        self.addCleanup(signal.signal, signal.SIGUSR1,
+                        signal.getsignal(signal.SIGUSR1))
+        observer = logObserver(role, "text")
+        event = {"log_format": "hello {n}", "n": 3, "log_time": 1e9}
+        observer(event)
+        theirs = io.StringIO()
+        twistedText(theirs)(event)
+        with open(path) as f:
+            self.assertEqual(f.read(), theirs.getvalue())
+        role.parent = {"logfile": path, "nodaemon": True, "syslog": True}
+        self.assertIsNone(logObserver(role, "text"))
+        for chosen, expected in ((twistedText, logtext.textFileLogObserver),
+                                 (jsonFileLogObserver, jsonFileLogObserver)):
+            role.parent = {"fileLogObserverFactory": chosen}
+            self.assertIsNone(logObserver(role, "text"))
+            self.assertIs(role.parent["fileLogObserverFactory"], expected)
 
     def test_jsonLogsDaemonToStdout(self):
         """

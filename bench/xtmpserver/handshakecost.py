@@ -20,8 +20,9 @@ C{roundcost} and C{relaycost} do:
 Sockets are not in it: what it measures is the library's and the server's
 Python and cryptography per connection, which the scenario's figure adds
 the accept, the system calls and the kernel's TCP to.  C{--log-level}
-sets muxframe's minimum log level (default C{info}, the role's), with a
-text observer writing to the null device as the role's does.
+sets muxframe's minimum log level (default C{info}, the role's), with the
+role's text observer writing to the null device (C{--log-observer
+twisted}: twisted.logger's, which writes the same lines).
 """
 
 import argparse
@@ -37,6 +38,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--marks", action="store_true")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-observer", default="role",
+                   choices=["role", "twisted"])
     p.add_argument("--profile", help="cProfile the server phases to this file")
     a = p.parse_args(argv)
     sys.path.insert(0, os.getcwd())
@@ -44,10 +47,11 @@ def main(argv=None):
     from twisted.internet.address import IPv4Address
     from twisted.internet.error import ConnectionDone
     from twisted.internet.task import Clock
-    from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
+    from twisted.logger import LogLevel, globalLogBeginner
     from twisted.python.failure import Failure
     from twisted.test.iosim import FakeTransport
 
+    from bench.xtmpserver.serverproc import textObserver
     from muxframe.logthrottle import setMinimumLevel
     from muxframe.server.collector import applyServerCollector
     from muxframe.xtmp import XTMPClientFactory
@@ -57,7 +61,8 @@ def main(argv=None):
 
     setMinimumLevel(LogLevel.levelWithName(a.log_level))
     globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(open(os.devnull, "w"))], redirectStandardIO=False)
+        [textObserver(a.log_observer)(open(os.devnull, "w"))],
+        redirectStandardIO=False)
     h = Harness(config(server__max_connections_per_client=0,
                        server__handshake_rate=0,
                        server__max_handshakes=100000,

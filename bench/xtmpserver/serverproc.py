@@ -33,7 +33,9 @@ C{{"event": "listening", "port": N}}, then obeys commands on stdin:
 It logs as the role does, to the null device, or to the file named by
 C{BENCH_SERVER_LOG} (to see what a scenario makes the server write), at
 the level C{BENCH_LOG_LEVEL} names (default C{info}, the role's; C{warn}
-shows what the per-session lines cost).
+shows what the per-session lines cost), through the role's text observer
+(C{BENCH_LOG_OBSERVER=twisted}: twisted.logger's, which writes the same
+lines for more CPU).
 """
 
 import argparse
@@ -223,6 +225,20 @@ class Server:
         reactor.stop()
 
 
+def textObserver(which):
+    """
+    The text log observer factory C{which} names: C{role} (the roles',
+    L{muxframe.logtext}) or C{twisted} (twisted.logger's).
+    """
+    if which == "twisted":
+        from twisted.logger import textFileLogObserver
+    elif which == "role":
+        from muxframe.logtext import textFileLogObserver
+    else:
+        raise SystemExit("log observer %r: role or twisted" % (which,))
+    return textFileLogObserver
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["xtmp", "plain"])
@@ -236,12 +252,14 @@ def main():
     # null device) at muxframe's default level.  Without an observer,
     # twisted.logger keeps the first 65,536 events in memory, which under
     # a flood makes every full garbage collection scan them (200 ms turns).
-    from twisted.logger import LogLevel, globalLogBeginner, textFileLogObserver
+    # (The role's text observer, muxframe.logtext; BENCH_LOG_OBSERVER=
+    # twisted for twisted.logger's own, which writes the same lines.)
+    from twisted.logger import LogLevel, globalLogBeginner
     from muxframe.logthrottle import setMinimumLevel
     setMinimumLevel(LogLevel.levelWithName(os.environ.get("BENCH_LOG_LEVEL", "info")))
     globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(open(os.environ.get("BENCH_SERVER_LOG",
-                                                 os.devnull), "w"))],
+        [textObserver(os.environ.get("BENCH_LOG_OBSERVER", "role"))(
+            open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"))],
         redirectStandardIO=False)
     server = Server(args.mode, args.heartbeat, args.limits == "on")
 

@@ -101,7 +101,7 @@ class OperatedRole(service.MultiService):
         Run C{settings}' operator surfaces for the role whose status is
         C{status} (C{options}: its parsed options, for JSON logs).
         """
-        from muxframe.admin.logs import SummaryService, jsonLogObserver
+        from muxframe.admin.logs import SummaryService, logObserver
         self.status = status
         self.settings = settings
         if settings.endpoint:
@@ -109,8 +109,8 @@ class OperatedRole(service.MultiService):
         if settings.summaryInterval:
             self.operators.append(SummaryService(
                 status, settings.summaryInterval, reactor))
-        if settings.logFormat == "json" and options is not None:
-            self.logObserver = jsonLogObserver(options)
+        if options is not None:
+            self.logObserver = logObserver(options, settings.logFormat)
         return self
 
     @property
@@ -125,7 +125,7 @@ class OperatedRole(service.MultiService):
 
     def setServiceParent(self, parent):
         """
-        Under twistd, give the application the JSON log observer.
+        Under twistd, give the application the role's log observer.
         """
         service.MultiService.setServiceParent(self, parent)
         if self.logObserver is not None and hasattr(parent, "setComponent"):
