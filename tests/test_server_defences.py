@@ -116,6 +116,38 @@ class RateLimitTests(SynchronousTestCase):
         h.flush()
         self.assertEqual(result(later).payload, b"echo:again")
 
+    def test_writesBackedUpStopReading(self):
+        """
+        A session whose writes back up is not read until they drain (a
+        peer that does not read cannot make the server write).  Messages
+        that arrived meanwhile are handled when they drain; if they pass
+        the rate limit, reading stays paused until its tokens return,
+        then resumes.
+        """
+        h = Harness(config(limits__messages_per_second=10,
+                           limits__message_burst=2,
+                           handlers__={0x20: "tests.test_server_router:echo"}))
+        client, side, _ = h.connect(ALICE)
+        calls = []
+        side.transport.pauseProducing = lambda: calls.append("pause")
+        side.transport.resumeProducing = lambda: calls.append("resume")
+        side.pauseProducing()
+        self.assertEqual(calls, ["pause"])
+        requests = [client.request(0x20, b"%d" % n, timeout=30)
+                    for n in range(4)]
+        h.flush()
+        self.assertEqual([d.called for d in requests], [False] * 4)
+        side.resumeProducing()
+        h.flush()
+        self.assertEqual(calls, ["pause", "pause"])
+        outcomes = [result(d) for d in requests]
+        self.assertEqual([o.payload for o in outcomes[:2]],
+                         [b"echo:0", b"echo:1"])
+        self.assertEqual({o.value.code for o in outcomes[2:]},
+                         {XTMPErrorCode.RATE_LIMITED})
+        h.clock.advance(1)
+        self.assertEqual(calls, ["pause", "pause", "resume"])
+
     def test_byteRate(self):
         h = Harness(config(limits__bytes_per_second=1000,
                            limits__byte_burst=1000,

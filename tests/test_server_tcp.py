@@ -183,6 +183,62 @@ class TCPTests(TestCase):
         self.assertEqual(why.code, XTMPErrorCode.SLOW_CONSUMER)
 
 
+    @inlineCallbacks
+    def test_peerNotReadingStopsBeingRead(self):
+        """
+        A session that stops reading and sends heartbeat probes (each
+        answered at once, outside every queue) is no longer read once the
+        server's writes to it back up: the server answers only what its
+        buffers hold, not every probe.  When the peer reads again, every
+        probe is answered: nothing was lost.
+        """
+        import socket
+
+        from muxframe.xtmp.codec import F, MessageType, encodeU64
+        yield self.listen(config())
+        alice = yield self.session(ALICE)
+        for _ in range(200):
+            if len(self.server.registry):
+                break
+            yield deferLater(reactor, 0.01)
+        (session,) = list(self.server.registry)
+        # A small send buffer: the server's writes back up after alice's
+        # receive window and a few KiB, not after the kernel's megabytes.
+        # (Not alice's receive buffer: set after the connection, it stays
+        # that small, and each of its windows waits for a delayed ACK.)
+        session.transport.getHandle().setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        alice.transport.pauseProducing()
+        conn, total = alice.connection, 40000
+        for n in range(0, total, 2000):
+            alice.transport.write(b"".join(
+                conn.sendKey.seal(MessageType.Heartbeat, F.ENCRYPTED,
+                                  conn.sessionId, encodeU64(k))
+                for k in range(n, n + 2000)))
+            yield deferLater(reactor, 0.005)
+        counters = session.connection.counters
+
+        @inlineCallbacks
+        def settled():
+            # Until the server has answered no more for a while.
+            last = -1
+            while counters.heartbeatsAnswered != last:
+                last = counters.heartbeatsAnswered
+                yield deferLater(reactor, 0.2)
+            return last
+
+        answered = yield settled()
+        self.assertLess(answered, total // 4)
+        self.assertTrue(session.isConnected())
+        alice.transport.resumeProducing()
+        for _ in range(1000):
+            if counters.heartbeatsAnswered == total:
+                break
+            yield deferLater(reactor, 0.01)
+        self.assertEqual(counters.heartbeatsAnswered, total)
+        self.assertTrue(session.isConnected())
+
+
 class MultiplexedTests(TestCase):
     timeout = 60
 

@@ -213,18 +213,28 @@ class ServerSession(XTMPProtocol):
 
     def pauseProducing(self):
         """
-        The connection stopped accepting writes: note since when.
+        The connection stopped accepting writes: note since when, and stop
+        reading until it accepts them again.  A peer that does not read
+        must not make the server write: its heartbeat probes and the acks
+        its messages earn are answered at once, outside every queue, so
+        read on they would fill the transport's buffer without bound.
+        (Such a peer is closed by the heartbeat timeout, or as a slow
+        consumer when a delivery finds it past C{broker.write_deadline}.)
         """
         if self.state.pausedSince is None:
             self.state.pausedSince = self.reactor.seconds()
         XTMPProtocol.pauseProducing(self)
+        self.pauseDelivery()
 
     def resumeProducing(self):
         """
-        The connection accepts writes again.
+        The connection accepts writes again: read again, unless the rate
+        limit holds reading.
         """
         self.state.pausedSince = None
         XTMPProtocol.resumeProducing(self)
+        if self.state.throttle is None and not self._lost:
+            self.resumeDelivery()
 
     # -- what the client sends ---------------------------------------------
 
@@ -262,7 +272,7 @@ class ServerSession(XTMPProtocol):
 
     def _unthrottle(self):
         self.state.throttle = None
-        if self.isConnected():
+        if self.isConnected() and self.state.pausedSince is None:
             self.resumeDelivery()
 
     def messageReceived(self, message):

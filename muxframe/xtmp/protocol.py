@@ -884,7 +884,8 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             held, self._heldData = self._heldData, []
             if held:
                 self.dataReceived(b"".join(held))
-            if not self._lost:
+            # (Handling what was held may have paused delivery again.)
+            if not self._lost and not self._deliveryPaused:
                 self.transport.resumeProducing()
 
     # -- timers ------------------------------------------------------------
