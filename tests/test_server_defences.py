@@ -160,6 +160,56 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(result(second).value.code, XTMPErrorCode.RATE_LIMITED)
 
 
+class PeerTextTests(SynchronousTestCase):
+    """
+    What a peer can make the server log: Error messages (sent at will)
+    are throttled lines, and a peer's text in a line is cut short.
+    """
+
+    def test_errorFlood(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from muxframe.xtmp import codec
+        from muxframe.xtmp.codec import F, MessageType
+        from muxframe.xtmp.protocol import LOGGED_REASON
+        h = Harness(config())
+        client, side, _ = h.connect(ALICE)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        conn = client.connection
+
+        def error(reason):
+            client.transport.write(conn.sendKey.seal(
+                MessageType.Error, F.ENCRYPTED, conn.sessionId,
+                codec.encodeReason(XTMPErrorCode.APPLICATION_ERROR, reason)))
+
+        error("B" * 100000)
+        for n in range(500):
+            error("x%d" % (n,))
+        h.flush()
+        lines = [formatEvent(e) for e in events
+                 if "xtmp peer error" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 10)
+        self.assertIn("B" * LOGGED_REASON + "... (99800 more characters)",
+                      lines[0])
+        self.assertLess(max(len(line) for line in lines), LOGGED_REASON + 200)
+        self.assertIn("further lines like this are suppressed", lines[-1])
+        self.assertTrue(side.isConnected())
+        # A Disconnect's reason is cut short in the close line too.
+        client.transport.write(conn.sendKey.seal(
+            MessageType.Disconnect, F.ENCRYPTED, conn.sessionId,
+            codec.encodeReason(XTMPErrorCode.APPLICATION_ERROR, "D" * 100000)))
+        h.flush()
+        closed = [formatEvent(e) for e in events
+                  if "closed: {why}" in e.get("log_format", "")]
+        closed = [line for line in closed if "DDDD" in line]
+        self.assertEqual(len(closed), 1)
+        for line in closed:
+            self.assertIn("more characters)", line)
+            self.assertLess(len(line), LOGGED_REASON + 200)
+
+
 class ConnectionLimitTests(SynchronousTestCase):
     def test_perAddressAndTotal(self):
         h = Harness(config(server__max_connections=3,

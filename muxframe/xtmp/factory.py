@@ -37,9 +37,10 @@ class _XTMPFactoryMixin:
     @ivar handshakesCompleted: handshakes that completed.
     @ivar handshakesFailed: handshakes that failed (refused, malformed,
         timed out, connection lost).
-    @ivar logThrottle: the L{LogThrottle} for warnings about connections
-        that failed before completing a handshake (10 lines per kind each
-        60 s; the rest are counted and reported once).
+    @ivar logThrottle: the L{LogThrottle} for warnings a peer can cause
+        at will: connections that failed before completing a handshake,
+        and Error messages received (10 lines per kind each 60 s; the rest
+        are counted and reported once).
     """
 
     protocol = XTMPProtocol

@@ -88,6 +88,23 @@ def _levelFor(error, level):
         else level
 
 
+#: Characters of text from the peer (an Error's or a Disconnect's reason)
+#: that one log line carries at most.
+LOGGED_REASON = 200
+
+
+def _logged(text):
+    """
+    C{text} cut to L{LOGGED_REASON} characters for a log line, saying how
+    many more there were.
+    """
+    text = str(text)
+    if len(text) <= LOGGED_REASON:
+        return text
+    return "%s... (%d more characters)" % (text[:LOGGED_REASON],
+                                           len(text) - LOGGED_REASON)
+
+
 #: An encrypted frame's bytes besides its body (header and security layer).
 _FRAME_OVERHEAD = HEADER_SIZE + SECURITY_SIZE
 #: Last in a protocol's held frames while its engine holds bodies sealed
@@ -364,7 +381,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         else:
             self.log.emit(_levelFor(why, LogLevel.info),
                           "xtmp session {sessionId:#x} closed: {why}",
-                          sessionId=self.sessionId, why=why)
+                          sessionId=self.sessionId, why=_logged(why))
         for d in self._closed:
             d.callback(why)
         self._closed = []
@@ -413,9 +430,18 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         elif type(event) is UnsubscribeReceived:
             self.unsubscribeReceived(event.name, event.message)
         elif type(event) is ErrorReceived:
-            self.log.warn("xtmp peer error {code}: {reason}",
-                          code=XTMPErrorCode.describe(event.code),
-                          reason=event.reason)
+            # The peer sends these at will: throttled (the factory's), and
+            # its text cut short.
+            code = XTMPErrorCode.describe(event.code)
+            throttle = getattr(self.factory, "logThrottle", None)
+            if throttle is None:
+                self.log.warn("xtmp peer error {code}: {reason}", code=code,
+                              reason=_logged(event.reason))
+            else:
+                throttled(self.log, throttle, self.reactor.seconds(),
+                          LogLevel.warn, "peer error: " + code,
+                          "xtmp peer error {code}: {reason}", code=code,
+                          reason=_logged(event.reason))
             self.errorReceived(event.code, event.reason)
         elif type(event) is DisconnectReceived:
             if event.code in (XTMPErrorCode.NONE, XTMPErrorCode.GOING_AWAY):
@@ -747,11 +773,11 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             throttled(self.log, throttle, self.reactor.seconds(),
                       level, "handshake failed: " + code,
                       "xtmp handshake failed: {code}: {error}", code=code,
-                      error=error)
+                      error=_logged(error))
         else:
             self.log.emit(level, "xtmp session {sessionId:#x} failed: "
                           "{code}: {error}", sessionId=self.sessionId,
-                          code=code, error=error)
+                          code=code, error=_logged(error))
         if self._closeReason is None:
             self._closeReason = error
         if not self._lost:
