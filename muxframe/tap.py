@@ -665,6 +665,22 @@ def twistCommand(*args):
     return [sys.executable, "-m", "twisted"] + list(args)
 
 
+class ListenFailed(Exception, SystemExit):
+    """
+    A role could not listen: exits with its message and status 1.
+
+    Both an L{Exception} and a L{SystemExit}: daemonized twistd reports an
+    L{Exception} raised while the application starts to the launching
+    process (which prints it, exits 1 and removes the pidfile), where a
+    bare L{SystemExit} left the launcher waiting for ever; and at the top
+    level it is a L{SystemExit}, one line and status 1, not a traceback.
+    """
+
+    def __init__(self, message):
+        Exception.__init__(self, message)
+        self.code = message
+
+
 class ListenService(service.Service):
     """
     A L{strports}-style listening service that turns "cannot listen" into a
@@ -693,8 +709,8 @@ class ListenService(service.Service):
         except CannotListenError as e:
             reason = e.socketError
             reason = getattr(reason, "strerror", None) or reason
-            raise SystemExit("muxframe: cannot listen on %s: %s"
-                             % (self.description, reason))
+            raise ListenFailed("muxframe: cannot listen on %s: %s"
+                               % (self.description, reason))
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)

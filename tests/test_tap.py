@@ -458,6 +458,35 @@ class TwistdTests(TestCase):
         self.assertIn("Address already in use", process.text())
 
     @inlineCallbacks
+    def test_addressInUseDaemon(self):
+        """
+        Daemonized (no C{-n}), a port already in use is reported by the
+        launching twistd, which exits 1 and leaves no pidfile (it used to
+        wait for ever for the daemon's report).
+        """
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        pidfile = os.path.join(cwd, "twistd.pid")
+        process = Twistd("daemon")
+        argv = tap.twistdCommand(
+            "--pidfile=" + pidfile, "--logfile=" + os.path.join(cwd, "log"),
+            "muxframe", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
+            % (number,), "--echo")
+        process.transport = reactor.spawnProcess(
+            process, argv[0], argv, env=dict(os.environ, PYTHONPATH=REPO),
+            path=cwd)
+        timer = reactor.callLater(60, process.transport.signalProcess, "KILL")
+        code = yield process.ended
+        if timer.active():
+            timer.cancel()
+        self.assertEqual(code, 1, process.text())
+        self.assertIn("cannot listen on mio:tcp:%d" % (number,), process.text())
+        self.assertFalse(os.path.exists(pidfile))
+
+    @inlineCallbacks
     def test_echoThroughForwardTunnelAndSigterm(self):
         """
         A client's forward tunnel reaches an echo server; the logs name the
