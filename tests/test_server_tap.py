@@ -193,6 +193,42 @@ class TwistdTests(TestCase):
     timeout = 120
 
     @inlineCallbacks
+    def logLevel(self, *args):
+        """
+        Run the role with C{args}, open and close three connections without
+        a handshake, stop it; return its output.
+        """
+        from twisted.internet.endpoints import connectProtocol
+        from twisted.internet.protocol import Protocol
+        directory = self.mktemp()
+        port = freePort()
+        path = writeSetup(directory, port)
+        process = spawnXTMP(self, directory, "--config", path, *args)
+        yield waitForPort(port, process)
+        for _ in range(3):
+            p = yield connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
+            p.transport.loseConnection()
+        yield deferLater(reactor, 0.5, lambda: None)
+        process.transport.signalProcess("TERM")
+        yield process.ended
+        return process.text()
+
+    @inlineCallbacks
+    def test_logLevel(self):
+        """
+        The role writes muxframe's events from info up (a connection closed
+        during its handshake is a debug line: not written), and from
+        C{logging.level} (C{--log-level}) when given.
+        """
+        text = yield self.logLevel()
+        self.assertIn("xtmp server on", text)
+        self.assertNotIn("closed during the handshake", text)
+        text = yield self.logLevel("--log-level", "debug")
+        # (Three, and the one waitForPort made.)
+        self.assertEqual(text.count("closed during the handshake"), 4, text)
+
+    @inlineCallbacks
     def test_serverEndToEnd(self):
         """
         Clients with keys from authorized_keys get configured handlers

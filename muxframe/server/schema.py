@@ -382,6 +382,9 @@ SCHEMA = [Key(*entry) for entry in [
      "Log lines as text, or as JSON records (twisted.logger's "
      "jsonFileLogObserver: one JSON object per record, each after an "
      "ASCII RS).", "log-format"),
+    ("logging.level", _choice("debug", "info", "warn", "error"), "info",
+     "-", "The least important muxframe events written (debug adds one "
+     "line per unauthenticated connection and per stream).", "log-level"),
     ("logging.summary_interval", _number(), 60.0, _seconds,
      "Log a one-line summary (connections, sessions, streams, msgs/s, "
      "bytes/s) this often (0: never).", "summary-interval"),

@@ -152,7 +152,7 @@ def makeService(options, reactor=None):
                                  tuneCollector=True)
     except ConfigError as e:
         raise SystemExit("muxframe xtmp: %s" % (e,))
-    role = OperatedRole()
+    role = OperatedRole(logLevel=options.config["logging.level"])
     role.setName("muxframe-xtmp")
     main.setServiceParent(role)
     role.server = main.server
