@@ -218,6 +218,29 @@ class ErrorTests(SynchronousTestCase):
         self.assertIn("cannot read", str(e))
 
 
+    def test_keyGivenTwice(self):
+        """
+        A section or key given twice is an error naming it and both lines
+        (YAML would keep the last: a second permissions block would drop
+        the first one's deny rule).
+        """
+        for text, key, first, second in [
+            ("permissions:\n  bob:\n    publish: {deny: ['orders.>']}\n"
+             "server:\n  max_connections: 5\n"
+             "permissions:\n  alice:\n    publish: {allow: ['>']}\n",
+             "permissions", 1, 6),
+            ("server:\n  max_connections: 5\n  max_connections: 6\n",
+             "max_connections", 2, 3),
+        ]:
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(text)
+            e = self.assertRaises(ConfigError, ServerConfig.fromFile, path)
+            self.assertIn("found %r given twice (first on line %d)"
+                          % (key, first), str(e))
+            self.assertIn("line %d" % (second,), str(e))
+
+
 class OverrideTests(SynchronousTestCase):
     def test_optionsWin(self):
         c = load(ISSUE_EXAMPLE)

@@ -218,6 +218,35 @@ def parsePermissions(mapping, where="permissions"):
     return PermissionTable(entries, default)
 
 
+def _uniqueKeysLoader():
+    """
+    PyYAML's safe loader, refusing a key given twice in one mapping: YAML
+    keeps the last silently, so a repeated section or key (a second
+    C{permissions:} block, say) would drop what the first one said.
+    """
+    import yaml
+
+    class UniqueKeysLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for keyNode, _ in node.value:
+                key = self.construct_object(keyNode, deep=deep)
+                try:
+                    first = seen.setdefault(key, keyNode)
+                except TypeError:
+                    # (An unhashable key: the base class reports it.)
+                    continue
+                if first is not keyNode:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        "found %r given twice (first on line %d)"
+                        % (key, first.start_mark.line + 1),
+                        keyNode.start_mark)
+            return yaml.SafeLoader.construct_mapping(self, node, deep)
+
+    return UniqueKeysLoader
+
+
 class ServerConfig:
     """
     The server's settings.
@@ -252,7 +281,7 @@ class ServerConfig:
         import yaml
         try:
             with open(path, "rb") as f:
-                data = yaml.safe_load(f)
+                data = yaml.load(f, Loader=_uniqueKeysLoader())
         except OSError as e:
             raise ConfigError("--config", "cannot read %s: %s"
                               % (path, e.strerror or e))
