@@ -173,6 +173,26 @@ class OptionsTests(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, parse, "--config", self.path)
         self.assertIn("server.identity", str(e))
 
+    def test_numberMessages(self):
+        """
+        A value that is not a number is refused with the message the docs
+        quote; a leading zero is decimal.
+        """
+        for argv, message in [
+                (["--max-connections=lots"],
+                 "--max-connections: expected an integer, got 'lots'"),
+                (["--max-connections=1e3"],
+                 "--max-connections: expected an integer, got '1e3'"),
+                (["--heartbeat-interval=soon"],
+                 "--heartbeat-interval: expected a number, got 'soon'")]:
+            e = self.assertRaises(usage.UsageError, parse, "--config",
+                                  self.path, *argv)
+            self.assertIn(message, str(e))
+        top = tap.Options()
+        top.parseOptions(["xtmp", "--config", self.path,
+                          "--max-connections=010"])
+        self.assertEqual(top.subOptions.config["server.max_connections"], 10)
+
     def test_unknownKeyInFile(self):
         with open(self.path, "a") as f:
             f.write("broker:\n  max_pendng: 5\n")

@@ -36,7 +36,16 @@ def _integer(low=None, high=None):
         if isinstance(value, bool):
             raise ValueError("expected an integer, got %r" % (value,))
         if isinstance(value, str):
-            value = int(value.strip(), 0)
+            text = value.strip()
+            try:
+                value = int(text, 0)
+            except ValueError:
+                try:
+                    # ("010": ten, as an operator means it, not an error.)
+                    value = int(text, 10)
+                except ValueError:
+                    raise ValueError("expected an integer, got %r"
+                                     % (value,)) from None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int):
@@ -55,7 +64,11 @@ def _number(low=0.0, positive=False):
         if isinstance(value, bool):
             raise ValueError("expected a number, got %r" % (value,))
         if isinstance(value, str):
-            value = float(value.strip())
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError("expected a number, got %r"
+                                 % (value,)) from None
         if not isinstance(value, (int, float)) or value != value:
             raise ValueError("expected a number, got %r" % (value,))
         value = float(value)
