@@ -665,9 +665,10 @@ def twistCommand(*args):
     return [sys.executable, "-m", "twisted"] + list(args)
 
 
-class ListenFailed(Exception, SystemExit):
+class StartFailed(Exception, SystemExit):
     """
-    A role could not listen: exits with its message and status 1.
+    A role could not start (a port in use, its storage held by another
+    process): exits with its message and status 1.
 
     Both an L{Exception} and a L{SystemExit}: daemonized twistd reports an
     L{Exception} raised while the application starts to the launching
@@ -679,6 +680,12 @@ class ListenFailed(Exception, SystemExit):
     def __init__(self, message):
         Exception.__init__(self, message)
         self.code = message
+
+
+class ListenFailed(StartFailed):
+    """
+    A role could not listen on one of its endpoints.
+    """
 
 
 class ListenService(service.Service):

@@ -213,6 +213,54 @@ class TwistdTests(TestCase):
     timeout = 120
 
     @inlineCallbacks
+    def test_storageInUse(self):
+        """
+        A second server on a storage directory in use exits 1 with one
+        line naming it, before serving anyone; the first goes on.
+        """
+        directory = self.mktemp()
+        storage = os.path.abspath(os.path.join(directory, "data"))
+        first, second = freePort(), freePort()
+        path = writeSetup(directory, first, {"storage": {
+            "engine": "embedded", "directory": storage}})
+        running = spawnXTMP(self, directory, "--config", path)
+        yield waitForPort(first, running)
+        other = spawnXTMP(self, directory, "--config", path, "--endpoint",
+                          "tcp:%d:interface=127.0.0.1" % (second,))
+        code = yield other.ended
+        self.assertEqual(code, 1, other.text())
+        self.assertIn("muxframe xtmp: storage.directory: %s is in use by "
+                      "another engine" % (storage,), other.text())
+        self.assertNotIn("Traceback", other.text())
+        self.assertTrue(running.running)
+        running.transport.signalProcess("TERM")
+        code = yield running.ended
+        self.assertEqual(code, 0, running.text())
+
+    @inlineCallbacks
+    def test_storageUnusable(self):
+        """
+        Storage that fails to recover stops the server with one critical
+        line naming the fault and exit status 1 (not 0: a supervisor must
+        see a failure).
+        """
+        directory = self.mktemp()
+        storage = os.path.join(directory, "data")
+        os.makedirs(os.path.join(storage, "journal"))
+        with open(os.path.join(storage, "journal", "%020d.log" % (0,)),
+                  "wb") as f:
+            f.write(b"not a journal at all")
+        path = writeSetup(directory, freePort(), {"storage": {
+            "engine": "embedded", "directory": "data"}})
+        process = spawnXTMP(self, directory, "--config", path)
+        code = yield process.ended
+        self.assertEqual(code, 1, process.text())
+        self.assertIn("storage failed to start (embedded engine): segment",
+                      process.text())
+        self.assertIn("is not a journal segment; stopping", process.text())
+        self.assertNotIn("Traceback", process.text())
+
+    @inlineCallbacks
     def logLevel(self, *args):
         """
         Run the role with C{args}, open and close three connections without

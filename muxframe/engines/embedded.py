@@ -203,15 +203,32 @@ class EmbeddedEngine:
         self.recovery = None
         self.running = False
 
-    def _openFiles(self):
-        os.makedirs(self.directory, exist_ok=True)
-        lock = os.open(os.path.join(self.directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    def claim(self):
+        """
+        Create the directory and take its lock now, before L{start} (which
+        does it otherwise): a process can refuse to run on a directory in
+        use before it listens.
+
+        @raise StorageError: another engine holds the directory, or it
+            cannot be created.
+        """
+        if self._lock is not None:
+            return
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            lock = os.open(os.path.join(self.directory, "LOCK"),
+                           os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError("%s: %s" % (self.directory, e.strerror or e))
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(lock)
             raise StorageError("%s is in use by another engine" % (self.directory,))
         self._lock = lock
+
+    def _openFiles(self):
+        self.claim()
         try:
             report = self.journal.open()
             self._offsets.open()

@@ -140,6 +140,13 @@ def loadTokens(config):
     return tokens
 
 
+def _exitFailedAtExit():
+    # twistd's exit status is 0 once the reactor stops, whatever stopped
+    # it; at exit (after twistd removed its pidfile), make it 1.
+    import atexit
+    atexit.register(os._exit, 1)
+
+
 class XTMPServerService(service.Service):
     """
     Listen with an L{XTMPServer} built from C{config}, on each of its
@@ -184,11 +191,25 @@ class XTMPServerService(service.Service):
         for listener in self._listeners:
             listener.privilegedStartService()
 
+    def _claimStorage(self):
+        from muxframe.engines.errors import StorageError
+        from muxframe.tap import StartFailed
+        if self.storage is None:
+            return
+        try:
+            self.storage.claim()
+        except StorageError as e:
+            raise StartFailed("muxframe xtmp: storage.directory: %s" % (e,))
+
     def startService(self):
         """
-        Listen, and (under twistd) take over SIGTERM and SIGHUP.
+        Take the storage's directory (a second server on it is refused
+        before it listens: as the user twistd runs it as, not before
+        privileges are dropped), listen, and (under twistd) take over
+        SIGTERM and SIGHUP.
         """
         service.Service.startService(self)
+        self._claimStorage()
         for listener in self._listeners:
             listener.startService()
         if self.storage is not None:
@@ -223,9 +244,22 @@ class XTMPServerService(service.Service):
                      "threshold {threshold}", threshold=threshold)
 
     def _storageFailed(self, failure):
-        log.failure("storage failed to start ({engine} engine); stopping",
-                    failure, LogLevel.critical, engine=self.config["storage.engine"])
+        from muxframe.engines.errors import EngineError
+        engine = self.config["storage.engine"]
+        if failure.check(EngineError):
+            # The engine's own words name the fault: no traceback.
+            log.critical("storage failed to start ({engine} engine): "
+                         "{error}; stopping", engine=engine,
+                         error=failure.value)
+        else:
+            log.failure("storage failed to start ({engine} engine); stopping",
+                        failure, LogLevel.critical, engine=engine)
         self.storage = None
+        if self.installSignals:
+            # The process is the role's: it must not exit 0, which says to
+            # a supervisor that all went well.
+            self.reactor.addSystemEventTrigger("after", "shutdown",
+                                               _exitFailedAtExit)
         self.reactor.callWhenRunning(self.reactor.stop)
 
     def _takeSignals(self):

@@ -249,6 +249,17 @@ class Storage:
             server.router.route(messageType, handler, concurrency=many, queue=many)
         server.registry.addObserver(self)
 
+    def claim(self):
+        """
+        Take what the engine must hold alone (the embedded engine's
+        directory lock), if it has such a thing, now.
+
+        @raise StorageError: it is held elsewhere.
+        """
+        claim = getattr(self.engine, "claim", None)
+        if claim is not None:
+            claim()
+
     def start(self):
         """
         Start the engine (recovering its storage); a Deferred firing when
