@@ -47,13 +47,16 @@ class AdminService(service.Service):
         from muxframe.admin.api import buildRoot
         from muxframe.admin.http import requestFactory
         from muxframe.admin.metrics import makeRegistry
+        from muxframe.admin.settings import listeningDescription
         from muxframe.tap import ListenService
         self.settings = settings
         self.registry = makeRegistry(status, reactor)
         self.root = buildRoot(status, settings, MetricsResource(self.registry))
         self.site = AdminSite(self.root, timeout=60)
         self.site.requestFactory = requestFactory(settings.maxBody)
-        self._listener = ListenService(settings.endpoint, self.site, reactor)
+        # Owner-only by default: a unix: socket may be served without a token.
+        self._listener = ListenService(listeningDescription(settings.endpoint),
+                                       self.site, reactor)
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)

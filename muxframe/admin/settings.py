@@ -12,6 +12,9 @@ Rules:
   - An admin endpoint reachable over the network (anything but C{unix:})
     needs a token file; a C{unix:} socket may go without (its file
     permissions guard it), and with a token file it is checked there too.
+  - A C{unix:} admin socket is made mode 0600 (its owner only) unless the
+    description sets C{mode=} (octal, e.g. C{mode=660} for a group):
+    Twisted's own default, 0666, would give every local user the API.
   - The token file holds the token (surrounding whitespace ignored); an
     empty or unreadable file is a usage error naming it.
 
@@ -29,6 +32,28 @@ def isUnixEndpoint(description):
     Whether an endpoint description is a UNIX socket (C{unix:PATH}).
     """
     return description.split(":", 1)[0].lower() == "unix"
+
+
+ADMIN_SOCKET_MODE = "600"
+
+
+def listeningDescription(description):
+    """
+    The description the admin service listens on: C{description}, with
+    C{mode=600} added to a C{unix:} one that sets no mode (module rules).
+
+    @raise ValueError: the mode cannot be added (the description ends in
+        an escaping backslash).
+    """
+    from muxframe.endpointcheck import parseDescription
+    if not isUnixEndpoint(description) or \
+            "mode" in parseDescription(description)[1]:
+        return description
+    listened = "%s:mode=%s" % (description, ADMIN_SOCKET_MODE)
+    if parseDescription(listened)[1].get("mode") != ADMIN_SOCKET_MODE:
+        raise ValueError("cannot add mode=%s to %r: give the socket's "
+                         "mode= yourself" % (ADMIN_SOCKET_MODE, description))
+    return listened
 
 
 def loadToken(path, where="admin.token_file"):
@@ -128,7 +153,8 @@ class OperatorOptionsMixin:
         """
         Serve the admin HTTP service (health, metrics, the admin API) on
         this server endpoint, e.g. tcp:8080:interface=127.0.0.1 or
-        unix:/run/muxframe.sock (default: off).
+        unix:/run/muxframe.sock (mode 0600 unless it sets mode=, in octal)
+        (default: off).
         """
         self._operatorValues()["admin"] = endpoint
 
@@ -206,16 +232,18 @@ class OperatorOptionsMixin:
 def checkAdminEndpoint(description, where):
     """
     Raise L{usage.UsageError} naming C{where} unless C{description} is a
-    server endpoint string Twisted can parse.
+    server endpoint string Twisted can parse (as listened on: see
+    L{listeningDescription}).
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
     try:
-        serverFromString(reactor, description)
+        serverFromString(reactor, listeningDescription(description))
     except Exception as e:
         raise usage.UsageError("%s: bad endpoint %r: %s"
                                % (where, description, e))
 
 
-__all__ = ["OperatorOptionsMixin", "OperatorSettings", "checkAdminEndpoint",
-           "isUnixEndpoint", "loadToken"]
+__all__ = ["ADMIN_SOCKET_MODE", "OperatorOptionsMixin", "OperatorSettings",
+           "checkAdminEndpoint", "isUnixEndpoint", "listeningDescription",
+           "loadToken"]

@@ -381,7 +381,8 @@ SCHEMA = [Key(*entry) for entry in [
     ("admin.endpoint", _optional(_text), None, "endpoint",
      "Where the admin HTTP service (health, metrics, the admin API) "
      "listens, e.g. tcp:8080:interface=127.0.0.1 or unix:/run/xtmp.sock "
-     "(null: off).", "admin"),
+     "(null: off; a unix: socket is mode 0600 unless it sets mode=, "
+     "in octal).", "admin"),
     ("admin.token_file", _optional(_path), None, "path",
      "A file holding the admin API's bearer token (required unless the "
      "admin endpoint is a unix: socket).", "admin-token-file"),
