@@ -99,3 +99,82 @@ class SocketModeTests(TestCase):
         self.assertIn("mode=", str(error))
         self.assertRaises(usage.UsageError, checkAdminEndpoint,
                           "unix:/run/a.sock:mode=999", "--admin")
+
+
+class _Status:
+    """
+    Just enough of an xtmp role's status for the admin site's paths.
+    """
+
+    role = "xtmp"
+
+    def health(self):
+        return {"status": "healthy"}
+
+    def stats(self):
+        return {"sessions": 0}
+
+
+class SiteTests(TestCase):
+    """
+    An xtmp role's admin site, with a token, over loopback TCP.
+    """
+
+    def setUp(self):
+        from twisted.logger import globalLogPublisher
+        from twisted.web.resource import Resource
+
+        from muxframe.admin.api import buildRoot
+        from muxframe.admin.http import requestFactory
+        from muxframe.admin.service import AdminSite
+        from tests.adminsupport import TOKEN
+        root = buildRoot(_Status(), OperatorSettings(token=TOKEN), Resource())
+        site = AdminSite(root)
+        site.requestFactory = requestFactory(1 << 20)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.admin = Admin(port.getHost().port)
+        # What the admin service logs (refusals are not logged).
+        self.logged = []
+
+        def observe(event):
+            if event.get("log_namespace") == "muxframe.admin":
+                self.logged.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def assertJSONError(self, answer, code, text):
+        status, body, headers = answer
+        self.assertEqual(headers.getRawHeaders(b"content-type"),
+                         [b"application/json"], body)
+        self.assertEqual((status, body["status"]), (code, code), body)
+        self.assertIn(text, body["error"])
+
+    @inlineCallbacks
+    def test_belowALeaf(self):
+        """
+        A path below a leaf answers JSON 404 naming the path; the token is
+        still checked first.
+        """
+        for path in ("/health/x", "/health//", "/api/v1/stats/x",
+                     "/api/v1/broadcast/x", "/api/v1/stats/x/y", "//health",
+                     "/api//v1", "/api/v1//stats"):
+            answer = yield self.admin.get(path)
+            self.assertJSONError(answer, 404, "no such resource: " + path)
+            answer = yield self.admin.get(path, token=False)
+            self.assertJSONError(answer, 401, "bearer token")
+        answer = yield self.admin.request(b"POST", "/api/v1/broadcast/x", {})
+        self.assertJSONError(answer, 404, "no such resource")
+        self.assertEqual(self.logged, [])
+
+    @inlineCallbacks
+    def test_trailingSlash(self):
+        """
+        A leaf's path with a trailing slash is the same resource.
+        """
+        code, report, _ = yield self.admin.get("/health/")
+        self.assertEqual((code, report), (200, {"status": "healthy"}))
+        code, stats, _ = yield self.admin.get("/api/v1/stats/")
+        self.assertEqual((code, stats), (200, {"sessions": 0}))
+        answer = yield self.admin.get("/api/v1/broadcast/")
+        self.assertJSONError(answer, 405, "not allowed")

@@ -12,7 +12,8 @@ Rules:
     log lines); they are counted (L{AdminRoot.unauthorized}).
   - Every answer is JSON (C{application/json}), errors too:
     C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, a
-    missing or wrong field, bad base64), 404 unknown path or id, 405 a
+    missing or wrong field, bad base64), 404 unknown path (below a leaf
+    too; one trailing slash is the leaf itself) or id, 405 a
     method the path does not take (with C{Allow}), 413 a body over the
     limit, 500 a fault of ours (logged with its traceback, never sent).
   - A request body is read up to C{maxBody} bytes: a declared
@@ -112,7 +113,18 @@ class JSONResource(Resource):
     """
     A resource answering JSON: C{json_GET(request)} etc. return the value
     (or C{(code, value)}); raising L{JSONError} answers an error.
+
+    Its path with a trailing slash is the same resource; a path below it
+    answers JSON 404 (not twisted.web's HTML "No Such Resource").
     """
+
+    def getChild(self, name, request):
+        """
+        Itself for a final empty segment (C{/health/}), else JSON 404.
+        """
+        if name == b"" and not request.postpath:
+            return self
+        return notFound(request)
 
     def render(self, request):
         """
