@@ -107,6 +107,7 @@ class _Status:
     """
 
     role = "xtmp"
+    config = {"xtmp_protocol.max_payload_size": 65536}
 
     def health(self):
         return {"status": "healthy"}
@@ -178,3 +179,51 @@ class SiteTests(TestCase):
         self.assertEqual((code, stats), (200, {"sessions": 0}))
         answer = yield self.admin.get("/api/v1/broadcast/")
         self.assertJSONError(answer, 405, "not allowed")
+
+    @inlineCallbacks
+    def test_nestedTooDeeply(self):
+        """
+        A body nested too deeply for json's decoder is a 400, logged no
+        more than any bad request.
+        """
+        for path, body in [
+                ("/api/v1/broadcast", b"[" * 100000 + b"]" * 100000),
+                ("/api/v1/publish", b'{"a": ' * 100000 + b"1" + b"}" * 100000)]:
+            answer = yield self.admin.request(b"POST", path, body)
+            self.assertJSONError(answer, 400, "nested too deeply")
+        self.assertEqual(self.logged, [])
+
+    @inlineCallbacks
+    def test_nestedDeeplyWithinTheDecoder(self):
+        """
+        A body json's decoder parses but nested deeper than the admin API
+        reads (a field's repr would still recurse too deeply) is a 400; up
+        to MAX_DEPTH levels are read.
+        """
+        from muxframe.admin.http import MAX_DEPTH
+        for depth in (MAX_DEPTH, 500, 900):
+            body = (b'{"type": ' + b"[" * depth + b"]" * depth
+                    + b', "payload": ""}')
+            answer = yield self.admin.request(b"POST", "/api/v1/broadcast",
+                                              body)
+            self.assertJSONError(answer, 400, "nested too deeply (over %d "
+                                 "levels)" % (MAX_DEPTH,))
+        body = b'{"type": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) \
+            + b', "payload": ""}'
+        answer = yield self.admin.request(b"POST", "/api/v1/broadcast", body)
+        self.assertJSONError(answer, 400, "not a message type")
+        self.assertEqual(self.logged, [])
+
+    def test_nestingDepth(self):
+        """
+        L{nestingDepth} counts list and dict levels.
+        """
+        from muxframe.admin.http import nestingDepth
+        for value, depth in [(1, 0), ("x", 0), ([], 1), ({}, 1),
+                             ({"a": [1, {"b": []}]}, 4), ([[], [[[]]]], 4),
+                             ([[[]]] * 3 + [5], 3)]:
+            self.assertEqual(nestingDepth(value), depth, value)
+        deep = []
+        for _ in range(4999):
+            deep = [deep]
+        self.assertEqual(nestingDepth(deep), 5000)

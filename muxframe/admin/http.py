@@ -11,11 +11,12 @@ Rules:
     are not logged (a flood of bad requests must not become a flood of
     log lines); they are counted (L{AdminRoot.unauthorized}).
   - Every answer is JSON (C{application/json}), errors too:
-    C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, a
-    missing or wrong field, bad base64), 404 unknown path (below a leaf
-    too; one trailing slash is the leaf itself) or id, 405 a
-    method the path does not take (with C{Allow}), 413 a body over the
-    limit, 500 a fault of ours (logged with its traceback, never sent).
+    C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, JSON
+    nested over L{MAX_DEPTH} levels, a missing or wrong field, bad
+    base64), 404 unknown path (below a leaf too; one trailing slash is
+    the leaf itself) or id, 405 a method the path does not take (with
+    C{Allow}), 413 a body over the limit, 500 a fault of ours (logged
+    with its traceback, never sent).
   - A request body is read up to C{maxBody} bytes: a declared
     C{Content-Length} over it is answered 413 at once and the connection
     closed; a chunked body that grows past it is discarded as it comes
@@ -73,9 +74,30 @@ def errorBody(code, message, **extra):
     return body
 
 
+MAX_DEPTH = 32
+
+
+def nestingDepth(value):
+    """
+    How deeply lists and dicts nest in C{value} (a scalar: 0), found
+    without recursion.
+    """
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((item, depth + 1) for item in value)
+    return deepest
+
+
 def readJSON(request, required=()):
     """
-    The request's body as a JSON object, with C{required} keys present.
+    The request's body as a JSON object, with C{required} keys present,
+    nested at most L{MAX_DEPTH} levels.
 
     @raise JSONError: 400 naming what is wrong.
     """
@@ -86,6 +108,14 @@ def readJSON(request, required=()):
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise JSONError(400, "the body is not valid JSON: %s" % (e,))
+    except RecursionError:
+        # json's decoder recurses per level: '[' * 100000 under the limit.
+        raise JSONError(400, "the body is not valid JSON: nested too deeply")
+    if nestingDepth(value) > MAX_DEPTH:
+        # A value that parsed just within the recursion limit would raise
+        # RecursionError later, in the repr of an error message.
+        raise JSONError(400, "the body is nested too deeply (over %d levels)"
+                        % (MAX_DEPTH,))
     if not isinstance(value, dict):
         raise JSONError(400, "expected a JSON object, got %s"
                         % (type(value).__name__,))
@@ -309,5 +339,6 @@ def requestFactory(maxBody):
 
 
 __all__ = ["AdminRoot", "BoundedRequest", "ErrorResource", "JSONError",
-           "JSONResource", "JSONTree", "encodeJSON", "notFound",
-           "queryArgument", "readJSON", "requestFactory", "respond"]
+           "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
+           "nestingDepth", "notFound", "queryArgument", "readJSON",
+           "requestFactory", "respond"]
