@@ -48,6 +48,12 @@ def submit(session, message):
 def audit(session, message):
     # A blocking handler: runs in the router's thread pool.
     return threading.current_thread().name.encode()
+
+def slow(session, message):
+    # A blocking handler that takes its time (a drain waits for it).
+    import time
+    time.sleep(float(message.payload))
+    return b"slept"
 '''
 
 
@@ -211,6 +217,37 @@ class TwistdTests(TestCase):
     """
 
     timeout = 120
+
+    @inlineCallbacks
+    def test_signalsWhileDraining(self):
+        """
+        SIGTERM drains; another SIGTERM, or SIGINT, while it drains is one
+        line, and the drain goes on: the handler in progress answers, the
+        exit status is 0, nothing raises.
+        """
+        directory = self.mktemp()
+        port = freePort()
+        path = writeSetup(directory, port)
+        process = spawnXTMP(self, directory, "--config", path, "--handler",
+                            "0x22=xtmpapp:slow,blocking")
+        yield waitForPort(port, process)
+        alice = yield connectXTMP(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                  clientFactory(ALICE))
+        answer = alice.request(0x22, b"1.5", timeout=30)
+        yield deferLater(reactor, 0.3, lambda: None)
+        for name in ("TERM", "TERM", "INT"):
+            process.transport.signalProcess(name)
+            yield deferLater(reactor, 0.1, lambda: None)
+        reply = yield answer
+        self.assertEqual(reply.payload, b"slept")
+        code = yield process.ended
+        text = process.text()
+        self.assertEqual(code, 0, text)
+        self.assertEqual(text.count("SIGTERM: draining the xtmp server"), 1)
+        self.assertIn("SIGTERM: already draining", text)
+        self.assertIn("SIGINT: already draining", text)
+        self.assertNotIn("Traceback", text)
+        self.assertNotIn("ReactorNotRunning", text)
 
     @inlineCallbacks
     def test_storageInUse(self):

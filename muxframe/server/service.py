@@ -260,17 +260,38 @@ class XTMPServerService(service.Service):
             # a supervisor that all went well.
             self.reactor.addSystemEventTrigger("after", "shutdown",
                                                _exitFailedAtExit)
-        self.reactor.callWhenRunning(self.reactor.stop)
+        self._stopping = True
+        self.reactor.callWhenRunning(self._stopReactor)
+
+    _stopping = False
 
     def _takeSignals(self):
         signal.signal(signal.SIGTERM, self._sigterm)
+        signal.signal(signal.SIGINT, self._sigterm)
         signal.signal(signal.SIGHUP, self._sighup)
 
     def _sigterm(self, number, frame):
         # Not reactor.sigTerm: that makes twistd re-raise SIGTERM after the
-        # shutdown, so the exit status would not be 0.
-        log.info("SIGTERM: draining the xtmp server")
-        self.reactor.callFromThread(self.reactor.stop)
+        # shutdown, so the exit status would not be 0.  (SIGINT, Ctrl-C
+        # under -n, drains the same way.)
+        name = signal.Signals(number).name
+        if self._stopping:
+            # An impatient second signal: the drain already has its
+            # deadline (drain_timeout); stopping twice would raise.
+            log.info("{signal}: already draining (drain_timeout {timeout:g}s)",
+                     signal=name, timeout=self.config["server.drain_timeout"])
+            return
+        self._stopping = True
+        log.info("{signal}: draining the xtmp server", signal=name)
+        self.reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self):
+        from twisted.internet.error import ReactorNotRunning
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            # (Already stopping: the storage failed, say.)
+            pass
 
     def _sighup(self, number, frame):
         self.reactor.callFromThread(self.reload)
