@@ -227,3 +227,79 @@ class SiteTests(TestCase):
         for _ in range(4999):
             deep = [deep]
         self.assertEqual(nestingDepth(deep), 5000)
+
+
+class _SyncPool:
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            from twisted.python.failure import Failure
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class _SyncReactor:
+    """
+    What MetricsResource asks of a reactor, with its thread pool run here.
+    """
+
+    def getThreadPool(self):
+        return _SyncPool()
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class MetricsResourceTests(TestCase):
+    """
+    L{muxframe.admin.metricsresource.MetricsResource}: prometheus_client's
+    exposition without its WSGI wrapper.
+    """
+
+    def render(self, method=b"GET", accept=None, args=None):
+        from prometheus_client import CollectorRegistry, Counter
+        from twisted.web.server import NOT_DONE_YET
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from muxframe.admin.metricsresource import MetricsResource
+        registry = CollectorRegistry()
+        Counter("first", "One.", registry=registry).inc(3)
+        Counter("second", "Two.", registry=registry).inc()
+        request = DummyRequest([b""])
+        request.method = method
+        if accept:
+            request.requestHeaders.setRawHeaders(b"accept", [accept])
+        request.args = args or {}
+        body = MetricsResource(registry, _SyncReactor()).render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+        self.assertEqual(request.finished, 1)
+        return (request.responseCode or 200,
+                request.responseHeaders.getRawHeaders(b"content-type")[0],
+                b"".join(request.written).decode("utf-8"))
+
+    def test_text(self):
+        code, contentType, text = self.render()
+        self.assertEqual(code, 200)
+        self.assertTrue(contentType.startswith(b"text/plain; version=0.0.4"))
+        self.assertIn("first_total 3.0", text)
+        self.assertIn("second_total 1.0", text)
+
+    def test_openMetrics(self):
+        code, contentType, text = self.render(
+            accept=b"application/openmetrics-text; version=1.0.0")
+        self.assertTrue(contentType.startswith(b"application/openmetrics-text"))
+        self.assertTrue(text.endswith("# EOF\n"))
+
+    def test_names(self):
+        code, _, text = self.render(args={b"name[]": [b"second_total"]})
+        self.assertIn("second_total 1.0", text)
+        self.assertNotIn("first", text)
+
+    def test_otherMethods(self):
+        code, contentType, text = self.render(method=b"POST")
+        self.assertEqual((code, contentType), (405, b"application/json"))
+        self.assertIn("method not allowed: POST", text)

@@ -414,6 +414,11 @@ class UnixAndLogsTests(TestCase):
         self.assertEqual((code, report["status"]), (200, "healthy"))
         code, body, _ = yield admin.get("/api/v1/sessions")
         self.assertEqual((code, body["count"]), (200, 0))
+        # /metrics too (prometheus_client's WSGI resource answered 500
+        # here: a UNIX peer has no host).
+        families = yield admin.scrape(token=None)
+        self.assertIn("muxframe_xtmp_sessions_active", families)
+        self.assertIn("process_cpu_seconds", families)
 
     def test_tcpAdminNeedsToken(self):
         """

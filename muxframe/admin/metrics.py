@@ -5,8 +5,8 @@ The roles count for themselves (the XTMP server's registry, broker,
 router and events; the multiplexer's per-connection counters; the
 tunnels' stats).  Nothing here is incremented per message: a scrape takes
 a L{MetricSet} snapshot from the role's status object in the reactor
-thread (prometheus_client's Twisted resource renders in a thread pool) and
-turns it into metric families.
+thread (L{muxframe.admin.metricsresource} renders in the reactor's thread
+pool) and turns it into metric families.
 
 L{CATALOGUE} is every metric: name, type, labels, help, and the roles
 that export it.  Every family of a role's catalogue is exported, with no

@@ -42,16 +42,16 @@ class AdminService(service.Service):
     """
 
     def __init__(self, status, settings, reactor):
-        from prometheus_client.twisted import MetricsResource
-
         from muxframe.admin.api import buildRoot
         from muxframe.admin.http import requestFactory
         from muxframe.admin.metrics import makeRegistry
+        from muxframe.admin.metricsresource import MetricsResource
         from muxframe.admin.settings import listeningDescription
         from muxframe.tap import ListenService
         self.settings = settings
         self.registry = makeRegistry(status, reactor)
-        self.root = buildRoot(status, settings, MetricsResource(self.registry))
+        self.root = buildRoot(status, settings,
+                              MetricsResource(self.registry, reactor))
         self.site = AdminSite(self.root, timeout=60)
         self.site.requestFactory = requestFactory(settings.maxBody)
         # Owner-only by default: a unix: socket may be served without a token.
