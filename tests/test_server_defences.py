@@ -347,7 +347,7 @@ class AdmissionHookTests(SynchronousTestCase):
 class RevocationTests(SynchronousTestCase):
     def test_keyRevoked(self):
         h = Harness()
-        alice, _, _ = h.connect(ALICE)
+        alice, side, _ = h.connect(ALICE)
         bob, _, _ = h.connect(BOB)
         self.assertEqual(len(h.server.registry), 2)
         added, removed, gone = h.server.setKeys(
@@ -356,6 +356,8 @@ class RevocationTests(SynchronousTestCase):
         self.assertEqual((added, removed, gone), (0, 1, 1))
         self.assertEqual(result(alice.whenClosed()).code,
                          XTMPErrorCode.KEY_REVOKED)
+        # The server's side names the code it closed with.
+        self.assertIn("KEY_REVOKED: ", str(result(side.whenClosed())))
         self.assertEqual([s.identity.name for s in h.server.registry.list()],
                          ["bob"])
         again, _, _ = h.connect(ALICE)

@@ -760,7 +760,10 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         if self._lost or self.connection is None:
             return
         self._write(self.connection.closeWithError(code, reason))
-        self._closeReason = ConnectionDone(reason)
+        # (What ends it, for whenClosed and the session's close line.)
+        said = XTMPErrorCode.describe(code)
+        self._closeReason = ConnectionDone(
+            "%s: %s" % (said, reason) if reason else said)
         self._loseConnection()
 
     def _fail(self, error):
