@@ -72,6 +72,42 @@ class SubjectTests(SynchronousTestCase):
         self.assertEqual(sorted(got[0] + got[1]), sorted(got["w"]))
         self.assertEqual(len(got[0]), 5)
 
+    def test_queueGroupTurnGoesWithGroup(self):
+        """
+        A queue group's round-robin turn lives as long as the group: after
+        many groups came, took a message and went, the subscription table
+        holds nothing for them (before, a turn per C{(pattern, group)}
+        stayed for good), and while a group lives its members still take
+        turns.
+        """
+        a, _, _ = self.h.connect(ALICE)
+        broker = self.h.server.broker
+        for i in range(200):
+            subject = "leak.%d" % (i,)
+            a.subscribe(subject, lambda m: None, group="g")
+            self.h.flush()
+            self.assertEqual(self.h.server.publish(subject, b"x"), 1)
+            a.unsubscribe(subject)
+            self.h.flush()
+        self.assertEqual(len(broker.table), 0)
+        self.assertEqual(broker._interests, {})
+        self.assertTrue(broker.table.sublist._root.isEmpty())
+        held = {name: value for name, value in vars(broker.table).items()
+                if isinstance(value, dict) and value}
+        self.assertEqual(held, {})
+
+        b, _, _ = self.h.connect(BOB)
+        got = []
+        a.subscribe("jobs.run", lambda m: got.append("a"), group="g")
+        b.subscribe("jobs.run", lambda m: got.append("b"), group="g")
+        self.h.flush()
+        for n in range(6):
+            self.h.server.publish("jobs.run", b"%d" % (n,))
+            self.h.flush()
+        self.assertEqual(sorted(got), ["a"] * 3 + ["b"] * 3)
+        self.assertEqual(got[0::2], [got[0]] * 3)
+        self.assertNotEqual(got[0], got[1])
+
     def test_broadcast(self):
         clients = [self.h.connect(i)[0] for i in (ALICE, BOB)]
         got = []
@@ -618,3 +654,50 @@ class RecipientsMemoTests(SynchronousTestCase):
         self.assertEqual(h.server.publish("s.x", b"3"), 1)
         h.flush()
         self.assertEqual(got, {"a": [b"1", b"2"], "b": [b"2", b"3"]})
+
+
+class ClusterTurnTests(SynchronousTestCase):
+    """
+    The cluster engine's choice of a node per queue group
+    (L{muxframe.server.cluster.ClusterEngine.plan}).
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from muxframe.engines.embedded import LocalBroker
+        from muxframe.server.cluster import ClusterEngine
+        self.engine = ClusterEngine(LocalBroker("n1"), Clock())
+
+    def plan(self, subject):
+        from muxframe.server.hub import Delivery
+        from muxframe.server.subjects import tokens
+        delivery = Delivery(subject, tokens(subject, wildcards=False), 0x41,
+                            0, b"")
+        plan = self.engine.plan(delivery)
+        return plan[0] if plan is not None else {}
+
+    def test_turnGoesWithGroup(self):
+        """
+        Nodes take turns for a group while it has members; once the
+        group's last node has gone, the engine holds nothing for it
+        (before, a turn per C{(pattern, group)} stayed for good).
+        """
+        engine = self.engine
+        for i in range(200):
+            key = ("leak.%d" % (i,), "g")
+            engine.interest(key[0], "g", True)
+            self.assertEqual(self.plan(key[0]), {key: "n1"})
+            engine.interest(key[0], "g", False)
+        engine._learn("n2", {("leak.x", "g")})
+        self.plan("leak.x")
+        engine._learn("n2", set())
+        self.assertTrue(engine.table._root.isEmpty())
+        held = {name: value for name, value in vars(engine).items()
+                if isinstance(value, dict) and value
+                and name not in ("nodes", "counters")}
+        self.assertEqual(held, {})
+
+        engine.interest("jobs.*", "w", True)
+        engine._learn("n2", {("jobs.*", "w")})
+        chosen = [self.plan("jobs.run")[("jobs.*", "w")] for _ in range(4)]
+        self.assertEqual(chosen, ["n1", "n2", "n1", "n2"])

@@ -12,7 +12,9 @@ Rules:
     (round robin, skipping members C{ready} says are not ready unless all
     are; only of the groups named, when another process serves the
     others), with subscriptions' delivery filters applied.  A subscriber is
-    listed once even when several of its subscriptions match.
+    listed once even when several of its subscriptions match.  A group's
+    turn is kept on the group in the L{Sublist} (L{QueueGroup}), so the
+    table holds nothing for a group once its last member is gone.
   - L{Replies} maps a request routed to responders to its requester until
     the first answer, or its deadline; later answers are dropped.  All
     requests share one timeout, so they expire in the order they came.
@@ -35,7 +37,6 @@ class SubscriptionTable:
         self.maxSubscriptions = maxSubscriptions
         self.sublist = Sublist(cacheSize)
         self._bySubscriber = {}
-        self._next = {}
 
     def subscribe(self, subscriber, pattern, group=None, filters=()):
         """
@@ -123,30 +124,37 @@ class SubscriptionTable:
         if not match.groups:
             return list(plain)
         seen = dict.fromkeys(plain)
-        for key, members in zip(match.keys, match.groups):
+        for key, members, queue in zip(match.keys, match.groups,
+                                       match.queues):
             if groups is not None and key not in groups:
                 continue
-            chosen = self._choose(key, members, subject, ready)
+            chosen = _choose(queue, members, subject, ready)
             if chosen is not None:
                 seen[chosen.subscriber] = None
         return list(seen)
 
-    def _choose(self, key, members, subject, ready):
-        count = len(members)
-        start = self._next.get(key, 0) % count
-        fallback = None
-        for step in range(count):
-            sub = members[(start + step) % count]
-            if sub.filters and not sub.accepts(subject):
-                continue
-            if ready is None or ready(sub.subscriber):
-                self._next[key] = start + step + 1
-                return sub
-            if fallback is None:
-                fallback = sub
-        if fallback is not None:
-            self._next[key] = start + 1
-        return fallback
+
+
+def _choose(queue, members, subject, ready):
+    """
+    One of C{members} of the L{QueueGroup} C{queue} for C{subject}, round
+    robin from C{queue.turn} (which it advances), or L{None}.
+    """
+    count = len(members)
+    start = queue.turn % count
+    fallback = None
+    for step in range(count):
+        sub = members[(start + step) % count]
+        if sub.filters and not sub.accepts(subject):
+            continue
+        if ready is None or ready(sub.subscriber):
+            queue.turn = start + step + 1
+            return sub
+        if fallback is None:
+            fallback = sub
+    if fallback is not None:
+        queue.turn = start + 1
+    return fallback
 
 
 class Replies:

@@ -21,7 +21,8 @@ Rules:
     node whose members appeared or left since the last announcement is
     chosen as the table says meanwhile: a message chosen for a node that
     just lost its members is not delivered to the group (subject
-    messages are at most once).
+    messages are at most once).  A group's turn is kept on the group in
+    the membership table and goes with its last node.
   - Publications go to every interested node by subject; broadcasts to
     every node; a node ignores what it published itself.
   - Requests go, by node message, to each other node with a plain
@@ -158,7 +159,6 @@ class ClusterEngine:
         self._local = {}
         self._patterns = {}
         self._mine = {}
-        self._next = {}
         self._requests = {}
         self._tokens = itertools.count(1)
         self._broker = None
@@ -219,10 +219,13 @@ class ClusterEngine:
             delivery.groups = frozenset()
             return None
         assignments = {}
-        for key, members in zip(match.keys, match.groups):
+        for key, members, queue in zip(match.keys, match.groups,
+                                       match.queues):
+            # The turn lives on the group in the table: it goes when the
+            # group's last node does.
             nodes = sorted({m.subscriber for m in members})
-            turn = self._next.get(key, 0)
-            self._next[key] = turn + 1
+            turn = queue.turn
+            queue.turn = turn + 1
             assignments[key] = nodes[turn % len(nodes)]
         delivery.groups = frozenset(k for k, n in assignments.items()
                                     if n == self.nodeId)

@@ -15,8 +15,10 @@ change: the entry of a literal pattern, or every cached subject a wildcard
 pattern matches.
 
 A result (L{Match}) holds the matching plain subscriptions and, per queue
-group (a group is a pattern plus a group name, as in NATS), its members.
-Nothing here knows what a subscriber is.
+group (a group is a pattern plus a group name, as in NATS), its members
+and its L{QueueGroup}: the group's round-robin turn, kept on the group's
+own node here, so it goes with the group's last member.  Nothing here
+knows what a subscriber is.
 """
 
 from muxframe.server.subjects import isLiteral, matches
@@ -58,25 +60,46 @@ class Subscription:
             self.pattern, " group=%s" % (self.group,) if self.group else "")
 
 
+class QueueGroup:
+    """
+    The members of one queue group (a pattern and a group name) and its
+    round-robin turn.  It lives on the pattern's node of the index and is
+    dropped with the group's last member, so nothing outlives the group.
+
+    @ivar members: the member subscriptions (a dict used as an ordered set).
+    @ivar turn: where the next choice starts (modulo the members to choose
+        from); whoever chooses a member reads and advances it
+        (L{SubscriptionTable.recipients}, L{ClusterEngine.plan}).
+    """
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self):
+        self.members = {}
+        self.turn = 0
+
+
 class Match:
     """
     The subscriptions matching one subject.
 
     @ivar plain: the plain subscriptions.
     @ivar groups: one tuple of member subscriptions per queue group, in a
-        stable order; C{keys} names them (C{(pattern, group)}).
+        stable order; C{keys} names them (C{(pattern, group)}) and
+        C{queues} gives their L{QueueGroup}s (for the round-robin turn).
     @ivar memo: what a user of the sublist derives from this result and
         keeps with it (L{None} until set): a result is dropped from the
         cache whenever a subscription that could change it comes or goes,
         so the memo is never stale.
     """
 
-    __slots__ = ("plain", "groups", "keys", "memo")
+    __slots__ = ("plain", "groups", "keys", "queues", "memo")
 
-    def __init__(self, plain, groups, keys):
+    def __init__(self, plain, groups, keys, queues=()):
         self.plain = plain
         self.groups = groups
         self.keys = keys
+        self.queues = queues
         self.memo = None
 
     def __len__(self):
@@ -98,7 +121,7 @@ class _Node:
                     or self.groups)
 
 
-_EMPTY = Match((), (), ())
+_EMPTY = Match((), (), (), ())
 
 
 class Sublist:
@@ -146,7 +169,10 @@ class Sublist:
         else:
             if node.groups is None:
                 node.groups = {}
-            node.groups.setdefault(sub.group, {})[sub] = None
+            queue = node.groups.get(sub.group)
+            if queue is None:
+                queue = node.groups[sub.group] = QueueGroup()
+            queue.members[sub] = None
         self.count += 1
         self.stats["inserts"] += 1
         self._invalidate(sub.tokens)
@@ -173,10 +199,10 @@ class Sublist:
             if not node.plain:
                 node.plain = None
         else:
-            members = node.groups.get(sub.group) if node.groups else None
-            if not members or members.pop(sub, 0) is not None:
+            queue = node.groups.get(sub.group) if node.groups else None
+            if queue is None or queue.members.pop(sub, 0) is not None:
                 return False
-            if not members:
+            if not queue.members:
                 del node.groups[sub.group]
                 if not node.groups:
                     node.groups = None
@@ -226,8 +252,9 @@ class Sublist:
             result = _EMPTY
         else:
             keys = tuple(groups)
-            result = Match(tuple(plain), tuple(tuple(groups[k])
-                                               for k in keys), keys)
+            result = Match(tuple(plain),
+                           tuple(tuple(groups[k][1]) for k in keys), keys,
+                           tuple(groups[k][0] for k in keys))
         if len(self._cache) >= self.cacheSize:
             # Drop the oldest entry (dicts keep insertion order).
             del self._cache[next(iter(self._cache))]
@@ -255,7 +282,9 @@ class Sublist:
         if node.plain:
             plain.extend(node.plain)
         if node.groups:
-            for name, members in node.groups.items():
-                if members:
-                    key = (next(iter(members)).pattern, name)
-                    groups.setdefault(key, []).extend(members)
+            # A key names one node's group (its pattern ends at that node),
+            # so each key is taken once.
+            for name, queue in node.groups.items():
+                if queue.members:
+                    key = (next(iter(queue.members)).pattern, name)
+                    groups[key] = (queue, queue.members)
