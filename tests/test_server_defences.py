@@ -268,6 +268,33 @@ class HandshakeLimitTests(SynchronousTestCase):
         self.assertEqual(h.server.refusals["refused_rate"], 2)
 
 
+class HandshakeReadTests(SynchronousTestCase):
+    """
+    What a handshaking session reads waits in the handshake scheduler for
+    its step.
+    """
+
+    def test_heldStepBytesKeepTheirOrder(self):
+        """
+        Bytes a step could not handle while reading was paused (held by
+        the protocol) are handled, once reading resumes, before those
+        queued for a later step (before, they were queued again behind
+        them: a ClientHello split across the pause failed).
+        """
+        h = Harness()
+        client, side, pump = h.connect(ALICE, greet=False)
+        hello = pump.clientIO.getOutBuffer()
+        self.assertGreater(len(hello), 100)
+        side.pauseProducing()
+        side.dataReceived(hello[:100])
+        h.clock.advance(0)
+        side.dataReceived(hello[100:])
+        side.resumeProducing()
+        h.flush()
+        self.assertIs(result(client.whenHandshakeDone()), client)
+        self.assertTrue(side.isConnected())
+
+
 class AdmissionHookTests(SynchronousTestCase):
     """
     The handshake cap uses the library's admission hook

@@ -906,13 +906,16 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
 
     def resumeDelivery(self):
         """
-        Deliver what arrived meanwhile and read again.
+        Deliver what arrived meanwhile and read again.  The held bytes are
+        fed to the engine directly: they already went through this
+        protocol's C{dataReceived} (a subclass's, which may queue bytes
+        before they get here, must not queue them again behind later ones).
         """
         if self._deliveryPaused:
             self._deliveryPaused = False
             held, self._heldData = self._heldData, []
             if held:
-                self.dataReceived(b"".join(held))
+                XTMPProtocol.dataReceived(self, b"".join(held))
             # (Handling what was held may have paused delivery again.)
             if not self._lost and not self._deliveryPaused:
                 self.transport.resumeProducing()
