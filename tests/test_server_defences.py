@@ -270,9 +270,96 @@ class HandshakeLimitTests(SynchronousTestCase):
 
 class HandshakeReadTests(SynchronousTestCase):
     """
-    What a handshaking session reads waits in the handshake scheduler for
-    its step.
+    What a handshaking session reads waits in the handshake scheduler; once
+    more waits than a step needs, the session stops reading until its step
+    has run, and reading resumes then unless something else holds it.
     """
+
+    def recordReading(self, side):
+        calls = []
+        side.transport.pauseProducing = lambda: calls.append("pause")
+        side.transport.resumeProducing = lambda: calls.append("resume")
+        return calls
+
+    def limit(self, side):
+        from muxframe.xtmp.codec import HEADER_SIZE, SECURITY_SIZE
+        return (HEADER_SIZE + SECURITY_SIZE
+                + side.connection.settings.maxHandshakePayload)
+
+    def test_unauthenticatedBytesBounded(self):
+        """
+        A peer writing ahead of its handshake stops being read once more
+        is queued than a handshake step needs (before, a connection whose
+        decoder takes about 2 KiB had every read queued: 25 MiB for 400
+        reads of 64 KiB).
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        h = Harness()
+        address = IPv4Address("TCP", "10.0.0.9", 40999)
+        side = h.server.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        side.makeConnection(transport)
+        reads = 0
+        # A transport reads only while it is not paused.
+        while transport.producerState == "producing" and reads < 400:
+            side.dataReceived(b"\0" * 4096)
+            reads += 1
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLessEqual(reads * 4096, self.limit(side) + 4096)
+        self.assertEqual(h.server.scheduler.queuedBytes(side), reads * 4096)
+
+    def test_pipelinedAfterClientAuth(self):
+        """
+        A client sending requests right behind its ClientAuth, more than a
+        handshake step takes, is paused until the step, then served and
+        read again (once).
+        """
+        h = Harness(config(handlers__={0x20: "tests.test_server_router:echo"}))
+        client, side, _ = h.connect(ALICE, greet=False)
+        calls = self.recordReading(side)
+        requests = []
+        client.whenHandshakeDone().addCallback(lambda c: requests.extend(
+            c.request(0x20, b"%d" % (n,) * 8000, timeout=30)
+            for n in range(3)))
+        queued = []
+        step = side.handshakeStep
+
+        def watched(data):
+            queued.append(len(data))
+            step(data)
+        side.handshakeStep = watched
+        h.flush()
+        self.assertGreater(max(queued), self.limit(side))
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual([result(d).payload[:6] for d in requests],
+                         [b"echo:0", b"echo:1", b"echo:2"])
+        self.assertFalse(side._deliveryPaused)
+
+    def test_otherHolderKeepsReadingPaused(self):
+        """
+        A step does not resume reading while the connection's writes are
+        backed up: reading resumes once, when they drain, and what was
+        read meanwhile is then handled in order.
+        """
+        h = Harness(config(handlers__={0x20: "tests.test_server_router:echo"}))
+        client, side, _ = h.connect(ALICE, greet=False)
+        calls = self.recordReading(side)
+        requests = []
+
+        def pipeline(c):
+            side.pauseProducing()
+            requests.extend(c.request(0x20, b"%d" % (n,) * 8000, timeout=30)
+                            for n in range(3))
+        client.whenHandshakeDone().addCallback(pipeline)
+        h.flush()
+        self.assertEqual(calls, ["pause"])
+        self.assertEqual([d.called for d in requests], [False] * 3)
+        side.resumeProducing()
+        h.flush()
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual([result(d).payload[:6] for d in requests],
+                         [b"echo:0", b"echo:1", b"echo:2"])
 
     def test_heldStepBytesKeepTheirOrder(self):
         """

@@ -142,6 +142,21 @@ class HandshakeSchedulerTests(SynchronousTestCase):
         self.assertEqual(self.reactor.calls, [])
         self.assertEqual(self.scheduler.steps, 3)
 
+    def test_queuedBytes(self):
+        """
+        L{HandshakeScheduler.submit} says how many bytes the session has
+        waiting (what the session bounds its reading by); its step takes
+        them all.
+        """
+        a, b = self.step("a"), self.step("b")
+        self.assertEqual(self.scheduler.submit(a, b"12"), 2)
+        self.assertEqual(self.scheduler.submit(b, b"x"), 1)
+        self.assertEqual(self.scheduler.submit(a, b"345"), 5)
+        self.assertEqual(self.scheduler.queuedBytes(a), 5)
+        self.reactor.turn()
+        self.assertEqual(self.scheduler.queuedBytes(a), 0)
+        self.assertEqual(self.log[0], ("a", b"12345"))
+
     def test_discard(self):
         a, b = self.step("a"), self.step("b")
         self.scheduler.submit(a, b"1")

@@ -13,6 +13,18 @@ RATE_LIMITED (it is not handled) and the session stops reading until the
 buckets hold enough again, so a client that ignores the errors is slowed
 to the configured rate rather than consuming the server's CPU.
 
+Handshake reads: while the session handshakes, what it reads waits in
+the server's handshake scheduler for its step.  Once more than a step
+needs is waiting (a frame header, the security layer and
+C{maxHandshakePayload} bytes of payload: what a client may legitimately
+pipeline behind its ClientAuth arrives with it), the session stops
+reading until the step has run, so an unauthenticated peer cannot make
+the server hold more than that beyond one read.
+
+Reading is stopped by any of three holders (the rate limit, a backed-up
+connection, the handshake scheduler), through L{pauseDelivery}; it
+resumes, through L{resumeDelivery}, only when none holds it.
+
 Slow consumers: while the connection accepts writes, deliveries go out at
 once.  While it does not (the peer reads too slowly), they wait in the
 session's send queue; a delivery that would take the queue past
@@ -27,7 +39,7 @@ from zope.interface import implementer
 from muxframe.server.errors import Refusal
 from muxframe.server.interfaces import ISession
 from muxframe.server.limits import TokenBucket
-from muxframe.xtmp.codec import MessageType
+from muxframe.xtmp.codec import HEADER_SIZE, SECURITY_SIZE, MessageType
 from muxframe.xtmp.connection import OPEN
 from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode, XTMPLocalError
 from muxframe.xtmp.protocol import XTMPProtocol
@@ -42,7 +54,7 @@ class SessionState:
 
     __slots__ = ("source", "peer", "identity", "permissions", "connectedAt",
                  "endReason", "handshaking", "registered", "pausedSince",
-                 "messages", "bytes", "throttle")
+                 "messages", "bytes", "throttle", "handshakeHeld")
 
     def __init__(self, source, peer):
         self.source = source
@@ -53,6 +65,7 @@ class SessionState:
         self.registered = False
         self.pausedSince = None
         self.messages = self.bytes = self.throttle = None
+        self.handshakeHeld = False
 
 
 @implementer(ISession)
@@ -195,19 +208,52 @@ class ServerSession(XTMPProtocol):
     def dataReceived(self, data):
         """
         While handshaking, hand the bytes to the server's handshake
-        scheduler (L{handshakeStep} runs them in turn); then as usual.
+        scheduler (L{handshakeStep} runs them in turn), and stop reading
+        once more is waiting than a step needs; then as usual.
         """
         scheduler = self.factory.scheduler
-        if scheduler is not None and self.state.handshaking:
-            scheduler.submit(self, data)
+        state = self.state
+        if scheduler is not None and state.handshaking:
+            queued = scheduler.submit(self, data)
+            if queued > self._handshakeQueueLimit() and \
+                    not state.handshakeHeld and not self._lost:
+                state.handshakeHeld = True
+                self.pauseDelivery()
         else:
             XTMPProtocol.dataReceived(self, data)
 
+    def _handshakeQueueLimit(self):
+        # What one handshake step may need: a frame (header, security
+        # layer, the largest handshake payload).
+        conn = self.connection
+        return HEADER_SIZE + SECURITY_SIZE + (
+            conn.settings.maxHandshakePayload if conn is not None else 0)
+
     def handshakeStep(self, data):
         """
-        Process bytes received while handshaking (from the scheduler).
+        Process bytes received while handshaking (from the scheduler); if
+        their size had stopped reading, read again (unless something else
+        holds reading).
         """
+        state = self.state
+        if state.handshakeHeld:
+            state.handshakeHeld = False
+            # Before the step's bytes: while delivery is paused they would
+            # be held, not processed.  What the protocol held (earlier
+            # steps' bytes, while another holder paused delivery) is older
+            # and is handled first.
+            self._readAgain()
         XTMPProtocol.dataReceived(self, data)
+
+    def _readAgain(self):
+        """
+        Resume reading if no holder (the rate limit, a backed-up
+        connection, the handshake scheduler) holds it.
+        """
+        state = self.state
+        if (not self._lost and state.throttle is None
+                and state.pausedSince is None and not state.handshakeHeld):
+            self.resumeDelivery()
 
     # -- flow control (write deadline) -------------------------------------
 
@@ -229,12 +275,11 @@ class ServerSession(XTMPProtocol):
     def resumeProducing(self):
         """
         The connection accepts writes again: read again, unless the rate
-        limit holds reading.
+        limit or the handshake scheduler holds reading.
         """
         self.state.pausedSince = None
         XTMPProtocol.resumeProducing(self)
-        if self.state.throttle is None and not self._lost:
-            self.resumeDelivery()
+        self._readAgain()
 
     # -- what the client sends ---------------------------------------------
 
@@ -272,8 +317,8 @@ class ServerSession(XTMPProtocol):
 
     def _unthrottle(self):
         self.state.throttle = None
-        if self.isConnected() and self.state.pausedSince is None:
-            self.resumeDelivery()
+        if self.isConnected():
+            self._readAgain()
 
     def messageReceived(self, message):
         """

@@ -156,7 +156,9 @@ class HandshakeScheduler:
     connections shares the reactor with established sessions instead of
     holding it for as long as the burst takes.  Each session's bytes keep
     their order; the queue holds at most one entry per handshaking
-    session (which C{max_handshakes} bounds).
+    session (which C{max_handshakes} bounds).  L{submit} says how many
+    bytes a session has waiting, so the session can stop reading once
+    they pass what a handshake step needs (L{ServerSession.dataReceived}).
     """
 
     def __init__(self, reactor, budget=0.001, clock=None):
@@ -176,14 +178,25 @@ class HandshakeScheduler:
         """
         Queue C{data} for C{session}: C{session.handshakeStep(data)} runs
         in a coming reactor turn.
+
+        @return: how many bytes C{session} has waiting, C{data} included.
         """
-        chunks = self._waiting.get(session)
-        if chunks is not None:
-            chunks.append(data)
-            return
-        self._waiting[session] = [data]
+        entry = self._waiting.get(session)
+        if entry is not None:
+            entry[1].append(data)
+            entry[0] += len(data)
+            return entry[0]
+        self._waiting[session] = [len(data), [data]]
         if self._call is None:
             self._call = self._reactor.callLater(0, self._run)
+        return len(data)
+
+    def queuedBytes(self, session):
+        """
+        How many bytes C{session} has waiting for its step.
+        """
+        entry = self._waiting.get(session)
+        return entry[0] if entry is not None else 0
 
     def discard(self, session):
         """
@@ -195,9 +208,9 @@ class HandshakeScheduler:
         self._call = None
         deadline = self._clock() + self.budget
         while self._waiting:
-            session, chunks = self._waiting.popitem(last=False)
+            session, entry = self._waiting.popitem(last=False)
             self.steps += 1
-            session.handshakeStep(b"".join(chunks))
+            session.handshakeStep(b"".join(entry[1]))
             if self._clock() >= deadline:
                 break
         if self._waiting:
