@@ -295,6 +295,87 @@ class RequestReplyTests(SynchronousTestCase):
         self.assertEqual(broker.counters["replies"], 1)
 
 
+class ControlTypedAnswerTests(SynchronousTestCase):
+    """
+    An answer of an XTMP control type (0x01 to 0x08) is never relayed as
+    the answer to a routed request: the requester gets PROTOCOL_ERROR, and
+    the broker counts and logs it.
+    """
+
+    def setUp(self):
+        self.h = Harness()
+        self.responder, _, _ = self.h.connect(BOB)
+        self.requester, _, _ = self.h.connect(ALICE)
+        self.broker = self.h.server.broker
+
+    def assertNotRelayed(self, d, responder):
+        f = result(d)
+        f.trap(PeerError)
+        self.assertEqual(f.value.code, XTMPErrorCode.PROTOCOL_ERROR)
+        self.assertIn("0x07", f.value.reason)
+        self.assertEqual(self.broker.counters["badReplies"], 1)
+        self.assertEqual(self.broker.counters["replies"], 0)
+        self.assertEqual(self.h.server.events.counts["bad_reply"], 1)
+        self.assertEqual(self.logged[0]["responder"], responder)
+        self.assertEqual(self.logged[0]["subject"], "svc.q")
+
+    def observe(self):
+        self.logged = []
+        self.h.server.events.addObserver(
+            lambda name, fields: self.logged.append(fields)
+            if name == "bad_reply" else None)
+
+    def test_fromSession(self):
+        """
+        A responder answering with a Subscribe-typed response (RESPONSE
+        flag, junk payload): the requester's request fails with
+        PROTOCOL_ERROR instead of firing with a type-0x07 message.
+        """
+        self.observe()
+        self.responder.subscribe("svc.q", lambda m: self.responder.respond(
+            m, b"\xff junk", messageType=MessageType.Subscribe))
+        self.h.flush()
+        d = self.requester.request(0x41, b"hi", subject="svc.q", timeout=5)
+        self.h.flush()
+        self.assertNotRelayed(d, "bob")
+        self.assertTrue(self.requester.connection.state == "OPEN")
+
+    def test_fromAnotherNode(self):
+        """
+        The same answer from another process (the engine's forwarded
+        request) is not relayed either.
+        """
+        from twisted.internet.defer import Deferred
+        from muxframe.server.hub import _Answer
+        self.observe()
+        remote = Deferred()
+        self.broker.engine.forward = lambda delivery, plan: [remote]
+        d = self.requester.request(0x41, b"hi", subject="svc.q", timeout=5)
+        self.h.flush()
+        remote.callback(_Answer(MessageType.Subscribe, b"junk"))
+        self.h.flush()
+        self.assertNotRelayed(d, "another node")
+
+    def test_forAnotherNode(self):
+        """
+        A request another process routed here gets the failure, not the
+        control-typed answer.
+        """
+        from muxframe.server.hub import Delivery
+        from muxframe.server.subjects import tokens
+        self.observe()
+        self.responder.subscribe("svc.q", lambda m: self.responder.respond(
+            m, b"junk", messageType=MessageType.Unsubscribe))
+        self.h.flush()
+        d = self.broker.serveRequest(Delivery(
+            "svc.q", tokens("svc.q"), 0x41, 0, b"hi"))
+        self.h.flush()
+        f = result(d)
+        f.trap(PeerError)
+        self.assertEqual(f.value.code, XTMPErrorCode.PROTOCOL_ERROR)
+        self.assertEqual(self.broker.counters["badReplies"], 1)
+
+
 class PermissionTests(SynchronousTestCase):
     def setUp(self):
         self.h = Harness(config(permissions__={

@@ -17,7 +17,10 @@ recipients as a request (the server is the requester towards them); the
 first response is relayed to the original requester as the response to
 its request, later ones are dropped.  No recipient is Error
 NO_RESPONDERS; every recipient failing relays the last failure; no answer
-within C{requestTimeout} is Error TIMEOUT.
+within C{requestTimeout} is Error TIMEOUT.  A first answer of an XTMP
+control type (0x01 to 0x08, which only the session itself sends) is not
+relayed: the requester gets Error PROTOCOL_ERROR naming the fault, and it
+is counted (C{badReplies}) and logged (event C{bad_reply}, throttled).
 
 Other processes (L{IBrokerEngine}): before a message is delivered the
 engine I{plans} it (L{IBrokerEngine.plan}): which queue groups this
@@ -43,7 +46,7 @@ from muxframe.server.interfaces import IBroker, IBrokerEngine
 from muxframe.server.measures import Histogram
 from muxframe.server.subjects import tokens
 from muxframe.xtmp import codec
-from muxframe.xtmp.codec import F
+from muxframe.xtmp.codec import CONTROL_TYPES, F
 from muxframe.xtmp.connection import PreparedBody
 from muxframe.xtmp.errors import PeerDisconnected, PeerError, XTMPErrorCode
 
@@ -119,14 +122,15 @@ class MemoryEngine:
 
 class _Pending:
     """
-    A routed request: the requester's message, when it was routed, and
-    the forwarded requests still outstanding.
+    A routed request: the requester's message, its subject, when it was
+    routed, and the forwarded requests still outstanding.
     """
 
-    __slots__ = ("message", "startedAt", "outstanding")
+    __slots__ = ("message", "subject", "startedAt", "outstanding")
 
-    def __init__(self, message, startedAt):
+    def __init__(self, message, subject, startedAt):
         self.message = message
+        self.subject = subject
         self.startedAt = startedAt
         self.outstanding = []
 
@@ -165,9 +169,9 @@ class Broker:
         self._release = None
         self.counters = dict.fromkeys(
             ["published", "deliveries", "undelivered", "requests",
-             "replies", "lateReplies", "noResponders", "requestTimeouts",
-             "permissionDenied", "badSubject", "slowConsumers",
-             "broadcasts"], 0)
+             "replies", "lateReplies", "badReplies", "noResponders",
+             "requestTimeouts", "permissionDenied", "badSubject",
+             "slowConsumers", "broadcasts"], 0)
         self.engine.attach(self)
 
     # -- subscriptions -----------------------------------------------------
@@ -409,7 +413,7 @@ class Broker:
         recipients = self.table.recipients(delivery.tokens, _isReady,
                                            delivery.groups)
         now = self.reactor.seconds()
-        pending = _Pending(message, now)
+        pending = _Pending(message, delivery.subject, now)
         token = self.replies.add(requester, pending, now)
         for recipient in recipients:
             forward = recipient.forwardRequest(delivery,
@@ -437,7 +441,33 @@ class Broker:
         for other in pending.outstanding:
             if other is not d:
                 other.cancel()
+        if response.type in CONTROL_TYPES:
+            self._badAnswer(response, requester, pending, d)
+            return
         self._relay(response, requester, pending.message, pending.startedAt)
+
+    def _badAnswer(self, response, requester, pending, d):
+        """
+        The first answer to a routed request is of a control type, which
+        only a session sends itself (as C{send} refuses them): answer the
+        requester PROTOCOL_ERROR instead of relaying it; count and log it.
+        """
+        self.counters["badReplies"] += 1
+        if isinstance(d, _Forward):
+            identity = d._session.identity
+            responder = identity.label if identity is not None else "?"
+        else:
+            responder = "another node"
+        reason = ("the responder answered with message type %#04x, an XTMP "
+                  "control type" % (response.type,))
+        self.events.emit(
+            "bad_reply", "answer to a request to {subject!r} from "
+            "{responder} not relayed: {reason}; the requester gets "
+            "{codeName}", code=XTMPErrorCode.PROTOCOL_ERROR,
+            subject=pending.subject, responder=responder, reason=reason,
+            messageType=int(response.type))
+        self._relayError(requester, pending.message,
+                         XTMPErrorCode.PROTOCOL_ERROR, reason)
 
     def _answerFailed(self, failure, token, d):
         entry = self.replies.get(token)
