@@ -54,6 +54,27 @@ class SyntaxTests(SynchronousTestCase):
             e = self.assertRaises(BadSubject, tokens, bad)
             self.assertEqual(e.code, XTMPErrorCode.BAD_SUBJECT)
 
+    def test_unicodeWhitespace(self):
+        """
+        Every character C{str.isspace} is true for is whitespace, in a
+        pattern, a literal subject and a queue group name, not only
+        ASCII's (before, C{a\u00a0b} and C{a.\u2028} were subjects);
+        other non-ASCII characters are fine.
+        """
+        from muxframe.server import subjects
+        self.addCleanup(subjects._literals.clear)
+        spaces = [c for c in map(chr, range(0x110000)) if c.isspace()]
+        self.assertIn("\u00a0", spaces)
+        for space in spaces:
+            for bad in ["a%sb" % (space,), "a.%s" % (space,), space]:
+                self.assertRaises(BadSubject, tokens, bad)
+                self.assertRaises(BadSubject, tokens, bad, wildcards=False)
+                self.assertNotIn(bad, subjects._literals)
+            self.assertRaises(BadSubject, checkGroup, "g%s" % (space,))
+        self.assertEqual(tokens("caf\u00e9.\u00fc\u200b", wildcards=False),
+                         ("caf\u00e9", "\u00fc\u200b"))
+        self.assertEqual(checkGroup("w\u00f6rkers"), "w\u00f6rkers")
+
     def test_literalOnly(self):
         self.assertRaises(BadSubject, tokens, "a.*", wildcards=False)
         self.assertRaises(BadSubject, tokens, ">", wildcards=False)

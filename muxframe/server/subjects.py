@@ -4,14 +4,16 @@ Subjects and subject patterns, sans-IO.
 Rules (as NATS's, which operators know):
 
   - A subject is one or more I{tokens} separated by C{.}; a token is
-    non-empty and contains no whitespace.  At most L{MAX_TOKENS} tokens and
-    L{MAX_LENGTH} bytes of UTF-8.
+    non-empty and contains no whitespace: no character for which
+    C{str.isspace} is true (Unicode's too: U+00A0, U+2028, ...).  At most
+    L{MAX_TOKENS} tokens and L{MAX_LENGTH} bytes of UTF-8.
   - A I{pattern} (a subscription, a permission) may use two wildcard
     tokens: C{*} matches exactly one token, and C{>}, only as the last
     token, matches one or more tokens.  C{*} and C{>} are wildcards only as
     whole tokens (C{a*} is a literal token).
   - A subject something is published or requested on must be literal.
-  - A queue group name is a single token (no C{.}), at most 64 bytes.
+  - A queue group name is a single token (no C{.}, no whitespace), at
+    most 64 bytes.
 
 Two relations between patterns, used by permissions: C{covers(a, b)} when
 every subject matching C{b} also matches C{a}; C{overlaps(a, b)} when some
@@ -23,12 +25,16 @@ L{LITERALS_KEPT}, all dropped when full): a publisher's or requester's few
 subjects are split and checked once, not once per message.
 """
 
+import re
+
 from muxframe.server.errors import BadSubject
 
 MAX_TOKENS = 32
 MAX_LENGTH = 512
 MAX_GROUP_LENGTH = 64
-_WHITESPACE = frozenset(" \t\r\n\f\v")
+# A str pattern's \s is exactly the characters str.isspace() is true for
+# (both are CPython's Py_UNICODE_ISSPACE).
+_WHITESPACE = re.compile(r"\s")
 #: How many checked literal subjects L{tokens} keeps.
 LITERALS_KEPT = 4096
 _literals = {}
@@ -61,7 +67,7 @@ def _check(subject, wildcards):
         raise BadSubject("empty subject")
     if len(subject.encode("utf-8")) > MAX_LENGTH:
         raise BadSubject("subject longer than %d bytes" % (MAX_LENGTH,))
-    if not _WHITESPACE.isdisjoint(subject):
+    if _WHITESPACE.search(subject) is not None:
         raise BadSubject("whitespace in subject %r" % (subject,))
     parts = tuple(subject.split("."))
     if len(parts) > MAX_TOKENS:
@@ -88,7 +94,7 @@ def checkGroup(group):
     """
     if not isinstance(group, str) or not group or "." in group or \
             len(group.encode("utf-8")) > MAX_GROUP_LENGTH or \
-            not _WHITESPACE.isdisjoint(group):
+            _WHITESPACE.search(group) is not None:
         raise BadSubject("bad queue group name %r" % (group,))
     return group
 
