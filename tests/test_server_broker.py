@@ -339,6 +339,12 @@ class ControlTypedAnswerTests(SynchronousTestCase):
         self.h.flush()
         self.assertNotRelayed(d, "bob")
         self.assertTrue(self.requester.connection.state == "OPEN")
+        # Scraped as an outcome of muxframe_xtmp_broker_replies.
+        from muxframe.admin.xtmpstatus import XTMPStatus
+        samples = XTMPStatus(self.h.server, self.h.server.config,
+                             self.h.clock).metrics().samples
+        self.assertIn((("bad_reply",), 1),
+                      samples["muxframe_xtmp_broker_replies"])
 
     def test_fromAnotherNode(self):
         """

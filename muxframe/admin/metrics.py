@@ -104,7 +104,8 @@ _ENTRIES = [
      "Requests routed to subjects."),
     ("muxframe_xtmp_broker_replies", COUNTER, ("outcome",), XTMP,
      "Routed requests settled, by outcome: replied, no_responders, "
-     "timeout; late counts answers after the request was settled."),
+     "timeout, bad_reply (answered with a control type: PROTOCOL_ERROR); "
+     "late counts answers after the request was settled."),
     ("muxframe_xtmp_broker_refused", COUNTER, ("reason",), XTMP,
      "Publishes, requests and subscriptions refused: permission_denied, "
      "bad_subject."),

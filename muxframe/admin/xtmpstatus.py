@@ -222,6 +222,7 @@ class XTMPStatus(RoleStatus):
         for outcome, key in (("replied", "replies"),
                              ("no_responders", "noResponders"),
                              ("timeout", "requestTimeouts"),
+                             ("bad_reply", "badReplies"),
                              ("late", "lateReplies")):
             m.add("muxframe_xtmp_broker_replies", broker[key], outcome=outcome)
         m.add("muxframe_xtmp_broker_refused", broker["permissionDenied"],
