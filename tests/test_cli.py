@@ -334,8 +334,11 @@ class ExitCodeTests(TestCase):
                   "00", "--type", "0x20", "--flags", "STREAM_DATA"), 2,
                  "STREAM_DATA cannot be asked for"),
                 (("connect", "--endpoint", "127.0.0.1:%d" % (freePort(),),
-                  "--server-fingerprint", "00", "--anonymous"), 1,
+                  "--server-fingerprint", "00" * 32, "--anonymous"), 1,
                  "ConnectionRefusedError"),
+                (("connect", "--endpoint", "127.0.0.1:%d" % (freePort(),),
+                  "--server-fingerprint", "00", "--anonymous"), 2,
+                 "--server-fingerprint: expected the 64 hex digits"),
                 (("stats",), 2, "--admin is required"),
                 (("stats", "--admin", "http://127.0.0.1:%d" % (freePort(),)), 1,
                  "admin API"),
@@ -351,6 +354,100 @@ class ExitCodeTests(TestCase):
         got, out, err = yield cli(cwd, "--version")
         self.assertEqual(got, 0)
         self.assertIn("muxframe ", out)
+
+
+def parseCommand(*argv):
+    """
+    The options of C{muxframe-xtmp ARGV}, as the command would see them.
+    """
+    from muxframe.cli.main import parser
+    return parser().parse_args(list(argv))
+
+
+class ConnectionOptionsTests(SynchronousTestCase):
+    """
+    How the connection options pin the server's key.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.keyFile = os.path.join(self.directory, "server.pub")
+        SERVER_IDENTITY.public.savePEM(self.keyFile)
+        self.identityFile = os.path.join(self.directory, "alice.pem")
+        ALICE.savePEM(self.identityFile)
+        saved = os.environ.copy()
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(saved)))
+        for name in list(os.environ):
+            if name.startswith("MUXFRAME_"):
+                del os.environ[name]
+
+    def factory(self, *options):
+        from muxframe.cli.common import clientFactory
+        return clientFactory(parseCommand(
+            "connect", "-e", "127.0.0.1:1", "-i", self.identityFile, *options))
+
+    def test_fingerprintOptionBeatsEnvironment(self):
+        """
+        C{--server-fingerprint} pins that fingerprint even with
+        C{$MUXFRAME_XTMP_SERVER_KEY} naming the server's real key: an
+        option wins over the environment.
+        """
+        from muxframe.xtmp.errors import Unauthorized
+        os.environ["MUXFRAME_XTMP_SERVER_KEY"] = self.keyFile
+        other = ALICE.public.fingerprint
+        factory = self.factory("--server-fingerprint", other)
+        self.assertIsNone(factory.serverKey)
+        self.assertRaises(Unauthorized, factory.verifyServer,
+                          SERVER_IDENTITY.public)
+        self.assertTrue(factory.verifyServer(ALICE.public))
+
+    def test_environmentKeyWithoutOptions(self):
+        """
+        Without C{--server-key} or C{--server-fingerprint},
+        C{$MUXFRAME_XTMP_SERVER_KEY} is the key pinned.
+        """
+        from muxframe.xtmp.errors import Unauthorized
+        os.environ["MUXFRAME_XTMP_SERVER_KEY"] = self.keyFile
+        check = self.factory().verifyServer
+        self.assertTrue(check(SERVER_IDENTITY.public))
+        self.assertRaises(Unauthorized, check, ALICE.public)
+
+    def test_mismatchNamesBothFingerprints(self):
+        """
+        A server key that is not the one pinned (by fingerprint or by key
+        file) fails the handshake with an error naming the fingerprint
+        expected and the server's.
+        """
+        from muxframe.xtmp.errors import Unauthorized
+        wanted = ALICE.public.fingerprint
+        actual = SERVER_IDENTITY.public.fingerprint
+        for options in [("--server-fingerprint", wanted.upper()),
+                        ("--server-key", self.keyFile)]:
+            check = self.factory(*options).verifyServer
+            server = ALICE.public if "--server-key" in options \
+                else SERVER_IDENTITY.public
+            error = self.assertRaises(Unauthorized, check, server)
+            if "--server-key" in options:
+                wanted, actual = actual, wanted
+            self.assertIn("expected " + wanted, str(error))
+            self.assertIn("is " + actual, str(error))
+
+    def test_malformedFingerprint(self):
+        """
+        A C{--server-fingerprint} that is not 64 hex digits is a usage
+        error, found before connecting: the 16-digit prefix once printed,
+        a digit short, or not hex.
+        """
+        from muxframe.cli.common import UsageError
+        full = SERVER_IDENTITY.public.fingerprint
+        for text in ["00", full[:16], full[:-1], full + "0", "g" + full[1:],
+                     ""]:
+            error = self.assertRaises(UsageError, self.factory,
+                                      "--server-fingerprint", text)
+            self.assertIn("--server-fingerprint", str(error))
+            self.assertIn("64 hex digits", str(error))
+        self.factory("--server-fingerprint", " %s\n" % (full.upper(),))
 
 
 class EntryPointTests(SynchronousTestCase):

@@ -229,12 +229,16 @@ def addConnectArguments(parser):
                             "ws:tcp:HOST:PORT:path=/xtmp ...); default "
                             "$MUXFRAME_XTMP_ENDPOINT")
     pin = group.add_mutually_exclusive_group()
+    # No default here: $MUXFRAME_XTMP_SERVER_KEY applies only when neither
+    # option is given (clientFactory), so an option always wins over it.
     pin.add_argument("--server-key", metavar="FILE",
-                     default=os.environ.get("MUXFRAME_XTMP_SERVER_KEY"),
-                     help="the server's public key (PEM) to pin; default "
-                          "$MUXFRAME_XTMP_SERVER_KEY")
+                     help="the server's public key (PEM) to pin; default, "
+                          "when neither this nor --server-fingerprint is "
+                          "given, $MUXFRAME_XTMP_SERVER_KEY")
     pin.add_argument("--server-fingerprint", metavar="HEX",
-                     help="or the server key's fingerprint (hex SHA-256)")
+                     help="or the server key's fingerprint: the %d hex "
+                          "digits of its SHA-256, as connect prints it"
+                          % (FINGERPRINT_DIGITS,))
     who = group.add_mutually_exclusive_group()
     who.add_argument("--identity", "-i", metavar="FILE",
                      default=os.environ.get("MUXFRAME_XTMP_IDENTITY"),
@@ -251,6 +255,60 @@ def addConnectArguments(parser):
                        help="the cipher to ask for first")
     group.add_argument("--timeout", type=float, default=10.0,
                        help="seconds to wait for the server (default 10)")
+
+
+#: The hex digits of a key's fingerprint (SHA-256).
+FINGERPRINT_DIGITS = 64
+
+
+def parseFingerprint(text):
+    """
+    The fingerprint of C{--server-fingerprint TEXT}: all its hex digits,
+    in lower case (a prefix would pin too few bits to trust).
+
+    @raise UsageError: if C{TEXT} is not that.
+    """
+    wanted = text.strip().lower()
+    if len(wanted) != FINGERPRINT_DIGITS or \
+            not all(c in "0123456789abcdef" for c in wanted):
+        raise UsageError(
+            "--server-fingerprint: expected the %d hex digits of the server "
+            "key's SHA-256 fingerprint (connect prints it), not %r"
+            % (FINGERPRINT_DIGITS, text))
+    return wanted
+
+
+class ServerCheck:
+    """
+    The C{verifyServer} of the connection options: is the server's key the
+    one pinned?  A mismatch fails the handshake naming both fingerprints
+    (the library's own message names neither).
+
+    @ivar fingerprint: the fingerprint expected.
+    @ivar pinned: the L{PublicIdentity} of C{--server-key}, or L{None}.
+    """
+
+    def __init__(self, fingerprint, pinned=None):
+        self.fingerprint = fingerprint
+        self.pinned = pinned
+
+    def __call__(self, server):
+        """
+        Accept C{server}'s L{PublicIdentity}, or raise L{Unauthorized}.
+        """
+        from muxframe.xtmp.errors import Unauthorized
+        pinned = self.pinned
+        if pinned is None:
+            matches = server.fingerprint == self.fingerprint
+        else:
+            # As the library pins a key: a key without ML-DSA matches a
+            # server presenting the same Ed25519 key with one.
+            matches = server.ed25519 == pinned.ed25519 and (
+                pinned.mldsa is None or server.mldsa == pinned.mldsa)
+        if not matches:
+            raise Unauthorized("server key fingerprint is %s, expected %s"
+                               % (server.fingerprint, self.fingerprint))
+        return True
 
 
 def _readFile(path, what):
@@ -270,16 +328,18 @@ def clientFactory(args, reactor=None, **settings):
     from muxframe.xtmp.factory import DEFAULT_CIPHERS
     if not args.endpoint:
         raise UsageError("--endpoint is required (or $MUXFRAME_XTMP_ENDPOINT)")
-    serverKey = verify = None
-    if args.server_key:
+    keyFile = args.server_key
+    if keyFile is None and args.server_fingerprint is None:
+        keyFile = os.environ.get("MUXFRAME_XTMP_SERVER_KEY") or None
+    if keyFile:
         try:
-            serverKey = PublicIdentity.fromPEM(
-                _readFile(args.server_key, "--server-key"), args.server_key)
+            pinned = PublicIdentity.fromPEM(
+                _readFile(keyFile, "--server-key"), keyFile)
         except ValueError as e:
             raise CLIError("--server-key: %s" % (e,))
-    elif args.server_fingerprint:
-        wanted = args.server_fingerprint.strip().lower()
-        verify = lambda identity: identity.fingerprint == wanted  # noqa: E731
+        verify = ServerCheck(pinned.fingerprint, pinned)
+    elif args.server_fingerprint is not None:
+        verify = ServerCheck(parseFingerprint(args.server_fingerprint))
     else:
         raise UsageError("give --server-key FILE or --server-fingerprint HEX: "
                          "the server's key is always verified")
@@ -299,7 +359,7 @@ def clientFactory(args, reactor=None, **settings):
     if args.cipher:
         first = CIPHER_NAMES[args.cipher]
         ciphers = (first,) + tuple(c for c in ciphers if c != first)
-    return XTMPClientFactory(serverKey=serverKey, verifyServer=verify,
+    return XTMPClientFactory(verifyServer=verify,
                              identity=identity, token=token, ciphers=ciphers,
                              reactor=reactor, resume=False, **settings)
 

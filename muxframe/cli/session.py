@@ -61,9 +61,10 @@ def _connect(reactor, args):
     if args.json:
         emitJSON(info)
     else:
+        # All of it: --server-fingerprint takes nothing shorter.
         say("connected: session %s, %s, server %s" % (
             info["session_id"], info["cipher"],
-            (info["server_fingerprint"] or "?")[:16]))
+            info["server_fingerprint"] or "?"))
         say("handshake %.1f ms, rtt %.3f ms (min of %d; avg %.3f ms)" % (
             info["handshake_ms"], info["rtt_ms"], len(rtts),
             info["rtt_avg_ms"]))
