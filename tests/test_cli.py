@@ -311,6 +311,108 @@ class CommandLineTests(TestCase):
         self.assertIn("HTTP 401", err)
 
 
+class ServerCloseTests(TestCase):
+    """
+    A session the server closes, not the command: a failure (exit 1)
+    naming the code and reason, even for a clean close.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self):
+        server = os.path.abspath(self.mktemp())
+        port, adminPort = freePort(), freePort()
+        config = adminSetup(server, port, adminPort)
+        SERVER_IDENTITY.public.savePEM(os.path.join(server, "server.pub"))
+        ALICE.savePEM(os.path.join(server, "alice.pem"))
+        self.process = spawnXTMP(self, server, "--config", config)
+        yield waitForPort(port, self.process)
+        yield waitForPort(adminPort, self.process)
+        self.directory = server
+        self.session = ["--endpoint", "127.0.0.1:%d" % (port,),
+                        "--server-key", "server.pub", "--identity",
+                        "alice.pem"]
+        self.admin = ["--admin", "http://127.0.0.1:%d" % (adminPort,),
+                      "--admin-token-file", "admin.token"]
+
+    @inlineCallbacks
+    def liveSessions(self):
+        """
+        The number of live sessions, from the admin API.
+        """
+        code, out, err = yield cli(self.directory, "sessions", "--json",
+                                   *self.admin)
+        self.assertEqual(code, 0, err)
+        return json.loads(out)["count"]
+
+    @inlineCallbacks
+    def disconnectAll(self):
+        """
+        Disconnect every live session through the admin API, with the
+        default code (GOING_AWAY).
+        """
+        code, out, err = yield cli(self.directory, "sessions", "--json",
+                                   *self.admin)
+        self.assertEqual(code, 0, err)
+        for session in json.loads(out)["sessions"]:
+            code, out, err = yield cli(self.directory, "disconnect",
+                                       session["session_id"], *self.admin)
+            self.assertEqual(code, 0, err)
+            self.assertIn("with GOING_AWAY", out)
+
+    @inlineCallbacks
+    def test_subscribeGoingAway(self):
+        """
+        C{subscribe} exits 1 when an admin disconnects its session with
+        GOING_AWAY (the library's clean close), naming the code and reason.
+        """
+        subscriber = background(self, self.directory, "subscribe", "news.>",
+                                "--json", *self.session)
+        yield waitFor(lambda: subscriber.lines() or not subscriber.running,
+                      what="the subscription")
+        yield self.disconnectAll()
+        exitCode = yield subscriber.ended
+        self.assertEqual(exitCode, 1, subscriber.err)
+        self.assertIn(b"server closed the session (GOING_AWAY: disconnected "
+                      b"by the operator)", subscriber.err)
+
+    @inlineCallbacks
+    def test_subscribeAskedToStop(self):
+        """
+        A close C{subscribe} asked for is a success: its duration, or
+        SIGTERM.
+        """
+        code, out, err = yield cli(self.directory, "subscribe", "news.>",
+                                   "--duration", "0.5", *self.session)
+        self.assertEqual((code, err), (0, ""))
+        subscriber = background(self, self.directory, "subscribe", "news.>",
+                                *self.session)
+        yield waitFor(lambda: subscriber.lines() or not subscriber.running,
+                      what="the subscription")
+        subscriber.transport.signalProcess("TERM")
+        exitCode = yield subscriber.ended
+        self.assertEqual((exitCode, subscriber.err), (0, b""))
+
+    @inlineCallbacks
+    def test_benchGoingAway(self):
+        """
+        C{bench} stops and exits 1 when the server closes one of its
+        sessions with GOING_AWAY, rather than reporting the load it could
+        not apply.
+        """
+        bench = background(self, self.directory, "bench", "--type", "0x20",
+                           "--duration", "30", "--rate", "50",
+                           "--no-progress", *self.session)
+        yield waitFor(lambda: self.liveSessions() if bench.running else True,
+                      what="the bench's session")
+        yield self.disconnectAll()
+        exitCode = yield bench.ended
+        self.assertEqual(exitCode, 1, bench.err)
+        self.assertIn(b"server closed the session (GOING_AWAY: disconnected "
+                      b"by the operator)", bench.err)
+
+
 class ExitCodeTests(TestCase):
     """
     Usage errors exit 2, failures 1, without a server.

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 
 from muxframe.cli.common import (
     UsageError, addConnectArguments, close, connect, emitJSON, parseType,
-    runTwisted, say,
+    runTwisted, say, serverClosed,
 )
 
 _STAMP = struct.Struct(">d")
@@ -234,6 +234,18 @@ def _bench(reactor, args):
         extra.append(responder)
         yield responder.subscribe(subject, _echoResponder(responder),
                                   group="muxframe-bench")
+    # A session the server closes (even cleanly: GOING_AWAY, a drain or
+    # an admin's disconnect) ends the run as a failure: the numbers would
+    # describe less load than was asked for.
+    lost, closing = [], []
+
+    def ended(why, session):
+        if not closing and not lost:
+            lost.append(serverClosed(session, why))
+            load.stop()
+
+    for session in sessions + extra:
+        session.whenClosed().addCallback(ended, session)
     bar = _progress(args)
     load.start()
     started = time.perf_counter()
@@ -246,13 +258,20 @@ def _bench(reactor, args):
             bar.set_postfix_str("%.0f msgs/s, %d errors" % (
                 load.completed() / max(elapsed, 1e-9),
                 sum(load.errors.values())))
-        if now >= deadline:
+        if now >= deadline or lost:
             break
         tick = Deferred()
         reactor.callLater(min(0.25, deadline - now), tick.callback, None)
         yield tick
     load.stop()
     elapsed = time.perf_counter() - started
+    if lost:
+        closing.append(True)
+        if bar is not None:
+            bar.close()
+        for session in sessions + extra:
+            yield close(session)
+        raise lost[0]
     drain = Deferred()
     reactor.callLater(args.timeout, lambda: None if drain.called
                       else drain.callback(None))
@@ -263,8 +282,11 @@ def _bench(reactor, args):
         bar.n = round(args.duration, 1)
         bar.refresh()
         bar.close()
+    closing.append(True)
     for session in sessions + extra:
         yield close(session)
+    if lost:
+        raise lost[0]
     latencies = sorted(v for v in load.latencies if v is not None)
     result = {
         "mode": args.mode, "connections": args.connections,

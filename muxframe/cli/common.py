@@ -11,6 +11,9 @@ import json
 import os
 import sys
 
+from muxframe.xtmp.connection import DisconnectReceived
+from muxframe.xtmp.protocol import XTMPProtocol
+
 SUCCESS, FAILURE, USAGE = 0, 1, 2
 PROGRAM = "muxframe-xtmp"
 
@@ -311,6 +314,55 @@ class ServerCheck:
         return True
 
 
+class SessionProtocol(XTMPProtocol):
+    """
+    The sessions of the commands: an L{XTMPProtocol} keeping the code and
+    reason of the server's Disconnect (the library reports NONE and
+    GOING_AWAY alike as a bare C{ConnectionDone}, and a command must say
+    why it ended).
+
+    @ivar serverClose: C{(code, reason)} of the server's Disconnect, or
+        L{None}.
+    """
+
+    serverClose = None
+
+    def _handleEvent(self, event):
+        if type(event) is DisconnectReceived:
+            self.serverClose = (event.code, event.reason)
+        return XTMPProtocol._handleEvent(self, event)
+
+
+#: Characters of the server's reason an error line carries at most.
+REASON_SHOWN = 200
+
+
+def serverClosed(protocol, why):
+    """
+    The error to report when a session ended without the command asking:
+    C{why} (from C{whenClosed}), with the code and reason of the server's
+    Disconnect if it sent one, for a clean close too (GOING_AWAY: a drain,
+    or an admin's disconnect).
+    """
+    from twisted.internet.error import ConnectionDone
+
+    from muxframe.xtmp.errors import PeerDisconnected, XTMPErrorCode
+    close = getattr(protocol, "serverClose", None)
+    if close is not None and isinstance(why, (ConnectionDone,
+                                              PeerDisconnected)):
+        code, reason = close
+        reason = str(reason)
+        if len(reason) > REASON_SHOWN:
+            reason = reason[:REASON_SHOWN] + "..."
+        if not reason.isprintable():
+            reason = ascii(reason)
+        return CLIError("server closed the session (%s%s)" % (
+            XTMPErrorCode.describe(code), ": " + reason if reason else ""))
+    if isinstance(why, ConnectionDone):
+        return CLIError("server closed the connection (without Disconnect)")
+    return why if isinstance(why, Exception) else CLIError(str(why))
+
+
 def _readFile(path, what):
     try:
         with open(path, "rb") as f:
@@ -359,9 +411,12 @@ def clientFactory(args, reactor=None, **settings):
     if args.cipher:
         first = CIPHER_NAMES[args.cipher]
         ciphers = (first,) + tuple(c for c in ciphers if c != first)
-    return XTMPClientFactory(verifyServer=verify,
-                             identity=identity, token=token, ciphers=ciphers,
-                             reactor=reactor, resume=False, **settings)
+    factory = XTMPClientFactory(verifyServer=verify,
+                                identity=identity, token=token,
+                                ciphers=ciphers, reactor=reactor,
+                                resume=False, **settings)
+    factory.protocol = SessionProtocol
+    return factory
 
 
 def connect(reactor, args, **settings):
@@ -457,4 +512,4 @@ __all__ = ["CLIError", "FAILURE", "SUCCESS", "USAGE", "UsageError",
            "addAdminArguments", "addConnectArguments", "addPayloadArguments",
            "adminClient", "clientFactory", "close", "connect", "emitJSON",
            "parseFlags", "parseType", "ping", "readPayload", "runTwisted",
-           "say", "showPayload", "withTimeout"]
+           "SessionProtocol", "say", "serverClosed", "showPayload", "withTimeout"]

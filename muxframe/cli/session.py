@@ -12,7 +12,7 @@ from muxframe.xtmp.connection import CLOSED
 from muxframe.cli.common import (
     CLIError, addConnectArguments, addPayloadArguments, close, connect,
     emitJSON, parseFlags, parseType, payloadJSON, ping, readPayload,
-    runTwisted, say, showPayload, withTimeout,
+    runTwisted, say, serverClosed, showPayload, withTimeout,
 )
 
 
@@ -155,7 +155,7 @@ def _whenAcknowledged(reactor, protocol):
     protocol.whenClosed().addCallback(
         lambda why: None if d.called else d.errback(
             CLIError("the session ended before the acknowledgement: %s"
-                     % (why,))))
+                     % (serverClosed(protocol, why),))))
     check()
     return d
 
@@ -255,13 +255,11 @@ def _subscribe(reactor, args):
                   "session_id": "%#x" % (protocol.sessionId,)})
 
     def ended(why):
+        # Closed before --count, --duration or a signal asked: the server
+        # ended it, even cleanly (GOING_AWAY: a drain, an admin's
+        # disconnect), so the messages stop short of what was asked.
         if not done.called:
-            from twisted.internet.error import ConnectionDone
-            if isinstance(why, ConnectionDone):
-                done.callback(None)
-            else:
-                done.errback(why if isinstance(why, Exception)
-                             else CLIError(str(why)))
+            done.errback(serverClosed(protocol, why))
 
     protocol.whenClosed().addCallback(ended)
     if args.duration:
