@@ -457,6 +457,54 @@ class ExitCodeTests(TestCase):
         self.assertEqual(got, 0)
         self.assertIn("muxframe ", out)
 
+    @inlineCallbacks
+    def test_numericOptionRanges(self):
+        """
+        A number out of an option's range is a usage error (exit 2) whose
+        last line names the option, found before anything is done with
+        it: not a traceback (a port past 65535, a negative timeout), a
+        ValueError (a negative interval) or a busy loop (an interval of 0).
+        """
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        pin = ("--server-fingerprint", "00" * 32, "--anonymous")
+        admin = ("--admin", "http://127.0.0.1:%d" % (freePort(),))
+        for args, text in [
+                (("connect", "-e", "127.0.0.1:99999") + pin,
+                 "--endpoint: port 99999"),
+                (("connect", "-e", "tcp:127.0.0.1:99999") + pin,
+                 "--endpoint: 'tcp:127.0.0.1:99999'"),
+                (("connect", "-e", "127.0.0.1:1", "--timeout", "-1") + pin,
+                 "argument --timeout"),
+                (("connect", "-e", "127.0.0.1:1", "--timeout", "nan") + pin,
+                 "argument --timeout"),
+                (("connect", "-e", "127.0.0.1:1", "--pings", "0") + pin,
+                 "argument --pings"),
+                (("subscribe", "x", "-e", "127.0.0.1:1", "--count", "-1")
+                 + pin, "argument --count"),
+                (("subscribe", "x", "-e", "127.0.0.1:1", "--duration", "-1")
+                 + pin, "argument --duration"),
+                (("bench", "-e", "127.0.0.1:1", "--rate", "-1") + pin,
+                 "argument --rate"),
+                (("stats", "--continuous", "--interval", "0") + admin,
+                 "argument --interval"),
+                (("stats", "--continuous", "--interval", "-1") + admin,
+                 "argument --interval"),
+                (("status", "--continuous", "--interval", "1e300") + admin,
+                 "argument --interval"),
+                (("stats", "--timeout", "-1") + admin, "argument --timeout"),
+                (("stats", "--timeout", "1e300") + admin,
+                 "argument --timeout"),
+                (("sessions", "--limit", "0") + admin, "argument --limit"),
+                (("sessions", "--within", "-1") + admin, "argument --within"),
+                (("capture", "--connect", "127.0.0.1:99999"),
+                 "--connect: port 99999"),
+        ]:
+            got, out, err = yield cli(cwd, *args)
+            self.assertEqual(got, 2, (args, out, err))
+            self.assertNotIn("Traceback", err, args)
+            self.assertIn(text, err.strip().splitlines()[-1], args)
+
 
 def parseCommand(*argv):
     """

@@ -9,9 +9,16 @@ import json
 import time
 
 from muxframe.cli.common import (
-    CLIError, addAdminArguments, addPayloadArguments, adminClient, emitJSON,
-    parseType, readPayload, say,
+    MAX_SECONDS, CLIError, addAdminArguments, addPayloadArguments,
+    adminClient, emitJSON, numberType, parseType, positiveCount, readPayload,
+    say, secondsOrNone,
 )
+
+
+#: The shortest --interval: shorter polls the admin API in a busy loop.
+MIN_INTERVAL = 0.1
+INTERVAL = numberType(float, MIN_INTERVAL, high=MAX_SECONDS,
+                      unit=" seconds")
 
 
 def _repeat(args, once):
@@ -33,8 +40,9 @@ def _repeat(args, once):
 def _addRepeat(parser):
     parser.add_argument("--continuous", action="store_true",
                         help="repeat until interrupted")
-    parser.add_argument("--interval", type=float, default=5.0,
-                        help="seconds between repeats (default 5)")
+    parser.add_argument("--interval", type=INTERVAL, default=5.0,
+                        help="seconds between repeats (default 5; at least "
+                             "%g)" % (MIN_INTERVAL,))
 
 
 def addStatus(subparsers):
@@ -113,9 +121,10 @@ def addSessions(subparsers):
                        const="true", help="only sessions with recent messages")
     which.add_argument("--idle", dest="active", action="store_const",
                        const="false", help="only sessions without")
-    parser.add_argument("--within", type=float, default=60.0,
+    parser.add_argument("--within", type=secondsOrNone, default=60.0,
                         help="what 'recent' means, in seconds (default 60)")
-    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--limit", type=positiveCount, default=1000,
+                        help="list this many at most (default 1000)")
     parser.add_argument("--detailed", action="store_true",
                         help="show subscriptions and byte counts")
     parser.add_argument("--json", action="store_true", help="print JSON")

@@ -21,11 +21,13 @@ import time
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 
 from muxframe.cli.common import (
-    UsageError, addConnectArguments, close, connect, emitJSON, parseType,
-    runTwisted, say, serverClosed,
+    UsageError, addConnectArguments, close, connect, emitJSON, numberType,
+    parseType, positiveCount, positiveSeconds, runTwisted, say, serverClosed,
 )
 
 _STAMP = struct.Struct(">d")
+#: Messages per second: 0 (as fast as the window allows) or more.
+RATE = numberType(float, 0)
 
 
 def addBench(subparsers):
@@ -44,16 +46,16 @@ def addBench(subparsers):
     parser.add_argument("--subject", "-s",
                         help="request mode: route requests to this subject, "
                              "served by one extra session of the bench")
-    parser.add_argument("--duration", type=float, default=10.0,
+    parser.add_argument("--duration", type=positiveSeconds, default=10.0,
                         help="seconds of load (default 10)")
-    parser.add_argument("--rate", type=float, default=0.0,
+    parser.add_argument("--rate", type=RATE, default=0.0,
                         help="messages per second in all (default 0: as fast "
                              "as --window allows)")
     parser.add_argument("--payload-size", type=int, default=64,
                         help="payload bytes (default 64; at least 8)")
-    parser.add_argument("--connections", type=int, default=1,
+    parser.add_argument("--connections", type=positiveCount, default=1,
                         help="sessions (default 1)")
-    parser.add_argument("--window", type=int, default=16,
+    parser.add_argument("--window", type=positiveCount, default=16,
                         help="outstanding messages per session at most "
                              "(default 16)")
     parser.add_argument("--no-progress", action="store_true",

@@ -18,7 +18,9 @@ import time
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
-from muxframe.cli.common import UsageError, emitJSON, runTwisted, say
+from muxframe.cli.common import (
+    UsageError, countOrNone, emitJSON, runTwisted, say, secondsOrNone,
+)
 from muxframe.xtmp import codec
 
 _LOOPBACK = ("127.", "::1", "localhost")
@@ -40,9 +42,9 @@ def addCapture(subparsers):
                         help="also append the log to FILE")
     parser.add_argument("--save", metavar="DIR",
                         help="write each message to its own file in DIR")
-    parser.add_argument("--count", type=int, default=0,
+    parser.add_argument("--count", type=countOrNone, default=0,
                         help="stop after this many messages")
-    parser.add_argument("--duration", type=float, default=0,
+    parser.add_argument("--duration", type=secondsOrNone, default=0,
                         help="stop after this many seconds")
     parser.add_argument("--max-payload", type=int, default=1 << 20)
     parser.add_argument("--json", action="store_true",
@@ -245,8 +247,9 @@ def _capture(reactor, args):
 
     from muxframe.cli.common import clientEndpointString
     _checkLoopback(args.listen)
+    description = clientEndpointString(args.connect, "--connect")
     try:
-        target = clientFromString(reactor, clientEndpointString(args.connect))
+        target = clientFromString(reactor, description)
         listen = serverFromString(reactor, args.listen)
     except Exception as e:
         raise UsageError("bad endpoint: %s" % (e,))

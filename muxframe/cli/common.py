@@ -110,6 +110,54 @@ def _known(error):
                               DNSLookupError, OSError, ValueError))
 
 
+# -- numeric options -------------------------------------------------------
+
+def numberType(kind, low, lowIncluded=True, high=None, unit=""):
+    """
+    An argparse C{type} for a number of C{kind} (L{int} or L{float}) from
+    C{low} (included or not) to C{high}: out of range, or not finite, is
+    argparse's usage error naming the option (exit 2), not a traceback or
+    a busy loop later.
+    """
+    import argparse
+    import math
+    bound = "%s %g" % ("at least" if lowIncluded else "more than", low)
+    if high is not None:
+        bound += " and at most %g" % (high,)
+    bound += unit
+    name = "an integer" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) \
+                or value < low or (value == low and not lowIncluded) \
+                or (high is not None and value > high):
+            raise argparse.ArgumentTypeError("expected %s %s, not %r"
+                                             % (name, bound, text))
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+#: The most seconds an option takes: a socket's timeout or a sleep fails
+#: (OverflowError) beyond what the platform's time_t holds.
+MAX_SECONDS = 1e9
+#: Seconds to wait for something (more than 0: a callLater or a socket
+#: timeout cannot take less).
+positiveSeconds = numberType(float, 0, lowIncluded=False, high=MAX_SECONDS,
+                             unit=" seconds")
+#: Seconds of a limit where 0 means none.
+secondsOrNone = numberType(float, 0, high=MAX_SECONDS, unit=" seconds")
+#: A count where 0 means no limit.
+countOrNone = numberType(int, 0)
+#: A count of at least one.
+positiveCount = numberType(int, 1)
+
+
 # -- message types, flags, payloads --------------------------------------
 
 #: Flags a command may ask for; ENCRYPTED is the session's (checked only).
@@ -210,12 +258,17 @@ def payloadJSON(data):
 
 # -- connecting ------------------------------------------------------------
 
-def clientEndpointString(text):
+def clientEndpointString(text, option="--endpoint"):
     """
     A client endpoint string; C{HOST:PORT} means C{tcp:HOST:PORT}.
+
+    @raise UsageError: naming C{option}, for a port out of range.
     """
     host, sep, port = text.rpartition(":")
     if sep and port.isdigit() and host and ":" not in host:
+        if not 0 < int(port) < 65536:
+            raise UsageError("%s: port %s of %r is not from 1 to 65535"
+                             % (option, port, text))
         return "tcp:%s:%s" % (host, port)
     return text
 
@@ -256,7 +309,7 @@ def addConnectArguments(parser):
     group.add_argument("--encryption", "--cipher", dest="cipher",
                        choices=["aes256gcm", "chacha20poly1305"],
                        help="the cipher to ask for first")
-    group.add_argument("--timeout", type=float, default=10.0,
+    group.add_argument("--timeout", type=positiveSeconds, default=10.0,
                        help="seconds to wait for the server (default 10)")
 
 
@@ -433,6 +486,14 @@ def connect(reactor, args, **settings):
     except Exception as e:
         raise UsageError("--endpoint: bad endpoint %r: %s" % (description, e))
     d = connectXTMP(endpoint, factory)
+
+    def badPort(failure):
+        # The socket refuses a port out of range only once connecting (an
+        # endpoint string's port is not checked when parsed).
+        failure.trap(OverflowError)
+        raise UsageError("--endpoint: %r: %s" % (description, failure.value))
+
+    d.addErrback(badPort)
     return withTimeout(reactor, d, args.timeout, "connecting to %s" % (description,))
 
 
@@ -491,8 +552,9 @@ def addAdminArguments(parser):
                        default=os.environ.get("MUXFRAME_ADMIN_TOKEN_FILE"),
                        help="the bearer token's file; default "
                             "$MUXFRAME_ADMIN_TOKEN_FILE")
-    group.add_argument("--timeout", type=float, default=10.0,
-                       help="seconds to wait for the admin service")
+    group.add_argument("--timeout", type=positiveSeconds, default=10.0,
+                       help="seconds to wait for the admin service "
+                            "(default 10)")
 
 
 def adminClient(args):
@@ -508,8 +570,10 @@ def adminClient(args):
     return AdminClient(args.admin, token, args.timeout)
 
 
-__all__ = ["CLIError", "FAILURE", "SUCCESS", "USAGE", "UsageError",
-           "addAdminArguments", "addConnectArguments", "addPayloadArguments",
-           "adminClient", "clientFactory", "close", "connect", "emitJSON",
-           "parseFlags", "parseType", "ping", "readPayload", "runTwisted",
-           "SessionProtocol", "say", "serverClosed", "showPayload", "withTimeout"]
+__all__ = ["CLIError", "FAILURE", "MAX_SECONDS", "SUCCESS", "SessionProtocol",
+           "USAGE", "UsageError", "addAdminArguments", "addConnectArguments",
+           "addPayloadArguments", "adminClient", "clientFactory", "close",
+           "connect", "countOrNone", "emitJSON", "numberType", "parseFlags",
+           "parseType", "ping", "positiveCount", "positiveSeconds",
+           "readPayload", "runTwisted", "say", "secondsOrNone", "serverClosed",
+           "showPayload", "withTimeout"]

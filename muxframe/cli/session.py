@@ -11,8 +11,9 @@ from muxframe.xtmp.connection import CLOSED
 
 from muxframe.cli.common import (
     CLIError, addConnectArguments, addPayloadArguments, close, connect,
-    emitJSON, parseFlags, parseType, payloadJSON, ping, readPayload,
-    runTwisted, say, serverClosed, showPayload, withTimeout,
+    countOrNone, emitJSON, parseFlags, parseType, payloadJSON, ping,
+    positiveCount, readPayload, runTwisted, say, secondsOrNone,
+    serverClosed, showPayload, withTimeout,
 )
 
 
@@ -40,7 +41,7 @@ def addConnect(subparsers):
                     "round trip, print the session id, cipher and RTT, and "
                     "disconnect.")
     addConnectArguments(parser)
-    parser.add_argument("--pings", type=int, default=3,
+    parser.add_argument("--pings", type=positiveCount, default=3,
                         help="round trips to measure (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=lambda args: runTwisted(_connect, args))
@@ -52,7 +53,7 @@ def _connect(reactor, args):
     protocol = yield connect(reactor, args)
     handshake = time.perf_counter() - started
     rtts = []
-    for _ in range(max(1, args.pings)):
+    for _ in range(args.pings):
         # The server confirms: the handshake (our authentication too) held.
         rtt = yield withTimeout(reactor, ping(protocol), args.timeout, "ping")
         rtts.append(rtt)
@@ -215,10 +216,12 @@ def addSubscribe(subparsers):
     addConnectArguments(parser)
     parser.add_argument("subjects", nargs="+", metavar="SUBJECT")
     parser.add_argument("--group", "-g", help="join this queue group")
-    parser.add_argument("--count", "-c", type=int, default=0,
-                        help="stop after this many messages")
-    parser.add_argument("--duration", type=float, default=0,
-                        help="stop after this many seconds")
+    parser.add_argument("--count", "-c", type=countOrNone, default=0,
+                        help="stop after this many messages (default 0: "
+                             "no limit)")
+    parser.add_argument("--duration", type=secondsOrNone, default=0,
+                        help="stop after this many seconds (default 0: no "
+                             "limit)")
     parser.add_argument("--json", action="store_true",
                         help="print each message as a line of JSON")
     parser.set_defaults(run=lambda args: runTwisted(_subscribe, args))
