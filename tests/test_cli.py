@@ -600,6 +600,73 @@ class ConnectionOptionsTests(SynchronousTestCase):
         self.factory("--server-fingerprint", " %s\n" % (full.upper(),))
 
 
+class FakeAdminClient:
+    """
+    An admin client answering each path with a canned body.
+    """
+
+    def __init__(self, bodies):
+        self.bodies = bodies
+
+    def get(self, path, query=None, accept=(200,)):
+        return 200, self.bodies[path]
+
+    def sessionPath(self, sessionId):
+        return "/api/v1/sessions/" + sessionId
+
+
+class StatusOutputTests(SynchronousTestCase):
+    """
+    What C{status} prints.
+    """
+
+    health = {"role": "xtmp", "status": "healthy", "version": "0.1.0",
+              "server_uptime": "5s", "active_connections": 0, "sessions": 0,
+              "active_streams": 0, "message_throughput": 0.0,
+              "average_latency_ms": None, "encryption_status": "enabled"}
+    session = {"session_id": "0x1", "status": "established",
+               "identity": {"kind": "key", "name": "alice"},
+               "peer": "127.0.0.1:1", "connected_at": "now",
+               "last_activity": "now", "messages_sent": 0,
+               "messages_received": 0, "bytes_sent": 0, "bytes_received": 0,
+               "cipher": "AES-256-GCM", "subscriptions": [],
+               "quality_metrics": {"heartbeat_rtt_ms": None}}
+
+    def status(self, health, session, *argv):
+        from io import StringIO
+
+        from muxframe.cli import admin
+        self.patch(admin, "adminClient", lambda args: FakeAdminClient({
+            "/health": health, "/api/v1/sessions/0x1": session}))
+        out = StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(admin.status(parseCommand("status", *argv)), 0)
+        return out.getvalue()
+
+    def test_noFigure(self):
+        """
+        A latency or heartbeat round trip the role has no figure for shows
+        as C{unknown}, not C{None ms}.
+        """
+        out = self.status(self.health, self.session)
+        self.assertIn("latency unknown,", out)
+        self.assertNotIn("None", out)
+        out = self.status(self.health, self.session, "0x1")
+        self.assertIn("heartbeat rtt unknown;", out)
+        self.assertNotIn("None", out)
+
+    def test_figure(self):
+        """
+        A figure shows in milliseconds.
+        """
+        health = dict(self.health, average_latency_ms=1.25)
+        session = dict(self.session,
+                       quality_metrics={"heartbeat_rtt_ms": 0.5})
+        self.assertIn("latency 1.25 ms,", self.status(health, session))
+        self.assertIn("heartbeat rtt 0.5 ms;",
+                      self.status(health, session, "0x1"))
+
+
 class EntryPointTests(SynchronousTestCase):
     def test_consoleScriptDeclared(self):
         """

@@ -74,11 +74,12 @@ def status(args):
                        _identity(body["identity"]), body["peer"],
                        body["connected_at"], body["last_activity"]))
                 say("  messages sent %d, received %d; bytes sent %d, "
-                    "received %d; cipher %s; heartbeat rtt %s ms; "
+                    "received %d; cipher %s; heartbeat rtt %s; "
                     "subscriptions %s" % (
                         body["messages_sent"], body["messages_received"],
                         body["bytes_sent"], body["bytes_received"],
-                        body["cipher"], quality.get("heartbeat_rtt_ms"),
+                        body["cipher"],
+                        _milliseconds(quality.get("heartbeat_rtt_ms")),
                         ", ".join(s["subject"] for s in body["subscriptions"])
                         or "none"))
             return 0
@@ -87,19 +88,27 @@ def status(args):
             emitJSON(body)
         else:
             say("%s: %s (%s, up %s): %s connections, %s sessions, %s "
-                "streams, %.1f msgs/s, latency %s ms, encryption %s" % (
+                "streams, %.1f msgs/s, latency %s, encryption %s" % (
                     body.get("role"), body.get("status"),
                     body.get("version"), body.get("server_uptime"),
                     body.get("active_connections"), body.get("sessions"),
                     body.get("active_streams"),
                     body.get("message_throughput") or 0.0,
-                    body.get("average_latency_ms"),
+                    _milliseconds(body.get("average_latency_ms")),
                     body.get("encryption_status")))
             for reason in body.get("reasons", []):
                 say("  %s" % (reason,))
         return 0 if code == 200 else 1
 
     return _repeat(args, once)
+
+
+def _milliseconds(value):
+    """
+    A figure in milliseconds for a line, or C{unknown} when the role has
+    none (no message measured yet, no heartbeat answered).
+    """
+    return "unknown" if value is None else "%s ms" % (value,)
 
 
 def _identity(identity):
