@@ -210,6 +210,116 @@ class PeerTextTests(SynchronousTestCase):
             self.assertLess(len(line), LOGGED_REASON + 200)
 
 
+    def test_errorFloodMadeUpCodes(self):
+        """
+        Errors with codes the peer makes up (application codes, each new)
+        share one throttled kind: not ten lines per code.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from muxframe.xtmp import codec
+        from muxframe.xtmp.codec import F, MessageType
+        h = Harness(config())
+        client, side, _ = h.connect(ALICE)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        conn = client.connection
+        for n in range(3000):
+            client.transport.write(conn.sendKey.seal(
+                MessageType.Error, F.ENCRYPTED, conn.sessionId,
+                codec.encodeReason(0x1000 + (n % 300), "x")))
+        client.transport.write(conn.sendKey.seal(
+            MessageType.Error, F.ENCRYPTED, conn.sessionId,
+            codec.encodeReason(XTMPErrorCode.BUSY, "named")))
+        h.flush()
+        lines = [e for e in events
+                 if "xtmp peer error" in e.get("log_format", "")]
+        # Ten of the made-up codes, and the named code's own line.
+        self.assertEqual(len(lines), 11)
+        self.assertEqual(lines[-1]["code"], "BUSY")
+
+
+class HandshakeOrderTests(SynchronousTestCase):
+    """
+    A transport that, like muxframe.web.transport.WebSocketStreamTransport,
+    holds the messages parsed from its last read while paused and hands
+    them to dataReceived synchronously inside resumeProducing().
+    """
+
+    def wsLike(self, side, size):
+        real = side.dataReceived
+        state = {"paused": False, "held": []}
+
+        def dataReceived(data):
+            for i in range(0, len(data), size):
+                chunk = data[i:i + size]
+                if state["paused"]:
+                    state["held"].append(chunk)
+                else:
+                    real(chunk)
+
+        def pause():
+            state["paused"] = True
+
+        def resume():
+            if not state["paused"]:
+                return
+            state["paused"] = False
+            while state["held"] and not state["paused"]:
+                real(state["held"].pop(0))
+
+        side.dataReceived = dataReceived
+        side.transport.pauseProducing = pause
+        side.transport.resumeProducing = resume
+        return state
+
+    def test_pipelinedOverWebSocketKeepsOrder(self):
+        """
+        The handshake scheduler's turns come between reactor iterations
+        (callLater(0) as a real reactor runs it: not in the same
+        runUntilCurrent pass); bytes read after the handshake completed
+        must not overtake bytes still queued for the session's next step.
+        """
+        class Turns:
+            def __init__(self):
+                self.calls = []
+
+            def callLater(self, delay, f, *a):
+                self.calls.append((f, a))
+
+            def turn(self):
+                calls, self.calls = self.calls, []
+                for f, a in calls:
+                    f(*a)
+
+        h = Harness(config(handlers__={0x20: "tests.test_server_router:echo"}))
+        turns = Turns()
+        h.server.scheduler._reactor = turns
+        client, side, pump = h.connect(ALICE, greet=False)
+        self.wsLike(side, 1024)
+        requests = []
+        client.whenHandshakeDone().addCallback(lambda c: requests.extend(
+            c.request(0x20, b"%d" % (n,) * 8000, timeout=30)
+            for n in range(3)))
+        sent = False
+        for _ in range(20):
+            while pump.pump():
+                pass
+            turns.turn()
+            if not sent and not side.state.handshaking and \
+                    h.server.scheduler.queuedBytes(side):
+                # The client keeps sending: read before the next turn.
+                requests.append(client.request(0x20, b"next", timeout=30))
+                sent = True
+        self.assertTrue(sent)
+        outcomes = [result(d) for d in requests]
+        self.assertEqual(
+            [o.payload[:6] if not hasattr(o, "value") else repr(o.value)
+             for o in outcomes],
+            [b"echo:0", b"echo:1", b"echo:2", b"echo:n"])
+
+
 class ConnectionLimitTests(SynchronousTestCase):
     def test_perAddressAndTotal(self):
         h = Harness(config(server__max_connections=3,

@@ -204,9 +204,9 @@ class XTMPServerService(service.Service):
     def startService(self):
         """
         Take the storage's directory (a second server on it is refused
-        before it listens: as the user twistd runs it as, not before
-        privileges are dropped), listen, and (under twistd) take over
-        SIGTERM and SIGHUP.
+        before it serves anyone; as the user twistd runs it as, so after
+        L{privilegedStartService} bound the ports), listen, and (under
+        twistd) take over SIGTERM and SIGHUP.
         """
         service.Service.startService(self)
         self._claimStorage()

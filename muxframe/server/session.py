@@ -207,13 +207,17 @@ class ServerSession(XTMPProtocol):
 
     def dataReceived(self, data):
         """
-        While handshaking, hand the bytes to the server's handshake
-        scheduler (L{handshakeStep} runs them in turn), and stop reading
-        once more is waiting than a step needs; then as usual.
+        While handshaking (or while bytes of this session still wait in
+        the scheduler), hand the bytes to the server's handshake scheduler
+        (L{handshakeStep} runs them in turn), and stop reading once more is
+        waiting than a step needs; then as usual.
         """
         scheduler = self.factory.scheduler
         state = self.state
-        if scheduler is not None and state.handshaking:
+        # (Also once the handshake is done while bytes of this session
+        # still wait in the scheduler: later bytes must not overtake them.)
+        if scheduler is not None and (state.handshaking or
+                                      scheduler.queuedBytes(self)):
             queued = scheduler.submit(self, data)
             if queued > self._handshakeQueueLimit() and \
                     not state.handshakeHeld and not self._lost:

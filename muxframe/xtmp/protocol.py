@@ -88,6 +88,9 @@ def _levelFor(error, level):
         else level
 
 
+#: The error codes XTMPErrorCode names (others are application codes).
+_NAMED_CODES = frozenset(XTMPErrorCode)
+
 #: Characters of text from the peer (an Error's or a Disconnect's reason)
 #: that one log line carries at most.
 LOGGED_REASON = 200
@@ -438,8 +441,12 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
                 self.log.warn("xtmp peer error {code}: {reason}", code=code,
                               reason=_logged(event.reason))
             else:
+                # One kind per named code and one for all others: the peer
+                # picks the code, and kinds per code it makes up would
+                # each get their own lines (and evict the other kinds).
+                kind = code if event.code in _NAMED_CODES else "other"
                 throttled(self.log, throttle, self.reactor.seconds(),
-                          LogLevel.warn, "peer error: " + code,
+                          LogLevel.warn, "peer error: " + kind,
                           "xtmp peer error {code}: {reason}", code=code,
                           reason=_logged(event.reason))
             self.errorReceived(event.code, event.reason)
