@@ -20,6 +20,7 @@ A reload that fails keeps the credentials in use and logs why.
 import os
 import re
 import signal
+import sys
 
 from twisted.application import service
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
@@ -140,11 +141,21 @@ def loadTokens(config):
     return tokens
 
 
-def _exitFailedAtExit():
-    # twistd's exit status is 0 once the reactor stops, whatever stopped
-    # it; at exit (after twistd removed its pidfile), make it 1.
-    import atexit
-    atexit.register(os._exit, 1)
+class _ExitStatus:
+    """
+    The role's exit status once it failed: twistd exits 0 once the reactor
+    stops, whatever stopped it.  Registered with atexit when the role
+    starts, so it runs after the exit handlers registered later (atexit
+    runs the last registered first), and after twistd removed its pidfile.
+    """
+
+    failed = False
+
+    def __call__(self):
+        if self.failed:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
 
 class XTMPServerService(service.Service):
@@ -166,6 +177,7 @@ class XTMPServerService(service.Service):
         self.reactor = reactor
         self.installSignals = installSignals
         self.tuneCollector = tuneCollector
+        self._exitStatus = _ExitStatus()
         config.requireIdentity()
         from muxframe.server.storage import Storage
         self.storage = Storage.fromConfig(config, reactor)
@@ -235,6 +247,8 @@ class XTMPServerService(service.Service):
                  or "none", maxConnections=c["server.max_connections"])
         if self.installSignals:
             self.reactor.callWhenRunning(self._takeSignals)
+            import atexit
+            atexit.register(self._exitStatus)
 
     def _applyCollector(self):
         from muxframe.server.collector import applyServerCollector
@@ -255,11 +269,9 @@ class XTMPServerService(service.Service):
             log.failure("storage failed to start ({engine} engine); stopping",
                         failure, LogLevel.critical, engine=engine)
         self.storage = None
-        if self.installSignals:
-            # The process is the role's: it must not exit 0, which says to
-            # a supervisor that all went well.
-            self.reactor.addSystemEventTrigger("after", "shutdown",
-                                               _exitFailedAtExit)
+        # The process is the role's (installSignals): it must not exit 0,
+        # which says to a supervisor that all went well.
+        self._exitStatus.failed = True
         self._stopping = True
         self.reactor.callWhenRunning(self._stopReactor)
 
