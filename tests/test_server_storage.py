@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from muxframe.engines.errors import RecoveryFailure
+from muxframe.engines.errors import LimitExceeded, RecoveryFailure
 from muxframe.engines.model import Status, SubscriptionState
 from muxframe.messaging import wire
 from muxframe.messaging.client import MessagingClient
@@ -125,6 +125,69 @@ class BindTests(TestCase):
         info = yield carol.client.presence("alice")
         self.assertEqual([d.device for d in info.devices], ["phone"])
         self.assertEqual(self.storage.counters["replaced"], 1)
+
+    @defer.inlineCallbacks
+    def _watchedPhone(self):
+        """
+        Alice's phone bound and watched by bob; the phone's session and a
+        raw second session of alice (not bound).
+        """
+        bob = yield connectPeer(self, self.port, BOB, "laptop")
+        phone = yield connectPeer(self, self.port, ALICE, "phone")
+        yield bob.client.requestSubscription("alice")
+        yield phone.client.approve("bob")
+        yield eventually(lambda: bob.statuses("alice") == [Status.ONLINE])
+        protocol = yield connectXTMP(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
+                                     XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                                                       identity=ALICE, resume=False))
+        self.addCleanup(lambda: protocol.disconnect() or protocol.whenClosed())
+        return bob, phone, protocol
+
+    @defer.inlineCallbacks
+    def _stillBound(self, bob, phone):
+        yield settle()
+        self.assertTrue(phone.protocol.connection is not None
+                        and phone.protocol.whenClosed().called is False)
+        self.assertNotIn(Status.OFFLINE, bob.statuses("alice"))
+        info = yield self.storage.engine.presence.presence("alice")
+        self.assertEqual([(d.device, d.status) for d in info.devices],
+                         [("phone", Status.ONLINE)])
+        self.assertEqual(self.storage.counters["replaced"], 0)
+        answer = yield phone.client.presence()
+        self.assertEqual([d.device for d in answer.devices], ["phone"])
+
+    @defer.inlineCallbacks
+    def test_refusedBindKeepsTheDevice(self):
+        """
+        A Bind of a bound device refused BAD_REQUEST (a status that is not
+        a presence status) changes nothing: the device's session stays,
+        online.
+        """
+        bob, phone, protocol = yield self._watchedPhone()
+        reason = yield refusedWith(self, protocol.request(wire.StanzaType.Bind, wire.Bind(
+            identity=wire.Identity(device="phone"), status=Status.OFFLINE).encode()),
+            XTMPErrorCode.BAD_REQUEST)
+        self.assertIn("not a presence status", reason)
+        yield self._stillBound(bob, phone)
+
+    @defer.inlineCallbacks
+    def test_bindFailedInTheEngineKeepsTheDevice(self):
+        """
+        A Bind of a bound device that the engine fails (after its connect)
+        does not replace the device's session nor take it offline, and
+        leaves the device's status its session's.
+        """
+        bob, phone, protocol = yield self._watchedPhone()
+        queues = self.storage.engine.queues
+        position = queues.position
+        queues.position = lambda entity, device: defer.fail(LimitExceeded("no room", "x"))
+        try:
+            yield refusedWith(self, protocol.request(wire.StanzaType.Bind, wire.Bind(
+                identity=wire.Identity(device="phone"), status=Status.DND).encode()),
+                XTMPErrorCode.BUSY)
+        finally:
+            queues.position = position
+        yield self._stillBound(bob, phone)
 
 
 class PresenceTests(TestCase):

@@ -10,8 +10,11 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
     device with a Bind (0x50) before any presence or queue message
     (NOT_BOUND otherwise); one device per session, many devices per
     entity.  A second session binding the same entity and device, on
-    this node or another, replaces the first, which is disconnected with
-    DEVICE_REPLACED and does not take the device offline.
+    this node or another, replaces the first once its Bind succeeded
+    (connected and positioned in the engine): the first is disconnected
+    with DEVICE_REPLACED and does not take the device offline.  A Bind
+    refused, at once or by the engine, leaves the device's binding as it
+    was.
   - Every C{from} a client gives must be its own entity and device
     (UNAUTHORIZED otherwise); the server fills it in where left out.
   - Liveness: a bound device is online from its Bind until its session
@@ -30,7 +33,8 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
 
 import struct
 
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import (
+    Deferred, DeferredList, gatherResults, maybeDeferred, succeed)
 from twisted.internet.task import LoopingCall
 
 from muxframe.logthrottle import logger
@@ -38,6 +42,7 @@ from muxframe.engines import makeEngine
 from muxframe.engines.errors import (
     ConfigError as EngineConfigError, EngineUsageError, LimitExceeded)
 from muxframe.engines.model import Status, checkName
+from muxframe.engines.presence import checkPresenceStatus
 from muxframe.messaging import wire
 from muxframe.messaging.wire import StanzaType
 from muxframe.server.errors import ConfigError, Refusal
@@ -191,6 +196,7 @@ class Storage:
                                        "noticesDropped"], 0)
         self._bySession = {}
         self._byDevice = {}
+        self._binding = {}
         self._entities = {}
         self._pending = set()
         self._keeper = None
@@ -377,6 +383,8 @@ class Storage:
             raise Refusal(str(e), XTMPErrorCode.BAD_REQUEST)
 
     def _bind(self, session, message):
+        # Every check that needs no engine comes first: a refused Bind
+        # changes nothing, least of all the device's live binding.
         try:
             request = wire.Bind.decode(message.payload)
             entity = self.entityOf(session)
@@ -385,7 +393,7 @@ class Storage:
                 raise Refusal("this session is entity %r, not %r" % (entity, asked.eid),
                               XTMPErrorCode.UNAUTHORIZED)
             device = checkName(asked.device or "", "device")
-            status = Status(request.status or Status.ONLINE)
+            status = checkPresenceStatus(request.status or Status.ONLINE)
         except (wire.WireError, EngineUsageError, ValueError) as e:
             raise Refusal(str(e), XTMPErrorCode.BAD_REQUEST)
         existing = self._bySession.get(session)
@@ -399,17 +407,18 @@ class Storage:
         binding = Binding(session, entity, device)
         binding.status, binding.details = status, request.details
         self._bySession[session] = binding
-        old = self._byDevice.get((entity, device))
-        if old is not None:
-            self._replace(old, "the device was bound by another session")
-        self._byDevice[(entity, device)] = binding
+        # The device's binding (if any) stays until this one is ready.
+        self._binding.setdefault((entity, device), []).append(binding)
         self.counters["binds"] += 1
+        def connect(presence):
+            d = self.engine.presence.connect(entity, device, status, binding.details)
+            d.addCallback(lambda _: self.engine.queues.position(entity, device))
+            # Only now is another node's session of the device replaced.
+            return d.addCallback(lambda position: maybeDeferred(
+                self._takeOver, presence, binding).addCallback(lambda _: position))
         d = self.whenStarted()
         d.addCallback(lambda _: self.engine.presence.presence(entity))
-        d.addCallback(self._takeOver, binding)
-        d.addCallback(lambda _: self.engine.presence.connect(entity, device, status,
-                                                             binding.details))
-        d.addCallback(lambda _: self.engine.queues.position(entity, device))
+        d.addCallback(connect)
         d.addCallbacks(self._ready, self._bindFailed, callbackArgs=(binding, message),
                        errbackArgs=(binding,))
         return d
@@ -427,9 +436,12 @@ class Storage:
         size = _U16.unpack(data[:2])[0]
         entity = data[2:2 + size].decode("utf-8")
         device = data[2 + size:].decode("utf-8")
+        why = "the device was bound on node %s" % (origin,)
         binding = self._byDevice.get((entity, device))
         if binding is not None:
-            self._replace(binding, "the device was bound on node %s" % (origin,))
+            self._replace(binding, why)
+        for binding in list(self._binding.get((entity, device), ())):
+            self._replace(binding, why)
 
     def _replace(self, binding, why):
         binding.replaced = True
@@ -442,13 +454,17 @@ class Storage:
 
     def _ready(self, position, binding, message):
         session = binding.session
-        if self._bySession.get(session) is not binding:
-            # The session ended while binding: undo the connect.
-            if not binding.replaced:
-                self.track(self.engine.presence.disconnect(
-                    binding.entity, binding.device, self.nodeId)).addErrback(
-                        lambda f: None)
+        key = (binding.entity, binding.device)
+        self._settle(binding)
+        if self._bySession.get(session) is not binding or binding.replaced:
+            # The session ended (or was replaced) while binding: undo the
+            # connect.
+            self._release(binding)
             return None
+        old = self._byDevice.get(key)
+        if old is not None:
+            self._replace(old, "the device was bound by another session")
+        self._byDevice[key] = binding
         binding.ready = True
         binding.online = True
         binding.heard = self._lastReceived(session)
@@ -474,13 +490,43 @@ class Storage:
         return None
 
     def _bindFailed(self, failure, binding):
+        self._settle(binding)
         if self._bySession.get(binding.session) is binding:
             del self._bySession[binding.session]
-        if self._byDevice.get((binding.entity, binding.device)) is binding:
-            del self._byDevice[(binding.entity, binding.device)]
-            self.track(self.engine.presence.disconnect(
-                binding.entity, binding.device, self.nodeId)).addErrback(lambda f: None)
+        self._release(binding)
         raise refusalFor(failure)
+
+    def _settle(self, binding):
+        """
+        C{binding}'s Bind is no longer in progress.
+        """
+        key = (binding.entity, binding.device)
+        pending = self._binding.get(key)
+        if pending is not None and binding in pending:
+            pending.remove(binding)
+            if not pending:
+                del self._binding[key]
+
+    def _release(self, binding):
+        """
+        C{binding} did not become ready: undo what its Bind may have told
+        the engine, leaving alone a device another binding holds or is
+        binding.
+        """
+        holder = self._byDevice.get((binding.entity, binding.device))
+        if holder is not None:
+            # The Bind's connect may have set its status: the holder's
+            # again.
+            if holder.online and self.started:
+                self.track(self.engine.presence.connect(
+                    holder.entity, holder.device, holder.status,
+                    holder.details)).addErrback(lambda f: None)
+            return
+        if binding.replaced or (binding.entity, binding.device) in self._binding \
+                or not self.started:
+            return
+        self.track(self.engine.presence.disconnect(
+            binding.entity, binding.device, self.nodeId)).addErrback(lambda f: None)
 
     # -- IRegistryObserver ----------------------------------------------------
 
@@ -508,7 +554,10 @@ class Storage:
                 del self._entities[binding.entity]
                 watch.presence.cancel()
                 watch.queue.cancel()
-        if binding.online and not binding.replaced and self.started:
+        if binding.online and not binding.replaced and self.started and \
+                (binding.entity, binding.device) not in self._binding:
+            # (A Bind of the device in progress takes it over, or takes it
+            # offline if it fails.)
             binding.online = False
             self.track(self.engine.presence.disconnect(
                 binding.entity, binding.device, self.nodeId)).addErrback(
