@@ -3,18 +3,23 @@ Presence, queues and history on the XTMP server (in this process, real
 loopback TCP, the embedded engine on disk): binding devices, the
 presence stanzas and their rules, queued messages with receipts and
 deduplication, history subjects with recovery, and liveness when a
-device stops answering pings.
+device stops answering pings; and the queue pump against a store whose
+fetches the test answers.
 """
+
+from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
 from muxframe.engines.errors import LimitExceeded, RecoveryFailure
-from muxframe.engines.model import Status, SubscriptionState
+from muxframe.engines.model import (
+    Address, ConsumerPosition, QueuedRecord, RecordKind, Status, SubscriptionState)
 from muxframe.messaging import wire
 from muxframe.messaging.client import MessagingClient
 from muxframe.server.errors import ConfigError
+from muxframe.server.queues import DevicePump
 from muxframe.server.storage import Storage
 from muxframe.xtmp import (
     Identity, PeerError, XTMPClientFactory, XTMPErrorCode, connectXTMP)
@@ -409,6 +414,80 @@ class QueueTests(TestCase):
         yield eventually(lambda: closed)
         self.assertEqual(closed[0][0], XTMPErrorCode.BAD_REQUEST)
         self.assertIn("never handed out", closed[0][1])
+
+
+class _FetchingQueues:
+    """
+    A queue store whose fetches wait until the test answers them.
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self.fetches = []
+
+    def fetch(self, entity, after, limit, maxBytes):
+        d = defer.Deferred()
+        self.fetches.append((after, limit, d))
+        return d
+
+    def answer(self):
+        """
+        Answer the oldest fetch waiting with what the queue holds.
+        """
+        after, limit, d = self.fetches.pop(0)
+        d.callback([QueuedRecord(offset, RecordKind.MESSAGE, "m%d" % (offset,),
+                                 Address("bob", "laptop"), 0, b"")
+                    for offset in range(after, min(after + limit, self.count + 1))])
+
+
+class _Session:
+    def __init__(self):
+        self.sent = []
+
+    def isConnected(self):
+        return True
+
+    def send(self, messageType, payload):
+        self.sent.append(wire.Message.decode(payload).signal_offset)
+
+
+class PumpTests(TestCase):
+    """
+    L{DevicePump} against a queue store answering when told.
+    """
+
+    def setUp(self):
+        self.queues = _FetchingQueues(2000)
+        storage = SimpleNamespace(engine=SimpleNamespace(queues=self.queues),
+                                  reactor=reactor)
+        self.session = _Session()
+        binding = SimpleNamespace(entity="alice", device="phone", session=self.session)
+        self.pump = DevicePump(SimpleNamespace(storage=storage), binding, 256)
+
+    def position(self, delivered):
+        return ConsumerPosition("alice", "phone", delivered, 0, 1, self.queues.count + 1)
+
+    def drain(self):
+        while self.queues.fetches:
+            self.queues.answer()
+
+    def test_startDuringFetch(self):
+        """
+        A start (RESUME, a Bind again) while a fetch is in flight sends
+        from the new position: the stale fetch's records are not sent and
+        do not move the cursor past what was not acknowledged.
+        """
+        self.pump.start(self.position(0))
+        self.drain()
+        self.assertEqual(self.session.sent, list(range(1, 257)))
+        del self.session.sent[:]
+        for offset in range(1, 101):
+            self.pump.acknowledged(offset)
+        self.assertEqual(self.queues.fetches[0][0], 257)
+        self.pump.start(self.position(100))
+        self.drain()
+        self.assertEqual(self.session.sent, list(range(101, 357)))
+        self.assertEqual(sorted(self.pump.unacked), list(range(101, 357)))
 
 
 def bob_receipts(*peers):

@@ -120,11 +120,15 @@ class DevicePump:
         self.stopped = False
         self._retry = None
         self._asked = 0
+        #: Bumped by every L{start}: a fetch begun before it is stale.
+        self.generation = 0
 
     def start(self, position):
         """
-        Send from one past C{position.delivered}.
+        Send from one past C{position.delivered}; what a fetch in flight
+        finds is dropped (it began at the old cursor).
         """
+        self.generation += 1
         self.cursor = position.delivered + 1
         # One fetch whatever is known: records appended before the queue
         # watch began are found too.
@@ -166,11 +170,18 @@ class DevicePump:
         engine = self.handlers.storage.engine.queues
         self._asked = min(room, _FETCH)
         d = engine.fetch(self.binding.entity, self.cursor, self._asked, WINDOW_BYTES)
-        d.addCallbacks(self._fetched, self._failed)
+        d.addCallbacks(self._fetched, self._failed, callbackArgs=(self.generation,),
+                       errbackArgs=(self.generation,))
 
-    def _fetched(self, records):
+    def _fetched(self, records, generation):
         self.fetching = False
         if self.stopped:
+            return
+        if generation != self.generation:
+            # Started again meanwhile (RESUME, a Bind again): fetch from
+            # the new cursor.
+            self.probe = True
+            self.pump()
             return
         holder = self.binding.entity
         session = self.binding.session
@@ -204,7 +215,7 @@ class DevicePump:
         self._retry = None
         self.pump()
 
-    def _failed(self, failure):
+    def _failed(self, failure, generation):
         self.fetching = False
         log.failure("queue fetch for {entity} failed", failure, entity=self.binding.entity)
         if not self.stopped and self._retry is None:
