@@ -21,7 +21,8 @@ Rules:
     C{storage.delivery_window} records (and about a MiB) are sent and
     not yet acknowledged; acknowledgements (Signal ACK with delivered or
     read, of the record's C{signal_offset}) open the window again.  A
-    Signal RESUME sends everything again from the durable position.
+    Signal RESUME (or a Bind again) sends everything again from the
+    durable position, whatever a fetch in flight then finds.
     What a session was sent but did not acknowledge is sent again to the
     device's next session: the client drops offsets it already gave its
     application (exactly once to the application).
