@@ -190,6 +190,42 @@ class ConsumerTrackerTests(SynchronousTestCase):
         e = self.assertRaises(LimitExceeded, t.acknowledge, 5, ReceiptKind.DELIVERED, 1, 10)
         self.assertEqual(e.limit, "maxPending")
 
+    def test_refusedAppliesNothing(self):
+        """
+        An acknowledgement refused for the limit of one kind changes
+        nothing: a READ refused for the held READs is not held as
+        DELIVERED, and does not raise the position to the first kept
+        offset.
+        """
+        t = ConsumerTracker(maxPending=2)
+        t.acknowledge(1, ReceiptKind.DELIVERED, 1, 20)
+        t.acknowledge(3, ReceiptKind.READ, 1, 20)
+        t.acknowledge(4, ReceiptKind.READ, 1, 20)
+        t.acknowledge(2, ReceiptKind.DELIVERED, 1, 20)
+        self.assertEqual((t.delivered, t.read, t.held), (4, 0, 2))
+        e = self.assertRaises(LimitExceeded, t.acknowledge, 6, ReceiptKind.READ, 1, 20)
+        self.assertEqual(e.limit, "maxPending")
+        self.assertEqual((t.delivered, t.read, t.held), (4, 0, 2))
+        d, r = t.acknowledge(5, ReceiptKind.DELIVERED, 1, 20)
+        self.assertEqual((list(d), t.delivered), ([5], 5))
+        self.assertRaises(LimitExceeded, t.acknowledge, 7, ReceiptKind.READ, 3, 20)
+        self.assertEqual((t.delivered, t.read), (5, 0))
+
+    def test_limitPerKind(self):
+        """
+        C{maxPending} is per kind: as many DELIVERED as READ wait past
+        their gaps at once (a READ waiting is waiting as both).
+        """
+        t = ConsumerTracker(maxPending=2)
+        t.acknowledge(1, ReceiptKind.DELIVERED, 1, 20)
+        t.acknowledge(3, ReceiptKind.READ, 1, 20)
+        t.acknowledge(4, ReceiptKind.READ, 1, 20)
+        t.acknowledge(2, ReceiptKind.DELIVERED, 1, 20)
+        t.acknowledge(6, ReceiptKind.DELIVERED, 1, 20)
+        t.acknowledge(7, ReceiptKind.DELIVERED, 1, 20)
+        self.assertEqual(t.held, 4)
+        self.assertRaises(LimitExceeded, t.acknowledge, 8, ReceiptKind.DELIVERED, 1, 20)
+
     @given(st.lists(st.tuples(st.integers(1, 30), st.sampled_from([ReceiptKind.DELIVERED,
                                                                     ReceiptKind.READ])),
                     max_size=80))

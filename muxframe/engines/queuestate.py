@@ -17,10 +17,12 @@ Rules:
    the C{maxMessages} newest; the first record not older than C{maxAge}.
  - A device's position: C{delivered} and C{read}, each the highest offset
    up to which everything was acknowledged.  An acknowledgement past a gap
-   is held (at most C{maxPending} of them) until the gap fills; READ
-   implies DELIVERED; positions never move back; an acknowledgement of an
-   offset that was never handed out is an error; one below the queue's first
-   kept offset counts as that offset (dropped records need no ack).
+   is held (at most C{maxPending} of each kind: DELIVERED and READ) until
+   the gap fills; READ implies DELIVERED (a READ held is held as both);
+   positions never move back; an acknowledgement of an offset that was
+   never handed out is an error, one past the limit is refused and
+   changes nothing; one below the queue's first kept offset counts as
+   that offset (dropped records need no ack).
 """
 
 import bisect
@@ -239,7 +241,8 @@ class ConsumerTracker:
             that became delivered and read.
         @raise EngineUsageError: for an offset never handed out or a kind
             that is not DELIVERED or READ.
-        @raise LimitExceeded: past C{maxPending} held acknowledgements.
+        @raise LimitExceeded: past C{maxPending} held acknowledgements of
+            either kind (nothing is applied).
         """
         if kind not in (ReceiptKind.DELIVERED, ReceiptKind.READ):
             raise EngineUsageError(
@@ -250,20 +253,27 @@ class ConsumerTracker:
         oldDelivered, oldRead = self.delivered, self.read
         # Records below the first kept offset were dropped: nothing to wait for.
         floor = firstOffset - 1
-        if self.delivered < floor:
-            self.delivered = floor
-        if self.read < floor:
-            self.read = floor
+        current = {ReceiptKind.DELIVERED: max(self.delivered, floor),
+                   ReceiptKind.READ: max(self.read, floor)}
         kinds = (ReceiptKind.DELIVERED, ReceiptKind.READ) if kind == ReceiptKind.READ \
             else (ReceiptKind.DELIVERED,)
+        # Every limit is checked before anything changes: a refused
+        # acknowledgement applies nothing.
+        held = []
         for k in kinds:
-            current = self.delivered if k == ReceiptKind.DELIVERED else self.read
-            if offset > current:
-                pending = self._pending[k]
-                if offset not in pending and len(pending) >= self.maxPending:
-                    raise LimitExceeded("more than %d acknowledgements wait past a gap" % (
-                        self.maxPending,), "maxPending")
-                pending.add(offset)
+            pending = self._pending[k]
+            if offset > current[k] and offset not in pending:
+                # The offset filling the gap is never held (it is what
+                # lets the held go): past the limit, it is still taken.
+                if offset > current[k] + 1 and len(pending) >= self.maxPending and sum(
+                        1 for o in pending if o > current[k]) >= self.maxPending:
+                    raise LimitExceeded("more than %d %s acknowledgements wait past a gap" % (
+                        self.maxPending, k.name), "maxPending")
+                held.append(pending)
+        self.delivered = current[ReceiptKind.DELIVERED]
+        self.read = current[ReceiptKind.READ]
+        for pending in held:
+            pending.add(offset)
         self.delivered = self._advance(ReceiptKind.DELIVERED, self.delivered)
         # Every held READ is also a held DELIVERED, so read <= delivered.
         self.read = min(self._advance(ReceiptKind.READ, self.read), self.delivered)
