@@ -415,6 +415,44 @@ class QueueTests(TestCase):
         self.assertEqual(closed[0][0], XTMPErrorCode.BAD_REQUEST)
         self.assertIn("never handed out", closed[0][1])
 
+    @defer.inlineCallbacks
+    def test_ackPastTheHeldIsBadRequest(self):
+        """
+        An acknowledgement past a gap when 1,024 wait already is refused
+        BAD_REQUEST (the client's fault, not a BUSY to retry) and changes
+        nothing; the acknowledgement filling the gap is taken, and lets the
+        held go.
+        """
+        bob = yield connectPeer(self, self.port, BOB, "laptop")
+        yield defer.gatherResults([bob.client.send("alice", b"%d" % n, receipts=False)
+                                   for n in range(1030)])
+        # A session that acknowledges nothing unless told to.
+        protocol = yield connectXTMP(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
+                                     XTMPClientFactory(serverKey=SERVER_IDENTITY.public,
+                                                       identity=ALICE, resume=False))
+        self.addCleanup(lambda: protocol.disconnect() or protocol.whenClosed())
+        protocol.setHandler(wire.StanzaType.Message, lambda p, m: None)
+        yield protocol.request(wire.StanzaType.Bind, wire.Bind(
+            identity=wire.Identity(device="phone")).encode())
+        errors = []
+        protocol.errorReceived = lambda code, reason: errors.append((code, reason))
+        for offset in range(2, 1028):
+            protocol.send(wire.StanzaType.Signal, wire.Signal(
+                status=wire.ACK, type=1, signal_offset=offset,
+                signal_ack_state=wire.SignalAckState(delivered=True)).encode())
+        yield eventually(lambda: errors)
+        yield settle()
+        self.assertEqual([code for code, _ in errors], [XTMPErrorCode.BAD_REQUEST] * 2)
+        self.assertIn("wait past a gap", errors[0][1])
+        position = yield self.storage.engine.queues.position("alice", "phone")
+        self.assertEqual(position.delivered, 0)
+        protocol.send(wire.StanzaType.Signal, wire.Signal(
+            status=wire.ACK, type=1, signal_offset=1,
+            signal_ack_state=wire.SignalAckState(delivered=True)).encode())
+        yield settle()
+        position = yield self.storage.engine.queues.position("alice", "phone")
+        self.assertEqual(position.delivered, 1025)
+
 
 class _FetchingQueues:
     """

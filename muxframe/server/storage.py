@@ -27,8 +27,9 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
     C{device_timeout / 3}, so a node that dies takes its devices offline
     C{device_timeout} later, through the others (Redis).
   - Engine failures answer the message that met them: a malformed or
-    refused request is BAD_REQUEST, a limit BUSY, a storage failure
-    STORAGE_FAILED; nothing is half stored.
+    refused request is BAD_REQUEST (so is an acknowledgement past a gap
+    when the most are held already: the client's fault), a limit BUSY, a
+    storage failure STORAGE_FAILED; nothing is half stored.
 """
 
 import struct
@@ -59,6 +60,9 @@ _COMMON = ("node_id", "device_timeout", "max_devices", "max_activity_ttl",
 _ONLY = {"embedded": ("segment_bytes", "max_journal_bytes", "dedup_window"),
          "redis": ("address", "prefix", "sweep_interval")}
 _U16 = struct.Struct(">H")
+#: The limits (L{LimitExceeded.limit}) a request meets through its own
+#: fault, BAD_REQUEST: waiting will not help.
+_REQUEST_LIMITS = frozenset(["maxPending"])
 
 
 def engineMapping(config):
@@ -95,7 +99,7 @@ def refusalFor(failure):
     error = failure.value
     if isinstance(error, Refusal):
         return error
-    if isinstance(error, LimitExceeded):
+    if isinstance(error, LimitExceeded) and error.limit not in _REQUEST_LIMITS:
         return Refusal(str(error), XTMPErrorCode.BUSY)
     if isinstance(error, (EngineUsageError, wire.WireError)):
         return Refusal(str(error), XTMPErrorCode.BAD_REQUEST)
