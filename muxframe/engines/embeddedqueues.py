@@ -36,6 +36,9 @@ _FLOOR = struct.Struct(">Q")
 _SYSTEM = ("", "")
 #: How many senders' checked names and dedup-key prefixes are kept.
 _SENDERS_KEPT = 4096
+#: The journal bytes an acknowledgement's receipts read at once, at most
+#: (beyond one record): they need only the covered records' headers.
+RECEIPT_READ_BYTES = 1 << 20
 
 
 def _positionKey(entity, device):
@@ -446,7 +449,10 @@ class EmbeddedQueueStore:
             return defer.succeed(None)
         lsns = [index.lsn(o) for o in kept]
         d = self._whenDurable(lsns[-1])
-        d.addCallback(lambda _: self._journal.read(lsns))
+        # Only the headers are needed, read a part at a time: the covered
+        # records may weigh GiBs together.
+        d.addCallback(lambda _: self._journal.readInParts(
+            lsns, logformat.decodeJournalHeader, RECEIPT_READ_BYTES))
 
         def send(records):
             sends = []

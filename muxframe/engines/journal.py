@@ -411,6 +411,37 @@ class Journal:
         Deferred firing with a list of what C{decode(body, position)} makes
         of each (default: L{logformat.JournalRecord}s), in the same order.
         """
+        plan = self._windows(lsns)
+        return self._runner(_readWindows, plan, decode or logformat.decodeJournalRecord)
+
+    def readInParts(self, lsns, decode, maxBytes):
+        """
+        What L{read} gives, for a C{decode} whose results are small (a
+        record's header, say), read a part at a time: each part is at most
+        about C{maxBytes} of the files (and one record), so the bytes held
+        at once are bounded however much the records weigh together.
+        """
+        plan = self._windows(lsns, maxBytes)
+        parts, size = [], 0
+        for window in plan:
+            if not parts or size + window[2] - window[1] > maxBytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(window)
+            size += window[2] - window[1]
+        out = []
+        d = defer.succeed(None)
+        for part in parts:
+            d.addCallback(lambda _, part=part: self._runner(_readWindows, part, decode))
+            d.addCallback(out.extend)
+        return d.addCallback(lambda _: out)
+
+    def _windows(self, lsns, maxBytes=None):
+        """
+        The plan of L{_readWindows} for the records C{lsns}: C{[path,
+        start, end, wanted LSNs]}, adjacent windows merged (while the
+        merged one is at most C{maxBytes}, if given).
+        """
         windows = []
         segment = None
         endLsn = 0
@@ -424,14 +455,14 @@ class Journal:
             if segment is None or not segment.base <= lsn < segment.nextLsn:
                 segment = self._segmentFor(lsn)
             start, end, endLsn = segment.window(lsn)
-            if windows and windows[-1][0] is segment and start <= windows[-1][2]:
+            if windows and windows[-1][0] is segment and start <= windows[-1][2] and (
+                    maxBytes is None or max(end, windows[-1][2]) - windows[-1][1] <= maxBytes):
                 windows[-1][2] = max(windows[-1][2], end)
                 windows[-1][3].add(lsn)
             else:
                 windows.append([segment, start, end, {lsn}])
-        plan = [(self._path(segments.segmentName(s.base)), start, end, wanted)
+        return [(self._path(segments.segmentName(s.base)), start, end, wanted)
                 for s, start, end, wanted in windows]
-        return self._runner(_readWindows, plan, decode or logformat.decodeJournalRecord)
 
     def readQueue(self, lsns, queue, firstOffset, maxBytes):
         """

@@ -220,7 +220,8 @@ _JOURNAL_HEAD = struct.Struct(">BBQQQHHHHI")
 _KINDS = {1: RecordKind.MESSAGE, 2: RecordKind.RECEIPT}
 
 
-def _decodeFields(body, position):
+def _decodeFields(body, position, cut=0):
+    # (cut: the payload's bytes were cut off C{body}'s end.)
     if body.__class__ is not bytes:
         body = bytes(body)
     if len(body) < 38:
@@ -231,7 +232,7 @@ def _decodeFields(body, position):
     b = a + lm
     c = b + le
     e = c + ld
-    if e + lp != len(body):
+    if e + lp != len(body) + cut:
         raise CorruptRecord("field lengths do not add up to the record's", position)
     try:
         kind = _KINDS[kind]
@@ -254,6 +255,21 @@ def decodeJournalRecord(body, position=None):
     @raise CorruptRecord: naming what is wrong.
     """
     return JournalRecord(*_decodeFields(body, position))
+
+
+def decodeJournalHeader(body, position=None):
+    """
+    Decode one journal record body as L{decodeJournalRecord} does, but
+    for its payload (left out: C{b""}), for what needs only the rest.
+
+    @raise CorruptRecord: naming what is wrong.
+    """
+    if len(body) < 38:
+        raise CorruptRecord("journal record shorter than its header", position)
+    lp = _JOURNAL_HEAD.unpack_from(body, 0)[-1]
+    if lp > len(body) - 38:
+        raise CorruptRecord("field lengths do not add up to the record's", position)
+    return JournalRecord(*_decodeFields(body[:len(body) - lp], position, lp)[:-1], b"")
 
 
 def queuedRecordDecoder(queue):
