@@ -386,6 +386,125 @@ class TransportTests(TestCase):
         yield server.lost
 
 
+def upgradeRequest(port, path="/", extra=b""):
+    """
+    The bytes of a WebSocket upgrade request to C{path}, with C{extra}
+    header lines.
+    """
+    return (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n%s\r\n"
+            % (path.encode("ascii"), port.getHost().port, extra))
+
+
+def statusOf(reply):
+    """
+    The status code of the reply head C{reply}, or None.
+    """
+    parts = reply.split(b"\r\n", 1)[0].split()
+    return int(parts[1]) if len(parts) > 1 else None
+
+
+class RequestBodyTests(TestCase):
+    """
+    The site reads no request body without bound: an upgrade with a body
+    is refused before it is read, any other body is capped.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def listen(self, **kwargs):
+        directory = tempfile.mkdtemp()
+        with open(os.path.join(directory, "index.html"), "wb") as f:
+            f.write(b"<p>page</p>")
+        port = yield localServer(path="/ws", static=directory,
+                                 **kwargs).listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+        return port
+
+    @inlineCallbacks
+    def test_upgradeWithContentLengthRefused(self):
+        """
+        An upgrade declaring a body is answered 400 before any of the body
+        is sent, and not upgraded.
+        """
+        port = yield self.listen()
+        reply = yield deferToBlocking(rawRequest, port, upgradeRequest(
+            port, "/ws", b"Content-Length: 805306368\r\n"))
+        self.assertEqual(statusOf(reply), 400)
+        self.assertEqual(port.factory.webSocketFactory.wrappedFactory.built,
+                         [])
+
+    @inlineCallbacks
+    def test_upgradeChunkedRefused(self):
+        """
+        An upgrade with a chunked body is answered 400 at once.
+        """
+        port = yield self.listen()
+        reply = yield deferToBlocking(rawRequest, port, upgradeRequest(
+            port, "/ws", b"Transfer-Encoding: chunked\r\n") + b"1000\r\n")
+        self.assertEqual(statusOf(reply), 400)
+
+    @inlineCallbacks
+    def test_upgradeWithEmptyBodyAccepted(self):
+        """
+        C{Content-Length: 0} is no body: the upgrade goes ahead.
+        """
+        port = yield self.listen()
+        reply = yield deferToBlocking(rawRequest, port, upgradeRequest(
+            port, "/ws", b"Content-Length: 0\r\n"))
+        self.assertEqual(statusOf(reply), 101)
+
+    @inlineCallbacks
+    def test_declaredBodyOverLimitRefused(self):
+        """
+        A request to another path declaring a body over the limit is
+        answered 413 before the body is sent.
+        """
+        port = yield self.listen()
+        reply = yield deferToBlocking(
+            rawRequest, port, b"POST /index.html HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 805306368\r\n\r\n")
+        self.assertEqual(statusOf(reply), 413)
+
+    @inlineCallbacks
+    def test_chunkedBodyOverLimitRefused(self):
+        """
+        A chunked body growing past the limit is discarded and answered
+        413; the request's content never holds more than the limit.
+        """
+        from muxframe.web.server import MAX_BODY
+        port = yield self.listen()
+        seen = []
+        original = port.factory.requestFactory
+
+        class Watched(original):
+            def handleContentChunk(self, data):
+                original.handleContentChunk(self, data)
+                seen.append(self.content.tell())
+
+        port.factory.requestFactory = Watched
+        chunk = b"%x\r\n%s\r\n" % (1024, b"a" * 1024)
+        reply = yield deferToBlocking(
+            rawRequest, port, b"POST /index.html HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 64 + b"0\r\n\r\n")
+        self.assertEqual(statusOf(reply), 413)
+        self.assertTrue(seen)
+        self.assertLessEqual(max(seen), MAX_BODY)
+
+    @inlineCallbacks
+    def test_smallBodyServed(self):
+        """
+        A body within the limit does not stop a page being served.
+        """
+        port = yield self.listen()
+        reply = yield deferToBlocking(
+            rawRequest, port, b"GET /index.html HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\nhello")
+        self.assertEqual(statusOf(reply), 200)
+
+
 def deferToBlocking(f, *args):
     """
     Run a short blocking loopback exchange in a thread (the reactor must

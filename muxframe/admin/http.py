@@ -282,9 +282,7 @@ class AdminRoot(JSONTree):
         return JSONTree.render(self, request)
 
 
-_TOO_LARGE = (b"HTTP/1.1 413 Payload Too Large\r\n"
-              b"content-type: application/json\r\n"
-              b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_REASONS = {400: b"Bad Request", 413: b"Payload Too Large"}
 
 
 class BoundedRequest(Request):
@@ -304,11 +302,28 @@ class BoundedRequest(Request):
         self.content = BytesIO()
         if length is not None and length > self.maxBody:
             self.bodyTooLarge = True
-            body = encodeJSON(errorBody(413, "the request body (%d bytes) is "
-                                        "over %d bytes" % (length, self.maxBody)))
-            transport = self.channel.transport
-            transport.write(_TOO_LARGE % (len(body), body))
-            transport.loseConnection()
+            self.refuseAtOnce(413, "the request body (%d bytes) is over %d "
+                              "bytes" % (length, self.maxBody))
+
+    def immediateResponse(self, code, message):
+        """
+        The content type and body of an answer sent by L{refuseAtOnce}:
+        the JSON error document.
+        """
+        return b"application/json", encodeJSON(errorBody(code, message))
+
+    def refuseAtOnce(self, code, message):
+        """
+        Answer C{code} with C{message} on the connection itself, before the
+        body is read, and close it.
+        """
+        kind, body = self.immediateResponse(code, message)
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n"
+                        b"connection: close\r\ncontent-length: %d\r\n\r\n"
+                        % (code, _REASONS.get(code, b"Error"), kind,
+                           len(body)) + body)
+        transport.loseConnection()
 
     def handleContentChunk(self, data):
         """

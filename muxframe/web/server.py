@@ -10,7 +10,20 @@ One port, one C{twisted.web} site:
    factory's protocol runs over a L{WebSocketStreamTransport}.
  - Anything else: the C{root} resource given (for instance
    C{twisted.web.static.File(directory)}), else 404.
+
+Rules:
+
+ - A request body is read up to L{MAX_BODY} bytes (L{WebRequest}): a
+   declared C{Content-Length} over it is answered 413 at once and the
+   connection closed; a chunked body that grows past it is discarded as it
+   comes and answered 413.  Memory per request is bounded by L{MAX_BODY}.
+ - An upgrade request (C{Upgrade: websocket}) has no body (RFC 6455 4.1:
+   a GET): one with a C{Content-Length} other than 0 or any
+   C{Transfer-Encoding} is answered 400 and closed before its body is read
+   and before autobahn sees it.
 """
+
+from io import BytesIO
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
@@ -24,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from muxframe.admin.http import BoundedRequest
 from muxframe.web.limits import protocolOptions, resolveLimits
 from muxframe.web.origins import OriginPolicy
 from muxframe.web.transport import ReactorTimer, StreamWebSocketMixin
@@ -117,6 +131,85 @@ class StreamWebSocketServerFactory(WebSocketServerFactory):
         WebSocketServerFactory.stopFactory(self)
 
 
+#: The largest request body the site reads, in bytes: its pages and the
+#: upgrade take none.
+MAX_BODY = 4 * 1024
+
+
+def _isUpgrade(headers):
+    """
+    Whether request headers C{headers} ask for a WebSocket upgrade.
+    """
+    values = headers.getRawHeaders(b"upgrade") or ()
+    return any(value.strip().lower() == b"websocket" for value in values)
+
+
+def _hasBody(request):
+    """
+    Whether C{request}'s headers announce a body (a C{Content-Length} other
+    than 0, or any C{Transfer-Encoding}).
+    """
+    headers = request.requestHeaders
+    if headers.hasHeader(b"transfer-encoding"):
+        return True
+    lengths = headers.getRawHeaders(b"content-length") or ()
+    return any(length.strip() != b"0" for length in lengths)
+
+
+class WebRequest(BoundedRequest):
+    """
+    A request of a L{WebSocketSite}: its body is read up to L{MAX_BODY}
+    bytes, and an upgrade request with a body is refused (module rules).
+
+    @ivar refused: whether it was answered at once (the connection is
+        closing; nothing more is done with it).
+    """
+
+    maxBody = MAX_BODY
+    refused = False
+
+    def gotLength(self, length):
+        """
+        Refuse an upgrade request with a body, or a body over the limit,
+        before reading it.
+        """
+        if _isUpgrade(self.requestHeaders) and (
+                length != 0 or _hasBody(self)):
+            self._bodyBytes = 0
+            self.content = BytesIO()
+            self.refuseAtOnce(400, "a WebSocket upgrade request has no body")
+            return
+        BoundedRequest.gotLength(self, length)
+
+    def immediateResponse(self, code, message):
+        """
+        A plain text answer.
+        """
+        return b"text/plain; charset=utf-8", message.encode("utf-8") + b"\n"
+
+    def refuseAtOnce(self, code, message):
+        """
+        Answer C{code} and close, once.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        BoundedRequest.refuseAtOnce(self, code, message)
+
+    def process(self):
+        """
+        A body that grew past the limit is answered 413; one answered
+        already is left alone.
+        """
+        if self.refused:
+            return
+        if self.bodyTooLarge:
+            self.refuseAtOnce(413, "the request body is over %d bytes"
+                              % (self.maxBody,))
+            return
+        BoundedRequest.process(self)
+
+
 class StreamWebSocketResource(WebSocketResource):
     """
     The upgrade resource: takes the connection over from C{twisted.web}.
@@ -127,6 +220,13 @@ class StreamWebSocketResource(WebSocketResource):
         Release the HTTP channel's producer registration on the transport
         (the inner protocol registers its own), then hand over.
         """
+        if _hasBody(request):
+            # L{WebRequest} refuses these before their body; a site with
+            # another request factory still never hands one to autobahn.
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"connection", b"close")
+            return b"a WebSocket upgrade request has no body\n"
         transport = request.channel.transport
         if transport is not None:
             transport.unregisterProducer()
@@ -138,7 +238,8 @@ class WebSocketSite(Site):
     """
     The site of a web endpoint: the WebSocket resource at C{path}, C{root}
     for every other request.  Requests are not access-logged (C{logPath}
-    None) unless C{accessLog} is true.
+    None) unless C{accessLog} is true.  Its requests are L{WebRequest}s
+    (bounded bodies).
 
     It offers no ALPN protocols (a WebSocket is HTTP/1.1 only): older
     Twisted releases (24.11, our floor, among them) set a TLS context's
@@ -152,6 +253,7 @@ class WebSocketSite(Site):
             root = Resource()
         kwargs = {} if reactor is None else {"reactor": reactor}
         Site.__init__(self, root, **kwargs)
+        self.requestFactory = WebRequest
         self.webSocketFactory = webSocketFactory
         self.webSocketResource = StreamWebSocketResource(webSocketFactory)
         self.path = path if isinstance(path, bytes) else path.encode("ascii")
