@@ -505,6 +505,160 @@ class RequestBodyTests(TestCase):
         self.assertEqual(statusOf(reply), 200)
 
 
+def trickle(port, head, interval=0.1, limit=5.0):
+    """
+    Send C{head}, then one more byte of a header line every C{interval}
+    seconds (a slowloris) until the server closes or C{limit} seconds
+    pass; return the seconds until it closed, or None.
+    """
+    import time
+    s = socket.create_connection(("127.0.0.1", port.getHost().port),
+                                 timeout=interval)
+    start = time.monotonic()
+    try:
+        s.sendall(head)
+        while time.monotonic() - start < limit:
+            try:
+                if s.recv(4096) == b"":
+                    return time.monotonic() - start
+            except socket.timeout:
+                pass
+            except OSError:
+                return time.monotonic() - start
+            try:
+                s.sendall(b"a")
+            except OSError:
+                return time.monotonic() - start
+        return None
+    finally:
+        s.close()
+
+
+def readAll(sock, timeout=5.0):
+    """
+    Everything C{sock} receives until the peer closes.
+    """
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+class UpgradePhaseTests(TestCase):
+    """
+    Before the upgrade: a request's deadline, not restarted by data, and
+    the wrapped XTMP server's admission checked at accept.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_partialUpgradeClosedAtDeadline(self):
+        """
+        An upgrade request trickling in a byte at a time is dropped at
+        C{openHandshakeTimeout}, counted by the site.
+        """
+        port = yield localServer(path="/ws", openHandshakeTimeout=0.5) \
+            .listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+        elapsed = yield deferToBlocking(
+            trickle, port, b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        self.assertIsNotNone(elapsed, "the connection was never closed")
+        self.assertLess(elapsed, 3.0)
+        self.assertEqual(port.factory.requestsTimedOut, 1)
+
+    @inlineCallbacks
+    def test_keptAliveConnectionGetsANewDeadline(self):
+        """
+        After a response, the next request on the connection has its own
+        deadline: a kept-alive connection trickling its second request is
+        dropped too.
+        """
+        directory = tempfile.mkdtemp()
+        with open(os.path.join(directory, "index.html"), "wb") as f:
+            f.write(b"page")
+        port = yield localServer(path="/ws", static=directory,
+                                 openHandshakeTimeout=0.5) \
+            .listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+        elapsed = yield deferToBlocking(
+            trickle, port, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /index.html HTTP/1.1\r\nX-Slow: ")
+        self.assertIsNotNone(elapsed, "the connection was never closed")
+        self.assertLess(elapsed, 3.0)
+
+    @inlineCallbacks
+    def listenXTMP(self, **values):
+        from muxframe.server.factory import XTMPServer
+        from tests.test_server_support import KEYS, SERVER_IDENTITY, config
+        server = XTMPServer(SERVER_IDENTITY, config(**values), reactor,
+                            keys=KEYS)
+        port = yield localServer(path="/xtmp").listen(server)
+        self.addCleanup(port.stopListening)
+        return server, port
+
+    @inlineCallbacks
+    def test_preUpgradeConnectionsCountPerAddress(self):
+        """
+        Connections not yet upgraded count against
+        C{max_connections_per_client}: one more is answered 503 at accept;
+        once one closes, an upgrade goes through and its session is
+        admitted (its rate token taken once: a burst of one suffices).
+        """
+        from muxframe.xtmp import XTMPClientFactory, connectXTMP
+        from tests.test_server_support import ALICE, SERVER_IDENTITY
+        server, port = yield self.listenXTMP(
+            server__max_connections_per_client=3, server__handshake_burst=1,
+            server__handshake_rate=0.001)
+        idle = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port.getHost().port))
+            self.addCleanup(s.close)
+            idle.append(s)
+        yield waitUntil(lambda: server.connections.of("127.0.0.1") == 3,
+                        "three connections counted")
+        extra = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(extra.close)
+        reply = yield deferToBlocking(readAll, extra)
+        self.assertEqual(statusOf(reply), 503)
+        self.assertIn(b"max_connections_per_client", reply)
+        self.assertEqual(port.factory.refusedConnections, 1)
+        self.assertEqual(server.refusals.get("refused_connections"), 1)
+        idle.pop().close()
+        yield waitUntil(lambda: server.connections.of("127.0.0.1") == 2,
+                        "the closed connection released")
+        client = yield connectXTMP(
+            localClient(port, path="/xtmp"), XTMPClientFactory(
+                serverKey=SERVER_IDENTITY.public, identity=ALICE,
+                resume=False))
+        self.assertEqual(server.connections.of("127.0.0.1"), 3)
+        self.assertEqual(server.refusals.get("refused_rate"), None)
+        closed = client.whenClosed()
+        client.disconnect()
+        yield closed
+        yield waitUntil(lambda: server.connections.of("127.0.0.1") == 2,
+                        "the session released")
+
+    @inlineCallbacks
+    def test_drainingRefusedAtAccept(self):
+        """
+        A draining server refuses a new WebSocket connection at accept.
+        """
+        server, port = yield self.listenXTMP()
+        server.draining = True
+        s = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(s.close)
+        reply = yield deferToBlocking(readAll, s)
+        self.assertEqual(statusOf(reply), 503)
+        self.assertEqual(server.connections.total, 0)
+
+
 def deferToBlocking(f, *args):
     """
     Run a short blocking loopback exchange in a thread (the reactor must

@@ -29,6 +29,12 @@ before any transport is built (L{muxframe.earlyrefusal}): under a
 connection flood each costs the server a few system calls, not a
 transport's life.
 
+A WebSocket connection (C{ws:}/C{wss:}) is checked twice: with 1-3 when
+its TCP connection is accepted (L{reserveConnection}: it counts as a
+connection of its address from then on, HTTP upgrade included; a refusal
+is an HTTP 503), and with 1-4 when its upgrade completes and its session
+is built (the rate token is taken there only).
+
 During the handshake, a locked-out client key is refused with LOCKED_OUT;
 an authentication failure (key not authorized, bad signature, token
 refused) counts against the address and the key, and enough of them lock
@@ -269,6 +275,25 @@ class XTMPServer(XTMPServerFactory):
         self._refusal(describePeer(address), source, code, reason, event)
         return RefusedConnection(code, reason)
 
+    def _admission(self, address, source, now):
+        """
+        Checks 1-3 of the module docstring: C{(code, reason, event)} of a
+        refusal, else L{None}.
+        """
+        if self.draining:
+            return (XTMPErrorCode.GOING_AWAY, "the server is shutting down",
+                    "refused_draining")
+        locked = self.addressLockout.lockedFor(source, now)
+        if locked:
+            return (XTMPErrorCode.LOCKED_OUT, "too many failed "
+                    "authentications from this address; retry in %ds"
+                    % (locked + 1,), "refused_locked_out")
+        why = self.connections.refusal(source)
+        if why is not None:
+            return (XTMPErrorCode.TOO_MANY_CONNECTIONS, why,
+                    "refused_connections")
+        return None
+
     def buildProtocol(self, address):
         """
         Admit a connection (checks 1-4 of the module docstring) and build
@@ -276,20 +301,9 @@ class XTMPServer(XTMPServerFactory):
         """
         source = sourceOf(address)
         now = self.reactor.seconds()
-        if self.draining:
-            return self._refuse(address, source, XTMPErrorCode.GOING_AWAY,
-                                "the server is shutting down", "refused_draining")
-        locked = self.addressLockout.lockedFor(source, now)
-        if locked:
-            return self._refuse(address, source, XTMPErrorCode.LOCKED_OUT,
-                                "too many failed authentications from this "
-                                "address; retry in %ds" % (locked + 1,),
-                                "refused_locked_out")
-        why = self.connections.refusal(source)
-        if why is not None:
-            return self._refuse(address, source,
-                                XTMPErrorCode.TOO_MANY_CONNECTIONS, why,
-                                "refused_connections")
+        refusal = self._admission(address, source, now)
+        if refusal is not None:
+            return self._refuse(address, source, *refusal)
         if not self.handshakeRate.take(source, now):
             return self._refuse(address, source, XTMPErrorCode.RATE_LIMITED,
                                 _RATE_REASON, "refused_rate")
@@ -303,6 +317,32 @@ class XTMPServer(XTMPServerFactory):
             self._handshakeDone, self._handshakeFailed,
             errbackArgs=(protocol,))
         return protocol
+
+    def reserveConnection(self, address):
+        """
+        Admit a connection that carries a session only later (a WebSocket
+        before its upgrade: L{muxframe.web.server.WebSocketSite}) with
+        checks 1-3 of the module docstring, and count it as a connection
+        of its address until L{releaseConnection}.  Its session's own
+        L{buildProtocol} then checks again and takes the rate token.
+
+        @return: L{None} if admitted, else the refusal's reason (counted
+            and logged as a refusal, like one at L{buildProtocol}).
+        """
+        source = sourceOf(address)
+        refusal = self._admission(address, source, self.reactor.seconds())
+        if refusal is not None:
+            code, reason, event = refusal
+            self._refusal(describePeer(address), source, code, reason, event)
+            return reason
+        self.connections.add(source)
+        return None
+
+    def releaseConnection(self, address):
+        """
+        Stop counting a connection L{reserveConnection} admitted.
+        """
+        self.connections.remove(sourceOf(address))
 
     def admitHandshake(self, protocol, hello):
         """

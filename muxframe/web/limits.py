@@ -17,7 +17,8 @@ LIMITS = {
         "messages of at most this size"),
     "openHandshakeTimeout": (
         10.0, float, 0.001, 3600.0,
-        "seconds for the HTTP upgrade to complete"),
+        "seconds from accept for the HTTP upgrade request to arrive whole "
+        "(not restarted by data)"),
     "closeHandshakeTimeout": (
         5.0, float, 0.001, 3600.0,
         "seconds to wait for the peer's Close before dropping the "

@@ -21,6 +21,17 @@ Rules:
    a GET): one with a C{Content-Length} other than 0 or any
    C{Transfer-Encoding} is answered 400 and closed before its body is read
    and before autobahn sees it.
+ - A request must arrive whole within C{openHandshakeTimeout} seconds of
+   the connection's accept (or of the previous response's end, on a
+   kept-alive connection), however its bytes trickle in; then the
+   connection is dropped (L{WebChannel}).  The upgrade request is
+   handed to autobahn once it arrived whole, so this is the deadline from
+   accept to upgrade.
+ - Admission at accept: a wrapped factory with C{reserveConnection} and
+   C{releaseConnection} (the XTMP server's) is asked when the TCP
+   connection is accepted, and counts it until the upgrade hands it over
+   (its session is admitted again then) or it closes; a refused one is
+   answered HTTP 503 and closed, before any request is read.
 """
 
 from io import BytesIO
@@ -34,6 +45,8 @@ from zope.interface import implementer_only
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -92,6 +105,25 @@ class StreamWebSocketServerFactory(WebSocketServerFactory):
                                 **protocolOptions(self.limits))
         self.refusedOrigins = 0
         self.connections = set()
+
+    def reserveConnection(self, address):
+        """
+        Admit a connection from C{address} at accept, before its upgrade
+        (module rules): the wrapped factory's C{reserveConnection} if it has
+        one.
+
+        @return: L{None} if admitted, else the reason of the refusal.
+        """
+        reserve = getattr(self.wrappedFactory, "reserveConnection", None)
+        return reserve(address) if reserve is not None else None
+
+    def releaseConnection(self, address):
+        """
+        A connection L{reserveConnection} admitted was upgraded or closed.
+        """
+        release = getattr(self.wrappedFactory, "releaseConnection", None)
+        if release is not None:
+            release(address)
 
     def buildStreamProtocol(self, address):
         """
@@ -227,10 +259,111 @@ class StreamWebSocketResource(WebSocketResource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             request.setHeader(b"connection", b"close")
             return b"a WebSocket upgrade request has no body\n"
+        handedOver = getattr(request.channel, "handedOver", None)
+        if handedOver is not None:
+            handedOver()
         transport = request.channel.transport
         if transport is not None:
             transport.unregisterProducer()
         return WebSocketResource.render(self, request)
+
+
+class WebChannel(HTTPChannel):
+    """
+    The HTTP channel of a L{WebSocketSite}'s connection: a request must
+    arrive whole within the site's C{requestTimeout} (module rules), and
+    the connection's admission is released when it is handed over or
+    closes.
+
+    @ivar reserved: the address admitted with the site's
+        C{reserveConnection}, until released.
+    """
+
+    reserved = None
+    _deadline = None
+
+    def connectionMade(self):
+        """
+        Start the deadline for the first request.
+        """
+        HTTPChannel.connectionMade(self)
+        self._startDeadline()
+
+    def _startDeadline(self):
+        self._stopDeadline()
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._deadline = self.callLater(self.site.requestTimeout,
+                                        self._deadlinePassed)
+
+    def _stopDeadline(self):
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _deadlinePassed(self):
+        self._deadline = None
+        self.site.requestsTimedOut += 1
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allContentReceived(self):
+        """
+        A request arrived whole: no deadline while it is answered.
+        """
+        self._stopDeadline()
+        HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request):
+        """
+        A response ended: the next request has its own deadline.
+        """
+        HTTPChannel.requestDone(self, request)
+        if self.persistent:
+            self._startDeadline()
+
+    def handedOver(self):
+        """
+        The upgrade takes the connection over from C{twisted.web}.
+        """
+        self._stopDeadline()
+        self._release()
+
+    def _release(self):
+        address, self.reserved = self.reserved, None
+        if address is not None:
+            self.site.webSocketFactory.releaseConnection(address)
+
+    def connectionLost(self, reason):
+        """
+        Stop the deadline and release the admission.
+        """
+        self._stopDeadline()
+        self._release()
+        HTTPChannel.connectionLost(self, reason)
+
+
+class RefusedHTTPConnection(Protocol):
+    """
+    Answers a connection refused at accept with HTTP 503 and closes (sent
+    at accept time, without a transport, on a listener made ready by
+    L{muxframe.earlyrefusal.refuseEarly}).
+    """
+
+    def __init__(self, reason):
+        body = reason.encode("utf-8", "replace") + b"\n"
+        self.data = self.earlyRefusal = (
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body))
+
+    def connectionMade(self):
+        """
+        Send the answer and close.
+        """
+        self.transport.write(self.data)
+        self.transport.loseConnection()
 
 
 @implementer_only(IProtocolFactory, ILoggingContext)
@@ -239,7 +372,13 @@ class WebSocketSite(Site):
     The site of a web endpoint: the WebSocket resource at C{path}, C{root}
     for every other request.  Requests are not access-logged (C{logPath}
     None) unless C{accessLog} is true.  Its requests are L{WebRequest}s
-    (bounded bodies).
+    (bounded bodies), its channels L{WebChannel}s (a request's deadline,
+    admission at accept).
+
+    @ivar requestTimeout: seconds for a request to arrive whole (the
+        WebSocket factory's C{openHandshakeTimeout}).
+    @ivar requestsTimedOut: connections dropped at that deadline.
+    @ivar refusedConnections: connections refused at accept.
 
     It offers no ALPN protocols (a WebSocket is HTTP/1.1 only): older
     Twisted releases (24.11, our floor, among them) set a TLS context's
@@ -254,10 +393,28 @@ class WebSocketSite(Site):
         kwargs = {} if reactor is None else {"reactor": reactor}
         Site.__init__(self, root, **kwargs)
         self.requestFactory = WebRequest
+        self.requestTimeout = webSocketFactory.limits["openHandshakeTimeout"]
+        self.requestsTimedOut = 0
+        self.refusedConnections = 0
         self.webSocketFactory = webSocketFactory
         self.webSocketResource = StreamWebSocketResource(webSocketFactory)
         self.path = path if isinstance(path, bytes) else path.encode("ascii")
         self.accessLog = accessLog
+
+    protocol = WebChannel
+
+    def buildProtocol(self, address):
+        """
+        Admit the connection (module rules), then a L{WebChannel}; a
+        refused one gets a L{RefusedHTTPConnection}.
+        """
+        why = self.webSocketFactory.reserveConnection(address)
+        if why is not None:
+            self.refusedConnections += 1
+            return RefusedHTTPConnection(why)
+        channel = Site.buildProtocol(self, address)
+        channel.reserved = address
+        return channel
 
     def getResourceFor(self, request):
         """
