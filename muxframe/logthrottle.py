@@ -8,6 +8,11 @@ How much muxframe writes to the log, so that logs never amplify an attack.
   - L{throttled} logs one line through a L{Logger} if its throttle allows
     it, saying when further lines of its kind are suppressed and how many
     were.
+  - L{ThrottlingObserver} does the same for every event another library
+    emits through a logger muxframe gives it (autobahn's, in
+    L{muxframe.web}): the kind of an event is its namespace and level (its
+    format may embed the peer's data, so it cannot be the kind); events
+    below C{info} pass untouched (their logger's level decides).
   - L{observer}: muxframe's loggers publish through it.  It drops events of
     the C{muxframe} namespace below a minimum level: everything passes by
     default (a library leaves filtering to the application's observers);
@@ -15,6 +20,8 @@ How much muxframe writes to the log, so that logs never amplify an attack.
     C{--logLevel=debug}), so per-stream events, which are C{debug}, are not
     written by default.
 """
+
+import time
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -82,15 +89,56 @@ def throttled(log, throttle, now, level, kind, format, /, **fields):
     allowed, suppressed = throttle.allow(kind, now)
     if not allowed:
         return False
-    if suppressed:
-        format += (" ({log_suppressed} similar lines were suppressed in "
-                   "the last {log_interval:g} s)")
-    if throttle.exhausted(kind):
-        format += (" (further lines like this are suppressed for up to "
-                   "{log_interval:g} s)")
-    log.emit(level, format, log_suppressed=suppressed,
-             log_interval=throttle.interval, **fields)
+    log.emit(level, format + _notes(throttle, kind, suppressed),
+             log_suppressed=suppressed, log_interval=throttle.interval,
+             **fields)
     return True
+
+
+def _notes(throttle, kind, suppressed):
+    """
+    What a line C{throttle} allowed adds to its format: how many lines of
+    C{kind} were suppressed, and whether the next ones will be.
+    """
+    notes = ""
+    if suppressed:
+        notes += (" ({log_suppressed} similar lines were suppressed in "
+                  "the last {log_interval:g} s)")
+    if throttle.exhausted(kind):
+        notes += (" (further lines like this are suppressed for up to "
+                  "{log_interval:g} s)")
+    return notes
+
+
+class ThrottlingObserver:
+    """
+    A log observer passing events on to C{observer} while C{throttle}
+    allows their kind (module docstring); C{now} gives the time.
+    """
+
+    def __init__(self, observer, throttle, now=time.monotonic):
+        self._observer = observer
+        self.throttle = throttle
+        self._now = now
+
+    def __call__(self, event):
+        """
+        Pass C{event} on, or drop it.
+        """
+        level = event.get("log_level")
+        if _PRIORITY.get(level, 99) < _PRIORITY[LogLevel.info]:
+            self._observer(event)
+            return
+        kind = (event.get("log_namespace"), level)
+        allowed, suppressed = self.throttle.allow(kind, self._now())
+        if not allowed:
+            return
+        notes = _notes(self.throttle, kind, suppressed)
+        if notes:
+            event = dict(event, log_suppressed=suppressed,
+                         log_interval=self.throttle.interval,
+                         log_format=(event.get("log_format") or "") + notes)
+        self._observer(event)
 
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
@@ -141,6 +189,7 @@ def logger(namespace=None):
 
 __all__ = [
     "LogThrottle",
+    "ThrottlingObserver",
     "logger",
     "minimumLevel",
     "observer",

@@ -85,3 +85,40 @@ class MinimumLevelTests(SynchronousTestCase):
         log.info("kept")
         texts = [formatEvent(e) for e in seen if e.get("log_namespace") == "muxframe.test"]
         self.assertEqual(texts, ["one per stream", "kept"])
+
+
+class ThrottlingObserverTests(SynchronousTestCase):
+    """
+    L{ThrottlingObserver}: another library's events, throttled by
+    namespace and level.
+    """
+
+    def test_throttlesByNamespaceAndLevel(self):
+        """
+        At most C{perInterval} events of one namespace and level (any
+        format) pass each interval, the last saying more are suppressed
+        and the first of the next window how many were; debug events pass.
+        """
+        from twisted.logger import LogLevel, formatEvent
+        from muxframe.logthrottle import ThrottlingObserver
+        passed, clock = [], [0.0]
+        observer = ThrottlingObserver(passed.append, LogThrottle(2, 60),
+                                      lambda: clock[0])
+
+        def event(level, text, namespace="lib"):
+            observer({"log_level": level, "log_format": text,
+                      "log_namespace": namespace})
+
+        for i in range(5):
+            event(LogLevel.warn, "peer %d failed" % (i,))
+            event(LogLevel.debug, "read %d" % (i,))
+        event(LogLevel.warn, "other", namespace="other")
+        texts = [formatEvent(e) for e in passed]
+        self.assertEqual(texts[:2], ["peer 0 failed", "read 0"])
+        self.assertIn("further lines like this are suppressed", texts[2])
+        self.assertEqual(len([t for t in texts if t.startswith("peer")]), 2)
+        self.assertEqual(len([t for t in texts if t.startswith("read")]), 5)
+        self.assertEqual(texts[-1], "other")
+        clock[0] = 61.0
+        event(LogLevel.warn, "again")
+        self.assertIn("3 similar lines were suppressed", formatEvent(passed[-1]))

@@ -659,6 +659,75 @@ class UpgradePhaseTests(TestCase):
         self.assertEqual(server.connections.total, 0)
 
 
+class LogVolumeTests(TestCase):
+    """
+    What a peer can make the WebSocket layer log is bounded: autobahn's
+    per-read and per-ping debug lines are not emitted at the default level,
+    and refusals are throttled.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        from twisted.logger import globalLogPublisher
+        from muxframe.logthrottle import LogThrottle
+        from muxframe.web import transport
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        # Fresh throttles: other tests' lines must not count here.
+        import muxframe.web.server
+        fresh = LogThrottle(10, 60.0)
+        for module in (transport, muxframe.web.server):
+            if hasattr(module, "refusalThrottle"):
+                self.patch(module, "refusalThrottle", fresh)
+        autobahnLog = getattr(transport, "autobahnLog", None)
+        if autobahnLog is not None:
+            self.patch(autobahnLog._logger.observer, "throttle",
+                       LogThrottle(10, 60.0))
+
+    @inlineCallbacks
+    def test_pingFloodWritesNothing(self):
+        """
+        Two thousand pings and two hundred messages log nothing.
+        """
+        port = yield localServer(path="/e").listen(Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        sink = yield localClient(port, path="/e").connect(
+            Factory.forProtocol(Sink))
+        del self.events[:]
+        for i in range(2000):
+            sink.transport._webSocket.sendPing(b"%d" % (i,))
+        for i in range(200):
+            sink.transport.write(b"x" * 100)
+            yield waitUntil(lambda: sink.received == 100 * (i + 1), "echo")
+        self.assertEqual([e.get("log_format") for e in self.events], [])
+        sink.transport.loseConnection()
+        yield sink.lost
+
+    @inlineCallbacks
+    def test_refusedOriginsThrottled(self):
+        """
+        A hundred refused origins write a bounded number of lines, the
+        last allowed one saying that more are suppressed.
+        """
+        port = yield localServer(path="/e").listen(Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        del self.events[:]
+        for _ in range(100):
+            reply = yield deferToBlocking(rawRequest, port, upgradeRequest(
+                port, "/e", b"Origin: https://evil.example\r\n"))
+            self.assertEqual(statusOf(reply), 403)
+        yield waitUntil(
+            lambda: port.factory.webSocketFactory.refusedOrigins == 100,
+            "every refusal")
+        formats = [e.get("log_format") or "" for e in self.events]
+        self.assertLessEqual(len(formats), 40, formats)
+        refused = [f for f in formats if "refused" in f]
+        self.assertEqual(len(refused), 10)
+        self.assertIn("further lines like this are suppressed", refused[-1])
+
+
 def deferToBlocking(f, *args):
     """
     Run a short blocking loopback exchange in a thread (the reactor must

@@ -44,7 +44,7 @@ from autobahn.websocket.types import ConnectionDeny
 from zope.interface import implementer_only
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -53,7 +53,10 @@ from twisted.web.server import Site
 from muxframe.admin.http import BoundedRequest
 from muxframe.web.limits import protocolOptions, resolveLimits
 from muxframe.web.origins import OriginPolicy
-from muxframe.web.transport import ReactorTimer, StreamWebSocketMixin
+from muxframe.logthrottle import throttled
+from muxframe.web.transport import (
+    ReactorTimer, StreamWebSocketMixin, refusalThrottle,
+)
 
 
 class StreamWebSocketServerProtocol(StreamWebSocketMixin,
@@ -71,8 +74,10 @@ class StreamWebSocketServerProtocol(StreamWebSocketMixin,
             self.factory.secure)
         if not allowed:
             self.factory.refusedOrigins += 1
-            self.log.info("websocket from {peer} refused: {why}",
-                          peer=request.peer, why=why)
+            throttled(self.streamLog, refusalThrottle,
+                      self.factory.reactor.seconds(), LogLevel.info,
+                      "origin", "websocket from {peer} refused: {why}",
+                      peer=request.peer, why=why)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, why)
         self._handshake = request
         return None
@@ -89,7 +94,6 @@ class StreamWebSocketServerFactory(WebSocketServerFactory):
     """
 
     protocol = StreamWebSocketServerProtocol
-    log = Logger()
 
     def __init__(self, wrappedFactory, originPolicy=None, secure=False,
                  reactor=None, **limits):

@@ -27,17 +27,37 @@ Rules:
  - No half-close: a WebSocket Close ends both directions.
  - Per-message compression is never negotiated (the byte stream's own
    protocol compresses if it wants to, with its own bounds).
+ - Logs never amplify a peer: autobahn's logger on these protocols
+   (L{autobahnLog}) is a txaio logger at txaio's level (C{info} unless
+   the application lowers it: autobahn's per-read, per-write and per-ping
+   debug lines are not even built), published under C{muxframe.web}
+   (muxframe's minimum level applies) through a L{ThrottlingObserver}: at
+   most 10 lines per level each 60 s, the rest counted.  Our own lines a
+   peer can cause (a refused origin, a refused text message) go through
+   L{refusalThrottle}, 10 per kind each 60 s.
 """
+
+import txaio
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer, IPushProducer, ITransport,
 )
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from muxframe.errors import MuxframeError
+from muxframe.logthrottle import (
+    LogThrottle, ThrottlingObserver, logger, observer, throttled,
+)
+
+#: Lines about refusals a peer causes at will (module rules).
+refusalThrottle = LogThrottle(perInterval=10, interval=60.0)
+
+#: autobahn's logger on our WebSocket protocols (module rules).
+autobahnLog = txaio.make_logger(observer=ThrottlingObserver(
+    observer, LogThrottle(perInterval=10, interval=60.0)))
 
 #: Close codes that end the stream cleanly (None and 1005: a Close
 #: without a code).
@@ -84,7 +104,6 @@ class WebSocketStreamTransport:
         headers, origin), the C{ConnectionResponse} on a client.
     """
 
-    log = Logger()
     disconnecting = False
 
     def __init__(self, webSocket, protocol, writeSize, request=None,
@@ -309,9 +328,13 @@ class StreamWebSocketMixin:
     WebSocket opens, on a L{WebSocketStreamTransport}.
 
     @ivar stream: the L{WebSocketStreamTransport} once open.
+    @ivar streamLog: the logger of our own lines (muxframe's).
     """
 
-    log = Logger()
+    #: autobahn's own lines: level-filtered by txaio and throttled (module
+    #: rules), instead of autobahn's default logger.
+    log = autobahnLog
+    streamLog = logger("muxframe.web")
     stream = None
     streamProtocol = None
     _handshake = None
@@ -343,8 +366,10 @@ class StreamWebSocketMixin:
         A complete message: binary ones are stream data.
         """
         if not isBinary:
-            self.log.info("websocket {peer}: text message refused",
-                          peer=self.peer)
+            throttled(self.streamLog, refusalThrottle,
+                      self.factory.reactor.seconds(), LogLevel.info,
+                      "text message", "websocket {peer}: text message "
+                      "refused", peer=self.peer)
             self._fail_connection(CLOSE_UNSUPPORTED_DATA,
                                   "text messages are not supported")
             return
