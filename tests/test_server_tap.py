@@ -174,6 +174,14 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, parse, *argv)
             if key:
                 self.assertIn(key, str(e))
+        for path in ("/\u00e9", "/x?y", "/a b"):
+            # A path twisted.web can never match (or, not ASCII, could not
+            # even listen with: a traceback at startup) is a usage error.
+            e = self.assertRaises(usage.UsageError, parse, "--config",
+                                  self.path, "--endpoint",
+                                  "ws:tcp:0:path=" + path)
+            self.assertIn("path must be printable ASCII", str(e))
+            self.assertIn(repr(path), str(e))
         with open(os.path.join(self.directory, "server.pass"), "wb") as f:
             f.write(b"wrong")
         e = self.assertRaises(usage.UsageError, parse, "--config", self.path)

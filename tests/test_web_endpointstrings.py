@@ -94,6 +94,11 @@ class ServerStringTests(SynchronousTestCase):
         for description, text in [
                 ("", "needs an inner endpoint"),
                 ("tcp:8092:path=xtmp", "path must start with '/'"),
+                ("tcp:8092:path=/\u00e9", "path must be printable ASCII"),
+                ("tcp:8092:path=/x?y", "without '?', '#' or whitespace"),
+                ("tcp:8092:path=/x#y", "'/x#y'"),
+                ("tcp:8092:path=/a b", "'/a b'"),
+                ("tcp:8092:path=/a\tb", "whitespace"),
                 ("tcp:8092:maxMessageSize=big", "maxMessageSize must be a number"),
                 ("tcp:8092:maxMessageSize=10", "between"),
                 ("tcp:8092:origins=example.com", "bad origin"),
@@ -133,7 +138,8 @@ class ClientStringTests(SynchronousTestCase):
                 ("unix:/tmp/sock", "must be tcp:, tls: or ssl:"),
                 ("tcp:example.com", "must name a host and port"),
                 ("tcp:example.com:http", "bad port"),
-                ("tcp:h:1:writeSize=1", "writeSize must be between")]:
+                ("tcp:h:1:writeSize=1", "writeSize must be between"),
+                ("tcp:h:1:path=/\u00e9", "path must be printable ASCII")]:
             error = self.assertRaises(ValueError, client, "ws", description)
             self.assertIn(text, str(error), description)
 

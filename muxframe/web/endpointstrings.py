@@ -14,7 +14,8 @@ description, passing the rest through::
     mio:ws:tcp:8092:path=/mio                      MIO over WebSocket
 
 Keywords taken out before the rest goes to the inner endpoint's parser:
-C{path} (default C{/}); servers: C{origins} (comma-separated allowed
+C{path} (default C{/}; printable ASCII without C{?}, C{#} or whitespace:
+L{pathFault}); servers: C{origins} (comma-separated allowed
 origins, colons escaped as C{\\:}; C{*} for any), C{sameOrigin} (C{yes} or
 C{no}, default yes), C{static} (a directory served for every non-WebSocket
 request), C{accessLog} (yes/no); clients: C{origin} (an Origin header to
@@ -65,11 +66,26 @@ def _split(prefix, kwargs, names):
                 limits[name] = coerceLimit(name, kwargs.pop(name))
             except ValueError as e:
                 raise ValueError("%s: endpoint: %s" % (prefix, e))
-    path = options.get("path", "/")
-    if not path.startswith("/"):
-        raise ValueError("%s: endpoint: path must start with '/', not %r"
-                         % (prefix, path))
+    fault = pathFault(options.get("path", "/"))
+    if fault is not None:
+        raise ValueError("%s: endpoint: %s" % (prefix, fault))
     return options, limits
+
+
+def pathFault(path):
+    """
+    What is wrong with C{path} as a WebSocket URL path, or L{None}: it must
+    start with C{/} and be printable ASCII without C{?}, C{#} or
+    whitespace (a request's path is compared byte for byte, without its
+    query).
+    """
+    if not path.startswith("/"):
+        return "path must start with '/', not %r" % (path,)
+    bad = [c for c in path if not "!" <= c <= "~" or c in "?#"]
+    if bad:
+        return ("path must be printable ASCII without '?', '#' or "
+                "whitespace, not %r (%r)" % (path, bad[0]))
+    return None
 
 
 def _needInner(prefix, args, example):

@@ -479,9 +479,10 @@ class WebSocketServerEndpoint:
     def __init__(self, inner, path="/", allowedOrigins=(), sameOrigin=True,
                  static=None, secure=False, reactor=None, accessLog=False,
                  **limits):
-        if not path.startswith("/"):
-            raise ValueError("WebSocket path must start with '/', not %r"
-                             % (path,))
+        from muxframe.web.endpointstrings import pathFault
+        fault = pathFault(path)
+        if fault is not None:
+            raise ValueError("WebSocket " + fault)
         self.inner = inner
         self.path = path
         self.originPolicy = OriginPolicy(allowedOrigins, sameOrigin)
