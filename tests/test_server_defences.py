@@ -166,12 +166,15 @@ class PeerTextTests(SynchronousTestCase):
     are throttled lines, and a peer's text in a line is cut short.
     """
 
-    def test_errorFlood(self):
-        from twisted.logger import formatEvent, globalLogPublisher
+    def session(self):
+        """
+        A session, its log events from now on, and C{send(type, code,
+        reason)} sending it an Error or Disconnect from the peer.
+        """
+        from twisted.logger import globalLogPublisher
 
         from muxframe.xtmp import codec
-        from muxframe.xtmp.codec import F, MessageType
-        from muxframe.xtmp.protocol import LOGGED_REASON
+        from muxframe.xtmp.codec import F
         h = Harness(config())
         client, side, _ = h.connect(ALICE)
         events = []
@@ -179,14 +182,23 @@ class PeerTextTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         conn = client.connection
 
-        def error(reason):
+        def send(messageType, code, reason):
             client.transport.write(conn.sendKey.seal(
-                MessageType.Error, F.ENCRYPTED, conn.sessionId,
-                codec.encodeReason(XTMPErrorCode.APPLICATION_ERROR, reason)))
+                messageType, F.ENCRYPTED, conn.sessionId,
+                codec.encodeReason(code, reason)))
 
-        error("B" * 100000)
+        return h, side, events, send
+
+    def test_errorFlood(self):
+        from twisted.logger import formatEvent
+
+        from muxframe.xtmp.codec import MessageType
+        from muxframe.xtmp.protocol import LOGGED_REASON
+        h, side, events, send = self.session()
+        code = XTMPErrorCode.APPLICATION_ERROR
+        send(MessageType.Error, code, "B" * 100000)
         for n in range(500):
-            error("x%d" % (n,))
+            send(MessageType.Error, code, "x%d" % (n,))
         h.flush()
         lines = [formatEvent(e) for e in events
                  if "xtmp peer error" in e.get("log_format", "")]
@@ -197,41 +209,25 @@ class PeerTextTests(SynchronousTestCase):
         self.assertIn("further lines like this are suppressed", lines[-1])
         self.assertTrue(side.isConnected())
         # A Disconnect's reason is cut short in the close line too.
-        client.transport.write(conn.sendKey.seal(
-            MessageType.Disconnect, F.ENCRYPTED, conn.sessionId,
-            codec.encodeReason(XTMPErrorCode.APPLICATION_ERROR, "D" * 100000)))
+        send(MessageType.Disconnect, code, "D" * 100000)
         h.flush()
         closed = [formatEvent(e) for e in events
                   if "closed: {why}" in e.get("log_format", "")]
         closed = [line for line in closed if "DDDD" in line]
         self.assertEqual(len(closed), 1)
-        for line in closed:
-            self.assertIn("more characters)", line)
-            self.assertLess(len(line), LOGGED_REASON + 200)
-
+        self.assertIn("more characters)", closed[0])
+        self.assertLess(len(closed[0]), LOGGED_REASON + 200)
 
     def test_errorFloodMadeUpCodes(self):
         """
         Errors with codes the peer makes up (application codes, each new)
         share one throttled kind: not ten lines per code.
         """
-        from twisted.logger import globalLogPublisher
-
-        from muxframe.xtmp import codec
-        from muxframe.xtmp.codec import F, MessageType
-        h = Harness(config())
-        client, side, _ = h.connect(ALICE)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        conn = client.connection
+        from muxframe.xtmp.codec import MessageType
+        h, side, events, send = self.session()
         for n in range(3000):
-            client.transport.write(conn.sendKey.seal(
-                MessageType.Error, F.ENCRYPTED, conn.sessionId,
-                codec.encodeReason(0x1000 + (n % 300), "x")))
-        client.transport.write(conn.sendKey.seal(
-            MessageType.Error, F.ENCRYPTED, conn.sessionId,
-            codec.encodeReason(XTMPErrorCode.BUSY, "named")))
+            send(MessageType.Error, 0x1000 + (n % 300), "x")
+        send(MessageType.Error, XTMPErrorCode.BUSY, "named")
         h.flush()
         lines = [e for e in events
                  if "xtmp peer error" in e.get("log_format", "")]
