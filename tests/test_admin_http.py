@@ -290,7 +290,9 @@ class MetricsResourceTests(TestCase):
 
     def test_openMetrics(self):
         code, contentType, text = self.render(
-            accept=b"application/openmetrics-text; version=1.0.0")
+            # (1.0.0 for today's prometheus_client, 0.0.1 for 0.4.0's.)
+            accept=b"application/openmetrics-text; version=1.0.0,"
+                   b"application/openmetrics-text; version=0.0.1")
         self.assertTrue(contentType.startswith(b"application/openmetrics-text"))
         self.assertTrue(text.endswith("# EOF\n"))
 

@@ -48,6 +48,9 @@ class MetricsResource(Resource):
                 405, "method not allowed: %s"
                 % (request.method.decode("ascii", "replace"),)),
                 headers=[(b"allow", b"GET, HEAD")])
+        # (prometheus_client 0.4 names openmetrics.exposition without
+        # importing it.)
+        import prometheus_client.openmetrics.exposition  # noqa: F401
         from prometheus_client.exposition import choose_encoder
         encoder, contentType = choose_encoder(
             (request.getHeader(b"accept") or b"").decode("latin-1"))

@@ -478,9 +478,16 @@ def connect(reactor, args, **settings):
     """
     from twisted.internet.endpoints import clientFromString
 
+    from muxframe.endpointcheck import checkClientDescription
     from muxframe.xtmp import connectXTMP
     factory = clientFactory(args, reactor, **settings)
     description = clientEndpointString(args.endpoint)
+    try:
+        # (A TCP port out of range: before connecting, since older
+        # Twisted raises it from a timed call, not through the Deferred.)
+        checkClientDescription(description)
+    except ValueError as e:
+        raise UsageError("--endpoint: %s" % (e,))
     try:
         endpoint = clientFromString(reactor, description)
     except Exception as e:
