@@ -219,6 +219,47 @@ def clientFactory(identity):
                              identity=identity, resume=False)
 
 
+class ReloadTests(SynchronousTestCase):
+    """
+    L{XTMPServerService.reload} (SIGHUP) in process.
+    """
+
+    def test_noKeysLeftWarns(self):
+        """
+        A reload that finds no key in authorized_keys (emptied, or garbage:
+        its other text is ignored) applies it, and warns that every key's
+        sessions go.
+        """
+        import sys
+
+        from twisted.logger import globalLogPublisher
+
+        from muxframe.server.config import ServerConfig
+        from muxframe.server.service import XTMPServerService
+        directory = os.path.abspath(self.mktemp())
+        config = ServerConfig.fromFile(writeSetup(directory, 0))
+        self.patch(sys, "path", [directory] + sys.path)
+        self.addCleanup(sys.modules.pop, "xtmpapp", None)
+        main = XTMPServerService(config, reactor, installSignals=False)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        with open(os.path.join(directory, "authorized_keys"), "w") as f:
+            f.write("garbage\n")
+        outcome = main.reload()
+        self.assertEqual(outcome["keys"][:2], (0, 2))
+        warned = [e for e in events if "has no keys now" in
+                  e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["path"],
+                         os.path.join(directory, "authorized_keys"))
+        # Nothing to warn about when there were none before.
+        events[:] = []
+        main.reload()
+        self.assertFalse([e for e in events if "has no keys now" in
+                          e.get("log_format", "")])
+
+
 class TwistdTests(TestCase):
     """
     The role as a real twistd process.

@@ -323,6 +323,13 @@ class XTMPServerService(service.Service):
             self.server.events.emit("reload_failed", "reload failed: {error}",
                                     error=str(e))
             return None
+        if not keys and self.server.authorizedKeys and \
+                self.config.path("server.authorized_keys"):
+            # Legal (the file may be emptied on purpose), but what a
+            # truncated or mistyped file at 3 a.m. looks like too.
+            log.warn("reload: {path} has no keys now; every key's sessions "
+                     "are disconnected", path=self.config.path(
+                         "server.authorized_keys"))
         outcome = {"keys": self.server.setKeys(keys),
                    "tokens": self.server.setTokens(tokens)}
         self.server.events.emit(
