@@ -136,6 +136,14 @@ class CommandLineTests(TestCase):
                                    os.path.join(server, "authorized_keys"))
         self.assertEqual(code, 1)
         self.assertIn("already authorizes this key as carol", err)
+        for name, fault in (("default", "is reserved"),
+                            ("anonymous", "is reserved"),
+                            ("a:b", "has whitespace or a colon")):
+            code, out, err = yield cli(fresh, "authorize", "carol.pub",
+                                       "--name", name, "-f",
+                                       os.path.join(server, "authorized_keys"))
+            self.assertEqual(code, 1, name)
+            self.assertIn(fault, err)
         process.transport.signalProcess("HUP")
         yield waitFor(lambda: "reloaded credentials: keys +1" in process.text(),
                       what="the reload")

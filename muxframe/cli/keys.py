@@ -99,11 +99,24 @@ def _loadPublic(path):
                        "keygen wrote)" % (path, e))
 
 
+#: Names the server's permissions table gives a meaning of their own.
+_RESERVED_NAMES = {
+    "default": "entry for every identity without one of its own",
+    "anonymous": "name of sessions without a key or token",
+}
+
+
 def authorize(args):
     from muxframe.xtmp import parseAuthorizedKeys
     name = args.name.strip()
     if not name or "\n" in name or "\r" in name:
         raise CLIError("--name: a name is one line of text")
+    if name in _RESERVED_NAMES:
+        raise CLIError("--name: %r is reserved: the permissions table's %s"
+                       % (name, _RESERVED_NAMES[name]))
+    if any(c.isspace() or c == ":" for c in name):
+        raise CLIError("--name: %r has whitespace or a colon: the server's "
+                       "--permission NAME:... could not name it" % (name,))
     key = _loadPublic(args.key)
     path = args.authorized_keys
     existing = b""
