@@ -507,6 +507,12 @@ class ExitCodeTests(TestCase):
                 (("sessions", "--within", "-1") + admin, "argument --within"),
                 (("capture", "--connect", "127.0.0.1:99999"),
                  "--connect: port 99999"),
+                (("capture", "--connect", "127.0.0.1:1", "--max-payload",
+                  "-1"), "argument --max-payload"),
+                (("validate", "-", "--max-payload", "-1"),
+                 "argument --max-payload"),
+                (("validate", "-", "--max-payload", str(2 ** 32)),
+                 "argument --max-payload"),
         ]:
             got, out, err = yield cli(cwd, *args)
             self.assertEqual(got, 2, (args, out, err))

@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from muxframe.cli.common import (
-    UsageError, countOrNone, emitJSON, runTwisted, say, secondsOrNone,
+    UsageError, countOrNone, emitJSON, payloadBytes, runTwisted, say,
+    secondsOrNone,
 )
 from muxframe.xtmp import codec
 
@@ -46,7 +47,7 @@ def addCapture(subparsers):
                         help="stop after this many messages")
     parser.add_argument("--duration", type=secondsOrNone, default=0,
                         help="stop after this many seconds")
-    parser.add_argument("--max-payload", type=int, default=1 << 20)
+    parser.add_argument("--max-payload", type=payloadBytes, default=1 << 20)
     parser.add_argument("--json", action="store_true",
                         help="log each message as a line of JSON")
     parser.set_defaults(run=lambda args: runTwisted(_capture, args))

@@ -156,6 +156,9 @@ secondsOrNone = numberType(float, 0, high=MAX_SECONDS, unit=" seconds")
 countOrNone = numberType(int, 0)
 #: A count of at least one.
 positiveCount = numberType(int, 1)
+#: A largest payload, in bytes (XTMP's u32 length field holds at most
+#: 2**32 - 1).
+payloadBytes = numberType(int, 0, high=2 ** 32 - 1, unit=" bytes")
 
 
 # -- message types, flags, payloads --------------------------------------

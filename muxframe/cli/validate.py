@@ -14,7 +14,7 @@ reserved bytes, nonce padding) are checked.
 
 import zlib
 
-from muxframe.cli.common import CLIError, emitJSON, say
+from muxframe.cli.common import CLIError, emitJSON, payloadBytes, say
 from muxframe.xtmp import codec
 from muxframe.xtmp.codec import (
     HEADER, HEADER_SIZE, SECURITY_PREFIX, SECURITY_SIZE, TAG_SIZE, Cipher,
@@ -31,7 +31,8 @@ def addValidate(subparsers):
                     "checksum, and plaintext bodies.  Exit 0 when every "
                     "message is valid, 1 naming the first fault.")
     parser.add_argument("file", help="the message file ('-': stdin)")
-    parser.add_argument("--max-payload", type=int, default=codec.DEFAULT_MAX_PAYLOAD,
+    parser.add_argument("--max-payload", type=payloadBytes,
+                        default=codec.DEFAULT_MAX_PAYLOAD,
                         help="largest payload accepted (default 1 MiB)")
     parser.add_argument("--show-headers", action="store_true", default=True,
                         help="show every field (the default)")
