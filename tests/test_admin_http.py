@@ -258,7 +258,7 @@ class MetricsResourceTests(TestCase):
     exposition without its WSGI wrapper.
     """
 
-    def render(self, method=b"GET", accept=None, args=None):
+    def render(self, method=b"GET", accept=None, args=None, postpath=()):
         from prometheus_client import CollectorRegistry, Counter
         from twisted.web.server import NOT_DONE_YET
         from twisted.web.test.requesthelper import DummyRequest
@@ -267,7 +267,8 @@ class MetricsResourceTests(TestCase):
         registry = CollectorRegistry()
         Counter("first", "One.", registry=registry).inc(3)
         Counter("second", "Two.", registry=registry).inc()
-        request = DummyRequest([b""])
+        request = DummyRequest(list(postpath) or [b""])
+        request.path = b"/metrics/" + b"/".join(postpath)
         request.method = method
         if accept:
             request.requestHeaders.setRawHeaders(b"accept", [accept])
@@ -300,6 +301,14 @@ class MetricsResourceTests(TestCase):
         code, _, text = self.render(args={b"name[]": [b"second_total"]})
         self.assertIn("second_total 1.0", text)
         self.assertNotIn("first", text)
+
+    def test_belowIt(self):
+        """
+        A path below /metrics is a JSON 404, as below any admin leaf.
+        """
+        code, contentType, text = self.render(postpath=[b"anything"])
+        self.assertEqual((code, contentType), (404, b"application/json"))
+        self.assertIn("no such resource", text)
 
     def test_otherMethods(self):
         code, contentType, text = self.render(method=b"POST")

@@ -8,6 +8,7 @@ socket was a 500.  This one renders the same exposition without WSGI.
 
 Rules:
   - GET and HEAD only (405 with C{Allow} otherwise, as the admin API);
+    a path below it is a JSON 404, as below any admin leaf;
   - the format follows the scraper's C{Accept} (Prometheus text, or
     OpenMetrics when asked), and C{name[]} arguments select families, as
     prometheus_client's application does;
@@ -43,6 +44,10 @@ class MetricsResource(Resource):
         """
         GET or HEAD: the exposition, once rendered; other methods: 405.
         """
+        if request.postpath not in ([], [b""]):
+            # (/metrics/anything: not a resource, as under the API.)
+            from muxframe.admin.http import notFound
+            return notFound(request).render(request)
         if request.method not in (b"GET", b"HEAD"):
             return respond(request, 405, errorBody(
                 405, "method not allowed: %s"
