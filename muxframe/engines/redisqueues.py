@@ -13,11 +13,16 @@ Keys (P: the engine's prefix, E: the entity):
  - C{P queues}: set of entities with a queue (for retention passes).
  - Channel C{P qn:E}: the offset of every append, for watches on any node.
 
-Appends, positions and retention are Lua scripts, atomic in Redis.  Offsets
-are exact up to 2**53 (Lua numbers).  Durability is Redis's: run it with
+Appends, positions and retention are Lua scripts, atomic in Redis.  An
+acknowledgement's receipts read only the covered records' k, f, m and se,
+through a Lua script (RECEIPT_FIELDS), a page of at most RECEIPT_READ_BYTES
+of records (beyond one) at a time: no payload comes back.  Offsets are exact
+up to 2**53 (Lua numbers).  Durability is Redis's: run it with
 C{appendonly yes} and C{appendfsync always} for an fsync before every
 reply (C{everysec} may lose the last second on a power cut).
 """
+
+from bisect import bisect_left
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -131,6 +136,43 @@ if start > first then
 end
 return start
 """)
+
+# The fields receipts need of the records from offset ARGV[1] to ARGV[2], a
+# record at a time, until ARGV[3] bytes of records were read (at least one
+# record) or ARGV[4] records: {next offset or 0 when done, then per record
+# offset, kind, flags, message id, sender entity}.  No payload leaves Redis,
+# and no more than about ARGV[3] bytes of records are copied into Lua at once.
+RECEIPT_FIELDS = Script("receiptFields", """
+local at = tonumber(ARGV[1])
+local to = ARGV[2] .. '-0'
+local budget, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, used, n = {0}, 0, 0
+while n < most and used < budget do
+  local e = redis.call('XRANGE', KEYS[1], string.format('%d-0', at), to, 'COUNT', 1)
+  if not e[1] then return out end
+  local offset = tonumber(string.match(e[1][1], '(%d+)-'))
+  local f, got = e[1][2], {}
+  for i = 1, #f, 2 do
+    got[f[i]] = f[i + 1]
+    used = used + #f[i] + #f[i + 1]
+  end
+  out[#out + 1] = offset
+  out[#out + 1] = got['k'] or false
+  out[#out + 1] = got['f'] or false
+  out[#out + 1] = got['m'] or false
+  out[#out + 1] = got['se'] or false
+  at = offset + 1
+  n = n + 1
+end
+if at <= tonumber(ARGV[2]) then out[1] = at end
+return out
+""")
+
+#: The stream bytes an acknowledgement's receipts read at once in Redis, at
+#: most (beyond one record), and the records: they need only a few small
+#: fields of each covered record, which is all Redis answers.
+RECEIPT_READ_BYTES = 1 << 20
+RECEIPT_READ_RECORDS = 1024
 
 
 def _fields(flat):
@@ -315,21 +357,43 @@ class RedisQueueStore:
 
     @defer.inlineCallbacks
     def _sendReceipts(self, entity, device, covered, delivered, read):
-        entries = yield self._client.call("XRANGE", self._keys(entity)[0], "%d-0" % covered[0],
-                                          "%d-0" % covered[-1])
+        # The covered records may weigh GiBs together: their few fields
+        # receipts need are read in pages (RECEIPT_FIELDS), in offset order.
+        key = self._keys(entity)[0]
         wanted = set(covered)
         sends = []
-        for entry in entries:
-            record = _record(entry, entity)
-            if record.offset not in wanted or record.kind != RecordKind.MESSAGE \
-                    or not record.wantReceipts:
-                continue
-            for kind, offsets in ((ReceiptKind.DELIVERED, delivered), (ReceiptKind.READ, read)):
-                if record.offset in offsets:
-                    sends.append(self._append(
-                        record.sender.entity, RecordKind.RECEIPT, 0, record.messageId, entity,
-                        device, logformat.encodeReceiptPayload(kind, record.offset),
-                        logformat.receiptKey(entity, kind, record.offset)))
+        at = covered[0]
+        try:
+            while at:
+                reply = yield self._client.run(RECEIPT_FIELDS, [key], [
+                    at, covered[-1], RECEIPT_READ_BYTES, RECEIPT_READ_RECORDS])
+                for i in range(1, len(reply), 5):
+                    offset, kind, flags, messageId, senderEntity = reply[i:i + 5]
+                    if offset not in wanted:
+                        continue
+                    try:
+                        kind, flags = RecordKind(int(kind)), int(flags)
+                        messageId = messageId.decode("utf-8")
+                        senderEntity = senderEntity.decode("utf-8")
+                    except (AttributeError, TypeError, ValueError) as e:
+                        raise StorageError("malformed stream entry %d of %r: %s" % (
+                            offset, entity, e))
+                    if kind != RecordKind.MESSAGE or not flags & logformat.FLAG_RECEIPTS:
+                        continue
+                    for receipt, offsets in ((ReceiptKind.DELIVERED, delivered),
+                                             (ReceiptKind.READ, read)):
+                        if offset in offsets:
+                            sends.append(self._append(
+                                senderEntity, RecordKind.RECEIPT, 0, messageId, entity, device,
+                                logformat.encodeReceiptPayload(receipt, offset),
+                                logformat.receiptKey(entity, receipt, offset)))
+                # On from the next covered offset, over any gap.
+                at = reply[0] and covered[bisect_left(covered, reply[0])]
+        except Exception as e:
+            # The receipts sent so far are waited for; this failure is
+            # the one reported.
+            yield defer.gatherResults(sends, consumeErrors=True).addErrback(lambda _: None)
+            raise e
         yield defer.gatherResults(sends, consumeErrors=True)
 
     def forget(self, entity, device):
