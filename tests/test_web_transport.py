@@ -8,6 +8,7 @@ transfer and a paused reader bounding the sender.
 import hashlib
 import os
 import socket
+import struct
 import tempfile
 
 from zope.interface import implementer
@@ -778,3 +779,216 @@ class SecureWebSocketTests(TestCase):
         client.disconnect()
         yield closed[0]
         yield closed[1]
+
+
+def maskedFrame(opcode, payload):
+    """
+    A final client-to-server frame: C{opcode}, C{payload} masked.
+    """
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    else:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    key = os.urandom(4)
+    masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+    return head + key + masked
+
+
+def serverFrames(data):
+    """
+    The (opcode, payload) of the unmasked server frames in C{data}.
+    """
+    frames = []
+    while len(data) >= 2:
+        size, offset = data[1] & 0x7f, 2
+        if size == 126:
+            size, offset = struct.unpack("!H", data[2:4])[0], 4
+        elif size == 127:
+            size, offset = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < offset + size:
+            break
+        frames.append((data[0] & 0x0f, data[offset:offset + size]))
+        data = data[offset + size:]
+    return frames
+
+
+def closeWith(port, path, payload, timeout=10.0):
+    """
+    Upgrade on a raw socket, send a Close frame of C{payload}, and read
+    until the server ends the connection.
+
+    @return: the server's frames after the upgrade, and C{"EOF"} or
+        C{"RESET"} (how the connection ended).
+    """
+    s = socket.create_connection(("127.0.0.1", port.getHost().port),
+                                 timeout=timeout)
+    try:
+        s.sendall(upgradeRequest(port, path))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise AssertionError("no upgrade response")
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        if statusOf(head) != 101:
+            raise AssertionError("upgrade refused: %r" % (head,))
+        s.sendall(maskedFrame(8, payload))
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                return serverFrames(data), "RESET"
+            if not chunk:
+                return serverFrames(data), "EOF"
+            data += chunk
+    finally:
+        s.close()
+
+
+class Flood(Protocol):
+    """
+    Writes C{size} bytes as soon as it is connected.
+    """
+
+    size = 32 * MiB
+
+    def connectionMade(self):
+        self.transport.write(b"x" * self.size)
+
+
+class CloseHandshakeTests(TestCase):
+    """
+    An invalid Close from the peer fails the connection the way RFC 6455
+    says (7.1.7, 7.1.1): the server's Close 1002 reaches the peer, then the
+    TCP connection ends normally (EOF, not a reset); a peer that does not
+    let it end is dropped after C{closeHandshakeTimeout}.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def assertFailedCleanly(self, payload):
+        sinks = SinkFactory()
+        port = yield localServer(path="/c").listen(sinks)
+        self.addCleanup(port.stopListening)
+        frames, end = yield deferToBlocking(closeWith, port, "/c", payload)
+        closes = [frame for frame in frames if frame[0] == 8]
+        self.assertEqual(len(closes), 1, frames)
+        self.assertEqual(struct.unpack("!H", closes[0][1][:2])[0], 1002)
+        self.assertEqual(end, "EOF")
+        server = yield sinks.first
+        yield server.lost
+        self.assertIsInstance(server.reason, WebSocketClosed)
+        self.assertEqual(server.reason.code, 1002)
+
+    def test_invalidCloseCode(self):
+        """
+        A Close with the reserved code 999 gets Close 1002, then EOF.
+        """
+        return self.assertFailedCleanly(struct.pack("!H", 999) + b"x")
+
+    def test_closeCode1005(self):
+        """
+        A Close carrying code 1005 (never sent on the wire) gets Close
+        1002, then EOF.
+        """
+        return self.assertFailedCleanly(struct.pack("!H", 1005))
+
+    def test_closeReasonTooLong(self):
+        """
+        A Close whose payload is over 125 bytes gets Close 1002, then EOF.
+        """
+        return self.assertFailedCleanly(struct.pack("!H", 1000) + b"r" * 200)
+
+    @inlineCallbacks
+    def test_validCloseEchoed(self):
+        """
+        A valid Close is answered and the connection ends with EOF; the
+        inner protocol sees a clean close.
+        """
+        sinks = SinkFactory()
+        port = yield localServer(path="/c").listen(sinks)
+        self.addCleanup(port.stopListening)
+        frames, end = yield deferToBlocking(
+            closeWith, port, "/c", struct.pack("!H", 1000))
+        self.assertEqual([frame[0] for frame in frames], [8])
+        self.assertEqual(struct.unpack("!H", frames[0][1][:2])[0], 1000)
+        self.assertEqual(end, "EOF")
+        server = yield sinks.first
+        yield server.lost
+        self.assertIsInstance(server.reason, ConnectionDone)
+
+    @inlineCallbacks
+    def test_serverCloseEndsWithEOF(self):
+        """
+        When the server closes first and the peer answers, the server ends
+        the TCP connection normally: the peer reads EOF, not a reset.
+        """
+        port = yield localServer(path="/c").listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+
+        def exchange():
+            # Wait for the server's Close, answer it, read to the end.
+            sock = socket.create_connection(
+                ("127.0.0.1", port.getHost().port), timeout=10)
+            try:
+                sock.sendall(upgradeRequest(port, "/c"))
+                data = b""
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return serverFrames(data), "EOF"
+                    data += chunk
+                    head, sep, rest = data.partition(b"\r\n\r\n")
+                    if sep and serverFrames(rest):
+                        break
+                sock.sendall(maskedFrame(8, struct.pack("!H", 1000)))
+                while True:
+                    try:
+                        chunk = sock.recv(4096)
+                    except ConnectionResetError:
+                        return serverFrames(rest), "RESET"
+                    if not chunk:
+                        return serverFrames(rest), "EOF"
+                    rest += chunk
+            finally:
+                sock.close()
+
+        d = deferToBlocking(exchange)
+        yield waitUntil(lambda: port.factory.webSocketFactory.connections,
+                        "the WebSocket")
+        (webSocket,) = port.factory.webSocketFactory.connections
+        webSocket.stream.loseConnection()
+        frames, end = yield d
+        self.assertEqual([frame[0] for frame in frames], [8])
+        self.assertEqual(end, "EOF")
+
+    @inlineCallbacks
+    def test_peerNotReadingDroppedAtTimeout(self):
+        """
+        A peer that sends an invalid Close but reads nothing cannot hold
+        the connection open: it is dropped after C{closeHandshakeTimeout}.
+        """
+        port = yield localServer(path="/c", closeHandshakeTimeout=0.5) \
+            .listen(Factory.forProtocol(Flood))
+        self.addCleanup(port.stopListening)
+        s = socket.create_connection(("127.0.0.1", port.getHost().port),
+                                     timeout=10)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(upgradeRequest(port, "/c"))
+        factory = port.factory.webSocketFactory
+        yield waitUntil(lambda: factory.connections, "the WebSocket")
+        (webSocket,) = factory.connections
+        lost = Deferred()
+        webSocket.stream._protocol.connectionLost = \
+            lambda reason: lost.callback(reason.value)
+        yield waitUntil(
+            lambda: webSocket.transport.dataBuffer
+            or webSocket.transport._tempDataBuffer, "a full socket")
+        s.sendall(maskedFrame(8, struct.pack("!H", 999)))
+        started = reactor.seconds()
+        yield lost
+        self.assertLess(reactor.seconds() - started, 5.0)

@@ -21,8 +21,8 @@ LIMITS = {
         "(not restarted by data)"),
     "closeHandshakeTimeout": (
         5.0, float, 0.001, 3600.0,
-        "seconds to wait for the peer's Close before dropping the "
-        "connection"),
+        "seconds to wait for the peer's Close, and then for the TCP "
+        "connection to end, before dropping the connection"),
     "autoPingInterval": (
         0.0, float, 0.0, 86400.0,
         "seconds between WebSocket pings (0: none; a paused reader cannot "

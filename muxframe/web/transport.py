@@ -25,6 +25,13 @@ Rules:
    protocol's C{connectionLost} gets L{ConnectionDone} for a clean close
    (1000 or 1001), else L{WebSocketClosed} carrying the close code.
  - No half-close: a WebSocket Close ends both directions.
+ - The server ends the TCP connection normally (RFC 6455 7.1.1: a FIN
+   after everything written, never a reset) once the Close handshake is
+   done, also when the peer's Close was invalid (a reserved code, a reason
+   over 125 bytes or not UTF-8): that fails the connection with our Close
+   (1002; 1007 for the reason not UTF-8), which the peer still reads.  A
+   normal close that has not ended the connection within
+   C{closeHandshakeTimeout} (a peer that reads nothing) drops it.
  - Per-message compression is never negotiated (the byte stream's own
    protocol compresses if it wants to, with its own bounds).
  - Logs never amplify a peer: autobahn's logger on these protocols
@@ -338,6 +345,8 @@ class StreamWebSocketMixin:
     stream = None
     streamProtocol = None
     _handshake = None
+    _inCloseFrame = False
+    _closeDeadline = None
 
     def sendStreamMessage(self, payload):
         """
@@ -376,6 +385,37 @@ class StreamWebSocketMixin:
         if self.stream is not None:
             self.stream.messageReceived(payload)
 
+    def onCloseFrame(self, code, reasonRaw):
+        """
+        The peer's Close arrived: autobahn's handling, noting that a drop of
+        the connection it asks for meanwhile ends a Close handshake.
+        """
+        self._inCloseFrame = True
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._inCloseFrame = False
+
+    def _closeConnection(self, abort=False):
+        """
+        End the TCP connection (autobahn's C{dropConnection}).  The end of a
+        Close handshake closes it normally (module rules): autobahn aborts
+        there, on a server, which discards the Close it has just written
+        when the peer's Close was invalid.  A normal close is bounded by
+        C{closeHandshakeTimeout}.
+        """
+        if self._inCloseFrame:
+            abort = False
+        super()._closeConnection(abort)
+        if not abort and self._closeDeadline is None:
+            self._closeDeadline = self.factory.reactor.callLater(
+                self.closeHandshakeTimeout, self._closeDeadlinePassed)
+
+    def _closeDeadlinePassed(self):
+        self._closeDeadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def onClose(self, wasClean, code, reason):
         """
         The WebSocket (and its TCP connection) ended.
@@ -385,6 +425,9 @@ class StreamWebSocketMixin:
         call, self.closeHandshakeTimeoutCall = \
             self.closeHandshakeTimeoutCall, None
         if call is not None:
+            call.cancel()
+        call, self._closeDeadline = self._closeDeadline, None
+        if call is not None and call.active():
             call.cancel()
         if wasClean and self.closedByMe:
             # We sent the first Close: our code says why, not the echo.
