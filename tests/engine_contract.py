@@ -70,6 +70,50 @@ class EngineContract:
     def message(self, i, sender=("bob", "phone"), receipts=True):
         return QueueMessage("m%d" % i, b"payload %d" % i, Address(*sender), receipts)
 
+    @defer.inlineCallbacks
+    def receiptsHeld(self, engine, count, size):
+        """
+        C{count} records of C{size} bytes for alice, every other one asking
+        bob for receipts, acknowledged by her phone (DELIVERED) but the
+        first: acknowledging offset 1 then covers them all.
+        """
+        for i in range(count):
+            yield engine.queues.append("alice", QueueMessage(
+                "m%d" % i, b"x" * size, Address("bob", "phone"), i % 2 == 0))
+        yield engine.queues.position("alice", "phone")
+        for offset in range(2, count + 1):
+            yield engine.queues.acknowledge("alice", "phone", offset,
+                                            ReceiptKind.DELIVERED)
+
+    @defer.inlineCallbacks
+    def coverReceipts(self, engine, count):
+        """
+        Acknowledge offset 1 of L{receiptsHeld}'s records, under
+        tracemalloc; the peak memory it took.
+        """
+        import tracemalloc
+        tracemalloc.start()
+        try:
+            p = yield engine.queues.acknowledge("alice", "phone", 1,
+                                                ReceiptKind.DELIVERED)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(p.delivered, count)
+        return peak
+
+    @defer.inlineCallbacks
+    def assertReceiptsSent(self, engine, count):
+        """
+        Bob got one receipt for each of L{receiptsHeld}'s records that
+        asked for one, in offset order.
+        """
+        receipts = yield engine.queues.fetch("bob", 1, 1000)
+        self.assertEqual([(r.receipt.offset, r.messageId, r.receipt.entity,
+                           r.receipt.device) for r in receipts],
+                         [(o, "m%d" % (o - 1), "alice", "phone")
+                          for o in range(1, count + 1, 2)])
+
     # Interfaces --------------------------------------------------------
 
     @defer.inlineCallbacks

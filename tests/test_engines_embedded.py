@@ -3,7 +3,6 @@ The embedded engine: the contract suite, and what only it does (files,
 recovery, segments, locks).
 """
 
-import tracemalloc
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -154,26 +153,11 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         self.patch(embeddedqueues, "RECEIPT_READ_BYTES", 256 * 1024)
         e = yield self.makeEngine(self.clock)
         self.addCleanup(e.stop)
-        count, size = 200, 64 * 1024
-        for i in range(count):
-            yield e.queues.append("alice", QueueMessage(
-                "m%d" % i, b"x" * size, Address("bob", "phone"), i % 2 == 0))
-        yield e.queues.position("alice", "phone")
-        for offset in range(2, count + 1):
-            yield e.queues.acknowledge("alice", "phone", offset, ReceiptKind.DELIVERED)
-        tracemalloc.start()
-        try:
-            p = yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        self.assertEqual(p.delivered, count)
+        count = 200
+        yield self.receiptsHeld(e, count, 64 * 1024)
+        peak = yield self.coverReceipts(e, count)
         self.assertLess(peak, 2 * 1024 * 1024)
-        receipts = yield e.queues.fetch("bob", 1, 1000)
-        self.assertEqual([(r.receipt.offset, r.messageId, r.receipt.entity, r.receipt.device)
-                          for r in receipts],
-                         [(o, "m%d" % (o - 1), "alice", "phone")
-                          for o in range(1, count + 1, 2)])
+        yield self.assertReceiptsSent(e, count)
 
 
 class ConfigTests(unittest.SynchronousTestCase):

@@ -4,14 +4,12 @@ node), the cross-node contract (two engine instances on one Redis), and
 what only the Redis engine does.
 """
 
-import tracemalloc
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from muxframe.engines import redisqueues
 from muxframe.engines.errors import ConfigError
-from muxframe.engines.model import Address, QueueMessage, ReceiptKind
 from muxframe.engines.redisconn import parseAddress
 from muxframe.engines.redisengine import RedisEngine
 from tests.engine_contract import EngineContract, TwoNodeContract
@@ -55,13 +53,8 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         self.patch(redisqueues, "RECEIPT_READ_BYTES", 256 * 1024)
         e = yield self.makeEngine(self.clock)
         self.addCleanup(e.stop)
-        count, size = 200, 64 * 1024
-        for i in range(count):
-            yield e.queues.append("alice", QueueMessage(
-                "m%d" % i, b"x" * size, Address("bob", "phone"), i % 2 == 0))
-        yield e.queues.position("alice", "phone")
-        for offset in range(2, count + 1):
-            yield e.queues.acknowledge("alice", "phone", offset, ReceiptKind.DELIVERED)
+        count = 200
+        yield self.receiptsHeld(e, count, 64 * 1024)
         replies = []
         call = e.client.call
 
@@ -72,24 +65,14 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
                 return reply
             return call(*args).addCallback(weigh)
         self.patch(e.client, "call", measured)
-        tracemalloc.start()
-        try:
-            p = yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        self.assertEqual(p.delivered, count)
+        peak = yield self.coverReceipts(e, count)
         self.assertLess(max(n for _, n in replies), 4096)
         self.assertLess(peak, 2 * 1024 * 1024)
         pages = [n for script, n in replies if script in (
             redisqueues.RECEIPT_FIELDS.sha, redisqueues.RECEIPT_FIELDS.source)]
         # 200 records of 64 KiB, 256 KiB a page: 4 records a page.
         self.assertEqual(len(pages), count // 4)
-        receipts = yield e.queues.fetch("bob", 1, 1000)
-        self.assertEqual([(r.receipt.offset, r.messageId, r.receipt.entity, r.receipt.device)
-                          for r in receipts],
-                         [(o, "m%d" % (o - 1), "alice", "phone")
-                          for o in range(1, count + 1, 2)])
+        yield self.assertReceiptsSent(e, count)
 
 
 class RedisPasswordTests(unittest.TestCase):

@@ -835,16 +835,24 @@ def closeWith(port, path, payload, timeout=10.0):
         if statusOf(head) != 101:
             raise AssertionError("upgrade refused: %r" % (head,))
         s.sendall(maskedFrame(8, payload))
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                return serverFrames(data), "RESET"
-            if not chunk:
-                return serverFrames(data), "EOF"
-            data += chunk
+        return untilClosed(s, data)
     finally:
         s.close()
+
+
+def untilClosed(sock, data):
+    """
+    Read C{sock} (after C{data}, already read) until it closes: the
+    server's frames, and how it closed (C{"EOF"} or C{"RESET"}).
+    """
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return serverFrames(data), "RESET"
+        if not chunk:
+            return serverFrames(data), "EOF"
+        data += chunk
 
 
 class Flood(Protocol):
@@ -945,14 +953,7 @@ class CloseHandshakeTests(TestCase):
                     if sep and serverFrames(rest):
                         break
                 sock.sendall(maskedFrame(8, struct.pack("!H", 1000)))
-                while True:
-                    try:
-                        chunk = sock.recv(4096)
-                    except ConnectionResetError:
-                        return serverFrames(rest), "RESET"
-                    if not chunk:
-                        return serverFrames(rest), "EOF"
-                    rest += chunk
+                return untilClosed(sock, rest)
             finally:
                 sock.close()
 
