@@ -43,7 +43,10 @@ pieces = st.one_of(
     st.sampled_from(["{a}", "{b!r}", "{sessionId:#x}", "{a!s:>4}"]),
     st.builds(lambda f, c, s: "{%s%s%s}" % (f, c, s), fields,
               st.sampled_from(["", "", "!r", "!r", "!s", "!a", "!x"]),
-              st.sampled_from(["", "", "", ":>6", ":#x", ":.2f", ":{b}"])),
+              # (No nested spec such as ":{b}": with a generated width of
+              # billions, Twisted's formatter builds that string: a CI
+              # worker was killed for memory.  test_fastPath covers it.)
+              st.sampled_from(["", "", "", ":>6", ":#x", ":.2f"])),
     st.sampled_from(["{a.attribute}", "{a.method()}", "{method()}", "{a[0]}",
                      "{}", "{0}", "{{", "}}", "{", "}", "{a!}", "{a:"]),
 )
