@@ -43,14 +43,14 @@ _parsed = {}
 _CONVERSIONS = {None: None, "r": repr, "s": str, "a": ascii}
 
 
-def _parse(format):
+def _parse(template):
     """
-    C{format}'s parts as (literal, field, spec, conversion) tuples, or
+    C{template}'s parts as (literal, field, spec, conversion) tuples, or
     L{None} if it has something only Twisted's formatter handles.
     """
     parts = []
     try:
-        for literal, field, spec, conversion in _parser.parse(format):
+        for literal, field, spec, conversion in _parser.parse(template):
             if field is not None:
                 if not field.isidentifier() or "{" in spec or \
                         conversion not in _CONVERSIONS:
@@ -67,14 +67,14 @@ def _eventText(event):
     The text of C{event}'s C{log_format}, or L{None} to leave the event to
     Twisted.
     """
-    format = event.get("log_format")
-    if type(format) is not str:
+    template = event.get("log_format")
+    if type(template) is not str:
         return None
-    parts = _parsed.get(format, False)
+    parts = _parsed.get(template, False)
     if parts is False:
-        parts = _parse(format)
+        parts = _parse(template)
         if len(_parsed) < FORMATS_KEPT:
-            _parsed[format] = parts
+            _parsed[template] = parts
     if parts is None:
         return None
     out = []
@@ -85,13 +85,10 @@ def _eventText(event):
                 value = event[field]
                 if conversion is not None:
                     value = conversion(value)
-                out.append(format_(value, spec))
+                out.append(format(value, spec))
     except Exception:
         return None
     return "".join(out)
-
-
-format_ = format
 
 
 def _system(event):

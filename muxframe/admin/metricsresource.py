@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from muxframe.admin.http import errorBody, respond
+from muxframe.admin.http import errorBody, notFound, respond
 from muxframe.logthrottle import logger
 
 log = logger("muxframe.admin")
@@ -46,7 +46,6 @@ class MetricsResource(Resource):
         """
         if request.postpath not in ([], [b""]):
             # (/metrics/anything: not a resource, as under the API.)
-            from muxframe.admin.http import notFound
             return notFound(request).render(request)
         if request.method not in (b"GET", b"HEAD"):
             return respond(request, 405, errorBody(
