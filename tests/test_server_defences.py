@@ -320,6 +320,33 @@ class HandshakeOrderTests(SynchronousTestCase):
             [b"echo:0", b"echo:1", b"echo:2", b"echo:n"])
 
 
+class HandshakeStepTests(SynchronousTestCase):
+    def test_helloAnsweredInTheNextStep(self):
+        """
+        A ClientHello's work is two steps of the handshake scheduler, in
+        two reactor turns, each with budget to spare: the key agreement,
+        then the answer; the handshake then completes as usual.
+        """
+        from tests.test_server_timers import TurnReactor
+        h = Harness(config())
+        reactor = h.server.scheduler._reactor = TurnReactor()
+        turn = reactor.turn
+        client, side, pump = h.connect(ALICE, greet=False)
+        pump.pump()
+        self.assertEqual(len(reactor.calls), 1)
+        turn()
+        self.assertEqual((side.transport.getOutBuffer(), len(reactor.calls)),
+                         (None, 1))
+        self.assertTrue(side.connection.handshake.answerDue)
+        turn()
+        self.assertFalse(side.connection.handshake.answerDue)
+        self.assertEqual(h.server.scheduler.steps, 2)
+        for _ in range(5):
+            pump.pump()
+            turn()
+        self.assertIs(result(client.whenHandshakeDone()), client)
+
+
 class ConnectionLimitTests(SynchronousTestCase):
     def test_perAddressAndTotal(self):
         h = Harness(config(server__max_connections=3,

@@ -157,6 +157,29 @@ class HandshakeSchedulerTests(SynchronousTestCase):
         self.assertEqual(self.scheduler.queuedBytes(a), 0)
         self.assertEqual(self.log[0], ("a", b"12345"))
 
+    def test_submittedByAStepWaitsForTheNextTurn(self):
+        """
+        What a step submits (a hello's answer after its key agreement)
+        runs in the next turn, behind what was already waiting, even with
+        budget left in this one.
+        """
+        a, b = self.step("a", cost=0.0001), self.step("b", cost=0.0001)
+        step = a.handshakeStep
+
+        def agreeThenAnswerLater(data):
+            step(data)
+            if data:
+                self.scheduler.submit(a, b"")
+        a.handshakeStep = agreeThenAnswerLater
+        self.scheduler.submit(a, b"hello")
+        self.reactor.turn()
+        self.assertEqual(self.log, [("a", b"hello")])
+        self.assertEqual(len(self.reactor.calls), 1)
+        self.scheduler.submit(b, b"x")
+        self.reactor.turn()
+        self.assertEqual(self.log, [("a", b"hello"), ("a", b""), ("b", b"x")])
+        self.assertEqual(self.reactor.calls, [])
+
     def test_discard(self):
         a, b = self.step("a"), self.step("b")
         self.scheduler.submit(a, b"1")

@@ -162,6 +162,65 @@ class HandshakeSuccessTests(SynchronousTestCase):
         self.assertFalse(c.resumed)
 
 
+class AnswerLaterTests(SynchronousTestCase):
+    """
+    A server handshake with C{answerLater} answers a ClientHello in two
+    steps: the frame does the key agreement, L{ServerHandshake.answer} the
+    rest.
+    """
+
+    def test_twoSteps(self):
+        """
+        The hello's frame sends nothing and asks for its answer once;
+        the answer completes a handshake both sides agree on.
+        """
+        asked = []
+        client, server = pair(s_answerLater=lambda: asked.append(1))
+        out, result = server.receiveFrame(frames(client.start())[0])
+        self.assertEqual((out, result, asked), (b"", None, [1]))
+        self.assertTrue(server.answerDue)
+        self.assertIsNone(server.sendKey)
+        ack, auth = frames(server.answer())
+        self.assertFalse(server.answerDue)
+        client.receiveFrame(ack)
+        clientAuth, clientResult = client.receiveFrame(auth)
+        _, serverResult = server.receiveFrame(frames(clientAuth)[0])
+        self.assertEqual(clientResult.sendKey.key,
+                         serverResult.receiveKey.key)
+        self.assertEqual(clientResult.transcriptHash,
+                         serverResult.transcriptHash)
+        self.assertEqual(asked, [1])
+
+    def test_noFrameWhileAnswerDue(self):
+        """
+        No frame is taken while the answer is due, and there is nothing to
+        answer before a hello or after the answer.
+        """
+        client, server = pair(s_answerLater=lambda: None)
+        self.assertRaises(HandshakeFailed, server.answer)
+        hello = frames(client.start())[0]
+        server.receiveFrame(hello)
+        self.assertRaises(HandshakeFailed, server.receiveFrame, hello)
+        server.answer()
+        self.assertRaises(HandshakeFailed, server.answer)
+
+    def test_refusedHelloAsksNothing(self):
+        """
+        A hello refused by its checks or by the admission hook raises as
+        before and asks for no answer.
+        """
+        from muxframe.xtmp.errors import RateLimited
+        asked = []
+
+        def admit(hello):
+            raise RateLimited("no")
+        client, server = pair(s_answerLater=lambda: asked.append(1),
+                              s_admit=admit)
+        self.assertRaises(RateLimited, server.receiveFrame,
+                          frames(client.start())[0])
+        self.assertEqual((asked, server.answerDue), ([], False))
+
+
 class HandshakeRejectionTests(SynchronousTestCase):
     """
     Every failure raises the documented error.

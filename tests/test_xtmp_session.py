@@ -998,3 +998,67 @@ class HeartbeatPathTests(SynchronousTestCase):
                     self.assertEqual(key._aead is not None, kept)
                 self.assertEqual(s.counters.heartbeatsSent, n)
                 self.assertAlmostEqual(s.rtt, 0.5)
+
+
+class AnswerLaterEngineTests(SynchronousTestCase):
+    """
+    An engine whose server handshake answers the ClientHello later
+    (C{answerLater}) keeps the frames behind the hello until its next
+    L{XTMPConnection.receiveData}, which answers first.
+    """
+
+    def pair(self):
+        from muxframe.xtmp.connection import XTMPConnection
+        from muxframe.xtmp.handshake import ClientHandshake, ServerHandshake
+        from tests.test_xtmp_support import CLIENT_IDENTITY, SERVER_IDENTITY
+        self.asked = []
+        client = XTMPConnection(ClientHandshake(
+            serverKey=SERVER_IDENTITY.public, identity=CLIENT_IDENTITY))
+        server = XTMPConnection(ServerHandshake(
+            SERVER_IDENTITY, authorizedKeys=[CLIENT_IDENTITY.public],
+            answerLater=lambda: self.asked.append(1)))
+        client.initiate()
+        return client, server
+
+    def test_framesBehindTheHelloWait(self):
+        """
+        A frame behind the hello in the same read is not decoded while
+        the answer is due; the next read (even of no bytes) answers, then
+        decodes it, in the handshake's next state.
+        """
+        client, server = self.pair()
+        error = encodePlain(MessageType.Error, 0, 0, 0,
+                            codec.encodeReason(XTMPErrorCode.BUSY, "later"))
+        self.assertEqual(server.receiveData(client.dataToSend() + error), [])
+        self.assertEqual((self.asked, server.dataToSend()), ([1], b""))
+        from muxframe.xtmp.errors import PeerError
+        self.assertRaises(PeerError, server.receiveData, b"")
+        answer = [f.type for f in Decoder().feed(server.dataToSend())]
+        self.assertEqual(answer, [MessageType.HandshakeAck] * 2)
+
+    def test_handshakeCompletes(self):
+        """
+        Answered on the next read, the handshake completes as usual.
+        """
+        client, server = self.pair()
+        server.receiveData(client.dataToSend())
+        server.receiveData(b"")
+        exchange(client, server)
+        self.assertEqual((client.state, server.state), ("OPEN", "OPEN"))
+        self.assertEqual(client.sessionId, server.sessionId)
+
+    def test_refusalWhileAnswerDue(self):
+        """
+        Closed while the answer is due, the server sends a plaintext Error
+        for session 0 (the client has no keys yet), which the client reads.
+        """
+        client, server = self.pair()
+        server.receiveData(client.dataToSend())
+        out = server.closeWithError(XTMPErrorCode.BUSY, "shutting down")
+        # As a refusal of the hello itself: one plaintext Error.
+        self.assertEqual([(f.type, f.flags, f.sessionId)
+                          for f in Decoder().feed(out)],
+                         [(MessageType.Error, 0, 0)])
+        from muxframe.xtmp.errors import PeerError
+        e = self.assertRaises(PeerError, client.receiveData, out)
+        self.assertEqual(e.code, XTMPErrorCode.BUSY)

@@ -362,10 +362,18 @@ class XTMPServer(XTMPServerFactory):
     def makeEngine(self, protocol, now):
         """
         The library's engine, counting messages by type into
-        L{messageTypes}.
+        L{messageTypes}, its ClientHello answered in a step of the
+        handshake scheduler of its own.
         """
         engine = XTMPServerFactory.makeEngine(self, protocol, now)
         engine.typeCounts = self.messageTypes
+        scheduler = self.scheduler
+        if scheduler is not None:
+            # A ClientHello's key agreement and its answer are two steps
+            # of the scheduler, not one: an established session waits for
+            # at most half of a hello's work.
+            engine.handshake.answerLater = lambda: scheduler.submit(
+                protocol, b"")
         return engine
 
     def handshakeEnded(self, protocol, outcome):

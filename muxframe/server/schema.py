@@ -267,8 +267,9 @@ SCHEMA = [Key(*entry) for entry in [
      "not hold up established sessions."),
     ("server.handshake_budget", _number(), 0.0005, _seconds,
      "Handshake work (key exchange, signatures) done per reactor turn at "
-     "most (at least one step), so a burst of handshakes does not hold up "
-     "established sessions (0: each as its bytes arrive)."),
+     "most (at least one step; a ClientHello is two: key agreement, then "
+     "answer), so a burst of handshakes does not hold up established "
+     "sessions (0: each as its bytes arrive, a hello in one step)."),
     ("server.handshake_timeout", _number(positive=True), 10.0, _seconds,
      "A handshake not done by then is closed with TIMEOUT."),
     ("server.drain_timeout", _number(), 10.0, _seconds,

@@ -156,7 +156,9 @@ class HandshakeScheduler:
     connections shares the reactor with established sessions instead of
     holding it for as long as the burst takes.  Each session's bytes keep
     their order; the queue holds at most one entry per handshaking
-    session (which C{max_handshakes} bounds).  L{submit} says how many
+    session (which C{max_handshakes} bounds); what a step submits (the
+    second half of a ClientHello's work) runs in the next turn, not in
+    this one.  L{submit} says how many
     bytes a session has waiting, so the session can stop reading once
     they pass what a handshake step needs (L{ServerSession.dataReceived}).
     """
@@ -207,13 +209,16 @@ class HandshakeScheduler:
     def _run(self):
         self._call = None
         deadline = self._clock() + self.budget
-        while self._waiting:
+        # Steps queued by this run's steps (a hello's answer after its key
+        # agreement) wait for the next run: other work comes between.
+        for _ in range(len(self._waiting)):
             session, entry = self._waiting.popitem(last=False)
             self.steps += 1
             session.handshakeStep(b"".join(entry[1]))
             if self._clock() >= deadline:
                 break
-        if self._waiting:
+        if self._waiting and self._call is None:
+            # (A step's submission may have scheduled the next run.)
             self._call = self._reactor.callLater(0, self._run)
 
     def stop(self):

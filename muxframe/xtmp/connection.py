@@ -625,7 +625,8 @@ class XTMPConnection(RekeyMixin):
                 self.sendKey = hs.sendKey
                 self.sessionId = hs.sessionId
                 early = self.sendKey is None and (
-                    self.isClient or hs.state == "EXPECT_HELLO")
+                    self.isClient or hs.state in ("EXPECT_HELLO",
+                                                  "ANSWER_DUE"))
             else:
                 early = False
             if early:
@@ -661,12 +662,21 @@ class XTMPConnection(RekeyMixin):
         try:
             self.counters.bytesReceived += len(data)
             decoder.append(data)
+            if self.state == HANDSHAKING and self.handshake.answerDue:
+                self._out.append(self.handshake.answer(now))
+                self._setReceiveLimit()
             # One frame at a time: the handshake changes the payload limit
             # for the frames behind it.
             for frame in decoder.frames():
                 self.lastReceived = now
                 if self.state == HANDSHAKING:
                     self._handshakeFrame(frame, now, events)
+                    if self.state == HANDSHAKING and \
+                            self.handshake.answerDue:
+                        # The hello's answer comes later (the server
+                        # handshake's answerLater): the frames behind it
+                        # wait in the decoder until then.
+                        break
                 else:
                     self._frame(frame, now, events)
                 if self.state == CLOSED:

@@ -24,6 +24,15 @@ cipher, KEM, key length), then asks its admission hook and its replay
 cache, and only then does public-key work, cheapest first: X25519 (which
 also rejects low-order keys), ML-KEM encapsulation, the Ed25519 (and
 ML-DSA-65) signature.
+
+A server may answer a ClientHello in two steps (C{answerLater}): the
+frame does the checks and the key agreement (X25519, ML-KEM) and calls
+C{answerLater()}; L{ServerHandshake.answer} then does the rest (the
+ServerHello, the signature, the key schedule), so that an event loop can
+run other work between the halves of a hello's half millisecond of CPU.
+While the answer is due (C{answerDue}) the handshake takes no frame
+(L{muxframe.xtmp.connection.XTMPConnection} keeps the frames behind the
+hello, and answers before it reads on).
 """
 
 import hashlib
@@ -281,6 +290,10 @@ class ClientHandshake:
     @param token: a bearer token (bytes) to present instead.
     """
 
+    #: A client's answers are never deferred (as L{ServerHandshake}'s can
+    #: be).
+    answerDue = False
+
     def __init__(self, serverKey=None, verifyServer=None, identity=None,
                  token=None, ciphers=DEFAULT_CIPHERS, kem=KEM.MLKEM768,
                  allowPlaintext=False, previousSessionId=0,
@@ -445,6 +458,10 @@ class ServerHandshake:
     @param admit: callable(L{ClientHello}) called after the hello's cheap
         checks and before any public-key work; it may raise an
         L{XTMPRemoteError} (such as L{RateLimited}) to refuse the client.
+    @param answerLater: L{None}, or callable() to answer a ClientHello in
+        two steps: its frame does the checks and the key agreement,
+        returns nothing to send and calls C{answerLater()}; L{answer}
+        then makes the answer (see the module's docstring).
     @param authorize: callable(peerIdentity, token), called once the
         client's authentication is parsed (and its signature verified),
         before the authorized-keys, token and anonymous checks; it raises
@@ -458,7 +475,7 @@ class ServerHandshake:
                  authorizedKeys=(), checkToken=None, allowAnonymous=False,
                  newSessionId=None, resume=None, randomBytes=os.urandom,
                  ephemeral=None, encapsulate=None, replayCache=None,
-                 admit=None, authorize=None):
+                 admit=None, authorize=None, answerLater=None):
         if Cipher.NONE in ciphers and not allowPlaintext:
             raise XTMPLocalError("Cipher.NONE needs allowPlaintext=True")
         self.identity = identity
@@ -479,6 +496,8 @@ class ServerHandshake:
         self._admit = admit
         self._authorize = authorize
         self._presented = None
+        self.answerLater = answerLater
+        self._agreed = None
         self.state = "EXPECT_HELLO"
         self.sendKey = self.receiveKey = None
         self.sessionId = 0
@@ -490,13 +509,28 @@ class ServerHandshake:
         @return: C{(bytesToSend, result)} as L{ClientHandshake.receiveFrame}.
         """
         if self.state == "EXPECT_HELLO":
-            return self._receiveHello(frame, now), None
+            self._agree(frame)
+            if self.answerLater is not None:
+                self.answerLater()
+                return b"", None
+            return self.answer(now), None
         if self.state == "EXPECT_CLIENT_AUTH":
             return b"", self._receiveClientAuth(frame)
         raise HandshakeFailed("unexpected handshake message in state %s"
                               % (self.state,))
 
-    def _receiveHello(self, frame, now):
+    @property
+    def answerDue(self):
+        """
+        Whether a ClientHello's answer is due (L{answer}).
+        """
+        return self._agreed is not None
+
+    def _agree(self, frame):
+        """
+        A ClientHello's checks and key agreement (the first half of its
+        work); L{answer} is then due.
+        """
         _peerErrorOr(frame, MessageType.Handshake)
         if frame.flags or frame.sequence != 0 or frame.sessionId != 0:
             raise HandshakeFailed("client hello must be plaintext, seq 0, "
@@ -534,7 +568,22 @@ class ServerHandshake:
                 kemSecret, ciphertext = kemPublic.encapsulate()
         except ValueError as e:
             raise HandshakeFailed("bad ML-KEM key: %s" % (e,))
-        secret = kemSecret + xSecret
+        self._agreed = (frame.payload, hello, cipher, kem, xPrivate,
+                        kemSecret + xSecret, ciphertext)
+        self.state = "ANSWER_DUE"
+
+    def answer(self, now=0.0):
+        """
+        Answer the ClientHello agreed on (the second half of its work:
+        the ServerHello, the signature, the key schedule).
+
+        @return: the bytes to send.
+        """
+        if self._agreed is None:
+            raise HandshakeFailed("no client hello to answer")
+        payload, hello, cipher, kem, xPrivate, secret, ciphertext = \
+            self._agreed
+        self._agreed = None
         resumed = bool(hello.previousSessionId) and bool(
             self._resume(hello.previousSessionId))
         self.sessionId = (hello.previousSessionId if resumed
@@ -544,9 +593,9 @@ class ServerHandshake:
         ack = ServerHello(1, cipher, kem, RESUMED if resumed else 0,
                           self._random(32), _raw(xPrivate.public_key()),
                           self.sessionId,
-                          hashlib.sha256(frame.payload).digest(),
+                          hashlib.sha256(payload).digest(),
                           ciphertext).encode()
-        thHello = hashlib.sha256(frame.payload + ack).digest()
+        thHello = hashlib.sha256(payload + ack).digest()
         auth = self.identity.public.encode() + self.identity.sign(
             SERVER_SIGNATURE_CONTEXT + thHello)
         self._thFull = hashlib.sha256(thHello + auth).digest()
