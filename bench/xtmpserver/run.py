@@ -350,7 +350,9 @@ def reqrep(size):
 
 
 def flood(size):
-    srv = server("xtmp", "--limits", "on")
+    extra = () if size["acceptsPerTurn"] is None else (
+        "--accepts-per-turn", size["acceptsPerTurn"])
+    srv = server("xtmp", "--limits", "on", *extra)
     latency = clients(srv, 1, "latency", 1, 60)[0]
     # "nice": the flooding processes at niceness 19, unpinned (as
     # bench_flood's --attacker-placement nice); "none": as they are.
@@ -420,9 +422,14 @@ def main(argv=None):
         "--attacker", choices=["pin", "nice", "none"], default="pin",
         help="flood scenario: the flooding processes on a CPU of their own "
         "(pin, the default), at niceness 19 (nice), or as they are (none)")
+    parser.add_argument(
+        "--accepts-per-turn", type=int, default=None,
+        help="flood scenario: the server's server.accepts_per_turn "
+        "(default: the role's default)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    size = dict(SIZES[mode], attacker=args.attacker)
+    size = dict(SIZES[mode], attacker=args.attacker,
+                acceptsPerTurn=args.accepts_per_turn)
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:

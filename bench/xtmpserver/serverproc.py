@@ -245,6 +245,8 @@ def main():
     parser.add_argument("--heartbeat", type=float, default=30.0)
     parser.add_argument("--limits", choices=["on", "off"], default="off")
     parser.add_argument("--profile")
+    parser.add_argument("--accepts-per-turn", type=int, default=None,
+                        help="server.accepts_per_turn (default: the role's)")
     parser.add_argument("--python-gc", action="store_true",
                         help="keep Python's collector settings")
     args = parser.parse_args()
@@ -268,7 +270,9 @@ def main():
         # collector settings once started).
         if args.mode == "xtmp":
             config = server.factory.config
-            refuseEarly(capAccepts(port, config["server.accepts_per_turn"]))
+            accepts = args.accepts_per_turn
+            refuseEarly(capAccepts(port, config["server.accepts_per_turn"]
+                                   if accepts is None else accepts))
             if not args.python_gc:
                 applyServerCollector(config["server.gc_threshold"])
         emit("listening", port=port.getHost().port)

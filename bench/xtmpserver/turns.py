@@ -78,6 +78,7 @@ class TurnTimer:
         from muxframe.server.session import ServerSession
         self._step = step = ServerSession.handshakeStep
         self.steps = []
+        self.stepTurns = []
 
         def handshakeStep(session, data):
             start = clock()
@@ -96,6 +97,7 @@ class TurnTimer:
                 start, before = clock(), len(self.steps)
                 run(scheduler)
                 self.runs.append((clock() - start, len(self.steps) - before))
+                state["stepped"] = True
 
             scheduler._run = runSteps
 
@@ -104,6 +106,8 @@ class TurnTimer:
             self._iterate(timeout)
             spent = clock() - state["returned"] + state["timed"]
             self.work.append(spent)
+            if state.pop("stepped", False):
+                self.stepTurns.append(spent)
             if spent > 0.0005 and len(self.longest) < 2000:
                 kinds = {"gc": round(state["gc"] * 1e3, 3)}
                 if state["timed"] > 0.0005:
@@ -129,12 +133,26 @@ class TurnTimer:
         self.reactor.runUntilCurrent = self._run
         work = sorted(self.work)
         pick = lambda q: work[min(len(work) - 1, int(q * len(work)))] * 1e3
-        return {"turns": len(work), "work": sum(work), "p50": pick(0.5), "p99": pick(0.99),
+        # A request arriving at a random moment waits out the turn in
+        # progress: it waits more than b for max(0, L - b) of a turn of
+        # length L.  So waitOver[b] / the run's wall time is how often a
+        # request waits more than b for the server's other work.
+        within = {"%.2f" % (b * 1e3): round(sum(w - b for w in work if w > b), 5)
+                  for b in (1e-4, 1.5e-4, 2e-4, 2.5e-4, 3e-4, 4e-4, 5e-4)}
+        stepWait = {"%.2f" % (b * 1e3): round(sum(
+            w - b for w in self.stepTurns if w > b), 5) for b in (1e-4, 2e-4, 3e-4)}
+        return {"turns": len(work), "work": sum(work), "waitOver": within,
+                "waitOverInStepTurns": stepWait,
+                "p50": pick(0.5), "p99": pick(0.99),
                 "p999": pick(0.999), "max": work[-1] * 1e3 if work else 0,
                 "over": sum(1 for w in work if w > 0.0005),
                 "collections": self.collections[:30],
                 "longestRuns": sorted(self.runs, reverse=True)[:8],
-                "steps": len(steps), "longestSteps": [
+                "steps": len(steps), "stepMedians": {
+                    "%d bytes" % n: round(sorted(a for a, m in steps if m == n)[
+                        sum(1 for a, m in steps if m == n) // 2] * 1e3, 3)
+                    for n in {m for _, m in steps}},
+                "longestSteps": [
                     [round(a * 1e3, 3), n] for a, n in steps[:12]],
                 "longest": [[a * 1e3, b * 1e3, k] for a, b, k in
                             sorted(self.longest, reverse=True)[:15]]}
