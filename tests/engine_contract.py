@@ -402,6 +402,141 @@ class EngineContract:
         records = yield e2.queues.fetch("alice", 2)
         self.assertEqual([r.messageId for r in records], ["m1", "m2"])
 
+    # Known devices -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_knownDevicesBounded(self):
+        """
+        An entity's queue knows at most C{maxKnownDevices} devices: one
+        more registering forgets the least recently seen (by
+        C{position()} or C{acknowledge()}), so a client binding with a
+        fresh device id each time keeps the count at the limit; a
+        forgotten device coming back starts afresh at the oldest kept
+        record.
+        """
+        e = yield self.engine(maxKnownDevices=3)
+        for i in range(5):
+            yield e.queues.append("alice", self.message(i, receipts=False))
+        for device in ("phone", "laptop", "tablet"):
+            yield e.queues.position("alice", device)
+        yield e.queues.acknowledge("alice", "laptop", 1, ReceiptKind.DELIVERED)
+        yield e.queues.acknowledge("alice", "laptop", 2, ReceiptKind.DELIVERED)
+        yield e.queues.position("alice", "phone")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["tablet", "laptop", "phone"])
+        yield e.queues.position("alice", "desk")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["laptop", "phone", "desk"])
+        for i in range(50):
+            p = yield e.queues.position("alice", "fresh-%d" % (i,))
+            self.assertEqual((p.delivered, p.firstOffset, p.nextOffset), (0, 1, 6))
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["fresh-47", "fresh-48", "fresh-49"])
+        back = yield e.queues.position("alice", "laptop")
+        self.assertEqual(back.delivered, 0)
+        other = yield e.queues.knownDevices("bob")
+        self.assertEqual(other, [])
+
+    @defer.inlineCallbacks
+    def test_forgottenDeviceReleasesRetention(self):
+        """
+        A device forgotten to make room no longer holds retention back
+        (C{deleteAcknowledged}): the records only it lacked go once the
+        devices still known acknowledged them.
+        """
+        e = yield self.engine(maxKnownDevices=2)
+        for i in range(4):
+            yield e.queues.append("alice", self.message(i, receipts=False))
+        yield e.queues.position("alice", "laptop")
+        yield e.queues.position("alice", "phone")
+        for offset in range(1, 5):
+            yield e.queues.acknowledge("alice", "phone", offset, ReceiptKind.DELIVERED)
+        yield e.queues.applyRetention()
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual(p.firstOffset, 1)
+        yield e.queues.position("alice", "desk")
+        for offset in range(1, 5):
+            yield e.queues.acknowledge("alice", "desk", offset, ReceiptKind.DELIVERED)
+        yield e.queues.applyRetention()
+        p = yield e.queues.position("alice", "phone")
+        self.assertEqual((p.firstOffset, p.nextOffset), (5, 5))
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["desk", "phone"])
+
+    @defer.inlineCallbacks
+    def test_onlineDevicesNeverForgotten(self):
+        """
+        A device online (in presence) is never forgotten to make room: the
+        least recently seen offline device is; when every known device is
+        online, registering one more fails with L{LimitExceeded} naming
+        C{maxKnownDevices} and changes nothing.
+        """
+        e = yield self.engine(maxKnownDevices=2)
+        yield e.presence.connect("alice", "phone")
+        yield e.queues.position("alice", "phone")
+        yield e.queues.position("alice", "laptop")
+        yield e.queues.position("alice", "desk")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["phone", "desk"])
+        yield e.presence.connect("alice", "desk")
+        yield e.presence.connect("alice", "tablet")
+        failure = yield self.assertFailure(e.queues.position("alice", "tablet"),
+                                           LimitExceeded)
+        self.assertEqual(failure.limit, "maxKnownDevices")
+        yield e.queues.append("alice", self.message(1))
+        failure = yield self.assertFailure(
+            e.queues.acknowledge("alice", "tablet", 1, ReceiptKind.DELIVERED), LimitExceeded)
+        self.assertEqual(failure.limit, "maxKnownDevices")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["phone", "desk"])
+        yield e.presence.disconnect("alice", "phone")
+        yield e.queues.position("alice", "tablet")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["desk", "tablet"])
+
+    @defer.inlineCallbacks
+    def test_forgottenDuringAcknowledgement(self):
+        """
+        A device forgotten while an acknowledgement of it is in progress
+        stays forgotten: the acknowledgement's receipts go out, but its
+        position is not stored again.
+        """
+        e = yield self.engine()
+        for i in range(3):
+            yield e.queues.append("alice", self.message(i))
+        yield e.queues.position("alice", "phone")
+        acked = e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        yield e.queues.forget("alice", "phone")
+        p = yield acked
+        self.assertEqual(p.delivered, 1)
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, [])
+        receipts = yield e.queues.fetch("bob", 1)
+        self.assertEqual([r.receipt.offset for r in receipts], [1])
+        again = yield e.queues.position("alice", "phone")
+        self.assertEqual(again.delivered, 0)
+
+    @defer.inlineCallbacks
+    def test_knownDevicesSurviveRestart(self):
+        """
+        Which device was seen least recently survives a restart: the one
+        forgotten after it is the same as before.
+        """
+        e = yield self.engine(maxKnownDevices=3)
+        yield e.queues.append("alice", self.message(1))
+        for device in ("a", "b", "c"):
+            yield e.queues.position("alice", device)
+        yield e.queues.acknowledge("alice", "a", 1, ReceiptKind.DELIVERED)
+        e2 = yield self.restartEngine(e, self.clock)
+        self.addCleanup(e2.stop)
+        known = yield e2.queues.knownDevices("alice")
+        self.assertEqual(known, ["b", "c", "a"])
+        yield e2.queues.position("alice", "d")
+        known = yield e2.queues.knownDevices("alice")
+        self.assertEqual(known, ["c", "a", "d"])
+        p = yield e2.queues.position("alice", "a")
+        self.assertEqual(p.delivered, 1)
+
     # Presence ----------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -750,6 +885,30 @@ class TwoNodeContract:
         self.assertEqual(receipts[0].receipt.kind, ReceiptKind.DELIVERED)
         dup = yield b.queues.append("alice", QueueMessage("x1", b"hi", Address("bob", "p")))
         self.assertTrue(dup.duplicate)
+
+    @defer.inlineCallbacks
+    def test_forgottenDeviceAcrossNodes(self):
+        """
+        A device forgotten through node A to make room, registered again
+        and acknowledging through node B (which knew its old position)
+        goes on from its new position, as on one node: B does not restore
+        the old one.
+        """
+        a = yield self.engine(maxKnownDevices=2)
+        b = yield self.engine(maxKnownDevices=2)
+        for i in range(3):
+            yield a.queues.append("alice", self.message(i, receipts=False))
+        yield b.queues.position("alice", "phone")
+        yield b.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        yield b.queues.acknowledge("alice", "phone", 2, ReceiptKind.DELIVERED)
+        yield a.queues.position("alice", "laptop")
+        yield a.queues.position("alice", "desk")
+        known = yield b.queues.knownDevices("alice")
+        self.assertEqual(known, ["laptop", "desk"])
+        p = yield a.queues.position("alice", "phone")
+        self.assertEqual(p.delivered, 0)
+        p = yield b.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        self.assertEqual(p.delivered, 1)
 
     @defer.inlineCallbacks
     def test_brokerAcrossNodes(self):

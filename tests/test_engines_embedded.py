@@ -62,6 +62,46 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         self.assertEqual(sorted(r.receipt.offset for r in receipts), [1, 2, 3])
 
     @defer.inlineCallbacks
+    def test_knownDevicesBoundedByDefault(self):
+        """
+        A client registering a fresh device id each time does not grow the
+        positions kept (in memory and in C{offsets.kv}) past the default
+        C{maxKnownDevices}, 1,024; the devices forgotten are counted.
+        """
+        e = yield self.makeEngine(self.clock)
+        self.addCleanup(e.stop)
+        yield e.queues.append("alice", self.message(1))
+        yield defer.gatherResults([e.queues.position("alice", "fresh-%d" % (i,))
+                                   for i in range(1100)])
+        self.assertEqual(e.queues.stats()["consumers"], 1024)
+        self.assertEqual(len(e._offsets.items(b"o\x00alice\x00")), 1024)
+        self.assertEqual(e.queues.stats()["devicesForgotten"], 76)
+
+    @defer.inlineCallbacks
+    def test_positionsStoredBeforeSightings(self):
+        """
+        Positions stored before devices' sightings were (16-byte values)
+        are read, as seen before every other device, in name order: the
+        first to go when room is needed.
+        """
+        e = yield self.makeEngine(self.clock, maxKnownDevices=3)
+        yield e.queues.append("alice", self.message(1))
+        yield e.queues.position("alice", "new")
+        for device in ("old-b", "old-a"):
+            yield e._offsets.put(embeddedqueues._positionKey("alice", device),
+                                 embeddedqueues._POSITION.pack(1, 0))
+        yield e.stop()
+        again = yield self.makeEngine(self.clock, maxKnownDevices=3)
+        self.addCleanup(again.stop)
+        known = yield again.queues.knownDevices("alice")
+        self.assertEqual(known, ["old-a", "old-b", "new"])
+        p = yield again.queues.position("alice", "old-b")
+        self.assertEqual(p.delivered, 1)
+        yield again.queues.position("alice", "newer")
+        known = yield again.queues.knownDevices("alice")
+        self.assertEqual(known, ["new", "old-b", "newer"])
+
+    @defer.inlineCallbacks
     def test_senderCacheKeepsChecksAndDedup(self):
         """
         Appends check a sender's names and make its dedup-key prefix once,

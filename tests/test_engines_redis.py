@@ -75,6 +75,43 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         yield self.assertReceiptsSent(e, count)
 
 
+    @defer.inlineCallbacks
+    def test_knownDevicesBoundedByDefault(self):
+        """
+        A client registering a fresh device id each time does not grow the
+        positions kept in Redis past the default C{maxKnownDevices}, 1,024;
+        the devices forgotten are counted.
+        """
+        e = yield self.makeEngine(self.clock)
+        self.addCleanup(e.stop)
+        yield e.queues.append("alice", self.message(1))
+        yield defer.gatherResults([e.queues.position("alice", "fresh-%d" % (i,))
+                                   for i in range(1100)])
+        known = yield e.client.call("HLEN", "muxframe:q:{alice}:pos")
+        self.assertEqual(known, 1024)
+        self.assertEqual(e.queues.stats()["devicesForgotten"], 76)
+
+    @defer.inlineCallbacks
+    def test_positionsStoredBeforeSightings(self):
+        """
+        Positions stored before devices' sightings were (in C{:pos}, not in
+        C{:seen}) count as seen before every other device, in name order:
+        the first to go when room is needed.
+        """
+        e = yield self.makeEngine(self.clock, maxKnownDevices=3)
+        self.addCleanup(e.stop)
+        yield e.queues.append("alice", self.message(1))
+        yield e.queues.position("alice", "new")
+        yield e.client.call("HSET", "muxframe:q:{alice}:pos", "old-b", "1 0", "old-a", "1 0")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["old-a", "old-b", "new"])
+        p = yield e.queues.position("alice", "old-b")
+        self.assertEqual(p.delivered, 1)
+        yield e.queues.position("alice", "newer")
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, ["new", "old-b", "newer"])
+
+
 class RedisPasswordTests(unittest.TestCase):
     """
     A Redis with a password: the right one works for both connections, a

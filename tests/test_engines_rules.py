@@ -15,7 +15,9 @@ from muxframe.engines.model import (
     Address, HistoryOptions, LocationSharing, NoticeKind, QueueRetention, ReceiptKind, Status,
     StreamPosition, SubscriptionState, Visibility, checkName)
 from muxframe.engines.presence import PresenceTable, aggregateStatus, presenceView
-from muxframe.engines.queuestate import ConsumerTracker, QueueIndex, dedupKey, retentionStart
+from muxframe.engines import queuestate
+from muxframe.engines.queuestate import (
+    ConsumerTracker, KnownDevices, QueueIndex, dedupKey, retentionStart)
 from muxframe.engines.subscriptions import SubscriptionBook, transition
 
 APPROVED = SubscriptionState.APPROVED
@@ -254,6 +256,57 @@ class ConsumerTrackerTests(SynchronousTestCase):
             self.assertEqual(t.delivered, prefix(delivered))
             self.assertEqual(t.read, prefix(read))
         self.assertEqual(reported, list(range(1, t.delivered + 1)))
+
+
+class KnownDevicesTests(SynchronousTestCase):
+    """
+    An entity's known devices, least recently seen first, bounded.
+    """
+
+    def known(self, *devices):
+        known = KnownDevices()
+        for device in devices:
+            known.add(device, ConsumerTracker())
+        return known
+
+    def test_order(self):
+        """
+        Registration and sightings make a device the most recently seen;
+        sighting numbers only grow; loading orders by them, then by name.
+        """
+        known = self.known("a", "b", "c")
+        self.assertEqual([t.seen for t in known.trackers()], [1, 2, 3])
+        known.touch("a")
+        self.assertEqual(known.devices(), ["b", "c", "a"])
+        self.assertEqual(known.get("a").seen, 4)
+        known.touch("a")
+        self.assertEqual(known.get("a").seen, 4)
+        loaded = KnownDevices()
+        loaded.load([("z", ConsumerTracker(seen=5)), ("y", ConsumerTracker()),
+                     ("x", ConsumerTracker())])
+        self.assertEqual(loaded.devices(), ["x", "y", "z"])
+
+    def test_toForget(self):
+        """
+        Nothing is forgotten below the limit; at it, the least recently
+        seen offline device; every one online is L{LimitExceeded}.
+        """
+        known = self.known("a", "b", "c")
+        self.assertEqual(known.toForget(4, lambda d: False), [])
+        self.assertEqual(known.toForget(3, lambda d: d == "a"), ["b"])
+        error = self.assertRaises(LimitExceeded, known.toForget, 3, lambda d: True, "alice")
+        self.assertEqual(error.limit, "maxKnownDevices")
+        self.assertIn("'alice' has 3 known devices (max_known_devices)", str(error))
+
+    def test_overTheLimitShrinksInSteps(self):
+        """
+        An entity far over the limit (a lower setting, positions stored
+        before it) forgets at most L{queuestate.FORGET_AT_ONCE} devices a
+        registration, the least recently seen first.
+        """
+        known = self.known(*["d%03d" % (i,) for i in range(200)])
+        chosen = known.toForget(10, lambda d: False)
+        self.assertEqual(chosen, ["d%03d" % (i,) for i in range(queuestate.FORGET_AT_ONCE)])
 
 
 class SerialChainsTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ fetches the test answers.
 
 from types import SimpleNamespace
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
@@ -193,6 +193,66 @@ class BindTests(TestCase):
         finally:
             queues.position = position
         yield self._stillBound(bob, phone)
+
+
+class KnownDevicesTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def waitFor(self, engine, entity, device, delivered):
+        for _ in range(1000):
+            p = yield engine.queues.position(entity, device)
+            if p.delivered == delivered:
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("%s/%s never reached %d" % (entity, device, delivered))
+
+    @defer.inlineCallbacks
+    def offline(self, engine, entity, device):
+        for _ in range(1000):
+            p = yield engine.presence.presence(entity)
+            if device not in [d.device for d in p.devices]:
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("%s/%s stayed online" % (entity, device))
+
+    @defer.inlineCallbacks
+    def test_knownDevicesLimit(self):
+        """
+        With C{storage.max_known_devices} devices known and every one
+        online, a Bind of one more is BUSY naming the setting, and changes
+        nothing; once one is offline, the Bind forgets its position (the
+        least recently seen offline device's) and succeeds; that device
+        binding again starts afresh, sent again what is kept.
+        """
+        server, storage, port = yield serveInProcess(
+            self, storage__max_known_devices=2, storage__retention_interval=0)
+        engine = storage.engine
+        bob = yield connectPeer(self, port, BOB, "laptop")
+        for i in range(3):
+            yield bob.client.send("alice", b"m%d" % (i,))
+        phone = yield connectPeer(self, port, ALICE, "phone")
+        yield self.waitFor(engine, "alice", "phone", 3)
+        laptop = yield connectPeer(self, port, ALICE, "laptop")
+        failure = yield self.assertFailure(connectPeer(self, port, ALICE, "tablet"), PeerError)
+        self.assertEqual(failure.code, XTMPErrorCode.BUSY)
+        self.assertIn("max_known_devices", failure.reason)
+        known = yield engine.queues.knownDevices("alice")
+        self.assertEqual(known, ["phone", "laptop"])
+        info = yield engine.presence.presence("alice")
+        self.assertEqual(sorted(d.device for d in info.devices), ["laptop", "phone"])
+        yield phone.close()
+        yield self.offline(engine, "alice", "phone")
+        tablet = yield connectPeer(self, port, ALICE, "tablet")
+        self.assertEqual(tablet.bound.delivered, 0)
+        known = yield engine.queues.knownDevices("alice")
+        self.assertEqual(known, ["laptop", "tablet"])
+        self.assertEqual(engine.queues.stats()["devicesForgotten"], 1)
+        yield laptop.close()
+        yield self.offline(engine, "alice", "laptop")
+        again = yield connectPeer(self, port, ALICE, "phone")
+        self.assertEqual(again.bound.delivered, 0)
+        yield eventually(lambda: len(again.messages) == 3)
 
 
 class PresenceTests(TestCase):

@@ -18,6 +18,9 @@ for Redis):
  max_activity_ttl          60         s, the longest typing/recording TTL
  max_subscriptions         10000      awareness subscriptions per watcher
  max_watchers              100000     watchers per entity
+ max_known_devices         1024       devices with a queue position per entity
+                                      (one more forgets the least recently seen
+                                      offline one)
  retention_interval        10         s between retention passes (0: none)
  max_age                   604800     s a queued record is kept at most (null: no limit)
  max_messages              100000     records kept per queue (null: no limit)
@@ -46,6 +49,7 @@ _KEYS = {
     "max_activity_ttl": (int, lambda v: v >= 1, "maxActivityTtl"),
     "max_subscriptions": (int, lambda v: v >= 1, "maxSubscriptions"),
     "max_watchers": (int, lambda v: v >= 1, "maxWatchers"),
+    "max_known_devices": (int, lambda v: v >= 1, "maxKnownDevices"),
     "retention_interval": (_NUMBER, lambda v: v >= 0, "retentionInterval"),
     "max_age": (_NUMBER + (type(None),), lambda v: v is None or v > 0, None),
     "max_messages": ((int, type(None)), lambda v: v is None or v >= 1, None),

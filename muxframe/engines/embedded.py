@@ -168,11 +168,14 @@ class EmbeddedEngine:
     @param syncInThread: run file writes, fsyncs and reads in a thread pool
         (the default); False runs them inline (tests with a fake clock).
     @param retentionInterval: seconds between retention passes.
+    @param maxKnownDevices: devices with a queue position per entity at
+        most (L{muxframe.engines.queuestate}).
     """
 
     def __init__(self, directory, reactor=None, clock=None, nodeId=None,
                  retention=QueueRetention(), segmentBytes=64 * 1024 * 1024, indexInterval=4096,
                  maxPendingBytes=64 * 1024 * 1024, dedupWindow=100000, maxJournalBytes=None,
+                 maxKnownDevices=1024,
                  retentionInterval=10.0, deviceTimeout=30.0, maxDevices=64, maxActivityTtl=60,
                  maxSubscriptions=10000, maxWatchers=100000, historyMaxChannels=100000,
                  historyMaxBytes=256 * 1024 * 1024, threads=2, syncInThread=True):
@@ -191,11 +194,14 @@ class EmbeddedEngine:
         self._offsets = KeyValueFile(os.path.join(directory, "offsets.kv"), runner)
         self._presenceStore = KeyValueFile(os.path.join(directory, "presence.kv"), runner)
         self.broker = LocalBroker(self.nodeId)
-        self.queues = EmbeddedQueueStore(self.journal, self._offsets, self._clock, retention,
-                                         dedupWindow, maxJournalBytes=maxJournalBytes)
         self.presence = EmbeddedPresence(self._presenceStore, self._clock, self.nodeId,
                                          deviceTimeout, maxDevices, maxActivityTtl,
                                          maxSubscriptions, maxWatchers)
+        # A device online is never forgotten to make room for another.
+        self.queues = EmbeddedQueueStore(self.journal, self._offsets, self._clock, retention,
+                                         dedupWindow, maxJournalBytes=maxJournalBytes,
+                                         maxKnownDevices=maxKnownDevices,
+                                         isOnline=self.presence.table.isOnline)
         self.history = MemoryHistory(self._clock, historyMaxChannels, historyMaxBytes)
         self._retention = None
         self._shutdownTrigger = None

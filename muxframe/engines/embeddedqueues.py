@@ -5,7 +5,9 @@ offset floors, kept apart from the records).
 
 Key/value layout (keys are bytes, names are UTF-8, NUL-separated):
 
- - C{b"o\\x00" + entity + b"\\x00" + device}: delivered u64, read u64.
+ - C{b"o\\x00" + entity + b"\\x00" + device}: delivered u64, read u64,
+   seen u64 (the device's sighting number, L{KnownDevices}; a value of
+   16 bytes, from before it was kept, has 0).
  - C{b"f\\x00" + entity}: next offset u64, written before a segment holding
    the entity's records is deleted, so offsets never restart.
 """
@@ -14,7 +16,7 @@ import bisect
 import struct
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from muxframe.engines import logformat
@@ -25,12 +27,15 @@ from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueueMessage, QueueRetention,
     ReceiptKind, RecordKind, checkName, isPlainName)
 from muxframe.engines.ordering import SerialChains
-from muxframe.engines.queuestate import ConsumerTracker, QueueIndex, retentionStart
+from muxframe.engines.queuestate import (
+    ConsumerTracker, KnownDevices, QueueIndex, retentionStart)
 from muxframe.engines.watches import WatchList
+from muxframe.logthrottle import LogThrottle, throttled
 
 log = Logger()
 
 _POSITION = struct.Struct(">QQ")
+_SEEN_POSITION = struct.Struct(">QQQ")
 _FLOOR = struct.Struct(">Q")
 #: The sender names of a system message (no sender).
 _SYSTEM = ("", "")
@@ -83,10 +88,15 @@ class EmbeddedQueueStore:
     Queues in a journal on local disk.
 
     @param clock: an C{IReactorTime} for "now".
+    @param maxKnownDevices: devices known per entity at most (see
+        L{muxframe.engines.queuestate}).
+    @param isOnline: C{isOnline(entity, device)}, whether a device is
+        online in presence (never forgotten to make room for another).
     """
 
     def __init__(self, journal, positions, clock, retention=QueueRetention(),
-                 dedupWindow=100000, maxFetch=10000, maxJournalBytes=None):
+                 dedupWindow=100000, maxFetch=10000, maxJournalBytes=None,
+                 maxKnownDevices=1024, isOnline=None):
         self._journal = journal
         self._positions = positions
         self._clock = clock
@@ -95,6 +105,8 @@ class EmbeddedQueueStore:
         self.dedupWindow = dedupWindow
         self.maxFetch = maxFetch
         self.maxJournalBytes = maxJournalBytes
+        self.maxKnownDevices = maxKnownDevices
+        self.isOnline = isOnline if isOnline is not None else lambda entity, device: False
         self._queues = {}
         self._consumers = {}
         self._watches = WatchList()
@@ -107,6 +119,8 @@ class EmbeddedQueueStore:
         self._lastStamp = 0
         self._open = False
         self.droppedByCap = 0
+        self.devicesForgotten = 0
+        self._logThrottle = LogThrottle()
 
     # Start -----------------------------------------------------------
 
@@ -128,10 +142,18 @@ class EmbeddedQueueStore:
         for key, value in self._positions.items(b"f\x00"):
             (floor,) = _FLOOR.unpack(value)
             self._queue(key[2:].decode("utf-8")).floor(floor)
+        stored = {}
         for key, value in self._positions.items(b"o\x00"):
             entity, device = key[2:].decode("utf-8").split("\x00", 1)
-            delivered, read = _POSITION.unpack(value)
-            self._consumers.setdefault(entity, {})[device] = ConsumerTracker(delivered, read)
+            if len(value) == _POSITION.size:
+                (delivered, read), seen = _POSITION.unpack(value), 0
+            else:
+                delivered, read, seen = _SEEN_POSITION.unpack(value)
+            tracker = ConsumerTracker(delivered, read, seen=seen)
+            stored.setdefault(entity, []).append((device, tracker))
+        for entity, entries in stored.items():
+            known = self._consumers[entity] = KnownDevices()
+            known.load(entries)
         self._open = True
 
     def close(self):
@@ -381,18 +403,56 @@ class EmbeddedQueueStore:
         return ConsumerPosition(entity, device, tracker.delivered, tracker.read,
                                 index.firstOffset, index.nextOffset)
 
-    def _tracker(self, entity, device):
-        trackers = self._consumers.setdefault(entity, {})
-        tracker = trackers.get(device)
-        created = tracker is None
-        if created:
-            first = self._queue(entity).firstOffset
-            tracker = trackers[device] = ConsumerTracker(first - 1, first - 1)
-        return tracker, created
+    def _see(self, entity, device):
+        """
+        C{entity}'s C{device} is seen: its tracker, registered if the device
+        is not known (forgetting the least recently seen devices offline
+        when C{maxKnownDevices} are known).
 
-    def _savePosition(self, entity, device, tracker):
+        @return: C{(tracker, created, moved)}: whether it was registered,
+            and whether its sighting changed the devices' order.
+        @raise LimitExceeded: (C{maxKnownDevices}) every known device is
+            online; nothing changed.
+        """
+        known = self._consumers.get(entity)
+        tracker = known.get(device) if known is not None else None
+        if tracker is not None:
+            seen = tracker.seen
+            known.touch(device)
+            return tracker, False, tracker.seen != seen
+        if known is None:
+            known = KnownDevices()
+        isOnline = self.isOnline
+        forgotten = known.toForget(self.maxKnownDevices, lambda d: isOnline(entity, d), entity)
+        for gone in forgotten:
+            known.remove(gone)
+            # Durable with the registration's own write, which follows.
+            self._positions.delete(_positionKey(entity, gone)).addErrback(_later)
+        if forgotten:
+            self._forgot(entity, forgotten)
+        first = self._queue(entity).firstOffset
+        tracker = known.add(device, ConsumerTracker(first - 1, first - 1))
+        self._consumers[entity] = known
+        return tracker, True, True
+
+    def _forgot(self, entity, devices):
+        # Counted, and logged at most a few times a minute however often
+        # a client registers fresh devices.
+        self.devicesForgotten += len(devices)
+        throttled(log, self._logThrottle, self._seconds(), LogLevel.info, "devices forgotten",
+                  "{entity!r} knows {limit} devices (max_known_devices): forgot {count} "
+                  "seen least recently, such as {device!r} ({total} so far)",
+                  entity=entity, limit=self.maxKnownDevices, count=len(devices),
+                  device=devices[0], total=self.devicesForgotten)
+
+    def _savePosition(self, entity, device, tracker, position=None):
+        # The position given (the tracker's stored one by default: what
+        # acknowledgements in progress have not saved yet stays unsaved)
+        # and the device's sighting.
+        delivered, read = position if position is not None else tracker.stored
+        tracker.stored = (delivered, read)
         return self._positions.put(_positionKey(entity, device),
-                                   _POSITION.pack(tracker.delivered, tracker.read))
+                                   _SEEN_POSITION.pack(delivered, read, tracker.seen))
 
     def position(self, entity, device):
         """
@@ -406,9 +466,15 @@ class EmbeddedQueueStore:
             checkName(device, "device")
         except Exception:
             return defer.fail()
-        tracker, created = self._tracker(entity, device)
+        try:
+            tracker, created, moved = self._see(entity, device)
+        except Exception:
+            return defer.fail()
         position = self._positionOf(entity, device, tracker)
         if not created:
+            if moved:
+                # Only the order of the devices changed: not waited for.
+                self._savePosition(entity, device, tracker).addErrback(_later)
             return defer.succeed(position)
         return self._savePosition(entity, device, tracker).addCallback(lambda _: position)
 
@@ -422,13 +488,25 @@ class EmbeddedQueueStore:
             checkName(device, "device")
             kind = ReceiptKind(kind)
             index = self._queue(entity)
-            tracker, _ = self._tracker(entity, device)
-            before = (tracker.delivered, tracker.read)
+            tracker, created, moved = self._see(entity, device)
+        except Exception:
+            return defer.fail()
+        before = (tracker.delivered, tracker.read)
+        try:
             delivered, read = tracker.acknowledge(offset, kind, index.firstOffset,
                                                   index.nextOffset)
         except Exception:
-            return defer.fail()
+            failure = defer.fail()
+            if created:
+                # The device was registered all the same.
+                self._savePosition(entity, device, tracker).addErrback(_later)
+            return failure
         if (tracker.delivered, tracker.read) == before:
+            if created:
+                return self._savePosition(entity, device, tracker).addCallback(
+                    lambda _: self._positionOf(entity, device, tracker))
+            if moved:
+                self._savePosition(entity, device, tracker).addErrback(_later)
             return defer.succeed(self._positionOf(entity, device, tracker))
         covered = sorted(set(delivered) | set(read))
         receipts = self._sendReceipts(entity, device, index, covered, set(delivered), set(read))
@@ -438,7 +516,11 @@ class EmbeddedQueueStore:
             # After every earlier acknowledgement of this device, and after
             # this one's receipts are durable.
             def write(_):
-                return self._positions.put(_positionKey(entity, device), _POSITION.pack(*saved))
+                known = self._consumers.get(entity)
+                if known is None or known.get(device) is not tracker:
+                    # Forgotten meanwhile: it stays forgotten.
+                    return None
+                return self._savePosition(entity, device, tracker, saved)
             return receipts.addCallback(write)
         d = self._acks.after((entity, device), save)
         return d.addCallback(lambda _: self._positionOf(entity, device, tracker))
@@ -478,12 +560,19 @@ class EmbeddedQueueStore:
             self._check()
         except Exception:
             return defer.fail()
-        trackers = self._consumers.get(entity, {})
-        if trackers.pop(device, None) is None:
+        known = self._consumers.get(entity)
+        if known is None or known.remove(device) is None:
             return defer.succeed(None)
-        if not trackers:
+        if not len(known):
             del self._consumers[entity]
         return self._positions.delete(_positionKey(entity, device))
+
+    def knownDevices(self, entity):
+        """
+        See L{IQueueStore.knownDevices}.
+        """
+        known = self._consumers.get(entity)
+        return defer.succeed(known.devices() if known is not None else [])
 
     def watch(self, entity, callback):
         """
@@ -505,8 +594,8 @@ class EmbeddedQueueStore:
             return defer.succeed(0)
         now = int(self._clock.seconds() * 1000)
         for entity, index in self._queues.items():
-            trackers = self._consumers.get(entity)
-            lowest = min(t.delivered for t in trackers.values()) if trackers else None
+            known = self._consumers.get(entity)
+            lowest = min(t.delivered for t in known.trackers()) if known else None
             index.trimTo(retentionStart(index, self.retention, now, lowest))
         segmentsInUse = self._journal.segments
         drop = []
@@ -569,7 +658,14 @@ class EmbeddedQueueStore:
                 "journalBytes": self._journal.totalBytes,
                 "segments": len(self._journal.segments),
                 "flushes": self._journal.flushes,
-                "droppedByCap": self.droppedByCap}
+                "droppedByCap": self.droppedByCap,
+                "devicesForgotten": self.devicesForgotten}
+
+
+def _later(failure):
+    # A write not waited for: a failed one fails every later write of its
+    # file too (L{KeyValueFile}), and those are waited for and reported.
+    return None
 
 
 def _storageError(failure):

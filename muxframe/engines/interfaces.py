@@ -271,6 +271,15 @@ class IQueueStore(Interface):
         unacknowledged records no longer hold retention back.
         """
 
+    def knownDevices(entity):
+        """
+        A L{Deferred} firing with the list of C{entity}'s known devices
+        (those with a position), least recently seen first.  At most
+        C{maxKnownDevices} are known: registering one more forgets the
+        least recently seen offline ones, as L{forget} does (see
+        L{muxframe.engines.queuestate}).
+        """
+
     def watch(entity, callback):
         """
         Call C{callback(entity, lastOffset)} whenever a durable record is

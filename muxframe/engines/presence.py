@@ -263,6 +263,13 @@ class PresenceTable:
             return []
         return self._change(entity, state, device, now)
 
+    def isOnline(self, entity, device):
+        """
+        Whether C{entity}'s C{device} is online.
+        """
+        state = self._entities.get(entity)
+        return state is not None and device in state.devices
+
     def heartbeat(self, entity, device, now):
         """
         The device is alive; return whether it was online.

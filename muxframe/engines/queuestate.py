@@ -23,6 +23,18 @@ Rules:
    never handed out is an error, one past the limit is refused and
    changes nothing; one below the queue's first kept offset counts as
    that offset (dropped records need no ack).
+ - Known devices (L{KnownDevices}): an entity's queue knows at most
+   C{maxKnownDevices} devices, each with a position.  Registering a device
+   (its first C{position()} or C{acknowledge()}) or seeing one again
+   (every later one) makes it the most recently seen: its C{seen} number
+   becomes one more than the highest of the entity's devices.  A device
+   registering when as many are known forgets the least recently seen
+   devices that are not online (enough to make room, at most
+   C{FORGET_AT_ONCE} at a time) as an explicit forget would: their
+   positions go and they no longer hold retention back.  When every known
+   device is online, the registration is refused (L{LimitExceeded},
+   C{maxKnownDevices}) and nothing changes.  A forgotten device that comes
+   back registers afresh at the oldest kept record.
 """
 
 import bisect
@@ -33,6 +45,10 @@ from muxframe.engines.logformat import messageKey
 from muxframe.engines.model import MAX_OFFSET, ReceiptKind
 
 _NO_KEY = bytes(16)
+#: The most devices one registration forgets (an entity left over the
+#: limit by an older version, or a lower setting, shrinks this many at a
+#: time, without one long pause).
+FORGET_AT_ONCE = 64
 #: Keys that fell out of the dedup window leave the dict this many at a
 #: time, not one per append (L{QueueIndex.find} ignores them meanwhile).
 _FORGET_EVERY = 1024
@@ -227,10 +243,16 @@ class ConsumerTracker:
     offsets, and the acknowledgements waiting past a gap.
     """
 
-    def __init__(self, delivered=0, read=0, maxPending=1024):
+    def __init__(self, delivered=0, read=0, maxPending=1024, seen=0):
         self.delivered = delivered
         self.read = min(read, delivered)
         self.maxPending = maxPending
+        #: When the device was last seen, as a number that grows with
+        #: every sighting among its entity's devices (L{KnownDevices}).
+        self.seen = seen
+        #: The C{(delivered, read)} its engine last stored (the engine
+        #: keeps it up to date; acknowledgements in progress are ahead).
+        self.stored = (self.delivered, self.read)
         self._pending = {ReceiptKind.DELIVERED: set(), ReceiptKind.READ: set()}
 
     def acknowledge(self, offset, kind, firstOffset, nextOffset):
@@ -295,3 +317,112 @@ class ConsumerTracker:
         How many acknowledgements wait past a gap.
         """
         return sum(len(p) for p in self._pending.values())
+
+
+def knownDevicesFull(entity, known):
+    """
+    The message of the L{LimitExceeded} refusing a device of C{entity}
+    when its C{known} devices are all online.
+    """
+    return ("%r has %d known devices (max_known_devices), every one online: "
+            "no position can be forgotten for another" % (entity, known))
+
+
+class KnownDevices:
+    """
+    One entity's known devices and their L{ConsumerTracker}s, least
+    recently seen first (see the module's rules).
+    """
+
+    def __init__(self):
+        self._trackers = {}
+
+    def __len__(self):
+        return len(self._trackers)
+
+    def __contains__(self, device):
+        return device in self._trackers
+
+    def get(self, device):
+        """
+        The tracker of C{device}, or L{None}.
+        """
+        return self._trackers.get(device)
+
+    def devices(self):
+        """
+        The devices, least recently seen first.
+        """
+        return list(self._trackers)
+
+    def trackers(self):
+        """
+        The trackers, least recently seen first.
+        """
+        return self._trackers.values()
+
+    def load(self, entries):
+        """
+        Add stored C{(device, tracker)} pairs, in any order: they are
+        ordered by C{seen}, then by device (a value stored without a
+        sighting number has 0).
+        """
+        for device, tracker in sorted(entries, key=lambda e: (e[1].seen, e[0])):
+            self._trackers[device] = tracker
+
+    def _nextSeen(self):
+        if not self._trackers:
+            return 1
+        return self._trackers[next(reversed(self._trackers))].seen + 1
+
+    def touch(self, device):
+        """
+        C{device} (known) was seen: it becomes the most recently seen.
+        """
+        trackers = self._trackers
+        tracker = trackers[device]
+        if next(reversed(trackers)) != device:
+            tracker.seen = self._nextSeen()
+            del trackers[device]
+            trackers[device] = tracker
+        return tracker
+
+    def toForget(self, maxKnown, isOnline, entity=""):
+        """
+        The devices a new device's registration forgets: none while fewer
+        than C{maxKnown} are known, else the least recently seen for which
+        C{isOnline(device)} is false, enough to make room (at most
+        L{FORGET_AT_ONCE}).
+
+        @raise LimitExceeded: every known device is online (the message
+            names C{entity}).
+        """
+        excess = len(self._trackers) - maxKnown + 1
+        if excess <= 0:
+            return []
+        wanted = min(excess, FORGET_AT_ONCE)
+        chosen = []
+        for device in self._trackers:
+            if not isOnline(device):
+                chosen.append(device)
+                if len(chosen) >= wanted:
+                    break
+        if not chosen:
+            raise LimitExceeded(knownDevicesFull(entity, len(self._trackers)),
+                                "maxKnownDevices")
+        return chosen
+
+    def add(self, device, tracker):
+        """
+        Register C{device} (not known) with C{tracker}, as the most recently
+        seen.
+        """
+        tracker.seen = self._nextSeen()
+        self._trackers[device] = tracker
+        return tracker
+
+    def remove(self, device):
+        """
+        Forget C{device}; return its tracker or L{None}.
+        """
+        return self._trackers.pop(device, None)

@@ -144,12 +144,14 @@ class RedisEngine:
         reactor).
     @param prefix: prepended to every key and channel, so several services
         can share a Redis.
+    @param maxKnownDevices: devices with a queue position per entity at
+        most (L{muxframe.engines.queuestate}).
     """
 
     def __init__(self, address, reactor=None, clock=None, nodeId=None, prefix="muxframe:",
                  retention=QueueRetention(), retentionInterval=10.0, deviceTimeout=30.0,
                  maxDevices=64, maxActivityTtl=60, maxSubscriptions=10000, maxWatchers=100000,
-                 sweepInterval=1.0):
+                 sweepInterval=1.0, maxKnownDevices=1024):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -159,7 +161,8 @@ class RedisEngine:
         self.retentionInterval = retentionInterval
         self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed)
         self.broker = RedisBroker(self.client, prefix, self.nodeId)
-        self.queues = RedisQueueStore(self.client, prefix, self._clock, retention)
+        self.queues = RedisQueueStore(self.client, prefix, self._clock, retention,
+                                      maxKnownDevices=maxKnownDevices)
         self.presence = RedisPresence(self.client, prefix, self._clock, self.nodeId,
                                       deviceTimeout, maxDevices, maxActivityTtl,
                                       maxSubscriptions, maxWatchers, sweepInterval)

@@ -188,6 +188,14 @@ def _approved(flat):
     return [w for w, s in pairs(flat).items() if int(s) == SubscriptionState.APPROVED]
 
 
+def presenceBase(prefix, entity):
+    """
+    The start of C{entity}'s presence keys (C{:dev} is its online devices,
+    which the queue store reads too: a device online is never forgotten).
+    """
+    return "%sp:{%s}" % (prefix, entity)
+
+
 @implementer(IPresenceManager)
 class RedisPresence:
     """
@@ -217,7 +225,7 @@ class RedisPresence:
         return int(self._clock.seconds() * 1000)
 
     def _base(self, entity):
-        return "%sp:{%s}" % (self._prefix, entity)
+        return presenceBase(self._prefix, entity)
 
     def _keyTtl(self):
         # A safety net in Redis's own time: device hashes outlive the last

@@ -10,6 +10,9 @@ Keys (P: the engine's prefix, E: the entity):
    stamp (last timestamp).
  - C{P q:{E}:dedup}: hash dedup key -> offset, for kept records.
  - C{P q:{E}:pos}: hash device -> "delivered read", the consumer positions.
+ - C{P q:{E}:seen}: sorted set of the known devices by sighting number
+   (L{muxframe.engines.queuestate.KnownDevices}; a device in C{:pos} and
+   not here, stored before sightings were, counts as 0).
  - C{P queues}: set of entities with a queue (for retention passes).
  - Channel C{P qn:E}: the offset of every append, for watches on any node.
 
@@ -25,6 +28,7 @@ reply (C{everysec} may lose the last second on a power cut).
 from bisect import bisect_left
 
 from twisted.internet import defer
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from muxframe.engines import logformat
@@ -35,9 +39,11 @@ from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueuedRecord, QueueRetention, ReceiptKind,
     RecordKind, checkName)
 from muxframe.engines.ordering import SerialChains
-from muxframe.engines.queuestate import ConsumerTracker
+from muxframe.engines.queuestate import FORGET_AT_ONCE, ConsumerTracker, knownDevicesFull
 from muxframe.engines.redisconn import Script
+from muxframe.engines.redispresence import presenceBase
 from muxframe.engines.watches import WatchList
+from muxframe.logthrottle import LogThrottle, throttled
 
 APPEND = Script("append", """
 local existing = redis.call('HGET', KEYS[3], ARGV[1])
@@ -68,24 +74,94 @@ redis.call('PUBLISH', ARGV[9], offset)
 return {tonumber(offset), tonumber(stamp), 0}
 """)
 
+# KEYS: pos, meta, seen, the entity's online devices (presence); ARGV:
+# device, register ('1'), maxKnownDevices, FORGET_AT_ONCE.  Returns {position
+# or false, first, last, refused (the devices known when every one is
+# online, else 0), then the devices forgotten}.  The rules are
+# muxframe.engines.queuestate's (KnownDevices).
 POSITION = Script("position", """
 local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
 local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v and ARGV[2] == '1' then
+local out = {false, first, last, 0}
+if ARGV[2] ~= '1' then
+  out[1] = v or false
+  return out
+end
+if not v then
+  local known = redis.call('HLEN', KEYS[1])
+  local excess = known - tonumber(ARGV[3]) + 1
+  if excess > 0 then
+    if redis.call('ZCARD', KEYS[3]) < known then
+      for _, d in ipairs(redis.call('HKEYS', KEYS[1])) do
+        if not redis.call('ZSCORE', KEYS[3], d) then redis.call('ZADD', KEYS[3], 0, d) end
+      end
+    end
+    local wanted = math.min(excess, tonumber(ARGV[4]))
+    local chosen, stale, at = {}, {}, 0
+    while #chosen < wanted do
+      local page = redis.call('ZRANGE', KEYS[3], at, at + 63)
+      if #page == 0 then break end
+      for _, d in ipairs(page) do
+        if redis.call('HEXISTS', KEYS[1], d) == 0 then
+          stale[#stale + 1] = d
+        elseif #chosen < wanted and redis.call('HEXISTS', KEYS[4], d) == 0 then
+          chosen[#chosen + 1] = d
+        end
+      end
+      at = at + 64
+    end
+    for _, d in ipairs(stale) do redis.call('ZREM', KEYS[3], d) end
+    if #chosen == 0 then
+      out[4] = known
+      return out
+    end
+    for _, d in ipairs(chosen) do
+      redis.call('HDEL', KEYS[1], d)
+      redis.call('ZREM', KEYS[3], d)
+      out[#out + 1] = d
+    end
+  end
   v = string.format('%d %d', first - 1, first - 1)
   redis.call('HSET', KEYS[1], ARGV[1], v)
 end
-return {v or false, first, last}
+local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if top[1] ~= ARGV[1] then
+  local seen = 1
+  if top[2] then seen = tonumber(top[2]) + 1 end
+  redis.call('ZADD', KEYS[3], string.format('%d', seen), ARGV[1])
+end
+out[1] = v
+return out
 """)
 
+FORGET = Script("forget", """
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+""")
+
+# The known devices, least recently seen first: {device, seen, ...} of the
+# sighting set, then the devices of pos it lacks (seen 0).
+KNOWN = Script("known", """
+local out = {}
+local listed = {}
+for i, d in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do listed[d] = true end
+for _, d in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not listed[d] then out[#out + 1] = d end
+end
+table.sort(out)
+for _, d in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('HEXISTS', KEYS[1], d) == 1 then out[#out + 1] = d end
+end
+return out
+""")
+
+# A device forgotten meanwhile stays forgotten (false).
 SAVE_POSITION = Script("savePosition", """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-local d, r = 0, 0
-if v then
-  local a, b = string.match(v, '(%d+) (%d+)')
-  d, r = tonumber(a), tonumber(b)
-end
+if not v then return false end
+local a, b = string.match(v, '(%d+) (%d+)')
+local d, r = tonumber(a), tonumber(b)
 d = math.max(d, tonumber(ARGV[2]))
 r = math.min(math.max(r, tonumber(ARGV[3])), d)
 v = string.format('%d %d', d, r)
@@ -175,6 +251,9 @@ RECEIPT_READ_BYTES = 1 << 20
 RECEIPT_READ_RECORDS = 1024
 
 
+log = Logger()
+
+
 def _fields(flat):
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
@@ -210,14 +289,23 @@ def _position(value):
 class RedisQueueStore:
     """
     Queues in Redis streams, shared by every node on the same Redis.
+
+    @param maxKnownDevices: devices known per entity at most (see
+        L{muxframe.engines.queuestate}); a device online in presence is
+        never forgotten to make room.
     """
 
-    def __init__(self, client, prefix, clock, retention=QueueRetention(), maxFetch=10000):
+    def __init__(self, client, prefix, clock, retention=QueueRetention(), maxFetch=10000,
+                 maxKnownDevices=1024):
         self._client = client
         self._prefix = prefix
         self._clock = clock
         self.retention = retention
         self.maxFetch = maxFetch
+        self.maxKnownDevices = maxKnownDevices
+        #: Devices this node forgot to make room for others.
+        self.devicesForgotten = 0
+        self._logThrottle = LogThrottle()
         self._trackers = {}
         self._acks = SerialChains()
         self._watches = WatchList(self._firstWatch, self._lastWatch)
@@ -296,9 +384,46 @@ class RedisQueueStore:
             return out
         return d.addCallback(decoded)
 
+    def _positionKeys(self, entity):
+        # pos and seen.
+        base = "%sq:{%s}" % (self._prefix, entity)
+        return [base + ":pos", base + ":seen"]
+
     def _load(self, entity, device, register):
-        keys = ["%sq:{%s}:pos" % (self._prefix, entity), self._keys(entity)[1]]
-        return self._client.run(POSITION, keys, [device, "1" if register else "0"])
+        """
+        The device's stored position, C{(value, first, last)}; registering
+        it (C{register}) makes it the most recently seen, and a device not
+        known yet is registered, forgetting others to make room.
+
+        @raise LimitExceeded: (C{maxKnownDevices}) every known device is
+            online; nothing changed.
+        """
+        pos, seen = self._positionKeys(entity)
+        keys = [pos, self._keys(entity)[1], seen, presenceBase(self._prefix, entity) + ":dev"]
+        d = self._client.run(POSITION, keys, [device, "1" if register else "0",
+                                              self.maxKnownDevices, FORGET_AT_ONCE])
+
+        def loaded(reply):
+            value, first, last, refused = reply[:4]
+            if int(refused):
+                raise LimitExceeded(knownDevicesFull(entity, int(refused)), "maxKnownDevices")
+            if len(reply) > 4:
+                self._forgot(entity, [d.decode("utf-8") for d in reply[4:]])
+            return value, first, last
+        return d.addCallback(loaded)
+
+    def _forgot(self, entity, devices):
+        # Counted, and logged at most a few times a minute however often
+        # a client registers fresh devices.
+        for device in devices:
+            self._trackers.pop((entity, device), None)
+        self.devicesForgotten += len(devices)
+        throttled(log, self._logThrottle, self._clock.seconds(), LogLevel.info,
+                  "devices forgotten",
+                  "{entity!r} knows {limit} devices (max_known_devices): forgot {count} "
+                  "seen least recently, such as {device!r} ({total} so far)",
+                  entity=entity, limit=self.maxKnownDevices, count=len(devices),
+                  device=devices[0], total=self.devicesForgotten)
 
     def position(self, entity, device):
         """
@@ -329,10 +454,13 @@ class RedisQueueStore:
         first, nextOffset = int(first), int(last) + 1
         stored = _position(value)
         tracker = self._trackers.get((entity, device))
-        if tracker is None:
+        if tracker is None or stored[0] < tracker.stored[0] or stored[1] < tracker.stored[1]:
+            # New here, or forgotten (by any node) and registered again
+            # since: otherwise stored positions never move back.
             if len(self._trackers) > 100000:
                 self._trackers.clear()
             tracker = self._trackers[(entity, device)] = ConsumerTracker(*stored)
+        tracker.stored = stored
         # Another node may have moved the position on meanwhile.
         tracker.delivered = max(tracker.delivered, stored[0])
         tracker.read = max(tracker.read, min(stored[1], tracker.delivered))
@@ -344,7 +472,7 @@ class RedisQueueStore:
             if covered:
                 receipts = self._sendReceipts(entity, device, covered, set(delivered), set(read))
             saved = (tracker.delivered, tracker.read)
-            keys = ["%sq:{%s}:pos" % (self._prefix, entity)]
+            keys = self._positionKeys(entity)[:1]
 
             def save():
                 # After earlier acknowledgements of the device and this
@@ -352,7 +480,12 @@ class RedisQueueStore:
                 return receipts.addCallback(lambda _: self._client.run(
                     SAVE_POSITION, keys, [device, saved[0], saved[1]]))
             value = yield self._acks.after((entity, device), save)
-            stored = _position(value)
+            if value is None:
+                # Forgotten meanwhile (it stays so).
+                stored = saved
+            else:
+                stored = _position(value)
+                tracker.stored = max(tracker.stored, stored)
         return ConsumerPosition(entity, device, stored[0], stored[1], first, nextOffset)
 
     @defer.inlineCallbacks
@@ -406,7 +539,24 @@ class RedisQueueStore:
         except Exception:
             return defer.fail()
         self._trackers.pop((entity, device), None)
-        return self._client.call("HDEL", "%sq:{%s}:pos" % (self._prefix, entity), device)
+        return self._client.run(FORGET, self._positionKeys(entity), [device])
+
+    def knownDevices(self, entity):
+        """
+        See L{IQueueStore.knownDevices}.
+        """
+        try:
+            checkName(entity, "entity")
+        except Exception:
+            return defer.fail()
+        d = self._client.run(KNOWN, self._positionKeys(entity), [])
+        return d.addCallback(lambda devices: [device.decode("utf-8") for device in devices])
+
+    def stats(self):
+        """
+        This node's counters for operators.
+        """
+        return {"devicesForgotten": self.devicesForgotten}
 
     def watch(self, entity, callback):
         """

@@ -437,6 +437,11 @@ SCHEMA = [Key(*entry) for entry in [
      "Awareness subscriptions per watcher at most."),
     ("storage.max_watchers", _integer(1), 100000, _count,
      "Awareness watchers per entity at most."),
+    ("storage.max_known_devices", _integer(1), 1024, _count,
+     "Devices with a queue position per entity at most: one more binding "
+     "forgets the least recently seen device that is offline (its "
+     "position goes; back, it starts from the oldest kept record); BUSY "
+     "when every one is online."),
     ("storage.delivery_window", _integer(1, 10000), 256, _count,
      "Queue records sent to a device and not yet acknowledged, at most."),
     ("storage.retention_interval", _number(), 10.0, _seconds,
