@@ -329,10 +329,14 @@ class EngineContract:
     def test_retentionAgeAndCount(self):
         """
         maxMessages keeps the newest; maxAge drops records older than it,
-        acknowledged or not; offsets go on from where they were.
+        acknowledged or not; offsets go on from where they were in a queue
+        that ever had a device (see L{test_queueLimit} for one that did
+        not).
         """
         e = yield self.engine(retention=QueueRetention(maxAge=60.0, maxMessages=3,
                                                         deleteAcknowledged=False))
+        yield e.queues.position("alice", "phone")
+        yield e.queues.forget("alice", "phone")
         for i in range(5):
             yield e.queues.append("alice", self.message(i))
         yield e.queues.applyRetention()
@@ -536,6 +540,56 @@ class EngineContract:
         self.assertEqual(known, ["c", "a", "d"])
         p = yield e2.queues.position("alice", "a")
         self.assertEqual(p.delivered, 1)
+
+    # Queues kept -------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_queueLimit(self):
+        """
+        At most C{maxQueues} queues are kept: a message to an entity without
+        one is L{LimitExceeded} naming C{maxQueues} and stores nothing (in an
+        C{appendMany}, nothing of the batch); queues kept take messages
+        still; a device registering and receipts are never refused (and
+        count).  A queue keeping no record and no device is no longer kept
+        after a retention pass (C{maxAge} here), which makes room.
+        """
+        e = yield self.engine(maxQueues=3, retention=QueueRetention(
+            maxAge=60.0, maxMessages=None, deleteAcknowledged=True))
+        for entity in ("q1", "q2"):
+            yield e.queues.append(entity, self.message(1, receipts=False))
+        yield e.queues.position("alice", "phone")
+        failure = yield self.assertFailure(e.queues.append("q4", self.message(1)),
+                                           LimitExceeded)
+        self.assertEqual(failure.limit, "maxQueues")
+        self.assertIn("max_queues", str(failure))
+        failure = yield self.assertFailure(e.queues.appendMany(
+            [("q1", self.message(2)), ("q5", self.message(2))]), LimitExceeded)
+        self.assertEqual(failure.limit, "maxQueues")
+        records = yield e.queues.fetch("q1", 1)
+        self.assertEqual([r.messageId for r in records], ["m1"])
+        records = yield e.queues.fetch("q4", 1)
+        self.assertEqual(records, [])
+        appended = yield e.queues.append("q1", self.message(3))
+        self.assertEqual(appended.offset, 2)
+        yield e.queues.append("alice", self.message(1))
+        yield e.queues.position("carol", "laptop")
+        p = yield e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        self.assertEqual(p.delivered, 1)
+        receipts = yield e.queues.fetch("bob", 1)
+        self.assertEqual([r.receipt.offset for r in receipts], [1])
+        yield self.assertFailure(e.queues.append("q4", self.message(1)), LimitExceeded)
+        self.clock.advance(61)
+        yield self.forgetIdleQueues(e)
+        yield e.queues.append("q4", self.message(1))
+        yield self.assertFailure(e.queues.append("q6", self.message(1)), LimitExceeded)
+
+    def forgetIdleQueues(self, engine):
+        """
+        A retention pass, after which the queues keeping no record and no
+        device are no longer kept (the embedded engine needs the journal
+        segments holding their records gone too: its tests roll them).
+        """
+        return engine.queues.applyRetention()
 
     # Presence ----------------------------------------------------------
 

@@ -37,6 +37,19 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         return again
 
     @defer.inlineCallbacks
+    def forgetIdleQueues(self, engine):
+        """
+        Seal the active segment (a large record to alice, a queue kept)
+        so that retention can delete the segments holding the idle queues'
+        records, then run a pass.
+        """
+        engine.journal.segmentBytes = 4096
+        yield engine.queues.append("alice", QueueMessage(
+            "filler", b"x" * 4096, Address("bob", "phone"), False))
+        result = yield engine.queues.applyRetention()
+        return result
+
+    @defer.inlineCallbacks
     def test_stopFinishesAcknowledgementsInProgress(self):
         """
         An acknowledgement taken before C{stop()} saves its receipts and
@@ -100,6 +113,42 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         yield again.queues.position("alice", "newer")
         known = yield again.queues.knownDevices("alice")
         self.assertEqual(known, ["new", "old-b", "newer"])
+
+    @defer.inlineCallbacks
+    def test_idleQueuesLeaveNothing(self):
+        """
+        Messages to names nobody binds leave nothing once retention dropped
+        them and the segments holding them are deleted: no queue in memory,
+        no floor in C{offsets.kv} (it used to keep one per name forever);
+        a queue that had a device keeps its floor, and its offsets go on,
+        also after a restart.
+        """
+        from muxframe.engines.model import QueueRetention
+        e = yield self.makeEngine(self.clock, segmentBytes=4096, retention=QueueRetention(
+            maxAge=60.0, maxMessages=None, deleteAcknowledged=True))
+        yield e.queues.appendMany([("name-%d" % (i,), self.message(i, receipts=False))
+                                   for i in range(200)])
+        yield e.queues.position("alice", "phone")
+        yield e.queues.forget("alice", "phone")
+        yield e.queues.append("alice", self.message(1, receipts=False))
+        self.assertEqual(e.queues.stats()["queues"], 201)
+        self.clock.advance(61)
+        yield e.queues.append("carol", QueueMessage("f", b"x" * 4096, None))
+        yield e.queues.position("carol", "d")
+        yield e.queues.applyRetention()
+        self.assertEqual(e.queues.stats()["queues"], 1)
+        self.assertEqual(sorted(k for k, _ in e._offsets.items(b"f\x00")),
+                         [b"f\x00alice", b"f\x00carol"])
+        appended = yield e.queues.append("alice", self.message(2, receipts=False))
+        self.assertEqual(appended.offset, 2)
+        appended = yield e.queues.append("name-7", self.message(2, receipts=False))
+        self.assertEqual(appended.offset, 1)
+        yield e.stop()
+        again = yield self.makeEngine(self.clock, segmentBytes=4096)
+        self.addCleanup(again.stop)
+        self.assertEqual(again.queues.stats()["queues"], 3)
+        appended = yield again.queues.append("alice", self.message(3, receipts=False))
+        self.assertEqual(appended.offset, 3)
 
     @defer.inlineCallbacks
     def test_senderCacheKeepsChecksAndDedup(self):

@@ -112,6 +112,35 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         self.assertEqual(known, ["new", "old-b", "newer"])
 
 
+    @defer.inlineCallbacks
+    def test_idleQueuesLeaveNothing(self):
+        """
+        Messages to names nobody binds leave no key once retention dropped
+        them (it used to keep an empty stream, the meta hash and the
+        C{queues} member per name forever); a queue that had a device keeps
+        its meta hash only, and its offsets go on.
+        """
+        from muxframe.engines.model import QueueRetention
+        e = yield self.makeEngine(self.clock, retention=QueueRetention(
+            maxAge=60.0, maxMessages=None, deleteAcknowledged=True))
+        self.addCleanup(e.stop)
+        yield e.queues.appendMany([("name-%d" % (i,), self.message(i, receipts=False))
+                                   for i in range(200)])
+        yield e.queues.position("alice", "phone")
+        yield e.queues.forget("alice", "phone")
+        yield e.queues.append("alice", self.message(1, receipts=False))
+        kept = yield e.client.call("SCARD", "muxframe:queues")
+        self.assertEqual(kept, 201)
+        self.clock.advance(61)
+        yield e.queues.applyRetention()
+        keys = yield e.client.call("KEYS", "muxframe:q*")
+        self.assertEqual(sorted(keys), [b"muxframe:q:{alice}:meta"])
+        appended = yield e.queues.append("alice", self.message(2, receipts=False))
+        self.assertEqual(appended.offset, 2)
+        appended = yield e.queues.append("name-7", self.message(2, receipts=False))
+        self.assertEqual(appended.offset, 1)
+
+
 class RedisPasswordTests(unittest.TestCase):
     """
     A Redis with a password: the right one works for both connections, a

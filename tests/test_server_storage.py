@@ -255,6 +255,35 @@ class KnownDevicesTests(TestCase):
         yield eventually(lambda: len(again.messages) == 3)
 
 
+class QueueLimitTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_messageToNewEntityAtTheLimit(self):
+        """
+        With C{storage.max_queues} queues kept, a Message to an entity
+        without one is BUSY naming the setting and stores nothing; the
+        messages of the same turn to queues kept are stored and answered.
+        """
+        server, storage, port = yield serveInProcess(self, storage__max_queues=3)
+        bob = yield connectPeer(self, port, BOB, "laptop")
+        alice = yield connectPeer(self, port, ALICE, "phone")
+        yield bob.client.send("carol", b"queued for carol")
+        refused = bob.client.send("dave", b"no room")
+        sent = bob.client.send("alice", b"hello")
+        failure = yield self.assertFailure(refused, PeerError)
+        self.assertEqual(failure.code, XTMPErrorCode.BUSY)
+        self.assertIn("max_queues", failure.reason)
+        answer = yield sent
+        self.assertEqual(answer.signal_offset, 1)
+        yield eventually(lambda: [m.payload for m in alice.messages] == [b"hello"])
+        records = yield storage.engine.queues.fetch("dave", 1)
+        self.assertEqual(records, [])
+        # Once, or twice when both came in one turn (the turn's batch,
+        # then dave's message on its own).
+        self.assertIn(storage.engine.queues.stats()["queuesRefused"], (1, 2))
+
+
 class PresenceTests(TestCase):
     timeout = 60
 

@@ -21,6 +21,9 @@ for Redis):
  max_known_devices         1024       devices with a queue position per entity
                                       (one more forgets the least recently seen
                                       offline one)
+ max_queues                1000000    queues kept (with records or devices); a
+                                      message to an entity without one is
+                                      refused while as many are kept
  retention_interval        10         s between retention passes (0: none)
  max_age                   604800     s a queued record is kept at most (null: no limit)
  max_messages              100000     records kept per queue (null: no limit)
@@ -50,6 +53,7 @@ _KEYS = {
     "max_subscriptions": (int, lambda v: v >= 1, "maxSubscriptions"),
     "max_watchers": (int, lambda v: v >= 1, "maxWatchers"),
     "max_known_devices": (int, lambda v: v >= 1, "maxKnownDevices"),
+    "max_queues": (int, lambda v: v >= 1, "maxQueues"),
     "retention_interval": (_NUMBER, lambda v: v >= 0, "retentionInterval"),
     "max_age": (_NUMBER + (type(None),), lambda v: v is None or v > 0, None),
     "max_messages": ((int, type(None)), lambda v: v is None or v >= 1, None),

@@ -170,12 +170,13 @@ class EmbeddedEngine:
     @param retentionInterval: seconds between retention passes.
     @param maxKnownDevices: devices with a queue position per entity at
         most (L{muxframe.engines.queuestate}).
+    @param maxQueues: queues kept at most (L{EmbeddedQueueStore}).
     """
 
     def __init__(self, directory, reactor=None, clock=None, nodeId=None,
                  retention=QueueRetention(), segmentBytes=64 * 1024 * 1024, indexInterval=4096,
                  maxPendingBytes=64 * 1024 * 1024, dedupWindow=100000, maxJournalBytes=None,
-                 maxKnownDevices=1024,
+                 maxKnownDevices=1024, maxQueues=1000000,
                  retentionInterval=10.0, deviceTimeout=30.0, maxDevices=64, maxActivityTtl=60,
                  maxSubscriptions=10000, maxWatchers=100000, historyMaxChannels=100000,
                  historyMaxBytes=256 * 1024 * 1024, threads=2, syncInThread=True):
@@ -200,7 +201,7 @@ class EmbeddedEngine:
         # A device online is never forgotten to make room for another.
         self.queues = EmbeddedQueueStore(self.journal, self._offsets, self._clock, retention,
                                          dedupWindow, maxJournalBytes=maxJournalBytes,
-                                         maxKnownDevices=maxKnownDevices,
+                                         maxKnownDevices=maxKnownDevices, maxQueues=maxQueues,
                                          isOnline=self.presence.table.isOnline)
         self.history = MemoryHistory(self._clock, historyMaxChannels, historyMaxBytes)
         self._retention = None

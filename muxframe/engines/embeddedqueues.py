@@ -8,8 +8,18 @@ Key/value layout (keys are bytes, names are UTF-8, NUL-separated):
  - C{b"o\\x00" + entity + b"\\x00" + device}: delivered u64, read u64,
    seen u64 (the device's sighting number, L{KnownDevices}; a value of
    16 bytes, from before it was kept, has 0).
- - C{b"f\\x00" + entity}: next offset u64, written before a segment holding
-   the entity's records is deleted, so offsets never restart.
+ - C{b"f\\x00" + entity}: next offset u64, written when a device first
+   registers and before a segment holding the entity's records is
+   deleted, so offsets never restart for a queue that ever had a device.
+
+Queues kept: an entity's queue is in memory (and counts towards
+C{maxQueues}) while it keeps records or known devices (or is watched).
+A queue that keeps neither is dropped from memory; if it ever had a
+device its floor stays, otherwise (nobody ever bound to it: messages to a
+name nobody uses) it is forgotten entirely once no journal segment holds
+any of its records, and a message to it later starts again at offset 1
+(no device ever acknowledged an offset of it, so no receipt or position
+refers to them).
 """
 
 import bisect
@@ -92,11 +102,14 @@ class EmbeddedQueueStore:
         L{muxframe.engines.queuestate}).
     @param isOnline: C{isOnline(entity, device)}, whether a device is
         online in presence (never forgotten to make room for another).
+    @param maxQueues: queues kept at most: a message to an entity without
+        one fails with L{LimitExceeded} (C{maxQueues}) while as many are
+        kept (registrations and receipts are never refused, and count).
     """
 
     def __init__(self, journal, positions, clock, retention=QueueRetention(),
                  dedupWindow=100000, maxFetch=10000, maxJournalBytes=None,
-                 maxKnownDevices=1024, isOnline=None):
+                 maxKnownDevices=1024, isOnline=None, maxQueues=1000000):
         self._journal = journal
         self._positions = positions
         self._clock = clock
@@ -106,6 +119,7 @@ class EmbeddedQueueStore:
         self.maxFetch = maxFetch
         self.maxJournalBytes = maxJournalBytes
         self.maxKnownDevices = maxKnownDevices
+        self.maxQueues = maxQueues
         self.isOnline = isOnline if isOnline is not None else lambda entity, device: False
         self._queues = {}
         self._consumers = {}
@@ -120,6 +134,7 @@ class EmbeddedQueueStore:
         self._open = False
         self.droppedByCap = 0
         self.devicesForgotten = 0
+        self.queuesRefused = 0
         self._logThrottle = LogThrottle()
 
     # Start -----------------------------------------------------------
@@ -139,9 +154,12 @@ class EmbeddedQueueStore:
                 if len(run.stamps):
                     self._lastStamp = max(self._lastStamp, run.stamps[-1])
         self._journal.releaseSealed()
-        for key, value in self._positions.items(b"f\x00"):
-            (floor,) = _FLOOR.unpack(value)
-            self._queue(key[2:].decode("utf-8")).floor(floor)
+        # Floors of queues with records; the others are applied when their
+        # queue is next used (L{_queue}): a floor alone keeps no queue.
+        for entity, index in self._queues.items():
+            floor = self._positions.get(_floorKey(entity))
+            if floor is not None:
+                index.floor(_FLOOR.unpack(floor)[0])
         stored = {}
         for key, value in self._positions.items(b"o\x00"):
             entity, device = key[2:].decode("utf-8").split("\x00", 1)
@@ -154,6 +172,8 @@ class EmbeddedQueueStore:
         for entity, entries in stored.items():
             known = self._consumers[entity] = KnownDevices()
             known.load(entries)
+            # A queue with devices is kept (and counts) records or not.
+            self._queue(entity)
         self._open = True
 
     def close(self):
@@ -245,15 +265,27 @@ class EmbeddedQueueStore:
         return self._appendDurable(entity, RecordKind.MESSAGE, flags, message.messageId,
                                    message.sender, message.payload, key)
 
-    def _checkAppend(self, entity, message):
+    def _checkAppend(self, entity, message, new=None):
         """
         Check one append's entity and message, raising for bad input before
         anything is stored; return the message's dedup key (see
         L{logformat.messageKey}) and its record flags.
+
+        @param new: the entities without a queue that the batch being
+            checked appends to before this one (this one is added).
+        @raise LimitExceeded: (C{maxQueues}) C{entity} has no queue, and
+            as many as that are kept (counting C{new}).
         """
         if entity.__class__ is not str or entity not in self._queues:
             # Every queue known passed checkName when it was made.
             checkName(entity, "entity")
+            if new is None:
+                if len(self._queues) >= self.maxQueues:
+                    self._refuseQueue(entity)
+            elif entity not in new:
+                if len(self._queues) + len(new) >= self.maxQueues:
+                    self._refuseQueue(entity)
+                new.add(entity)
         if message.__class__ is not QueueMessage or message.payload.__class__ is not bytes \
                 or len(message.payload) > logformat.MAX_PAYLOAD:
             checkMessage(message)
@@ -277,6 +309,17 @@ class EmbeddedQueueStore:
         h = prefix.copy()
         h.update(messageId.encode("utf-8"))
         return h.digest(), flags
+
+    def _refuseQueue(self, entity):
+        # Counted, and logged at most a few times a minute however many
+        # names a sender tries.
+        self.queuesRefused += 1
+        throttled(log, self._logThrottle, self._seconds(), LogLevel.warn, "queues refused",
+                  "{limit} queues are kept (max_queues): a message to {entity!r}, which has "
+                  "none, was refused ({total} so far)",
+                  limit=self.maxQueues, entity=entity, total=self.queuesRefused)
+        raise LimitExceeded("%d queues are kept (max_queues): %r has none, and no more can "
+                            "be made" % (self.maxQueues, entity), "maxQueues")
 
     def _stamp(self):
         # Timestamps never go back, whatever the clock does.
@@ -334,8 +377,9 @@ class EmbeddedQueueStore:
             self._check()
             check = self._checkAppend
             checked = []
+            new = set()
             for entity, message in items:
-                key, flags = check(entity, message)
+                key, flags = check(entity, message, new)
                 checked.append((entity, message, key, flags))
         except Exception:
             return defer.fail()
@@ -430,10 +474,19 @@ class EmbeddedQueueStore:
             self._positions.delete(_positionKey(entity, gone)).addErrback(_later)
         if forgotten:
             self._forgot(entity, forgotten)
-        first = self._queue(entity).firstOffset
+        index = self._queue(entity)
+        first = index.firstOffset
         tracker = known.add(device, ConsumerTracker(first - 1, first - 1))
         self._consumers[entity] = known
+        self._markBound(entity, index)
         return tracker, True, True
+
+    def _markBound(self, entity, index):
+        # A queue that had a device keeps a floor (see the module's rules);
+        # durable with the write that follows.
+        if self._positions.get(_floorKey(entity)) is None:
+            self._positions.put(_floorKey(entity), _FLOOR.pack(index.nextOffset)).addErrback(
+                _later)
 
     def _forgot(self, entity, devices):
         # Counted, and logged at most a few times a minute however often
@@ -565,6 +618,8 @@ class EmbeddedQueueStore:
             return defer.succeed(None)
         if not len(known):
             del self._consumers[entity]
+            # (Positions stored before floors marked queues with devices.)
+            self._markBound(entity, self._queue(entity))
         return self._positions.delete(_positionKey(entity, device))
 
     def knownDevices(self, entity):
@@ -628,7 +683,10 @@ class EmbeddedQueueStore:
         for segment in drop:
             floors.update(segment.runs)
         for queue in sorted(floors):
-            self._positions.put(_floorKey(queue), _FLOOR.pack(self._queue(queue).nextOffset))
+            # Only queues that had a device keep a floor.
+            if queue in self._consumers or self._positions.get(_floorKey(queue)) is not None:
+                self._positions.put(_floorKey(queue),
+                                    _FLOOR.pack(self._queue(queue).nextOffset))
         d = self._positions.flush()
         d.addCallback(lambda _: self._journal.dropSegments([s.base for s in drop]))
         d.addCallback(lambda _: (self._forgetIdle(), len(drop))[1])
@@ -639,13 +697,25 @@ class EmbeddedQueueStore:
         return index.firstOffset if index is not None else 2 ** 64
 
     def _forgetIdle(self):
-        # Empty queues nobody consumes are dropped from memory once their
-        # floor is on disk (appends recreate them from it).
-        for entity in [e for e, i in self._queues.items()
-                       if not len(i) and e not in self._consumers and not self._watches.has(e)]:
+        # Empty queues nobody consumes are dropped from memory: with their
+        # floor raised to their next offset if they had a device (appends
+        # recreate them from it); entirely, if not, once no segment holds
+        # their records (else recovery would find them going back).
+        idle = [e for e, i in self._queues.items()
+                if not len(i) and e not in self._consumers and not self._watches.has(e)]
+        if not idle:
+            return
+        segments = self._journal.segments
+        for entity in idle:
             index = self._queues[entity]
             stored = self._positions.get(_floorKey(entity))
-            if stored is not None and _FLOOR.unpack(stored)[0] >= index.nextOffset:
+            if stored is not None:
+                if _FLOOR.unpack(stored)[0] < index.nextOffset:
+                    # Its records are in segments kept, or below the floor.
+                    self._positions.put(_floorKey(entity),
+                                        _FLOOR.pack(index.nextOffset)).addErrback(_later)
+                del self._queues[entity]
+            elif not any(entity in segment.runs for segment in segments):
                 del self._queues[entity]
 
     def stats(self):
@@ -659,7 +729,8 @@ class EmbeddedQueueStore:
                 "segments": len(self._journal.segments),
                 "flushes": self._journal.flushes,
                 "droppedByCap": self.droppedByCap,
-                "devicesForgotten": self.devicesForgotten}
+                "devicesForgotten": self.devicesForgotten,
+                "queuesRefused": self.queuesRefused}
 
 
 def _later(failure):

@@ -146,12 +146,13 @@ class RedisEngine:
         can share a Redis.
     @param maxKnownDevices: devices with a queue position per entity at
         most (L{muxframe.engines.queuestate}).
+    @param maxQueues: queues kept at most (L{RedisQueueStore}).
     """
 
     def __init__(self, address, reactor=None, clock=None, nodeId=None, prefix="muxframe:",
                  retention=QueueRetention(), retentionInterval=10.0, deviceTimeout=30.0,
                  maxDevices=64, maxActivityTtl=60, maxSubscriptions=10000, maxWatchers=100000,
-                 sweepInterval=1.0, maxKnownDevices=1024):
+                 sweepInterval=1.0, maxKnownDevices=1024, maxQueues=1000000):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -162,7 +163,7 @@ class RedisEngine:
         self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed)
         self.broker = RedisBroker(self.client, prefix, self.nodeId)
         self.queues = RedisQueueStore(self.client, prefix, self._clock, retention,
-                                      maxKnownDevices=maxKnownDevices)
+                                      maxKnownDevices=maxKnownDevices, maxQueues=maxQueues)
         self.presence = RedisPresence(self.client, prefix, self._clock, self.nodeId,
                                       deviceTimeout, maxDevices, maxActivityTtl,
                                       maxSubscriptions, maxWatchers, sweepInterval)

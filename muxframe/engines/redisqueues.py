@@ -7,13 +7,19 @@ Keys (P: the engine's prefix, E: the entity):
    fields k (kind), f (flags), m (message id), se / sd (sender entity /
    device), t (timestamp ms), p (payload), h (dedup key).
  - C{P q:{E}:meta}: hash with last (last offset), first (first kept),
-   stamp (last timestamp).
+   stamp (last timestamp), bound (1 once a device registered: the hash
+   then stays as the queue's floor when nothing else does).
  - C{P q:{E}:dedup}: hash dedup key -> offset, for kept records.
  - C{P q:{E}:pos}: hash device -> "delivered read", the consumer positions.
  - C{P q:{E}:seen}: sorted set of the known devices by sighting number
    (L{muxframe.engines.queuestate.KnownDevices}; a device in C{:pos} and
    not here, stored before sightings were, counts as 0).
- - C{P queues}: set of entities with a queue (for retention passes).
+ - C{P queues}: set of the queues kept, those with records or known
+   devices (retention passes go over it; C{maxQueues} counts it).  A
+   retention pass that leaves a queue with neither takes it out, deletes
+   its stream and dedup hash, and its meta too if no device ever
+   registered (nobody used the name): a message to it later starts again
+   at offset 1, as no position or receipt refers to its offsets.
  - Channel C{P qn:E}: the offset of every append, for watches on any node.
 
 Appends, positions and retention are Lua scripts, atomic in Redis.  An
@@ -45,6 +51,9 @@ from muxframe.engines.redispresence import presenceBase
 from muxframe.engines.watches import WatchList
 from muxframe.logthrottle import LogThrottle, throttled
 
+# ARGV[11]: maxQueues, or -1 (the batch was admitted, ADMIT): a message to
+# an entity not in KEYS[4] is refused ({-1, queues kept, 0}) when as many
+# are kept.
 APPEND = Script("append", """
 local existing = redis.call('HGET', KEYS[3], ARGV[1])
 if existing then
@@ -59,6 +68,11 @@ if existing then
       end
     end
   end
+end
+local most = tonumber(ARGV[11])
+if most >= 0 and redis.call('SISMEMBER', KEYS[4], ARGV[10]) == 0 then
+  local kept = redis.call('SCARD', KEYS[4])
+  if kept >= most then return {-1, kept, 0} end
 end
 local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
 local stamp = math.max(tonumber(ARGV[7]), tonumber(redis.call('HGET', KEYS[2], 'stamp') or '0'))
@@ -88,6 +102,8 @@ if ARGV[2] ~= '1' then
   out[1] = v or false
   return out
 end
+redis.call('HSET', KEYS[2], 'bound', '1')
+redis.call('SADD', KEYS[5], ARGV[5])
 if not v then
   local known = redis.call('HLEN', KEYS[1])
   local excess = known - tonumber(ARGV[3]) + 1
@@ -137,7 +153,28 @@ return out
 
 FORGET = Script("forget", """
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], 'bound', '1')
+return 1
+""")
+
+# KEYS[1]: the queues kept; ARGV: maxQueues, then the entities a batch
+# appends messages to.  Returns {} when they fit, else {the first entity
+# without a queue that does not}.
+ADMIT = Script("admit", """
+local room = tonumber(ARGV[1]) - redis.call('SCARD', KEYS[1])
+local seen = {}
+for i = 2, #ARGV do
+  local e = ARGV[i]
+  if not seen[e] then
+    seen[e] = true
+    if redis.call('SISMEMBER', KEYS[1], e) == 0 then
+      if room <= 0 then return {e} end
+      room = room - 1
+    end
+  end
+end
+return {}
 """)
 
 # The known devices, least recently seen first: {device, seen, ...} of the
@@ -197,6 +234,17 @@ if tonumber(ARGV[3]) >= 0 then
   end
 end
 start = math.min(start, last + 1)
+if start > last and redis.call('HLEN', KEYS[4]) == 0 then
+  -- Nothing kept and no device: the queue is no longer kept.
+  redis.call('DEL', KEYS[1], KEYS[3])
+  if redis.call('HGET', KEYS[2], 'bound') then
+    if last > 0 then redis.call('HSET', KEYS[2], 'first', string.format('%d', start)) end
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('SREM', KEYS[5], ARGV[4])
+  return start
+end
 if start > first then
   local upto = string.format('%d-0', start - 1)
   while true do
@@ -293,18 +341,27 @@ class RedisQueueStore:
     @param maxKnownDevices: devices known per entity at most (see
         L{muxframe.engines.queuestate}); a device online in presence is
         never forgotten to make room.
+    @param maxQueues: queues kept at most: a message to an entity without
+        one fails with L{LimitExceeded} (C{maxQueues}) while as many are
+        kept (registrations and receipts are never refused, and count).
+        An L{appendMany} is admitted as a whole first; batches admitted at
+        once on several nodes may together pass the limit by their new
+        queues.
     """
 
     def __init__(self, client, prefix, clock, retention=QueueRetention(), maxFetch=10000,
-                 maxKnownDevices=1024):
+                 maxKnownDevices=1024, maxQueues=1000000):
         self._client = client
         self._prefix = prefix
         self._clock = clock
         self.retention = retention
         self.maxFetch = maxFetch
         self.maxKnownDevices = maxKnownDevices
+        self.maxQueues = maxQueues
         #: Devices this node forgot to make room for others.
         self.devicesForgotten = 0
+        #: Messages this node refused for want of a queue (maxQueues).
+        self.queuesRefused = 0
         self._logThrottle = LogThrottle()
         self._trackers = {}
         self._acks = SerialChains()
@@ -329,33 +386,61 @@ class RedisQueueStore:
             checkMessage(message)
         except Exception:
             return defer.fail()
+        return self._appendMessage(entity, message, self.maxQueues)
+
+    def _appendMessage(self, entity, message, maxQueues):
         key, flags = logformat.messageKeyAndFlags(message)
         sender = message.sender
         return self._append(entity, RecordKind.MESSAGE, flags, message.messageId,
                             sender.entity if sender else "", sender.device if sender else "",
-                            message.payload, key)
+                            message.payload, key, maxQueues)
 
-    def _append(self, entity, kind, flags, messageId, senderEntity, senderDevice, payload, key):
+    def _append(self, entity, kind, flags, messageId, senderEntity, senderDevice, payload, key,
+                maxQueues=-1):
+        # maxQueues -1: never refused for want of a queue (receipts, an
+        # admitted batch).
         d = self._client.run(APPEND, self._keys(entity), [
             key, int(kind), flags, messageId, senderEntity, senderDevice, self._now(), payload,
-            self._channel(entity), entity])
+            self._channel(entity), entity, maxQueues])
 
         def done(reply):
             offset, stamp, duplicate = reply
+            if int(offset) < 0:
+                self._refuseQueue(entity)
             return Appended(int(offset), int(stamp), bool(duplicate))
         return d.addCallback(done)
+
+    def _refuseQueue(self, entity):
+        # Counted, and logged at most a few times a minute however many
+        # names a sender tries.
+        self.queuesRefused += 1
+        throttled(log, self._logThrottle, self._clock.seconds(), LogLevel.warn,
+                  "queues refused",
+                  "{limit} queues are kept (max_queues): a message to {entity!r}, which has "
+                  "none, was refused ({total} so far)",
+                  limit=self.maxQueues, entity=entity, total=self.queuesRefused)
+        raise LimitExceeded("%d queues are kept (max_queues): %r has none, and no more can "
+                            "be made" % (self.maxQueues, entity), "maxQueues")
 
     @defer.inlineCallbacks
     def appendMany(self, items):
         """
-        See L{IQueueStore.appendMany}: the scripts are pipelined, in order.
+        See L{IQueueStore.appendMany}: the batch is admitted as a whole
+        (L{ADMIT}, nothing stored if its new queues do not fit), then the
+        scripts are pipelined, in order.
         """
         for entity, message in items:
             checkName(entity, "entity")
             checkMessage(message)
+        if not items:
+            return []
+        refused = yield self._client.run(ADMIT, [self._prefix + "queues"], [self.maxQueues] + [
+            entity for entity, _ in items])
+        if refused:
+            self._refuseQueue(refused[0].decode("utf-8"))
         results = []
         for entity, message in items:
-            results.append(self.append(entity, message))
+            results.append(self._appendMessage(entity, message, -1))
         appended = yield defer.gatherResults(results, consumeErrors=True).addErrback(
             lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
         return appended
@@ -399,9 +484,10 @@ class RedisQueueStore:
             online; nothing changed.
         """
         pos, seen = self._positionKeys(entity)
-        keys = [pos, self._keys(entity)[1], seen, presenceBase(self._prefix, entity) + ":dev"]
+        keys = [pos, self._keys(entity)[1], seen, presenceBase(self._prefix, entity) + ":dev",
+                self._prefix + "queues"]
         d = self._client.run(POSITION, keys, [device, "1" if register else "0",
-                                              self.maxKnownDevices, FORGET_AT_ONCE])
+                                              self.maxKnownDevices, FORGET_AT_ONCE, entity])
 
         def loaded(reply):
             value, first, last, refused = reply[:4]
@@ -539,7 +625,8 @@ class RedisQueueStore:
         except Exception:
             return defer.fail()
         self._trackers.pop((entity, device), None)
-        return self._client.run(FORGET, self._positionKeys(entity), [device])
+        return self._client.run(FORGET, self._positionKeys(entity) + [self._keys(entity)[1]],
+                                [device])
 
     def knownDevices(self, entity):
         """
@@ -556,7 +643,8 @@ class RedisQueueStore:
         """
         This node's counters for operators.
         """
-        return {"devicesForgotten": self.devicesForgotten}
+        return {"devicesForgotten": self.devicesForgotten,
+                "queuesRefused": self.queuesRefused}
 
     def watch(self, entity, callback):
         """
@@ -608,11 +696,12 @@ class RedisQueueStore:
                                                        "COUNT", 500)
             for raw in entities:
                 entity = raw.decode("utf-8")
-                keys = self._keys(entity)[:3] + ["%sq:{%s}:pos" % (self._prefix, entity)]
+                keys = self._keys(entity)[:3] + ["%sq:{%s}:pos" % (self._prefix, entity),
+                                                 self._prefix + "queues"]
                 before = yield self._client.call("HGET", keys[1], "first")
                 start = yield self._client.run(RETENTION, keys, [
                     "1" if r.deleteAcknowledged else "0",
-                    r.maxMessages if r.maxMessages is not None else -1, cutoff])
+                    r.maxMessages if r.maxMessages is not None else -1, cutoff, entity])
                 if int(start) != int(before or 1):
                     moved += 1
             if cursor in (b"0", 0, "0"):

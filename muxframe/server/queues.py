@@ -31,16 +31,21 @@ Rules:
   - The Messages of one reactor turn, from every session, are appended
     together: one L{IQueueStore.appendMany} (one durable step, one
     Deferred) for all of them, each answered when it is durable.  Each
-    is checked first, so one bad message fails only itself; a storage
-    failure fails the turn's messages (those stored before it are
-    deduplicated when their senders resend).
+    is checked first, so one bad message fails only itself; so does one
+    to an entity without a queue when the engine keeps C{max_queues}
+    (BUSY: the turn's messages are appended again one sender at a time);
+    a storage failure fails the turn's messages (those stored before it
+    are deduplicated when their senders resend).
+  - Any bound session may send to any entity name (1 to 255 bytes):
+    there are no per-recipient permissions.  What bounds the queues such
+    names make is the engine's C{max_queues} and retention.
 """
 
 from twisted.internet.defer import Deferred
 
 from muxframe.logthrottle import logger
 from muxframe.engines import logformat
-from muxframe.engines.errors import EngineUsageError
+from muxframe.engines.errors import EngineUsageError, LimitExceeded
 from muxframe.engines.model import (
     Address, QueueMessage, ReceiptKind, RecordKind, checkName)
 from muxframe.messaging import wire
@@ -232,6 +237,14 @@ class DevicePump:
         self._retry = None
 
 
+def _refusedForQueues(failure):
+    """
+    Whether an C{appendMany} failed for the engine's C{maxQueues} (nothing
+    of it stored).
+    """
+    return failure.check(LimitExceeded) is not None and failure.value.limit == "maxQueues"
+
+
 class QueueHandlers:
     """
     The queue stanzas on a L{Storage}.
@@ -241,9 +254,11 @@ class QueueHandlers:
         self.storage = storage
         self.counters = dict.fromkeys(["sent", "duplicates", "acknowledged",
                                        "resumes", "batches"], 0)
-        # Every Message of a reactor turn is stored in one appendMany.
+        # Every Message of a reactor turn is stored in one appendMany; one
+        # to an entity without a queue when no more can be made fails
+        # alone (the engine refuses the batch before storing any of it).
         self._batch = TurnBatch(storage.reactor, lambda: self._engine.appendMany,
-                                onBatch=self._batched)
+                                onBatch=self._batched, isolate=_refusedForQueues)
 
     def routes(self):
         """

@@ -442,6 +442,10 @@ SCHEMA = [Key(*entry) for entry in [
      "forgets the least recently seen device that is offline (its "
      "position goes; back, it starts from the oldest kept record); BUSY "
      "when every one is online."),
+    ("storage.max_queues", _integer(1), 1000000, _count,
+     "Queues kept at most (those with records or known devices): a "
+     "Message to an entity without one is BUSY while as many are kept; a "
+     "queue with neither stops counting at the next retention pass."),
     ("storage.delivery_window", _integer(1, 10000), 256, _count,
      "Queue records sent to a device and not yet acknowledged, at most."),
     ("storage.retention_interval", _number(), 10.0, _seconds,

@@ -55,9 +55,8 @@ log = logger("muxframe.server.storage")
 TAKE_DEVICE = 1
 
 _COMMON = ("node_id", "device_timeout", "max_devices", "max_activity_ttl",
-           "max_subscriptions", "max_watchers", "max_known_devices", "retention_interval",
-           "max_age",
-           "max_messages", "delete_acknowledged")
+           "max_subscriptions", "max_watchers", "max_known_devices", "max_queues",
+           "retention_interval", "max_age", "max_messages", "delete_acknowledged")
 _ONLY = {"embedded": ("segment_bytes", "max_journal_bytes", "dedup_window"),
          "redis": ("address", "prefix", "sweep_interval")}
 _U16 = struct.Struct(">H")

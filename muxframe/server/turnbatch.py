@@ -12,9 +12,13 @@ Rules:
     for each caller, with its own first and last records' results; if the
     append fails, C{failed(failure, *args)}.  A callback that raises is
     logged and the others still run.
+  - A batch that fails as a whole before anything of it was stored, as
+    C{isolate(failure)} tells (a limit some caller's records met, such as
+    the engine's C{maxQueues}), is appended again one caller at a time,
+    so that only the callers whose records meet the limit fail.
   - C{appendMany} is looked up when the batch is made (the engine may be
     attached after this is built); C{onBatch(d)} sees each batch's
-    Deferred.
+    Deferred (and each of a split batch's).
 """
 
 from muxframe.logthrottle import logger
@@ -30,11 +34,12 @@ class TurnBatch:
     Appends gathered over one reactor turn (see the module's rules).
     """
 
-    def __init__(self, reactor, appendMany, limit=BATCH_RECORDS, onBatch=None):
+    def __init__(self, reactor, appendMany, limit=BATCH_RECORDS, onBatch=None, isolate=None):
         self._reactor = reactor
         self._appendMany = appendMany
         self.limit = limit
         self._onBatch = onBatch
+        self._isolate = isolate
         self._items = []
         self._waiters = []
         self._flushCall = None
@@ -65,7 +70,7 @@ class TurnBatch:
         self._items, self._waiters = [], []
         d = self._appendMany()(items)
         d.addCallbacks(self._flushed, self._failed, callbackArgs=(waiters,),
-                       errbackArgs=(waiters,))
+                       errbackArgs=(waiters, items))
         if self._onBatch is not None:
             self._onBatch(d)
 
@@ -76,7 +81,19 @@ class TurnBatch:
             except Exception:
                 log.failure("an append's callback failed")
 
-    def _failed(self, failure, waiters):
+    def _failed(self, failure, waiters, items=None):
+        if items is not None and len(waiters) > 1 and self._isolate is not None \
+                and self._isolate(failure):
+            # Nothing was stored: each caller's records on their own.
+            appendMany = self._appendMany()
+            for first, last, done, failed, args in waiters:
+                d = appendMany(items[first:last + 1])
+                d.addCallbacks(self._flushed, self._failed,
+                               callbackArgs=([(0, last - first, done, failed, args)],),
+                               errbackArgs=([(0, last - first, done, failed, args)],))
+                if self._onBatch is not None:
+                    self._onBatch(d)
+            return
         for first, last, done, failed, args in waiters:
             try:
                 failed(failure, *args)
