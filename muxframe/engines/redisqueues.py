@@ -102,7 +102,7 @@ if ARGV[2] ~= '1' then
   out[1] = v or false
   return out
 end
-redis.call('HSET', KEYS[2], 'bound', '1')
+redis.call('HSETNX', KEYS[2], 'bound', '1')
 redis.call('SADD', KEYS[5], ARGV[5])
 if not v then
   local known = redis.call('HLEN', KEYS[1])
@@ -154,7 +154,7 @@ return out
 FORGET = Script("forget", """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[3], 'bound', '1')
+redis.call('HSETNX', KEYS[3], 'bound', '1')
 return 1
 """)
 
