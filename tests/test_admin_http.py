@@ -115,6 +115,12 @@ class _Status:
     def stats(self):
         return {"sessions": 0}
 
+    class server:
+        registry = {}
+
+    def sessions(self, identity=None, active=None, idle=60.0):
+        return []
+
 
 class SiteTests(TestCase):
     """
@@ -212,6 +218,22 @@ class SiteTests(TestCase):
             + b', "payload": ""}'
         answer = yield self.admin.request(b"POST", "/api/v1/broadcast", body)
         self.assertJSONError(answer, 400, "not a message type")
+        self.assertEqual(self.logged, [])
+
+    @inlineCallbacks
+    def test_sessionsLimit(self):
+        """
+        C{limit} must be a whole number at least 1: infinite, too large for
+        a float, fractional or negative is a 400 naming it, not a 500 with
+        a traceback in the log; a large whole number is taken.
+        """
+        for text in ("inf", "1e400", "nan", "1.5", "0", "-1", "x", "9" * 5000):
+            answer = yield self.admin.get("/api/v1/sessions?limit=" + text)
+            self.assertJSONError(answer, 400, "limit must be a whole number")
+        for text in ("1", "1000", "9" * 100):
+            code, listing, _ = yield self.admin.get(
+                "/api/v1/sessions?limit=" + text)
+            self.assertEqual((code, listing["count"]), (200, 0), text)
         self.assertEqual(self.logged, [])
 
     def test_nestingDepth(self):

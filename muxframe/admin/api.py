@@ -42,6 +42,12 @@ def _boolean(request, name):
 
 
 def _number(request, name, default, low=0.0):
+    """
+    Query argument C{name} as a number at least C{low} (C{default} when
+    absent).
+
+    @raise JSONError: 400 naming it, for text that is not such a number.
+    """
     text = queryArgument(request, name)
     if text is None:
         return default
@@ -51,6 +57,27 @@ def _number(request, name, default, low=0.0):
         value = float("nan")
     if not value >= low:
         raise JSONError(400, "%s must be a number at least %g, not %r"
+                        % (name, low, text))
+    return value
+
+
+def _count(request, name, default, low=1):
+    """
+    Query argument C{name} as a whole number at least C{low} (C{default}
+    when absent): C{limit=inf}, C{1e400} or C{1.5} is a 400 naming it (an
+    infinite float was taken, and failed as a 500 when made an index).
+
+    @raise JSONError: 400 naming it.
+    """
+    text = queryArgument(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise JSONError(400, "%s must be a whole number at least %d, not %r"
                         % (name, low, text))
     return value
 
@@ -158,9 +185,9 @@ class SessionsResource(JSONResource):
         identity = queryArgument(request, "identity")
         active = _boolean(request, "active")
         idle = _number(request, "idle", 60.0)
-        limit = _number(request, "limit", 1000.0, low=1.0)
+        limit = _count(request, "limit", 1000)
         sessions = self.status.sessions(identity, active, idle)
-        shown = sessions[:int(limit)]
+        shown = sessions[:limit]
         return {"sessions": [self.status.describe(s, detailed=False)
                              for s in shown],
                 "count": len(shown), "matched": len(sessions),
