@@ -17,6 +17,9 @@ Clients present their certificate with Twisted's own C{tls:} keywords::
 C{python -m muxframe.tls DIR [HOSTNAME...]} writes a throw-away CA, a server
 certificate for the host names (default C{localhost} and C{127.0.0.1}) and a
 client certificate into DIR, for trying this out (see docs/operations.md).
+
+L{offersHTTP11} makes a twisted.web site served over TLS offer C{http/1.1}
+by ALPN in the one way each Twisted release accepts (L{alpnPerConnection}).
 """
 
 import datetime
@@ -25,6 +28,39 @@ import os
 import sys
 
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1")
+
+
+def alpnPerConnection():
+    """
+    Whether this Twisted asks a server factory for its ALPN protocols on
+    each connection, from a select callback it sets once on the context.
+
+    Releases that do (C{twisted.internet._sslverify.protosFromProtocol})
+    fail the TLS handshake of every client offering ALPN when the factory
+    offers no protocol (the callback answers an empty protocol, which
+    OpenSSL takes as fatal); older ones (24.11, our floor) set a new
+    callback on the shared context for each connection of a factory that
+    offers protocols, which current pyOpenSSL refuses once the context
+    made its first connection.
+    """
+    from twisted.internet import _sslverify
+    return hasattr(_sslverify, "protosFromProtocol")
+
+
+def offersHTTP11(cls):
+    """
+    A class decorator for a twisted.web C{Site} subclass that speaks
+    HTTP/1.1 only (its channel is an C{HTTPChannel}): over TLS, it offers
+    C{http/1.1} by ALPN where Twisted asks per connection
+    (L{alpnPerConnection}), and no ALPN at all where Twisted would set it
+    on the shared context for each connection; never C{h2}.
+    """
+    from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
+    from zope.interface import implementer_only
+    if alpnPerConnection():
+        cls.acceptableProtocols = lambda self: [b"http/1.1"]
+        return cls
+    return implementer_only(IProtocolFactory, ILoggingContext)(cls)
 
 
 def _readPEMCertificates(path):

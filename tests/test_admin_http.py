@@ -4,13 +4,15 @@ C{unix:} socket, JSON answers for paths below a leaf, and request bodies
 nested too deeply to parse.
 """
 
+import json
 import os
 import shutil
 import stat
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
@@ -20,7 +22,7 @@ from muxframe.admin.settings import (
     OperatorSettings, checkAdminEndpoint, listeningDescription,
 )
 
-from tests.adminsupport import Admin
+from tests.adminsupport import Admin, waitFor
 
 
 class SocketModeTests(TestCase):
@@ -336,3 +338,217 @@ class MetricsResourceTests(TestCase):
         code, contentType, text = self.render(method=b"POST")
         self.assertEqual((code, contentType), (405, b"application/json"))
         self.assertIn("method not allowed: POST", text)
+
+
+class _Raw(Protocol):
+    """
+    A raw client connection: what it received, and a Deferred fired when
+    it is closed.
+    """
+
+    def __init__(self):
+        self.data = b""
+        self.closed = Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.data)
+
+
+class ClientBoundsTests(TestCase):
+    """
+    What one admin client can hold: a request must arrive whole within
+    the site's C{requestTimeout}, however its bytes trickle in, and the
+    site serves at most C{maxConnections} connections at once.  The
+    deadlines run on a L{Clock}; the connections are real (loopback TCP).
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+        from twisted.web.resource import Resource
+
+        from muxframe.admin.api import buildRoot
+        from muxframe.admin.http import requestFactory
+        from muxframe.admin.service import AdminSite
+        from tests.adminsupport import TOKEN
+        self.clock = Clock()
+        root = buildRoot(_Status(), OperatorSettings(token=TOKEN), Resource())
+        site = self.site = AdminSite(root)
+        # (Attributes, not arguments: the test runs against a site that
+        # knows none of them too, and must fail there, not crash.)
+        site.reactor = self.clock
+        site.requestTimeout = 30.0
+        site.maxConnections = 2
+        site.requestFactory = requestFactory(1 << 20)
+        self.channels = []
+        build = site.buildProtocol
+
+        def buildProtocol(address):
+            channel = build(address)
+            self.channels.append(channel)
+            return channel
+        site.buildProtocol = buildProtocol
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.admin = Admin(self.port.getHost().port)
+        self.logged = []
+
+        def observe(event):
+            if event.get("log_namespace") == "muxframe.admin":
+                self.logged.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    @inlineCallbacks
+    def connect(self):
+        """
+        A raw connection, once the site has accepted it.
+        """
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint, connectProtocol,
+        )
+        accepted = len(self.channels)
+        protocol = yield connectProtocol(TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.port.getHost().port), _Raw())
+        self.addCleanup(lambda: protocol.transport.abortConnection()
+                        if protocol.transport.connected else None)
+        yield waitFor(lambda: len(self.channels) > accepted,
+                      what="the site to accept the connection")
+        return protocol
+
+    def closed(self, protocol, seconds=10.0):
+        """
+        What C{protocol} received, once closed; fail if it is not within
+        C{seconds} (bounded: the deadline itself is on the clock).
+        """
+        return waitFor(lambda: protocol.closed.called, seconds,
+                       "the site to close the connection").addCallback(
+            lambda _: protocol.data)
+
+    @inlineCallbacks
+    def test_trickledRequestDropped(self):
+        """
+        A request whose head trickles in a byte at a time is dropped at
+        the deadline, counted, and nothing is logged.
+        """
+        protocol = yield self.connect()
+        protocol.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(5):
+            self.clock.advance(5)
+            protocol.transport.write(b"a")
+        self.assertFalse(protocol.closed.called)
+        self.clock.advance(6)
+        data = yield self.closed(protocol)
+        self.assertEqual(data, b"")
+        self.assertEqual(self.site.requestsTimedOut, 1)
+        self.assertEqual(self.logged, [])
+
+    @inlineCallbacks
+    def test_keptAliveConnectionDropped(self):
+        """
+        After a response, a kept-alive connection gets a new deadline: one
+        left idle is dropped at it.
+        """
+        from tests.adminsupport import TOKEN
+        protocol = yield self.connect()
+        protocol.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                                 b"Authorization: Bearer " + TOKEN +
+                                 b"\r\n\r\n")
+        yield waitFor(lambda: b"healthy" in protocol.data,
+                      what="the health report")
+        self.assertIn(b"200 OK", protocol.data)
+        self.clock.advance(31)
+        yield self.closed(protocol)
+        self.assertEqual(self.site.requestsTimedOut, 1)
+
+    @inlineCallbacks
+    def test_connectionCap(self):
+        """
+        A connection over C{maxConnections} is answered a JSON 503 and
+        closed, with a warning; once one closes, requests are served
+        again.
+        """
+        first = yield self.connect()
+        yield self.connect()
+        third = yield self.connect()
+        data = yield self.closed(third)
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"503", head.split(b"\r\n")[0])
+        self.assertIn(b"content-type: application/json", head.lower())
+        answer = json.loads(body)
+        self.assertEqual(answer["status"], 503)
+        self.assertIn("connections open", answer["error"])
+        self.assertEqual(self.site.refusedConnections, 1)
+        warned = [e for e in self.logged
+                  if "503" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        first.transport.loseConnection()
+        yield waitFor(lambda: self.site.connections == 1,
+                      what="the site to count the close")
+        code, report, _ = yield self.admin.get("/health")
+        self.assertEqual((code, report), (200, {"status": "healthy"}))
+
+
+def _tlsGet(port, caFile, token, alpn):
+    """
+    C{GET /health} over TLS with the standard library, offering C{alpn}:
+    C{(the protocol ALPN selected, the status line)}.  Blocking: run in
+    a thread.
+    """
+    import socket
+    import ssl
+    context = ssl.create_default_context(cafile=caFile)
+    context.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            selected = sock.selected_alpn_protocol()
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Authorization: Bearer " + token +
+                         b"\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    return selected, data.split(b"\r\n", 1)[0]
+
+
+class TLSTests(TestCase):
+    """
+    An C{ssl:} admin endpoint.
+    """
+
+    @inlineCallbacks
+    def test_http11ByALPN(self):
+        """
+        A client offering HTTP/2 and HTTP/1.1 by ALPN is served HTTP/1.1
+        (the channel the site's bounds are on), never HTTP/2, on every
+        connection (ALPN selects http/1.1 where Twisted asks the site per
+        connection, nothing on older Twisted); one that offers no ALPN is
+        served too.
+        """
+        from twisted.internet.threads import deferToThread
+
+        from muxframe.tls import alpnPerConnection, writeCertificates
+        from tests.adminsupport import TOKEN
+        from tests.test_tap import freePort
+        paths = writeCertificates(self.mktemp())
+        port = freePort()
+        settings = OperatorSettings(
+            "ssl:%d:interface=127.0.0.1:privateKey=%s"
+            % (port, paths["server.pem"]), token=TOKEN, summaryInterval=0)
+        admin = AdminService(MultiplexerStatus("server", [], reactor),
+                             settings, reactor)
+        admin.startService()
+        self.addCleanup(admin.stopService)
+        for alpn in ([b"h2", b"http/1.1"], [b"h2", b"http/1.1"], []):
+            selected, status = yield deferToThread(
+                _tlsGet, port, paths["ca.pem"], TOKEN,
+                [p.decode("ascii") for p in alpn])
+            self.assertEqual((selected, status),
+                             ("http/1.1" if alpn and alpnPerConnection()
+                              else None, b"HTTP/1.1 200 OK"))

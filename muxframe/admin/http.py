@@ -21,6 +21,13 @@ Rules:
     C{Content-Length} over it is answered 413 at once and the connection
     closed; a chunked body that grows past it is discarded as it comes
     and answered 413.  Memory per request is bounded by C{maxBody}.
+  - A request must arrive whole (head and body) within the site's
+    C{requestTimeout} seconds of the connection's accept, or of the end
+    of the previous response on a kept-alive connection, however its
+    bytes trickle in; then the connection is dropped
+    (L{DeadlineChannel}).  twisted.web's own idle timeout restarts on
+    every byte, so a client sending one byte a minute held a connection
+    for ever (slowloris).
 """
 
 import hmac
@@ -28,6 +35,7 @@ import json
 from io import BytesIO
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -346,6 +354,65 @@ class BoundedRequest(Request):
         Request.process(self)
 
 
+class DeadlineChannel(HTTPChannel):
+    """
+    An HTTP channel whose every request must arrive whole within its
+    site's C{requestTimeout} seconds (module rules); the site counts the
+    connections dropped at that deadline in C{requestsTimedOut}.
+
+    The deadline runs on the channel's C{callLater} (the site's reactor).
+    """
+
+    _deadline = None
+
+    def connectionMade(self):
+        """
+        Start the deadline for the first request.
+        """
+        HTTPChannel.connectionMade(self)
+        self._startDeadline()
+
+    def _startDeadline(self):
+        self._stopDeadline()
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._deadline = self.callLater(self.site.requestTimeout,
+                                        self._deadlinePassed)
+
+    def _stopDeadline(self):
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _deadlinePassed(self):
+        self._deadline = None
+        self.site.requestsTimedOut += 1
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allContentReceived(self):
+        """
+        A request arrived whole: no deadline while it is answered.
+        """
+        self._stopDeadline()
+        HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request):
+        """
+        A response ended: the next request has its own deadline.
+        """
+        HTTPChannel.requestDone(self, request)
+        if self.persistent:
+            self._startDeadline()
+
+    def connectionLost(self, reason):
+        """
+        Stop the deadline.
+        """
+        self._stopDeadline()
+        HTTPChannel.connectionLost(self, reason)
+
+
 def requestFactory(maxBody):
     """
     A L{BoundedRequest} class with C{maxBody}.
@@ -353,7 +420,8 @@ def requestFactory(maxBody):
     return type("BoundedRequest", (BoundedRequest,), {"maxBody": maxBody})
 
 
-__all__ = ["AdminRoot", "BoundedRequest", "ErrorResource", "JSONError",
+__all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
+           "JSONError",
            "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
            "nestingDepth", "notFound", "queryArgument", "readJSON",
            "requestFactory", "respond"]

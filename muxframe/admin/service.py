@@ -12,21 +12,130 @@ metrics keep being served, until the drain is over.
 
 from twisted.application import service
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
-from twisted.logger import ILogObserver, Logger
+from twisted.internet.protocol import Protocol
+from twisted.logger import ILogObserver, LogLevel, Logger
 from twisted.web.server import Site
 
+from muxframe.admin.http import DeadlineChannel
+from muxframe.logthrottle import LogThrottle, logger, throttled
+from muxframe.tls import offersHTTP11
+
 log = Logger(namespace="muxframe.admin")
+_throttledLog = logger("muxframe.admin")
 
 
+class AdminChannel(DeadlineChannel):
+    """
+    The HTTP channel of one admin connection: its requests have the
+    site's deadline (L{DeadlineChannel}), and the site counts it while it
+    is open.
+    """
+
+    _counted = False
+
+    def connectionMade(self):
+        """
+        Count the connection, then start its first request's deadline.
+        """
+        self.site.connections += 1
+        self._counted = True
+        DeadlineChannel.connectionMade(self)
+
+    def connectionLost(self, reason):
+        """
+        Stop counting it.
+        """
+        if self._counted:
+            self._counted = False
+            self.site.connections -= 1
+        DeadlineChannel.connectionLost(self, reason)
+
+
+class RefusedAdminConnection(Protocol):
+    """
+    Answers a connection over the admin site's C{maxConnections} with a
+    JSON 503 and closes, before reading anything.
+    """
+
+    def __init__(self, message):
+        from muxframe.admin.http import encodeJSON, errorBody
+        body = encodeJSON(errorBody(503, message))
+        self.data = (b"HTTP/1.1 503 Service Unavailable\r\n"
+                     b"content-type: application/json\r\n"
+                     b"cache-control: no-store\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    def connectionMade(self):
+        """
+        Send the answer and close.
+        """
+        self.transport.write(self.data)
+        self.transport.loseConnection()
+
+
+@offersHTTP11
 class AdminSite(Site):
     """
     The admin service's site: no access log (a flood of requests must not
-    be a flood of log lines), no tracebacks in answers, a 60 s idle
-    timeout.
+    be a flood of log lines), no tracebacks in answers, HTTP/1.1 only
+    (L{AdminChannel}; over TLS L{offersHTTP11}: never HTTP/2, whose
+    streams have neither the deadline nor the body's immediate refusal,
+    and every connection served on each Twisted release, where Site's
+    own ALPN offer failed every TLS connection after the first on
+    Twisted 24.11), and bounds on what clients hold:
+
+      - a request must arrive whole within C{requestTimeout} seconds
+        (L{DeadlineChannel}); a connection idle after a response is
+        dropped at the same deadline;
+      - at most C{maxConnections} connections at once: one more is
+        answered 503 (JSON) and closed at once, with a warning logged at
+        most 10 times a minute.  The role's file descriptors are shared
+        with its own listeners: without a cap, connections to the admin
+        port, which need no token to be opened, could take them all.
+
+    @param reactor: times the deadlines and twisted.web's own timeouts.
+    @ivar connections: the connections open now.
+    @ivar requestsTimedOut: connections dropped at a request's deadline.
+    @ivar refusedConnections: connections refused over C{maxConnections}.
     """
 
     displayTracebacks = False
     noisy = False
+    protocol = AdminChannel
+    requestTimeout = 30.0
+    maxConnections = 64
+
+    def __init__(self, resource, reactor=None, requestTimeout=None,
+                 maxConnections=None):
+        kwargs = {} if reactor is None else {"reactor": reactor}
+        Site.__init__(self, resource, timeout=60, **kwargs)
+        if requestTimeout is not None:
+            self.requestTimeout = requestTimeout
+        if maxConnections is not None:
+            self.maxConnections = maxConnections
+        self.connections = 0
+        self.requestsTimedOut = 0
+        self.refusedConnections = 0
+        self._refusals = LogThrottle()
+
+    def buildProtocol(self, address):
+        """
+        An L{AdminChannel}, or a L{RefusedAdminConnection} over
+        C{maxConnections}.
+        """
+        if self.connections >= self.maxConnections:
+            self.refusedConnections += 1
+            throttled(_throttledLog, self._refusals, self.reactor.seconds(),
+                      LogLevel.warn, "connections",
+                      "admin service: {connections} connections are open, "
+                      "the most it serves at once: one more was answered "
+                      "503 and closed ({refused} so far)",
+                      connections=self.connections,
+                      refused=self.refusedConnections)
+            return RefusedAdminConnection(
+                "the admin service has %d connections open, the most it "
+                "serves at once: try again later" % (self.maxConnections,))
+        return Site.buildProtocol(self, address)
 
     def log(self, request):
         """
@@ -52,7 +161,7 @@ class AdminService(service.Service):
         self.registry = makeRegistry(status, reactor)
         self.root = buildRoot(status, settings,
                               MetricsResource(self.registry, reactor))
-        self.site = AdminSite(self.root, timeout=60)
+        self.site = AdminSite(self.root, reactor)
         self.site.requestFactory = requestFactory(settings.maxBody)
         # Owner-only by default: a unix: socket may be served without a token.
         self._listener = ListenService(listeningDescription(settings.endpoint),
@@ -177,4 +286,5 @@ class OperatedRole(service.MultiService):
             self._restoreLevel()
 
 
-__all__ = ["AdminService", "AdminSite", "OperatedRole"]
+__all__ = ["AdminChannel", "AdminService", "AdminSite", "OperatedRole",
+           "RefusedAdminConnection"]

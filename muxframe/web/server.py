@@ -46,11 +46,10 @@ from twisted.internet.defer import succeed
 from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.logger import LogLevel
 from twisted.internet.protocol import Protocol
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from muxframe.admin.http import BoundedRequest
+from muxframe.admin.http import BoundedRequest, DeadlineChannel
 from muxframe.web.limits import protocolOptions, resolveLimits
 from muxframe.web.origins import OriginPolicy
 from muxframe.logthrottle import throttled
@@ -272,59 +271,18 @@ class StreamWebSocketResource(WebSocketResource):
         return WebSocketResource.render(self, request)
 
 
-class WebChannel(HTTPChannel):
+class WebChannel(DeadlineChannel):
     """
     The HTTP channel of a L{WebSocketSite}'s connection: a request must
-    arrive whole within the site's C{requestTimeout} (module rules), and
-    the connection's admission is released when it is handed over or
-    closes.
+    arrive whole within the site's C{requestTimeout} (module rules;
+    L{DeadlineChannel}), and the connection's admission is released when
+    it is handed over or closes.
 
     @ivar reserved: the address admitted with the site's
         C{reserveConnection}, until released.
     """
 
     reserved = None
-    _deadline = None
-
-    def connectionMade(self):
-        """
-        Start the deadline for the first request.
-        """
-        HTTPChannel.connectionMade(self)
-        self._startDeadline()
-
-    def _startDeadline(self):
-        self._stopDeadline()
-        if self.transport is None or self.transport.disconnecting:
-            return
-        self._deadline = self.callLater(self.site.requestTimeout,
-                                        self._deadlinePassed)
-
-    def _stopDeadline(self):
-        call, self._deadline = self._deadline, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _deadlinePassed(self):
-        self._deadline = None
-        self.site.requestsTimedOut += 1
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def allContentReceived(self):
-        """
-        A request arrived whole: no deadline while it is answered.
-        """
-        self._stopDeadline()
-        HTTPChannel.allContentReceived(self)
-
-    def requestDone(self, request):
-        """
-        A response ended: the next request has its own deadline.
-        """
-        HTTPChannel.requestDone(self, request)
-        if self.persistent:
-            self._startDeadline()
 
     def handedOver(self):
         """
@@ -342,9 +300,8 @@ class WebChannel(HTTPChannel):
         """
         Stop the deadline and release the admission.
         """
-        self._stopDeadline()
         self._release()
-        HTTPChannel.connectionLost(self, reason)
+        DeadlineChannel.connectionLost(self, reason)
 
 
 class RefusedHTTPConnection(Protocol):
