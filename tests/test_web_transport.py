@@ -781,6 +781,56 @@ class SecureWebSocketTests(TestCase):
         yield closed[1]
 
 
+    @inlineCallbacks
+    def test_browserOfferingALPN(self):
+        """
+        A client offering C{http/1.1} by ALPN, as browsers do for a
+        C{wss://} URL, is upgraded, on every connection (the site offered
+        no ALPN protocol, and current Twisted fails the TLS handshake of
+        such a client then); ALPN selects C{http/1.1} where Twisted asks
+        the site per connection, nothing on older Twisted.
+        """
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+
+        from muxframe.tls import alpnPerConnection
+        from tests.test_xtmp_transports import makeCertificate
+        cert = makeCertificate()
+        caFile = os.path.abspath(self.mktemp())
+        with open(caFile, "wb") as f:
+            f.write(cert.dumpPEM())
+        port = yield WebSocketServerEndpoint(
+            SSL4ServerEndpoint(reactor, 0, cert.options(), interface="127.0.0.1"),
+            path="/ws", secure=True).listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+        for _ in range(2):
+            selected, reply = yield deferToBlocking(
+                tlsUpgrade, port, caFile, ["http/1.1"])
+            self.assertEqual(
+                (selected, statusOf(reply)),
+                ("http/1.1" if alpnPerConnection() else None, 101))
+
+
+def tlsUpgrade(port, caFile, alpn):
+    """
+    An upgrade request to C{/ws} over TLS (trusting C{caFile}, offering
+    C{alpn}): C{(the protocol ALPN selected, the reply's head)}.
+    """
+    import ssl
+    context = ssl.create_default_context(cafile=caFile)
+    context.set_alpn_protocols(alpn)
+    with socket.create_connection(("127.0.0.1", port.getHost().port),
+                                  timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(upgradeRequest(port, "/ws"))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return s.selected_alpn_protocol(), data
+
+
 def maskedFrame(opcode, payload):
     """
     A final client-to-server frame: C{opcode}, C{payload} masked.

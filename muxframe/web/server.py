@@ -41,9 +41,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory, WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny
-from zope.interface import implementer_only
 from twisted.internet.defer import succeed
-from twisted.internet.interfaces import ILoggingContext, IProtocolFactory
 from twisted.logger import LogLevel
 from twisted.internet.protocol import Protocol
 from twisted.web.resource import Resource
@@ -53,6 +51,7 @@ from muxframe.admin.http import BoundedRequest, DeadlineChannel
 from muxframe.web.limits import protocolOptions, resolveLimits
 from muxframe.web.origins import OriginPolicy
 from muxframe.logthrottle import throttled
+from muxframe.tls import offersHTTP11
 from muxframe.web.transport import (
     ReactorTimer, StreamWebSocketMixin, refusalThrottle,
 )
@@ -327,7 +326,7 @@ class RefusedHTTPConnection(Protocol):
         self.transport.loseConnection()
 
 
-@implementer_only(IProtocolFactory, ILoggingContext)
+@offersHTTP11
 class WebSocketSite(Site):
     """
     The site of a web endpoint: the WebSocket resource at C{path}, C{root}
@@ -341,10 +340,13 @@ class WebSocketSite(Site):
     @ivar requestsTimedOut: connections dropped at that deadline.
     @ivar refusedConnections: connections refused at accept.
 
-    It offers no ALPN protocols (a WebSocket is HTTP/1.1 only): older
+    Over TLS it offers C{http/1.1} by ALPN, or none, as each Twisted
+    release accepts (L{offersHTTP11}; a WebSocket is HTTP/1.1 only): older
     Twisted releases (24.11, our floor, among them) set a TLS context's
     ALPN callback for every connection of a factory that offers them,
-    which current pyOpenSSL refuses after the context's first connection.
+    which current pyOpenSSL refuses after the context's first connection;
+    newer ones fail the handshake of every client offering ALPN (every
+    browser) when the factory offers none.
     """
 
     def __init__(self, webSocketFactory, path=b"/", root=None,
