@@ -294,6 +294,46 @@ class RoleTests(TestCase):
         self.assertEqual(code, 200)
 
     @inlineCallbacks
+    def test_writeActionsLogged(self):
+        """
+        Every write action carried out is logged once, naming who asked
+        (the client's address) and what was done; a refused one is not.
+        """
+        yield self.startRole()
+        bob = yield self.client(BOB)
+        yield waitFor(lambda: self.admin.get("/api/v1/sessions").addCallback(
+            lambda r: r[1]["count"] == 1), what="bob's session")
+        yield self.admin.request(b"POST", "/api/v1/broadcast", {
+            "type": "LiveUpdates", "payload": b64(b"to everyone")})
+        yield self.admin.request(b"POST", "/api/v1/publish", {
+            "subject": "news.eu", "type": 0x41, "payload": b64(b"eu")})
+        code, _, _ = yield self.admin.request(b"POST", "/api/v1/publish", {
+            "subject": "news.eu", "type": "Nonsense"})
+        self.assertEqual(code, 400)
+        closed = bob.whenClosed()
+        yield self.admin.request(
+            b"DELETE", "/api/v1/sessions/%#x" % (bob.sessionId,),
+            {"code": "KEY_REVOKED", "reason": "rotated\nFAKE LINE"})
+        yield closed
+
+        def actions():
+            return [line for line in self.process.text().splitlines()
+                    if "admin API: 127.0.0.1:" in line]
+        lines = yield waitFor(lambda: len(actions()) >= 3 and actions(),
+                              what="three action lines")
+        self.assertEqual(len(lines), 3, lines)
+        broadcast, publish, disconnect = lines
+        self.assertIn("broadcast 11 bytes of type 0x40 on 'broadcast': "
+                      "delivered to 1", broadcast)
+        self.assertIn("published 2 bytes of type 0x41 on 'news.eu': "
+                      "delivered to 0", publish)
+        self.assertIn("disconnected session %#x (key bob) with KEY_REVOKED: "
+                      "'rotated\\nFAKE LINE'" % (bob.sessionId,), disconnect)
+        # (The reason cannot forge a line of its own.)
+        self.assertEqual([line for line in self.process.text().splitlines()
+                          if line.startswith("FAKE LINE")], [])
+
+    @inlineCallbacks
     def test_drainingHealth(self):
         """
         After SIGTERM, while a handler holds the drain, /health answers 503
@@ -419,6 +459,13 @@ class UnixAndLogsTests(TestCase):
         families = yield admin.scrape(token=None)
         self.assertIn("muxframe_xtmp_sessions_active", families)
         self.assertIn("process_cpu_seconds", families)
+        # A write action's log line names the socket peer's uid and pid.
+        code, _, _ = yield admin.request(b"POST", "/api/v1/broadcast", {
+            "type": "LiveUpdates", "payload": ""})
+        self.assertEqual(code, 200)
+        yield waitFor(lambda: "admin API: unix socket, uid %d pid %d "
+                      "broadcast 0 bytes" % (os.getuid(), os.getpid())
+                      in process.text(), what="the broadcast's line")
 
     def test_tcpAdminNeedsToken(self):
         """

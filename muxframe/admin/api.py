@@ -13,10 +13,21 @@ service", lists every path, field and status code):
   POST   /api/v1/broadcast            XTMP: {type, payload (base64), subject?}
   POST   /api/v1/publish              XTMP: {subject, type, payload (base64)}
   GET    /api/v1/connections          multiplexer roles: live connections
+
+Every write action (a disconnect, a broadcast, a publish) that is carried
+out is logged at info, naming who asked (L{requester}: the peer's address,
+or the uid and pid of a UNIX-socket peer) and what was done, with
+C{event="admin_action"} and the fields for JSON logs.  Only an
+authenticated client can act, so these lines are not throttled; refused
+requests are not logged.
 """
 
 import base64
 import binascii
+import socket
+import struct
+
+from twisted.internet.address import UNIXAddress
 
 from muxframe.admin.http import (
     AdminRoot, JSONError, JSONResource, JSONTree, notFound, queryArgument,
@@ -24,7 +35,37 @@ from muxframe.admin.http import (
 )
 from muxframe.admin.status import HEALTHY
 from muxframe.admin.xtmpstatus import parseSessionId
+from muxframe.logthrottle import logger
 from muxframe.xtmp.errors import XTMPErrorCode
+
+log = logger("muxframe.admin")
+
+
+def requester(request):
+    """
+    Who sent C{request}, for the log: C{"127.0.0.1:53122"} over TCP (TLS
+    too), C{"unix socket, uid 1000 pid 4242"} over a UNIX socket (its
+    peer's credentials, C{SO_PEERCRED}, where the platform has them).
+    """
+    address = request.getClientAddress()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return "%s:%d" % (host, port)
+    credentials = None
+    transport = getattr(request.channel, "transport", None)
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if hasattr(socket, "SO_PEERCRED") and isinstance(handle, socket.socket):
+        try:
+            credentials = struct.unpack("3i", handle.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        except OSError:
+            credentials = None
+    if credentials is not None:
+        pid, uid, _ = credentials
+        return "unix socket, uid %d pid %d" % (uid, pid)
+    if isinstance(address, UNIXAddress):
+        return "unix socket"
+    return str(address)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -234,9 +275,26 @@ class SessionResource(JSONResource):
         if not isinstance(reason, str) or len(reason.encode("utf-8")) > 1024:
             raise JSONError(400, "reason: expected text of at most 1024 bytes")
         self.status.server.registry.disconnect(self.sessionId, code, reason)
-        return {"session_id": "%#x" % (self.sessionId,), "disconnected": True,
-                "code": XTMPErrorCode.describe(code), "reason": reason,
-                "identity": session.identity.asDict()}
+        answer = {"session_id": "%#x" % (self.sessionId,),
+                  "disconnected": True, "code": XTMPErrorCode.describe(code),
+                  "reason": reason, "identity": session.identity.asDict()}
+        log.info("admin API: {requester} disconnected session {session_id} "
+                 "({who}) with {code}: {reason!r}", event="admin_action",
+                 action="disconnect", requester=requester(request),
+                 who=_identityText(answer["identity"]),
+                 **{k: answer[k] for k in ("session_id", "code", "reason")})
+        return answer
+
+
+def _identityText(identity):
+    """
+    A session's identity (its C{asDict}) for a log line: C{key alice},
+    C{token ci}, C{key 3f2a9c01...} (a fingerprint's first 16 digits),
+    C{anonymous}.
+    """
+    name = identity.get("name") or (identity.get("fingerprint") or "")[:16]
+    kind = identity.get("kind", "?")
+    return "%s %s" % (kind, name) if name else kind
 
 
 class _SendResource(JSONResource):
@@ -246,6 +304,9 @@ class _SendResource(JSONResource):
     """
 
     required = ("type",)
+    #: The action, for the log (its field C{action}, and the verb of its
+    #: line).
+    action = verb = None
 
     def __init__(self, status):
         JSONResource.__init__(self)
@@ -265,6 +326,11 @@ class _SendResource(JSONResource):
             count = self.deliver(subject, payload, messageType)
         except Refusal as e:
             raise JSONError(400, "subject: %s" % (e.reason,))
+        log.info("admin API: {requester} {verb} {bytes} bytes of type "
+                 "{type:#04x} on {subject!r}: delivered to {delivered}",
+                 event="admin_action", action=self.action, verb=self.verb,
+                 requester=requester(request), bytes=len(payload),
+                 type=messageType, subject=subject, delivered=count)
         return {"delivered": count, "subject": subject,
                 "type": messageType, "bytes": len(payload)}
 
@@ -274,6 +340,8 @@ class BroadcastResource(_SendResource):
     C{POST /api/v1/broadcast}: to every session (on C{subject}, default
     C{broadcast}).
     """
+
+    action = verb = "broadcast"
 
     def deliver(self, subject, payload, messageType):
         return self.status.server.broadcast(payload, messageType, subject)
@@ -285,6 +353,7 @@ class PublishResource(_SendResource):
     """
 
     required = ("subject", "type")
+    action, verb = "publish", "published"
 
     def deliver(self, subject, payload, messageType):
         return self.status.server.publish(subject, payload, messageType)
@@ -347,4 +416,5 @@ def buildRoot(status, settings, metrics):
     return root
 
 
-__all__ = ["buildRoot", "parseCode", "parsePayload", "parseType"]
+__all__ = ["buildRoot", "parseCode", "parsePayload", "parseType",
+           "requester"]
