@@ -250,6 +250,11 @@ class RoleTests(TestCase):
                                       "payload": ""}), 400, "subject"),
             (post("/api/v1/publish", {"subject": "a.*", "type": 0x41,
                                       "payload": ""}), 400, "subject"),
+            # JSON's escapes can spell a lone surrogate, which is no text.
+            (post("/api/v1/publish", b'{"subject": "news.\\ud800", '
+                  b'"type": 65}'), 400, "not Unicode"),
+            (post("/api/v1/broadcast", b'{"subject": "\\udc00", '
+                  b'"type": 64}'), 400, "not Unicode"),
             (self.admin.get("/api/v1/sessions/0x1234"), 404, "no live session"),
             (self.admin.get("/api/v1/sessions/zzz"), 404, "no such resource"),
             (self.admin.get("/api/v1/sessions?active=maybe"), 400, "active"),
@@ -279,6 +284,11 @@ class RoleTests(TestCase):
         code, body, _ = yield self.admin.request(
             b"DELETE", "/api/v1/sessions/%x" % (bob.sessionId,), {"code": "NOPE"})
         self.assertEqual((code, "unknown error code" in body["error"]), (400, True), body)
+        code, body, _ = yield self.admin.request(
+            b"DELETE", "/api/v1/sessions/%x" % (bob.sessionId,),
+            b'{"reason": "bye \\ud800"}')
+        self.assertEqual((code, "not Unicode" in body["error"]), (400, True),
+                         body)
         code, body, _ = yield self.admin.get("/api/v1/sessions")
         self.assertEqual(body["count"], 1)
         # A body declared over the limit is refused before it is read.
@@ -292,6 +302,8 @@ class RoleTests(TestCase):
         self.assertEqual((code, body["status"]), (413, 413))
         code, body, _ = yield self.admin.get("/health")
         self.assertEqual(code, 200)
+        # Bad input is never a fault of ours.
+        self.assertNotIn("Traceback", self.process.text())
 
     @inlineCallbacks
     def test_writeActionsLogged(self):

@@ -102,10 +102,35 @@ def nestingDepth(value):
     return deepest
 
 
+def loneSurrogate(value):
+    """
+    The first text in C{value} (a string, or a key or string anywhere in
+    its lists and dicts) holding a lone surrogate, which JSON's C{\\ud800}
+    escapes can spell but no UTF-8 can encode; or L{None}.  Found without
+    recursion.
+    """
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
+
+
 def readJSON(request, required=()):
     """
     The request's body as a JSON object, with C{required} keys present,
-    nested at most L{MAX_DEPTH} levels.
+    nested at most L{MAX_DEPTH} levels, its text all Unicode (no lone
+    surrogate: a reason or subject holding one failed as a 500 when
+    encoded).
 
     @raise JSONError: 400 naming what is wrong.
     """
@@ -124,6 +149,10 @@ def readJSON(request, required=()):
         # RecursionError later, in the repr of an error message.
         raise JSONError(400, "the body is nested too deeply (over %d levels)"
                         % (MAX_DEPTH,))
+    bad = loneSurrogate(value)
+    if bad is not None:
+        raise JSONError(400, "the body holds text that is not Unicode (a "
+                        "lone surrogate escape): %s" % (ascii(bad)[:80],))
     if not isinstance(value, dict):
         raise JSONError(400, "expected a JSON object, got %s"
                         % (type(value).__name__,))
@@ -421,7 +450,6 @@ def requestFactory(maxBody):
 
 
 __all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
-           "JSONError",
-           "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
-           "nestingDepth", "notFound", "queryArgument", "readJSON",
-           "requestFactory", "respond"]
+           "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
+           "loneSurrogate", "nestingDepth", "notFound", "queryArgument",
+           "readJSON", "requestFactory", "respond"]
