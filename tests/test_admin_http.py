@@ -552,3 +552,49 @@ class TLSTests(TestCase):
             self.assertEqual((selected, status),
                              ("http/1.1" if alpn and alpnPerConnection()
                               else None, b"HTTP/1.1 200 OK"))
+
+
+class FaultLogTests(TestCase):
+    """
+    A fault of ours is answered 500 and logged with its traceback, at most
+    10 times a minute: a client repeating a request that finds one cannot
+    flood the log.
+    """
+
+    @inlineCallbacks
+    def test_faultsThrottled(self):
+        from twisted.logger import globalLogPublisher
+        from twisted.web.server import Site
+
+        from muxframe.admin import http
+        from muxframe.admin.http import JSONResource, JSONTree
+
+        class Faulty(JSONResource):
+            def json_GET(self, request):
+                raise ZeroDivisionError("a fault of ours")
+
+        if hasattr(http, "faults"):
+            # A fresh throttle: other tests' faults must not count.
+            self.patch(http, "faults", type(http.faults)())
+        root = JSONTree()
+        root.putChild(b"faulty", Faulty())
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        logged = []
+
+        def observe(event):
+            if event.get("log_namespace") == "muxframe.admin":
+                logged.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        admin = Admin(port.getHost().port, token=None)
+        for _ in range(25):
+            code, body, _ = yield admin.get("/faulty")
+            self.assertEqual((code, body), (500, {"error": "internal error",
+                                                  "status": 500}))
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.assertEqual(len(logged), 10)
+        self.assertTrue(all(e["log_failure"].check(ZeroDivisionError)
+                            for e in logged))
+        self.assertIn("further lines like this are suppressed",
+                      logged[-1]["log_format"])

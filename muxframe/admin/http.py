@@ -16,7 +16,8 @@ Rules:
     base64), 404 unknown path (below a leaf too; one trailing slash is
     the leaf itself) or id, 405 a method the path does not take (with
     C{Allow}), 413 a body over the limit, 500 a fault of ours (logged
-    with its traceback, never sent).
+    with its traceback, never sent; at most 10 such lines a minute, so
+    that a request that finds a fault cannot flood the log).
   - A request body is read up to C{maxBody} bytes: a declared
     C{Content-Length} over it is answered 413 at once and the connection
     closed; a chunked body that grows past it is discarded as it comes
@@ -32,14 +33,33 @@ Rules:
 
 import hmac
 import json
+import time
 from io import BytesIO
 
-from twisted.logger import Logger
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-log = Logger(namespace="muxframe.admin")
+from muxframe.logthrottle import LogThrottle, logger, throttled
+
+#: The throttle of L{logFault}: 10 lines a minute.
+faults = LogThrottle()
+_log = logger("muxframe.admin")
+
+
+def logFault(what, failure=None, **fields):
+    """
+    Log a fault of ours (C{what}, a format naming C{fields}) with its
+    traceback (C{failure}, default the exception being handled), unless
+    10 were logged in the last minute (L{faults}): then the next allowed
+    line says how many were suppressed.
+    """
+    if failure is None:
+        failure = Failure()
+    throttled(_log, faults, time.monotonic(), LogLevel.critical, "fault",
+              what, log_failure=failure, **fields)
 
 
 class JSONError(Exception):
@@ -218,8 +238,8 @@ class JSONResource(Resource):
             return respond(request, e.code, errorBody(e.code, e.message,
                                                       **e.extra))
         except Exception:
-            log.failure("admin request {method} {path} failed",
-                        method=method, path=request.path)
+            logFault("admin request {method} {path} failed",
+                     method=method, path=request.path)
             return respond(request, 500, errorBody(500, "internal error"))
         code = 200
         if isinstance(value, tuple):
@@ -451,5 +471,5 @@ def requestFactory(maxBody):
 
 __all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
            "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
-           "loneSurrogate", "nestingDepth", "notFound", "queryArgument",
+           "logFault", "loneSurrogate", "nestingDepth", "notFound", "queryArgument",
            "readJSON", "requestFactory", "respond"]

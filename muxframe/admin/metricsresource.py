@@ -21,10 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from muxframe.admin.http import errorBody, notFound, respond
-from muxframe.logthrottle import logger
-
-log = logger("muxframe.admin")
+from muxframe.admin.http import errorBody, logFault, notFound, respond
 
 
 class MetricsResource(Resource):
@@ -73,7 +70,7 @@ class MetricsResource(Resource):
             request.finish()
 
         def failed(failure):
-            log.failure("rendering /metrics failed", failure)
+            logFault("rendering /metrics failed", failure)
             if not gone:
                 request.write(respond(request, 500,
                                       errorBody(500, "internal error")))
