@@ -471,7 +471,8 @@ class ExitCodeTests(TestCase):
         A number out of an option's range is a usage error (exit 2) whose
         last line names the option, found before anything is done with
         it: not a traceback (a port past 65535, a negative timeout), a
-        ValueError (a negative interval) or a busy loop (an interval of 0).
+        ValueError (a negative interval, an --admin port that urllib
+        refuses) or a busy loop (an interval of 0).
         """
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
@@ -504,6 +505,14 @@ class ExitCodeTests(TestCase):
                 (("stats", "--timeout", "1e300") + admin,
                  "argument --timeout"),
                 (("sessions", "--limit", "0") + admin, "argument --limit"),
+                # (urllib's port and address checks: a usage error naming
+                # --admin, not a ValueError's exit 1.)
+                (("stats", "--admin", "http://127.0.0.1:99999"),
+                 "--admin: 'http://127.0.0.1:99999': Port out of range"),
+                (("stats", "--admin", "127.0.0.1:http"),
+                 "--admin: '127.0.0.1:http': Port could not be cast"),
+                (("stats", "--admin", "http://[::1"),
+                 "--admin: 'http://[::1': Invalid IPv6 URL"),
                 (("sessions", "--within", "-1") + admin, "argument --within"),
                 (("capture", "--connect", "127.0.0.1:99999"),
                  "--connect: port 99999"),

@@ -60,14 +60,18 @@ class AdminClient:
             return
         if "://" not in address:
             address = "http://" + address
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(address)
+            host, port = parts.hostname, parts.port
+        except ValueError as e:
+            # (A port out of range or not a number, a bracket left open.)
+            raise UsageError("--admin: %r: %s" % (self.address, e))
+        if parts.scheme not in ("http", "https") or not host:
             raise UsageError("--admin: expected http://HOST:PORT or "
                              "unix:PATH, not %r" % (self.address,))
         cls = http.client.HTTPSConnection if parts.scheme == "https" \
             else http.client.HTTPConnection
-        self._connection = lambda: cls(parts.hostname, parts.port,
-                                       timeout=timeout)
+        self._connection = lambda: cls(host, port, timeout=timeout)
 
     def request(self, method, path, body=None, query=None, accept=(200,)):
         """
