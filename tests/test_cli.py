@@ -529,6 +529,34 @@ class ExitCodeTests(TestCase):
             self.assertIn(text, err.strip().splitlines()[-1], args)
 
 
+    @inlineCallbacks
+    def test_adminTokenFileNeverPrinted(self):
+        """
+        An admin token file that holds no token, or text that cannot be a
+        token (two lines, a space, a non-ASCII byte), is a failure (exit
+        1) on one line naming the file and what is wrong, before any
+        request; what the file holds is never printed.
+        """
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        admin = ("--admin", "http://127.0.0.1:%d" % (freePort(),))
+        for content, text in [
+                (b"", "holds no token"), (b"  \n", "holds no token"),
+                (b"s3cret-one\ns3cret-two\n", "one line of printable ASCII"),
+                (b"s3cret-one s3cret-two\n", "one line of printable ASCII"),
+                (b"s3cr\xc3\xa9t\n", "one line of printable ASCII")]:
+            path = os.path.join(cwd, "admin.token")
+            with open(path, "wb") as f:
+                f.write(content)
+            got, out, err = yield cli(cwd, "stats", "--admin-token-file",
+                                      path, *admin)
+            self.assertEqual(got, 1, (content, out, err))
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn("--admin-token-file: %s" % (path,), err)
+            self.assertIn(text, err)
+            self.assertNotIn("s3cr", out + err)
+
+
 def parseCommand(*argv):
     """
     The options of C{muxframe-xtmp ARGV}, as the command would see them.

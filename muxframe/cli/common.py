@@ -574,9 +574,18 @@ def adminClient(args):
     from muxframe.cli.adminclient import AdminClient
     if not args.admin:
         raise UsageError("--admin is required (or $MUXFRAME_ADMIN)")
+    from muxframe.admin.settings import loadToken
     token = None
     if args.admin_token_file:
-        token = _readFile(args.admin_token_file, "--admin-token-file").strip()
+        # The rules of the service's own token file: one line of printable
+        # ASCII.  Anything else could never be sent as a header (http.client
+        # refused it naming the whole header, token and all, on stderr) and
+        # an empty file only earned a 401.  The error names the file, never
+        # what it holds.
+        try:
+            token = loadToken(args.admin_token_file, "--admin-token-file")
+        except ValueError as e:
+            raise CLIError(str(e))
     return AdminClient(args.admin, token, args.timeout)
 
 
