@@ -17,7 +17,7 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -555,6 +555,102 @@ class ExitCodeTests(TestCase):
             self.assertIn("--admin-token-file: %s" % (path,), err)
             self.assertIn(text, err)
             self.assertNotIn("s3cr", out + err)
+
+
+class _Canned:
+    """
+    A twisted.web resource answering every request with C{answer}:
+    C{(code, content type, body)}.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        self.answer = (200, b"application/json", b"{}")
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def render(self, request):
+        code, kind, body = self.answer
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", kind)
+        return body
+
+
+class _Junk(Protocol):
+    """
+    A server that is not HTTP: it answers any bytes with binary junk (as
+    an XTMP server answers a request line) and closes.
+    """
+
+    def dataReceived(self, data):
+        self.transport.write(b"XTMP\xfe\x00\x1b[2J\x07 bad magic\r\n\r\n")
+        self.transport.loseConnection()
+
+
+class AnswerTests(TestCase):
+    """
+    An --admin address that is not a muxframe admin service (another web
+    server, a wrong port): the admin commands fail on one line saying so
+    (exit 1), never with a traceback, a page's lines or the terminal
+    control bytes the server sent; an error's own text is shown on one
+    line, escaped.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_notTheAdminService(self):
+        from twisted.web.resource import IResource
+        from twisted.web.server import Site
+        from zope.interface import directlyProvides
+        canned = _Canned()
+        directlyProvides(canned, IResource)
+        web = reactor.listenTCP(0, Site(canned), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        junk = reactor.listenTCP(0, Factory.forProtocol(_Junk),
+                                 interface="127.0.0.1")
+        self.addCleanup(junk.stopListening)
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        webAddress = "http://127.0.0.1:%d" % (web.getHost().port,)
+        html = b"<html>\n<body>\nNot here\n</body>\n</html>\n"
+        for answer, args, text in [
+                ((200, b"text/html", html), ("status",),
+                 "GET /health answered 200 without the admin API's JSON "
+                 "object"),
+                ((200, b"application/json", b"[1, 2]"), ("sessions",),
+                 "GET /api/v1/sessions answered 200 without the admin API's "
+                 "JSON object"),
+                ((200, b"application/json", b"{}"), ("status", "0x1"),
+                 "an answer this command cannot show (no field "
+                 "'session_id')"),
+                ((200, b"application/json",
+                  b'{"count": 1, "total": 1, "sessions": [{}]}'),
+                 ("sessions",), "(no field 'session_id')"),
+                ((404, b"text/html", html), ("status",),
+                 "HTTP 404, an answer that is not the admin API's JSON "
+                 "error"),
+                ((500, b"application/json",
+                  b'{"error": "red \\u001b[31m\\nsecond line"}'),
+                 ("stats",), "HTTP 500: red \\x1b[31m\\nsecond line")]:
+            canned.answer = answer
+            got, out, err = yield cli(cwd, *args, "--admin", webAddress)
+            self.assertEqual(got, 1, (answer, out, err))
+            self.assertNotIn("Traceback", err)
+            self.assertNotIn("\x1b", err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn(text, err)
+            if answer[0] != 500:
+                self.assertIn("is --admin the admin service", err)
+        got, out, err = yield cli(cwd, "stats", "--admin",
+                                  "127.0.0.1:%d" % (junk.getHost().port,))
+        self.assertEqual(got, 1, (out, err))
+        self.assertEqual(err.strip().splitlines(), [
+            "muxframe-xtmp: error: admin API at 127.0.0.1:%d: the answer is "
+            "not HTTP: is --admin the admin service of a muxframe role?"
+            % (junk.getHost().port,)])
 
 
 def parseCommand(*argv):

@@ -5,14 +5,38 @@ section 5).
 """
 
 import base64
+import functools
 import json
 import time
 
+from muxframe.cli.adminclient import NOT_ADMIN, oneLine
 from muxframe.cli.common import (
     MAX_SECONDS, CLIError, addAdminArguments, addPayloadArguments,
     adminClient, emitJSON, numberType, parseType, positiveCount, readPayload,
     say, secondsOrNone,
 )
+
+
+def _answered(run):
+    """
+    C{run(args)}, where an answer the command cannot show (a field missing
+    or of another type: the service at --admin is not a muxframe role's
+    admin service, or not one of this version) fails on one line naming
+    what is wrong, not with a traceback.
+    """
+
+    @functools.wraps(run)
+    def checked(args):
+        try:
+            return run(args)
+        except KeyError as e:
+            fault = "no field %s" % (oneLine(repr(e.args[0])),)
+        except (TypeError, AttributeError) as e:
+            fault = oneLine(str(e))
+        raise CLIError("admin API at %s: an answer this command cannot show "
+                       "(%s): %s" % (args.admin, fault, NOT_ADMIN))
+
+    return checked
 
 
 #: The shortest --interval: shorter polls the admin API in a busy loop.
@@ -56,7 +80,7 @@ def addStatus(subparsers):
                         help="a session id (hex, as the sessions list shows)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     _addRepeat(parser)
-    parser.set_defaults(run=status)
+    parser.set_defaults(run=_answered(status))
 
 
 def status(args):
@@ -137,7 +161,7 @@ def addSessions(subparsers):
     parser.add_argument("--detailed", action="store_true",
                         help="show subscriptions and byte counts")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(run=sessions)
+    parser.set_defaults(run=_answered(sessions))
 
 
 def sessions(args):
@@ -173,7 +197,7 @@ def addDisconnect(subparsers):
                              "GOING_AWAY)")
     parser.add_argument("--reason", default=None, help="the reason sent")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(run=disconnect)
+    parser.set_defaults(run=_answered(disconnect))
 
 
 def disconnect(args):
@@ -220,8 +244,8 @@ def addBroadcast(subparsers):
                     "as a stream message on --subject (default broadcast).")
     _addSendArguments(parser)
     parser.add_argument("--subject", default="broadcast")
-    parser.set_defaults(run=lambda args: _send(
-        args, "/api/v1/broadcast", {"subject": args.subject}))
+    parser.set_defaults(run=_answered(lambda args: _send(
+        args, "/api/v1/broadcast", {"subject": args.subject})))
 
 
 def addPublish(subparsers):
@@ -231,8 +255,8 @@ def addPublish(subparsers):
                     "receive it.")
     _addSendArguments(parser)
     parser.add_argument("--subject", "-s", required=True)
-    parser.set_defaults(run=lambda args: _send(
-        args, "/api/v1/publish", {"subject": args.subject}))
+    parser.set_defaults(run=_answered(lambda args: _send(
+        args, "/api/v1/publish", {"subject": args.subject})))
 
 
 def addStats(subparsers):
@@ -245,7 +269,7 @@ def addStats(subparsers):
     parser.add_argument("--export", metavar="FILE",
                         help="also write the (last) snapshot to FILE as JSON")
     _addRepeat(parser)
-    parser.set_defaults(run=stats)
+    parser.set_defaults(run=_answered(stats))
 
 
 def stats(args):

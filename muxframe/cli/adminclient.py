@@ -29,6 +29,22 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+#: Characters of a server's text an error line shows at most.
+SHOWN = 300
+
+#: What an error line says of an answer that is not the admin API's.
+NOT_ADMIN = "is --admin the admin service of a muxframe role?"
+
+
+def oneLine(text, limit=SHOWN):
+    """
+    C{text} for one line of a terminal: control and other unprintable
+    characters escaped, at most C{limit} characters.
+    """
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class AdminError(CLIError):
     """
     The admin API answered an error (C{status}, C{body}).
@@ -36,8 +52,12 @@ class AdminError(CLIError):
 
     def __init__(self, status, body):
         message = body.get("error") if isinstance(body, dict) else None
-        CLIError.__init__(self, "admin API: HTTP %d: %s"
-                          % (status, message or body))
+        if isinstance(message, str):
+            text = "admin API: HTTP %d: %s" % (status, oneLine(message))
+        else:
+            text = "admin API: HTTP %d, an answer that is not the admin " \
+                   "API's JSON error: %s" % (status, NOT_ADMIN)
+        CLIError.__init__(self, text)
         self.status = status
         self.body = body
 
@@ -95,8 +115,16 @@ class AdminClient:
             connection.request(method, path, data, headers)
             response = connection.getresponse()
             raw = response.read()
+        except http.client.RemoteDisconnected:
+            raise CLIError("admin API at %s: the connection was closed "
+                           "without an answer" % (self.address,))
+        except http.client.BadStatusLine:
+            # (Its text is the line received: anything, bytes included.)
+            raise CLIError("admin API at %s: the answer is not HTTP: %s"
+                           % (self.address, NOT_ADMIN))
         except (OSError, http.client.HTTPException) as e:
-            raise CLIError("admin API at %s: %s" % (self.address, e))
+            raise CLIError("admin API at %s: %s"
+                           % (self.address, oneLine(str(e) or repr(e))))
         finally:
             connection.close()
         text = raw.decode("utf-8", "replace")
@@ -109,6 +137,11 @@ class AdminClient:
             value = text
         if response.status not in accept:
             raise AdminError(response.status, value)
+        if not isinstance(value, dict):
+            raise CLIError("admin API at %s: %s %s answered %d without the "
+                           "admin API's JSON object: %s"
+                           % (self.address, method, path.split("?")[0],
+                              response.status, NOT_ADMIN))
         return response.status, value
 
     def get(self, path, query=None, accept=(200,)):
@@ -121,4 +154,4 @@ class AdminClient:
         return "/api/v1/sessions/" + quote(sessionId, safe="")
 
 
-__all__ = ["AdminClient", "AdminError"]
+__all__ = ["AdminClient", "AdminError", "oneLine"]
