@@ -238,6 +238,29 @@ class SiteTests(TestCase):
             self.assertEqual((code, listing["count"]), (200, 0), text)
         self.assertEqual(self.logged, [])
 
+    @inlineCallbacks
+    def test_ambiguousRequests(self):
+        """
+        A request a check in front of the service could read otherwise than
+        the service is refused: a JSON body giving a key twice (json keeps
+        the last) is a 400 naming the key, at any depth; several
+        Authorization headers are a 401, whichever carries the token.
+        """
+        from tests.adminsupport import TOKEN
+        for body in (b'{"type": "LiveUpdates", "type": "Nonsense"}',
+                     b'{"type": 64, "payload": "", "x": {"a": 1, "a": 2}}'):
+            answer = yield self.admin.request(b"POST", "/api/v1/broadcast",
+                                              body)
+            self.assertJSONError(answer, 400, "gives key")
+        for headers in ([b"Bearer wrong", b"Bearer " + TOKEN],
+                        [b"Bearer " + TOKEN, b"Bearer wrong"],
+                        [b"Bearer " + TOKEN, b"Bearer " + TOKEN]):
+            answer = yield self.admin.get(
+                "/health", token=False, headers={b"authorization": headers})
+            self.assertJSONError(answer, 401, "bearer token")
+        code, _, _ = yield self.admin.get("/health")
+        self.assertEqual(code, 200)
+
     def test_nestingDepth(self):
         """
         L{nestingDepth} counts list and dict levels.

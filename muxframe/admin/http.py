@@ -4,7 +4,8 @@ authentication, bounded request bodies.
 
 Rules:
 
-  - Every request needs C{Authorization: Bearer <token>}, compared in
+  - Every request needs C{Authorization: Bearer <token>} (one such
+    header), compared in
     constant time (C{hmac.compare_digest}), unless the service has no
     token (a C{unix:} socket) or the path is C{/metrics} and metrics are
     public.  Without it: 401 with C{WWW-Authenticate: Bearer}.  Refusals
@@ -12,7 +13,8 @@ Rules:
     log lines); they are counted (L{AdminRoot.unauthorized}).
   - Every answer is JSON (C{application/json}), errors too:
     C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, JSON
-    nested over L{MAX_DEPTH} levels, a missing or wrong field, bad
+    nested over L{MAX_DEPTH} levels or giving a key twice, text that is
+    not Unicode, a missing or wrong field, bad
     base64), 404 unknown path (below a leaf too; one trailing slash is
     the leaf itself) or id, 405 a method the path does not take (with
     C{Allow}), 413 a body over the limit, 500 a fault of ours (logged
@@ -145,6 +147,25 @@ def loneSurrogate(value):
     return None
 
 
+def _uniqueKeys(pairs):
+    """
+    A JSON object's C{(key, value)} pairs as a dict.
+
+    @raise JSONError: 400 naming a key given twice (json keeps the last:
+        a check in front of the service that read the first would be
+        fooled).
+    """
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JSONError(400, "the body gives key %s twice"
+                                % (ascii(key)[:80],))
+            seen.add(key)
+    return value
+
+
 def readJSON(request, required=()):
     """
     The request's body as a JSON object, with C{required} keys present,
@@ -158,7 +179,8 @@ def readJSON(request, required=()):
     if not data.strip():
         raise JSONError(400, "expected a JSON object in the request body")
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"),
+                           object_pairs_hook=_uniqueKeys)
     except (UnicodeDecodeError, ValueError) as e:
         raise JSONError(400, "the body is not valid JSON: %s" % (e,))
     except RecursionError:
@@ -313,11 +335,16 @@ class AdminRoot(JSONTree):
 
     def authorized(self, request):
         """
-        Whether C{request} carries the token.
+        Whether C{request} carries the token, in one C{Authorization}
+        header (with several, twisted.web reads the last, and a check in
+        front of the service may read the first: refused).
         """
         if self.token is None:
             return True
-        header = request.getHeader(b"authorization") or b""
+        headers = request.requestHeaders.getRawHeaders(b"authorization")
+        if not headers or len(headers) != 1:
+            return False
+        header = headers[0]
         scheme, _, given = header.partition(b" ")
         if scheme.lower() != b"bearer":
             return False
