@@ -123,6 +123,12 @@ class _Status:
     def sessions(self, identity=None, active=None, idle=60.0):
         return []
 
+    def session(self, sessionId):
+        return None
+
+    def describe(self, session, detailed=True):
+        return {}
+
 
 class SiteTests(TestCase):
     """
@@ -260,6 +266,58 @@ class SiteTests(TestCase):
             self.assertJSONError(answer, 401, "bearer token")
         code, _, _ = yield self.admin.get("/health")
         self.assertEqual(code, 200)
+
+    @inlineCallbacks
+    def test_faults(self):
+        """
+        Every error document names its fault in C{fault}, a word a program
+        can test, and what it is about in C{field} (a body's) or
+        C{argument} (the query's); the text says it for a person.
+        """
+        post = lambda path, body: self.admin.request(b"POST", path, body)  # noqa
+        for d, status, fault, about in [
+                (self.admin.get("/health", token=False), 401, "unauthorized",
+                 {}),
+                (self.admin.get("/nothing"), 404, "no_such_resource", {}),
+                (self.admin.get("/health/x"), 404, "no_such_resource", {}),
+                (self.admin.get("/api/v1/sessions/0x12"), 404,
+                 "no_such_session", {"session_id": "0x12"}),
+                (self.admin.get("/api/v1/sessions/zz"), 404,
+                 "no_such_resource", {}),
+                (self.admin.request(b"PUT", "/health"), 405,
+                 "method_not_allowed", {}),
+                (self.admin.get("/api/v1/sessions?limit=0"), 400,
+                 "invalid_argument", {"argument": "limit"}),
+                (self.admin.get("/api/v1/sessions?active=maybe"), 400,
+                 "invalid_argument", {"argument": "active"}),
+                (self.admin.get("/api/v1/sessions?identity=%ff"), 400,
+                 "invalid_argument", {"argument": "identity"}),
+                (post("/api/v1/broadcast", b""), 400, "no_body", {}),
+                (post("/api/v1/broadcast", b"{nope"), 400, "invalid_json",
+                 {}),
+                (post("/api/v1/broadcast", b"[1]"), 400, "not_an_object", {}),
+                (post("/api/v1/broadcast", b"[" * 40 + b"]" * 40), 400,
+                 "nested_too_deeply", {}),
+                (post("/api/v1/broadcast", b'{"type": "\\ud800"}'), 400,
+                 "not_unicode", {}),
+                (post("/api/v1/broadcast", b'{"type": 64, "type": 65}'), 400,
+                 "duplicate_key", {}),
+                (post("/api/v1/publish", {"type": 64}), 400, "missing_field",
+                 {"missing": ["subject"]}),
+                (post("/api/v1/broadcast", {"type": "Nonsense"}), 400,
+                 "invalid_field", {"field": "type"}),
+                (post("/api/v1/broadcast", {"type": 64, "payload": "@"}), 400,
+                 "invalid_field", {"field": "payload"}),
+                (post("/api/v1/broadcast", {"type": 64, "payload": "QUFB" * 30000}),
+                 400, "payload_too_large", {"field": "payload"}),
+                (post("/api/v1/broadcast", {"type": 64, "subject": 5}), 400,
+                 "invalid_field", {"field": "subject"})]:
+            code, body, _ = yield d
+            self.assertEqual((code, body["status"], body["fault"]),
+                             (status, status, fault), body)
+            self.assertTrue(body["error"])
+            for key, value in about.items():
+                self.assertEqual(body[key], value, body)
 
     def test_nestingDepth(self):
         """
@@ -504,6 +562,7 @@ class ClientBoundsTests(TestCase):
         answer = json.loads(body)
         self.assertEqual(answer["status"], 503)
         self.assertIn("connections open", answer["error"])
+        self.assertEqual(answer["fault"], "too_many_connections")
         self.assertEqual(self.site.refusedConnections, 1)
         warned = [e for e in self.logged
                   if "503" in e.get("log_format", "")]
@@ -596,9 +655,9 @@ class FaultLogTests(TestCase):
             def json_GET(self, request):
                 raise ZeroDivisionError("a fault of ours")
 
-        if hasattr(http, "faults"):
+        if hasattr(http, "faultThrottle"):
             # A fresh throttle: other tests' faults must not count.
-            self.patch(http, "faults", type(http.faults)())
+            self.patch(http, "faultThrottle", type(http.faultThrottle)())
         root = JSONTree()
         root.putChild(b"faulty", Faulty())
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
@@ -613,8 +672,8 @@ class FaultLogTests(TestCase):
         admin = Admin(port.getHost().port, token=None)
         for _ in range(25):
             code, body, _ = yield admin.get("/faulty")
-            self.assertEqual((code, body), (500, {"error": "internal error",
-                                                  "status": 500}))
+            self.assertEqual((code, body["error"], body["status"]),
+                             (500, "internal error", 500))
         self.flushLoggedErrors(ZeroDivisionError)
         self.assertEqual(len(logged), 10)
         self.assertTrue(all(e["log_failure"].check(ZeroDivisionError)

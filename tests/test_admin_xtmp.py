@@ -296,10 +296,12 @@ class RoleTests(TestCase):
                                   b"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                                   + self.admin.token)
         self.assertIn(b"413", answer.split(b"\r\n", 1)[0])
+        self.assertIn(b'"fault": "body_too_large"', answer)
         # A chunked body growing past the limit is discarded and refused.
         code, body, _ = yield self.admin.request(
             b"POST", "/api/v1/broadcast", ChunkedBody([b"{" + b" " * 3000] * 4))
-        self.assertEqual((code, body["status"]), (413, 413))
+        self.assertEqual((code, body["status"], body["fault"]),
+                         (413, 413, "body_too_large"))
         code, body, _ = yield self.admin.get("/health")
         self.assertEqual(code, 200)
         # Bad input is never a fault of ours.

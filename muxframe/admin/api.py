@@ -79,7 +79,8 @@ def _boolean(request, name):
         return True
     if text.lower() in _FALSE:
         return False
-    raise JSONError(400, "%s must be true or false, not %r" % (name, text))
+    raise JSONError(400, "%s must be true or false, not %r" % (name, text),
+                    "invalid_argument", argument=name)
 
 
 def _number(request, name, default, low=0.0):
@@ -98,7 +99,8 @@ def _number(request, name, default, low=0.0):
         value = float("nan")
     if not value >= low:
         raise JSONError(400, "%s must be a number at least %g, not %r"
-                        % (name, low, text))
+                        % (name, low, text), "invalid_argument",
+                        argument=name)
     return value
 
 
@@ -119,7 +121,8 @@ def _count(request, name, default, low=1):
         value = None
     if value is None or value < low:
         raise JSONError(400, "%s must be a whole number at least %d, not %r"
-                        % (name, low, text))
+                        % (name, low, text), "invalid_argument",
+                        argument=name)
     return value
 
 
@@ -137,11 +140,13 @@ def parseCode(value, where="code"):
             value = int(value, 0)
         except ValueError:
             raise JSONError(400, "%s: unknown error code %r (a name such as "
-                            "GOING_AWAY, or a number)" % (where, value))
+                            "GOING_AWAY, or a number)" % (where, value),
+                            "invalid_field", field=where)
     if isinstance(value, bool) or not isinstance(value, int) or \
             not 0 <= value <= 0xFFFF:
         raise JSONError(400, "%s: expected an error code name or a number "
-                        "0-65535, not %r" % (where, value))
+                        "0-65535, not %r" % (where, value), "invalid_field",
+                        field=where)
     return value
 
 
@@ -156,7 +161,7 @@ def parseType(value, where="type"):
     try:
         return parseMessageType(value, where)
     except ConfigError as e:
-        raise JSONError(400, str(e))
+        raise JSONError(400, str(e), "invalid_field", field=where)
 
 
 def parsePayload(value, limit, where="payload"):
@@ -167,14 +172,17 @@ def parsePayload(value, limit, where="payload"):
     """
     if not isinstance(value, str):
         raise JSONError(400, "%s: expected base64 text, not %s"
-                        % (where, type(value).__name__))
+                        % (where, type(value).__name__), "invalid_field",
+                        field=where)
     try:
         data = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as e:
-        raise JSONError(400, "%s: not valid base64: %s" % (where, e))
+        raise JSONError(400, "%s: not valid base64: %s" % (where, e),
+                        "invalid_field", field=where)
     if len(data) > limit:
         raise JSONError(400, "%s: %d bytes, over the server's "
-                        "max_payload_size %d" % (where, len(data), limit))
+                        "max_payload_size %d" % (where, len(data), limit),
+                        "payload_too_large", field=where)
     return data
 
 
@@ -250,10 +258,12 @@ class SessionResource(JSONResource):
     def _session(self, request):
         if request.postpath not in ([], [b""]):
             raise JSONError(404, "no such resource: %s"
-                            % (request.path.decode("utf-8", "replace"),))
+                            % (request.path.decode("utf-8", "replace"),),
+                            "no_such_resource")
         session = self.status.session(self.sessionId)
         if session is None:
             raise JSONError(404, "no live session %#x" % (self.sessionId,),
+                            "no_such_session",
                             session_id="%#x" % (self.sessionId,))
         return session
 
@@ -273,7 +283,8 @@ class SessionResource(JSONResource):
         if reason is None:
             reason = "disconnected by the operator"
         if not isinstance(reason, str) or len(reason.encode("utf-8")) > 1024:
-            raise JSONError(400, "reason: expected text of at most 1024 bytes")
+            raise JSONError(400, "reason: expected text of at most 1024 "
+                            "bytes", "invalid_field", field="reason")
         self.status.server.registry.disconnect(self.sessionId, code, reason)
         answer = {"session_id": "%#x" % (self.sessionId,),
                   "disconnected": True, "code": XTMPErrorCode.describe(code),
@@ -321,11 +332,12 @@ class _SendResource(JSONResource):
         subject = body.get("subject", "broadcast")
         if not isinstance(subject, str) or not subject:
             raise JSONError(400, "subject: expected a subject such as "
-                            "orders.new")
+                            "orders.new", "invalid_field", field="subject")
         try:
             count = self.deliver(subject, payload, messageType)
         except Refusal as e:
-            raise JSONError(400, "subject: %s" % (e.reason,))
+            raise JSONError(400, "subject: %s" % (e.reason,), "invalid_field",
+                            field="subject")
         log.info("admin API: {requester} {verb} {bytes} bytes of type "
                  "{type:#04x} on {subject!r}: delivered to {delivered}",
                  event="admin_action", action=self.action, verb=self.verb,

@@ -12,7 +12,9 @@ Rules:
     are not logged (a flood of bad requests must not become a flood of
     log lines); they are counted (L{AdminRoot.unauthorized}).
   - Every answer is JSON (C{application/json}), errors too:
-    C{{"error": TEXT, "status": CODE}}: 400 bad input (bad JSON, JSON
+    C{{"error": TEXT, "status": CODE, "fault": WORD}} (L{errorBody}: the
+    fault a word for programs, by default the status's in L{FAULTS}; with
+    C{field} or C{argument} naming what it is about): 400 bad input (bad JSON, JSON
     nested over L{MAX_DEPTH} levels or giving a key twice, text that is
     not Unicode, a missing or wrong field, bad
     base64), 404 unknown path (below a leaf too; one trailing slash is
@@ -47,7 +49,7 @@ from twisted.web.server import Request
 from muxframe.logthrottle import LogThrottle, logger, throttled
 
 #: The throttle of L{logFault}: 10 lines a minute.
-faults = LogThrottle()
+faultThrottle = LogThrottle()
 _log = logger("muxframe.admin")
 
 
@@ -55,24 +57,35 @@ def logFault(what, failure=None, **fields):
     """
     Log a fault of ours (C{what}, a format naming C{fields}) with its
     traceback (C{failure}, default the exception being handled), unless
-    10 were logged in the last minute (L{faults}): then the next allowed
+    10 were logged in the last minute (L{faultThrottle}): then the next allowed
     line says how many were suppressed.
     """
     if failure is None:
         failure = Failure()
-    throttled(_log, faults, time.monotonic(), LogLevel.critical, "fault",
+    throttled(_log, faultThrottle, time.monotonic(), LogLevel.critical, "fault",
               what, log_failure=failure, **fields)
+
+
+#: The fault of an error document that names none, by status.
+FAULTS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+          405: "method_not_allowed", 413: "body_too_large",
+          500: "internal_error", 503: "unavailable"}
 
 
 class JSONError(Exception):
     """
     An HTTP error answered as JSON.
+
+    @ivar fault: the error document's C{fault} (default: the status's in
+        L{FAULTS}).
+    @ivar extra: more fields of the document (C{field}, C{missing}...).
     """
 
-    def __init__(self, code, message, **extra):
+    def __init__(self, code, message, fault=None, **extra):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
+        self.fault = fault
         self.extra = extra
 
 
@@ -95,11 +108,15 @@ def respond(request, code, value, headers=()):
     return encodeJSON(value)
 
 
-def errorBody(code, message, **extra):
+def errorBody(code, message, fault=None, **extra):
     """
-    The JSON error document.
+    The JSON error document: C{{"error": message, "status": code,
+    "fault": fault}} and C{extra}.  C{fault} is a word a program can
+    test (C{invalid_json}, C{no_such_session}...), by default the
+    status's (L{FAULTS}).
     """
-    body = {"error": message, "status": code}
+    body = {"error": message, "status": code,
+            "fault": fault or FAULTS.get(code, "error")}
     body.update(extra)
     return body
 
@@ -161,7 +178,7 @@ def _uniqueKeys(pairs):
         for key, _ in pairs:
             if key in seen:
                 raise JSONError(400, "the body gives key %s twice"
-                                % (ascii(key)[:80],))
+                                % (ascii(key)[:80],), "duplicate_key")
             seen.add(key)
     return value
 
@@ -177,31 +194,35 @@ def readJSON(request, required=()):
     """
     data = request.content.read() if request.content is not None else b""
     if not data.strip():
-        raise JSONError(400, "expected a JSON object in the request body")
+        raise JSONError(400, "expected a JSON object in the request body",
+                        "no_body")
     try:
         value = json.loads(data.decode("utf-8"),
                            object_pairs_hook=_uniqueKeys)
     except (UnicodeDecodeError, ValueError) as e:
-        raise JSONError(400, "the body is not valid JSON: %s" % (e,))
+        raise JSONError(400, "the body is not valid JSON: %s" % (e,),
+                        "invalid_json")
     except RecursionError:
         # json's decoder recurses per level: '[' * 100000 under the limit.
-        raise JSONError(400, "the body is not valid JSON: nested too deeply")
+        raise JSONError(400, "the body is not valid JSON: nested too deeply",
+                        "nested_too_deeply")
     if nestingDepth(value) > MAX_DEPTH:
         # A value that parsed just within the recursion limit would raise
         # RecursionError later, in the repr of an error message.
         raise JSONError(400, "the body is nested too deeply (over %d levels)"
-                        % (MAX_DEPTH,))
+                        % (MAX_DEPTH,), "nested_too_deeply")
     bad = loneSurrogate(value)
     if bad is not None:
         raise JSONError(400, "the body holds text that is not Unicode (a "
-                        "lone surrogate escape): %s" % (ascii(bad)[:80],))
+                        "lone surrogate escape): %s" % (ascii(bad)[:80],),
+                        "not_unicode")
     if not isinstance(value, dict):
         raise JSONError(400, "expected a JSON object, got %s"
-                        % (type(value).__name__,))
+                        % (type(value).__name__,), "not_an_object")
     missing = [key for key in required if key not in value]
     if missing:
         raise JSONError(400, "missing field %s" % (", ".join(missing),),
-                        missing=missing)
+                        "missing_field", missing=missing)
     return value
 
 
@@ -215,7 +236,8 @@ def queryArgument(request, name, default=None):
     try:
         return values[-1].decode("utf-8")
     except UnicodeDecodeError:
-        raise JSONError(400, "query argument %s is not UTF-8" % (name,))
+        raise JSONError(400, "query argument %s is not UTF-8" % (name,),
+                        "invalid_argument", argument=name)
 
 
 class JSONResource(Resource):
@@ -258,7 +280,7 @@ class JSONResource(Resource):
             value = handler(request)
         except JSONError as e:
             return respond(request, e.code, errorBody(e.code, e.message,
-                                                      **e.extra))
+                                                      e.fault, **e.extra))
         except Exception:
             logFault("admin request {method} {path} failed",
                      method=method, path=request.path)
@@ -276,14 +298,16 @@ class ErrorResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, code, message, headers=()):
+    def __init__(self, code, message, headers=(), fault=None):
         Resource.__init__(self)
         self.code = code
         self.message = message
         self.headers = headers
+        self.fault = fault
 
     def render(self, request):
-        return respond(request, self.code, errorBody(self.code, self.message),
+        return respond(request, self.code,
+                       errorBody(self.code, self.message, self.fault),
                        self.headers)
 
 
@@ -292,7 +316,8 @@ def notFound(request):
     The 404 resource for C{request}'s path.
     """
     return ErrorResource(404, "no such resource: %s"
-                         % (request.path.decode("utf-8", "replace"),))
+                         % (request.path.decode("utf-8", "replace"),),
+                         fault="no_such_resource")
 
 
 class JSONTree(Resource):
@@ -497,6 +522,6 @@ def requestFactory(maxBody):
 
 
 __all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
-           "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
+           "FAULTS", "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
            "logFault", "loneSurrogate", "nestingDepth", "notFound", "queryArgument",
            "readJSON", "requestFactory", "respond"]

@@ -59,7 +59,7 @@ class RefusedAdminConnection(Protocol):
 
     def __init__(self, message):
         from muxframe.admin.http import encodeJSON, errorBody
-        body = encodeJSON(errorBody(503, message))
+        body = encodeJSON(errorBody(503, message, "too_many_connections"))
         self.data = (b"HTTP/1.1 503 Service Unavailable\r\n"
                      b"content-type: application/json\r\n"
                      b"cache-control: no-store\r\nconnection: close\r\n"
