@@ -421,6 +421,43 @@ class MetricsResourceTests(TestCase):
         self.assertIn("method not allowed: POST", text)
 
 
+class AdminMetricsTests(TestCase):
+    """
+    The admin service's own counters in its role's metrics.
+    """
+
+    @inlineCallbacks
+    def test_refusalsCounted(self):
+        """
+        Requests refused for the token are counted in
+        C{muxframe_admin_refused_total{reason="token"}} (they are not
+        logged: the metric is how an operator sees a token being
+        guessed); the other reasons are exported from the start, and the
+        connections open are a gauge.
+        """
+        from tests.adminsupport import TOKEN, sample
+        from tests.test_tap import freePort
+        port = freePort()
+        settings = OperatorSettings("tcp:%d:interface=127.0.0.1" % (port,),
+                                    token=TOKEN, summaryInterval=0)
+        admin = AdminService(MultiplexerStatus("server", [], reactor),
+                             settings, reactor)
+        admin.startService()
+        self.addCleanup(admin.stopService)
+        client = Admin(port)
+        for token in (False, b"wrong", b"guess"):
+            code, _, _ = yield client.get("/api/v1/stats", token=token)
+            self.assertEqual(code, 401)
+        families = yield client.scrape()
+        self.assertEqual(sample(families, "muxframe_admin_refused",
+                                reason="token"), 3)
+        for reason in ("connections", "deadline"):
+            self.assertIn(reason, [s.labels.get("reason") for s in
+                                   families["muxframe_admin_refused"].samples])
+        self.assertGreaterEqual(
+            sample(families, "muxframe_admin_connections_active"), 1)
+
+
 class _Raw(Protocol):
     """
     A raw client connection: what it received, and a Deferred fired when

@@ -56,6 +56,12 @@ _ENTRIES = [
      "1 while the role drains after SIGTERM, else 0."),
     ("muxframe_healthy", GAUGE, (), ALL,
      "1 while /health answers healthy, else 0."),
+    ("muxframe_admin_connections_active", GAUGE, (), ALL,
+     "Open connections to the admin service."),
+    ("muxframe_admin_refused", COUNTER, ("reason",), ALL,
+     "Admin requests and connections refused, by reason: token (401, no "
+     "token or a wrong one), connections (503, over the 64 served at "
+     "once), deadline (dropped: not arrived whole within 30 s)."),
     # the XTMP server
     ("muxframe_xtmp_connections_active", GAUGE, (), XTMP,
      "Open connections (handshaking or in session)."),

@@ -163,9 +163,20 @@ class AdminService(service.Service):
                               MetricsResource(self.registry, reactor))
         self.site = AdminSite(self.root, reactor)
         self.site.requestFactory = requestFactory(settings.maxBody)
+        status.adminCounters = self.counters
         # Owner-only by default: a unix: socket may be served without a token.
         self._listener = ListenService(listeningDescription(settings.endpoint),
                                        self.site, reactor)
+
+    def counters(self):
+        """
+        The service's own counters, for the role's metrics
+        (L{muxframe.admin.status.RoleStatus.adminCounters}).
+        """
+        return {"open": self.site.connections,
+                "token": self.root.unauthorized,
+                "connections": self.site.refusedConnections,
+                "deadline": self.site.requestsTimedOut}
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)

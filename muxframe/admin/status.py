@@ -126,9 +126,14 @@ class RoleStatus:
 
     @ivar draining: set when the role begins to stop (the XTMP role reads
         its server's own flag too).
+    @ivar adminCounters: set by the role's admin service: a callable
+        answering its own counters (C{open}: connections open; refusals
+        by reason: C{token}, C{connections}, C{deadline}) for the metrics;
+        L{None} without one.
     """
 
     role = None
+    adminCounters = None
 
     def __init__(self, reactor):
         self.reactor = reactor
@@ -239,6 +244,13 @@ class RoleStatus:
         status, _ = self.verdict()
         metrics.add("muxframe_draining", status == DRAINING)
         metrics.add("muxframe_healthy", status == HEALTHY)
+        if self.adminCounters is not None:
+            counters = self.adminCounters()
+            metrics.add("muxframe_admin_connections_active",
+                        counters["open"])
+            for reason in ("token", "connections", "deadline"):
+                metrics.add("muxframe_admin_refused", counters[reason],
+                            reason=reason)
         self.roleMetrics(metrics)
         return metrics
 
