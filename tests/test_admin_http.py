@@ -319,6 +319,22 @@ class SiteTests(TestCase):
             for key, value in about.items():
                 self.assertEqual(body[key], value, body)
 
+    @inlineCallbacks
+    def test_allow(self):
+        """
+        A 405's C{Allow} lists the methods the path takes: HEAD wherever
+        GET is (it is served there), and only those.
+        """
+        for method, path, allow in [
+                (b"PUT", "/health", b"GET, HEAD"),
+                (b"DELETE", "/api/v1/sessions", b"GET, HEAD"),
+                (b"GET", "/api/v1/broadcast", b"POST"),
+                (b"POST", "/api/v1/sessions/0x12", b"DELETE, GET, HEAD")]:
+            code, body, headers = yield self.admin.request(method, path)
+            self.assertEqual((code, body["fault"]),
+                             (405, "method_not_allowed"), (method, path))
+            self.assertEqual(headers.getRawHeaders(b"allow"), [allow], path)
+
     def test_nestingDepth(self):
         """
         L{nestingDepth} counts list and dict levels.

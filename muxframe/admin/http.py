@@ -270,8 +270,12 @@ class JSONResource(Resource):
                 413, "the request body is over %d bytes" % (request.maxBody,)),
                 [(b"connection", b"close")])
         if handler is None:
-            allowed = sorted(name[5:] for name in dir(self)
-                             if name.startswith("json_"))
+            allowed = {name[5:] for name in dir(self)
+                       if name.startswith("json_")}
+            if "GET" in allowed:
+                # (HEAD is served wherever GET is.)
+                allowed.add("HEAD")
+            allowed = sorted(allowed)
             return respond(request, 405, errorBody(
                 405, "%s is not allowed here (allowed: %s)"
                 % (method, ", ".join(allowed))),
