@@ -308,7 +308,8 @@ class SiteTests(TestCase):
                  "invalid_field", {"field": "type"}),
                 (post("/api/v1/broadcast", {"type": 64, "payload": "@"}), 400,
                  "invalid_field", {"field": "payload"}),
-                (post("/api/v1/broadcast", {"type": 64, "payload": "QUFB" * 30000}),
+                (post("/api/v1/broadcast",
+                      {"type": 64, "payload": "QUFB" * 30000}),
                  400, "payload_too_large", {"field": "payload"}),
                 (post("/api/v1/broadcast", {"type": 64, "subject": 5}), 400,
                  "invalid_field", {"field": "subject"})]:
@@ -569,7 +570,8 @@ class ClientBoundsTests(TestCase):
         the deadline, counted, and nothing is logged.
         """
         protocol = yield self.connect()
-        protocol.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        protocol.transport.write(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         for _ in range(5):
             self.clock.advance(5)
             protocol.transport.write(b"a")

@@ -799,7 +799,8 @@ class SecureWebSocketTests(TestCase):
         with open(caFile, "wb") as f:
             f.write(cert.dumpPEM())
         port = yield WebSocketServerEndpoint(
-            SSL4ServerEndpoint(reactor, 0, cert.options(), interface="127.0.0.1"),
+            SSL4ServerEndpoint(reactor, 0, cert.options(),
+                               interface="127.0.0.1"),
             path="/ws", secure=True).listen(SinkFactory())
         self.addCleanup(port.stopListening)
         for _ in range(2):

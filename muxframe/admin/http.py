@@ -5,18 +5,18 @@ authentication, bounded request bodies.
 Rules:
 
   - Every request needs C{Authorization: Bearer <token>} (one such
-    header), compared in
-    constant time (C{hmac.compare_digest}), unless the service has no
-    token (a C{unix:} socket) or the path is C{/metrics} and metrics are
-    public.  Without it: 401 with C{WWW-Authenticate: Bearer}.  Refusals
-    are not logged (a flood of bad requests must not become a flood of
-    log lines); they are counted (L{AdminRoot.unauthorized}).
+    header), compared in constant time (C{hmac.compare_digest}), unless
+    the service has no token (a C{unix:} socket) or the path is
+    C{/metrics} and metrics are public.  Without it: 401 with
+    C{WWW-Authenticate: Bearer}.  Refusals are not logged (a flood of bad
+    requests must not become a flood of log lines); they are counted
+    (L{AdminRoot.unauthorized}, exported as a metric).
   - Every answer is JSON (C{application/json}), errors too:
     C{{"error": TEXT, "status": CODE, "fault": WORD}} (L{errorBody}: the
-    fault a word for programs, by default the status's in L{FAULTS}; with
-    C{field} or C{argument} naming what it is about): 400 bad input (bad JSON, JSON
-    nested over L{MAX_DEPTH} levels or giving a key twice, text that is
-    not Unicode, a missing or wrong field, bad
+    fault a word for programs, by default the status's in L{FAULTS};
+    with C{field} or C{argument} naming what it is about): 400 bad input
+    (bad JSON, JSON nested over L{MAX_DEPTH} levels or giving a key
+    twice, text that is not Unicode, a missing or wrong field, bad
     base64), 404 unknown path (below a leaf too; one trailing slash is
     the leaf itself) or id, 405 a method the path does not take (with
     C{Allow}), 413 a body over the limit, 500 a fault of ours (logged
@@ -57,13 +57,13 @@ def logFault(what, failure=None, **fields):
     """
     Log a fault of ours (C{what}, a format naming C{fields}) with its
     traceback (C{failure}, default the exception being handled), unless
-    10 were logged in the last minute (L{faultThrottle}): then the next allowed
-    line says how many were suppressed.
+    10 were logged in the last minute (L{faultThrottle}): then the next
+    allowed line says how many were suppressed.
     """
     if failure is None:
         failure = Failure()
-    throttled(_log, faultThrottle, time.monotonic(), LogLevel.critical, "fault",
-              what, log_failure=failure, **fields)
+    throttled(_log, faultThrottle, time.monotonic(), LogLevel.critical,
+              "fault", what, log_failure=failure, **fields)
 
 
 #: The fault of an error document that names none, by status.
@@ -526,6 +526,7 @@ def requestFactory(maxBody):
 
 
 __all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
-           "FAULTS", "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH", "encodeJSON",
-           "logFault", "loneSurrogate", "nestingDepth", "notFound", "queryArgument",
-           "readJSON", "requestFactory", "respond"]
+           "FAULTS", "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH",
+           "encodeJSON", "logFault", "loneSurrogate", "nestingDepth",
+           "notFound", "queryArgument", "readJSON", "requestFactory",
+           "respond"]
