@@ -735,3 +735,100 @@ class FaultLogTests(TestCase):
                             for e in logged))
         self.assertIn("further lines like this are suppressed",
                       logged[-1]["log_format"])
+
+
+READ_TOKEN = b"r3ad-only-t0ken"
+
+
+class ReadTokenTests(TestCase):
+    """
+    The read-only token: GET and HEAD only; a write with it is a 403 that
+    never reaches the API.
+    """
+
+    def setUp(self):
+        from twisted.web.resource import Resource
+
+        from muxframe.admin.api import buildRoot
+        from muxframe.admin.http import requestFactory
+        from muxframe.admin.service import AdminSite
+        from tests.adminsupport import TOKEN
+        self.root = buildRoot(_Status(), OperatorSettings(
+            token=TOKEN, readToken=READ_TOKEN), Resource())
+        site = AdminSite(self.root)
+        site.requestFactory = requestFactory(1 << 20)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.admin = Admin(port.getHost().port)
+
+    @inlineCallbacks
+    def test_readOnly(self):
+        """
+        With the read token, GET answers as with the token; DELETE, POST
+        and other methods are refused with 403 (C{read_only}) before the
+        API sees them (a broadcast reaching this status object would fail
+        as a 500), and counted; the token itself may still write.
+        """
+        for path in ("/health", "/api/v1/stats", "/", "/api/v1/sessions"):
+            code, _, _ = yield self.admin.get(path, token=READ_TOKEN)
+            self.assertEqual(code, 200, path)
+        for method, path in [(b"POST", "/api/v1/broadcast"),
+                             (b"POST", "/api/v1/publish"),
+                             (b"DELETE", "/api/v1/sessions/0x12"),
+                             (b"PUT", "/health"), (b"DELETE", "/")]:
+            code, body, _ = yield self.admin.request(
+                method, path, {"type": "LiveUpdates", "payload": ""},
+                token=READ_TOKEN)
+            self.assertEqual((code, body["fault"]), (403, "read_only"),
+                             (method, path, body))
+            self.assertIn("may only read", body["error"])
+        self.assertEqual(self.root.forbidden, 5)
+        code, body, _ = yield self.admin.request(
+            b"POST", "/api/v1/broadcast", b"", token=True)
+        self.assertEqual((code, body["fault"]), (400, "no_body"))
+        code, body, _ = yield self.admin.request(
+            b"DELETE", "/api/v1/sessions/0x12", token=True)
+        self.assertEqual((code, body["fault"]), (404, "no_such_session"))
+        code, _, _ = yield self.admin.get("/health", token=READ_TOKEN[:-1])
+        self.assertEqual(code, 401)
+
+    def test_settings(self):
+        """
+        A read token needs the token, and must differ from it; the
+        multiplexer roles' option and the xtmp role's key say so, naming
+        themselves.
+        """
+        from twisted.python import usage
+
+        from muxframe.admin.settings import OperatorOptionsMixin
+        from tests.adminsupport import writeToken
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        full = writeToken(directory)
+        read = os.path.join(directory, "read.token")
+        with open(read, "wb") as f:
+            f.write(READ_TOKEN + b"\n")
+
+        class Options(OperatorOptionsMixin, usage.Options):
+            def postOptions(self):
+                self.settings = self.operatorSettings()
+
+        def parse(*argv):
+            options = Options()
+            options.parseOptions(list(argv))
+            return options.settings
+
+        admin = ("--admin", "tcp:0:interface=127.0.0.1")
+        settings = parse(*admin, "--admin-token-file", full,
+                         "--admin-read-token-file", read)
+        self.assertEqual((settings.token, settings.readToken),
+                         (b"t0ken-for-the-admin-api", READ_TOKEN))
+        for argv, text in [
+                (("--admin", "unix:/tmp/x.sock", "--admin-read-token-file",
+                  read), "--admin-read-token-file needs --admin-token-file"),
+                (admin + ("--admin-token-file", full,
+                          "--admin-read-token-file", full),
+                 "holds the same token as --admin-token-file"),
+                (("--admin-read-token-file", read), "need --admin")]:
+            error = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(text, str(error))

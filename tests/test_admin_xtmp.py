@@ -348,6 +348,38 @@ class RoleTests(TestCase):
                           if line.startswith("FAKE LINE")], [])
 
     @inlineCallbacks
+    def test_readToken(self):
+        """
+        admin.read_token_file: its token reads (health, sessions, metrics)
+        and cannot write: a broadcast with it is a 403, counted, and no
+        session receives anything; the admin token still broadcasts.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        read = os.path.join(directory, "read.token")
+        with open(read, "wb") as f:
+            f.write(b"r3ad-only-t0ken\n")
+        yield self.startRole({"admin": {"read_token_file": read}})
+        bob = yield self.client(BOB)
+        got = []
+        yield bob.subscribe("broadcast", got.append)
+        reader = Admin(self.adminPort, token=b"r3ad-only-t0ken")
+        code, listing, _ = yield reader.get("/api/v1/sessions")
+        self.assertEqual((code, listing["count"]), (200, 1))
+        code, body, _ = yield reader.request(b"POST", "/api/v1/broadcast", {
+            "type": "LiveUpdates", "payload": b64(b"not from you")})
+        self.assertEqual((code, body["fault"]), (403, "read_only"))
+        families = yield reader.scrape()
+        self.assertEqual(sample(families, "muxframe_admin_refused",
+                                reason="read_only"), 1)
+        code, body, _ = yield self.admin.request(
+            b"POST", "/api/v1/broadcast", {"type": "LiveUpdates",
+                                           "payload": b64(b"from admin")})
+        self.assertEqual((code, body["delivered"]), (200, 1))
+        yield waitFor(lambda: got, what="the admin's broadcast")
+        self.assertEqual([m.payload for m in got], [b"from admin"])
+
+    @inlineCallbacks
     def test_drainingHealth(self):
         """
         After SIGTERM, while a handler holds the drain, /health answers 503

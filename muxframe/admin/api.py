@@ -416,7 +416,8 @@ def buildRoot(status, settings, metrics):
     paths = ["/health", "/metrics"] + ["/api/v1/" + name for name in sorted(api)]
     index = IndexResource(paths)
     root = AdminRoot(settings.token,
-                     [b"metrics"] if settings.publicMetrics else [], index)
+                     [b"metrics"] if settings.publicMetrics else [], index,
+                     readToken=settings.readToken)
     root.putChild(b"health", HealthResource(status))
     root.putChild(b"metrics", metrics)
     v1 = JSONTree(index)

@@ -5,7 +5,9 @@ authentication, bounded request bodies.
 Rules:
 
   - Every request needs C{Authorization: Bearer <token>} (one such
-    header), compared in constant time (C{hmac.compare_digest}), unless
+    header; the token, or the read token for GET and HEAD only: a write
+    with it is a 403), compared in constant time (C{hmac.compare_digest}),
+    unless
     the service has no token (a C{unix:} socket) or the path is
     C{/metrics} and metrics are public.  Without it: 401 with
     C{WWW-Authenticate: Bearer}.  Refusals are not logged (a flood of bad
@@ -67,7 +69,8 @@ def logFault(what, failure=None, **fields):
 
 
 #: The fault of an error document that names none, by status.
-FAULTS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+FAULTS = {400: "bad_request", 401: "unauthorized", 403: "forbidden",
+          404: "not_found",
           405: "method_not_allowed", 413: "body_too_large",
           500: "internal_error", 503: "unavailable"}
 
@@ -345,53 +348,91 @@ class JSONTree(Resource):
         return notFound(request).render(request)
 
 
+#: The methods a read-only token may use.
+READ_METHODS = (b"GET", b"HEAD")
+WRITE, READ = "write", "read"
+
+
 class AdminRoot(JSONTree):
     """
     The root of the admin site: authentication for every path.
 
     @param token: the bearer token (bytes), or L{None} for none.
     @param publicPaths: first path segments served without the token.
+    @param readToken: a bearer token that may only read (L{READ_METHODS}),
+        or L{None}.
     @ivar unauthorized: requests refused for a missing or wrong token.
+    @ivar forbidden: requests refused for writing with the read token.
     """
 
     challenge = [(b"www-authenticate", b'Bearer realm="muxframe admin"')]
 
-    def __init__(self, token, publicPaths=(), index=None):
+    def __init__(self, token, publicPaths=(), index=None, readToken=None):
         JSONTree.__init__(self, index)
         self.token = token
+        self.readToken = readToken
         self.publicPaths = set(publicPaths)
         self.unauthorized = 0
+        self.forbidden = 0
+
+    def access(self, request):
+        """
+        What C{request}'s token lets it do: L{WRITE} (the token, or none
+        is needed), L{READ} (the read token) or L{None}.  The token must be
+        in one C{Authorization} header (with several, twisted.web reads the
+        last, and a check in front of the service may read the first:
+        refused); both tokens are compared, in constant time.
+        """
+        if self.token is None:
+            return WRITE
+        headers = request.requestHeaders.getRawHeaders(b"authorization")
+        if not headers or len(headers) != 1:
+            return None
+        scheme, _, given = headers[0].partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        given = given.strip()
+        full = hmac.compare_digest(given, self.token)
+        read = self.readToken is not None and \
+            hmac.compare_digest(given, self.readToken)
+        return WRITE if full else READ if read else None
 
     def authorized(self, request):
         """
-        Whether C{request} carries the token, in one C{Authorization}
-        header (with several, twisted.web reads the last, and a check in
-        front of the service may read the first: refused).
+        Whether C{request} carries a token (either).
         """
-        if self.token is None:
-            return True
-        headers = request.requestHeaders.getRawHeaders(b"authorization")
-        if not headers or len(headers) != 1:
-            return False
-        header = headers[0]
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(given.strip(), self.token)
+        return self.access(request) is not None
 
-    def getChildWithDefault(self, name, request):
-        if name not in self.publicPaths and not self.authorized(request):
+    def refusal(self, request):
+        """
+        The error resource refusing C{request} (401 without a token, 403
+        for a write with the read token), or L{None}.
+        """
+        access = self.access(request)
+        if access is None:
             self.unauthorized += 1
             return ErrorResource(401, "a bearer token is required "
                                  "(Authorization: Bearer TOKEN)",
                                  self.challenge)
+        if access == READ and request.method not in READ_METHODS:
+            self.forbidden += 1
+            return ErrorResource(
+                403, "this token may only read (GET, HEAD): %s needs the "
+                "admin token" % (request.method.decode("ascii", "replace"),),
+                fault="read_only")
+        return None
+
+    def getChildWithDefault(self, name, request):
+        if name not in self.publicPaths:
+            refused = self.refusal(request)
+            if refused is not None:
+                return refused
         return JSONTree.getChildWithDefault(self, name, request)
 
     def render(self, request):
-        if not self.authorized(request):
-            self.unauthorized += 1
-            return ErrorResource(401, "a bearer token is required",
-                                 self.challenge).render(request)
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused.render(request)
         return JSONTree.render(self, request)
 
 
@@ -526,7 +567,7 @@ def requestFactory(maxBody):
 
 
 __all__ = ["AdminRoot", "BoundedRequest", "DeadlineChannel", "ErrorResource",
-           "FAULTS", "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH",
+           "FAULTS", "READ", "READ_METHODS", "WRITE", "JSONError", "JSONResource", "JSONTree", "MAX_DEPTH",
            "encodeJSON", "logFault", "loneSurrogate", "nestingDepth",
            "notFound", "queryArgument", "readJSON", "requestFactory",
            "respond"]

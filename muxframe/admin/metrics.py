@@ -60,8 +60,9 @@ _ENTRIES = [
      "Open connections to the admin service."),
     ("muxframe_admin_refused", COUNTER, ("reason",), ALL,
      "Admin requests and connections refused, by reason: token (401, no "
-     "token or a wrong one), connections (503, over the 64 served at "
-     "once), deadline (dropped: not arrived whole within 30 s)."),
+     "token or a wrong one), read_only (403, a write with the read "
+     "token), connections (503, over the 64 served at once), deadline "
+     "(dropped: not arrived whole within 30 s)."),
     # the XTMP server
     ("muxframe_xtmp_connections_active", GAUGE, (), XTMP,
      "Open connections (handshaking or in session)."),

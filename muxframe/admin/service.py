@@ -175,6 +175,7 @@ class AdminService(service.Service):
         """
         return {"open": self.site.connections,
                 "token": self.root.unauthorized,
+                "read_only": self.root.forbidden,
                 "connections": self.site.refusedConnections,
                 "deadline": self.site.requestsTimedOut}
 
@@ -189,8 +190,10 @@ class AdminService(service.Service):
                  "API{auth})", endpoint=self.settings.endpoint,
                  public=" without a token" if self.settings.publicMetrics
                  else "",
-                 auth=", bearer token required" if self.settings.token
-                 else "; no token: a unix socket")
+                 auth=(", bearer token required" + (
+                     ", a read-only token for GET and HEAD"
+                     if self.settings.readToken else ""))
+                 if self.settings.token else "; no token: a unix socket")
 
     def stopService(self):
         service.Service.stopService(self)

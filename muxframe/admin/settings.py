@@ -17,9 +17,13 @@ Rules:
     Twisted's own default, 0666, would give every local user the API.
   - The token file holds the token (surrounding whitespace ignored); an
     empty or unreadable file is a usage error naming it.
+  - A read token file (optional; it needs a token file, and must hold
+    another token) holds a token that may only read: GET and HEAD.
 
 Nothing here imports the reactor but to check an endpoint string.
 """
+
+import hmac
 
 from twisted.python import usage
 
@@ -77,6 +81,27 @@ def loadToken(path, where="admin.token_file"):
     return token
 
 
+def loadReadToken(path, token, where, tokenWhere):
+    """
+    The read-only token in C{path} (L{None} without a path), given the
+    full C{token}.
+
+    @raise ValueError: naming C{where}: the file cannot be read or holds
+        no token, there is no full token (C{tokenWhere}), or it holds the
+        same token.
+    """
+    if not path:
+        return None
+    if token is None:
+        raise ValueError("%s needs %s: without a token the admin API is "
+                         "open to whoever can connect" % (where, tokenWhere))
+    readToken = loadToken(path, where)
+    if hmac.compare_digest(readToken, token):
+        raise ValueError("%s: %s holds the same token as %s"
+                         % (where, path, tokenWhere))
+    return readToken
+
+
 class OperatorSettings:
     """
     The operator surfaces of one role.
@@ -85,6 +110,8 @@ class OperatorSettings:
         L{None} (off).
     @ivar token: the bearer token (bytes), or L{None} (a unix: socket
         without one).
+    @ivar readToken: the bearer token that may only read (bytes), or
+        L{None}.
     @ivar publicMetrics: serve /metrics without the token.
     @ivar maxBody: the largest request body read, in bytes.
     @ivar logFormat: C{"text"} or C{"json"}.
@@ -92,9 +119,11 @@ class OperatorSettings:
     """
 
     def __init__(self, endpoint=None, token=None, publicMetrics=False,
-                 maxBody=MiB, logFormat="text", summaryInterval=60.0):
+                 maxBody=MiB, logFormat="text", summaryInterval=60.0,
+                 readToken=None):
         self.endpoint = endpoint
         self.token = token
+        self.readToken = readToken
         self.publicMetrics = publicMetrics
         self.maxBody = maxBody
         self.logFormat = logFormat
@@ -115,10 +144,12 @@ class OperatorSettings:
                              "needs a bearer token (only a unix: socket may "
                              "go without)" % (endpoint,))
         token = loadToken(tokenFile) if tokenFile else None
+        readToken = loadReadToken(config.path("admin.read_token_file"), token,
+                                  "admin.read_token_file", "admin.token_file")
         return cls(config["admin.endpoint"], token,
                    config["admin.public_metrics"], config["admin.max_body"],
                    config["logging.format"],
-                   config["logging.summary_interval"])
+                   config["logging.summary_interval"], readToken)
 
 
 def _positiveNumber(name, value, zero=False):
@@ -136,8 +167,9 @@ def _positiveNumber(name, value, zero=False):
 class OperatorOptionsMixin:
     """
     The operator options of the multiplexer roles (C{server}, C{client}):
-    C{--admin}, C{--admin-token-file}, C{--admin-public-metrics},
-    C{--admin-max-body}, C{--log-format}, C{--summary-interval}.  Call
+    C{--admin}, C{--admin-token-file}, C{--admin-read-token-file},
+    C{--admin-public-metrics}, C{--admin-max-body}, C{--log-format},
+    C{--summary-interval}.  Call
     L{operatorSettings} from C{postOptions}.
     """
 
@@ -145,7 +177,8 @@ class OperatorOptionsMixin:
         values = getattr(self, "_operator", None)
         if values is None:
             values = self._operator = {
-                "admin": None, "tokenFile": None, "publicMetrics": False,
+                "admin": None, "tokenFile": None, "readTokenFile": None,
+                "publicMetrics": False,
                 "maxBody": MiB, "logFormat": "text", "summaryInterval": 60.0}
         return values
 
@@ -164,6 +197,13 @@ class OperatorOptionsMixin:
         --admin is a unix: socket).
         """
         self._operatorValues()["tokenFile"] = path
+
+    def opt_admin_read_token_file(self, path):
+        """
+        A file holding a second bearer token that may only read (GET and
+        HEAD), for monitoring (needs --admin-token-file).
+        """
+        self._operatorValues()["readTokenFile"] = path
 
     def opt_admin_public_metrics(self):
         """
@@ -215,18 +255,23 @@ class OperatorOptionsMixin:
                     "--admin %s is reachable over the network: give "
                     "--admin-token-file (only a unix: socket may go without "
                     "a token)" % (endpoint,))
-        elif tokenFile is not None or values["publicMetrics"]:
-            raise usage.UsageError("--admin-token-file and "
+        elif tokenFile is not None or values["publicMetrics"] or \
+                values["readTokenFile"] is not None:
+            raise usage.UsageError("--admin-token-file, "
+                                   "--admin-read-token-file and "
                                    "--admin-public-metrics need --admin")
         token = None
-        if tokenFile is not None:
-            try:
+        try:
+            if tokenFile is not None:
                 token = loadToken(tokenFile, "--admin-token-file")
-            except ValueError as e:
-                raise usage.UsageError(str(e))
+            readToken = loadReadToken(values["readTokenFile"], token,
+                                      "--admin-read-token-file",
+                                      "--admin-token-file")
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         return OperatorSettings(endpoint, token, values["publicMetrics"],
                                 values["maxBody"], values["logFormat"],
-                                values["summaryInterval"])
+                                values["summaryInterval"], readToken)
 
 
 def checkAdminEndpoint(description, where):
@@ -246,4 +291,4 @@ def checkAdminEndpoint(description, where):
 
 __all__ = ["ADMIN_SOCKET_MODE", "OperatorOptionsMixin", "OperatorSettings",
            "checkAdminEndpoint", "isUnixEndpoint", "listeningDescription",
-           "loadToken"]
+           "loadReadToken", "loadToken"]

@@ -128,7 +128,8 @@ class RoleStatus:
         its server's own flag too).
     @ivar adminCounters: set by the role's admin service: a callable
         answering its own counters (C{open}: connections open; refusals
-        by reason: C{token}, C{connections}, C{deadline}) for the metrics;
+        by reason: C{token}, C{read_only}, C{connections}, C{deadline})
+        for the metrics;
         L{None} without one.
     """
 
@@ -248,7 +249,7 @@ class RoleStatus:
             counters = self.adminCounters()
             metrics.add("muxframe_admin_connections_active",
                         counters["open"])
-            for reason in ("token", "connections", "deadline"):
+            for reason in ("token", "read_only", "connections", "deadline"):
                 metrics.add("muxframe_admin_refused", counters[reason],
                             reason=reason)
         self.roleMetrics(metrics)

@@ -387,6 +387,11 @@ SCHEMA = [Key(*entry) for entry in [
     ("admin.token_file", _optional(_path), None, "path",
      "A file holding the admin API's bearer token (required unless the "
      "admin endpoint is a unix: socket).", "admin-token-file"),
+    ("admin.read_token_file", _optional(_path), None, "path",
+     "A file holding a second bearer token that may only read (GET and "
+     "HEAD: health, metrics, stats, sessions), for monitoring; a write "
+     "(DELETE, POST) with it is refused with HTTP 403. Needs "
+     "admin.token_file.", "admin-read-token-file"),
     ("admin.public_metrics", _boolean, False, "boolean",
      "Serve /metrics without the token.", "admin-public-metrics"),
     ("admin.max_body", _integer(1024, 64 * MiB), MiB, _bytes,
