@@ -380,6 +380,35 @@ class RoleTests(TestCase):
         self.assertEqual([m.payload for m in got], [b"from admin"])
 
     @inlineCallbacks
+    def test_tokensReloadedOnSIGHUP(self):
+        """
+        SIGHUP reads the admin token file again: a rotated token is in
+        force at once and the old one refused, without a restart; a file
+        left unusable (emptied) keeps the token in force, with an error
+        naming the file.
+        """
+        yield self.startRole()
+        path = os.path.join(self.directory, "admin.token")
+        with open(path, "wb") as f:
+            f.write(b"r0tated-t0ken\n")
+        self.process.transport.signalProcess("HUP")
+        rotated = Admin(self.adminPort, token=b"r0tated-t0ken")
+        yield waitFor(lambda: rotated.get("/health").addCallback(
+            lambda r: r[0] == 200), what="the rotated token")
+        code, _, _ = yield self.admin.get("/health")
+        self.assertEqual(code, 401)
+        with open(path, "wb") as f:
+            f.write(b"")
+        self.process.transport.signalProcess("HUP")
+        yield waitFor(lambda: "admin tokens unchanged" in self.process.text(),
+                      what="the failed reload's line")
+        self.assertIn("%s holds no token" % (os.path.abspath(path),),
+                      self.process.text())
+        code, _, _ = yield rotated.get("/health")
+        self.assertEqual(code, 200)
+        self.assertTrue(self.process.running)
+
+    @inlineCallbacks
     def test_drainingHealth(self):
         """
         After SIGTERM, while a handler holds the drain, /health answers 503

@@ -168,6 +168,38 @@ class AdminService(service.Service):
         self._listener = ListenService(listeningDescription(settings.endpoint),
                                        self.site, reactor)
 
+    def reloadTokens(self, config):
+        """
+        Read the admin tokens again from C{config}'s C{admin.token_file}
+        and C{admin.read_token_file} (the xtmp role's SIGHUP): requests
+        are checked against the new ones from now on.  A file that cannot
+        be read, or holds no token or a bad one, leaves both tokens as
+        they were, with an error logged naming it; a service without a
+        token (a C{unix:} socket) keeps none.
+
+        @return: whether the tokens were replaced.
+        """
+        from muxframe.admin.settings import loadReadToken, loadToken
+        tokenFile = config.path("admin.token_file")
+        if self.root.token is None and not tokenFile:
+            return False
+        try:
+            if not tokenFile:
+                raise ValueError("admin.token_file: no longer given")
+            token = loadToken(tokenFile)
+            readToken = loadReadToken(config.path("admin.read_token_file"),
+                                      token, "admin.read_token_file",
+                                      "admin.token_file")
+        except ValueError as e:
+            log.error("reload: admin tokens unchanged: {error}", error=str(e))
+            return False
+        changed = (token, readToken) != (self.root.token, self.root.readToken)
+        self.root.token, self.root.readToken = token, readToken
+        self.settings.token, self.settings.readToken = token, readToken
+        log.info("reload: admin tokens read again from {path}{change}",
+                 path=tokenFile, change="" if changed else " (unchanged)")
+        return True
+
     def counters(self):
         """
         The service's own counters, for the role's metrics

@@ -386,7 +386,8 @@ SCHEMA = [Key(*entry) for entry in [
      "in octal).", "admin"),
     ("admin.token_file", _optional(_path), None, "path",
      "A file holding the admin API's bearer token (required unless the "
-     "admin endpoint is a unix: socket).", "admin-token-file"),
+     "admin endpoint is a unix: socket); reloaded on SIGHUP.",
+     "admin-token-file"),
     ("admin.read_token_file", _optional(_path), None, "path",
      "A file holding a second bearer token that may only read (GET and "
      "HEAD: health, metrics, stats, sessions), for monitoring; a write "

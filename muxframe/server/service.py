@@ -11,7 +11,8 @@ Disconnect GOING_AWAY, and connections still open after C{drain_timeout}
 are cut.  Under twistd it also handles signals itself (L{installSignals}):
 SIGTERM stops the reactor without re-raising the signal, so twistd exits
 0 once drained; SIGHUP reloads authorized_keys and the tokens file,
-disconnecting the sessions of removed credentials; and once the storage has
+disconnecting the sessions of removed credentials (then runs its
+C{reloadHooks}: the admin service's tokens); and once the storage has
 started it applies the server's garbage collector settings
 (L{tuneCollector}, C{server.gc_threshold}: L{muxframe.server.collector}).
 A reload that fails keeps the credentials in use and logs why.
@@ -177,6 +178,9 @@ class XTMPServerService(service.Service):
         self.reactor = reactor
         self.installSignals = installSignals
         self.tuneCollector = tuneCollector
+        #: Callables run by each L{reload} after the credentials (the
+        #: admin service's tokens: L{muxframe.server.tap.makeService}).
+        self.reloadHooks = []
         self._exitStatus = _ExitStatus()
         config.requireIdentity()
         from muxframe.server.storage import Storage
@@ -311,11 +315,19 @@ class XTMPServerService(service.Service):
     def reload(self):
         """
         Re-read authorized_keys and the tokens file; disconnect the
-        sessions of removed credentials.
+        sessions of removed credentials.  Then run L{reloadHooks} (the
+        admin tokens), whatever became of the credentials.
 
         @return: C{{"keys": (added, removed, disconnected), "tokens":
             ...}}, or L{None} if reading failed (nothing changed).
         """
+        try:
+            return self._reloadCredentials()
+        finally:
+            for hook in self.reloadHooks:
+                hook()
+
+    def _reloadCredentials(self):
         try:
             keys, tokens = loadKeys(self.config), loadTokens(self.config)
         except ConfigError as e:

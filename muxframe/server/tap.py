@@ -156,5 +156,11 @@ def makeService(options, reactor=None):
     role.setName("muxframe-xtmp")
     main.setServiceParent(role)
     role.server = main.server
-    return role.operate(XTMPStatus(main.server, options.config, reactor),
-                        options.operatorSettings, reactor, options)
+    role.operate(XTMPStatus(main.server, options.config, reactor),
+                 options.operatorSettings, reactor, options)
+    if role.admin is not None:
+        # SIGHUP re-reads the admin tokens too (a leaked one is revoked
+        # without a restart).
+        main.reloadHooks.append(
+            lambda: role.admin.reloadTokens(options.config))
+    return role
