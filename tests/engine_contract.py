@@ -503,7 +503,8 @@ class EngineContract:
         """
         A device forgotten while an acknowledgement of it is in progress
         stays forgotten: the acknowledgement's receipts go out, but its
-        position is not stored again.
+        position is not stored again (not even on disk: a restart does not
+        bring it back).
         """
         e = yield self.engine()
         for i in range(3):
@@ -513,6 +514,10 @@ class EngineContract:
         yield e.queues.forget("alice", "phone")
         p = yield acked
         self.assertEqual(p.delivered, 1)
+        known = yield e.queues.knownDevices("alice")
+        self.assertEqual(known, [])
+        e = yield self.restartEngine(e, self.clock)
+        self.addCleanup(e.stop)
         known = yield e.queues.knownDevices("alice")
         self.assertEqual(known, [])
         receipts = yield e.queues.fetch("bob", 1)

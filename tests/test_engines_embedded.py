@@ -151,6 +151,38 @@ class EmbeddedContractTests(EngineContract, unittest.TestCase):
         self.assertEqual(appended.offset, 3)
 
     @defer.inlineCallbacks
+    def test_idleQueueKeptWhileSegmentsHoldIt(self):
+        """
+        A queue nobody bound, its records all dropped by retention, is not
+        forgotten while a journal segment still holds them (the segment is
+        kept for another queue's records): its offsets go on, and a restart
+        (which reads that segment again) finds them in order.  Forgotten
+        then, a message to it would start again at offset 1 below records
+        recovery still finds, and the engine would not start.
+        """
+        from muxframe.engines.model import QueueRetention
+        retention = QueueRetention(maxAge=60.0, maxMessages=None, deleteAcknowledged=True)
+        e = yield self.makeEngine(self.clock, segmentBytes=4096, retention=retention)
+        for i in (1, 2):
+            yield e.queues.append("name", self.message(i, receipts=False))
+        self.clock.advance(30)
+        # alice's record, younger, keeps the segment; a large one seals it.
+        yield e.queues.append("alice", self.message(1, receipts=False))
+        yield e.queues.append("alice", QueueMessage("f", b"x" * 4096, None))
+        self.assertEqual([sorted(s.runs) for s in e.journal.segments][0], ["alice", "name"])
+        self.clock.advance(31)
+        yield e.queues.applyRetention()
+        records = yield e.queues.fetch("name", 1)
+        self.assertEqual(records, [])
+        appended = yield e.queues.append("name", self.message(3, receipts=False))
+        self.assertEqual(appended.offset, 3)
+        yield e.stop()
+        again = yield self.makeEngine(self.clock, segmentBytes=4096, retention=retention)
+        self.addCleanup(again.stop)
+        appended = yield again.queues.append("name", self.message(4, receipts=False))
+        self.assertEqual(appended.offset, 4)
+
+    @defer.inlineCallbacks
     def test_senderCacheKeepsChecksAndDedup(self):
         """
         Appends check a sender's names and make its dedup-key prefix once,
