@@ -588,6 +588,74 @@ class EngineContract:
         yield e.queues.append("q4", self.message(1))
         yield self.assertFailure(e.queues.append("q6", self.message(1)), LimitExceeded)
 
+    @defer.inlineCallbacks
+    def test_queueLimitRefusesGroupAlone(self):
+        """
+        With C{groups}, an C{appendMany} group meeting C{maxQueues} is
+        refused alone: each of its items is the L{LimitExceeded}, nothing of
+        it is stored (not even the new queue of its that had room); the
+        other groups are stored, in order, a later one taking that room.
+        Without C{groups}, the same batch is refused whole.
+        """
+        e = yield self.engine(maxQueues=3)
+        yield e.queues.append("q1", self.message(1))
+        items = [("q1", self.message(2)), ("q2", self.message(2)),
+                 ("q3", self.message(3)), ("q4", self.message(3)),
+                 ("q1", self.message(4)), ("q3", self.message(4))]
+        failure = yield self.assertFailure(e.queues.appendMany(items), LimitExceeded)
+        self.assertEqual(failure.limit, "maxQueues")
+        records = yield e.queues.fetch("q1", 1)
+        self.assertEqual([r.messageId for r in records], ["m1"])
+        results = yield e.queues.appendMany(items, groups=[(0, 1), (2, 3), (4, 5)])
+        self.assertEqual([(r.offset, r.duplicate) for r in results[:2] + results[4:]],
+                         [(2, False), (1, False), (3, False), (1, False)])
+        self.assertEqual([(type(r), r.limit) for r in results[2:4]],
+                         [(LimitExceeded, "maxQueues")] * 2)
+        self.assertIn("'q4'", str(results[2]))
+        records = yield e.queues.fetch("q1", 1)
+        self.assertEqual([r.messageId for r in records], ["m1", "m2", "m4"])
+        records = yield e.queues.fetch("q3", 1)
+        self.assertEqual([r.messageId for r in records], ["m4"])
+        records = yield e.queues.fetch("q4", 1)
+        self.assertEqual(records, [])
+
+    @defer.inlineCallbacks
+    def test_queueLimitKeepsEachCallersOrder(self):
+        """
+        Through the XTMP server's L{TurnBatch}: a caller's messages are
+        stored in the order it added them, over batches appended one after
+        the other without waiting, when the first also held another caller's
+        message refused for C{maxQueues} (it fails alone; nothing is
+        appended again after the later batch).
+        """
+        from muxframe.server.turnbatch import TurnBatch
+        e = yield self.engine(maxQueues=2)
+        yield e.queues.append("alice", self.message(0))
+        yield e.queues.append("bob", self.message(0))
+        batch = TurnBatch(self.clock, lambda: e.queues.appendMany)
+        outcomes = []
+        finished = defer.Deferred()
+
+        def outcome(result, tag):
+            outcomes.append((tag, result))
+            if len(outcomes) == 3:
+                finished.callback(None)
+
+        def add(entity, messageId, tag):
+            message = QueueMessage(messageId, b"x", Address("bob", "laptop"), False)
+            batch.add([(entity, message)], lambda r, tag: outcome(r[0].offset, tag),
+                      lambda f, tag: outcome(f.value.limit, tag), (tag,))
+        add("alice", "M1", "first")
+        add("dave", "Z", "refused")
+        batch.flush()
+        add("alice", "M2", "second")
+        batch.flush()
+        yield finished
+        self.assertEqual(sorted(outcomes),
+                         [("first", 2), ("refused", "maxQueues"), ("second", 3)])
+        records = yield e.queues.fetch("alice", 2)
+        self.assertEqual([r.messageId for r in records], ["M1", "M2"])
+
     def forgetIdleQueues(self, engine):
         """
         A retention pass, after which the queues keeping no record and no

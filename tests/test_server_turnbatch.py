@@ -17,9 +17,12 @@ class TurnBatchTests(SynchronousTestCase):
         self.calls = []
         self.seen = []
 
-        def appendMany(items):
+        self.groups = []
+
+        def appendMany(items, groups=None):
             d = Deferred()
             self.calls.append((list(items), d))
+            self.groups.append(groups)
             return d
 
         self.batch = TurnBatch(self.clock, lambda: appendMany, limit=5,
@@ -96,56 +99,25 @@ class TurnBatchTests(SynchronousTestCase):
         self.assertEqual(got, [("B", "B")])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
-    def test_isolatedFailureSplits(self):
+    def test_callerRefusedAlone(self):
         """
-        A batch failing as C{isolate} says (refused whole, nothing stored)
-        is appended again one caller at a time: only the caller whose
-        records are refused again fails; the others get their results.
+        Each caller's records are one of the batch's C{groups}; a caller
+        whose records the engine refused alone (an exception in its place
+        in the results) gets C{failed} with it, the others their results,
+        all from the one batch (nothing is appended again).
         """
         class Refused(Exception):
             pass
 
-        batch = TurnBatch(self.clock, lambda: self.appendMany, onBatch=self.seen.append,
-                          isolate=lambda failure: failure.check(Refused) is not None)
-        self.calls = []
-
-        def appendMany(items):
-            d = Deferred()
-            self.calls.append((list(items), d))
-            return d
-        self.appendMany = appendMany
         got, failed = [], []
         for tag, items in (("a", ["a1", "a2"]), ("bad", ["x1"]), ("c", ["c1"])):
-            batch.add(items, lambda r, tag: got.append((tag, r)),
-                      lambda f, tag: failed.append((tag, f.value)), (tag,))
+            self.batch.add(items, lambda r, tag: got.append((tag, r)),
+                           lambda f, tag: failed.append((tag, f.value)), (tag,))
         self.clock.advance(0)
-        self.calls[0][1].errback(Refused("no room"))
-        self.assertEqual([items for items, _ in self.calls[1:]], [["a1", "a2"], ["x1"], ["c1"]])
-        self.assertEqual(len(self.seen), 4)
-        self.calls[1][1].callback(["A1", "A2"])
-        again = Refused("still no room")
-        self.calls[2][1].errback(again)
-        self.calls[3][1].callback(["C1"])
+        [(items, d)] = self.calls
+        self.assertEqual(self.groups, [[(0, 1), (2, 2), (3, 3)]])
+        refusal = Refused("no room")
+        d.callback(["A1", "A2", refusal, "C1"])
         self.assertEqual(got, [("a", ("A1", "A2")), ("c", ("C1", "C1"))])
-        self.assertEqual(failed, [("bad", again)])
-
-    def test_isolatedFailureOfOneCaller(self):
-        """
-        A caller alone in its batch is not appended again: it fails.
-        """
-        batch = TurnBatch(self.clock, lambda: self.appendMany,
-                          isolate=lambda failure: True)
-        self.calls = []
-
-        def appendMany(items):
-            d = Deferred()
-            self.calls.append((list(items), d))
-            return d
-        self.appendMany = appendMany
-        failed = []
-        batch.add(["a"], None, lambda f: failed.append(f.value))
-        self.clock.advance(0)
-        error = RuntimeError("no room")
-        self.calls[0][1].errback(error)
-        self.assertEqual(failed, [error])
+        self.assertEqual(failed, [("bad", refusal)])
         self.assertEqual(len(self.calls), 1)

@@ -368,7 +368,7 @@ class EmbeddedQueueStore:
         # The group commit's own Deferred, firing with the result: no chain.
         return self._journal.flush(appended)
 
-    def appendMany(self, items):
+    def appendMany(self, items, groups=None):
         """
         See L{IQueueStore.appendMany}: one durable acknowledgement for
         several appends (one Deferred, one flush).
@@ -378,9 +378,14 @@ class EmbeddedQueueStore:
             check = self._checkAppend
             checked = []
             new = set()
-            for entity, message in items:
-                key, flags = check(entity, message, new)
-                checked.append((entity, message, key, flags))
+            try:
+                for entity, message in items:
+                    key, flags = check(entity, message, new)
+                    checked.append((entity, message, key, flags))
+            except LimitExceeded as e:
+                if groups is None or e.limit != "maxQueues":
+                    raise
+                checked = self._checkGroups(items, groups, checked, e)
         except Exception:
             return defer.fail()
         results = []
@@ -391,6 +396,10 @@ class EmbeddedQueueStore:
             # One time for the batch: its records are appended together.
             stamp = self._stamp()
             for entity, item, key, flags in checked:
+                if key is None:
+                    # A refused group's: the LimitExceeded.
+                    add(item)
+                    continue
                 add(append(entity, message, flags, item.messageId, item.sender, item.payload,
                            key, stamp)[0])
         except Exception:
@@ -398,6 +407,55 @@ class EmbeddedQueueStore:
             failure = defer.fail()
             return self._journal.flush().addCallback(lambda _: failure)
         return self._journal.flush(results)
+
+    def _checkGroups(self, items, groups, checked, refusal):
+        """
+        An L{appendMany} with C{groups} met C{maxQueues} (C{refusal}) at
+        the item after those C{checked}: the groups before that item's are
+        kept as checked, its group is refused, the groups after it are
+        checked one by one (L{_checkGroup}).  Only a batch refused pays for
+        groups.
+        """
+        at = len(checked)
+        out = []
+        for first, last in groups:
+            if last < at:
+                out.extend(checked[first:last + 1])
+            elif first <= at:
+                out.extend([(None, refusal, None, None)] * (last + 1 - first))
+                # The entities without a queue of the groups admitted.
+                new = {entity for entity, _ in items[:first] if entity not in self._queues}
+            else:
+                out.extend(self._checkGroup(items[first:last + 1], new))
+        return out
+
+    def _checkGroup(self, items, new):
+        """
+        Check one group of an L{appendMany} (see L{_checkAppend}; C{new}
+        the entities without a queue the groups admitted before it):
+        C{(entity, message, key, flags)} per item or, for a group refused
+        for C{maxQueues}, C{(None, LimitExceeded, None, None)} per item
+        (C{new} as it was; the group's items after the refused one are not
+        looked at: nothing of it is stored).
+
+        @raise Exception: a bad item of a group not refused (the whole
+            batch fails).
+        """
+        checked = []
+        added = []
+        try:
+            for entity, message in items:
+                before = len(new)
+                key, flags = self._checkAppend(entity, message, new)
+                if len(new) > before:
+                    added.append(entity)
+                checked.append((entity, message, key, flags))
+        except LimitExceeded as e:
+            if e.limit != "maxQueues":
+                raise
+            new.difference_update(added)
+            return [(None, e, None, None)] * len(items)
+        return checked
 
     def _durable(self, durableLsn):
         # Watchers hear once per flush per queue, of its last durable offset.

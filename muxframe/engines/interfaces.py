@@ -228,7 +228,7 @@ class IQueueStore(Interface):
             durable (the "sent" receipt), never before.
         """
 
-    def appendMany(items):
+    def appendMany(items, groups=None):
         """
         Append several C{(entity, QueueMessage)} pairs, in order, with one
         acknowledgement: a L{Deferred} firing with the list of L{Appended}
@@ -236,6 +236,17 @@ class IQueueStore(Interface):
         own copy beside the recipient's).  Every item is checked first (a
         bad one stores nothing); if storing fails midway (a limit), those
         before it are stored and the Deferred fails.
+
+        A message to an entity without a queue when C{maxQueues} are kept
+        fails the whole batch with L{LimitExceeded} (C{maxQueues}), nothing
+        of it stored, unless C{groups} is given: a list of C{(first, last)}
+        index ranges of C{items} (inclusive, in order, covering them all;
+        each one caller's records, such as a message and its sender's
+        copy).  Then a group meeting that limit is refused alone: nothing of
+        it is stored and, in the list, each of its items is the
+        L{LimitExceeded} instead of an L{Appended}; the other groups are
+        stored as usual, in order, so that no retry (landing after a later
+        batch) is needed for them.
         """
 
     def fetch(entity, fromOffset, limit=100, maxBytes=1048576):

@@ -158,23 +158,37 @@ redis.call('HSETNX', KEYS[3], 'bound', '1')
 return 1
 """)
 
-# KEYS[1]: the queues kept; ARGV: maxQueues, then the entities a batch
-# appends messages to.  Returns {} when they fit, else {the first entity
-# without a queue that does not}.
+# KEYS[1]: the queues kept; ARGV: maxQueues, then per group of a batch (in
+# order) its count of items and their entities.  A group whose entities
+# without a queue do not fit in the room left by the groups admitted before
+# it is refused.  Returns {group index (0 the first), the first entity of
+# it that does not fit, ...} for the groups refused ({} when all fit).
 ADMIT = Script("admit", """
 local room = tonumber(ARGV[1]) - redis.call('SCARD', KEYS[1])
-local seen = {}
-for i = 2, #ARGV do
-  local e = ARGV[i]
-  if not seen[e] then
-    seen[e] = true
-    if redis.call('SISMEMBER', KEYS[1], e) == 0 then
-      if room <= 0 then return {e} end
-      room = room - 1
+local admitted, out = {}, {}
+local at, group = 2, 0
+while at <= #ARGV do
+  local n = tonumber(ARGV[at])
+  local fresh, names, over = 0, {}, false
+  for i = at + 1, at + n do
+    local e = ARGV[i]
+    if not admitted[e] and not names[e] and redis.call('SISMEMBER', KEYS[1], e) == 0 then
+      names[e] = true
+      fresh = fresh + 1
+      if fresh > room and not over then over = e end
     end
   end
+  if over then
+    out[#out + 1] = group
+    out[#out + 1] = over
+  else
+    room = room - fresh
+    for e in pairs(names) do admitted[e] = true end
+  end
+  at = at + n + 1
+  group = group + 1
 end
-return {}
+return out
 """)
 
 # The known devices, least recently seen first: {device, seen, ...} of the
@@ -344,9 +358,9 @@ class RedisQueueStore:
     @param maxQueues: queues kept at most: a message to an entity without
         one fails with L{LimitExceeded} (C{maxQueues}) while as many are
         kept (registrations and receipts are never refused, and count).
-        An L{appendMany} is admitted as a whole first; batches admitted at
-        once on several nodes may together pass the limit by their new
-        queues.
+        An L{appendMany} is admitted first (as a whole, or group by
+        group); batches admitted at once on several nodes may together pass
+        the limit by their new queues.
     """
 
     def __init__(self, client, prefix, clock, retention=QueueRetention(), maxFetch=10000,
@@ -411,36 +425,55 @@ class RedisQueueStore:
         return d.addCallback(done)
 
     def _refuseQueue(self, entity):
-        # Counted, and logged at most a few times a minute however many
-        # names a sender tries.
+        raise self._queueRefusal(entity)
+
+    def _queueRefusal(self, entity):
+        # The LimitExceeded refusing a message to entity: counted, and
+        # logged at most a few times a minute however many names a sender
+        # tries.
         self.queuesRefused += 1
         throttled(log, self._logThrottle, self._clock.seconds(), LogLevel.warn,
                   "queues refused",
                   "{limit} queues are kept (max_queues): a message to {entity!r}, which has "
                   "none, was refused ({total} so far)",
                   limit=self.maxQueues, entity=entity, total=self.queuesRefused)
-        raise LimitExceeded("%d queues are kept (max_queues): %r has none, and no more can "
-                            "be made" % (self.maxQueues, entity), "maxQueues")
+        return LimitExceeded("%d queues are kept (max_queues): %r has none, and no more can "
+                             "be made" % (self.maxQueues, entity), "maxQueues")
 
     @defer.inlineCallbacks
-    def appendMany(self, items):
+    def appendMany(self, items, groups=None):
         """
-        See L{IQueueStore.appendMany}: the batch is admitted as a whole
-        (L{ADMIT}, nothing stored if its new queues do not fit), then the
-        scripts are pipelined, in order.
+        See L{IQueueStore.appendMany}: the batch's groups (one, the whole
+        batch, without C{groups}) are admitted first (L{ADMIT}: nothing of
+        a group is stored if its new queues do not fit), then the scripts
+        of those admitted are pipelined, in order.
         """
         for entity, message in items:
             checkName(entity, "entity")
             checkMessage(message)
         if not items:
             return []
-        refused = yield self._client.run(ADMIT, [self._prefix + "queues"], [self.maxQueues] + [
-            entity for entity, _ in items])
-        if refused:
-            self._refuseQueue(refused[0].decode("utf-8"))
+        whole = groups is None
+        if whole:
+            groups = [(0, len(items) - 1)]
+        argv = [self.maxQueues]
+        for first, last in groups:
+            argv.append(last + 1 - first)
+            argv.extend(entity for entity, _ in items[first:last + 1])
+        reply = yield self._client.run(ADMIT, [self._prefix + "queues"], argv)
+        refused = {}
+        for i in range(0, len(reply), 2):
+            refused[int(reply[i])] = self._queueRefusal(reply[i + 1].decode("utf-8"))
+        if whole and refused:
+            raise refused[0]
         results = []
-        for entity, message in items:
-            results.append(self._appendMessage(entity, message, -1))
+        for group, (first, last) in enumerate(groups):
+            refusal = refused.get(group)
+            for entity, message in items[first:last + 1]:
+                if refusal is not None:
+                    results.append(defer.succeed(refusal))
+                else:
+                    results.append(self._appendMessage(entity, message, -1))
         appended = yield defer.gatherResults(results, consumeErrors=True).addErrback(
             lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
         return appended

@@ -33,9 +33,10 @@ Rules:
     Deferred) for all of them, each answered when it is durable.  Each
     is checked first, so one bad message fails only itself; so does one
     to an entity without a queue when the engine keeps C{max_queues}
-    (BUSY: the turn's messages are appended again one sender at a time);
-    a storage failure fails the turn's messages (those stored before it
-    are deduplicated when their senders resend).
+    (BUSY: the engine refuses that message's records alone, and stores
+    the turn's others in the same step, in order); a storage failure
+    fails the turn's messages (those stored before it are deduplicated
+    when their senders resend).
   - Any bound session may send to any entity name (1 to 255 bytes):
     there are no per-recipient permissions.  What bounds the queues such
     names make is the engine's C{max_queues} and retention.
@@ -45,7 +46,7 @@ from twisted.internet.defer import Deferred
 
 from muxframe.logthrottle import logger
 from muxframe.engines import logformat
-from muxframe.engines.errors import EngineUsageError, LimitExceeded
+from muxframe.engines.errors import EngineUsageError
 from muxframe.engines.model import (
     Address, QueueMessage, ReceiptKind, RecordKind, checkName)
 from muxframe.messaging import wire
@@ -237,14 +238,6 @@ class DevicePump:
         self._retry = None
 
 
-def _refusedForQueues(failure):
-    """
-    Whether an C{appendMany} failed for the engine's C{maxQueues} (nothing
-    of it stored).
-    """
-    return failure.check(LimitExceeded) is not None and failure.value.limit == "maxQueues"
-
-
 class QueueHandlers:
     """
     The queue stanzas on a L{Storage}.
@@ -256,9 +249,9 @@ class QueueHandlers:
                                        "resumes", "batches"], 0)
         # Every Message of a reactor turn is stored in one appendMany; one
         # to an entity without a queue when no more can be made fails
-        # alone (the engine refuses the batch before storing any of it).
+        # alone (each Message's records are one of the batch's groups).
         self._batch = TurnBatch(storage.reactor, lambda: self._engine.appendMany,
-                                onBatch=self._batched, isolate=_refusedForQueues)
+                                onBatch=self._batched)
 
     def routes(self):
         """

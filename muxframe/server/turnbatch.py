@@ -12,14 +12,19 @@ Rules:
     for each caller, with its own first and last records' results; if the
     append fails, C{failed(failure, *args)}.  A callback that raises is
     logged and the others still run.
-  - A batch that fails as a whole before anything of it was stored, as
-    C{isolate(failure)} tells (a limit some caller's records met, such as
-    the engine's C{maxQueues}), is appended again one caller at a time,
-    so that only the callers whose records meet the limit fail.
+  - Each caller's records are one of the batch's C{groups}
+    (L{muxframe.engines.interfaces.IQueueStore.appendMany}): a caller
+    whose records the engine refuses alone (a limit they met, such as the
+    engine's C{maxQueues}) gets C{failed} with that refusal, the others
+    their results, from the same batch.  Nothing is appended again, so a
+    caller's records are stored in the order it added them, whatever its
+    batches met.
   - C{appendMany} is looked up when the batch is made (the engine may be
     attached after this is built); C{onBatch(d)} sees each batch's
-    Deferred (and each of a split batch's).
+    Deferred.
 """
+
+from twisted.python.failure import Failure
 
 from muxframe.logthrottle import logger
 
@@ -34,12 +39,11 @@ class TurnBatch:
     Appends gathered over one reactor turn (see the module's rules).
     """
 
-    def __init__(self, reactor, appendMany, limit=BATCH_RECORDS, onBatch=None, isolate=None):
+    def __init__(self, reactor, appendMany, limit=BATCH_RECORDS, onBatch=None):
         self._reactor = reactor
         self._appendMany = appendMany
         self.limit = limit
         self._onBatch = onBatch
-        self._isolate = isolate
         self._items = []
         self._waiters = []
         self._flushCall = None
@@ -68,32 +72,26 @@ class TurnBatch:
         if not items:
             return
         self._items, self._waiters = [], []
-        d = self._appendMany()(items)
+        groups = [(first, last) for first, last, _, _, _ in waiters]
+        d = self._appendMany()(items, groups=groups)
         d.addCallbacks(self._flushed, self._failed, callbackArgs=(waiters,),
-                       errbackArgs=(waiters, items))
+                       errbackArgs=(waiters,))
         if self._onBatch is not None:
             self._onBatch(d)
 
     def _flushed(self, results, waiters):
         for first, last, done, failed, args in waiters:
             try:
-                done((results[first], results[last]), *args)
+                result = results[first]
+                if isinstance(result, Exception):
+                    # The engine refused this caller's records alone.
+                    failed(Failure(result), *args)
+                else:
+                    done((result, results[last]), *args)
             except Exception:
                 log.failure("an append's callback failed")
 
-    def _failed(self, failure, waiters, items=None):
-        if items is not None and len(waiters) > 1 and self._isolate is not None \
-                and self._isolate(failure):
-            # Nothing was stored: each caller's records on their own.
-            appendMany = self._appendMany()
-            for first, last, done, failed, args in waiters:
-                d = appendMany(items[first:last + 1])
-                d.addCallbacks(self._flushed, self._failed,
-                               callbackArgs=([(0, last - first, done, failed, args)],),
-                               errbackArgs=([(0, last - first, done, failed, args)],))
-                if self._onBatch is not None:
-                    self._onBatch(d)
-            return
+    def _failed(self, failure, waiters):
         for first, last, done, failed, args in waiters:
             try:
                 failed(failure, *args)
