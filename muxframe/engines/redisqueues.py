@@ -165,14 +165,15 @@ return 1
 # it that does not fit, ...} for the groups refused ({} when all fit).
 ADMIT = Script("admit", """
 local room = tonumber(ARGV[1]) - redis.call('SCARD', KEYS[1])
-local admitted, out = {}, {}
+local admitted, kept, out = {}, {}, {}
 local at, group = 2, 0
 while at <= #ARGV do
   local n = tonumber(ARGV[at])
   local fresh, names, over = 0, {}, false
   for i = at + 1, at + n do
     local e = ARGV[i]
-    if not admitted[e] and not names[e] and redis.call('SISMEMBER', KEYS[1], e) == 0 then
+    if kept[e] == nil then kept[e] = redis.call('SISMEMBER', KEYS[1], e) == 1 end
+    if not kept[e] and not admitted[e] and not names[e] then
       names[e] = true
       fresh = fresh + 1
       if fresh > room and not over then over = e end
