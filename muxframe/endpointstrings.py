@@ -140,6 +140,8 @@ def parseServer(reactor, prefix, framing, args, kwargs):
             inner = serverFromString(reactor, description)
     except Exception as e:
         raise _innerFailed(prefix, description, e)
+    from .tls import tolerateALPN
+    tolerateALPN(inner)
     authenticator = None
     if "clientCA" in extras or "tokens" in extras:
         from .tunnelauth import Authenticator, TokenTable

@@ -695,7 +695,9 @@ class ListenService(service.Service):
     backlog of L{DEFAULT_BACKLOG} unless the description sets one, and
     accepts at most C{acceptsPerTurn} connections per reactor turn
     (L{muxframe.acceptbatch}: a connection flood waits in the backlog, not
-    in front of established connections).
+    in front of established connections).  An C{ssl:} listener completes
+    the handshake of a client offering ALPN protocols it does not speak
+    (L{muxframe.tls.tolerateALPN}).
 
     @ivar endpoint: the listening endpoint.
     """
@@ -704,7 +706,10 @@ class ListenService(service.Service):
                  acceptsPerTurn=DEFAULT_ACCEPTS_PER_TURN):
         self.description = description
         from twisted.internet.endpoints import serverFromString
-        self.endpoint = serverFromString(reactor, withBacklog(description))
+
+        from .tls import tolerateALPN
+        self.endpoint = tolerateALPN(
+            serverFromString(reactor, withBacklog(description)))
         self.inner = StreamServerEndpointService(
             CappedEndpoint(self.endpoint, acceptsPerTurn), factory)
         # As strports.service: a failure to listen raises from startService.

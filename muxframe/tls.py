@@ -20,6 +20,29 @@ client certificate into DIR, for trying this out (see docs/operations.md).
 
 L{offersHTTP11} makes a twisted.web site served over TLS offer C{http/1.1}
 by ALPN in the one way each Twisted release accepts (L{alpnPerConnection}).
+
+ALPN rules of every TLS listener muxframe makes (L{tolerateALPN}, on the
+C{ssl:} endpoints of the roles' listeners, of C{mio:}, C{bmp:}, C{mux:},
+C{ws:} and C{wss:}, C{clientCA} ones included, and of C{capture}):
+
+  - a client offering only protocols the listener does not speak (a
+    browser, curl, a Go client with C{NextProtos}, Python's
+    C{set_alpn_protocols}) completes the handshake with no protocol
+    selected, as RFC 7301 lets a server choose: the multiplexed and
+    XTMP listeners speak no ALPN protocol and never claim one
+    (C{http/1.1} least of all);
+  - a listener that offers protocols (the web sites, L{offersHTTP11})
+    still selects the first of its own that the client offers, as
+    Twisted does.
+
+Why: a workaround for Twisted 26.10 (and any release whose
+C{twisted.internet._sslverify} has C{protosFromProtocol}, which
+L{alpnPerConnection} tests).  Its C{CertificateOptions} set an ALPN
+select callback on every context they make, which answers an empty
+protocol when nothing overlaps (the listener offering none included);
+OpenSSL takes that as fatal, and the client gets C{tlsv1 alert internal
+error}.  Twisted 24.11, our floor, sets no callback unless protocols are
+offered, and its contexts are left as they are.
 """
 
 import datetime
@@ -61,6 +84,66 @@ def offersHTTP11(cls):
         cls.acceptableProtocols = lambda self: [b"http/1.1"]
         return cls
     return implementer_only(IProtocolFactory, ILoggingContext)(cls)
+
+
+def _selectOrNone(acceptableProtocols):
+    """
+    An ALPN select callback that chooses as Twisted's own does (the first
+    of the listener's protocols, its factory's then C{acceptableProtocols},
+    that the client offers), and selects none when nothing overlaps
+    (L{OpenSSL.SSL.NO_OVERLAPPING_PROTOCOLS}) where Twisted's answers an
+    empty protocol, which fails the handshake.
+    """
+    from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS
+    from twisted.internet._sslverify import protosFromProtocol
+
+    def select(connection, offered):
+        for protocol in protosFromProtocol(connection.get_app_data(),
+                                           acceptableProtocols):
+            if protocol in offered:
+                return protocol
+        return NO_OVERLAPPING_PROTOCOLS
+    return select
+
+
+def tolerateALPN(endpoint):
+    """
+    Make an C{ssl:} server endpoint (an C{SSL4ServerEndpoint} with
+    C{CertificateOptions}, as Twisted's parser and
+    L{mutualTLSServerEndpoint} make it) complete the handshake of a client
+    whose ALPN offer overlaps none of the listener's protocols, selecting
+    none (the module's ALPN rules); any other endpoint is left as it is.
+
+    Only where Twisted sets its failing callback on every context
+    (L{alpnPerConnection}), and only on a context it set one on: each
+    context the options make gets L{_selectOrNone} in place of Twisted's
+    callback, as it is made, before any connection uses it (pyOpenSSL
+    refuses to change a context after that; one made already is left as
+    it is).  Nothing is made sooner than Twisted makes it.
+
+    @param endpoint: an L{IStreamServerEndpoint}.
+    @return: C{endpoint}.
+    """
+    from twisted.internet.ssl import CertificateOptions
+    # Private names, for want of public ones: the endpoint's options, and
+    # where they make (and Twisted sets up) each context.
+    options = getattr(endpoint, "_sslContextFactory", None)
+    if not (alpnPerConnection() and isinstance(options, CertificateOptions)):
+        return endpoint
+    makeContext = getattr(options, "_makeContext", None)
+    if makeContext is None:
+        return endpoint
+    protocols = tuple(getattr(options, "_acceptableProtocols", None) or ())
+
+    def makeTolerantContext(*args, **kwargs):
+        context = makeContext(*args, **kwargs)
+        # pyOpenSSL's record of a select callback set: Twisted's.
+        if getattr(context, "_alpn_select_callback", None) is not None:
+            context.set_alpn_select_callback(_selectOrNone(protocols))
+        return context
+
+    options._makeContext = makeTolerantContext
+    return endpoint
 
 
 def _readPEMCertificates(path):

@@ -1,6 +1,7 @@
 """
 TLS: multiplexed connections over Twisted's C{ssl:} and C{tls:} endpoints with
-hostname verification, mutual TLS through the C{clientCA} keyword, and forward
+hostname verification, mutual TLS through the C{clientCA} keyword, clients
+offering ALPN protocols the listeners do not speak, and forward
 and reverse tunnels of 100 concurrent 1 MiB connections each way between two
 twistd processes over mutual TLS.  Certificates are generated per test run
 (L{muxframe.tls.writeCertificates}).
@@ -433,3 +434,155 @@ class MultiplexerOverTLSTests(TestCase):
         mux.close()
         yield lost
         self.assertTrue(mux.disconnected)
+
+
+def offerALPN(port, caFile, alpn, send=b"", answered=None,
+              certificate=None):
+    """
+    A TLS connection to C{port} on 127.0.0.1 from the standard library,
+    offering C{alpn} (as a browser, curl or a Go client does), trusting
+    C{caFile}, presenting C{certificate} (a PEM file with its key) if
+    given; C{send} is written once the handshake is done, and what comes
+    back read until C{answered} is true of a piece read (or the end).
+    Blocking: run in a thread.
+
+    @return: C{(the protocol ALPN selected, the bytes read)}; the
+        handshake's C{ssl.SSLError} is raised.
+    """
+    import socket
+    import ssl
+    context = ssl.create_default_context(cafile=caFile)
+    context.set_alpn_protocols(alpn)
+    if certificate is not None:
+        context.load_cert_chain(certificate)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            selected = sock.selected_alpn_protocol()
+            data = b""
+            sock.sendall(send)
+            while answered is not None:
+                chunk = sock.recv(65536)
+                data += chunk
+                if not chunk or answered(chunk):
+                    break
+    return selected, data
+
+
+class ALPNTests(TestCase):
+    """
+    A client offering ALPN protocols none of muxframe's TLS listeners
+    speak completes the handshake, with no protocol selected (Twisted
+    26.10 alone failed it: 'tlsv1 alert internal error'), and is served.
+    """
+
+    timeout = 30
+    offers = (["h2", "http/1.1"], ["h2"], [])
+
+    def setUp(self):
+        self.paths = writeCertificates(self.mktemp())
+        self.addCleanup(cancelAbortTimers)
+
+    def offer(self, port, alpn, send=b"", answered=None, certificate=None):
+        from twisted.internet.threads import deferToThread
+        return deferToThread(offerALPN, port, self.paths["ca.pem"], alpn,
+                             send, answered, certificate)
+
+    @inlineCallbacks
+    def test_xtmpRoleOverSSL(self):
+        """
+        The xtmp role's C{ssl:} endpoint (its L{muxframe.tap.ListenService}):
+        each client completes the handshake without a protocol and has its
+        ClientHello answered with a HandshakeAck.
+        """
+        import sys
+
+        from muxframe.server.config import ServerConfig
+        from muxframe.server.service import XTMPServerService
+        from muxframe.xtmp import ClientHandshake
+        from muxframe.xtmp.codec import Decoder, MessageType
+        from tests.test_server_support import ALICE, SERVER_IDENTITY
+        from tests.test_server_tap import writeSetup
+        from tests.test_tap import freePort
+
+        directory = os.path.abspath(self.mktemp())
+        port = freePort()
+        config = ServerConfig.fromFile(writeSetup(directory, port, {
+            "server": {"endpoint": "ssl:%d:interface=127.0.0.1:privateKey=%s"
+                       % (port, self.paths["server.pem"])},
+            "storage": {"engine": "none"}}))
+        self.patch(sys, "path", [directory] + sys.path)
+        self.addCleanup(sys.modules.pop, "xtmpapp", None)
+        service = XTMPServerService(config, reactor, installSignals=False)
+        service.startService()
+        self.addCleanup(service.stopService)
+        for alpn in self.offers:
+            hello = ClientHandshake(serverKey=SERVER_IDENTITY.public,
+                                    identity=ALICE).start()
+            frames = []
+            decoder = Decoder()
+            selected, _ = yield self.offer(
+                port, alpn, hello,
+                lambda chunk: frames.extend(decoder.feed(chunk)) or frames)
+            self.assertEqual((selected, [f.type for f in frames[:1]]),
+                             (None, [MessageType.HandshakeAck]))
+
+    @inlineCallbacks
+    def test_multiplexedOverSSL(self):
+        """
+        C{mio:ssl:} and C{bmp:ssl:}: each client completes the handshake
+        without a protocol (never C{http/1.1}), and the endpoint's side of
+        it succeeds too.
+        """
+        for framing in ("mio", "bmp"):
+            verified = yield self.listen(
+                framing + ":ssl:0:interface=127.0.0.1:"
+                "privateKey=%(server.pem)s")
+            for alpn in self.offers:
+                selected, _ = yield self.offer(self.port, alpn)
+                self.assertIsNone(selected)
+            muxes = yield gatherResults(verified)
+            self.assertEqual([mux.isVerified() for mux in muxes],
+                             [True] * len(self.offers))
+
+    @inlineCallbacks
+    def test_mutualTLS(self):
+        """
+        C{mio:ssl:...:clientCA=} (muxframe's own C{CertificateOptions}): a
+        client with a certificate from the CA completes the handshake
+        without a protocol, on both sides.
+        """
+        verified = yield self.listen(
+            "mio:ssl:0:interface=127.0.0.1:privateKey=%(server.pem)s:"
+            "clientCA=%(ca.pem)s")
+        for alpn in self.offers:
+            selected, _ = yield self.offer(
+                self.port, alpn, certificate=self.paths["client.pem"])
+            self.assertIsNone(selected)
+        muxes = yield gatherResults(verified)
+        self.assertEqual(len(muxes), len(self.offers))
+
+    @inlineCallbacks
+    def listen(self, description):
+        """
+        Listen on C{description} (C{%(name)s}: L{writeCertificates}' paths;
+        the port is C{self.port}).
+
+        @return: the list that gets, for each connection accepted, a
+            Deferred firing with its multiplexer once verified (failing
+            with the reason it was lost first).
+        """
+        endpoint = serverFromString(reactor, description % self.paths)
+        verified = []
+
+        class Recorder:
+            def multiplexerConnected(self, endpoint, mux):
+                verified.append(mux.whenVerified())
+
+            def multiplexerLost(self, endpoint, mux, reason):
+                pass
+
+        endpoint.addObserver(Recorder())
+        port = yield endpoint.listen(EchoFactory())
+        self.addCleanup(port.stopListening, 1)
+        self.port = port.getHost().port
+        return verified

@@ -247,11 +247,12 @@ def _capture(reactor, args):
     from twisted.internet.endpoints import clientFromString, serverFromString
 
     from muxframe.cli.common import clientEndpointString
+    from muxframe.tls import tolerateALPN
     _checkLoopback(args.listen)
     description = clientEndpointString(args.connect, "--connect")
     try:
         target = clientFromString(reactor, description)
-        listen = serverFromString(reactor, args.listen)
+        listen = tolerateALPN(serverFromString(reactor, args.listen))
     except Exception as e:
         raise UsageError("bad endpoint: %s" % (e,))
     done = Deferred()

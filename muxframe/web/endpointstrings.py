@@ -128,10 +128,11 @@ def parseServer(reactor, prefix, args, kwargs):
     except Exception as e:
         raise ValueError("%s: endpoint: bad inner endpoint %r: %s: %s"
                          % (prefix, description, type(e).__name__, e))
+    from muxframe.tls import tolerateALPN
     from muxframe.web.server import WebSocketServerEndpoint
     return WebSocketServerEndpoint(
-        inner, path=options.get("path", "/"), allowedOrigins=origins,
-        sameOrigin=sameOrigin, static=static,
+        tolerateALPN(inner), path=options.get("path", "/"),
+        allowedOrigins=origins, sameOrigin=sameOrigin, static=static,
         secure=args[0] in SECURE_SERVERS, reactor=reactor,
         accessLog=accessLog, **limits)
 
