@@ -810,6 +810,32 @@ class SecureWebSocketTests(TestCase):
                 (selected, statusOf(reply)),
                 ("http/1.1" if alpnPerConnection() else None, 101))
 
+    @inlineCallbacks
+    def test_wssOfferingNoHTTP11(self):
+        """
+        A C{wss:} endpoint string's site upgrades a client whose ALPN
+        offer lacks C{http/1.1} too (only C{h2}, or a protocol of its
+        own), with no protocol selected (Twisted 26.10 failed its
+        handshake: L{muxframe.tls.tolerateALPN}), and still selects
+        C{http/1.1} for a browser where Twisted asks the site.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        from muxframe.tls import alpnPerConnection, writeCertificates
+        paths = writeCertificates(self.mktemp())
+        endpoint = serverFromString(
+            reactor, "wss:0:interface=127.0.0.1:privateKey=%s:path=/ws"
+            % (paths["server.pem"],))
+        port = yield endpoint.listen(SinkFactory())
+        self.addCleanup(port.stopListening)
+        for alpn in (["h2"], ["xtmp"], ["h2", "http/1.1"]):
+            selected, reply = yield deferToBlocking(
+                tlsUpgrade, port, paths["ca.pem"], alpn)
+            self.assertEqual(
+                (selected, statusOf(reply)),
+                ("http/1.1" if "http/1.1" in alpn and alpnPerConnection()
+                 else None, 101))
+
 
 def tlsUpgrade(port, caFile, alpn):
     """
