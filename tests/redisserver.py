@@ -121,6 +121,47 @@ class RedisServer:
         if not self._waitReady(timeout):
             raise AssertionError("redis-server did not restart")
 
+    def kill(self):
+        """
+        Kill the server with SIGKILL (no shutdown, no save) and wait for
+        it to be gone.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def startAgain(self, keepData=True, timeout=15.0):
+        """
+        Start the (stopped or killed) server again on the same port: with
+        the data its directory has (appendonly), or with none.
+        """
+        if not keepData:
+            for name in os.listdir(self.directory):
+                path = os.path.join(self.directory, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        self._spawn()
+        if not self._waitReady(timeout):
+            raise AssertionError("redis-server did not start again")
+
+    def pause(self):
+        """
+        Stop the server with SIGSTOP: its connections stay open, nothing
+        is answered (as a wedged server or a cut network looks).
+        """
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        """
+        Undo L{pause}.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def _spawn(self):
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.directory, "--save", "", "--daemonize", "no",
@@ -148,6 +189,8 @@ class RedisServer:
 
     def _terminate(self):
         if self.process is not None and self.process.poll() is None:
+            # A paused server would not see SIGTERM.
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)

@@ -251,3 +251,184 @@ class RedisKeyTtlTests(unittest.TestCase):
         self.assertTrue(alive)
         ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
         self.assertGreater(int(ttl), 15000)
+
+
+class _Events:
+    """
+    The log events of one namespace, while a test runs.
+    """
+
+    def __init__(self, testCase, namespace):
+        from twisted.logger import globalLogPublisher
+        self.namespace = namespace
+        self.events = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event):
+        if event.get("log_namespace") == self.namespace:
+            self.events.append(event)
+
+    def formats(self, level):
+        """
+        The formats of the events at C{level}.
+        """
+        return [e["log_format"] for e in self.events if e["log_level"] == level]
+
+
+def _quickRetries(engine):
+    # An outage of a test lasts a second or two: attempts every 50-200 ms.
+    engine.client.retryInitial = 0.05
+    engine.client.retryMax = 0.2
+
+
+class RedisOutageTests(unittest.TestCase):
+    """
+    Redis killed with SIGKILL, or stopped with SIGSTOP, under a running
+    engine: every request fails at once with L{StorageUnavailable} naming
+    Redis (none waits in memory for it to come back), the engine connects
+    again by itself, logging the outage once and its end once, and works
+    again afterwards.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = RedisServer(appendonly=True).start()
+        self.addCleanup(self.server.stop)
+        self.engine = RedisEngine(self.server.address, retentionInterval=0,
+                                  commandTimeout=1.0)
+        _quickRetries(self.engine)
+        yield self.engine.start()
+        self.addCleanup(self.engine.stop)
+
+    def requests(self):
+        """
+        One call of each kind a client's request makes, as C{(name,
+        Deferred)}.
+        """
+        from muxframe.engines.model import HistoryOptions, QueueMessage, ReceiptKind, Status
+        e = self.engine
+        return [
+            ("connect", e.presence.connect("alice", "pad")),
+            ("setStatus", e.presence.setStatus("alice", "phone", Status.AWAY)),
+            ("heartbeat", e.presence.heartbeat("alice", "phone")),
+            ("presence", e.presence.presence("alice")),
+            ("subscribe", e.presence.requestSubscription("carol", "alice")),
+            ("append", e.queues.append("alice", QueueMessage("b", b"y"))),
+            ("fetch", e.queues.fetch("alice", 1)),
+            ("position", e.queues.position("alice", "phone")),
+            ("acknowledge", e.queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)),
+            ("history", e.history.add("room", b"p", HistoryOptions(10, 60.0))),
+            ("publish", e.broker.publish("news.today", b"n")),
+        ]
+
+    @defer.inlineCallbacks
+    def test_killed(self):
+        """
+        SIGKILL: once the engine saw the connection go, each request
+        fails with L{StorageUnavailable} when it is made, naming the
+        address; several attempts later Redis is back (with its data, on
+        the same port), the engine reconnects, and the requests work and
+        see what was stored before.  The outage was logged once as an
+        error and its end once, whatever the attempts in between.
+        """
+        from twisted.logger import LogLevel
+        from muxframe.engines.errors import StorageUnavailable
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        events = _Events(self, "muxframe.engines.redisconn")
+        yield self.engine.presence.connect("alice", "phone")
+        yield self.engine.queues.append("alice", QueueMessage("a", b"x"))
+        self.server.kill()
+        yield eventually(lambda: self.engine.problems(), what="the outage seen")
+        for name, d in self.requests():
+            self.assertTrue(d.called, "%s waits for Redis" % (name,))
+            failure = yield self.assertFailure(d, StorageUnavailable)
+            self.assertIn(self.engine.client.address, str(failure))
+            self.assertEqual(failure.address, self.engine.client.address)
+        self.assertIn("down", " ".join(self.engine.problems()))
+        attempts = lambda: self.engine.client._commands.attempts
+        yield eventually(lambda: attempts() >= 3, what="several attempts")
+        self.server.startAgain()
+        yield eventually(lambda: not self.engine.problems(), timeout=30, what="reconnected")
+        for name, d in self.requests():
+            yield d
+        records = yield self.engine.queues.fetch("alice", 1)
+        self.assertEqual([r.messageId for r in records], ["a", "b"])
+        presence = yield self.engine.presence.presence("alice")
+        self.assertEqual([d.device for d in presence.devices], ["pad", "phone"])
+        down = [f for f in events.formats(LogLevel.error) if "unreachable" in f]
+        back = [f for f in events.formats(LogLevel.info) if "reachable again" in f]
+        self.assertEqual((len(down), len(back)), (1, 1), events.events)
+
+    @defer.inlineCallbacks
+    def test_paused(self):
+        """
+        SIGSTOP: Redis keeps the connections open and answers nothing.  A
+        request in flight fails with L{StorageUnavailable} once the command
+        timeout passed (the connection is closed), and later ones at once;
+        attempts to connect again that Redis does not answer do not count
+        as a recovery.  SIGCONT: the engine is back and works.
+        """
+        from muxframe.engines.errors import StorageUnavailable
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        self.addCleanup(self.server.resume)
+        self.server.pause()
+        d = self.engine.queues.append("alice", QueueMessage("a", b"x"))
+        d.addTimeout(30, reactor)
+        failure = yield self.assertFailure(d, StorageUnavailable)
+        self.assertIn("unanswered", str(failure))
+        attempts = lambda: self.engine.client._commands.attempts
+        yield eventually(lambda: attempts() >= 2, timeout=30, what="attempts Redis ignores")
+        self.assertTrue(self.engine.problems())
+        for name, d in self.requests():
+            self.assertTrue(d.called, "%s waits for Redis" % (name,))
+            yield self.assertFailure(d, StorageUnavailable)
+        self.server.resume()
+        yield eventually(lambda: not self.engine.problems(), timeout=30, what="reconnected")
+        appended = yield self.engine.queues.append("alice", QueueMessage("b", b"y"))
+        self.assertIn(appended.offset, (1, 2))
+
+
+class RedisDownAtStartTests(unittest.TestCase):
+    """
+    An engine started while Redis is down waits for it (naming the fault
+    in C{problems()}), and starts when Redis comes; stopped meanwhile, its
+    start fails with L{EngineStopped} and nothing is left running.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.server = RedisServer().start()
+        self.addCleanup(self.server.stop)
+        self.server.kill()
+
+    @defer.inlineCallbacks
+    def test_startsWhenRedisComes(self):
+        from tests.engine_contract import eventually
+        engine = RedisEngine(self.server.address, retentionInterval=0)
+        _quickRetries(engine)
+        started = engine.start()
+        self.addCleanup(engine.stop)
+        yield eventually(lambda: engine.client._commands.attempts >= 2, what="attempts")
+        self.assertFalse(started.called)
+        self.assertIn("connection is down", " ".join(engine.problems()))
+        self.server.startAgain()
+        yield started
+        self.assertEqual(engine.problems(), [])
+        yield engine.presence.connect("alice", "phone")
+
+    @defer.inlineCallbacks
+    def test_stoppedWhileWaiting(self):
+        from muxframe.engines.errors import EngineStopped
+        from tests.engine_contract import eventually
+        engine = RedisEngine(self.server.address, retentionInterval=0)
+        _quickRetries(engine)
+        started = engine.start()
+        yield eventually(lambda: engine.client._commands.attempts >= 1, what="an attempt")
+        yield engine.stop()
+        yield self.assertFailure(started, EngineStopped)

@@ -65,6 +65,25 @@ class StorageError(EngineError):
     """
 
 
+class StorageUnavailable(StorageError):
+    """
+    The storage cannot be reached now: Redis is down, unreachable, still
+    loading its data, or not answering.  A command refused at once was not
+    sent; one in flight when the connection went may or may not have been
+    carried out (appends and receipts are deduplicated, so a retry is
+    safe).  The engine reconnects by itself: retry later.
+
+    @ivar address: C{host:port} of the storage.
+    @ivar since: when the outage began (the engine clock's seconds), or
+        L{None} when only this command met it.
+    """
+
+    def __init__(self, message, address=None, since=None):
+        StorageError.__init__(self, message)
+        self.address = address
+        self.since = since
+
+
 class CorruptRecord(StorageError):
     """
     Bytes that are not a valid framed record (bad length, CRC mismatch,

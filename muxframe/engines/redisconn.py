@@ -1,23 +1,58 @@
 """
-The Redis engine's connections, through txredisapi: one command connection
-(commands are pipelined on it in order) and one subscriber connection kept
-up by a L{ClientService} that re-subscribes every channel and pattern after
-a reconnection.  Replies are bytes (no charset) and numbers are not
-guessed (convertNumbers off), so binary payloads round-trip.
+The Redis engine's connections, through txredisapi's protocols: one command
+connection (commands are pipelined on it in order) and one subscriber
+connection, each kept up by a L{_Link} that connects again after a failure
+or a loss, with a growing delay.  Replies are bytes (no charset) and
+numbers are not guessed (convertNumbers off), so binary payloads
+round-trip.
+
+Outages (L{RedisClient}'s rules):
+
+  - While the command connection is down, every command fails at once with
+    L{StorageUnavailable} naming the address, since when and why: nothing
+    waits in memory for Redis to come back.  A command in flight when the
+    connection goes fails with it too.
+  - A connection counts as up once Redis answered its AUTH, SELECT and a
+    PING, so a Redis that accepts connections but does not answer (stopped,
+    loading) is not taken for one that works.
+  - A command connection that leaves commands unanswered for
+    C{commandTimeout} seconds (a stopped or wedged Redis, a cut network) is
+    closed: its commands fail, and it is connected again.
+  - The outage is logged once when it begins (the first connection lost or
+    attempt failed) and once when both connections are up again, not at
+    every attempt; then the subscriptions are made again and
+    C{onReconnected} is called.
 """
 
 import hashlib
+import random
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.application.internet import ClientService
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.logger import Logger
+from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
-from muxframe.engines.errors import ConfigError, EngineStopped, StorageError
+from muxframe.engines.errors import (
+    ConfigError, EngineStopped, StorageError, StorageUnavailable)
+from muxframe.logthrottle import LogThrottle, logger, throttled
 
-log = Logger()
+log = logger("muxframe.engines.redisconn")
+
+#: Seconds before the first attempt to connect again, and the most between
+#: two attempts (the delay doubles, with +-25 % of jitter).
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 10.0
+#: Seconds a command connection may leave commands unanswered before it is
+#: closed (and a new connection must answer a PING within as long).
+COMMAND_TIMEOUT = 30.0
+#: Seconds a TCP connection attempt may take.
+CONNECT_TIMEOUT = 10.0
+#: Error replies that say Redis cannot serve now, rather than that the
+#: command was wrong: they fail as L{StorageUnavailable}.
+_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def parseAddress(address):
@@ -66,142 +101,451 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _LinkedProtocol:
+    """
+    What both connections tell their L{_Link}: made, ready (AUTH, SELECT
+    and a PING answered), lost.
+    """
 
     def connectionMade(self):
-        d = txredisapi.SubscriberProtocol.connectionMade(self)
-        self.factory.client.subscriberReady(self)
+        self.factory.link.made(self)
+        d = self._baseProtocol.connectionMade(self)
+        return d.addCallback(self._authenticated)
+
+    def _authenticated(self, _):
+        if not self.connected:
+            # AUTH or SELECT refused: the factory was told, and the
+            # connection is closing.
+            return None
+        d = self.execute_command("PING")
+        d.addCallbacks(lambda _: self.factory.link.ready(self), lambda _: None)
         return d
 
     def connectionLost(self, reason):
-        self.factory.client.subscriberLost(self)
-        txredisapi.SubscriberProtocol.connectionLost(self, reason)
+        # The link first: a command issued by a failing command's errback
+        # must meet a connection that is down.
+        self.factory.link.lost(self, reason)
+        self._baseProtocol.connectionLost(self, reason)
+
+
+class _Commands(_LinkedProtocol, txredisapi.RedisProtocol):
+    _baseProtocol = txredisapi.RedisProtocol
+
+
+class _Subscriber(_LinkedProtocol, txredisapi.SubscriberProtocol):
+    _baseProtocol = txredisapi.SubscriberProtocol
 
     def messageReceived(self, pattern, channel, message):
-        self.factory.client.messageArrived(pattern, channel, message)
+        self.factory.link.client.messageArrived(pattern, channel, message)
 
 
-class _SubscriberFactory(protocol.Factory):
+class _Factory(protocol.Factory):
+    """
+    Builds one kind of connection for a L{_Link}; answers what txredisapi's
+    protocols ask of their factory when AUTH or SELECT is refused.
+    """
 
-    def __init__(self, client, password):
-        self.client = client
+    noisy = False
+    isLazy = False
+    #: Set by txredisapi before 1.5 when AUTH is refused (the link decides).
+    continueTrying = True
+
+    def __init__(self, protocolClass, password, db):
+        self.protocolClass = protocolClass
         self.password = password
+        self.db = db
+        self.link = None
 
     def buildProtocol(self, addr):
-        p = _Subscriber(charset=None, password=self.password, convertNumbers=False)
+        p = self.protocolClass(charset=None, password=self.password, dbid=self.db,
+                               convertNumbers=False)
         p.factory = self
         return p
 
-    # BaseRedisProtocol calls these when AUTH fails.
     def stopTrying(self):
-        self.client.authFailed()
+        """
+        txredisapi 1.5 and later call this when AUTH or SELECT is refused;
+        the link goes on trying (the password may be fixed meanwhile) and
+        says so through L{connectionError}.
+        """
 
     def connectionError(self, why):
-        log.error("Redis subscriber: {why}", why=why)
+        """
+        AUTH or SELECT was refused: C{why} says which.
+        """
+        self.link.refused(why)
 
-    isLazy = False
+
+class _Link:
+    """
+    One connection to Redis kept up for a L{RedisClient}: connected again
+    after a failed attempt or a loss, after a delay growing from
+    L{RECONNECT_INITIAL} to L{RECONNECT_MAX} seconds.
+
+    @ivar protocol: the connection while it is up (ready), else L{None}.
+    @ivar lastError: what the last failure or loss was, as text.
+    """
+
+    def __init__(self, client, name, endpoint, factory):
+        self.client = client
+        self.name = name
+        self.endpoint = endpoint
+        self.factory = factory
+        factory.link = self
+        self.protocol = None
+        self.lastError = None
+        self.attempts = 0
+        self.stopped = True
+        self._connection = None
+        self._attempt = None
+        self._retry = None
+        self._deadline = None
+        self._aborted = None
+        self._closing = []
+
+    def start(self):
+        """
+        Connect, and keep connecting until L{stop}.
+        """
+        self.stopped = False
+        self._connect()
+
+    def _connect(self):
+        self._retry = None
+        d = self._attempt = self.endpoint.connect(self.factory)
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, connection):
+        self._attempt = None
+
+    def _failed(self, failure):
+        self._attempt = None
+        if self.stopped:
+            return
+        self.lastError = failure.getErrorMessage().rstrip(".")
+        self.client.linkDown(self)
+        self._again()
+
+    def _again(self):
+        if self.stopped or self._retry is not None:
+            return
+        self.attempts += 1
+        self._retry = self.client.reactor.callLater(self.client.retryDelay(self.attempts),
+                                                    self._connect)
+
+    def made(self, connection):
+        """
+        A TCP connection is made: it must be ready within the command
+        timeout.
+        """
+        self._connection = connection
+        self._deadline = self.client.reactor.callLater(
+            self.client.commandTimeout, self._tooSlow, connection)
+
+    def _tooSlow(self, connection):
+        self._deadline = None
+        self.abort("no answer to AUTH, SELECT or PING within %g s" % (
+            self.client.commandTimeout,))
+
+    def abort(self, why):
+        """
+        Close the connection at once, C{why} being the reason given.
+        """
+        if self._connection is not None:
+            self._aborted = why
+            self._connection.transport.abortConnection()
+
+    def _cancelDeadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def ready(self, connection):
+        """
+        C{connection} answered: the link is up.
+        """
+        self._cancelDeadline()
+        if self.stopped or connection is not self._connection:
+            connection.transport.loseConnection()
+            return
+        self.protocol = connection
+        self.attempts = 0
+        self.client.linkUp(self)
+
+    def refused(self, why):
+        """
+        Redis refused AUTH or SELECT (C{why}); the connection is closing.
+        """
+        self.lastError = self._aborted = why
+        self.client.linkRefused(self, why)
+
+    def lost(self, connection, reason):
+        """
+        C{connection} is closed.
+        """
+        if connection is not self._connection:
+            return
+        self._cancelDeadline()
+        self._connection = None
+        self.protocol = None
+        closing, self._closing = self._closing, []
+        for d in closing:
+            d.callback(None)
+        if self.stopped:
+            return
+        self.lastError = self._aborted or reason.getErrorMessage().rstrip(".")
+        self._aborted = None
+        self.client.linkDown(self)
+        self._again()
+
+    def stop(self):
+        """
+        Stop connecting and close the connection; a Deferred firing once
+        it is closed.
+        """
+        self.stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        connection = self._connection
+        if connection is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._closing.append(d)
+        connection.transport.loseConnection()
+        return d
 
 
 class RedisClient:
     """
-    Commands, scripts and subscriptions on one Redis server.
+    Commands, scripts and subscriptions on one Redis server (see the
+    module's rules for outages).
 
     @param onMessage: called with C{(pattern, channel, message)} (bytes;
         pattern L{None} for plain subscriptions) for every message.
     @param onResubscribed: called after the subscriber connection came back
         and subscribed again: what was published meanwhile was lost.
+    @param onReconnected: called once both connections are up again after
+        an outage.
+    @param commandTimeout: seconds a command may wait for its answer
+        before its connection is closed (L{COMMAND_TIMEOUT}).
+
+    @ivar downSince: when the current outage began (reactor seconds), or
+        L{None} while both connections are up.
+    @ivar outages: how many outages began.
     """
 
-    def __init__(self, reactor, address, onMessage, onResubscribed=None):
-        self._reactor = reactor
+    retryInitial = RECONNECT_INITIAL
+    retryMax = RECONNECT_MAX
+
+    def __init__(self, reactor, address, onMessage, onResubscribed=None,
+                 onReconnected=None, commandTimeout=COMMAND_TIMEOUT):
+        self.reactor = reactor
         self.host, self.port, self.db, self._password = parseAddress(address)
+        self.address = "%s:%d" % (self.host, self.port)
+        self.commandTimeout = commandTimeout
         self._onMessage = onMessage
         self._onResubscribed = onResubscribed
+        self._onReconnected = onReconnected
         self._commands = None
-        self._service = None
         self._subscriber = None
         self._channels = {}
         self._patterns = {}
         self._ready = None
+        self._watchdog = None
+        self._outstanding = 0
+        self._progress = 0.0
+        self._resyncDue = False
+        self._throttle = LogThrottle(perInterval=5, interval=300.0)
+        self.downSince = None
+        self.outages = 0
 
-    @defer.inlineCallbacks
     def connect(self):
         """
-        Connect both connections; a Deferred firing when both are up.
+        Connect both connections; a Deferred firing when both are up (Redis
+        down at first is waited for), or failing when Redis refuses AUTH or
+        SELECT.
         """
-        self._commands = yield txredisapi.Connection(
-            self.host, self.port, dbid=self.db or None, reconnect=True, charset=None,
-            password=self._password, convertNumbers=False)
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
+        self._commands = _Link(self, "command", endpoint,
+                               _Factory(_Commands, self._password, self.db or None))
+        self._subscriber = _Link(self, "subscriber", endpoint,
+                                 _Factory(_Subscriber, self._password, None))
         self._ready = defer.Deferred()
-        endpoint = HostnameEndpoint(self._reactor, self.host, self.port)
-        self._service = ClientService(endpoint, _SubscriberFactory(self, self._password))
-        self._service.startService()
-        yield self._ready
+        ready = self._ready
+        self._watchdog = LoopingCall(self._checkAnswers)
+        self._watchdog.clock = self.reactor
+        self._watchdog.start(max(0.05, self.commandTimeout / 4.0), now=False)
+        self._commands.start()
+        self._subscriber.start()
 
-    @defer.inlineCallbacks
+        def failed(failure):
+            return self.disconnect().addCallback(lambda _: failure)
+        return ready.addErrback(failed)
+
     def disconnect(self):
         """
-        Close both connections.
+        Close both connections (and stop connecting); a Deferred.  A
+        L{connect} still waiting for Redis fails with L{EngineStopped}.
         """
-        if self._service is not None:
-            service, self._service = self._service, None
-            yield service.stopService()
-        if self._commands is not None:
-            commands, self._commands = self._commands, None
-            yield commands.disconnect()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        links = [link for link in (self._commands, self._subscriber) if link is not None]
+        self._commands = self._subscriber = None
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.errback(EngineStopped("stopped before Redis at %s was reached" % (
+                self.address,)))
+        return defer.gatherResults([link.stop() for link in links], consumeErrors=True)
 
-    def authFailed(self):
+    def retryDelay(self, attempt):
         """
-        The subscriber's AUTH was refused (from its protocol).
+        Seconds before connection attempt C{attempt} (from 1) of an outage.
         """
-        if self._ready is not None and not self._ready.called:
-            self._ready.errback(StorageError("Redis refused the subscriber's AUTH"))
+        delay = min(self.retryMax, self.retryInitial * 2 ** min(attempt - 1, 32))
+        return delay * random.uniform(0.75, 1.25)
 
-    def subscriberReady(self, subscriber):
+    # -- state ----------------------------------------------------------------
+
+    def isDown(self):
         """
-        The subscriber connection is up (first time or again): subscribe
-        to everything again.
+        Whether an outage is going on.
         """
-        self._subscriber = subscriber
-        # Every channel and pattern again, after a reconnection too.
-        done = []
-        if self._channels:
-            done.append(subscriber.subscribe(list(self._channels)))
-        if self._patterns:
-            done.append(subscriber.psubscribe(list(self._patterns)))
-        if self._ready is not None and not self._ready.called:
+        return self.downSince is not None
+
+    def linkUp(self, link):
+        """
+        C{link} (from L{_Link}) is up.
+        """
+        if link is self._subscriber:
+            self._subscribeAll(link.protocol)
+        else:
+            self._resync()
+        if self._commands is None or self._commands.protocol is None or \
+                self._subscriber is None or self._subscriber.protocol is None:
+            return
+        if self._ready is not None:
             ready, self._ready = self._ready, None
-            self._reactor.callLater(0, ready.callback, None)
-        elif self._onResubscribed is not None:
-            log.info("Redis subscriber reconnected to {host}:{port}", host=self.host,
-                     port=self.port)
-            d = defer.gatherResults(done, consumeErrors=True)
-            d.addCallback(lambda _: self._onResubscribed())
-            d.addErrback(lambda f: log.failure("resubscribing failed", f))
+            if self.downSince is not None:
+                self._logBack()
+            self.reactor.callLater(0, ready.callback, None)
+            return
+        if self.downSince is not None:
+            self._logBack()
+            if self._onReconnected is not None:
+                try:
+                    self._onReconnected()
+                except Exception:
+                    log.failure("Redis reconnection handler raised")
 
-    def subscriberLost(self, subscriber):
-        """
-        The subscriber connection went down.
-        """
-        if self._subscriber is subscriber:
-            self._subscriber = None
+    def _logBack(self):
+        seconds = self.reactor.seconds() - self.downSince
+        self.downSince = None
+        throttled(log, self._throttle, self.reactor.seconds(), LogLevel.info, "back",
+                  "Redis at {address} is reachable again after {seconds:.1f} s",
+                  address=self.address, seconds=seconds)
 
-    def messageArrived(self, pattern, channel, message):
+    def linkDown(self, link):
         """
-        A published message reached the subscriber connection.
+        C{link} lost its connection, or an attempt failed.
         """
-        try:
-            self._onMessage(pattern, channel, message)
-        except Exception:
-            log.failure("Redis message handler raised for {channel!r}", channel=channel)
+        if self.downSince is not None:
+            return
+        self.downSince = self.reactor.seconds()
+        self.outages += 1
+        throttled(log, self._throttle, self.downSince, LogLevel.error, "down",
+                  "Redis at {address} is unreachable ({link} connection: {why}): presence, "
+                  "queue and history requests fail until it is back; connecting again "
+                  "every {most:g} s at most", address=self.address, link=link.name,
+                  why=link.lastError, most=self.retryMax)
+
+    def linkRefused(self, link, why):
+        """
+        Redis refused C{link}'s AUTH or SELECT.
+        """
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready.errback(StorageError("Redis at %s refused the %s connection: %s" % (
+                self.address, link.name, why)))
+            return
+        throttled(log, self._throttle, self.reactor.seconds(), LogLevel.error, "refused",
+                  "Redis at {address} refused the {link} connection: {why}",
+                  address=self.address, link=link.name, why=why)
+
+    def problems(self):
+        """
+        What is wrong with the connections now, as sentences (none when
+        both are up).
+        """
+        out = []
+        now = self.reactor.seconds()
+        for link, what in ((self._commands, "commands fail"),
+                           (self._subscriber, "notices from other nodes are lost")):
+            if link is not None and link.protocol is None:
+                since = "" if self.downSince is None else " for %d s" % (now - self.downSince,)
+                out.append("Redis at %s: the %s connection is down%s (%s): %s" % (
+                    self.address, link.name, since, link.lastError or "connecting", what))
+        return out
+
+    def unavailable(self):
+        """
+        The L{StorageUnavailable} (or L{EngineStopped}) a command meets
+        while the command connection is down.
+        """
+        link = self._commands
+        if link is None:
+            return EngineStopped("not connected to Redis")
+        since = self.downSince
+        how = "" if since is None else " for %.1f s" % (self.reactor.seconds() - since,)
+        return StorageUnavailable("Redis at %s is unreachable%s: %s" % (
+            self.address, how, link.lastError or "not connected yet"), self.address, since)
+
+    def _checkAnswers(self):
+        link = self._commands
+        if link is None or link.protocol is None or not self._outstanding:
+            return
+        waited = self.reactor.seconds() - self._progress
+        if waited < self.commandTimeout:
+            return
+        throttled(log, self._throttle, self.reactor.seconds(), LogLevel.error, "slow",
+                  "Redis at {address} answered none of {count} commands for {seconds:.1f} s: "
+                  "closing the connection", address=self.address, count=self._outstanding,
+                  seconds=waited)
+        link.abort("%d commands unanswered for %.1f s" % (self._outstanding, waited))
+
+    # -- commands -------------------------------------------------------------
 
     def call(self, *args):
         """
-        Run one command; a Deferred of its reply.
+        Run one command; a Deferred of its reply, failing with
+        L{StorageUnavailable} while Redis cannot be reached.
         """
-        if self._commands is None:
-            return defer.fail(EngineStopped("not connected to Redis"))
-        return self._commands.execute_command(*args)
+        link = self._commands
+        connection = link.protocol if link is not None else None
+        if connection is None:
+            return defer.fail(self.unavailable())
+        try:
+            d = connection.execute_command(*args)
+        except txredisapi.ConnectionError:
+            return defer.fail(self.unavailable())
+        if not self._outstanding:
+            self._progress = self.reactor.seconds()
+        self._outstanding += 1
+        return d.addBoth(self._answered)
+
+    def _answered(self, result):
+        self._outstanding -= 1
+        self._progress = self.reactor.seconds()
+        if isinstance(result, Failure):
+            if result.check(txredisapi.ConnectionError):
+                return Failure(self.unavailable())
+            if result.check(txredisapi.ResponseError) and \
+                    str(result.value).startswith(_TRANSIENT):
+                return Failure(StorageUnavailable("Redis at %s cannot serve now: %s" % (
+                    self.address, result.value), self.address))
+        return result
 
     def run(self, script, keys, args):
         """
@@ -215,6 +559,52 @@ class RedisClient:
                 return failure
             return self.call("EVAL", script.source, len(keys), *keys, *args)
         return d.addErrback(missing)
+
+    # -- subscriptions --------------------------------------------------------
+
+    def _subscribeAll(self, subscriber):
+        # Every channel and pattern again, after a reconnection too.
+        done = []
+        if self._channels:
+            done.append(subscriber.subscribe(list(self._channels)))
+        if self._patterns:
+            done.append(subscriber.psubscribe(list(self._patterns)))
+        for d in done:
+            d.addErrback(self._subscribeFailed)
+        if self._ready is None and self._onResubscribed is not None:
+            d = defer.gatherResults(done, consumeErrors=True)
+            d.addCallback(self._resubscribed, subscriber)
+
+    def _resubscribed(self, _, subscriber):
+        # Told once the command connection is up too: the handler reads
+        # what the notices lost meanwhile were about.
+        if self._subscriberConnection() is subscriber:
+            self._resyncDue = True
+            self._resync()
+
+    def _resync(self):
+        link = self._commands
+        if not self._resyncDue or link is None or link.protocol is None:
+            return
+        self._resyncDue = False
+        d = defer.maybeDeferred(self._onResubscribed)
+        d.addErrback(self._resyncFailed)
+
+    def _resyncFailed(self, failure):
+        if failure.check(StorageUnavailable):
+            # Down again: done again when it is back.
+            self._resyncDue = True
+            return
+        log.failure("the handler of a resubscription failed", failure)
+
+    def messageArrived(self, pattern, channel, message):
+        """
+        A published message reached the subscriber connection.
+        """
+        try:
+            self._onMessage(pattern, channel, message)
+        except Exception:
+            log.failure("Redis message handler raised for {channel!r}", channel=channel)
 
     @staticmethod
     def _add(table, name):
@@ -230,34 +620,48 @@ class RedisClient:
         table.pop(name, None)
         return count == 1
 
+    @staticmethod
+    def _subscribeFailed(failure):
+        # The connection went meanwhile: the table is subscribed again
+        # when it is back.
+        failure.trap(txredisapi.ConnectionError)
+
+    def _subscriberConnection(self):
+        link = self._subscriber
+        return link.protocol if link is not None else None
+
     def subscribe(self, channel):
         """
         Subscribe to C{channel} (counted); a Deferred.
         """
-        if self._add(self._channels, channel) and self._subscriber is not None:
-            return self._subscriber.subscribe(channel)
+        subscriber = self._subscriberConnection()
+        if self._add(self._channels, channel) and subscriber is not None:
+            return subscriber.subscribe(channel).addErrback(self._subscribeFailed)
         return defer.succeed(None)
 
     def unsubscribe(self, channel):
         """
         Undo one L{subscribe}.
         """
-        if self._remove(self._channels, channel) and self._subscriber is not None:
-            return self._subscriber.unsubscribe(channel)
+        subscriber = self._subscriberConnection()
+        if self._remove(self._channels, channel) and subscriber is not None:
+            return subscriber.unsubscribe(channel).addErrback(self._subscribeFailed)
         return defer.succeed(None)
 
     def psubscribe(self, pattern):
         """
         Subscribe to a glob C{pattern} (counted); a Deferred.
         """
-        if self._add(self._patterns, pattern) and self._subscriber is not None:
-            return self._subscriber.psubscribe(pattern)
+        subscriber = self._subscriberConnection()
+        if self._add(self._patterns, pattern) and subscriber is not None:
+            return subscriber.psubscribe(pattern).addErrback(self._subscribeFailed)
         return defer.succeed(None)
 
     def punsubscribe(self, pattern):
         """
         Undo one L{psubscribe}.
         """
-        if self._remove(self._patterns, pattern) and self._subscriber is not None:
-            return self._subscriber.punsubscribe(pattern)
+        subscriber = self._subscriberConnection()
+        if self._remove(self._patterns, pattern) and subscriber is not None:
+            return subscriber.punsubscribe(pattern).addErrback(self._subscribeFailed)
         return defer.succeed(None)

@@ -18,9 +18,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from muxframe.engines.errors import StorageUnavailable
 from muxframe.engines.interfaces import IBroker, IEngine
 from muxframe.engines.model import Delivery, DeliveryKind, QueueRetention, checkName
-from muxframe.engines.redisconn import RedisClient
+from muxframe.engines.redisconn import COMMAND_TIMEOUT, RedisClient
 from muxframe.engines.redisformat import decodeFrame, encodeFrame
 from muxframe.engines.redishistory import RedisHistory
 from muxframe.engines.redispresence import RedisPresence
@@ -147,12 +148,16 @@ class RedisEngine:
     @param maxKnownDevices: devices with a queue position per entity at
         most (L{muxframe.engines.queuestate}).
     @param maxQueues: queues kept at most (L{RedisQueueStore}).
+    @param commandTimeout: seconds Redis may leave commands unanswered
+        before the connection is closed and made again (their callers get
+        L{StorageUnavailable}).
     """
 
     def __init__(self, address, reactor=None, clock=None, nodeId=None, prefix="muxframe:",
                  retention=QueueRetention(), retentionInterval=10.0, deviceTimeout=30.0,
                  maxDevices=64, maxActivityTtl=60, maxSubscriptions=10000, maxWatchers=100000,
-                 sweepInterval=1.0, maxKnownDevices=1024, maxQueues=1000000):
+                 sweepInterval=1.0, maxKnownDevices=1024, maxQueues=1000000,
+                 commandTimeout=COMMAND_TIMEOUT):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -160,7 +165,8 @@ class RedisEngine:
         self.nodeId = checkName(nodeId or "node-" + uuid.uuid4().hex[:12], "node id")
         self.prefix = prefix
         self.retentionInterval = retentionInterval
-        self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed)
+        self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed,
+                                  commandTimeout=commandTimeout)
         self.broker = RedisBroker(self.client, prefix, self.nodeId)
         self.queues = RedisQueueStore(self.client, prefix, self._clock, retention,
                                       maxKnownDevices=maxKnownDevices, maxQueues=maxQueues)
@@ -194,6 +200,14 @@ class RedisEngine:
         # watchers are told the last offset, so they fetch what they missed.
         return self.queues.resync()
 
+    def problems(self):
+        """
+        What keeps the engine from working fully now (a connection to
+        Redis down, at start too), as sentences for an operator; empty when
+        all is well.
+        """
+        return self.client.problems()
+
     @defer.inlineCallbacks
     def start(self):
         """
@@ -220,6 +234,9 @@ class RedisEngine:
                                          "NX", "PX", int(self.retentionInterval * 1000))
             if won:
                 yield self.queues.applyRetention()
+        except StorageUnavailable:
+            # The client logged the outage; the next pass does the work.
+            pass
         except Exception:
             log.failure("retention pass failed")
 
@@ -231,6 +248,8 @@ class RedisEngine:
         disconnects them.
         """
         if not self.running:
+            # Perhaps still waiting for Redis to start: stop that.
+            yield self.client.disconnect()
             return
         self.running = False
         yield self.presence.stop()

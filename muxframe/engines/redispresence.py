@@ -25,7 +25,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from muxframe.engines.errors import EngineUsageError, LimitExceeded, SubscriptionError
+from muxframe.engines.errors import (
+    EngineUsageError, LimitExceeded, StorageUnavailable, SubscriptionError)
 from muxframe.engines.interfaces import IPresenceManager
 from muxframe.engines.model import (
     EntityPresence, Location, LocationSharing, NoticeKind, PresenceNotice, Status,
@@ -428,6 +429,10 @@ class RedisPresence:
                 entity, device = entity.decode("utf-8"), device.decode("utf-8")
                 yield self._publish(self._changeNotices(entity, device, version, devices,
                                                         visibility, watchers, now))
+        except StorageUnavailable:
+            # The client logged the outage; the next sweep after it does
+            # the work.
+            pass
         except Exception:
             log.failure("presence sweep failed")
 
