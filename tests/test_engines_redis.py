@@ -432,3 +432,52 @@ class RedisDownAtStartTests(unittest.TestCase):
         yield eventually(lambda: engine.client._commands.attempts >= 1, what="an attempt")
         yield engine.stop()
         yield self.assertFailure(started, EngineStopped)
+
+
+class RedisAcknowledgeOutageTests(unittest.TestCase):
+    """
+    An acknowledgement that failed because Redis went down (killed with
+    SIGKILL between its steps: the position read, then the receipts, then
+    the position saved) changed nothing a later one relies on: made again
+    once Redis is back, it saves the position and sends the receipt.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_retriedAfterOutage(self):
+        from muxframe.engines.errors import StorageUnavailable
+        from muxframe.engines.model import Address, QueueMessage, ReceiptKind
+        from tests.engine_contract import eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        queues = engine.queues
+        for n in range(3):
+            yield queues.append("alice", QueueMessage("m%d" % n, b"x", Address("bob", "b"), True))
+        yield queues.acknowledge("alice", "phone", 1, ReceiptKind.DELIVERED)
+        call = engine.client.call
+
+        def killedAfterPosition(*args):
+            d = call(*args)
+            if args[1] in (redisqueues.POSITION.sha, redisqueues.POSITION.source):
+                # Redis dies once it answered the position read.
+                d.addCallback(lambda reply: (server.kill(), reply)[1])
+            return d
+        self.patch(engine.client, "call", killedAfterPosition)
+        yield self.assertFailure(queues.acknowledge("alice", "phone", 2, ReceiptKind.DELIVERED),
+                                 StorageUnavailable)
+        self.assertFalse(server.process)
+        self.patch(engine.client, "call", call)
+        server.startAgain()
+        yield eventually(lambda: not engine.problems(), timeout=30, what="reconnected")
+        position = yield queues.acknowledge("alice", "phone", 2, ReceiptKind.DELIVERED)
+        self.assertEqual(position.delivered, 2)
+        stored = yield engine.client.call("HGET", "muxframe:q:{alice}:pos", "phone")
+        self.assertEqual(stored, b"2 0")
+        receipts = yield queues.fetch("bob", 1)
+        self.assertEqual([(r.receipt.offset, r.receipt.kind) for r in receipts],
+                         [(1, ReceiptKind.DELIVERED), (2, ReceiptKind.DELIVERED)])

@@ -599,7 +599,16 @@ class RedisQueueStore:
                 # one's receipts.
                 return receipts.addCallback(lambda _: self._client.run(
                     SAVE_POSITION, keys, [device, saved[0], saved[1]]))
-            value = yield self._acks.after((entity, device), save)
+            try:
+                value = yield self._acks.after((entity, device), save)
+            except Exception:
+                # The tracker moved on, but Redis may not have (it went
+                # down between the steps): the next acknowledgement starts
+                # from what Redis has, so this one, made again, is saved
+                # and sends its receipts (those sent are deduplicated).
+                if self._trackers.get((entity, device)) is tracker:
+                    del self._trackers[(entity, device)]
+                raise
             if value is None:
                 # Forgotten meanwhile (it stays so).
                 stored = saved
