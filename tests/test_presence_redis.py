@@ -202,3 +202,64 @@ class TwoNodeTests(TestCase):
         yield settle()
         self.assertEqual([m.id for m in alice.messages], ["m%03d" % n for n in range(200)])
         self.assertEqual(again.bound.identity.node, "node-b")
+
+
+class RedisOutageNodeTests(TestCase):
+    """
+    A C{twistd -n muxframe xtmp} node whose Redis is killed with SIGKILL
+    and started again on the same port, with its data: meanwhile clients'
+    queue and presence requests are refused at once with STORAGE_FAILED
+    naming Redis and why, the node logs the outage once and no traceback;
+    afterwards the node serves again by itself, and nothing stored before
+    was lost.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_redisKilled(self):
+        from muxframe.xtmp import PeerError
+        redis = RedisServer(appendonly=True).start()
+        self.addCleanup(redis.stop)
+        directory = os.path.abspath(self.mktemp())
+        process, port = yield startServer(self, directory, storage={
+            "engine": "redis", "address": redis.address, "node_id": "node-a",
+            "device_timeout": 3, "sweep_interval": 0.5, "announce_interval": 0.5})
+        alice = yield connectPeer(self, port, ALICE, "phone")
+        bob = yield connectPeer(self, port, BOB, "laptop")
+        yield bob.client.send("alice", b"before", messageId="m1")
+        yield eventually(lambda: len(alice.messages) == 1)
+        logged = len(process.text())
+        redis.kill()
+        where = "Redis at 127.0.0.1:%d" % (redis.port,)
+        refused = []
+        for _ in range(100):
+            try:
+                yield bob.client.presence("alice")
+            except PeerError as e:
+                refused.append(e)
+                break
+            yield deferLater(reactor, 0.05)
+        self.assertTrue(refused, "never refused")
+        requests = [bob.client.send("alice", b"lost", messageId="m2"),
+                    bob.client.setStatus(Status.AWAY), bob.client.presence("alice"),
+                    bob.client.requestSubscription("alice")]
+        for d in requests:
+            d.addTimeout(30, reactor)
+            e = yield self.assertFailure(d, PeerError)
+            self.assertEqual(e.code, XTMPErrorCode.STORAGE_FAILED)
+            self.assertIn(where, e.reason)
+            self.assertIn("unreachable", e.reason)
+        redis.startAgain()
+        for _ in range(300):
+            try:
+                sent = yield bob.client.send("alice", b"after", messageId="m3")
+                break
+            except PeerError:
+                yield deferLater(reactor, 0.1)
+        self.assertEqual(sent.signal_offset, 2)
+        yield eventually(lambda: [m.id for m in alice.messages] == ["m1", "m3"])
+        outage = process.text()[logged:]
+        self.assertNotIn("Traceback", outage)
+        self.assertEqual(outage.count("is unreachable"), 1, outage)
+        self.assertEqual(outage.count("is reachable again"), 1, outage)

@@ -56,6 +56,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from muxframe.logthrottle import logger
+from muxframe.engines.errors import StorageUnavailable
 from muxframe.engines.model import DeliveryKind
 from muxframe.server.errors import Refusal
 from muxframe.server.hub import Delivery
@@ -476,8 +477,15 @@ class ClusterEngine:
 
     def _send(self, method, *args):
         d = method(*args)
-        d.addErrback(lambda f: log.failure("cluster frame not sent", f))
+        d.addErrback(self._sendFailedQuietly)
         return d
+
+    @staticmethod
+    def _sendFailedQuietly(failure):
+        # An outage of the engine's Redis is logged once by the engine; a
+        # frame lost meanwhile is one announcement or publication less.
+        if not failure.check(StorageUnavailable):
+            log.failure("cluster frame not sent", failure)
 
     def stats(self):
         """

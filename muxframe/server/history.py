@@ -38,7 +38,7 @@ from muxframe.messaging.wire import (
     HISTORY_PUBLICATION, HISTORY_RESET, HISTORY_RESPONSE, HISTORY_SUBSCRIBE,
     HISTORY_UNSUBSCRIBE, StanzaType)
 from muxframe.server.errors import BadSubject, Refusal
-from muxframe.server.storage import raiseRefusal, refusalFor
+from muxframe.server.storage import logEngineFailure, raiseRefusal, refusalFor
 from muxframe.server.subjects import matches, tokens
 from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode
 
@@ -252,8 +252,8 @@ class HistorySubjects:
 
         def failed(failure):
             self.counters["storeFailures"] += 1
-            log.failure("history of {subject!r} not stored; delivered without it",
-                        failure, subject=delivery.subject)
+            logEngineFailure(log, failure, "history of {subject!r} not stored; delivered "
+                             "without it", subject=delivery.subject)
             return delivery
         return d.addCallbacks(stored, failed)
 

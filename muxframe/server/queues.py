@@ -54,7 +54,7 @@ from muxframe.messaging.wire import (
     ACK, DEVICE, INT32, INT64, PUSH, RECEIVER, RESPONSE, RESUME, SENDER, UINT64,
     StanzaType, encodeField)
 from muxframe.server.errors import Refusal
-from muxframe.server.storage import raiseRefusal, refusalFor
+from muxframe.server.storage import logEngineFailure, raiseRefusal, refusalFor
 from muxframe.server.turnbatch import TurnBatch
 from muxframe.xtmp.errors import XTMPErrorCode
 
@@ -224,7 +224,8 @@ class DevicePump:
 
     def _failed(self, failure, generation):
         self.fetching = False
-        log.failure("queue fetch for {entity} failed", failure, entity=self.binding.entity)
+        logEngineFailure(log, failure, "queue fetch for {entity} failed",
+                         entity=self.binding.entity)
         if not self.stopped and self._retry is None:
             self._retry = self.handlers.storage.reactor.callLater(1.0, self._again)
 

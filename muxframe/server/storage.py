@@ -29,7 +29,10 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
   - Engine failures answer the message that met them: a malformed or
     refused request is BAD_REQUEST (so is an acknowledgement past a gap
     when the most are held already: the client's fault), a limit BUSY, a
-    storage failure STORAGE_FAILED; nothing is half stored.
+    storage failure STORAGE_FAILED; nothing is half stored.  An outage of
+    the storage (Redis down: L{StorageUnavailable}) is STORAGE_FAILED with
+    the engine's words (which Redis, since when, why) and no traceback per
+    request or per background step: the engine logs the outage once.
 """
 
 import struct
@@ -41,7 +44,7 @@ from twisted.internet.task import LoopingCall
 from muxframe.logthrottle import logger
 from muxframe.engines import makeEngine
 from muxframe.engines.errors import (
-    ConfigError as EngineConfigError, EngineUsageError, LimitExceeded)
+    ConfigError as EngineConfigError, EngineUsageError, LimitExceeded, StorageUnavailable)
 from muxframe.engines.model import Status, checkName
 from muxframe.engines.presence import checkPresenceStatus
 from muxframe.messaging import wire
@@ -103,9 +106,23 @@ def refusalFor(failure):
         return Refusal(str(error), XTMPErrorCode.BUSY)
     if isinstance(error, (EngineUsageError, wire.WireError)):
         return Refusal(str(error), XTMPErrorCode.BAD_REQUEST)
+    if isinstance(error, StorageUnavailable):
+        return Refusal("the storage is unavailable: %s" % (error,),
+                       XTMPErrorCode.STORAGE_FAILED)
     log.failure("storage failed", failure)
     return Refusal("the storage engine failed: %s" % (type(error).__name__,),
                    XTMPErrorCode.STORAGE_FAILED)
+
+
+def logEngineFailure(logger, failure, what, **fields):
+    """
+    Log through C{logger} the failure of engine work no request waits for
+    (a presence refresh, a queue fetch, a history record, a cluster
+    frame): with its traceback, unless it is an outage of the storage
+    (L{StorageUnavailable}), which the engine logs once for all.
+    """
+    if not failure.check(StorageUnavailable):
+        logger.failure(what, failure, **fields)
 
 
 def raiseRefusal(failure):
@@ -565,7 +582,7 @@ class Storage:
             binding.online = False
             self.track(self.engine.presence.disconnect(
                 binding.entity, binding.device, self.nodeId)).addErrback(
-                    lambda f: log.failure("presence disconnect failed", f))
+                    lambda f: logEngineFailure(log, f, "presence disconnect failed"))
 
     # -- liveness --------------------------------------------------------------
 
@@ -590,18 +607,22 @@ class Storage:
                     self.counters["missedPings"] += 1
                     log.info("device {entity}/{device} missed {count} pings: offline",
                              entity=entity, device=device, count=self.missedPings)
-                    self.track(presence.disconnect(entity, device, self.nodeId))
+                    self.track(presence.disconnect(entity, device, self.nodeId)).addErrback(
+                        lambda f: logEngineFailure(log, f, "presence disconnect failed"))
                 else:
                     binding.heard = last
                     refreshed.append(self._refresh(binding))
             elif last > binding.heard:
                 binding.heard = last
                 binding.online = True
+                # (If it fails, the next refresh finds the device offline
+                # in the engine and connects it.)
                 self.track(presence.connect(entity, device, binding.status,
-                                             binding.details))
+                                             binding.details)).addErrback(
+                    lambda f: logEngineFailure(log, f, "presence connect failed"))
         if refreshed:
             return gatherResults(refreshed, consumeErrors=True).addErrback(
-                lambda f: log.failure("presence refresh failed", f.value.subFailure))
+                lambda f: logEngineFailure(log, f.value.subFailure, "presence refresh failed"))
         return None
 
     def _refresh(self, binding):
