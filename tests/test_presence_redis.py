@@ -57,6 +57,21 @@ class TwoNodeTests(TestCase):
         return self.nodes[name][1]
 
     @defer.inlineCallbacks
+    def test_helloOnceConnected(self):
+        """
+        Each node says HELLO once its Redis engine is connected (before, at
+        start-up, the HELLO and the first announcement were sent through an
+        engine not yet connected, lost, and logged as failures): each node
+        learns the other, and neither logs a lost cluster frame.
+        """
+        processes = [self.nodes[name][0] for name in ("a", "b")]
+        yield eventually(lambda: all("joined the cluster table" in p.text()
+                                     for p in processes), what="both nodes joined")
+        for process in processes:
+            self.assertNotIn("cluster frame not sent", process.text())
+            self.assertNotIn("Traceback", process.text())
+
+    @defer.inlineCallbacks
     def test_presenceAndMessagesAcrossNodes(self):
         """
         Carol on A watches alice on B: the approval, alice's devices and

@@ -147,13 +147,17 @@ class ClusterEngine:
     @param broker: the storage engine's L{IBroker} (C{engine.broker}).
     @param clock: an C{IReactorTime}.
     @param announceInterval: seconds between membership announcements.
+    @param waitForStart: say HELLO (and announce) when L{engineStarted} is
+        called, not at L{attach}: the storage engine carrying the frames
+        may not be connected yet when the broker is built.
     """
 
-    def __init__(self, broker, clock, announceInterval=2.0):
+    def __init__(self, broker, clock, announceInterval=2.0, waitForStart=False):
         self.upstream = broker
         self.nodeId = broker.nodeId
         self.clock = clock
         self.announceInterval = announceInterval
+        self.waitForStart = waitForStart
         self.table = Sublist(4096)
         self.nodes = {}
         self.appHandlers = {}
@@ -180,6 +184,18 @@ class ClusterEngine:
         self._announcer = LoopingCall(self._tick)
         self._announcer.clock = self.clock
         self._announcer.start(self.announceInterval, now=False)
+        if not self.waitForStart:
+            self._hello()
+
+    def engineStarted(self):
+        """
+        The storage engine is connected (with C{waitForStart}): say HELLO,
+        so the other nodes announce at once, and announce this node.
+        """
+        if self._broker is not None:
+            self._hello()
+
+    def _hello(self):
         self._send(self.upstream.broadcast, bytes((HELLO,)))
         self._announce()
 

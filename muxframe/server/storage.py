@@ -204,7 +204,8 @@ class Storage:
         self.keeperInterval = max(0.05, min(self.heartbeatInterval / 2.0,
                                             deviceTimeout / 3.0))
         self.cluster = ClusterEngine(engine.broker, reactor,
-                                     config["storage.announce_interval"]) \
+                                     config["storage.announce_interval"],
+                                     waitForStart=True) \
             if clustered else None
         if self.cluster is not None:
             self.cluster.appHandlers[TAKE_DEVICE] = self._takeDeviceFrame
@@ -300,6 +301,8 @@ class Storage:
             self._keeper = LoopingCall(self._keep)
             self._keeper.clock = self.reactor
             self._keeper.start(self.keeperInterval, now=False)
+            if self.cluster is not None:
+                self.cluster.engineStarted()
             log.info("storage: {kind} engine, node {node}", node=self.nodeId,
                      kind=self.config["storage.engine"])
             return self
