@@ -224,9 +224,9 @@ class RedisOutageNodeTests(TestCase):
     A C{twistd -n muxframe xtmp} node whose Redis is killed with SIGKILL
     and started again on the same port, with its data: meanwhile clients'
     queue and presence requests are refused at once with STORAGE_FAILED
-    naming Redis and why, the node logs the outage once and no traceback;
-    afterwards the node serves again by itself, and nothing stored before
-    was lost.
+    naming Redis and why, the node logs the outage once and no traceback,
+    and its C{/health} is degraded (503) naming Redis; afterwards the node
+    serves again by itself, healthy, and nothing stored before was lost.
     """
 
     timeout = 120
@@ -234,12 +234,21 @@ class RedisOutageNodeTests(TestCase):
     @defer.inlineCallbacks
     def test_redisKilled(self):
         from muxframe.xtmp import PeerError
+        from tests.adminsupport import Admin, writeToken
         redis = RedisServer(appendonly=True).start()
         self.addCleanup(redis.stop)
         directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        writeToken(directory)
+        adminPort = freePort()
         process, port = yield startServer(self, directory, storage={
             "engine": "redis", "address": redis.address, "node_id": "node-a",
-            "device_timeout": 3, "sweep_interval": 0.5, "announce_interval": 0.5})
+            "device_timeout": 3, "sweep_interval": 0.5, "announce_interval": 0.5},
+            extra={"admin": {"endpoint": "tcp:%d:interface=127.0.0.1" % (adminPort,),
+                             "token_file": "admin.token"}})
+        admin = Admin(adminPort)
+        code, health, _ = yield admin.get("/health")
+        self.assertEqual((code, health["status"]), (200, "healthy"), health)
         alice = yield connectPeer(self, port, ALICE, "phone")
         bob = yield connectPeer(self, port, BOB, "laptop")
         yield bob.client.send("alice", b"before", messageId="m1")
@@ -265,6 +274,9 @@ class RedisOutageNodeTests(TestCase):
             self.assertEqual(e.code, XTMPErrorCode.STORAGE_FAILED)
             self.assertIn(where, e.reason)
             self.assertIn("unreachable", e.reason)
+        code, health, _ = yield admin.get("/health")
+        self.assertEqual((code, health["status"]), (503, "degraded"), health)
+        self.assertTrue(any(where in reason for reason in health["reasons"]), health)
         redis.startAgain()
         for _ in range(300):
             try:
@@ -274,6 +286,8 @@ class RedisOutageNodeTests(TestCase):
                 yield deferLater(reactor, 0.1)
         self.assertEqual(sent.signal_offset, 2)
         yield eventually(lambda: [m.id for m in alice.messages] == ["m1", "m3"])
+        code, health, _ = yield admin.get("/health")
+        self.assertEqual((code, health["status"]), (200, "healthy"), health)
         outage = process.text()[logged:]
         self.assertNotIn("Traceback", outage)
         self.assertEqual(outage.count("is unreachable"), 1, outage)

@@ -80,13 +80,17 @@ class XTMPStatus(RoleStatus):
 
     @param server: the L{XTMPServer}.
     @param config: its L{ServerConfig}.
+    @param storage: its L{muxframe.server.storage.Storage}, or L{None}:
+        what keeps the storage from working (Redis down) makes the role
+        degraded.
     """
 
     role = "xtmp"
 
-    def __init__(self, server, config, reactor):
+    def __init__(self, server, config, reactor, storage=None):
         self.server = server
         self.config = config
+        self.storage = storage
         self.tally = SessionTally(server.registry, reactor)
         RoleStatus.__init__(self, reactor)
 
@@ -110,6 +114,8 @@ class XTMPStatus(RoleStatus):
                 reasons.append("%d messages of type %s waiting (queue %d)"
                                % (gate.queued, typeLabel(messageType),
                                   gate.queueLimit))
+        if self.storage is not None:
+            reasons.extend(self.storage.problems())
         return reasons
 
     def _liveCounters(self):

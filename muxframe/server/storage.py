@@ -665,6 +665,17 @@ class Storage:
             return False
         return True
 
+    def problems(self):
+        """
+        What keeps the storage from working now (the engine's
+        C{problems()}: a Redis connection down, at start-up too), as
+        sentences for the health report; empty when all is well.
+        """
+        problems = getattr(self.engine, "problems", None)
+        if problems is None:
+            return []
+        return ["storage: %s" % (p,) for p in problems()]
+
     def stats(self):
         """
         Counters and sizes for operators.

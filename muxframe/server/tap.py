@@ -156,7 +156,8 @@ def makeService(options, reactor=None):
     role.setName("muxframe-xtmp")
     main.setServiceParent(role)
     role.server = main.server
-    role.operate(XTMPStatus(main.server, options.config, reactor),
+    role.operate(XTMPStatus(main.server, options.config, reactor,
+                            storage=main.storage),
                  options.operatorSettings, reactor, options)
     if role.admin is not None:
         # SIGHUP re-reads the admin tokens too (a leaked one is revoked
