@@ -134,7 +134,8 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         self.clock.advance(61)
         yield e.queues.applyRetention()
         keys = yield e.client.call("KEYS", "muxframe:q*")
-        self.assertEqual(sorted(keys), [b"muxframe:q:{alice}:meta"])
+        # q:base: one key for every queue (RedisDataLossTests).
+        self.assertEqual(sorted(keys), [b"muxframe:q:base", b"muxframe:q:{alice}:meta"])
         appended = yield e.queues.append("alice", self.message(2, receipts=False))
         self.assertEqual(appended.offset, 2)
         appended = yield e.queues.append("name-7", self.message(2, receipts=False))
@@ -481,3 +482,101 @@ class RedisAcknowledgeOutageTests(unittest.TestCase):
         receipts = yield queues.fetch("bob", 1)
         self.assertEqual([(r.receipt.offset, r.receipt.kind) for r in receipts],
                          [(1, ReceiptKind.DELIVERED), (2, ReceiptKind.DELIVERED)])
+
+
+class RedisDataLossTests(unittest.TestCase):
+    """
+    Redis killed and started again empty under a running engine: the
+    engine notices once, and every queue's offsets go on above those
+    handed out before, so a consumer that had records up to some offset
+    (a live pump's cursor, a client's last delivered) does not take the
+    new ones for them.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_restartedEmpty(self):
+        from twisted.logger import LogLevel
+        from muxframe.engines.model import Address, QueueMessage, ReceiptKind
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        events = _Events(self, "muxframe.engines.redisqueues")
+        heard = []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        queues = engine.queues
+        for n in range(3):
+            appended = yield queues.append("alice", QueueMessage("m%d" % n, b"x"))
+        self.assertEqual(appended.offset, 3)
+        yield queues.position("alice", "phone")
+        yield queues.acknowledge("alice", "phone", 3, ReceiptKind.DELIVERED)
+        server.kill()
+        server.startAgain(keepData=False)
+        yield eventually(lambda: not engine.problems() and events.events, timeout=30,
+                         what="the data loss noticed")
+        first = yield queues.append("alice", QueueMessage("n0", b"y", Address("bob", "b")))
+        second = yield queues.append("bob", QueueMessage("n1", b"z"))
+        self.assertGreater(first.offset, 3)
+        self.assertGreater(second.offset, 3)
+        # A consumer fetching on from what it had finds the new record.
+        records = yield queues.fetch("alice", 4)
+        self.assertEqual([(r.offset, r.messageId) for r in records], [(first.offset, "n0")])
+        yield eventually(lambda: heard[-1:] == [first.offset], what="the watch")
+        position = yield queues.position("alice", "phone")
+        self.assertEqual(position.nextOffset, first.offset + 1)
+        position = yield queues.acknowledge("alice", "phone", first.offset, ReceiptKind.DELIVERED)
+        self.assertEqual(position.delivered, first.offset)
+        again = yield queues.append("alice", QueueMessage("n2", b"w"))
+        self.assertEqual(again.offset, first.offset + 1)
+        self.assertEqual(len(events.formats(LogLevel.critical)), 1, events.events)
+        self.assertIn("lost its data", events.formats(LogLevel.critical)[0])
+
+    @defer.inlineCallbacks
+    def test_forgottenQueueStartsAfterBase(self):
+        """
+        A queue nobody bound, forgotten by a retention pass (its meta
+        deleted), starts again after the base: at 1 on a Redis that never
+        lost its data, above every earlier offset after a loss (flushed
+        here).  A message refused at C{maxQueues} notices the loss too.
+        """
+        from twisted.logger import LogLevel
+        from muxframe.engines.errors import LimitExceeded
+        from muxframe.engines.model import QueueMessage, QueueRetention
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, retention=QueueRetention(
+            maxAge=None, maxMessages=0, deleteAcknowledged=False))
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        events = _Events(self, "muxframe.engines.redisqueues")
+        queues = engine.queues
+        for n in range(3):
+            appended = yield queues.append("carol", QueueMessage("m%d" % n, b"x"))
+        self.assertEqual(appended.offset, 3)
+        yield queues.applyRetention()
+        self.assertEqual((yield engine.client.call("EXISTS", "muxframe:q:{carol}:meta")), 0)
+        appended = yield queues.append("carol", QueueMessage("m3", b"x"))
+        self.assertEqual(appended.offset, 1)
+        yield engine.client.call("FLUSHALL")
+        queues.maxQueues = 0
+        yield self.assertFailure(queues.append("dave", QueueMessage("d0", b"x")),
+                                 LimitExceeded)
+        self.assertEqual(queues.dataLosses, 1)
+        base = int((yield engine.client.call("GET", "muxframe:q:base")))
+        self.assertGreater(base, 3)
+        queues.maxQueues = 10
+        appended = yield queues.append("carol", QueueMessage("m4", b"x"))
+        self.assertEqual(appended.offset, base + 1)
+        yield queues.applyRetention()
+        self.assertEqual((yield engine.client.call("EXISTS", "muxframe:q:{carol}:meta")), 0)
+        appended = yield queues.append("carol", QueueMessage("m5", b"x"))
+        self.assertEqual(appended.offset, base + 1)
+        records = yield queues.fetch("carol", 1)
+        self.assertEqual([(r.offset, r.messageId) for r in records], [(base + 1, "m5")])
+        self.assertEqual(queues.dataLosses, 1)
+        self.assertEqual(len(events.formats(LogLevel.critical)), 1, events.events)

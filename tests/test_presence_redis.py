@@ -292,3 +292,52 @@ class RedisOutageNodeTests(TestCase):
         self.assertNotIn("Traceback", outage)
         self.assertEqual(outage.count("is unreachable"), 1, outage)
         self.assertEqual(outage.count("is reachable again"), 1, outage)
+
+    @defer.inlineCallbacks
+    def test_redisRestartedEmpty(self):
+        """
+        The node's Redis is killed and started again without its data
+        (no appendonly): alice's live session is online again in the new
+        Redis (her session re-publishes it), and a message sent to her
+        afterwards reaches that session and, sent while she is away, her
+        next one: the new offsets go on above those her client already had
+        (before, they started at 1 again, and the client dropped them as
+        already delivered, acknowledging them).
+        """
+        from muxframe.xtmp import PeerError
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        directory = os.path.abspath(self.mktemp())
+        process, port = yield startServer(self, directory, storage={
+            "engine": "redis", "address": redis.address, "node_id": "node-a",
+            "device_timeout": 3, "sweep_interval": 0.5, "announce_interval": 0.5})
+        alice = yield connectPeer(self, port, ALICE, "phone")
+        bob = yield connectPeer(self, port, BOB, "laptop")
+        for n in range(3):
+            yield bob.client.send("alice", b"before", messageId="m%d" % n)
+        yield eventually(lambda: len(alice.messages) == 3)
+        redis.kill()
+        redis.startAgain(keepData=False)
+        for _ in range(300):
+            try:
+                sent = yield bob.client.send("alice", b"after", messageId="n1")
+                break
+            except PeerError:
+                yield deferLater(reactor, 0.1)
+        self.assertGreater(sent.signal_offset, 3)
+        yield eventually(lambda: [m.id for m in alice.messages][3:] == ["n1"], timeout=20,
+                         what="n1 pushed to alice's live session")
+        devices = []
+        for _ in range(100):
+            info = yield alice.client.presence("alice")
+            devices = [d.device for d in info.devices]
+            if devices:
+                break
+            yield deferLater(reactor, 0.1)
+        self.assertEqual(devices, ["phone"])
+        yield alice.close()
+        yield bob.client.send("alice", b"away", messageId="n2")
+        again = yield connectPeer(self, port, ALICE, "phone", client=alice.client)
+        yield eventually(lambda: [m.id for m in again.messages] == ["n2"], timeout=20,
+                         what="n2 on alice's next session")
+        self.assertEqual(process.text().count("lost its data"), 1)

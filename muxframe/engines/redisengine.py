@@ -166,7 +166,7 @@ class RedisEngine:
         self.prefix = prefix
         self.retentionInterval = retentionInterval
         self.client = RedisClient(reactor, address, self._dispatch, self._resubscribed,
-                                  commandTimeout=commandTimeout)
+                                  self._reconnected, commandTimeout=commandTimeout)
         self.broker = RedisBroker(self.client, prefix, self.nodeId)
         self.queues = RedisQueueStore(self.client, prefix, self._clock, retention,
                                       maxKnownDevices=maxKnownDevices, maxQueues=maxQueues)
@@ -208,6 +208,12 @@ class RedisEngine:
         """
         return self.client.problems()
 
+    def _reconnected(self):
+        # Redis may have come back empty.
+        d = self.queues.checkBase()
+        d.addErrback(lambda f: None if f.check(StorageUnavailable) else log.failure(
+            "checking Redis for a data loss failed", f))
+
     @defer.inlineCallbacks
     def start(self):
         """
@@ -217,6 +223,7 @@ class RedisEngine:
             log.warn("hiredis is not installed: txredisapi parses replies in Python, one "
                      "reactor turn per element (pip install 'muxframe[redis]')")
         yield self.client.connect()
+        yield self.queues.initialize()
         yield self.broker.start()
         self.presence.start()
         if self.retentionInterval:

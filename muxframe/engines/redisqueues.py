@@ -19,7 +19,17 @@ Keys (P: the engine's prefix, E: the entity):
    retention pass that leaves a queue with neither takes it out, deletes
    its stream and dedup hash, and its meta too if no device ever
    registered (nobody used the name): a message to it later starts again
-   at offset 1, as no position or receipt refers to its offsets.
+   after C{P q:base} (at offset 1 unless Redis once lost its data under
+   running nodes), as no position or receipt refers to its offsets.
+ - C{P q:base}: the offset a new queue starts after: 0, set by the first
+   engine started on an empty Redis.  When it is missing under running
+   nodes, Redis lost its data (restarted empty, flushed): the first
+   append (or the reconnection after the outage, L{RedisQueueStore.checkBase})
+   sets it to the time in ms x 1000, so every queue's offsets go on above
+   any offset handed out before the loss (in practice: a queue would need
+   more than 1,000 appends per millisecond since then to reach it) and a
+   client's "already delivered up to" never swallows new records.  As
+   presence versions, such offsets stay below 2**53 until the year 2255.
  - Channel C{P qn:E}: the offset of every append, for watches on any node.
 
 Appends, positions and retention are Lua scripts, atomic in Redis.  An
@@ -51,10 +61,19 @@ from muxframe.engines.redispresence import presenceBase
 from muxframe.engines.watches import WatchList
 from muxframe.logthrottle import LogThrottle, throttled
 
-# ARGV[11]: maxQueues, or -1 (the batch was admitted, ADMIT): a message to
-# an entity not in KEYS[4] is refused ({-1, queues kept, 0}) when as many
-# are kept.
+# KEYS: stream, meta, dedup, queues, base.  ARGV[11]: maxQueues, or -1 (the
+# batch was admitted, ADMIT): a message to an entity not in KEYS[4] is
+# refused ({-1, queues kept, 0, reset}) when as many are kept.  Reply:
+# offset, stamp, duplicate, reset (whether the base was missing, Redis lost
+# its data, and was set: checked first, so a duplicate or a refusal tells
+# too).  A queue without meta (new, or forgotten by a retention pass) starts
+# after the base.
 APPEND = Script("append", """
+local base, reset = redis.call('GET', KEYS[5]), 0
+if not base then
+  base, reset = string.format('%d', tonumber(ARGV[7]) * 1000), 1
+  redis.call('SET', KEYS[5], base)
+end
 local existing = redis.call('HGET', KEYS[3], ARGV[1])
 if existing then
   local first = tonumber(redis.call('HGET', KEYS[2], 'first') or '1')
@@ -64,7 +83,7 @@ if existing then
     if e[1] then
       local f = e[1][2]
       for i = 1, #f, 2 do
-        if f[i] == 't' then return {tonumber(existing), tonumber(f[i + 1]), 1} end
+        if f[i] == 't' then return {tonumber(existing), tonumber(f[i + 1]), 1, reset} end
       end
     end
   end
@@ -72,20 +91,27 @@ end
 local most = tonumber(ARGV[11])
 if most >= 0 and redis.call('SISMEMBER', KEYS[4], ARGV[10]) == 0 then
   local kept = redis.call('SCARD', KEYS[4])
-  if kept >= most then return {-1, kept, 0} end
+  if kept >= most then return {-1, kept, 0, reset} end
 end
-local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or base)
 local stamp = math.max(tonumber(ARGV[7]), tonumber(redis.call('HGET', KEYS[2], 'stamp') or '0'))
 local offset = string.format('%d', last + 1)
 stamp = string.format('%d', stamp)
 redis.call('XADD', KEYS[1], offset .. '-0', 'k', ARGV[2], 'f', ARGV[3], 'm', ARGV[4],
            'se', ARGV[5], 'sd', ARGV[6], 't', stamp, 'p', ARGV[8], 'h', ARGV[1])
 redis.call('HSET', KEYS[2], 'last', offset, 'stamp', stamp)
-redis.call('HSETNX', KEYS[2], 'first', '1')
+redis.call('HSETNX', KEYS[2], 'first', string.format('%d', tonumber(base) + 1))
 redis.call('HSET', KEYS[3], ARGV[1], offset)
 redis.call('SADD', KEYS[4], ARGV[10])
 redis.call('PUBLISH', ARGV[9], offset)
-return {tonumber(offset), tonumber(stamp), 0}
+return {tonumber(offset), tonumber(stamp), 0, reset}
+""")
+
+# KEYS: base.  ARGV: the value for a Redis that had none (0 at the first
+# start, the time in ms x 1000 after a data loss).  Reply: 1 if it was set.
+BASE = Script("queueBase", """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+return 0
 """)
 
 # KEYS: pos, meta, seen, the entity's online devices (presence); ARGV:
@@ -381,6 +407,33 @@ class RedisQueueStore:
         self._trackers = {}
         self._acks = SerialChains()
         self._watches = WatchList(self._firstWatch, self._lastWatch)
+        self._baseKey = prefix + "q:base"
+        self.dataLosses = 0
+
+    def initialize(self):
+        """
+        At the engine's start: a Redis with no base yet (an empty one)
+        starts its queues at offset 1; a Deferred.
+        """
+        return self._client.run(BASE, [self._baseKey], [0])
+
+    def checkBase(self):
+        """
+        After an outage: if Redis lost its data meanwhile, set the base
+        above every offset handed out before (and say so); a Deferred.
+        """
+        d = self._client.run(BASE, [self._baseKey], [self._now() * 1000])
+        return d.addCallback(lambda created: int(created) and self._dataLost())
+
+    def _dataLost(self):
+        self.dataLosses += 1
+        # One line per loss: whichever of the append or the check after
+        # the outage noticed it first.
+        self._trackers.clear()
+        log.critical("Redis at {address} lost its data (it restarted empty, or was "
+                     "flushed): the queues, positions and subscriptions stored before are "
+                     "gone; queue offsets go on above the old ones, so no client takes a new "
+                     "record for one it had", address=self._client.address)
 
     def _keys(self, entity):
         base = "%sq:{%s}" % (self._prefix, entity)
@@ -414,12 +467,14 @@ class RedisQueueStore:
                 maxQueues=-1):
         # maxQueues -1: never refused for want of a queue (receipts, an
         # admitted batch).
-        d = self._client.run(APPEND, self._keys(entity), [
+        d = self._client.run(APPEND, self._keys(entity) + [self._baseKey], [
             key, int(kind), flags, messageId, senderEntity, senderDevice, self._now(), payload,
             self._channel(entity), entity, maxQueues])
 
         def done(reply):
-            offset, stamp, duplicate = reply
+            offset, stamp, duplicate, reset = reply
+            if int(reset):
+                self._dataLost()
             if int(offset) < 0:
                 self._refuseQueue(entity)
             return Appended(int(offset), int(stamp), bool(duplicate))
