@@ -341,3 +341,26 @@ class RedisOutageNodeTests(TestCase):
         yield eventually(lambda: [m.id for m in again.messages] == ["n2"], timeout=20,
                          what="n2 on alice's next session")
         self.assertEqual(process.text().count("lost its data"), 1)
+
+    @defer.inlineCallbacks
+    def test_stopWhileRedisDown(self):
+        """
+        SIGTERM while Redis is down: the node drains and exits cleanly
+        (before, stopping the storage waited for Redis without end, so the
+        process never exited).
+        """
+        from tests.test_tap import assertStoppedCleanly
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        directory = os.path.abspath(self.mktemp())
+        process, port = yield startServer(self, directory, storage={
+            "engine": "redis", "address": redis.address, "node_id": "node-a",
+            "device_timeout": 3, "sweep_interval": 0.5, "announce_interval": 0.5})
+        yield connectPeer(self, port, ALICE, "phone")
+        redis.kill()
+        yield eventually(lambda: "is unreachable" in process.text(), what="the outage seen")
+        process.transport.signalProcess("TERM")
+        ended = process.ended
+        ended.addTimeout(60, reactor)
+        yield ended
+        assertStoppedCleanly(self, process)
