@@ -580,3 +580,48 @@ class RedisDataLossTests(unittest.TestCase):
         self.assertEqual([(r.offset, r.messageId) for r in records], [(base + 1, "m5")])
         self.assertEqual(queues.dataLosses, 1)
         self.assertEqual(len(events.formats(LogLevel.critical)), 1, events.events)
+
+
+class RedisLongOutageTests(unittest.TestCase):
+    """
+    An outage of Redis (its data kept) longer than the device hashes' TTL
+    (twice C{deviceTimeout}): Redis drops the expired hashes when it loads
+    its data, while the sorted set of expiry times keeps the devices.  A
+    heartbeat of such a device says it is not online, so its session
+    connects it again (before, the heartbeat found the sorted set's member,
+    said alive and refreshed it: the live device stayed invisible for
+    good, and no sweep ever removed it).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_hashExpiredDuringOutage(self):
+        from twisted.internet import task
+        from tests.engine_contract import START, eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        clock = task.Clock()
+        clock.advance(START)
+        # The engine's own clock stands still: no sweep runs.
+        engine = RedisEngine(server.address, clock=clock, retentionInterval=0,
+                             deviceTimeout=0.5)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        yield engine.presence.connect("alice", "phone")
+        ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
+        self.assertTrue(0 < int(ttl) <= 1000, ttl)
+        server.kill()
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        server.startAgain()
+        yield eventually(lambda: not engine.problems(), timeout=30, what="reconnected")
+        presence = yield engine.presence.presence("alice")
+        self.assertEqual(presence.devices, ())
+        alive = yield engine.presence.heartbeat("alice", "phone")
+        self.assertFalse(alive)
+        yield engine.presence.connect("alice", "phone")
+        presence = yield engine.presence.presence("alice")
+        self.assertEqual([d.device for d in presence.devices], ["phone"])
+        alive = yield engine.presence.heartbeat("alice", "phone")
+        self.assertTrue(alive)

@@ -103,9 +103,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return {1, redis.call('HGET', KEYS[4], ARGV[5]) or false, redis.call('HGETALL', KEYS[5])}
 """)
 
-# KEYS: alive, dev.  ARGV: member, expiresAt, key TTL (ms).
+# KEYS: alive, dev.  ARGV: member, expiresAt, key TTL (ms), device.  Alive
+# only if the device is in the hash too: the hash may have expired by its
+# Redis TTL while the sorted set kept the member (an outage of Redis longer
+# than twice deviceTimeout, its data kept: the expiry is in Redis's time).
 HEARTBEAT = Script("presenceHeartbeat", """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return 1
@@ -334,7 +337,7 @@ class RedisPresence:
         """
         d = self._client.run(HEARTBEAT, [self._prefix + "p:alive", self._base(entity) + ":dev"], [
             self._member(entity, device), self._now() + int(self.deviceTimeout * 1000),
-            self._keyTtl()])
+            self._keyTtl(), device])
         return d.addCallback(lambda alive: bool(int(alive)))
 
     def disconnect(self, entity, device, node=None):
