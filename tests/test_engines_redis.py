@@ -625,3 +625,48 @@ class RedisLongOutageTests(unittest.TestCase):
         self.assertEqual([d.device for d in presence.devices], ["phone"])
         alive = yield engine.presence.heartbeat("alice", "phone")
         self.assertTrue(alive)
+
+    @defer.inlineCallbacks
+    def test_graceAfterOutage(self):
+        """
+        An outage longer than C{deviceTimeout} (shorter than the hashes'
+        TTL): the devices' expiry times passed while no one could refresh
+        them.  The engine's sweeps after the outage wait (a grace in
+        Redis), so the device a live session refreshes once the outage is
+        over stays online and its watchers hear nothing (before, the first
+        sweep took it offline, telling them, and the session put it back).
+        """
+        from twisted.internet import task
+        from muxframe.engines.model import NoticeKind
+        from tests.engine_contract import eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=4.0,
+                             sweepInterval=0.05)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        presence = engine.presence
+        yield presence.requestSubscription("carol", "alice")
+        yield presence.answerSubscription("alice", "carol", True)
+        notices = []
+        presence.watch("carol", notices.append)
+        yield presence.connect("alice", "phone")
+        yield eventually(lambda: notices, what="the first notice")
+        del notices[:]
+        alive = yield presence.heartbeat("alice", "phone")
+        self.assertTrue(alive)
+        server.kill()
+        # Past the device's expiry (4 s), well within its hash's TTL (8 s).
+        yield task.deferLater(reactor, 4.5, lambda: None)
+        server.startAgain()
+        yield eventually(lambda: not engine.problems(), timeout=30, what="reconnected")
+        sweeps = presence.sweeps
+        yield eventually(lambda: presence.sweeps >= sweeps + 3, what="sweeps after the outage")
+        alive = yield presence.heartbeat("alice", "phone")
+        self.assertTrue(alive)
+        now = yield presence.presence("alice")
+        self.assertEqual([d.device for d in now.devices], ["phone"])
+        self.assertEqual([n for n in notices if n.kind == NoticeKind.AWARENESS], [])
+        ttl = yield engine.client.call("PTTL", "muxframe:p:grace")
+        self.assertGreater(int(ttl), 0)

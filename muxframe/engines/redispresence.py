@@ -14,6 +14,11 @@ Keys (P: prefix, E: entity):
    safety net.  Every node sweeps it every C{sweepInterval}; the
    script removes each expired member once, so exactly one node takes the
    device offline and tells its watchers.
+ - C{P p:grace}: while it exists (it expires by itself) no node sweeps:
+   the first sweep of a node after an outage of its Redis sets it for
+   C{deviceTimeout} plus the longest reconnection delay, so that every
+   node's sessions refresh their devices, which no one could while Redis
+   was unreachable, before the devices that really stopped expire.
  - C{P p:vis}: hash entity -> visibility (HIDDEN only).
  - C{P s:{T}:w}: hash watcher -> state; C{P s:{W}:t}: hash target -> state.
  - Channel C{P n:<recipient>}: JSON notices; a node subscribes while it
@@ -34,7 +39,7 @@ from muxframe.engines.model import (
 from muxframe.engines.presence import (
     activityAwareness, aggregateStatus, awarenessNotices, checkActivity, checkPresenceStatus,
     makeAwareness, presenceView, subscriptionNotices)
-from muxframe.engines.redisconn import Script
+from muxframe.engines.redisconn import RECONNECT_MAX, Script
 from muxframe.engines.redisformat import (
     decodeActivity, decodeDevice, decodeNotice, encodeActivity, encodeDevicePatch,
     encodeNotice, pairs)
@@ -126,8 +131,9 @@ local version = bump(KEYS[3], tonumber(ARGV[3]))
 return {1, version, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[4])}
 """)
 
-# KEYS: alive.  ARGV: now, prefix, limit.
+# KEYS: alive, grace.  ARGV: now, prefix, limit.
 SWEEP = Script("presenceSweep", _BUMP + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local now = tonumber(ARGV[1])
 local out = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
@@ -222,6 +228,9 @@ class RedisPresence:
         self._watches = WatchList(self._firstWatch, self._lastWatch)
         self._sweep = None
         self._sweeping = None
+        self._outagesSeen = client.outages
+        #: Sweeps run (whether or not a grace held them back).
+        self.sweeps = 0
 
     # Plumbing ----------------------------------------------------------
 
@@ -426,8 +435,16 @@ class RedisPresence:
     def _sweepOnce(self):
         now = self._now()
         try:
-            expired = yield self._client.run(SWEEP, [self._prefix + "p:alive"],
-                                             [now, self._prefix, 1000])
+            outages = self._client.outages
+            if outages != self._outagesSeen:
+                # Redis was unreachable: nobody could refresh a device.
+                grace = int((self.deviceTimeout + RECONNECT_MAX) * 1000)
+                yield self._client.call("SET", self._prefix + "p:grace", self.nodeId,
+                                        "PX", grace)
+                self._outagesSeen = outages
+            expired = yield self._client.run(
+                SWEEP, [self._prefix + "p:alive", self._prefix + "p:grace"],
+                [now, self._prefix, 1000])
             for entity, device, version, devices, visibility, watchers in expired:
                 entity, device = entity.decode("utf-8"), device.decode("utf-8")
                 yield self._publish(self._changeNotices(entity, device, version, devices,
@@ -438,6 +455,7 @@ class RedisPresence:
             pass
         except Exception:
             log.failure("presence sweep failed")
+        self.sweeps += 1
 
     # Subscriptions -----------------------------------------------------
 
