@@ -82,8 +82,14 @@ class _Relay(Protocol):
         self.proxy = proxy
         self.other = None
         self.held = []
+        self.orphaned = False
 
     def dataReceived(self, data):
+        if self.orphaned:
+            # The other side closed during a cut: as TCP answers a
+            # segment for a connection its peer forgot, with a reset.
+            self.transport.abortConnection()
+            return
         if self.proxy.cut:
             return
         if self.other is None:
@@ -94,7 +100,11 @@ class _Relay(Protocol):
     def connectionLost(self, reason=None):
         self.proxy.relays.discard(self)
         if self.other is not None:
-            self.other.transport.loseConnection()
+            if self.proxy.cut and self.proxy.silentCloses:
+                # The close cannot cross the cut either.
+                self.other.orphaned = True
+            else:
+                self.other.transport.loseConnection()
 
 
 class _Outbound(_Relay):
@@ -126,11 +136,14 @@ class CutProxy:
     """
     A TCP proxy to 127.0.0.1:C{target}; L{cutCable} makes it drop every
     byte both ways while keeping the connections open, as a network cut
-    (or a peer that stops answering) looks.
+    (or a peer that stops answering) looks.  With C{silentCloses}, a side
+    closing during the cut is not seen by the other either, until that
+    one sends something (then reset), as across a real cut.
     """
 
-    def __init__(self, target):
+    def __init__(self, target, silentCloses=False):
         self.target = target
+        self.silentCloses = silentCloses
         self.cut = False
         self.relays = set()
         self.port = None
@@ -152,6 +165,12 @@ class CutProxy:
         Drop everything from now on.
         """
         self.cut = True
+
+    def mendCable(self):
+        """
+        Undo L{cutCable}: relay again (what was dropped stays lost).
+        """
+        self.cut = False
 
     def stop(self, listening):
         for relay in list(self.relays):

@@ -5,6 +5,8 @@ what only the Redis engine does.
 """
 
 
+import socket
+
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -670,3 +672,47 @@ class RedisLongOutageTests(unittest.TestCase):
         self.assertEqual([n for n in notices if n.kind == NoticeKind.AWARENESS], [])
         ttl = yield engine.client.call("PTTL", "muxframe:p:grace")
         self.assertGreater(int(ttl), 0)
+
+
+class RedisCutNetworkTests(unittest.TestCase):
+    """
+    The network to Redis cut (a TCP proxy dropping every byte both ways,
+    the connections left open) while Redis drops the subscriber
+    connection (CLIENT KILL, as its TCP keepalive would), then mended: the
+    engine finds both connections dead within the command timeout, says
+    so, and once the network is back works again, the subscriber
+    connection included, so queue watches hear appends again (before, the
+    subscriber connection, which sends nothing of itself, never learnt
+    that Redis had dropped it: open and deaf for good).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_cutAndMended(self):
+        from muxframe.engines.model import QueueMessage
+        from tests.engine_contract import eventually
+        from tests.presence_support import CutProxy
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        proxy = yield CutProxy(server.port, silentCloses=True).start(self)
+        engine = RedisEngine("redis://127.0.0.1:%d/0" % (proxy.port,), retentionInterval=0,
+                             commandTimeout=0.5)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        heard = []
+        engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
+        yield engine.queues.append("alice", QueueMessage("a", b"x"))
+        yield eventually(lambda: heard == [1], what="the first notice")
+        proxy.cutCable()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
+            self.assertTrue(s.recv(64).startswith(b":1"))
+        yield eventually(lambda: len(engine.problems()) == 2, timeout=30,
+                         what="both connections found dead")
+        proxy.mendCable()
+        yield eventually(lambda: not engine.problems(), timeout=30, what="reconnected")
+        appended = yield engine.queues.append("alice", QueueMessage("b", b"y"))
+        self.assertEqual(appended.offset, 2)
+        yield eventually(lambda: heard[-1:] == [2], what="a notice after the cut")

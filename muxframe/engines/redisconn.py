@@ -17,7 +17,11 @@ Outages (L{RedisClient}'s rules):
     loading) is not taken for one that works.
   - A command connection that leaves commands unanswered for
     C{commandTimeout} seconds (a stopped or wedged Redis, a cut network) is
-    closed: its commands fail, and it is connected again.
+    closed: its commands fail, and it is connected again.  The subscriber
+    connection, which sends nothing of itself, is sent a PING every quarter
+    of C{commandTimeout} and closed likewise when one stays unanswered that
+    long: a cut network (or a Redis that dropped the connection unseen)
+    would otherwise leave it silent for good, every notice lost.
   - The outage is logged once when it begins (the first connection lost or
     attempt failed) and once when both connections are up again, not at
     every attempt; then the subscriptions are made again and
@@ -358,6 +362,7 @@ class RedisClient:
         self._outstanding = 0
         self._progress = 0.0
         self._resyncDue = False
+        self._pinged = None
         self._throttle = LogThrottle(perInterval=5, interval=300.0)
         self.downSince = None
         self.outages = 0
@@ -503,6 +508,7 @@ class RedisClient:
             self.address, how, link.lastError or "not connected yet"), self.address, since)
 
     def _checkAnswers(self):
+        self._checkSubscriber()
         link = self._commands
         if link is None or link.protocol is None or not self._outstanding:
             return
@@ -514,6 +520,27 @@ class RedisClient:
                   "closing the connection", address=self.address, count=self._outstanding,
                   seconds=waited)
         link.abort("%d commands unanswered for %.1f s" % (self._outstanding, waited))
+
+    def _checkSubscriber(self):
+        link = self._subscriber
+        connection = link.protocol if link is not None else None
+        if connection is None:
+            self._pinged = None
+            return
+        now = self.reactor.seconds()
+        if self._pinged is not None:
+            sentAt, to = self._pinged
+            if to is connection:
+                if now - sentAt >= self.commandTimeout:
+                    self._pinged = None
+                    link.abort("no answer to PING for %.1f s" % (now - sentAt,))
+                return
+        self._pinged = (now, connection)
+
+        def answered(_):
+            if self._pinged is not None and self._pinged[1] is connection:
+                self._pinged = None
+        connection.execute_command("PING").addCallbacks(answered, lambda _: None)
 
     # -- commands -------------------------------------------------------------
 
