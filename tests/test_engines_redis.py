@@ -716,3 +716,36 @@ class RedisCutNetworkTests(unittest.TestCase):
         appended = yield engine.queues.append("alice", QueueMessage("b", b"y"))
         self.assertEqual(appended.offset, 2)
         yield eventually(lambda: heard[-1:] == [2], what="a notice after the cut")
+
+
+class RedisRefusalTests(unittest.TestCase):
+    """
+    Redis refusing commands (out of memory: maxmemory with noeviction) is
+    a L{StorageError} naming Redis and its reason, not txredisapi's
+    ResponseError with the script's name and line; reads go on.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_outOfMemory(self):
+        from muxframe.engines.errors import StorageError, StorageUnavailable
+        from muxframe.engines.model import QueueMessage
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        yield engine.queues.append("alice", QueueMessage("a", b"x"))
+        yield engine.client.call("CONFIG", "SET", "maxmemory", "1")
+        failure = yield self.assertFailure(
+            engine.queues.append("alice", QueueMessage("b", b"y")), StorageError)
+        self.assertNotIsInstance(failure, StorageUnavailable)
+        self.assertIn("Redis at %s refused a command: OOM" % (engine.client.address,),
+                      str(failure))
+        self.assertNotIn("user_script", str(failure))
+        records = yield engine.queues.fetch("alice", 1)
+        self.assertEqual([r.messageId for r in records], ["a"])
+        yield engine.client.call("CONFIG", "SET", "maxmemory", "0")
+        appended = yield engine.queues.append("alice", QueueMessage("b", b"y"))
+        self.assertEqual(appended.offset, 2)

@@ -12,6 +12,7 @@ was sent, while A's devices go offline through B.
 
 import os
 import signal
+import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -364,3 +365,33 @@ class RedisOutageNodeTests(TestCase):
         ended.addTimeout(60, reactor)
         yield ended
         assertStoppedCleanly(self, process)
+
+    @defer.inlineCallbacks
+    def test_redisOutOfMemory(self):
+        """
+        Redis out of memory (maxmemory, noeviction): each Message is
+        refused with STORAGE_FAILED whose reason is Redis's (OOM); the node
+        logs a few lines for 30 refusals, no traceback (before: "the
+        storage engine failed: ResponseError" and a traceback each).
+        """
+        from muxframe.xtmp import PeerError
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        directory = os.path.abspath(self.mktemp())
+        process, port = yield startServer(self, directory, storage={
+            "engine": "redis", "address": redis.address, "node_id": "node-a"})
+        bob = yield connectPeer(self, port, BOB, "laptop")
+        yield bob.client.send("alice", b"before", messageId="m0")
+        logged = len(process.text())
+        with socket.create_connection(("127.0.0.1", redis.port), timeout=10) as s:
+            s.sendall(b"CONFIG SET maxmemory 1\r\n")
+            self.assertEqual(s.recv(64), b"+OK\r\n")
+        for n in range(30):
+            e = yield self.assertFailure(
+                bob.client.send("alice", b"full", messageId="m%d" % (n + 1,)), PeerError)
+            self.assertEqual(e.code, XTMPErrorCode.STORAGE_FAILED)
+            self.assertIn("OOM", e.reason)
+        yield settle()
+        text = process.text()[logged:]
+        self.assertNotIn("Traceback", text)
+        self.assertTrue(0 < text.count("storage failed") <= 11, text)

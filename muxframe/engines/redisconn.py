@@ -22,6 +22,9 @@ Outages (L{RedisClient}'s rules):
     of C{commandTimeout} and closed likewise when one stays unanswered that
     long: a cut network (or a Redis that dropped the connection unseen)
     would otherwise leave it silent for good, every notice lost.
+  - An error reply is a L{StorageError} naming Redis and its words (out of
+    memory, a read-only replica, a script error), or L{StorageUnavailable}
+    when they say that Redis cannot serve for now (loading, busy).
   - The outage is logged once when it begins (the first connection lost or
     attempt failed) and once when both connections are up again, not at
     every attempt; then the subscriptions are made again and
@@ -91,6 +94,12 @@ def parseAddress(address):
             raise ConfigError("address", "database must be a number in %r" % (address,))
     password = unquote(url.password) if url.password else None
     return url.hostname or "localhost", port, db, password
+
+
+class _NoScript(StorageError):
+    """
+    Redis does not know a script (yet): L{RedisClient.run} sends it.
+    """
 
 
 class Script:
@@ -568,11 +577,23 @@ class RedisClient:
         if isinstance(result, Failure):
             if result.check(txredisapi.ConnectionError):
                 return Failure(self.unavailable())
-            if result.check(txredisapi.ResponseError) and \
-                    str(result.value).startswith(_TRANSIENT):
-                return Failure(StorageUnavailable("Redis at %s cannot serve now: %s" % (
-                    self.address, result.value), self.address))
+            if result.check(txredisapi.ResponseError):
+                return Failure(self._refused(str(result.value)))
         return result
+
+    def _refused(self, text):
+        if text.startswith("NOSCRIPT"):
+            # (L{run} loads the script.)
+            return _NoScript(text)
+        if "@user_script" in text and ": -" in text:
+            # A command of a script refused: its words, not the script's
+            # name and line.
+            text = text.rsplit(": -", 1)[-1]
+        text = text.rstrip(".")
+        if text.startswith(_TRANSIENT):
+            return StorageUnavailable("Redis at %s cannot serve now: %s" % (
+                self.address, text), self.address)
+        return StorageError("Redis at %s refused a command: %s" % (self.address, text))
 
     def run(self, script, keys, args):
         """
@@ -581,9 +602,7 @@ class RedisClient:
         d = self.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
         def missing(failure):
-            failure.trap(txredisapi.ResponseError)
-            if "NOSCRIPT" not in str(failure.value):
-                return failure
+            failure.trap(_NoScript)
             return self.call("EVAL", script.source, len(keys), *keys, *args)
         return d.addErrback(missing)
 

@@ -32,19 +32,24 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
     storage failure STORAGE_FAILED; nothing is half stored.  An outage of
     the storage (Redis down: L{StorageUnavailable}) is STORAGE_FAILED with
     the engine's words (which Redis, since when, why) and no traceback per
-    request or per background step: the engine logs the outage once.
+    request or per background step: the engine logs the outage once.  Any
+    other storage failure (Redis out of memory) is STORAGE_FAILED with the
+    engine's words too, logged at most ten lines a minute.
 """
 
 import struct
+import time
 
 from twisted.internet.defer import (
     Deferred, DeferredList, gatherResults, maybeDeferred, succeed)
 from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
 
-from muxframe.logthrottle import logger
+from muxframe.logthrottle import LogThrottle, logger, throttled
 from muxframe.engines import makeEngine
 from muxframe.engines.errors import (
-    ConfigError as EngineConfigError, EngineUsageError, LimitExceeded, StorageUnavailable)
+    ConfigError as EngineConfigError, EngineUsageError, LimitExceeded, StorageError,
+    StorageUnavailable)
 from muxframe.engines.model import Status, checkName
 from muxframe.engines.presence import checkPresenceStatus
 from muxframe.messaging import wire
@@ -53,6 +58,8 @@ from muxframe.server.errors import ConfigError, Refusal
 from muxframe.xtmp.errors import XTMPErrorCode
 
 log = logger("muxframe.server.storage")
+#: The refusals for storage failures log at most this many lines a minute.
+_FAILURES = LogThrottle(perInterval=10, interval=60.0)
 
 #: Application frame kinds between nodes (L{ClusterEngine.sendApp}).
 TAKE_DEVICE = 1
@@ -109,7 +116,17 @@ def refusalFor(failure):
     if isinstance(error, StorageUnavailable):
         return Refusal("the storage is unavailable: %s" % (error,),
                        XTMPErrorCode.STORAGE_FAILED)
-    log.failure("storage failed", failure)
+    now = time.monotonic()
+    if isinstance(error, StorageError):
+        # The engine's words name the fault (Redis out of memory, a
+        # failed flush): the client is told them; the log, at most a few
+        # lines a minute however many requests meet it.
+        throttled(log, _FAILURES, now, LogLevel.error, "storage",
+                  "storage failed: {error}", error=str(error))
+        return Refusal("the storage failed: %s" % (error,), XTMPErrorCode.STORAGE_FAILED)
+    if _FAILURES.allow("unexpected", now)[0]:
+        # Not an engine error: a bug, with its traceback (a few a minute).
+        log.failure("storage failed", failure)
     return Refusal("the storage engine failed: %s" % (type(error).__name__,),
                    XTMPErrorCode.STORAGE_FAILED)
 
