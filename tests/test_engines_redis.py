@@ -749,3 +749,33 @@ class RedisRefusalTests(unittest.TestCase):
         yield engine.client.call("CONFIG", "SET", "maxmemory", "0")
         appended = yield engine.queues.append("alice", QueueMessage("b", b"y"))
         self.assertEqual(appended.offset, 2)
+
+
+class RedisStopTests(unittest.TestCase):
+    """
+    An engine stopped while it resynchronises its queue watches (after its
+    subscriber connection came back) stops quietly: the resync meets the
+    stopped engine and logs nothing (it logged EngineStopped as an error).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_stopDuringResync(self):
+        from twisted.internet import task
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0)
+        yield engine.start()
+        engine.queues.watch("alice", lambda entity, offset: None)
+        engine.queues.watch("bob", lambda entity, offset: None)
+        # Redis answers nothing: the resync's first read is in flight when
+        # the engine stops.
+        self.addCleanup(server.resume)
+        server.pause()
+        engine.client._resyncDue = True
+        engine.client._resync()
+        yield engine.stop()
+        # (The read fails as the connection closes, after the stop.)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -641,6 +641,9 @@ class RedisClient:
             # Down again: done again when it is back.
             self._resyncDue = True
             return
+        if failure.check(EngineStopped):
+            # Stopped meanwhile: nothing to resynchronise.
+            return
         log.failure("the handler of a resubscription failed", failure)
 
     def messageArrived(self, pattern, channel, message):

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from muxframe.engines.errors import StorageUnavailable
+from muxframe.engines.errors import EngineStopped, StorageUnavailable
 from muxframe.engines.interfaces import IBroker, IEngine
 from muxframe.engines.model import Delivery, DeliveryKind, QueueRetention, checkName
 from muxframe.engines.redisconn import COMMAND_TIMEOUT, RedisClient
@@ -211,8 +211,8 @@ class RedisEngine:
     def _reconnected(self):
         # Redis may have come back empty.
         d = self.queues.checkBase()
-        d.addErrback(lambda f: None if f.check(StorageUnavailable) else log.failure(
-            "checking Redis for a data loss failed", f))
+        d.addErrback(lambda f: None if f.check(StorageUnavailable, EngineStopped)
+                     else log.failure("checking Redis for a data loss failed", f))
 
     @defer.inlineCallbacks
     def start(self):

@@ -56,7 +56,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from muxframe.logthrottle import logger
-from muxframe.engines.errors import StorageUnavailable
+from muxframe.engines.errors import EngineStopped, StorageUnavailable
 from muxframe.engines.model import DeliveryKind
 from muxframe.server.errors import Refusal
 from muxframe.server.hub import Delivery
@@ -499,8 +499,9 @@ class ClusterEngine:
     @staticmethod
     def _sendFailedQuietly(failure):
         # An outage of the engine's Redis is logged once by the engine; a
-        # frame lost meanwhile is one announcement or publication less.
-        if not failure.check(StorageUnavailable):
+        # frame lost meanwhile (or while the node stops) is one
+        # announcement or publication less.
+        if not failure.check(StorageUnavailable, EngineStopped):
             log.failure("cluster frame not sent", failure)
 
     def stats(self):

@@ -48,8 +48,8 @@ from twisted.logger import LogLevel
 from muxframe.logthrottle import LogThrottle, logger, throttled
 from muxframe.engines import makeEngine
 from muxframe.engines.errors import (
-    ConfigError as EngineConfigError, EngineUsageError, LimitExceeded, StorageError,
-    StorageUnavailable)
+    ConfigError as EngineConfigError, EngineStopped, EngineUsageError, LimitExceeded,
+    StorageError, StorageUnavailable)
 from muxframe.engines.model import Status, checkName
 from muxframe.engines.presence import checkPresenceStatus
 from muxframe.messaging import wire
@@ -116,6 +116,10 @@ def refusalFor(failure):
     if isinstance(error, StorageUnavailable):
         return Refusal("the storage is unavailable: %s" % (error,),
                        XTMPErrorCode.STORAGE_FAILED)
+    if isinstance(error, EngineStopped):
+        # The node is stopping.
+        return Refusal("the storage is stopped: %s" % (error,),
+                       XTMPErrorCode.STORAGE_FAILED)
     now = time.monotonic()
     if isinstance(error, StorageError):
         # The engine's words name the fault (Redis out of memory, a
@@ -136,9 +140,10 @@ def logEngineFailure(logger, failure, what, **fields):
     Log through C{logger} the failure of engine work no request waits for
     (a presence refresh, a queue fetch, a history record, a cluster
     frame): with its traceback, unless it is an outage of the storage
-    (L{StorageUnavailable}), which the engine logs once for all.
+    (L{StorageUnavailable}), which the engine logs once for all, or the
+    engine stopping (L{EngineStopped}: the node is).
     """
-    if not failure.check(StorageUnavailable):
+    if not failure.check(StorageUnavailable, EngineStopped):
         logger.failure(what, failure, **fields)
 
 
