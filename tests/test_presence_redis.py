@@ -248,7 +248,12 @@ class RedisOutageNodeTests(TestCase):
             extra={"admin": {"endpoint": "tcp:%d:interface=127.0.0.1" % (adminPort,),
                              "token_file": "admin.token"}})
         admin = Admin(adminPort)
-        code, health, _ = yield admin.get("/health")
+        # Degraded until the engine is connected (just after start-up).
+        for _ in range(100):
+            code, health, _ = yield admin.get("/health")
+            if code == 200:
+                break
+            yield deferLater(reactor, 0.05)
         self.assertEqual((code, health["status"]), (200, "healthy"), health)
         alice = yield connectPeer(self, port, ALICE, "phone")
         bob = yield connectPeer(self, port, BOB, "laptop")
