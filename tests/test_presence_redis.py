@@ -400,3 +400,32 @@ class RedisOutageNodeTests(TestCase):
         text = process.text()[logged:]
         self.assertNotIn("Traceback", text)
         self.assertTrue(0 < text.count("storage failed") <= 11, text)
+
+    @defer.inlineCallbacks
+    def test_startedWhileRedisDown(self):
+        """
+        A node started while its Redis is down listens, and a Bind is
+        refused at once with STORAGE_FAILED naming Redis (before, it waited
+        for Redis without end); once Redis is up, binding works.
+        """
+        from muxframe.xtmp import PeerError
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        redis.kill()
+        directory = os.path.abspath(self.mktemp())
+        process, port = yield startServer(self, directory, storage={
+            "engine": "redis", "address": redis.address, "node_id": "node-a"})
+        yield eventually(lambda: "is unreachable" in process.text(), what="the outage seen")
+        d = connectPeer(self, port, ALICE, "phone")
+        d.addTimeout(30, reactor)
+        e = yield self.assertFailure(d, PeerError)
+        self.assertEqual(e.code, XTMPErrorCode.STORAGE_FAILED)
+        self.assertIn("Redis at 127.0.0.1:%d" % (redis.port,), e.reason)
+        redis.startAgain()
+        for _ in range(300):
+            try:
+                alice = yield connectPeer(self, port, ALICE, "phone")
+                break
+            except PeerError:
+                yield deferLater(reactor, 0.1)
+        self.assertEqual(alice.bound.identity.node, "node-a")

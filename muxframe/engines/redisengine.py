@@ -208,6 +208,16 @@ class RedisEngine:
         """
         return self.client.problems()
 
+    def outage(self):
+        """
+        The L{StorageUnavailable} a command would meet now, while an
+        attempt to reach Redis failed and it is not back (at start-up too),
+        or L{None}.
+        """
+        if self.client.downSince is None:
+            return None
+        return self.client.unavailable()
+
     def _reconnected(self):
         # Redis may have come back empty.
         d = self.queues.checkBase()

@@ -41,9 +41,10 @@ import struct
 import time
 
 from twisted.internet.defer import (
-    Deferred, DeferredList, gatherResults, maybeDeferred, succeed)
+    Deferred, DeferredList, fail, gatherResults, maybeDeferred, succeed)
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from muxframe.logthrottle import LogThrottle, logger, throttled
 from muxframe.engines import makeEngine
@@ -338,10 +339,17 @@ class Storage:
 
     def whenStarted(self):
         """
-        A Deferred firing once the engine is started (at once if it is).
+        A Deferred firing once the engine is started (at once if it is);
+        failing at once with STORAGE_FAILED while the engine cannot start
+        for an outage (its Redis unreachable since start-up), rather than
+        waiting for its end.
         """
         if self.started:
             return succeed(None)
+        outage = getattr(self.engine, "outage", None)
+        error = outage() if outage is not None else None
+        if error is not None:
+            return fail(refusalFor(Failure(error)))
         d = Deferred()
         self._starting.append(d)
         return d
