@@ -673,6 +673,40 @@ class RedisLongOutageTests(unittest.TestCase):
         ttl = yield engine.client.call("PTTL", "muxframe:p:grace")
         self.assertGreater(int(ttl), 0)
 
+    @defer.inlineCallbacks
+    def test_sweptAfterHashExpired(self):
+        """
+        A device whose hash Redis dropped by its TTL first (a dead node's
+        device, its expiry held back by the grace after an outage) is
+        still swept: its watchers hear it go offline (before, the sweep
+        found nothing to delete and told no one: they saw it online for
+        good).
+        """
+        from muxframe.engines.model import NoticeKind, Status
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=0.5,
+                             sweepInterval=0.05)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        presence = engine.presence
+        yield presence.requestSubscription("carol", "alice")
+        yield presence.answerSubscription("alice", "carol", True)
+        notices = []
+        presence.watch("carol", notices.append)
+        # The grace holds the sweeps while Redis drops the hash.
+        yield engine.client.call("SET", "muxframe:p:grace", "test", "PX", 60000)
+        yield presence.connect("alice", "phone")
+        yield engine.client.call("PEXPIRE", "muxframe:p:{alice}:dev", 1)
+        yield eventually(lambda: notices, what="the connect's notice")
+        yield engine.client.call("DEL", "muxframe:p:grace")
+        yield eventually(lambda: any(n.awareness.status == Status.OFFLINE for n in notices
+                                     if n.kind == NoticeKind.AWARENESS),
+                         what="alice offline")
+        members = yield engine.client.call("ZCARD", "muxframe:p:alive")
+        self.assertEqual(int(members), 0)
+
 
 class RedisCutNetworkTests(unittest.TestCase):
     """

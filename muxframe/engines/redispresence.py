@@ -13,7 +13,8 @@ Keys (P: prefix, E: entity):
    TTL of twice C{deviceTimeout}, refreshed by every sign of life, as a
    safety net.  Every node sweeps it every C{sweepInterval}; the
    script removes each expired member once, so exactly one node takes the
-   device offline and tells its watchers.
+   device offline and tells its watchers (also when the hash's TTL took
+   the device first).
  - C{P p:grace}: while it exists (it expires by itself) no node sweeps:
    the first sweep of a node after an outage of its Redis sets it for
    C{deviceTimeout} plus the longest reconnection delay, so that every
@@ -140,13 +141,14 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT'
   if redis.call('ZREM', KEYS[1], m) == 1 then
     local e, dev = string.match(m, '^(.*)\\31(.*)$')
     local base = ARGV[2] .. 'p:{' .. e .. '}'
-    if redis.call('HDEL', base .. ':dev', dev) == 1 then
-      redis.call('HDEL', base .. ':act', dev)
-      local version = bump(base .. ':ver', now)
-      table.insert(out, {e, dev, version, redis.call('HGETALL', base .. ':dev'),
-                         redis.call('HGET', ARGV[2] .. 'p:vis', e) or false,
-                         redis.call('HGETALL', ARGV[2] .. 's:{' .. e .. '}:w')})
-    end
+    -- The device may be gone from its hash already (the hash's TTL ran
+    -- out: an outage, a grace): its watchers are told all the same.
+    redis.call('HDEL', base .. ':dev', dev)
+    redis.call('HDEL', base .. ':act', dev)
+    local version = bump(base .. ':ver', now)
+    table.insert(out, {e, dev, version, redis.call('HGETALL', base .. ':dev'),
+                       redis.call('HGET', ARGV[2] .. 'p:vis', e) or false,
+                       redis.call('HGETALL', ARGV[2] .. 's:{' .. e .. '}:w')})
   end
 end
 return out
