@@ -144,6 +144,48 @@ class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
         self.assertEqual(appended.offset, 1)
 
 
+class RedisWatchTests(unittest.TestCase):
+    """
+    A key's first watch subscribes on the subscriber connection:
+    L{Watch.whenActive} fires once Redis confirmed it, so what another
+    node publishes from then on reaches the callback (the XTMP server
+    answers a Bind only then).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_whenActive(self):
+        from muxframe.engines.model import NoticeKind, QueueMessage
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engines = []
+        for node in ("node-a", "node-b"):
+            engine = RedisEngine(server.address, nodeId=node, retentionInterval=0)
+            yield engine.start()
+            self.addCleanup(engine.stop)
+            engines.append(engine)
+        here, there = engines
+        notices, offsets = [], []
+        watches = [here.presence.watch("alice", notices.append),
+                   here.queues.watch("alice", lambda entity, offset: offsets.append(offset))]
+        active = [w.whenActive() for w in watches]
+        self.assertEqual([d.called for d in active], [False, False])
+        yield defer.gatherResults(active)
+        counts = yield here.client.call("PUBSUB", "NUMSUB", "muxframe:n:alice",
+                                        "muxframe:qn:alice")
+        self.assertEqual([int(n) for n in counts[1::2]], [1, 1])
+        # At once on the other node: received.
+        yield there.presence.requestSubscription("carol", "alice")
+        yield there.queues.append("alice", QueueMessage("m1", b"x"))
+        yield eventually(lambda: offsets == [1] and len(notices) == 1, what="the notices")
+        self.assertEqual((notices[0].kind, notices[0].entity),
+                         (NoticeKind.SUBSCRIPTION_REQUEST, "carol"))
+        # A second watch of the key is active at once.
+        self.assertTrue(here.presence.watch("alice", lambda n: None).whenActive().called)
+
+
 class RedisPasswordTests(unittest.TestCase):
     """
     A Redis with a password: the right one works for both connections, a

@@ -61,6 +61,36 @@ class BindTests(TestCase):
         self.assertEqual(sorted(d.device for d in info.devices), ["laptop", "phone"])
 
     @defer.inlineCallbacks
+    def test_answeredOnceWatchesActive(self):
+        """
+        A Bind is answered once the entity's watches receive notices from
+        every node (L{IWatch.whenActive}: with Redis, their subscriptions
+        confirmed), so a notice another node publishes after the client
+        heard the answer is not lost; a notice arriving meanwhile is sent
+        (before the answer).
+        """
+        presence = self.storage.engine.presence
+        original = presence.watch
+        pending = defer.Deferred()
+
+        def watch(entity, callback):
+            w = original(entity, callback)
+            if entity == "alice":
+                w.whenActive = lambda: pending
+            return w
+        self.patch(presence, "watch", watch)
+        carol = yield connectPeer(self, self.port, CAROL, "desk")
+        bound = connectPeer(self, self.port, ALICE, "phone")
+        yield eventually(lambda: self.storage.bindingsOf("alice"), what="alice ready")
+        yield carol.client.requestSubscription("alice")
+        yield settle()
+        self.assertFalse(bound.called)
+        pending.callback(None)
+        alice = yield bound
+        self.assertEqual(alice.bound.identity.device, "phone")
+        self.assertEqual([s.from_.eid for s in alice.subscriptions], ["carol"])
+
+    @defer.inlineCallbacks
     def test_unnamedKeyIsItsFingerprint(self):
         stranger = Identity.generate()
         self.server.setKeys([("alice", ALICE.public), (None, stranger.public)])

@@ -34,6 +34,14 @@ class IWatch(Interface):
         Stop the callbacks.  Idempotent.
         """
 
+    def whenActive():
+        """
+        A L{Deferred} firing once notices from every node reach the
+        callback: at once in the embedded engine; with Redis, once the
+        subscription the entity's first watch made is in effect (what
+        other nodes publish before is not received).
+        """
+
 
 class IBroker(Interface):
     """

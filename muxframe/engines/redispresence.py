@@ -272,7 +272,8 @@ class RedisPresence:
         return defer.succeed(None)
 
     def _firstWatch(self, recipient):
-        self._client.subscribe(self._channel(recipient))
+        # Its Deferred fires once Redis confirmed it (Watch.whenActive).
+        return self._client.subscribe(self._channel(recipient))
 
     def _lastWatch(self, recipient):
         self._client.unsubscribe(self._channel(recipient))

@@ -752,7 +752,8 @@ class RedisQueueStore:
         return self._watches.add(entity, callback)
 
     def _firstWatch(self, entity):
-        self._client.subscribe(self._channel(entity))
+        # Its Deferred fires once Redis confirmed it (Watch.whenActive).
+        return self._client.subscribe(self._channel(entity))
 
     def _lastWatch(self, entity):
         self._client.unsubscribe(self._channel(entity))

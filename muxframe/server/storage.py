@@ -14,7 +14,10 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
     (connected and positioned in the engine): the first is disconnected
     with DEVICE_REPLACED and does not take the device offline.  A Bind
     refused, at once or by the engine, leaves the device's binding as it
-    was.
+    was.  The answer waits for the entity's engine watches to be active
+    (L{IWatch.whenActive}: with Redis, their subscriptions confirmed), so
+    whatever another node publishes for the entity after the client heard
+    it reaches the session.
   - Every C{from} a client gives must be its own entity and device
     (UNAUTHORIZED otherwise); the server fills it in where left out.
   - Liveness: a bound device is online from its Bind until its session
@@ -530,7 +533,13 @@ class Storage:
             watch.queue = self.engine.queues.watch(binding.entity, self.queues.appended)
         watch.bindings.append(binding)
         self.queues.started(binding, position)
-        return self._bound(position, binding, session, message)
+        # The answer once the entity's notices from other nodes reach this
+        # one (Redis: the subscriptions confirmed; at once when they are
+        # already): a notice published after the client heard it, such as
+        # another node's subscription request, is not lost.
+        d = gatherResults([watch.presence.whenActive(), watch.queue.whenActive()],
+                          consumeErrors=True)
+        return d.addCallback(lambda _: self._bound(position, binding, session, message))
 
     def _bound(self, position, binding, session, message):
         answer = wire.Bind(identity=binding.identity(self.nodeId), status=binding.status,
