@@ -446,6 +446,39 @@ class HandshakeReadTests(SynchronousTestCase):
         self.assertLessEqual(reads * 4096, self.limit(side) + 4096)
         self.assertEqual(h.server.scheduler.queuedBytes(side), reads * 4096)
 
+    def test_bytesBehindTheHelloCounted(self):
+        """
+        The bytes a ClientHello's step leaves behind the hello in the
+        engine's decoder (they wait for the answer, the next step) count
+        toward what a handshake step needs: over it, reading stays
+        stopped until the answer (before, reading resumed after the key
+        agreement, and the queue could then take as much again: twice
+        what a step needs, beyond two reads).
+        """
+        from tests.test_server_timers import TurnReactor
+        h = Harness()
+        reactor = h.server.scheduler._reactor = TurnReactor()
+        client, side, pump = h.connect(ALICE, greet=False)
+        hello = pump.clientIO.getOutBuffer()
+        calls = self.recordReading(side)
+        limit, read = self.limit(side), 4096
+        side.dataReceived(hello + b"\0" * (limit + read - len(hello)))
+        self.assertEqual(calls, ["pause"])
+        reactor.turn()
+        self.assertTrue(side.connection.handshake.answerDue)
+        reads = 0
+        while calls[-1] != "pause" and reads < 100:
+            side.dataReceived(b"\0" * read)
+            reads += 1
+        held = (side.connection.decoder.buffered
+                + h.server.scheduler.queuedBytes(side))
+        self.assertLessEqual(held, limit + read)
+        # The answer's step reads again; the bytes behind the hello are
+        # then decoded (and refused: they are no frame).
+        reactor.turn()
+        self.assertEqual(calls[-1], "resume")
+        self.assertFalse(side.isConnected())
+
     def test_pipelinedAfterClientAuth(self):
         """
         A client sending requests right behind its ClientAuth, more than a

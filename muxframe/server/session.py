@@ -19,7 +19,9 @@ needs is waiting (a frame header, the security layer and
 C{maxHandshakePayload} bytes of payload: what a client may legitimately
 pipeline behind its ClientAuth arrives with it), the session stops
 reading until the step has run, so an unauthenticated peer cannot make
-the server hold more than that beyond one read.
+the server hold more than that beyond one read.  The bytes a ClientHello's
+step leaves behind the hello (the engine decodes them once the hello is
+answered, in the next step) count as waiting too.
 
 Reading is stopped by any of three holders (the rate limit, a backed-up
 connection, the handshake scheduler), through L{pauseDelivery}; it
@@ -40,7 +42,7 @@ from muxframe.server.errors import Refusal
 from muxframe.server.interfaces import ISession
 from muxframe.server.limits import TokenBucket
 from muxframe.xtmp.codec import HEADER_SIZE, SECURITY_SIZE, MessageType
-from muxframe.xtmp.connection import OPEN
+from muxframe.xtmp.connection import HANDSHAKING, OPEN
 from muxframe.xtmp.errors import SendQueueFull, XTMPErrorCode, XTMPLocalError
 from muxframe.xtmp.protocol import XTMPProtocol
 
@@ -219,12 +221,31 @@ class ServerSession(XTMPProtocol):
         if scheduler is not None and (state.handshaking or
                                       scheduler.queuedBytes(self)):
             queued = scheduler.submit(self, data)
-            if queued > self._handshakeQueueLimit() and \
-                    not state.handshakeHeld and not self._lost:
-                state.handshakeHeld = True
-                self.pauseDelivery()
+            self._holdHandshakeReads(queued)
         else:
             XTMPProtocol.dataReceived(self, data)
+
+    def _holdHandshakeReads(self, queued=0):
+        """
+        Stop reading if more unauthenticated bytes wait than a handshake
+        step needs: C{queued} in the scheduler, and those the engine keeps
+        behind a ClientHello whose answer is due (the next step's).
+        """
+        state = self.state
+        waiting = queued + self._behindHello()
+        if waiting > self._handshakeQueueLimit() and \
+                not state.handshakeHeld and not self._lost:
+            state.handshakeHeld = True
+            self.pauseDelivery()
+
+    def _behindHello(self):
+        # The bytes a ClientHello's step left in the engine's decoder, to
+        # be decoded once the hello is answered.
+        conn = self.connection
+        if conn is None or conn.state != HANDSHAKING or \
+                not conn.handshake.answerDue:
+            return 0
+        return conn.decoder.buffered
 
     def _handshakeQueueLimit(self):
         # What one handshake step may need: a frame (header, security
@@ -237,7 +258,8 @@ class ServerSession(XTMPProtocol):
         """
         Process bytes received while handshaking (from the scheduler); if
         their size had stopped reading, read again (unless something else
-        holds reading).
+        holds reading), or keep reading stopped while more bytes than a
+        step needs wait behind a ClientHello for its answer.
         """
         state = self.state
         if state.handshakeHeld:
@@ -248,6 +270,8 @@ class ServerSession(XTMPProtocol):
             # and is handled first.
             self._readAgain()
         XTMPProtocol.dataReceived(self, data)
+        # (What this step left behind a ClientHello waits for the next.)
+        self._holdHandshakeReads()
 
     def _readAgain(self):
         """
