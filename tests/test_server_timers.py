@@ -157,6 +157,32 @@ class HandshakeSchedulerTests(SynchronousTestCase):
         self.assertEqual(self.scheduler.queuedBytes(a), 0)
         self.assertEqual(self.log[0], ("a", b"12345"))
 
+    def test_stepDiscardsOthers(self):
+        """
+        A step that ends other waiting sessions (their connections lost,
+        L{HandshakeScheduler.discard}) ends the run once nothing waits,
+        and what a step submitted meanwhile still waits for the next turn
+        (before, the run counted its entries first, and popped from an
+        empty queue: KeyError).
+        """
+        a, b, c = (self.step(name, cost=0.0001) for name in "abc")
+        step = a.handshakeStep
+
+        def endOthers(data):
+            step(data)
+            self.scheduler.discard(b)
+            self.scheduler.discard(c)
+            if data:
+                self.scheduler.submit(a, b"")
+        a.handshakeStep = endOthers
+        for session in (a, b, c):
+            self.scheduler.submit(session, b"hello")
+        self.reactor.turn()
+        self.assertEqual(self.log, [("a", b"hello")])
+        self.assertEqual(len(self.scheduler), 1)
+        self.reactor.turn()
+        self.assertEqual(self.log, [("a", b"hello"), ("a", b"")])
+
     def test_submittedByAStepWaitsForTheNextTurn(self):
         """
         What a step submits (a hello's answer after its key agreement)

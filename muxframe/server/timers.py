@@ -172,6 +172,9 @@ class HandshakeScheduler:
         self._waiting = OrderedDict()
         self._call = None
         self.steps = 0
+        # Runs started so far: an entry made during a run is marked with
+        # the next run's number, and waits for it.
+        self._runs = 0
 
     def __len__(self):
         return len(self._waiting)
@@ -188,7 +191,7 @@ class HandshakeScheduler:
             entry[1].append(data)
             entry[0] += len(data)
             return entry[0]
-        self._waiting[session] = [len(data), [data]]
+        self._waiting[session] = [len(data), [data], self._runs]
         if self._call is None:
             self._call = self._reactor.callLater(0, self._run)
         return len(data)
@@ -211,8 +214,13 @@ class HandshakeScheduler:
         deadline = self._clock() + self.budget
         # Steps queued by this run's steps (a hello's answer after its key
         # agreement) wait for the next run: other work comes between.
-        for _ in range(len(self._waiting)):
-            session, entry = self._waiting.popitem(last=False)
+        # (Entries are in submission order; a step may also discard
+        # others.)
+        run = self._runs
+        self._runs += 1
+        waiting = self._waiting
+        while waiting and next(iter(waiting.values()))[2] <= run:
+            session, entry = waiting.popitem(last=False)
             self.steps += 1
             session.handshakeStep(b"".join(entry[1]))
             if self._clock() >= deadline:
