@@ -609,12 +609,17 @@ class RedisClient:
     # -- subscriptions --------------------------------------------------------
 
     def _subscribeAll(self, subscriber):
-        # Every channel and pattern again, after a reconnection too.
+        # Every channel and pattern again, after a reconnection too: one
+        # command each.  Redis answers a SUBSCRIBE of N channels with N
+        # replies, and txredisapi gives all but the first to whatever
+        # command waits behind it: a subscription made meanwhile (a Bind's
+        # watch) would be confirmed before Redis had it, a PING answered
+        # by another's reply.
         done = []
-        if self._channels:
-            done.append(subscriber.subscribe(list(self._channels)))
-        if self._patterns:
-            done.append(subscriber.psubscribe(list(self._patterns)))
+        for channel in list(self._channels):
+            done.append(subscriber.subscribe(channel))
+        for pattern in list(self._patterns):
+            done.append(subscriber.psubscribe(pattern))
         for d in done:
             d.addErrback(self._subscribeFailed)
         if self._ready is None and self._onResubscribed is not None:
