@@ -933,3 +933,32 @@ class SubscriberRepliesTests(unittest.SynchronousTestCase):
         self.assertNoResult(d)
         feed(_reply(b"subscribe", b"p:n:c", 3))
         self.successResultOf(d)
+
+
+class RedisStopStalledTests(unittest.TestCase):
+    """
+    A Redis client disconnected while Redis reads nothing (stopped with
+    SIGSTOP, a cut network) and a command waits unwritten behind a full
+    socket buffer closes within the command timeout (the command fails
+    with L{EngineStopped}): its connection is aborted (a clean close waited for the buffer to drain, without end:
+    an engine's stop hung).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_disconnectWhileRedisReadsNothing(self):
+        from muxframe.engines.errors import EngineStopped
+        from muxframe.engines.redisconn import RedisClient
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        client = RedisClient(reactor, server.address, lambda *a: None, commandTimeout=1.0)
+        yield client.connect()
+        self.addCleanup(server.resume)
+        server.pause()
+        # More than the socket buffers hold: some waits in the transport.
+        big = client.call("SET", "big", b"x" * (64 * 1024 * 1024))
+        closed = client.disconnect()
+        yield eventually(lambda: closed.called, timeout=10, what="the connections closed")
+        yield self.assertFailure(big, EngineStopped)

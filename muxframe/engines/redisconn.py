@@ -277,10 +277,11 @@ class _Link:
         """
         C{connection} answered: the link is up.
         """
-        self._cancelDeadline()
         if self.stopped or connection is not self._connection:
+            # (Stopping: the deadline L{stop} set, or the first, stays.)
             connection.transport.loseConnection()
             return
+        self._cancelDeadline()
         self.protocol = connection
         self.attempts = 0
         self.client.linkUp(self)
@@ -314,7 +315,10 @@ class _Link:
     def stop(self):
         """
         Stop connecting and close the connection; a Deferred firing once
-        it is closed.
+        it is closed.  The connection is aborted (what it has not written
+        yet dropped) if it is not closed within the command timeout: a
+        clean close waits until everything written reached Redis, without
+        end while Redis reads nothing (stopped, a cut network).
         """
         self.stopped = True
         if self._retry is not None and self._retry.active():
@@ -327,6 +331,9 @@ class _Link:
             return defer.succeed(None)
         d = defer.Deferred()
         self._closing.append(d)
+        if self._deadline is None:
+            self._deadline = self.client.reactor.callLater(
+                self.client.commandTimeout, connection.transport.abortConnection)
         connection.transport.loseConnection()
         return d
 
