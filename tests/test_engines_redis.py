@@ -962,3 +962,37 @@ class RedisStopStalledTests(unittest.TestCase):
         closed = client.disconnect()
         yield eventually(lambda: closed.called, timeout=10, what="the connections closed")
         yield self.assertFailure(big, EngineStopped)
+
+
+class RedisStopWhileStartingTests(unittest.TestCase):
+    """
+    An engine stopped once connected but before its start is done (its
+    broker still subscribing) does not start afterwards: L{start} fails
+    with L{EngineStopped}, and no sweep or retention pass runs on the
+    stopped engine (they did, each logging a traceback at every interval
+    for good).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_stoppedDuringBrokerStart(self):
+        from twisted.internet import task
+        from muxframe.engines.errors import EngineStopped
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0.05, sweepInterval=0.05)
+        subscribing = defer.Deferred()
+        engine.broker.start = lambda: subscribing
+        started = engine.start()
+        while not subscribing.callbacks:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield engine.stop()
+        # The broker's subscriptions end as the connection closes.
+        subscribing.callback(None)
+        yield self.assertFailure(started, EngineStopped)
+        self.assertFalse(engine.running)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(engine.presence.sweeps, 0)
+        self.assertIsNone(engine._retention)
+        self.assertEqual(self.flushLoggedErrors(), [])

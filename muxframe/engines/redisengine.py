@@ -176,6 +176,8 @@ class RedisEngine:
         self.history = RedisHistory(self.client, prefix, self._clock)
         self._retention = None
         self.running = False
+        # Whether L{stop} was called (perhaps during L{start}).
+        self._stopped = False
         self._routes = [
             (prefix + "b.", lambda c, m: self.broker.messageReceived(
                 DeliveryKind.SUBJECT, c[len(prefix) + 2:], m)),
@@ -235,6 +237,11 @@ class RedisEngine:
         yield self.client.connect()
         yield self.queues.initialize()
         yield self.broker.start()
+        if self._stopped:
+            # L{stop} came meanwhile (the broker's subscriptions end
+            # quietly as the connection closes): no sweeps on a stopped
+            # engine.
+            raise EngineStopped("stopped while starting")
         self.presence.start()
         if self.retentionInterval:
             self._retention = LoopingCall(self._retentionPass)
@@ -264,8 +271,9 @@ class RedisEngine:
         this node stay online in Redis until they expire or another node
         disconnects them.
         """
+        self._stopped = True
         if not self.running:
-            # Perhaps still waiting for Redis to start: stop that.
+            # Perhaps still waiting for Redis, or starting: stop that.
             yield self.client.disconnect()
             return
         self.running = False
