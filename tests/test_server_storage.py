@@ -730,3 +730,58 @@ class ConfigTests(TestCase):
         with self.assertRaises(ConfigError) as e:
             config(storage__engine="redis")
         self.assertEqual(e.exception.key, "storage.address")
+
+
+class LogEngineFailureTests(TestCase):
+    """
+    L{logEngineFailure}: the failures of background engine work (history
+    records, presence refreshes, queue fetches) do not flood the log when
+    Redis refuses every write (out of memory).
+    """
+
+    def setUp(self):
+        import muxframe.server.storage as storage
+        from muxframe.logthrottle import LogThrottle
+        from twisted.logger import Logger
+        self.patch(storage, "_FAILURES", LogThrottle(perInterval=10, interval=60.0))
+        self.events = []
+        self.logger = Logger(namespace="test", observer=self.events.append)
+
+    def test_storageErrorThrottled(self):
+        """
+        A L{StorageError} met a hundred times is at most ten lines, each
+        with the engine's words and the fields, none with a traceback.
+        """
+        from twisted.python.failure import Failure
+        from muxframe.engines.errors import StorageError
+        from muxframe.server.storage import logEngineFailure
+        from twisted.logger import formatEvent
+        error = StorageError("Redis at h:1 refused a command: OOM command not allowed")
+        for _ in range(100):
+            logEngineFailure(self.logger, Failure(error),
+                             "history of {subject!r} not stored", subject="a.b")
+        self.assertEqual(len(self.events), 10)
+        self.assertNotIn("log_failure", self.events[0])
+        self.assertIn("history of 'a.b' not stored: Redis at h:1 refused a command: OOM",
+                      formatEvent(self.events[0]))
+
+    def test_outageQuiet(self):
+        """
+        An outage (L{StorageUnavailable}) or a stopped engine is not logged.
+        """
+        from twisted.python.failure import Failure
+        from muxframe.engines.errors import EngineStopped, StorageUnavailable
+        from muxframe.server.storage import logEngineFailure
+        logEngineFailure(self.logger, Failure(StorageUnavailable("down", "h:1")), "x")
+        logEngineFailure(self.logger, Failure(EngineStopped("stopped")), "x")
+        self.assertEqual(self.events, [])
+
+    def test_bugKeepsTraceback(self):
+        """
+        Any other exception (a bug) is logged with its traceback.
+        """
+        from twisted.python.failure import Failure
+        from muxframe.server.storage import logEngineFailure
+        logEngineFailure(self.logger, Failure(ZeroDivisionError()), "x")
+        self.assertEqual(len(self.events), 1)
+        self.assertIn("log_failure", self.events[0])

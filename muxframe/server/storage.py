@@ -37,7 +37,9 @@ Rules (C{docs/presence-and-queues.md} section 9 has the wire messages):
     the engine's words (which Redis, since when, why) and no traceback per
     request or per background step: the engine logs the outage once.  Any
     other storage failure (Redis out of memory) is STORAGE_FAILED with the
-    engine's words too, logged at most ten lines a minute.
+    engine's words too, logged, with those of background steps (a history
+    record, a presence refresh: L{logEngineFailure}), at most ten lines a
+    minute without traceback.
 """
 
 import struct
@@ -143,12 +145,21 @@ def logEngineFailure(logger, failure, what, **fields):
     """
     Log through C{logger} the failure of engine work no request waits for
     (a presence refresh, a queue fetch, a history record, a cluster
-    frame): with its traceback, unless it is an outage of the storage
-    (L{StorageUnavailable}), which the engine logs once for all, or the
-    engine stopping (L{EngineStopped}: the node is).
+    frame).  An outage of the storage (L{StorageUnavailable}), which the
+    engine logs once for all, and the engine stopping (L{EngineStopped}:
+    the node is) are not logged.  Another L{StorageError} (Redis out of
+    memory: every history record of every publication meets it) is one
+    line with the engine's words, without traceback, at most ten a minute
+    with the refusals' (L{refusalFor}); anything else (a bug) keeps its
+    traceback.
     """
-    if not failure.check(StorageUnavailable, EngineStopped):
-        logger.failure(what, failure, **fields)
+    if failure.check(StorageUnavailable, EngineStopped):
+        return
+    if failure.check(StorageError):
+        throttled(logger, _FAILURES, time.monotonic(), LogLevel.error, "storage",
+                  what + ": {error}", error=str(failure.value), **fields)
+        return
+    logger.failure(what, failure, **fields)
 
 
 def raiseRefusal(failure):
