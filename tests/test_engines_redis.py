@@ -716,6 +716,34 @@ class RedisLongOutageTests(unittest.TestCase):
         self.assertGreater(int(ttl), 0)
 
     @defer.inlineCallbacks
+    def test_noGraceAfterABlip(self):
+        """
+        An outage much shorter than C{deviceTimeout} (a blip: no device a
+        session refreshes can have expired) sets no grace: otherwise a
+        link dropping more often than the grace lasts would hold every
+        node's sweeps back for good.
+        """
+        from tests.engine_contract import eventually
+        server = RedisServer(appendonly=True).start()
+        self.addCleanup(server.stop)
+        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=60.0,
+                             sweepInterval=0.05)
+        _quickRetries(engine)
+        yield engine.start()
+        self.addCleanup(engine.stop)
+        presence = engine.presence
+        yield presence.connect("alice", "phone")
+        outages = engine.client.outages
+        server.kill()
+        server.startAgain()
+        yield eventually(lambda: engine.client.outages > outages and
+                         not engine.problems(), timeout=30, what="reconnected")
+        sweeps = presence.sweeps
+        yield eventually(lambda: presence.sweeps >= sweeps + 3, what="sweeps after the outage")
+        ttl = yield engine.client.call("PTTL", "muxframe:p:grace")
+        self.assertEqual(int(ttl), -2)
+
+    @defer.inlineCallbacks
     def test_sweptAfterHashExpired(self):
         """
         A device whose hash Redis dropped by its TTL first (a dead node's

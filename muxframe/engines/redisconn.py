@@ -355,6 +355,8 @@ class RedisClient:
     @ivar downSince: when the current outage began (reactor seconds), or
         L{None} while both connections are up.
     @ivar outages: how many outages began.
+    @ivar longestOutage: the longest of the outages that ended since the
+        last L{forgetOutages} (seconds).
     """
 
     retryInitial = RECONNECT_INITIAL
@@ -382,6 +384,24 @@ class RedisClient:
         self._throttle = LogThrottle(perInterval=5, interval=300.0)
         self.downSince = None
         self.outages = 0
+        self.longestOutage = 0.0
+
+    def outageLength(self):
+        """
+        The longest outage since the last L{forgetOutages}, the one going on
+        included (seconds, so far).
+        """
+        ongoing = 0.0
+        if self.downSince is not None:
+            ongoing = self.reactor.seconds() - self.downSince
+        return max(self.longestOutage, ongoing)
+
+    def forgetOutages(self):
+        """
+        Start L{outageLength} afresh (after the outages so far were acted
+        on).
+        """
+        self.longestOutage = 0.0
 
     def connect(self):
         """
@@ -464,6 +484,7 @@ class RedisClient:
     def _logBack(self):
         seconds = self.reactor.seconds() - self.downSince
         self.downSince = None
+        self.longestOutage = max(self.longestOutage, seconds)
         throttled(log, self._throttle, self.reactor.seconds(), LogLevel.info, "back",
                   "Redis at {address} is reachable again after {seconds:.1f} s",
                   address=self.address, seconds=seconds)

@@ -16,7 +16,9 @@ Keys (P: prefix, E: entity):
    device offline and tells its watchers (also when the hash's TTL took
    the device first).
  - C{P p:grace}: while it exists (it expires by itself) no node sweeps:
-   the first sweep of a node after an outage of its Redis sets it for
+   the first sweep of a node after an outage of its Redis of at least a
+   quarter of C{deviceTimeout} (sessions refresh every third of it: a
+   shorter outage cannot have let a refreshed device expire) sets it for
    C{deviceTimeout} plus the longest reconnection delay, so that every
    node's sessions refresh their devices, which no one could while Redis
    was unreachable, before the devices that really stopped expire.
@@ -441,10 +443,19 @@ class RedisPresence:
             outages = self._client.outages
             if outages != self._outagesSeen:
                 # Redis was unreachable: nobody could refresh a device.
-                grace = int((self.deviceTimeout + RECONNECT_MAX) * 1000)
-                yield self._client.call("SET", self._prefix + "p:grace", self.nodeId,
-                                        "PX", grace)
-                self._outagesSeen = outages
+                # Sessions refresh theirs every third of deviceTimeout, so
+                # only an outage longer than about a third can have let
+                # one expire; a grace for every blip would hold every
+                # node's sweeps back for good on a flapping link.  (While
+                # the outage goes on, as long as it lasted so far; it is
+                # done with once over.)
+                if self._client.outageLength() >= self.deviceTimeout / 4:
+                    grace = int((self.deviceTimeout + RECONNECT_MAX) * 1000)
+                    yield self._client.call("SET", self._prefix + "p:grace",
+                                            self.nodeId, "PX", grace)
+                if self._client.downSince is None:
+                    self._outagesSeen = outages
+                    self._client.forgetOutages()
             expired = yield self._client.run(
                 SWEEP, [self._prefix + "p:alive", self._prefix + "p:grace"],
                 [now, self._prefix, 1000])
