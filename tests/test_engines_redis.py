@@ -196,11 +196,8 @@ class RedisPasswordTests(unittest.TestCase):
     def test_password(self):
         from muxframe.engines.model import QueueMessage
         from tests.engine_contract import eventually
-        server = RedisServer(password="s3cret").start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, server=dict(password="s3cret"))
         heard = []
         engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
         yield engine.queues.append("alice", QueueMessage("a", b"x"))
@@ -245,11 +242,8 @@ class RedisRestartTests(unittest.TestCase):
         from twisted.internet import reactor, task
         from muxframe.engines.model import QueueMessage
         from tests.engine_contract import eventually
-        server = RedisServer(appendonly=True).start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, server=dict(appendonly=True))
         heard, got = [], []
         engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
         engine.broker.setReceiver(got.append)
@@ -283,11 +277,7 @@ class RedisKeyTtlTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_deviceHashTtl(self):
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=10.0)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(self, deviceTimeout=10.0)
         yield engine.presence.connect("alice", "phone")
         ttl = yield engine.client.call("PTTL", "muxframe:p:{alice}:dev")
         self.assertTrue(0 < int(ttl) <= 20000, ttl)
@@ -325,6 +315,26 @@ def _quickRetries(engine):
     # An outage of a test lasts a second or two: attempts every 50-200 ms.
     engine.client.retryInitial = 0.05
     engine.client.retryMax = 0.2
+
+
+@defer.inlineCallbacks
+def startedEngine(case, server=None, quick=False, **engineArgs):
+    """
+    A real redis-server (C{server}: L{RedisServer} arguments) and a started
+    L{RedisEngine} on it (C{retentionInterval=0} unless given; C{quick}:
+    L{_quickRetries}), both stopped when C{case} ends.
+
+    @return: a L{defer.Deferred} of C{(server, engine)}.
+    """
+    redis = RedisServer(**(server or {})).start()
+    case.addCleanup(redis.stop)
+    engineArgs.setdefault("retentionInterval", 0)
+    engine = RedisEngine(redis.address, **engineArgs)
+    if quick:
+        _quickRetries(engine)
+    yield engine.start()
+    case.addCleanup(engine.stop)
+    return redis, engine
 
 
 class RedisOutageTests(unittest.TestCase):
@@ -494,12 +504,8 @@ class RedisAcknowledgeOutageTests(unittest.TestCase):
         from muxframe.engines.errors import StorageUnavailable
         from muxframe.engines.model import Address, QueueMessage, ReceiptKind
         from tests.engine_contract import eventually
-        server = RedisServer(appendonly=True).start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0)
-        _quickRetries(engine)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, server=dict(appendonly=True), quick=True)
         queues = engine.queues
         for n in range(3):
             yield queues.append("alice", QueueMessage("m%d" % n, b"x", Address("bob", "b"), True))
@@ -544,12 +550,7 @@ class RedisDataLossTests(unittest.TestCase):
         from twisted.logger import LogLevel
         from muxframe.engines.model import Address, QueueMessage, ReceiptKind
         from tests.engine_contract import eventually
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0)
-        _quickRetries(engine)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(self, quick=True)
         events = _Events(self, "muxframe.engines.redisqueues")
         heard = []
         engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
@@ -591,12 +592,9 @@ class RedisDataLossTests(unittest.TestCase):
         from twisted.logger import LogLevel
         from muxframe.engines.errors import LimitExceeded
         from muxframe.engines.model import QueueMessage, QueueRetention
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0, retention=QueueRetention(
-            maxAge=None, maxMessages=0, deleteAcknowledged=False))
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, retention=QueueRetention(maxAge=None, maxMessages=0,
+                                           deleteAcknowledged=False))
         events = _Events(self, "muxframe.engines.redisqueues")
         queues = engine.queues
         for n in range(3):
@@ -683,13 +681,9 @@ class RedisLongOutageTests(unittest.TestCase):
         from twisted.internet import task
         from muxframe.engines.model import NoticeKind
         from tests.engine_contract import eventually
-        server = RedisServer(appendonly=True).start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=4.0,
-                             sweepInterval=0.05)
-        _quickRetries(engine)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, server=dict(appendonly=True), quick=True, deviceTimeout=4.0,
+            sweepInterval=0.05)
         presence = engine.presence
         yield presence.requestSubscription("carol", "alice")
         yield presence.answerSubscription("alice", "carol", True)
@@ -724,13 +718,9 @@ class RedisLongOutageTests(unittest.TestCase):
         node's sweeps back for good.
         """
         from tests.engine_contract import eventually
-        server = RedisServer(appendonly=True).start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=60.0,
-                             sweepInterval=0.05)
-        _quickRetries(engine)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, server=dict(appendonly=True), quick=True, deviceTimeout=60.0,
+            sweepInterval=0.05)
         presence = engine.presence
         yield presence.connect("alice", "phone")
         outages = engine.client.outages
@@ -754,12 +744,8 @@ class RedisLongOutageTests(unittest.TestCase):
         """
         from muxframe.engines.model import NoticeKind, Status
         from tests.engine_contract import eventually
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0, deviceTimeout=0.5,
-                             sweepInterval=0.05)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(
+            self, deviceTimeout=0.5, sweepInterval=0.05)
         presence = engine.presence
         yield presence.requestSubscription("carol", "alice")
         yield presence.answerSubscription("alice", "carol", True)
@@ -835,11 +821,7 @@ class RedisRefusalTests(unittest.TestCase):
     def test_outOfMemory(self):
         from muxframe.engines.errors import StorageError, StorageUnavailable
         from muxframe.engines.model import QueueMessage
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        engine = RedisEngine(server.address, retentionInterval=0)
-        yield engine.start()
-        self.addCleanup(engine.stop)
+        server, engine = yield startedEngine(self)
         yield engine.queues.append("alice", QueueMessage("a", b"x"))
         yield engine.client.call("CONFIG", "SET", "maxmemory", "1")
         failure = yield self.assertFailure(
