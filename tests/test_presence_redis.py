@@ -34,6 +34,24 @@ def broadcast(session, message):
 '''
 
 
+@defer.inlineCallbacks
+def onceRedisIsBack(attempt, tries=300):
+    """
+    Call C{attempt()} (a Deferred) until it stops failing with
+    L{PeerError} (the node refuses while Redis is down), every 0.1 s at
+    most C{tries} times; its result, or the last refusal.
+    """
+    for left in range(tries, 0, -1):
+        try:
+            result = yield attempt()
+        except PeerError:
+            if left == 1:
+                raise
+            yield deferLater(reactor, 0.1)
+        else:
+            return result
+
+
 class TwoNodeTests(TestCase):
     timeout = 180
 
@@ -284,12 +302,7 @@ class RedisOutageNodeTests(TestCase):
         self.assertEqual((code, health["status"]), (503, "degraded"), health)
         self.assertTrue(any(where in reason for reason in health["reasons"]), health)
         redis.startAgain()
-        for _ in range(300):
-            try:
-                sent = yield bob.client.send("alice", b"after", messageId="m3")
-                break
-            except PeerError:
-                yield deferLater(reactor, 0.1)
+        sent = yield onceRedisIsBack(lambda: bob.client.send("alice", b"after", messageId="m3"))
         self.assertEqual(sent.signal_offset, 2)
         yield eventually(lambda: [m.id for m in alice.messages] == ["m1", "m3"])
         code, health, _ = yield admin.get("/health")
@@ -324,12 +337,7 @@ class RedisOutageNodeTests(TestCase):
         yield eventually(lambda: len(alice.messages) == 3)
         redis.kill()
         redis.startAgain(keepData=False)
-        for _ in range(300):
-            try:
-                sent = yield bob.client.send("alice", b"after", messageId="n1")
-                break
-            except PeerError:
-                yield deferLater(reactor, 0.1)
+        sent = yield onceRedisIsBack(lambda: bob.client.send("alice", b"after", messageId="n1"))
         self.assertGreater(sent.signal_offset, 3)
         yield eventually(lambda: [m.id for m in alice.messages][3:] == ["n1"], timeout=20,
                          what="n1 pushed to alice's live session")
@@ -422,10 +430,5 @@ class RedisOutageNodeTests(TestCase):
         self.assertEqual(e.code, XTMPErrorCode.STORAGE_FAILED)
         self.assertIn("Redis at 127.0.0.1:%d" % (redis.port,), e.reason)
         redis.startAgain()
-        for _ in range(300):
-            try:
-                alice = yield connectPeer(self, port, ALICE, "phone")
-                break
-            except PeerError:
-                yield deferLater(reactor, 0.1)
+        alice = yield onceRedisIsBack(lambda: connectPeer(self, port, ALICE, "phone"))
         self.assertEqual(alice.bound.identity.node, "node-a")
