@@ -219,6 +219,47 @@ def clientFactory(identity):
                              identity=identity, resume=False)
 
 
+class SignalTests(TestCase):
+    """
+    When the role (C{installSignals}) takes its signals.
+    """
+
+    @inlineCallbacks
+    def test_takenBeforeListening(self):
+        """
+        SIGHUP and SIGTERM are the service's once its ports listen, before
+        the reactor runs its start-up: a client sees a started server as
+        soon as a port takes connections, and a SIGHUP then reloads where
+        its default action killed the process (the role's admin test lost
+        the process this way: connection refused after the signal).
+        """
+        import signal
+        import sys
+
+        from muxframe.server.config import ServerConfig
+        from muxframe.server.service import XTMPServerService
+        directory = os.path.abspath(self.mktemp())
+        config = ServerConfig.fromFile(writeSetup(directory, 0))
+        self.patch(sys, "path", [directory] + sys.path)
+        self.addCleanup(sys.modules.pop, "xtmpapp", None)
+        for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        main = XTMPServerService(config, reactor, installSignals=True)
+        reloads = []
+        main.reload = lambda: reloads.append(True)
+        main.privilegedStartService()
+        for listener in main._listeners:
+            self.addCleanup(listener.inner.stopService)
+        ports = yield DeferredList([l.inner._waitingForPort
+                                    for l in main._listeners])
+        self.assertTrue(all(ok for ok, _ in ports))
+        self.assertEqual(signal.getsignal(signal.SIGHUP), main._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGTERM), main._sigterm)
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield waitFor(lambda: reloads, seconds=5, what="the reload")
+        self.assertEqual(reloads, [True])
+
+
 class ReloadTests(SynchronousTestCase):
     """
     L{XTMPServerService.reload} (SIGHUP) in process.

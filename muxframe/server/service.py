@@ -201,9 +201,16 @@ class XTMPServerService(service.Service):
 
     def privilegedStartService(self):
         """
-        Bind a privileged port before twistd drops privileges.
+        Bind a privileged port before twistd drops privileges.  The role
+        (L{installSignals}) takes its signals first: a listening port is
+        a started server to whoever connects, and a SIGHUP sent then must
+        reload, not kill the process (its default action).
         """
         service.Service.privilegedStartService(self)
+        if self.installSignals:
+            # Again once the reactor runs (startService): its start-up
+            # installs Twisted's own SIGTERM and SIGINT handlers.
+            self._takeSignals()
         for listener in self._listeners:
             listener.privilegedStartService()
 
