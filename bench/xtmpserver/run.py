@@ -17,12 +17,20 @@ measures the server, beside a baseline measured in the same invocation:
   flood      p99 latency of an established session's requests during a
              handshake flood from one address, against the same session
              unloaded (target <= 2x); defences at their defaults.  The
-             flooding processes stand in for another machine: they run on
-             a CPU of their own (--attacker pin), the server and the
-             measuring client on the others, in both runs.
+             client and the attacker stand in for other machines: the
+             server runs alone on the first CPU; the measuring client and
+             the flooding processes share the last, the flooders under
+             SCHED_IDLE, so the client's wake-ups never wait for them
+             (--attacker idle), in both runs.  Each flooder makes its
+             fresh ClientHellos before the flood (--pool), so it is not
+             bound by its own key generation.  --attacker pin (the
+             default before 2026-12-04) gives the flooders a CPU of their
+             own and has the server and the measuring client share the
+             other.
 
   python3 -m bench.xtmpserver [--quick] [--scenario idle,fanout] [--json F]
-                             [--attacker pin|nice|none]
+                             [--attacker idle|pin|nice|none] [--pool N]
+                             [--idle-placement shared|apart]
 
 "Per server core" is the count divided by the server process's CPU
 seconds (/proc), so it does not depend on how fast the clients, sharing
@@ -54,13 +62,28 @@ SIZES = {
     "full": {"idle": 10000, "idleWindow": 60.0, "heartbeat": 30.0,
              "handshakes": 4000, "subscribers": 10000, "publishes": 20,
              "requests": 20000, "latency": 10000, "floods": 2,
-             "clients": 2, "timeout": 900},
+             "pool": 12000, "clients": 2, "timeout": 900},
     "quick": {"idle": 300, "idleWindow": 2.0, "heartbeat": 1.0,
               "handshakes": 100, "subscribers": 200, "publishes": 3,
               "requests": 500, "latency": 100, "floods": 1,
-              "clients": 2, "timeout": 120},
+              "pool": 200, "clients": 2, "timeout": 120},
 }
 _children = []
+
+
+def _lowered(niceness, idlePolicy):
+    """
+    The C{preexec_fn} lowering a child's CPU priority: C{niceness}, or
+    Linux's C{SCHED_IDLE} policy (it runs only on a CPU nothing else
+    wants, and a woken task of the normal policy takes the CPU from it at
+    once, where a niceness-19 task keeps it for its slice).
+    """
+    if idlePolicy:
+        return lambda: os.sched_setscheduler(0, os.SCHED_IDLE,
+                                             os.sched_param(0))
+    if niceness:
+        return lambda: os.nice(niceness)
+    return None
 
 
 class Child:
@@ -68,7 +91,7 @@ class Child:
     A benchmark process speaking JSON lines.
     """
 
-    def __init__(self, name, module, *args, niceness=0):
+    def __init__(self, name, module, *args, niceness=0, idlePolicy=False):
         self.name = name
         self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -77,7 +100,7 @@ class Child:
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.stderr,
             env=dict(os.environ, PYTHONPATH=ROOT),
-            preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+            preexec_fn=_lowered(niceness, idlePolicy))
         self.pid = self.process.pid
         self._buffer = b""
         _children.append(self)
@@ -197,6 +220,15 @@ def idle(size):
         cl = clients(srv, size["clients"], "sessions" if mode == "xtmp"
                      else "plain", n, size["timeout"],
                      "--heartbeat", size["heartbeat"], "--window", 64)
+        if size["idlePlacement"] == "apart":
+            # The server on a CPU of its own, its clients on the others
+            # (as on other machines), for the baseline too; set after the
+            # handshakes, which go faster on both CPUs.
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) >= 2:
+                pin(srv, {cpus[0]})
+                for child in cl:
+                    pin(child, set(cpus[1:]))
         # Let handshake garbage settle, then measure.
         time.sleep(1.0)
         after = stats(srv)
@@ -355,16 +387,32 @@ def flood(size):
     srv = server("xtmp", "--limits", "on", *extra)
     latency = clients(srv, 1, "latency", 1, 60)[0]
     # "nice": the flooding processes at niceness 19, unpinned (as
-    # bench_flood's --attacker-placement nice); "none": as they are.
-    defended, attacker = attackerPlacement(size["attacker"])
-    for child in (srv, latency):
-        pin(child, defended)
+    # bench_flood's --attacker-placement nice); "none": as they are;
+    # "idle": the server alone on the first CPU, the measuring client and
+    # the flooding processes (SCHED_IDLE) on the last, so neither the
+    # attacker's CPU nor the measuring client's competes with the server,
+    # and the attacker never delays the client (three machines, on two
+    # CPUs).
+    placement = size["attacker"]
+    if placement == "idle":
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--attacker idle needs two CPUs")
+        pin(srv, {cpus[0]})
+        pin(latency, {cpus[-1]})
+        attacker = {cpus[-1]}
+    else:
+        defended, attacker = attackerPlacement(placement)
+        for child in (srv, latency):
+            pin(child, defended)
     k = size["latency"]
     latency.send("run", count=k)
     quiet = latency.expect("ran", size["timeout"])
-    niceness = 19 if size["attacker"] == "nice" else 0
+    niceness = 19 if placement == "nice" else 0
     floods = [Child("flood-%d" % i, "clientproc", "flood", "--port",
-                    srv.port, "--window", 16, niceness=niceness)
+                    srv.port, "--window", 16, "--pool", size["pool"],
+                    niceness=niceness,
+                    idlePolicy=placement == "idle")
               for i in range(size["floods"])]
     for f in floods:
         pin(f, attacker)
@@ -376,21 +424,29 @@ def flood(size):
     serverCpu = stats(srv)["cpu"] - cpu0
     print("  flood: the loaded run took %.2f s; server CPU %.2f s in it"
           % (loaded["wall"], serverCpu), flush=True)
-    outcomes = {}
+    outcomes, rate = {}, 0.0
     for f in floods:
         f.send("stop")
-        for key, value in f.expect("flooded", 30)["outcomes"].items():
+        flooded = f.expect("flooded", 30)
+        for key, value in flooded["outcomes"].items():
             outcomes[key] = outcomes.get(key, 0) + value
+        rate += sum(flooded["outcomes"].values()) / flooded["seconds"]
+        if size["pool"] and not flooded["poolLeft"]:
+            print("  flood: %s used up its %d hellos made in advance"
+                  % (f.name, size["pool"]), flush=True)
     final = stats(srv)
     stopAll(floods, latency, srv)
-    print("  flood: p99 %.2f ms unloaded, %.2f ms flooded; flood outcomes %s; "
-          "server refusals %s; handshakes %s"
-          % (quiet["p99"] * 1e3, loaded["p99"] * 1e3, outcomes,
-             final["refusals"], final.get("handshakes")), flush=True)
+    print("  flood (attacker %s): p99 %.2f ms unloaded, %.2f ms flooded; "
+          "%.0f hellos/s; flood outcomes %s; server refusals %s; handshakes "
+          "%s" % (placement, quiet["p99"] * 1e3, loaded["p99"] * 1e3, rate,
+                  outcomes, final["refusals"], final.get("handshakes")),
+          flush=True)
     return [row("flood", "request p99 during a handshake flood (ms)",
                 loaded["p99"] * 1e3, quiet["p99"] * 1e3, "ms"),
             row("flood", "flooded p99 / unloaded p99", loaded["p99"] /
-                quiet["p99"], None, "x", 2, "low")]
+                quiet["p99"], None, "x", 2, "low"),
+            row("flood", "the flood's ClientHellos per second (attacker %s)"
+                % (placement,), rate, None, "/s")]
 
 
 def pin(child, cpus):
@@ -419,9 +475,22 @@ def main(argv=None):
     parser.add_argument("--scenario", default=",".join(SCENARIOS))
     parser.add_argument("--json", default=None)
     parser.add_argument(
-        "--attacker", choices=["pin", "nice", "none"], default="pin",
-        help="flood scenario: the flooding processes on a CPU of their own "
-        "(pin, the default), at niceness 19 (nice), or as they are (none)")
+        "--attacker", choices=["idle", "pin", "nice", "none"], default="idle",
+        help="flood scenario: the server alone on a CPU, the measuring "
+        "client and the flooding processes (SCHED_IDLE) on another (idle, "
+        "the default); the flooding processes on a CPU of their own, the "
+        "server and the measuring client sharing the others (pin); at "
+        "niceness 19 (nice); or as they are (none)")
+    parser.add_argument(
+        "--pool", type=int, default=None,
+        help="flood scenario: fresh ClientHellos each flooding process makes "
+        "before it starts (default 12,000, 200 with --quick; 0: one made "
+        "for each connection, as before 2026-12-04)")
+    parser.add_argument(
+        "--idle-placement", choices=["shared", "apart"], default="shared",
+        help="idle scenario: the server and its clients on every CPU "
+        "(shared, the default), or the server on a CPU of its own and the "
+        "clients on the others, in the baseline too (apart)")
     parser.add_argument(
         "--accepts-per-turn", type=int, default=None,
         help="flood scenario: the server's server.accepts_per_turn "
@@ -429,7 +498,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     size = dict(SIZES[mode], attacker=args.attacker,
-                acceptsPerTurn=args.accepts_per_turn)
+                acceptsPerTurn=args.accepts_per_turn,
+                idlePlacement=args.idle_placement)
+    if args.pool is not None:
+        size["pool"] = args.pool
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
