@@ -30,7 +30,6 @@ measures the server, beside a baseline measured in the same invocation:
 
   python3 -m bench.xtmpserver [--quick] [--scenario idle,fanout] [--json F]
                              [--attacker idle|pin|nice|none] [--pool N]
-                             [--idle-placement shared|apart]
 
 "Per server core" is the count divided by the server process's CPU
 seconds (/proc), so it does not depend on how fast the clients, sharing
@@ -220,15 +219,6 @@ def idle(size):
         cl = clients(srv, size["clients"], "sessions" if mode == "xtmp"
                      else "plain", n, size["timeout"],
                      "--heartbeat", size["heartbeat"], "--window", 64)
-        if size["idlePlacement"] == "apart":
-            # The server on a CPU of its own, its clients on the others
-            # (as on other machines), for the baseline too; set after the
-            # handshakes, which go faster on both CPUs.
-            cpus = sorted(os.sched_getaffinity(0))
-            if len(cpus) >= 2:
-                pin(srv, {cpus[0]})
-                for child in cl:
-                    pin(child, set(cpus[1:]))
         # Let handshake garbage settle, then measure.
         time.sleep(1.0)
         after = stats(srv)
@@ -487,19 +477,13 @@ def main(argv=None):
         "before it starts (default 12,000, 200 with --quick; 0: one made "
         "for each connection, as before 2026-12-04)")
     parser.add_argument(
-        "--idle-placement", choices=["shared", "apart"], default="shared",
-        help="idle scenario: the server and its clients on every CPU "
-        "(shared, the default), or the server on a CPU of its own and the "
-        "clients on the others, in the baseline too (apart)")
-    parser.add_argument(
         "--accepts-per-turn", type=int, default=None,
         help="flood scenario: the server's server.accepts_per_turn "
         "(default: the role's default)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     size = dict(SIZES[mode], attacker=args.attacker,
-                acceptsPerTurn=args.accepts_per_turn,
-                idlePlacement=args.idle_placement)
+                acceptsPerTurn=args.accepts_per_turn)
     if args.pool is not None:
         size["pool"] = args.pool
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
