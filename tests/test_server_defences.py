@@ -148,6 +148,37 @@ class RateLimitTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(calls, ["pause", "pause", "resume"])
 
+    def test_controlFramesCharged(self):
+        """
+        Heartbeat probes, which the engine answers itself (they never reach
+        the router), take message tokens too: past the bucket, the session
+        stops reading until it refills, says so once, and reads again;
+        every probe it read was answered.
+        """
+        from muxframe.xtmp import MessageType, codec
+        h = Harness(config(limits__messages_per_second=10,
+                           limits__message_burst=5))
+        client, side, _ = h.connect(ALICE)
+        calls = []
+        side.transport.pauseProducing = lambda: calls.append("pause")
+        side.transport.resumeProducing = lambda: calls.append("resume")
+        counters = side.connection.counters
+        answered = counters.heartbeatsAnswered
+        before = h.server.events.counts.get("rate_limited", 0)
+        for n in range(8):
+            client.connection.sendControl(MessageType.Heartbeat,
+                                          codec.encodeU64(n))
+        client._flush()
+        h.flush()
+        self.assertEqual(counters.heartbeatsAnswered - answered, 8)
+        self.assertEqual(calls, ["pause"])
+        self.assertEqual(h.server.events.counts["rate_limited"] - before, 1)
+        # In debt by 3: a token is there again after 0.4 s.
+        h.clock.advance(0.3)
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.2)
+        self.assertEqual(calls, ["pause", "resume"])
+
     def test_byteRate(self):
         h = Harness(config(limits__bytes_per_second=1000,
                            limits__byte_burst=1000,

@@ -195,7 +195,9 @@ class TCPTests(TestCase):
         import socket
 
         from muxframe.xtmp.codec import F, MessageType, encodeU64
-        yield self.listen(config())
+        # (No rate limit: it would pause reading after 2,000 probes too,
+        # test_server_defences' test_controlFramesCharged.)
+        yield self.listen(config(limits__messages_per_second=0))
         alice = yield self.session(ALICE)
         for _ in range(200):
             if len(self.server.registry):

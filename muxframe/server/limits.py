@@ -3,7 +3,7 @@ The server's defences as plain state, sans-IO: time is always passed in
 as C{now} (seconds) and nothing here imports Twisted.
 
   - L{TokenBucket}: C{rate} tokens per second up to C{burst}; a take that
-    does not fit takes nothing.
+    does not fit takes nothing; a charge takes what it must, into debt.
   - L{BucketTable}: one bucket per key (a source address), at most
     C{maxKeys} of them; a bucket that has refilled completely is
     indistinguishable from a new one, so it is forgotten first.
@@ -60,6 +60,18 @@ class TokenBucket:
             self.tokens -= amount
             return True
         return False
+
+    def charge(self, now, amount):
+        """
+        Take C{amount} tokens whatever is there, leaving the bucket in
+        debt if it held fewer (for what was handled already, and is
+        counted after); return whether it is not in debt.
+        """
+        if self.rate <= 0:
+            return True
+        self._refill(now)
+        self.tokens -= amount
+        return self.tokens >= 0
 
     def wait(self, now, amount=1.0):
         """

@@ -11,7 +11,12 @@ Subscribe and Unsubscribe takes one message token and its payload's
 length in byte tokens.  One that does not fit is answered Error
 RATE_LIMITED (it is not handled) and the session stops reading until the
 buckets hold enough again, so a client that ignores the errors is slowed
-to the configured rate rather than consuming the server's CPU.
+to the configured rate rather than consuming the server's CPU.  The
+frames the engine acts on itself (Heartbeat, KeyUpdate, Error; not Ack,
+which a consumer sends as fast as it is sent messages) take a message
+token each too, after the read that brought them (they are
+handled already: the bucket may go into debt); in debt, the session
+stops reading, without an answer, until it refills.
 
 Handshake reads: while the session handshakes, what it reads waits in
 the server's handshake scheduler for its step.  Once more than a step
@@ -56,7 +61,8 @@ class SessionState:
 
     __slots__ = ("source", "peer", "identity", "permissions", "connectedAt",
                  "endReason", "handshaking", "registered", "pausedSince",
-                 "messages", "bytes", "throttle", "handshakeHeld")
+                 "messages", "bytes", "throttle", "handshakeHeld",
+                 "controlCharged")
 
     def __init__(self, source, peer):
         self.source = source
@@ -68,6 +74,7 @@ class SessionState:
         self.pausedSince = None
         self.messages = self.bytes = self.throttle = None
         self.handshakeHeld = False
+        self.controlCharged = 0
 
 
 @implementer(ISession)
@@ -224,6 +231,7 @@ class ServerSession(XTMPProtocol):
             self._holdHandshakeReads(queued)
         else:
             XTMPProtocol.dataReceived(self, data)
+            self._chargeControl()
 
     def _holdHandshakeReads(self, queued=0):
         """
@@ -342,6 +350,38 @@ class ServerSession(XTMPProtocol):
             state.throttle = self.factory.reactor.callLater(
                 max(wait, 0.001), self._unthrottle)
         return False
+
+    def _chargeControl(self):
+        """
+        Charge the frames the engine handled itself in the last read
+        (Heartbeats, KeyUpdates, Errors: answered or acted on, never
+        messages) to the message bucket, into debt if need be; in debt,
+        stop reading until it refills.  Without it a peer could send
+        heartbeat probes without end, each answered.
+        """
+        state = self.state
+        bucket, connection = state.messages, self.connection
+        if bucket is None or connection is None:
+            return
+        count = connection.counters.controlReceived
+        fresh = count - state.controlCharged
+        if not fresh:
+            return
+        state.controlCharged = count
+        now = self.reactor.seconds()
+        if bucket.charge(now, fresh) or state.throttle is not None or \
+                self._lost:
+            return
+        wait = bucket.wait(now)
+        self.factory.events.emit(
+            "rate_limited", "session {sessionId:#x} ({identity}) over its "
+            "rate limit with control frames (Heartbeat, KeyUpdate, Error): "
+            "{codeName}, reading paused {wait:.3f}s",
+            code=XTMPErrorCode.RATE_LIMITED, sessionId=self.sessionId,
+            identity=self.identity.label, wait=wait)
+        self.pauseDelivery()
+        state.throttle = self.factory.reactor.callLater(
+            max(wait, 0.001), self._unthrottle)
 
     def _unthrottle(self):
         self.state.throttle = None

@@ -788,6 +788,7 @@ class XTMPConnection(RekeyMixin):
             # An idle session's every round.  No flags (checked above): no
             # prefixes, fragments or compression, so the body is the
             # payload parseBody and _dispatch would hand on.
+            self.counters.controlReceived += 1
             self._heartbeatReceived(body, now)
             return
         seq = frame.sequence
@@ -831,17 +832,20 @@ class XTMPConnection(RekeyMixin):
                 self.counters.unmatchedResponses += 1
             events.append(MessageReceived(message))
         elif t == MessageType.Heartbeat:
+            self.counters.controlReceived += 1
             self._heartbeatReceived(message.payload, now)
         elif t == MessageType.Ack:
             self.resumption.acknowledge(codec.decodeU64(message.payload,
                                                         "Ack"))
         elif t == MessageType.KeyUpdate:
+            self.counters.controlReceived += 1
             epoch = codec.decodeU32(message.payload, "KeyUpdate")
             if self.receiveKey is None or epoch != self.receiveKey.epoch + 1:
                 raise MalformedMessage("KeyUpdate to epoch %d unexpected"
                                        % (epoch,))
             self.receiveKey = self.receiveKey.updated(now)
         elif t == MessageType.Error:
+            self.counters.controlReceived += 1
             code, reason = codec.decodeReason(message.payload)
             request = self.pendingRequests.pop(message.requestSequence, None) \
                 if message.requestSequence is not None else None

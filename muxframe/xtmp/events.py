@@ -67,13 +67,17 @@ class Counters:
     pending request: answers to requests that timed out or were cancelled,
     or a faulty peer.  C{heartbeatsSent} counts heartbeat probes sent,
     C{heartbeatsAnswered} the peer's probes answered (the JavaScript
-    client's counters of the same names).
+    client's counters of the same names).  C{controlReceived} counts the
+    frames the engine acts on itself, which never reach the application
+    as messages: Heartbeats, KeyUpdates and Errors (a server charges them
+    to the session's rate limit).  Not Acks: a consumer sends them at the
+    rate it is sent messages, and they cost little.
     """
 
     __slots__ = ("bytesSent", "bytesReceived", "messagesSent",
                  "messagesReceived", "duplicatesDropped", "resent",
                  "keyUpdates", "rehandshakes", "unmatchedResponses",
-                 "heartbeatsSent", "heartbeatsAnswered")
+                 "heartbeatsSent", "heartbeatsAnswered", "controlReceived")
 
     def __init__(self):
         for name in self.__slots__:
