@@ -38,6 +38,16 @@ def refusedWith(testCase, d, code):
     return d.addCallbacks(lambda r: testCase.fail("not refused: %r" % (r,)), check)
 
 
+def operatorView(server, storage):
+    """
+    What the admin service shows of C{storage}: the C{storage} part of
+    C{GET /api/v1/stats}, and the metrics' samples by family.
+    """
+    from muxframe.admin.xtmpstatus import XTMPStatus
+    status = XTMPStatus(server, server.config, reactor, storage=storage)
+    return status.stats()["storage"], status.metrics().samples
+
+
 class BindTests(TestCase):
     timeout = 60
 
@@ -278,6 +288,14 @@ class KnownDevicesTests(TestCase):
         known = yield engine.queues.knownDevices("alice")
         self.assertEqual(known, ["laptop", "tablet"])
         self.assertEqual(engine.queues.stats()["devicesForgotten"], 1)
+        # Operators see it: the admin API's stats and the metrics.
+        report, samples = operatorView(server, storage)
+        self.assertEqual(report["engine"]["devicesForgotten"], 1)
+        self.assertEqual(report["bound"], 3)  # bob, alice laptop and tablet
+        self.assertEqual(samples["muxframe_xtmp_storage_devices_forgotten"],
+                         [((), 1)])
+        self.assertEqual(samples["muxframe_xtmp_storage_bound"], [((), 3)])
+        self.assertEqual(samples["muxframe_xtmp_storage_entities"], [((), 2)])
         yield laptop.close()
         yield self.offline(engine, "alice", "laptop")
         again = yield connectPeer(self, port, ALICE, "phone")
@@ -311,6 +329,10 @@ class QueueLimitTests(TestCase):
         self.assertEqual(records, [])
         # Once: dave's message is refused alone, in whatever batch it was.
         self.assertEqual(storage.engine.queues.stats()["queuesRefused"], 1)
+        report, samples = operatorView(server, storage)
+        self.assertEqual(report["engine"]["queuesRefused"], 1)
+        self.assertEqual(samples["muxframe_xtmp_storage_queues_refused"],
+                         [((), 1)])
 
 
 class PresenceTests(TestCase):

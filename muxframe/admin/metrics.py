@@ -133,6 +133,28 @@ _ENTRIES = [
      "Messages waiting at a type's concurrency cap."),
     ("muxframe_xtmp_router_unknown_types", COUNTER, (), XTMP,
      "Messages of a type without a handler (UNKNOWN_TYPE)."),
+    # presence and queues (storage: docs/presence-and-queues.md)
+    ("muxframe_xtmp_storage_bound", GAUGE, (), XTMP,
+     "Sessions bound to a device (Bind) on this node."),
+    ("muxframe_xtmp_storage_entities", GAUGE, (), XTMP,
+     "Entities with a session bound on this node."),
+    ("muxframe_xtmp_storage_binds", COUNTER, (), XTMP,
+     "Binds accepted on this node."),
+    ("muxframe_xtmp_storage_replaced", COUNTER, (), XTMP,
+     "Bindings replaced by a newer Bind of the same device "
+     "(DEVICE_REPLACED)."),
+    ("muxframe_xtmp_storage_missed_pings", COUNTER, (), XTMP,
+     "Devices taken offline for missed pings."),
+    ("muxframe_xtmp_storage_notices_dropped", COUNTER, (), XTMP,
+     "Presence and queue notices that could not be sent to a session."),
+    ("muxframe_xtmp_storage_devices_forgotten", COUNTER, (), XTMP,
+     "Known devices forgotten at storage.max_known_devices (the least "
+     "recently seen offline one goes)."),
+    ("muxframe_xtmp_storage_queues_refused", COUNTER, (), XTMP,
+     "Messages to a new entity refused at storage.max_queues (BUSY)."),
+    ("muxframe_xtmp_storage_records_dropped", COUNTER, (), XTMP,
+     "Unacknowledged records dropped by the embedded journal's hard cap "
+     "(storage.max_journal_bytes)."),
     # the multiplexer roles
     ("muxframe_mux_connections_active", GAUGE, ("endpoint",), MUX,
      "Open multiplexed connections, by --endpoint."),

@@ -25,6 +25,15 @@ REFUSALS = {"refused_draining": "draining", "refused_locked_out": "locked_out",
 ROUTER_OUTCOMES = {"received": "received", "responded": "responded",
                    "failed": "failed", "applicationErrors": "application_error",
                    "rejected": "rejected", "queuedTotal": "queued"}
+#: The storage's counts (L{muxframe.server.storage.Storage.counts}), as
+#: metric names after C{muxframe_xtmp_storage_}.
+STORAGE_METRICS = (("bound", "bound"), ("entities", "entities"),
+                   ("binds", "binds"), ("replaced", "replaced"),
+                   ("missed_pings", "missedPings"),
+                   ("notices_dropped", "noticesDropped"),
+                   ("devices_forgotten", "devicesForgotten"),
+                   ("queues_refused", "queuesRefused"),
+                   ("records_dropped", "droppedByCap"))
 _COUNTED = ("bytesReceived", "bytesSent", "messagesReceived", "messagesSent")
 
 
@@ -178,6 +187,8 @@ class XTMPStatus(RoleStatus):
         stats["rates"] = self.rates()
         stats["uptime"] = self.uptime()
         stats["role"] = self.role
+        if self.storage is not None:
+            stats["storage"] = self.storage.stats()
         return stats
 
     def roleMetrics(self, m):
@@ -252,6 +263,10 @@ class XTMPStatus(RoleStatus):
             m.add("muxframe_xtmp_router_in_flight", row["inFlight"], type=label)
             m.add("muxframe_xtmp_router_queued", row["queued"], type=label)
         m.add("muxframe_xtmp_router_unknown_types", server.router.unknownTypes)
+        if self.storage is not None:
+            counts = self.storage.counts()
+            for name, key in STORAGE_METRICS:
+                m.add("muxframe_xtmp_storage_" + name, counts[key])
 
     # -- sessions ----------------------------------------------------------
 

@@ -726,6 +726,24 @@ class Storage:
             return []
         return ["storage: %s" % (p,) for p in problems()]
 
+    def counts(self):
+        """
+        The counters and sizes that cost nothing to read, for the metrics
+        scraped every few seconds (L{stats} sums over every queue): this
+        node's Binds, replaced bindings, missed-pings offlines and notices
+        that could not be sent; the sessions bound and entities now; the
+        queue engine's forgotten devices, refused new queues and records
+        dropped by the embedded journal's cap (0 where an engine has no
+        such thing).
+        """
+        out = dict(self.counters)
+        out["bound"] = len(self._bySession)
+        out["entities"] = len(self._entities)
+        store = getattr(self.engine, "queues", None)
+        for name in ("devicesForgotten", "queuesRefused", "droppedByCap"):
+            out[name] = getattr(store, name, 0)
+        return out
+
     def stats(self):
         """
         Counters and sizes for operators.
@@ -734,6 +752,10 @@ class Storage:
         out["bound"] = len(self._bySession)
         out["entities"] = len(self._entities)
         out.update(self.queues.stats())
+        store = getattr(self.engine, "queues", None)
+        if store is not None:
+            # (The engine's queue store: its sizes and counters.)
+            out["engine"] = store.stats()
         if self.cluster is not None:
             out["cluster"] = self.cluster.stats()
         return out
