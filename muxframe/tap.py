@@ -587,6 +587,8 @@ def makeService(options, reactor=None):
     from .admin.service import OperatedRole
     top = OperatedRole(logLevel=sub.logLevel)
     top.setName("muxframe-" + options.subCommand)
+    # SIGHUP reads --admin-token-file again, as the xtmp role does.
+    top.reloadOnHangup = True
     top.tunnels = []
     for tunnel in sub.tunnels:
         if options.subCommand == "server":

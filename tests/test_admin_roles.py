@@ -142,3 +142,42 @@ class MultiplexerRoleTests(TestCase):
         client.transport.signalProcess("TERM")
         yield client.ended
         assertStoppedCleanly(self, client)
+
+    @inlineCallbacks
+    def test_tokensReloadedOnSIGHUP(self):
+        """
+        A multiplexer role reads --admin-token-file again on SIGHUP, as the
+        xtmp role does: a rotated token is in force at once and the old
+        one refused, and the role runs on (SIGHUP's default action would
+        end it); an emptied file keeps the token, with an error naming
+        the file.
+        """
+        import os
+        directory = self.mktemp()
+        os.makedirs(directory)
+        token = os.path.abspath(writeToken(directory))
+        port, adminPort = freePort(), freePort()
+        server = spawnTwistd(
+            self, "server", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
+            % (port,), "--echo",
+            "--admin=tcp:%d:interface=127.0.0.1" % (adminPort,),
+            "--admin-token-file=" + token)
+        for number in (port, adminPort):
+            yield waitForPort(number, server)
+        with open(token, "wb") as f:
+            f.write(b"r0tated-t0ken\n")
+        server.transport.signalProcess("HUP")
+        rotated = Admin(adminPort, token=b"r0tated-t0ken")
+        yield waitFor(lambda: rotated.get("/health").addCallback(
+            lambda r: r[0] == 200), what="the rotated token")
+        code, _, _ = yield Admin(adminPort).get("/health")
+        self.assertEqual(code, 401)
+        with open(token, "wb") as f:
+            f.write(b"")
+        server.transport.signalProcess("HUP")
+        yield waitFor(lambda: "admin tokens unchanged" in server.text(),
+                      what="the failed reload's line")
+        self.assertIn("%s holds no token" % (token,), server.text())
+        code, _, _ = yield rotated.get("/health")
+        self.assertEqual(code, 200)
+        self.assertTrue(server.running)

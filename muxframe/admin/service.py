@@ -10,6 +10,8 @@ drains after SIGTERM, C{/health} keeps answering (C{draining}, 503) and
 metrics keep being served, until the drain is over.
 """
 
+import signal
+
 from twisted.application import service
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.protocol import Protocol
@@ -168,34 +170,36 @@ class AdminService(service.Service):
         self._listener = ListenService(listeningDescription(settings.endpoint),
                                        self.site, reactor)
 
-    def reloadTokens(self, config):
+    def reloadTokens(self):
         """
-        Read the admin tokens again from C{config}'s C{admin.token_file}
-        and C{admin.read_token_file} (the xtmp role's SIGHUP): requests
-        are checked against the new ones from now on.  A file that cannot
-        be read, or holds no token or a bad one, leaves both tokens as
-        they were, with an error logged naming it; a service without a
-        token (a C{unix:} socket) keeps none.
+        Read the admin tokens again from the files they were read from at
+        start (the settings' C{tokenFile} and C{readTokenFile}: the xtmp
+        role's C{admin.token_file} and C{admin.read_token_file}, the
+        multiplexer roles' C{--admin-token-file} and
+        C{--admin-read-token-file}), on SIGHUP: requests are checked
+        against the new ones from now on.  A file that cannot be read, or
+        holds no token or a bad one, leaves both tokens as they were, with
+        an error logged naming it; a service without a token (a C{unix:}
+        socket) keeps none.
 
         @return: whether the tokens were replaced.
         """
         from muxframe.admin.settings import loadReadToken, loadToken
-        tokenFile = config.path("admin.token_file")
-        if self.root.token is None and not tokenFile:
+        settings = self.settings
+        tokenFile = settings.tokenFile
+        if not tokenFile:
             return False
+        tokenName, readName = settings.tokenNames
         try:
-            if not tokenFile:
-                raise ValueError("admin.token_file: no longer given")
-            token = loadToken(tokenFile)
-            readToken = loadReadToken(config.path("admin.read_token_file"),
-                                      token, "admin.read_token_file",
-                                      "admin.token_file")
+            token = loadToken(tokenFile, tokenName)
+            readToken = loadReadToken(settings.readTokenFile, token,
+                                      readName, tokenName)
         except ValueError as e:
             log.error("reload: admin tokens unchanged: {error}", error=str(e))
             return False
         changed = (token, readToken) != (self.root.token, self.root.readToken)
         self.root.token, self.root.readToken = token, readToken
-        self.settings.token, self.settings.readToken = token, readToken
+        settings.token, settings.readToken = token, readToken
         log.info("reload: admin tokens read again from {path}{change}",
                  path=tokenFile, change="" if changed else " (unchanged)")
         return True
@@ -247,6 +251,11 @@ class OperatedRole(service.MultiService):
 
     status = None
     logObserver = None
+    #: Take SIGHUP (a multiplexer role under twistd, L{muxframe.tap}): it
+    #: reads the admin tokens again (L{AdminService.reloadTokens}).  Taken
+    #: before any port listens, and only with a token file to read.
+    reloadOnHangup = False
+    _reactor = None
 
     def __init__(self, logLevel=None):
         service.MultiService.__init__(self)
@@ -262,6 +271,7 @@ class OperatedRole(service.MultiService):
         from muxframe.admin.logs import SummaryService, logObserver
         self.status = status
         self.settings = settings
+        self._reactor = reactor
         if settings.endpoint:
             self.operators.append(AdminService(status, settings, reactor))
         if settings.summaryInterval:
@@ -305,9 +315,22 @@ class OperatedRole(service.MultiService):
 
     def privilegedStartService(self):
         self._applyLevel()
+        admin = self.admin
+        if self.reloadOnHangup and admin is not None and \
+                admin.settings.tokenFile and hasattr(signal, "SIGHUP"):
+            # Before the ports listen (the children's and the admin's own):
+            # a SIGHUP to a started role must reload, not kill it.
+            signal.signal(signal.SIGHUP, self._sighup)
         service.MultiService.privilegedStartService(self)
         for operator in self.operators:
             operator.privilegedStartService()
+
+    def _sighup(self, number, frame):
+        self._reactor.callFromThread(self._reloadTokens)
+
+    def _reloadTokens(self):
+        log.info("SIGHUP: reading the admin tokens again")
+        self.admin.reloadTokens()
 
     def startService(self):
         self._applyLevel()

@@ -24,6 +24,7 @@ Nothing here imports the reactor but to check an endpoint string.
 """
 
 import hmac
+import os
 
 from twisted.python import usage
 
@@ -116,14 +117,24 @@ class OperatorSettings:
     @ivar maxBody: the largest request body read, in bytes.
     @ivar logFormat: C{"text"} or C{"json"}.
     @ivar summaryInterval: seconds between summary lines (0: none).
+    @ivar tokenFile: the absolute path C{token} was read from, or
+        L{None}; read again by L{AdminService.reloadTokens} (SIGHUP).
+    @ivar readTokenFile: the same for C{readToken}.
+    @ivar tokenNames: the names of the two files' settings or options, for
+        errors: C{("admin.token_file", "admin.read_token_file")} or
+        C{("--admin-token-file", "--admin-read-token-file")}.
     """
 
     def __init__(self, endpoint=None, token=None, publicMetrics=False,
                  maxBody=MiB, logFormat="text", summaryInterval=60.0,
-                 readToken=None):
+                 readToken=None, tokenFile=None, readTokenFile=None,
+                 tokenNames=("admin.token_file", "admin.read_token_file")):
         self.endpoint = endpoint
         self.token = token
         self.readToken = readToken
+        self.tokenFile = tokenFile
+        self.readTokenFile = readTokenFile
+        self.tokenNames = tokenNames
         self.publicMetrics = publicMetrics
         self.maxBody = maxBody
         self.logFormat = logFormat
@@ -149,7 +160,9 @@ class OperatorSettings:
         return cls(config["admin.endpoint"], token,
                    config["admin.public_metrics"], config["admin.max_body"],
                    config["logging.format"],
-                   config["logging.summary_interval"], readToken)
+                   config["logging.summary_interval"], readToken,
+                   tokenFile or None,
+                   config.path("admin.read_token_file") or None)
 
 
 def _positiveNumber(name, value, zero=False):
@@ -269,9 +282,16 @@ class OperatorOptionsMixin:
                                       "--admin-token-file")
         except ValueError as e:
             raise usage.UsageError(str(e))
+        readTokenFile = values["readTokenFile"]
+        # (Absolute: read again on SIGHUP, after twistd may have changed
+        # directory.)
         return OperatorSettings(endpoint, token, values["publicMetrics"],
                                 values["maxBody"], values["logFormat"],
-                                values["summaryInterval"], readToken)
+                                values["summaryInterval"], readToken,
+                                tokenFile and os.path.abspath(tokenFile),
+                                readTokenFile and os.path.abspath(readTokenFile),
+                                ("--admin-token-file",
+                                 "--admin-read-token-file"))
 
 
 def checkAdminEndpoint(description, where):

@@ -139,8 +139,8 @@ class XTMPOptions(usage.Options):
 def makeService(options, reactor=None):
     """
     The role of parsed L{XTMPOptions}: an L{OperatedRole} running the
-    L{XTMPServerService} (which takes over SIGTERM and SIGHUP once the
-    reactor runs) and the configured operator surfaces.
+    L{XTMPServerService} (which takes over SIGTERM and SIGHUP before its
+    ports listen) and the configured operator surfaces.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -163,5 +163,5 @@ def makeService(options, reactor=None):
         # SIGHUP re-reads the admin tokens too (a leaked one is revoked
         # without a restart).
         main.reloadHooks.append(
-            lambda: role.admin.reloadTokens(options.config))
+            role.admin.reloadTokens)
     return role
