@@ -259,6 +259,36 @@ class SignalTests(TestCase):
         yield waitFor(lambda: reloads, seconds=5, what="the reload")
         self.assertEqual(reloads, [True])
 
+    def test_takenBeforeListeningUnderTwist(self):
+        """
+        twist (unlike twistd) never calls privilegedStartService: its
+        ports listen in startService, before the reactor runs, and the
+        signals are the service's by then too.
+        """
+        import atexit
+        import signal
+        import sys
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from muxframe.server.config import ServerConfig
+        from muxframe.server.service import XTMPServerService
+        directory = os.path.abspath(self.mktemp())
+        config = ServerConfig.fromFile(writeSetup(
+            directory, 0, {"storage": {"engine": "none"}}))
+        self.patch(sys, "path", [directory] + sys.path)
+        self.addCleanup(sys.modules.pop, "xtmpapp", None)
+        for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        self.patch(atexit, "register", lambda f: f)
+        notRunning = MemoryReactorClock()
+        main = XTMPServerService(config, notRunning, installSignals=True)
+        main.startService()
+        self.assertEqual(len(notRunning.tcpServers), 1)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), main._sighup)
+        self.assertEqual(signal.getsignal(signal.SIGTERM), main._sigterm)
+        self.assertEqual(signal.getsignal(signal.SIGINT), main._sigterm)
+
 
 class ReloadTests(SynchronousTestCase):
     """

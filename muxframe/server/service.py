@@ -228,10 +228,17 @@ class XTMPServerService(service.Service):
         """
         Take the storage's directory (a second server on it is refused
         before it serves anyone; as the user twistd runs it as, so after
-        L{privilegedStartService} bound the ports), listen, and (under
-        twistd) take over SIGTERM and SIGHUP.
+        L{privilegedStartService} bound the ports), listen, and (the role)
+        take over SIGTERM, SIGINT and SIGHUP: before listening (under
+        twist, which calls no L{privilegedStartService}, ports listen
+        here), and again once the reactor runs.
         """
         service.Service.startService(self)
+        if self.installSignals:
+            # Before the ports listen here too: twist never calls
+            # privilegedStartService, and starts the service before the
+            # reactor runs.
+            self._takeSignals()
         self._claimStorage()
         for listener in self._listeners:
             listener.startService()

@@ -139,8 +139,9 @@ class XTMPOptions(usage.Options):
 def makeService(options, reactor=None):
     """
     The role of parsed L{XTMPOptions}: an L{OperatedRole} running the
-    L{XTMPServerService} (which takes over SIGTERM and SIGHUP before its
-    ports listen) and the configured operator surfaces.
+    L{XTMPServerService} (which takes over SIGTERM, SIGINT and SIGHUP
+    before its ports listen, and again once the reactor runs) and the
+    configured operator surfaces.
     """
     if reactor is None:
         from twisted.internet import reactor
