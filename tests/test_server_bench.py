@@ -84,3 +84,76 @@ class HandshakeCostTests(SynchronousTestCase):
         self.assertIn("handshakes 5 a run, 1 runs, log level info", output)
         self.assertIn("server thread CPU per completed handshake", output)
         self.assertIn("the sans-IO handshake alone", output)
+
+
+class _FakeChild:
+    """
+    Stands in for a benchmark process in L{FloodPlacementTests}: answers
+    what the flood scenario expects, runs nothing.
+    """
+
+    def __init__(self, name, *args, **kwargs):
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.pid = id(self)
+        self.port = 1
+
+    def send(self, cmd, **fields):
+        pass
+
+    def expect(self, event, timeout):
+        return {"ran": {"p99": 0.001, "wall": 1.0},
+                "ready": {},
+                "flooded": {"outcomes": {"closed": 300}, "seconds": 2.0,
+                            "poolLeft": 1}}[event]
+
+
+class FloodPlacementTests(SynchronousTestCase):
+    """
+    Where the flood scenario of C{bench.xtmpserver} puts its processes
+    (its children faked: nothing is run or measured).
+    """
+
+    def flood(self, cpus, attacker="idle"):
+        from bench.xtmpserver import run
+        pinned, made = [], []
+
+        def child(name, *args, **kwargs):
+            made.append(_FakeChild(name, *args, **kwargs))
+            return made[-1]
+
+        self.patch(run, "server", lambda *a: child("server"))
+        self.patch(run, "clients", lambda *a: [child("latency")])
+        self.patch(run, "Child", child)
+        self.patch(run, "stats", lambda srv: {"cpu": 0.0, "refusals": {}})
+        self.patch(run, "stopAll", lambda *children: None)
+        self.patch(run, "pin", lambda c, s: pinned.append((c.name, s)))
+        self.patch(run.time, "sleep", lambda seconds: None)
+        self.patch(run.os, "sched_getaffinity", lambda pid: set(cpus))
+        size = dict(run.SIZES["quick"], attacker=attacker, acceptsPerTurn=None)
+        rows = run.flood(size)
+        return rows, pinned, made
+
+    def test_idleOnTwoCPUs(self):
+        """
+        --attacker idle: the server alone on the first CPU, the measuring
+        client and the flooders (SCHED_IDLE, their pool of hellos) on the
+        last; the hellos per second are the flooders' together.
+        """
+        rows, pinned, made = self.flood([0, 1])
+        self.assertEqual(pinned, [("server", {0}), ("latency", {1}),
+                                  ("flood-0", {1})])
+        [flooder] = [c for c in made if c.name.startswith("flood")]
+        self.assertTrue(flooder.kwargs["idlePolicy"])
+        self.assertIn("--pool", flooder.args)
+        self.assertEqual(rows[-1]["value"], 150.0)
+
+    def test_idleOnOneCPU(self):
+        """
+        On one CPU --attacker idle pins nothing, as --attacker pin does,
+        and the scenario still gives its rows.
+        """
+        rows, pinned, made = self.flood([0])
+        self.assertEqual([s for _, s in pinned if s], [])
+        self.assertEqual(len(rows), 3)

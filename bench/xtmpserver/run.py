@@ -386,11 +386,17 @@ def flood(size):
     placement = size["attacker"]
     if placement == "idle":
         cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            raise SystemExit("--attacker idle needs two CPUs")
-        pin(srv, {cpus[0]})
-        pin(latency, {cpus[-1]})
-        attacker = {cpus[-1]}
+        if len(cpus) >= 2:
+            pin(srv, {cpus[0]})
+            pin(latency, {cpus[-1]})
+            attacker = {cpus[-1]}
+        else:
+            # As --attacker pin on one CPU: no placement (the flooders
+            # still under SCHED_IDLE), not a benchmark that stops at its
+            # last scenario.
+            print("  flood: --attacker idle on one CPU: nothing pinned",
+                  flush=True)
+            attacker = None
     else:
         defended, attacker = attackerPlacement(placement)
         for child in (srv, latency):
