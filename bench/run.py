@@ -459,7 +459,9 @@ class Runner:
             if self.warmup:
                 for job in jobs:
                     entry = live.get(job.key)
-                    params = self.warmup.get(job.scenario)
+                    # By the module the client runs (the loaded
+                    # scenario's bulk-alone job runs bulk).
+                    params = self.warmup.get(job.module)
                     if entry is None or params is None:
                         continue
                     try:

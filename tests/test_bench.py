@@ -75,3 +75,60 @@ class QuickBenchTests(unittest.TestCase):
         for t, size, received in run["series"]:
             self.assertGreaterEqual(size, 256 * 1024)
         self.assertIn("scenario", proc.stdout)
+
+
+class WarmupTests(unittest.SynchronousTestCase):
+    """
+    The unreported warm-up run each job of the full suite gets first (its
+    processes faked: nothing is run).
+    """
+
+    def test_byModule(self):
+        """
+        A job's warm-up has the quick sizes of the module its client runs:
+        the loaded scenario's bulk-alone job (module bulk) warms up with a
+        quick bulk run, not a full-size one with the loaded scenario's
+        parameters merged in.
+        """
+        import io
+
+        from bench import run
+
+        class Display:
+            def start(self, text):
+                pass
+
+            def done(self, text):
+                pass
+
+        class Reader:
+            def next(self, deadline):
+                return {"event": "warm"}
+
+        class Client:
+            def __init__(self):
+                self.stdin = io.BytesIO()
+                self.reader = Reader()
+
+        jobs = {job.key: job for job in
+                run.planJobs("full", ["loaded"], ["mio"], 1)}
+        runner = run.Runner(list(jobs.values()), 60, None, self.mktemp(),
+                            warmup=dict(run.SIZES["quick"]), display=Display())
+        clients = {}
+
+        def start(job, serve, first):
+            clients[job.key] = Client()
+            return run.Live(job, None, clients[job.key], None)
+
+        self.patch(runner, "_start", start)
+        self.patch(runner, "_one", lambda live, index: None)
+        self.patch(runner, "_stopLive", lambda live: None)
+        runner.runInterleaved([jobs["loaded/mio/alone"], jobs["loaded/mio"]])
+        sent = {}
+        for key, client in clients.items():
+            line = client.stdin.getvalue().split(b"\n")[0]
+            word, _, params = line.partition(b" ")
+            self.assertEqual(word, b"warmup")
+            sent[key] = json.loads(params)
+        self.assertEqual(sent["loaded/mio/alone"], run.SIZES["quick"]["bulk"])
+        self.assertEqual(sent["loaded/mio"], run.SIZES["quick"]["loaded"])
