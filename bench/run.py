@@ -156,7 +156,8 @@ def planJobs(mode, scenarios, framings, runs):
     # raw TCP too), so three runs' median flips between them.
     bulkRuns = runs if explicitRuns else (sizes["targetRuns"] or runs)
     for framing in framings:
-        if need("bulk") or need("loaded"):
+        if need("bulk"):
+            # (The loaded rows' bulk alone is loaded/FRAMING/alone.)
             mux("bulk", framing, runs=bulkRuns)
         if need("bulk"):
             for count in sizes["bulkStreams"]:

@@ -132,3 +132,27 @@ class WarmupTests(unittest.SynchronousTestCase):
             sent[key] = json.loads(params)
         self.assertEqual(sent["loaded/mio/alone"], run.SIZES["quick"]["bulk"])
         self.assertEqual(sent["loaded/mio"], run.SIZES["quick"]["loaded"])
+
+
+class PlanTests(unittest.SynchronousTestCase):
+    """
+    The jobs L{bench.run.planJobs} plans.
+    """
+
+    def test_loadedAlone(self):
+        """
+        The loaded scenario's bulk alone is a job of its own group, run by
+        the bulk module against the loaded server role (its first stream
+        a sink); the bulk scenario's job, whose figure it no longer uses,
+        is not run for it.
+        """
+        from bench import run
+        jobs = {job.key: job for job in
+                run.planJobs("full", ["loaded"], ["mio", "bmp"], 0)}
+        for framing in ("mio", "bmp"):
+            alone = jobs["loaded/%s/alone" % framing]
+            self.assertEqual((alone.scenario, alone.module), ("loaded", "bulk"))
+            self.assertEqual(run._serverRole(alone), "loaded")
+            self.assertEqual(alone.params, run.SIZES["full"]["bulk"])
+            self.assertEqual(alone.runs, jobs["loaded/" + framing].runs)
+            self.assertNotIn("bulk/" + framing, jobs)
