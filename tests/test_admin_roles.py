@@ -143,7 +143,6 @@ class MultiplexerRoleTests(TestCase):
         yield client.ended
         assertStoppedCleanly(self, client)
 
-    @inlineCallbacks
     def test_tokensReloadedOnSIGHUP(self):
         """
         A multiplexer role reads --admin-token-file again on SIGHUP, as the
@@ -152,6 +151,16 @@ class MultiplexerRoleTests(TestCase):
         end it); an emptied file keeps the token, with an error naming
         the file.
         """
+        return self.tokensReloaded(twist=False)
+
+    def test_tokensReloadedOnSIGHUPUnderTwist(self):
+        """
+        The same under C{twist}, which never calls privilegedStartService.
+        """
+        return self.tokensReloaded(twist=True)
+
+    @inlineCallbacks
+    def tokensReloaded(self, twist):
         import os
         directory = self.mktemp()
         os.makedirs(directory)
@@ -161,7 +170,7 @@ class MultiplexerRoleTests(TestCase):
             self, "server", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
             % (port,), "--echo",
             "--admin=tcp:%d:interface=127.0.0.1" % (adminPort,),
-            "--admin-token-file=" + token)
+            "--admin-token-file=" + token, twist=twist)
         for number in (port, adminPort):
             yield waitForPort(number, server)
         with open(token, "wb") as f:

@@ -313,14 +313,19 @@ class OperatedRole(service.MultiService):
             setMinimumLevel(self._previousLevel)
             self._previousLevel = None
 
-    def privilegedStartService(self):
-        self._applyLevel()
+    def _takeHangup(self):
+        # Before the ports listen (the children's and the admin's own): a
+        # SIGHUP to a started role must reload, not kill it.  From both
+        # starts: twistd binds in privilegedStartService, twist (which
+        # never calls it) in startService.
         admin = self.admin
         if self.reloadOnHangup and admin is not None and \
                 admin.settings.tokenFile and hasattr(signal, "SIGHUP"):
-            # Before the ports listen (the children's and the admin's own):
-            # a SIGHUP to a started role must reload, not kill it.
             signal.signal(signal.SIGHUP, self._sighup)
+
+    def privilegedStartService(self):
+        self._applyLevel()
+        self._takeHangup()
         service.MultiService.privilegedStartService(self)
         for operator in self.operators:
             operator.privilegedStartService()
@@ -334,6 +339,7 @@ class OperatedRole(service.MultiService):
 
     def startService(self):
         self._applyLevel()
+        self._takeHangup()
         service.MultiService.startService(self)
         for operator in self.operators:
             operator.startService()
