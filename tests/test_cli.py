@@ -834,3 +834,60 @@ class EntryPointTests(SynchronousTestCase):
         requires = config["options"]["install_requires"]
         self.assertIn("prometheus_client>=", requires)
         self.assertIn("tqdm>=", requires)
+
+
+class ClosedOutputTests(SynchronousTestCase):
+    """
+    Output to a reader that went away (C{| head} once it has its lines):
+    the command ends quietly, exit 1, without an error line or Python's
+    BrokenPipeError report.
+    """
+
+    def runClosed(self, *argv):
+        """
+        Run C{python3 ARGV} with standard output a pipe whose reader is
+        closed: C{(exit code, stderr text)}.
+        """
+        import subprocess
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            process = subprocess.run(
+                [sys.executable] + list(argv), stdout=write,
+                stderr=subprocess.PIPE, env=environment(),
+                timeout=60)
+        finally:
+            os.close(write)
+        return process.returncode, process.stderr.decode("utf-8", "replace")
+
+    def test_command(self):
+        """
+        A command that prints once (keygen): its work is done (the files
+        written), exit 1, nothing on stderr.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        code, err = self.runClosed(
+            "-m", "muxframe.cli", "keygen", os.path.join(directory, "id"))
+        self.assertEqual((code, err), (1, ""))
+        self.assertEqual(sorted(os.listdir(directory)), ["id.pem", "id.pub"])
+
+    def test_streaming(self):
+        """
+        A command printing from callbacks under the reactor, as subscribe
+        does (no Deferred of the command's fails): the reactor stops,
+        exit 1, nothing on stderr.
+        """
+        code, err = self.runClosed("-c", """
+import sys
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from muxframe.cli.common import runTwisted, say
+
+def main(reactor):
+    LoopingCall(lambda: say("a message")).start(0.001)
+    return Deferred()
+
+sys.exit(runTwisted(main))
+""")
+        self.assertEqual((code, err), (1, ""))

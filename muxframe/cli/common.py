@@ -32,11 +32,49 @@ class UsageError(CLIError):
 
 def say(text, stream=None):
     """
-    Print C{text} and flush (output may be read line by line).
+    Print C{text} and flush (output may be read line by line).  If the
+    reader of standard output went away (C{| head} has its lines), the
+    rest of the output goes nowhere and the command ends, exit 1
+    (L{outputClosed}); what it was doing is not cut short mid-way.
     """
     stream = stream or sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        if stream is not sys.stdout:
+            raise
+        outputClosed()
+
+
+def outputClosed():
+    """
+    Standard output's reader went away: point it at the null device, so
+    the interpreter's last flush does not print a BrokenPipeError too, and
+    stop a running reactor (a streaming command such as subscribe prints
+    from callbacks); the command's exit code becomes 1 (L{closed}).
+    """
+    global _closed
+    _closed = True
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    from twisted.internet import reactor
+    if reactor.running:
+        reactor.callLater(0, reactor.stop)
+
+
+_closed = False
+
+
+def closed():
+    """
+    Whether standard output's reader went away (L{outputClosed}).
+    """
+    return _closed
 
 
 def emitJSON(value):
@@ -75,7 +113,11 @@ def runTwisted(main, *args):
 
     def failed(failure):
         error = failure.value
-        if isinstance(error, UsageError):
+        if isinstance(error, BrokenPipeError):
+            # (Written other than by say.)
+            outputClosed()
+            outcome["code"] = FAILURE
+        elif isinstance(error, UsageError):
             say("%s: error: %s" % (PROGRAM, error), sys.stderr)
             outcome["code"] = USAGE
         elif isinstance(error, CLIError):
@@ -97,6 +139,8 @@ def runTwisted(main, *args):
 
     reactor.callWhenRunning(start)
     reactor.run()
+    if _closed:
+        return FAILURE
     return outcome.get("code", SUCCESS)
 
 

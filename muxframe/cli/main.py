@@ -8,7 +8,8 @@ import sys
 
 from muxframe.cli import admin, bench, capture, keys, session, validate
 from muxframe.cli.common import (
-    FAILURE, PROGRAM, USAGE, CLIError, UsageError, describeError, say,
+    FAILURE, PROGRAM, USAGE, CLIError, UsageError, closed, describeError,
+    outputClosed, say,
 )
 
 #: The subcommands, in the order --help lists them.
@@ -46,7 +47,9 @@ def main(argv=None):
     top = parser()
     args = top.parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        # (Our output's reader went away, | head: exit 1, quietly.)
+        return FAILURE if closed() else code
     except UsageError as e:
         top.print_usage(sys.stderr)
         say("%s: error: %s" % (PROGRAM, e), sys.stderr)
@@ -55,6 +58,11 @@ def main(argv=None):
         say("%s: error: %s" % (PROGRAM, e), sys.stderr)
         return FAILURE
     except KeyboardInterrupt:
+        return FAILURE
+    except BrokenPipeError:
+        # Our output's reader went away (| head), written other than by
+        # say: quietly too.
+        outputClosed()
         return FAILURE
     except (OSError, ValueError) as e:
         say("%s: error: %s" % (PROGRAM, describeError(e)), sys.stderr)
