@@ -179,6 +179,34 @@ class RateLimitTests(SynchronousTestCase):
         h.clock.advance(0.2)
         self.assertEqual(calls, ["pause", "resume"])
 
+    def test_controlFramesChargedInBatches(self):
+        """
+        Control frames are charged once CONTROL_BATCH of them are
+        uncharged (an idle session's answer per round costs no charge):
+        seven probes leave the session reading; the eighth, in a later
+        read, charges all eight, past the bucket of five.
+        """
+        from muxframe.server.session import CONTROL_BATCH
+        from muxframe.xtmp import MessageType, codec
+        self.assertEqual(CONTROL_BATCH, 8)
+        h = Harness(config(limits__messages_per_second=10,
+                           limits__message_burst=5))
+        client, side, _ = h.connect(ALICE)
+        calls = []
+        side.transport.pauseProducing = lambda: calls.append("pause")
+        side.transport.resumeProducing = lambda: calls.append("resume")
+
+        def probes(count):
+            for n in range(count):
+                client.connection.sendControl(MessageType.Heartbeat,
+                                              codec.encodeU64(n))
+            client._flush()
+            h.flush()
+        probes(7)
+        self.assertEqual(calls, [])
+        probes(1)
+        self.assertEqual(calls, ["pause"])
+
     def test_byteRate(self):
         h = Harness(config(limits__bytes_per_second=1000,
                            limits__byte_burst=1000,

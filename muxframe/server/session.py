@@ -14,9 +14,9 @@ buckets hold enough again, so a client that ignores the errors is slowed
 to the configured rate rather than consuming the server's CPU.  The
 frames the engine acts on itself (Heartbeat, KeyUpdate, Error; not Ack,
 which a consumer sends as fast as it is sent messages) take a message
-token each too, after the read that brought them (they are
-handled already: the bucket may go into debt); in debt, the session
-stops reading, without an answer, until it refills.
+token each too, in batches of CONTROL_BATCH after the reads that brought
+them (they are handled already: the bucket may go into debt); in debt,
+the session stops reading, without an answer, until it refills.
 
 Handshake reads: while the session handshakes, what it reads waits in
 the server's handshake scheduler for its step.  Once more than a step
@@ -75,6 +75,10 @@ class SessionState:
         self.messages = self.bytes = self.throttle = None
         self.handshakeHeld = False
         self.controlCharged = 0
+
+
+#: Control frames a session may have uncharged (L{ServerSession._chargeControl}).
+CONTROL_BATCH = 8
 
 
 @implementer(ISession)
@@ -231,7 +235,11 @@ class ServerSession(XTMPProtocol):
             self._holdHandshakeReads(queued)
         else:
             XTMPProtocol.dataReceived(self, data)
-            self._chargeControl()
+            connection = self.connection
+            if connection is not None and \
+                    connection.counters.controlReceived - \
+                    self.state.controlCharged >= CONTROL_BATCH:
+                self._chargeControl()
 
     def _holdHandshakeReads(self, queued=0):
         """
@@ -353,11 +361,13 @@ class ServerSession(XTMPProtocol):
 
     def _chargeControl(self):
         """
-        Charge the frames the engine handled itself in the last read
+        Charge the frames the engine handled itself since the last charge
         (Heartbeats, KeyUpdates, Errors: answered or acted on, never
         messages) to the message bucket, into debt if need be; in debt,
         stop reading until it refills.  Without it a peer could send
-        heartbeat probes without end, each answered.
+        heartbeat probes without end, each answered.  Called once
+        L{CONTROL_BATCH} of them are uncharged: an idle session's one
+        heartbeat answer per round costs a comparison, not a charge.
         """
         state = self.state
         bucket, connection = state.messages, self.connection
@@ -365,8 +375,6 @@ class ServerSession(XTMPProtocol):
             return
         count = connection.counters.controlReceived
         fresh = count - state.controlCharged
-        if not fresh:
-            return
         state.controlCharged = count
         now = self.reactor.seconds()
         if bucket.charge(now, fresh) or state.throttle is not None or \
