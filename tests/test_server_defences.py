@@ -148,12 +148,11 @@ class RateLimitTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(calls, ["pause", "pause", "resume"])
 
-    def test_controlFramesCharged(self):
+    def probingSession(self):
         """
-        Heartbeat probes, which the engine answers itself (they never reach
-        the router), take message tokens too: past the bucket, the session
-        stops reading until it refills, says so once, and reads again;
-        every probe it read was answered.
+        A session whose bucket holds 5 messages (10 a second): the harness,
+        the server side, the transport's pause and resume calls, and
+        C{probes(count)} sending that many heartbeat probes in one read.
         """
         from muxframe.xtmp import MessageType, codec
         h = Harness(config(limits__messages_per_second=10,
@@ -162,14 +161,27 @@ class RateLimitTests(SynchronousTestCase):
         calls = []
         side.transport.pauseProducing = lambda: calls.append("pause")
         side.transport.resumeProducing = lambda: calls.append("resume")
+
+        def probes(count):
+            for n in range(count):
+                client.connection.sendControl(MessageType.Heartbeat,
+                                              codec.encodeU64(n))
+            client._flush()
+            h.flush()
+        return h, side, calls, probes
+
+    def test_controlFramesCharged(self):
+        """
+        Heartbeat probes, which the engine answers itself (they never reach
+        the router), take message tokens too: past the bucket, the session
+        stops reading until it refills, says so once, and reads again;
+        every probe it read was answered.
+        """
+        h, side, calls, probes = self.probingSession()
         counters = side.connection.counters
         answered = counters.heartbeatsAnswered
         before = h.server.events.counts.get("rate_limited", 0)
-        for n in range(8):
-            client.connection.sendControl(MessageType.Heartbeat,
-                                          codec.encodeU64(n))
-        client._flush()
-        h.flush()
+        probes(8)
         self.assertEqual(counters.heartbeatsAnswered - answered, 8)
         self.assertEqual(calls, ["pause"])
         self.assertEqual(h.server.events.counts["rate_limited"] - before, 1)
@@ -187,21 +199,8 @@ class RateLimitTests(SynchronousTestCase):
         read, charges all eight, past the bucket of five.
         """
         from muxframe.server.session import CONTROL_BATCH
-        from muxframe.xtmp import MessageType, codec
         self.assertEqual(CONTROL_BATCH, 8)
-        h = Harness(config(limits__messages_per_second=10,
-                           limits__message_burst=5))
-        client, side, _ = h.connect(ALICE)
-        calls = []
-        side.transport.pauseProducing = lambda: calls.append("pause")
-        side.transport.resumeProducing = lambda: calls.append("resume")
-
-        def probes(count):
-            for n in range(count):
-                client.connection.sendControl(MessageType.Heartbeat,
-                                              codec.encodeU64(n))
-            client._flush()
-            h.flush()
+        h, side, calls, probes = self.probingSession()
         probes(7)
         self.assertEqual(calls, [])
         probes(1)
