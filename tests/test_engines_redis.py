@@ -808,6 +808,128 @@ class RedisCutNetworkTests(unittest.TestCase):
         yield eventually(lambda: heard[-1:] == [2], what="a notice after the cut")
 
 
+class RedisPresenceResyncTests(unittest.TestCase):
+    """
+    Presence notices published while a node's subscriber connection is away
+    are lost; once it is back, the node's presence watchers are told the
+    current awareness of each target that changed meanwhile, once, and
+    nothing of the targets that did not.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_watchersToldWhatTheSubscriberMissed(self):
+        """
+        Node A (through a proxy) watches carol, subscribed to alice, dave
+        and erin; A's connections are cut and its subscriber dropped by
+        Redis; meanwhile node B takes alice's phone offline and brings
+        dave's pad online (AWAY).  When the network is mended, carol's
+        watch on A is told alice OFFLINE and dave AWAY, and nothing more
+        of erin, who did not change, until erin does.
+        """
+        from muxframe.engines.model import NoticeKind, Status
+        from tests.engine_contract import eventually
+        from tests.presence_support import CutProxy
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        proxy = yield CutProxy(server.port, silentCloses=True).start(self)
+        # (Devices, which no session refreshes here, stay online.)
+        a = RedisEngine("redis://127.0.0.1:%d/0" % (proxy.port,), nodeId="node-a",
+                        retentionInterval=0, commandTimeout=0.5, deviceTimeout=600.0)
+        b = RedisEngine(server.address, nodeId="node-b", retentionInterval=0,
+                        deviceTimeout=600.0)
+        for engine in (a, b):
+            _quickRetries(engine)
+            yield engine.start()
+            self.addCleanup(engine.stop)
+        for target in ("alice", "dave", "erin"):
+            yield b.presence.requestSubscription("carol", target)
+            yield b.presence.answerSubscription(target, "carol", True)
+        notices = []
+        watch = a.presence.watch("carol", notices.append)
+        yield watch.whenActive()
+        yield b.presence.connect("alice", "phone")
+        yield b.presence.connect("erin", "phone")
+
+        def told():
+            return [(n.entity, n.awareness.status) for n in notices
+                    if n.kind == NoticeKind.AWARENESS]
+        yield eventually(lambda: told() == [("alice", Status.ONLINE), ("erin", Status.ONLINE)],
+                         what="the notices before the cut")
+        proxy.cutCable()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
+            self.assertTrue(s.recv(64).startswith(b":"))
+        yield eventually(lambda: len(a.problems()) == 2, timeout=30,
+                         what="A's connections found dead")
+        del notices[:]
+        yield b.presence.disconnect("alice", "phone")
+        yield b.presence.connect("dave", "pad", Status.AWAY)
+        proxy.mendCable()
+        yield eventually(lambda: not a.problems(), timeout=30, what="A reconnected")
+        yield eventually(lambda: len(told()) >= 2, what="the resync")
+        self.assertEqual(told(), [("alice", Status.OFFLINE), ("dave", Status.AWAY)])
+        pad = [n.awareness for n in notices if n.entity == "dave"][0]
+        self.assertEqual(pad.device, "pad")
+        presence = yield b.presence.presence("dave")
+        self.assertEqual(pad.version, presence.version)
+        # Nothing again, and the next notice is erin's real change.
+        yield a.presence.resync()
+        yield b.presence.setStatus("erin", "phone", Status.BUSY)
+        yield eventually(lambda: len(told()) >= 3, what="erin's change")
+        self.assertEqual(told(), [("alice", Status.OFFLINE), ("dave", Status.AWAY),
+                                  ("erin", Status.BUSY)])
+
+
+    @defer.inlineCallbacks
+    def test_onlySubscriberLost(self):
+        """
+        Redis drops only A's subscriber connection (its commands go on);
+        a device of alice comes online through B before it is back; then
+        carol's watch on A is told alice ONLINE, once: the notice of that
+        version, had it come late, is dropped, and a newer one is not.
+        """
+        from muxframe.engines.model import Awareness, NoticeKind, PresenceNotice, Status
+        from muxframe.engines.redisformat import encodeNotice
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0,
+                        deviceTimeout=600.0)
+        b = RedisEngine(server.address, nodeId="node-b", retentionInterval=0,
+                        deviceTimeout=600.0)
+        for engine in (a, b):
+            yield engine.start()
+            self.addCleanup(engine.stop)
+        # A's subscriber stays away about a second.
+        a.client.retryInitial = a.client.retryMax = 1.0
+        yield b.presence.requestSubscription("carol", "alice")
+        yield b.presence.answerSubscription("alice", "carol", True)
+        notices = []
+        watch = a.presence.watch("carol", notices.append)
+        yield watch.whenActive()
+        yield b.client.call("CLIENT", "KILL", "TYPE", "pubsub")
+        yield eventually(lambda: a.problems(), what="A's subscriber found gone")
+        presence = yield b.presence.connect("alice", "phone")
+        self.assertTrue(a.problems(), "A's subscriber came back too soon for the test")
+        yield eventually(lambda: notices, what="the resync")
+        self.assertEqual([(n.kind, n.entity, n.awareness.status, n.awareness.device,
+                           n.awareness.version) for n in notices],
+                         [(NoticeKind.AWARENESS, "alice", Status.ONLINE, "phone",
+                           presence.version)])
+        self.assertEqual(a.problems(), [])
+
+        def late(version):
+            a.presence.messageReceived("muxframe:n:carol", encodeNotice(PresenceNotice(
+                NoticeKind.AWARENESS, "carol", "alice",
+                Awareness("alice", "phone", Status.ONLINE, 0, version), timestamp=0)))
+        late(presence.version)
+        self.assertEqual(len(notices), 1)
+        late(presence.version + 1)
+        self.assertEqual(len(notices), 2)
+
+
 class RedisRefusalTests(unittest.TestCase):
     """
     Redis refusing commands (out of memory: maxmemory with noeviction) is

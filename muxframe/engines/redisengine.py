@@ -197,10 +197,15 @@ class RedisEngine:
                 return
         log.warn("message on unexpected Redis channel {channel!r}", channel=channel)
 
+    @defer.inlineCallbacks
     def _resubscribed(self):
         # Publications made while the subscriber was away are lost: queue
-        # watchers are told the last offset, so they fetch what they missed.
-        return self.queues.resync()
+        # watchers are told the last offset, so they fetch what they
+        # missed; presence watchers the current awareness of the targets
+        # that changed since they were last told.  (Broker messages are at
+        # most once.)
+        yield self.queues.resync()
+        yield self.presence.resync()
 
     def problems(self):
         """

@@ -25,7 +25,11 @@ Keys (P: prefix, E: entity):
  - C{P p:vis}: hash entity -> visibility (HIDDEN only).
  - C{P s:{T}:w}: hash watcher -> state; C{P s:{W}:t}: hash target -> state.
  - Channel C{P n:<recipient>}: JSON notices; a node subscribes while it
-   has a watch for the recipient.
+   has a watch for the recipient.  Pub/sub is not durable: after the
+   subscriber connection came back, L{RedisPresence.resync} reads the
+   presence of every target the node's watched recipients subscribe to and
+   tells them the current awareness of each that changed since the last
+   notice they were told (see its docstring).
 """
 
 from twisted.internet import defer
@@ -34,7 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from muxframe.engines.errors import (
-    EngineUsageError, LimitExceeded, StorageUnavailable, SubscriptionError)
+    EngineStopped, EngineUsageError, LimitExceeded, StorageUnavailable, SubscriptionError)
 from muxframe.engines.interfaces import IPresenceManager
 from muxframe.engines.model import (
     EntityPresence, Location, LocationSharing, NoticeKind, PresenceNotice, Status,
@@ -50,6 +54,15 @@ from muxframe.engines.subscriptions import TRANSITIONS
 from muxframe.engines.watches import WatchList
 
 log = Logger()
+
+#: Targets read per step of L{RedisPresence.resync}: one MGET of their
+#: versions and one HMGET of their visibility, then the presence of those
+#: that changed, at most this many commands at once.
+RESYNC_BATCH = 64
+#: Milliseconds before a recipient's first watch on this node from which a
+#: change of a target it was told nothing of counts as missed by a resync
+#: (versions are stamped by the clock of the node that made the change).
+RESYNC_SKEW = 2000
 
 _BUMP = """
 local function bump(key, now)
@@ -233,6 +246,12 @@ class RedisPresence:
         self._sweep = None
         self._sweeping = None
         self._outagesSeen = client.outages
+        # recipient -> the time (ms) of its first watch on this node.
+        self._watchedSince = {}
+        # recipient -> {target: (version, hidden, byResync)}: the last
+        # awareness of each target its watchers were told (a notice, or
+        # L{resync}).
+        self._told = {}
         #: Sweeps run (whether or not a grace held them back).
         self.sweeps = 0
 
@@ -275,9 +294,13 @@ class RedisPresence:
 
     def _firstWatch(self, recipient):
         # Its Deferred fires once Redis confirmed it (Watch.whenActive).
+        self._watchedSince[recipient] = self._now()
+        self._told.pop(recipient, None)
         return self._client.subscribe(self._channel(recipient))
 
     def _lastWatch(self, recipient):
+        self._watchedSince.pop(recipient, None)
+        self._told.pop(recipient, None)
         self._client.unsubscribe(self._channel(recipient))
 
     def messageReceived(self, channel, message):
@@ -285,7 +308,102 @@ class RedisPresence:
         A notice on an C{n:} channel (from the engine's dispatcher).
         """
         notice = decodeNotice(message)
+        if notice.kind == NoticeKind.AWARENESS and notice.awareness is not None and \
+                self._watches.has(notice.recipient):
+            told = self._told.setdefault(notice.recipient, {})
+            last = told.get(notice.entity)
+            version = notice.awareness.version
+            if last is not None and last[2] and version <= last[0]:
+                # A resync told this already, read while the notice was
+                # on its way (or the notice is older than what it told).
+                return
+            told[notice.entity] = (version, int(notice.awareness.visibility) == Visibility.HIDDEN,
+                                   False)
         self._watches.notify(notice.recipient, notice)
+
+    @staticmethod
+    def _missed(last, version, hidden, since):
+        # Whether the watchers, last told C{last} of a target, missed a
+        # change to its C{version} (C{hidden} now).
+        if last is None:
+            # Told nothing here: changes since the watch began were owed.
+            return version > since
+        if hidden:
+            # Changes while hidden tell nothing; hiding tells OFFLINE once.
+            return not last[1]
+        return version > last[0]
+
+    def _resyncAwareness(self, presence, now):
+        # The current state, naming the device that came online last (none
+        # when the entity is offline or hidden).
+        devices = {d.device: d for d in presence.devices}
+        device = max(devices.values(), key=lambda d: (d.since, d.device)).device \
+            if devices else ""
+        return makeAwareness(presence.entity, device, devices, presence.visibility,
+                             presence.version, now)
+
+    @defer.inlineCallbacks
+    def resync(self):
+        """
+        Bring this node's presence watchers up to date after its subscriber
+        connection came back (the notices published while it was away are
+        lost): for each recipient watched here, its APPROVED targets are
+        read in batches of L{RESYNC_BATCH} (their versions and visibility),
+        and each target whose version is past the last awareness notice the
+        recipient was told of it (or, when it was told none, whose change
+        came after the recipient's first watch here), is read in full and
+        one AWARENESS notice of its current state is delivered to the
+        watchers, as a notice from Redis would be.  A hidden target is
+        told (OFFLINE, hidden) only when it was last told visible.  The
+        watchers are not told what they already know, and a notice of the
+        same version arriving after the resync told it is dropped.
+        Recipients are done one after the other.
+        """
+        for recipient in self._watches.keys():
+            try:
+                yield self._resyncRecipient(recipient)
+            except (StorageUnavailable, EngineStopped):
+                raise
+            except Exception:
+                log.failure("resynchronising the presence watchers of {recipient!r} failed",
+                            recipient=recipient)
+
+    @defer.inlineCallbacks
+    def _resyncRecipient(self, recipient):
+        flat = yield self._client.call("HGETALL", "%ss:{%s}:t" % (self._prefix, recipient))
+        if not self._watches.has(recipient):
+            return
+        targets = sorted(_approved(flat))
+        told = self._told.setdefault(recipient, {})
+        for gone in set(told) - set(targets):
+            del told[gone]
+        since = (self._watchedSince.get(recipient, 0) - RESYNC_SKEW) * 1000
+        for start in range(0, len(targets), RESYNC_BATCH):
+            batch = targets[start:start + RESYNC_BATCH]
+            versions = yield self._client.call("MGET", *[self._base(t) + ":ver" for t in batch])
+            visibility = yield self._client.call("HMGET", self._prefix + "p:vis", *batch)
+            if self._told.get(recipient) is not told:
+                # No longer watched here (or watched afresh): done.
+                return
+            due = [t for t, v, h in zip(batch, versions, visibility)
+                   if self._missed(told.get(t), int(v or 0),
+                                   bool(h) and int(h) == Visibility.HIDDEN, since)]
+            if not due:
+                continue
+            found = yield defer.gatherResults(
+                [self.presence(t, viewer=recipient) for t in due], consumeErrors=True)
+            if self._told.get(recipient) is not told:
+                return
+            now = self._now()
+            for presence in found:
+                hidden = presence.visibility == Visibility.HIDDEN
+                if not self._missed(told.get(presence.entity), presence.version, hidden, since):
+                    # A notice came meanwhile.
+                    continue
+                told[presence.entity] = (presence.version, hidden, True)
+                awareness = self._resyncAwareness(presence, now)
+                self._watches.notify(recipient, PresenceNotice(
+                    NoticeKind.AWARENESS, recipient, presence.entity, awareness, timestamp=now))
 
     def _publish(self, notices):
         return defer.gatherResults(
