@@ -741,3 +741,35 @@ class ServerKillTests(TestCase):
         self.assertTrue(client.running)
         self.assertGreaterEqual(
             len(re.findall(r"mio connection to \S+ up", client.text())), 2)
+
+
+class HangupHandlerTests(TestCase):
+    """
+    A multiplexer role started in a process that is not the role's own
+    (these tests, an application embedding it) takes SIGHUP while it runs
+    and gives it back when it stops.
+    """
+
+    @inlineCallbacks
+    def test_sighupRestoredOnStop(self):
+        """
+        With --admin-token-file, the started role's SIGHUP handler reloads
+        the tokens; once the role has stopped, the handler from before it
+        started is back.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        token = os.path.join(directory, "admin.token")
+        with open(token, "w") as f:
+            f.write("an-admin-token\n")
+        options = parse("server", "--endpoint=tcp:0:interface=127.0.0.1",
+                        "--echo", "--admin=tcp:0:interface=127.0.0.1",
+                        "--admin-token-file=" + token)
+        top = tap.makeService(options, reactor)
+        before = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), top._sighup)
+        yield top.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)

@@ -256,6 +256,9 @@ class OperatedRole(service.MultiService):
     #: before any port listens, and only with a token file to read.
     reloadOnHangup = False
     _reactor = None
+    #: C{(handler,)}: the SIGHUP handler before L{_takeHangup}, while ours
+    #: is installed.
+    _previousHangup = None
 
     def __init__(self, logLevel=None):
         service.MultiService.__init__(self)
@@ -320,8 +323,13 @@ class OperatedRole(service.MultiService):
         # never calls it) in startService.
         admin = self.admin
         if self.reloadOnHangup and admin is not None and \
-                admin.settings.tokenFile and hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._sighup)
+                admin.settings.tokenFile and hasattr(signal, "SIGHUP") and \
+                self._previousHangup is None:
+            # (What was there is given back at stop: a process that is not
+            # the role's own, an embedding application or the tests, must
+            # not keep a handler reloading a stopped role.)
+            self._previousHangup = (signal.signal(signal.SIGHUP,
+                                                  self._sighup),)
 
     def privilegedStartService(self):
         self._applyLevel()
@@ -359,6 +367,16 @@ class OperatedRole(service.MultiService):
                     yield maybeDeferred(operator.stopService)
         finally:
             self._restoreLevel()
+            self._giveHangupBack()
+
+    def _giveHangupBack(self):
+        if self._previousHangup is not None:
+            (previous,), self._previousHangup = self._previousHangup, None
+            if signal.getsignal(signal.SIGHUP) == self._sighup:
+                # (A signal.signal of None, a handler not set from Python,
+                # is refused: the default then.)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL
+                              if previous is None else previous)
 
 
 __all__ = ["AdminChannel", "AdminService", "AdminSite", "OperatedRole",
