@@ -151,8 +151,9 @@ class RateLimitTests(SynchronousTestCase):
     def probingSession(self):
         """
         A session whose bucket holds 5 messages (10 a second): the harness,
-        the server side, the transport's pause and resume calls, and
-        C{probes(count)} sending that many heartbeat probes in one read.
+        the client, the server side, the transport's pause and resume
+        calls, and C{probes(count)} sending that many heartbeat probes in
+        one read.
         """
         from muxframe.xtmp import MessageType, codec
         h = Harness(config(limits__messages_per_second=10,
@@ -168,7 +169,7 @@ class RateLimitTests(SynchronousTestCase):
                                               codec.encodeU64(n))
             client._flush()
             h.flush()
-        return h, side, calls, probes
+        return h, client, side, calls, probes
 
     def test_controlFramesCharged(self):
         """
@@ -177,7 +178,7 @@ class RateLimitTests(SynchronousTestCase):
         stops reading until it refills, says so once, and reads again;
         every probe it read was answered.
         """
-        h, side, calls, probes = self.probingSession()
+        h, _, side, calls, probes = self.probingSession()
         counters = side.connection.counters
         answered = counters.heartbeatsAnswered
         before = h.server.events.counts.get("rate_limited", 0)
@@ -200,11 +201,98 @@ class RateLimitTests(SynchronousTestCase):
         """
         from muxframe.server.session import CONTROL_BATCH
         self.assertEqual(CONTROL_BATCH, 8)
-        h, side, calls, probes = self.probingSession()
+        h, _, side, calls, probes = self.probingSession()
         probes(7)
         self.assertEqual(calls, [])
         probes(1)
         self.assertEqual(calls, ["pause"])
+
+    def test_unmatchedResponsesCharged(self):
+        """
+        Responses that answer no request of the server (dropped unread by
+        the engine and the session, so they never reached the rate limit
+        either) take message tokens too: past the bucket, reading stops
+        until it refills.
+        """
+        h, client, side, calls, _ = self.probingSession()
+        counters = side.connection.counters
+        unmatched = counters.unmatchedResponses
+        for n in range(8):
+            client.connection.sendMessage(0x30, b"x" * 100,
+                                          requestSequence=1000 + n)
+        client._flush()
+        h.flush()
+        self.assertEqual(counters.unmatchedResponses - unmatched, 8)
+        self.assertEqual(calls, ["pause"])
+        # In debt by 3: a token is there again after 0.4 s.
+        h.clock.advance(0.3)
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.2)
+        self.assertEqual(calls, ["pause", "resume"])
+
+    def test_duplicatesCharged(self):
+        """
+        Messages with a delivery id already delivered (dropped by the
+        engine as duplicates, acknowledged again, never reaching the rate
+        limit) take message tokens too.
+        """
+        from muxframe.xtmp.codec import F
+        h, client, side, calls, _ = self.probingSession()
+        counters = side.connection.counters
+        duplicates = counters.duplicatesDropped
+        first = client.connection.sendMessage(0x30, b"x", flags=F.REQUIRES_ACK)
+        client._flush()
+        for n in range(8):
+            again = client.connection.sendMessage(0x30, b"x",
+                                                  flags=F.REQUIRES_ACK)
+            again.deliveryId = first.deliveryId
+        client._flush()
+        h.flush()
+        self.assertEqual(counters.duplicatesDropped - duplicates, 8)
+        # One message admitted (four tokens left), eight duplicates (a
+        # batch): in debt by 4, a token is there again after 0.5 s.
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.4)
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.2)
+        self.assertEqual(calls, ["pause", "resume"])
+
+    def test_controlFramesChargedInAHandshakeStep(self):
+        """
+        Control frames read in a handshake scheduler's step (the bytes a
+        client sent behind its handshake, which the scheduler hands on
+        once the session is open) are charged at once too, not at the
+        next read.
+        """
+        from muxframe.xtmp import MessageType, codec
+        h, client, side, calls, _ = self.probingSession()
+        for n in range(8):
+            client.connection.sendControl(MessageType.Heartbeat,
+                                          codec.encodeU64(n))
+        side.handshakeStep(client.connection.dataToSend())
+        self.assertEqual(side.connection.counters.controlReceived, 8)
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.5)
+        self.assertEqual(calls, ["pause", "resume"])
+
+    def test_controlFramesChargedWhenHeldBytesAreRead(self):
+        """
+        Control frames in bytes held while reading was paused are charged
+        as the held bytes are handled, when reading resumes.
+        """
+        from muxframe.xtmp import MessageType, codec
+        h, client, side, calls, _ = self.probingSession()
+        side.pauseDelivery()
+        for n in range(8):
+            client.connection.sendControl(MessageType.Heartbeat,
+                                          codec.encodeU64(n))
+        side.dataReceived(client.connection.dataToSend())
+        self.assertEqual(side.connection.counters.controlReceived, 0)
+        side.resumeDelivery()
+        self.assertEqual(side.connection.counters.controlReceived, 8)
+        self.assertEqual(calls, ["pause", "resume", "pause"])
+        h.clock.advance(0.5)
+        self.assertEqual(calls, ["pause", "resume", "pause", "resume"])
 
     def test_byteRate(self):
         h = Harness(config(limits__bytes_per_second=1000,

@@ -371,8 +371,8 @@ SCHEMA = [Key(*entry) for entry in [
     # limits (per session)
     ("limits.messages_per_second", _number(), 1000.0, "per second",
      "Messages a session may send per second (token bucket; 0: no "
-     "limit).  Heartbeats, KeyUpdates and Errors take a token each "
-     "too."),
+     "limit).  Heartbeats, KeyUpdates, Errors, responses to no "
+     "request and duplicates take a token each too."),
     ("limits.message_burst", _integer(1), 2000, _count,
      "Bucket size of messages_per_second."),
     ("limits.bytes_per_second", _number(), 8.0 * MiB, "bytes per second",

@@ -13,8 +13,10 @@ RATE_LIMITED (it is not handled) and the session stops reading until the
 buckets hold enough again, so a client that ignores the errors is slowed
 to the configured rate rather than consuming the server's CPU.  The
 frames the engine acts on itself (Heartbeat, KeyUpdate, Error; not Ack,
-which a consumer sends as fast as it is sent messages) take a message
-token each too, in batches of CONTROL_BATCH after the reads that brought
+which a consumer sends as fast as it is sent messages), and what it
+drops unread (responses that answer no request of the server, messages
+repeating a delivery id already delivered), take a message token each
+too, in batches of CONTROL_BATCH after the reads that brought
 them (they are handled already: the bucket may go into debt); in debt,
 the session stops reading, without an answer, until it refills.
 
@@ -236,10 +238,12 @@ class ServerSession(XTMPProtocol):
         else:
             XTMPProtocol.dataReceived(self, data)
             connection = self.connection
-            if connection is not None and \
-                    connection.counters.controlReceived - \
-                    self.state.controlCharged >= CONTROL_BATCH:
-                self._chargeControl()
+            if connection is not None:
+                c = connection.counters
+                if (c.controlReceived + c.unmatchedResponses
+                        + c.duplicatesDropped - self.state.controlCharged
+                        >= CONTROL_BATCH):
+                    self._chargeControl()
 
     def _holdHandshakeReads(self, queued=0):
         """
@@ -286,8 +290,20 @@ class ServerSession(XTMPProtocol):
             # and is handled first.
             self._readAgain()
         XTMPProtocol.dataReceived(self, data)
+        # (Once the step opened the session, the rest of its bytes were
+        # read as usual: what they held is charged now, whatever the
+        # batch.)
+        self._chargeControl()
         # (What this step left behind a ClientHello waits for the next.)
         self._holdHandshakeReads()
+
+    def resumeDelivery(self):
+        """
+        Handle what was held while reading was paused, and read again;
+        what it held is charged (L{_chargeControl}), whatever the batch.
+        """
+        XTMPProtocol.resumeDelivery(self)
+        self._chargeControl()
 
     def _readAgain(self):
         """
@@ -363,9 +379,11 @@ class ServerSession(XTMPProtocol):
         """
         Charge the frames the engine handled itself since the last charge
         (Heartbeats, KeyUpdates, Errors: answered or acted on, never
-        messages) to the message bucket, into debt if need be; in debt,
-        stop reading until it refills.  Without it a peer could send
-        heartbeat probes without end, each answered.  Called once
+        messages), the responses that answer no request of the server and
+        the duplicates (dropped) to the message bucket, into debt if need
+        be; in debt, stop reading until it refills.  Without it a peer
+        could send heartbeat probes without end, each answered, or bogus
+        responses and duplicates, each decrypted and parsed.  Called once
         L{CONTROL_BATCH} of them are uncharged: an idle session's one
         heartbeat answer per round costs a comparison, not a charge.
         """
@@ -373,8 +391,16 @@ class ServerSession(XTMPProtocol):
         bucket, connection = state.messages, self.connection
         if bucket is None or connection is None:
             return
-        count = connection.counters.controlReceived
+        counters = connection.counters
+        # (And what the engine and L{messageReceived} drop unread, which
+        # never reaches L{_admit}: responses that answer no request of
+        # ours, and messages repeating a delivery id already delivered.
+        # An unmatched Error is in two counts: two tokens.)
+        count = (counters.controlReceived + counters.unmatchedResponses
+                 + counters.duplicatesDropped)
         fresh = count - state.controlCharged
+        if not fresh:
+            return
         state.controlCharged = count
         now = self.reactor.seconds()
         if bucket.charge(now, fresh) or state.throttle is not None or \
@@ -383,8 +409,8 @@ class ServerSession(XTMPProtocol):
         wait = bucket.wait(now)
         self.factory.events.emit(
             "rate_limited", "session {sessionId:#x} ({identity}) over its "
-            "rate limit with control frames (Heartbeat, KeyUpdate, Error): "
-            "{codeName}, reading paused {wait:.3f}s",
+            "rate limit with control frames (Heartbeat, KeyUpdate, Error), "
+            "unmatched responses or duplicates: {codeName}, reading paused {wait:.3f}s",
             code=XTMPErrorCode.RATE_LIMITED, sessionId=self.sessionId,
             identity=self.identity.label, wait=wait)
         self.pauseDelivery()
