@@ -44,8 +44,11 @@ def operatorView(server, storage):
     C{GET /api/v1/stats}, and the metrics' samples by family.
     """
     from muxframe.admin.xtmpstatus import XTMPStatus
+    import json
     status = XTMPStatus(server, server.config, reactor, storage=storage)
-    return status.stats()["storage"], status.metrics().samples
+    # (As the API sends it: JSON.)
+    stats = json.loads(json.dumps(status.stats()))
+    return stats["storage"], status.metrics().samples
 
 
 class BindTests(TestCase):
