@@ -87,15 +87,21 @@ SEND_SLACK = 4096
 # transport, which pauses the multiplexer, so one connection holds the
 # reactor for about a turn of Twisted's own writes, never for the kernel's
 # whole send buffer.  Inside such a call output is gathered and sent as
-# one piece when the call ends (or as soon as DIRECT_BULK bytes are
-# gathered), so everything one call writes leaves together, as it does
+# one piece when the call ends, or as soon as it fills what the allowance
+# left can send (at least DIRECT_BULK bytes; a write that would overflow
+# it sends what is gathered first), so everything one call writes leaves
+# together, as it does
 # through Twisted's own buffer: sending its first frame at once and the
 # rest a reactor turn later would let the peer act on the first alone
 # (close the session on a refused stream, say, never reading an open that
 # followed it).  Outside such calls (a child written to by another
 # connection's read) small output goes straight only while the allowance
 # the last such call left is not spent (any small direct send spends it):
-# the rest waits in the transport, which joins it.
+# the rest waits in the transport, which joins it.  Two bulk frames
+# therefore leave in one sendmsg, not one each: a receiver faster than
+# its sender drains the socket and sleeps between sends, and each send
+# that finds it asleep wakes it (an IPI to its CPU, paid by the sender's
+# system call): BMP's bulk sender spent about a third of its CPU so.
 DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
 DIRECT_BULK = 64 * 1024
 
@@ -1070,10 +1076,13 @@ class Multiplexer(Protocol):
         if chunks:
             self._gather = []
             self._gathered = 0
-            if len(chunks) == 1:
-                self._send(chunks[0])
-            else:
-                self._sendSequence(_coalesced(chunks))
+            self._sendGathered(chunks)
+
+    def _sendGathered(self, chunks):
+        if len(chunks) == 1:
+            self._send(chunks[0])
+        else:
+            self._sendSequence(_coalesced(chunks))
 
     def _canSendDirect(self, size):
         # True if size bytes may go straight to the socket: within this
@@ -1090,12 +1099,8 @@ class Multiplexer(Protocol):
         next reactor turn (an C{epoll_ctl} pair and a turn per small
         message); what the kernel does not take goes through the transport.
         """
-        gather = self._gather
-        if gather is not None:
-            gather.append(data)
-            self._gathered += len(data)
-            if self._gathered >= DIRECT_BULK:
-                self._releaseGathered()
+        if self._gather is not None:
+            self._gatherOut([data], len(data))
         elif self._socket is not None:
             self._send(data)
         else:
@@ -1107,16 +1112,35 @@ class Multiplexer(Protocol):
         one C{sendmsg}, so a frame's header and its payload go out without
         being joined (C{writeSequence} copies them into one string).
         """
-        gather = self._gather
-        if gather is not None:
-            gather.extend(chunks)
-            self._gathered += sum(map(len, chunks))
-            if self._gathered >= DIRECT_BULK:
-                self._releaseGathered()
+        if self._gather is not None:
+            self._gatherOut(chunks, sum(map(len, chunks)))
         elif self._socket is not None:
             self._sendSequence(chunks)
         else:
             self.transport.writeSequence(chunks)
+
+    def _gatherOut(self, chunks, size):
+        # Gather chunks (size bytes) in a reactor call: sent as soon as what
+        # is gathered fills what the allowance left can send directly
+        # (DIRECT_BULK at least); if they would overflow it, what was
+        # gathered before them is sent first, so bulk frames leave two to
+        # a sendmsg (see DIRECT_LIMIT) rather than one each, or three
+        # together, over the allowance, to the transport.
+        limit = self._direct if self._direct > DIRECT_BULK else DIRECT_BULK
+        if self._gathered and self._gathered + size > limit:
+            # (chunks start the new list before the earlier ones are sent,
+            # so they stay ahead of anything written while those are, and
+            # leave when the call ends if the send raises.)
+            earlier = self._gather
+            self._gather = list(chunks)
+            self._gathered = size
+            self._sendGathered(earlier)
+            limit = self._direct if self._direct > DIRECT_BULK else DIRECT_BULK
+        else:
+            self._gather.extend(chunks)
+            self._gathered += size
+        if self._gathered >= limit:
+            self._releaseGathered()
 
     def _send(self, data):
         # data to the socket if it may go straight, the rest (all of it

@@ -1110,6 +1110,31 @@ class DirectWriteTests(SynchronousTestCase):
         self.assertEqual(receiveExactly(peer, len(payload) + 8),
                          mio.encodeHeader(1, len(payload), mio.DATA) + payload)
 
+    def test_twoBulkFramesInOneSendmsg(self):
+        """
+        Bulk frames one call writes leave two to a C{sendmsg} (what the
+        allowance, L{DIRECT_LIMIT}, sends straight), their headers and the
+        child's payloads unjoined, not one frame a system call: each send
+        that finds a fast receiver asleep wakes it, at the sender's cost.
+        The third frame, past the allowance, goes through the transport.
+        """
+        payloads = [bytes([n]) * (256 * 1024) for n in range(3)]
+        mux, transport, peer = self.server([payloads], sendBuffer=4 << 20)
+        sock = self.record(mux)
+        self.ask(transport, peer)
+        bulk = [m for m in sock.messages if sum(map(len, m)) > 4096]
+        self.assertEqual(len(bulk), 1)
+        [message] = bulk
+        self.assertEqual([len(piece) for piece in message],
+                         [8, 256 * 1024, 8, 256 * 1024])
+        self.assertIs(message[1], payloads[0])
+        self.assertIs(message[3], payloads[1])
+        self.assertEqual(transport._tempDataLen + len(transport.dataBuffer),
+                         256 * 1024 + 8)
+        self.assertEqual(
+            receiveExactly(peer, sum(len(p) + 8 for p in payloads), transport),
+            frames(*payloads))
+
     def test_restThroughTheTransport(self):
         """
         What a small kernel buffer does not take goes through the transport,
