@@ -230,6 +230,10 @@ class Engine:
     # Bytes the connection's transport should read at once (its
     # bufferSize), if more than Twisted's 64 KiB; None leaves it as it is.
     readSize = None
+    # Whether the multiplexer sends bulk frames gathered in a reactor call
+    # as many to a sendmsg as its direct allowance takes (BMP), or each
+    # as soon as 64 KiB are gathered (see muxframe.multiplexer.DIRECT_LIMIT).
+    gatherBulk = False
 
     def __init__(self, role, settings=None, now=0.0):
         if role not in ("client", "server"):

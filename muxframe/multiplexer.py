@@ -87,9 +87,8 @@ SEND_SLACK = 4096
 # transport, which pauses the multiplexer, so one connection holds the
 # reactor for about a turn of Twisted's own writes, never for the kernel's
 # whole send buffer.  Inside such a call output is gathered and sent as
-# one piece when the call ends, or as soon as it fills what the allowance
-# left can send (at least DIRECT_BULK bytes; a write that would overflow
-# it sends what is gathered first), so everything one call writes leaves
+# one piece when the call ends (or as soon as DIRECT_BULK bytes are
+# gathered; see gatherBulk below), so everything one call writes leaves
 # together, as it does
 # through Twisted's own buffer: sending its first frame at once and the
 # rest a reactor turn later would let the peer act on the first alone
@@ -97,11 +96,12 @@ SEND_SLACK = 4096
 # followed it).  Outside such calls (a child written to by another
 # connection's read) small output goes straight only while the allowance
 # the last such call left is not spent (any small direct send spends it):
-# the rest waits in the transport, which joins it.  Two bulk frames
-# therefore leave in one sendmsg, not one each: a receiver faster than
-# its sender drains the socket and sleeps between sends, and each send
-# that finds it asleep wakes it (an IPI to its CPU, paid by the sender's
-# system call): BMP's bulk sender spent about a third of its CPU so.
+# the rest waits in the transport, which joins it.  For an engine with
+# gatherBulk (BMP), gathered output is sent when it fills what the
+# allowance left can send, so two bulk frames leave in one sendmsg, not
+# one each: a receiver faster than its sender drains the socket and sleeps
+# between sends, and each send that finds it asleep wakes it (an IPI to
+# its CPU, paid by the sender's system call).
 DIRECT_LIMIT = 2 * (WRITE_QUANTUM + SEND_SLACK)
 DIRECT_BULK = 64 * 1024
 
@@ -1120,12 +1120,19 @@ class Multiplexer(Protocol):
             self.transport.writeSequence(chunks)
 
     def _gatherOut(self, chunks, size):
-        # Gather chunks (size bytes) in a reactor call: sent as soon as what
+        # Gather chunks (size bytes) in a reactor call: sent as soon as 64
+        # KiB are gathered, or, with the engine's gatherBulk, as soon as what
         # is gathered fills what the allowance left can send directly
         # (DIRECT_BULK at least); if they would overflow it, what was
         # gathered before them is sent first, so bulk frames leave two to
         # a sendmsg (see DIRECT_LIMIT) rather than one each, or three
         # together, over the allowance, to the transport.
+        if not self.engine.gatherBulk:
+            self._gather.extend(chunks)
+            self._gathered += size
+            if self._gathered >= DIRECT_BULK:
+                self._releaseGathered()
+            return
         limit = self._direct if self._direct > DIRECT_BULK else DIRECT_BULK
         if self._gathered and self._gathered + size > limit:
             # (chunks start the new list before the earlier ones are sent,

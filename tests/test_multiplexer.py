@@ -1110,27 +1110,65 @@ class DirectWriteTests(SynchronousTestCase):
         self.assertEqual(receiveExactly(peer, len(payload) + 8),
                          mio.encodeHeader(1, len(payload), mio.DATA) + payload)
 
-    def test_twoBulkFramesInOneSendmsg(self):
-        """
-        Bulk frames one call writes leave two to a C{sendmsg} (what the
-        allowance, L{DIRECT_LIMIT}, sends straight), their headers and the
-        child's payloads unjoined, not one frame a system call: each send
-        that finds a fast receiver asleep wakes it, at the sender's cost.
-        The third frame, past the allowance, goes through the transport.
-        """
+    def bulkAnswer(self, framing):
+        # A child answers one read with three 256 KiB writes on a connection
+        # of the framing; return them, the recorded socket, the transport
+        # and the peer.
         payloads = [bytes([n]) * (256 * 1024) for n in range(3)]
-        mux, transport, peer = self.server([payloads], sendBuffer=4 << 20)
+        self.child = Writer([payloads])
+        reactor = MemoryReactorClock()
+        mux = MultiplexerFactory(Factory.forProtocol(lambda: self.child),
+                                 framing=framing, role="server",
+                                 reactor=reactor).buildProtocol(None)
+        transport, peer = socketConnection(mux, 4 << 20)
+        self.addCleanup(peer.close)
+        self.addCleanup(transport.socket.close)
         sock = self.record(mux)
-        self.ask(transport, peer)
+        if framing == "mio":
+            self.ask(transport, peer)
+        else:
+            peer.sendall(bmp.encodeHeader(b"io_0", bmp.CREATE, b"0", 3) + b"ask")
+            select.select([transport.socket], [], [], 5.0)
+            transport.doRead()
+        return payloads, sock, transport, peer
+
+    def test_bmpBulkFramesTwoToASendmsg(self):
+        """
+        BMP bulk frames one call writes leave two to a C{sendmsg} (what the
+        allowance, L{DIRECT_LIMIT}, sends straight), the child's payloads
+        not joined, rather than one frame a system call: a BMP receiver
+        that drains its socket faster than the sender fills it sleeps
+        between sends, and each send that wakes it costs the sender.  The
+        third frame, past the allowance, goes through the transport, and
+        every byte arrives in order.
+        """
+        payloads, sock, transport, peer = self.bulkAnswer("bmp")
         bulk = [m for m in sock.messages if sum(map(len, m)) > 4096]
         self.assertEqual(len(bulk), 1)
         [message] = bulk
-        self.assertEqual([len(piece) for piece in message],
-                         [8, 256 * 1024, 8, 256 * 1024])
-        self.assertIs(message[1], payloads[0])
-        self.assertIs(message[3], payloads[1])
-        self.assertEqual(transport._tempDataLen + len(transport.dataBuffer),
-                         256 * 1024 + 8)
+        big = [piece for piece in message if len(piece) > 4096]
+        self.assertEqual(len(big), 2)
+        self.assertIs(big[0], payloads[0])
+        self.assertIs(big[1], payloads[1])
+        self.assertGreater(transport._tempDataLen + len(transport.dataBuffer),
+                           256 * 1024)
+        wire = bmp.decodeFrames(receiveExactly(
+            peer, len(bmp.encodeFrame(bmp.Frame(b"io_0", bmp.ACK, b"", 1, b"0")))
+            + sum(len(bmp.encodeHeader(b"io_0", 0, b"%d" % n, len(p))) + len(p)
+                  for n, p in enumerate(payloads)) + 1, transport))
+        self.assertEqual([f.payload for f in wire if f.isData()], payloads)
+
+    def test_mioBulkFrameASendmsg(self):
+        """
+        MIO bulk frames leave one to a C{sendmsg}, as soon as each is
+        gathered: its receiver keeps up with the sender, which two to a
+        send only slowed (docs: gatherBulk).
+        """
+        payloads, sock, transport, peer = self.bulkAnswer("mio")
+        bulk = [m for m in sock.messages if sum(map(len, m)) > 4096]
+        self.assertEqual(len(bulk), 2)
+        self.assertEqual([[len(piece) for piece in m] for m in bulk],
+                         [[8, 256 * 1024]] * 2)
         self.assertEqual(
             receiveExactly(peer, sum(len(p) + 8 for p in payloads), transport),
             frames(*payloads))
