@@ -190,3 +190,21 @@ class MultiplexerRoleTests(TestCase):
         code, _, _ = yield rotated.get("/health")
         self.assertEqual(code, 200)
         self.assertTrue(server.running)
+
+    @inlineCallbacks
+    def test_SIGHUPWithoutTokenFile(self):
+        """
+        A multiplexer role without an admin token file takes SIGHUP too: it
+        logs that it has nothing to read again and runs on, where SIGHUP's
+        default action would end it.
+        """
+        port = freePort()
+        server = spawnTwistd(
+            self, "server", "server", "--endpoint=tcp:%d:interface=127.0.0.1"
+            % (port,), "--echo")
+        yield waitForPort(port, server)
+        server.transport.signalProcess("HUP")
+        yield waitFor(lambda: "nothing to read again" in server.text(),
+                      what="the SIGHUP line")
+        self.assertTrue(server.running)
+        yield waitForPort(port, server)

@@ -252,8 +252,9 @@ class OperatedRole(service.MultiService):
     status = None
     logObserver = None
     #: Take SIGHUP (a multiplexer role under twistd, L{muxframe.tap}): it
-    #: reads the admin tokens again (L{AdminService.reloadTokens}).  Taken
-    #: before any port listens, and only with a token file to read.
+    #: reads the admin tokens again (L{AdminService.reloadTokens}), if
+    #: there is a token file, and otherwise says there is nothing to read.
+    #: Taken before any port listens.
     reloadOnHangup = False
     _reactor = None
     #: C{(handler,)}: the SIGHUP handler before L{_takeHangup}, while ours
@@ -321,9 +322,9 @@ class OperatedRole(service.MultiService):
         # SIGHUP to a started role must reload, not kill it.  From both
         # starts: twistd binds in privilegedStartService, twist (which
         # never calls it) in startService.
-        admin = self.admin
-        if self.reloadOnHangup and admin is not None and \
-                admin.settings.tokenFile and hasattr(signal, "SIGHUP") and \
+        # (With or without a token file: a reload signal, say a
+        # supervisor's, must not end a role that has nothing to reload.)
+        if self.reloadOnHangup and hasattr(signal, "SIGHUP") and \
                 self._previousHangup is None:
             # (What was there is given back at stop: a process that is not
             # the role's own, an embedding application or the tests, must
@@ -342,8 +343,12 @@ class OperatedRole(service.MultiService):
         self._reactor.callFromThread(self._reloadTokens)
 
     def _reloadTokens(self):
+        admin = self.admin
+        if admin is None or not admin.settings.tokenFile:
+            log.info("SIGHUP: nothing to read again (no --admin-token-file)")
+            return
         log.info("SIGHUP: reading the admin tokens again")
-        self.admin.reloadTokens()
+        admin.reloadTokens()
 
     def startService(self):
         self._applyLevel()
