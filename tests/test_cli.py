@@ -891,3 +891,31 @@ def main(reactor):
 sys.exit(runTwisted(main))
 """)
         self.assertEqual((code, err), (1, ""))
+
+    def test_outputOptional(self):
+        """
+        A command whose work goes on without its output (capture with
+        --output FILE calls outputOptional): a closed stdout stops nothing,
+        and the exit code is the command's.
+        """
+        code, err = self.runClosed("-c", """
+import sys
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from muxframe.cli.common import outputOptional, runTwisted, say
+
+def main(reactor):
+    outputOptional()
+    done, calls = Deferred(), []
+    def tick():
+        calls.append(say("a message"))
+        if len(calls) == 50:
+            loop.stop()
+            done.callback(3)
+    loop = LoopingCall(tick)
+    loop.start(0.001)
+    return done
+
+sys.exit(runTwisted(main))
+""")
+        self.assertEqual((code, err), (3, ""))

@@ -19,8 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from muxframe.cli.common import (
-    UsageError, countOrNone, emitJSON, payloadBytes, runTwisted, say,
-    secondsOrNone,
+    UsageError, countOrNone, emitJSON, outputOptional, payloadBytes,
+    runTwisted, say, secondsOrNone,
 )
 from muxframe.xtmp import codec
 
@@ -81,6 +81,10 @@ class Capture:
         self.open = 0
         self._idle = []
         self.output = open(args.output, "a") if args.output else None
+        if self.output is not None:
+            # The proxy and the file are the work: a closed stdout (| head)
+            # stops neither.
+            outputOptional()
         if args.save:
             os.makedirs(args.save, exist_ok=True)
 

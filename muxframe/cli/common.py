@@ -55,16 +55,31 @@ def outputClosed():
     from callbacks); the command's exit code becomes 1 (L{closed}).
     """
     global _closed
-    _closed = True
+    first, _closed = not _closed, True
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
     except (OSError, ValueError):
         pass
+    if _outputOptional:
+        return
     from twisted.internet import reactor
-    if reactor.running:
+    if first and reactor.running:
         reactor.callLater(0, reactor.stop)
+
+
+def outputOptional():
+    """
+    The command's work goes on without its standard output (capture with
+    C{--output FILE}: the proxy and the file): a reader going away stops
+    nothing, and the exit code stays the command's.
+    """
+    global _outputOptional
+    _outputOptional = True
+
+
+_outputOptional = False
 
 
 _closed = False
@@ -72,9 +87,10 @@ _closed = False
 
 def closed():
     """
-    Whether standard output's reader went away (L{outputClosed}).
+    Whether standard output's reader went away (L{outputClosed}) and that
+    ends the command (not with L{outputOptional}).
     """
-    return _closed
+    return _closed and not _outputOptional
 
 
 def emitJSON(value):
@@ -139,7 +155,7 @@ def runTwisted(main, *args):
 
     reactor.callWhenRunning(start)
     reactor.run()
-    if _closed:
+    if closed():
         return FAILURE
     return outcome.get("code", SUCCESS)
 
