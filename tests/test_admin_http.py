@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from muxframe.admin.muxstatus import MultiplexerStatus
 from muxframe.admin.service import AdminService
@@ -836,3 +836,54 @@ class ReadTokenTests(TestCase):
                 (("--admin-read-token-file", read), "need --admin")]:
             error = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(text, str(error))
+
+
+class LimitSettingsTests(SynchronousTestCase):
+    """
+    The admin site's bounds on clients come from the role's settings: the
+    xtmp role's C{admin.max_connections} and C{admin.request_timeout}, the
+    multiplexer roles' C{--admin-max-connections} and
+    C{--admin-request-timeout}; bad values are errors naming them.
+    """
+
+    def site(self, settings):
+        from twisted.internet.task import Clock
+
+        from muxframe.admin.service import AdminService
+        return AdminService(_Status(), settings, Clock()).site
+
+    def test_fromConfig(self):
+        from muxframe.server.errors import ConfigError
+        from tests.test_server_support import config
+        unix = "unix:" + os.path.abspath(self.mktemp())
+        site = self.site(OperatorSettings.fromServerConfig(config(
+            admin__endpoint=unix, admin__max_connections=3,
+            admin__request_timeout=5)))
+        self.assertEqual((site.maxConnections, site.requestTimeout), (3, 5.0))
+        site = self.site(OperatorSettings.fromServerConfig(config(
+            admin__endpoint=unix)))
+        self.assertEqual((site.maxConnections, site.requestTimeout),
+                         (64, 30.0))
+        for key, value in [("max_connections", 0), ("request_timeout", 0.5),
+                           ("request_timeout", float("inf"))]:
+            e = self.assertRaises(ConfigError, config,
+                                  **{"admin__" + key: value})
+            self.assertIn("admin." + key, str(e))
+
+    def test_fromOptions(self):
+        from twisted.python import usage
+
+        from tests.test_tap import parse
+        unix = "--admin=unix:" + os.path.abspath(self.mktemp())
+        options = parse("server", "--endpoint=tcp:0", "--echo", unix,
+                        "--admin-max-connections=3",
+                        "--admin-request-timeout=5")
+        site = self.site(options.subOptions.operator)
+        self.assertEqual((site.maxConnections, site.requestTimeout), (3, 5.0))
+        for option in ("--admin-max-connections=0",
+                       "--admin-max-connections=lots",
+                       "--admin-request-timeout=0.5",
+                       "--admin-request-timeout=inf"):
+            e = self.assertRaises(usage.UsageError, parse, "server",
+                                  "--endpoint=tcp:0", "--echo", unix, option)
+            self.assertIn(option.split("=")[0], str(e))

@@ -61,8 +61,9 @@ _ENTRIES = [
     ("muxframe_admin_refused", COUNTER, ("reason",), ALL,
      "Admin requests and connections refused, by reason: token (401, no "
      "token or a wrong one), read_only (403, a write with the read "
-     "token), connections (503, over the 64 served at once), deadline "
-     "(dropped: not arrived whole within 30 s)."),
+     "token), connections (503, over the --admin-max-connections served "
+     "at once, 64 by default), deadline (dropped: not arrived whole "
+     "within --admin-request-timeout, 30 s by default)."),
     # the XTMP server
     ("muxframe_xtmp_connections_active", GAUGE, (), XTMP,
      "Open connections (handshaking or in session)."),

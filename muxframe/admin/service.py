@@ -163,7 +163,9 @@ class AdminService(service.Service):
         self.registry = makeRegistry(status, reactor)
         self.root = buildRoot(status, settings,
                               MetricsResource(self.registry, reactor))
-        self.site = AdminSite(self.root, reactor)
+        self.site = AdminSite(self.root, reactor,
+                              requestTimeout=settings.requestTimeout,
+                              maxConnections=settings.maxConnections)
         self.site.requestFactory = requestFactory(settings.maxBody)
         status.adminCounters = self.counters
         # Owner-only by default: a unix: socket may be served without a token.

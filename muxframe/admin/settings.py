@@ -117,6 +117,8 @@ class OperatorSettings:
     @ivar maxBody: the largest request body read, in bytes.
     @ivar logFormat: C{"text"} or C{"json"}.
     @ivar summaryInterval: seconds between summary lines (0: none).
+    @ivar maxConnections: connections served at once (one more: 503).
+    @ivar requestTimeout: seconds a request has to arrive whole.
     @ivar tokenFile: the absolute path C{token} was read from, or
         L{None}; read again by L{AdminService.reloadTokens} (SIGHUP).
     @ivar readTokenFile: the same for C{readToken}.
@@ -128,13 +130,16 @@ class OperatorSettings:
     def __init__(self, endpoint=None, token=None, publicMetrics=False,
                  maxBody=MiB, logFormat="text", summaryInterval=60.0,
                  readToken=None, tokenFile=None, readTokenFile=None,
-                 tokenNames=("admin.token_file", "admin.read_token_file")):
+                 tokenNames=("admin.token_file", "admin.read_token_file"),
+                 maxConnections=64, requestTimeout=30.0):
         self.endpoint = endpoint
         self.token = token
         self.readToken = readToken
         self.tokenFile = tokenFile
         self.readTokenFile = readTokenFile
         self.tokenNames = tokenNames
+        self.maxConnections = maxConnections
+        self.requestTimeout = requestTimeout
         self.publicMetrics = publicMetrics
         self.maxBody = maxBody
         self.logFormat = logFormat
@@ -162,7 +167,9 @@ class OperatorSettings:
                    config["logging.format"],
                    config["logging.summary_interval"], readToken,
                    tokenFile or None,
-                   config.path("admin.read_token_file") or None)
+                   config.path("admin.read_token_file") or None,
+                   maxConnections=config["admin.max_connections"],
+                   requestTimeout=config["admin.request_timeout"])
 
 
 def _positiveNumber(name, value, zero=False):
@@ -181,7 +188,8 @@ class OperatorOptionsMixin:
     """
     The operator options of the multiplexer roles (C{server}, C{client}):
     C{--admin}, C{--admin-token-file}, C{--admin-read-token-file},
-    C{--admin-public-metrics}, C{--admin-max-body}, C{--log-format},
+    C{--admin-public-metrics}, C{--admin-max-body},
+    C{--admin-max-connections}, C{--admin-request-timeout}, C{--log-format},
     C{--summary-interval}.  Call
     L{operatorSettings} from C{postOptions}.
     """
@@ -192,7 +200,8 @@ class OperatorOptionsMixin:
             values = self._operator = {
                 "admin": None, "tokenFile": None, "readTokenFile": None,
                 "publicMetrics": False,
-                "maxBody": MiB, "logFormat": "text", "summaryInterval": 60.0}
+                "maxBody": MiB, "logFormat": "text", "summaryInterval": 60.0,
+                "maxConnections": 64, "requestTimeout": 30.0}
         return values
 
     def opt_admin(self, endpoint):
@@ -236,6 +245,34 @@ class OperatorOptionsMixin:
             raise usage.UsageError("--admin-max-body must be 1024 to %d bytes, "
                                    "not %r" % (64 * MiB, value))
         self._operatorValues()["maxBody"] = number
+
+    def opt_admin_max_connections(self, value):
+        """
+        Connections the admin service serves at once; one more is answered
+        503 and closed (default 64).
+        """
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 65536:
+            raise usage.UsageError("--admin-max-connections must be 1 to "
+                                   "65536, not %r" % (value,))
+        self._operatorValues()["maxConnections"] = number
+
+    def opt_admin_request_timeout(self, value):
+        """
+        Seconds an admin request has to arrive whole, and a connection may
+        stay idle after a response (default 30).
+        """
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not 1.0 <= number <= 3600.0:
+            raise usage.UsageError("--admin-request-timeout must be 1 to 3600 "
+                                   "seconds, not %r" % (value,))
+        self._operatorValues()["requestTimeout"] = number
 
     def opt_log_format(self, value):
         """
@@ -291,7 +328,9 @@ class OperatorOptionsMixin:
                                 tokenFile and os.path.abspath(tokenFile),
                                 readTokenFile and os.path.abspath(readTokenFile),
                                 ("--admin-token-file",
-                                 "--admin-read-token-file"))
+                                 "--admin-read-token-file"),
+                                values["maxConnections"],
+                                values["requestTimeout"])
 
 
 def checkAdminEndpoint(description, where):

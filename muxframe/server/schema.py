@@ -81,6 +81,19 @@ def _number(low=0.0, positive=False):
     return parse
 
 
+def _atMost(parse, high):
+    """
+    C{parse}, then no more than C{high} (a number: infinity is refused).
+    """
+    def atMost(value):
+        value = parse(value)
+        if value > high:
+            raise ValueError("must be at most %g, not %g" % (high, value))
+        return value
+    atMost.kind = parse.kind
+    return atMost
+
+
 def _boolean(value):
     if isinstance(value, bool):
         return value
@@ -399,6 +412,15 @@ SCHEMA = [Key(*entry) for entry in [
     ("admin.max_body", _integer(1024, 64 * MiB), MiB, _bytes,
      "Largest request body the admin API reads; more is refused with "
      "HTTP 413.", "admin-max-body"),
+    ("admin.max_connections", _integer(1, 65536), 64, _count,
+     "Connections the admin service serves at once; one more is answered "
+     "HTTP 503 and closed at once (its file descriptors are the role's).",
+     "admin-max-connections"),
+    ("admin.request_timeout", _atMost(_number(low=1.0), 3600.0), 30.0,
+     _seconds,
+     "A request must arrive whole within this many seconds, or its "
+     "connection is dropped; so is a connection idle this long after a "
+     "response.", "admin-request-timeout"),
     # logging
     ("logging.format", _choice("text", "json"), "text", "-",
      "Log lines as text, or as JSON records (twisted.logger's "
