@@ -567,11 +567,13 @@ class _Canned:
 
     def __init__(self):
         self.answer = (200, b"application/json", b"{}")
+        self.paths = []
 
     def getChildWithDefault(self, name, request):
         return self
 
     def render(self, request):
+        self.paths.append(request.uri)
         code, kind, body = self.answer
         request.setResponseCode(code)
         request.setHeader(b"content-type", kind)
@@ -651,6 +653,38 @@ class AnswerTests(TestCase):
             "muxframe-xtmp: error: admin API at 127.0.0.1:%d: the answer is "
             "not HTTP: is --admin the admin service of a muxframe role?"
             % (junk.getHost().port,)])
+
+
+class PrefixTests(TestCase):
+    """
+    An --admin URL with a path (the service behind a proxy, under a
+    prefix): every request's path follows it; a query or fragment in it is
+    a usage error.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_prefix(self):
+        from twisted.web.resource import IResource
+        from twisted.web.server import Site
+        from zope.interface import directlyProvides
+        canned = _Canned()
+        directlyProvides(canned, IResource)
+        web = reactor.listenTCP(0, Site(canned), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        base = "http://127.0.0.1:%d" % (web.getHost().port,)
+        canned.answer = (200, b"application/json", b'{"uptime": 1}')
+        got, out, err = yield cli(cwd, "stats", "--json", "--admin",
+                                  base + "/muxframe/")
+        self.assertEqual(got, 0, (out, err))
+        self.assertEqual(canned.paths, [b"/muxframe/api/v1/stats"])
+        got, out, err = yield cli(cwd, "stats", "--admin",
+                                  base + "/muxframe?x=1")
+        self.assertEqual(got, 2, (out, err))
+        self.assertIn("a query or fragment", err)
 
 
 def parseCommand(*argv):

@@ -66,8 +66,9 @@ class AdminClient:
     """
     Requests to one admin service.
 
-    @param address: C{http://HOST:PORT} (C{HOST:PORT} too) or
-        C{unix:PATH}.
+    @param address: C{http://HOST:PORT} (C{HOST:PORT} too), with a path
+        prefix if the service is behind a proxy under one
+        (C{https://HOST/muxframe}), or C{unix:PATH}.
     @param token: the bearer token (bytes) or L{None}.
     """
 
@@ -75,6 +76,7 @@ class AdminClient:
         self.address = address
         self.token = token
         self.timeout = timeout
+        self.prefix = ""
         if address.startswith("unix:"):
             self._connection = lambda: _UnixConnection(address[5:], timeout)
             return
@@ -89,6 +91,12 @@ class AdminClient:
         if parts.scheme not in ("http", "https") or not host:
             raise UsageError("--admin: expected http://HOST:PORT or "
                              "unix:PATH, not %r" % (self.address,))
+        if parts.query or parts.fragment:
+            raise UsageError("--admin: %r: a query or fragment has no place "
+                             "in the service's address" % (self.address,))
+        # (A path is the prefix the service is served under, behind a
+        # proxy: every request's path follows it.)
+        self.prefix = parts.path.rstrip("/")
         cls = http.client.HTTPSConnection if parts.scheme == "https" \
             else http.client.HTTPConnection
         self._connection = lambda: cls(host, port, timeout=timeout)
@@ -112,7 +120,7 @@ class AdminClient:
             headers["Authorization"] = "Bearer " + self.token.decode("ascii")
         connection = self._connection()
         try:
-            connection.request(method, path, data, headers)
+            connection.request(method, self.prefix + path, data, headers)
             response = connection.getresponse()
             raw = response.read()
         except http.client.RemoteDisconnected:

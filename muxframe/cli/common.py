@@ -616,8 +616,10 @@ def addAdminArguments(parser):
     """
     group = parser.add_argument_group("admin API")
     group.add_argument("--admin", "-a", default=os.environ.get("MUXFRAME_ADMIN"),
-                       help="the admin service: http://HOST:PORT or "
-                            "unix:/path/to.sock; default $MUXFRAME_ADMIN")
+                       help="the admin service: http://HOST:PORT (with a "
+                            "path: the prefix it is served under, behind a "
+                            "proxy) or unix:/path/to.sock; default "
+                            "$MUXFRAME_ADMIN")
     group.add_argument("--admin-token-file", metavar="FILE",
                        default=os.environ.get("MUXFRAME_ADMIN_TOKEN_FILE"),
                        help="the bearer token's file; default "
