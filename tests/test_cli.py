@@ -580,6 +580,22 @@ class _Canned:
         return body
 
 
+def cannedServer(testCase):
+    """
+    A web server on 127.0.0.1 answering every request with its
+    L{_Canned}'s answer, stopped at the end of C{testCase}: C{(canned,
+    http://127.0.0.1:PORT)}.
+    """
+    from twisted.web.resource import IResource
+    from twisted.web.server import Site
+    from zope.interface import directlyProvides
+    canned = _Canned()
+    directlyProvides(canned, IResource)
+    web = reactor.listenTCP(0, Site(canned), interface="127.0.0.1")
+    testCase.addCleanup(web.stopListening)
+    return canned, "http://127.0.0.1:%d" % (web.getHost().port,)
+
+
 class _Junk(Protocol):
     """
     A server that is not HTTP: it answers any bytes with binary junk (as
@@ -604,19 +620,12 @@ class AnswerTests(TestCase):
 
     @inlineCallbacks
     def test_notTheAdminService(self):
-        from twisted.web.resource import IResource
-        from twisted.web.server import Site
-        from zope.interface import directlyProvides
-        canned = _Canned()
-        directlyProvides(canned, IResource)
-        web = reactor.listenTCP(0, Site(canned), interface="127.0.0.1")
-        self.addCleanup(web.stopListening)
+        canned, webAddress = cannedServer(self)
         junk = reactor.listenTCP(0, Factory.forProtocol(_Junk),
                                  interface="127.0.0.1")
         self.addCleanup(junk.stopListening)
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        webAddress = "http://127.0.0.1:%d" % (web.getHost().port,)
         html = b"<html>\n<body>\nNot here\n</body>\n</html>\n"
         for answer, args, text in [
                 ((200, b"text/html", html), ("status",),
@@ -666,16 +675,9 @@ class PrefixTests(TestCase):
 
     @inlineCallbacks
     def test_prefix(self):
-        from twisted.web.resource import IResource
-        from twisted.web.server import Site
-        from zope.interface import directlyProvides
-        canned = _Canned()
-        directlyProvides(canned, IResource)
-        web = reactor.listenTCP(0, Site(canned), interface="127.0.0.1")
-        self.addCleanup(web.stopListening)
+        canned, base = cannedServer(self)
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        base = "http://127.0.0.1:%d" % (web.getHost().port,)
         canned.answer = (200, b"application/json", b'{"uptime": 1}')
         got, out, err = yield cli(cwd, "stats", "--json", "--admin",
                                   base + "/muxframe/")

@@ -18,6 +18,22 @@ from tests.engine_contract import EngineContract, TwoNodeContract
 from tests.redisserver import RedisServer
 
 
+
+@defer.inlineCallbacks
+def cutBothLinks(testCase, proxy, server, engine, what, killed=b":"):
+    """
+    Cut C{engine}'s links behind C{proxy} and have C{server} (the real
+    Redis) drop its subscriber connections (C{CLIENT KILL TYPE pubsub};
+    its answer starts with C{killed}); wait until C{engine} finds both of
+    its connections dead.
+    """
+    from tests.engine_contract import eventually
+    proxy.cutCable()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
+        testCase.assertTrue(s.recv(64).startswith(killed))
+    yield eventually(lambda: len(engine.problems()) == 2, timeout=30, what=what)
+
 class RedisContractTests(EngineContract, TwoNodeContract, unittest.TestCase):
     """
     The Redis engine passes the engine contract, on one node and across
@@ -795,12 +811,8 @@ class RedisCutNetworkTests(unittest.TestCase):
         engine.queues.watch("alice", lambda entity, offset: heard.append(offset))
         yield engine.queues.append("alice", QueueMessage("a", b"x"))
         yield eventually(lambda: heard == [1], what="the first notice")
-        proxy.cutCable()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
-            self.assertTrue(s.recv(64).startswith(b":1"))
-        yield eventually(lambda: len(engine.problems()) == 2, timeout=30,
-                         what="both connections found dead")
+        yield cutBothLinks(self, proxy, server, engine,
+                           "both connections found dead", killed=b":1")
         proxy.mendCable()
         yield eventually(lambda: not engine.problems(), timeout=30, what="reconnected")
         appended = yield engine.queues.append("alice", QueueMessage("b", b"y"))
@@ -857,12 +869,8 @@ class RedisPresenceResyncTests(unittest.TestCase):
                     if n.kind == NoticeKind.AWARENESS]
         yield eventually(lambda: told() == [("alice", Status.ONLINE), ("erin", Status.ONLINE)],
                          what="the notices before the cut")
-        proxy.cutCable()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
-            self.assertTrue(s.recv(64).startswith(b":"))
-        yield eventually(lambda: len(a.problems()) == 2, timeout=30,
-                         what="A's connections found dead")
+        yield cutBothLinks(self, proxy, server, a,
+                           "A's connections found dead")
         del notices[:]
         yield b.presence.disconnect("alice", "phone")
         yield b.presence.connect("dave", "pad", Status.AWAY)

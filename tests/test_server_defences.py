@@ -171,6 +171,17 @@ class RateLimitTests(SynchronousTestCase):
             h.flush()
         return h, client, side, calls, probes
 
+    def assertPausedFor(self, h, calls, seconds):
+        """
+        Reading was paused (once, C{calls} so far) and resumes C{seconds}
+        later, not 0.1 s before.
+        """
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(seconds - 0.1)
+        self.assertEqual(calls, ["pause"])
+        h.clock.advance(0.2)
+        self.assertEqual(calls, ["pause", "resume"])
+
     def test_controlFramesCharged(self):
         """
         Heartbeat probes, which the engine answers itself (they never reach
@@ -223,12 +234,8 @@ class RateLimitTests(SynchronousTestCase):
         client._flush()
         h.flush()
         self.assertEqual(counters.unmatchedResponses - unmatched, 8)
-        self.assertEqual(calls, ["pause"])
         # In debt by 3: a token is there again after 0.4 s.
-        h.clock.advance(0.3)
-        self.assertEqual(calls, ["pause"])
-        h.clock.advance(0.2)
-        self.assertEqual(calls, ["pause", "resume"])
+        self.assertPausedFor(h, calls, 0.4)
 
     def test_duplicatesCharged(self):
         """
@@ -251,11 +258,7 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(counters.duplicatesDropped - duplicates, 8)
         # One message admitted (four tokens left), eight duplicates (a
         # batch): in debt by 4, a token is there again after 0.5 s.
-        self.assertEqual(calls, ["pause"])
-        h.clock.advance(0.4)
-        self.assertEqual(calls, ["pause"])
-        h.clock.advance(0.2)
-        self.assertEqual(calls, ["pause", "resume"])
+        self.assertPausedFor(h, calls, 0.5)
 
     def test_controlFramesChargedInAHandshakeStep(self):
         """

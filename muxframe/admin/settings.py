@@ -172,6 +172,24 @@ class OperatorSettings:
                    requestTimeout=config["admin.request_timeout"])
 
 
+def _inRange(name, value, kind, low, high, unit=""):
+    """
+    C{value} of the option C{--name} as C{kind} (C{int} or C{float}),
+    C{low} to C{high}.
+
+    @raise usage.UsageError: naming the option, the range and the value.
+    """
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    # (NaN fails both comparisons; infinity the upper one.)
+    if number is None or not low <= number <= high:
+        raise usage.UsageError("--%s must be %d to %d%s, not %r"
+                               % (name, low, high, unit, value))
+    return number
+
+
 def _positiveNumber(name, value, zero=False):
     try:
         number = float(value)
@@ -237,42 +255,24 @@ class OperatorOptionsMixin:
         """
         Largest admin request body in bytes (default 1048576).
         """
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if not 1024 <= number <= 64 * MiB:
-            raise usage.UsageError("--admin-max-body must be 1024 to %d bytes, "
-                                   "not %r" % (64 * MiB, value))
-        self._operatorValues()["maxBody"] = number
+        self._operatorValues()["maxBody"] = _inRange(
+            "admin-max-body", value, int, 1024, 64 * MiB, " bytes")
 
     def opt_admin_max_connections(self, value):
         """
         Connections the admin service serves at once; one more is answered
         503 and closed (default 64).
         """
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if not 1 <= number <= 65536:
-            raise usage.UsageError("--admin-max-connections must be 1 to "
-                                   "65536, not %r" % (value,))
-        self._operatorValues()["maxConnections"] = number
+        self._operatorValues()["maxConnections"] = _inRange(
+            "admin-max-connections", value, int, 1, 65536)
 
     def opt_admin_request_timeout(self, value):
         """
         Seconds an admin request has to arrive whole, and a connection may
         stay idle after a response (default 30).
         """
-        try:
-            number = float(value)
-        except ValueError:
-            number = 0.0
-        if not 1.0 <= number <= 3600.0:
-            raise usage.UsageError("--admin-request-timeout must be 1 to 3600 "
-                                   "seconds, not %r" % (value,))
-        self._operatorValues()["requestTimeout"] = number
+        self._operatorValues()["requestTimeout"] = _inRange(
+            "admin-request-timeout", value, float, 1, 3600, " seconds")
 
     def opt_log_format(self, value):
         """
