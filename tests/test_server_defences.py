@@ -260,6 +260,28 @@ class RateLimitTests(SynchronousTestCase):
         # batch): in debt by 4, a token is there again after 0.5 s.
         self.assertPausedFor(h, calls, 0.5)
 
+    def test_noLimitNothingCharged(self):
+        """
+        Without a message limit (limits.messages_per_second 0) nothing is
+        charged, and the batch is still counted: the charge runs once a
+        batch, not at every read after the first.
+        """
+        from muxframe.server.session import ServerSession
+        from muxframe.xtmp import MessageType, codec
+        h = Harness(config(limits__messages_per_second=0))
+        client, side, _ = h.connect(ALICE)
+        charges = []
+        original = ServerSession._chargeControl
+        self.patch(ServerSession, "_chargeControl",
+                   lambda session: (charges.append(1), original(session)))
+        for _ in range(10):
+            client.connection.sendControl(MessageType.Heartbeat,
+                                          codec.encodeU64(1))
+            client._flush()
+            h.flush()
+        self.assertEqual(len(charges), 1)
+        self.assertEqual(side.state.controlCharged, 8)
+
     def test_controlFramesChargedInAHandshakeStep(self):
         """
         Control frames read in a handshake scheduler's step (the bytes a

@@ -388,8 +388,8 @@ class ServerSession(XTMPProtocol):
         heartbeat answer per round costs a comparison, not a charge.
         """
         state = self.state
-        bucket, connection = state.messages, self.connection
-        if bucket is None or connection is None:
+        connection = self.connection
+        if connection is None:
             return
         counters = connection.counters
         # (And what the engine and L{messageReceived} drop unread, which
@@ -401,7 +401,12 @@ class ServerSession(XTMPProtocol):
         fresh = count - state.controlCharged
         if not fresh:
             return
+        # (Counted as charged without a limit too: dataReceived's batch
+        # test stays false until CONTROL_BATCH more.)
         state.controlCharged = count
+        bucket = state.messages
+        if bucket is None:
+            return
         now = self.reactor.seconds()
         if bucket.charge(now, fresh) or state.throttle is not None or \
                 self._lost:
