@@ -938,6 +938,38 @@ class RedisPresenceResyncTests(unittest.TestCase):
         self.assertEqual(len(notices), 2)
 
 
+    @defer.inlineCallbacks
+    def test_unavailableWhileReadingPresence(self):
+        """
+        Redis becoming unreachable while the resync reads the presence of
+        the targets that changed fails the resync with L{StorageUnavailable}
+        (so the client does it again once Redis is back), not a failure
+        logged for the recipient and a resync that looks done.
+        """
+        from muxframe.engines.errors import StorageUnavailable
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0,
+                        deviceTimeout=600.0)
+        yield a.start()
+        self.addCleanup(a.stop)
+        yield a.presence.requestSubscription("carol", "alice")
+        yield a.presence.answerSubscription("alice", "carol", True)
+        # (Online just before the watch: a change the resync counts as
+        # missed, within RESYNC_SKEW, with no notice of it told.)
+        yield a.presence.connect("alice", "phone")
+        watch = a.presence.watch("carol", lambda notice: None)
+        yield watch.whenActive()
+        read = []
+
+        def presence(entity, viewer=None):
+            read.append(entity)
+            return defer.fail(StorageUnavailable("Redis went away", server.address))
+        a.presence.presence = presence
+        yield self.assertFailure(a.presence.resync(), StorageUnavailable)
+        self.assertEqual(read, ["alice"])
+
+
 class RedisRefusalTests(unittest.TestCase):
     """
     Redis refusing commands (out of memory: maxmemory with noeviction) is

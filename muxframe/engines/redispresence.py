@@ -390,8 +390,13 @@ class RedisPresence:
                                    bool(h) and int(h) == Visibility.HIDDEN, since)]
             if not due:
                 continue
+            # (gatherResults wraps a failure in FirstError: unwrapped, so a
+            # Redis gone meanwhile is StorageUnavailable, which ends the
+            # resync to be done again once Redis is back, not a failure
+            # logged for this recipient and forgotten.)
             found = yield defer.gatherResults(
-                [self.presence(t, viewer=recipient) for t in due], consumeErrors=True)
+                [self.presence(t, viewer=recipient) for t in due], consumeErrors=True
+            ).addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
             if self._told.get(recipient) is not told:
                 return
             now = self._now()
