@@ -970,6 +970,52 @@ class RedisPresenceResyncTests(unittest.TestCase):
         self.assertEqual(read, ["alice"])
 
 
+    @defer.inlineCallbacks
+    def test_staleHiddenReadAfterLiveNotice(self):
+        """
+        The resync reads alice hidden (her hiding's notice was lost), but
+        she shows again before that read is handled and the notice of it
+        arrives first: the watchers keep the newer, visible state, and are
+        not told the older read's OFFLINE after it.
+        """
+        from muxframe.engines.model import NoticeKind, Status, Visibility
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0,
+                        deviceTimeout=600.0)
+        yield a.start()
+        self.addCleanup(a.stop)
+        yield a.presence.requestSubscription("carol", "alice")
+        yield a.presence.answerSubscription("alice", "carol", True)
+        notices = []
+        watch = a.presence.watch("carol", notices.append)
+        yield watch.whenActive()
+        yield a.presence.connect("alice", "phone")
+        yield eventually(lambda: notices, what="alice online")
+        # The notice of her hiding is lost (as pub/sub loses it).
+        route, lost = a._routes[-1], []
+        a._routes[-1] = (route[0], lambda channel, message: lost.append(message))
+        yield a.presence.setVisibility("alice", Visibility.HIDDEN)
+        yield eventually(lambda: lost, what="the notice of hiding")
+        a._routes[-1] = route
+        real = a.presence.presence
+
+        @defer.inlineCallbacks
+        def presence(entity, viewer=None):
+            read = yield real(entity, viewer)
+            self.assertEqual(read.visibility, Visibility.HIDDEN)
+            a.presence.presence = real
+            yield a.presence.setVisibility("alice", Visibility.VISIBLE)
+            yield eventually(lambda: notices[-1].awareness.version > read.version,
+                             what="the notice of showing")
+            return read
+        a.presence.presence = presence
+        yield a.presence.resync()
+        told = [(n.kind, n.awareness.status, n.awareness.visibility) for n in notices]
+        self.assertEqual(told, [(NoticeKind.AWARENESS, Status.ONLINE, Visibility.VISIBLE)] * 2)
+
+
 class RedisRefusalTests(unittest.TestCase):
     """
     Redis refusing commands (out of memory: maxmemory with noeviction) is

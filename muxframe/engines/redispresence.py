@@ -329,8 +329,10 @@ class RedisPresence:
             # Told nothing here: changes since the watch began were owed.
             return version > since
         if hidden:
-            # Changes while hidden tell nothing; hiding tells OFFLINE once.
-            return not last[1]
+            # Changes while hidden tell nothing; hiding tells OFFLINE once
+            # (hiding raises the version: a hidden state no newer than what
+            # was told is a read older than a notice that came meanwhile).
+            return not last[1] and version > last[0]
         return version > last[0]
 
     def _resyncAwareness(self, presence, now):
