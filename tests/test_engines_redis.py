@@ -1016,6 +1016,37 @@ class RedisPresenceResyncTests(unittest.TestCase):
         self.assertEqual(told, [(NoticeKind.AWARENESS, Status.ONLINE, Visibility.VISIBLE)] * 2)
 
 
+    @defer.inlineCallbacks
+    def test_failuresLoggedOnce(self):
+        """
+        An error every recipient's resync meets (not Redis unreachable) is
+        logged once with its traceback, then counted, not once a watched
+        entity; the resync goes on to the others and ends.
+        """
+        from twisted.logger import globalLogPublisher
+        from muxframe.engines.errors import StorageError
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0)
+        yield a.start()
+        self.addCleanup(a.stop)
+        for recipient in ("carol", "dave", "erin"):
+            yield a.presence.watch(recipient, lambda notice: None).whenActive()
+        tried = []
+
+        def fail(recipient):
+            tried.append(recipient)
+            return defer.fail(StorageError("Redis refused a command: NOPERM"))
+        a.presence._resyncRecipient = fail
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield a.presence.resync()
+        self.assertEqual(sorted(tried), ["carol", "dave", "erin"])
+        self.assertEqual(len(self.flushLoggedErrors(StorageError)), 1)
+        self.assertEqual([e.get("count") for e in events if "count" in e], [3])
+
+
 class RedisRefusalTests(unittest.TestCase):
     """
     Redis refusing commands (out of memory: maxmemory with noeviction) is

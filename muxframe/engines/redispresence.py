@@ -359,16 +359,25 @@ class RedisPresence:
         told (OFFLINE, hidden) only when it was last told visible.  The
         watchers are not told what they already know, and a notice of the
         same version arriving after the resync told it is dropped.
-        Recipients are done one after the other.
+        Recipients are done one after the other; one that fails is skipped
+        (the first failure of a resync is logged, then how many there were,
+        not a traceback a recipient: an error Redis gives every read would
+        log one for each entity watched here).
         """
+        failed = 0
         for recipient in self._watches.keys():
             try:
                 yield self._resyncRecipient(recipient)
             except (StorageUnavailable, EngineStopped):
                 raise
             except Exception:
-                log.failure("resynchronising the presence watchers of {recipient!r} failed",
-                            recipient=recipient)
+                failed += 1
+                if failed == 1:
+                    log.failure("resynchronising the presence watchers of {recipient!r} failed",
+                                recipient=recipient)
+        if failed > 1:
+            log.error("resynchronising presence watchers failed for {count} entities (the "
+                      "first failure is logged above)", count=failed)
 
     @defer.inlineCallbacks
     def _resyncRecipient(self, recipient):
