@@ -13,8 +13,10 @@ A small write with nothing queued before it is framed by the engine at once
 On a plain TCP connection of Twisted's own the multiplexer sends to the
 socket itself while the transport buffers nothing (Twisted's write would
 wait for the next reactor turn): what one call from the reactor writes is
-gathered and sent together as the call ends, bulk frames as they come, at
-most DIRECT_LIMIT bytes a call; everything else goes through the transport
+gathered and sent together as the call ends (or sooner: every 64 KiB, and
+for engines with gatherBulk, BMP's, once the direct allowance is filled:
+two bulk frames a sendmsg), at most DIRECT_LIMIT bytes a call directly;
+everything else goes through the transport
 as before, behind what it holds, so the order on the wire and backpressure
 are Twisted's.
 """
