@@ -1245,3 +1245,21 @@ class RedisStopWhileStartingTests(unittest.TestCase):
         self.assertEqual(engine.presence.sweeps, 0)
         self.assertIsNone(engine._retention)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ToldMemoryTests(unittest.SynchronousTestCase):
+    """
+    What the Redis presence keeps of each watcher-target pair for its
+    resync is one int (about 70 bytes a pair with the target's name
+    interned, against about 190 as a tuple).
+    """
+
+    def test_roundTrip(self):
+        from muxframe.engines.redispresence import _packTold, _unpackTold
+        version = 1733270000000000
+        for hidden in (False, True):
+            for byResync in (False, True):
+                told = _packTold(version, hidden, byResync)
+                self.assertIsInstance(told, int)
+                self.assertEqual(_unpackTold(told), (version, hidden, byResync))
+        self.assertIsNone(_unpackTold(None))

@@ -32,6 +32,8 @@ Keys (P: prefix, E: entity):
    notice they were told (see its docstring).
 """
 
+import sys
+
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -223,6 +225,22 @@ def presenceBase(prefix, entity):
     return "%sp:{%s}" % (prefix, entity)
 
 
+def _packTold(version, hidden, byResync):
+    """
+    What watchers were told of a target, as one int (L{RedisPresence._told}).
+    """
+    return version * 4 + 2 * bool(hidden) + bool(byResync)
+
+
+def _unpackTold(told):
+    """
+    C{(version, hidden, byResync)} of an int from L{_packTold}, or L{None}.
+    """
+    if told is None:
+        return None
+    return told >> 2, bool(told & 2), bool(told & 1)
+
+
 @implementer(IPresenceManager)
 class RedisPresence:
     """
@@ -248,9 +266,11 @@ class RedisPresence:
         self._outagesSeen = client.outages
         # recipient -> the time (ms) of its first watch on this node.
         self._watchedSince = {}
-        # recipient -> {target: (version, hidden, byResync)}: the last
-        # awareness of each target its watchers were told (a notice, or
-        # L{resync}).
+        # recipient -> {target: told}: the last awareness of each target
+        # its watchers were told (a notice, or L{resync}), as one int,
+        # version * 4 + 2 * hidden + byResync (L{_packTold}): a pair
+        # of every watcher and target is kept, so it is kept small, with
+        # target names interned.
         self._told = {}
         #: Sweeps run (whether or not a grace held them back).
         self.sweeps = 0
@@ -311,14 +331,14 @@ class RedisPresence:
         if notice.kind == NoticeKind.AWARENESS and notice.awareness is not None and \
                 self._watches.has(notice.recipient):
             told = self._told.setdefault(notice.recipient, {})
-            last = told.get(notice.entity)
+            last = _unpackTold(told.get(notice.entity))
             version = notice.awareness.version
             if last is not None and last[2] and version <= last[0]:
                 # A resync told this already, read while the notice was
                 # on its way (or the notice is older than what it told).
                 return
-            told[notice.entity] = (version, int(notice.awareness.visibility) == Visibility.HIDDEN,
-                                   False)
+            told[sys.intern(notice.entity)] = _packTold(
+                version, int(notice.awareness.visibility) == Visibility.HIDDEN, False)
         self._watches.notify(notice.recipient, notice)
 
     @staticmethod
@@ -397,7 +417,7 @@ class RedisPresence:
                 # No longer watched here (or watched afresh): done.
                 return
             due = [t for t, v, h in zip(batch, versions, visibility)
-                   if self._missed(told.get(t), int(v or 0),
+                   if self._missed(_unpackTold(told.get(t)), int(v or 0),
                                    bool(h) and int(h) == Visibility.HIDDEN, since)]
             if not due:
                 continue
@@ -413,10 +433,11 @@ class RedisPresence:
             now = self._now()
             for presence in found:
                 hidden = presence.visibility == Visibility.HIDDEN
-                if not self._missed(told.get(presence.entity), presence.version, hidden, since):
+                if not self._missed(_unpackTold(told.get(presence.entity)), presence.version,
+                                    hidden, since):
                     # A notice came meanwhile.
                     continue
-                told[presence.entity] = (presence.version, hidden, True)
+                told[sys.intern(presence.entity)] = _packTold(presence.version, hidden, True)
                 awareness = self._resyncAwareness(presence, now)
                 self._watches.notify(recipient, PresenceNotice(
                     NoticeKind.AWARENESS, recipient, presence.entity, awareness, timestamp=now))
