@@ -939,14 +939,12 @@ class RedisPresenceResyncTests(unittest.TestCase):
 
 
     @defer.inlineCallbacks
-    def test_unavailableWhileReadingPresence(self):
+    def carolSubscribedToAlice(self):
         """
-        Redis becoming unreachable while the resync reads the presence of
-        the targets that changed fails the resync with L{StorageUnavailable}
-        (so the client does it again once Redis is back), not a failure
-        logged for the recipient and a resync that looks done.
+        A real redis-server and a started engine (node-a, devices kept 600
+        s), both stopped at the end, with carol subscribed to alice:
+        C{(server, engine)}.
         """
-        from muxframe.engines.errors import StorageUnavailable
         server = RedisServer().start()
         self.addCleanup(server.stop)
         a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0,
@@ -955,6 +953,18 @@ class RedisPresenceResyncTests(unittest.TestCase):
         self.addCleanup(a.stop)
         yield a.presence.requestSubscription("carol", "alice")
         yield a.presence.answerSubscription("alice", "carol", True)
+        return server, a
+
+    @defer.inlineCallbacks
+    def test_unavailableWhileReadingPresence(self):
+        """
+        Redis becoming unreachable while the resync reads the presence of
+        the targets that changed fails the resync with L{StorageUnavailable}
+        (so the client does it again once Redis is back), not a failure
+        logged for the recipient and a resync that looks done.
+        """
+        from muxframe.engines.errors import StorageUnavailable
+        server, a = yield self.carolSubscribedToAlice()
         # (Online just before the watch: a change the resync counts as
         # missed, within RESYNC_SKEW, with no notice of it told.)
         yield a.presence.connect("alice", "phone")
@@ -980,14 +990,7 @@ class RedisPresenceResyncTests(unittest.TestCase):
         """
         from muxframe.engines.model import NoticeKind, Status, Visibility
         from tests.engine_contract import eventually
-        server = RedisServer().start()
-        self.addCleanup(server.stop)
-        a = RedisEngine(server.address, nodeId="node-a", retentionInterval=0,
-                        deviceTimeout=600.0)
-        yield a.start()
-        self.addCleanup(a.stop)
-        yield a.presence.requestSubscription("carol", "alice")
-        yield a.presence.answerSubscription("alice", "carol", True)
+        server, a = yield self.carolSubscribedToAlice()
         notices = []
         watch = a.presence.watch("carol", notices.append)
         yield watch.whenActive()
