@@ -1216,6 +1216,43 @@ class RedisStopStalledTests(unittest.TestCase):
         yield self.assertFailure(big, EngineStopped)
 
 
+class ResyncRetryTests(unittest.TestCase):
+    """
+    A resubscription handler that fails with the connections up (a Redis
+    error reply such as BUSY, not an outage) is run again later, backing
+    off, instead of logged once and forgotten (no reconnection would come
+    to run it, and the watchers would keep what they missed).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_failedResyncRunsAgain(self):
+        from muxframe.engines.redisconn import RedisClient
+        from tests.engine_contract import eventually
+        server = RedisServer().start()
+        self.addCleanup(server.stop)
+        runs = []
+
+        def resubscribed():
+            runs.append(reactor.seconds())
+            if len(runs) == 1:
+                raise ValueError("BUSY Redis is busy running a script")
+        client = RedisClient(reactor, server.address, lambda *a: None,
+                             onResubscribed=resubscribed)
+        client.resyncRetryInitial = 0.05
+        yield client.connect()
+        self.addCleanup(client.disconnect)
+        yield client.psubscribe("n:*")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"CLIENT KILL TYPE pubsub\r\n")
+            self.assertTrue(s.recv(64).startswith(b":1"))
+        yield eventually(lambda: len(runs) == 2, timeout=30,
+                         what="the resync run again")
+        self.flushLoggedErrors(ValueError)
+        self.assertGreaterEqual(runs[1] - runs[0], 0.05)
+
+
 class RedisStopWhileStartingTests(unittest.TestCase):
     """
     An engine stopped once connected but before its start is done (its

@@ -361,6 +361,11 @@ class RedisClient:
 
     retryInitial = RECONNECT_INITIAL
     retryMax = RECONNECT_MAX
+    #: Seconds before a failed resubscription handler (not an outage: a
+    #: Redis error reply, say BUSY) runs again, doubling up to
+    #: C{resyncRetryMax}.
+    resyncRetryInitial = 1.0
+    resyncRetryMax = 60.0
 
     def __init__(self, reactor, address, onMessage, onResubscribed=None,
                  onReconnected=None, commandTimeout=COMMAND_TIMEOUT):
@@ -380,6 +385,8 @@ class RedisClient:
         self._outstanding = 0
         self._progress = 0.0
         self._resyncDue = False
+        self._resyncRetry = None
+        self._resyncDelay = 0.0
         self._pinged = None
         self._throttle = LogThrottle(perInterval=5, interval=300.0)
         self.downSince = None
@@ -433,6 +440,9 @@ class RedisClient:
         """
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
+        if self._resyncRetry is not None and self._resyncRetry.active():
+            self._resyncRetry.cancel()
+        self._resyncRetry = None
         links = [link for link in (self._commands, self._subscriber) if link is not None]
         self._commands = self._subscriber = None
         ready, self._ready = self._ready, None
@@ -667,7 +677,10 @@ class RedisClient:
             return
         self._resyncDue = False
         d = defer.maybeDeferred(self._onResubscribed)
-        d.addErrback(self._resyncFailed)
+        d.addCallbacks(self._resynced, self._resyncFailed)
+
+    def _resynced(self, _):
+        self._resyncDelay = 0.0
 
     def _resyncFailed(self, failure):
         if failure.check(StorageUnavailable):
@@ -677,7 +690,21 @@ class RedisClient:
         if failure.check(EngineStopped):
             # Stopped meanwhile: nothing to resynchronise.
             return
-        log.failure("the handler of a resubscription failed", failure)
+        # Anything else (a Redis error reply with the connections up, such
+        # as BUSY or LOADING, or a fault of the handler's): done again
+        # later, backing off, since no reconnection will come to do it;
+        # the watchers would otherwise keep what they missed for good.
+        self._resyncDelay = min(self.resyncRetryMax, max(
+            self.resyncRetryInitial, 2 * self._resyncDelay))
+        log.failure("the handler of a resubscription failed; again in "
+                    "{delay:g}s", failure, delay=self._resyncDelay)
+        self._resyncDue = True
+        self._resyncRetry = self.reactor.callLater(self._resyncDelay,
+                                                   self._retryResync)
+
+    def _retryResync(self):
+        self._resyncRetry = None
+        self._resync()
 
     def messageArrived(self, pattern, channel, message):
         """
