@@ -1135,7 +1135,7 @@ class Multiplexer(Protocol):
             if self._gathered >= DIRECT_BULK:
                 self._releaseGathered()
             return
-        limit = self._direct if self._direct > DIRECT_BULK else DIRECT_BULK
+        limit = max(self._direct, DIRECT_BULK)
         if self._gathered and self._gathered + size > limit:
             # (chunks start the new list before the earlier ones are sent,
             # so they stay ahead of anything written while those are, and
@@ -1144,7 +1144,7 @@ class Multiplexer(Protocol):
             self._gather = list(chunks)
             self._gathered = size
             self._sendGathered(earlier)
-            limit = self._direct if self._direct > DIRECT_BULK else DIRECT_BULK
+            limit = max(self._direct, DIRECT_BULK)
         else:
             self._gather.extend(chunks)
             self._gathered += size

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from muxframe.engines import logformat
 from muxframe.engines.errors import (
-    EngineStopped, EngineUsageError, LimitExceeded, StorageError)
+    EngineStopped, EngineUsageError, LimitExceeded, StorageError, firstError)
 from muxframe.engines.interfaces import IQueueStore
 from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueueMessage, QueueRetention,
@@ -661,7 +661,7 @@ class EmbeddedQueueStore:
                             logformat.encodeReceiptPayload(kind, record.offset),
                             logformat.receiptKey(entity, kind, record.offset)))
             return defer.gatherResults(sends, consumeErrors=True)
-        return d.addCallback(send).addErrback(_firstError)
+        return d.addCallback(send).addErrback(firstError)
 
     def forget(self, entity, device):
         """
@@ -802,8 +802,3 @@ def _storageError(failure):
         raise StorageError("journal read failed: %s" % (failure.value,))
     return failure
 
-
-def _firstError(failure):
-    if failure.check(defer.FirstError):
-        return failure.value.subFailure
-    return failure

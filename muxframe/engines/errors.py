@@ -137,3 +137,16 @@ class RecoveryImpossible(EngineError):
             self, "recovery impossible: %s" % (RecoveryFailure.describe(reason),))
         self.reason = reason
         self.position = position
+
+
+def firstError(failure):
+    """
+    The failure inside C{failure} if it is a L{FirstError} (what
+    C{gatherResults(..., consumeErrors=True)} fails with), so a caller
+    sees the engine's own error (L{StorageUnavailable}, say); C{failure}
+    otherwise.  An errback.
+    """
+    from twisted.internet.defer import FirstError
+    if failure.check(FirstError):
+        return failure.value.subFailure
+    return failure

@@ -440,9 +440,7 @@ class RedisClient:
         """
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
-        if self._resyncRetry is not None and self._resyncRetry.active():
-            self._resyncRetry.cancel()
-        self._resyncRetry = None
+        self._cancelResyncRetry()
         links = [link for link in (self._commands, self._subscriber) if link is not None]
         self._commands = self._subscriber = None
         ready, self._ready = self._ready, None
@@ -676,6 +674,8 @@ class RedisClient:
         if not self._resyncDue or link is None or link.protocol is None:
             return
         self._resyncDue = False
+        # (Run now, by a reconnection: not again when a retry is due.)
+        self._cancelResyncRetry()
         d = defer.maybeDeferred(self._onResubscribed)
         d.addCallbacks(self._resynced, self._resyncFailed)
 
@@ -701,6 +701,11 @@ class RedisClient:
         self._resyncDue = True
         self._resyncRetry = self.reactor.callLater(self._resyncDelay,
                                                    self._retryResync)
+
+    def _cancelResyncRetry(self):
+        retry, self._resyncRetry = self._resyncRetry, None
+        if retry is not None and retry.active():
+            retry.cancel()
 
     def _retryResync(self):
         self._resyncRetry = None

@@ -40,7 +40,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from muxframe.engines.errors import (
-    EngineStopped, EngineUsageError, LimitExceeded, StorageUnavailable, SubscriptionError)
+    EngineStopped, EngineUsageError, LimitExceeded, StorageUnavailable, SubscriptionError,
+    firstError)
 from muxframe.engines.interfaces import IPresenceManager
 from muxframe.engines.model import (
     EntityPresence, Location, LocationSharing, NoticeKind, PresenceNotice, Status,
@@ -427,7 +428,7 @@ class RedisPresence:
             # logged for this recipient and forgotten.)
             found = yield defer.gatherResults(
                 [self.presence(t, viewer=recipient) for t in due], consumeErrors=True
-            ).addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+            ).addErrback(firstError)
             if self._told.get(recipient) is not told:
                 return
             now = self._now()

@@ -49,7 +49,8 @@ from zope.interface import implementer
 
 from muxframe.engines import logformat
 from muxframe.engines.embeddedqueues import checkMessage
-from muxframe.engines.errors import EngineUsageError, LimitExceeded, StorageError
+from muxframe.engines.errors import (
+    EngineUsageError, LimitExceeded, StorageError, firstError)
 from muxframe.engines.interfaces import IQueueStore
 from muxframe.engines.model import (
     Address, Appended, ConsumerPosition, QueuedRecord, QueueRetention, ReceiptKind,
@@ -531,7 +532,7 @@ class RedisQueueStore:
                 else:
                     results.append(self._appendMessage(entity, message, -1))
         appended = yield defer.gatherResults(results, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+            firstError)
         return appended
 
     def fetch(self, entity, fromOffset, limit=100, maxBytes=1048576):

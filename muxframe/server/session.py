@@ -237,13 +237,9 @@ class ServerSession(XTMPProtocol):
             self._holdHandshakeReads(queued)
         else:
             XTMPProtocol.dataReceived(self, data)
-            connection = self.connection
-            if connection is not None:
-                c = connection.counters
-                if (c.controlReceived + c.unmatchedResponses
-                        + c.duplicatesDropped - self.state.controlCharged
-                        >= CONTROL_BATCH):
-                    self._chargeControl()
+            if self.connection is not None and \
+                    self._uncharged() >= CONTROL_BATCH:
+                self._chargeControl()
 
     def _holdHandshakeReads(self, queued=0):
         """
@@ -368,12 +364,30 @@ class ServerSession(XTMPProtocol):
                           "over the session's rate limit "
                           "(limits.messages_per_second, limits.bytes_per_second)")
         if state.throttle is None:
-            self.pauseDelivery()
-            # The factory's reactor, not the coarse session clock: the wait
-            # is usually milliseconds.
-            state.throttle = self.factory.reactor.callLater(
-                max(wait, 0.001), self._unthrottle)
+            self._throttle(wait)
         return False
+
+    def _throttle(self, wait):
+        """
+        Stop reading for C{wait} seconds (the rate limit's holder).
+        """
+        self.pauseDelivery()
+        # The factory's reactor, not the coarse session clock: the wait is
+        # usually milliseconds.
+        self.state.throttle = self.factory.reactor.callLater(
+            max(wait, 0.001), self._unthrottle)
+
+    def _uncharged(self):
+        """
+        What the engine and L{messageReceived} handled or dropped without
+        L{_admit} and is not charged yet: control frames, responses that
+        answer no request of ours, messages repeating a delivery id
+        already delivered (an unmatched Error is in two counts: two
+        tokens).
+        """
+        c = self.connection.counters
+        return (c.controlReceived + c.unmatchedResponses
+                + c.duplicatesDropped - self.state.controlCharged)
 
     def _chargeControl(self):
         """
@@ -388,22 +402,14 @@ class ServerSession(XTMPProtocol):
         heartbeat answer per round costs a comparison, not a charge.
         """
         state = self.state
-        connection = self.connection
-        if connection is None:
+        if self.connection is None:
             return
-        counters = connection.counters
-        # (And what the engine and L{messageReceived} drop unread, which
-        # never reaches L{_admit}: responses that answer no request of
-        # ours, and messages repeating a delivery id already delivered.
-        # An unmatched Error is in two counts: two tokens.)
-        count = (counters.controlReceived + counters.unmatchedResponses
-                 + counters.duplicatesDropped)
-        fresh = count - state.controlCharged
+        fresh = self._uncharged()
         if not fresh:
             return
         # (Counted as charged without a limit too: dataReceived's batch
         # test stays false until CONTROL_BATCH more.)
-        state.controlCharged = count
+        state.controlCharged += fresh
         bucket = state.messages
         if bucket is None:
             return
@@ -418,9 +424,7 @@ class ServerSession(XTMPProtocol):
             "unmatched responses or duplicates: {codeName}, reading paused {wait:.3f}s",
             code=XTMPErrorCode.RATE_LIMITED, sessionId=self.sessionId,
             identity=self.identity.label, wait=wait)
-        self.pauseDelivery()
-        state.throttle = self.factory.reactor.callLater(
-            max(wait, 0.001), self._unthrottle)
+        self._throttle(wait)
 
     def _unthrottle(self):
         self.state.throttle = None
