@@ -256,6 +256,14 @@ class Decoder:
         """
         return len(self._buffer) - self._pos
 
+    @property
+    def idle(self):
+        """
+        Whether nothing is held (no partial frame) and no error was found:
+        the next bytes start a frame.
+        """
+        return self._pos >= len(self._buffer) and self._error is None
+
     def append(self, data):
         """
         Add received bytes without parsing them.

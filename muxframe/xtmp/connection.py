@@ -33,6 +33,7 @@ re-handshakes in any hour of a session (L{RateLimited} beyond).
 """
 
 import hashlib
+import struct
 import zlib
 from collections import deque
 
@@ -78,6 +79,13 @@ _NOT_ACTIVITY = CONTROL_TYPES | {int(MessageType.Error)}
 HEARTBEAT_ANSWER = 1 << 63
 HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
 _HEARTBEAT = int(MessageType.Heartbeat)
+#: An encrypted Heartbeat frame: header, security layer, 8 bytes of data.
+HEARTBEAT_FRAME_SIZE = codec.HEADER_SIZE + codec.SECURITY_SIZE + 8
+_HEARTBEAT_HEAD = struct.Struct(">4sBBHQQI")
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_MAGIC, _VERSION = codec.MAGIC, codec.VERSION
+_crc32 = zlib.crc32
 
 
 class PreparedBody:
@@ -924,12 +932,78 @@ class XTMPConnection(RekeyMixin):
             self.counters.heartbeatsSent += 1
             self.sendControl(MessageType.Heartbeat, self._heartbeat(now))
 
+    def idleProbe(self, now):
+        """
+        When all L{tick} has to do at C{now} is an idle session's heartbeat
+        probe: send it (seal it and count it as L{tick} and L{dataToSend}
+        would) and return its frame's bytes, to be written.  Otherwise
+        return L{None} having changed nothing: call L{tick}, then
+        L{dataToSend}, which do what is due.
+        """
+        key = self.sendKey
+        q = self._queues
+        if (key is None or self.state != OPEN or self._out or q[0] or q[1]
+                or q[2] or self._held is not None or self._resendQueue):
+            return None
+        s = self.settings
+        interval = s.heartbeatInterval
+        if (now - self.lastSent < interval - s.heartbeatLead
+                or now - self.lastReceived >= 2 * interval
+                or now - self.lastActivity >= s.sessionTimeout
+                or now - key.createdAt >= s.keyUpdateInterval
+                or key.count >= s.keyUpdateMessages
+                or (self.isClient and now - self.keysAt >= s.rotationInterval)):
+            return None
+        c = self.counters
+        c.heartbeatsSent += 1
+        frame = key.seal(_HEARTBEAT, F.ENCRYPTED, self.sessionId,
+                         _U64.pack(int(now * 1e6) & HEARTBEAT_CLOCK))
+        self.lastSent = now
+        c.bytesSent += len(frame)
+        return frame
+
+    def heartbeatReceived(self, data, now):
+        """
+        If C{data} (bytes read) is exactly one encrypted Heartbeat under
+        the receive key, the next in sequence, with nothing buffered before
+        it: check and act on it as L{receiveData} would (a probe's answer
+        is then waiting: L{hasOutput}) and return C{True}.  Otherwise, or
+        if any check fails, return C{False} having changed nothing: give
+        C{data} to L{receiveData}, which takes it or names the fault.
+        """
+        key = self.receiveKey
+        if (len(data) != HEARTBEAT_FRAME_SIZE or key is None
+                or self.state != OPEN or self._held is not None
+                or self._pendingReceiveKey is not None
+                or not self.decoder.idle):
+            return False
+        seq = key.sequence
+        if (data[:28] != _HEARTBEAT_HEAD.pack(_MAGIC, _VERSION, _HEARTBEAT,
+                                              F.ENCRYPTED, self.sessionId,
+                                              seq, 8)
+                or data[32:80] != key.security(seq)
+                or seq >= SEQUENCE_LIMIT):
+            return False
+        body = key.tryOpen(data[56:68], data[96:] + data[80:96], data[:80])
+        if body is None or _crc32(body) != _U32.unpack_from(data, 28)[0]:
+            return False
+        key.sequence = seq + 1
+        key.count += 1
+        self.lastReceived = now
+        c = self.counters
+        c.bytesReceived += HEARTBEAT_FRAME_SIZE
+        c.controlReceived += 1
+        self._heartbeatValue(_U64.unpack(body)[0], now)
+        return True
+
     def _heartbeat(self, now):
         # A probe: our clock in microseconds, in 63 bits (top bit clear).
         return codec.encodeU64(int(now * 1e6) & HEARTBEAT_CLOCK)
 
     def _heartbeatReceived(self, payload, now):
-        value = codec.decodeU64(payload, "Heartbeat")
+        self._heartbeatValue(codec.decodeU64(payload, "Heartbeat"), now)
+
+    def _heartbeatValue(self, value, now):
         if value & HEARTBEAT_ANSWER:
             # An answer to a probe: it echoes the probe's clock, so a
             # probe of ours came back after rtt.  An implausible echo (not

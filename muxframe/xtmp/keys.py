@@ -37,6 +37,8 @@ from muxframe.xtmp.errors import (
 _AEADS = {Cipher.AES_256_GCM: AESGCM,
           Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
 _NONCE_TAIL = struct.Struct(">4sQ")
+_SECURITY_HEAD = struct.Struct(">24s4sQ12s")
+_ZERO12 = bytes(12)
 # A sealed frame's authenticated bytes in one pack: the header (codec's
 # HEADER: magic and version as one 5-byte field), then the security
 # layer's first 48 bytes: cipher, reserved, epoch and key id (fixed per
@@ -155,6 +157,14 @@ class TrafficKey:
         """
         return _NONCE_TAIL.pack(self._ivHead, self._ivTail ^ sequence)
 
+    def security(self, sequence):
+        """
+        The security-layer bytes 0..47 (cipher, reserved, epoch, key id,
+        nonce, zero padding) of this key's frame with C{sequence}.
+        """
+        return _SECURITY_HEAD.pack(self._fixed, self._ivHead,
+                                   self._ivTail ^ sequence, _ZERO12)
+
     def updated(self, now=0.0):
         """
         The next key (KeyUpdate): epoch + 1, generation + 1, sequence 0.
@@ -218,6 +228,20 @@ class TrafficKey:
             self.sequence = seq
             self.count += seq - start
         return b"".join(parts)
+
+    def tryOpen(self, nonce, sealed, aad):
+        """
+        The body of a frame's C{sealed} ciphertext and tag, or L{None} if
+        the tag does not verify; nothing else is checked and the counters
+        do not move (the caller checked the frame and advances them).
+        """
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _AEADS[self.cipher](self.key)
+        try:
+            return aead.decrypt(nonce, sealed, aad)
+        except InvalidTag:
+            return None
 
     def open(self, frame):
         """

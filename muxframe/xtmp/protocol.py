@@ -44,7 +44,9 @@ from muxframe.logthrottle import logger, throttled
 from muxframe.xtmp.codec import (
     CONTROL_TYPES, HEADER_SIZE, SECURITY_SIZE, Cipher, F,
 )
-from muxframe.xtmp.connection import CLOSED, OPEN, PreparedBody
+from muxframe.xtmp.connection import (
+    CLOSED, HEARTBEAT_FRAME_SIZE, OPEN, PreparedBody,
+)
 from muxframe.xtmp.errors import (
     HandshakeFailed, PeerDisconnected, PeerError, RequestTimeout,
     SessionNotReady, XTMPErrorCode, XTMPLocalError, XTMPRemoteError,
@@ -302,6 +304,14 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         """
         Feed bytes to the engine and act on its events.
         """
+        conn = self.connection
+        if (len(data) == HEARTBEAT_FRAME_SIZE and not self._deliveryPaused
+                and conn is not None
+                and conn.heartbeatReceived(data, self.reactor.seconds())):
+            # An idle session's round, read and checked in one call.
+            if conn.hasOutput():
+                readGather.handling(self._flush)
+            return
         readGather.handling(self._dataReceived, data)
 
     def _dataReceived(self, data):
@@ -946,6 +956,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
         now = self.reactor.seconds()
         if conn.state == OPEN:
             conn.resumption.lastActive = now
+            probe = conn.idleProbe(now)
+            if probe is not None:
+                # An idle session's round: the probe is all that is due.
+                self._write(probe)
+                self._timer = self.reactor.callLater(
+                    max(conn.nextDeadline(now), 0.001), self._tick)
+                return
         try:
             conn.tick(now)
         except XTMPTimeout as e:
