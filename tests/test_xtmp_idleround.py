@@ -1,6 +1,6 @@
 """
 An idle session's heartbeat round by its short paths
-(L{XTMPConnection.idleProbe}, L{XTMPConnection.heartbeatReceived} and the
+(L{XTMPConnection.idleProbe}, L{XTMPConnection.receiveHeartbeat} and the
 protocol's use of them): the same bytes, counters and checks as the
 general path (L{XTMPConnection.tick}, L{XTMPConnection.receiveData}), and
 anything else left to the general path untouched.
@@ -114,18 +114,73 @@ class IdleProbeTests(SynchronousTestCase):
                 s.tick(30.0)
                 self.assertTrue(s.hasOutput(), name)
 
-    def test_handshaking(self):
+    def test_queuedOrHeld(self):
         """
-        A session still handshaking has no probe.
+        A message waiting in any priority class, a held fan-out body or a
+        message to resend goes before the probe: the general path's.
         """
-        c, s = enginePair()
-        s.state = "HANDSHAKING"
-        self.assertIsNone(s.idleProbe(1e6))
+        from collections import deque
+        from muxframe.xtmp.connection import PreparedBody
+        from muxframe.xtmp.session import OutgoingMessage
+        cases = {
+            "emergency": lambda s: s.sendMessage(0x80, b"x",
+                                                 flags=Flags.EMERGENCY),
+            "high": lambda s: s.sendMessage(0x80, b"x",
+                                            flags=Flags.PRIORITY_HIGH),
+            "held": lambda s: s.holdPrepared(
+                PreparedBody(0x80, 0, b"x"), 0.0),
+            "resend": lambda s: setattr(s, "_resendQueue", deque(
+                [OutgoingMessage(0x80, 0, b"x")])),
+        }
+        for name, setUp in cases.items():
+            c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
+            setUp(s)
+            self.assertTrue(s.hasOutput(), name)
+            before = _state(s)
+            self.assertIsNone(s.idleProbe(30.0), name)
+            self.assertEqual(_state(s), before, name)
+
+    def test_clientRotationDue(self):
+        """
+        A client whose re-handshake is due starts it (L{tick}), with no
+        probe by the short path.
+        """
+        c, s = enginePair(clientSettings=dict(heartbeatInterval=30,
+                                              rotationInterval=30))
+        self.assertIsNone(c.idleProbe(30.0))
+        self.assertEqual(c.counters.heartbeatsSent, 0)
+        c.tick(30.0)
+        self.assertTrue(c.hasOutput())
+
+    def test_notOpen(self):
+        """
+        A session handshaking or closed has no probe, though one would be
+        due by time.
+        """
+        for state in ("HANDSHAKING", "CLOSED"):
+            c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
+            s.state = state
+            self.assertIsNone(s.idleProbe(30.0), state)
+            self.assertEqual(s.counters.heartbeatsSent, 0)
+
+    def test_plaintext(self):
+        """
+        A plaintext session (no keys) probes by the general path.
+        """
+        from muxframe.xtmp.codec import Cipher
+        c, s = enginePair(serverSettings=dict(heartbeatInterval=30),
+                          c_ciphers=(Cipher.NONE,), c_allowPlaintext=True,
+                          s_ciphers=(Cipher.NONE,), s_allowPlaintext=True)
+        self.assertIsNone(s.sendKey)
+        self.assertIsNone(s.idleProbe(30.0))
+        s.tick(30.0)
+        self.assertEqual(c.receiveData(s.dataToSend(now=30.0), 30.0), [])
+        self.assertEqual(c.counters.heartbeatsAnswered, 1)
 
 
 class HeartbeatReceivedTests(SynchronousTestCase):
     """
-    L{XTMPConnection.heartbeatReceived} takes exactly one valid Heartbeat
+    L{XTMPConnection.receiveHeartbeat} takes exactly one valid Heartbeat
     as L{receiveData} would, and leaves anything else to it untouched.
     """
 
@@ -143,7 +198,7 @@ class HeartbeatReceivedTests(SynchronousTestCase):
         c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
         answer = self._answer(c, s)
         s2 = _twin(s)
-        self.assertTrue(s.heartbeatReceived(answer, 30.25))
+        self.assertTrue(s.receiveHeartbeat(answer, 30.25))
         self.assertEqual(s2.receiveData(answer, 30.25), [])
         self.assertEqual(_state(s), _state(s2))
         self.assertAlmostEqual(s.rtt, 0.25)
@@ -160,7 +215,7 @@ class HeartbeatReceivedTests(SynchronousTestCase):
         probe = c.dataToSend(now=1.0)
         s2 = _twin(s)
         key = _twin(s).sendKey
-        self.assertTrue(s.heartbeatReceived(probe, 1.0))
+        self.assertTrue(s.receiveHeartbeat(probe, 1.0))
         self.assertEqual(s2.receiveData(probe, 1.0), [])
         self.assertTrue(s.hasOutput())
         answer = s.dataToSend(now=1.0)
@@ -222,14 +277,14 @@ class HeartbeatReceivedTests(SynchronousTestCase):
             before = _state(s2)
             if name not in ("longer", "shorter"):
                 self.assertEqual(len(data), HEARTBEAT_FRAME_SIZE, name)
-            self.assertFalse(s2.heartbeatReceived(data, 30.25), name)
+            self.assertFalse(s2.receiveHeartbeat(data, 30.25), name)
             self.assertEqual(_state(s2), before, name)
             if error is None:
                 s2.receiveData(data, 30.25)
             else:
                 self.assertRaises(error, s2.receiveData, data, 30.25)
         # The original, untouched by all that, is taken.
-        self.assertTrue(s.heartbeatReceived(answer, 30.25))
+        self.assertTrue(s.receiveHeartbeat(answer, 30.25))
 
     def test_partialFrameBuffered(self):
         """
@@ -238,8 +293,47 @@ class HeartbeatReceivedTests(SynchronousTestCase):
         c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
         answer = self._answer(c, s)
         s.receiveData(answer[:10], 30.2)
-        self.assertFalse(s.heartbeatReceived(answer, 30.25))
+        self.assertFalse(s.receiveHeartbeat(answer, 30.25))
         self.assertEqual(s.counters.controlReceived, 0)
+
+    def test_closed(self):
+        """
+        A closed session takes nothing by the short path, and answers no
+        probe (L{receiveData} ignores what a closed session reads).
+        """
+        c, s = enginePair()
+        c.sendControl(_HB, codec.encodeU64(1))
+        probe = c.dataToSend(now=1.0)
+        s.closeWithError(0x01, "bye")
+        self.assertFalse(s.receiveHeartbeat(probe, 1.0))
+        self.assertEqual(s.receiveData(probe, 1.0), [])
+        self.assertEqual(s.counters.heartbeatsAnswered, 0)
+
+    def test_sequenceLimit(self):
+        """
+        A Heartbeat numbered 2**32 is not taken: the general path refuses
+        it as a sequence error (request ids would overlap the next key's).
+        """
+        from muxframe.xtmp.session import SEQUENCE_LIMIT
+        c, s = enginePair()
+        c.sendKey.sequence = s.receiveKey.sequence = SEQUENCE_LIMIT
+        c.sendControl(_HB, codec.encodeU64(1))
+        probe = c.dataToSend(now=1.0)
+        self.assertEqual(len(probe), HEARTBEAT_FRAME_SIZE)
+        self.assertFalse(s.receiveHeartbeat(probe, 1.0))
+        self.assertRaises(SequenceError, s.receiveData, probe, 1.0)
+
+    def test_releasedKeyStaysReleased(self):
+        """
+        A refused frame does not remake the cipher context an idle
+        session's key dropped.
+        """
+        c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
+        answer = self._answer(c, s)
+        s.receiveKey.release()
+        bad = answer[:85] + bytes([answer[85] ^ 1]) + answer[86:]
+        self.assertFalse(s.receiveHeartbeat(bad, 30.25))
+        self.assertIsNone(s.receiveKey._aead)
 
     def test_secondAnswerOutOfOrder(self):
         """
@@ -248,8 +342,8 @@ class HeartbeatReceivedTests(SynchronousTestCase):
         """
         c, s = enginePair(serverSettings=dict(heartbeatInterval=30))
         answer = self._answer(c, s)
-        self.assertTrue(s.heartbeatReceived(answer, 30.25))
-        self.assertFalse(s.heartbeatReceived(answer, 30.5))
+        self.assertTrue(s.receiveHeartbeat(answer, 30.25))
+        self.assertFalse(s.receiveHeartbeat(answer, 30.5))
         self.assertRaises(SequenceError, s.receiveData, answer, 30.5)
 
 
@@ -260,7 +354,19 @@ class ProtocolIdleRoundTests(SynchronousTestCase):
     read without L{XTMPConnection.receiveData}.
     """
 
+    def _session(self):
+        h = Harness(config(xtmp_protocol__heartbeat_interval=30,
+                           xtmp_protocol__session_timeout=1e9))
+        client, server, pump = h.connect(ALICE)
+        h.flush()
+        return h, client, server
+
     def test_roundByShortPaths(self):
+        """
+        The server's probe is written without the engine's C{tick} and its
+        answer read without C{receiveData}; a message still goes by
+        C{receiveData}.
+        """
         h = Harness(config(xtmp_protocol__heartbeat_interval=30,
                            xtmp_protocol__session_timeout=1e9))
         client, server, pump = h.connect(ALICE)
@@ -289,3 +395,23 @@ class ProtocolIdleRoundTests(SynchronousTestCase):
         h.flush()
         self.assertEqual(calls, ["receiveData"])
         self.assertEqual(conn.counters.messagesReceived, 1)
+
+    def test_deliveryPaused(self):
+        """
+        While delivery is paused (the rate limit, a backed-up connection),
+        a Heartbeat is held with the rest, not answered or measured.
+        """
+        h, client, server = self._session()
+        server.pauseDelivery()
+        h.clock.advance(31)
+        h.flush()
+        conn = server.connection
+        self.assertEqual(conn.counters.heartbeatsSent, 1)
+        self.assertIsNone(server.rtt)
+        self.assertEqual(conn.counters.controlReceived, 0)
+        held = len(b"".join(server._heldData))
+        self.assertTrue(held and held % HEARTBEAT_FRAME_SIZE == 0, held)
+        server.resumeDelivery()
+        self.assertIsNotNone(server.rtt)
+        self.assertEqual(conn.counters.controlReceived,
+                         held // HEARTBEAT_FRAME_SIZE)

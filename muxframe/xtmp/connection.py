@@ -81,6 +81,8 @@ HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
 _HEARTBEAT = int(MessageType.Heartbeat)
 #: An encrypted Heartbeat frame: header, security layer, 8 bytes of data.
 HEARTBEAT_FRAME_SIZE = codec.HEADER_SIZE + codec.SECURITY_SIZE + 8
+#: A Heartbeat's header but its checksum: magic, version, type, flags,
+#: session id, sequence number, length.
 _HEARTBEAT_HEAD = struct.Struct(">4sBBHQQI")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -952,17 +954,18 @@ class XTMPConnection(RekeyMixin):
                 or now - self.lastActivity >= s.sessionTimeout
                 or now - key.createdAt >= s.keyUpdateInterval
                 or key.count >= s.keyUpdateMessages
-                or (self.isClient and now - self.keysAt >= s.rotationInterval)):
+                or (self.isClient
+                    and now - self.keysAt >= s.rotationInterval)):
             return None
         c = self.counters
         c.heartbeatsSent += 1
         frame = key.seal(_HEARTBEAT, F.ENCRYPTED, self.sessionId,
-                         _U64.pack(int(now * 1e6) & HEARTBEAT_CLOCK))
+                         self._heartbeat(now))
         self.lastSent = now
         c.bytesSent += len(frame)
         return frame
 
-    def heartbeatReceived(self, data, now):
+    def receiveHeartbeat(self, data, now):
         """
         If C{data} (bytes read) is exactly one encrypted Heartbeat under
         the receive key, the next in sequence, with nothing buffered before
@@ -977,6 +980,9 @@ class XTMPConnection(RekeyMixin):
                 or self._pendingReceiveKey is not None
                 or not self.decoder.idle):
             return False
+        # The frame's bytes: the header (0..27 all known but the checksum
+        # at 28..31), the security layer (32..79 known: cipher, reserved,
+        # epoch, key id, nonce, zeros; 80..95 the tag), the data (96..103).
         seq = key.sequence
         if (data[:28] != _HEARTBEAT_HEAD.pack(_MAGIC, _VERSION, _HEARTBEAT,
                                               F.ENCRYPTED, self.sessionId,

@@ -38,7 +38,6 @@ _AEADS = {Cipher.AES_256_GCM: AESGCM,
           Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
 _NONCE_TAIL = struct.Struct(">4sQ")
 _SECURITY_HEAD = struct.Struct(">24s4sQ12s")
-_ZERO12 = bytes(12)
 # A sealed frame's authenticated bytes in one pack: the header (codec's
 # HEADER: magic and version as one 5-byte field), then the security
 # layer's first 48 bytes: cipher, reserved, epoch and key id (fixed per
@@ -232,12 +231,14 @@ class TrafficKey:
     def tryOpen(self, nonce, sealed, aad):
         """
         The body of a frame's C{sealed} ciphertext and tag, or L{None} if
-        the tag does not verify; nothing else is checked and the counters
-        do not move (the caller checked the frame and advances them).
+        the tag does not verify; nothing else is checked and nothing
+        changes (the caller checked the frame and advances the counters).
+        Without a ready AEAD object (a released key: an idle session's)
+        one is made for this call only.
         """
         aead = self._aead
         if aead is None:
-            aead = self._aead = _AEADS[self.cipher](self.key)
+            aead = _AEADS[self.cipher](self.key)
         try:
             return aead.decrypt(nonce, sealed, aad)
         except InvalidTag:

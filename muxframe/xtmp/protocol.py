@@ -302,12 +302,13 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
 
     def dataReceived(self, data):
         """
-        Feed bytes to the engine and act on its events.
+        Feed bytes to the engine and act on its events; one Heartbeat
+        alone (an idle session's round) by the engine's short path.
         """
         conn = self.connection
         if (len(data) == HEARTBEAT_FRAME_SIZE and not self._deliveryPaused
                 and conn is not None
-                and conn.heartbeatReceived(data, self.reactor.seconds())):
+                and conn.receiveHeartbeat(data, self.reactor.seconds())):
             # An idle session's round, read and checked in one call.
             if conn.hasOutput():
                 readGather.handling(self._flush)
@@ -960,8 +961,7 @@ class XTMPProtocol(HandlersMixin, StreamsMixin, Protocol):
             if probe is not None:
                 # An idle session's round: the probe is all that is due.
                 self._write(probe)
-                self._timer = self.reactor.callLater(
-                    max(conn.nextDeadline(now), 0.001), self._tick)
+                self._schedule(now)
                 return
         try:
             conn.tick(now)
