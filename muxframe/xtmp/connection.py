@@ -33,7 +33,6 @@ re-handshakes in any hour of a session (L{RateLimited} beyond).
 """
 
 import hashlib
-import struct
 import zlib
 from collections import deque
 
@@ -81,13 +80,6 @@ HEARTBEAT_CLOCK = HEARTBEAT_ANSWER - 1
 _HEARTBEAT = int(MessageType.Heartbeat)
 #: An encrypted Heartbeat frame: header, security layer, 8 bytes of data.
 HEARTBEAT_FRAME_SIZE = codec.HEADER_SIZE + codec.SECURITY_SIZE + 8
-#: A Heartbeat's header but its checksum: magic, version, type, flags,
-#: session id, sequence number, length.
-_HEARTBEAT_HEAD = struct.Struct(">4sBBHQQI")
-_U64 = struct.Struct(">Q")
-_U32 = struct.Struct(">I")
-_MAGIC, _VERSION = codec.MAGIC, codec.VERSION
-_crc32 = zlib.crc32
 
 
 class PreparedBody:
@@ -984,14 +976,15 @@ class XTMPConnection(RekeyMixin):
         # at 28..31), the security layer (32..79 known: cipher, reserved,
         # epoch, key id, nonce, zeros; 80..95 the tag), the data (96..103).
         seq = key.sequence
-        if (data[:28] != _HEARTBEAT_HEAD.pack(_MAGIC, _VERSION, _HEARTBEAT,
-                                              F.ENCRYPTED, self.sessionId,
-                                              seq, 8)
+        if (data[:28] != codec.HEADER.pack(codec.MAGIC, codec.VERSION,
+                                           _HEARTBEAT, F.ENCRYPTED,
+                                           self.sessionId, seq, 8, 0)[:28]
                 or data[32:80] != key.security(seq)
                 or seq >= SEQUENCE_LIMIT):
             return False
         body = key.tryOpen(data[56:68], data[96:] + data[80:96], data[:80])
-        if body is None or _crc32(body) != _U32.unpack_from(data, 28)[0]:
+        if body is None or \
+                zlib.crc32(body) != int.from_bytes(data[28:32], "big"):
             return False
         key.sequence = seq + 1
         key.count += 1
@@ -999,7 +992,7 @@ class XTMPConnection(RekeyMixin):
         c = self.counters
         c.bytesReceived += HEARTBEAT_FRAME_SIZE
         c.controlReceived += 1
-        self._heartbeatValue(_U64.unpack(body)[0], now)
+        self._heartbeatReceived(body, now)
         return True
 
     def _heartbeat(self, now):
@@ -1007,9 +1000,7 @@ class XTMPConnection(RekeyMixin):
         return codec.encodeU64(int(now * 1e6) & HEARTBEAT_CLOCK)
 
     def _heartbeatReceived(self, payload, now):
-        self._heartbeatValue(codec.decodeU64(payload, "Heartbeat"), now)
-
-    def _heartbeatValue(self, value, now):
+        value = codec.decodeU64(payload, "Heartbeat")
         if value & HEARTBEAT_ANSWER:
             # An answer to a probe: it echoes the probe's clock, so a
             # probe of ours came back after rtt.  An implausible echo (not
